@@ -1,0 +1,37 @@
+# physfm — the two commands a newcomer needs: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export OMP_NUM_THREADS ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup quickstart test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned: on these machines 2.13.0 is a local CPU build, while a plain
+# `torch` requirement would pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev,baselines]"
+	touch $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/physfm quickstart --out runs/quickstart
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

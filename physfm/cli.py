@@ -1,0 +1,53 @@
+"""The ``physfm`` command line: one module per verb in ``physfm/commands``, each a thin layer over
+library functions.  Every verb module exposes ``register(subparsers)``; heavy imports stay inside the
+verb's function so ``physfm --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Verb modules, in the order ``physfm --help`` lists them.
+VERB_MODULES = [
+    "physfm.commands.simulate",
+    "physfm.commands.data",
+    "physfm.commands.quickstart",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, exit code 1 (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="physfm",
+        description="Pretrain, fine-tune, probe and steer discrete-token physics foundation models.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    subparsers.required = True
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")  # nothing may need the network at run time
+    args = build_parser().parse_args(argv)
+    from data_pipelines.errors import DataError
+    from data_pipelines.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, DataError, ConfigError, FileNotFoundError) as err:
+        print(f"physfm {args.verb}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"physfm {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
