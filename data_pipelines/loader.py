@@ -1,0 +1,274 @@
+"""Streaming training loader over webdataset shards: rank/worker split, shuffling, mixing, resume.
+
+Two modes:
+
+* **sequential** (``resampled=False``, evaluation): each shard is read once; shards are dealt to ranks
+  then workers (``shards[rank::world][worker::workers]``).  Ranks may get unequal batch counts.
+* **resampled** (``resampled=True``, training): every (rank, worker) draws shards with replacement from
+  its own seeded generator and yields exactly its share of ``batches_per_epoch`` — every rank gets the
+  same number of batches per epoch, so DDP never hangs on a rank that ran out of data.
+
+Heterogeneous datasets (different fields, channel counts, resolutions) are mixed *per batch*: a batch
+holds windows of one dataset only (so it stacks into one tensor), and the dataset of each batch is
+drawn with ``dataset_weights`` (default: proportional to sample counts).  ``batch["dataset"]`` names it.
+
+Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k`` gives
+the same remaining stream as an uninterrupted run that has consumed k batches on this rank (exact in
+resampled mode for any worker count, and in sequential mode with ``num_workers <= 1``); batches are
+skipped before decoding.  Normalisation (per-channel z-score from the manifest's stats) runs in the
+workers.  Corrupt or truncated shards raise :class:`DataError` naming the shard and member; with
+``on_error="skip"`` they are skipped, logged and counted in ``batch["skipped_samples"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_pipelines.errors import DataError
+from data_pipelines.shards import decode_sample, iter_raw_samples, read_manifest, shard_records
+
+log = logging.getLogger(__name__)
+
+
+class Normalizer:
+    """Per-channel z-score of one dataset, from the manifest's stats; works on ``[..., C, *space]``."""
+
+    def __init__(self, manifest: dict[str, Any], dataset: str):
+        if dataset not in manifest["datasets"]:
+            raise DataError(f"dataset {dataset!r} not in manifest (have: {', '.join(manifest['datasets'])})")
+        entry = manifest["datasets"][dataset]
+        self.n_spatial_dims = len(entry["spatial_shape"])
+        self.mean = np.asarray(entry["stats"]["mean"], dtype=np.float32)
+        std = np.asarray(entry["stats"]["std"], dtype=np.float32)
+        self.std = np.where(std > 0, std, 1.0).astype(np.float32)  # constant channels: shift only
+
+    def _shape(self, arr: np.ndarray | torch.Tensor) -> tuple[int, ...]:
+        return (-1,) + (1,) * self.n_spatial_dims
+
+    def normalize(self, x):
+        mean, std = self._cast(x)
+        return (x - mean) / std
+
+    def denormalize(self, x):
+        mean, std = self._cast(x)
+        return x * std + mean
+
+    def _cast(self, x):
+        shape = self._shape(x)
+        if isinstance(x, torch.Tensor):
+            return (torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).reshape(shape),
+                    torch.as_tensor(self.std, device=x.device, dtype=x.dtype).reshape(shape))
+        return self.mean.reshape(shape), self.std.reshape(shape)
+
+
+def current_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class WindowStream(IterableDataset):
+    """Iterable of ready-made batches (dicts); wrap in ``DataLoader(batch_size=None)``."""
+
+    def __init__(
+        self,
+        shards: str | list[str],
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        normalize: bool = True,
+        resampled: bool = False,
+        batches_per_epoch: int | None = None,
+        dataset_weights: dict[str, float] | None = None,
+        shuffle_buffer: int = 256,
+        skip_batches: int = 0,
+        drop_last: bool = False,
+        on_error: Literal["raise", "skip"] = "raise",
+        rank: int | None = None,
+        world_size: int | None = None,
+        keys: tuple[str, ...] = ("input", "output"),
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch_size must be ≥ 1, got {batch_size}")
+        if resampled and not batches_per_epoch:
+            raise DataError("resampled loading needs batches_per_epoch (batches per rank per epoch)")
+        self.split, self.batch_size, self.shuffle, self.seed, self.epoch = split, batch_size, shuffle, seed, epoch
+        self.normalize, self.resampled, self.batches_per_epoch = normalize, resampled, batches_per_epoch
+        self.shuffle_buffer, self.skip_batches, self.drop_last = shuffle_buffer, skip_batches, drop_last
+        self.on_error, self.keys = on_error, keys
+        self._rank, self._world = rank, world_size
+        self.manifests: list[dict[str, Any]] = []
+        self.records: list[dict[str, Any]] = []
+        self.normalizers: dict[str, Normalizer] = {}
+        for location in [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards:
+            manifest = read_manifest(location)
+            self.manifests.append(manifest)
+            for name in manifest["datasets"]:
+                if name in self.normalizers:
+                    raise DataError(f"{location}: dataset {name!r} appears in two shard sets")
+                self.normalizers[name] = Normalizer(manifest, name)
+            self.records += shard_records(manifest, split, location)
+        if not self.records:
+            raise DataError(f"{shards}: the {split!r} split has no shards")
+        self.dataset_sizes: dict[str, int] = {}
+        for rec in self.records:
+            for name, n in rec["datasets"].items():
+                self.dataset_sizes[name] = self.dataset_sizes.get(name, 0) + n
+        weights = dataset_weights or {k: float(v) for k, v in self.dataset_sizes.items()}
+        unknown = set(weights) - set(self.dataset_sizes)
+        if unknown:
+            raise DataError(f"dataset_weights: unknown dataset {sorted(unknown)[0]!r} "
+                            f"(have: {', '.join(sorted(self.dataset_sizes))})")
+        self.dataset_weights = {k: float(weights.get(k, 0.0)) for k in sorted(self.dataset_sizes)}
+        if sum(self.dataset_weights.values()) <= 0:
+            raise DataError("dataset_weights: at least one weight must be positive")
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.manifests[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # -------------------------------------------------------------------------------- helpers
+
+    def _position(self) -> tuple[int, int, int, int]:
+        rank, world = current_rank_world()
+        rank = self._rank if self._rank is not None else rank
+        world = self._world if self._world is not None else world
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank, world, worker, n_workers
+
+    def _rng(self, *extra: int) -> random.Random:
+        # A string seed hashes deterministically (unlike tuples of ints under PYTHONHASHSEED).
+        return random.Random(f"{self.seed}/{self.epoch}/" + "/".join(map(str, extra)))
+
+    def _raw_samples(self, url: str, skipped: list[int]) -> Iterator[dict[str, Any]]:
+        try:
+            yield from iter_raw_samples(url)
+        except DataError as err:
+            if self.on_error == "raise":
+                raise
+            skipped[0] += 1
+            log.warning("skipping rest of corrupt shard (%d skipped so far): %s", skipped[0], err)
+
+    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from samples
+            return
+        buf: list[dict[str, Any]] = []
+        for sample in samples:
+            buf.append(sample)
+            if len(buf) >= self.shuffle_buffer:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+        rng.shuffle(buf)
+        yield from buf
+
+    def _collate(self, dataset: str, raw: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
+        decoded = [decode_sample(s) for s in raw]
+        batch: dict[str, Any] = {"dataset": dataset, "meta": [d.get("meta", {}) for d in decoded]}
+        for key in self.keys:
+            missing = [d["__key__"] for d in decoded if key not in d]
+            if missing:
+                raise DataError(f"shard {decoded[0]['__url__']}: sample {missing[0]} has no {key}.npy member")
+            arr = np.stack([d[key] for d in decoded])
+            if self.normalize and arr.dtype.kind == "f":
+                arr = self.normalizers[dataset].normalize(arr)
+            batch[key] = torch.from_numpy(np.ascontiguousarray(arr))
+        batch["skipped_samples"] = skipped
+        return batch
+
+    @staticmethod
+    def _dataset_of(sample: dict[str, Any]) -> str:
+        from data_pipelines.shards import decode_member
+
+        return decode_member(sample.get("__url__", "?"), sample["__key__"], "meta.json", sample["meta.json"])["dataset"]
+
+    # -------------------------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world, worker, n_workers = self._position()
+        skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
+        skipped = [0]
+        gen = self._resampled(rank, worker, n_workers, skipped) if self.resampled else \
+            self._sequential(rank, world, worker, n_workers, skipped)
+        for i, (dataset, raw) in enumerate(gen):
+            if i < skip:
+                continue
+            yield self._collate(dataset, raw, skipped[0])
+
+    def _sequential(self, rank, world, worker, n_workers, skipped) -> Iterator[tuple[str, list]]:
+        records = list(self.records)
+        if self.shuffle:
+            self._rng("shards").shuffle(records)
+        mine = records[rank::world][worker::n_workers]
+        rng = self._rng(rank, worker)
+        buckets: dict[str, list] = {}
+        samples = (s for rec in mine for s in self._raw_samples(rec["url"], skipped))
+        for sample in self._shuffled(samples, rng):
+            name = self._dataset_of(sample)
+            bucket = buckets.setdefault(name, [])
+            bucket.append(sample)
+            if len(bucket) == self.batch_size:
+                yield name, bucket
+                buckets[name] = []
+        if not self.drop_last:
+            for name in sorted(buckets):
+                if buckets[name]:
+                    yield name, buckets[name]
+
+    def _resampled(self, rank, worker, n_workers, skipped) -> Iterator[tuple[str, list]]:
+        assert self.batches_per_epoch is not None
+        n_batches = len(range(worker, self.batches_per_epoch, n_workers))
+        rng = self._rng(rank, worker)
+        by_dataset = {name: [r for r in self.records if r["datasets"].get(name)] for name in self.dataset_weights}
+        names = [n for n, w in self.dataset_weights.items() if w > 0]
+        weights = [self.dataset_weights[n] for n in names]
+
+        def endless(name: str) -> Iterator[dict[str, Any]]:
+            shard_rng = self._rng(rank, worker, name)
+            def draw():
+                while True:
+                    rec = shard_rng.choice(by_dataset[name])
+                    got = 0
+                    for s in self._raw_samples(rec["url"], skipped):
+                        if self._dataset_of(s) == name:
+                            got += 1
+                            yield s
+                    if got == 0 and self.on_error == "raise":
+                        raise DataError(f"shard {rec['url']}: no samples of dataset {name!r}")
+            return self._shuffled(draw(), shard_rng)
+
+        streams: dict[str, Iterator] = {}
+        for _ in range(n_batches):
+            name = rng.choices(names, weights)[0]
+            stream = streams.setdefault(name, endless(name))
+            yield name, [next(stream) for _ in range(self.batch_size)]
+
+
+def make_loader(
+    shards: str | list[str], split: str, batch_size: int, *, num_workers: int = 0, **kwargs: Any
+) -> DataLoader:
+    """A ``DataLoader`` over :class:`WindowStream` (which batches itself).  See the module docstring."""
+    stream = WindowStream(shards, split, batch_size, **kwargs)
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
