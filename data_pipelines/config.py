@@ -88,7 +88,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or 'config'}: {err}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as err:  # dataclasses validate with ValueError; report it as a config problem
+            raise ConfigError(str(err)) from None
     return obj
 
 
@@ -154,14 +159,41 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+INCLUDE_KEY = "include"
+
+
+def resolve_includes(data: Any, base_dir: Path, key: str = "", depth: int = 0) -> Any:
+    """A mapping with ``include: other.yaml`` is that file's content updated by the mapping's own keys,
+    so ``model: {include: configs/model/tiny.yaml, n_layer: 2}`` reuses the model zoo.  Paths resolve
+    against the including file's folder, then the working directory."""
+    if not isinstance(data, dict):
+        return data
+    if depth > 8:
+        raise ConfigError(f"{key or 'config'}: includes nest deeper than 8 (a cycle?)")
+    out = {k: resolve_includes(v, base_dir, f"{key}.{k}" if key else k, depth) for k, v in data.items()
+           if k != INCLUDE_KEY}
+    if INCLUDE_KEY in data:
+        target = Path(str(data[INCLUDE_KEY]))
+        candidates = [target] if target.is_absolute() else [base_dir / target, Path.cwd() / target]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            where = f"{key}.{INCLUDE_KEY}" if key else INCLUDE_KEY
+            raise ConfigError(f"{where}: included file {target} not found")
+        included = resolve_includes(read_yaml(found), found.parent, key, depth + 1) or {}
+        if not isinstance(included, dict):
+            raise ConfigError(f"{found}: an included config must be a mapping")
+        out = merge(included, out)
+    return out
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML file (optional) + dotted overrides → validated ``cls`` instance."""
+    """YAML file (optional, with ``include:`` sections) + dotted overrides → validated ``cls`` instance."""
     data: dict[str, Any] = {}
     if path is not None:
         loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        data = loaded or {}
+        data = resolve_includes(loaded or {}, Path(path).parent)
     data = merge(data, parse_overrides(overrides))
     try:
         return from_dict(cls, data)
