@@ -110,14 +110,14 @@ class WindowStream(IterableDataset):
         self._rank, self._world = rank, world_size
         self.manifests: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
-        self.normalizers: dict[str, Normalizer] = {}
+        self.normalizers: dict[str, Normalizer | None] = {}
         for location in [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards:
             manifest = read_manifest(location)
             self.manifests.append(manifest)
             for name in manifest["datasets"]:
                 if name in self.normalizers:
                     raise DataError(f"{location}: dataset {name!r} appears in two shard sets")
-                self.normalizers[name] = Normalizer(manifest, name)
+                self.normalizers[name] = Normalizer(manifest, name) if normalize else None
             self.records += shard_records(manifest, split, location)
         if not self.records:
             raise DataError(f"{shards}: the {split!r} split has no shards")
@@ -186,8 +186,9 @@ class WindowStream(IterableDataset):
             if missing:
                 raise DataError(f"shard {decoded[0]['__url__']}: sample {missing[0]} has no {key}.npy member")
             arr = np.stack([d[key] for d in decoded])
-            if self.normalize and arr.dtype.kind == "f":
-                arr = self.normalizers[dataset].normalize(arr)
+            normalizer = self.normalizers[dataset]
+            if normalizer is not None and arr.dtype.kind == "f":
+                arr = normalizer.normalize(arr)
             batch[key] = torch.from_numpy(np.ascontiguousarray(arr))
         batch["skipped_samples"] = skipped
         return batch

@@ -1,0 +1,301 @@
+"""``physfm pretrain``: typed config → token loaders → Lightning Trainer → checkpoints, metrics, report.
+
+The same function serves ``physfm pretrain`` on a laptop, ``torchrun``, and the Slurm scripts (Lightning
+detects the launcher); ``physfm finetune`` reuses it with a different starting point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from data_pipelines.config import ConfigError, to_dict
+from physfm.model import ModelConfig
+from physfm.strategies import StrategyConfig
+
+
+@dataclass
+class TokenDataConfig:
+    tokens: list[str] = field(default_factory=list)  # token shard sets (dirs or URLs); datasets are mixed
+    batch_size: int = 8  # per rank, per micro-batch
+    num_workers: int = 1
+    shuffle_buffer: int = 256
+    dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
+    val_batches: int = 4  # per validation run
+    on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count
+
+    def validate(self) -> None:
+        if not self.tokens:
+            raise ValueError("data.tokens: give at least one token shard directory (physfm tokenizer encode)")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    accumulate_grad_batches: int = 1
+    val_every: int = 50  # optimiser steps between validation runs (0 or > max_steps: once, at the end)
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_last: int = 3  # checkpoints kept (newest by step)
+    nonfinite_loss: Literal["skip", "stop"] = "stop"
+    peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul peak on CPU
+    logger: Literal["wandb", "csv", "none"] = "wandb"  # wandb runs offline unless WANDB_MODE says otherwise
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_steps", "accumulate_grad_batches", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    out: str = ""  # run directory; default runs/pretrain-<timestamp>
+    resume: str = "auto"  # auto: newest complete checkpoint in OUT/checkpoints; none; or a checkpoint path
+    tokenizer: str = ""  # the tokenizer checkpoint the token shards were made with (rollout decodes with it)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def validate(self) -> None:
+        self.strategy.validate()
+
+
+def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -> PretrainConfig:
+    from data_pipelines.config import load_config
+
+    return load_config(PretrainConfig, path, overrides)
+
+
+def token_layout(manifest: dict[str, Any]) -> tuple[int, int]:
+    """(context token frames, total token frames) of each window in a token shard set."""
+    layout = manifest.get("token_layout") or {}
+    n_context = int(layout.get("n_context_frames", manifest["n_input"]))
+    n_total = int(layout.get("n_frames", manifest["n_input"] + manifest["n_output"]))
+    return n_context, n_total
+
+
+def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
+    """Read the token manifests: dataset names, window layout, tokenizer fingerprint; check consistency."""
+    from data_pipelines.shards import read_manifest
+
+    names: list[str] = []
+    layouts, fingerprints = set(), set()
+    for location in cfg.data.tokens:
+        manifest = read_manifest(location)
+        if "tokenizer_fingerprint" not in manifest:
+            raise ConfigError(f"data.tokens: {location} holds no token shards (no tokenizer_fingerprint); "
+                              "make them with `physfm tokenizer encode`")
+        fingerprints.add(manifest["tokenizer_fingerprint"])
+        layouts.add(token_layout(manifest))
+        names += list(manifest["datasets"])
+    if len(fingerprints) > 1:
+        raise ConfigError("data.tokens: the token shard sets were made by different tokenizers")
+    if len(layouts) > 1:
+        raise ConfigError(f"data.tokens: token shard sets have different window layouts {sorted(layouts)}")
+    n_context, n_total = layouts.pop()
+    if n_total > cfg.model.max_frames:
+        raise ConfigError(f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame token windows")
+    return {"dataset_names": sorted(names), "n_context": n_context, "n_frames": n_total,
+            "tokenizer_fingerprint": fingerprints.pop()}
+
+
+def default_run_dir(verb: str) -> str:
+    return f"runs/{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class TokenDataModule:
+    """Builds the train/validation loaders; the train stream skips batches already consumed on resume."""
+
+    def __init__(self, cfg: PretrainConfig, total_batches: int):
+        self.cfg, self.total_batches = cfg, total_batches
+
+    def train_loader(self, consumed_batches: int):
+        from data_pipelines.loader import make_loader
+
+        d = self.cfg.data
+        return make_loader(
+            d.tokens, "train", d.batch_size, num_workers=d.num_workers, seed=self.cfg.seed, resampled=True,
+            batches_per_epoch=self.total_batches, skip_batches=consumed_batches, shuffle_buffer=d.shuffle_buffer,
+            dataset_weights=d.dataset_weights, keys=("tokens",), normalize=False, on_error=d.on_error,
+        )
+
+    def val_loader(self):
+        from data_pipelines.loader import make_loader
+
+        d = self.cfg.data
+        return make_loader(
+            d.tokens, "valid", d.batch_size, num_workers=0, seed=self.cfg.seed, resampled=True,
+            batches_per_epoch=d.val_batches, keys=("tokens",), normalize=False, shuffle_buffer=d.shuffle_buffer,
+            dataset_weights=d.dataset_weights,
+        )
+
+
+def build_lightning_module(cfg: PretrainConfig, info: dict[str, Any]):
+    from physfm.training import ARModule
+
+    return ARModule(
+        model=to_dict(cfg.model), optim=to_dict(cfg.optim), dataset_names=info["dataset_names"],
+        n_context_frames=info["n_context"], max_steps=cfg.trainer.max_steps,
+        nonfinite_loss=cfg.trainer.nonfinite_loss, strategy=to_dict(cfg.strategy),
+    )
+
+
+def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None) -> Path:
+    """Train; returns the run directory (checkpoints/, metrics.json, report.md, config.yaml)."""
+    import lightning as L
+    import yaml
+
+    from physfm.checkpoint import find_latest_checkpoint
+    from physfm.strategies import build_trainer_kwargs
+    from physfm.training import ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
+
+    out = Path(cfg.out or default_run_dir("pretrain"))
+    info = describe_tokens(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_lightning_module(cfg, info)
+    if init_weights is not None:
+        module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
+
+    kwargs = build_trainer_kwargs(cfg.strategy)
+    if cfg.strategy.activation_checkpointing:
+        module.model.config.activation_checkpointing = True
+    world = _world_size(kwargs)
+    tokens_per_step = (cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * world
+                       * info["n_frames"] * math.prod(cfg.model.grid_shape))
+    peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
+    throughput = ThroughputMonitor(tokens_per_step, module.model.flops_per_token(), peak * world,
+                                   every=cfg.trainer.log_every)
+    checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
+    trainer = L.Trainer(
+        **kwargs,
+        max_steps=cfg.trainer.max_steps,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        # Validate every val_every steps, and at least once (at the end) in any run.
+        val_check_interval=min(cfg.trainer.val_every or cfg.trainer.max_steps, cfg.trainer.max_steps)
+        * cfg.trainer.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.data.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.trainer.log_every,
+        callbacks=[checkpointing, throughput],
+        logger=_logger(cfg, out),
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(out),
+        deterministic=False,
+        use_distributed_sampler=False,  # the token stream splits by rank itself
+    )
+    resume = None
+    if cfg.resume == "auto":
+        resume = find_latest_checkpoint(out / "checkpoints")
+    elif cfg.resume != "none":
+        resume = Path(cfg.resume)
+    data = TokenDataModule(cfg, cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches)
+    consumed = 0
+    if resume is not None:
+        from physfm.checkpoint import checkpoint_step
+
+        consumed = checkpoint_step(resume) * cfg.trainer.accumulate_grad_batches
+    if trainer.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        from physfm.checkpoint import atomic_write_text
+
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=data.train_loader(consumed), val_dataloaders=data.val_loader(),
+                ckpt_path=str(resume) if resume else None)
+    if trainer.is_global_zero:
+        write_run_summary(out, cfg, info, trainer, throughput, time.perf_counter() - start, resume)
+    return out
+
+
+def _world_size(kwargs: dict[str, Any]) -> int:
+    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS")
+    if world:
+        return int(world)
+    devices = kwargs.get("devices")
+    return (devices if isinstance(devices, int) else 1) * (kwargs.get("num_nodes") or 1)
+
+
+def _logger(cfg: PretrainConfig, out: Path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = []
+    if cfg.trainer.logger != "none":
+        loggers.append(CSVLogger(str(out), name="logs", version=""))
+    if cfg.trainer.logger == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project="physfm", save_dir=str(out), name=out.name))
+    return loggers or False
+
+
+def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trainer, throughput,
+                      seconds: float, resumed_from: Path | None) -> None:
+    from physfm.checkpoint import atomic_write_text, find_latest_checkpoint
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    summary = {
+        "steps": trainer.global_step,
+        "seconds": round(seconds, 2),
+        "datasets": info["dataset_names"],
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
+        "n_params": trainer.lightning_module.model.num_params(),
+        **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
+        "loss_history": read_loss_history(out),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    hist = summary["loss_history"]
+    lines = [
+        f"# pretrain run {out.name}", "",
+        f"{summary['steps']} steps in {seconds:.0f} s, {summary['n_params'] / 1e6:.2f} M parameters, "
+        f"datasets: {', '.join(info['dataset_names'])}.", "",
+        "| metric | value |", "|---|---:|",
+    ]
+    for key in ("train_loss", "val_loss", "perf_tokens_per_s", "perf_tflops", "perf_mfu"):
+        if key in summary:
+            lines.append(f"| {key} | {summary[key]:.4g} |")
+    if hist:
+        lines += ["", f"Train loss: first logged {hist[0][1]:.3f} (step {hist[0][0]}), last {hist[-1][1]:.3f} "
+                  f"(step {hist[-1][0]})."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def read_loss_history(out: Path) -> list[tuple[int, float]]:
+    """(step, train loss) pairs from the CSV log (empty when CSV logging is off)."""
+    import csv
+
+    path = out / "logs" / "metrics.csv"
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            if row.get("train/loss"):
+                rows.append((int(row["step"]), float(row["train/loss"])))
+    return rows
