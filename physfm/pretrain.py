@@ -120,6 +120,22 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
             "tokenizer_fingerprint": fingerprints.pop()}
 
 
+RUN_INFO = "run.json"  # what a checkpoint needs to become a usable model (export, rollout, evaluate)
+
+
+def run_info(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "ar",
+        "model": to_dict(cfg.model),
+        "dataset_names": info["dataset_names"],
+        "n_context_frames": info["n_context"],
+        "n_frames": info["n_frames"],
+        "tokenizer": cfg.tokenizer,
+        "tokenizer_fingerprint": info["tokenizer_fingerprint"],
+        "tokens": list(cfg.data.tokens),
+    }
+
+
 def default_run_dir(verb: str) -> str:
     return f"runs/{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -223,6 +239,7 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         from physfm.checkpoint import atomic_write_text
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write_text(out / RUN_INFO, json.dumps(run_info(cfg, info), indent=1))
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=data.train_loader(consumed), val_dataloaders=data.val_loader(),
                 ckpt_path=str(resume) if resume else None)

@@ -110,3 +110,17 @@ def test_config_errors_name_the_key(tokens, tmp_path):
         run_pretrain(config(tokens, tmp_path, "model.max_frames=2"))
     with pytest.raises(ConfigError, match="strategy.zero_stage"):
         config(tokens, tmp_path, "strategy.name=ddp", "strategy.zero_stage=3")
+
+
+def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
+    from physfm.cli import main
+    from physfm.export import load_ar_model
+
+    out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=6", "trainer.checkpoint_every=3"))
+    assert main(["export", "--ckpt", str(out / "checkpoints" / "step=0000006.ckpt"), "--out", str(tmp_path / "exp")]) == 0
+    exported, info = load_ar_model(tmp_path / "exp")
+    from_run, _ = load_ar_model(out)  # a run dir resolves to its newest checkpoint
+    assert info["dataset_names"] == ["alpha", "beta"] and info["n_context_frames"] == 2
+    for (name, a), (_, b) in zip(exported.state_dict().items(), from_run.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
