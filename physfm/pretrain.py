@@ -88,11 +88,19 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -
 
 
 def token_layout(manifest: dict[str, Any]) -> tuple[int, int]:
-    """(context token frames, total token frames) of each window in a token shard set."""
-    layout = manifest.get("token_layout") or {}
-    n_context = int(layout.get("n_context_frames", manifest["n_input"]))
-    n_total = int(layout.get("n_frames", manifest["n_input"] + manifest["n_output"]))
-    return n_context, n_total
+    """(context token frames, total token frames) of each window in a token shard set.
+
+    A causal tokenizer with temporal compression c codes frame 0 alone, then groups of c frames, so
+    n frames become 1 + ceil((n - 1) / c) token frames; the context must end on a group boundary."""
+    layout = manifest.get("token_layout")
+    if layout:
+        return int(layout["n_context_frames"]), int(layout["n_frames"])
+    c = int(manifest.get("tokenizer", {}).get("temporal_compression", 1))
+    n_input, n_total = manifest["n_input"], manifest["n_input"] + manifest["n_output"]
+    if (n_input - 1) % c:
+        raise ConfigError(f"token shards: {n_input} context frames do not end on a temporal-compression group "
+                          f"boundary (compression {c} needs n_input = 1 + k*{c}); re-shard with another --n-input")
+    return 1 + (n_input - 1) // c, 1 + math.ceil((n_total - 1) / c)
 
 
 def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
