@@ -13,7 +13,11 @@ import sys
 VERB_MODULES = [
     "physfm.commands.simulate",
     "physfm.commands.data",
+    "physfm.commands.tokenizer",
+    "physfm.commands.pretrain",
+    "physfm.commands.export",
     "physfm.commands.quickstart",
+    "physfm.commands.estimate",
 ]
 
 
@@ -50,4 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Import through the package so `python -m physfm.cli` and the console script share one module
+    # (two copies would mean two UserError classes, and user errors would print tracebacks).
+    from physfm.cli import main as package_main
+
+    sys.exit(package_main())

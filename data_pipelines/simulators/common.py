@@ -1,0 +1,104 @@
+"""Pieces every built-in simulator shares: the :class:`SystemSpec` registry entry, periodic grids and
+boundary conditions, assembling a :class:`WellData`, and the persistence VRMSE used to check that a
+dataset keeps moving (a model can only learn dynamics that change from frame to frame)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from data_pipelines.errors import DataError
+from data_pipelines.well_format import BoundaryCondition, Field, Scalar, WellData
+
+# run(n_traj, n_steps, resolution, params, rng) -> WellData
+RunFn = Callable[[int, int, int, dict[str, float], np.random.Generator], WellData]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A built-in system: its defaults and the function that simulates one parameter set."""
+
+    name: str
+    n_spatial_dims: int
+    default_params: dict[str, list[float]]  # regime values a default dataset covers (cartesian product)
+    resolution: int  # grid points per spatial dimension
+    n_steps: int  # saved frames per trajectory (after the discarded spin-up)
+    dt: float  # physical time between saved frames
+    description: str
+    run: RunFn
+    n_traj: int = 10  # trajectories per parameter set in a default dataset (split 8/1/1)
+    field_names: tuple[str, ...] = ()  # channel names of the frames, for --list and docs
+    min_resolution: int = 8  # coarser grids lose the dynamics
+
+    def complete_params(self, params: dict[str, float]) -> dict[str, float]:
+        """Fill missing parameters with their first default value (for calling ``run`` directly);
+        refuse unknown names."""
+        unknown = sorted(set(params) - set(self.default_params))
+        if unknown:
+            raise DataError(
+                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(self.default_params)}"
+            )
+        return {k: float(params.get(k, v[0])) for k, v in self.default_params.items()}
+
+
+def periodic_grid(n: int, length: float) -> np.ndarray:
+    """Cell-centred-free periodic grid ``x_j = j L / n`` (the point ``L`` is the image of ``0``)."""
+    return np.arange(n, dtype=np.float64) * (length / n)
+
+
+def periodic_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
+    """Periodic boundaries on every axis, as The Well stores them: a mask true at both ends."""
+    bcs = []
+    for dim in spatial_dims:
+        mask = np.zeros(n, dtype=bool)
+        mask[[0, -1]] = True
+        bcs.append(BoundaryCondition(f"{dim}_periodic", "PERIODIC", [dim], list(field_names), mask))
+    return bcs
+
+
+def make_well_data(
+    name: str,
+    spatial_dims: list[str],
+    length: float,
+    n: int,
+    time: np.ndarray,
+    fields: list[Field],
+    params: dict[str, float],
+) -> WellData:
+    """A periodic-box :class:`WellData` with the simulation parameters as root attrs and scalars."""
+    coords = {d: periodic_grid(n, length).astype(np.float32) for d in spatial_dims}
+    scalars = [Scalar(k, np.asarray(v, dtype=np.float64)) for k, v in params.items()]
+    for f in fields:
+        f.data = np.ascontiguousarray(f.data, dtype=np.float32)
+    return WellData(
+        dataset_name=name,
+        spatial_dims=list(spatial_dims),
+        coords=coords,
+        time=np.asarray(time, dtype=np.float32),
+        fields=fields,
+        simulation_parameters=dict(params),
+        scalars=scalars,
+        boundary_conditions=periodic_bcs(list(spatial_dims), n, [f.name for f in fields]),
+    )
+
+
+def persistence_vrmse(frames: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """VRMSE of predicting frame ``t`` by frame ``t-1``, per channel, averaged over time.
+
+    frames: [T, C, *space] → [C].  VRMSE = sqrt(mean_space((pred - true)^2) / (var_space(true) + eps)),
+    The Well's definition; 1.0 means as bad as predicting the spatial mean, 0 means frozen dynamics.
+    """
+    true, pred = frames[1:].astype(np.float64), frames[:-1].astype(np.float64)
+    space = tuple(range(2, frames.ndim))
+    mse = ((pred - true) ** 2).mean(axis=space)
+    var = true.var(axis=space)
+    return np.sqrt(mse / (var + eps)).mean(axis=0)
+
+
+def wavenumbers(n: int, length: float, real: bool = False) -> np.ndarray:
+    """Angular wavenumbers of an ``n``-point periodic grid of size ``length`` (numpy FFT order)."""
+    freq = np.fft.rfftfreq(n, d=length / n) if real else np.fft.fftfreq(n, d=length / n)
+    return 2 * np.pi * freq
