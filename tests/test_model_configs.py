@@ -1,0 +1,48 @@
+"""configs/model/*.yaml build (on the meta device: no memory) and have the size their name says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from physfm.commands.estimate import load_model_config
+from physfm.estimate import count_params
+from physfm.model import PhysicsTransformer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+NOMINAL = {"small": 100e6, "1b": 1e9, "12b": 12e9}
+
+
+def build_on_meta(name: str) -> tuple[PhysicsTransformer, int]:
+    cfg = load_model_config(CONFIGS / f"{name}.yaml")
+    with torch.device("meta"):
+        model = PhysicsTransformer(cfg)
+    return model, model.num_params()
+
+
+@pytest.mark.parametrize("name", sorted(NOMINAL))
+def test_parameter_count_matches_the_name(name):
+    model, n = build_on_meta(name)
+    assert next(model.parameters()).device.type == "meta"
+    assert n == pytest.approx(NOMINAL[name], rel=0.05), f"{name}: {n / 1e9:.3f}B"
+    assert n == count_params(model.config).total  # the estimator's analytic count is exact
+
+
+def test_tiny_is_a_few_million_parameters_and_fits_the_quickstart_tokenizer():
+    model, n = build_on_meta("tiny")
+    assert 1e6 <= n <= 10e6
+    assert model.config.vocab_size == 8 * 5 * 5 * 5  # FSQ levels [8, 5, 5, 5]
+    assert n == count_params(model.config).total
+
+
+def test_4p5b_has_the_physix_shape():
+    # The issue fixes the shape (PhysiX / Cosmos-4B). Counted exactly, that shape has 4.01B parameters,
+    # not the 4.5B its name and PhysiX quote (18 layers would give 4.45B); the shape wins here.
+    model, n = build_on_meta("4p5b")
+    c = model.config
+    assert (c.n_layer, c.d_model, c.ffn_hidden, c.n_head, c.n_kv_head, c.vocab_size) == \
+        (16, 4096, 14336, 32, 8, 64000)
+    assert n == pytest.approx(4.014e9, rel=0.01)
+    assert n == count_params(c).total
