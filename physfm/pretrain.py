@@ -192,7 +192,8 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
 
     from physfm.checkpoint import find_latest_checkpoint
     from physfm.strategies import build_trainer_kwargs
-    from physfm.training import ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
+    from physfm.training import (StopOnSignal, ThroughputMonitor, TrainingStopped, keep_last_checkpoints,
+                                 measure_matmul_peak)
 
     out = Path(cfg.out or default_run_dir("pretrain"))
     info = describe_tokens(cfg)
@@ -202,6 +203,9 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
 
     kwargs = build_trainer_kwargs(cfg.strategy)
+    kwargs["plugins"] = [*kwargs["plugins"], *_slurm_environment()]
+    if cfg.strategy.name == "deepspeed":  # our loader batches by itself: no batch_sampler for Lightning to read
+        kwargs["strategy"].config.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     if cfg.strategy.activation_checkpointing:
         module.model.config.activation_checkpointing = True
     world = _world_size(kwargs)
@@ -211,6 +215,7 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
     throughput = ThroughputMonitor(tokens_per_step, module.model.flops_per_token(), peak * world,
                                    every=cfg.trainer.log_every)
     checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
+    stop_on_signal = StopOnSignal()  # SIGUSR1 → checkpoint, exit code 75; the Slurm scripts then requeue
     trainer = L.Trainer(
         **kwargs,
         max_steps=cfg.trainer.max_steps,
@@ -223,7 +228,7 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         limit_val_batches=cfg.data.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every,
-        callbacks=[checkpointing, throughput],
+        callbacks=[stop_on_signal, checkpointing, throughput],
         logger=_logger(cfg, out),
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
@@ -242,6 +247,8 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         from physfm.checkpoint import checkpoint_step
 
         consumed = checkpoint_step(resume) * cfg.trainer.accumulate_grad_batches
+        if trainer.is_global_zero:
+            print(f"physfm: resuming from {resume} (step {checkpoint_step(resume)})", flush=True)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         from physfm.checkpoint import atomic_write_text
@@ -251,9 +258,21 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=data.train_loader(consumed), val_dataloaders=data.val_loader(),
                 ckpt_path=str(resume) if resume else None)
+    stopped_at = stop_on_signal.stopped_at_step
     if trainer.is_global_zero:
-        write_run_summary(out, cfg, info, trainer, throughput, time.perf_counter() - start, resume)
+        write_run_summary(out, cfg, info, trainer, throughput, time.perf_counter() - start, resume, stopped_at)
+    if stopped_at is not None:
+        raise TrainingStopped(out, stopped_at, stop_on_signal.signum)
     return out
+
+
+def _slurm_environment() -> list[Any]:
+    """Under Slurm, Lightning's SLURM environment with its auto-requeue off: its SIGUSR1 handler saves
+    from inside the signal handler (ranks may be mid-collective) to a path our resume does not search.
+    :class:`physfm.training.StopOnSignal` handles the signal instead."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def _world_size(kwargs: dict[str, Any]) -> int:
@@ -280,7 +299,7 @@ def _logger(cfg: PretrainConfig, out: Path):
 
 
 def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trainer, throughput,
-                      seconds: float, resumed_from: Path | None) -> None:
+                      seconds: float, resumed_from: Path | None, stopped_at_step: int | None = None) -> None:
     from physfm.checkpoint import atomic_write_text, find_latest_checkpoint
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
@@ -289,6 +308,7 @@ def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trai
         "seconds": round(seconds, 2),
         "datasets": info["dataset_names"],
         "resumed_from": str(resumed_from) if resumed_from else None,
+        "stopped_at_step": stopped_at_step,  # set when a signal stopped the run early (it resumes from there)
         "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
         "n_params": trainer.lightning_module.model.num_params(),
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
@@ -305,6 +325,9 @@ def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trai
     for key in ("train_loss", "val_loss", "perf_tokens_per_s", "perf_tflops", "perf_mfu"):
         if key in summary:
             lines.append(f"| {key} | {summary[key]:.4g} |")
+    if stopped_at_step is not None:
+        lines += ["", f"Stopped early at step {stopped_at_step} on a signal; the same command resumes from its "
+                  "checkpoint."]
     if hist:
         lines += ["", f"Train loss: first logged {hist[0][1]:.3f} (step {hist[0][0]}), last {hist[-1][1]:.3f} "
                   f"(step {hist[-1][0]})."]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +32,23 @@ from physfm.model import IGNORE_INDEX, ModelConfig, PhysicsTransformer
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/Inf loss and the guard is set to stop."""
+
+
+# EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again continues.
+# The Slurm scripts requeue the job on this exit code.
+STOPPED_EXIT_CODE = 75
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early on a signal (Slurm's ``--signal=USR1@T`` ahead of the time limit) after
+    writing a checkpoint at ``step``; the same command resumes from it (``resume: auto``)."""
+
+    exit_code = STOPPED_EXIT_CODE
+
+    def __init__(self, out: Any, step: int, signum: int):
+        super().__init__(f"stopped at step {step} on signal {signal.Signals(signum).name}; "
+                         f"a checkpoint is in {out}/checkpoints and the same command resumes from it")
+        self.out, self.step, self.signum = out, step, signum
 
 
 @dataclass
@@ -210,6 +229,54 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, secon
         a @ b
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+class StopOnSignal(L.Callback):
+    """Stop cleanly after the current optimiser step when the process gets ``signum`` (default SIGUSR1,
+    what Slurm's ``--signal=USR1@90`` sends 90 s before the time limit); the checkpoint callback then
+    saves the final step at train end, into the directory a resume searches.
+
+    The handler only sets a flag.  Saving from inside it (Lightning's SLURM auto-requeue does) can run
+    collectives while other ranks are mid-step, and writes ``hpc_ckpt_*.ckpt`` where our resume does not
+    look.  Ranks agree on the flag with a max all-reduce at each optimiser-step boundary, so all stop after
+    the same step even if only some received the signal.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR1):
+        self.signum = signum
+        self.received = False
+        self.stopped_at_step: int | None = None
+        self._checked_step = -1
+        self._previous: Any = None
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self._previous = signal.signal(self.signum, self._on_signal)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._checked_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._checked_step:
+            return  # mid gradient accumulation: a checkpoint here could not be resumed exactly
+        self._checked_step = trainer.global_step
+        flag = torch.tensor([1.0 if self.received else 0.0], device=pl_module.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.stopped_at_step = trainer.global_step
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"physfm: signal {signal.Signals(self.signum).name} received: stopping after step "
+                      f"{trainer.global_step} and saving a checkpoint", flush=True)
 
 
 def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Callback:

@@ -15,19 +15,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.training import TrainingStopped
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_pretrain_config(args.config, overrides)
-    out = run_pretrain(cfg)
+    try:
+        out = run_pretrain(cfg)
+    except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit
+        return finish(stopped.out, stopped.exit_code, note=str(stopped))
     return finish(out)
 
 
-def finish(out) -> int:
-    """Print where the run went; in a multi-process launch, exit the worker cleanly (gloo's exit race)."""
+def finish(out, code: int = 0, note: str = "") -> int:
+    """Print where the run went; in a multi-process launch, exit the worker cleanly (gloo's exit race).
+    ``code`` 75 (TrainingStopped) means: stopped early with a checkpoint, run again to continue."""
     from physfm.distributed import clean_exit, is_rank_zero, world_size
 
     if is_rank_zero():
+        if note:
+            print(f"physfm: {note}")
         print(f"run directory: {out} (metrics.json, report.md, checkpoints/)")
     if world_size() > 1:
-        clean_exit(0)
-    return 0
+        clean_exit(code)
+    return code
