@@ -108,9 +108,10 @@ class ShardWriter:
             self._bytes += len(data) + 512
         self._count[dataset] = self._count.get(dataset, 0) + 1
         if self._bytes >= self.max_shard_bytes:
-            self._finish()
+            self.finish_shard()
 
-    def _finish(self) -> None:
+    def finish_shard(self) -> None:
+        """Complete the shard in progress now (the next sample starts a new one)."""
         if self._tar is None:
             return
         self._tar.close()
@@ -123,7 +124,7 @@ class ShardWriter:
         self._tar, self._tmp_path = None, None
 
     def close(self) -> list[dict[str, Any]]:
-        self._finish()
+        self.finish_shard()
         return self.records
 
     def abort(self) -> None:

@@ -26,7 +26,7 @@ class TokenDataConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
-    val_batches: int = 4  # per validation run
+    val_batches: int = 4  # per validation run (0: no validation)
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count
 
     def validate(self) -> None:
@@ -185,22 +185,26 @@ def build_lightning_module(cfg: PretrainConfig, info: dict[str, Any]):
     )
 
 
-def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None) -> Path:
-    """Train; returns the run directory (checkpoints/, metrics.json, report.md, config.yaml)."""
-    import lightning as L
-    import yaml
-
+def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
+    """The checkpoint a run continues from: the newest complete one (auto), none, or the one named."""
     from physfm.checkpoint import find_latest_checkpoint
-    from physfm.strategies import build_trainer_kwargs
-    from physfm.training import (StopOnSignal, ThroughputMonitor, TrainingStopped, keep_last_checkpoints,
-                                 measure_matmul_peak)
 
-    out = Path(cfg.out or default_run_dir("pretrain"))
-    info = describe_tokens(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_lightning_module(cfg, info)
-    if init_weights is not None:
-        module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
+    if cfg.resume == "auto":
+        return find_latest_checkpoint(out / "checkpoints")
+    if cfg.resume == "none":
+        return None
+    path = Path(cfg.resume)
+    if not path.exists():
+        raise ConfigError(f"resume: checkpoint {path} not found")
+    return path
+
+
+def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], resume_step: int):
+    """(Trainer, throughput monitor, signal handler) for a run: strategy and precision by config."""
+    import lightning as L
+
+    from physfm.strategies import build_trainer_kwargs
+    from physfm.training import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 
     kwargs = build_trainer_kwargs(cfg.strategy)
     kwargs["plugins"] = [*kwargs["plugins"], *_slurm_environment()]
@@ -229,34 +233,45 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every,
         callbacks=[stop_on_signal, checkpointing, throughput],
-        logger=_logger(cfg, out),
+        logger=_logger(cfg, out, first_step=resume_step),
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(out),
         deterministic=False,
         use_distributed_sampler=False,  # the token stream splits by rank itself
     )
-    resume = None
-    if cfg.resume == "auto":
-        resume = find_latest_checkpoint(out / "checkpoints")
-    elif cfg.resume != "none":
-        resume = Path(cfg.resume)
-    data = TokenDataModule(cfg, cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches)
-    consumed = 0
-    if resume is not None:
-        from physfm.checkpoint import checkpoint_step
+    return trainer, throughput, stop_on_signal
 
-        consumed = checkpoint_step(resume) * cfg.trainer.accumulate_grad_batches
-        if trainer.is_global_zero:
-            print(f"physfm: resuming from {resume} (step {checkpoint_step(resume)})", flush=True)
+
+def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None) -> Path:
+    """Train; returns the run directory (checkpoints/, metrics.json, report.md, config.yaml)."""
+    import lightning as L
+    import yaml
+
+    from physfm.checkpoint import atomic_write_text, checkpoint_step
+    from physfm.training import TrainingStopped
+
+    out = Path(cfg.out or default_run_dir("pretrain"))
+    info = describe_tokens(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_lightning_module(cfg, info)
+    if init_weights is not None:
+        module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
+
+    resume = resolve_resume(cfg, out)
+    resume_step = checkpoint_step(resume) if resume else 0
+    trainer, throughput, stop_on_signal = build_trainer(cfg, out, module, info, resume_step)
+    data = TokenDataModule(cfg, cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches)
+    consumed = resume_step * cfg.trainer.accumulate_grad_batches  # batches this rank's stream skips
+    if resume is not None and trainer.is_global_zero:
+        print(f"physfm: resuming from {resume} (step {resume_step})", flush=True)
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        from physfm.checkpoint import atomic_write_text
-
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         atomic_write_text(out / RUN_INFO, json.dumps(run_info(cfg, info), indent=1))
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=data.train_loader(consumed), val_dataloaders=data.val_loader(),
+    trainer.fit(module, train_dataloaders=data.train_loader(consumed),
+                val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
                 ckpt_path=str(resume) if resume else None)
     stopped_at = stop_on_signal.stopped_at_step
     if trainer.is_global_zero:
@@ -283,12 +298,13 @@ def _world_size(kwargs: dict[str, Any]) -> int:
     return (devices if isinstance(devices, int) else 1) * (kwargs.get("num_nodes") or 1)
 
 
-def _logger(cfg: PretrainConfig, out: Path):
+def _logger(cfg: PretrainConfig, out: Path, first_step: int = 0):
     from lightning.pytorch.loggers import CSVLogger
 
     loggers: list[Any] = []
     if cfg.trainer.logger != "none":
-        loggers.append(CSVLogger(str(out), name="logs", version=""))
+        # One CSV per run segment: Lightning's CSV logger empties an existing file when a run resumes.
+        loggers.append(CSVLogger(str(out), name="logs", version=f"from-step-{first_step:07d}"))
     if cfg.trainer.logger == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -335,15 +351,14 @@ def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trai
 
 
 def read_loss_history(out: Path) -> list[tuple[int, float]]:
-    """(step, train loss) pairs from the CSV log (empty when CSV logging is off)."""
+    """(step, train loss) pairs from the CSV logs of every run segment (empty when CSV logging is off);
+    where a resumed segment repeats steps, its values win."""
     import csv
 
-    path = out / "logs" / "metrics.csv"
-    if not path.exists():
-        return []
-    rows = []
-    with path.open() as fh:
-        for row in csv.DictReader(fh):
-            if row.get("train/loss"):
-                rows.append((int(row["step"]), float(row["train/loss"])))
-    return rows
+    history: dict[int, float] = {}
+    for path in sorted((out / "logs").glob("from-step-*/metrics.csv")):
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                if row.get("train/loss"):
+                    history[int(row["step"])] = float(row["train/loss"])
+    return sorted(history.items())
