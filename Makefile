@@ -13,12 +13,15 @@ export PYTHONUNBUFFERED := 1
 setup: $(STAMP)
 
 # torch is installed first and pinned: on these machines 2.13.0 is a local CPU build, while a plain
-# `torch` requirement would pull several GB of CUDA wheels.
+# `torch` requirement would pull several GB of CUDA wheels. The pin is also a constraint for the rest,
+# so no dependency can swap torch. On a GPU cluster: make setup TORCH="torch==2.13.0 --index-url ...".
+TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev,baselines]"
+	$(PIP) install -q $(TORCH)
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	$(PIP) install -q -e ".[dev,baselines]" -c $(VENV)/constraints.txt
 	touch $(STAMP)
 
 quickstart: setup
