@@ -10,19 +10,26 @@
 Imports nothing from ``tokenizer`` or ``physfm``.
 """
 
-from data_pipelines.config import ConfigError, load_config
-from data_pipelines.errors import DataError
-from data_pipelines.loader import Normalizer, WindowStream, make_loader
-from data_pipelines.sharding import WindowSpec, merge_parts, shard_datasets
-from data_pipelines.shards import iter_samples, read_manifest
-from data_pipelines.stats import channel_stats, compute_stats, read_stats, write_stats
-from data_pipelines.validate import Problem, validate_paths
-from data_pipelines.well_format import BoundaryCondition, Field, Scalar, WellData
-from data_pipelines.well_io import WellReader, list_split_files, read_well, write_well
+import importlib
 
-__all__ = [
-    "BoundaryCondition", "ConfigError", "DataError", "Field", "Normalizer", "Problem", "Scalar", "WellData",
-    "WellReader", "WindowSpec", "WindowStream", "channel_stats", "compute_stats", "iter_samples", "list_split_files",
-    "load_config", "make_loader", "merge_parts", "read_manifest", "read_stats", "read_well", "shard_datasets",
-    "validate_paths", "write_stats", "write_well",
-]
+# Public name → defining module. Resolved on first use (PEP 562) so that importing a light module such
+# as data_pipelines.config does not pull in torch, h5py and webdataset.
+_EXPORTS = {
+    "ConfigError": "config", "load_config": "config", "DataError": "errors",
+    "Normalizer": "loader", "WindowStream": "loader", "make_loader": "loader",
+    "WindowSpec": "sharding", "merge_parts": "sharding", "shard_datasets": "sharding",
+    "iter_samples": "shards", "read_manifest": "shards",
+    "channel_stats": "stats", "compute_stats": "stats", "read_stats": "stats", "write_stats": "stats",
+    "Problem": "validate", "validate_paths": "validate",
+    "BoundaryCondition": "well_format", "Field": "well_format", "Scalar": "well_format", "WellData": "well_format",
+    "WellReader": "well_io", "list_split_files": "well_io", "read_well": "well_io", "write_well": "well_io",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'data_pipelines' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"data_pipelines.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)
