@@ -1,0 +1,83 @@
+"""``physfm tokenizer train|eval|encode|decode`` — train the discrete physics tokenizer, measure it, and turn
+field shards into token shards and back. A thin layer over the ``tokenizer`` package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("tokenizer", help="train, evaluate and apply the discrete physics tokenizer")
+    verbs = parser.add_subparsers(dest="tokenizer_verb", metavar="ACTION")
+    verbs.required = True
+
+    p = verbs.add_parser("train", help="train a tokenizer from a YAML config (+ dotted key=value overrides)")
+    p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/tokenizer/tiny.yaml")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. data.shards=SHARDS trainer.max_steps=20")
+    p.set_defaults(func=run_train)
+
+    p = verbs.add_parser("eval", help="per-field VRMSE/PSNR, code usage, perplexity, reconstruction PNGs")
+    p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint or training run directory")
+    p.add_argument("--data", required=True, metavar="SHARDS")
+    p.add_argument("--out", default=None, metavar="DIR")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.set_defaults(func=run_eval)
+
+    p = verbs.add_parser("encode", help="field shards → token shards (with the tokenizer's fingerprint)")
+    p.add_argument("--ckpt", required=True, metavar="CKPT")
+    p.add_argument("--data", required=True, metavar="SHARDS")
+    p.add_argument("--out", required=True, metavar="TOKENS")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    p.set_defaults(func=run_encode)
+
+    p = verbs.add_parser("decode", help="token shards → field shards in physical units")
+    p.add_argument("--ckpt", required=True, metavar="CKPT", help="the tokenizer that encoded the tokens")
+    p.add_argument("--tokens", required=True, metavar="TOKENS")
+    p.add_argument("--out", required=True, metavar="SHARDS")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    p.set_defaults(func=run_decode)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from data_pipelines.config import load_config
+    from tokenizer.training import TokenizerTrainConfig, train_tokenizer
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    cfg = load_config(TokenizerTrainConfig, args.config, overrides)
+    path = train_tokenizer(cfg)
+    print(f"tokenizer checkpoint: {path}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tokenizer.evaluate import evaluate_tokenizer
+
+    out = args.out or f"runs/tokenizer-eval-{datetime.now():%Y%m%d-%H%M%S}"
+    metrics = evaluate_tokenizer(args.ckpt, args.data, out, split=args.split, batch_size=args.batch_size,
+                                 max_batches=args.max_batches)
+    print(json.dumps(metrics["overall"], indent=1))
+    print(f"wrote {out}/metrics.json and {out}/report.md")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from tokenizer.encode import encode_shards
+
+    path = encode_shards(args.ckpt, args.data, args.out, batch_size=args.batch_size, splits=args.split)
+    print(f"token shards: {path}")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from tokenizer.encode import decode_shards
+
+    path = decode_shards(args.ckpt, args.tokens, args.out, batch_size=args.batch_size, splits=args.split)
+    print(f"decoded shards: {path}")
+    return 0

@@ -1,0 +1,174 @@
+"""Token shards: encode a field shard set into integer tokens, and decode tokens back into fields.
+
+Token shards keep the field shards' layout (DESIGN.md): ``TOKENS/{split}/shard-NNNNNN.tar`` with, per
+window, ``KEY.tokens.npy`` (int32 ids ``[T', *space']`` for the input *and* output frames, in time order)
+and ``KEY.meta.json`` (the source window's meta plus ``n_frames``), and ``TOKENS/manifest.json`` with the
+source manifest's datasets (each with its ``token_grid``), ``tokenizer_fingerprint`` and a ``tokenizer``
+summary. With ``temporal_compression == 1`` the first ``n_input`` token frames are the input frames.
+
+Both directions stream: windows are read in order, batched per dataset (``batch_size``), and written
+to size-bounded shards, so memory stays bounded whatever the shard set's size. Decoding, or any use of
+token shards with a tokenizer, first checks the fingerprint and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_pipelines.errors import DataError
+from tokenizer.model import Tokenizer
+
+
+def check_token_manifest(manifest: dict[str, Any], tokens_dir: str | Path, ckpt: str | Path | Tokenizer) -> None:
+    """Raise :class:`DataError` unless ``manifest`` (of ``tokens_dir``) was written by this tokenizer."""
+    from tokenizer.checkpoint import fingerprint
+
+    recorded = manifest.get("tokenizer_fingerprint")
+    if not recorded:
+        raise DataError(f"{tokens_dir}: not a token shard set (its manifest has no tokenizer_fingerprint)")
+    actual = fingerprint(ckpt)
+    if recorded != actual:
+        where = "the given tokenizer" if isinstance(ckpt, Tokenizer) else f"tokenizer {ckpt}"
+        raise DataError(
+            f"{tokens_dir}: tokens were encoded by tokenizer {recorded[:12]}, but {where} is {actual[:12]}; "
+            "decode with the tokenizer that encoded them (or re-encode with `physfm tokenizer encode`)"
+        )
+
+
+def _batches(samples: Iterator[dict[str, Any]], batch_size: int) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive samples grouped into batches of one dataset each (order kept)."""
+    batch: list[dict[str, Any]] = []
+    for sample in samples:
+        name = sample["meta"]["dataset"]
+        if batch and (name != batch[0]["meta"]["dataset"] or len(batch) == batch_size):
+            yield batch[0]["meta"]["dataset"], batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch[0]["meta"]["dataset"], batch
+
+
+def _check_datasets(tok: Tokenizer, manifest: dict[str, Any], where: str | Path) -> None:
+    for name, entry in manifest["datasets"].items():
+        if name not in tok.datasets:
+            raise DataError(f"{where}: dataset {name!r} is unknown to the tokenizer "
+                            f"(knows: {', '.join(sorted(tok.datasets))})")
+        if list(entry["channel_names"]) != tok.datasets[name].channel_names:
+            raise DataError(f"{where}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
+                            f"expects {tok.datasets[name].channel_names}")
+
+
+def _split_names(manifest: dict[str, Any], splits: list[str] | None) -> list[str]:
+    have = list(manifest["splits"])
+    for split in splits or []:
+        if split not in have:
+            raise DataError(f"no {split!r} split in the manifest (have: {', '.join(have)})")
+    return splits or have
+
+
+@torch.no_grad()
+def encode_shards(
+    ckpt: str | Path,
+    shards_dir: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 16,
+    splits: list[str] | None = None,
+    max_shard_bytes: int = 256 << 20,
+) -> Path:
+    """Field shards → token shards (streaming, batched). Returns ``out_dir``."""
+    from data_pipelines.shards import ShardWriter, iter_samples, read_manifest, write_manifest
+    from tokenizer.checkpoint import fingerprint, load_tokenizer
+
+    tok = load_tokenizer(ckpt)
+    manifest = read_manifest(shards_dir)
+    if manifest.get("tokenizer_fingerprint"):
+        raise DataError(f"{shards_dir}: already a token shard set; encode the field shards instead")
+    _check_datasets(tok, manifest, shards_dir)
+    out_dir = Path(out_dir)
+    n_frames = manifest["n_input"] + manifest["n_output"]
+    split_records: dict[str, Any] = {}
+    for split in _split_names(manifest, splits):
+        with ShardWriter(out_dir / split, max_shard_bytes=max_shard_bytes) as writer:
+            for name, batch in _batches(iter_samples(shards_dir, split), batch_size):
+                window = np.stack([np.concatenate([s["input"], s["output"]], axis=0) for s in batch])
+                if window.shape[1] != n_frames:
+                    raise DataError(f"{batch[0]['__url__']}: window {batch[0]['__key__']} has {window.shape[1]} "
+                                    f"frames, the manifest says {n_frames}")
+                z = tok.normalize(torch.from_numpy(window).float(), name)
+                ids = tok.encode(z, name).numpy().astype(np.int32)  # [B, T', *space']
+                for sample, tokens in zip(batch, ids):
+                    meta = {**sample["meta"], "n_frames": n_frames}
+                    writer.write(sample["__key__"], {"tokens.npy": tokens, "meta.json": meta}, dataset=name)
+        split_records[split] = {
+            "shards": [{**r, "path": f"{split}/{r['path']}"} for r in writer.records],
+            "n_samples": sum(r["n_samples"] for r in writer.records),
+        }
+    datasets = {
+        name: {**entry, "token_grid": list(tok.token_grid(n_frames, tuple(entry["spatial_shape"])))}
+        for name, entry in manifest["datasets"].items()
+    }
+    write_manifest(out_dir, {
+        "kind": "tokens", "n_input": manifest["n_input"], "n_output": manifest["n_output"],
+        "stride": manifest.get("stride", 1), "datasets": datasets, "splits": split_records,
+        "source_shards": str(shards_dir), "tokenizer_fingerprint": fingerprint(ckpt),
+        "tokenizer": {"checkpoint": str(ckpt), "levels": tok.cfg.levels, "codebook_size": tok.fsq.codebook_size,
+                      "spatial_compression": tok.cfg.spatial_compression,
+                      "temporal_compression": tok.cfg.temporal_compression},
+    })
+    return out_dir
+
+
+def read_token_shards(tokens_dir: str | Path, ckpt: str | Path | Tokenizer, split: str) -> Iterator[dict[str, Any]]:
+    """Decoded token samples ``{"__key__", "tokens", "meta"}`` of a split, after the fingerprint check."""
+    from data_pipelines.shards import iter_samples, read_manifest
+
+    check_token_manifest(read_manifest(tokens_dir), tokens_dir, ckpt)
+    yield from iter_samples(tokens_dir, split)
+
+
+@torch.no_grad()
+def decode_shards(
+    ckpt: str | Path,
+    tokens_dir: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 16,
+    splits: list[str] | None = None,
+    max_shard_bytes: int = 256 << 20,
+) -> Path:
+    """Token shards → field shards in physical units (``input.npy``/``output.npy``), loadable as shards."""
+    from data_pipelines.shards import ShardWriter, iter_samples, read_manifest, write_manifest
+    from tokenizer.checkpoint import load_tokenizer
+
+    manifest = read_manifest(tokens_dir)
+    check_token_manifest(manifest, tokens_dir, ckpt)
+    tok = load_tokenizer(ckpt)
+    _check_datasets(tok, manifest, tokens_dir)
+    n_input, n_output = manifest["n_input"], manifest["n_output"]
+    out_dir = Path(out_dir)
+    split_records: dict[str, Any] = {}
+    for split in _split_names(manifest, splits):
+        with ShardWriter(out_dir / split, max_shard_bytes=max_shard_bytes) as writer:
+            for name, batch in _batches(iter_samples(tokens_dir, split), batch_size):
+                ids = torch.from_numpy(np.stack([s["tokens"] for s in batch]).astype(np.int64))
+                try:
+                    fields = tok.denormalize(tok.decode(ids, name, n_frames=n_input + n_output), name).numpy()
+                except ValueError as err:  # ids out of the codebook's range
+                    raise DataError(f"{batch[0]['__url__']}: {err}") from None
+                for sample, window in zip(batch, fields.astype(np.float32)):
+                    meta = {k: v for k, v in sample["meta"].items() if k != "n_frames"}
+                    writer.write(sample["__key__"], {"input.npy": window[:n_input], "output.npy": window[n_input:],
+                                                     "meta.json": meta}, dataset=name)
+        split_records[split] = {
+            "shards": [{**r, "path": f"{split}/{r['path']}"} for r in writer.records],
+            "n_samples": sum(r["n_samples"] for r in writer.records),
+        }
+    datasets = {name: {k: v for k, v in entry.items() if k != "token_grid"} for name, entry in manifest["datasets"].items()}
+    write_manifest(out_dir, {"kind": "decoded", "n_input": n_input, "n_output": n_output,
+                             "stride": manifest.get("stride", 1), "datasets": datasets, "splits": split_records,
+                             "decoded_from": str(tokens_dir), "decoded_by": manifest["tokenizer_fingerprint"]})
+    return out_dir

@@ -1,0 +1,405 @@
+"""Spatiotemporal FSQ tokenizer: causal-in-time conv encoder → FSQ → conv decoder, for 1D, 2D and 3D fields.
+
+Layout. A window of ``T`` frames ``[B, T, C, *space]`` becomes a grid of integer tokens ``[B, T', *space']``
+with ``space' = space / spatial_compression`` per axis and, following Cosmos' causal video tokenizer,
+``T' = 1 + ceil((T - 1) / temporal_compression)``: frame 0 gets its own token group, then each group of
+``temporal_compression`` frames shares one (5 frames at 4x → 2 groups). Token group ``j`` depends only on
+frames ``<= j * temporal_compression`` (causal), so an autoregressive model over token groups never sees the
+future through the tokenizer. The decoder is causal in the same sense.
+
+One code path for 1D/2D/3D. Activations are kept frame-major, ``[(B T), C, *space]``, so every spatial
+operation is a plain ``ConvNd`` picked by ``n_spatial_dims`` with time folded into the batch. Mixing in
+time is a *causal temporal conv*: a pointwise ``ConvNd`` applied to the concatenation of the current frame
+and the ``k - 1`` previous frames (the first frame is replicated as left padding) — a (2+1)D factorised
+conv that needs no permutes and no Conv4d for 3D data. Normalisation is per frame (GroupNorm over one
+frame's channels and space), because statistics pooled over time would leak future frames into the past.
+
+Heterogeneous datasets: per-dataset stems and heads around one shared trunk (the PhysiX approach of
+per-dataset decoders, without its channel-union slots). Each dataset — a name plus its ordered channel
+names — gets its own input projection ``C_ds → width`` and output head ``width → C_ds``; the trunk
+(encoder body, FSQ projection, decoder body) and hence the token vocabulary are shared. We chose this over
+a channel-union input (PhysiX) because the union grows with every dataset and forces a retrain of the
+input layer, and over per-field embeddings (MPP/Walrus) because heads keep the trunk a plain conv net at
+any channel count. Adding a dataset later is ``add_dataset(name, channel_names)`` then training only its
+new stem/head with ``freeze_trunk()``: the other datasets' stems, heads and the trunk stay bit-identical,
+so their tokens and reconstructions are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer.fsq import FSQ
+
+
+@dataclass
+class TokenizerConfig:
+    """Architecture of the tokenizer (saved next to its weights)."""
+
+    n_spatial_dims: int = 2  # 1, 2 or 3; 0 = take it from the training data
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ levels; codebook = prod
+    spatial_compression: int = 4  # per axis: 4, 8 or 16 (any power of two >= 2 works)
+    patch_size: int = 2  # space-to-depth at the stem (Cosmos patchifies too): convs start at 1/patch res
+    temporal_compression: int = 1  # 1, 2 or 4 (causal, Cosmos-style: 1 + (T-1)/c groups)
+    width: int = 32  # channels at full resolution; doubled at each downsampling ...
+    max_width: int = 128  # ... up to this cap
+    blocks_per_level: int = 1  # residual blocks at each resolution, encoder and decoder each
+    mid_blocks: int = 1  # residual blocks at the latent resolution
+    temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
+    padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
+    norm: Literal["group", "none"] = "group"
+
+    def validate(self) -> None:
+        from data_pipelines.config import ConfigError
+
+        if self.n_spatial_dims not in (0, 1, 2, 3):
+            raise ConfigError(f"model.n_spatial_dims: must be 1, 2, 3 (or 0 = from data), got {self.n_spatial_dims}")
+        if not self.levels or any(n < 2 for n in self.levels):
+            raise ConfigError(f"model.levels: every FSQ level must be >= 2, got {self.levels}")
+        for key in ("spatial_compression", "temporal_compression"):
+            value = getattr(self, key)
+            if value < 1 or value & (value - 1):
+                raise ConfigError(f"model.{key}: must be a power of two, got {value}")
+        if self.spatial_compression < 2:
+            raise ConfigError("model.spatial_compression: must be >= 2")
+        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1) or self.patch_size > self.spatial_compression:
+            raise ConfigError(
+                f"model.patch_size: must be a power of two <= spatial_compression, got {self.patch_size}"
+            )
+        if self.temporal_compression > 1 and self.temporal_compression > self.spatial_compression // self.patch_size:
+            raise ConfigError("model.temporal_compression: needs as many strided levels as "
+                              "log2(spatial_compression / patch_size); lower patch_size")
+        if self.width < 1 or self.max_width < self.width:
+            raise ConfigError(f"model.width/max_width: need 1 <= width <= max_width, got {self.width}/{self.max_width}")
+        if self.temporal_kernel < 1:
+            raise ConfigError(f"model.temporal_kernel: must be >= 1, got {self.temporal_kernel}")
+
+    @property
+    def n_levels(self) -> int:
+        return int(math.log2(self.spatial_compression // self.patch_size))
+
+    @property
+    def widths(self) -> list[int]:
+        return [min(self.width * 2**i, self.max_width) for i in range(self.n_levels + 1)]
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+
+@dataclass
+class DatasetSpec:
+    """What the tokenizer knows of one dataset: its channel order and the z-score stats it was trained with."""
+
+    channel_names: list[str]
+    mean: list[float] | None = None  # per channel, physical units
+    std: list[float] | None = None
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names)
+
+
+def conv_nd(n_dims: int) -> type[nn.Module]:
+    return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[n_dims]
+
+
+def group_norm(channels: int, kind: str) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    return nn.GroupNorm(math.gcd(8, channels), channels)  # per sample of [(B T), C, *space] = per frame
+
+
+class SpaceToDepth(nn.Module):
+    """[N, C, *space] → [N, C * p^n, *space / p]: each p^n patch becomes channels (lossless, no weights)."""
+
+    def __init__(self, n_dims: int, patch: int):
+        super().__init__()
+        self.n, self.p = n_dims, patch
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.p == 1:
+            return h
+        N, C, *space = h.shape
+        split = [d for s in space for d in (s // self.p, self.p)]  # [N, C, s1/p, p, s2/p, p, ...]
+        h = h.reshape(N, C, *split)
+        order = [0, 1, *(3 + 2 * i for i in range(self.n)), *(2 + 2 * i for i in range(self.n))]
+        return h.permute(order).reshape(N, C * self.p**self.n, *(s // self.p for s in space))
+
+
+class DepthToSpace(nn.Module):
+    """Inverse of :class:`SpaceToDepth`."""
+
+    def __init__(self, n_dims: int, patch: int):
+        super().__init__()
+        self.n, self.p = n_dims, patch
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.p == 1:
+            return h
+        N, Cp, *space = h.shape
+        C = Cp // self.p**self.n
+        h = h.reshape(N, C, *([self.p] * self.n), *space)  # [N, C, p, p, ..., s1, s2, ...]
+        order = [0, 1, *(d for i in range(self.n) for d in (2 + self.n + i, 2 + i))]
+        return h.permute(order).reshape(N, C, *(s * self.p for s in space))
+
+
+class CausalTemporalConv(nn.Module):
+    """y[t] = W · concat(x[t-k+1], ..., x[t]) with the first frame replicated as left padding.
+
+    Input and output are frame-major ``[(B T), C, *space]``. ``stride=2`` keeps frames 0, 2, 4, ... so
+    ``T → 1 + (T-1)/2`` and output ``j`` sees input frames ``<= 2j`` (needs odd ``T``).
+    """
+
+    def __init__(self, n_dims: int, c_in: int, c_out: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.proj = conv_nd(n_dims)(kernel * c_in, c_out, kernel_size=1)
+
+    def forward(self, h: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, int]:
+        x = h.unflatten(0, (-1, n_frames))  # [B, T, C, *space]
+        pad = x[:, :1].expand(-1, self.kernel - 1, *x.shape[2:])
+        xp = torch.cat([pad, x], dim=1)  # [B, T+k-1, C, *space]
+        keep = slice(0, n_frames, self.stride)
+        taps = [xp[:, j : j + n_frames][:, keep] for j in range(self.kernel)]  # oldest → current frame
+        stacked = torch.cat(taps, dim=2)  # [B, T_out, k*C, *space]
+        n_out = stacked.shape[1]
+        return self.proj(stacked.flatten(0, 1)), n_out
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: spatial conv → causal temporal mix → spatial conv."""
+
+    def __init__(self, cfg: TokenizerConfig, n_dims: int, channels: int):
+        super().__init__()
+        conv = conv_nd(n_dims)
+        self.norm1 = group_norm(channels, cfg.norm)
+        self.conv1 = conv(channels, channels, 3, padding=1, padding_mode=cfg.padding)
+        self.temporal = (
+            CausalTemporalConv(n_dims, channels, channels, cfg.temporal_kernel) if cfg.temporal_kernel > 1 else None
+        )
+        self.norm2 = group_norm(channels, cfg.norm)
+        self.conv2 = conv(channels, channels, 3, padding=1, padding_mode=cfg.padding)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable deep residual stacks
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h: torch.Tensor, n_frames: int) -> torch.Tensor:
+        y = self.conv1(F.silu(self.norm1(h)))
+        if self.temporal is not None:
+            y = y + self.temporal(F.silu(y), n_frames)[0]
+        y = self.conv2(F.silu(self.norm2(y)))
+        return h + y
+
+
+def _dataset_key(name: str) -> str:
+    """Module-dict key for a dataset name (ModuleDict keys may not contain dots)."""
+    return "ds_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+class Tokenizer(nn.Module):
+    """Per-dataset stems/heads + shared causal encoder/decoder trunk + FSQ. See the module docstring."""
+
+    def __init__(self, cfg: TokenizerConfig, datasets: dict[str, DatasetSpec] | None = None):
+        super().__init__()
+        cfg.validate()
+        if cfg.n_spatial_dims not in (1, 2, 3):
+            raise ValueError(f"Tokenizer needs n_spatial_dims in 1..3, got {cfg.n_spatial_dims}")
+        self.cfg = cfg
+        n, widths, conv = cfg.n_spatial_dims, cfg.widths, conv_nd(cfg.n_spatial_dims)
+        n_time_down = int(math.log2(cfg.temporal_compression))
+        # Temporal down/up-sampling happens at the coarsest levels, where activations are smallest.
+        self.time_levels = set(range(cfg.n_levels - n_time_down, cfg.n_levels))
+
+        self.datasets: dict[str, DatasetSpec] = {}
+        self.stems = nn.ModuleDict()  # per dataset: C_ds → widths[0]
+        self.heads = nn.ModuleDict()  # per dataset: widths[0] → C_ds
+
+        # ---- shared trunk: encoder ----
+        self.enc_blocks = nn.ModuleList()
+        self.enc_down = nn.ModuleList()
+        self.enc_time_down = nn.ModuleDict()
+        for i in range(cfg.n_levels):
+            self.enc_blocks.append(nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level)))
+            self.enc_down.append(conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=cfg.padding))
+            if i in self.time_levels:
+                self.enc_time_down[str(i)] = CausalTemporalConv(n, widths[i + 1], widths[i + 1], 3, stride=2)
+        self.enc_mid = nn.ModuleList(ResBlock(cfg, n, widths[-1]) for _ in range(cfg.mid_blocks))
+        self.enc_norm = group_norm(widths[-1], cfg.norm)
+        self.to_code = conv(widths[-1], len(cfg.levels), 1)
+        self.fsq = FSQ(cfg.levels)
+        # ---- shared trunk: decoder ----
+        self.from_code = conv(len(cfg.levels), widths[-1], 1)
+        self.dec_mid = nn.ModuleList(ResBlock(cfg, n, widths[-1]) for _ in range(cfg.mid_blocks))
+        self.dec_time_up = nn.ModuleDict()
+        self.dec_up = nn.ModuleList()
+        self.dec_blocks = nn.ModuleList()
+        for i in reversed(range(cfg.n_levels)):
+            if i in self.time_levels:
+                self.dec_time_up[str(i)] = CausalTemporalConv(n, widths[i + 1], widths[i + 1], 3)
+            self.dec_up.append(conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=cfg.padding))
+            self.dec_blocks.append(nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level)))
+
+        for name, spec in (datasets or {}).items():
+            self.add_dataset(name, spec.channel_names, mean=spec.mean, std=spec.std)
+
+    # ------------------------------------------------------------------ datasets and freezing
+    def add_dataset(
+        self, name: str, channel_names: list[str], mean: list[float] | None = None, std: list[float] | None = None
+    ) -> None:
+        """Register a dataset: a fresh stem and head sized to its channels (trunk untouched)."""
+        key = _dataset_key(name)
+        if name in self.datasets:
+            raise ValueError(f"dataset {name!r} is already registered with this tokenizer")
+        if key in self.stems:
+            raise ValueError(f"dataset name {name!r} collides with another registered name after sanitising")
+        if not channel_names:
+            raise ValueError(f"dataset {name!r}: needs at least one channel")
+        for label, stats in (("mean", mean), ("std", std)):
+            if stats is not None and len(stats) != len(channel_names):
+                raise ValueError(f"dataset {name!r}: {label} has {len(stats)} values for {len(channel_names)} channels")
+        cfg, n, w0 = self.cfg, self.cfg.n_spatial_dims, self.cfg.widths[0]
+        conv, c_patch = conv_nd(n), len(channel_names) * cfg.patch_size**n
+        device = self.to_code.weight.device
+        self.stems[key] = nn.Sequential(
+            SpaceToDepth(n, cfg.patch_size), conv(c_patch, w0, 3, padding=1, padding_mode=cfg.padding)
+        ).to(device)
+        self.heads[key] = nn.Sequential(
+            group_norm(w0, cfg.norm), nn.SiLU(), conv(w0, c_patch, 3, padding=1, padding_mode=cfg.padding),
+            DepthToSpace(n, cfg.patch_size),
+        ).to(device)
+        self.datasets[name] = DatasetSpec(list(channel_names), None if mean is None else list(mean),
+                                          None if std is None else list(std))
+
+    def dataset_parameters(self, name: str) -> list[nn.Parameter]:
+        key = self._key(name)
+        return [*self.stems[key].parameters(), *self.heads[key].parameters()]
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        per_dataset = {id(p) for p in [*self.stems.parameters(), *self.heads.parameters()]}
+        return [p for p in self.parameters() if id(p) not in per_dataset]
+
+    def freeze_trunk(self, frozen: bool = True) -> None:
+        """Stop (or restart) gradients to the shared trunk; per-dataset stems/heads stay trainable."""
+        for p in self.trunk_parameters():
+            p.requires_grad_(not frozen)
+
+    def freeze_datasets(self, names: list[str]) -> None:
+        """Freeze the stems/heads of ``names`` (e.g. all previously trained datasets)."""
+        for name in names:
+            for p in self.dataset_parameters(name):
+                p.requires_grad_(False)
+
+    def _key(self, name: str) -> str:
+        if name not in self.datasets:
+            known = ", ".join(sorted(self.datasets)) or "none"
+            raise KeyError(f"dataset {name!r} is not known to this tokenizer (known: {known}); add_dataset() it first")
+        return _dataset_key(name)
+
+    # ------------------------------------------------------------------ shapes
+    def token_grid(self, n_frames: int, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Token grid [T', *space'] for a window of ``n_frames`` frames of ``spatial_shape``."""
+        ct, cs = self.cfg.temporal_compression, self.cfg.spatial_compression
+        return (1 + math.ceil((n_frames - 1) / ct), *(s // cs for s in spatial_shape))
+
+    def n_frames_decoded(self, n_groups: int) -> int:
+        return 1 + self.cfg.temporal_compression * (n_groups - 1)
+
+    def _check_input(self, x: torch.Tensor, dataset: str) -> None:
+        self._key(dataset)
+        spec, n = self.datasets[dataset], self.cfg.n_spatial_dims
+        if x.ndim != n + 3:
+            raise ValueError(f"dataset {dataset!r}: expected [B, T, C, *space] with {n} spatial axes, got {tuple(x.shape)}")
+        if x.shape[2] != spec.n_channels:
+            raise ValueError(f"dataset {dataset!r}: expected {spec.n_channels} channels {spec.channel_names}, got {x.shape[2]}")
+        bad = [s for s in x.shape[3:] if s % self.cfg.spatial_compression]
+        if bad:
+            raise ValueError(
+                f"dataset {dataset!r}: spatial shape {tuple(x.shape[3:])} is not divisible by the spatial "
+                f"compression {self.cfg.spatial_compression}"
+            )
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode_latent(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C, *space] (z-scored) → (codes [B, T', *space', d] with STE grads, ids [B, T', *space'])."""
+        self._check_input(x, dataset)
+        B, T = x.shape[:2]
+        ct = self.cfg.temporal_compression
+        t_pad = 1 + ct * math.ceil((T - 1) / ct)
+        if t_pad > T:  # pad at the end (replicating the last frame) so that (T-1) divides; stays causal
+            x = torch.cat([x, x[:, -1:].expand(-1, t_pad - T, *x.shape[2:])], dim=1)
+        h, n_frames = self.stems[_dataset_key(dataset)](x.flatten(0, 1)), t_pad  # [(B T), w0, *space]
+        for i in range(self.cfg.n_levels):
+            for block in self.enc_blocks[i]:
+                h = block(h, n_frames)
+            h = self.enc_down[i](h)
+            if str(i) in self.enc_time_down:
+                h, n_frames = self.enc_time_down[str(i)](h, n_frames)
+        for block in self.enc_mid:
+            h = block(h, n_frames)
+        z = self.to_code(F.silu(self.enc_norm(h)))  # [(B T'), d, *space']
+        codes, ids = self.fsq(z.movedim(1, -1))
+        return codes.unflatten(0, (B, n_frames)), ids.unflatten(0, (B, n_frames))
+
+    def decode_codes(self, codes: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
+        """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct (T'-1)."""
+        key = self._key(dataset)
+        B, n_groups = codes.shape[:2]
+        h = self.from_code(codes.flatten(0, 1).movedim(-1, 1))  # [(B T'), w, *space']
+        t = n_groups
+        for block in self.dec_mid:
+            h = block(h, t)
+        for step, i in enumerate(reversed(range(self.cfg.n_levels))):
+            if str(i) in self.dec_time_up:
+                # Causal upsampling T' → 2T' - 1: group 0 → frame 0, group j → frames 2j-1, 2j.
+                x = h.unflatten(0, (B, t)).repeat_interleave(2, dim=1)[:, 1:]
+                t = x.shape[1]
+                h, _ = self.dec_time_up[str(i)](x.flatten(0, 1), t)
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            h = self.dec_up[step](h)
+            for block in self.dec_blocks[step]:
+                h = block(h, t)
+        out = self.heads[key](h).unflatten(0, (B, t))  # [B, T_pad, C, *space]
+        return out if n_frames is None else out[:, :n_frames]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
+        """x [B, T, C, *space] (z-scored) → token ids [B, T', *space'] (int64)."""
+        return self.encode_latent(x, dataset)[1]
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
+        """token ids [B, T', *space'] → fields [B, T, C, *space] (z-scored)."""
+        codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
+        return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames)
+
+    def forward(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C, *space] → (reconstruction [B, T, C, *space], token ids [B, T', *space'])."""
+        codes, ids = self.encode_latent(x, dataset)
+        return self.decode_codes(codes, dataset, n_frames=x.shape[1]), ids
+
+    # ------------------------------------------------------------------ physical units
+    def _stats(self, dataset: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._key(dataset)
+        spec = self.datasets[dataset]
+        if spec.mean is None or spec.std is None:
+            raise ValueError(f"dataset {dataset!r}: the tokenizer has no normalisation stats for it")
+        shape = (-1,) + (1,) * self.cfg.n_spatial_dims  # broadcast over [..., C, *space]
+        mean = torch.tensor(spec.mean, dtype=like.dtype, device=like.device).view(shape)
+        std = torch.tensor(spec.std, dtype=like.dtype, device=like.device).view(shape)
+        return mean, std.clamp_min(1e-12)
+
+    def normalize(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
+        """Physical units → z-scores with the stats this tokenizer was trained with. x [..., C, *space]."""
+        mean, std = self._stats(dataset, x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
+        mean, std = self._stats(dataset, x)
+        return x * std + mean
