@@ -15,9 +15,12 @@ drawn with ``dataset_weights`` (default: proportional to sample counts).  ``batc
 Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k`` gives
 the same remaining stream as an uninterrupted run that has consumed k batches on this rank (exact in
 resampled mode for any worker count, and in sequential mode with ``num_workers <= 1``); batches are
-skipped before decoding.  Normalisation (per-channel z-score from the manifest's stats) runs in the
-workers.  Corrupt or truncated shards raise :class:`DataError` naming the shard and member; with
-``on_error="skip"`` they are skipped, logged and counted in ``batch["skipped_samples"]``.
+skipped before decoding (with ``on_error="skip"`` every sample is decoded as it is read).  Normalisation
+(per-channel z-score from the manifest's stats) runs in the workers.  Corrupt or truncated shards raise
+:class:`DataError` naming the shard and member; with ``on_error="skip"`` they are skipped, logged and
+counted: ``batch["skipped_samples"]`` is this worker's running count (a truncated shard's unread rest
+counts once, each undecodable sample once) and ``batch["skipped_new"]`` the part of it new since the
+worker's previous batch (sums over workers and ranks).
 """
 
 from __future__ import annotations
@@ -156,13 +159,35 @@ class WindowStream(IterableDataset):
         return random.Random(f"{self.seed}/{self.epoch}/" + "/".join(map(str, extra)))
 
     def _raw_samples(self, url: str, skipped: list[int]) -> Iterator[dict[str, Any]]:
+        """One shard's samples.  With ``on_error="skip"`` each is decoded here, so a damaged sample is left
+        out (logged, counted) before it can spoil a batch; its decoded arrays ride along as ``__decoded__``."""
         try:
-            yield from iter_raw_samples(url)
+            for sample in iter_raw_samples(url):
+                if self.on_error == "skip":
+                    try:
+                        decoded = self._decode_checked(sample)
+                    except DataError as err:
+                        skipped[0] += 1
+                        log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
+                        continue
+                    sample = {"__key__": sample["__key__"], "__url__": sample.get("__url__", url),
+                              "__decoded__": decoded}
+                yield sample
         except DataError as err:
             if self.on_error == "raise":
                 raise
             skipped[0] += 1
             log.warning("skipping rest of corrupt shard (%d skipped so far): %s", skipped[0], err)
+
+    def _decode_checked(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The decoded sample, or DataError naming shard and sample if a member is corrupt or missing."""
+        decoded = decode_sample(sample)
+        for key in ("meta", *self.keys):
+            if key not in decoded:
+                raise DataError(f"shard {decoded['__url__']}: sample {decoded['__key__']} has no {key} member "
+                                "(truncated or incomplete shard)")
+        self._dataset_of({**sample, "__decoded__": decoded})
+        return decoded
 
     def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
         if not self.shuffle or self.shuffle_buffer <= 1:
@@ -179,7 +204,7 @@ class WindowStream(IterableDataset):
         yield from buf
 
     def _collate(self, dataset: str, raw: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
-        decoded = [decode_sample(s) for s in raw]
+        decoded = [s["__decoded__"] if "__decoded__" in s else decode_sample(s) for s in raw]
         batch: dict[str, Any] = {"dataset": dataset, "meta": [d.get("meta", {}) for d in decoded]}
         for key in self.keys:
             missing = [d["__key__"] for d in decoded if key not in d]
@@ -197,7 +222,16 @@ class WindowStream(IterableDataset):
     def _dataset_of(sample: dict[str, Any]) -> str:
         from data_pipelines.shards import decode_member
 
-        return decode_member(sample.get("__url__", "?"), sample["__key__"], "meta.json", sample["meta.json"])["dataset"]
+        url, key = sample.get("__url__", "?"), sample["__key__"]
+        if "__decoded__" in sample:
+            meta = sample["__decoded__"]["meta"]
+        elif "meta.json" in sample:
+            meta = decode_member(url, key, "meta.json", sample["meta.json"])
+        else:  # a tar cut between members yields a sample without its meta.json
+            raise DataError(f"shard {url}: sample {key} has no meta.json member (truncated or incomplete shard)")
+        if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str):
+            raise DataError(f"shard {url}: member {key}.meta.json names no dataset")
+        return meta["dataset"]
 
     # -------------------------------------------------------------------------------- iteration
 
@@ -205,12 +239,16 @@ class WindowStream(IterableDataset):
         rank, world, worker, n_workers = self._position()
         skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
         skipped = [0]
+        reported = 0  # skips already reported in an earlier batch's skipped_new (or before a resume point)
         gen = self._resampled(rank, worker, n_workers, skipped) if self.resampled else \
             self._sequential(rank, world, worker, n_workers, skipped)
         for i, (dataset, raw) in enumerate(gen):
             if i < skip:
+                reported = skipped[0]  # counted by the run before the resume
                 continue
-            yield self._collate(dataset, raw, skipped[0])
+            batch = self._collate(dataset, raw, skipped[0])
+            batch["skipped_new"], reported = skipped[0] - reported, skipped[0]
+            yield batch
 
     def _sequential(self, rank, world, worker, n_workers, skipped) -> Iterator[tuple[str, list]]:
         records = list(self.records)
@@ -243,6 +281,7 @@ class WindowStream(IterableDataset):
         def endless(name: str) -> Iterator[dict[str, Any]]:
             shard_rng = self._rng(rank, worker, name)
             def draw():
+                empty: set[str] = set()  # shards drawn in a row that gave no sample of this dataset
                 while True:
                     rec = shard_rng.choice(by_dataset[name])
                     got = 0
@@ -250,8 +289,15 @@ class WindowStream(IterableDataset):
                         if self._dataset_of(s) == name:
                             got += 1
                             yield s
-                    if got == 0 and self.on_error == "raise":
+                    if got:
+                        empty.clear()
+                        continue
+                    if self.on_error == "raise":
                         raise DataError(f"shard {rec['url']}: no samples of dataset {name!r}")
+                    empty.add(rec["url"])
+                    if len(empty) == len(by_dataset[name]):  # skipping would spin forever
+                        raise DataError(f"dataset {name!r}: no readable samples in any of its "
+                                        f"{len(empty)} {self.split!r} shards (all skipped as corrupt)")
             return self._shuffled(draw(), shard_rng)
 
         streams: dict[str, Iterator] = {}

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from data_pipelines.atomic import is_disk_full
 from data_pipelines.errors import DataError
 from data_pipelines.shards import SPLITS, MANIFEST, ShardWriter, write_manifest
 
@@ -254,8 +255,11 @@ def shard_datasets(
         manifest = finalize(staging, records, header)
         swap_into_place(staging, out)
         return manifest
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(err):
+            raise DataError(f"{out}: not written, {err.strerror} (disk full or over quota); the previous "
+                            f"output, if any, is intact and the partial one removed") from None
         raise
 
 

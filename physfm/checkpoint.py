@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_pipelines.atomic import is_disk_full
+
 if TYPE_CHECKING:
     import torch
 
@@ -61,8 +63,11 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise CheckpointError(f"{path}: not written, {err.strerror} (disk full or over quota); the "
+                                  "previous version, if any, is intact") from None
         raise
 
 
@@ -75,7 +80,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
     with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as fh:  # through a Python file: a failed write raises OSError (errno kept)
+                torch.save(obj, fh)
+        except RuntimeError as err:  # torch wraps it as an opaque "enforce fail"; surface the OSError
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def remove_path(path: str | Path) -> None:

@@ -8,6 +8,8 @@ precision come from ``physfm.strategies`` by config.  What lives here:
 * the non-finite-loss guard: the flag is all-reduced so every rank takes the same decision; ``stop``
   raises :class:`NonFiniteLoss` (no checkpoint is written from a poisoned state), ``skip`` runs a
   zero-gradient step at learning rate 0 for that batch — weights are untouched — and counts it;
+* the count of corrupt samples the loaders skipped (``data.on_error=skip``), summed over ranks in the
+  guard's all-reduce and logged as ``data/skipped_samples`` (so it reaches metrics.json);
 * RNG state in checkpoints and the data position (batches consumed) so a resumed run continues the
   uninterrupted run's stream bit for bit on CPU;
 * throughput logging: tokens/s, achieved TFLOP/s and MFU against a configured (or measured) peak.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -102,10 +105,15 @@ class ARModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_config = ModelConfig(**model)
         self.optim_config = OptimConfig(**optim)
-        self.model = PhysicsTransformer(self.model_config)
+        self.model = self.build_model()
         self.dataset_names = list(dataset_names)
         self.n_context_frames = n_context_frames
         self.skipped_batches = 0
+        self.skipped_samples = 0  # corrupt samples the loaders skipped (data.on_error=skip), all ranks
+
+    def build_model(self) -> torch.nn.Module:
+        """The network trained here; subclasses train others with the same loop (physfm/diffusion_training.py)."""
+        return PhysicsTransformer(self.model_config)
 
     def dataset_ids(self, names: list[str] | str, batch_size: int) -> torch.Tensor:
         names = [names] * batch_size if isinstance(names, str) else names
@@ -121,18 +129,30 @@ class ARModule(L.LightningModule):
         _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
         return loss
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
+        """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders
+        skipped since the last step (``batch["skipped_new"]``) into ``skipped_samples``."""
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
+                             torch.tensor(float(new_skipped_samples), device=loss.device)])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad)  # every rank must take the same branch, or DDP hangs
-        return bad.item() == 0
+            torch.distributed.all_reduce(flags)  # every rank must take the same branch, or DDP hangs
+        bad, new = flags.tolist()
+        if new:
+            self.skipped_samples += int(new)
+            if self.trainer.is_global_zero:  # never silent: the loader's warnings name each shard
+                print(f"physfm: {self.skipped_samples} corrupt sample(s) skipped so far (data.on_error=skip)",
+                      file=sys.stderr, flush=True)
+        return bad == 0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        if not self._all_finite(loss):
+        finite = self._all_finite(loss, int(batch.get("skipped_new", 0)))
+        self.log("data/skipped_samples", float(self.skipped_samples), rank_zero_only=True)
+        if not finite:
             if self.hparams.nonfinite_loss == "stop":
+                value = loss.item() if not torch.isfinite(loss.detach()) else "on another rank"
                 raise NonFiniteLoss(
-                    f"non-finite loss ({loss.item()}) at step {self.global_step} on dataset {batch['dataset']!r}; "
+                    f"non-finite loss ({value}) at step {self.global_step} on dataset {batch['dataset']!r}; "
                     "stopped without writing a checkpoint (set trainer.nonfinite_loss=skip to skip such batches)"
                 )
             self.skipped_batches += 1
@@ -178,6 +198,7 @@ class ARModule(L.LightningModule):
                 "python": repr(random.getstate()),
             },
             "skipped_batches": self.skipped_batches,
+            "skipped_samples": self.skipped_samples,
             "dataset_names": self.dataset_names,
         }
 
@@ -186,6 +207,7 @@ class ARModule(L.LightningModule):
         if not state:
             return
         self.skipped_batches = int(state.get("skipped_batches", 0))
+        self.skipped_samples = int(state.get("skipped_samples", 0))
         rng = state["rng"]
         torch.set_rng_state(torch.as_tensor(rng["torch"], dtype=torch.uint8))
         np.random.set_state(("MT19937", np.asarray(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
@@ -287,9 +309,15 @@ def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Call
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from physfm.checkpoint import prune_checkpoints
+    from physfm.checkpoint import is_complete, prune_checkpoints
 
     class KeepLast(ModelCheckpoint):
+        def file_exists(self, filepath, trainer) -> bool:
+            # A half-written file under this name (a crashed non-atomic copy; ours are atomic) is replaced,
+            # not dodged with a "-v1" twin while the broken one stays beside it.
+            local = trainer.is_global_zero and self._fs.exists(filepath) and is_complete(filepath)
+            return trainer.strategy.reduce_boolean_decision(local, all=False)
+
         def _save_checkpoint(self, trainer, filepath: str) -> None:
             super()._save_checkpoint(trainer, filepath)
             if trainer.is_global_zero:

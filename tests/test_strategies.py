@@ -113,7 +113,12 @@ def test_slurm_environment_is_lightnings(monkeypatch: pytest.MonkeyPatch) -> Non
     """Under srun, Lightning's own SLURMEnvironment supplies ranks; devices/num_nodes "auto" follow SLURM."""
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+    # Building a Trainer as rank 3 sets Lightning's process-global rank; restore it for later tests.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
+    monkeypatch.setattr(fabric_rank_zero, "rank", fabric_rank_zero.rank)
     for var in ("TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
         monkeypatch.delenv(var, raising=False)
     slurm = {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "pretrain",

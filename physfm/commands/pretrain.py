@@ -6,7 +6,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pretrain", help="pretrain the AR model on token shards (any strategy, any launcher)")
+    p = subparsers.add_parser("pretrain", help="pretrain the AR model on token shards (or, with model.kind=diffusion, "
+                              "the flow-matching model on field shards); any strategy, any launcher")
     p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/pretrain/tiny.yaml")
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.max_steps=20")
@@ -15,15 +16,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from physfm.pretrain import load_pretrain_config, run_pretrain
-    from physfm.training import TrainingStopped
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    cfg = load_pretrain_config(args.config, overrides)
+    cfg = load_pretrain_config(args.config, overrides)  # before Lightning is imported: a bad key fails at once
+    from data_pipelines.config import ConfigError
+    from data_pipelines.errors import DataError
+    from physfm.checkpoint import CheckpointError
+    from physfm.training import NonFiniteLoss, TrainingStopped
+
     try:
         out = run_pretrain(cfg)
     except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit
         return finish(stopped.out, stopped.exit_code, note=str(stopped))
+    except (CheckpointError, NonFiniteLoss, DataError, ConfigError) as err:
+        # A refused or unwritable checkpoint, a diverged loss, bad data: one line and exit 1 — also from a
+        # worker of a multi-process launch, which must leave through clean_exit.
+        return fail(err)
     return finish(out)
+
+
+def fail(err: Exception) -> int:
+    """Print ``err`` as one line (naming the rank in a multi-process launch, where it may be the only one
+    that saw it) and exit with status 1."""
+    import sys
+
+    from physfm.distributed import clean_exit, global_rank, world_size
+
+    where = f" (rank {global_rank()})" if world_size() > 1 else ""
+    sys.stderr.write(f"physfm pretrain: error{where}: {err}\n")  # one write: ranks' lines do not interleave
+    sys.stderr.flush()
+    if world_size() > 1:
+        clean_exit(1)
+    return 1
 
 
 def finish(out, code: int = 0, note: str = "") -> int:
