@@ -1,0 +1,85 @@
+"""Refinement U-Net: identity at init (1D/2D/3D), training lowers the loss, --refine changes the rollout."""
+
+import json
+
+import pytest
+import torch
+
+from data_pipelines.errors import DataError
+from physfm.cli import main as physfm
+from physfm.refine import Refiner, RefinerConfig, load_refiner, save_refiner
+from physfm.refine_train import load_refine_config, run_refine
+from physfm.rollout import PhysicsModel
+from physfm.windows import evaluation_windows
+from tests.rollout_fixtures import build_tiny_model
+
+
+@pytest.mark.parametrize("n_dims,shape", [(1, (32,)), (2, (16, 8)), (3, (8, 8, 4))])
+def test_untrained_refiner_is_the_identity_in_1d_2d_3d(n_dims, shape):
+    refiner = Refiner(RefinerConfig(width=8, levels=2, context_frames=2), n_dims, {"d": ["a", "b"]})
+    pred, context = torch.randn(3, 2, *shape), torch.randn(3, 1, 2, *shape)  # short history is padded
+    assert torch.equal(refiner(pred, context, "d"), pred)
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*levels"):
+        refiner(torch.randn(1, 2, *(6,) * n_dims), torch.randn(1, 2, 2, *(6,) * n_dims), "d")
+    with pytest.raises(KeyError, match="unknown to this refiner"):
+        refiner(pred, context, "other")
+
+
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory):
+    paths = build_tiny_model(tmp_path_factory.mktemp("refine"), datasets=("ripples", "waves"))
+    cfg = load_refine_config(None, [f"ckpt={paths['export']}", f"data.shards={paths['shards']}", "train.steps=80",
+                                    "train.log_every=20", "data.n_windows=16", "model.width=8"])
+    out = run_refine(cfg, log=None)
+    return paths, out
+
+
+def test_refine_trains_and_writes_its_files(refined):
+    paths, out = refined
+    assert out == paths["export"] / "refiner"  # next to the model, where from_pretrained looks
+    for name in ("refiner.safetensors", "refiner.json", "metrics.json", "report.md"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [loss for _, loss in metrics["loss_history"]]
+    assert losses[-1] < 0.6 * losses[0]
+    # The untrained AR's decoded frames carry no information; the refiner learns to forecast from the context.
+    for name, v in metrics["vrmse_next_step"]["valid"].items():
+        assert v["refined"] < 0.8 * v["input"], name
+    assert "| valid | waves |" in (out / "report.md").read_text()
+
+
+def test_refine_flag_changes_the_rollout_and_evaluate_reports_both(refined, tmp_path):
+    from physfm.evaluate import evaluate
+
+    paths, out = refined
+    pm = PhysicsModel.from_pretrained(paths["export"])  # finds EXPORT/refiner by itself
+    assert pm.refiner is not None and pm.describe()["refiner"] == str(out)
+    ctx = next(evaluation_windows(paths["shards"], "test", 2, datasets=["waves"])).context
+    plain, refined_out = pm.rollout(ctx, 2, "waves"), pm.rollout(ctx, 2, "waves", refine=True)
+    assert refined_out.shape == plain.shape and not torch.allclose(refined_out, plain)
+    assert PhysicsModel.from_pretrained(paths["export"], refiner=False).refiner is None
+    metrics = evaluate(paths["export"], paths["shards"], [1, 2], tmp_path / "ev", model=pm)
+    assert metrics["methods"][:2] == ["ar", "ar_refined"]
+    assert metrics["overall"]["ar_refined"]["1"] < metrics["overall"]["ar"]["1"]
+    no_ref = evaluate(paths["export"], paths["shards"], [1], tmp_path / "ev2", model=pm, refine=False)
+    assert "ar_refined" not in no_ref["methods"]
+
+
+def test_refiner_files_are_verified(refined, tmp_path):
+    paths, out = refined
+    refiner, meta = load_refiner(out)
+    assert meta["datasets"] == {"ripples": ["u", "vel_x", "vel_y"], "waves": ["u", "vel_x", "vel_y"]}
+    copy = save_refiner(refiner, tmp_path / "copy", {"tokenizer_fingerprint": "someone-else"})
+    with pytest.raises(DataError, match="another tokenizer"):
+        PhysicsModel.from_pretrained(paths["export"], refiner=copy)
+    (copy / "refiner.safetensors").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="does not match refiner.json"):
+        load_refiner(copy)
+    with pytest.raises(DataError, match="not a refiner directory"):
+        load_refiner(tmp_path)
+
+
+def test_refine_cli_rejects_unknown_keys(refined, capsys):
+    paths, _ = refined
+    code = physfm(["refine", "--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "train.stepz=3"])
+    assert code == 1 and "train.stepz" in capsys.readouterr().err

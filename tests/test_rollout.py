@@ -1,0 +1,138 @@
+"""PhysicsModel: cached = uncached greedy tokens, shapes and units, seeding, loading, evaluation windows."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipelines.errors import DataError
+from data_pipelines.well_io import WellReader
+from physfm.rollout import PhysicsModel
+from physfm.windows import evaluation_windows
+from tests.rollout_fixtures import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    paths = build_tiny_model(tmp_path_factory.mktemp("rollout"), datasets=("ripples", "waves"))
+    return paths, PhysicsModel.from_pretrained(paths["export"])
+
+
+def first_batch(paths, horizon, dataset="waves", batch_size=6):
+    return next(b for b in evaluation_windows(paths["shards"], "test", horizon, batch_size=batch_size)
+                if b.dataset == dataset)
+
+
+def test_cached_and_uncached_greedy_rollouts_give_the_same_tokens(tiny):
+    paths, pm = tiny
+    batch = first_batch(paths, 3)
+    # 3 frames after 4 context frames outgrow the 5-frame training window: the cache slides and re-fills too.
+    cached, ids_cached = pm.rollout(batch.context, 3, "waves", return_tokens=True)
+    plain, ids_plain = pm.rollout(batch.context, 3, "waves", return_tokens=True, use_cache=False)
+    assert ids_cached.shape == (6, 3, 4, 4)
+    assert torch.equal(ids_cached, ids_plain)
+    assert torch.allclose(cached, plain)
+
+
+def test_rollout_shapes_batching_and_context_checks(tiny):
+    paths, pm = tiny
+    batch = first_batch(paths, 2)
+    out = pm.rollout(batch.context, horizon=2, dataset="waves", batch_size=4)  # chunks of 4 + 2 windows
+    assert out.shape == (6, 2, 3, 16, 16) and out.dtype == torch.float32
+    one = pm.rollout(batch.context[1], horizon=2, dataset="waves")  # unbatched [T_in, C, *space]
+    assert one.shape == (2, 3, 16, 16)
+    assert torch.allclose(one, out[1], atol=1e-5)
+    longer = torch.cat([batch.context[:, :2], batch.context], 1)  # extra older frames are dropped
+    assert torch.allclose(pm.rollout(longer, 2, "waves"), out, atol=1e-5)
+    assert torch.allclose(pm.rollout(batch.context.numpy(), 2, "waves"), out, atol=1e-5)  # numpy in
+    # Outputs are physical units: near the data's scale (u = 1 + sin), not z-scores around 0.
+    assert out[:, :, 0].mean() > 0.5
+    with pytest.raises(ValueError, match="reads 4 frames"):
+        pm.rollout(batch.context[:, :3], 2, "waves")
+    with pytest.raises(ValueError, match="3 channels"):
+        pm.rollout(batch.context[:, :, :2], 2, "waves")
+    with pytest.raises(ValueError, match="'lava' is unknown"):
+        pm.rollout(batch.context, 2, "lava")
+    with pytest.raises(ValueError, match="name one"):
+        pm.rollout(batch.context, 2)
+    with pytest.raises(ValueError, match="no refiner"):
+        pm.rollout(batch.context, 2, "waves", refine=True)
+
+
+def test_sampling_is_seeded_and_top_k_restricts(tiny):
+    paths, pm = tiny
+    ctx = first_batch(paths, 1).context
+    a = pm.rollout(ctx, 1, "waves", temperature=1.0, top_k=4, seed=3, return_tokens=True)[1]
+    b = pm.rollout(ctx, 1, "waves", temperature=1.0, top_k=4, seed=3, return_tokens=True)[1]
+    c = pm.rollout(ctx, 1, "waves", temperature=1.0, top_k=4, seed=4, return_tokens=True)[1]
+    greedy = pm.rollout(ctx, 1, "waves", return_tokens=True)[1]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    top1 = pm.rollout(ctx, 1, "waves", temperature=1.0, top_k=1, seed=5, return_tokens=True)[1]
+    assert torch.equal(top1, greedy)  # top-1 sampling is greedy decoding
+
+
+def test_from_pretrained_round_trip_and_tokenizer_check(tiny, tmp_path):
+    from physfm.checkpoint import load_safetensors
+    from tokenizer.checkpoint import save_tokenizer
+    from tokenizer.model import Tokenizer
+
+    paths, pm = tiny
+    state, info = load_safetensors(paths["export"])
+    for name, tensor in pm.model.state_dict().items():
+        if name in state:
+            assert torch.equal(tensor, state[name]), name
+    assert pm.dataset_names == ["ripples", "waves"] and pm.n_input_frames == 4
+    assert pm.describe()["tokenizer"] == str(paths["tokenizer"]) and pm.refiner is None
+    other = Tokenizer(pm.tokenizer.cfg, pm.tokenizer.datasets)  # same architecture, other weights
+    save_tokenizer(other, tmp_path / "other")
+    with pytest.raises(DataError, match="not the tokenizer the model was trained with"):
+        PhysicsModel.from_pretrained(paths["export"], tokenizer=tmp_path / "other")
+    with pytest.raises(DataError, match="no such checkpoint"):
+        PhysicsModel.from_pretrained(tmp_path / "missing")
+
+
+def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
+    paths, _ = tiny
+    horizon = 5  # the shards hold 1 output frame: these windows are cut from the source files
+    batches = list(evaluation_windows(paths["shards"], "test", horizon, batch_size=8))
+    waves = [b for b in batches if b.dataset == "waves"]
+    n_windows = sum(len(b.meta) for b in waves)
+    assert n_windows == 2 * (14 - (4 + horizon) + 1)  # 2 trajectories of 14 steps, stride 1
+    src = paths["data"].parent / "waves" / "data" / "test" / "waves.hdf5"
+    with WellReader(src) as reader:
+        for b in waves:
+            for i, meta in enumerate(b.meta):
+                frames = reader.frames(meta["trajectory"], meta["start"], meta["start"] + 4 + horizon)
+                assert np.array_equal(b.context[i].numpy(), frames[:4])
+                assert np.array_equal(b.truth[i].numpy(), frames[4:])
+    # Horizon 1 fits the shards: the same windows come from them.
+    shard_batch = next(b for b in evaluation_windows(paths["shards"], "test", 1) if b.dataset == "waves")
+    meta = shard_batch.meta[0]
+    with WellReader(src) as reader:
+        frames = reader.frames(meta["trajectory"], meta["start"], meta["start"] + 5)
+    assert np.array_equal(shard_batch.truth[0].numpy(), frames[4:])
+    # A cap keeps windows spread over every trajectory, not the first N of one.
+    capped = [m for b in evaluation_windows(paths["shards"], "test", horizon, max_windows=4, datasets=["waves"])
+              for m in b.meta]
+    assert len(capped) == 4 and {m["trajectory"] for m in capped} == {0, 1}
+    with pytest.raises(DataError, match="lower the horizon"):
+        list(evaluation_windows(paths["shards"], "test", 11))
+
+
+def test_temporal_compression_two_rolls_out_in_token_groups(tiny):
+    from physfm.model import PhysicsTransformer
+    from tokenizer.model import Tokenizer
+
+    paths, pm = tiny
+    tok_cfg = dataclasses.replace(pm.tokenizer.cfg, temporal_compression=2)
+    tok = Tokenizer(tok_cfg, pm.tokenizer.datasets).eval()
+    ar = PhysicsTransformer(dataclasses.replace(pm.model.config, max_frames=4))
+    # 5 context frames → 1 + 4/2 = 3 token frames; each generated token frame decodes to 2 frames.
+    info = {**pm.info, "n_context_frames": 3, "n_frames": 4}
+    model = PhysicsModel(ar, tok, info)
+    assert model.n_input_frames == 5
+    ctx = torch.randn(2, 5, 3, 16, 16)
+    out, ids = model.rollout(ctx, 3, "waves", return_tokens=True)
+    assert out.shape == (2, 3, 3, 16, 16) and ids.shape == (2, 2, 4, 4)
+    assert torch.equal(ids, model.rollout(ctx, 3, "waves", return_tokens=True, use_cache=False)[1])
