@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_pipelines.config import ConfigError, to_dict
+from physfm.diffusion import DiffusionConfig
 from physfm.model import ModelConfig
 from physfm.strategies import StrategyConfig
 
@@ -22,6 +23,7 @@ from physfm.strategies import StrategyConfig
 @dataclass
 class TokenDataConfig:
     tokens: list[str] = field(default_factory=list)  # token shard sets (dirs or URLs); datasets are mixed
+    shards: list[str] = field(default_factory=list)  # field shard sets, for model.kind=diffusion (latents on the fly)
     batch_size: int = 8  # per rank, per micro-batch
     num_workers: int = 1
     shuffle_buffer: int = 256
@@ -30,8 +32,9 @@ class TokenDataConfig:
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count
 
     def validate(self) -> None:
-        if not self.tokens:
-            raise ValueError("data.tokens: give at least one token shard directory (physfm tokenizer encode)")
+        if not self.tokens and not self.shards:
+            raise ValueError("data.tokens: give at least one token shard directory (physfm tokenizer encode), "
+                             "or data.shards (field shards) for model.kind=diffusion")
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
@@ -48,6 +51,7 @@ class TrainerConfig:
     peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul peak on CPU
     logger: Literal["wandb", "csv", "none"] = "wandb"  # wandb runs offline unless WANDB_MODE says otherwise
     progress_bar: bool = True
+    max_time_s: float = 0.0  # wall-clock cap in seconds (0: none); stops with a final checkpoint
 
     def validate(self) -> None:
         for name in ("max_steps", "accumulate_grad_batches", "checkpoint_every", "keep_last", "log_every"):
@@ -76,9 +80,18 @@ class PretrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when model.kind=diffusion
 
     def validate(self) -> None:
         self.strategy.validate()
+        if self.model.kind == "ar" and not self.data.tokens:
+            raise ConfigError("data.tokens: model.kind=ar trains on token shards (physfm tokenizer encode)")
+        if self.model.kind == "diffusion":
+            if not self.data.shards:
+                raise ConfigError("data.shards: model.kind=diffusion trains on field shards (physfm data shard)")
+            if not self.tokenizer:
+                raise ConfigError("tokenizer: model.kind=diffusion needs the tokenizer checkpoint whose latents "
+                                  "it models")
 
 
 def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -132,6 +145,9 @@ RUN_INFO = "run.json"  # what a checkpoint needs to become a usable model (expor
 
 
 def run_info(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    if cfg.model.kind == "diffusion":
+        from physfm.diffusion_training import diffusion_run_info
+        return diffusion_run_info(cfg, info)
     return {
         "kind": "ar",
         "model": to_dict(cfg.model),
@@ -176,6 +192,9 @@ class TokenDataModule:
 
 
 def build_lightning_module(cfg: PretrainConfig, info: dict[str, Any]):
+    if cfg.model.kind == "diffusion":
+        from physfm.diffusion_training import build_diffusion_module
+        return build_diffusion_module(cfg, info)
     from physfm.training import ARModule
 
     return ARModule(
@@ -223,6 +242,7 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     trainer = L.Trainer(
         **kwargs,
         max_steps=cfg.trainer.max_steps,
+        max_time={"seconds": cfg.trainer.max_time_s} if cfg.trainer.max_time_s > 0 else None,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None,
         # Validate every val_every steps, and at least once (at the end) in any run.
@@ -252,16 +272,34 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
     from physfm.training import TrainingStopped
 
     out = Path(cfg.out or default_run_dir("pretrain"))
-    info = describe_tokens(cfg)
+    if cfg.model.kind == "diffusion":
+        from physfm.diffusion_training import describe_fields
+        info = describe_fields(cfg)
+    else:
+        info = describe_tokens(cfg)
+    if init_weights is not None and init_weights.get("dataset_names"):
+        # Fine-tuning keeps the pretrained dataset ids and appends new names (physfm/finetune.py).
+        missing = sorted(set(info["dataset_names"]) - set(init_weights["dataset_names"]))
+        if missing:
+            raise ConfigError(f"data.tokens: datasets {missing} are not in the run's dataset vocabulary")
+        info["dataset_names"] = list(init_weights["dataset_names"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_lightning_module(cfg, info)
     if init_weights is not None:
-        module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
+        if init_weights.get("state_dict") is not None:
+            module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
+        if init_weights.get("prepare") is not None:  # e.g. freeze blocks or add LoRA adapters before training
+            init_weights["prepare"](module.model)
 
     resume = resolve_resume(cfg, out)
     resume_step = checkpoint_step(resume) if resume else 0
     trainer, throughput, stop_on_signal = build_trainer(cfg, out, module, info, resume_step)
-    data = TokenDataModule(cfg, cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches)
+    total_batches = cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches
+    if cfg.model.kind == "diffusion":
+        from physfm.diffusion_training import FieldDataModule
+        data = FieldDataModule(cfg, total_batches)
+    else:
+        data = TokenDataModule(cfg, total_batches)
     consumed = resume_step * cfg.trainer.accumulate_grad_batches  # batches this rank's stream skips
     if resume is not None and trainer.is_global_zero:
         print(f"physfm: resuming from {resume} (step {resume_step})", flush=True)
@@ -344,6 +382,9 @@ def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trai
     if stopped_at_step is not None:
         lines += ["", f"Stopped early at step {stopped_at_step} on a signal; the same command resumes from its "
                   "checkpoint."]
+    if summary.get("data_skipped_samples"):
+        lines += ["", f"Skipped {summary['data_skipped_samples']:.0f} corrupt sample(s) (data.on_error=skip); "
+                  "the run's log names each shard."]
     if hist:
         lines += ["", f"Train loss: first logged {hist[0][1]:.3f} (step {hist[0][0]}), last {hist[-1][1]:.3f} "
                   f"(step {hist[-1][0]})."]
