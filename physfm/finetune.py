@@ -1,0 +1,262 @@
+"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D or 2D).
+
+Steps, each skipped when an earlier segment of the same run already finished it (so a requeued or
+resumed run continues where it stopped, and the AR stage resumes bit for bit via ``resume: auto``):
+
+1. data: a raw The Well directory is validated and sharded into ``RUN/shards`` (``physfm/finetune_data.py``);
+2. tokenizer: datasets the pretrained tokenizer lacks get a new stem/head, trained with the shared trunk
+   and every known dataset frozen (``tokenizer.training``, ``init.freeze_*``) → ``RUN/tokenizer``;
+   the windows are encoded with it → ``RUN/tokens``;
+3. AR model: :func:`physfm.pretrain.run_pretrain` from the pretrained weights (same strategies: ddp,
+   DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode`` = full, freeze (all but
+   the last k blocks) or lora (``physfm/lora.py``);
+4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
+   persistence and, with ``compare_scratch``, the same budget trained from random init → ``report.md``,
+   ``metrics.json``, ``vrmse_vs_horizon.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from data_pipelines.config import ConfigError, to_dict
+from physfm.pretrain import PretrainConfig, TokenDataConfig, default_run_dir
+
+
+@dataclass
+class FinetuneSection:
+    init: str = ""  # the pretrained model: run directory, checkpoint or export (--from)
+    data: str = ""  # raw The Well dataset directory or field shard directory (--data)
+    mode: Literal["full", "freeze", "lora"] = "full"
+    train_last_blocks: int = 1  # mode=freeze: blocks trained (plus final norm, output head, dataset embedding)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    tokenizer_steps: int = 150  # new stem/head training steps (trunk frozen)
+    tokenizer_lr: float = 3e-3
+    tokenizer_batch_size: int = 8
+    lift: int = 0  # 1D data on a 2D tokenizer: cells of the added axis (0 = the tokenizer's spatial compression)
+    eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    eval_max_windows: int = 16  # test windows per dataset
+    compare_scratch: bool = False  # also train the same budget from random init
+
+    def validate(self) -> None:
+        if self.tokenizer_steps < 1:
+            raise ConfigError(f"finetune.tokenizer_steps: must be >= 1, got {self.tokenizer_steps}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"finetune.lora_rank: must be >= 1, got {self.lora_rank}")
+        if not self.eval_horizons or min(self.eval_horizons) < 1:
+            raise ConfigError(f"finetune.eval_horizons: need positive integers, got {self.eval_horizons}")
+
+
+@dataclass
+class FinetuneDataConfig(TokenDataConfig):
+    """``data``: as pretraining's, but ``tokens`` is made by the fine-tune itself (``RUN/tokens``)."""
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FinetuneConfig(PretrainConfig):
+    """A pretrain config (data/optim/trainer/strategy sections) plus ``finetune``; ``model`` and
+    ``tokenizer`` come from the pretrained run, ``data.tokens`` from step 2."""
+
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+
+    def validate(self) -> None:
+        self.strategy.validate()
+        self.finetune.validate()
+
+
+def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    from data_pipelines.config import load_config
+
+    return load_config(FinetuneConfig, path, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
+    from physfm.rollout import _tokenizer_location
+
+    return _tokenizer_location(info, run_dir)
+
+
+def adapt_tokenizer(cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, manifest: dict[str, Any],
+                    out: Path) -> Path:
+    """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads."""
+    from tokenizer.checkpoint import load_tokenizer, resolve_checkpoint
+    from tokenizer.training import TokenizerTrainConfig, train_tokenizer
+
+    known = load_tokenizer(base_tokenizer).datasets
+    new = [n for n in manifest["datasets"] if n not in known]
+    for name in manifest["datasets"]:
+        if name in known and known[name].channel_names != list(manifest["datasets"][name]["channel_names"]):
+            raise ConfigError(f"dataset {name!r}: channels {manifest['datasets'][name]['channel_names']} differ from "
+                              f"the pretrained tokenizer's {known[name].channel_names}; rename the dataset")
+    if not new:
+        return resolve_checkpoint(base_tokenizer)
+    target = out / "tokenizer"
+    try:
+        return resolve_checkpoint(target)  # adapted by an earlier segment of this run
+    except Exception:
+        pass
+    f = cfg.finetune
+    tcfg = TokenizerTrainConfig()
+    tcfg.data.shards, tcfg.data.batch_size, tcfg.data.val_batches = str(shards), f.tokenizer_batch_size, 0
+    tcfg.init.from_ckpt, tcfg.init.freeze_trunk, tcfg.init.freeze_known_datasets = str(base_tokenizer), True, True
+    tcfg.trainer.max_steps, tcfg.trainer.lr = f.tokenizer_steps, f.tokenizer_lr
+    tcfg.trainer.warmup_steps = min(10, f.tokenizer_steps)
+    tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
+    tcfg.out = str(target)
+    return train_tokenizer(tcfg)
+
+
+def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
+    from data_pipelines.shards import read_manifest
+    from tokenizer.checkpoint import fingerprint
+    from tokenizer.encode import encode_shards
+
+    tokens = out / "tokens"
+    if (tokens / "manifest.json").is_file() and read_manifest(tokens).get("tokenizer_fingerprint") == fingerprint(tokenizer):
+        return tokens
+    return encode_shards(tokenizer, shards, tokens)
+
+
+def init_dataset_rows(state: dict[str, Any], n_known: int, n_total: int) -> dict[str, Any]:
+    """New datasets' conditioning rows start at the mean of the pretrained ones (a "typical dataset")."""
+    table = state["dataset_embedding.weight"].clone()
+    if n_total > table.shape[0]:
+        raise ConfigError(f"model.n_datasets={table.shape[0]} has no free id for {n_total} datasets")
+    table[n_known:n_total] = table[:n_known].mean(0, keepdim=True)
+    return {**state, "dataset_embedding.weight": table}
+
+
+def prepare_fn(f: FinetuneSection):
+    """What run_pretrain applies to the model after loading the pretrained weights."""
+    from physfm import lora
+
+    if f.mode == "freeze":
+        return lambda model: lora.freeze_all_but_last(model, f.train_last_blocks)
+    if f.mode == "lora":
+        return lambda model: lora.add_lora(model, f.lora_rank, f.lora_alpha, f.lora_dropout)
+    return None
+
+
+def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
+    """The run's newest weights (LoRA merged) as an export any loader reads."""
+    from physfm.checkpoint import export_safetensors
+    from physfm.export import load_model_state
+    from physfm.lora import merge_lora_state
+
+    state, info = load_model_state(run)
+    if f is not None and f.mode == "lora":
+        state = merge_lora_state(state, f.lora_alpha / f.lora_rank)
+    info = {k: v for k, v in info.items() if k != "checkpoint"}
+    return export_safetensors(state, info, out_dir)
+
+
+def _training_config(cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path,
+                     max_steps: int | None = None) -> PretrainConfig:
+    from physfm.model import ModelConfig
+    from physfm.pretrain import token_layout
+    from data_pipelines.shards import read_manifest
+
+    manifest = read_manifest(tokens)
+    _, n_frames = token_layout(manifest)
+    grid = next(iter(manifest["datasets"].values()))["token_grid"][1:]
+    model_cfg = ModelConfig(**{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], n_frames)})
+    base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
+    train = PretrainConfig(**base, out=str(out), tokenizer=str(tokenizer.resolve()), model=model_cfg,
+                           data=TokenDataConfig(**{**to_dict(cfg.data), "tokens": [str(tokens)]}))
+    if max_steps is not None:
+        train.trainer = type(cfg.trainer)(**{**to_dict(cfg.trainer), "max_steps": max_steps})
+    return train
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def run_finetune(cfg: FinetuneConfig) -> Path:
+    """Fine-tune, evaluate, report; returns the run directory."""
+    from physfm.export import load_model_state, resolve_checkpoint
+    from physfm.finetune_data import prepare_shards
+    from physfm.finetune_eval import evaluate_models, write_report
+    from physfm.pretrain import run_pretrain
+    from tokenizer.checkpoint import load_tokenizer
+
+    f = cfg.finetune
+    if not f.init or not f.data:
+        raise ConfigError("finetune.init (--from) and finetune.data (--data) are both required")
+    out = Path(cfg.out or default_run_dir("finetune"))
+    state, info = load_model_state(f.init)
+    if info.get("kind", "ar") != "ar":
+        raise ConfigError(f"--from {f.init}: a {info['kind']!r} model; fine-tuning supports AR models")
+    _, run_dir = resolve_checkpoint(f.init)
+    base_tokenizer = pretrained_tokenizer_path(info, run_dir)
+    tok_cfg = load_tokenizer(base_tokenizer).cfg
+    n_context = int(info["n_context_frames"])
+    n_input = 1 + tok_cfg.temporal_compression * (n_context - 1)
+    n_output = 1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input  # field frames after the context
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    shards, manifest = prepare_shards(f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims,
+                                      f.lift or tok_cfg.spatial_compression)
+    timings["data_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
+    tokens = encode_tokens(tokenizer, shards, out)
+    timings["tokenizer_s"] = time.perf_counter() - start
+
+    old_names = list(info["dataset_names"])
+    names = old_names + sorted(n for n in manifest["datasets"] if n not in old_names)
+    state = init_dataset_rows(state, len(old_names), len(names))
+    train_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out)
+    start = time.perf_counter()
+    run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
+    timings["finetune_s"] = time.perf_counter() - start
+    summary = json.loads((out / "metrics.json").read_text())
+
+    before_info = {**json.loads((out / "run.json").read_text())}
+    models = {"finetuned": export_plain(out, out / "model", f),
+              "pretrained": _export_state(state, before_info, out / "model_before")}
+    scratch_summary = None
+    if f.compare_scratch:
+        scratch_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out / "scratch")
+        start = time.perf_counter()
+        run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
+        timings["scratch_s"] = time.perf_counter() - start
+        scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
+        models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
+    new_names = [n for n in names if n in manifest["datasets"]]
+    results = evaluate_models(models, shards, new_names, f.eval_horizons, f.eval_max_windows)
+    metrics = {"from": str(f.init), "data": str(f.data), "shards": str(shards), "tokenizer": str(tokenizer),
+               "mode": f.mode, "datasets": new_names, "dataset_names": names, "steps": summary["steps"],
+               "trainable_params": _trainable(f, info, names), "seconds": {k: round(v, 2) for k, v in timings.items()},
+               "train": summary, "scratch_train": scratch_summary, **results}
+    write_report(out, metrics)
+    return out
+
+
+def _export_state(state: dict[str, Any], info: dict[str, Any], out_dir: Path) -> Path:
+    from physfm.checkpoint import export_safetensors
+
+    return export_safetensors(state, info, out_dir)
+
+
+def _trainable(f: FinetuneSection, info: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """(trainable, total) parameters of the fine-tuned model under this mode."""
+    from physfm.lora import count_trainable
+    from physfm.model import ModelConfig, PhysicsTransformer
+
+    model = PhysicsTransformer(ModelConfig(**info["model"]))
+    prepare = prepare_fn(f)
+    if prepare is not None:
+        prepare(model)
+    trainable, total = count_trainable(model)
+    return {"trainable": trainable, "total": total}

@@ -1,0 +1,129 @@
+"""physfm finetune: unseen fields end to end (1D lifted onto a 2D tokenizer, and 2D), exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from data_pipelines.errors import DataError
+from physfm.checkpoint import safe_torch_load
+from physfm.finetune import load_finetune_config, run_finetune
+from tests.datagen import make_toy_dataset
+from tests.rollout_fixtures import build_tiny_model, write_wave_dataset
+
+FAST = ["trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.keep_last=5", "data.batch_size=4",
+        "finetune.tokenizer_steps=5", "finetune.eval_max_windows=4", "finetune.eval_horizons=[1,2]"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A tiny (untrained) model + tokenizer that know one 2D dataset, "waves" (fields u, vel)."""
+    return build_tiny_model(tmp_path_factory.mktemp("pre"))["export"]
+
+
+def config(pretrained: Path, data: Path, out: Path, *extra: str):
+    return load_finetune_config("configs/finetune/tiny.yaml", [*FAST, f"finetune.init={pretrained}",
+                                                                f"finetune.data={data}", f"out={out}", *extra])
+
+
+@pytest.mark.slow
+def test_unseen_2d_fields_end_to_end_with_scratch(pretrained, tmp_path):
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)  # unseen dataset name, 16x16
+    out = run_finetune(config(pretrained, data, tmp_path / "run", "finetune.compare_scratch=true"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dataset_names"] == ["waves", "toy"]  # the pretrained id kept, the new one appended
+    assert m["steps"] == 6 and set(m["overall"]) == {"finetuned", "pretrained", "scratch", "persistence"}
+    assert all(np.isfinite(v) and v > 0 for per in m["overall"].values() for v in per.values())
+    assert (out / "vrmse_vs_horizon.png").stat().st_size > 0 and "| persistence |" in (out / "report.md").read_text()
+    # The adapted tokenizer kept the pretrained dataset bit-identical and added the new one.
+    from tokenizer.checkpoint import load_tokenizer
+    base, adapted = load_tokenizer(json.loads((pretrained / "config.json").read_text())["tokenizer"]), \
+        load_tokenizer(out / "tokenizer")
+    assert set(adapted.datasets) == {"waves", "toy"}
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, adapted.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_1d_dataset_on_2d_model_is_lifted(pretrained, tmp_path):
+    data = write_wave_dataset(tmp_path / "w1", "waves1d", n_dims=1, resolution=32)
+    out = run_finetune(config(pretrained, data, tmp_path / "run", "finetune.mode=freeze"))
+    m = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((out / "shards" / "manifest.json").read_text())
+    assert manifest["datasets"]["waves1d"]["spatial_shape"] == [32, 4]  # lifted over a y axis of 4 cells
+    assert manifest["datasets"]["waves1d"]["channel_names"] == ["u", "vel_x"]
+    assert m["trainable_params"]["trainable"] < m["trainable_params"]["total"]  # freeze mode froze blocks
+    assert m["overall"]["finetuned"]["1"] > 0
+
+
+@pytest.mark.slow
+def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
+    full = run_finetune(config(pretrained, data, tmp_path / "full", "finetune.mode=lora"))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed, ignore=shutil.ignore_patterns("step=0000006.ckpt", "model*", "metrics.json"))
+    run_finetune(config(pretrained, data, resumed, "finetune.mode=lora"))
+    assert json.loads((resumed / "metrics.json").read_text())["train"]["resumed_from"].endswith("step=0000003.ckpt")
+    a = safe_torch_load(full / "checkpoints" / "step=0000006.ckpt")["state_dict"]
+    b = safe_torch_load(resumed / "checkpoints" / "step=0000006.ckpt")["state_dict"]
+    assert any(k.endswith("lora_a") for k in a) and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_wrong_layout_is_a_named_error(pretrained, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.txt").write_text("not a dataset")
+    with pytest.raises(DataError, match="not a The Well dataset directory"):
+        run_finetune(config(pretrained, bad, tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_train_split_is_a_named_error(pretrained, tmp_path):
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_files=1, splits=("valid", "test"))
+    with pytest.raises(DataError, match="no train split"):
+        run_finetune(config(pretrained, data, tmp_path / "run"))
+
+
+def test_nan_field_is_a_named_error(pretrained, tmp_path):
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_files=1)
+    path = data / "data" / "train" / "toy_0.hdf5"
+    with h5py.File(path, "r+") as f:
+        f["t0_fields/u"][1, 3, 2, 2] = np.nan
+    with pytest.raises(DataError, match=r"toy_0\.hdf5.*u"):
+        run_finetune(config(pretrained, data, tmp_path / "run"))
+
+
+def test_cli_reports_bad_input_in_one_line(pretrained, tmp_path, capsys):
+    from physfm.cli import main
+
+    code = main(["finetune", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
+                 "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert code == 1 and "physfm finetune: error:" in capsys.readouterr().err
+
+
+def test_lora_merge_reproduces_adapted_forward():
+    from physfm.lora import add_lora, merge_lora_state
+    from physfm.model import ModelConfig, PhysicsTransformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=16, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64, max_frames=2,
+                      grid_shape=[2, 2], n_datasets=2)
+    model = PhysicsTransformer(cfg)
+    add_lora(model, rank=4, alpha=8.0)
+    for name, p in model.named_parameters():
+        if name.endswith("lora_b"):
+            torch.nn.init.normal_(p, std=0.1)  # as after some training
+    idx, ids = torch.randint(0, 16, (2, 8)), torch.tensor([0, 1])
+    plain = PhysicsTransformer(cfg)
+    plain.load_state_dict(merge_lora_state(model.state_dict(), 8.0 / 4))
+    torch.testing.assert_close(plain(idx, (2, 2), ids)[0], model(idx, (2, 2), ids)[0], atol=1e-5, rtol=1e-4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_a", "lora_b")) or n.startswith("dataset_embedding") for n in trainable)
