@@ -15,7 +15,13 @@ VERB_MODULES = [
     "physfm.commands.data",
     "physfm.commands.tokenizer",
     "physfm.commands.pretrain",
+    "physfm.commands.finetune",
     "physfm.commands.export",
+    "physfm.commands.refine",
+    "physfm.commands.rollout",
+    "physfm.commands.evaluate",
+    "physfm.commands.probe",
+    "physfm.commands.steer",
     "physfm.commands.quickstart",
     "physfm.commands.estimate",
 ]
@@ -37,8 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_known_warnings() -> None:
+    """Silence library warnings that say nothing about the user's run (they hide the ones that do)."""
+    import warnings
+
+    # Lightning's hint when a machine has Slurm installed but the command was not started by srun.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # nothing may need the network at run time
+    quiet_known_warnings()
     args = build_parser().parse_args(argv)
     from data_pipelines.errors import DataError
     from data_pipelines.config import ConfigError
