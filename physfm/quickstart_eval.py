@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-REFINE_OVERRIDES = ["train.steps=150", "train.log_every=25", "data.n_windows=24", "data.val_windows=8",
+REFINE_OVERRIDES = ["train.steps=100", "train.log_every=25", "data.n_windows=8", "data.val_windows=4",
                     "data.batch_size=8", "model.width=16"]
 EVAL_HORIZONS = [1, 2]
-EVAL_MAX_WINDOWS = 8  # per dataset
+EVAL_MAX_WINDOWS = 4  # per dataset
 
 
 def _needs(ctx, *keys: str) -> None:

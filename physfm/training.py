@@ -283,6 +283,9 @@ class StopOnSignal(L.Callback):
             signal.signal(self.signum, self._previous)
             self._previous = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # a failed run must not leave our handler installed
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._checked_step = trainer.global_step
 

@@ -305,6 +305,8 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
     from physfm.training import STOPPED_EXIT_CODE, ARModule, TrainingStopped
     from tests.datagen import make_token_shards
 
+    handler_before = signal.getsignal(signal.SIGUSR1)
+
     tokens = make_token_shards(tmp_path / "tokens")
     original = ARModule.loss
     sent = []
@@ -322,7 +324,7 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
     with pytest.raises(TrainingStopped) as stopped:
         run_pretrain(cfg())
     assert stopped.value.step == 6 and stopped.value.exit_code == STOPPED_EXIT_CODE == 75
-    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handler restored after fit
+    assert signal.getsignal(signal.SIGUSR1) == handler_before  # handler restored after fit
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stopped_at_step"] == 6
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step=0000006.ckpt"]
