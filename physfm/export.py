@@ -51,17 +51,41 @@ def load_model_state(location: str | Path) -> tuple[dict[str, Any], dict[str, An
     return consolidate_state_dict(path, strip_prefix=MODULE_PREFIX), info
 
 
+def model_kind(location: str | Path) -> str:
+    """"ar" or "diffusion": the kind in the run's run.json (an export's config.json), weights unread."""
+    from physfm.pretrain import RUN_INFO
+
+    path, run_dir = resolve_checkpoint(location)
+    meta = path / CONFIG_NAME if (path / WEIGHTS_NAME).is_file() else run_dir / RUN_INFO
+    try:
+        return str(json.loads(meta.read_text()).get("kind", "ar"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta}: unreadable model description ({err})") from None
+
+
 def load_ar_model(location: str | Path):
     """(PhysicsTransformer in eval mode, run info)."""
     from physfm.model import ModelConfig, PhysicsTransformer
 
     state, info = load_model_state(location)
+    if info.get("kind", "ar") != "ar":
+        raise CheckpointError(f"{location}: a {info['kind']!r} model, not an AR one; load it with "
+                              "PhysicsModel.from_pretrained (physfm.rollout)")
     model = PhysicsTransformer(ModelConfig(**info["model"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{location}: weights do not match the model config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval(), info
+
+
+def load_model(location: str | Path):
+    """(AR or diffusion transformer in eval mode, run info), by the run's kind (probing, steering)."""
+    if model_kind(location) == "diffusion":
+        from physfm.diffusion_rollout import load_diffusion_model
+
+        return load_diffusion_model(location)
+    return load_ar_model(location)
 
 
 def export_model(location: str | Path, out_dir: str | Path) -> Path:

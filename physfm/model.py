@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, pa
 
 @dataclass
 class ModelConfig:
+    # Which network trains on these sizes: the AR transformer over token ids (this file) or the flow-matching
+    # transformer over the tokenizer's continuous latents (physfm/diffusion.py, same blocks).
+    kind: Literal["ar", "diffusion"] = "ar"
     vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
     n_layer: int = 4
     n_head: int = 4
@@ -150,7 +154,9 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
-                cache_pos: int = 0) -> Tensor:
+                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+        """``attn_mask`` [L, cache_pos + L] bool (True = attend) replaces token-causal masking; the
+        diffusion variant uses it for frame-causal attention (physfm/diffusion.py)."""
         B, L, _ = x.shape
         q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
                                       self.n_kv_head * self.head_dim], dim=-1)
@@ -161,14 +167,15 @@ class Attention(nn.Module):
         if kv is not None:
             # Preallocated cache [B, Hkv, max_len, hd]: write in place, attend over the filled prefix.
             k_cache, v_cache = kv
-            if cache_pos > 0 and L > 1:
+            if cache_pos > 0 and L > 1 and attn_mask is None:
                 raise ValueError("KV cache: a multi-token chunk must start at position 0 (prefill)")
             k_cache[:, :, cache_pos:cache_pos + L] = k
             v_cache[:, :, cache_pos:cache_pos + L] = v
             k, v = k_cache[:, :, :cache_pos + L], v_cache[:, :, :cache_pos + L]
         # Causal over a full sequence; a single decode query may see the whole cached prefix.
         # SDPA dispatches to flash attention on GPU (bf16) and to a fused kernel on CPU.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, enable_gqa=self.n_kv_head != self.n_head,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and L > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.wo(y.transpose(1, 2).reshape(B, L, -1))
 
@@ -196,8 +203,8 @@ class Block(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
-                cache_pos: int = 0) -> Tensor:
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin, kv, cache_pos))
+                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin, kv, cache_pos, attn_mask))
         return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
 
