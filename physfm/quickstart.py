@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data_pipelines.shards import atomic_write_text
+from physfm.quickstart_eval import stage_evaluate, stage_refine
+from physfm.quickstart_train import stage_pretrain, stage_tokenizer
+from physfm.quickstart_steer import stage_probe_steer
+from physfm.quickstart_finetune import stage_finetune
 
 # The built-in systems the quickstart simulates: small, fast, and with moving dynamics.
 QUICKSTART_SYSTEMS = {
@@ -74,6 +78,12 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
     ("validate", stage_validate),
     ("shard", stage_shard),
     ("loader bench", stage_loader_bench),
+    ("tokenizer", stage_tokenizer),
+    ("pretrain", stage_pretrain),
+    ("refine", stage_refine),
+    ("evaluate", stage_evaluate),
+    ("finetune", stage_finetune),
+    ("probe + steer", stage_probe_steer),
 ]
 
 

@@ -46,12 +46,12 @@ class TokenizerConfig:
     n_spatial_dims: int = 2  # 1, 2 or 3; 0 = take it from the training data
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ levels; codebook = prod
     spatial_compression: int = 4  # per axis: 4, 8 or 16 (any power of two >= 2 works)
-    patch_size: int = 2  # space-to-depth at the stem (Cosmos patchifies too): convs start at 1/patch res
+    patch_size: int = 4  # space-to-depth at the stem (Cosmos patchifies too): convs start at 1/patch res
     temporal_compression: int = 1  # 1, 2 or 4 (causal, Cosmos-style: 1 + (T-1)/c groups)
     width: int = 32  # channels at full resolution; doubled at each downsampling ...
     max_width: int = 128  # ... up to this cap
     blocks_per_level: int = 1  # residual blocks at each resolution, encoder and decoder each
-    mid_blocks: int = 1  # residual blocks at the latent resolution
+    mid_blocks: int = 2  # residual blocks at the latent resolution
     temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
     norm: Literal["group", "none"] = "group"

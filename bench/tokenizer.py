@@ -1,0 +1,178 @@
+"""Tokenizer quality and speed: the tiny tokenizer vs average-pool + linear-upsampling at equal latent size.
+
+Makes its own data with the built-in simulators (gray_scott2d, navier_stokes2d, wave2d at 64², burgers1d at
+128; their default sizes: 10 trajectories per parameter value, 64-100 steps, split 8/1/1), shards it into
+4 + 1 frame windows, trains the tiny tokenizer (configs/tokenizer/tiny.yaml) jointly on the three 2D systems
+for ``--minutes`` and a 1D one on burgers1d for ``--minutes-1d``, then on each validation split measures:
+reconstruction VRMSE per field (The Well's, physical units, all 5 frames, also per simulation parameter),
+the same for the pooling baseline (average-pool each frame onto the token grid — one unquantised float per
+field per token position, C x 32 bits against the token's ~10 — then bi/linear interpolation back up) and
+for a stricter one pooled to as many floats as the latent has FSQ values ("pool-latent"), code usage and
+perplexity (combined and per dataset), and encode/decode frames per second (batch 16, inference, this CPU).
+Prints tables, then one JSON line: code_usage, vrmse_max, baseline_vrmse_max, ratio_to_baseline_max,
+beats_baseline (and more).
+
+    python bench/tokenizer.py [--minutes 5] [--minutes-1d 1] [--threads 1] [--workdir DIR] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import torch  # noqa: E402
+
+from data_pipelines.config import load_config  # noqa: E402
+from data_pipelines.loader import make_loader  # noqa: E402
+from data_pipelines.sharding import WindowSpec, shard_datasets  # noqa: E402
+from data_pipelines.simulators import simulate_dataset  # noqa: E402
+from tokenizer.checkpoint import load_tokenizer  # noqa: E402
+from tokenizer.evaluate import evaluate_tokenizer  # noqa: E402
+from tokenizer.training import TokenizerTrainConfig, train_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS_2D = ("gray_scott2d", "navier_stokes2d", "wave2d")
+SYSTEMS_1D = ("burgers1d",)
+
+
+def make_shards(work: Path, systems: tuple[str, ...], name: str, seed: int) -> Path:
+    shards = work / f"shards_{name}"
+    if (shards / "manifest.json").exists():
+        return shards
+    dirs = []
+    for system in systems:
+        out = work / "data" / system
+        if not (out / "stats.yaml").exists():
+            t0 = time.time()
+            simulate_dataset(system, out, seed=seed, overwrite=True)
+            print(f"  simulated {system} in {time.time() - t0:.0f} s", flush=True)
+        dirs.append(out)
+    shard_datasets(dirs, shards, WindowSpec(4, 1, 1), workers=2, overwrite=True)
+    return shards
+
+
+def train(shards: Path, out: Path, minutes: float, seed: int, threads: int) -> tuple[Path, int, float]:
+    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [
+        f"data.shards={shards}", f"out={out}", f"seed={seed}", f"trainer.max_time_s={minutes * 60}",
+        "trainer.max_steps=1000000", f"trainer.num_threads={threads}", "trainer.wandb=false",
+        "data.val_batches=0", "trainer.log_every=100",
+    ])
+    # Cosine schedule over the wall-clock budget (see training.lr_factor); max_steps is only a cap.
+    t0 = time.time()
+    ckpt = train_tokenizer(cfg)
+    step = json.loads((ckpt / "tokenizer.json").read_text())["train"]["step"]
+    return ckpt, step, time.time() - t0
+
+
+@torch.no_grad()
+def frames_per_second(ckpt: Path, shards: Path, n_batches: int = 6, batch_size: int = 16) -> dict[str, float]:
+    tok = load_tokenizer(ckpt)
+    loader = make_loader(shards, "valid", batch_size, shuffle=True, seed=1, normalize=False)
+    enc_s = dec_s = 0.0
+    frames = 0
+    for i, batch in enumerate(loader):
+        if i > n_batches:
+            break
+        name = batch["dataset"]
+        window = tok.normalize(torch.cat([batch["input"], batch["output"]], dim=1), name)
+        t0 = time.perf_counter()
+        ids = tok.encode(window, name)
+        t1 = time.perf_counter()
+        tok.decode(ids, name, n_frames=window.shape[1])
+        t2 = time.perf_counter()
+        if i == 0:
+            continue  # warm-up
+        enc_s, dec_s, frames = enc_s + t1 - t0, dec_s + t2 - t1, frames + window.shape[0] * window.shape[1]
+    return {"encode_frames_per_s": frames / enc_s, "decode_frames_per_s": frames / dec_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="training budget of the 2D tokenizer")
+    parser.add_argument("--minutes-1d", type=float, default=1.0, help="training budget of the 1D tokenizer")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a shared 2-core machine; try 2 on an idle one)")
+    parser.add_argument("--workdir", default=None, help="keep data and runs here (reused when present)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-tokenizer-")
+    work = Path(args.workdir or tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+
+    runs = []
+    for name, systems, minutes in (("2d", SYSTEMS_2D, args.minutes), ("1d", SYSTEMS_1D, args.minutes_1d)):
+        if minutes <= 0:
+            continue
+        print(f"[{name}] data: {', '.join(systems)}", flush=True)
+        shards = make_shards(work, systems, name, args.seed)
+        print(f"[{name}] training the tiny tokenizer for {minutes:g} min", flush=True)
+        ckpt, steps, train_s = train(shards, work / f"run_{name}", minutes, args.seed, args.threads)
+        metrics = evaluate_tokenizer(ckpt, shards, work / f"eval_{name}", split="valid", batch_size=16)
+        speed = frames_per_second(ckpt, shards)
+        runs.append({"name": name, "steps": steps, "train_s": train_s, "metrics": metrics, **speed})
+
+    rows = []
+    print(f"\n{'dataset':<17}{'field':<12}{'VRMSE':>8}{'pool':>8}{'ratio':>7}{'pool-lat':>9}{'PSNR':>7}")
+    for run in runs:
+        for dataset, d in run["metrics"]["datasets"].items():
+            for field, f in d["fields"].items():
+                ratio = f["vrmse"] / max(f["baseline_vrmse"], 1e-12)
+                rows.append({"dataset": dataset, "field": field, "vrmse": f["vrmse"],
+                             "baseline_vrmse": f["baseline_vrmse"], "ratio": ratio})
+                print(f"{dataset:<17}{field:<12}{f['vrmse']:>8.4f}{f['baseline_vrmse']:>8.4f}{ratio:>7.2f}"
+                      f"{f['baseline_latent_vrmse']:>9.4f}{f['psnr']:>7.1f}")
+            for params, per_field in d.get("vrmse_by_params", {}).items():
+                values = " ".join(f"{k}={v:.4f}" for k, v in per_field.items())
+                print(f"{'':<17}  {params}: {values}")
+    print(f"\n{'run':<5}{'dataset':<17}{'code usage':>11}{'perplexity':>11}{'token grid':>14}")
+    usage = {}
+    for run in runs:
+        m = run["metrics"]
+        for dataset, d in m["datasets"].items():
+            usage[dataset] = d["code_usage"]
+            grid = "x".join(map(str, m["token_grid"][dataset]))
+            print(f"{run['name']:<5}{dataset:<17}{d['code_usage']:>11.1%}{d['perplexity']:>11.1f}{grid:>14}")
+        print(f"{run['name']:<5}{'(combined)':<17}{m['overall']['code_usage']:>11.1%}"
+              f"{m['overall']['perplexity']:>11.1f}")
+    print(f"\n{'run':<5}{'steps':>7}{'train s':>9}{'encode fr/s':>13}{'decode fr/s':>13}")
+    for run in runs:
+        print(f"{run['name']:<5}{run['steps']:>7}{run['train_s']:>9.0f}{run['encode_frames_per_s']:>13.0f}"
+              f"{run['decode_frames_per_s']:>13.0f}")
+    two_d = next((r for r in runs if r["name"] == "2d"), runs[0])
+    result = {
+        "code_usage": two_d["metrics"]["overall"]["code_usage"],
+        "vrmse_max": max(r["vrmse"] for r in rows),
+        "baseline_vrmse_max": max(r["baseline_vrmse"] for r in rows),
+        "ratio_to_baseline_max": max(r["ratio"] for r in rows),
+        "beats_baseline": all(r["vrmse"] < r["baseline_vrmse"] for r in rows),
+        "fields_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows), "n_fields": len(rows),
+        "vrmse": {f"{r['dataset']}/{r['field']}": round(r["vrmse"], 4) for r in rows},
+        "baseline_vrmse": {f"{r['dataset']}/{r['field']}": round(r["baseline_vrmse"], 4) for r in rows},
+        "baseline_latent_vrmse_max": max(f["baseline_latent_vrmse"] for run in runs
+                                         for d in run["metrics"]["datasets"].values() for f in d["fields"].values()),
+        "code_usage_per_dataset": usage,
+        "steps": {r["name"]: r["steps"] for r in runs},
+        "minutes": {"2d": args.minutes, "1d": args.minutes_1d},
+        "encode_frames_per_s": two_d["encode_frames_per_s"], "decode_frames_per_s": two_d["decode_frames_per_s"],
+        "config": "configs/tokenizer/tiny.yaml", "seed": args.seed, "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
+    }
+    print(json.dumps(result))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
