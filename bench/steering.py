@@ -6,7 +6,7 @@ so the regime parameter is sampled continuously: ``navier_stokes2d`` with ν log
 stage small enough for a few minutes on 2 cores: simulate (32², ``--n-traj`` trajectories of ``--n-steps``
 frames per ν, split 4/3/3) → shard (1 + 4 frame windows: the loss covers 4 of 5 frames, four times the
 supervision of 4 + 1 windows for the same compute) → tokenizer (configs/tokenizer/tiny.yaml, FSQ ``--levels``,
-``--tokenizer-seconds`` of training) → token shards → AR pretraining (4 layers, d 64, 8×8 tokens per frame,
+``--tokenizer-steps``) → token shards → AR pretraining (4 layers, d 64, 8×8 tokens per frame,
 batch 8, ``--steps``) → ``physfm probe`` on the valid + test windows, which the model never trained on
 (5-fold CV over trajectories; baselines: the window's code histogram and the embedding layer) →
 ``physfm steer direction`` (top vs bottom quarter of ν, train windows, at the probe's best layer) →
@@ -62,7 +62,7 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
         with log("tokenizer"):
             cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [
                 f"data.shards={shards}", f"out={tok_run}", f"seed={args.seed}", f"model.levels={args.levels}",
-                f"trainer.max_time_s={args.tokenizer_seconds}", "trainer.max_steps=100000", "trainer.wandb=false",
+                "trainer.max_time_s=0", f"trainer.max_steps={args.tokenizer_steps}", "trainer.wandb=false",
                 f"trainer.num_threads={args.threads}", "data.val_batches=0", "trainer.log_every=100",
                 "trainer.verbose=false"])
             train_tokenizer(cfg)
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-traj", type=int, default=10, help="trajectories per ν (split 4/3/3)")
     p.add_argument("--n-steps", type=int, default=24, help="frames per trajectory")
     p.add_argument("--levels", default="[8,5,5,5]", help="tokenizer FSQ levels (default: 1000 codes)")
-    p.add_argument("--tokenizer-seconds", type=float, default=90.0)
+    p.add_argument("--tokenizer-steps", type=int, default=800, help="tokenizer training steps (a step count, not a "
+                   "time budget, so the bench does not depend on the machine's speed)")
     p.add_argument("--steps", type=int, default=1000, help="AR pretraining steps (batch 8)")
     p.add_argument("--alphas", default="-1,-0.5,-0.25,0,0.25,0.5,1")
     p.add_argument("--horizon", type=int, default=5, help="generated token frames per steered rollout")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "direction_counts": direction["counts"], "final_train_loss": round(loss[-1][1], 3),
         "n_windows_probe": probe["n_windows"], "seconds": seconds,
         "sizes": {"nu": args.nu, "n_traj": args.n_traj, "n_steps": args.n_steps, "resolution": 32,
-                  "levels": args.levels, "steps": args.steps, "horizon": args.horizon, "windows": args.windows},
+                  "levels": args.levels, "tokenizer_steps": args.tokenizer_steps, "steps": args.steps, "horizon": args.horizon, "windows": args.windows},
         "seed": args.seed, "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                                       f"{torch.get_num_threads()} threads",
     }

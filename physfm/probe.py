@@ -26,7 +26,7 @@ import numpy as np
 
 from data_pipelines.errors import DataError
 from physfm.activations import HISTOGRAM, ActivationStore, capture_to_disk
-from physfm.ridge import RidgeModel, cross_validate, fit_final
+from physfm.ridge import RidgeModel, cross_validate_targets, fit_final
 
 PROBE_FILE = "probe.safetensors"
 
@@ -35,15 +35,15 @@ def default_points(n_layer: int) -> list[str]:
     return ["embedding", *(f"blocks.{i}.resid" for i in range(n_layer))]
 
 
-def target_values(metas: list[dict[str, Any]], target: str) -> np.ndarray:
-    values = []
-    for m in metas:
-        params = m.get("params") or {}
-        if target not in params:
-            raise DataError(f"window {m.get('source_file', '?')} trajectory {m.get('trajectory', '?')}: no simulation "
-                            f"parameter {target!r} (has: {', '.join(sorted(params)) or 'none'})")
-        values.append(float(params[target]))
-    return np.asarray(values)
+def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values of ``target`` [n_with], mask [N] of the windows that have it); windows of other datasets in a
+    mixed shard set simply lack the parameter and are left out, but some window must have it."""
+    has = np.array([target in (m.get("params") or {}) for m in metas], dtype=bool)
+    if not has.any():
+        known = sorted({k for m in metas for k in (m.get("params") or {})})
+        raise DataError(f"no window has the simulation parameter {target!r} (the windows have: "
+                        f"{', '.join(known) or 'none'})")
+    return np.array([float(m["params"][target]) for m, h in zip(metas, has) if h]), has
 
 
 def choose_scale(y: np.ndarray, scale: str) -> str:
@@ -118,8 +118,8 @@ class Probe:
 
 def probe_features(X: np.ndarray, y: np.ndarray, labels: np.ndarray, groups: list[str], n_folds: int,
                    seed: int) -> dict[str, Any]:
-    reg = cross_validate(X, y, groups, n_folds=n_folds, seed=seed)
-    cls = cross_validate(X, labels, groups, n_folds=n_folds, seed=seed, classify=True)
+    """Held-out R² of the parameter and accuracy of the regime, from the same folds (and SVDs)."""
+    reg, cls = cross_validate_targets(X, np.stack([y, labels], 1), groups, [False, True], n_folds=n_folds, seed=seed)
     return {"r2": reg["score"], "accuracy": cls["score"], "alphas": reg["alphas"], "pred": reg["pred"]}
 
 
@@ -144,7 +144,8 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
                                 with_histogram=True)
     points = points or [p for p in store.points if p != HISTOGRAM]
     metas = store.meta()
-    raw = target_values(metas, target)
+    raw, has = target_values(metas, target)
+    metas = [m for m, h in zip(metas, has) if h]
     scale = choose_scale(raw, scale)
     y = np.log(raw) if scale == "log" else raw
     cut = float(np.median(y)) if threshold is None else (math.log(threshold) if scale == "log" else threshold)
@@ -158,10 +159,10 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
 
     layers, models = {}, {}
     for point in points:
-        X = store.load(point).numpy()
+        X = store.load(point).numpy()[has]
         layers[point] = probe_features(X, y, labels, groups, n_folds, seed)
         models[point] = fit_final(X, y, groups, n_folds=n_folds, seed=seed)
-    hist = probe_features(store.load(HISTOGRAM).numpy(), y, labels, groups, n_folds, seed) \
+    hist = probe_features(store.load(HISTOGRAM).numpy()[has], y, labels, groups, n_folds, seed) \
         if HISTOGRAM in store.points else None
     block_points = [p for p in points if p != "embedding"] or points
     best = max(block_points, key=lambda p: layers[p]["r2"])
@@ -177,6 +178,7 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
         "checkpoint": str(location), "data": str(data), "split": split, "selection": selection or "",
         "target": target, "scale": scale, "threshold": math.exp(cut) if scale == "log" else cut,
         "group_by": group_by, "n_folds": n_folds, "n_windows": len(y), "n_groups": len(set(groups)),
+        "n_windows_without_target": int((~has).sum()),
         "target_values": sorted({round(float(v), 8) for v in raw}),
         "layers": {p: {"r2": round(v["r2"], 4), "accuracy": round(v["accuracy"], 4),
                        "alpha_rel": v["alphas"]} for p, v in layers.items()},

@@ -3,8 +3,9 @@ take the high-ν − low-ν direction at a middle layer, and roll out steered al
 
 The quickstart simulates two ν values (1e-3, 1e-2), so the probe's R² is close to a two-class separation;
 ``bench/steering.py`` is the measurement with ν swept over a decade. Sizes are set by time (≈ 30 s on 2
-cores): validation + test windows for the probe, 32 windows per regime for the direction, 4 contexts × 2
-generated frames × 3 strengths for the rollout.
+cores for the tiny model's 16×16-token frames; a generated frame is 256 decode steps): 16 validation + test
+windows for the probe, 8 training windows per regime for the direction, 3 test contexts × 1 generated frame ×
+3 strengths (+ the unsteered reference) for the rollout.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ def stage_probe_steer(ctx) -> dict[str, Any]:
         return {"skipped": True}
     out = ctx.out / "steer"
     probe = run_probe(run, data, "nu", out / "probe", split="valid,test", selection=f"dataset=='{SYSTEM}'",
-                      n_folds=4, seed=ctx.seed)
+                      n_folds=4, max_windows=16, seed=ctx.seed)
     layer = f"blocks.{model.config.n_layer // 2}.resid"
     direction = out / "nu_direction.safetensors"
-    compute_direction(run, data, FEATURE, CONTROL, [layer], direction, split="train", max_windows=32, seed=ctx.seed)
-    steered = steer_rollout(run, data, direction, [-1.0, 0.0, 1.0], out / "rollout", horizon=2,
-                            selection=f"dataset=='{SYSTEM}'", max_windows=4, probe=str(out / "probe"),
+    compute_direction(run, data, FEATURE, CONTROL, [layer], direction, split="train", max_windows=8, seed=ctx.seed)
+    steered = steer_rollout(run, data, direction, [-1.0, 0.0, 1.0], out / "rollout", horizon=1,
+                            selection=f"dataset=='{SYSTEM}'", max_windows=3, probe=str(out / "probe"),
                             seed=ctx.seed)
     rel = out.relative_to(ctx.out)
     ctx.figures.append((f"Probe of ν per layer ({SYSTEM}; held-out trajectories)", str(rel / "probe" / "r2_per_layer.png")))

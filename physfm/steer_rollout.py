@@ -68,6 +68,7 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
                   target: str | None = None, probe_split: str = "valid,test", batch_size: int = 16,
                   seed: int = 0) -> dict[str, Any]:
     """Steered rollouts for each α; metrics.json, report.md, dose_response.png, steered_frames.png."""
+    from data_pipelines.shards import read_manifest
     from physfm.activations import iter_windows, model_fingerprint, pooled_activations
     from physfm.checkpoint import atomic_write_text
     from physfm.physics_stats import physics_statistics
@@ -94,14 +95,17 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
     horizon = horizon or n_win
     if horizon < 1:
         raise DataError(f"--horizon must be >= 1, got {horizon}")
+    if selection is None and len(direc.meta.get("datasets") or []) == 1:  # contexts of the concept's own system
+        selection = f"dataset=='{direc.meta['datasets'][0]}'"
     encoder = None
-    from data_pipelines.shards import read_manifest
-
     if not read_manifest(data).get("tokenizer_fingerprint"):
         encoder = lambda frames, ds: pm.encode(frames, ds).cpu()  # noqa: E731
     batches = list(iter_windows(data, split, selection=selection, max_windows=max_windows, batch_size=batch_size,
                                 tokenizer_fingerprint=pm.info.get("tokenizer_fingerprint"), encoder=encoder))
     datasets = sorted({b.dataset for b in batches})
+    if len(datasets) > 1:  # each system has its own physical statistic: one system per run
+        raise DataError(f"{data}: the contexts come from {', '.join(datasets)}; pick one system with --select, "
+                        f"e.g. \"dataset=='{datasets[0]}'\"")
     grids = {tuple(b.tokens.shape[2:]) for b in batches}
     if spatial_mode == "as-is" and grids != {tuple(direc.meta.get("grid", ()))}:
         raise DataError(f"{direction}: a direction over the token grid {direc.meta.get('grid')} cannot be added "
@@ -115,7 +119,7 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
         ids = torch.full((len(ctx),), names.index(batch.dataset))
         base = pm.generate_tokens(ctx, horizon, batch.dataset)  # unsteered reference
         per_alpha_probe, per_alpha_stats = [], []
-        for a, alpha in enumerate(alphas):
+        for alpha in alphas:
             with steering(model, direc, alpha, spatial_mode):
                 new = pm.generate_tokens(ctx, horizon, batch.dataset)
             if alpha == 0:

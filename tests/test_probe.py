@@ -72,7 +72,7 @@ def test_run_probe_writes_metrics_baselines_plot_and_a_loadable_probe(setup, tmp
     pred = probe.predict(probe.best_point, store.load(probe.best_point).numpy())
     truth = np.array([x["params"]["nu"] for x in store.meta()])
     assert pred.min() > 0 and np.corrcoef(np.log(pred), np.log(truth))[0, 1] > 0.7  # in ν's own units
-    with pytest.raises(DataError, match="no simulation parameter 'reynolds'.*drag, nu"):
+    with pytest.raises(DataError, match="no window has the simulation parameter .reynolds.*drag, nu"):
         run_probe(export, tokens, "reynolds", tmp_path / "bad", split="valid")
 
 

@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--control", required=True, metavar="EXPR", help='windows without it, e.g. "nu<0.003"')
     p.add_argument("--layer", action="append", required=True, metavar="L",
                    help="block index (its residual stream) or a hook point name; repeatable")
-    p.add_argument("--method", choices=("mean-diff", "pca"), default="mean-diff")
+    p.add_argument("--method", choices=("mean-diff", "pca"), default="mean-diff",
+                   help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences")
     p.add_argument("--split", default="train", help="split(s) to average over (default: train)")
     p.add_argument("--max-windows", type=int, default=256, metavar="N", help="per selection, spread evenly")
     p.add_argument("--batch-size", type=int, default=16)
