@@ -35,9 +35,10 @@ def stage_tokenizer(ctx) -> dict[str, Any]:
         ctx.figures.append((f"Tokenizer reconstruction ({png.stem}): original | reconstruction | error",
                             str(png.relative_to(ctx.out))))
     summary = {"checkpoint": str(ckpt.relative_to(ctx.out))}
-    for key in ("vrmse_max", "code_usage", "perplexity"):
-        if key in metrics:
-            summary[key] = round(float(metrics[key]), 4)
+    overall = metrics.get("overall", {})
+    for key in ("vrmse_max", "baseline_vrmse_max", "code_usage", "perplexity"):
+        if key in overall:
+            summary[key] = round(float(overall[key]), 4)
     return summary
 
 
