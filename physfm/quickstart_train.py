@@ -24,9 +24,15 @@ def stage_tokenizer(ctx) -> dict[str, Any]:
 
     cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "tiny.yaml", [
         f"data.shards={ctx.state['shards']}", f"out={ctx.out / 'tokenizer'}", f"seed={ctx.seed}",
-        "trainer.max_steps=600", f"trainer.max_time_s={TOKENIZER_SECONDS}",
+        f"trainer.max_time_s={TOKENIZER_SECONDS}",  # the LR schedule follows the time budget
     ])
-    ckpt = train_tokenizer(cfg)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        ckpt = train_tokenizer(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the tiny tokenizer trains single-threaded; later stages use all cores
     metrics = evaluate_tokenizer(ckpt, ctx.state["shards"], ctx.out / "tokenizer-eval", split="valid",
                                  max_batches=8, n_plots=1)
     tokens = encode_shards(ckpt, ctx.state["shards"], ctx.out / "tokens")

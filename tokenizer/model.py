@@ -11,8 +11,11 @@ One code path for 1D/2D/3D. Activations are kept frame-major, ``[(B T), C, *spac
 operation is a plain ``ConvNd`` picked by ``n_spatial_dims`` with time folded into the batch. Mixing in
 time is a *causal temporal conv*: a pointwise ``ConvNd`` applied to the concatenation of the current frame
 and the ``k - 1`` previous frames (the first frame is replicated as left padding) — a (2+1)D factorised
-conv that needs no permutes and no Conv4d for 3D data. Normalisation is per frame (GroupNorm over one
-frame's channels and space), because statistics pooled over time would leak future frames into the past.
+conv that needs no permutes and no Conv4d for 3D data. The stem first folds ``patch_size``^n pixel patches
+into channels (space-to-depth, as Cosmos patchifies), then strided convs halve the resolution until the
+spatial compression is reached; the tiny CPU model patchifies straight to the token grid. Optional
+normalisation is per frame (GroupNorm over one frame), since statistics pooled over time would leak
+future frames into the past.
 
 Heterogeneous datasets: per-dataset stems and heads around one shared trunk (the PhysiX approach of
 per-dataset decoders, without its channel-union slots). Each dataset — a name plus its ordered channel
@@ -54,7 +57,7 @@ class TokenizerConfig:
     mid_blocks: int = 2  # residual blocks at the latent resolution
     temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
-    norm: Literal["group", "none"] = "group"
+    norm: Literal["group", "none"] = "none"  # per-frame GroupNorm; off for the tiny CPU model (faster)
 
     def validate(self) -> None:
         from data_pipelines.config import ConfigError

@@ -338,6 +338,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
         warnings.filterwarnings("ignore", message=".*max_time.*")
+        warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+        warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     path = _save(model.cpu(), ckpt_dir, cfg, trainer.global_step)
     if cfg.trainer.wandb:
