@@ -57,7 +57,7 @@ class TokenizerConfig:
     mid_blocks: int = 2  # residual blocks at the latent resolution
     temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
-    norm: Literal["group", "none"] = "none"  # per-frame GroupNorm; off for the tiny CPU model (faster)
+    norm: Literal["group", "none"] = "group"  # per-frame GroupNorm (configs/tokenizer/tiny.yaml turns it off)
 
     def validate(self) -> None:
         from data_pipelines.config import ConfigError
