@@ -15,11 +15,13 @@ stems/heads, leaving every earlier dataset's tokens and reconstructions unchange
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -271,6 +273,25 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory."""
+    from data_pipelines.shards import read_manifest
+
+    if not cfg.data.shards:
+        raise ConfigError("data.shards: required (a directory written by `physfm data shard`)")
+    read_manifest(cfg.data.shards)  # fail on a wrong path before creating the run directory
+    out = Path(cfg.out or f"runs/tokenizer-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoint"
+    threads_before = torch.get_num_threads()
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    try:
+        return _train(cfg, out, ckpt_dir)
+    finally:
+        torch.set_num_threads(threads_before)  # a library call should not leave the process single-threaded
+
+
+def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
+    """The body of :func:`train_tokenizer` (thread count already set)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -278,13 +299,6 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     from data_pipelines.loader import make_loader
     from data_pipelines.shards import read_manifest
 
-    if not cfg.data.shards:
-        raise ConfigError("data.shards: required (a directory written by `physfm data shard`)")
-    out = Path(cfg.out or f"runs/tokenizer-{datetime.now():%Y%m%d-%H%M%S}")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoint"
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Lightning's start-up banners (GPU/TPU available, tips) are noise in a CLI run.
@@ -314,32 +328,27 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
                                    config=to_dict(cfg)))
     module = TokenizerModule(model, cfg)
     tcfg = cfg.trainer
-    trainer = pl.Trainer(
-        max_steps=tcfg.max_steps,
-        max_epochs=-1,
-        max_time={"seconds": tcfg.max_time_s} if tcfg.max_time_s > 0 else None,
-        accelerator=tcfg.accelerator,
-        devices=tcfg.devices,
-        precision=tcfg.precision,
-        gradient_clip_val=tcfg.grad_clip or None,
-        logger=loggers,
-        log_every_n_steps=tcfg.log_every,
-        val_check_interval=tcfg.val_every if (val_loader is not None and tcfg.val_every) else None,
-        check_val_every_n_epoch=None if (val_loader is not None and tcfg.val_every) else 1,
-        limit_val_batches=cfg.data.val_batches if val_loader is not None else 0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[_Progress(cfg, ckpt_dir)],
-        deterministic=False,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
-        warnings.filterwarnings("ignore", message=".*max_time.*")
-        warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
-        warnings.filterwarnings("ignore", message=".*validation_step.*no `val_dataloader`.*")
+    with _quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=tcfg.max_steps,
+            max_epochs=-1,
+            max_time={"seconds": tcfg.max_time_s} if tcfg.max_time_s > 0 else None,
+            accelerator=tcfg.accelerator,
+            devices=tcfg.devices,
+            precision=tcfg.precision,
+            gradient_clip_val=tcfg.grad_clip or None,
+            logger=loggers,
+            log_every_n_steps=tcfg.log_every,
+            val_check_interval=tcfg.val_every if (val_loader is not None and tcfg.val_every) else None,
+            check_val_every_n_epoch=None if (val_loader is not None and tcfg.val_every) else 1,
+            limit_val_batches=cfg.data.val_batches if val_loader is not None else 0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[_Progress(cfg, ckpt_dir)],
+            deterministic=False,
+        )
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     path = _save(model.cpu(), ckpt_dir, cfg, trainer.global_step)
     if cfg.trainer.wandb:
@@ -347,6 +356,17 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
 
         wandb.finish()
     return path
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning warnings that are expected here (streaming loader, no val loader, srun on PATH)."""
+    with warnings.catch_warnings():
+        for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*max_time.*",
+                        ".*`srun` command is available.*", ".*validation_step.*no `val_dataloader`.*",
+                        r".*isinstance\(treespec, LeafSpec\).*"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
