@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from physfm.model import Block, KVCache, ModelConfig, rope_inv_freq, rope_pair_axes, token_positions
+from physfm.model import Block, KVCache, ModelConfig, RotaryTables, token_positions
 
 
 @dataclass
@@ -117,7 +117,7 @@ class LatentFlowTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.head = nn.Linear(d, D)
-        self._rope_tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._rope = RotaryTables(cfg)
         self.current_positions: Tensor | None = None  # (t, x, y, z) of the latest chunk, for hooks
         self.init_weights()
 
@@ -155,14 +155,6 @@ class LatentFlowTransformer(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
     # -- forward ------------------------------------------------------------------------------------
-    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        if positions.device not in self._rope_tables:
-            self._rope_tables[positions.device] = (rope_inv_freq(self.config).to(positions.device),
-                                                   rope_pair_axes(self.config).to(positions.device))
-        inv_freq, axes = self._rope_tables[positions.device]
-        angles = positions[:, axes].float() * inv_freq  # [L, head_dim // 2]
-        return angles.cos(), angles.sin()
-
     def _positions(self, n_frames: int, grid: tuple[int, ...], device) -> Tensor:
         if len(grid) > self.config.n_spatial_dims:
             raise ValueError(f"latent grid {grid}: the model has {self.config.n_spatial_dims} spatial axes")

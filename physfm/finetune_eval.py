@@ -2,7 +2,8 @@
 
 Every model is rolled out greedily from the same test windows (``physfm.windows.evaluation_windows``)
 and scored with The Well's VRMSE (``tokenizer.metrics.vrmse``) per horizon, mean over fields; persistence
-(repeat the last context frame) is scored on the same windows.
+(repeat the last context frame) and the tokenizer ceiling (the true future's own tokens decoded with the
+first model's tokenizer: no token model with that tokenizer can do better) are scored on the same windows.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def evaluate_models(models: dict[str, Path], shards: Path, datasets: list[str], 
             if method == next(iter(models)):
                 persistence = batch.context[:, -1:].expand_as(batch.truth)
                 per["persistence"] = per.get("persistence", 0) + vrmse(persistence, batch.truth, n).mean(-1).sum(0)
+                ceiling = pm.tokenizer_ceiling(batch.context, batch.truth, batch.dataset)
+                per["tokenizer_ceiling"] = (per.get("tokenizer_ceiling", 0)
+                                            + vrmse(ceiling, batch.truth, n).mean(-1).sum(0))
                 counts[batch.dataset] = counts.get(batch.dataset, 0) + batch.context.shape[0]
     curves = {name: {m: [float(v) for v in s / counts[name]] for m, s in per.items()} for name, per in sums.items()}
     table = {name: {m: {str(h): c[h - 1] for h in horizons} for m, c in per.items()} for name, per in curves.items()}
@@ -49,6 +53,7 @@ METHOD_LABELS = {
     "pretrained": "pretrained, before fine-tuning",
     "scratch": "same budget from scratch",
     "persistence": "persistence",
+    "tokenizer_ceiling": "tokenizer ceiling (true tokens decoded)",
 }
 
 

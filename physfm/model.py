@@ -116,6 +116,25 @@ def rope_inv_freq(cfg: ModelConfig) -> Tensor:
     return torch.cat(freqs).float()
 
 
+class RotaryTables:
+    """(cos, sin) [L, head_dim // 2] of the rotary angles for token positions [L, axes].
+
+    The frequency table is cached per device and kept out of the module's buffers, so that
+    ``model.to(bfloat16)`` cannot round the frequencies (angles of tens of radians need fp32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if positions.device not in self.tables:
+            self.tables[positions.device] = (rope_inv_freq(self.cfg).to(positions.device),
+                                             rope_pair_axes(self.cfg).to(positions.device))
+        inv_freq, axes = self.tables[positions.device]
+        angles = positions[:, axes].float() * inv_freq  # [L, head_dim // 2]
+        return angles.cos(), angles.sin()
+
+
 def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int,
                     device=None) -> Tensor:
     """Positions (t, x, y, z)[:n_axes] of the sequence [cond tokens, frames]: [n_cond + F*T, n_axes] long.
@@ -241,9 +260,7 @@ class PhysicsTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
-        # Rotary tables per device, kept out of the buffers so that model.to(bfloat16) cannot round the
-        # frequencies (angles of tens of radians need fp32).
-        self._rope_tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._rope = RotaryTables(cfg)
         # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware hooks:
         # [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see physfm/hooks.py).
         self.current_positions: Tensor | None = None
@@ -301,14 +318,6 @@ class PhysicsTransformer(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {}))
 
     # -- forward ------------------------------------------------------------------------------------
-    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        if positions.device not in self._rope_tables:
-            self._rope_tables[positions.device] = (rope_inv_freq(self.config).to(positions.device),
-                                                   rope_pair_axes(self.config).to(positions.device))
-        inv_freq, axes = self._rope_tables[positions.device]
-        angles = positions[:, axes].float() * inv_freq  # [L, head_dim // 2]
-        return angles.cos(), angles.sin()
-
     def _cond_embeddings(self, dataset_ids: Tensor, param_ids: Tensor | None) -> Tensor:
         """Conditioning tokens [B, n_cond, d]: the dataset, then one token per simulation parameter."""
         cond = self.dataset_embedding(dataset_ids)[:, None]

@@ -38,7 +38,8 @@ def test_unseen_2d_fields_end_to_end_with_scratch(pretrained, tmp_path):
     out = run_finetune(config(pretrained, data, tmp_path / "run", "finetune.compare_scratch=true"))
     m = json.loads((out / "metrics.json").read_text())
     assert m["dataset_names"] == ["waves", "toy"]  # the pretrained id kept, the new one appended
-    assert m["steps"] == 6 and set(m["overall"]) == {"finetuned", "pretrained", "scratch", "persistence"}
+    assert m["steps"] == 6 and set(m["overall"]) == {"finetuned", "pretrained", "scratch", "persistence",
+                                                    "tokenizer_ceiling"}
     assert all(np.isfinite(v) and v > 0 for per in m["overall"].values() for v in per.values())
     assert (out / "vrmse_vs_horizon.png").stat().st_size > 0 and "| persistence |" in (out / "report.md").read_text()
     # The adapted tokenizer kept the pretrained dataset bit-identical and added the new one.

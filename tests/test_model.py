@@ -218,7 +218,7 @@ def test_bfloat16_weights_keep_fp32_rotary_tables_and_clean_state_dict():
     idx = torch.randint(0, 50, (1, 32))
     logits, _ = model(idx, (4, 4), torch.tensor([0]))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
-    inv_freq, _ = model._rope_tables[idx.device]
+    inv_freq, _ = model._rope.tables[idx.device]
     assert inv_freq.dtype == torch.float32
     assert all("rope" not in key for key in model.state_dict())
     frames = model.generate_frames(idx.view(1, 2, 4, 4), 1, torch.tensor([0]))

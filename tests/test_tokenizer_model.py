@@ -112,3 +112,25 @@ def test_new_dataset_trains_its_head_with_frozen_trunk_and_old_dataset_is_unchan
     assert all(torch.equal(a, b) for a, b in zip(trunk_before, tok.trunk_parameters()))
     after_out, after_ids = tok(x_old, "old")
     assert torch.equal(after_ids, before_ids) and torch.equal(after_out, before_out)
+
+
+def test_pooling_baselines_match_the_latent_size():
+    from tokenizer.evaluate import pool_baseline, pool_shape_latent, pool_shape_tokens
+
+    # 2D, 3 fields, 64², 4x per axis, 4 FSQ values per token position: 16*16*4 floats per frame shared by
+    # 3 fields, i.e. about 18² per field; the token-grid baseline keeps 16² per field.
+    tok = Tokenizer(small(2, spatial_compression=4, levels=[8, 5, 5, 5]), {"a": DatasetSpec(["u", "v", "w"])})
+    assert pool_shape_tokens(tok, (64, 64)) == [16, 16]
+    latent = pool_shape_latent(tok, 5, 3, (64, 64))
+    assert latent == [18, 18] and abs(3 * 18 * 18 - 16 * 16 * 4) / (16 * 16 * 4) < 0.06
+    # One 1D field at 4x with 4 values per position: as many floats as the input, so the pooling is lossless.
+    tok1 = Tokenizer(small(1, spatial_compression=4, levels=[8, 5, 5, 5]), {"b": DatasetSpec(["u"])})
+    assert pool_shape_latent(tok1, 5, 1, (128,)) == [128]
+    x = torch.randn(2, 5, 1, 128)
+    assert torch.allclose(pool_baseline(x, [128]), x, atol=1e-6)
+    # Pooling keeps each frame's mean and a constant field exactly.
+    y = torch.randn(2, 5, 3, 64, 64)
+    y[:, :, 1] = 2.5
+    pooled = pool_baseline(y, latent)
+    assert torch.allclose(pooled[:, :, 1], y[:, :, 1])
+    assert pooled.shape == y.shape

@@ -7,7 +7,9 @@ then (bi/tri)linearly interpolated back up, with unquantised floats:
 * ``baseline_vrmse`` — pooled onto the token grid (by the spatial compression per axis): one float per
   field per token position, i.e. ``C x 32`` bits where the token has ``log2(codebook)`` (~10) bits;
 * ``baseline_latent_vrmse`` — stricter: pooled to as many floats per frame as the latent has FSQ values
-  (``len(levels)`` per token position, shared among the fields).
+  (``len(levels)`` per token position, shared among the fields). Where that is as many floats as the
+  input has (e.g. one 1D field at 4x with 4 FSQ values), this "baseline" is lossless; ``pool_shapes`` in
+  each dataset's metrics shows it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def evaluate_tokenizer(
     combined = CodeStats(tok.fsq.codebook_size)
     plotted: dict[str, int] = {}
     by_params: dict[str, dict[str, list]] = {}
+    pool_shapes: dict[str, dict[str, list[int]]] = {}
     loader = make_loader(shards, split, batch_size, shuffle=False, normalize=False)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -98,8 +101,11 @@ def evaluate_tokenizer(
         window = torch.cat([batch["input"], batch["output"]], dim=1).float()  # [B, T, C, *space]
         recon, ids = reconstruct(tok, window, name)
         space = tuple(window.shape[3:])
-        base = pool_baseline(window, pool_shape_tokens(tok, space))
-        base_latent = pool_baseline(window, pool_shape_latent(tok, window.shape[1], window.shape[2], space))
+        shapes = pool_shapes.setdefault(name, {
+            "spatial": list(space), "tokens": pool_shape_tokens(tok, space),
+            "latent": pool_shape_latent(tok, window.shape[1], window.shape[2], space)})
+        base = pool_baseline(window, shapes["tokens"])
+        base_latent = pool_baseline(window, shapes["latent"])
         acc = sums.setdefault(name, {k: torch.zeros(window.shape[2], dtype=torch.float64)
                                      for k in ("vrmse", "psnr", "baseline_vrmse", "baseline_latent_vrmse")})
         # per sample, frame and field → summed over samples and frames
@@ -127,7 +133,8 @@ def evaluate_tokenizer(
     for name, acc in sums.items():
         channels = tok.datasets[name].channel_names
         fields = {c: {k: float(acc[k][j] / counts[name]) for k in acc} for j, c in enumerate(channels)}
-        datasets[name] = {"fields": fields, "n_frames": counts[name], **codes[name].summary()}
+        datasets[name] = {"fields": fields, "n_frames": counts[name], "pool_shapes": pool_shapes[name],
+                          **codes[name].summary()}
         if len(by_params.get(name, {})) > 1:  # e.g. NS at two viscosities: which regime is hard?
             datasets[name]["vrmse_by_params"] = {
                 key: dict(zip(channels, (total / count).tolist())) for key, (total, count) in by_params[name].items()
