@@ -7,7 +7,7 @@ as many steps as fit in the fine-tune's wall-clock (tokenizer adaptation + fine-
 Scores: VRMSE on wave2d's test windows at the next step and 8 steps ahead (greedy rollout), mean over
 fields. The pretraining cost itself is not charged to the fine-tune (it is amortised over tasks).
 
-Runs with no arguments in about 15 minutes on 2 CPU cores (most of it pretraining); ``--steps``,
+Runs with no arguments in about 20 minutes on 2 CPU cores (half of it pretraining); ``--steps``,
 ``--pretrain-steps``, ``--n-traj``, ``--resolution`` scale it. The sizes matter: with a few trajectories
 per system both models memorise their training windows (train loss → 0.01) and neither generalises. Prints a table, then one JSON line.
 """
@@ -33,7 +33,7 @@ COMMON = ["trainer.logger=csv", "trainer.progress_bar=false", "data.num_workers=
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=400, help="fine-tune (and scratch) optimizer steps")
+    p.add_argument("--steps", type=int, default=1000, help="fine-tune (and scratch) optimizer steps")
     p.add_argument("--pretrain-steps", type=int, default=3000)
     p.add_argument("--tokenizer-steps", type=int, default=2000, help="pretraining tokenizer steps")
     p.add_argument("--adapt-steps", type=int, default=600,
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-windows", type=int, default=48, help="test windows scored per model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    p.add_argument("--reuse-pretrain", action="store_true",
+                   help="with --out: keep the data and pretrained model already there (e.g. to vary --steps)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import torch
@@ -52,7 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-finetune-"))
     t0 = time.perf_counter()
-    pre = pretrain(root, args)
+    if args.reuse_pretrain and (root / "pretrain" / "run.json").exists():
+        import shutil
+
+        pre = root / "pretrain"
+        shutil.rmtree(root / "finetune", ignore_errors=True)
+    else:
+        pre = pretrain(root, args)
     pretrain_s = time.perf_counter() - t0
     result = finetune_and_compare(root, pre, args)
     result.update({"pretrain_seconds": round(pretrain_s, 1), "machine": f"{platform.platform()}, "

@@ -9,9 +9,11 @@ so the larger batch is nearly free), then on each validation split measures:
 reconstruction VRMSE per field (The Well's, physical units, all 5 frames, also per simulation parameter),
 the same for the pooling baseline at the same number of latent values (each frame average-pooled to as
 many unquantised floats, shared among the fields, as the latent has FSQ values — 4 per token position with
-[8,5,5,5] — then bi/linear interpolation back up; the headline "pool" column and JSON keys), the same for a
-looser pooling onto the token grid (one float per field per token position, "pool-grid"), code usage and
-perplexity (combined and per dataset), and encode/decode frames per second (batch 16, inference, this CPU).
+[8,5,5,5] — then bi/linear interpolation back up; the headline "pool" column and JSON keys; where that many
+floats is the whole input, as for one 1D field, it would be lossless and the token-grid pooling stands in
+for it), the same for a looser pooling onto the token grid (one float per field per token position,
+"pool-grid"), code usage and perplexity (combined and per dataset), and encode/decode frames per second
+(batch 16, inference, this CPU).
 Prints tables, then one JSON line: code_usage, vrmse_max, baseline_vrmse_max, ratio_to_baseline_max,
 beats_baseline (and more).
 

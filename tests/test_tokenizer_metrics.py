@@ -62,3 +62,24 @@ def test_code_usage_and_perplexity():
     assert stats.summary()["code_usage"] == 0.5 and stats.summary()["n_tokens"] == 5
     with pytest.raises(ValueError, match="outside"):
         code_counts(torch.tensor([10]), 10)
+
+
+def test_vmse_loss_is_mean_squared_vrmse_with_eps_and_weights_fields_equally():
+    from tokenizer.training import LossConfig, reconstruction_loss
+
+    torch.manual_seed(0)
+    true = torch.randn(2, 3, 2, 16, 16, dtype=torch.float64)
+    true[:, :, 1] *= 10  # field 1 has 100x the variance of field 0
+    pred = true + 0.1 * true.std(dim=(-2, -1), keepdim=True) * torch.randn_like(true)  # same relative error
+    cfg = LossConfig(kind="vmse", vmse_eps=0.0)
+    # With eps 0 the loss is the mean of VRMSE² (VRMSE's own eps aside).
+    assert torch.isclose(reconstruction_loss(pred, true, cfg, 2), (vrmse(pred, true, 2) ** 2).mean(), rtol=1e-4)
+    # Equal relative errors give equal per-field losses under vmse, but not under plain mse.
+    per_field = [reconstruction_loss(pred[:, :, c:c + 1], true[:, :, c:c + 1], cfg, 2) for c in (0, 1)]
+    assert torch.isclose(per_field[0], per_field[1], rtol=0.1)
+    mse = [reconstruction_loss(pred[:, :, c:c + 1], true[:, :, c:c + 1], LossConfig(kind="mse"), 2) for c in (0, 1)]
+    assert mse[1] > 50 * mse[0]
+    # eps keeps a near-constant frame from dominating: the loss stays bounded.
+    flat = torch.full_like(true, 3.0)
+    noisy = flat + 1e-3 * torch.randn_like(flat)
+    assert reconstruction_loss(noisy, flat, LossConfig(kind="vmse"), 2) < 1e-3
