@@ -9,12 +9,13 @@ process that must keep running (pytest, a notebook).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +60,33 @@ def rank_zero_only(fn: F) -> F:
         return fn(*args, **kwargs) if is_rank_zero() else None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What launchers (torchrun, srun, MPI) export to describe a multi-process job.
+LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_")
+LAUNCHER_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                  "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_id() -> str:
+    """The same string on every rank of one launch, different for the next launch (a requeue, a new
+    torchrun): for telling a handshake file of this launch from one an earlier launch left behind."""
+    keys = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID",
+            "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")
+    return "|".join(f"{k}={os.environ.get(k, '')}" for k in keys)
+
+
+@contextlib.contextmanager
+def single_process_env() -> Iterator[None]:
+    """Hide the launcher's variables while one rank does single-process work that builds its own
+    Lightning Trainer (it would otherwise detect torchrun/Slurm and wait for the other ranks)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(LAUNCHER_PREFIXES) or k in LAUNCHER_NAMES}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -13,11 +13,16 @@ resumed run continues where it stopped, and the AR stage resumes bit for bit via
 4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
    persistence and, with ``compare_scratch``, the same budget trained from random init → ``report.md``,
    ``metrics.json``, ``vrmse_vs_horizon.png``.
+
+In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone. No
+process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's handshake
+file ``RUN/.prepared.json`` (the run directory is on a filesystem every rank sees, as for checkpoints).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +188,7 @@ def _training_config(cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path
 # ---------------------------------------------------------------------------------------------- entry point
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune, evaluate, report; returns the run directory."""
+    from physfm.distributed import is_rank_zero
     from physfm.export import load_model_state, resolve_checkpoint
     from physfm.finetune_data import prepare_shards
     from physfm.finetune_eval import evaluate_models, write_report
@@ -204,14 +210,21 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     n_output = 1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input  # field frames after the context
     timings: dict[str, float] = {}
 
-    start = time.perf_counter()
-    shards, manifest = prepare_shards(f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims,
-                                      f.lift or tok_cfg.spatial_compression)
-    timings["data_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
-    tokens = encode_tokens(tokenizer, shards, out)
-    timings["tokenizer_s"] = time.perf_counter() - start
+    def prepare() -> dict[str, Any]:
+        start = time.perf_counter()
+        shards, manifest = prepare_shards(f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims,
+                                          f.lift or tok_cfg.spatial_compression)
+        timings["data_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
+        tokens = encode_tokens(tokenizer, shards, out)
+        timings["tokenizer_s"] = time.perf_counter() - start
+        return {"shards": str(shards), "tokenizer": str(tokenizer), "tokens": str(tokens),
+                "datasets": list(manifest["datasets"])}
+
+    prepared = prepare_on_rank_zero(out, prepare)
+    shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
+    manifest = {"datasets": dict.fromkeys(prepared["datasets"])}
 
     old_names = list(info["dataset_names"])
     names = old_names + sorted(n for n in manifest["datasets"] if n not in old_names)
@@ -220,17 +233,19 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     start = time.perf_counter()
     run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
     timings["finetune_s"] = time.perf_counter() - start
+    if f.compare_scratch:  # every rank trains; rank 0 scores below
+        scratch_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out / "scratch")
+        start = time.perf_counter()
+        run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
+        timings["scratch_s"] = time.perf_counter() - start
+    if not is_rank_zero():
+        return out
     summary = json.loads((out / "metrics.json").read_text())
-
     before_info = {**json.loads((out / "run.json").read_text())}
     models = {"finetuned": export_plain(out, out / "model", f),
               "pretrained": _export_state(state, before_info, out / "model_before")}
     scratch_summary = None
     if f.compare_scratch:
-        scratch_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out / "scratch")
-        start = time.perf_counter()
-        run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
-        timings["scratch_s"] = time.perf_counter() - start
         scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
         models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
     new_names = [n for n in names if n in manifest["datasets"]]
@@ -241,6 +256,45 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                "train": summary, "scratch_train": scratch_summary, **results}
     write_report(out, metrics)
     return out
+
+
+PREPARED = ".prepared.json"
+
+
+def prepare_on_rank_zero(out: Path, prepare, timeout_s: float | None = None) -> dict[str, Any]:
+    """Rank 0 runs ``prepare()`` (single-process) and publishes its JSON-able result in ``out/.prepared.json``;
+    every other rank waits for that file from this launch and returns the same result. A failure on rank
+    0 is published too, so the others stop with a named error instead of waiting out the timeout
+    (``PHYSFM_PREPARE_TIMEOUT_S``, default 2 h: adapting a large tokenizer takes a while)."""
+    from data_pipelines.errors import DataError
+    from physfm.checkpoint import atomic_write_text
+    from physfm.distributed import global_rank, launch_id, single_process_env
+
+    marker, launch = out / PREPARED, launch_id()
+    if global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with single_process_env():
+                result = prepare()
+        except BaseException as err:
+            atomic_write_text(marker, json.dumps({"launch": launch, "error": f"{type(err).__name__}: {err}"}))
+            raise
+        atomic_write_text(marker, json.dumps({"launch": launch, "result": result}))
+        return result
+    timeout_s = float(os.environ.get("PHYSFM_PREPARE_TIMEOUT_S", 7200)) if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):  # not written yet (the rename makes a partial read impossible)
+            data = None
+        if data is not None and data.get("launch") == launch:
+            if "error" in data:
+                raise DataError(f"{out}: rank 0 failed to prepare the fine-tune data: {data['error']}")
+            return data["result"]
+        time.sleep(0.5)
+    raise DataError(f"{out}: rank {global_rank()} waited {timeout_s:.0f} s for rank 0 to prepare the fine-tune "
+                    f"data ({marker} never appeared); is the run directory on a filesystem every rank sees?")
 
 
 def _export_state(state: dict[str, Any], info: dict[str, Any], out_dir: Path) -> Path:

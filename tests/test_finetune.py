@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from data_pipelines.errors import DataError
 from physfm.checkpoint import safe_torch_load
 from physfm.finetune import load_finetune_config, run_finetune
 from tests.datagen import make_toy_dataset
+from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model, write_wave_dataset
 
 FAST = ["trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.keep_last=5", "data.batch_size=4",
@@ -76,6 +78,49 @@ def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
     assert any(k.endswith("lora_a") for k in a) and a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_rank_deepspeed_zero2_finetune_with_scratch(pretrained, tmp_path):
+    """Both ranks run the verb; rank 0 alone shards, adapts the tokenizer and scores; both train twice."""
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
+    out = tmp_path / "ds"
+    args = ["-m", "physfm.cli", "finetune", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
+            "--data", str(data), "--out", str(out), "--compare-scratch", *FAST, "trainer.checkpoint_every=6",
+            "strategy.name=deepspeed", "strategy.zero_stage=2", "strategy.accelerator=cpu",
+            "strategy.process_group_backend=gloo"]
+    result = run_distributed(args, nproc=2, timeout=300)
+    assert result.ok, result.describe()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["steps"] == 6 and m["scratch_train"]["steps"] == 6
+    assert {"finetuned", "scratch", "persistence"} <= set(m["overall"])
+    for run in (out, out / "scratch"):  # one ZeRO optimizer shard per rank, in both trainings
+        assert len(list((run / "checkpoints" / "step=0000006.ckpt").rglob("*optim_states.pt"))) == 2
+    assert json.loads((out / ".prepared.json").read_text())["result"]["datasets"] == ["toy"]
+    assert result.stdout.count("run directory:") == 1  # rank 0 reports; rank 1 returns quietly
+
+
+def test_rank_one_stops_with_rank_zeros_error(tmp_path, monkeypatch):
+    from physfm.checkpoint import atomic_write_text
+    from physfm.distributed import launch_id
+    from physfm.finetune import PREPARED, prepare_on_rank_zero
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(DataError, match="waited 1 s"):  # nothing from rank 0
+        prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=1)
+    atomic_write_text(tmp_path / PREPARED, json.dumps({"launch": "an earlier launch", "result": {"old": 1}}))
+    with pytest.raises(DataError, match="waited 1 s"):  # a file an earlier launch left is not taken
+        prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=1)
+    atomic_write_text(tmp_path / PREPARED, json.dumps({"launch": launch_id(), "error": "DataError: bad.hdf5: NaN"}))
+    with pytest.raises(DataError, match="rank 0 failed to prepare the fine-tune data: DataError: bad.hdf5: NaN"):
+        prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=5)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    seen = {}
+    result = prepare_on_rank_zero(tmp_path, lambda: seen.update(ws="WORLD_SIZE" in os.environ) or {"ok": True})
+    assert result == {"ok": True} and seen == {"ws": False}  # rank 0 prepares as a single process
+    assert os.environ["WORLD_SIZE"] == "2"  # and the launcher's variables come back
 
 
 def test_wrong_layout_is_a_named_error(pretrained, tmp_path):

@@ -277,6 +277,35 @@ def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
             "trainer.max_steps=3 strategy.accelerator=cpu strategy.process_group_backend=gloo") in log.read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_finetune_sbatch_runs_deepspeed_on_two_nodes(cluster, tmp_path):
+    """A real fine-tune job, 2 nodes x 1 task, ZeRO-2: rank 0 prepares data and tokenizer, both train."""
+    from tests.datagen import make_toy_dataset
+    from tests.rollout_fixtures import build_tiny_model
+
+    pretrained = build_tiny_model(tmp_path / "pre")["export"]
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
+    run_dir, log = tmp_path / "ft", tmp_path / "job.out"
+    job = sbatch("finetune.sbatch", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
+                 "--data", str(data), "trainer.max_steps=6", "trainer.checkpoint_every=6", "data.batch_size=4",
+                 "finetune.tokenizer_steps=5", "finetune.eval_max_windows=4", "finetune.eval_horizons=[1,2]",
+                 "strategy.name=deepspeed", "strategy.zero_stage=2",
+                 options=("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1",
+                          "--time=10", f"--output={log}"),
+                 env=job_env(RUN_DIR=str(run_dir)))
+    wait_for_job(job, timeout=240, log=log)
+    record = assert_completed(cluster, job, log)
+    assert record["NumNodes"] == "2" and record["NumTasks"] == "2"
+    text = log.read_text()
+    assert re.search(r"^1: ", text, re.M), "rank 1 wrote nothing: the job did not run 2 ranks"
+    assert "physfm launch: finetune exited with code 0" in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["dataset_names"][-1] == "toy"
+    assert len(list((run_dir / "checkpoints" / "step=0000006.ckpt").rglob("*optim_states.pt"))) == 2
+    assert (run_dir / "report.md").is_file() and (run_dir / "tokenizer").is_dir()
+
+
 # ----------------------------------------------------------------------------- without Slurm
 def launch(env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run launch.sh's checks with a faked Slurm environment (they fail before srun is reached)."""
