@@ -7,7 +7,7 @@ as many steps as fit in the fine-tune's wall-clock (tokenizer adaptation + fine-
 Scores: VRMSE on wave2d's test windows at the next step and 8 steps ahead (greedy rollout), mean over
 fields. The pretraining cost itself is not charged to the fine-tune (it is amortised over tasks).
 
-Runs with no arguments in about 20 minutes on 2 CPU cores (half of it pretraining); ``--steps``,
+Runs with no arguments in about 16 minutes on an idle 2-core CPU (half of it pretraining); ``--steps``,
 ``--pretrain-steps``, ``--n-traj``, ``--resolution`` scale it. The sizes matter: with a few trajectories
 per system both models memorise their training windows (train loss → 0.01) and neither generalises. Prints a table, then one JSON line.
 """
