@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from data_pipelines.errors import DataError
-from physfm.rollout import PhysicsModel, _tokenizer_location
+from physfm.rollout import PhysicsModel, load_with_tokenizer
 
 
 def load_diffusion_model(location: str | Path):
@@ -70,23 +70,12 @@ class DiffusionPhysicsModel(PhysicsModel):
                         snap_to_codes: bool | None = None) -> DiffusionPhysicsModel:
         """Load a diffusion run/checkpoint/export. ``refiner`` must be "auto"/None/False: the refiner corrects
         the AR model's decoded tokens and has no diffusion counterpart."""
-        from physfm.checkpoint import CheckpointError
-        from physfm.export import resolve_checkpoint
-        from tokenizer.checkpoint import fingerprint, load_tokenizer
+        from tokenizer.checkpoint import load_tokenizer
 
         if refiner not in ("auto", None, False):
             raise ValueError(f"{location}: a diffusion model takes no refiner (got {refiner})")
         location = Path(location)
-        try:
-            model, info = load_diffusion_model(location)
-            _, run_dir = resolve_checkpoint(location)
-        except CheckpointError as err:
-            raise DataError(str(err)) from None
-        tok_path = Path(tokenizer) if tokenizer else _tokenizer_location(info, run_dir)
-        recorded = info.get("tokenizer_fingerprint")
-        if recorded and fingerprint(tok_path) != recorded:
-            raise DataError(f"{tok_path}: not the tokenizer the model was trained with (fingerprint "
-                            f"{fingerprint(tok_path)[:12]}, the run's recorded {recorded[:12]})")
+        model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         return cls(model, load_tokenizer(tok_path), info, sampling_steps, sampler, snap_to_codes).to(device)
 

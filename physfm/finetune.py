@@ -224,10 +224,10 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 
     prepared = prepare_on_rank_zero(out, prepare)
     shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
-    manifest = {"datasets": dict.fromkeys(prepared["datasets"])}
+    new_data = prepared["datasets"]  # the datasets of --data
 
     old_names = list(info["dataset_names"])
-    names = old_names + sorted(n for n in manifest["datasets"] if n not in old_names)
+    names = old_names + sorted(n for n in new_data if n not in old_names)
     state = init_dataset_rows(state, len(old_names), len(names))
     train_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out)
     start = time.perf_counter()
@@ -248,7 +248,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     if f.compare_scratch:
         scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
         models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
-    new_names = [n for n in names if n in manifest["datasets"]]
+    new_names = [n for n in names if n in new_data]
     results = evaluate_models(models, shards, new_names, f.eval_horizons, f.eval_max_windows)
     metrics = {"from": str(f.init), "data": str(f.data), "shards": str(shards), "tokenizer": str(tokenizer),
                "mode": f.mode, "datasets": new_names, "dataset_names": names, "steps": summary["steps"],

@@ -43,6 +43,26 @@ def _tokenizer_location(info: dict[str, Any], run_dir: Path) -> Path:
                     "working directory and the run directory); pass tokenizer=PATH (--tokenizer)")
 
 
+def load_with_tokenizer(load, location: Path, tokenizer: str | Path | None) -> tuple[Any, dict[str, Any], Path, Path]:
+    """``load(location)`` → (model, info), plus the run directory and the tokenizer path: the given one, else
+    the one the run names; refused when its fingerprint differs from the one the run recorded."""
+    from physfm.checkpoint import CheckpointError
+    from physfm.export import resolve_checkpoint
+    from tokenizer.checkpoint import fingerprint
+
+    try:
+        model, info = load(location)
+        _, run_dir = resolve_checkpoint(location)
+    except CheckpointError as err:
+        raise DataError(str(err)) from None
+    tok_path = Path(tokenizer) if tokenizer else _tokenizer_location(info, run_dir)
+    recorded = info.get("tokenizer_fingerprint")
+    if recorded and fingerprint(tok_path) != recorded:
+        raise DataError(f"{tok_path}: not the tokenizer the model was trained with (fingerprint "
+                        f"{fingerprint(tok_path)[:12]}, the run recorded {recorded[:12]})")
+    return model, info, run_dir, tok_path
+
+
 def _refiner_location(location: Path, run_dir: Path) -> Path | None:
     from physfm.refine import is_refiner_dir
 
@@ -76,9 +96,9 @@ class PhysicsModel:
         A diffusion run (run.json kind) loads as :class:`physfm.diffusion_rollout.DiffusionPhysicsModel`;
         ``sampling_steps``/``sampler`` (ODE steps, "euler"/"heun") apply to it only."""
         from physfm.checkpoint import CheckpointError
-        from physfm.export import load_ar_model, model_kind, resolve_checkpoint
+        from physfm.export import load_ar_model, model_kind
         from physfm.refine import load_refiner, state_sha256
-        from tokenizer.checkpoint import fingerprint, load_tokenizer
+        from tokenizer.checkpoint import load_tokenizer
 
         location = Path(location)
         # -- diffusion variant: dispatch on the run's kind (physfm/diffusion_rollout.py)
@@ -93,17 +113,9 @@ class PhysicsModel:
                                                          sampling_steps=sampling_steps, sampler=sampler)
         if sampling_steps is not None or sampler is not None:
             raise ValueError(f"{location}: --sampling-steps/--sampler apply to diffusion models; this is an AR model")
-        try:
-            model, info = load_ar_model(location)
-            _, run_dir = resolve_checkpoint(location)
-        except CheckpointError as err:
-            raise DataError(str(err)) from None
-        tok_path = Path(tokenizer) if tokenizer else _tokenizer_location(info, run_dir)
+        model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
         tok = load_tokenizer(tok_path)
         recorded = info.get("tokenizer_fingerprint")
-        if recorded and fingerprint(tok_path) != recorded:
-            raise DataError(f"{tok_path}: not the tokenizer the model was trained with (fingerprint "
-                            f"{fingerprint(tok_path)[:12]}, the run's token shards say {recorded[:12]})")
         ref, meta = None, None
         ref_path = _refiner_location(location, run_dir) if refiner == "auto" else (Path(refiner) if refiner else None)
         if ref_path is not None:
