@@ -90,7 +90,7 @@ def train_tokenizer(work: Path, shards: Path, steps: int, seed: int) -> Path:
 
 def pretrain(kind: str, out: Path, data: list[str], steps: int, seed: int) -> dict:
     """Train ``steps`` steps; metrics.json plus the run's measured ``wall_s`` and ``cpu_s`` (this process)."""
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     config = ROOT / ("configs/pretrain/diffusion_tiny.yaml" if kind == "diffusion" else "configs/pretrain/tiny.yaml")
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, also in a reused --workdir
@@ -119,8 +119,8 @@ def seconds_per_step(kind: str, out: Path, data: list[str], grid: list[int], see
 
 def latent_ceiling(dm, shards: Path, max_windows: int) -> dict:
     """VRMSE of the true future's own continuous latents decoded (what a perfect diffusion model scores)."""
-    from physfm.evaluate import DatasetScores, summarize
-    from physfm.windows import evaluation_windows
+    from physfm.eval.evaluate import DatasetScores, summarize
+    from physfm.eval.windows import evaluation_windows
 
     scores: dict = {}
     for batch in evaluation_windows(shards, "test", HORIZON, batch_size=32, max_windows=max_windows,
@@ -134,7 +134,7 @@ def latent_ceiling(dm, shards: Path, max_windows: int) -> dict:
 
 
 def score(pm, shards: Path, methods: tuple[str, ...], max_windows: int) -> tuple[dict, dict, int]:
-    from physfm.evaluate import score_windows, summarize
+    from physfm.eval.evaluate import score_windows, summarize
 
     scores, seconds = score_windows(pm, shards, "test", HORIZON, methods=methods, max_windows=max_windows,
                                     batch_size=32, seed=0)
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; workdir {work}")
 
-    from physfm.refine_train import load_refine_config, run_refine
-    from physfm.rollout import PhysicsModel
+    from physfm.train.refine import load_refine_config, run_refine
+    from physfm.inference import PhysicsModel
     from tokenizer.encode import encode_shards
 
     shards = make_data(work, args.resolution, args.seed)

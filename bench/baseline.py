@@ -76,8 +76,8 @@ def make_data(work: Path, args) -> Path:
 
 def train_ours(work: Path, shards: Path, args) -> tuple[Path, dict[str, float]]:
     from data_pipelines.config import load_config
-    from physfm.pretrain import load_pretrain_config, run_pretrain
-    from physfm.refine_train import load_refine_config, run_refine
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.refine import load_refine_config, run_refine
     from tokenizer.encode import encode_shards
     from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -115,8 +115,8 @@ def train_ours(work: Path, shards: Path, args) -> tuple[Path, dict[str, float]]:
 
 def refiner_only(pm, shards: Path, args):
     """The refiner's U-Net trained alone: last context frame in, next frame out (the AR's role removed)."""
-    from physfm.refine import Refiner
-    from physfm.refine_train import RefineRunConfig, collect_pairs, fit_refiner
+    from physfm.models.refiner import Refiner
+    from physfm.train.refine import RefineRunConfig, collect_pairs, fit_refiner
 
     cfg = RefineRunConfig()  # the refiner's default architecture and optimiser, as `physfm refine`
     cfg.train.steps = args.refine_steps
@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{torch.get_num_threads()} threads; workdir {work}; seed {args.seed}")
     log(f"data: {', '.join(SYSTEMS)} (default parameter sets), {args.n_traj} trajectories per set, "
         f"{args.n_steps} frames, {args.resolution}²; windows {N_INPUT} + 1 frames")
-    from physfm.evaluate import score_windows, summarize
-    from physfm.rollout import PhysicsModel
+    from physfm.eval.evaluate import score_windows, summarize
+    from physfm.inference import PhysicsModel
 
     t0 = time.perf_counter()
     shards = make_data(work, args)

@@ -78,7 +78,7 @@ def pretrain(root: Path, args) -> Path:
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.simulators import simulate_dataset
     from data_pipelines.config import load_config
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
     from tokenizer.encode import encode_shards
     from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -103,9 +103,9 @@ def pretrain(root: Path, args) -> Path:
 
 
 def finetune_and_compare(root: Path, pre: Path, args) -> dict:
-    from physfm.finetune import (_training_config, export_plain, load_finetune_config, run_finetune)
-    from physfm.finetune_eval import evaluate_models
-    from physfm.pretrain import run_pretrain
+    from physfm.train.finetune import (_training_config, export_plain, load_finetune_config, run_finetune)
+    from physfm.train.finetune_eval import evaluate_models
+    from physfm.train.pretrain import run_pretrain
 
     overrides = COMMON + [f"finetune.init={pre}", f"finetune.data={root / 'data' / 'wave2d'}",
                           f"out={root / 'finetune'}", f"trainer.max_steps={args.steps}",

@@ -38,7 +38,8 @@ def flash_available(cfg) -> bool:
 
 def check_mfu(args) -> dict:
     from data_pipelines.config import load_config
-    from physfm.model import IGNORE_INDEX, ModelConfig, PhysicsTransformer
+    from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
+    from physfm.models.trunk import ModelConfig
 
     cfg = load_config(ModelConfig, args.config)
     result = {"config": args.config, "flash_sdpa": flash_available(cfg), "gpu": torch.cuda.get_device_name()}
@@ -84,7 +85,7 @@ def check_mfu(args) -> dict:
 
 def check_zero(args) -> dict:
     from data_pipelines.synthetic import make_token_shards
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens = make_token_shards(Path(tmp) / "tokens", n_windows=256, n_frames=5, n_context=4, grid=(16, 16),

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data_pipelines.config import load_config  # noqa: E402
-from physfm.model import ModelConfig, PhysicsTransformer  # noqa: E402
+from physfm.models.ar import PhysicsTransformer  # noqa: E402
+from physfm.models.trunk import ModelConfig  # noqa: E402
 
 
 def time_generation(model: PhysicsTransformer, context: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, float]:

@@ -45,7 +45,7 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
     from data_pipelines.config import load_config
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.simulators import parse_sweep, simulate_dataset
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
     from tokenizer.encode import encode_shards
     from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{self.name}] {seconds[self.name]:.0f} s", flush=True)
 
     from data_pipelines.simulators import parse_sweep
-    from physfm.probe import run_probe
-    from physfm.steer import compute_direction
-    from physfm.steer_rollout import parse_alphas, steer_rollout
+    from physfm.interp.probe import run_probe
+    from physfm.interp.steer import compute_direction
+    from physfm.interp.steer_rollout import parse_alphas, steer_rollout
 
     paths = build_model(work, args, log)
     with log("probe"):

@@ -33,9 +33,11 @@ import torch  # noqa: E402
 
 from data_pipelines.config import load_config  # noqa: E402
 from data_pipelines.synthetic import make_token_shards  # noqa: E402
-from physfm.model import IGNORE_INDEX, ModelConfig, PhysicsTransformer  # noqa: E402
-from physfm.pretrain import load_pretrain_config, run_pretrain  # noqa: E402
-from physfm.training import lr_lambda, measure_matmul_peak  # noqa: E402
+from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer  # noqa: E402
+from physfm.models.trunk import ModelConfig  # noqa: E402
+from physfm.train.pretrain import load_pretrain_config, run_pretrain  # noqa: E402
+from physfm.train.callbacks import measure_matmul_peak  # noqa: E402
+from physfm.train.module import lr_lambda  # noqa: E402
 
 N_FRAMES, N_CONTEXT = 5, 4  # the quickstart window: 4 context + 1 target frame
 
@@ -80,7 +82,7 @@ def physfm_run(model_yaml: str, tokens: Path, out: Path, batch_size: int, steps:
         "data.val_batches=0", "trainer.logger=none", "trainer.progress_bar=false", "optim.lr=1e-3",
         "optim.warmup_steps=20", "strategy.name=single",
     ])
-    from physfm import training
+    from physfm.train import callbacks as training
 
     monitor: list = []
     original = training.ThroughputMonitor.__init__
@@ -106,7 +108,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from physfm.model import ModelConfig as MC
+    from physfm.models.trunk import ModelConfig as MC
 
     cfg = load_config(MC, args.model)
     cfg.max_frames = max(cfg.max_frames, N_FRAMES)

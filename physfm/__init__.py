@@ -12,17 +12,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "PhysicsModel": "physfm.rollout",
-    "PhysicsTransformer": "physfm.model",
-    "ModelConfig": "physfm.model",
-    "PretrainConfig": "physfm.pretrain",
-    "load_pretrain_config": "physfm.pretrain",
-    "run_pretrain": "physfm.pretrain",
-    "StrategyConfig": "physfm.strategies",
-    "export_model": "physfm.export",
-    "load_ar_model": "physfm.export",
-    "evaluate": "physfm.evaluate",
-    "estimate": "physfm.estimate",
+    "PhysicsModel": "physfm.inference",
+    "DiffusionPhysicsModel": "physfm.inference",
+    "PhysicsTransformer": "physfm.models.ar",
+    "LatentFlowTransformer": "physfm.models.diffusion",
+    "ModelConfig": "physfm.models.trunk",
+    "PretrainConfig": "physfm.train.config",
+    "load_pretrain_config": "physfm.train.config",
+    "run_pretrain": "physfm.train.pretrain",
+    "StrategyConfig": "physfm.train.strategies",
+    "export_model": "physfm.inference.loading",
+    "load_ar_model": "physfm.inference.loading",
+    "load_model": "physfm.inference.loading",
+    "evaluate": "physfm.eval.evaluate",
+    "estimate": "physfm.train.estimate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -43,7 +43,7 @@ class CompletedResult:
 
 
 def _free_port() -> int:
-    from physfm.distributed import free_port
+    from physfm.train.distributed import free_port
 
     return free_port()
 

@@ -9,7 +9,7 @@ import sys
 import torch.distributed as dist
 
 from data_pipelines.loader import make_loader
-from physfm.distributed import clean_exit
+from physfm.train.distributed import clean_exit
 
 
 def main(shards: str, out_dir: str) -> None:

@@ -47,8 +47,9 @@ def build_tiny_model(root: Path, datasets: tuple[str, ...] = ("waves",), n_input
     """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their paths."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
-    from physfm.checkpoint import export_safetensors
-    from physfm.model import ModelConfig, PhysicsTransformer
+    from physfm.core.checkpoint import export_safetensors
+    from physfm.models.ar import PhysicsTransformer
+    from physfm.models.trunk import ModelConfig
     from tokenizer.checkpoint import fingerprint, save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 

@@ -54,7 +54,8 @@ def make_param_tokens(out: Path, nu_values=(1e-3, 2e-3, 4e-3, 8e-3), n_traj: int
 
 
 def tiny_model(seed: int = 0):
-    from physfm.model import ModelConfig, PhysicsTransformer
+    from physfm.models.ar import PhysicsTransformer
+    from physfm.models.trunk import ModelConfig
 
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64,
@@ -64,7 +65,7 @@ def tiny_model(seed: int = 0):
 
 def export_tiny_model(out: Path, seed: int = 0) -> Path:
     """An export directory ``load_ar_model`` reads (no tokenizer: token shards only)."""
-    from physfm.checkpoint import export_safetensors
+    from physfm.core.checkpoint import export_safetensors
 
     model = tiny_model(seed)
     info = {"kind": "ar", "model": dataclasses.asdict(model.config), "dataset_names": ["toy"],
@@ -80,8 +81,9 @@ def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1
     from data_pipelines.shards import read_manifest
     from data_pipelines.well_format import Field, WellData
     from data_pipelines.well_io import write_well
-    from physfm.checkpoint import export_safetensors
-    from physfm.model import ModelConfig, PhysicsTransformer
+    from physfm.core.checkpoint import export_safetensors
+    from physfm.models.ar import PhysicsTransformer
+    from physfm.models.trunk import ModelConfig
     from tokenizer.checkpoint import fingerprint, save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 

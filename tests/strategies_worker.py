@@ -33,7 +33,7 @@ def build_module(strategy_cfg):  # type: ignore[no-untyped-def]
     import torch
     from torch import nn
 
-    from physfm.strategies import build_optimizer
+    from physfm.train.strategies import build_optimizer
 
     class ToyRegression(L.LightningModule):
         def __init__(self) -> None:
@@ -93,8 +93,8 @@ def main() -> int:
     from safetensors.torch import save_file
 
     from data_pipelines.config import from_dict
-    from physfm.checkpoint import find_latest_checkpoint
-    from physfm.strategies import StrategyConfig, build_trainer_kwargs
+    from physfm.core.checkpoint import find_latest_checkpoint
+    from physfm.train.strategies import StrategyConfig, build_trainer_kwargs
 
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out / "ckpt"
@@ -104,7 +104,7 @@ def main() -> int:
     if strategy_cfg.activation_checkpointing:
         from torch import nn
 
-        from physfm.strategies import apply_activation_checkpointing
+        from physfm.train.strategies import apply_activation_checkpointing
 
         apply_activation_checkpointing(module.net, (nn.Linear,))
     callbacks = []
@@ -139,7 +139,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from physfm.distributed import clean_exit
+    from physfm.train.distributed import clean_exit
 
     try:
         code = main()

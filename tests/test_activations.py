@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from data_pipelines.errors import DataError
-from physfm.activations import (
+from physfm.interp.activations import (
     HISTOGRAM, ActivationStore, capture_to_disk, capture_windows, code_histogram, iter_windows,
     pool_frames, pooled_activations,
 )
-from physfm.hooks import hook_points
-from physfm.selection import SelectionError, parse_selection
+from physfm.interp.hooks import hook_points
+from physfm.interp.selection import SelectionError, parse_selection
 from tests.steer_fixtures import FINGERPRINT, GRID, N_FRAMES, export_tiny_model, make_param_tokens, tiny_model
 
 
@@ -118,7 +118,7 @@ def test_capture_writes_chunks_with_bounded_memory(tokens, tmp_path):
 
 
 def test_capture_to_disk_from_an_export(tokens, tmp_path):
-    from physfm.export import load_ar_model
+    from physfm.inference.loading import load_ar_model
 
     model, info = load_ar_model(export_tiny_model(tmp_path / "export"))
     store = capture_to_disk(model, info, tokens, tmp_path / "acts", points=["blocks.0.resid"], split="train,test",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.checkpoint import (
+from physfm.core.checkpoint import (
     COMPLETE_MARKER,
     CheckpointError,
     assert_checkpoint_safe,

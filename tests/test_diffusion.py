@@ -12,9 +12,9 @@ import torch
 
 from data_pipelines.config import ConfigError
 from physfm.cli import main as physfm
-from physfm.diffusion import DiffusionConfig, LatentFlowTransformer
-from physfm.hooks import add_to, capture
-from physfm.model import ModelConfig
+from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
+from physfm.interp.hooks import add_to, capture
+from physfm.models.trunk import ModelConfig
 from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model
 
@@ -40,7 +40,7 @@ def overrides(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny random tokenizer + field shards, and a diffusion model trained 40 steps on their latents."""
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     root = tmp_path_factory.mktemp("diffusion")
     paths = build_tiny_model(root)
@@ -154,8 +154,8 @@ def test_pretrain_loss_falls_and_run_is_complete(trained):
 
 @pytest.mark.slow
 def test_rollout_seeded_and_export_round_trip(trained, tmp_path):
-    from physfm.rollout import PhysicsModel
-    from physfm.windows import evaluation_windows
+    from physfm.inference import PhysicsModel
+    from physfm.eval.windows import evaluation_windows
 
     paths, run = trained
     pm = PhysicsModel.from_pretrained(run, sampling_steps=3)
@@ -198,7 +198,7 @@ def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsy
 @pytest.mark.slow
 def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
     """Token windows reach the diffusion model as their codes (forward_window), steering hooks its sampling."""
-    from physfm.steer import load_direction
+    from physfm.interp.steer import load_direction
 
     paths, run = trained
     direction = tmp_path / "speed.safetensors"
@@ -221,7 +221,7 @@ def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_config_errors_name_the_key(trained, tmp_path):
-    from physfm.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     paths, _ = trained
     with pytest.raises(ConfigError, match="data.shards"):
@@ -236,8 +236,8 @@ def test_config_errors_name_the_key(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_deepspeed_zero2_trains(trained, tmp_path):
-    from physfm.rollout import PhysicsModel
-    from physfm.windows import evaluation_windows
+    from physfm.inference import PhysicsModel
+    from physfm.eval.windows import evaluation_windows
 
     paths, _ = trained
     out = tmp_path / "ds"

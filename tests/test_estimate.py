@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.commands import estimate as estimate_cmd
-from physfm.commands.estimate import load_model_config
-from physfm.estimate import activation_bytes, count_params, estimate
-from physfm.model import ModelConfig, PhysicsTransformer
+from physfm.cli import estimate as estimate_cmd
+from physfm.cli.estimate import load_model_config
+from physfm.train.estimate import activation_bytes, count_params, estimate
+from physfm.models.ar import PhysicsTransformer
+from physfm.models.trunk import ModelConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 LAYOUTS = [(1, 8), (4, 8), (2, 4)]  # (nodes, GPUs per node)

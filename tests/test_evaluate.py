@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from physfm.cli import main as physfm
-from physfm.evaluate import BASELINES, evaluate, render_report
-from physfm.rollout import PhysicsModel
-from physfm.windows import evaluation_windows
+from physfm.eval.evaluate import BASELINES, evaluate, render_report
+from physfm.inference import PhysicsModel
+from physfm.eval.windows import evaluation_windows
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -112,8 +112,8 @@ def test_evaluate_and_rollout_cli(evaluated, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quickstart_refine_and_evaluate_stages(evaluated, tmp_path, monkeypatch):
-    from physfm import quickstart_eval
-    from physfm.quickstart import STAGES, Context
+    from physfm.quickstart import evaluate as quickstart_eval
+    from physfm.quickstart.pipeline import STAGES, Context
 
     paths, _, _ = evaluated
     names = [n for n, _ in STAGES]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from data_pipelines.errors import DataError
-from physfm.checkpoint import safe_torch_load
-from physfm.finetune import load_finetune_config, run_finetune
+from physfm.core.checkpoint import safe_torch_load
+from physfm.train.finetune import load_finetune_config, run_finetune
 from tests.datagen import make_toy_dataset
 from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model, write_wave_dataset
@@ -102,9 +102,9 @@ def test_two_rank_deepspeed_zero2_finetune_with_scratch(pretrained, tmp_path):
 
 
 def test_rank_one_stops_with_rank_zeros_error(tmp_path, monkeypatch):
-    from physfm.checkpoint import atomic_write_text
-    from physfm.distributed import launch_id
-    from physfm.finetune import PREPARED, prepare_on_rank_zero
+    from physfm.core.checkpoint import atomic_write_text
+    from physfm.train.distributed import launch_id
+    from physfm.train.finetune import PREPARED, prepare_on_rank_zero
 
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(DataError, match="waited 1 s"):  # nothing from rank 0
@@ -156,8 +156,9 @@ def test_cli_reports_bad_input_in_one_line(pretrained, tmp_path, capsys):
 
 
 def test_lora_merge_reproduces_adapted_forward():
-    from physfm.lora import add_lora, merge_lora_state
-    from physfm.model import ModelConfig, PhysicsTransformer
+    from physfm.models.lora import add_lora, merge_lora_state
+    from physfm.models.ar import PhysicsTransformer
+    from physfm.models.trunk import ModelConfig
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=16, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64, max_frames=2,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from physfm.hooks import add_to, capture, hook_points
-from physfm.model import ModelConfig, PhysicsTransformer
+from physfm.interp.hooks import add_to, capture, hook_points
+from physfm.models.ar import PhysicsTransformer
+from physfm.models.trunk import ModelConfig
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from physfm.model import IGNORE_INDEX, KVCache, ModelConfig, PhysicsTransformer, apply_rope, rope_pair_axes, \
-    token_positions
+from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
+from physfm.models.trunk import KVCache, ModelConfig, apply_rope, rope_pair_axes, token_positions
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.commands.estimate import load_model_config
-from physfm.estimate import count_params
-from physfm.model import PhysicsTransformer
+from physfm.cli.estimate import load_model_config
+from physfm.train.estimate import count_params
+from physfm.models.ar import PhysicsTransformer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 NOMINAL = {"small": 100e6, "1b": 1e9, "12b": 12e9}

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from data_pipelines.config import ConfigError
-from physfm.checkpoint import safe_torch_load
-from physfm.pretrain import load_pretrain_config, run_pretrain
+from physfm.core.checkpoint import safe_torch_load
+from physfm.train.pretrain import load_pretrain_config, run_pretrain
 from tests.datagen import make_token_shards
 
 TINY = [
@@ -66,7 +66,7 @@ def test_resume_matches_uninterrupted_run_bit_for_bit(tokens, tmp_path):
 
 
 def nan_at(step: int):
-    from physfm.training import ARModule
+    from physfm.train.module import ARModule
 
     original = ARModule.loss
 
@@ -78,7 +78,7 @@ def nan_at(step: int):
 
 
 def test_nonfinite_loss_stop_writes_no_checkpoint(tokens, tmp_path, monkeypatch):
-    from physfm.training import ARModule, NonFiniteLoss
+    from physfm.train.module import ARModule, NonFiniteLoss
 
     monkeypatch.setattr(ARModule, "loss", nan_at(7))
     with pytest.raises(NonFiniteLoss, match="non-finite loss .* at step 7"):
@@ -89,7 +89,7 @@ def test_nonfinite_loss_stop_writes_no_checkpoint(tokens, tmp_path, monkeypatch)
 
 
 def test_nonfinite_loss_skip_leaves_weights_untouched(tokens, tmp_path, monkeypatch):
-    from physfm.training import ARModule
+    from physfm.train.module import ARModule
 
     monkeypatch.setattr(ARModule, "loss", nan_at(6))
     out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=12", "trainer.checkpoint_every=1",
@@ -114,7 +114,7 @@ def test_config_errors_name_the_key(tokens, tmp_path):
 
 def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     from physfm.cli import main
-    from physfm.export import load_ar_model
+    from physfm.inference.loading import load_ar_model
 
     out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=6", "trainer.checkpoint_every=3"))
     assert main(["export", "--ckpt", str(out / "checkpoints" / "step=0000006.ckpt"), "--out", str(tmp_path / "exp")]) == 0

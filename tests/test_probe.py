@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data_pipelines.errors import DataError
-from physfm.probe import Probe, choose_scale, group_keys, run_probe
-from physfm.ridge import cross_validate, fit_final, group_folds, r2_score
+from physfm.interp.probe import Probe, choose_scale, group_keys, run_probe
+from physfm.interp.ridge import cross_validate, fit_final, group_folds, r2_score
 from tests.steer_fixtures import export_tiny_model, make_param_tokens
 
 
@@ -66,7 +66,7 @@ def test_run_probe_writes_metrics_baselines_plot_and_a_loadable_probe(setup, tmp
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["target"] == "nu"
     assert "| code histogram (baseline) |" in (tmp_path / "probe" / "report.md").read_text()
     probe = Probe.load(tmp_path / "probe")
-    from physfm.activations import ActivationStore
+    from physfm.interp.activations import ActivationStore
 
     store = ActivationStore(tmp_path / "probe" / "activations")
     pred = probe.predict(probe.best_point, store.load(probe.best_point).numpy())

@@ -7,10 +7,10 @@ import torch
 
 from data_pipelines.errors import DataError
 from physfm.cli import main as physfm
-from physfm.refine import Refiner, RefinerConfig, load_refiner, save_refiner
-from physfm.refine_train import load_refine_config, run_refine
-from physfm.rollout import PhysicsModel
-from physfm.windows import evaluation_windows
+from physfm.models.refiner import Refiner, RefinerConfig, load_refiner, save_refiner
+from physfm.train.refine import load_refine_config, run_refine
+from physfm.inference import PhysicsModel
+from physfm.eval.windows import evaluation_windows
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -49,7 +49,7 @@ def test_refine_trains_and_writes_its_files(refined):
 
 
 def test_refine_flag_changes_the_rollout_and_evaluate_reports_both(refined, tmp_path):
-    from physfm.evaluate import evaluate
+    from physfm.eval.evaluate import evaluate
 
     paths, out = refined
     pm = PhysicsModel.from_pretrained(paths["export"])  # finds EXPORT/refiner by itself

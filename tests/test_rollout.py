@@ -8,8 +8,8 @@ import torch
 
 from data_pipelines.errors import DataError
 from data_pipelines.well_io import WellReader
-from physfm.rollout import PhysicsModel
-from physfm.windows import evaluation_windows
+from physfm.inference import PhysicsModel
+from physfm.eval.windows import evaluation_windows
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -73,7 +73,7 @@ def test_sampling_is_seeded_and_top_k_restricts(tiny):
 
 
 def test_from_pretrained_round_trip_and_tokenizer_check(tiny, tmp_path):
-    from physfm.checkpoint import load_safetensors
+    from physfm.core.checkpoint import load_safetensors
     from tokenizer.checkpoint import save_tokenizer
     from tokenizer.model import Tokenizer
 
@@ -121,7 +121,7 @@ def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
 
 
 def test_temporal_compression_two_rolls_out_in_token_groups(tiny):
-    from physfm.model import PhysicsTransformer
+    from physfm.models.ar import PhysicsTransformer
     from tokenizer.model import Tokenizer
 
     paths, pm = tiny

@@ -145,7 +145,7 @@ def tokens(tmp_path_factory) -> Path:
 
 def check_trained(run_dir: Path, steps: int) -> dict:
     """Loss fell and the final checkpoint is complete."""
-    from physfm.checkpoint import find_latest_checkpoint
+    from physfm.core.checkpoint import find_latest_checkpoint
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == steps
@@ -330,8 +330,8 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
     the same config then resumes from that checkpoint and finishes."""
     import signal
 
-    from physfm.pretrain import load_pretrain_config, run_pretrain
-    from physfm.training import STOPPED_EXIT_CODE, ARModule, TrainingStopped
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
+    from physfm.train.module import STOPPED_EXIT_CODE, ARModule, TrainingStopped
     from tests.datagen import make_token_shards
 
     handler_before = signal.getsignal(signal.SIGUSR1)

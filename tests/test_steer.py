@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from physfm.physics_stats import (
+from physfm.eval.physics_stats import (
     dominant_wavelength, enstrophy, kinetic_energy_spectrum, physics_statistics, radial_spectrum, spectral_slope,
 )
-from physfm.steer import Direction, direction_from_samples, load_direction, save_direction, steering, steering_fn
-from physfm.steer_rollout import dose_response, infer_target, parse_alphas
+from physfm.interp.steer import Direction, direction_from_samples, load_direction, save_direction, steering, steering_fn
+from physfm.interp.steer_rollout import dose_response, infer_target, parse_alphas
 from tests.steer_fixtures import GRID, N_CONTEXT, tiny_model
 
 
@@ -174,8 +174,8 @@ def test_steer_direction_and_rollout_cli(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quickstart_probe_steer_stage(tmp_path):
-    from physfm.quickstart import STAGES, Context
-    from physfm.quickstart_steer import stage_probe_steer
+    from physfm.quickstart.pipeline import STAGES, Context
+    from physfm.quickstart.steer import stage_probe_steer
     from tests.steer_fixtures import build_tiny_viscosity_model
 
     assert STAGES[-1] == ("probe + steer", stage_probe_steer)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from data_pipelines.config import ConfigError, from_dict, load_config
-from physfm.checkpoint import (
+from physfm.core.checkpoint import (
     consolidate_state_dict,
     export_safetensors,
     find_latest_checkpoint,
@@ -25,7 +25,7 @@ from physfm.checkpoint import (
     list_checkpoints,
     load_safetensors,
 )
-from physfm.strategies import (
+from physfm.train.strategies import (
     DEEPSPEED_CONFIG_DIR,
     StrategyConfig,
     apply_activation_checkpointing,

@@ -21,7 +21,7 @@
 # RUN_DIR/checkpoints and exits with code 75; this script then runs `scontrol requeue`, and the job
 # starts again later under the same id and resumes from that checkpoint (`resume: auto`).
 
-STOPPED_EXIT_CODE=75  # physfm.training.STOPPED_EXIT_CODE
+STOPPED_EXIT_CODE=75  # physfm.train.module.STOPPED_EXIT_CODE
 
 physfm_die() { echo "physfm launch: error: $*" >&2; exit 2; }
 

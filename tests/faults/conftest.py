@@ -72,7 +72,7 @@ def run_distributed_until(args: Sequence[str], done: Callable[[], bool], *, time
                           poll: float = 0.02) -> tuple[bool, str]:
     """Start ``physfm ARGS`` on 2 ranks, wait until ``done()`` holds, then SIGKILL the launcher and every
     worker at once (``kill -9`` of the whole job).  Returns (killed while running, output so far)."""
-    from physfm.distributed import free_port
+    from physfm.train.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "physfm.cli", *map(str, args)]

@@ -18,8 +18,8 @@ import sys
 
 
 def plant_nan(step: int, rank: int | None) -> None:
-    from physfm.distributed import global_rank
-    from physfm.training import ARModule
+    from physfm.train.distributed import global_rank
+    from physfm.train.module import ARModule
 
     original = ARModule.loss
 

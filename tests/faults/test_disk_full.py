@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from physfm.checkpoint import find_latest_checkpoint, safe_torch_load
+from physfm.core.checkpoint import find_latest_checkpoint, safe_torch_load
 from physfm.cli import main
 from tests.faults.conftest import digest, pretrain_args
 

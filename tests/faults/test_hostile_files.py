@@ -19,6 +19,7 @@ import torch
 from data_pipelines.config import ConfigError, load_config
 from data_pipelines.errors import DataError
 from physfm.cli import main
+from physfm.core.run_info import RunInfo
 from tests.faults.conftest import pretrain_args
 
 
@@ -65,7 +66,8 @@ def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Pa
 def test_export_refuses_a_pickle_checkpoint(layout: str, tmp_path: Path, marker: Path, capsys) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"kind": "ar", "model": {}}))
+    RunInfo(kind="ar", model={}, dataset_names=["toy"], n_context_frames=1, n_frames=2, tokenizer="",
+            tokenizer_fingerprint="").write(run)
     if layout == "file":
         target = hostile_checkpoint(run / "checkpoints" / "step=0000004.ckpt", marker)
     else:  # a ZeRO checkpoint directory: DeepSpeed would unpickle its shards freely
@@ -131,7 +133,7 @@ def test_shard_member_with_an_object_array_is_refused(on_error: str, tokens: Pat
 
 
 def test_yaml_with_python_tags_is_refused(tokens: Path, tmp_path: Path, marker: Path, capsys) -> None:
-    from physfm.pretrain import PretrainConfig
+    from physfm.train.config import PretrainConfig
 
     evil = tmp_path / "evil.yaml"
     evil.write_text(f"seed: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n")

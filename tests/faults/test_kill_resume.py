@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.checkpoint import consolidate_state_dict, find_latest_checkpoint, is_complete, safe_torch_load
+from physfm.core.checkpoint import consolidate_state_dict, find_latest_checkpoint, is_complete, safe_torch_load
 from physfm.cli import main
-from physfm.export import load_model_state
+from physfm.inference.loading import load_model_state
 from tests.faults.conftest import pretrain_args, run_cli, run_cli_distributed, run_distributed_until
 
 MAX_STEPS = 16

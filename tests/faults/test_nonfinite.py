@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.checkpoint import safe_torch_load
+from physfm.core.checkpoint import safe_torch_load
 from tests.faults.conftest import pretrain_args, run_cli_distributed
 from tests.harness import REPO_ROOT
 

@@ -1,0 +1,36 @@
+"""``physfm finetune --config YAML --from CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the sbatch entry)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a pretrained model on a new simulation (new fields, "
+                              "resolution, 1D or 2D): tokenizer adaptation, full/freeze/LoRA, before/after report")
+    p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml")
+    p.add_argument("--from", dest="init", required=True, metavar="CKPT",
+                   help="pretrained model: run directory, checkpoint or export")
+    p.add_argument("--data", required=True, metavar="DIR_OR_SHARDS",
+                   help="raw The Well dataset directory (sharded into the run) or a field shard directory")
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
+    p.add_argument("--compare-scratch", action="store_true",
+                   help="also train the same budget from random init and compare")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.max_steps=20")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from physfm.cli.pretrain import finish
+    from physfm.train.finetune import load_finetune_config, run_finetune
+    from physfm.train.module import TrainingStopped
+
+    overrides = list(args.overrides) + [f"finetune.init={args.init}", f"finetune.data={args.data}"]
+    overrides += [f"out={args.out}"] if args.out else []
+    overrides += ["finetune.compare_scratch=true"] if args.compare_scratch else []
+    cfg = load_finetune_config(args.config, overrides)
+    try:
+        out = run_finetune(cfg)
+    except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit (Slurm requeues on 75)
+        return finish(stopped.out, stopped.exit_code, note=str(stopped))
+    return finish(out)

@@ -1,0 +1,69 @@
+"""The ``physfm`` command line: the parser and ``main``; one module per verb beside this one, each a thin
+layer over library functions.  Every verb module exposes ``register(subparsers)``; heavy imports stay inside
+the verb's function so ``physfm --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Verb modules, in the order ``physfm --help`` lists them.
+VERB_MODULES = [
+    "physfm.cli.simulate",
+    "physfm.cli.data",
+    "physfm.cli.tokenizer",
+    "physfm.cli.pretrain",
+    "physfm.cli.finetune",
+    "physfm.cli.export",
+    "physfm.cli.refine",
+    "physfm.cli.rollout",
+    "physfm.cli.evaluate",
+    "physfm.cli.probe",
+    "physfm.cli.steer",
+    "physfm.cli.quickstart",
+    "physfm.cli.estimate",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, exit code 1 (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="physfm",
+        description="Pretrain, fine-tune, probe and steer discrete-token physics foundation models.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    subparsers.required = True
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def quiet_known_warnings() -> None:
+    """Silence library warnings that say nothing about the user's run (they hide the ones that do)."""
+    import warnings
+
+    # Lightning's hint when a machine has Slurm installed but the command was not started by srun.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")  # nothing may need the network at run time
+    quiet_known_warnings()
+    args = build_parser().parse_args(argv)
+    from data_pipelines.config import ConfigError
+    from data_pipelines.errors import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, DataError, ConfigError, FileNotFoundError) as err:
+        print(f"physfm {args.verb}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"physfm {args.verb}: interrupted", file=sys.stderr)
+        return 130

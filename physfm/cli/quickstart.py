@@ -1,0 +1,35 @@
+"""``physfm quickstart`` — the whole pipeline on built-in data, on a CPU, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("quickstart", help="run the whole pipeline on built-in data (CPU, minutes)")
+    p.add_argument("--out", default="runs/quickstart", metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", default=None, help="comma-separated subset of stages to run (default: all)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from physfm.quickstart.pipeline import STAGES, run_quickstart
+
+    stages = args.stages.split(",") if args.stages else None
+    known = [name for name, _ in STAGES]
+    for name in stages or []:
+        if name not in known:
+            from physfm.cli import UserError
+
+            raise UserError(f"--stages: unknown stage {name!r} (stages: {', '.join(known)})")
+
+    def announce(name: str, i: int, n: int) -> None:
+        print(f"[{i + 1}/{n}] {name} ...", file=sys.stderr, flush=True)
+
+    results = run_quickstart(args.out, seed=args.seed, stages=stages, on_stage=announce)
+    for name, info in results["stages"].items():
+        print(f"{name:>14}: {info['seconds']:6.1f} s")
+    print(f"total {results['total_seconds']:.1f} s — report: {args.out}/report.md, metrics: {args.out}/metrics.json")
+    return 0

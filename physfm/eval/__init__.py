@@ -1,0 +1,1 @@
+"""Evaluation: held-out windows, scoring against the baselines (VRMSE), figures, physical statistics."""

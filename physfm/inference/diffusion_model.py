@@ -1,0 +1,131 @@
+"""Rollout of the diffusion variant: ``PhysicsModel.from_pretrained`` returns a :class:`DiffusionPhysicsModel`
+for a run, checkpoint or export whose run.json says ``"kind": "diffusion"``.
+
+Same interface and outputs as the AR model (physical units in and out, batched windows, the tokenizer's
+baselines), with a different inside:
+
+1. z-score the context and encode it into continuous latents (``physfm/models/latents.py``, no rounding);
+2. sample the next latent frame(s) with the flow-matching ODE (``sampling_steps`` Euler or Heun steps
+   from noise seeded by ``seed``), sliding over the trained context length;
+3. decode context + new latents with the tokenizer's decoder (causal in time) and keep the new frames.
+
+``return_tokens`` gives the token ids the sampled latents round to, so evaluate's token accuracy means
+the same as for the AR model. Temperature and top-k are AR notions and are refused here.
+``generate_tokens`` (ids in, ids out) and ``LatentFlowTransformer.forward_window`` give the steering and
+probing tools, which work on token windows, the same entry points as the AR model's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from physfm.inference.physics_model import PhysicsModel
+from physfm.inference.loading import load_diffusion_model, load_with_tokenizer
+from physfm.models.latents import continuous_latents, latent_ids
+from physfm.models.latents import snap_to_codes as round_to_codes
+from tokenizer.checkpoint import load_tokenizer
+
+
+class DiffusionPhysicsModel(PhysicsModel):
+    """Flow-matching transformer over latents + tokenizer, with PhysicsModel's rollout interface."""
+
+    kind = "diffusion"  # run.json kind this class loads
+    method = "diffusion"  # the name evaluate/rollout give this model's predictions
+
+    def __init__(self, model, tokenizer, info: dict[str, Any], sampling_steps: int | None = None,
+                 sampler: str | None = None, snap_to_codes: bool | None = None):
+        super().__init__(model, tokenizer, info)
+        d = model.diffusion
+        self.sampling_steps = int(sampling_steps or d.sampling_steps)
+        self.sampler = sampler or d.sampler
+        self.snap_to_codes = d.snap_to_codes if snap_to_codes is None else bool(snap_to_codes)
+        if self.sampling_steps < 1:
+            raise ValueError(f"sampling steps: must be >= 1, got {self.sampling_steps}")
+        if self.sampler not in ("euler", "heun"):
+            raise ValueError(f"sampler: expected 'euler' or 'heun', got {self.sampler!r}")
+        self._generator: torch.Generator | None = None
+
+    @classmethod
+    def from_pretrained(cls, location: str | Path, *, tokenizer: str | Path | None = None,
+                        refiner: str | Path | bool | None = "auto", device: str | torch.device = "cpu",
+                        sampling_steps: int | None = None, sampler: str | None = None,
+                        snap_to_codes: bool | None = None) -> DiffusionPhysicsModel:
+        """Load a diffusion run/checkpoint/export. ``refiner`` must be "auto"/None/False: the refiner corrects
+        the AR model's decoded tokens and has no diffusion counterpart."""
+        if refiner not in ("auto", None, False):
+            raise ValueError(f"{location}: a diffusion model takes no refiner (got {refiner})")
+        location = Path(location)
+        model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
+        info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
+        return cls(model, load_tokenizer(tok_path), info, sampling_steps, sampler, snap_to_codes).to(device)
+
+    # ------------------------------------------------------------------------------ latents
+    @torch.no_grad()
+    def encode_latents(self, frames: torch.Tensor, dataset: str) -> torch.Tensor:
+        """Physical-unit frames [B, T, C, *space] → continuous latents [B, T', *grid, D] (code units)."""
+        tok = self.tokenizer
+        return continuous_latents(tok, tok.normalize(frames.to(self.device).float(), dataset), dataset)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
+        """Latents [B, T', *grid, D] → physical-unit frames [B, T, C, *space] (rounded first if snap_to_codes)."""
+        tok = self.tokenizer
+        codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
+        return tok.denormalize(tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset)
+
+    @torch.no_grad()
+    def generate_latents(self, context: torch.Tensor, n_frames: int, dataset: str,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """Context latents [B, F, *grid, D] → the next ``n_frames`` latent frames [B, n, *grid, D]."""
+        ids = torch.full((context.shape[0],), self.dataset_names.index(dataset), device=self.device)
+        return self.model.sample_frames(context.to(self.device), n_frames, ids, steps=self.sampling_steps,
+                                        sampler=self.sampler, generator=generator,
+                                        n_context_frames=self.n_context_tokens,
+                                        frames_per_call=self.n_window_tokens - self.n_context_tokens)
+
+    @torch.no_grad()
+    def generate_tokens(self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, temperature: float = 0.0,
+                        top_k: int | None = None, generator: torch.Generator | None = None,
+                        use_cache: bool = True) -> torch.Tensor:
+        """Token-space interface (steering, probing tools): context ids [B, F, *grid] read as their codes →
+        the ids the next ``n_token_frames`` sampled latents round to. Without a generator the noise is seeded
+        with 0, so repeated calls agree (a steered rollout differs from the unsteered one only by the steering).
+        The rounded context loses the continuous latents' precision; :meth:`rollout` keeps it."""
+        if temperature or top_k:
+            raise ValueError("temperature/top-k apply to AR models; a diffusion model samples from seeded noise")
+        generator = generator or torch.Generator(device=self.device).manual_seed(0)
+        codes = self.tokenizer.fsq.indices_to_codes(context_ids.to(self.device))
+        return latent_ids(self.tokenizer, self.generate_latents(codes, n_token_frames, dataset, generator))
+
+    # ------------------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def rollout(self, context, horizon: int = 8, dataset: str | None = None, temperature: float = 0.0,
+                top_k: int | None = None, seed: int = 0, refine: bool = False, use_cache: bool = True,
+                batch_size: int = 64, return_tokens: bool = False):
+        """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with ``seed``, so
+        the same seed (and batch_size) gives the same prediction. ``temperature``/``top_k`` must stay unset."""
+        if temperature or top_k:
+            raise ValueError("temperature/top-k apply to AR models; a diffusion model samples from noise seeded by "
+                             "--seed, with --sampling-steps ODE steps")
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            return super().rollout(context, horizon, dataset, seed=seed, refine=refine, use_cache=use_cache,
+                                   batch_size=batch_size, return_tokens=return_tokens)
+        finally:
+            self._generator = None
+
+    def _rollout_tokens(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
+        """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n, *grid])."""
+        c, n_in = self.temporal_compression, ctx.shape[1]
+        z_ctx = self.encode_latents(ctx, dataset)
+        new = self.generate_latents(z_ctx, math.ceil(horizon / c), dataset, self._generator)
+        decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
+        return decoded[:, n_in:n_in + horizon], latent_ids(self.tokenizer, new)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "kind": "diffusion", "sampling_steps": self.sampling_steps,
+                "sampler": self.sampler, "snap_to_codes": self.snap_to_codes}

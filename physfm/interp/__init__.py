@@ -1,0 +1,1 @@
+"""Interpretability: hook points, activation capture, linear probes, concept directions and steering."""

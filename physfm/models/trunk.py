@@ -1,0 +1,218 @@
+"""The transformer trunk the AR and diffusion models share: config, rotary embeddings factorised over
+(time, x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    # Which network trains on these sizes: the AR transformer over token ids (this file) or the flow-matching
+    # transformer over the tokenizer's continuous latents (physfm/models/diffusion.py, same blocks).
+    kind: Literal["ar", "diffusion"] = "ar"
+    vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 2  # grouped-query attention: n_head // n_kv_head query heads share one K/V head
+    d_model: int = 256
+    ffn_hidden: int = 768  # SwiGLU hidden width (Llama: ~8/3 d_model)
+    max_frames: int = 8  # frames per window the model attends over (training window / rollout context)
+    grid_shape: list[int] = field(default_factory=lambda: [16, 16])  # token grid per frame (sets max_seq_len)
+    n_spatial_dims: int = 3  # spatial rotary axes; grids with fewer dims leave the rest at position 0
+    n_datasets: int = 16  # size of the dataset-conditioning vocabulary (one token per sample)
+    n_cond_params: int = 0  # simulation-parameter tokens per sample (0: none)
+    n_param_buckets: int = 0  # bucket ids per parameter (the caller quantises values, e.g. log-spaced)
+    # Each axis spans tens of positions (frames, grid cells), not thousands of tokens: a smaller base than
+    # Llama's 10000 spends fewer rotary pairs on angles that barely turn across the window.
+    rope_theta: float = 1000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = True  # RMSNorm on q and k per head: keeps attention logits bounded at scale (OLMo 2)
+    activation_checkpointing: bool = False  # set by the training layer; recompute each block in backward
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return math.prod(self.grid_shape)
+
+    @property
+    def n_cond_tokens(self) -> int:
+        return 1 + (self.n_cond_params if self.n_param_buckets > 0 else 0)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.n_cond_tokens + self.max_frames * self.tokens_per_frame
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "max_frames",
+                     "n_datasets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
+        if not 1 <= self.n_spatial_dims <= 3:
+            raise ValueError(f"model.n_spatial_dims: must be 1, 2 or 3, got {self.n_spatial_dims}")
+        if not 1 <= len(self.grid_shape) <= self.n_spatial_dims or min(self.grid_shape) < 1:
+            raise ValueError(f"model.grid_shape: {self.grid_shape} needs 1..{self.n_spatial_dims} positive sizes")
+        if self.head_dim % 2 or self.head_dim // 2 < 1 + self.n_spatial_dims:
+            raise ValueError(f"model: head_dim={self.head_dim} must be even with >= one rotary pair per axis")
+        if self.n_cond_params < 0 or self.n_param_buckets < 0:
+            raise ValueError("model.n_cond_params / model.n_param_buckets: must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+def rope_pair_axes(cfg: ModelConfig) -> Tensor:
+    """Which axis (0 = time, 1.. = space) each rotary pair of a head rotates with: [head_dim // 2]."""
+    n_pairs, n_axes = cfg.head_dim // 2, 1 + cfg.n_spatial_dims
+    per_axis = [n_pairs // n_axes] * n_axes
+    per_axis[0] += n_pairs - sum(per_axis)  # time gets the remainder
+    return torch.cat([torch.full((n,), axis) for axis, n in enumerate(per_axis)])
+
+
+def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+    """Per-pair inverse frequencies; each axis gets the full theta^(-m/n) ladder over its own pairs."""
+    axes = rope_pair_axes(cfg)
+    freqs = []
+    for axis in range(1 + cfg.n_spatial_dims):
+        n = int((axes == axis).sum())
+        freqs.append(cfg.rope_theta ** (-torch.arange(n, dtype=torch.float64) / n))
+    return torch.cat(freqs).float()
+
+
+class RotaryTables:
+    """(cos, sin) [L, head_dim // 2] of the rotary angles for token positions [L, axes].
+
+    The frequency table is cached per device and kept out of the module's buffers, so that
+    ``model.to(bfloat16)`` cannot round the frequencies (angles of tens of radians need fp32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if positions.device not in self.tables:
+            self.tables[positions.device] = (rope_inv_freq(self.cfg).to(positions.device),
+                                             rope_pair_axes(self.cfg).to(positions.device))
+        inv_freq, axes = self.tables[positions.device]
+        angles = positions[:, axes].float() * inv_freq  # [L, head_dim // 2]
+        return angles.cos(), angles.sin()
+
+
+def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int,
+                    device=None) -> Tensor:
+    """Positions (t, x, y, z)[:n_axes] of the sequence [cond tokens, frames]: [n_cond + F*T, n_axes] long.
+
+    Conditioning tokens sit at time -1, space 0 (before every frame); frame tokens at (f, *grid index)."""
+    grids = torch.meshgrid(torch.arange(n_frames, device=device),
+                           *[torch.arange(n, device=device) for n in grid_shape], indexing="ij")
+    pos = torch.zeros(n_cond + n_frames * math.prod(grid_shape), n_axes, dtype=torch.long, device=device)
+    pos[:n_cond, 0] = -1
+    for axis, g in enumerate(grids):
+        pos[n_cond:, axis] = g.reshape(-1)
+    return pos
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive pairs of x [B, H, L, head_dim] by angles with cos/sin [L, head_dim // 2]."""
+    x_pairs = x.float().unflatten(-1, (-1, 2))
+    x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.dropout = cfg.dropout
+        # One fused projection for q, k, v: one matmul instead of three (k, v are narrower under GQA).
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
+                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+        """``attn_mask`` [L, cache_pos + L] bool (True = attend) replaces token-causal masking; the
+        diffusion variant uses it for frame-causal attention (physfm/models/diffusion.py)."""
+        B, L, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
+                                      self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, L, hd]
+        k = k.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, Hkv, L, hd]
+        v = v.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        if kv is not None:
+            # Preallocated cache [B, Hkv, max_len, hd]: write in place, attend over the filled prefix.
+            k_cache, v_cache = kv
+            if cache_pos > 0 and L > 1 and attn_mask is None:
+                raise ValueError("KV cache: a multi-token chunk must start at position 0 (prefill)")
+            k_cache[:, :, cache_pos:cache_pos + L] = k
+            v_cache[:, :, cache_pos:cache_pos + L] = v
+            k, v = k_cache[:, :, :cache_pos + L], v_cache[:, :, :cache_pos + L]
+        # Causal over a full sequence; a single decode query may see the whole cached prefix.
+        # SDPA dispatches to flash attention on GPU (bf16) and to a fused kernel on CPU.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and L > 1,
+                                           enable_gqa=self.n_kv_head != self.n_head,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.wo(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w_up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w_down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; its output is the residual stream after this layer."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
+                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin, kv, cache_pos, attn_mask))
+        return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once per generate call and filled in place.
+
+    A cache that concatenates every step copies the whole prefix per token (O(L^2) memory traffic):
+    a 4-frame rollout of 128 windows took 4 minutes that way here."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (cfg.n_layer, batch, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.k[i], self.v[i]
+
+

@@ -1,0 +1,97 @@
+"""The typed configs of a training run (``physfm pretrain`` and what builds on it): model, data, optimiser,
+trainer, strategy and diffusion sections, validated before any work starts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_pipelines.config import ConfigError, load_config
+from physfm.models.diffusion import DiffusionConfig
+from physfm.models.trunk import ModelConfig
+from physfm.train.strategies import StrategyConfig
+
+
+@dataclass
+class TokenDataConfig:
+    tokens: list[str] = field(default_factory=list)  # token shard sets (dirs or URLs); datasets are mixed
+    shards: list[str] = field(default_factory=list)  # field shard sets, for model.kind=diffusion (latents on the fly)
+    batch_size: int = 8  # per rank, per micro-batch
+    num_workers: int = 1
+    shuffle_buffer: int = 256
+    dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
+    val_batches: int = 4  # per validation run (0: no validation)
+    on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count
+
+    def validate(self) -> None:
+        if not self.tokens and not self.shards:
+            raise ValueError("data.tokens: give at least one token shard directory (physfm tokenizer encode), "
+                             "or data.shards (field shards) for model.kind=diffusion")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    accumulate_grad_batches: int = 1
+    val_every: int = 50  # optimiser steps between validation runs (0 or > max_steps: once, at the end)
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_last: int = 3  # checkpoints kept (newest by step)
+    nonfinite_loss: Literal["skip", "stop"] = "stop"
+    peak_tflops: float = 0.0  # MFU denominator per device; 0 = measure a matmul peak on CPU
+    logger: Literal["wandb", "csv", "none"] = "wandb"  # wandb runs offline unless WANDB_MODE says otherwise
+    progress_bar: bool = True
+    max_time_s: float = 0.0  # wall-clock cap in seconds (0: none); stops with a final checkpoint
+
+    def validate(self) -> None:
+        for name in ("max_steps", "accumulate_grad_batches", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    out: str = ""  # run directory; default runs/pretrain-<timestamp>
+    resume: str = "auto"  # auto: newest complete checkpoint in OUT/checkpoints; none; or a checkpoint path
+    tokenizer: str = ""  # the tokenizer checkpoint the token shards were made with (rollout decodes with it)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: TokenDataConfig = field(default_factory=TokenDataConfig)
+    optim: OptimSection = field(default_factory=OptimSection)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when model.kind=diffusion
+
+    def validate(self) -> None:
+        self.strategy.validate()
+        if self.model.kind == "ar" and not self.data.tokens:
+            raise ConfigError("data.tokens: model.kind=ar trains on token shards (physfm tokenizer encode)")
+        if self.model.kind == "diffusion":
+            if not self.data.shards:
+                raise ConfigError("data.shards: model.kind=diffusion trains on field shards (physfm data shard)")
+            if not self.tokenizer:
+                raise ConfigError("tokenizer: model.kind=diffusion needs the tokenizer checkpoint whose latents "
+                                  "it models")
+
+
+def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -> PretrainConfig:
+    return load_config(PretrainConfig, path, overrides)
+
+
+def default_run_dir(verb: str) -> str:
+    return f"runs/{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+

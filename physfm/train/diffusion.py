@@ -1,0 +1,68 @@
+"""Training the diffusion variant (``model.kind=diffusion``) with the AR model's loop, strategies and checkpoints.
+
+``physfm pretrain`` dispatches here for the data description, the LightningModule, the loaders and the
+run.json entry; everything else (Trainer, ddp/DeepSpeed, precision, the non-finite guard, RNG in
+checkpoints, throughput, signal-driven stop, resume) is the AR path unchanged.
+
+Data: field shards (``data.shards``), encoded on the fly by the frozen tokenizer (``tokenizer``) into
+continuous latents (``physfm/models/latents.py``). Chosen over pre-encoded latent shards because
+- the tiny tokenizer's encoder costs a small fraction of the transformer's forward + backward (a conv
+  net on the same grid, no backward), so a second copy of the data would buy little;
+- no new on-disk format and no stale-latent risk: a run can only ever see latents of the tokenizer it
+  names (its fingerprint goes into run.json, as for token shards);
+- the latents of a window are computed from that window's own frames, exactly as at rollout.
+The tokenizer is kept *out* of the module tree: it is not trained, not in the checkpoints, and not
+sharded or cast to bf16 by DeepSpeed; it runs in fp32 with autocast off (FSQ's bound is not bf16-exact).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
+from physfm.models.latents import continuous_latents
+from physfm.train.module import ARModule
+from tokenizer.checkpoint import load_tokenizer
+
+
+class DiffusionModule(ARModule):
+    """The flow-matching transformer under Lightning: the AR module's optimiser, schedule, guard and RNG
+    checkpointing, with the loss computed on latents the frozen tokenizer makes from each field batch."""
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], dataset_names: list[str],
+                 n_context_frames: int, max_steps: int, nonfinite_loss: str = "stop",
+                 strategy: dict[str, Any] | None = None, diffusion: dict[str, Any] | None = None,
+                 tokenizer: str = ""):
+        super().__init__(model, optim, dataset_names, n_context_frames, max_steps, nonfinite_loss, strategy)
+
+        tok = load_tokenizer(tokenizer).eval().requires_grad_(False)
+        object.__setattr__(self, "tokenizer", tok)  # not a submodule: see the module docstring
+
+    def build_model(self) -> LatentFlowTransformer:
+        return LatentFlowTransformer(self.model_config, DiffusionConfig(**self.hparams.diffusion))
+
+    @torch.no_grad()
+    def latents(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Field batch → (context latents [B, F_ctx, *grid, D], target latents [B, F_tgt, *grid, D])."""
+        tok, name = self.tokenizer, batch["dataset"]
+        if tok.to_code.weight.device != self.device:
+            tok.to(self.device)
+        fields = torch.cat([batch["input"], batch["output"]], dim=1).to(self.device, torch.float32)
+        with torch.autocast(self.device.type, enabled=False):
+            z = continuous_latents(tok, tok.normalize(fields, name), name)
+        return z[:, :self.n_context_frames], z[:, self.n_context_frames:]
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        context, target = self.latents(batch)
+        ids = self.dataset_ids(batch["dataset"], context.shape[0])
+        return self.model.loss(context, target, ids, generator=generator)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Fixed noise and times per validation batch: checks are comparable, and the global RNG (which
+        # the checkpoints carry for exact resume) is untouched.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.loss(batch, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input"].shape[0])
+        return loss

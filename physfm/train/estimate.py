@@ -1,0 +1,200 @@
+"""Per-GPU memory and throughput estimates for a model config on a cluster layout (``physfm estimate``).
+
+Model states follow mixed-precision Adam as DeepSpeed allocates it (ZeRO paper, Rajbhandari et al. 2020,
+plus the fp32 gradient partition DeepSpeed keeps for the optimizer step), in bytes per parameter::
+
+    bf16 params 2 | bf16 grads 2 | fp32 grad partition 4 | fp32 master params 4 | Adam m, v 8
+
+ZeRO-1 partitions the fp32 states over the N data-parallel GPUs, ZeRO-2 also the gradients, ZeRO-3 also
+the bf16 params (each GPU then gathers one layer at a time: 4 bytes/param of the largest layer, params +
+grads, as DeepSpeed's estimators assume). ZeRO-3 keeps its gradient partition in the accumulation dtype:
+fp32 (``"data_types": {"grad_accum_dtype": "fp32"}``, the numerically safe choice with bf16) is counted, so
+the bf16 gradient term is not (with bf16 accumulation it is 2 bytes/param plus an fp32 copy of one optimiser
+sub-group at step time). CPU offload moves the fp32 states (and, for ZeRO-3, the params) to host memory.
+These figures match ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``
+(tests/test_estimate.py).
+
+Activations count the tensors autograd keeps per token and layer under bf16 with flash attention (no
+L x L scores): 8 d + 4 kv + 4 ffn elements (norm inputs/outputs, q/k/v before and after rotary, the
+attention output, the four SwiGLU tensors); with per-block checkpointing only each block's input (d) plus
+one block's full set during its recompute. The logits add ~10 bytes per predicted token per vocabulary
+entry (bf16 logits, fp32 log-softmax kept for backward, fp32 gradient). Not counted: communication
+buckets, the CUDA context (~0.5-1 GiB) and allocator fragmentation, so leave ~10-20 % headroom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from physfm.models.trunk import ModelConfig
+
+GiB = 2**30
+BYTES_BF16_PARAM, BYTES_BF16_GRAD, BYTES_FP32_GRAD, BYTES_FP32_MASTER, BYTES_ADAM = 2, 2, 4, 4, 8
+OFFLOAD_CPU_BUFFER = 1.5  # DeepSpeed's additional_buffer_factor for pinned host memory
+
+
+@dataclass
+class ParamCounts:
+    total: int
+    non_embedding: int  # without the input lookup tables (they cost no matmul FLOPs)
+    largest_layer: int  # most parameters owned directly by one module (ZeRO-3 gathers one at a time)
+
+
+def count_params(cfg: ModelConfig) -> ParamCounts:
+    """Parameter counts of ``PhysicsTransformer(cfg)`` computed from the shape (no torch needed)."""
+    d, f, hd, kv = cfg.d_model, cfg.ffn_hidden, cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    wqkv, wo, ffn = d * (d + 2 * kv), d * d, d * f
+    per_layer = wqkv + wo + 3 * ffn + 2 * d + (2 * hd if cfg.qk_norm else 0)
+    tables = [cfg.vocab_size * d, cfg.n_datasets * d]
+    if cfg.n_cond_tokens > 1:
+        tables.append(cfg.n_cond_params * cfg.n_param_buckets * d)
+    lm_head = cfg.vocab_size * d
+    non_embedding = cfg.n_layer * per_layer + d + lm_head
+    return ParamCounts(total=non_embedding + sum(tables), non_embedding=non_embedding,
+                       largest_layer=max(wqkv, wo, ffn, lm_head, *tables))
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N + 12 n_layer d_attn L (as ``PhysicsTransformer.flops_per_token``)."""
+    return 6 * count_params(cfg).non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def activation_bytes(cfg: ModelConfig, seq_len: int, micro_batch: int, predicted_tokens: int,
+                     checkpointing: bool) -> int:
+    """Bytes of activations kept for backward by one GPU's micro-batch (see module docstring)."""
+    d, kv, f = cfg.d_model, cfg.n_kv_head * cfg.head_dim, cfg.ffn_hidden
+    per_layer_token = 2 * (8 * d + 4 * kv + 4 * f)  # bf16
+    final_norm_token = 2 * 2 * d
+    if checkpointing:
+        per_token = cfg.n_layer * 2 * d + per_layer_token + final_norm_token
+    else:
+        per_token = cfg.n_layer * per_layer_token + final_norm_token
+    logits = micro_batch * predicted_tokens * cfg.vocab_size * 10
+    return micro_batch * seq_len * per_token + logits
+
+
+@dataclass
+class MemoryRow:
+    stage: int
+    offload: str  # "none" | "optimizer" | "optimizer+params"
+    params: int  # bytes per GPU
+    grads: int
+    optimizer: int
+    activations: int
+    activations_ckpt: int
+    cpu_per_node: int  # host memory for offloaded states, per node (x1.5 buffer as DeepSpeed assumes)
+
+    @property
+    def model_states(self) -> int:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def total(self) -> int:
+        return self.model_states + self.activations
+
+    @property
+    def total_ckpt(self) -> int:
+        return self.model_states + self.activations_ckpt
+
+
+def model_state_bytes(n_params: int, largest_layer: int, n_gpus: int, stage: int, offload: str) -> tuple[int, int, int]:
+    """(params, grads, optimizer) bytes per GPU for one ZeRO stage and offload choice."""
+    P, N = n_params, n_gpus
+    fp32_states = BYTES_FP32_MASTER + BYTES_ADAM
+    if stage in (1, 2):
+        params = BYTES_BF16_PARAM * P
+        if offload == "none":
+            bf16_grads = BYTES_BF16_GRAD * P if stage == 1 else BYTES_BF16_GRAD * P // N
+            return params, bf16_grads + BYTES_FP32_GRAD * P // N, fp32_states * P // N
+        # Offloaded: gradient partitions stream to host buffers; ZeRO-1 still accumulates full bf16 grads.
+        return params, (BYTES_BF16_GRAD * P if stage == 1 else 0), 0
+    if stage == 3:
+        live = BYTES_BF16_PARAM * largest_layer, BYTES_BF16_GRAD * largest_layer  # the gathered layer
+        if offload == "none":
+            return BYTES_BF16_PARAM * P // N + live[0], BYTES_FP32_GRAD * P // N + live[1], fp32_states * P // N
+        if offload == "optimizer":
+            return BYTES_BF16_PARAM * P // N + live[0], live[1], 0
+        if offload == "optimizer+params":
+            return live[0], live[1], 0
+    raise ValueError(f"no ZeRO stage {stage} with offload {offload!r}")
+
+
+LAYOUTS = [(1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
+           (3, "none"), (3, "optimizer"), (3, "optimizer+params")]
+
+
+@dataclass
+class Estimate:
+    n_params: int
+    largest_layer: int
+    nodes: int
+    gpus_per_node: int
+    seq_len: int
+    micro_batch: int
+    predicted_tokens: int
+    flops_per_token: float
+    mfu: float
+    peak_tflops: float
+    tokens_per_s_per_gpu: float
+    tokens_per_s: float
+    rows: list[MemoryRow]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["rows"] = [dict(asdict(r), model_states=r.model_states, total=r.total, total_ckpt=r.total_ckpt)
+                       for r in self.rows]
+        return out
+
+
+def estimate(cfg: ModelConfig, nodes: int, gpus_per_node: int, seq_len: int | None = None, micro_batch: int = 1,
+             predicted_frames: int | None = None, mfu: float = 0.4, peak_tflops: float = 989.0) -> Estimate:
+    """Memory per GPU for every ZeRO stage/offload choice and tokens/s at the stated MFU.
+
+    ``seq_len`` defaults to the config's window (conditioning + max_frames frames); ``predicted_frames``
+    (default: all) is how many frames carry the loss, which sets the size of the logits."""
+    if nodes < 1 or gpus_per_node < 1 or micro_batch < 1:
+        raise ValueError("nodes, gpus-per-node and micro-batch must be >= 1")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    seq_len = seq_len or cfg.max_seq_len
+    predicted = seq_len if predicted_frames is None else min(seq_len, predicted_frames * cfg.tokens_per_frame)
+    counts, n_gpus = count_params(cfg), nodes * gpus_per_node
+    act = activation_bytes(cfg, seq_len, micro_batch, predicted, checkpointing=False)
+    act_ckpt = activation_bytes(cfg, seq_len, micro_batch, predicted, checkpointing=True)
+    rows = []
+    for stage, offload in LAYOUTS:
+        params, grads, optimizer = model_state_bytes(counts.total, counts.largest_layer, n_gpus, stage, offload)
+        host_bytes_per_param = {"none": 0, "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
+                                "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM
+                                + BYTES_BF16_PARAM}[offload]
+        cpu = int(host_bytes_per_param * counts.total / nodes * OFFLOAD_CPU_BUFFER)
+        rows.append(MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu))
+    fpt = flops_per_token(cfg, seq_len)
+    per_gpu = mfu * peak_tflops * 1e12 / fpt
+    return Estimate(counts.total, counts.largest_layer, nodes, gpus_per_node, seq_len, micro_batch, predicted,
+                    fpt, mfu, peak_tflops, per_gpu, per_gpu * n_gpus, rows)
+
+
+def format_table(est: Estimate, name: str = "model", gpu_mem_gib: float = 80.0) -> str:
+    """A plain-text table (readable in logs, pasteable into the README)."""
+    n_gpus = est.nodes * est.gpus_per_node
+    lines = [
+        f"{name}: {est.n_params / 1e9:.3f}B params (largest layer {est.largest_layer / 1e6:.0f}M), "
+        f"{est.nodes} node(s) x {est.gpus_per_node} GPU(s) = {n_gpus} GPUs, seq_len {est.seq_len}, "
+        f"micro-batch {est.micro_batch}",
+        "memory per GPU in GiB (bf16 params/grads, fp32 Adam states); total = model states + activations",
+        f"{'ZeRO':>4} {'offload':<16} {'params':>7} {'grads':>7} {'optim':>7} {'act':>7} {'act+ckpt':>8} "
+        f"{'total':>7} {'tot+ckpt':>8} {'CPU/node':>8}  fits {gpu_mem_gib:g} GiB",
+    ]
+    for r in est.rows:
+        fits = "yes" if r.total <= gpu_mem_gib * GiB else ("with ckpt" if r.total_ckpt <= gpu_mem_gib * GiB else "no")
+        lines.append(f"{r.stage:>4} {r.offload:<16} {r.params / GiB:7.2f} {r.grads / GiB:7.2f} "
+                     f"{r.optimizer / GiB:7.2f} {r.activations / GiB:7.2f} {r.activations_ckpt / GiB:8.2f} "
+                     f"{r.total / GiB:7.2f} {r.total_ckpt / GiB:8.2f} {r.cpu_per_node / GiB:8.1f}  {fits}")
+    day_tokens = est.tokens_per_s * 86400
+    lines.append(f"throughput at MFU {est.mfu:.0%} of {est.peak_tflops:g} TFLOP/s: "
+                 f"{est.flops_per_token / 1e9:.1f} GFLOP/token -> {est.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
+                 f"{est.tokens_per_s:,.0f} tokens/s in all ({day_tokens / 1e9:.1f}B tokens/day)")
+    lines.append("not counted: communication buckets, CUDA context, fragmentation (leave 10-20% headroom); "
+                 "CPU/node includes DeepSpeed's 1.5x pinned-buffer factor")
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D or 2D).
+
+Steps, each skipped when an earlier segment of the same run already finished it (so a requeued or
+resumed run continues where it stopped, and the AR stage resumes bit for bit via ``resume: auto``):
+
+1. data: a raw The Well directory is validated and sharded into ``RUN/shards`` (``physfm/train/finetune_data.py``);
+2. tokenizer: datasets the pretrained tokenizer lacks get a new stem/head, trained with the shared trunk
+   and every known dataset frozen (``tokenizer.training``, ``init.freeze_*``) → ``RUN/tokenizer``;
+   the windows are encoded with it → ``RUN/tokens``;
+3. AR model: :func:`physfm.train.pretrain.run_pretrain` from the pretrained weights (same strategies: ddp,
+   DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode`` = full, freeze (all but
+   the last k blocks) or lora (``physfm/models/lora.py``);
+4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
+   persistence and, with ``compare_scratch``, the same budget trained from random init → ``report.md``,
+   ``metrics.json``, ``vrmse_vs_horizon.png``.
+
+In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone. No
+process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's handshake
+file ``RUN/.prepared.json`` (the run directory is on a filesystem every rank sees, as for checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from data_pipelines.config import ConfigError, load_config, to_dict
+from data_pipelines.errors import DataError
+from data_pipelines.shards import read_manifest
+from physfm.core.checkpoint import atomic_write_text, export_safetensors
+from physfm.inference.loading import _tokenizer_location, load_model_state, resolve_checkpoint
+from physfm.models import lora
+from physfm.models.ar import PhysicsTransformer
+from physfm.models.lora import count_trainable, merge_lora_state
+from physfm.models.trunk import ModelConfig
+from physfm.train.config import PretrainConfig, TokenDataConfig, default_run_dir
+from physfm.train.data import token_layout
+from physfm.train.distributed import global_rank, is_rank_zero, launch_id, single_process_env
+from physfm.train.finetune_data import prepare_shards
+from physfm.train.finetune_eval import evaluate_models, write_report
+from physfm.train.pretrain import run_pretrain
+from tokenizer.checkpoint import fingerprint, load_tokenizer
+from tokenizer.checkpoint import resolve_checkpoint as resolve_tokenizer_checkpoint
+from tokenizer.encode import encode_shards
+from tokenizer.training import TokenizerTrainConfig, train_tokenizer
+
+
+@dataclass
+class FinetuneSection:
+    init: str = ""  # the pretrained model: run directory, checkpoint or export (--from)
+    data: str = ""  # raw The Well dataset directory or field shard directory (--data)
+    mode: Literal["full", "freeze", "lora"] = "full"
+    train_last_blocks: int = 1  # mode=freeze: blocks trained (plus final norm, output head, dataset embedding)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    tokenizer_steps: int = 150  # new stem/head training steps (trunk frozen)
+    tokenizer_lr: float = 3e-3
+    tokenizer_batch_size: int = 8
+    lift: int = 0  # 1D data on a 2D tokenizer: cells of the added axis (0 = the tokenizer's spatial compression)
+    eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    eval_max_windows: int = 16  # test windows per dataset
+    compare_scratch: bool = False  # also train the same budget from random init
+
+    def validate(self) -> None:
+        if self.tokenizer_steps < 1:
+            raise ConfigError(f"finetune.tokenizer_steps: must be >= 1, got {self.tokenizer_steps}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"finetune.lora_rank: must be >= 1, got {self.lora_rank}")
+        if not self.eval_horizons or min(self.eval_horizons) < 1:
+            raise ConfigError(f"finetune.eval_horizons: need positive integers, got {self.eval_horizons}")
+
+
+@dataclass
+class FinetuneDataConfig(TokenDataConfig):
+    """``data``: as pretraining's, but ``tokens`` is made by the fine-tune itself (``RUN/tokens``)."""
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FinetuneConfig(PretrainConfig):
+    """A pretrain config (data/optim/trainer/strategy sections) plus ``finetune``; ``model`` and
+    ``tokenizer`` come from the pretrained run, ``data.tokens`` from step 2."""
+
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+
+    def validate(self) -> None:
+        self.strategy.validate()
+        self.finetune.validate()
+
+
+def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    return load_config(FinetuneConfig, path, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
+    return _tokenizer_location(info, run_dir)
+
+
+def adapt_tokenizer(cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, manifest: dict[str, Any],
+                    out: Path) -> Path:
+    """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads."""
+    known = load_tokenizer(base_tokenizer).datasets
+    new = [n for n in manifest["datasets"] if n not in known]
+    for name in manifest["datasets"]:
+        if name in known and known[name].channel_names != list(manifest["datasets"][name]["channel_names"]):
+            raise ConfigError(f"dataset {name!r}: channels {manifest['datasets'][name]['channel_names']} differ from "
+                              f"the pretrained tokenizer's {known[name].channel_names}; rename the dataset")
+    if not new:
+        return resolve_tokenizer_checkpoint(base_tokenizer)
+    target = out / "tokenizer"
+    try:
+        return resolve_tokenizer_checkpoint(target)  # adapted by an earlier segment of this run
+    except Exception:
+        pass
+    f = cfg.finetune
+    tcfg = TokenizerTrainConfig()
+    tcfg.data.shards, tcfg.data.batch_size, tcfg.data.val_batches = str(shards), f.tokenizer_batch_size, 0
+    tcfg.init.from_ckpt, tcfg.init.freeze_trunk, tcfg.init.freeze_known_datasets = str(base_tokenizer), True, True
+    tcfg.trainer.max_steps, tcfg.trainer.lr = f.tokenizer_steps, f.tokenizer_lr
+    tcfg.trainer.warmup_steps = min(10, f.tokenizer_steps)
+    tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
+    tcfg.out = str(target)
+    return train_tokenizer(tcfg)
+
+
+def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
+    tokens = out / "tokens"
+    if (tokens / "manifest.json").is_file() and read_manifest(tokens).get("tokenizer_fingerprint") == fingerprint(tokenizer):
+        return tokens
+    return encode_shards(tokenizer, shards, tokens)
+
+
+def init_dataset_rows(state: dict[str, Any], n_known: int, n_total: int) -> dict[str, Any]:
+    """New datasets' conditioning rows start at the mean of the pretrained ones (a "typical dataset")."""
+    table = state["dataset_embedding.weight"].clone()
+    if n_total > table.shape[0]:
+        raise ConfigError(f"model.n_datasets={table.shape[0]} has no free id for {n_total} datasets")
+    table[n_known:n_total] = table[:n_known].mean(0, keepdim=True)
+    return {**state, "dataset_embedding.weight": table}
+
+
+def prepare_fn(f: FinetuneSection):
+    """What run_pretrain applies to the model after loading the pretrained weights."""
+    if f.mode == "freeze":
+        return lambda model: lora.freeze_all_but_last(model, f.train_last_blocks)
+    if f.mode == "lora":
+        return lambda model: lora.add_lora(model, f.lora_rank, f.lora_alpha, f.lora_dropout)
+    return None
+
+
+def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
+    """The run's newest weights (LoRA merged) as an export any loader reads."""
+    state, info = load_model_state(run)
+    if f is not None and f.mode == "lora":
+        state = merge_lora_state(state, f.lora_alpha / f.lora_rank)
+    info = {k: v for k, v in info.items() if k != "checkpoint"}
+    return export_safetensors(state, info, out_dir)
+
+
+def _training_config(cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path,
+                     max_steps: int | None = None) -> PretrainConfig:
+    manifest = read_manifest(tokens)
+    _, n_frames = token_layout(manifest)
+    grid = next(iter(manifest["datasets"].values()))["token_grid"][1:]
+    model_cfg = ModelConfig(**{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], n_frames)})
+    base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
+    train = PretrainConfig(**base, out=str(out), tokenizer=str(tokenizer.resolve()), model=model_cfg,
+                           data=TokenDataConfig(**{**to_dict(cfg.data), "tokens": [str(tokens)]}))
+    if max_steps is not None:
+        train.trainer = type(cfg.trainer)(**{**to_dict(cfg.trainer), "max_steps": max_steps})
+    return train
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def run_finetune(cfg: FinetuneConfig) -> Path:
+    """Fine-tune, evaluate, report; returns the run directory."""
+    f = cfg.finetune
+    if not f.init or not f.data:
+        raise ConfigError("finetune.init (--from) and finetune.data (--data) are both required")
+    out = Path(cfg.out or default_run_dir("finetune"))
+    state, info = load_model_state(f.init)
+    if info.get("kind", "ar") != "ar":
+        raise ConfigError(f"--from {f.init}: a {info['kind']!r} model; fine-tuning supports AR models")
+    _, run_dir = resolve_checkpoint(f.init)
+    base_tokenizer = pretrained_tokenizer_path(info, run_dir)
+    tok_cfg = load_tokenizer(base_tokenizer).cfg
+    n_context = int(info["n_context_frames"])
+    n_input = 1 + tok_cfg.temporal_compression * (n_context - 1)
+    n_output = 1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input  # field frames after the context
+    timings: dict[str, float] = {}
+
+    def prepare() -> dict[str, Any]:
+        start = time.perf_counter()
+        shards, manifest = prepare_shards(f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims,
+                                          f.lift or tok_cfg.spatial_compression)
+        timings["data_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
+        tokens = encode_tokens(tokenizer, shards, out)
+        timings["tokenizer_s"] = time.perf_counter() - start
+        return {"shards": str(shards), "tokenizer": str(tokenizer), "tokens": str(tokens),
+                "datasets": list(manifest["datasets"])}
+
+    prepared = prepare_on_rank_zero(out, prepare)
+    shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
+    new_data = prepared["datasets"]  # the datasets of --data
+
+    old_names = list(info["dataset_names"])
+    names = old_names + sorted(n for n in new_data if n not in old_names)
+    state = init_dataset_rows(state, len(old_names), len(names))
+    train_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out)
+    start = time.perf_counter()
+    run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
+    timings["finetune_s"] = time.perf_counter() - start
+    if f.compare_scratch:  # every rank trains; rank 0 scores below
+        scratch_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out / "scratch")
+        start = time.perf_counter()
+        run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
+        timings["scratch_s"] = time.perf_counter() - start
+    if not is_rank_zero():
+        return out
+    summary = json.loads((out / "metrics.json").read_text())
+    before_info = {**json.loads((out / "run.json").read_text())}
+    models = {"finetuned": export_plain(out, out / "model", f),
+              "pretrained": _export_state(state, before_info, out / "model_before")}
+    scratch_summary = None
+    if f.compare_scratch:
+        scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
+        models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
+    new_names = [n for n in names if n in new_data]
+    results = evaluate_models(models, shards, new_names, f.eval_horizons, f.eval_max_windows)
+    metrics = {"from": str(f.init), "data": str(f.data), "shards": str(shards), "tokenizer": str(tokenizer),
+               "mode": f.mode, "datasets": new_names, "dataset_names": names, "steps": summary["steps"],
+               "trainable_params": _trainable(f, info, names), "seconds": {k: round(v, 2) for k, v in timings.items()},
+               "train": summary, "scratch_train": scratch_summary, **results}
+    write_report(out, metrics)
+    return out
+
+
+PREPARED = ".prepared.json"
+
+
+def prepare_on_rank_zero(out: Path, prepare, timeout_s: float | None = None) -> dict[str, Any]:
+    """Rank 0 runs ``prepare()`` (single-process) and publishes its JSON-able result in ``out/.prepared.json``;
+    every other rank waits for that file from this launch and returns the same result. A failure on rank
+    0 is published too, so the others stop with a named error instead of waiting out the timeout
+    (``PHYSFM_PREPARE_TIMEOUT_S``, default 2 h: adapting a large tokenizer takes a while)."""
+    marker, launch = out / PREPARED, launch_id()
+    if global_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            with single_process_env():
+                result = prepare()
+        except BaseException as err:
+            atomic_write_text(marker, json.dumps({"launch": launch, "error": f"{type(err).__name__}: {err}"}))
+            raise
+        atomic_write_text(marker, json.dumps({"launch": launch, "result": result}))
+        return result
+    timeout_s = float(os.environ.get("PHYSFM_PREPARE_TIMEOUT_S", 7200)) if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):  # not written yet (the rename makes a partial read impossible)
+            data = None
+        if data is not None and data.get("launch") == launch:
+            if "error" in data:
+                raise DataError(f"{out}: rank 0 failed to prepare the fine-tune data: {data['error']}")
+            return data["result"]
+        time.sleep(0.5)
+    raise DataError(f"{out}: rank {global_rank()} waited {timeout_s:.0f} s for rank 0 to prepare the fine-tune "
+                    f"data ({marker} never appeared); is the run directory on a filesystem every rank sees?")
+
+
+def _export_state(state: dict[str, Any], info: dict[str, Any], out_dir: Path) -> Path:
+    return export_safetensors(state, info, out_dir)
+
+
+def _trainable(f: FinetuneSection, info: dict[str, Any], names: list[str]) -> dict[str, int]:
+    """(trainable, total) parameters of the fine-tuned model under this mode."""
+    model = PhysicsTransformer(ModelConfig(**info["model"]))
+    prepare = prepare_fn(f)
+    if prepare is not None:
+        prepare(model)
+    trainable, total = count_trainable(model)
+    return {"trainable": trainable, "total": total}

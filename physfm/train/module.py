@@ -1,0 +1,223 @@
+"""Training layer for the AR physics transformer: LightningModule, token data module, callbacks.
+
+The model (``physfm.models.ar``) is plain PyTorch; this module wraps it for Lightning.  Parallelism and
+precision come from ``physfm.train.strategies`` by config.  What lives here:
+
+* next-token loss over the target frames of each token window (context frames carry no loss);
+* AdamW (decay on 2-D weights only) with linear warmup then cosine decay to ``min_lr_ratio``;
+* the non-finite-loss guard: the flag is all-reduced so every rank takes the same decision; ``stop``
+  raises :class:`NonFiniteLoss` (no checkpoint is written from a poisoned state), ``skip`` runs a
+  zero-gradient step at learning rate 0 for that batch — weights are untouched — and counts it;
+* the count of corrupt samples the loaders skipped (``data.on_error=skip``), summed over ranks in the
+  guard's all-reduce and logged as ``data/skipped_samples`` (so it reaches metrics.json);
+* RNG state in checkpoints and the data position (batches consumed) so a resumed run continues the
+  uninterrupted run's stream bit for bit on CPU;
+* throughput logging: tokens/s, achieved TFLOP/s and MFU against a configured (or measured) peak.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import signal
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+
+from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
+from physfm.models.trunk import ModelConfig
+from physfm.train.strategies import StrategyConfig, build_optimizer
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/Inf loss and the guard is set to stop."""
+
+
+# EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again continues.
+# The Slurm scripts requeue the job on this exit code.
+STOPPED_EXIT_CODE = 75
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early on a signal (Slurm's ``--signal=USR1@T`` ahead of the time limit) after
+    writing a checkpoint at ``step``; the same command resumes from it (``resume: auto``)."""
+
+    exit_code = STOPPED_EXIT_CODE
+
+    def __init__(self, out: Any, step: int, signum: int):
+        super().__init__(f"stopped at step {step} on signal {signal.Signals(signum).name}; "
+                         f"a checkpoint is in {out}/checkpoints and the same command resumes from it")
+        self.out, self.step, self.signum = out, step, signum
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr: must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas: expected two values, got {self.betas}")
+
+
+def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """tokens [B, F, *grid] → (idx [B, F*T], targets [B, F*T] with the context frames ignored, grid)."""
+    B, F = tokens.shape[:2]
+    grid = tuple(tokens.shape[2:])
+    idx = tokens.reshape(B, -1).long()
+    targets = idx.clone()
+    targets[:, : n_context * math.prod(grid)] = IGNORE_INDEX
+    return idx, targets, grid
+
+
+class ARModule(L.LightningModule):
+    """The AR transformer under Lightning: loss, optimiser, schedule, guard, RNG in checkpoints."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        dataset_names: list[str],
+        n_context_frames: int,
+        max_steps: int,
+        nonfinite_loss: Literal["skip", "stop"] = "stop",
+        strategy: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = ModelConfig(**model)
+        self.optim_config = OptimConfig(**optim)
+        self.model = self.build_model()
+        self.dataset_names = list(dataset_names)
+        self.n_context_frames = n_context_frames
+        self.skipped_batches = 0
+        self.skipped_samples = 0  # corrupt samples the loaders skipped (data.on_error=skip), all ranks
+
+    def build_model(self) -> torch.nn.Module:
+        """The network trained here; subclasses train others with the same loop (physfm/train/diffusion.py)."""
+        return PhysicsTransformer(self.model_config)
+
+    def dataset_ids(self, names: list[str] | str, batch_size: int) -> torch.Tensor:
+        names = [names] * batch_size if isinstance(names, str) else names
+        unknown = [n for n in names if n not in self.dataset_names]
+        if unknown:
+            raise ValueError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
+        return torch.tensor([self.dataset_names.index(n) for n in names], device=self.device)
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        tokens = batch["tokens"]
+        idx, targets, grid = window_to_sequence(tokens, self.n_context_frames)
+        ids = self.dataset_ids(batch["dataset"], tokens.shape[0])
+        _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
+        return loss
+
+    def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
+        """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders
+        skipped since the last step (``batch["skipped_new"]``) into ``skipped_samples``."""
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
+                             torch.tensor(float(new_skipped_samples), device=loss.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags)  # every rank must take the same branch, or DDP hangs
+        bad, new = flags.tolist()
+        if new:
+            self.skipped_samples += int(new)
+            if self.trainer.is_global_zero:  # never silent: the loader's warnings name each shard
+                print(f"physfm: {self.skipped_samples} corrupt sample(s) skipped so far (data.on_error=skip)",
+                      file=sys.stderr, flush=True)
+        return bad == 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        finite = self._all_finite(loss, int(batch.get("skipped_new", 0)))
+        self.log("data/skipped_samples", float(self.skipped_samples), rank_zero_only=True)
+        if not finite:
+            if self.hparams.nonfinite_loss == "stop":
+                value = loss.item() if not torch.isfinite(loss.detach()) else "on another rank"
+                raise NonFiniteLoss(
+                    f"non-finite loss ({value}) at step {self.global_step} on dataset {batch['dataset']!r}; "
+                    "stopped without writing a checkpoint (set trainer.nonfinite_loss=skip to skip such batches)"
+                )
+            self.skipped_batches += 1
+            for opt in self.trainer.optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = 0.0  # the scheduler restores the schedule's value at the next step
+            # Zero gradients that never touch the poisoned activations: keeps collectives in step.
+            loss = sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
+            self.log("train/skipped_batches", float(self.skipped_batches), rank_zero_only=True)
+            return loss
+        self.log("train/loss", loss.detach(), prog_bar=True, sync_dist=False, rank_zero_only=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["tokens"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.optim_config
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        strategy = StrategyConfig(**(self.hparams.strategy or {}))
+        optimizer = build_optimizer(strategy, groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        max_steps = self.hparams.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, p in self.named_parameters():
+            if p.numel() and not torch.isfinite(p.detach()).all():
+                raise NonFiniteLoss(f"refusing to write a checkpoint: parameter {name} holds NaN/Inf")
+        checkpoint["physfm"] = {
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state()[1].tolist(),
+                "numpy_pos": int(np.random.get_state()[2]),
+                "python": repr(random.getstate()),
+            },
+            "skipped_batches": self.skipped_batches,
+            "skipped_samples": self.skipped_samples,
+            "dataset_names": self.dataset_names,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("physfm")
+        if not state:
+            return
+        self.skipped_batches = int(state.get("skipped_batches", 0))
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+        rng = state["rng"]
+        torch.set_rng_state(torch.as_tensor(rng["torch"], dtype=torch.uint8))
+        np.random.set_state(("MT19937", np.asarray(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+
+        version, internal, gauss = ast.literal_eval(rng["python"])
+        random.setstate((version, tuple(internal), gauss))
+
+
+
+
+
+
+
+
