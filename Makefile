@@ -8,7 +8,7 @@ export WANDB_MODE ?= offline
 export OMP_NUM_THREADS ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup quickstart test test-fast bench clean
+.PHONY: setup quickstart lint test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,12 @@ $(STAMP): pyproject.toml
 quickstart: setup
 	$(VENV)/bin/physfm quickstart --out runs/quickstart
 
-test: setup
+# ruff keeps the code uniform (its config is in pyproject.toml); `make test` fails on a lint or format finding.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 test-fast: setup

@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("gray_scott2d", "navier_stokes2d")
@@ -65,8 +65,15 @@ def make_data(work: Path, args) -> Path:
     for system in SYSTEMS:
         out = work / "data" / system
         start = time.perf_counter()
-        simulate_dataset(system, out, n_traj=args.n_traj, n_steps=args.n_steps, resolution=args.resolution,
-                         seed=args.seed, overwrite=True)
+        simulate_dataset(
+            system,
+            out,
+            n_traj=args.n_traj,
+            n_steps=args.n_steps,
+            resolution=args.resolution,
+            seed=args.seed,
+            overwrite=True,
+        )
         log(f"  simulated {system} in {time.perf_counter() - start:.0f} s")
         dirs.append(out)
     shards = work / "shards"
@@ -83,10 +90,21 @@ def train_ours(work: Path, shards: Path, args) -> tuple[Path, dict[str, float]]:
 
     seconds = {}
     start = time.perf_counter()
-    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [
-        f"data.shards={shards}", f"out={work / 'tokenizer'}", f"seed={args.seed}",
-        f"trainer.max_time_s={args.tok_seconds}", "trainer.max_steps=1000000", "trainer.wandb=false",
-        "data.val_batches=0", "trainer.log_every=100", "trainer.verbose=false"])
+    cfg = load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs/tokenizer/tiny.yaml",
+        [
+            f"data.shards={shards}",
+            f"out={work / 'tokenizer'}",
+            f"seed={args.seed}",
+            f"trainer.max_time_s={args.tok_seconds}",
+            "trainer.max_steps=1000000",
+            "trainer.wandb=false",
+            "data.val_batches=0",
+            "trainer.log_every=100",
+            "trainer.verbose=false",
+        ],
+    )
     tok = train_tokenizer(cfg)
     seconds["tokenizer"] = time.perf_counter() - start
     log(f"  tokenizer: {seconds['tokenizer']:.0f} s")
@@ -95,18 +113,40 @@ def train_ours(work: Path, shards: Path, args) -> tuple[Path, dict[str, float]]:
     seconds["encode"] = time.perf_counter() - start
     grid = json.loads((tokens / "manifest.json").read_text())["datasets"][SYSTEMS[0]]["token_grid"][1:]
     start = time.perf_counter()
-    pcfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), [
-        f"data.tokens=[{tokens}]", f"out={work / 'ar'}", f"tokenizer={tok}", f"seed={args.seed}",
-        f"model.grid_shape={list(grid)}", f"trainer.max_steps={args.ar_steps}", "trainer.logger=csv",
-        "trainer.progress_bar=false", "data.num_workers=0", f"trainer.val_every={args.ar_steps}",
-        f"trainer.checkpoint_every={args.ar_steps}", "trainer.log_every=10", "trainer.peak_tflops=1",
-        f"optim.warmup_steps={min(20, args.ar_steps // 5)}"])
+    pcfg = load_pretrain_config(
+        str(ROOT / "configs/pretrain/tiny.yaml"),
+        [
+            f"data.tokens=[{tokens}]",
+            f"out={work / 'ar'}",
+            f"tokenizer={tok}",
+            f"seed={args.seed}",
+            f"model.grid_shape={list(grid)}",
+            f"trainer.max_steps={args.ar_steps}",
+            "trainer.logger=csv",
+            "trainer.progress_bar=false",
+            "data.num_workers=0",
+            f"trainer.val_every={args.ar_steps}",
+            f"trainer.checkpoint_every={args.ar_steps}",
+            "trainer.log_every=10",
+            "trainer.peak_tflops=1",
+            f"optim.warmup_steps={min(20, args.ar_steps // 5)}",
+        ],
+    )
     ar = run_pretrain(pcfg)
     seconds["ar"] = time.perf_counter() - start
     log(f"  AR model: {args.ar_steps} steps in {seconds['ar']:.0f} s")
     start = time.perf_counter()
-    rcfg = load_refine_config(None, [f"ckpt={ar}", f"data.shards={shards}", f"seed={args.seed}",
-                                     f"train.steps={args.refine_steps}", "data.n_windows=48", "data.val_split="])
+    rcfg = load_refine_config(
+        None,
+        [
+            f"ckpt={ar}",
+            f"data.shards={shards}",
+            f"seed={args.seed}",
+            f"train.steps={args.refine_steps}",
+            "data.n_windows=48",
+            "data.val_split=",
+        ],
+    )
     run_refine(rcfg, log=None)
     seconds["refiner"] = time.perf_counter() - start
     log(f"  refiner: {args.refine_steps} steps in {seconds['refiner']:.0f} s")
@@ -131,7 +171,7 @@ def refiner_only(pm, shards: Path, args):
         history = tok.normalize(ctx.float(), name)
         for _ in range(horizon):
             history = torch.cat([history, net(history[:, -1], history[:, :-1], name)[:, None]], 1)
-        return tok.denormalize(history[:, ctx.shape[1]:], name)
+        return tok.denormalize(history[:, ctx.shape[1] :], name)
 
     return forecast
 
@@ -148,11 +188,23 @@ def train_fno(shards: Path, name: str, n_channels: int, seconds: float, seed: in
     manifest = read_manifest(shards)
     n_dims = len(manifest["datasets"][name]["spatial_shape"])
     s = FNO_SETTINGS
-    model = FNO(n_modes=(s["modes"],) * n_dims, in_channels=N_INPUT * n_channels, out_channels=n_channels,
-                hidden_channels=s["hidden_channels"])
+    model = FNO(
+        n_modes=(s["modes"],) * n_dims,
+        in_channels=N_INPUT * n_channels,
+        out_channels=n_channels,
+        hidden_channels=s["hidden_channels"],
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    loader = make_loader(str(shards), "train", s["batch_size"], resampled=True, batches_per_epoch=10**7,
-                         dataset_weights={name: 1.0}, normalize=True, seed=seed)
+    loader = make_loader(
+        str(shards),
+        "train",
+        s["batch_size"],
+        resampled=True,
+        batches_per_epoch=10**7,
+        dataset_weights={name: 1.0},
+        normalize=True,
+        seed=seed,
+    )
     start, steps = time.perf_counter(), 0
     model.train()
     for batch in loader:
@@ -178,7 +230,7 @@ def fno_forecaster(models: dict):
         z = norm.normalize(ctx.float())
         for _ in range(horizon):
             z = torch.cat([z, model(z[:, -N_INPUT:].flatten(1, 2))[:, None]], 1)
-        return norm.denormalize(z[:, ctx.shape[1]:])
+        return norm.denormalize(z[:, ctx.shape[1] :])
 
     return forecast
 
@@ -200,10 +252,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="physfm-bench-baseline-"))
-    log(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; workdir {work}; seed {args.seed}")
-    log(f"data: {', '.join(SYSTEMS)} (default parameter sets), {args.n_traj} trajectories per set, "
-        f"{args.n_steps} frames, {args.resolution}²; windows {N_INPUT} + 1 frames")
+    log(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; workdir {work}; seed {args.seed}"
+    )
+    log(
+        f"data: {', '.join(SYSTEMS)} (default parameter sets), {args.n_traj} trajectories per set, "
+        f"{args.n_steps} frames, {args.resolution}²; windows {N_INPUT} + 1 frames"
+    )
     from physfm.eval.evaluate import score_windows, summarize
     from physfm.inference import PhysicsModel
 
@@ -219,33 +275,57 @@ def main(argv: list[str] | None = None) -> dict:
     fnos = {}
     for name in pm.dataset_names:
         fnos[name] = train_fno(shards, name, len(pm.channel_names(name)), budget / len(pm.dataset_names), args.seed)
-        log(f"  FNO {name}: {fnos[name][2]} steps in {budget / len(pm.dataset_names):.0f} s "
-            f"({fnos[name][3] / 1e6:.2f}M parameters)")
+        log(
+            f"  FNO {name}: {fnos[name][2]} steps in {budget / len(pm.dataset_names):.0f} s "
+            f"({fnos[name][3] / 1e6:.2f}M parameters)"
+        )
     start = time.perf_counter()
     scores, method_seconds = score_windows(
-        pm, shards, "test", 8, methods=("ar", "ar_refined", "persistence", "copy_tokens", "tokenizer_ceiling"),
-        max_windows=args.eval_windows, extra={"fno": fno_forecaster(fnos), "refiner_only": only})
+        pm,
+        shards,
+        "test",
+        8,
+        methods=("ar", "ar_refined", "persistence", "copy_tokens", "tokenizer_ceiling"),
+        max_windows=args.eval_windows,
+        extra={"fno": fno_forecaster(fnos), "refiner_only": only},
+    )
     seconds["evaluate"] = time.perf_counter() - start
     summary = summarize(scores, [1, 8])
     overall = summary["overall"]
     methods = ["ar", "ar_refined", "refiner_only", "fno", "persistence", "copy_tokens", "tokenizer_ceiling"]
     log(f"\nVRMSE of the k-th predicted frame, test split ({summary['n_windows']} windows; 1.0 = spatial mean)")
-    log(f"{'method':<20}" + "".join(f"{n[:14] + ' h1':>18}{'h8':>7}" for n in sorted(scores)) + f"{'mean h1':>10}{'h8':>7}")
+    log(
+        f"{'method':<20}"
+        + "".join(f"{n[:14] + ' h1':>18}{'h8':>7}" for n in sorted(scores))
+        + f"{'mean h1':>10}{'h8':>7}"
+    )
     for m in methods:
-        per = "".join(f"{summary['vrmse'][n]['mean'][m]['1']:>18.3f}{summary['vrmse'][n]['mean'][m]['8']:>7.3f}"
-                      for n in sorted(scores))
+        per = "".join(
+            f"{summary['vrmse'][n]['mean'][m]['1']:>18.3f}{summary['vrmse'][n]['mean'][m]['8']:>7.3f}"
+            for n in sorted(scores)
+        )
         log(f"{m:<20}{per}{overall[m]['1']:>10.3f}{overall[m]['8']:>7.3f}")
     n_params = pm.model.num_params()
-    log(f"\nour model: {n_params / 1e6:.2f}M-parameter AR transformer, {args.ar_steps} steps; training wall-clock "
+    log(
+        f"\nour model: {n_params / 1e6:.2f}M-parameter AR transformer, {args.ar_steps} steps; training wall-clock "
         f"(tokenizer + AR + refiner) {budget:.0f} s = each FNO's share x {len(fnos)}; "
-        f"seconds: data {t_data:.0f}, " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+        f"seconds: data {t_data:.0f}, " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+    )
     result = {f"{m}_{h}": round(overall[m][h], 4) for m in methods for h in ("1", "8")}
     result.update(model_1=result["ar_1"], model_8=result["ar_8"])
-    result["per_dataset"] = {n: {f"{m}_{h}": round(summary["vrmse"][n]["mean"][m][h], 4) for m in methods
-                                 for h in ("1", "8")} for n in sorted(scores)}
-    result.update(n_windows=summary["n_windows"], seconds={k: round(v, 1) for k, v in seconds.items()},
-                  fno_steps={n: f[2] for n, f in fnos.items()}, ar_steps=args.ar_steps, seed=args.seed,
-                  resolution=args.resolution, threads=torch.get_num_threads())
+    result["per_dataset"] = {
+        n: {f"{m}_{h}": round(summary["vrmse"][n]["mean"][m][h], 4) for m in methods for h in ("1", "8")}
+        for n in sorted(scores)
+    }
+    result.update(
+        n_windows=summary["n_windows"],
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+        fno_steps={n: f[2] for n, f in fnos.items()},
+        ar_steps=args.ar_steps,
+        seed=args.seed,
+        resolution=args.resolution,
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(result))
     return result
 

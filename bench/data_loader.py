@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipelines.bench import bench_loaders  # noqa: E402
-from data_pipelines.sharding import WindowSpec, shard_datasets  # noqa: E402
-from data_pipelines.simulators import simulate_dataset  # noqa: E402
+from data_pipelines.bench import bench_loaders
+from data_pipelines.sharding import WindowSpec, shard_datasets
+from data_pipelines.simulators import simulate_dataset
 
 
 def main() -> None:
@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = simulate_dataset(args.system, Path(tmp) / "data", n_traj=args.n_traj, resolution=args.resolution,
-                                seed=args.seed)
+        data = simulate_dataset(
+            args.system, Path(tmp) / "data", n_traj=args.n_traj, resolution=args.resolution, seed=args.seed
+        )
         shards = Path(tmp) / "shards"
         shard_datasets([data], shards, WindowSpec(4, 1, 1), workers=args.workers)
         result = bench_loaders(shards, batch_size=args.batch_size, workers=args.workers, seconds=args.seconds)
@@ -44,8 +45,10 @@ def main() -> None:
     print(f"{'loader':<12}{'samples/s':>12}{'samples':>10}")
     print(f"{'physfm':<12}{result['ours_samples_per_s']:>12.0f}{result['ours_samples']:>10}")
     print(f"{'the_well':<12}{result['the_well_samples_per_s']:>12.0f}{result['the_well_samples']:>10}")
-    print(f"ratio (physfm / the_well): {result['ratio']:.2f}x  — {result['machine']}, "
-          f"batch {args.batch_size}, {args.workers} workers, window 4+1")
+    print(
+        f"ratio (physfm / the_well): {result['ratio']:.2f}x  — {result['machine']}, "
+        f"batch {args.batch_size}, {args.workers} workers, window 4+1"
+    )
     print(json.dumps(result))
 
 

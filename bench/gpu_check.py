@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
 
 def flash_available(cfg) -> bool:
@@ -57,7 +57,7 @@ def check_mfu(args) -> dict:
                 targets[:, : (cfg.max_frames - 1) * math.prod(grid)] = IGNORE_INDEX
                 ids = torch.zeros(batch, dtype=torch.long, device="cuda")
                 times = []
-                for step in range(8):
+                for _step in range(8):
                     torch.cuda.synchronize()
                     t0 = time.perf_counter()
                     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -70,11 +70,17 @@ def check_mfu(args) -> dict:
                 step_s = sorted(times[3:])[len(times[3:]) // 2]
                 tokens_per_s = batch * L / step_s
                 mfu = model.estimate_mfu(tokens_per_s, args.peak_tflops * 1e12)
-                result.update(n_layer=n_layer, full_depth=n_layer == load_config(ModelConfig, args.config).n_layer,
-                              micro_batch=batch, seq_len=L, step_s=round(step_s, 4),
-                              tokens_per_s=round(tokens_per_s), bf16_mfu=round(mfu, 4),
-                              params_b=round(model.num_params() / 1e9, 3),
-                              max_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
+                result.update(
+                    n_layer=n_layer,
+                    full_depth=n_layer == load_config(ModelConfig, args.config).n_layer,
+                    micro_batch=batch,
+                    seq_len=L,
+                    step_s=round(step_s, 4),
+                    tokens_per_s=round(tokens_per_s),
+                    bf16_mfu=round(mfu, 4),
+                    params_b=round(model.num_params() / 1e9, 3),
+                    max_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1),
+                )
                 return result
             except torch.OutOfMemoryError:
                 del model
@@ -88,24 +94,47 @@ def check_zero(args) -> dict:
     from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokens = make_token_shards(Path(tmp) / "tokens", n_windows=256, n_frames=5, n_context=4, grid=(16, 16),
-                                   vocab=1000, datasets=("gpu",))
+        tokens = make_token_shards(
+            Path(tmp) / "tokens", n_windows=256, n_frames=5, n_context=4, grid=(16, 16), vocab=1000, datasets=("gpu",)
+        )
         base = Path(tmp) / "c.yaml"
-        base.write_text(f"model:\n  include: {Path('configs/model/small.yaml').resolve()}\n  max_frames: 5\n"
-                        "  grid_shape: [16, 16]\n")
-        cfg = load_pretrain_config(str(base), [
-            f"data.tokens=[{tokens}]", f"out={Path(tmp) / 'run'}", "data.batch_size=8", "data.num_workers=2",
-            "trainer.max_steps=30", "trainer.log_every=10", "trainer.checkpoint_every=30", "trainer.val_every=0",
-            "trainer.logger=csv", "trainer.progress_bar=false", "strategy.name=deepspeed",
-            f"strategy.zero_stage={args.stage}", "strategy.accelerator=gpu", "strategy.precision=bf16-mixed",
-            "strategy.devices=1", "trainer.peak_tflops=989",
-        ])
+        base.write_text(
+            f"model:\n  include: {Path('configs/model/small.yaml').resolve()}\n  max_frames: 5\n"
+            "  grid_shape: [16, 16]\n"
+        )
+        cfg = load_pretrain_config(
+            str(base),
+            [
+                f"data.tokens=[{tokens}]",
+                f"out={Path(tmp) / 'run'}",
+                "data.batch_size=8",
+                "data.num_workers=2",
+                "trainer.max_steps=30",
+                "trainer.log_every=10",
+                "trainer.checkpoint_every=30",
+                "trainer.val_every=0",
+                "trainer.logger=csv",
+                "trainer.progress_bar=false",
+                "strategy.name=deepspeed",
+                f"strategy.zero_stage={args.stage}",
+                "strategy.accelerator=gpu",
+                "strategy.precision=bf16-mixed",
+                "strategy.devices=1",
+                "trainer.peak_tflops=989",
+            ],
+        )
         out = run_pretrain(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
         history = metrics.get("loss_history") or []
-        return {"zero_stage": args.stage, "steps": metrics["steps"], "loss_first": history[0][1] if history else None,
-                "loss_last": history[-1][1] if history else None, "tokens_per_s": metrics.get("perf_tokens_per_s"),
-                "mfu": metrics.get("perf_mfu"), "checkpoint": Path(metrics["last_checkpoint"]).name}
+        return {
+            "zero_stage": args.stage,
+            "steps": metrics["steps"],
+            "loss_first": history[0][1] if history else None,
+            "loss_last": history[-1][1] if history else None,
+            "tokens_per_s": metrics.get("perf_tokens_per_s"),
+            "mfu": metrics.get("perf_mfu"),
+            "checkpoint": Path(metrics["last_checkpoint"]).name,
+        }
 
 
 def main() -> None:

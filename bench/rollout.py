@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from data_pipelines.config import load_config  # noqa: E402
-from physfm.models.ar import PhysicsTransformer  # noqa: E402
-from physfm.models.trunk import ModelConfig  # noqa: E402
+from data_pipelines.config import load_config
+from physfm.models.ar import PhysicsTransformer
+from physfm.models.trunk import ModelConfig
 
 
 def time_generation(model: PhysicsTransformer, context: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, float]:
@@ -56,32 +56,49 @@ def main(argv: list[str] | None = None) -> dict:
     T = math.prod(cfg.grid_shape)
     gen = torch.Generator().manual_seed(args.seed)
     context = torch.randint(0, cfg.vocab_size, (args.batch, args.context_frames, *cfg.grid_shape), generator=gen)
-    print(f"model {args.model}: {model.num_params() / 1e6:.2f}M parameters, grid {cfg.grid_shape} = {T} tokens/frame; "
-          f"context {args.context_frames} frames → sequence of {args.context_frames + 1} frames "
-          f"({cfg.n_cond_tokens + (args.context_frames + 1) * T} tokens); greedy; seed {args.seed}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}: {model.num_params() / 1e6:.2f}M parameters, grid {cfg.grid_shape} = {T} tokens/frame; "
+        f"context {args.context_frames} frames → sequence of {args.context_frames + 1} frames "
+        f"({cfg.n_cond_tokens + (args.context_frames + 1) * T} tokens); greedy; seed {args.seed}"
+    )
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     time_generation(model, context[:, :1], True)  # warm-up: allocator, kernels
     cached, t_cached = time_generation(model, context, True)
     plain, t_plain = time_generation(model, context, False)
     n_tokens = args.batch * T
-    rows = [("no cache (full prefix per token)", t_plain, n_tokens / t_plain),
-            ("preallocated KV cache", t_cached, n_tokens / t_cached)]
-    result = {"kv_speedup": round(t_plain / t_cached, 2), "tokens_match": bool(torch.equal(cached, plain)),
-              "cached_tokens_per_s": round(n_tokens / t_cached, 1), "uncached_tokens_per_s": round(n_tokens / t_plain, 1),
-              "batch": args.batch, "context_frames": args.context_frames, "tokens_per_frame": T,
-              "n_params": model.num_params()}
+    rows = [
+        ("no cache (full prefix per token)", t_plain, n_tokens / t_plain),
+        ("preallocated KV cache", t_cached, n_tokens / t_cached),
+    ]
+    result = {
+        "kv_speedup": round(t_plain / t_cached, 2),
+        "tokens_match": bool(torch.equal(cached, plain)),
+        "cached_tokens_per_s": round(n_tokens / t_cached, 1),
+        "uncached_tokens_per_s": round(n_tokens / t_plain, 1),
+        "batch": args.batch,
+        "context_frames": args.context_frames,
+        "tokens_per_frame": T,
+        "n_params": model.num_params(),
+    }
     if args.batched:
         big = torch.randint(0, cfg.vocab_size, (args.batched, args.context_frames, *cfg.grid_shape), generator=gen)
         _, t_big = time_generation(model, big, True)
         rows.append((f"KV cache, {args.batched} windows batched", t_big, args.batched * T / t_big))
-        result.update(batched=args.batched, batched_tokens_per_s=round(args.batched * T / t_big, 1),
-                      batched_s_per_window_frame=round(t_big / args.batched, 3))
+        result.update(
+            batched=args.batched,
+            batched_tokens_per_s=round(args.batched * T / t_big, 1),
+            batched_s_per_window_frame=round(t_big / args.batched, 3),
+        )
     print(f"\n{'generation of one frame':<40} {'seconds':>9} {'tokens/s':>10}")
     for name, seconds, rate in rows:
         print(f"{name:<40} {seconds:>9.2f} {rate:>10.1f}")
-    print(f"\nKV-cache speedup at batch {args.batch}: {result['kv_speedup']}x (target >= 5); "
-          f"same tokens: {result['tokens_match']}")
+    print(
+        f"\nKV-cache speedup at batch {args.batch}: {result['kv_speedup']}x (target >= 5); "
+        f"same tokens: {result['tokens_match']}"
+    )
     print(json.dumps(result))
     return result
 

@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,19 +52,39 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
     data, shards, tok_run, tokens, ar = (work / n for n in ("data", "shards", "tokenizer", "tokens", "ar"))
     if not (data / "stats.yaml").exists():
         with log("simulate"):
-            simulate_dataset("navier_stokes2d", data, n_traj=args.n_traj, n_steps=args.n_steps, resolution=32,
-                             params={"nu": parse_sweep(args.nu)}, seed=args.seed, overwrite=True,
-                             split_fractions=(4, 3, 3))
+            simulate_dataset(
+                "navier_stokes2d",
+                data,
+                n_traj=args.n_traj,
+                n_steps=args.n_steps,
+                resolution=32,
+                params={"nu": parse_sweep(args.nu)},
+                seed=args.seed,
+                overwrite=True,
+                split_fractions=(4, 3, 3),
+            )
     if not (shards / "manifest.json").exists():
         with log("shard"):
             shard_datasets([data], shards, WindowSpec(1, 4, 1), workers=1, overwrite=True)
     if not (tok_run / "checkpoint").exists():
         with log("tokenizer"):
-            cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [
-                f"data.shards={shards}", f"out={tok_run}", f"seed={args.seed}", f"model.levels={args.levels}",
-                "trainer.max_time_s=0", f"trainer.max_steps={args.tokenizer_steps}", "trainer.wandb=false",
-                f"trainer.num_threads={args.threads}", "data.val_batches=0", "trainer.log_every=100",
-                "trainer.verbose=false"])
+            cfg = load_config(
+                TokenizerTrainConfig,
+                ROOT / "configs/tokenizer/tiny.yaml",
+                [
+                    f"data.shards={shards}",
+                    f"out={tok_run}",
+                    f"seed={args.seed}",
+                    f"model.levels={args.levels}",
+                    "trainer.max_time_s=0",
+                    f"trainer.max_steps={args.tokenizer_steps}",
+                    "trainer.wandb=false",
+                    f"trainer.num_threads={args.threads}",
+                    "data.val_batches=0",
+                    "trainer.log_every=100",
+                    "trainer.verbose=false",
+                ],
+            )
             train_tokenizer(cfg)
     if not (tokens / "manifest.json").exists():
         with log("encode"):
@@ -72,13 +92,32 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
     if not (ar / "metrics.json").exists():
         with log("pretrain"):
             vocab = math.prod(json.loads(args.levels))
-            cfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), [
-                f"data.tokens=[{tokens}]", f"out={ar}", f"tokenizer={tok_run / 'checkpoint'}", f"seed={args.seed}",
-                f"model.vocab_size={vocab}", "model.d_model=64", "model.ffn_hidden=192", "model.n_layer=4",
-                "model.grid_shape=[8,8]", "model.n_spatial_dims=2", f"trainer.max_steps={args.steps}",
-                "trainer.logger=csv", "trainer.progress_bar=false", "trainer.val_every=0", "trainer.log_every=50",
-                f"trainer.checkpoint_every={args.steps}", "data.num_workers=0", "data.batch_size=8",
-                "data.val_batches=0", "optim.lr=3e-3", "optim.warmup_steps=20"])
+            cfg = load_pretrain_config(
+                str(ROOT / "configs/pretrain/tiny.yaml"),
+                [
+                    f"data.tokens=[{tokens}]",
+                    f"out={ar}",
+                    f"tokenizer={tok_run / 'checkpoint'}",
+                    f"seed={args.seed}",
+                    f"model.vocab_size={vocab}",
+                    "model.d_model=64",
+                    "model.ffn_hidden=192",
+                    "model.n_layer=4",
+                    "model.grid_shape=[8,8]",
+                    "model.n_spatial_dims=2",
+                    f"trainer.max_steps={args.steps}",
+                    "trainer.logger=csv",
+                    "trainer.progress_bar=false",
+                    "trainer.val_every=0",
+                    "trainer.log_every=50",
+                    f"trainer.checkpoint_every={args.steps}",
+                    "data.num_workers=0",
+                    "data.batch_size=8",
+                    "data.val_batches=0",
+                    "optim.lr=3e-3",
+                    "optim.warmup_steps=20",
+                ],
+            )
             run_pretrain(cfg)
     return {"shards": shards, "tokens": tokens, "ar": ar}
 
@@ -89,8 +128,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-traj", type=int, default=10, help="trajectories per ν (split 4/3/3)")
     p.add_argument("--n-steps", type=int, default=24, help="frames per trajectory")
     p.add_argument("--levels", default="[8,5,5,5]", help="tokenizer FSQ levels (default: 1000 codes)")
-    p.add_argument("--tokenizer-steps", type=int, default=800, help="tokenizer training steps (a step count, not a "
-                   "time budget, so the bench does not depend on the machine's speed)")
+    p.add_argument(
+        "--tokenizer-steps",
+        type=int,
+        default=800,
+        help="tokenizer training steps (a step count, not a "
+        "time budget, so the bench does not depend on the machine's speed)",
+    )
     p.add_argument("--steps", type=int, default=1000, help="AR pretraining steps (batch 8)")
     p.add_argument("--alphas", default="-1,-0.5,-0.25,0,0.25,0.5,1")
     p.add_argument("--horizon", type=int, default=5, help="generated token frames per steered rollout")
@@ -105,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
-    class log:  # noqa: N801 — a timing context: `with log("stage"):`
+    class log:
         def __init__(self, name):
             self.name = name
 
@@ -130,24 +174,46 @@ def main(argv: list[str] | None = None) -> dict:
     feature, control = f"nu>={hi:.6g}", f"nu<={lo:.6g}"
     layer = probe["best_layer"]
     with log("direction"):
-        direction = compute_direction(paths["ar"], paths["tokens"], feature, control, [layer],
-                                      work / "nu_direction.safetensors", split="train", max_windows=128,
-                                      seed=args.seed)
+        direction = compute_direction(
+            paths["ar"],
+            paths["tokens"],
+            feature,
+            control,
+            [layer],
+            work / "nu_direction.safetensors",
+            split="train",
+            max_windows=128,
+            seed=args.seed,
+        )
     alphas = parse_alphas(args.alphas)
     with log("steer rollout"):
-        steered = steer_rollout(paths["ar"], paths["tokens"], work / "nu_direction.safetensors", alphas,
-                                work / "steer", horizon=args.horizon, max_windows=args.windows,
-                                probe=str(work / "probe"), seed=args.seed)
+        steered = steer_rollout(
+            paths["ar"],
+            paths["tokens"],
+            work / "nu_direction.safetensors",
+            alphas,
+            work / "steer",
+            horizon=args.horizon,
+            max_windows=args.windows,
+            probe=str(work / "probe"),
+            seed=args.seed,
+        )
 
-    print(f"\nprobe of log ν ({probe['n_windows']} windows, {probe['n_groups']} held-out trajectories, "
-          f"ν ∈ [{nus.min():.3g}, {nus.max():.3g}], {len(nus)} values)")
+    print(
+        f"\nprobe of log ν ({probe['n_windows']} windows, {probe['n_groups']} held-out trajectories, "
+        f"ν ∈ [{nus.min():.3g}, {nus.max():.3g}], {len(nus)} values)"
+    )
     print(f"{'features':<26} {'R²':>7} {'regime acc.':>12}")
     for point, v in probe["layers"].items():
         print(f"{point + (' (best)' if point == layer else ''):<26} {v['r2']:>7.3f} {v['accuracy']:>12.3f}")
-    print(f"{'code histogram (baseline)':<26} {probe['probe_r2_code_histogram']:>7.3f} "
-          f"{probe['probe_accuracy_code_histogram']:>12.3f}")
-    print(f"\nsteering at {layer} along ({feature}) − ({control}), {steered['n_windows']} test contexts, "
-          f"{args.horizon} generated frames")
+    print(
+        f"{'code histogram (baseline)':<26} {probe['probe_r2_code_histogram']:>7.3f} "
+        f"{probe['probe_accuracy_code_histogram']:>12.3f}"
+    )
+    print(
+        f"\nsteering at {layer} along ({feature}) − ({control}), {steered['n_windows']} test contexts, "
+        f"{args.horizon} generated frames"
+    )
     names = list(steered["curves"])
     print(f"{'α':>6} " + " ".join(f"{n:>22}" for n in names))
     for i, a in enumerate(alphas):
@@ -155,24 +221,50 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'ρ':>6} " + " ".join(f"{steered['curves'][n]['spearman']:>22.3f}" for n in names))
     loss = json.loads((paths["ar"] / "metrics.json").read_text()).get("loss_history") or [[0, float("nan")]]
     result = {
-        "probe_r2": probe["probe_r2"], "probe_r2_code_histogram": probe["probe_r2_code_histogram"],
-        "probe_r2_embedding": probe["probe_r2_embedding"], "spearman_probe": round(steered["spearman_probe"], 3),
-        "spearman_physics": round(steered["spearman_physics"], 3), "physics_statistic": steered["physics_statistic"],
-        "spearman_spectrum_slope": round(steered["curves"].get("energy_spectrum_slope", {}).get("spearman", float("nan")), 3),
-        "best_layer": layer, "probe_r2_per_layer": {k: v["r2"] for k, v in probe["layers"].items()},
-        "probe_accuracy": probe["probe_accuracy"], "alpha0_identical": steered["alpha0_identical"],
-        "alphas": alphas, "probe_nu_per_alpha": [round(v, 6) for v in steered["curves"]["probe nu"]["mean"]],
-        "direction_counts": direction["counts"], "final_train_loss": round(loss[-1][1], 3),
-        "n_windows_probe": probe["n_windows"], "seconds": seconds,
-        "sizes": {"nu": args.nu, "n_traj": args.n_traj, "n_steps": args.n_steps, "resolution": 32,
-                  "levels": args.levels, "tokenizer_steps": args.tokenizer_steps, "steps": args.steps, "horizon": args.horizon, "windows": args.windows},
-        "seed": args.seed, "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                                      f"{torch.get_num_threads()} threads",
+        "probe_r2": probe["probe_r2"],
+        "probe_r2_code_histogram": probe["probe_r2_code_histogram"],
+        "probe_r2_embedding": probe["probe_r2_embedding"],
+        "spearman_probe": round(steered["spearman_probe"], 3),
+        "spearman_physics": round(steered["spearman_physics"], 3),
+        "physics_statistic": steered["physics_statistic"],
+        "spearman_spectrum_slope": round(
+            steered["curves"].get("energy_spectrum_slope", {}).get("spearman", float("nan")), 3
+        ),
+        "best_layer": layer,
+        "probe_r2_per_layer": {k: v["r2"] for k, v in probe["layers"].items()},
+        "probe_accuracy": probe["probe_accuracy"],
+        "alpha0_identical": steered["alpha0_identical"],
+        "alphas": alphas,
+        "probe_nu_per_alpha": [round(v, 6) for v in steered["curves"]["probe nu"]["mean"]],
+        "direction_counts": direction["counts"],
+        "final_train_loss": round(loss[-1][1], 3),
+        "n_windows_probe": probe["n_windows"],
+        "seconds": seconds,
+        "sizes": {
+            "nu": args.nu,
+            "n_traj": args.n_traj,
+            "n_steps": args.n_steps,
+            "resolution": 32,
+            "levels": args.levels,
+            "tokenizer_steps": args.tokenizer_steps,
+            "steps": args.steps,
+            "horizon": args.horizon,
+            "windows": args.windows,
+        },
+        "seed": args.seed,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
     }
-    targets = (result["probe_r2"] >= 0.8 and result["probe_r2"] > result["probe_r2_code_histogram"]
-               and result["probe_r2"] > result["probe_r2_embedding"], abs(result["spearman_probe"]) >= 0.9)
-    print(f"\ntargets: best-layer R² >= 0.8 above both baselines: {targets[0]}; |ρ probe| >= 0.9: {targets[1]}; "
-          f"physics ({result['physics_statistic']}) ρ = {result['spearman_physics']}; stage seconds {seconds}")
+    targets = (
+        result["probe_r2"] >= 0.8
+        and result["probe_r2"] > result["probe_r2_code_histogram"]
+        and result["probe_r2"] > result["probe_r2_embedding"],
+        abs(result["spearman_probe"]) >= 0.9,
+    )
+    print(
+        f"\ntargets: best-layer R² >= 0.8 above both baselines: {targets[0]}; |ρ probe| >= 0.9: {targets[1]}; "
+        f"physics ({result['physics_statistic']}) ρ = {result['spearman_physics']}; stage seconds {seconds}"
+    )
     print(json.dumps(result))
     return result
 

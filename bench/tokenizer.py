@@ -34,15 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import torch  # noqa: E402
+import torch
 
-from data_pipelines.config import load_config  # noqa: E402
-from data_pipelines.loader import make_loader  # noqa: E402
-from data_pipelines.sharding import WindowSpec, shard_datasets  # noqa: E402
-from data_pipelines.simulators import simulate_dataset  # noqa: E402
-from tokenizer.checkpoint import load_tokenizer  # noqa: E402
-from tokenizer.evaluate import evaluate_tokenizer  # noqa: E402
-from tokenizer.training import TokenizerTrainConfig, train_tokenizer  # noqa: E402
+from data_pipelines.config import load_config
+from data_pipelines.loader import make_loader
+from data_pipelines.sharding import WindowSpec, shard_datasets
+from data_pipelines.simulators import simulate_dataset
+from tokenizer.checkpoint import load_tokenizer
+from tokenizer.evaluate import evaluate_tokenizer
+from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS_2D = ("gray_scott2d", "navier_stokes2d", "wave2d")
@@ -67,13 +67,25 @@ def make_shards(work: Path, systems: tuple[str, ...], name: str, seed: int) -> P
     return shards
 
 
-def train(shards: Path, out: Path, minutes: float, seed: int, threads: int,
-          extra: list[str]) -> tuple[Path, int, float]:
-    cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer/tiny.yaml", [
-        f"data.shards={shards}", f"out={out}", f"seed={seed}", f"trainer.max_time_s={minutes * 60}",
-        "trainer.max_steps=1000000", f"trainer.num_threads={threads}", "trainer.wandb=false",
-        "data.val_batches=0", "trainer.log_every=1000", *extra,
-    ])
+def train(
+    shards: Path, out: Path, minutes: float, seed: int, threads: int, extra: list[str]
+) -> tuple[Path, int, float]:
+    cfg = load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs/tokenizer/tiny.yaml",
+        [
+            f"data.shards={shards}",
+            f"out={out}",
+            f"seed={seed}",
+            f"trainer.max_time_s={minutes * 60}",
+            "trainer.max_steps=1000000",
+            f"trainer.num_threads={threads}",
+            "trainer.wandb=false",
+            "data.val_batches=0",
+            "trainer.log_every=1000",
+            *extra,
+        ],
+    )
     # Cosine schedule over the wall-clock budget (see training.lr_factor); max_steps is only a cap.
     t0 = time.time()
     ckpt = train_tokenizer(cfg)
@@ -107,8 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of the 2D tokenizer")
     parser.add_argument("--minutes-1d", type=float, default=1.5, help="training budget of the 1D tokenizer")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 is fastest on a shared 2-core machine; try 2 on an idle one)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on a shared 2-core machine; try 2 on an idle one)",
+    )
     parser.add_argument("--workdir", default=None, help="keep data and runs here (reused when present)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -120,8 +136,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     runs = []
-    for name, systems, minutes, extra in (("2d", SYSTEMS_2D, args.minutes, []),
-                                          ("1d", SYSTEMS_1D, args.minutes_1d, EXTRA_1D)):
+    for name, systems, minutes, extra in (
+        ("2d", SYSTEMS_2D, args.minutes, []),
+        ("1d", SYSTEMS_1D, args.minutes_1d, EXTRA_1D),
+    ):
         if minutes <= 0:
             continue
         print(f"[{name}] data: {', '.join(systems)}", flush=True)
@@ -144,12 +162,22 @@ def main() -> None:
                 base = f["baseline_vrmse"] if lossless else f["baseline_latent_vrmse"]
                 grid_base = f["baseline_vrmse"]
                 ratio = f["vrmse"] / max(base, 1e-12)
-                rows.append({"dataset": dataset, "field": field, "vrmse": f["vrmse"], "baseline_vrmse": base,
-                             "ratio": ratio, "grid_baseline_vrmse": grid_base,
-                             "grid_ratio": f["vrmse"] / max(grid_base, 1e-12)})
-                print(f"{dataset:<17}{field:<12}{f['vrmse']:>8.4f}{base:>8.4f}{ratio:>7.2f}"
-                      f"{grid_base:>10.4f}{f['psnr']:>7.1f}" + ("  (pool = pool-grid: pool-latent is lossless)"
-                                                                 if lossless else ""))
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "field": field,
+                        "vrmse": f["vrmse"],
+                        "baseline_vrmse": base,
+                        "ratio": ratio,
+                        "grid_baseline_vrmse": grid_base,
+                        "grid_ratio": f["vrmse"] / max(grid_base, 1e-12),
+                    }
+                )
+                print(
+                    f"{dataset:<17}{field:<12}{f['vrmse']:>8.4f}{base:>8.4f}{ratio:>7.2f}"
+                    f"{grid_base:>10.4f}{f['psnr']:>7.1f}"
+                    + ("  (pool = pool-grid: pool-latent is lossless)" if lossless else "")
+                )
             for params, per_field in d.get("vrmse_by_params", {}).items():
                 values = " ".join(f"{k}={v:.4f}" for k, v in per_field.items())
                 print(f"{'':<17}  {params}: {values}")
@@ -161,12 +189,15 @@ def main() -> None:
             usage[dataset] = d["code_usage"]
             grid = "x".join(map(str, m["token_grid"][dataset]))
             print(f"{run['name']:<5}{dataset:<17}{d['code_usage']:>11.1%}{d['perplexity']:>11.1f}{grid:>14}")
-        print(f"{run['name']:<5}{'(combined)':<17}{m['overall']['code_usage']:>11.1%}"
-              f"{m['overall']['perplexity']:>11.1f}")
+        print(
+            f"{run['name']:<5}{'(combined)':<17}{m['overall']['code_usage']:>11.1%}{m['overall']['perplexity']:>11.1f}"
+        )
     print(f"\n{'run':<5}{'steps':>7}{'train s':>9}{'encode fr/s':>13}{'decode fr/s':>13}")
     for run in runs:
-        print(f"{run['name']:<5}{run['steps']:>7}{run['train_s']:>9.0f}{run['encode_frames_per_s']:>13.0f}"
-              f"{run['decode_frames_per_s']:>13.0f}")
+        print(
+            f"{run['name']:<5}{run['steps']:>7}{run['train_s']:>9.0f}{run['encode_frames_per_s']:>13.0f}"
+            f"{run['decode_frames_per_s']:>13.0f}"
+        )
     two_d = next((r for r in runs if r["name"] == "2d"), runs[0])
     result = {
         "code_usage": two_d["metrics"]["overall"]["code_usage"],
@@ -174,7 +205,8 @@ def main() -> None:
         "baseline_vrmse_max": max(r["baseline_vrmse"] for r in rows),
         "ratio_to_baseline_max": max(r["ratio"] for r in rows),
         "beats_baseline": all(r["vrmse"] < r["baseline_vrmse"] for r in rows),
-        "fields_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows), "n_fields": len(rows),
+        "fields_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows),
+        "n_fields": len(rows),
         "vrmse": {f"{r['dataset']}/{r['field']}": round(r["vrmse"], 4) for r in rows},
         "baseline_vrmse": {f"{r['dataset']}/{r['field']}": round(r["baseline_vrmse"], 4) for r in rows},
         "ratio_to_baseline": {f"{r['dataset']}/{r['field']}": round(r["ratio"], 3) for r in rows},
@@ -183,8 +215,11 @@ def main() -> None:
         "code_usage_per_dataset": usage,
         "steps": {r["name"]: r["steps"] for r in runs},
         "minutes": {"2d": args.minutes, "1d": args.minutes_1d},
-        "encode_frames_per_s": two_d["encode_frames_per_s"], "decode_frames_per_s": two_d["decode_frames_per_s"],
-        "config": "configs/tokenizer/tiny.yaml", "seed": args.seed, "threads": args.threads,
+        "encode_frames_per_s": two_d["encode_frames_per_s"],
+        "decode_frames_per_s": two_d["decode_frames_per_s"],
+        "config": "configs/tokenizer/tiny.yaml",
+        "seed": args.seed,
+        "threads": args.threads,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
     }
     print(json.dumps(result))

@@ -29,15 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import torch  # noqa: E402
+import torch
 
-from data_pipelines.config import load_config  # noqa: E402
-from data_pipelines.synthetic import make_token_shards  # noqa: E402
-from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer  # noqa: E402
-from physfm.models.trunk import ModelConfig  # noqa: E402
-from physfm.train.pretrain import load_pretrain_config, run_pretrain  # noqa: E402
-from physfm.train.callbacks import measure_matmul_peak  # noqa: E402
-from physfm.train.module import lr_lambda  # noqa: E402
+from data_pipelines.config import load_config
+from data_pipelines.synthetic import make_token_shards
+from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
+from physfm.models.trunk import ModelConfig
+from physfm.train.callbacks import measure_matmul_peak
+from physfm.train.module import lr_lambda
+from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
 N_FRAMES, N_CONTEXT = 5, 4  # the quickstart window: 4 context + 1 target frame
 
@@ -48,8 +48,9 @@ def bare_loop(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> float
     model = PhysicsTransformer(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95)
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, 20, steps, 0.1))
     grid = tuple(cfg.grid_shape)
     T = math.prod(grid)
@@ -75,13 +76,26 @@ def bare_loop(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> float
 def physfm_run(model_yaml: str, tokens: Path, out: Path, batch_size: int, steps: int, seed: int) -> float:
     base = out.parent / "pretrain.yaml"
     base.write_text(f"model:\n  include: {Path(model_yaml).resolve()}\n  max_frames: {N_FRAMES}\n")
-    cfg = load_pretrain_config(str(base), [
-        f"data.tokens=[{tokens}]", f"out={out}", f"seed={seed}",
-        f"data.batch_size={batch_size}", "data.num_workers=1", f"trainer.max_steps={steps + 1}",
-        f"trainer.log_every={steps}", f"trainer.checkpoint_every={10 * steps}", "trainer.val_every=0",
-        "data.val_batches=0", "trainer.logger=none", "trainer.progress_bar=false", "optim.lr=1e-3",
-        "optim.warmup_steps=20", "strategy.name=single",
-    ])
+    cfg = load_pretrain_config(
+        str(base),
+        [
+            f"data.tokens=[{tokens}]",
+            f"out={out}",
+            f"seed={seed}",
+            f"data.batch_size={batch_size}",
+            "data.num_workers=1",
+            f"trainer.max_steps={steps + 1}",
+            f"trainer.log_every={steps}",
+            f"trainer.checkpoint_every={10 * steps}",
+            "trainer.val_every=0",
+            "data.val_batches=0",
+            "trainer.logger=none",
+            "trainer.progress_bar=false",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=20",
+            "strategy.name=single",
+        ],
+    )
     from physfm.train import callbacks as training
 
     monitor: list = []
@@ -115,12 +129,18 @@ def main() -> None:
     peak = measure_matmul_peak(seconds=1.0)
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        tokens = make_token_shards(Path(tmp) / "tokens", n_windows=256, n_frames=N_FRAMES, n_context=N_CONTEXT,
-                                   grid=tuple(cfg.grid_shape), vocab=cfg.vocab_size, datasets=("bench",))
+        tokens = make_token_shards(
+            Path(tmp) / "tokens",
+            n_windows=256,
+            n_frames=N_FRAMES,
+            n_context=N_CONTEXT,
+            grid=tuple(cfg.grid_shape),
+            vocab=cfg.vocab_size,
+            datasets=("bench",),
+        )
         for r in range(args.repeats):
             bare.append(bare_loop(cfg, args.batch_size, args.steps, args.seed))
-            ours.append(physfm_run(args.model, tokens, Path(tmp) / f"run{r}", args.batch_size, args.steps,
-                                   args.seed))
+            ours.append(physfm_run(args.model, tokens, Path(tmp) / f"run{r}", args.batch_size, args.steps, args.seed))
     model = PhysicsTransformer(cfg)
     flops_per_token = model.flops_per_token(N_FRAMES * math.prod(cfg.grid_shape))
     bare_med, ours_med = statistics.median(bare), statistics.median(ours)
@@ -133,15 +153,20 @@ def main() -> None:
         "physfm_runs": [round(x, 1) for x in ours],
         "matmul_peak_gflops": round(peak / 1e9, 1),
         "params_m": round(model.num_params() / 1e6, 2),
-        "batch_size": args.batch_size, "steps": args.steps, "window": [N_CONTEXT, N_FRAMES - N_CONTEXT],
-        "grid": cfg.grid_shape, "seed": args.seed,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "window": [N_CONTEXT, N_FRAMES - N_CONTEXT],
+        "grid": cfg.grid_shape,
+        "seed": args.seed,
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }
     print(f"{'loop':<10}{'tokens/s (median)':>20}   runs")
     print(f"{'bare':<10}{bare_med:>20.0f}   {result['bare_runs']}")
     print(f"{'physfm':<10}{ours_med:>20.0f}   {result['physfm_runs']}")
-    print(f"overhead ratio {result['overhead_ratio']:.3f} (target ≥ 0.95); CPU MFU {result['cpu_mfu']:.3f} of a "
-          f"measured {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; {result['params_m']} M params")
+    print(
+        f"overhead ratio {result['overhead_ratio']:.3f} (target ≥ 0.95); CPU MFU {result['cpu_mfu']:.3f} of a "
+        f"measured {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; {result['params_m']} M params"
+    )
     print(json.dumps(result))
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -37,17 +38,28 @@ def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2,
     dataset_name, entry = next(iter(manifest["datasets"].items()))
     split_dir = Path(entry["source_dir"]) / "data" / "train"
     ours = make_loader(
-        str(shards), "train", batch_size, num_workers=workers, normalize=False, resampled=True,
-        batches_per_epoch=1_000_000, dataset_weights={dataset_name: 1.0}, seed=0,
+        str(shards),
+        "train",
+        batch_size,
+        num_workers=workers,
+        normalize=False,
+        resampled=True,
+        batches_per_epoch=1_000_000,
+        dataset_weights={dataset_name: 1.0},
+        seed=0,
     )
     ours_rate, ours_n = samples_per_second(ours, lambda b: b["input"].shape[0], seconds)
 
     well = WellDataset(
-        path=str(split_dir), n_steps_input=manifest["n_input"], n_steps_output=manifest["n_output"],
+        path=str(split_dir),
+        n_steps_input=manifest["n_input"],
+        n_steps_output=manifest["n_output"],
         use_normalization=False,
     )
     well_loader = torch.utils.data.DataLoader(
-        well, batch_size=batch_size, num_workers=workers,
+        well,
+        batch_size=batch_size,
+        num_workers=workers,
         # Sample with replacement so a small dataset never runs dry inside the time budget.
         sampler=torch.utils.data.RandomSampler(
             well, replacement=True, num_samples=10**8, generator=torch.Generator().manual_seed(0)

@@ -170,8 +170,9 @@ def resolve_includes(data: Any, base_dir: Path, key: str = "", depth: int = 0) -
         return data
     if depth > 8:
         raise ConfigError(f"{key or 'config'}: includes nest deeper than 8 (a cycle?)")
-    out = {k: resolve_includes(v, base_dir, f"{key}.{k}" if key else k, depth) for k, v in data.items()
-           if k != INCLUDE_KEY}
+    out = {
+        k: resolve_includes(v, base_dir, f"{key}.{k}" if key else k, depth) for k, v in data.items() if k != INCLUDE_KEY
+    }
     if INCLUDE_KEY in data:
         target = Path(str(data[INCLUDE_KEY]))
         candidates = [target] if target.is_absolute() else [base_dir / target, Path.cwd() / target]

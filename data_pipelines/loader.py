@@ -66,8 +66,10 @@ class Normalizer:
     def _cast(self, x):
         shape = self._shape(x)
         if isinstance(x, torch.Tensor):
-            return (torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).reshape(shape),
-                    torch.as_tensor(self.std, device=x.device, dtype=x.dtype).reshape(shape))
+            return (
+                torch.as_tensor(self.mean, device=x.device, dtype=x.dtype).reshape(shape),
+                torch.as_tensor(self.std, device=x.device, dtype=x.dtype).reshape(shape),
+            )
         return self.mean.reshape(shape), self.std.reshape(shape)
 
 
@@ -131,8 +133,10 @@ class WindowStream(IterableDataset):
         weights = dataset_weights or {k: float(v) for k, v in self.dataset_sizes.items()}
         unknown = set(weights) - set(self.dataset_sizes)
         if unknown:
-            raise DataError(f"dataset_weights: unknown dataset {sorted(unknown)[0]!r} "
-                            f"(have: {', '.join(sorted(self.dataset_sizes))})")
+            raise DataError(
+                f"dataset_weights: unknown dataset {sorted(unknown)[0]!r} "
+                f"(have: {', '.join(sorted(self.dataset_sizes))})"
+            )
         self.dataset_weights = {k: float(weights.get(k, 0.0)) for k in sorted(self.dataset_sizes)}
         if sum(self.dataset_weights.values()) <= 0:
             raise DataError("dataset_weights: at least one weight must be positive")
@@ -170,8 +174,11 @@ class WindowStream(IterableDataset):
                         skipped[0] += 1
                         log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
                         continue
-                    sample = {"__key__": sample["__key__"], "__url__": sample.get("__url__", url),
-                              "__decoded__": decoded}
+                    sample = {
+                        "__key__": sample["__key__"],
+                        "__url__": sample.get("__url__", url),
+                        "__decoded__": decoded,
+                    }
                 yield sample
         except DataError as err:
             if self.on_error == "raise":
@@ -184,8 +191,10 @@ class WindowStream(IterableDataset):
         decoded = decode_sample(sample)
         for key in ("meta", *self.keys):
             if key not in decoded:
-                raise DataError(f"shard {decoded['__url__']}: sample {decoded['__key__']} has no {key} member "
-                                "(truncated or incomplete shard)")
+                raise DataError(
+                    f"shard {decoded['__url__']}: sample {decoded['__key__']} has no {key} member "
+                    "(truncated or incomplete shard)"
+                )
         self._dataset_of({**sample, "__decoded__": decoded})
         return decoded
 
@@ -240,8 +249,11 @@ class WindowStream(IterableDataset):
         skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
         skipped = [0]
         reported = 0  # skips already reported in an earlier batch's skipped_new (or before a resume point)
-        gen = self._resampled(rank, worker, n_workers, skipped) if self.resampled else \
-            self._sequential(rank, world, worker, n_workers, skipped)
+        gen = (
+            self._resampled(rank, worker, n_workers, skipped)
+            if self.resampled
+            else self._sequential(rank, world, worker, n_workers, skipped)
+        )
         for i, (dataset, raw) in enumerate(gen):
             if i < skip:
                 reported = skipped[0]  # counted by the run before the resume
@@ -280,6 +292,7 @@ class WindowStream(IterableDataset):
 
         def endless(name: str) -> Iterator[dict[str, Any]]:
             shard_rng = self._rng(rank, worker, name)
+
             def draw():
                 empty: set[str] = set()  # shards drawn in a row that gave no sample of this dataset
                 while True:
@@ -296,8 +309,11 @@ class WindowStream(IterableDataset):
                         raise DataError(f"shard {rec['url']}: no samples of dataset {name!r}")
                     empty.add(rec["url"])
                     if len(empty) == len(by_dataset[name]):  # skipping would spin forever
-                        raise DataError(f"dataset {name!r}: no readable samples in any of its "
-                                        f"{len(empty)} {self.split!r} shards (all skipped as corrupt)")
+                        raise DataError(
+                            f"dataset {name!r}: no readable samples in any of its "
+                            f"{len(empty)} {self.split!r} shards (all skipped as corrupt)"
+                        )
+
             return self._shuffled(draw(), shard_rng)
 
         streams: dict[str, Iterator] = {}

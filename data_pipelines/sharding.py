@@ -17,16 +17,17 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from data_pipelines.atomic import is_disk_full
 from data_pipelines.errors import DataError
-from data_pipelines.shards import SPLITS, MANIFEST, ShardWriter, write_manifest
+from data_pipelines.shards import MANIFEST, SPLITS, ShardWriter, write_manifest
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,11 @@ def plan_units(files_per_dataset: list[tuple[str, dict[str, list[str]]]]) -> lis
 
 
 def run_units(
-    units: list[Unit], spec: WindowSpec, staging: Path, max_shard_bytes: int, workers: int,
+    units: list[Unit],
+    spec: WindowSpec,
+    staging: Path,
+    max_shard_bytes: int,
+    workers: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
@@ -258,8 +263,10 @@ def shard_datasets(
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         if is_disk_full(err):
-            raise DataError(f"{out}: not written, {err.strerror} (disk full or over quota); the previous "
-                            f"output, if any, is intact and the partial one removed") from None
+            raise DataError(
+                f"{out}: not written, {err.strerror} (disk full or over quota); the previous "
+                f"output, if any, is intact and the partial one removed"
+            ) from None
         raise
 
 

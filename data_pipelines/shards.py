@@ -87,7 +87,7 @@ class ShardWriter:
         os.close(fd)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are read by other users and nodes
         self._tmp_path = Path(tmp)
-        self._tar = tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT)
+        self._tar = tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (open across add() calls)
         self._bytes = 0
         self._count = {}
 

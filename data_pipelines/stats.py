@@ -111,7 +111,7 @@ def _accumulate_field(
     r: WellReader, spec: FieldSpec, values: RunningMoments, deltas: RunningMoments, max_chunk_values: int
 ) -> None:
     """Stream one field of one file into the accumulators, a chunk of time steps at a time."""
-    n_comp = r.n_spatial_dims ** spec.order
+    n_comp = r.n_spatial_dims**spec.order
     stored_space = [s if v else 1 for s, v in zip(r.spatial_shape, spec.dim_varying)]
     # rows a stored value stands for once broadcast: spatial axes stored with size 1, and the
     # trajectory / time axes of a field that does not vary along them
@@ -208,8 +208,7 @@ def channel_stats(stats: dict, fields: list[tuple[str, int]], spatial_dims: list
             value = np.asarray(table[name], dtype=np.float64).reshape(-1)
             if value.size != n_comp:
                 raise DataError(
-                    f"stats: {key}.{name} has {value.size} values, expected {n_comp} for a t{order} field "
-                    f"in {n_dims}D"
+                    f"stats: {key}.{name} has {value.size} values, expected {n_comp} for a t{order} field in {n_dims}D"
                 )
             parts.append(value)
         out[key] = np.concatenate(parts) if parts else np.zeros(0)

@@ -101,12 +101,18 @@ def make_token_shards(
                 writer.finish_shard()
         records = [{**r, "path": f"{split}/{r['path']}"} for r in writer.close()]
         splits[split] = {"shards": records, "n_samples": n}
-    write_manifest(out, {
-        "n_input": n_context, "n_output": n_frames - n_context, "stride": 1,
-        "token_layout": {"n_context_frames": n_context, "n_frames": n_frames, "grid": list(grid)},
-        "tokenizer_fingerprint": fingerprint,
-        "datasets": {name: {"channel_names": ["u"], "spatial_shape": [16] * len(grid), "stats": {}}
-                     for name in datasets},
-        "splits": splits,
-    })
+    write_manifest(
+        out,
+        {
+            "n_input": n_context,
+            "n_output": n_frames - n_context,
+            "stride": 1,
+            "token_layout": {"n_context_frames": n_context, "n_frames": n_frames, "grid": list(grid)},
+            "tokenizer_fingerprint": fingerprint,
+            "datasets": {
+                name: {"channel_names": ["u"], "spatial_shape": [16] * len(grid), "stats": {}} for name in datasets
+            },
+            "splits": splits,
+        },
+    )
     return out

@@ -57,8 +57,12 @@ def validate_paths(paths: list[str | Path]) -> list[Problem]:
             problems += _validate_files(_hdf5_files(path))[0]
         else:
             problems.append(
-                Problem(str(path), "", "not a .hdf5 file, a split folder of .hdf5 files, or a dataset folder "
-                        "(DIR/data/{train,valid,test})")
+                Problem(
+                    str(path),
+                    "",
+                    "not a .hdf5 file, a split folder of .hdf5 files, or a dataset folder "
+                    "(DIR/data/{train,valid,test})",
+                )
             )
     return problems
 
@@ -81,8 +85,11 @@ def _validate_files(files: list[Path]) -> tuple[list[Problem], list[_Summary]]:
         for key in ("dataset_name", "spatial_dims", "spatial_shape", "fields"):
             if getattr(summary, key) != getattr(first[1], key):
                 problems.append(
-                    Problem(str(path), "", f"{key} {getattr(summary, key)} differs from "
-                            f"{getattr(first[1], key)} in {first[0].name}")
+                    Problem(
+                        str(path),
+                        "",
+                        f"{key} {getattr(summary, key)} differs from {getattr(first[1], key)} in {first[0].name}",
+                    )
                 )
     return problems, summaries
 
@@ -124,8 +131,11 @@ def _validate_stats(path: Path, summary: _Summary) -> list[Problem]:
             size = np.asarray(stats[key][name], dtype=np.float64).size
             if size != n_dims**order:
                 problems.append(
-                    Problem(str(path), f"{key}.{name}", f"{size} values, expected {n_dims**order} for a "
-                            f"t{order} field in {n_dims}D")
+                    Problem(
+                        str(path),
+                        f"{key}.{name}",
+                        f"{size} values, expected {n_dims**order} for a t{order} field in {n_dims}D",
+                    )
                 )
     return problems
 
@@ -205,8 +215,10 @@ class _FileChecker:
             return None
         spatial_dims = str_list(raw)
         if n_spatial_dims is not None and len(spatial_dims) != n_spatial_dims:
-            self.add("dimensions", f"spatial_dims {spatial_dims} has {len(spatial_dims)} dims but n_spatial_dims="
-                     f"{n_spatial_dims}")
+            self.add(
+                "dimensions",
+                f"spatial_dims {spatial_dims} has {len(spatial_dims)} dims but n_spatial_dims={n_spatial_dims}",
+            )
         if not 1 <= len(spatial_dims) <= 3:
             self.add("dimensions", f"spatial_dims {spatial_dims}: expected 1 to 3 dims")
         lengths = {}
@@ -237,8 +249,10 @@ class _FileChecker:
         for name in group.keys():
             loc = f"boundary_conditions/{name}"
             bc = group[name]
-            attrs = {k: self.attr(bc, loc, k) for k in ("associated_dims", "associated_fields", "bc_type",
-                                                         "sample_varying", "time_varying")}
+            attrs = {
+                k: self.attr(bc, loc, k)
+                for k in ("associated_dims", "associated_fields", "bc_type", "sample_varying", "time_varying")
+            }
             if attrs["bc_type"] is not None and str(attrs["bc_type"]).upper() not in BC_TYPES:
                 self.add(loc, f"unknown bc_type {attrs['bc_type']!r} (expected one of {', '.join(BC_TYPES)})")
             assoc = str_list(attrs["associated_dims"]) if attrs["associated_dims"] is not None else None
@@ -250,8 +264,10 @@ class _FileChecker:
             elif assoc is not None:
                 want = tuple(spatial_shape[spatial_dims.index(d)] for d in assoc)
                 if bc["mask"].shape != want:
-                    self.add(f"{loc}/mask", f"shape {bc['mask'].shape} does not match the coords lengths {want} "
-                             f"of associated_dims {assoc}")
+                    self.add(
+                        f"{loc}/mask",
+                        f"shape {bc['mask'].shape} does not match the coords lengths {want} of associated_dims {assoc}",
+                    )
 
     def _check_scalars(self, n_traj: int | None, n_steps: int) -> None:
         group = self.group("scalars")
@@ -269,8 +285,7 @@ class _FileChecker:
                 continue
             want = ((n_traj,) if sv else ()) + ((n_steps,) if tv else ())
             if None not in want and ds.shape != want:
-                self.add(loc, f"shape {ds.shape}, expected {want} "
-                         f"(sample_varying={bool(sv)}, time_varying={bool(tv)})")
+                self.add(loc, f"shape {ds.shape}, expected {want} (sample_varying={bool(sv)}, time_varying={bool(tv)})")
             elif np.issubdtype(ds.dtype, np.number) and not np.isfinite(ds[()]).all():
                 self.add(loc, "NaN/Inf values")
 
@@ -304,11 +319,15 @@ class _FileChecker:
                 continue
             rank = int(sv) + int(tv) + n_dims + order
             if ds.ndim != rank:
-                self.add(loc, f"rank {ds.ndim} (shape {ds.shape}), expected {rank} for a t{order} field in {n_dims}D "
-                         f"with sample_varying={sv}, time_varying={tv}")
+                self.add(
+                    loc,
+                    f"rank {ds.ndim} (shape {ds.shape}), expected {rank} for a t{order} field in {n_dims}D "
+                    f"with sample_varying={sv}, time_varying={tv}",
+                )
                 continue
-            if self._check_axes(loc, ds.shape, sv, tv, n_traj, n_steps, spatial_dims, spatial_shape,
-                                dim_varying, order):
+            if self._check_axes(
+                loc, ds.shape, sv, tv, n_traj, n_steps, spatial_dims, spatial_shape, dim_varying, order
+            ):
                 self._scan_nonfinite(loc, ds, sv, tv)
         return summary
 
@@ -316,8 +335,11 @@ class _FileChecker:
         ok, axis = True, 0
         if sv:
             if n_traj is not None and shape[0] != n_traj:
-                self.add(loc, f"first axis holds {shape[0]} trajectories but n_trajectories={n_traj} "
-                         "(inconsistent n_trajectories)")
+                self.add(
+                    loc,
+                    f"first axis holds {shape[0]} trajectories but n_trajectories={n_traj} "
+                    "(inconsistent n_trajectories)",
+                )
                 ok = False
             axis += 1
         if tv:
@@ -328,14 +350,19 @@ class _FileChecker:
         for d, length, varying in zip(spatial_dims, spatial_shape, dim_varying):
             want = length if varying else 1
             if shape[axis] != want:
-                self.add(loc, f"coords length mismatch: axis {axis} ({d}) has size {shape[axis]} but "
-                         f"dimensions/{d} has {length}" + ("" if varying else " (dim_varying False: expected 1)"))
+                self.add(
+                    loc,
+                    f"coords length mismatch: axis {axis} ({d}) has size {shape[axis]} but "
+                    f"dimensions/{d} has {length}" + ("" if varying else " (dim_varying False: expected 1)"),
+                )
                 ok = False
             axis += 1
         for _ in range(order):
             if shape[axis] != len(spatial_dims):
-                self.add(loc, f"component axis {axis} has size {shape[axis]}, expected {len(spatial_dims)} "
-                         f"for a t{order} field")
+                self.add(
+                    loc,
+                    f"component axis {axis} has size {shape[axis]}, expected {len(spatial_dims)} for a t{order} field",
+                )
                 ok = False
             axis += 1
         return ok
@@ -344,7 +371,7 @@ class _FileChecker:
         """Report NaN/Inf per trajectory with its time indices, reading a bounded chunk at a time."""
         n_traj = ds.shape[0] if sv else 1
         n_steps = ds.shape[int(sv)] if tv else 1
-        per_step = int(np.prod(ds.shape[int(sv) + int(tv):], initial=1))
+        per_step = int(np.prod(ds.shape[int(sv) + int(tv) :], initial=1))
         chunk = max(1, SCAN_VALUES // max(per_step, 1))
         reported = skipped = 0
         for trajectory in range(n_traj):

@@ -18,6 +18,7 @@ naming the file and the group/field.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,10 +242,8 @@ class WellReader:
         return {**self.__dict__, "_handle": None, "_pid": -1}
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     # -- metadata
     def _node(self, location: str):
@@ -369,7 +368,7 @@ class WellReader:
         channel = 0
         for spec in self.field_specs:
             data = self.field_frames(spec, trajectory, start, stop)  # [T, *space, *components]
-            n_comp = self.n_spatial_dims ** spec.order
+            n_comp = self.n_spatial_dims**spec.order
             data = data.reshape(stop - start, *self.spatial_shape, n_comp)
             out[:, channel : channel + n_comp] = np.moveaxis(data, -1, 1)
             channel += n_comp
@@ -418,10 +417,7 @@ def read_well(path: str | Path) -> WellData:
     """Read a whole The Well file into memory.  A sample-varying time/coordinate array keeps only its
     first trajectory's values (:class:`WellData` holds one grid per file)."""
     with WellReader(path) as r:
-        fields = [
-            Field(s.name, s.order, r.read_field(s), s.time_varying, s.sample_varying)
-            for s in r.field_specs
-        ]
+        fields = [Field(s.name, s.order, r.read_field(s), s.time_varying, s.sample_varying) for s in r.field_specs]
         scalars = []
         for name in r.scalar_names:
             data, sample_varying, time_varying = r.read_scalar(name)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.well_format import Field, WellData
 from data_pipelines.synthetic import make_token_shards  # noqa: F401  (re-exported for tests)
+from data_pipelines.well_format import Field, WellData
 from data_pipelines.well_io import write_well
 
 
@@ -42,4 +42,3 @@ def make_toy_dataset(
             )
             write_well(Path(out) / "data" / split / f"{name}_{i}.hdf5", data)
     return Path(out)
-

@@ -8,6 +8,7 @@ only on the exit code.  There are no retries: a failure that passes on a second 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,8 +39,10 @@ class CompletedResult:
     def describe(self, tail: int = 4000) -> str:
         """A failure message: the command, the exit status and the end of the output."""
         status = "timed out" if self.timed_out else f"exit code {self.returncode}"
-        return (f"{' '.join(self.args)}\n{status} after {self.seconds:.1f}s\n"
-                f"--- stdout (tail) ---\n{self.stdout[-tail:]}\n--- stderr (tail) ---\n{self.stderr[-tail:]}")
+        return (
+            f"{' '.join(self.args)}\n{status} after {self.seconds:.1f}s\n"
+            f"--- stdout (tail) ---\n{self.stdout[-tail:]}\n--- stderr (tail) ---\n{self.stderr[-tail:]}"
+        )
 
 
 def _free_port() -> int:
@@ -52,32 +55,75 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment workers get: ours, minus launcher variables that would confuse Lightning's
     cluster detection (a pytest inside an sbatch job must not look like an srun task), plus
     single-threaded math, offline wandb, and the repository on PYTHONPATH."""
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("SLURM_", "PMI_", "OMPI_")) and k not in
-            ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-             "TORCHELASTIC_RUN_ID")}
-    base.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-                 "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", "DS_ACCELERATOR": "cpu",
-                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)})
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "PMI_", "OMPI_"))
+        and k
+        not in (
+            "RANK",
+            "LOCAL_RANK",
+            "WORLD_SIZE",
+            "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "GROUP_RANK",
+            "TORCHELASTIC_RUN_ID",
+        )
+    }
+    base.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONWARNINGS": "ignore",
+            "DS_ACCELERATOR": "cpu",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+        }
+    )
     base.update(env or {})
     return base
 
 
-def run_distributed(script_or_module_args: Sequence[str], nproc: int = 2, timeout: float = 120.0,
-                    env: Mapping[str, str] | None = None, cwd: str | Path | None = None) -> CompletedResult:
+def run_distributed(
+    script_or_module_args: Sequence[str],
+    nproc: int = 2,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> CompletedResult:
     """Run ``python -m torch.distributed.run --nproc_per_node NPROC --master_port FREE ARGS...``.
 
     ``script_or_module_args`` is what follows the launcher: ``["path/to/script.py", "--flag", ...]`` or
     ``["-m", "package.module", ...]``.  On timeout the launcher and every process under it are killed
     and ``timed_out`` is set.
     """
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            *map(str, script_or_module_args)]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *map(str, script_or_module_args),
+    ]
     start = time.monotonic()
     # Own session: a signal meant for pytest's terminal group does not half-kill the job; we kill it whole.
-    proc = subprocess.Popen(args, cwd=cwd or REPO_ROOT, env=worker_env(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd or REPO_ROOT,
+        env=worker_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -90,8 +136,14 @@ def run_distributed(script_or_module_args: Sequence[str], nproc: int = 2, timeou
             stdout, stderr = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # something still holds the pipes: give up on the output
             stdout, stderr = "", "harness: output pipes still open 30 s after killing the workers"
-    return CompletedResult(args=args, returncode=proc.returncode, stdout=stdout, stderr=stderr,
-                           seconds=time.monotonic() - start, timed_out=timed_out)
+    return CompletedResult(
+        args=args,
+        returncode=proc.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        seconds=time.monotonic() - start,
+        timed_out=timed_out,
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -125,7 +177,5 @@ def kill_tree(pid: int) -> None:
         family.append(current)
         frontier.extend(_children(current))
     for member in family:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass

@@ -17,8 +17,15 @@ from data_pipelines.well_format import Field, WellData
 from data_pipelines.well_io import write_well
 
 
-def write_wave_dataset(out: Path, name: str = "waves", n_traj: int = 2, n_steps: int = 14, resolution: int = 16,
-                       n_dims: int = 2, seed: int = 0) -> Path:
+def write_wave_dataset(
+    out: Path,
+    name: str = "waves",
+    n_traj: int = 2,
+    n_steps: int = 14,
+    resolution: int = 16,
+    n_dims: int = 2,
+    seed: int = 0,
+) -> Path:
     """``out/data/{train,valid,test}/NAME.hdf5``: plane waves moving in time (a t0 field ``u`` and a t1 ``vel``)."""
     rng = np.random.default_rng(seed)
     dims = ["x", "y", "z"][:n_dims]
@@ -34,16 +41,21 @@ def write_wave_dataset(out: Path, name: str = "waves", n_traj: int = 2, n_steps:
                 u[i, t] = 1.0 + np.sin(arg + phase - speed * t)
                 for d in range(n_dims):
                     vel[i, t, ..., d] = np.cos(arg + phase - speed * t + d)
-        data = WellData(dataset_name=name, spatial_dims=dims,
-                        coords={d: np.linspace(0, 1, resolution, dtype=np.float32) for d in dims},
-                        time=np.arange(n_steps, dtype=np.float32), fields=[Field("u", 0, u), Field("vel", 1, vel)],
-                        simulation_parameters={"speed": 0.3 + 0.1 * split_index})
+        data = WellData(
+            dataset_name=name,
+            spatial_dims=dims,
+            coords={d: np.linspace(0, 1, resolution, dtype=np.float32) for d in dims},
+            time=np.arange(n_steps, dtype=np.float32),
+            fields=[Field("u", 0, u), Field("vel", 1, vel)],
+            simulation_parameters={"speed": 0.3 + 0.1 * split_index},
+        )
         write_well(out / "data" / split / f"{name}.hdf5", data)
     return out
 
 
-def build_tiny_model(root: Path, datasets: tuple[str, ...] = ("waves",), n_input: int = 4, n_output: int = 1,
-                     seed: int = 0) -> dict[str, Path]:
+def build_tiny_model(
+    root: Path, datasets: tuple[str, ...] = ("waves",), n_input: int = 4, n_output: int = 1, seed: int = 0
+) -> dict[str, Path]:
     """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their paths."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
@@ -58,17 +70,37 @@ def build_tiny_model(root: Path, datasets: tuple[str, ...] = ("waves",), n_input
     shards = root / "shards"
     shard_datasets([str(d) for d in dirs], shards, WindowSpec(n_input, n_output, 1))
     manifest = read_manifest(shards)
-    specs = {name: DatasetSpec(entry["channel_names"], entry["stats"]["mean"],
-                               [s if s > 0 else 1.0 for s in entry["stats"]["std"]])
-             for name, entry in manifest["datasets"].items()}
-    tok_cfg = TokenizerConfig(n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8,
-                              max_width=16, temporal_kernel=2)
+    specs = {
+        name: DatasetSpec(
+            entry["channel_names"], entry["stats"]["mean"], [s if s > 0 else 1.0 for s in entry["stats"]["std"]]
+        )
+        for name, entry in manifest["datasets"].items()
+    }
+    tok_cfg = TokenizerConfig(
+        n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8, max_width=16, temporal_kernel=2
+    )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, specs), root / "tokenizer")
-    cfg = ModelConfig(vocab_size=16, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64,
-                      max_frames=n_input + n_output, grid_shape=[4, 4], n_spatial_dims=2, n_datasets=4)
+    cfg = ModelConfig(
+        vocab_size=16,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=n_input + n_output,
+        grid_shape=[4, 4],
+        n_spatial_dims=2,
+        n_datasets=4,
+    )
     model = PhysicsTransformer(cfg)
-    info = {"kind": "ar", "model": dataclasses.asdict(cfg), "dataset_names": sorted(datasets),
-            "n_context_frames": n_input, "n_frames": n_input + n_output, "tokenizer": str(tok_dir),
-            "tokenizer_fingerprint": fingerprint(tok_dir)}
+    info = {
+        "kind": "ar",
+        "model": dataclasses.asdict(cfg),
+        "dataset_names": sorted(datasets),
+        "n_context_frames": n_input,
+        "n_frames": n_input + n_output,
+        "tokenizer": str(tok_dir),
+        "tokenizer_fingerprint": fingerprint(tok_dir),
+    }
     export = export_safetensors(model.state_dict(), info, root / "export")
     return {"shards": shards, "tokenizer": tok_dir, "export": export, "data": dirs[0]}

@@ -19,8 +19,9 @@ N_FRAMES, N_CONTEXT = 3, 2
 FINGERPRINT = "test-tokenizer"
 
 
-def make_param_tokens(out: Path, nu_values=(1e-3, 2e-3, 4e-3, 8e-3), n_traj: int = 2, windows_per_traj: int = 6,
-                      seed: int = 0) -> Path:
+def make_param_tokens(
+    out: Path, nu_values=(1e-3, 2e-3, 4e-3, 8e-3), n_traj: int = 2, windows_per_traj: int = 6, seed: int = 0
+) -> Path:
     """``out/{train,valid,test}``: one file per ν value, ``n_traj`` trajectories each, meta params {"nu"}."""
     from data_pipelines.shards import ShardWriter, write_manifest
 
@@ -36,20 +37,31 @@ def make_param_tokens(out: Path, nu_values=(1e-3, 2e-3, 4e-3, 8e-3), n_traj: int
                 for start in range(windows_per_traj):
                     mean = 2 + level * (VOCAB - 5)
                     tokens = np.clip(rng.normal(mean, 2.0, size=(N_FRAMES, *GRID)).round(), 0, VOCAB - 1)
-                    meta = {"dataset": "toy", "source_file": f"toy_nu_{nu:g}.hdf5", "trajectory": traj,
-                            "start": start, "params": {"nu": nu, "drag": 0.1}}
-                    writer.write(f"{split}_{n:06d}", {"tokens.npy": tokens.astype(np.int32), "meta.json": meta},
-                                 dataset="toy")
+                    meta = {
+                        "dataset": "toy",
+                        "source_file": f"toy_nu_{nu:g}.hdf5",
+                        "trajectory": traj,
+                        "start": start,
+                        "params": {"nu": nu, "drag": 0.1},
+                    }
+                    writer.write(
+                        f"{split}_{n:06d}", {"tokens.npy": tokens.astype(np.int32), "meta.json": meta}, dataset="toy"
+                    )
                     n += 1
         records = [{**r, "path": f"{split}/{r['path']}"} for r in writer.close()]
         splits[split] = {"shards": records, "n_samples": n}
-    write_manifest(out, {
-        "n_input": N_CONTEXT, "n_output": N_FRAMES - N_CONTEXT, "stride": 1,
-        "token_layout": {"n_context_frames": N_CONTEXT, "n_frames": N_FRAMES, "grid": list(GRID)},
-        "tokenizer_fingerprint": FINGERPRINT,
-        "datasets": {"toy": {"channel_names": ["u"], "spatial_shape": [16, 16], "stats": {}}},
-        "splits": splits,
-    })
+    write_manifest(
+        out,
+        {
+            "n_input": N_CONTEXT,
+            "n_output": N_FRAMES - N_CONTEXT,
+            "stride": 1,
+            "token_layout": {"n_context_frames": N_CONTEXT, "n_frames": N_FRAMES, "grid": list(GRID)},
+            "tokenizer_fingerprint": FINGERPRINT,
+            "datasets": {"toy": {"channel_names": ["u"], "spatial_shape": [16, 16], "stats": {}}},
+            "splits": splits,
+        },
+    )
     return out
 
 
@@ -58,8 +70,18 @@ def tiny_model(seed: int = 0):
     from physfm.models.trunk import ModelConfig
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64,
-                      max_frames=N_FRAMES, grid_shape=list(GRID), n_spatial_dims=2, n_datasets=2)
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=N_FRAMES,
+        grid_shape=list(GRID),
+        n_spatial_dims=2,
+        n_datasets=2,
+    )
     return PhysicsTransformer(cfg).eval()
 
 
@@ -68,9 +90,15 @@ def export_tiny_model(out: Path, seed: int = 0) -> Path:
     from physfm.core.checkpoint import export_safetensors
 
     model = tiny_model(seed)
-    info = {"kind": "ar", "model": dataclasses.asdict(model.config), "dataset_names": ["toy"],
-            "n_context_frames": N_CONTEXT, "n_frames": N_FRAMES, "tokenizer": "",
-            "tokenizer_fingerprint": FINGERPRINT}
+    info = {
+        "kind": "ar",
+        "model": dataclasses.asdict(model.config),
+        "dataset_names": ["toy"],
+        "n_context_frames": N_CONTEXT,
+        "n_frames": N_FRAMES,
+        "tokenizer": "",
+        "tokenizer_fingerprint": FINGERPRINT,
+    }
     return export_safetensors(model.state_dict(), info, out)
 
 
@@ -99,21 +127,43 @@ def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1
                 phase = rng.uniform(0, 2 * np.pi)
                 for t in range(n_steps):
                     w[i, t] = np.sin(X + Y + phase - 20 * nu * t) + 0.3 * rng.standard_normal((n, n))
-            data = WellData(dataset_name=name, spatial_dims=["x", "y"],
-                            coords={d: np.linspace(0, 1, n, dtype=np.float32) for d in "xy"},
-                            time=np.arange(n_steps, dtype=np.float32), fields=[Field("u", 0, w)],
-                            simulation_parameters={"nu": nu})
+            data = WellData(
+                dataset_name=name,
+                spatial_dims=["x", "y"],
+                coords={d: np.linspace(0, 1, n, dtype=np.float32) for d in "xy"},
+                time=np.arange(n_steps, dtype=np.float32),
+                fields=[Field("u", 0, w)],
+                simulation_parameters={"nu": nu},
+            )
             write_well(root / "data" / "data" / split / f"{name}_nu_{nu:g}.hdf5", data)
     shards = root / "shards"
     shard_datasets([root / "data"], shards, WindowSpec(2, 1, 1))
     entry = read_manifest(shards)["datasets"][name]
     spec = DatasetSpec(entry["channel_names"], entry["stats"]["mean"], [s or 1.0 for s in entry["stats"]["std"]])
-    tok_cfg = TokenizerConfig(n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8,
-                              max_width=16, temporal_kernel=2)
+    tok_cfg = TokenizerConfig(
+        n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8, max_width=16, temporal_kernel=2
+    )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, {name: spec}), root / "tokenizer")
-    cfg = ModelConfig(vocab_size=16, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64, max_frames=3,
-                      grid_shape=[4, 4], n_spatial_dims=2, n_datasets=2)
-    info = {"kind": "ar", "model": dataclasses.asdict(cfg), "dataset_names": [name], "n_context_frames": 2,
-            "n_frames": 3, "tokenizer": str(tok_dir), "tokenizer_fingerprint": fingerprint(tok_dir)}
+    cfg = ModelConfig(
+        vocab_size=16,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=3,
+        grid_shape=[4, 4],
+        n_spatial_dims=2,
+        n_datasets=2,
+    )
+    info = {
+        "kind": "ar",
+        "model": dataclasses.asdict(cfg),
+        "dataset_names": [name],
+        "n_context_frames": 2,
+        "n_frames": 3,
+        "tokenizer": str(tok_dir),
+        "tokenizer_fingerprint": fingerprint(tok_dir),
+    }
     export = export_safetensors(PhysicsTransformer(cfg).state_dict(), info, root / "export")
     return {"shards": shards, "export": export, "tokenizer": tok_dir}

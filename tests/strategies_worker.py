@@ -109,11 +109,26 @@ def main() -> int:
         apply_activation_checkpointing(module.net, (nn.Linear,))
     callbacks = []
     if args.ckpt_every:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=args.ckpt_every, save_top_k=-1,
-                                         filename="{step}", save_on_train_epoch_end=False))
-    trainer = L.Trainer(**build_trainer_kwargs(strategy_cfg), max_steps=args.steps, logger=False,
-                        callbacks=callbacks, enable_checkpointing=bool(callbacks), enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=out, log_every_n_steps=1)
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=args.ckpt_every,
+                save_top_k=-1,
+                filename="{step}",
+                save_on_train_epoch_end=False,
+            )
+        )
+    trainer = L.Trainer(
+        **build_trainer_kwargs(strategy_cfg),
+        max_steps=args.steps,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=bool(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out,
+        log_every_n_steps=1,
+    )
     loader = torch.utils.data.DataLoader(make_dataset(), batch_size=BATCH_SIZE, shuffle=False)
     if args.validate:  # a fresh Trainer restoring a checkpoint outside fit: the strategy's inference path
         trainer.validate(module, loader, ckpt_path=args.validate, verbose=False)
@@ -129,10 +144,19 @@ def main() -> int:
     rank = trainer.global_rank
     weights = full_weights(trainer, module)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"losses_rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world_size": trainer.world_size, "strategy": type(trainer.strategy).__name__,
-        "precision": trainer.precision, "losses": module.losses, "global_step": trainer.global_step,
-        "fit_seconds": seconds}))
+    (out / f"losses_rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world_size": trainer.world_size,
+                "strategy": type(trainer.strategy).__name__,
+                "precision": trainer.precision,
+                "losses": module.losses,
+                "global_step": trainer.global_step,
+                "fit_seconds": seconds,
+            }
+        )
+    )
     if rank == 0:
         save_file(weights, str(out / "final.safetensors"))
     return 0

@@ -72,8 +72,11 @@ def test_the_well_reads_our_files(tmp_path):
         np.testing.assert_array_equal(sample["output_fields"].numpy(), channels_last[N_IN:])
         # boundary codes per axis (the_well: WALL=0, OPEN=1, PERIODIC=2)
         np.testing.assert_array_equal(sample["boundary_conditions"].numpy(), [[2, 2], [0, 0]])
-        np.testing.assert_allclose(sample["constant_scalars"].numpy(),
-                                   [readers[file_idx].simulation_parameters[k] for k in ("nu", "Re")], rtol=1e-6)
+        np.testing.assert_allclose(
+            sample["constant_scalars"].numpy(),
+            [readers[file_idx].simulation_parameters[k] for k in ("nu", "Re")],
+            rtol=1e-6,
+        )
     for r in readers:
         r.close()
 
@@ -86,8 +89,12 @@ def test_the_well_normalises_with_our_stats(tmp_path, norm):
     stats = compute_stats(root)
     write_stats(root, stats)
     ds = the_well_data.WellDataset(
-        path=str(root), well_split_name="train", n_steps_input=N_IN, n_steps_output=N_OUT,
-        use_normalization=True, normalization_type=getattr(normalization, norm),
+        path=str(root),
+        well_split_name="train",
+        n_steps_input=N_IN,
+        n_steps_output=N_OUT,
+        use_normalization=True,
+        normalization_type=getattr(normalization, norm),
     )
     with WellReader(root / "data" / "train" / "part1.hdf5") as r:
         frames = r.frames(2, 1, 1 + N_IN)

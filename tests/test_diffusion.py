@@ -12,22 +12,44 @@ import torch
 
 from data_pipelines.config import ConfigError
 from physfm.cli import main as physfm
-from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.interp.hooks import add_to, capture
+from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.models.trunk import ModelConfig
 from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model
 
 CONFIG = "configs/pretrain/diffusion_tiny.yaml"
-TINY = ["model.grid_shape=[4,4]", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.n_kv_head=2",
-        "model.ffn_hidden=128", "model.max_frames=5", "trainer.logger=csv", "trainer.progress_bar=false",
-        "data.num_workers=0", "data.batch_size=8", "optim.warmup_steps=5", "optim.lr=3e-3"]
+TINY = [
+    "model.grid_shape=[4,4]",
+    "model.n_layer=2",
+    "model.d_model=64",
+    "model.n_head=4",
+    "model.n_kv_head=2",
+    "model.ffn_hidden=128",
+    "model.max_frames=5",
+    "trainer.logger=csv",
+    "trainer.progress_bar=false",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "optim.warmup_steps=5",
+    "optim.lr=3e-3",
+]
 
 
 def tiny_model(seed: int = 0, head_std: float = 0.1) -> LatentFlowTransformer:
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind="diffusion", n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64, max_frames=5,
-                      grid_shape=[4, 4], n_spatial_dims=2, n_datasets=2)
+    cfg = ModelConfig(
+        kind="diffusion",
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=5,
+        grid_shape=[4, 4],
+        n_spatial_dims=2,
+        n_datasets=2,
+    )
     model = LatentFlowTransformer(cfg, DiffusionConfig(latent_dim=3)).eval()
     torch.nn.init.normal_(model.head.weight, std=head_std)  # the zero-init head would make every sample noise
     return model
@@ -44,8 +66,17 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("diffusion")
     paths = build_tiny_model(root)
-    cfg = load_pretrain_config(CONFIG, overrides(paths, root / "run", "trainer.max_steps=40", "trainer.log_every=4",
-                                                 "trainer.checkpoint_every=20", "data.val_batches=2"))
+    cfg = load_pretrain_config(
+        CONFIG,
+        overrides(
+            paths,
+            root / "run",
+            "trainer.max_steps=40",
+            "trainer.log_every=4",
+            "trainer.checkpoint_every=20",
+            "data.val_batches=2",
+        ),
+    )
     return paths, run_pretrain(cfg)
 
 
@@ -54,8 +85,12 @@ def test_sampling_is_deterministic_given_a_seed():
     model, ids = tiny_model(), torch.tensor([0, 1])
     context = torch.rand(2, 4, 4, 4, 3) * 2 - 1  # [B, F_ctx, *grid, D] code units
     for sampler in ("euler", "heun"):
-        runs = [model.sample_frames(context, 2, ids, steps=3, sampler=sampler,
-                                    generator=torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
+        runs = [
+            model.sample_frames(
+                context, 2, ids, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(seed)
+            )
+            for seed in (7, 7, 8)
+        ]
         assert runs[0].shape == (2, 2, 4, 4, 3)
         assert torch.equal(runs[0], runs[1]), sampler
         assert not torch.allclose(runs[0], runs[2]), sampler
@@ -91,7 +126,7 @@ def test_context_never_sees_the_noisy_frame():
 def test_hook_points_steer_sampling():
     model, ids = tiny_model(), torch.tensor([0])
     context = torch.rand(1, 4, 4, 4, 3)
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(0)
     base = model.sample_frames(context, 1, ids, steps=2, generator=gen())
     with capture(model, ["embedding", "blocks.0.resid"]) as acts:
         model.sample_frames(context, 1, ids, steps=2, generator=gen())
@@ -154,8 +189,8 @@ def test_pretrain_loss_falls_and_run_is_complete(trained):
 
 @pytest.mark.slow
 def test_rollout_seeded_and_export_round_trip(trained, tmp_path):
-    from physfm.inference import PhysicsModel
     from physfm.eval.windows import evaluation_windows
+    from physfm.inference import PhysicsModel
 
     paths, run = trained
     pm = PhysicsModel.from_pretrained(run, sampling_steps=3)
@@ -190,8 +225,22 @@ def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsy
     assert pred["prediction"].shape == pred["truth"].shape and pred["prediction"].shape[1] == 2
     # An AR model refuses the diffusion-only flag, as a one-line user error.
     capsys.readouterr()
-    assert physfm(["evaluate", "--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "--sampling-steps", "2",
-                   "--out", str(tmp_path / "ar")]) == 1
+    assert (
+        physfm(
+            [
+                "evaluate",
+                "--ckpt",
+                str(paths["export"]),
+                "--data",
+                str(paths["shards"]),
+                "--sampling-steps",
+                "2",
+                "--out",
+                str(tmp_path / "ar"),
+            ]
+        )
+        == 1
+    )
     assert "apply to diffusion models" in capsys.readouterr().err
 
 
@@ -202,16 +251,57 @@ def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
 
     paths, run = trained
     direction = tmp_path / "speed.safetensors"
-    assert physfm(["steer", "direction", "--ckpt", str(run), "--data", str(paths["shards"]), "--feature", "speed>=0.45",
-                   "--control", "speed<0.35", "--layer", "1", "--split", "train,test", "--out", str(direction)]) == 0, \
-        capsys.readouterr().err
+    assert (
+        physfm(
+            [
+                "steer",
+                "direction",
+                "--ckpt",
+                str(run),
+                "--data",
+                str(paths["shards"]),
+                "--feature",
+                "speed>=0.45",
+                "--control",
+                "speed<0.35",
+                "--layer",
+                "1",
+                "--split",
+                "train,test",
+                "--out",
+                str(direction),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     d = load_direction(direction)
     assert d.vectors["blocks.1.resid"].shape == (4, 4, 64)
     assert d.meta["counts"]["feature"] > 0 and d.meta["counts"]["control"] > 0
     out = tmp_path / "steer"
-    assert physfm(["steer", "rollout", "--ckpt", str(run), "--data", str(paths["shards"]), "--direction", str(direction),
-                   "--alpha=-1,0,1", "--out", str(out), "--horizon", "2", "--max-windows", "3",
-                   "--spatial-mode", "mean"]) == 0, capsys.readouterr().err
+    assert (
+        physfm(
+            [
+                "steer",
+                "rollout",
+                "--ckpt",
+                str(run),
+                "--data",
+                str(paths["shards"]),
+                "--direction",
+                str(direction),
+                "--alpha=-1,0,1",
+                "--out",
+                str(out),
+                "--horizon",
+                "2",
+                "--max-windows",
+                "3",
+                "--spatial-mode",
+                "mean",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["alpha0_identical"] is True and m["n_windows"] == 3  # seeded sampling: α = 0 is the unsteered run
     assert len(m["curves"]["probe speed"]["mean"]) == 3 and (out / "dose_response.png").is_file()
@@ -236,15 +326,29 @@ def test_config_errors_name_the_key(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_deepspeed_zero2_trains(trained, tmp_path):
-    from physfm.inference import PhysicsModel
     from physfm.eval.windows import evaluation_windows
+    from physfm.inference import PhysicsModel
 
     paths, _ = trained
     out = tmp_path / "ds"
-    args = ["-m", "physfm.cli", "pretrain", "--config", CONFIG,
-            *overrides(paths, out, "trainer.max_steps=12", "trainer.checkpoint_every=12", "trainer.log_every=3",
-                       "data.val_batches=0", "strategy.name=deepspeed", "strategy.zero_stage=2",
-                       "strategy.accelerator=cpu")]
+    args = [
+        "-m",
+        "physfm.cli",
+        "pretrain",
+        "--config",
+        CONFIG,
+        *overrides(
+            paths,
+            out,
+            "trainer.max_steps=12",
+            "trainer.checkpoint_every=12",
+            "trainer.log_every=3",
+            "data.val_batches=0",
+            "strategy.name=deepspeed",
+            "strategy.zero_stage=2",
+            "strategy.accelerator=cpu",
+        ),
+    ]
     result = run_distributed(args, nproc=2, timeout=240)
     assert result.ok, result.describe()
     metrics = json.loads((out / "metrics.json").read_text())

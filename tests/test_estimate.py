@@ -12,9 +12,9 @@ import torch
 
 from physfm.cli import estimate as estimate_cmd
 from physfm.cli.estimate import load_model_config
-from physfm.train.estimate import activation_bytes, count_params, estimate
 from physfm.models.ar import PhysicsTransformer
 from physfm.models.trunk import ModelConfig
+from physfm.train.estimate import activation_bytes, count_params, estimate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 LAYOUTS = [(1, 8), (4, 8), (2, 4)]  # (nodes, GPUs per node)
@@ -25,14 +25,16 @@ def deepspeed_estimators():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs, model_to_params
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
     return estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs, model_to_params
 
 
 def test_param_counts_match_deepspeeds_own_counting(deepspeed_estimators):
     """DeepSpeed counts the total and the largest single module's own parameters from a live model."""
     *_, model_to_params = deepspeed_estimators
-    cfg = ModelConfig(vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, d_model=64, ffn_hidden=96,
-                      n_cond_params=2, n_param_buckets=5)
+    cfg = ModelConfig(
+        vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, d_model=64, ffn_hidden=96, n_cond_params=2, n_param_buckets=5
+    )
     total, largest = model_to_params(PhysicsTransformer(cfg))
     ours = count_params(cfg)
     assert (ours.total, ours.largest_layer) == (total, largest)
@@ -48,12 +50,15 @@ def test_model_states_agree_with_deepspeed(deepspeed_estimators, name, nodes, gp
     expected = {
         (2, "none"): zero2(counts.total, gpus, nodes, cpu_offload=False)[1],
         (2, "optimizer"): zero2(counts.total, gpus, nodes, cpu_offload=True)[1],
-        (3, "none"): zero3(counts.total, counts.largest_layer, gpus, nodes, cpu_offload=False,
-                           cpu_offload_params=False)[1],
-        (3, "optimizer"): zero3(counts.total, counts.largest_layer, gpus, nodes, cpu_offload=True,
-                                cpu_offload_params=False)[1],
-        (3, "optimizer+params"): zero3(counts.total, counts.largest_layer, gpus, nodes, cpu_offload=True,
-                                       cpu_offload_params=True)[1],
+        (3, "none"): zero3(
+            counts.total, counts.largest_layer, gpus, nodes, cpu_offload=False, cpu_offload_params=False
+        )[1],
+        (3, "optimizer"): zero3(
+            counts.total, counts.largest_layer, gpus, nodes, cpu_offload=True, cpu_offload_params=False
+        )[1],
+        (3, "optimizer+params"): zero3(
+            counts.total, counts.largest_layer, gpus, nodes, cpu_offload=True, cpu_offload_params=True
+        )[1],
     }
     for key, ds_bytes in expected.items():
         assert rows[key] == pytest.approx(ds_bytes, rel=0.05), (name, nodes, gpus, key)
@@ -93,8 +98,24 @@ def test_cli_table_and_json(capsys):
     assert run_cli(["estimate", "--config", str(CONFIGS / "4p5b.yaml"), "--nodes", "4", "--gpus-per-node", "8"]) == 0
     table = capsys.readouterr().out
     assert "4p5b" in table and "optimizer+params" in table and "tokens/s" in table
-    assert run_cli(["estimate", "--config", str(CONFIGS / "tiny.yaml"), "--nodes", "1", "--gpus-per-node", "2",
-                    "--seq-len", "512", "--json", "n_layer=2"]) == 0
+    assert (
+        run_cli(
+            [
+                "estimate",
+                "--config",
+                str(CONFIGS / "tiny.yaml"),
+                "--nodes",
+                "1",
+                "--gpus-per-node",
+                "2",
+                "--seq-len",
+                "512",
+                "--json",
+                "n_layer=2",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["seq_len"] == 512 and len(out["rows"]) == 7 and out["nodes"] * out["gpus_per_node"] == 2
     assert out["n_params"] == count_params(load_model_config(CONFIGS / "tiny.yaml", ["n_layer=2"])).total

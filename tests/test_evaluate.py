@@ -7,8 +7,8 @@ import torch
 
 from physfm.cli import main as physfm
 from physfm.eval.evaluate import BASELINES, evaluate, render_report
-from physfm.inference import PhysicsModel
 from physfm.eval.windows import evaluation_windows
+from physfm.inference import PhysicsModel
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -26,10 +26,19 @@ def well_vrmse(pred, truth):
     from the_well.data.datasets import WellMetadata
 
     C, shape = truth.shape[2], tuple(truth.shape[3:])
-    meta = WellMetadata(dataset_name="t", n_spatial_dims=len(shape), spatial_resolution=shape, scalar_names=[],
-                        constant_scalar_names=[], field_names={0: [f"f{i}" for i in range(C)]},
-                        constant_field_names={}, boundary_condition_types=["PERIODIC"], n_files=1,
-                        n_trajectories_per_file=[1], n_steps_per_trajectory=[truth.shape[1]])
+    meta = WellMetadata(
+        dataset_name="t",
+        n_spatial_dims=len(shape),
+        spatial_resolution=shape,
+        scalar_names=[],
+        constant_scalar_names=[],
+        field_names={0: [f"f{i}" for i in range(C)]},
+        constant_field_names={},
+        boundary_condition_types=["PERIODIC"],
+        n_files=1,
+        n_trajectories_per_file=[1],
+        n_steps_per_trajectory=[truth.shape[1]],
+    )
     return VRMSE()(pred.movedim(2, -1), truth.movedim(2, -1), meta)  # [B, T, C]
 
 
@@ -44,13 +53,20 @@ def test_reported_vrmse_equals_the_wells_on_the_same_tensors(evaluated):
     fields = metrics["vrmse"]["waves"]["fields"]
     ceiling = pm.tokenizer_ceiling(context.float(), truth.float(), "waves").double()
     copy = pm.copy_tokens(context.float(), 6, "waves").double()
-    for method, pred in (("ar", model), ("persistence", persistence), ("tokenizer_ceiling", ceiling),
-                         ("copy_tokens", copy)):
+    for method, pred in (
+        ("ar", model),
+        ("persistence", persistence),
+        ("tokenizer_ceiling", ceiling),
+        ("copy_tokens", copy),
+    ):
         theirs = well_vrmse(pred, truth).mean(0)  # [H, C], averaged over windows like ours
         for h in (1, 2, 6):
             for j, field in enumerate(["u", "vel_x", "vel_y"]):
-                assert fields[field][method][str(h)] == pytest.approx(float(theirs[h - 1, j]), rel=1e-4), \
-                    (method, h, field)
+                assert fields[field][method][str(h)] == pytest.approx(float(theirs[h - 1, j]), rel=1e-4), (
+                    method,
+                    h,
+                    field,
+                )
 
 
 def test_persistence_and_baselines_beside_every_model_number(evaluated):
@@ -68,7 +84,7 @@ def test_persistence_and_baselines_beside_every_model_number(evaluated):
     assert "waves/u" in metrics["persistence_above_1"]
     report = (out / "report.md").read_text()
     assert "VRMSE 1.0 is what predicting the spatial mean scores" in report
-    assert "\"beating\" persistence there means nothing" in report
+    assert '"beating" persistence there means nothing' in report
     assert "(persistence > 1: not meaningful)" in report
     assert "| waves | u |" in report and "| ripples | vel_y |" in report
     assert json.loads((out / "metrics.json").read_text())["overall"] == metrics["overall"]
@@ -83,10 +99,23 @@ def test_plots_written(evaluated):
 
 
 def test_report_calls_out_a_model_beating_persistence():
-    metrics = {"checkpoint": "c", "shards": "s", "split": "test", "horizons": [1], "n_windows": {"d": 3},
-               "methods": ["ar", "persistence"], "overall": {"ar": {"1": 0.2}, "persistence": {"1": 0.3}},
-               "vrmse": {"d": {"fields": {"u": {"ar": {"1": 0.2}, "persistence": {"1": 0.3}},
-                                          "v": {"ar": {"1": 0.5}, "persistence": {"1": 0.3}}}}}}
+    metrics = {
+        "checkpoint": "c",
+        "shards": "s",
+        "split": "test",
+        "horizons": [1],
+        "n_windows": {"d": 3},
+        "methods": ["ar", "persistence"],
+        "overall": {"ar": {"1": 0.2}, "persistence": {"1": 0.3}},
+        "vrmse": {
+            "d": {
+                "fields": {
+                    "u": {"ar": {"1": 0.2}, "persistence": {"1": 0.3}},
+                    "v": {"ar": {"1": 0.5}, "persistence": {"1": 0.3}},
+                }
+            }
+        },
+    }
     report = render_report(metrics)
     assert "| d | u | 0.200 | 0.300 | ar |" in report and "| d | v | 0.500 | 0.300 | no |" in report
 
@@ -118,8 +147,11 @@ def test_quickstart_refine_and_evaluate_stages(evaluated, tmp_path, monkeypatch)
     paths, _, _ = evaluated
     names = [n for n, _ in STAGES]
     assert names.index("pretrain") < names.index("refine") < names.index("evaluate")
-    monkeypatch.setattr(quickstart_eval, "REFINE_OVERRIDES", ["train.steps=20", "data.n_windows=4",
-                                                              "data.val_windows=2", "model.width=8"])
+    monkeypatch.setattr(
+        quickstart_eval,
+        "REFINE_OVERRIDES",
+        ["train.steps=20", "data.n_windows=4", "data.val_windows=2", "model.width=8"],
+    )
     ctx = Context(out=tmp_path)
     with pytest.raises(RuntimeError, match="needs ar_run"):
         quickstart_eval.stage_evaluate(ctx)

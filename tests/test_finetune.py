@@ -19,8 +19,15 @@ from tests.datagen import make_toy_dataset
 from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model, write_wave_dataset
 
-FAST = ["trainer.max_steps=6", "trainer.checkpoint_every=3", "trainer.keep_last=5", "data.batch_size=4",
-        "finetune.tokenizer_steps=5", "finetune.eval_max_windows=4", "finetune.eval_horizons=[1,2]"]
+FAST = [
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=3",
+    "trainer.keep_last=5",
+    "data.batch_size=4",
+    "finetune.tokenizer_steps=5",
+    "finetune.eval_max_windows=4",
+    "finetune.eval_horizons=[1,2]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +37,10 @@ def pretrained(tmp_path_factory) -> Path:
 
 
 def config(pretrained: Path, data: Path, out: Path, *extra: str):
-    return load_finetune_config("configs/finetune/tiny.yaml", [*FAST, f"finetune.init={pretrained}",
-                                                                f"finetune.data={data}", f"out={out}", *extra])
+    return load_finetune_config(
+        "configs/finetune/tiny.yaml",
+        [*FAST, f"finetune.init={pretrained}", f"finetune.data={data}", f"out={out}", *extra],
+    )
 
 
 @pytest.mark.slow
@@ -40,14 +49,22 @@ def test_unseen_2d_fields_end_to_end_with_scratch(pretrained, tmp_path):
     out = run_finetune(config(pretrained, data, tmp_path / "run", "finetune.compare_scratch=true"))
     m = json.loads((out / "metrics.json").read_text())
     assert m["dataset_names"] == ["waves", "toy"]  # the pretrained id kept, the new one appended
-    assert m["steps"] == 6 and set(m["overall"]) == {"finetuned", "pretrained", "scratch", "persistence",
-                                                    "tokenizer_ceiling"}
+    assert m["steps"] == 6 and set(m["overall"]) == {
+        "finetuned",
+        "pretrained",
+        "scratch",
+        "persistence",
+        "tokenizer_ceiling",
+    }
     assert all(np.isfinite(v) and v > 0 for per in m["overall"].values() for v in per.values())
     assert (out / "vrmse_vs_horizon.png").stat().st_size > 0 and "| persistence |" in (out / "report.md").read_text()
     # The adapted tokenizer kept the pretrained dataset bit-identical and added the new one.
     from tokenizer.checkpoint import load_tokenizer
-    base, adapted = load_tokenizer(json.loads((pretrained / "config.json").read_text())["tokenizer"]), \
-        load_tokenizer(out / "tokenizer")
+
+    base, adapted = (
+        load_tokenizer(json.loads((pretrained / "config.json").read_text())["tokenizer"]),
+        load_tokenizer(out / "tokenizer"),
+    )
     assert set(adapted.datasets) == {"waves", "toy"}
     for key, value in base.state_dict().items():
         assert torch.equal(value, adapted.state_dict()[key]), key
@@ -86,10 +103,26 @@ def test_two_rank_deepspeed_zero2_finetune_with_scratch(pretrained, tmp_path):
     """Both ranks run the verb; rank 0 alone shards, adapts the tokenizer and scores; both train twice."""
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     out = tmp_path / "ds"
-    args = ["-m", "physfm.cli", "finetune", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
-            "--data", str(data), "--out", str(out), "--compare-scratch", *FAST, "trainer.checkpoint_every=6",
-            "strategy.name=deepspeed", "strategy.zero_stage=2", "strategy.accelerator=cpu",
-            "strategy.process_group_backend=gloo"]
+    args = [
+        "-m",
+        "physfm.cli",
+        "finetune",
+        "--config",
+        "configs/finetune/tiny.yaml",
+        "--from",
+        str(pretrained),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--compare-scratch",
+        *FAST,
+        "trainer.checkpoint_every=6",
+        "strategy.name=deepspeed",
+        "strategy.zero_stage=2",
+        "strategy.accelerator=cpu",
+        "strategy.process_group_backend=gloo",
+    ]
     result = run_distributed(args, nproc=2, timeout=300)
     assert result.ok, result.describe()
     m = json.loads((out / "metrics.json").read_text())
@@ -150,19 +183,39 @@ def test_nan_field_is_a_named_error(pretrained, tmp_path):
 def test_cli_reports_bad_input_in_one_line(pretrained, tmp_path, capsys):
     from physfm.cli import main
 
-    code = main(["finetune", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
-                 "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "finetune",
+            "--config",
+            "configs/finetune/tiny.yaml",
+            "--from",
+            str(pretrained),
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 1 and "physfm finetune: error:" in capsys.readouterr().err
 
 
 def test_lora_merge_reproduces_adapted_forward():
-    from physfm.models.lora import add_lora, merge_lora_state
     from physfm.models.ar import PhysicsTransformer
+    from physfm.models.lora import add_lora, merge_lora_state
     from physfm.models.trunk import ModelConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=16, n_layer=2, n_head=2, n_kv_head=1, d_model=32, ffn_hidden=64, max_frames=2,
-                      grid_shape=[2, 2], n_datasets=2)
+    cfg = ModelConfig(
+        vocab_size=16,
+        n_layer=2,
+        n_head=2,
+        n_kv_head=1,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=2,
+        grid_shape=[2, 2],
+        n_datasets=2,
+    )
     model = PhysicsTransformer(cfg)
     add_lora(model, rank=4, alpha=8.0)
     for name, p in model.named_parameters():

@@ -15,8 +15,17 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def model() -> PhysicsTransformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=40, n_layer=3, n_head=4, n_kv_head=2, d_model=32, ffn_hidden=64, max_frames=4,
-                      grid_shape=[4, 4], n_datasets=2)
+    cfg = ModelConfig(
+        vocab_size=40,
+        n_layer=3,
+        n_head=4,
+        n_kv_head=2,
+        d_model=32,
+        ffn_hidden=64,
+        max_frames=4,
+        grid_shape=[4, 4],
+        n_datasets=2,
+    )
     return PhysicsTransformer(cfg).eval()
 
 
@@ -49,9 +58,8 @@ def test_capture_returns_activations_of_the_right_shape(model):
         model(idx, (4, 4), torch.tensor([0, 1]))
     assert pooled["blocks.0.resid"][0].shape == (2, 32)
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(KeyError, match="blocks.7.resid"):
-        with capture(model, ["blocks.7.resid"]):
-            pass
+    with pytest.raises(KeyError, match="blocks.7.resid"), capture(model, ["blocks.7.resid"]):
+        pass
 
 
 def test_capture_during_cached_generation_sees_one_token_per_step(model):

@@ -7,7 +7,6 @@ import http.server
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,8 +64,9 @@ def test_deterministic_for_seed_and_epoch(shards):
 def test_resampled_gives_fixed_batch_count_per_rank(shards, workers):
     counts, streams = [], []
     for rank in range(3):
-        loader = make_loader(str(shards), "train", 4, num_workers=workers, resampled=True,
-                             batches_per_epoch=5, rank=rank, world_size=3)
+        loader = make_loader(
+            str(shards), "train", 4, num_workers=workers, resampled=True, batches_per_epoch=5, rank=rank, world_size=3
+        )
         keys = keys_of(loader)
         counts.append(len(keys))
         streams.append(keys)
@@ -94,12 +94,16 @@ def test_sequential_split_by_rank_is_disjoint_and_complete(shards):
 
 
 def test_dataset_weights_mix(shards):
-    batches = list(make_loader(str(shards), "train", 2, resampled=True, batches_per_epoch=60,
-                               dataset_weights={"alpha": 3.0, "beta": 1.0}))
+    batches = list(
+        make_loader(
+            str(shards), "train", 2, resampled=True, batches_per_epoch=60, dataset_weights={"alpha": 3.0, "beta": 1.0}
+        )
+    )
     frac = sum(b["dataset"] == "alpha" for b in batches) / len(batches)
     assert 0.6 < frac < 0.9
-    only = list(make_loader(str(shards), "train", 2, resampled=True, batches_per_epoch=5,
-                            dataset_weights={"beta": 1.0}))
+    only = list(
+        make_loader(str(shards), "train", 2, resampled=True, batches_per_epoch=5, dataset_weights={"beta": 1.0})
+    )
     assert {b["dataset"] for b in only} == {"beta"}
     with pytest.raises(DataError, match="unknown dataset 'gamma'"):
         WindowStream(str(shards), "train", 2, dataset_weights={"gamma": 1.0})
@@ -132,8 +136,8 @@ def test_reads_shards_over_http(shards):
         remote = list(make_loader(url, "test", 4, shuffle=False))
         local = list(make_loader(str(shards), "test", 4, shuffle=False))
         assert len(remote) == len(local) > 0
-        for r, l in zip(remote, local):
-            torch.testing.assert_close(r["input"], l["input"])
+        for from_url, from_dir in zip(remote, local):
+            torch.testing.assert_close(from_url["input"], from_dir["input"])
     finally:
         server.shutdown()
 

@@ -14,8 +14,18 @@ torch.set_num_threads(1)
 
 
 def small_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=64, ffn_hidden=128, max_frames=4,
-                grid_shape=[4, 4], n_spatial_dims=3, n_datasets=3)
+    base = dict(
+        vocab_size=50,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        d_model=64,
+        ffn_hidden=128,
+        max_frames=4,
+        grid_shape=[4, 4],
+        n_spatial_dims=3,
+        n_datasets=3,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -89,7 +99,7 @@ def test_causality():
     a, _ = model(idx, (4, 4), ds)
     b, _ = model(changed, (4, 4), ds)
     # logits[:, j] predicts idx[:, j] from idx[:, :j]: positions <= k cannot see token k.
-    assert torch.equal(a[0, :k + 1], b[0, :k + 1])
+    assert torch.equal(a[0, : k + 1], b[0, : k + 1])
     assert not torch.allclose(a[0, k + 1], b[0, k + 1])
 
 
@@ -128,8 +138,10 @@ def test_sampling_is_seeded_and_top1_is_greedy():
     model = make_model(seed=5)
     context = torch.randint(0, 50, (2, 1, 4, 4))
     ds = torch.tensor([0, 1])
-    runs = [model.generate_frames(context, 1, ds, temperature=1.0, top_k=10,
-                                  generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    runs = [
+        model.generate_frames(context, 1, ds, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
     greedy = model.generate_frames(context, 1, ds)
     top1 = model.generate_frames(context, 1, ds, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(1))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from physfm.cli.estimate import load_model_config
-from physfm.train.estimate import count_params
 from physfm.models.ar import PhysicsTransformer
+from physfm.train.estimate import count_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 NOMINAL = {"small": 100e6, "1b": 1e9, "12b": 12e9}
@@ -42,7 +42,6 @@ def test_4p5b_has_the_physix_shape():
     # not the 4.5B its name and PhysiX quote (18 layers would give 4.45B); the shape wins here.
     model, n = build_on_meta("4p5b")
     c = model.config
-    assert (c.n_layer, c.d_model, c.ffn_hidden, c.n_head, c.n_kv_head, c.vocab_size) == \
-        (16, 4096, 14336, 32, 8, 64000)
+    assert (c.n_layer, c.d_model, c.ffn_hidden, c.n_head, c.n_kv_head, c.vocab_size) == (16, 4096, 14336, 32, 8, 64000)
     assert n == pytest.approx(4.014e9, rel=0.01)
     assert n == count_params(c).total

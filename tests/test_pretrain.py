@@ -15,9 +15,17 @@ from physfm.train.pretrain import load_pretrain_config, run_pretrain
 from tests.datagen import make_token_shards
 
 TINY = [
-    "model.vocab_size=32", "model.grid_shape=[4,4]", "model.n_layer=2", "model.d_model=64",
-    "model.ffn_hidden=128", "model.max_frames=3", "trainer.logger=csv", "trainer.progress_bar=false",
-    "data.num_workers=0", "data.batch_size=8", "optim.warmup_steps=5",
+    "model.vocab_size=32",
+    "model.grid_shape=[4,4]",
+    "model.n_layer=2",
+    "model.d_model=64",
+    "model.ffn_hidden=128",
+    "model.max_frames=3",
+    "trainer.logger=csv",
+    "trainer.progress_bar=false",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "optim.warmup_steps=5",
 ]
 
 
@@ -27,9 +35,7 @@ def tokens(tmp_path_factory) -> Path:
 
 
 def config(tokens: Path, out: Path, *extra: str):
-    return load_pretrain_config(
-        "configs/pretrain/tiny.yaml", TINY + [f"data.tokens=[{tokens}]", f"out={out}", *extra]
-    )
+    return load_pretrain_config("configs/pretrain/tiny.yaml", TINY + [f"data.tokens=[{tokens}]", f"out={out}", *extra])
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -37,8 +43,17 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_and_run_dir_is_complete(tokens, tmp_path):
-    out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=60", "trainer.checkpoint_every=20",
-                              "trainer.keep_last=2", "trainer.log_every=5", "optim.lr=3e-3"))
+    out = run_pretrain(
+        config(
+            tokens,
+            tmp_path / "run",
+            "trainer.max_steps=60",
+            "trainer.checkpoint_every=20",
+            "trainer.keep_last=2",
+            "trainer.log_every=5",
+            "optim.lr=3e-3",
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     history = metrics["loss_history"]
     assert metrics["steps"] == 60
@@ -92,8 +107,17 @@ def test_nonfinite_loss_skip_leaves_weights_untouched(tokens, tmp_path, monkeypa
     from physfm.train.module import ARModule
 
     monkeypatch.setattr(ARModule, "loss", nan_at(6))
-    out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=12", "trainer.checkpoint_every=1",
-                              "trainer.keep_last=20", "trainer.nonfinite_loss=skip", "optim.weight_decay=0.1"))
+    out = run_pretrain(
+        config(
+            tokens,
+            tmp_path / "run",
+            "trainer.max_steps=12",
+            "trainer.checkpoint_every=1",
+            "trainer.keep_last=20",
+            "trainer.nonfinite_loss=skip",
+            "optim.weight_decay=0.1",
+        )
+    )
     before = weights(out / "checkpoints" / "step=0000006.ckpt")
     after = weights(out / "checkpoints" / "step=0000007.ckpt")
     for key in before:
@@ -117,7 +141,9 @@ def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     from physfm.inference.loading import load_ar_model
 
     out = run_pretrain(config(tokens, tmp_path / "run", "trainer.max_steps=6", "trainer.checkpoint_every=3"))
-    assert main(["export", "--ckpt", str(out / "checkpoints" / "step=0000006.ckpt"), "--out", str(tmp_path / "exp")]) == 0
+    assert (
+        main(["export", "--ckpt", str(out / "checkpoints" / "step=0000006.ckpt"), "--out", str(tmp_path / "exp")]) == 0
+    )
     exported, info = load_ar_model(tmp_path / "exp")
     from_run, _ = load_ar_model(out)  # a run dir resolves to its newest checkpoint
     assert info["dataset_names"] == ["alpha", "beta"] and info["n_context_frames"] == 2

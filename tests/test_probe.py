@@ -80,10 +80,45 @@ def test_probe_cli(setup, tmp_path, capsys):
     from physfm.cli import main
 
     tokens, export = setup
-    rc = main(["probe", "--ckpt", str(export), "--data", str(tokens), "--target", "nu", "--out", str(tmp_path / "p"),
-               "--split", "test", "--points", "blocks.1.resid", "--group-by", "file", "--folds", "3"])
+    rc = main(
+        [
+            "probe",
+            "--ckpt",
+            str(export),
+            "--data",
+            str(tokens),
+            "--target",
+            "nu",
+            "--out",
+            str(tmp_path / "p"),
+            "--split",
+            "test",
+            "--points",
+            "blocks.1.resid",
+            "--group-by",
+            "file",
+            "--folds",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "blocks.1.resid" in out and "code histogram" in out
-    assert main(["probe", "--ckpt", str(export), "--data", str(tokens), "--target", "nu", "--out",
-                 str(tmp_path / "q"), "--select", "nu <"]) == 1
+    assert (
+        main(
+            [
+                "probe",
+                "--ckpt",
+                str(export),
+                "--data",
+                str(tokens),
+                "--target",
+                "nu",
+                "--out",
+                str(tmp_path / "q"),
+                "--select",
+                "nu <",
+            ]
+        )
+        == 1
+    )
     assert "selection" in capsys.readouterr().err

@@ -7,10 +7,10 @@ import torch
 
 from data_pipelines.errors import DataError
 from physfm.cli import main as physfm
+from physfm.eval.windows import evaluation_windows
+from physfm.inference import PhysicsModel
 from physfm.models.refiner import Refiner, RefinerConfig, load_refiner, save_refiner
 from physfm.train.refine import load_refine_config, run_refine
-from physfm.inference import PhysicsModel
-from physfm.eval.windows import evaluation_windows
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -28,8 +28,17 @@ def test_untrained_refiner_is_the_identity_in_1d_2d_3d(n_dims, shape):
 @pytest.fixture(scope="module")
 def refined(tmp_path_factory):
     paths = build_tiny_model(tmp_path_factory.mktemp("refine"), datasets=("ripples", "waves"))
-    cfg = load_refine_config(None, [f"ckpt={paths['export']}", f"data.shards={paths['shards']}", "train.steps=80",
-                                    "train.log_every=20", "data.n_windows=16", "model.width=8"])
+    cfg = load_refine_config(
+        None,
+        [
+            f"ckpt={paths['export']}",
+            f"data.shards={paths['shards']}",
+            "train.steps=80",
+            "train.log_every=20",
+            "data.n_windows=16",
+            "model.width=8",
+        ],
+    )
     out = run_refine(cfg, log=None)
     return paths, out
 

@@ -8,8 +8,8 @@ import torch
 
 from data_pipelines.errors import DataError
 from data_pipelines.well_io import WellReader
-from physfm.inference import PhysicsModel
 from physfm.eval.windows import evaluation_windows
+from physfm.inference import PhysicsModel
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -20,8 +20,9 @@ def tiny(tmp_path_factory):
 
 
 def first_batch(paths, horizon, dataset="waves", batch_size=6):
-    return next(b for b in evaluation_windows(paths["shards"], "test", horizon, batch_size=batch_size)
-                if b.dataset == dataset)
+    return next(
+        b for b in evaluation_windows(paths["shards"], "test", horizon, batch_size=batch_size) if b.dataset == dataset
+    )
 
 
 def test_cached_and_uncached_greedy_rollouts_give_the_same_tokens(tiny):
@@ -113,8 +114,11 @@ def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
         frames = reader.frames(meta["trajectory"], meta["start"], meta["start"] + 5)
     assert np.array_equal(shard_batch.truth[0].numpy(), frames[4:])
     # A cap keeps windows spread over every trajectory, not the first N of one.
-    capped = [m for b in evaluation_windows(paths["shards"], "test", horizon, max_windows=4, datasets=["waves"])
-              for m in b.meta]
+    capped = [
+        m
+        for b in evaluation_windows(paths["shards"], "test", horizon, max_windows=4, datasets=["waves"])
+        for m in b.meta
+    ]
     assert len(capped) == 4 and {m["trajectory"] for m in capped} == {0, 1}
     with pytest.raises(DataError, match="lower the horizon"):
         list(evaluation_windows(paths["shards"], "test", 11))

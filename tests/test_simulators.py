@@ -8,14 +8,17 @@ import pytest
 from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
     SIMULATORS,
+    burgers1d,
+    gray_scott2d,
+    navier_stokes2d,
     parameter_grid,
     parse_sweep,
     persistence_vrmse,
     simulate_dataset,
     simulate_trajectories,
     split_counts,
+    wave2d,
 )
-from data_pipelines.simulators import burgers1d, gray_scott2d, navier_stokes2d, wave2d
 from data_pipelines.simulators.common import periodic_grid
 
 # ------------------------------------------------------------------------------------ Navier–Stokes
@@ -129,8 +132,9 @@ def test_gray_scott_uniform_state_follows_reaction_kinetics():
         return [-u * v * v + feed * (1 - u), u * v * v - (feed + kill) * v]
 
     ref = solve_ivp(kinetics, (0, t_end), [u0, v0], rtol=1e-10, atol=1e-12).y[:, -1]
-    u, v = gray_scott2d.integrate(np.full((1, 8, 8), u0), np.full((1, 8, 8), v0), feed, kill, n_frames=1,
-                                  steps_per_frame=int(t_end / dt), dt=dt)
+    u, v = gray_scott2d.integrate(
+        np.full((1, 8, 8), u0), np.full((1, 8, 8), v0), feed, kill, n_frames=1, steps_per_frame=int(t_end / dt), dt=dt
+    )
     np.testing.assert_allclose([u[0, 0].mean(), v[0, 0].mean()], ref, rtol=2e-3)
     assert np.ptp(u) < 1e-12  # stays uniform: diffusion of a constant is zero
 
@@ -153,7 +157,7 @@ def test_wave_travelling_plane_wave_matches_analytic():
     X, Y = np.meshgrid(x, x, indexing="ij")
     k = 2 * np.pi * np.array([3.0, -2.0])  # wave vector on the unit square
     k_abs, times = np.linalg.norm(k), np.array([0.0, 0.13, 0.5, 2.0])
-    phase = lambda t: k[0] * X + k[1] * Y - c * k_abs * t  # noqa: E731
+    phase = lambda t: k[0] * X + k[1] * Y - c * k_abs * t
     p0 = np.cos(phase(0))[None]
     v0 = (np.stack([k[0], k[1]]) / k_abs / c * np.cos(phase(0))[..., None])[None]
     p, v = wave2d.propagate(p0, v0, c, times)
@@ -222,8 +226,16 @@ def test_simulate_dataset_writes_the_well_layout(tmp_path):
     from data_pipelines.well_io import read_well
 
     lines = []
-    out = simulate_dataset("wave2d", tmp_path / "wave", n_traj=5, n_steps=11, resolution=16,
-                           params={"c": parse_sweep("lin:0.5:1.5:3")}, seed=1, log=lines.append)
+    out = simulate_dataset(
+        "wave2d",
+        tmp_path / "wave",
+        n_traj=5,
+        n_steps=11,
+        resolution=16,
+        params={"c": parse_sweep("lin:0.5:1.5:3")},
+        seed=1,
+        log=lines.append,
+    )
     assert out == tmp_path / "wave" and len(lines) == 9 and "persistence VRMSE" in lines[0]
     counts = {"train": 3, "valid": 1, "test": 1}
     for split, n in counts.items():
@@ -236,7 +248,9 @@ def test_simulate_dataset_writes_the_well_layout(tmp_path):
             assert data.simulation_parameters == {"c": float(f.stem.split("_")[-1])}
             assert {s.name for s in data.scalars} == {"c"}
             assert {bc.name: bc.bc_type for bc in data.boundary_conditions} == {
-                "x_periodic": "PERIODIC", "y_periodic": "PERIODIC"}
+                "x_periodic": "PERIODIC",
+                "y_periodic": "PERIODIC",
+            }
     # trajectory i starts from the same pulses at every c: with v0 = 0 the pressure depends on c·t only,
     # so frame 0 at c = 1 (c·t = 0.2) is frame 10 at c = 0.5 (c·t = 0.5 · (0.2 + 10 · 0.02))
     slow = read_well(out / "data" / "train" / "wave2d_c_0.5.hdf5").frames
@@ -272,8 +286,22 @@ def test_cli_simulate(tmp_path, capsys):
     listing = capsys.readouterr().out
     assert all(name in listing for name in SIMULATORS) and "nu=0.01,0.1" in listing
     out = tmp_path / "burgers"
-    argv = ["simulate", "burgers1d", "--out", str(out), "--n-traj", "3", "--n-steps", "4", "--resolution", "32",
-            "--param-sweep", "nu=log:0.01:0.1:2", "--seed", "3"]
+    argv = [
+        "simulate",
+        "burgers1d",
+        "--out",
+        str(out),
+        "--n-traj",
+        "3",
+        "--n-steps",
+        "4",
+        "--resolution",
+        "32",
+        "--param-sweep",
+        "nu=log:0.01:0.1:2",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 6 and all("persistence VRMSE" in line for line in printed)

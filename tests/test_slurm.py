@@ -26,8 +26,17 @@ from tests.test_pretrain import TINY
 
 SLURM_DIR = REPO_ROOT / "scripts" / "slurm"
 LOCAL_CLUSTER = SLURM_DIR / "local_cluster.sh"
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-            "DEADLINE", "PREEMPTED"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -44,8 +53,13 @@ class Cluster:
 
 
 def _cluster(action: str, *args: str, base: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(LOCAL_CLUSTER), action, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "SLURM_BASE": str(base)})
+    return subprocess.run(
+        ["bash", str(LOCAL_CLUSTER), action, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "SLURM_BASE": str(base)},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +86,13 @@ def job_env(**extra: str) -> dict[str, str]:
 
 
 def sbatch(script: str, *args: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None) -> int:
-    proc = subprocess.run(["sbatch", "--parsable", f"--chdir={REPO_ROOT}", *options, str(SLURM_DIR / script), *args],
-                          capture_output=True, text=True, env=env or job_env(), timeout=30)
+    proc = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={REPO_ROOT}", *options, str(SLURM_DIR / script), *args],
+        capture_output=True,
+        text=True,
+        env=env or job_env(),
+        timeout=30,
+    )
     assert proc.returncode == 0, f"sbatch {script} failed: {proc.stderr}"
     return int(proc.stdout.strip().split(";")[0])
 
@@ -124,15 +143,24 @@ def assert_completed(cluster: Cluster, job_id: int, log: Path | None = None) -> 
 
 
 def pretrain_args(tokens: Path, *extra: str) -> list[str]:
-    return ["--config", "configs/pretrain/tiny.yaml", *TINY, f"data.tokens=[{tokens}]", "trainer.val_every=0",
-            *extra]
+    return ["--config", "configs/pretrain/tiny.yaml", *TINY, f"data.tokens=[{tokens}]", "trainer.val_every=0", *extra]
 
 
 def submit_pretrain(tmp_path: Path, nodes: int, tasks_per_node: int, *args: str) -> tuple[int, Path, Path]:
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    job = sbatch("pretrain.sbatch", *args, env=job_env(RUN_DIR=str(run_dir)), options=(
-        f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}", "--gpus-per-node=0", "--cpus-per-task=1",
-        "--time=10", f"--output={log}"))
+    job = sbatch(
+        "pretrain.sbatch",
+        *args,
+        env=job_env(RUN_DIR=str(run_dir)),
+        options=(
+            f"--nodes={nodes}",
+            f"--ntasks-per-node={tasks_per_node}",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--output={log}",
+        ),
+    )
     return job, run_dir, log
 
 
@@ -159,15 +187,27 @@ def check_trained(run_dir: Path, steps: int) -> dict:
 # ----------------------------------------------------------------------------- pretraining
 @pytest.mark.slow
 @pytest.mark.slurm
-@pytest.mark.parametrize("nodes,tasks_per_node,strategy", [
-    pytest.param(1, 2, ["strategy.name=deepspeed", "strategy.zero_stage=2"], id="1node-2tasks-zero2"),
-    pytest.param(2, 1, ["strategy.name=ddp"], id="2nodes-1task-ddp"),
-])
+@pytest.mark.parametrize(
+    "nodes,tasks_per_node,strategy",
+    [
+        pytest.param(1, 2, ["strategy.name=deepspeed", "strategy.zero_stage=2"], id="1node-2tasks-zero2"),
+        pytest.param(2, 1, ["strategy.name=ddp"], id="2nodes-1task-ddp"),
+    ],
+)
 def test_pretrain_sbatch_completes_and_learns(cluster, tokens, tmp_path, nodes, tasks_per_node, strategy):
     job, run_dir, log = submit_pretrain(
-        tmp_path, nodes, tasks_per_node,
-        *pretrain_args(tokens, "trainer.max_steps=40", "trainer.checkpoint_every=20", "trainer.log_every=5",
-                       "optim.lr=3e-3", *strategy))
+        tmp_path,
+        nodes,
+        tasks_per_node,
+        *pretrain_args(
+            tokens,
+            "trainer.max_steps=40",
+            "trainer.checkpoint_every=20",
+            "trainer.log_every=5",
+            "optim.lr=3e-3",
+            *strategy,
+        ),
+    )
     wait_for_job(job, timeout=150, log=log)
     record = assert_completed(cluster, job, log)
     assert record["NumNodes"] == str(nodes) and record["NumTasks"] == str(nodes * tasks_per_node)
@@ -186,11 +226,21 @@ def test_pretrain_sbatch_completes_and_learns(cluster, tokens, tmp_path, nodes, 
 def test_sigusr1_checkpoints_requeues_and_resumes(cluster, tokens, tmp_path):
     jobcomp_start = cluster.jobcomp_size()
     job, run_dir, log = submit_pretrain(
-        tmp_path, 2, 1,
-        *pretrain_args(tokens, "trainer.max_steps=200", "trainer.checkpoint_every=10", "trainer.keep_last=30",
-                       "trainer.log_every=5", "optim.lr=3e-3", "strategy.name=ddp",
-                       # A loader worker process per rank: Slurm signals it too, and it must survive.
-                       "data.num_workers=1"))
+        tmp_path,
+        2,
+        1,
+        *pretrain_args(
+            tokens,
+            "trainer.max_steps=200",
+            "trainer.checkpoint_every=10",
+            "trainer.keep_last=30",
+            "trainer.log_every=5",
+            "optim.lr=3e-3",
+            "strategy.name=ddp",
+            # A loader worker process per rank: Slurm signals it too, and it must survive.
+            "data.num_workers=1",
+        ),
+    )
     deadline = time.monotonic() + 120
     while not list((run_dir / "checkpoints").glob("step=*.ckpt")):  # training (and its handler) is up
         state = (job_records(job) or [{}])[0].get("JobState")
@@ -237,8 +287,23 @@ def test_array_sharding_matches_a_single_run(cluster, tmp_path):
     shard_datasets([reference], tmp_path / "single", max_shard_mb=0.05)
     out = tmp_path / "shards"
     env = job_env(SHARD_SBATCH_ARGS=f"--output={tmp_path}/%x-%j.out --cpus-per-task=1 --chdir={REPO_ROOT}")
-    proc = subprocess.run(["bash", str(SLURM_DIR / "shard.sh"), "--parts", "3", str(dataset), "--out", str(out),
-                           "--max-shard-mb", "0.05"], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(SLURM_DIR / "shard.sh"),
+            "--parts",
+            "3",
+            str(dataset),
+            "--out",
+            str(out),
+            "--max-shard-mb",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     ids = dict(re.findall(r"^(\w+_job)=(\d+)$", proc.stdout, re.M))
     assert set(ids) == {"stats_job", "array_job", "merge_job"}, proc.stdout
@@ -267,14 +332,31 @@ def test_array_sharding_matches_a_single_run(cluster, tmp_path):
 @pytest.mark.slurm
 def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
     log = tmp_path / "job.out"
-    job = sbatch("finetune.sbatch", "--config", "configs/finetune/x.yaml", "--from", "runs/p", "--data", "d",
-                 "trainer.max_steps=3", options=("--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
-                                                 "--cpus-per-task=1", "--time=2", f"--output={log}"),
-                 env=job_env(PHYSFM="echo physfm", RUN_DIR=str(tmp_path / "ft")))
+    job = sbatch(
+        "finetune.sbatch",
+        "--config",
+        "configs/finetune/x.yaml",
+        "--from",
+        "runs/p",
+        "--data",
+        "d",
+        "trainer.max_steps=3",
+        options=(
+            "--nodes=1",
+            "--ntasks-per-node=1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=2",
+            f"--output={log}",
+        ),
+        env=job_env(PHYSFM="echo physfm", RUN_DIR=str(tmp_path / "ft")),
+    )
     wait_for_job(job, timeout=60, log=log)
     assert_completed(cluster, job, log)
-    assert (f"0: physfm finetune --out {tmp_path / 'ft'} --config configs/finetune/x.yaml --from runs/p --data d "
-            "trainer.max_steps=3 strategy.accelerator=cpu strategy.process_group_backend=gloo") in log.read_text()
+    assert (
+        f"0: physfm finetune --out {tmp_path / 'ft'} --config configs/finetune/x.yaml --from runs/p --data d "
+        "trainer.max_steps=3 strategy.accelerator=cpu strategy.process_group_backend=gloo"
+    ) in log.read_text()
 
 
 @pytest.mark.slow
@@ -287,13 +369,32 @@ def test_finetune_sbatch_runs_deepspeed_on_two_nodes(cluster, tmp_path):
     pretrained = build_tiny_model(tmp_path / "pre")["export"]
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     run_dir, log = tmp_path / "ft", tmp_path / "job.out"
-    job = sbatch("finetune.sbatch", "--config", "configs/finetune/tiny.yaml", "--from", str(pretrained),
-                 "--data", str(data), "trainer.max_steps=6", "trainer.checkpoint_every=6", "data.batch_size=4",
-                 "finetune.tokenizer_steps=5", "finetune.eval_max_windows=4", "finetune.eval_horizons=[1,2]",
-                 "strategy.name=deepspeed", "strategy.zero_stage=2",
-                 options=("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1",
-                          "--time=10", f"--output={log}"),
-                 env=job_env(RUN_DIR=str(run_dir)))
+    job = sbatch(
+        "finetune.sbatch",
+        "--config",
+        "configs/finetune/tiny.yaml",
+        "--from",
+        str(pretrained),
+        "--data",
+        str(data),
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every=6",
+        "data.batch_size=4",
+        "finetune.tokenizer_steps=5",
+        "finetune.eval_max_windows=4",
+        "finetune.eval_horizons=[1,2]",
+        "strategy.name=deepspeed",
+        "strategy.zero_stage=2",
+        options=(
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=10",
+            f"--output={log}",
+        ),
+        env=job_env(RUN_DIR=str(run_dir)),
+    )
     wait_for_job(job, timeout=240, log=log)
     record = assert_completed(cluster, job, log)
     assert record["NumNodes"] == "2" and record["NumTasks"] == "2"
@@ -310,8 +411,13 @@ def test_finetune_sbatch_runs_deepspeed_on_two_nodes(cluster, tmp_path):
 def launch(env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run launch.sh's checks with a faked Slurm environment (they fail before srun is reached)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    return subprocess.run(["bash", "-c", f"source {SLURM_DIR / 'launch.sh'}; physfm_launch pretrain --config c"],
-                          capture_output=True, text=True, env={**base, **env}, timeout=30)
+    return subprocess.run(
+        ["bash", "-c", f"source {SLURM_DIR / 'launch.sh'}; physfm_launch pretrain --config c"],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=30,
+    )
 
 
 def test_launch_refuses_a_bad_gpu_layout():
@@ -330,8 +436,8 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
     the same config then resumes from that checkpoint and finishes."""
     import signal
 
-    from physfm.train.pretrain import load_pretrain_config, run_pretrain
     from physfm.train.module import STOPPED_EXIT_CODE, ARModule, TrainingStopped
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
     from tests.datagen import make_token_shards
 
     handler_before = signal.getsignal(signal.SIGUSR1)
@@ -347,9 +453,17 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
         return original(self, batch)
 
     monkeypatch.setattr(ARModule, "loss", loss)
-    cfg = lambda: load_pretrain_config("configs/pretrain/tiny.yaml", TINY + [  # noqa: E731
-        f"data.tokens=[{tokens}]", f"out={tmp_path / 'run'}", "trainer.max_steps=12", "trainer.val_every=0",
-        "trainer.checkpoint_every=100"])
+    cfg = lambda: load_pretrain_config(
+        "configs/pretrain/tiny.yaml",
+        TINY
+        + [
+            f"data.tokens=[{tokens}]",
+            f"out={tmp_path / 'run'}",
+            "trainer.max_steps=12",
+            "trainer.val_every=0",
+            "trainer.checkpoint_every=100",
+        ],
+    )
     with pytest.raises(TrainingStopped) as stopped:
         run_pretrain(cfg())
     assert stopped.value.step == 6 and stopped.value.exit_code == STOPPED_EXIT_CODE == 75

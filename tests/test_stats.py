@@ -30,8 +30,9 @@ def full_frames(root):
 
 @pytest.mark.parametrize("n_dims,offset", [(1, 0.0), (2, 1000.0), (3, -5.0)])
 def test_stats_equal_numpy_on_full_array(tmp_path, n_dims, offset):
-    root = make_dataset(tmp_path, n_files=3, n_dims=n_dims, offset=offset, n_traj=2, n_steps=7,
-                        size=4 if n_dims == 3 else 6)
+    root = make_dataset(
+        tmp_path, n_files=3, n_dims=n_dims, offset=offset, n_traj=2, n_steps=7, size=4 if n_dims == 3 else 6
+    )
     # a tiny chunk forces many chunk merges and chunk borders inside each trajectory
     stats = compute_stats(root, max_chunk_values=50)
     x, fields, dims = full_frames(root)
@@ -39,8 +40,11 @@ def test_stats_equal_numpy_on_full_array(tmp_path, n_dims, offset):
     axes = tuple(i for i in range(x.ndim) if i != 2)  # all but channels
     delta = np.diff(x, axis=1)
     want = {
-        "mean": x.mean(axis=axes), "std": x.std(axis=axes), "rms": np.sqrt((x**2).mean(axis=axes)),
-        "mean_delta": delta.mean(axis=axes), "std_delta": delta.std(axis=axes),
+        "mean": x.mean(axis=axes),
+        "std": x.std(axis=axes),
+        "rms": np.sqrt((x**2).mean(axis=axes)),
+        "mean_delta": delta.mean(axis=axes),
+        "std_delta": delta.std(axis=axes),
         "rms_delta": np.sqrt((delta**2).mean(axis=axes)),
     }
     for key, value in want.items():

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from physfm.eval.physics_stats import (
-    dominant_wavelength, enstrophy, kinetic_energy_spectrum, physics_statistics, radial_spectrum, spectral_slope,
+    dominant_wavelength,
+    enstrophy,
+    kinetic_energy_spectrum,
+    physics_statistics,
+    radial_spectrum,
+    spectral_slope,
 )
 from physfm.interp.steer import Direction, direction_from_samples, load_direction, save_direction, steering, steering_fn
 from physfm.interp.steer_rollout import dose_response, infer_target, parse_alphas
@@ -37,9 +42,17 @@ def test_planted_direction_is_recovered(method):
 def test_direction_file_round_trip_and_refusal(tmp_path):
     from data_pipelines.errors import DataError
 
-    path = save_direction(tmp_path / "d.safetensors", {"blocks.1.resid": torch.ones(*GRID, 32)},
-                          {"format": "physfm-direction", "points": ["blocks.1.resid"], "feature": "nu>=4e-3",
-                           "control": "nu<2e-3", "model_fingerprint": "abc"})
+    path = save_direction(
+        tmp_path / "d.safetensors",
+        {"blocks.1.resid": torch.ones(*GRID, 32)},
+        {
+            "format": "physfm-direction",
+            "points": ["blocks.1.resid"],
+            "feature": "nu>=4e-3",
+            "control": "nu<2e-3",
+            "model_fingerprint": "abc",
+        },
+    )
     d = load_direction(path)
     assert d.points == ["blocks.1.resid"] and d.vectors["blocks.1.resid"].shape == (*GRID, 32)
     assert json.loads((tmp_path / "d.safetensors.json").read_text())["feature"] == "nu>=4e-3"
@@ -71,8 +84,10 @@ def test_steering_adds_alpha_times_the_token_norm_on_frame_tokens_only():
 
 def test_alpha_zero_reproduces_the_unsteered_rollout_exactly():
     model = tiny_model()
-    direction = Direction({"blocks.0.resid": torch.randn(*GRID, 32), "blocks.1.resid": torch.randn(*GRID, 32)},
-                          {"points": ["blocks.0.resid", "blocks.1.resid"]})
+    direction = Direction(
+        {"blocks.0.resid": torch.randn(*GRID, 32), "blocks.1.resid": torch.randn(*GRID, 32)},
+        {"points": ["blocks.0.resid", "blocks.1.resid"]},
+    )
     context = torch.randint(0, 16, (3, N_CONTEXT, *GRID), generator=torch.Generator().manual_seed(1))
     ids = torch.zeros(3, dtype=torch.long)
     plain = model.generate_frames(context, 3, ids)
@@ -151,25 +166,79 @@ def test_steer_direction_and_rollout_cli(tmp_path, capsys):
     paths = build_tiny_model(tmp_path)  # each split's file has one "speed": 0.3 train, 0.4 valid, 0.5 test
     export, shards = str(paths["export"]), str(paths["shards"])
     direction = tmp_path / "speed.safetensors"
-    rc = main(["steer", "direction", "--ckpt", export, "--data", shards, "--feature", "speed>=0.45",
-               "--control", "speed<0.35", "--layer", "1", "--layer", "blocks.0.resid", "--split", "train,test",
-               "--out", str(direction)])
+    rc = main(
+        [
+            "steer",
+            "direction",
+            "--ckpt",
+            export,
+            "--data",
+            shards,
+            "--feature",
+            "speed>=0.45",
+            "--control",
+            "speed<0.35",
+            "--layer",
+            "1",
+            "--layer",
+            "blocks.0.resid",
+            "--split",
+            "train,test",
+            "--out",
+            str(direction),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     d = load_direction(direction)
     assert d.points == ["blocks.1.resid", "blocks.0.resid"] and d.vectors["blocks.1.resid"].shape == (4, 4, 32)
-    assert d.meta["counts"]["feature"] > 0 and d.meta["counts"]["control"] > 0 and len(d.meta["model_fingerprint"]) == 64
+    assert (
+        d.meta["counts"]["feature"] > 0 and d.meta["counts"]["control"] > 0 and len(d.meta["model_fingerprint"]) == 64
+    )
     out = tmp_path / "steer"
-    rc = main(["steer", "rollout", "--ckpt", export, "--data", shards, "--direction", str(direction),
-               "--alpha=-1,0,1", "--out", str(out), "--horizon", "2", "--max-windows", "3",
-               "--spatial-mode", "mean"])
+    rc = main(
+        [
+            "steer",
+            "rollout",
+            "--ckpt",
+            export,
+            "--data",
+            shards,
+            "--direction",
+            str(direction),
+            "--alpha=-1,0,1",
+            "--out",
+            str(out),
+            "--horizon",
+            "2",
+            "--max-windows",
+            "3",
+            "--spatial-mode",
+            "mean",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
     assert m["alpha0_identical"] is True and m["target"] == "speed" and m["n_windows"] == 3
     assert set(m["curves"]) >= {"probe speed", "spectral_wavelength"} and len(m["curves"]["probe speed"]["mean"]) == 3
     for name in ("report.md", "dose_response.png", "steered_frames.png", "probe/probe.safetensors"):
         assert (out / name).is_file(), name
-    assert main(["steer", "rollout", "--ckpt", export, "--data", shards, "--direction", str(tmp_path / "nope"),
-                 "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "steer",
+                "rollout",
+                "--ckpt",
+                export,
+                "--data",
+                shards,
+                "--direction",
+                str(tmp_path / "nope"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
 
 
 @pytest.mark.slow

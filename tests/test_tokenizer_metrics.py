@@ -10,9 +10,17 @@ def _well_meta(n_dims: int, shape, n_fields: int):
     from the_well.data.datasets import WellMetadata
 
     return WellMetadata(
-        dataset_name="t", n_spatial_dims=n_dims, spatial_resolution=tuple(shape), scalar_names=[],
-        constant_scalar_names=[], field_names={0: [f"f{i}" for i in range(n_fields)]}, constant_field_names={},
-        boundary_condition_types=["PERIODIC"], n_files=1, n_trajectories_per_file=[1], n_steps_per_trajectory=[5],
+        dataset_name="t",
+        n_spatial_dims=n_dims,
+        spatial_resolution=tuple(shape),
+        scalar_names=[],
+        constant_scalar_names=[],
+        field_names={0: [f"f{i}" for i in range(n_fields)]},
+        constant_field_names={},
+        boundary_condition_types=["PERIODIC"],
+        n_files=1,
+        n_trajectories_per_file=[1],
+        n_steps_per_trajectory=[5],
     )
 
 
@@ -39,7 +47,9 @@ def test_vrmse_is_one_for_the_spatial_mean_and_zero_for_the_truth():
     true = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     mean = true.mean(dim=(-2, -1), keepdim=True).expand_as(true)
     n = 64 * 64
-    assert torch.allclose(vrmse(mean, true, 2), torch.full((2, 3), ((n - 1) / n) ** 0.5, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        vrmse(mean, true, 2), torch.full((2, 3), ((n - 1) / n) ** 0.5, dtype=torch.float64), atol=1e-6
+    )
     assert torch.all(vrmse(true, true, 2) == 0)
 
 
@@ -75,9 +85,9 @@ def test_vmse_loss_is_mean_squared_vrmse_with_eps_and_weights_fields_equally():
     # With eps 0 the loss is the mean of VRMSE² (VRMSE's own eps aside).
     assert torch.isclose(reconstruction_loss(pred, true, cfg, 2), (vrmse(pred, true, 2) ** 2).mean(), rtol=1e-4)
     # Equal relative errors give equal per-field losses under vmse, but not under plain mse.
-    per_field = [reconstruction_loss(pred[:, :, c:c + 1], true[:, :, c:c + 1], cfg, 2) for c in (0, 1)]
+    per_field = [reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], cfg, 2) for c in (0, 1)]
     assert torch.isclose(per_field[0], per_field[1], rtol=0.1)
-    mse = [reconstruction_loss(pred[:, :, c:c + 1], true[:, :, c:c + 1], LossConfig(kind="mse"), 2) for c in (0, 1)]
+    mse = [reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], LossConfig(kind="mse"), 2) for c in (0, 1)]
     assert mse[1] > 50 * mse[0]
     # eps keeps a near-constant frame from dominating: the loss stays bounded.
     flat = torch.full_like(true, 3.0)

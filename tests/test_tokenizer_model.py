@@ -20,15 +20,14 @@ SHAPES = {1: (32,), 2: (16, 16), 3: (8, 8, 8)}
 @pytest.mark.parametrize("ct", [1, 2, 4])
 def test_round_trip_shapes_1d_2d_3d(n_dims, ct):
     torch.manual_seed(0)
-    tok = Tokenizer(small(n_dims, temporal_compression=ct, spatial_compression=4),
-                    {"a": DatasetSpec(["u", "v", "w"])})
+    tok = Tokenizer(small(n_dims, temporal_compression=ct, spatial_compression=4), {"a": DatasetSpec(["u", "v", "w"])})
     x = torch.randn(2, 5, 3, *SHAPES[n_dims])
     recon, ids = tok(x, "a")
     assert recon.shape == x.shape
     grid = tok.token_grid(5, SHAPES[n_dims])
     assert ids.shape == (2, *grid) and grid[0] == 1 + 4 // ct
     assert tuple(grid[1:]) == tuple(s // 4 for s in SHAPES[n_dims])
-    assert ids.dtype == torch.int64 and 0 <= ids.min() and ids.max() < 1000
+    assert ids.dtype == torch.int64 and ids.min() >= 0 and ids.max() < 1000
     decoded = tok.decode(ids, "a", n_frames=5)
     assert torch.allclose(decoded, recon, atol=1e-5)  # decode(encode(x)) is the forward pass
 
@@ -98,8 +97,15 @@ def test_new_dataset_trains_its_head_with_frozen_trunk_and_old_dataset_is_unchan
     assert {id(p) for p in trainable} == {id(p) for p in tok.dataset_parameters("new")}
     opt = torch.optim.Adam(trainable, lr=1e-2)
     grid = torch.linspace(0, 6.28, 16)
-    x_new = torch.sin(grid[None, None, None, :, None] + grid[None, None, None, None, :]
-                      + torch.arange(5.0)[None, :, None, None, None] * 0.3).expand(2, 5, 3, 16, 16).contiguous()
+    x_new = (
+        torch.sin(
+            grid[None, None, None, :, None]
+            + grid[None, None, None, None, :]
+            + torch.arange(5.0)[None, :, None, None, None] * 0.3
+        )
+        .expand(2, 5, 3, 16, 16)
+        .contiguous()
+    )
     losses = []
     for _ in range(25):
         recon, _ = tok(x_new, "new")

@@ -15,16 +15,24 @@ from tokenizer.checkpoint import fingerprint, load_tokenizer, save_tokenizer
 from tokenizer.encode import decode_shards, encode_shards, read_token_shards
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
-TINY = ["model.width=8", "model.max_width=16", "data.batch_size=4", "trainer.wandb=false",
-        "trainer.verbose=false", "data.val_batches=1", "trainer.max_steps=4"]
+TINY = [
+    "model.width=8",
+    "model.max_width=16",
+    "data.batch_size=4",
+    "trainer.wandb=false",
+    "trainer.verbose=false",
+    "data.val_batches=1",
+    "trainer.max_steps=4",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
     shards = write_wave_shards(root / "shards", {"waves": (["u", "v"], (16, 16)), "big": (["p"], (32, 32))})
-    cfg = load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml",
-                      [f"data.shards={shards}", f"out={root / 'run'}", *TINY])
+    cfg = load_config(
+        TokenizerTrainConfig, "configs/tokenizer/tiny.yaml", [f"data.shards={shards}", f"out={root / 'run'}", *TINY]
+    )
     ckpt = train_tokenizer(cfg)
     return root, shards, ckpt
 
@@ -88,33 +96,71 @@ def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tm
         decode_shards(other, tokens, tmp_path / "decoded2")
     with pytest.raises(DataError, match="encoded by tokenizer"):
         next(read_token_shards(tokens, other, "train"))
-    assert physfm(["tokenizer", "decode", "--ckpt", str(other), "--tokens", str(tokens),
-                   "--out", str(tmp_path / "d3")]) == 1
+    assert (
+        physfm(["tokenizer", "decode", "--ckpt", str(other), "--tokens", str(tokens), "--out", str(tmp_path / "d3")])
+        == 1
+    )
 
 
 def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
     root, shards, ckpt = trained
-    new_shards = write_wave_shards(tmp_path / "new", {"waves": (["u", "v"], (16, 16)), "heat": (["T", "rho"], (16, 16))},
-                                   seed=5)
-    cfg = load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml",
-                      [f"data.shards={new_shards}", f"out={tmp_path / 'run2'}", *TINY, f"init.from_ckpt={ckpt}",
-                       "init.freeze_trunk=true", "init.freeze_known_datasets=true", "data.dataset_weights={heat: 1.0}"])
+    new_shards = write_wave_shards(
+        tmp_path / "new", {"waves": (["u", "v"], (16, 16)), "heat": (["T", "rho"], (16, 16))}, seed=5
+    )
+    cfg = load_config(
+        TokenizerTrainConfig,
+        "configs/tokenizer/tiny.yaml",
+        [
+            f"data.shards={new_shards}",
+            f"out={tmp_path / 'run2'}",
+            *TINY,
+            f"init.from_ckpt={ckpt}",
+            "init.freeze_trunk=true",
+            "init.freeze_known_datasets=true",
+            "data.dataset_weights={heat: 1.0}",
+        ],
+    )
     extended = load_tokenizer(train_tokenizer(cfg))
     original = load_tokenizer(ckpt)
     assert set(extended.datasets) == {"waves", "big", "heat"}
     window = torch.randn(2, 5, 2, 16, 16)
     assert torch.equal(extended.encode(window, "waves"), original.encode(window, "waves"))
-    assert torch.equal(extended.decode(original.encode(window, "waves"), "waves"),
-                       original.decode(original.encode(window, "waves"), "waves"))
+    assert torch.equal(
+        extended.decode(original.encode(window, "waves"), "waves"),
+        original.decode(original.encode(window, "waves"), "waves"),
+    )
     assert all(torch.equal(a, b) for a, b in zip(extended.trunk_parameters(), original.trunk_parameters()))
 
 
 def test_cli_train_and_encode(tmp_path, trained):
     root, shards, ckpt = trained
-    rc = physfm(["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "--out", str(tmp_path / "run"),
-                 f"data.shards={shards}", *TINY, "trainer.max_steps=2"])
+    rc = physfm(
+        [
+            "tokenizer",
+            "train",
+            "--config",
+            "configs/tokenizer/tiny.yaml",
+            "--out",
+            str(tmp_path / "run"),
+            f"data.shards={shards}",
+            *TINY,
+            "trainer.max_steps=2",
+        ]
+    )
     assert rc == 0 and (tmp_path / "run" / "checkpoint" / "tokenizer.safetensors").is_file()
-    rc = physfm(["tokenizer", "encode", "--ckpt", str(tmp_path / "run"), "--data", str(shards),
-                 "--out", str(tmp_path / "tokens"), "--split", "valid"])
+    rc = physfm(
+        [
+            "tokenizer",
+            "encode",
+            "--ckpt",
+            str(tmp_path / "run"),
+            "--data",
+            str(shards),
+            "--out",
+            str(tmp_path / "tokens"),
+            "--split",
+            "valid",
+        ]
+    )
     assert rc == 0 and list(read_manifest(tmp_path / "tokens")["splits"]) == ["valid"]
     assert physfm(["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "model.levelz=[2]"]) == 1

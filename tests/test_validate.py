@@ -72,6 +72,7 @@ def test_missing_root_attrs_and_groups(good_file):
         del f.attrs["grid_type"]
         del f.attrs["dataset_name"]
         del f["scalars"]
+
     text = one_line(problems_after(good_file, edit))
     assert "/: root attribute 'grid_type' missing" in text
     assert "/: root attribute 'dataset_name' missing" in text
@@ -101,6 +102,7 @@ def test_nonfinite_values_named_with_trajectory_and_time(good_file):
         f["t1_fields/v"][2, 4, 1, 1, 0] = np.inf
         f["t1_fields/v"][2, 1, 0, 0, 1] = np.nan
         f["t0_fields/u"][0, 5, 3, 3] = np.nan
+
     text = one_line(problems_after(good_file, edit))
     assert "t1_fields/v trajectory 2 time 1: NaN/Inf values at 2 time index(es): 1, 4" in text
     assert "t0_fields/u trajectory 0 time 5: NaN/Inf values at 1 time index(es): 5" in text
@@ -110,6 +112,7 @@ def test_unknown_bc_type_and_coords_mismatch(good_file):
     def edit(f):
         f["boundary_conditions/x_periodic"].attrs["bc_type"] = "SLIPPERY"
         replace_dataset(f, "dimensions/x", np.linspace(0, 1, 7))
+
     text = one_line(problems_after(good_file, edit))
     assert "boundary_conditions/x_periodic: unknown bc_type 'SLIPPERY'" in text
     assert "t0_fields/u: coords length mismatch: axis 2 (x) has size 5 but dimensions/x has 7" in text
@@ -129,11 +132,17 @@ def test_every_problem_is_reported(good_file):
         replace_dataset(f, "t0_fields/mask", np.zeros((2, 5, 6), "f4"))  # 2 trajectories, file says 3
         del f["t1_fields/b"].attrs["dim_varying"]
         del f.attrs["nu"]
+
     problems = problems_after(good_file, edit)
     text = one_line(problems)
-    for expected in ["'grid_type' missing", "unknown bc_type 'bogus'", "t2_fields/s trajectory 0 time 0",
-                     "t0_fields/mask: first axis holds 2", "t1_fields/b: attribute 'dim_varying' missing",
-                     "lists 'nu'"]:
+    for expected in [
+        "'grid_type' missing",
+        "unknown bc_type 'bogus'",
+        "t2_fields/s trajectory 0 time 0",
+        "t0_fields/mask: first axis holds 2",
+        "t1_fields/b: attribute 'dim_varying' missing",
+        "lists 'nu'",
+    ]:
         assert expected in text
     assert len(problems) == 6
 

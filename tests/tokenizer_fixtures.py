@@ -40,7 +40,9 @@ def write_wave_shards(
     windows = {}
     for j, (name, (channels, shape)) in enumerate(datasets.items()):
         for split, count in per_split.items():
-            windows[name, split] = wave_windows(count, n_input + n_output, len(channels), shape, seed + 17 * j + len(split))
+            windows[name, split] = wave_windows(
+                count, n_input + n_output, len(channels), shape, seed + 17 * j + len(split)
+            )
         train = windows[name, "train"]
         mean = train.mean(axis=tuple(i for i in range(train.ndim) if i != 2))
         std = train.std(axis=tuple(i for i in range(train.ndim) if i != 2))
@@ -49,8 +51,12 @@ def write_wave_shards(
             "fields": [{"name": c, "order": 0} for c in channels],
             "spatial_dims": ["x", "y", "z"][: len(shape)],
             "spatial_shape": list(shape),
-            "stats": {"mean": mean.tolist(), "std": std.tolist(),
-                      "mean_delta": [0.0] * len(channels), "std_delta": [1.0] * len(channels)},
+            "stats": {
+                "mean": mean.tolist(),
+                "std": std.tolist(),
+                "mean_delta": [0.0] * len(channels),
+                "std_delta": [1.0] * len(channels),
+            },
             "simulation_parameters": [],
         }
     for split in per_split:
@@ -58,11 +64,15 @@ def write_wave_shards(
             for name in datasets:
                 for i, window in enumerate(windows[name, split]):
                     meta = {"dataset": name, "source_file": f"{name}.hdf5", "trajectory": i, "start": 0, "params": {}}
-                    writer.write(f"{name}_{i:05d}", {"input.npy": window[:n_input], "output.npy": window[n_input:],
-                                                     "meta.json": meta}, dataset=name)
+                    writer.write(
+                        f"{name}_{i:05d}",
+                        {"input.npy": window[:n_input], "output.npy": window[n_input:], "meta.json": meta},
+                        dataset=name,
+                    )
         records = writer.records
         shards = [{**r, "path": f"{split}/{r['path']}"} for r in records]
         splits[split] = {"shards": shards, "n_samples": sum(r["n_samples"] for r in shards)}
-    write_manifest(root, {"n_input": n_input, "n_output": n_output, "stride": 1,
-                          "datasets": manifest_datasets, "splits": splits})
+    write_manifest(
+        root, {"n_input": n_input, "n_output": n_output, "stride": 1, "datasets": manifest_datasets, "splits": splits}
+    )
     return root

@@ -35,7 +35,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / "checkpoint"):
         if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
             return candidate
-    raise DataError(f"{path}: not a tokenizer checkpoint (expected {CONFIG} and {WEIGHTS} in it or in {path}/checkpoint)")
+    raise DataError(
+        f"{path}: not a tokenizer checkpoint (expected {CONFIG} and {WEIGHTS} in it or in {path}/checkpoint)"
+    )
 
 
 def _identity(model: Tokenizer) -> dict[str, Any]:
@@ -61,8 +63,13 @@ def save_tokenizer(model: Tokenizer, out_dir: str | Path, extra: dict[str, Any] 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = save(state)
     identity = _identity(model)
-    meta = {"format": FORMAT, "version": VERSION, **identity, "fingerprint": _fingerprint(weights, identity),
-            **({"train": extra} if extra else {})}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **identity,
+        "fingerprint": _fingerprint(weights, identity),
+        **({"train": extra} if extra else {}),
+    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         (tmp / WEIGHTS).write_bytes(weights)

@@ -56,11 +56,14 @@ def _batches(samples: Iterator[dict[str, Any]], batch_size: int) -> Iterator[tup
 def _check_datasets(tok: Tokenizer, manifest: dict[str, Any], where: str | Path) -> None:
     for name, entry in manifest["datasets"].items():
         if name not in tok.datasets:
-            raise DataError(f"{where}: dataset {name!r} is unknown to the tokenizer "
-                            f"(knows: {', '.join(sorted(tok.datasets))})")
+            raise DataError(
+                f"{where}: dataset {name!r} is unknown to the tokenizer (knows: {', '.join(sorted(tok.datasets))})"
+            )
         if list(entry["channel_names"]) != tok.datasets[name].channel_names:
-            raise DataError(f"{where}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
-                            f"expects {tok.datasets[name].channel_names}")
+            raise DataError(
+                f"{where}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
+                f"expects {tok.datasets[name].channel_names}"
+            )
 
 
 def _split_names(manifest: dict[str, Any], splits: list[str] | None) -> list[str]:
@@ -97,8 +100,10 @@ def encode_shards(
             for name, batch in _batches(iter_samples(shards_dir, split), batch_size):
                 window = np.stack([np.concatenate([s["input"], s["output"]], axis=0) for s in batch])
                 if window.shape[1] != n_frames:
-                    raise DataError(f"{batch[0]['__url__']}: window {batch[0]['__key__']} has {window.shape[1]} "
-                                    f"frames, the manifest says {n_frames}")
+                    raise DataError(
+                        f"{batch[0]['__url__']}: window {batch[0]['__key__']} has {window.shape[1]} "
+                        f"frames, the manifest says {n_frames}"
+                    )
                 z = tok.normalize(torch.from_numpy(window).float(), name)
                 ids = tok.encode(z, name).numpy().astype(np.int32)  # [B, T', *space']
                 for sample, tokens in zip(batch, ids):
@@ -112,14 +117,26 @@ def encode_shards(
         name: {**entry, "token_grid": list(tok.token_grid(n_frames, tuple(entry["spatial_shape"])))}
         for name, entry in manifest["datasets"].items()
     }
-    write_manifest(out_dir, {
-        "kind": "tokens", "n_input": manifest["n_input"], "n_output": manifest["n_output"],
-        "stride": manifest.get("stride", 1), "datasets": datasets, "splits": split_records,
-        "source_shards": str(shards_dir), "tokenizer_fingerprint": fingerprint(ckpt),
-        "tokenizer": {"checkpoint": str(ckpt), "levels": tok.cfg.levels, "codebook_size": tok.fsq.codebook_size,
-                      "spatial_compression": tok.cfg.spatial_compression,
-                      "temporal_compression": tok.cfg.temporal_compression},
-    })
+    write_manifest(
+        out_dir,
+        {
+            "kind": "tokens",
+            "n_input": manifest["n_input"],
+            "n_output": manifest["n_output"],
+            "stride": manifest.get("stride", 1),
+            "datasets": datasets,
+            "splits": split_records,
+            "source_shards": str(shards_dir),
+            "tokenizer_fingerprint": fingerprint(ckpt),
+            "tokenizer": {
+                "checkpoint": str(ckpt),
+                "levels": tok.cfg.levels,
+                "codebook_size": tok.fsq.codebook_size,
+                "spatial_compression": tok.cfg.spatial_compression,
+                "temporal_compression": tok.cfg.temporal_compression,
+            },
+        },
+    )
     return out_dir
 
 
@@ -161,14 +178,29 @@ def decode_shards(
                     raise DataError(f"{batch[0]['__url__']}: {err}") from None
                 for sample, window in zip(batch, fields.astype(np.float32)):
                     meta = {k: v for k, v in sample["meta"].items() if k != "n_frames"}
-                    writer.write(sample["__key__"], {"input.npy": window[:n_input], "output.npy": window[n_input:],
-                                                     "meta.json": meta}, dataset=name)
+                    writer.write(
+                        sample["__key__"],
+                        {"input.npy": window[:n_input], "output.npy": window[n_input:], "meta.json": meta},
+                        dataset=name,
+                    )
         split_records[split] = {
             "shards": [{**r, "path": f"{split}/{r['path']}"} for r in writer.records],
             "n_samples": sum(r["n_samples"] for r in writer.records),
         }
-    datasets = {name: {k: v for k, v in entry.items() if k != "token_grid"} for name, entry in manifest["datasets"].items()}
-    write_manifest(out_dir, {"kind": "decoded", "n_input": n_input, "n_output": n_output,
-                             "stride": manifest.get("stride", 1), "datasets": datasets, "splits": split_records,
-                             "decoded_from": str(tokens_dir), "decoded_by": manifest["tokenizer_fingerprint"]})
+    datasets = {
+        name: {k: v for k, v in entry.items() if k != "token_grid"} for name, entry in manifest["datasets"].items()
+    }
+    write_manifest(
+        out_dir,
+        {
+            "kind": "decoded",
+            "n_input": n_input,
+            "n_output": n_output,
+            "stride": manifest.get("stride", 1),
+            "datasets": datasets,
+            "splits": split_records,
+            "decoded_from": str(tokens_dir),
+            "decoded_by": manifest["tokenizer_fingerprint"],
+        },
+    )
     return out_dir

@@ -44,8 +44,11 @@ def pool_baseline(x: torch.Tensor, pooled_shape: list[int]) -> torch.Tensor:
     """x [B, T, C, *space] → average-pool each frame to ``pooled_shape``, then (bi/tri)linear back up."""
     n = x.ndim - 3
     frames = x.flatten(0, 1)  # [(B T), C, *space]
-    small = F.adaptive_avg_pool1d(frames, pooled_shape) if n == 1 else (
-        F.adaptive_avg_pool2d(frames, pooled_shape) if n == 2 else F.adaptive_avg_pool3d(frames, pooled_shape))
+    small = (
+        F.adaptive_avg_pool1d(frames, pooled_shape)
+        if n == 1
+        else (F.adaptive_avg_pool2d(frames, pooled_shape) if n == 2 else F.adaptive_avg_pool3d(frames, pooled_shape))
+    )
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[n]
     up = F.interpolate(small, size=tuple(x.shape[3:]), mode=mode, align_corners=False)
     return up.unflatten(0, x.shape[:2])
@@ -77,12 +80,16 @@ def evaluate_tokenizer(
     manifest = read_manifest(shards)
     unknown = sorted(set(manifest["datasets"]) - set(tok.datasets))
     if unknown:
-        raise DataError(f"{shards}: dataset {unknown[0]!r} is unknown to tokenizer {ckpt} "
-                        f"(knows: {', '.join(sorted(tok.datasets))}); train a head for it first")
+        raise DataError(
+            f"{shards}: dataset {unknown[0]!r} is unknown to tokenizer {ckpt} "
+            f"(knows: {', '.join(sorted(tok.datasets))}); train a head for it first"
+        )
     for name, entry in manifest["datasets"].items():
         if list(entry["channel_names"]) != tok.datasets[name].channel_names:
-            raise DataError(f"{shards}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
-                            f"expects {tok.datasets[name].channel_names}")
+            raise DataError(
+                f"{shards}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
+                f"expects {tok.datasets[name].channel_names}"
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = tok.cfg.n_spatial_dims
@@ -101,13 +108,23 @@ def evaluate_tokenizer(
         window = torch.cat([batch["input"], batch["output"]], dim=1).float()  # [B, T, C, *space]
         recon, ids = reconstruct(tok, window, name)
         space = tuple(window.shape[3:])
-        shapes = pool_shapes.setdefault(name, {
-            "spatial": list(space), "tokens": pool_shape_tokens(tok, space),
-            "latent": pool_shape_latent(tok, window.shape[1], window.shape[2], space)})
+        shapes = pool_shapes.setdefault(
+            name,
+            {
+                "spatial": list(space),
+                "tokens": pool_shape_tokens(tok, space),
+                "latent": pool_shape_latent(tok, window.shape[1], window.shape[2], space),
+            },
+        )
         base = pool_baseline(window, shapes["tokens"])
         base_latent = pool_baseline(window, shapes["latent"])
-        acc = sums.setdefault(name, {k: torch.zeros(window.shape[2], dtype=torch.float64)
-                                     for k in ("vrmse", "psnr", "baseline_vrmse", "baseline_latent_vrmse")})
+        acc = sums.setdefault(
+            name,
+            {
+                k: torch.zeros(window.shape[2], dtype=torch.float64)
+                for k in ("vrmse", "psnr", "baseline_vrmse", "baseline_latent_vrmse")
+            },
+        )
         # per sample, frame and field → summed over samples and frames
         per_sample = vrmse(recon, window, n).double()  # [B, T, C]
         acc["vrmse"] += per_sample.sum(dim=(0, 1))
@@ -123,8 +140,13 @@ def evaluate_tokenizer(
         codes[name].update(ids)
         combined.update(ids)
         if plotted.get(name, 0) < n_plots:
-            plot_reconstruction(window[0], recon[0], tok.datasets[name].channel_names,
-                                out_dir / f"recon_{name}_{plotted.get(name, 0)}.png", title=f"{name} ({split})")
+            plot_reconstruction(
+                window[0],
+                recon[0],
+                tok.datasets[name].channel_names,
+                out_dir / f"recon_{name}_{plotted.get(name, 0)}.png",
+                title=f"{name} ({split})",
+            )
             plotted[name] = plotted.get(name, 0) + 1
     if not counts:
         raise DataError(f"{shards}: the {split!r} split yielded no windows")
@@ -133,19 +155,32 @@ def evaluate_tokenizer(
     for name, acc in sums.items():
         channels = tok.datasets[name].channel_names
         fields = {c: {k: float(acc[k][j] / counts[name]) for k in acc} for j, c in enumerate(channels)}
-        datasets[name] = {"fields": fields, "n_frames": counts[name], "pool_shapes": pool_shapes[name],
-                          **codes[name].summary()}
+        datasets[name] = {
+            "fields": fields,
+            "n_frames": counts[name],
+            "pool_shapes": pool_shapes[name],
+            **codes[name].summary(),
+        }
         if len(by_params.get(name, {})) > 1:  # e.g. NS at two viscosities: which regime is hard?
             datasets[name]["vrmse_by_params"] = {
                 key: dict(zip(channels, (total / count).tolist())) for key, (total, count) in by_params[name].items()
             }
     every = [f for d in datasets.values() for f in d["fields"].values()]
     metrics = {
-        "checkpoint": str(ckpt), "fingerprint": fingerprint(ckpt), "shards": str(shards), "split": split,
-        "codebook_size": tok.fsq.codebook_size, "levels": tok.cfg.levels,
-        "token_grid": {name: list(tok.token_grid(manifest["n_input"] + manifest["n_output"],
-                                                 tuple(manifest["datasets"][name]["spatial_shape"])))
-                       for name in datasets},
+        "checkpoint": str(ckpt),
+        "fingerprint": fingerprint(ckpt),
+        "shards": str(shards),
+        "split": split,
+        "codebook_size": tok.fsq.codebook_size,
+        "levels": tok.cfg.levels,
+        "token_grid": {
+            name: list(
+                tok.token_grid(
+                    manifest["n_input"] + manifest["n_output"], tuple(manifest["datasets"][name]["spatial_shape"])
+                )
+            )
+            for name in datasets
+        },
         "overall": {
             "vrmse_mean": sum(f["vrmse"] for f in every) / len(every),
             "vrmse_max": max(f["vrmse"] for f in every),
@@ -164,25 +199,31 @@ def evaluate_tokenizer(
 def render_report(metrics: dict[str, Any]) -> str:
     o = metrics["overall"]
     lines = [
-        "# Tokenizer evaluation", "",
+        "# Tokenizer evaluation",
+        "",
         f"Checkpoint `{metrics['checkpoint']}` (fingerprint `{metrics['fingerprint'][:12]}`), "
         f"shards `{metrics['shards']}`, split `{metrics['split']}`.",
-        f"FSQ levels {metrics['levels']} ({metrics['codebook_size']} codes).", "",
+        f"FSQ levels {metrics['levels']} ({metrics['codebook_size']} codes).",
+        "",
         f"Overall: mean VRMSE {o['vrmse_mean']:.4f}, worst field {o['vrmse_max']:.4f} "
         f"(pooling baseline worst {o['baseline_vrmse_max']:.4f}); code usage {o['code_usage']:.1%}, "
-        f"perplexity {o['perplexity']:.1f}.", "",
+        f"perplexity {o['perplexity']:.1f}.",
+        "",
         "VRMSE is The Well's (per sample and field, physical units; 1.0 = predicting the spatial mean). "
         "Baselines average-pool each frame and interpolate back up, keeping unquantised floats: *pool* onto the "
         "token grid (one float per field per token), *pool-latent* to as many floats as the latent has FSQ "
-        "values.", "",
+        "values.",
+        "",
         "| dataset | field | VRMSE | pool VRMSE | ratio | pool-latent VRMSE | PSNR (dB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, d in metrics["datasets"].items():
         for field, f in d["fields"].items():
             ratio = f["vrmse"] / max(f["baseline_vrmse"], 1e-12)
-            lines.append(f"| {name} | {field} | {f['vrmse']:.4f} | {f['baseline_vrmse']:.4f} | {ratio:.2f} | "
-                         f"{f['baseline_latent_vrmse']:.4f} | {f['psnr']:.1f} |")
+            lines.append(
+                f"| {name} | {field} | {f['vrmse']:.4f} | {f['baseline_vrmse']:.4f} | {ratio:.2f} | "
+                f"{f['baseline_latent_vrmse']:.4f} | {f['psnr']:.1f} |"
+            )
     lines += ["", "| dataset | token grid | code usage | perplexity | frames |", "|---|---|---|---|---|"]
     for name, d in metrics["datasets"].items():
         grid = "×".join(map(str, metrics["token_grid"][name]))
@@ -191,8 +232,9 @@ def render_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_reconstruction(true: torch.Tensor, recon: torch.Tensor, channel_names: list[str], path: Path,
-                        title: str = "") -> None:
+def plot_reconstruction(
+    true: torch.Tensor, recon: torch.Tensor, channel_names: list[str], path: Path, title: str = ""
+) -> None:
     """One window's last frame, per field: original | reconstruction | error. 1D as curves, 3D as mid-slices."""
     import matplotlib
 

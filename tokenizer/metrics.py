@@ -101,5 +101,8 @@ class CodeStats:
         self.counts += code_counts(ids.detach().cpu(), self.counts.numel())
 
     def summary(self) -> dict[str, float]:
-        return {"code_usage": code_usage(self.counts), "perplexity": perplexity(self.counts),
-                "n_tokens": int(self.counts.sum())}
+        return {
+            "code_usage": code_usage(self.counts),
+            "perplexity": perplexity(self.counts),
+            "n_tokens": int(self.counts.sum()),
+        }

@@ -73,12 +73,12 @@ class TokenizerConfig:
         if self.spatial_compression < 2:
             raise ConfigError("model.spatial_compression: must be >= 2")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1) or self.patch_size > self.spatial_compression:
-            raise ConfigError(
-                f"model.patch_size: must be a power of two <= spatial_compression, got {self.patch_size}"
-            )
+            raise ConfigError(f"model.patch_size: must be a power of two <= spatial_compression, got {self.patch_size}")
         if self.temporal_compression > 1 and self.temporal_compression > self.spatial_compression // self.patch_size:
-            raise ConfigError("model.temporal_compression: needs as many strided levels as "
-                              "log2(spatial_compression / patch_size); lower patch_size")
+            raise ConfigError(
+                "model.temporal_compression: needs as many strided levels as "
+                "log2(spatial_compression / patch_size); lower patch_size"
+            )
         if self.width < 1 or self.max_width < self.width:
             raise ConfigError(f"model.width/max_width: need 1 <= width <= max_width, got {self.width}/{self.max_width}")
         if self.temporal_kernel < 1:
@@ -274,11 +274,14 @@ class Tokenizer(nn.Module):
             SpaceToDepth(n, cfg.patch_size), conv(c_patch, w0, 3, padding=1, padding_mode=cfg.padding)
         ).to(device)
         self.heads[key] = nn.Sequential(
-            group_norm(w0, cfg.norm), nn.SiLU(), conv(w0, c_patch, 3, padding=1, padding_mode=cfg.padding),
+            group_norm(w0, cfg.norm),
+            nn.SiLU(),
+            conv(w0, c_patch, 3, padding=1, padding_mode=cfg.padding),
             DepthToSpace(n, cfg.patch_size),
         ).to(device)
-        self.datasets[name] = DatasetSpec(list(channel_names), None if mean is None else list(mean),
-                                          None if std is None else list(std))
+        self.datasets[name] = DatasetSpec(
+            list(channel_names), None if mean is None else list(mean), None if std is None else list(std)
+        )
 
     def dataset_parameters(self, name: str) -> list[nn.Parameter]:
         key = self._key(name)
@@ -318,9 +321,13 @@ class Tokenizer(nn.Module):
         self._key(dataset)
         spec, n = self.datasets[dataset], self.cfg.n_spatial_dims
         if x.ndim != n + 3:
-            raise ValueError(f"dataset {dataset!r}: expected [B, T, C, *space] with {n} spatial axes, got {tuple(x.shape)}")
+            raise ValueError(
+                f"dataset {dataset!r}: expected [B, T, C, *space] with {n} spatial axes, got {tuple(x.shape)}"
+            )
         if x.shape[2] != spec.n_channels:
-            raise ValueError(f"dataset {dataset!r}: expected {spec.n_channels} channels {spec.channel_names}, got {x.shape[2]}")
+            raise ValueError(
+                f"dataset {dataset!r}: expected {spec.n_channels} channels {spec.channel_names}, got {x.shape[2]}"
+            )
         bad = [s for s in x.shape[3:] if s % self.cfg.spatial_compression]
         if bad:
             raise ValueError(

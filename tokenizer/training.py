@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from data_pipelines.config import ConfigError
-from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
+from tokenizer.model import Tokenizer, TokenizerConfig
 
 
 @dataclass
@@ -162,8 +162,10 @@ class TokenizerModule(_lightning().LightningModule):
         recon, ids = self.model(x, batch["dataset"])
         loss = reconstruction_loss(recon, x, self.cfg.loss, self.model.cfg.n_spatial_dims)
         usage = ids.unique().numel() / self.model.fsq.codebook_size
-        self.log_dict({"train/loss": loss, "train/batch_code_usage": usage,
-                       f"train/loss_{batch['dataset']}": loss}, batch_size=x.shape[0])
+        self.log_dict(
+            {"train/loss": loss, "train/batch_code_usage": usage, f"train/loss_{batch['dataset']}": loss},
+            batch_size=x.shape[0],
+        )
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -193,11 +195,10 @@ class TokenizerModule(_lightning().LightningModule):
         tcfg = self.cfg.trainer
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tcfg.lr, betas=(0.9, 0.99),
+            lr=tcfg.lr,
+            betas=(0.9, 0.99),
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, time.monotonic() - self._t0, tcfg)
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, time.monotonic() - self._t0, tcfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -217,8 +218,11 @@ class _Progress(_lightning().Callback):
         if tcfg.verbose and (step % tcfg.log_every == 0 or step == 1):
             loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            print(f"[tokenizer] step {step:5d}  loss {loss:.4f}  lr {lr:.2e}  "
-                  f"{batch['dataset']}  {time.monotonic() - self.t0:6.1f}s", flush=True)
+            print(
+                f"[tokenizer] step {step:5d}  loss {loss:.4f}  lr {lr:.2e}  "
+                f"{batch['dataset']}  {time.monotonic() - self.t0:6.1f}s",
+                flush=True,
+            )
         if tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
             _save(module.model, self.ckpt_dir, self.cfg, step)
 
@@ -253,15 +257,18 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
             raise ConfigError(f"model.n_spatial_dims={model_cfg.n_spatial_dims} but dataset {name!r} is {dims[name]}D")
         bad = [s for s in entry["spatial_shape"] if s % model_cfg.spatial_compression]
         if bad:
-            raise ConfigError(f"model.spatial_compression={model_cfg.spatial_compression} does not divide dataset "
-                              f"{name!r}'s spatial shape {entry['spatial_shape']}")
+            raise ConfigError(
+                f"model.spatial_compression={model_cfg.spatial_compression} does not divide dataset "
+                f"{name!r}'s spatial shape {entry['spatial_shape']}"
+            )
         stats = entry["stats"]
         std = [s if s > 0 else 1.0 for s in stats["std"]]  # as the loader's Normalizer does
         if name in model.datasets:
             have = model.datasets[name].channel_names
             if have != list(entry["channel_names"]):
-                raise ConfigError(f"dataset {name!r}: channels {entry['channel_names']} differ from the "
-                                  f"checkpoint's {have}")
+                raise ConfigError(
+                    f"dataset {name!r}: channels {entry['channel_names']} differ from the checkpoint's {have}"
+                )
         else:
             model.add_dataset(name, entry["channel_names"], mean=list(stats["mean"]), std=std)
     if cfg.init.freeze_trunk:
@@ -308,15 +315,22 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
     model = build_tokenizer(cfg, manifest)
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
-    common = dict(num_workers=cfg.data.num_workers, seed=cfg.seed, resampled=True,
-                  dataset_weights=cfg.data.dataset_weights)
-    train_loader = make_loader(cfg.data.shards, "train", cfg.data.batch_size,
-                               batches_per_epoch=cfg.trainer.max_steps, **common)
+    common = dict(
+        num_workers=cfg.data.num_workers, seed=cfg.seed, resampled=True, dataset_weights=cfg.data.dataset_weights
+    )
+    train_loader = make_loader(
+        cfg.data.shards, "train", cfg.data.batch_size, batches_per_epoch=cfg.trainer.max_steps, **common
+    )
     val_loader = None
     if cfg.data.val_batches > 0 and "valid" in manifest["splits"] and manifest["splits"]["valid"]["shards"]:
         # A fixed resampled draw mixes every dataset and is the same at each check.
-        val_loader = make_loader(cfg.data.shards, "valid", cfg.data.batch_size,
-                                 batches_per_epoch=cfg.data.val_batches, **{**common, "seed": cfg.seed + 1})
+        val_loader = make_loader(
+            cfg.data.shards,
+            "valid",
+            cfg.data.batch_size,
+            batches_per_epoch=cfg.data.val_batches,
+            **{**common, "seed": cfg.seed + 1},
+        )
 
     loggers: list[Any] = [CSVLogger(str(out), name="logs", version="")]
     if cfg.trainer.wandb:
@@ -324,8 +338,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
         os.environ.setdefault("WANDB_SILENT", "true")
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project="physfm-tokenizer", save_dir=str(out), offline=True,
-                                   config=to_dict(cfg)))
+        loggers.append(WandbLogger(project="physfm-tokenizer", save_dir=str(out), offline=True, config=to_dict(cfg)))
     module = TokenizerModule(model, cfg)
     tcfg = cfg.trainer
     with _quiet_lightning():
@@ -362,9 +375,14 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning warnings that are expected here (streaming loader, no val loader, srun on PATH)."""
     with warnings.catch_warnings():
-        for message in (".*does not have many workers.*", ".*IterableDataset.*__len__.*", ".*max_time.*",
-                        ".*`srun` command is available.*", ".*validation_step.*no `val_dataloader`.*",
-                        r".*isinstance\(treespec, LeafSpec\).*"):
+        for message in (
+            ".*does not have many workers.*",
+            ".*IterableDataset.*__len__.*",
+            ".*max_time.*",
+            ".*`srun` command is available.*",
+            ".*validation_step.*no `val_dataloader`.*",
+            r".*isinstance\(treespec, LeafSpec\).*",
+        ):
             warnings.filterwarnings("ignore", message=message)
         yield
 

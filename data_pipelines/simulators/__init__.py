@@ -36,8 +36,15 @@ SPLITS = ("train", "valid", "test")
 MAX_BATCH = 16  # trajectories simulated together; bounds memory and fixes the seeding of each chunk
 
 __all__ = [
-    "SIMULATORS", "SystemSpec", "get_system", "parameter_grid", "parse_sweep", "persistence_vrmse",
-    "simulate_dataset", "simulate_trajectories", "split_counts",
+    "SIMULATORS",
+    "SystemSpec",
+    "get_system",
+    "parameter_grid",
+    "parse_sweep",
+    "persistence_vrmse",
+    "simulate_dataset",
+    "simulate_trajectories",
+    "split_counts",
 ]
 
 
@@ -176,7 +183,9 @@ def simulate_dataset(
     if n_steps < 2:
         raise DataError(f"n_steps={n_steps}: need at least 2 frames per trajectory")
     if resolution < spec.min_resolution:
-        raise DataError(f"{spec.name}: resolution={resolution}: need at least {spec.min_resolution} points per dimension")
+        raise DataError(
+            f"{spec.name}: resolution={resolution}: need at least {spec.min_resolution} points per dimension"
+        )
     counts = split_counts(n_traj, split_fractions)
     grid = parameter_grid(spec, params)
     stems = [file_stem(spec.name, p) for p in grid]
@@ -187,8 +196,10 @@ def simulate_dataset(
     planned = {out_dir / "data" / split / f"{stem}.hdf5" for split in SPLITS for stem in stems}
     stale = [p for split in SPLITS for p in sorted((out_dir / "data" / split).glob("*.hdf5")) if p not in planned]
     if stale and not overwrite:
-        raise DataError(f"{out_dir}: holds {len(stale)} other .hdf5 file(s) (e.g. {stale[0]}); "
-                        "pass overwrite=True (--overwrite) to replace them")
+        raise DataError(
+            f"{out_dir}: holds {len(stale)} other .hdf5 file(s) (e.g. {stale[0]}); "
+            "pass overwrite=True (--overwrite) to replace them"
+        )
     for path in stale:
         path.unlink()
 

@@ -70,8 +70,14 @@ class Forcing:
 
 
 def integrate(
-    u: np.ndarray, nu: float, frame_dt: float, n_frames: int, forcing: Forcing | None = None,
-    n_discard: int = 0, t0: float = 0.0, cfl: float = CFL,
+    u: np.ndarray,
+    nu: float,
+    frame_dt: float,
+    n_frames: int,
+    forcing: Forcing | None = None,
+    n_discard: int = 0,
+    t0: float = 0.0,
+    cfl: float = CFL,
 ) -> np.ndarray:
     """Advance u [B, n] by n_discard + n_frames steps of frame_dt; return the last n_frames: [B, T, n]."""
     n = u.shape[-1]
@@ -109,9 +115,7 @@ def cole_hopf_solution(x: np.ndarray, t: float, nu: float, a: float = 2.0, b: fl
     return 2 * nu * decay * np.sin(x) / (a + decay * np.cos(x))
 
 
-def run(
-    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
-) -> WellData:
+def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
     x = periodic_grid(resolution, LENGTH)
     forcing = Forcing(rng, n_traj, x)
     n_spin = math.ceil(SPIN_UP_TIME / SPEC.dt)

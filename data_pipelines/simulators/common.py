@@ -38,8 +38,7 @@ class SystemSpec:
         unknown = sorted(set(params) - set(self.default_params))
         if unknown:
             raise DataError(
-                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(self.default_params)}"
+                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(self.default_params)}"
             )
         return {k: float(params.get(k, v[0])) for k, v in self.default_params.items()}
 

@@ -54,9 +54,17 @@ def time_step(dx: float) -> tuple[float, int]:
 
 
 def integrate(
-    u: np.ndarray, v: np.ndarray, feed: float, kill: float, n_frames: int, steps_per_frame: int,
-    dt: float = 1.0, dx: float = 1.0, n_discard_steps: int = 0,
-    du: float = DIFFUSION_U, dv: float = DIFFUSION_V,
+    u: np.ndarray,
+    v: np.ndarray,
+    feed: float,
+    kill: float,
+    n_frames: int,
+    steps_per_frame: int,
+    dt: float = 1.0,
+    dx: float = 1.0,
+    n_discard_steps: int = 0,
+    du: float = DIFFUSION_U,
+    dv: float = DIFFUSION_V,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Advance (u, v) [B, n, n] by n_discard_steps, then n_frames × steps_per_frame Euler steps;
     return the frames of u and v after each frame: [B, T, n, n] each, in the dtype of u."""
@@ -95,9 +103,7 @@ def random_patches(rng: np.random.Generator, n_traj: int, n: int) -> tuple[np.nd
     return u, v
 
 
-def run(
-    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
-) -> WellData:
+def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
     if resolution < MIN_RESOLUTION:
         raise DataError(f"gray_scott2d: resolution {resolution} < {MIN_RESOLUTION}; the pattern dies on coarser grids")
     dx = LENGTH / resolution
@@ -105,8 +111,15 @@ def run(
     u0, v0 = random_patches(rng, n_traj, resolution)
     # float32 state halves the memory traffic of this bandwidth-bound stencil; Euler's own error is larger
     u, v = integrate(
-        u0.astype(np.float32), v0.astype(np.float32), params["F"], params["k"], n_steps, steps_per_frame,
-        dt=dt, dx=dx, n_discard_steps=round(SPIN_UP_TIME / dt),
+        u0.astype(np.float32),
+        v0.astype(np.float32),
+        params["F"],
+        params["k"],
+        n_steps,
+        steps_per_frame,
+        dt=dt,
+        dx=dx,
+        n_discard_steps=round(SPIN_UP_TIME / dt),
     )
     time = SPEC.dt * np.arange(n_steps)
     fields = [Field("A", 0, u), Field("B", 0, v)]

@@ -73,8 +73,15 @@ class SpectralGrid:
 
 
 def integrate(
-    w: np.ndarray, grid: SpectralGrid, nu: float, drag: float, forcing: np.ndarray | None,
-    frame_dt: float, n_frames: int, n_discard: int = 0, cfl: float = CFL,
+    w: np.ndarray,
+    grid: SpectralGrid,
+    nu: float,
+    drag: float,
+    forcing: np.ndarray | None,
+    frame_dt: float,
+    n_frames: int,
+    n_discard: int = 0,
+    cfl: float = CFL,
 ) -> np.ndarray:
     """Advance vorticity w [B, n, n] by n_discard + n_frames steps of frame_dt; return the states after
     the last n_frames of them: [B, n_frames, n, n]."""
@@ -121,9 +128,7 @@ def kolmogorov_forcing(n: int, k_f: int = FORCING_WAVENUMBER) -> np.ndarray:
     return np.broadcast_to(-k_f * np.cos(k_f * y)[None, :], (n, n)).copy()
 
 
-def run(
-    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
-) -> WellData:
+def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
     nu, drag = params["nu"], params["drag"]
     grid = SpectralGrid(resolution, dtype=np.float32)
     w0 = random_vorticity(rng, n_traj, grid)

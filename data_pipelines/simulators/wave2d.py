@@ -38,7 +38,7 @@ def propagate(p0: np.ndarray, v0: np.ndarray, c: float, times: np.ndarray) -> tu
     k_abs = np.sqrt(kx**2 + ky**2)
     safe = np.where(k_abs > 0, k_abs, 1.0)
     unit_x, unit_y = kx / safe, ky / safe  # k̂, zero at k = 0
-    fft = lambda a: np.fft.rfft2(a, axes=(-2, -1))  # noqa: E731
+    fft = lambda a: np.fft.rfft2(a, axes=(-2, -1))
     p_hat, vx_hat, vy_hat = fft(p0), fft(v0[..., 0]), fft(v0[..., 1])
     a_hat = unit_x * vx_hat + unit_y * vy_hat  # longitudinal velocity
     tx_hat, ty_hat = vx_hat - unit_x * a_hat, vy_hat - unit_y * a_hat  # transverse part, constant
@@ -47,7 +47,7 @@ def propagate(p0: np.ndarray, v0: np.ndarray, c: float, times: np.ndarray) -> tu
     p_hat, a_hat = p_hat[:, None], a_hat[:, None]  # [B, 1, ...] broadcast over time
     p_t = p_hat * cos - 1j * c * a_hat * sin
     a_t = a_hat * cos - 1j * (p_hat / c) * sin
-    ifft = lambda a: np.fft.irfft2(a, s=(n, n), axes=(-2, -1))  # noqa: E731
+    ifft = lambda a: np.fft.irfft2(a, s=(n, n), axes=(-2, -1))
     v_t = np.stack([ifft(unit_x * a_t + tx_hat[:, None]), ifft(unit_y * a_t + ty_hat[:, None])], axis=-1)
     return ifft(p_t), v_t
 
@@ -68,9 +68,7 @@ def random_pulses(rng: np.random.Generator, n_traj: int, n: int) -> np.ndarray:
     return (signs * bumps).sum(axis=1)
 
 
-def run(
-    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
-) -> WellData:
+def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
     c = params["c"]
     p0 = random_pulses(rng, n_traj, resolution)
     v0 = np.zeros((*p0.shape, 2))

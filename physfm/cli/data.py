@@ -76,13 +76,22 @@ def run_shard(args: argparse.Namespace) -> int:
     spec = WindowSpec(args.n_input, args.n_output, args.stride)
     with Progress("sharding", unit="files") as progress:
         result = shard_datasets(
-            args.datasets, args.out, spec, max_shard_mb=args.max_shard_mb, workers=args.workers,
-            num_parts=args.num_parts, part=args.part, overwrite=args.overwrite, progress=progress.update,
+            args.datasets,
+            args.out,
+            spec,
+            max_shard_mb=args.max_shard_mb,
+            workers=args.workers,
+            num_parts=args.num_parts,
+            part=args.part,
+            overwrite=args.overwrite,
+            progress=progress.update,
         )
     if args.num_parts > 1:
         n = sum(r["n_samples"] for r in result["records"])
-        print(f"part {args.part}/{args.num_parts}: {n} windows in {len(result['records'])} shards; "
-              f"run `physfm data merge {args.out}` after all parts")
+        print(
+            f"part {args.part}/{args.num_parts}: {n} windows in {len(result['records'])} shards; "
+            f"run `physfm data merge {args.out}` after all parts"
+        )
         return 0
     print_manifest_summary(args.out, result)
     return 0

@@ -10,22 +10,37 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "estimate", help="memory per GPU per ZeRO stage and tokens/s for a model config on N nodes",
+        "estimate",
+        help="memory per GPU per ZeRO stage and tokens/s for a model config on N nodes",
         description="Per-GPU memory (params, grads, optimizer states, activations with/without checkpointing) "
-                    "for DeepSpeed ZeRO-1/2/3 with and without CPU offload, and tokens/s at a stated MFU. "
-                    "Model-state figures agree with DeepSpeed's own estimators.")
-    parser.add_argument("--config", required=True, type=Path,
-                        help="model YAML (configs/model/*.yaml), or a YAML with a 'model:' section")
+        "for DeepSpeed ZeRO-1/2/3 with and without CPU offload, and tokens/s at a stated MFU. "
+        "Model-state figures agree with DeepSpeed's own estimators.",
+    )
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        help="model YAML (configs/model/*.yaml), or a YAML with a 'model:' section",
+    )
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=None,
-                        help="tokens per sample (default: the config's window, conditioning + max_frames frames)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sample (default: the config's window, conditioning + max_frames frames)",
+    )
     parser.add_argument("--micro-batch", type=int, default=1, help="samples per GPU per step")
-    parser.add_argument("--predicted-frames", type=int, default=None,
-                        help="frames that carry the loss (sets the logits' size; default: all)")
+    parser.add_argument(
+        "--predicted-frames",
+        type=int,
+        default=None,
+        help="frames that carry the loss (sets the logits' size; default: all)",
+    )
     parser.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation to assume (0-1)")
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="peak bf16 dense TFLOP/s per GPU (H100 SXM: 989)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s per GPU (H100 SXM: 989)"
+    )
     parser.add_argument("--gpu-mem-gib", type=float, default=80.0, help="GPU memory for the 'fits' column")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides")
@@ -54,8 +69,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_model_config(args.config, args.overrides)
     try:
-        est = estimate(cfg, args.nodes, args.gpus_per_node, seq_len=args.seq_len, micro_batch=args.micro_batch,
-                       predicted_frames=args.predicted_frames, mfu=args.mfu, peak_tflops=args.peak_tflops)
+        est = estimate(
+            cfg,
+            args.nodes,
+            args.gpus_per_node,
+            seq_len=args.seq_len,
+            micro_batch=args.micro_batch,
+            predicted_frames=args.predicted_frames,
+            mfu=args.mfu,
+            peak_tflops=args.peak_tflops,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.json:

@@ -9,7 +9,9 @@ def horizons(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--horizons {text!r}: expected comma-separated integers, e.g. 1,4,8")
+        raise argparse.ArgumentTypeError(
+            f"--horizons {text!r}: expected comma-separated integers, e.g. 1,4,8"
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--horizons {text!r}: need positive integers")
     return values
@@ -18,13 +20,20 @@ def horizons(text: str) -> list[int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from physfm.cli.rollout import add_model_args
 
-    p = subparsers.add_parser("evaluate", help="VRMSE per dataset, field and horizon, with persistence, "
-                              "copy-tokens and tokenizer-ceiling baselines; metrics.json, report.md, PNGs")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="VRMSE per dataset, field and horizon, with persistence, "
+        "copy-tokens and tokenizer-ceiling baselines; metrics.json, report.md, PNGs",
+    )
     add_model_args(p)
     p.add_argument("--horizons", type=horizons, default=[1, 4, 8], help="comma-separated (default: 1,4,8)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--refine", action="store_true", default=None,
-                       help="require the refiner (default: scored with and without it when the model has one)")
+    group.add_argument(
+        "--refine",
+        action="store_true",
+        default=None,
+        help="require the refiner (default: scored with and without it when the model has one)",
+    )
     group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refiner")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/evaluate-<time>)")
     p.set_defaults(func=run)
@@ -37,10 +46,24 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or default_run_dir("evaluate")
     try:
-        metrics = evaluate(args.ckpt, args.data, args.horizons, out, split=args.split, max_windows=args.max_windows,
-                           batch_size=args.batch_size, refine=args.refine, temperature=args.temperature,
-                           top_k=args.top_k, seed=args.seed, tokenizer=args.tokenizer, refiner=args.refiner,
-                           device=args.device, sampling_steps=args.sampling_steps, sampler=args.sampler)
+        metrics = evaluate(
+            args.ckpt,
+            args.data,
+            args.horizons,
+            out,
+            split=args.split,
+            max_windows=args.max_windows,
+            batch_size=args.batch_size,
+            refine=args.refine,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+            refiner=args.refiner,
+            device=args.device,
+            sampling_steps=args.sampling_steps,
+            sampler=args.sampler,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     overall = metrics["overall"]

@@ -6,16 +6,29 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("finetune", help="fine-tune a pretrained model on a new simulation (new fields, "
-                              "resolution, 1D or 2D): tokenizer adaptation, full/freeze/LoRA, before/after report")
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on a new simulation (new fields, "
+        "resolution, 1D or 2D): tokenizer adaptation, full/freeze/LoRA, before/after report",
+    )
     p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml")
-    p.add_argument("--from", dest="init", required=True, metavar="CKPT",
-                   help="pretrained model: run directory, checkpoint or export")
-    p.add_argument("--data", required=True, metavar="DIR_OR_SHARDS",
-                   help="raw The Well dataset directory (sharded into the run) or a field shard directory")
+    p.add_argument(
+        "--from",
+        dest="init",
+        required=True,
+        metavar="CKPT",
+        help="pretrained model: run directory, checkpoint or export",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR_OR_SHARDS",
+        help="raw The Well dataset directory (sharded into the run) or a field shard directory",
+    )
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
-    p.add_argument("--compare-scratch", action="store_true",
-                   help="also train the same budget from random init and compare")
+    p.add_argument(
+        "--compare-scratch", action="store_true", help="also train the same budget from random init and compare"
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.max_steps=20")
     p.set_defaults(func=run)
 

@@ -6,8 +6,11 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pretrain", help="pretrain the AR model on token shards (or, with model.kind=diffusion, "
-                              "the flow-matching model on field shards); any strategy, any launcher")
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pretrain the AR model on token shards (or, with model.kind=diffusion, "
+        "the flow-matching model on field shards); any strategy, any launcher",
+    )
     p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/pretrain/tiny.yaml")
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.max_steps=20")

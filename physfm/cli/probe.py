@@ -7,21 +7,33 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("probe", help="ridge probes per layer for a simulation parameter (held-out R², "
-                              "regime accuracy, baselines); metrics.json, report.md, r2_per_layer.png")
+    p = subparsers.add_parser(
+        "probe",
+        help="ridge probes per layer for a simulation parameter (held-out R², "
+        "regime accuracy, baselines); metrics.json, report.md, r2_per_layer.png",
+    )
     p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards: encoded on the fly)")
     p.add_argument("--target", required=True, metavar="PARAM", help="simulation parameter to predict, e.g. nu")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/probe-<time>)")
     p.add_argument("--split", default="valid,test", help="split(s) to probe on, comma-separated (default: valid,test)")
-    p.add_argument("--select", default=None, metavar="EXPR", help='only windows matching, e.g. "dataset==\'ns\'"')
-    p.add_argument("--points", default=None, help="comma-separated hook points (default: embedding + every "
-                   "blocks.i.resid)")
-    p.add_argument("--scale", choices=("auto", "log", "linear"), default="auto",
-                   help="target scale (auto: log when positive and spanning >= 5x)")
+    p.add_argument("--select", default=None, metavar="EXPR", help="only windows matching, e.g. \"dataset=='ns'\"")
+    p.add_argument(
+        "--points", default=None, help="comma-separated hook points (default: embedding + every blocks.i.resid)"
+    )
+    p.add_argument(
+        "--scale",
+        choices=("auto", "log", "linear"),
+        default="auto",
+        help="target scale (auto: log when positive and spanning >= 5x)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="regime threshold (default: the median)")
-    p.add_argument("--group-by", choices=("trajectory", "file"), default="trajectory",
-                   help="hold-out unit of the cross-validation (default: trajectory)")
+    p.add_argument(
+        "--group-by",
+        choices=("trajectory", "file"),
+        default="trajectory",
+        help="hold-out unit of the cross-validation (default: trajectory)",
+    )
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--max-windows", type=int, default=None, metavar="N", help="windows, spread evenly (default: all)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -37,9 +49,22 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir("probe")
     points = [p.strip() for p in args.points.split(",")] if args.points else None
     try:
-        m = run_probe(args.ckpt, args.data, args.target, out, split=args.split, points=points, selection=args.select,
-                      scale=args.scale, threshold=args.threshold, group_by=args.group_by, n_folds=args.folds,
-                      max_windows=args.max_windows, batch_size=args.batch_size, seed=args.seed)
+        m = run_probe(
+            args.ckpt,
+            args.data,
+            args.target,
+            out,
+            split=args.split,
+            points=points,
+            selection=args.select,
+            scale=args.scale,
+            threshold=args.threshold,
+            group_by=args.group_by,
+            n_folds=args.folds,
+            max_windows=args.max_windows,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     except ValueError as err:  # bad selection, unknown hook point
         raise UserError(str(err)) from None
     print(f"{'features':<24} {'R²':>7} {'accuracy':>9}")
@@ -47,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{point:<24} {v['r2']:>7.3f} {v['accuracy']:>9.3f}")
     if m["probe_r2_code_histogram"] is not None:
         print(f"{'code histogram':<24} {m['probe_r2_code_histogram']:>7.3f} {m['probe_accuracy_code_histogram']:>9.3f}")
-    print(f"best layer {m['best_layer']} (R² {m['probe_r2']:.3f}); {m['n_windows']} windows → {out} "
-          "(metrics.json, report.md, r2_per_layer.png, probe.safetensors)")
+    print(
+        f"best layer {m['best_layer']} (R² {m['probe_r2']:.3f}); {m['n_windows']} windows → {out} "
+        "(metrics.json, report.md, r2_per_layer.png, probe.safetensors)"
+    )
     return 0

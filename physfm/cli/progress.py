@@ -23,7 +23,10 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._rich = RichProgress(
-                "[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                "[bold]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
                 transient=True,
             )
             self._rich.start()
@@ -38,8 +41,11 @@ class Progress:
         if now - self._last_print >= self.every_s or (total is not None and done >= total):
             self._last_print = now
             of = f"/{total}" if total is not None else ""
-            print(f"{self.description}: {done}{of} {self.unit} ({now - self._start:.0f}s) {note}".rstrip(),
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: {done}{of} {self.unit} ({now - self._start:.0f}s) {note}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc) -> None:
         if self._rich is not None:

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="field shards the model was trained on")
     p.add_argument("--out", default=None, metavar="DIR", help="default: CKPT/refiner (found by rollout/evaluate)")
     p.add_argument("--config", default=None, metavar="YAML", help="optional config (keys as the overrides)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. train.steps=300 model.width=16 data.n_windows=128")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. train.steps=300 model.width=16 data.n_windows=128"
+    )
     p.set_defaults(func=run)
 
 
@@ -20,8 +21,12 @@ def run(args: argparse.Namespace) -> int:
     from physfm.cli import UserError
     from physfm.train.refine import load_refine_config, run_refine
 
-    overrides = [f"ckpt={args.ckpt}", f"data.shards={args.data}", *([f"out={args.out}"] if args.out else []),
-                 *args.overrides]
+    overrides = [
+        f"ckpt={args.ckpt}",
+        f"data.shards={args.data}",
+        *([f"out={args.out}"] if args.out else []),
+        *args.overrides,
+    ]
     cfg = load_refine_config(args.config, overrides)
     try:
         out = run_refine(cfg)

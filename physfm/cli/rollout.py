@@ -10,8 +10,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
     p.add_argument("--split", default="test", help="split to roll out on (default: test)")
-    p.add_argument("--max-windows", type=int, default=None, metavar="N",
-                   help="windows per dataset, spread evenly over the split (default: all)")
+    p.add_argument(
+        "--max-windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="windows per dataset, spread evenly over the split (default: all)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="windows rolled out together (default: 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
@@ -19,10 +24,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one the run names)")
     p.add_argument("--refiner", default=None, metavar="DIR", help="refiner directory (default: CKPT/refiner if any)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--sampling-steps", type=int, default=None, metavar="N",
-                   help="diffusion checkpoints: ODE steps per frame (default: the run's diffusion.sampling_steps)")
-    p.add_argument("--sampler", choices=("euler", "heun"), default=None,
-                   help="diffusion checkpoints: ODE solver (default: the run's diffusion.sampler)")
+    p.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="diffusion checkpoints: ODE steps per frame (default: the run's diffusion.sampling_steps)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("euler", "heun"),
+        default=None,
+        help="diffusion checkpoints: ODE solver (default: the run's diffusion.sampler)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,11 +55,24 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out or default_run_dir("rollout")
     try:
-        metrics = rollout_to_files(args.ckpt, args.data, args.horizon, out, split=args.split,
-                                   max_windows=args.max_windows, batch_size=args.batch_size, refine=args.refine,
-                                   temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                                   tokenizer=args.tokenizer, refiner=args.refiner, device=args.device,
-                                   sampling_steps=args.sampling_steps, sampler=args.sampler)
+        metrics = rollout_to_files(
+            args.ckpt,
+            args.data,
+            args.horizon,
+            out,
+            split=args.split,
+            max_windows=args.max_windows,
+            batch_size=args.batch_size,
+            refine=args.refine,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.seed,
+            tokenizer=args.tokenizer,
+            refiner=args.refiner,
+            device=args.device,
+            sampling_steps=args.sampling_steps,
+            sampler=args.sampler,
+        )
     except ValueError as err:  # bad horizon, unknown dataset, missing refiner: the user's input
         raise UserError(str(err)) from None
     n = sum(metrics["n_windows"].values())

@@ -13,12 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulate",
         help="simulate a built-in system into a The Well dataset (train/valid/test + stats.yaml)",
         description="Simulate a built-in system for every combination of parameter values (one HDF5 file "
-                    "per combination and split) and write DIR/stats.yaml.  Parameters not given keep "
-                    "their default values; see --list.",
+        "per combination and split) and write DIR/stats.yaml.  Parameters not given keep "
+        "their default values; see --list.",
         epilog="examples:\n"
-               "  physfm simulate navier_stokes2d --out data/ns\n"
-               "  physfm simulate burgers1d --out data/burgers --param-sweep nu=log:0.005:0.05:16\n"
-               "  physfm simulate gray_scott2d --out data/gs --param F=0.014 --param k=0.050,0.052,0.054",
+        "  physfm simulate navier_stokes2d --out data/ns\n"
+        "  physfm simulate burgers1d --out data/burgers --param-sweep nu=log:0.005:0.05:16\n"
+        "  physfm simulate gray_scott2d --out data/gs --param F=0.014 --param k=0.050,0.052,0.054",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("system", nargs="?", metavar="SYSTEM", help="built-in system (see --list)")
@@ -27,10 +27,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-traj", type=int, default=None, help="trajectories per parameter set (split 80/10/10)")
     p.add_argument("--n-steps", type=int, default=None, help="saved frames per trajectory")
     p.add_argument("--resolution", type=int, default=None, help="grid points per spatial dimension")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=V[,V...]",
-                   help="values of one simulation parameter (repeatable)")
-    p.add_argument("--param-sweep", action="append", default=[], metavar="NAME=log:LO:HI:N|NAME=lin:LO:HI:N",
-                   help="N values of one parameter, log- or linearly spaced, ends included (repeatable)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=V[,V...]",
+        help="values of one simulation parameter (repeatable)",
+    )
+    p.add_argument(
+        "--param-sweep",
+        action="append",
+        default=[],
+        metavar="NAME=log:LO:HI:N|NAME=lin:LO:HI:N",
+        help="N values of one parameter, log- or linearly spaced, ends included (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="delete other .hdf5 files already in DIR/data")
     p.set_defaults(func=run)
@@ -69,8 +79,10 @@ def list_systems() -> str:
         size = "x".join([str(spec.resolution)] * spec.n_spatial_dims)
         lines.append(f"{spec.name}  ({spec.n_spatial_dims}D)  {spec.description}")
         lines.append(f"    params: {params}")
-        lines.append(f"    defaults: {spec.n_traj} traj x {spec.n_steps} steps, grid {size}, frame dt {spec.dt:g};"
-                     f" channels: {', '.join(spec.field_names)}")
+        lines.append(
+            f"    defaults: {spec.n_traj} traj x {spec.n_steps} steps, grid {size}, frame dt {spec.dt:g};"
+            f" channels: {', '.join(spec.field_names)}"
+        )
     return "\n".join(lines)
 
 
@@ -90,10 +102,15 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param, args.param_sweep)
     start = time.perf_counter()
     out = simulate_dataset(
-        args.system, args.out, n_traj=args.n_traj, n_steps=args.n_steps, resolution=args.resolution,
-        params=params or None, seed=args.seed, overwrite=args.overwrite,
+        args.system,
+        args.out,
+        n_traj=args.n_traj,
+        n_steps=args.n_steps,
+        resolution=args.resolution,
+        params=params or None,
+        seed=args.seed,
+        overwrite=args.overwrite,
         log=lambda line: print(line, flush=True),
     )
-    print(f"{args.system}: wrote {out} (stats.yaml included) in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
+    print(f"{args.system}: wrote {out} (stats.yaml included) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0

@@ -7,8 +7,9 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("steer", help="concept directions (direction) and steered rollouts with a "
-                                   "dose-response (rollout)")
+    parser = subparsers.add_parser(
+        "steer", help="concept directions (direction) and steered rollouts with a dose-response (rollout)"
+    )
     verbs = parser.add_subparsers(dest="steer_verb", metavar="ACTION")
     verbs.required = True
 
@@ -17,10 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards)")
     p.add_argument("--feature", required=True, metavar="EXPR", help='windows of the concept, e.g. "nu>=0.01"')
     p.add_argument("--control", required=True, metavar="EXPR", help='windows without it, e.g. "nu<0.003"')
-    p.add_argument("--layer", action="append", required=True, metavar="L",
-                   help="block index (its residual stream) or a hook point name; repeatable")
-    p.add_argument("--method", choices=("mean-diff", "pca"), default="mean-diff",
-                   help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences")
+    p.add_argument(
+        "--layer",
+        action="append",
+        required=True,
+        metavar="L",
+        help="block index (its residual stream) or a hook point name; repeatable",
+    )
+    p.add_argument(
+        "--method",
+        choices=("mean-diff", "pca"),
+        default="mean-diff",
+        help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences",
+    )
     p.add_argument("--split", default="train", help="split(s) to average over (default: train)")
     p.add_argument("--max-windows", type=int, default=256, metavar="N", help="per selection, spread evenly")
     p.add_argument("--batch-size", type=int, default=16)
@@ -32,16 +42,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True, metavar="SHARDS", help="windows whose context is rolled out")
     p.add_argument("--direction", required=True, metavar="FILE")
-    p.add_argument("--alpha", default="-1,-0.5,0,0.5,1", help="comma-separated strengths (default: -1,-0.5,0,0.5,1); a list starting with a minus needs "
-                   "the = form: --alpha=-1,0,1")
-    p.add_argument("--spatial-mode", choices=("as-is", "mean"), default="as-is",
-                   help="add Δ's spatial map as is, or its spatial mean at every position")
-    p.add_argument("--horizon", type=int, default=None, metavar="H", help="token frames to generate "
-                   "(default: the model's window length)")
+    p.add_argument(
+        "--alpha",
+        default="-1,-0.5,0,0.5,1",
+        help="comma-separated strengths (default: -1,-0.5,0,0.5,1); a list starting with a minus needs "
+        "the = form: --alpha=-1,0,1",
+    )
+    p.add_argument(
+        "--spatial-mode",
+        choices=("as-is", "mean"),
+        default="as-is",
+        help="add Δ's spatial map as is, or its spatial mean at every position",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        default=None,
+        metavar="H",
+        help="token frames to generate (default: the model's window length)",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--select", default=None, metavar="EXPR", help="only contexts matching this selection")
     p.add_argument("--max-windows", type=int, default=8, metavar="N", help="contexts, spread evenly (default: 8)")
-    p.add_argument("--probe", default=None, metavar="DIR", help="a `physfm probe` output (default: fit one into OUT/probe)")
+    p.add_argument(
+        "--probe", default=None, metavar="DIR", help="a `physfm probe` output (default: fit one into OUT/probe)"
+    )
     p.add_argument("--target", default=None, metavar="PARAM", help="steered parameter (default: from the direction)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -50,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def layer_points(layers: list[str]) -> list[str]:
-    """"2" → "blocks.2.resid"; hook point names pass through."""
+    """ "2" → "blocks.2.resid"; hook point names pass through."""
     return [f"blocks.{layer}.resid" if layer.strip().isdigit() else layer.strip() for layer in layers]
 
 
@@ -59,13 +84,25 @@ def run_direction(args: argparse.Namespace) -> int:
     from physfm.interp.steer import compute_direction
 
     try:
-        meta = compute_direction(args.ckpt, args.data, args.feature, args.control, layer_points(args.layer), args.out,
-                                 method=args.method, split=args.split, max_windows=args.max_windows,
-                                 batch_size=args.batch_size, seed=args.seed)
+        meta = compute_direction(
+            args.ckpt,
+            args.data,
+            args.feature,
+            args.control,
+            layer_points(args.layer),
+            args.out,
+            method=args.method,
+            split=args.split,
+            max_windows=args.max_windows,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
-    print(f"direction {args.method} at {', '.join(meta['points'])} from {meta['counts']['feature']} feature and "
-          f"{meta['counts']['control']} control windows; norms {meta['norms']} → {args.out} (+ .json)")
+    print(
+        f"direction {args.method} at {', '.join(meta['points'])} from {meta['counts']['feature']} feature and "
+        f"{meta['counts']['control']} control windows; norms {meta['norms']} → {args.out} (+ .json)"
+    )
     return 0
 
 
@@ -76,10 +113,22 @@ def run_rollout(args: argparse.Namespace) -> int:
 
     out = args.out or default_run_dir("steer")
     try:
-        m = steer_rollout(args.ckpt, args.data, args.direction, parse_alphas(args.alpha), out, horizon=args.horizon,
-                          spatial_mode=args.spatial_mode, split=args.split, selection=args.select,
-                          max_windows=args.max_windows, probe=args.probe, target=args.target,
-                          batch_size=args.batch_size, seed=args.seed)
+        m = steer_rollout(
+            args.ckpt,
+            args.data,
+            args.direction,
+            parse_alphas(args.alpha),
+            out,
+            horizon=args.horizon,
+            spatial_mode=args.spatial_mode,
+            split=args.split,
+            selection=args.select,
+            max_windows=args.max_windows,
+            probe=args.probe,
+            target=args.target,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     names = list(m["curves"])

@@ -60,8 +60,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from tokenizer.evaluate import evaluate_tokenizer
 
     out = args.out or f"runs/tokenizer-eval-{datetime.now():%Y%m%d-%H%M%S}"
-    metrics = evaluate_tokenizer(args.ckpt, args.data, out, split=args.split, batch_size=args.batch_size,
-                                 max_batches=args.max_batches)
+    metrics = evaluate_tokenizer(
+        args.ckpt, args.data, out, split=args.split, batch_size=args.batch_size, max_batches=args.max_batches
+    )
     print(json.dumps(metrics["overall"], indent=1))
     print(f"wrote {out}/metrics.json and {out}/report.md")
     return 0

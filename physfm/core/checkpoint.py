@@ -64,8 +64,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if is_disk_full(err):
-            raise CheckpointError(f"{path}: not written, {err.strerror} (disk full or over quota); the "
-                                  "previous version, if any, is intact") from None
+            raise CheckpointError(
+                f"{path}: not written, {err.strerror} (disk full or over quota); the "
+                "previous version, if any, is intact"
+            ) from None
         raise
 
 
@@ -215,8 +217,9 @@ def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
     except pickle.UnpicklingError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
         why = lines[0] if lines else type(err).__name__
-        raise CheckpointError(f"{path}: refused, holds more than tensors and plain data (loading it would "
-                              f"run pickled code): {why}") from None
+        raise CheckpointError(
+            f"{path}: refused, holds more than tensors and plain data (loading it would run pickled code): {why}"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
 
@@ -236,8 +239,9 @@ def assert_checkpoint_safe(path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- consolidation
-def consolidate_state_dict(path: str | Path, strip_prefix: str = "",
-                           require_complete: bool = True) -> dict[str, "torch.Tensor"]:
+def consolidate_state_dict(
+    path: str | Path, strip_prefix: str = "", require_complete: bool = True
+) -> dict[str, torch.Tensor]:
     """Full fp32 ``state_dict`` of a checkpoint: a DeepSpeed ZeRO directory (shards merged with
     DeepSpeed's zero_to_fp32, after vetting) or a Lightning ``.ckpt`` file.  Keys starting with
     ``strip_prefix`` (e.g. ``"model."`` for the module inside a LightningModule) keep only the rest.
@@ -256,8 +260,9 @@ def consolidate_state_dict(path: str | Path, strip_prefix: str = "",
         state = get_fp32_state_dict_from_zero_checkpoint(str(path))
         # DeepSpeed names shards by named_parameters(), which include wrappers that state_dict() hides:
         # Lightning's "_forward_module." and activation checkpointing's "_checkpoint_wrapped_module.".
-        state = {k.removeprefix("_forward_module.").replace("_checkpoint_wrapped_module.", ""): v
-                 for k, v in state.items()}
+        state = {
+            k.removeprefix("_forward_module.").replace("_checkpoint_wrapped_module.", ""): v for k, v in state.items()
+        }
     else:
         if not is_complete(path):
             raise CheckpointError(f"{path}: incomplete or corrupt checkpoint file")
@@ -266,17 +271,33 @@ def consolidate_state_dict(path: str | Path, strip_prefix: str = "",
             raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
         state = loaded.get("state_dict", loaded)
     if strip_prefix:
-        state = {k[len(strip_prefix):]: v for k, v in state.items() if k.startswith(strip_prefix)}
+        state = {k[len(strip_prefix) :]: v for k, v in state.items() if k.startswith(strip_prefix)}
         if not state:
             raise CheckpointError(f"{path}: no weights under prefix {strip_prefix!r}")
     return {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items()}
 
 
 # Keys DeepSpeed adds to its model-state files; the rest is the caller's (Lightning's) client state.
-_DEEPSPEED_KEYS = {"module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "shared_params",
-                   "frozen_param_fragments", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names",
-                   "skipped_steps", "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config",
-                   "ds_version"}
+_DEEPSPEED_KEYS = {
+    "module",
+    "buffer_names",
+    "optimizer",
+    "param_shapes",
+    "frozen_param_shapes",
+    "shared_params",
+    "frozen_param_fragments",
+    "lr_scheduler",
+    "data_sampler",
+    "random_ltd",
+    "sparse_tensor_module_names",
+    "skipped_steps",
+    "global_steps",
+    "global_samples",
+    "dp_world_size",
+    "mp_world_size",
+    "ds_config",
+    "ds_version",
+}
 
 
 def deepspeed_client_state(path: str | Path) -> dict[str, Any]:
@@ -293,8 +314,7 @@ def deepspeed_client_state(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- export
-def export_safetensors(state_dict: dict[str, "torch.Tensor"], config_dict: dict[str, Any],
-                       out_dir: str | Path) -> Path:
+def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` + ``config.json`` to ``out_dir`` atomically (staged, then renamed).
     Refuses to replace a directory that holds anything else."""
     from safetensors.torch import save_file
@@ -303,8 +323,9 @@ def export_safetensors(state_dict: dict[str, "torch.Tensor"], config_dict: dict[
     if out_dir.exists():
         extra = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, COMPLETE_MARKER))
         if extra:
-            raise CheckpointError(f"{out_dir}: exists and holds other files ({', '.join(extra[:3])}); "
-                                  "choose an empty or new directory")
+            raise CheckpointError(
+                f"{out_dir}: exists and holds other files ({', '.join(extra[:3])}); choose an empty or new directory"
+            )
     tensors, seen = {}, set()
     for name, tensor in state_dict.items():
         tensor = tensor.detach().cpu().contiguous()
@@ -318,7 +339,7 @@ def export_safetensors(state_dict: dict[str, "torch.Tensor"], config_dict: dict[
     return out_dir
 
 
-def load_safetensors(out_dir: str | Path) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
+def load_safetensors(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, config_dict) of an export written by :func:`export_safetensors`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -33,8 +33,9 @@ class RunInfo:
         if self.kind not in MODEL_KINDS:
             raise CheckpointError(f"{RUN_INFO}: kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
         if not 0 < self.n_context_frames < self.n_frames:
-            raise CheckpointError(f"{RUN_INFO}: n_context_frames={self.n_context_frames} must be in "
-                                  f"[1, n_frames={self.n_frames})")
+            raise CheckpointError(
+                f"{RUN_INFO}: n_context_frames={self.n_context_frames} must be in [1, n_frames={self.n_frames})"
+            )
         if self.kind == "diffusion" and self.diffusion is None:
             raise CheckpointError(f"{RUN_INFO}: a diffusion run needs its 'diffusion' section")
 

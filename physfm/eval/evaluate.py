@@ -56,17 +56,29 @@ class DatasetScores:
         return self.vrmse_sum[method] / max(self.n_windows, 1)  # [H, C]
 
 
-def score_windows(pm, shards: str | Path, split: str, horizon: int, *, methods: tuple[str, ...],
-                  max_windows: int | None = None, batch_size: int = 32, temperature: float = 0.0,
-                  top_k: int | None = None, seed: int = 0, keep_predictions: bool = False,
-                  extra: dict[str, Any] | None = None) -> tuple[dict[str, DatasetScores], dict[str, float]]:
+def score_windows(
+    pm,
+    shards: str | Path,
+    split: str,
+    horizon: int,
+    *,
+    methods: tuple[str, ...],
+    max_windows: int | None = None,
+    batch_size: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    keep_predictions: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, DatasetScores], dict[str, float]]:
     """Roll out and score every method on the split's windows of ``horizon`` → (scores per dataset, seconds
     per method). ``extra`` maps more method names to ``fn(context, horizon, dataset) -> prediction``."""
     n = pm.n_spatial_dims
     scores: dict[str, DatasetScores] = {}
     seconds = {m: 0.0 for m in (*methods, *(extra or {}))}
-    for batch in evaluation_windows(shards, split, horizon, batch_size=batch_size, max_windows=max_windows,
-                                    datasets=[d for d in pm.dataset_names]):
+    for batch in evaluation_windows(
+        shards, split, horizon, batch_size=batch_size, max_windows=max_windows, datasets=[d for d in pm.dataset_names]
+    ):
         name, ctx, truth = batch.dataset, batch.context, batch.truth
         s = scores.setdefault(name, DatasetScores(pm.channel_names(name)))
         preds: dict[str, torch.Tensor] = {}
@@ -76,7 +88,7 @@ def score_windows(pm, shards: str | Path, split: str, horizon: int, *, methods: 
             # is causal: the context's token frames are those of the context encoded alone).
             start = time.perf_counter()
             window_ids = pm.encode(torch.cat([ctx, truth], 1), name)  # [B, T', *grid]
-            truth_ids = window_ids[:, pm.n_context_tokens:]
+            truth_ids = window_ids[:, pm.n_context_tokens :]
             seconds["encode"] = seconds.get("encode", 0.0) + time.perf_counter() - start
         for method in methods:
             start = time.perf_counter()
@@ -84,19 +96,27 @@ def score_windows(pm, shards: str | Path, split: str, horizon: int, *, methods: 
             if method == "persistence":
                 preds[method] = ctx[:, -1:].expand_as(truth)
             elif method == "copy_tokens":
-                ids = window_ids[:, pm.n_context_tokens - 1:pm.n_context_tokens]
-                preds[method] = pm.copy_tokens(ctx, horizon, name, context_ids=window_ids[:, :pm.n_context_tokens])
+                ids = window_ids[:, pm.n_context_tokens - 1 : pm.n_context_tokens]
+                preds[method] = pm.copy_tokens(ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens])
             elif method == "tokenizer_ceiling":
-                preds[method] = pm.decode(window_ids, name, n_frames=ctx.shape[1] + horizon)[:, ctx.shape[1]:].cpu()
+                preds[method] = pm.decode(window_ids, name, n_frames=ctx.shape[1] + horizon)[:, ctx.shape[1] :].cpu()
             elif method in MODEL_METHODS:
-                preds[method], ids = pm.rollout(ctx, horizon, name, temperature=temperature, top_k=top_k, seed=seed,
-                                                refine=method == "ar_refined", batch_size=batch_size,
-                                                return_tokens=True)
+                preds[method], ids = pm.rollout(
+                    ctx,
+                    horizon,
+                    name,
+                    temperature=temperature,
+                    top_k=top_k,
+                    seed=seed,
+                    refine=method == "ar_refined",
+                    batch_size=batch_size,
+                    return_tokens=True,
+                )
             else:
                 raise ValueError(f"unknown method {method!r}")
             seconds[method] += time.perf_counter() - start
             if ids is not None and truth_ids is not None:  # fraction of tokens equal to the truth's own
-                ref = truth_ids if method == "copy_tokens" else truth_ids[:, :ids.shape[1]]  # copy broadcasts
+                ref = truth_ids if method == "copy_tokens" else truth_ids[:, : ids.shape[1]]  # copy broadcasts
                 hits = (ids.to(ref.device) == ref).flatten(2).float().mean(-1).sum(0).double().cpu()  # [frames]
                 s.token_hits[method] = s.token_hits.get(method, 0) + hits
         for method, fn in (extra or {}).items():
@@ -113,8 +133,9 @@ def score_windows(pm, shards: str | Path, split: str, horizon: int, *, methods: 
             s.meta += batch.meta
         s.n_windows += ctx.shape[0]
     if not scores:
-        raise ValueError(f"{shards}: the {split!r} split gave no windows for the model's datasets "
-                         f"({', '.join(pm.dataset_names)})")
+        raise ValueError(
+            f"{shards}: the {split!r} split gave no windows for the model's datasets ({', '.join(pm.dataset_names)})"
+        )
     return scores, seconds
 
 
@@ -137,20 +158,41 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
                 every.setdefault(method, {}).setdefault(str(h), []).extend(float(v) for v in m[h - 1])
         out["vrmse"][name] = {"fields": fields, "mean": mean}
         out["token_accuracy"][name] = {
-            method: [float(v) for v in hits / max(s.n_windows, 1)] for method, hits in s.token_hits.items()}
+            method: [float(v) for v in hits / max(s.n_windows, 1)] for method, hits in s.token_hits.items()
+        }
     out["overall"] = {m: {h: sum(v) / len(v) for h, v in hs.items()} for m, hs in every.items()}
-    out["persistence_above_1"] = sorted({
-        f"{name}/{c}" for name, d in out["vrmse"].items() for c, f in d["fields"].items()
-        if "persistence" in f and max(f["persistence"].values()) > 1.0})
+    out["persistence_above_1"] = sorted(
+        {
+            f"{name}/{c}"
+            for name, d in out["vrmse"].items()
+            for c, f in d["fields"].items()
+            if "persistence" in f and max(f["persistence"].values()) > 1.0
+        }
+    )
     return out
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-def evaluate(location: str | Path, shards: str | Path, horizons: list[int], out: str | Path, *, split: str = "test",
-             max_windows: int | None = None, batch_size: int = 32, refine: bool | None = None,
-             temperature: float = 0.0, top_k: int | None = None, seed: int = 0, tokenizer: str | None = None,
-             refiner: str | None = None, device: str = "cpu", model=None, sampling_steps: int | None = None,
-             sampler: str | None = None) -> dict[str, Any]:
+def evaluate(
+    location: str | Path,
+    shards: str | Path,
+    horizons: list[int],
+    out: str | Path,
+    *,
+    split: str = "test",
+    max_windows: int | None = None,
+    batch_size: int = 32,
+    refine: bool | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    refiner: str | None = None,
+    device: str = "cpu",
+    model=None,
+    sampling_steps: int | None = None,
+    sampler: str | None = None,
+) -> dict[str, Any]:
     """Score the model and the baselines; write metrics.json, report.md, strips and the horizon plot.
 
     ``refine``: None = with and without the refiner when the model has one; True = require one.
@@ -158,28 +200,61 @@ def evaluate(location: str | Path, shards: str | Path, horizons: list[int], out:
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
         raise ValueError(f"horizons: need positive integers, got {horizons}")
-    pm = model or PhysicsModel.from_pretrained(location, tokenizer=tokenizer, refiner=refiner or "auto",
-                                               device=device, sampling_steps=sampling_steps, sampler=sampler)
+    pm = model or PhysicsModel.from_pretrained(
+        location,
+        tokenizer=tokenizer,
+        refiner=refiner or "auto",
+        device=device,
+        sampling_steps=sampling_steps,
+        sampler=sampler,
+    )
     if refine and pm.refiner is None:
-        raise ValueError(f"{location}: --refine asked for, but the model has no refiner (train one with "
-                         "`physfm refine`, or pass --refiner DIR)")
+        raise ValueError(
+            f"{location}: --refine asked for, but the model has no refiner (train one with "
+            "`physfm refine`, or pass --refiner DIR)"
+        )
     refined = ("ar_refined",) if pm.refiner is not None and refine is not False else ()
     methods = (getattr(pm, "method", "ar"), *refined, *BASELINES)  # method: "diffusion" for a diffusion model
     start = time.perf_counter()
-    scores, seconds = score_windows(pm, shards, split, max(horizons), methods=methods, max_windows=max_windows,
-                                    batch_size=batch_size, temperature=temperature, top_k=top_k, seed=seed)
+    scores, seconds = score_windows(
+        pm,
+        shards,
+        split,
+        max(horizons),
+        methods=methods,
+        max_windows=max_windows,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {"checkpoint": str(location), "shards": str(shards), "split": split, "horizons": horizons,
-               "methods": list(methods), "temperature": temperature, "top_k": top_k, "seed": seed,
-               "model": pm.describe(), **summarize(scores, horizons),
-               "seconds": {**{m: round(v, 2) for m, v in seconds.items()},
-                           "total": round(time.perf_counter() - start, 2)}}
+    metrics = {
+        "checkpoint": str(location),
+        "shards": str(shards),
+        "split": split,
+        "horizons": horizons,
+        "methods": list(methods),
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+        "model": pm.describe(),
+        **summarize(scores, horizons),
+        "seconds": {**{m: round(v, 2) for m, v in seconds.items()}, "total": round(time.perf_counter() - start, 2)},
+    }
     figures = [vrmse_vs_horizon(metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{split} split").name]
     for name, s in scores.items():
         preds = {m: s.example[m] for m in methods if m in MODEL_METHODS}
-        figures.append(rollout_strip(s.example["truth"], preds, s.channel_names, out / f"rollout_{name}.png",
-                                     title=f"{name}: truth | prediction | error").name)
+        figures.append(
+            rollout_strip(
+                s.example["truth"],
+                preds,
+                s.channel_names,
+                out / f"rollout_{name}.png",
+                title=f"{name}: truth | prediction | error",
+            ).name
+        )
     metrics["figures"] = figures
     _write(out / "metrics.json", json.dumps(metrics, indent=1))
     _write(out / "report.md", render_report(metrics))
@@ -201,7 +276,8 @@ def render_report(metrics: dict[str, Any]) -> str:
     methods = metrics["methods"]
     model_methods = [m for m in methods if m not in BASELINES and m != "persistence"]
     lines = [
-        "# Evaluation", "",
+        "# Evaluation",
+        "",
         f"Model `{metrics['checkpoint']}` on `{metrics['shards']}` ({metrics['split']} split), "
         f"{sum(metrics['n_windows'].values())} windows "
         f"({', '.join(f'{k}: {v}' for k, v in metrics['n_windows'].items())}); "
@@ -210,33 +286,52 @@ def render_report(metrics: dict[str, Any]) -> str:
         "VRMSE is The Well's (per window and field: sqrt(MSE / spatial variance of the truth), in physical units), "
         "here of the k-th predicted frame, averaged over windows. **VRMSE 1.0 is what predicting the spatial mean "
         "scores**: a method above 1 carries no spatial information. Persistence repeats the last context frame; "
-        "once persistence is itself above 1 the dynamics have decorrelated at that horizon, and \"beating\" "
+        'once persistence is itself above 1 the dynamics have decorrelated at that horizon, and "beating" '
         "persistence there means nothing. Copy-tokens is persistence through the tokenizer; the tokenizer "
-        "ceiling decodes the true future's own tokens (no token model can do better).", "",
-        "## Mean over datasets and fields", "",
-        "| horizon | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods),
+        "ceiling decodes the true future's own tokens (no token model can do better).",
+        "",
+        "## Mean over datasets and fields",
+        "",
+        "| horizon | " + " | ".join(methods) + " |",
+        "|---|" + "---:|" * len(methods),
     ]
     for h in metrics["horizons"]:
         lines.append(f"| {h} | " + " | ".join(_fmt(metrics["overall"].get(m, {}).get(str(h))) for m in methods) + " |")
     for h in metrics["horizons"]:
-        lines += ["", f"## Horizon {h}", "", "| dataset | field | " + " | ".join(methods) + " | beats persistence |",
-                  "|---|---|" + "---:|" * len(methods) + "---|"]
+        lines += [
+            "",
+            f"## Horizon {h}",
+            "",
+            "| dataset | field | " + " | ".join(methods) + " | beats persistence |",
+            "|---|---|" + "---:|" * len(methods) + "---|",
+        ]
         for name, d in metrics["vrmse"].items():
             for c, f in d["fields"].items():
                 vals = {m: f.get(m, {}).get(str(h)) for m in methods}
                 p = vals.get("persistence")
-                verdict = ", ".join(m for m in model_methods if vals.get(m) is not None and p is not None
-                                    and vals[m] < p) or "no"
+                verdict = (
+                    ", ".join(m for m in model_methods if vals.get(m) is not None and p is not None and vals[m] < p)
+                    or "no"
+                )
                 if p is not None and p > 1.0:
                     verdict += " (persistence > 1: not meaningful)"
                 lines.append(f"| {name} | {c} | " + " | ".join(_fmt(vals[m]) for m in methods) + f" | {verdict} |")
     if metrics.get("persistence_above_1"):
-        lines += ["", "Persistence is above 1 (worse than the spatial mean) for: "
-                  + ", ".join(metrics["persistence_above_1"]) + "."]
+        lines += [
+            "",
+            "Persistence is above 1 (worse than the spatial mean) for: "
+            + ", ".join(metrics["persistence_above_1"])
+            + ".",
+        ]
     acc = metrics.get("token_accuracy", {})
     if acc:
-        lines += ["", "## Token accuracy (fraction of predicted tokens equal to the true frame's own tokens)", "",
-                  "| dataset | method | step 1 | last step |", "|---|---|---:|---:|"]
+        lines += [
+            "",
+            "## Token accuracy (fraction of predicted tokens equal to the true frame's own tokens)",
+            "",
+            "| dataset | method | step 1 | last step |",
+            "|---|---|---:|---:|",
+        ]
         for name, per in acc.items():
             for m, vals in per.items():
                 lines.append(f"| {name} | {m} | {vals[0]:.3f} | {vals[-1]:.3f} |")
@@ -252,41 +347,93 @@ def _write(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- rollout
-def rollout_to_files(location: str | Path, shards: str | Path, horizon: int, out: str | Path, *, split: str = "test",
-                     max_windows: int | None = None, batch_size: int = 32, refine: bool = False,
-                     temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
-                     tokenizer: str | None = None, refiner: str | None = None, device: str = "cpu",
-                     sampling_steps: int | None = None, sampler: str | None = None) -> dict[str, Any]:
+def rollout_to_files(
+    location: str | Path,
+    shards: str | Path,
+    horizon: int,
+    out: str | Path,
+    *,
+    split: str = "test",
+    max_windows: int | None = None,
+    batch_size: int = 32,
+    refine: bool = False,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    tokenizer: str | None = None,
+    refiner: str | None = None,
+    device: str = "cpu",
+    sampling_steps: int | None = None,
+    sampler: str | None = None,
+) -> dict[str, Any]:
     """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md."""
-    pm = PhysicsModel.from_pretrained(location, tokenizer=tokenizer, refiner=refiner or "auto", device=device,
-                                      sampling_steps=sampling_steps, sampler=sampler)
+    pm = PhysicsModel.from_pretrained(
+        location,
+        tokenizer=tokenizer,
+        refiner=refiner or "auto",
+        device=device,
+        sampling_steps=sampling_steps,
+        sampler=sampler,
+    )
     method = "ar_refined" if refine else getattr(pm, "method", "ar")
     if refine and pm.refiner is None:
         raise ValueError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")
-    scores, seconds = score_windows(pm, shards, split, horizon, methods=(method, "persistence"),
-                                    max_windows=max_windows, batch_size=batch_size, temperature=temperature,
-                                    top_k=top_k, seed=seed, keep_predictions=True)
+    scores, seconds = score_windows(
+        pm,
+        shards,
+        split,
+        horizon,
+        methods=(method, "persistence"),
+        max_windows=max_windows,
+        batch_size=batch_size,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        keep_predictions=True,
+    )
     out = Path(out)
     files = []
     for name, s in scores.items():
         tensors = {k: torch.cat(v) for k, v in s.predictions.items() if k != "persistence"}
         tensors["prediction"] = tensors.pop(method)
         files.append(str(save_predictions(out / "predictions" / f"{name}.safetensors", tensors, s.meta)))
-        rollout_strip(s.example["truth"], {method: s.example[method]}, s.channel_names, out / f"rollout_{name}.png",
-                      title=f"{name}: truth | prediction | error")
+        rollout_strip(
+            s.example["truth"],
+            {method: s.example[method]},
+            s.channel_names,
+            out / f"rollout_{name}.png",
+            title=f"{name}: truth | prediction | error",
+        )
     summary = summarize(scores, list(range(1, horizon + 1)))
-    metrics = {"checkpoint": str(location), "shards": str(shards), "split": split, "horizon": horizon,
-               "refine": refine, "temperature": temperature, "top_k": top_k, "seed": seed, "model": pm.describe(),
-               "predictions": files,
-               "n_windows": summary["n_windows"], "curves": summary["curves"],
-               "seconds": {m: round(v, 2) for m, v in seconds.items()}}
+    metrics = {
+        "checkpoint": str(location),
+        "shards": str(shards),
+        "split": split,
+        "horizon": horizon,
+        "refine": refine,
+        "temperature": temperature,
+        "top_k": top_k,
+        "seed": seed,
+        "model": pm.describe(),
+        "predictions": files,
+        "n_windows": summary["n_windows"],
+        "curves": summary["curves"],
+        "seconds": {m: round(v, 2) for m, v in seconds.items()},
+    }
     _write(out / "metrics.json", json.dumps(metrics, indent=1))
-    lines = ["# Rollout", "", f"`{location}` on `{shards}` ({split}), horizon {horizon}, "
-             f"{'with' if refine else 'without'} refinement. Predictions: `predictions/<dataset>.safetensors` "
-             "(tensors context, truth, prediction [windows, T, C, *space], physical units; windows' meta in the "
-             "file's metadata).", "", "Mean VRMSE per step (1.0 = the spatial mean):", "",
-             "| dataset | method | " + " | ".join(str(k) for k in range(1, horizon + 1)) + " |",
-             "|---|---|" + "---:|" * horizon]
+    lines = [
+        "# Rollout",
+        "",
+        f"`{location}` on `{shards}` ({split}), horizon {horizon}, "
+        f"{'with' if refine else 'without'} refinement. Predictions: `predictions/<dataset>.safetensors` "
+        "(tensors context, truth, prediction [windows, T, C, *space], physical units; windows' meta in the "
+        "file's metadata).",
+        "",
+        "Mean VRMSE per step (1.0 = the spatial mean):",
+        "",
+        "| dataset | method | " + " | ".join(str(k) for k in range(1, horizon + 1)) + " |",
+        "|---|---|" + "---:|" * horizon,
+    ]
     for name, per in summary["curves"].items():
         for m, vals in per.items():
             lines.append(f"| {name} | {m} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
@@ -299,12 +446,8 @@ def save_predictions(path: str | Path, tensors: dict[str, torch.Tensor], meta: l
     """Write ``tensors`` (e.g. context, truth, prediction) as safetensors with the windows' meta as JSON."""
     from safetensors.torch import save
 
-
     path = Path(path)
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                metadata={"windows": json.dumps(meta)})
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"windows": json.dumps(meta)})
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
     return path
-
-

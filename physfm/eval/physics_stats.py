@@ -104,15 +104,18 @@ def gray_scott_stats(frames: np.ndarray, channel_names: list[str], n_dims: int =
 
 def generic_stats(frames: np.ndarray, channel_names: list[str], n_dims: int = 2) -> dict[str, np.ndarray]:
     first = frames[(..., 0) + (slice(None),) * n_dims]  # [..., *space]
-    return {"spectral_wavelength": dominant_wavelength(first, n_dims),
-            "variance": first.reshape(*first.shape[:-n_dims], -1).var(-1)}
+    return {
+        "spectral_wavelength": dominant_wavelength(first, n_dims),
+        "variance": first.reshape(*first.shape[:-n_dims], -1).var(-1),
+    }
 
 
 STATISTICS: dict[str, StatFn] = {"navier_stokes2d": navier_stokes_stats, "gray_scott2d": gray_scott_stats}
 
 
-def physics_statistics(dataset: str, frames: np.ndarray, channel_names: list[str],
-                       n_dims: int = 2) -> dict[str, np.ndarray]:
+def physics_statistics(
+    dataset: str, frames: np.ndarray, channel_names: list[str], n_dims: int = 2
+) -> dict[str, np.ndarray]:
     """The dataset's statistics of frames [..., C, *space] (physical units) → {name: [...]}; headline first."""
     fn = STATISTICS.get(dataset, generic_stats) if n_dims == 2 else generic_stats
     try:

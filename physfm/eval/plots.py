@@ -46,8 +46,14 @@ def _slice(frame: np.ndarray) -> np.ndarray:
     return frame[frame.shape[0] // 2] if frame.ndim == 3 else frame
 
 
-def rollout_strip(truth: torch.Tensor, predictions: dict[str, torch.Tensor], channel_names: list[str], path: Path,
-                  title: str = "", max_columns: int = 8) -> Path:
+def rollout_strip(
+    truth: torch.Tensor,
+    predictions: dict[str, torch.Tensor],
+    channel_names: list[str],
+    path: Path,
+    title: str = "",
+    max_columns: int = 8,
+) -> Path:
     """truth [H, C, *space] and predictions {method: [H, C, *space]} of one window → PNG."""
     plt = _pyplot()
     truth_np = truth.detach().cpu().float().numpy()
@@ -66,8 +72,13 @@ def rollout_strip(truth: torch.Tensor, predictions: dict[str, torch.Tensor], cha
         for col, k in enumerate(steps):
             ax = axes[r, col]
             t = _slice(truth_np[k, c])
-            img = t if kind == "truth" else _slice(preds[method][k, c]) if kind == "prediction" \
+            img = (
+                t
+                if kind == "truth"
+                else _slice(preds[method][k, c])
+                if kind == "prediction"
                 else _slice(preds[method][k, c]) - t
+            )
             if img.ndim == 1:
                 if kind == "prediction":
                     ax.plot(t, color="0.6", lw=0.8)

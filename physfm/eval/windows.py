@@ -71,8 +71,9 @@ def evaluation_windows(
         yield from _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, names)
         return
     for name in names:
-        yield from _source_windows(shards, manifest, name, split, horizon, batch_size, max_windows,
-                                   stride or int(manifest.get("stride", 1)))
+        yield from _source_windows(
+            shards, manifest, name, split, horizon, batch_size, max_windows, stride or int(manifest.get("stride", 1))
+        )
 
 
 def _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, names) -> Iterator[EvalBatch]:
@@ -85,8 +86,9 @@ def _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, na
         if keep <= 0:
             continue
         seen[name] += keep
-        yield EvalBatch(name, batch["input"][:keep].float(), batch["output"][:keep, :horizon].float(),
-                        list(batch["meta"][:keep]))
+        yield EvalBatch(
+            name, batch["input"][:keep].float(), batch["output"][:keep, :horizon].float(), list(batch["meta"][:keep])
+        )
 
 
 def _source_files(shards, manifest: dict[str, Any], name: str, split: str) -> list[Path]:
@@ -101,8 +103,10 @@ def _source_files(shards, manifest: dict[str, Any], name: str, split: str) -> li
     paths = [Path(source_dir) / "data" / split / f for f in files]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise DataError(f"{missing[0]}: source file of dataset {name!r} ({split}) named by {shards}/manifest.json "
-                        "is missing; longer evaluation windows are cut from the source files")
+        raise DataError(
+            f"{missing[0]}: source file of dataset {name!r} ({split}) named by {shards}/manifest.json "
+            "is missing; longer evaluation windows are cut from the source files"
+        )
     return paths
 
 
@@ -115,13 +119,17 @@ def _source_windows(shards, manifest, name, split, horizon, batch_size, max_wind
     for path in _source_files(shards, manifest, name, split):
         with WellReader(path) as reader:
             if reader.dataset_name != name or reader.channel_names != list(entry["channel_names"]):
-                raise DataError(f"{path}: holds dataset {reader.dataset_name!r} with channels {reader.channel_names}, "
-                                f"the manifest says {name!r} with {entry['channel_names']}")
+                raise DataError(
+                    f"{path}: holds dataset {reader.dataset_name!r} with channels {reader.channel_names}, "
+                    f"the manifest says {name!r} with {entry['channel_names']}"
+                )
             for traj in range(reader.n_trajectories):
                 index += [(path, traj, s) for s in range(0, reader.n_steps - length + 1, stride)]
     if not index:
-        raise DataError(f"{shards}: dataset {name!r} has no {split} trajectory long enough for {n_input} context "
-                        f"+ {horizon} frames; lower the horizon")
+        raise DataError(
+            f"{shards}: dataset {name!r} has no {split} trajectory long enough for {n_input} context "
+            f"+ {horizon} frames; lower the horizon"
+        )
     chosen = [index[i] for i in evenly_spaced(len(index), max_windows)]
     contexts, truths, metas = [], [], []
     reader, frames, current = None, None, None
@@ -133,13 +141,20 @@ def _source_windows(shards, manifest, name, split, horizon, batch_size, max_wind
                         reader.close()
                     reader = WellReader(path)
                 frames, current = reader.frames(traj, 0, reader.n_steps), (path, traj)  # one read per trajectory
-            window = frames[start:start + length]
+            window = frames[start : start + length]
             if not np.isfinite(window).all():
                 raise DataError(f"{path}: trajectory {traj}: non-finite values in frames {start}:{start + length}")
             contexts.append(window[:n_input])
             truths.append(window[n_input:])
-            metas.append({"dataset": name, "source_file": os.path.basename(path), "trajectory": traj, "start": start,
-                          "params": dict(reader.simulation_parameters)})
+            metas.append(
+                {
+                    "dataset": name,
+                    "source_file": os.path.basename(path),
+                    "trajectory": traj,
+                    "start": start,
+                    "params": dict(reader.simulation_parameters),
+                }
+            )
             if len(contexts) == batch_size:
                 yield EvalBatch(name, torch.from_numpy(np.stack(contexts)), torch.from_numpy(np.stack(truths)), metas)
                 contexts, truths, metas = [], [], []

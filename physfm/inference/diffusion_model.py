@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from physfm.inference.physics_model import PhysicsModel
 from physfm.inference.loading import load_diffusion_model, load_with_tokenizer
+from physfm.inference.physics_model import PhysicsModel
 from physfm.models.latents import continuous_latents, latent_ids
 from physfm.models.latents import snap_to_codes as round_to_codes
 from tokenizer.checkpoint import load_tokenizer
@@ -36,8 +36,15 @@ class DiffusionPhysicsModel(PhysicsModel):
     kind = "diffusion"  # run.json kind this class loads
     method = "diffusion"  # the name evaluate/rollout give this model's predictions
 
-    def __init__(self, model, tokenizer, info: dict[str, Any], sampling_steps: int | None = None,
-                 sampler: str | None = None, snap_to_codes: bool | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        info: dict[str, Any],
+        sampling_steps: int | None = None,
+        sampler: str | None = None,
+        snap_to_codes: bool | None = None,
+    ):
         super().__init__(model, tokenizer, info)
         d = model.diffusion
         self.sampling_steps = int(sampling_steps or d.sampling_steps)
@@ -50,10 +57,17 @@ class DiffusionPhysicsModel(PhysicsModel):
         self._generator: torch.Generator | None = None
 
     @classmethod
-    def from_pretrained(cls, location: str | Path, *, tokenizer: str | Path | None = None,
-                        refiner: str | Path | bool | None = "auto", device: str | torch.device = "cpu",
-                        sampling_steps: int | None = None, sampler: str | None = None,
-                        snap_to_codes: bool | None = None) -> DiffusionPhysicsModel:
+    def from_pretrained(
+        cls,
+        location: str | Path,
+        *,
+        tokenizer: str | Path | None = None,
+        refiner: str | Path | bool | None = "auto",
+        device: str | torch.device = "cpu",
+        sampling_steps: int | None = None,
+        sampler: str | None = None,
+        snap_to_codes: bool | None = None,
+    ) -> DiffusionPhysicsModel:
         """Load a diffusion run/checkpoint/export. ``refiner`` must be "auto"/None/False: the refiner corrects
         the AR model's decoded tokens and has no diffusion counterpart."""
         if refiner not in ("auto", None, False):
@@ -78,19 +92,33 @@ class DiffusionPhysicsModel(PhysicsModel):
         return tok.denormalize(tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset)
 
     @torch.no_grad()
-    def generate_latents(self, context: torch.Tensor, n_frames: int, dataset: str,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate_latents(
+        self, context: torch.Tensor, n_frames: int, dataset: str, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Context latents [B, F, *grid, D] → the next ``n_frames`` latent frames [B, n, *grid, D]."""
         ids = torch.full((context.shape[0],), self.dataset_names.index(dataset), device=self.device)
-        return self.model.sample_frames(context.to(self.device), n_frames, ids, steps=self.sampling_steps,
-                                        sampler=self.sampler, generator=generator,
-                                        n_context_frames=self.n_context_tokens,
-                                        frames_per_call=self.n_window_tokens - self.n_context_tokens)
+        return self.model.sample_frames(
+            context.to(self.device),
+            n_frames,
+            ids,
+            steps=self.sampling_steps,
+            sampler=self.sampler,
+            generator=generator,
+            n_context_frames=self.n_context_tokens,
+            frames_per_call=self.n_window_tokens - self.n_context_tokens,
+        )
 
     @torch.no_grad()
-    def generate_tokens(self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, temperature: float = 0.0,
-                        top_k: int | None = None, generator: torch.Generator | None = None,
-                        use_cache: bool = True) -> torch.Tensor:
+    def generate_tokens(
+        self,
+        context_ids: torch.Tensor,
+        n_token_frames: int,
+        dataset: str,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Token-space interface (steering, probing tools): context ids [B, F, *grid] read as their codes →
         the ids the next ``n_token_frames`` sampled latents round to. Without a generator the noise is seeded
         with 0, so repeated calls agree (a steered rollout differs from the unsteered one only by the steering).
@@ -103,18 +131,38 @@ class DiffusionPhysicsModel(PhysicsModel):
 
     # ------------------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def rollout(self, context, horizon: int = 8, dataset: str | None = None, temperature: float = 0.0,
-                top_k: int | None = None, seed: int = 0, refine: bool = False, use_cache: bool = True,
-                batch_size: int = 64, return_tokens: bool = False):
+    def rollout(
+        self,
+        context,
+        horizon: int = 8,
+        dataset: str | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        refine: bool = False,
+        use_cache: bool = True,
+        batch_size: int = 64,
+        return_tokens: bool = False,
+    ):
         """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with ``seed``, so
         the same seed (and batch_size) gives the same prediction. ``temperature``/``top_k`` must stay unset."""
         if temperature or top_k:
-            raise ValueError("temperature/top-k apply to AR models; a diffusion model samples from noise seeded by "
-                             "--seed, with --sampling-steps ODE steps")
+            raise ValueError(
+                "temperature/top-k apply to AR models; a diffusion model samples from noise seeded by "
+                "--seed, with --sampling-steps ODE steps"
+            )
         self._generator = torch.Generator(device=self.device).manual_seed(seed)
         try:
-            return super().rollout(context, horizon, dataset, seed=seed, refine=refine, use_cache=use_cache,
-                                   batch_size=batch_size, return_tokens=return_tokens)
+            return super().rollout(
+                context,
+                horizon,
+                dataset,
+                seed=seed,
+                refine=refine,
+                use_cache=use_cache,
+                batch_size=batch_size,
+                return_tokens=return_tokens,
+            )
         finally:
             self._generator = None
 
@@ -124,8 +172,13 @@ class DiffusionPhysicsModel(PhysicsModel):
         z_ctx = self.encode_latents(ctx, dataset)
         new = self.generate_latents(z_ctx, math.ceil(horizon / c), dataset, self._generator)
         decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
-        return decoded[:, n_in:n_in + horizon], latent_ids(self.tokenizer, new)
+        return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "kind": "diffusion", "sampling_steps": self.sampling_steps,
-                "sampler": self.sampler, "snap_to_codes": self.snap_to_codes}
+        return {
+            **super().describe(),
+            "kind": "diffusion",
+            "sampling_steps": self.sampling_steps,
+            "sampler": self.sampler,
+            "snap_to_codes": self.snap_to_codes,
+        }

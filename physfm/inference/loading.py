@@ -59,7 +59,7 @@ def load_model_state(location: str | Path) -> tuple[dict[str, Any], dict[str, An
 
 
 def model_kind(location: str | Path) -> str:
-    """"ar" or "diffusion": the kind in the run's run.json (an export's config.json), weights unread."""
+    """ "ar" or "diffusion": the kind in the run's run.json (an export's config.json), weights unread."""
     path, run_dir = resolve_checkpoint(location)
     meta = path / CONFIG_NAME if (path / WEIGHTS_NAME).is_file() else run_dir / RUN_INFO
     try:
@@ -74,13 +74,16 @@ def load_model(location: str | Path, kind: str | None = None) -> tuple[nn.Module
     state, info = load_model_state(location)
     found = info.get("kind", "ar")
     if kind is not None and found != kind:
-        raise CheckpointError(f"{location}: a {found!r} model, not {kind!r}; load it with "
-                              "PhysicsModel.from_pretrained (physfm.inference)")
+        raise CheckpointError(
+            f"{location}: a {found!r} model, not {kind!r}; load it with PhysicsModel.from_pretrained (physfm.inference)"
+        )
     model = build_model(found, info)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{location}: weights do not match the {found} model config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{location}: weights do not match the {found} model config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.eval(), info
 
 
@@ -102,17 +105,22 @@ def export_model(location: str | Path, out_dir: str | Path) -> Path:
 def _tokenizer_location(info: dict[str, Any], run_dir: Path) -> Path:
     recorded = info.get("tokenizer") or ""
     if not recorded:
-        raise DataError(f"{run_dir}: the run does not name its tokenizer (run.json 'tokenizer' is empty); "
-                        "pass tokenizer=PATH (--tokenizer)")
+        raise DataError(
+            f"{run_dir}: the run does not name its tokenizer (run.json 'tokenizer' is empty); "
+            "pass tokenizer=PATH (--tokenizer)"
+        )
     for candidate in (Path(recorded), run_dir / recorded):
         if candidate.exists():
             return candidate
-    raise DataError(f"{run_dir}: its tokenizer {recorded} does not exist (relative paths are tried from the "
-                    "working directory and the run directory); pass tokenizer=PATH (--tokenizer)")
+    raise DataError(
+        f"{run_dir}: its tokenizer {recorded} does not exist (relative paths are tried from the "
+        "working directory and the run directory); pass tokenizer=PATH (--tokenizer)"
+    )
 
 
-def load_with_tokenizer(load: Callable[[Path], tuple[nn.Module, dict[str, Any]]], location: Path,
-                        tokenizer: str | Path | None) -> tuple[nn.Module, dict[str, Any], Path, Path]:
+def load_with_tokenizer(
+    load: Callable[[Path], tuple[nn.Module, dict[str, Any]]], location: Path, tokenizer: str | Path | None
+) -> tuple[nn.Module, dict[str, Any], Path, Path]:
     """``load(location)`` → (model, info), plus the run directory and the tokenizer path: the given one, else
     the one the run names; refused when its fingerprint differs from the one the run recorded."""
     try:
@@ -123,6 +131,8 @@ def load_with_tokenizer(load: Callable[[Path], tuple[nn.Module, dict[str, Any]]]
     tok_path = Path(tokenizer) if tokenizer else _tokenizer_location(info, run_dir)
     recorded = info.get("tokenizer_fingerprint")
     if recorded and fingerprint(tok_path) != recorded:
-        raise DataError(f"{tok_path}: not the tokenizer the model was trained with (fingerprint "
-                        f"{fingerprint(tok_path)[:12]}, the run recorded {recorded[:12]})")
+        raise DataError(
+            f"{tok_path}: not the tokenizer the model was trained with (fingerprint "
+            f"{fingerprint(tok_path)[:12]}, the run recorded {recorded[:12]})"
+        )
     return model, info, run_dir, tok_path

@@ -62,9 +62,16 @@ class PhysicsModel:
         PhysicsModel._kinds[cls.kind] = cls
 
     @classmethod
-    def from_pretrained(cls, location: str | Path, *, tokenizer: str | Path | None = None,
-                        refiner: str | Path | bool | None = "auto", device: str | torch.device = "cpu",
-                        sampling_steps: int | None = None, sampler: str | None = None) -> PhysicsModel:
+    def from_pretrained(
+        cls,
+        location: str | Path,
+        *,
+        tokenizer: str | Path | None = None,
+        refiner: str | Path | bool | None = "auto",
+        device: str | torch.device = "cpu",
+        sampling_steps: int | None = None,
+        sampler: str | None = None,
+    ) -> PhysicsModel:
         """Load from a pretrain run directory, a checkpoint or an export directory.
 
         ``tokenizer``: override the tokenizer recorded in the run. ``refiner``: "auto" loads
@@ -79,9 +86,14 @@ class PhysicsModel:
         if kind != cls.kind:  # the class of the run's kind loads it (physfm.inference imports every kind)
             if kind not in PhysicsModel._kinds:
                 raise DataError(f"{location}: model kind {kind!r} has no PhysicsModel class")
-            return PhysicsModel._kinds[kind].from_pretrained(location, tokenizer=tokenizer, refiner=refiner,
-                                                             device=device, sampling_steps=sampling_steps,
-                                                             sampler=sampler)
+            return PhysicsModel._kinds[kind].from_pretrained(
+                location,
+                tokenizer=tokenizer,
+                refiner=refiner,
+                device=device,
+                sampling_steps=sampling_steps,
+                sampler=sampler,
+            )
         if sampling_steps is not None or sampler is not None:
             raise ValueError(f"{location}: --sampling-steps/--sampler apply to diffusion models; this is an AR model")
         model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
@@ -94,9 +106,11 @@ class PhysicsModel:
             if recorded and meta.get("tokenizer_fingerprint") not in (None, recorded):
                 raise DataError(f"{ref_path}: refiner was trained with another tokenizer than this model's")
             if meta.get("ar_sha256") and meta["ar_sha256"] != state_sha256(model):
-                warnings.warn(f"{ref_path}: refiner was trained against other AR weights than {location} "
-                              "(the run trained on?); retrain it with `physfm refine` for the best results",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{ref_path}: refiner was trained against other AR weights than {location} "
+                    "(the run trained on?); retrain it with `physfm refine` for the best results",
+                    stacklevel=2,
+                )
             meta = {**meta, "path": str(ref_path)}
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         return cls(model, tok, info, ref, meta).to(device)
@@ -145,20 +159,44 @@ class PhysicsModel:
         return tok.denormalize(tok.decode(ids.to(self.device), dataset, n_frames=n_frames), dataset)
 
     @torch.no_grad()
-    def generate_tokens(self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, temperature: float = 0.0,
-                        top_k: int | None = None, generator: torch.Generator | None = None,
-                        use_cache: bool = True) -> torch.Tensor:
+    def generate_tokens(
+        self,
+        context_ids: torch.Tensor,
+        n_token_frames: int,
+        dataset: str,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
         """Context token frames [B, F, *grid] → the next ``n_token_frames`` [B, n, *grid]."""
         ids = torch.full((context_ids.shape[0],), self.dataset_names.index(dataset), device=self.device)
-        return self.model.generate_frames(context_ids.to(self.device), n_token_frames, ids, temperature=temperature,
-                                          top_k=top_k, generator=generator, use_cache=use_cache,
-                                          window_frames=self.n_window_tokens)
+        return self.model.generate_frames(
+            context_ids.to(self.device),
+            n_token_frames,
+            ids,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            use_cache=use_cache,
+            window_frames=self.n_window_tokens,
+        )
 
     # ------------------------------------------------------------------------------ rollout
     @torch.no_grad()
-    def rollout(self, context, horizon: int = 8, dataset: str | None = None, temperature: float = 0.0,
-                top_k: int | None = None, seed: int = 0, refine: bool = False, use_cache: bool = True,
-                batch_size: int = 64, return_tokens: bool = False):
+    def rollout(
+        self,
+        context,
+        horizon: int = 8,
+        dataset: str | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        refine: bool = False,
+        use_cache: bool = True,
+        batch_size: int = 64,
+        return_tokens: bool = False,
+    ):
         """Predict ``horizon`` frames after ``context`` ([T_in, C, *space] or [B, T_in, C, *space], physical
         units; the last ``n_input_frames`` are used) → [(B,) horizon, C, *space] on the context's device.
         With ``return_tokens`` also the generated token frames [(B,) n, *grid]."""
@@ -170,20 +208,23 @@ class PhysicsModel:
         x = torch.as_tensor(np.asarray(context) if not isinstance(context, torch.Tensor) else context)
         n, C = self.n_spatial_dims, len(self.tokenizer.datasets[dataset].channel_names)
         if x.ndim not in (n + 2, n + 3):
-            raise ValueError(f"context: expected [T_in, C, *space] or [B, T_in, C, *space] with {n} spatial axes, "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"context: expected [T_in, C, *space] or [B, T_in, C, *space] with {n} spatial axes, "
+                f"got shape {tuple(x.shape)}"
+            )
         batched = x.ndim == n + 3
         x = x if batched else x[None]
         if x.shape[2] != C:
-            raise ValueError(f"context: dataset {dataset!r} has {C} channels "
-                             f"{self.channel_names(dataset)}, got {x.shape[2]}")
+            raise ValueError(
+                f"context: dataset {dataset!r} has {C} channels {self.channel_names(dataset)}, got {x.shape[2]}"
+            )
         if x.shape[1] < self.n_input_frames:
             raise ValueError(f"context: the model reads {self.n_input_frames} frames, got {x.shape[1]}")
-        x = x[:, -self.n_input_frames:]
+        x = x[:, -self.n_input_frames :]
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         frames, tokens = [], []
         for start in range(0, x.shape[0], batch_size):
-            chunk = x[start:start + batch_size].to(self.device).float()
+            chunk = x[start : start + batch_size].to(self.device).float()
             step = self._rollout_fields if refine else self._rollout_tokens
             f, t = step(chunk, horizon, dataset, temperature, top_k, generator, use_cache)
             frames.append(f.to(x.device))
@@ -199,7 +240,7 @@ class PhysicsModel:
         ctx_ids = self.encode(ctx, dataset)
         new = self.generate_tokens(ctx_ids, math.ceil(horizon / c), dataset, temperature, top_k, generator, use_cache)
         decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
-        return decoded[:, n_in:n_in + horizon], new
+        return decoded[:, n_in : n_in + horizon], new
 
     def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
         """One token frame per step; decoded frames are refined and fed back (re-encoded) as context."""
@@ -215,7 +256,7 @@ class PhysicsModel:
                 refined = self.refiner(decoded[:, j], history, dataset)
                 history = torch.cat([history, refined[:, None]], dim=1)
             new_tokens.append(new)
-        out = tok.denormalize(history[:, n_in:n_in + horizon], dataset)
+        out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
         return out, torch.cat(new_tokens, 1)
 
     # ------------------------------------------------------------------------------ baselines in token space
@@ -224,23 +265,27 @@ class PhysicsModel:
         """The true future's own tokens decoded (no token model can do better): [B, H, C, *space]."""
         window = torch.cat([context, truth], 1)
         decoded = self.decode(self.encode(window, dataset), dataset, n_frames=window.shape[1])
-        return decoded[:, context.shape[1]:].to(truth.device)
+        return decoded[:, context.shape[1] :].to(truth.device)
 
     @torch.no_grad()
-    def copy_tokens(self, context: torch.Tensor, horizon: int, dataset: str,
-                    context_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def copy_tokens(
+        self, context: torch.Tensor, horizon: int, dataset: str, context_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The last context token frame repeated and decoded: persistence in token space. ``context_ids``:
         the context's token frames when already encoded."""
         c, n_in = self.temporal_compression, context.shape[1]
         ids = self.encode(context, dataset) if context_ids is None else context_ids.to(self.device)
         n_new = math.ceil(horizon / c)
         ids = torch.cat([ids, ids[:, -1:].expand(-1, n_new, *ids.shape[2:])], 1)
-        return self.decode(ids, dataset, n_frames=n_in + c * n_new)[:, n_in:n_in + horizon].to(context.device)
+        return self.decode(ids, dataset, n_frames=n_in + c * n_new)[:, n_in : n_in + horizon].to(context.device)
 
     def describe(self) -> dict[str, Any]:
-        return {"location": self.info.get("location"), "tokenizer": self.info.get("tokenizer_path"),
-                "datasets": self.dataset_names, "n_input_frames": self.n_input_frames,
-                "temporal_compression": self.temporal_compression, "n_params": self.model.num_params(),
-                "refiner": (self.refiner_meta or {}).get("path")}
-
-
+        return {
+            "location": self.info.get("location"),
+            "tokenizer": self.info.get("tokenizer_path"),
+            "datasets": self.dataset_names,
+            "n_input_frames": self.n_input_frames,
+            "temporal_compression": self.temporal_compression,
+            "n_params": self.model.num_params(),
+            "refiner": (self.refiner_meta or {}).get("path"),
+        }

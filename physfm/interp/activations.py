@@ -65,15 +65,24 @@ def _field_encoder(info: dict[str, Any]) -> Callable[[Tensor, str], Tensor]:
     """Physical-unit windows [B, T, C, *space] → tokens, with the tokenizer the model was trained on."""
     location = info.get("location")
     if not location:
-        raise DataError("field shards need the model's tokenizer to become tokens; pass token shards "
-                        "(physfm tokenizer encode) or load the model with physfm.inference.physics_model.PhysicsModel")
+        raise DataError(
+            "field shards need the model's tokenizer to become tokens; pass token shards "
+            "(physfm tokenizer encode) or load the model with physfm.inference.physics_model.PhysicsModel"
+        )
     pm = PhysicsModel.from_pretrained(location, refiner=None)
     return lambda frames, dataset: pm.encode(frames, dataset).cpu()
 
 
-def iter_windows(data: str | Path, split: str | list[str] = "test", *, selection: str | Selection | None = None,
-                 max_windows: int | None = None, batch_size: int = 16, tokenizer_fingerprint: str | None = None,
-                 encoder: Callable[[Tensor, str], Tensor] | None = None) -> Iterator[WindowBatch]:
+def iter_windows(
+    data: str | Path,
+    split: str | list[str] = "test",
+    *,
+    selection: str | Selection | None = None,
+    max_windows: int | None = None,
+    batch_size: int = 16,
+    tokenizer_fingerprint: str | None = None,
+    encoder: Callable[[Tensor, str], Tensor] | None = None,
+) -> Iterator[WindowBatch]:
     """Token windows of ``data``'s split(s) that match ``selection``, in batches of one dataset each.
 
     ``max_windows`` keeps that many matching windows spread evenly over all of them (a first pass over the
@@ -84,8 +93,10 @@ def iter_windows(data: str | Path, split: str | list[str] = "test", *, selection
     manifest = read_manifest(data)
     is_tokens = bool(manifest.get("tokenizer_fingerprint"))
     if is_tokens and tokenizer_fingerprint and manifest["tokenizer_fingerprint"] != tokenizer_fingerprint:
-        raise DataError(f"{data}: tokens were made by tokenizer {manifest['tokenizer_fingerprint'][:12]}, the model "
-                        f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer")
+        raise DataError(
+            f"{data}: tokens were made by tokenizer {manifest['tokenizer_fingerprint'][:12]}, the model "
+            f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer"
+        )
     if not is_tokens and encoder is None:
         raise DataError(f"{data}: field shards need an encoder (the model's tokenizer); pass token shards instead")
     splits = _split_list(split)
@@ -131,8 +142,10 @@ def iter_windows(data: str | Path, split: str | list[str] = "test", *, selection
         unknown = sorted(select.names - seen_names)
         if unknown:
             known = sorted(seen_names - {"params", "n_frames", "__key__"})
-            raise DataError(f"{data}: selection {str(select)!r}: no window has {', '.join(map(repr, unknown))} "
-                            f"(windows have: {', '.join(known)}; quote string values, e.g. dataset=='ns')")
+            raise DataError(
+                f"{data}: selection {str(select)!r}: no window has {', '.join(map(repr, unknown))} "
+                f"(windows have: {', '.join(known)}; quote string values, e.g. dataset=='ns')"
+            )
         raise DataError(f"{data}: no window of split(s) {','.join(splits)} matches selection {str(select)!r}")
 
 
@@ -140,7 +153,7 @@ def iter_windows(data: str | Path, split: str | list[str] = "test", *, selection
 def pool_frames(h: Tensor, n_frames: int, grid: tuple[int, ...], pool: Pool) -> Tensor:
     """Frame-token activations h [B, ≥F*T, d] (leading conditioning positions are dropped) → pooled."""
     T = math.prod(grid)
-    h = h[:, h.shape[1] - n_frames * T:].float()
+    h = h[:, h.shape[1] - n_frames * T :].float()
     h = h.reshape(h.shape[0], n_frames, *grid, h.shape[-1])  # [B, F, *grid, d]
     space = tuple(range(2, 2 + len(grid)))
     if pool == "mean":
@@ -157,16 +170,25 @@ def pool_frames(h: Tensor, n_frames: int, grid: tuple[int, ...], pool: Pool) -> 
 
 
 @torch.no_grad()
-def pooled_activations(model, tokens: Tensor, dataset_ids: Tensor, points: list[str], pool: Pool = "mean",
-                       ) -> dict[str, Tensor]:
+def pooled_activations(
+    model,
+    tokens: Tensor,
+    dataset_ids: Tensor,
+    points: list[str],
+    pool: Pool = "mean",
+) -> dict[str, Tensor]:
     """One teacher-forced forward over windows tokens [B, F, *grid] → {point: pooled [B, ...]} (CPU, float32)."""
     if model.config.n_cond_tokens > 1:
-        raise ValueError("activations: models conditioned on parameter tokens are not supported here "
-                         "(the parameter would be given to the model, not inferred)")
+        raise ValueError(
+            "activations: models conditioned on parameter tokens are not supported here "
+            "(the parameter would be given to the model, not inferred)"
+        )
     B, F, grid = tokens.shape[0], tokens.shape[1], tuple(tokens.shape[2:])
     device = next(model.parameters()).device
     with capture(model, points, transform=lambda h: pool_frames(h, F, grid, pool)) as store:
-        if hasattr(model, "forward_window"):  # the diffusion variant reads the window's codes (physfm/models/diffusion.py)
+        if hasattr(
+            model, "forward_window"
+        ):  # the diffusion variant reads the window's codes (physfm/models/diffusion.py)
             model.forward_window(tokens.to(device), dataset_ids.to(device))
         else:
             model(tokens.reshape(B, -1).to(device), grid, dataset_ids.to(device))
@@ -177,8 +199,9 @@ def pooled_activations(model, tokens: Tensor, dataset_ids: Tensor, points: list[
 class ActivationWriter:
     """Buffers pooled activations and writes them ``chunk_size`` samples per safetensors file."""
 
-    def __init__(self, out_dir: str | Path, points: list[str], chunk_size: int = 256,
-                 header: dict[str, Any] | None = None):
+    def __init__(
+        self, out_dir: str | Path, points: list[str], chunk_size: int = 256, header: dict[str, Any] | None = None
+    ):
         if chunk_size < 1:
             raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
         self.out_dir, self.points, self.chunk_size = Path(out_dir), list(points), chunk_size
@@ -211,7 +234,6 @@ class ActivationWriter:
     def _write(self, n: int) -> None:
         from safetensors.torch import save
 
-
         tensors = {}
         for p in self.points:
             joined = torch.cat(self._buffer[p])
@@ -227,9 +249,17 @@ class ActivationWriter:
         """Write the last partial chunk, then ``index.json`` (its presence marks a complete capture)."""
         if self.n_buffered:
             self._write(self.n_buffered)
-        index = {"format": FORMAT, "version": 1, **self.header, "points": self.points, "shapes": self.shapes,
-                 "n_samples": sum(c["n_samples"] for c in self.chunks), "chunk_size": self.chunk_size,
-                 "peak_buffered_samples": self.peak_buffered, "chunks": self.chunks}
+        index = {
+            "format": FORMAT,
+            "version": 1,
+            **self.header,
+            "points": self.points,
+            "shapes": self.shapes,
+            "n_samples": sum(c["n_samples"] for c in self.chunks),
+            "chunk_size": self.chunk_size,
+            "peak_buffered_samples": self.peak_buffered,
+            "chunks": self.chunks,
+        }
         atomic_write_text(self.out_dir / INDEX, json.dumps(index, indent=1))
         return index
 
@@ -290,9 +320,19 @@ def code_histogram(tokens: Tensor, vocab_size: int) -> Tensor:
 HISTOGRAM = "code_histogram"  # pseudo hook point: the window's code histogram, captured beside the layers
 
 
-def capture_windows(model, windows: Iterable[WindowBatch], points: list[str], out_dir: str | Path, *,
-            dataset_names: list[str], pool: Pool = "mean", n_frames: int | None = None, chunk_size: int = 256,
-            with_histogram: bool = False, header: dict[str, Any] | None = None) -> ActivationStore:
+def capture_windows(
+    model,
+    windows: Iterable[WindowBatch],
+    points: list[str],
+    out_dir: str | Path,
+    *,
+    dataset_names: list[str],
+    pool: Pool = "mean",
+    n_frames: int | None = None,
+    chunk_size: int = 256,
+    with_histogram: bool = False,
+    header: dict[str, Any] | None = None,
+) -> ActivationStore:
     """Stream ``windows`` through ``model`` and write pooled activations at ``points`` to ``out_dir``.
 
     ``n_frames`` keeps each window's first frames only (e.g. the context); None keeps all.
@@ -301,8 +341,10 @@ def capture_windows(model, windows: Iterable[WindowBatch], points: list[str], ou
         raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     unknown = [p for p in points if p not in hook_points(model)]
     if unknown:
-        raise ValueError(f"hook point {unknown[0]!r} does not exist (have: embedding, blocks.{{0..."
-                         f"{len(model.blocks) - 1}}}.resid|attn_out|mlp_out)")
+        raise ValueError(
+            f"hook point {unknown[0]!r} does not exist (have: embedding, blocks.{{0..."
+            f"{len(model.blocks) - 1}}}.resid|attn_out|mlp_out)"
+        )
     names = [*points, HISTOGRAM] if with_histogram else list(points)
     writer = ActivationWriter(out_dir, names, chunk_size, {"pool": pool, **(header or {})})
     for batch in windows:
@@ -318,20 +360,52 @@ def capture_windows(model, windows: Iterable[WindowBatch], points: list[str], ou
     return ActivationStore(out_dir)
 
 
-def capture_to_disk(model, info: dict[str, Any], data: str | Path, out_dir: str | Path, *, points: list[str],
-                    split: str | list[str] = "test", selection: str | None = None, pool: Pool = "mean",
-                    max_windows: int | None = None, batch_size: int = 16, chunk_size: int = 256,
-                    context_only: bool = False, with_histogram: bool = False) -> ActivationStore:
+def capture_to_disk(
+    model,
+    info: dict[str, Any],
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    points: list[str],
+    split: str | list[str] = "test",
+    selection: str | None = None,
+    pool: Pool = "mean",
+    max_windows: int | None = None,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    context_only: bool = False,
+    with_histogram: bool = False,
+) -> ActivationStore:
     """Select windows of ``data`` and capture them (see :func:`capture_windows`); ``info`` is the run info
     (``load_ar_model``'s): dataset names, tokenizer fingerprint, window layout."""
     encoder = None
     if not read_manifest(data).get("tokenizer_fingerprint"):
         encoder = _field_encoder(info)
-    windows = iter_windows(data, split, selection=selection, max_windows=max_windows, batch_size=batch_size,
-                           tokenizer_fingerprint=info.get("tokenizer_fingerprint"), encoder=encoder)
-    header = {"data": str(data), "split": split if isinstance(split, str) else ",".join(split),
-              "selection": selection or "", "model_fingerprint": model_fingerprint(model),
-              "context_only": context_only}
-    return capture_windows(model, windows, points, out_dir, dataset_names=list(info["dataset_names"]), pool=pool,
-                   n_frames=int(info["n_context_frames"]) if context_only else None, chunk_size=chunk_size,
-                   with_histogram=with_histogram, header=header)
+    windows = iter_windows(
+        data,
+        split,
+        selection=selection,
+        max_windows=max_windows,
+        batch_size=batch_size,
+        tokenizer_fingerprint=info.get("tokenizer_fingerprint"),
+        encoder=encoder,
+    )
+    header = {
+        "data": str(data),
+        "split": split if isinstance(split, str) else ",".join(split),
+        "selection": selection or "",
+        "model_fingerprint": model_fingerprint(model),
+        "context_only": context_only,
+    }
+    return capture_windows(
+        model,
+        windows,
+        points,
+        out_dir,
+        dataset_names=list(info["dataset_names"]),
+        pool=pool,
+        n_frames=int(info["n_context_frames"]) if context_only else None,
+        chunk_size=chunk_size,
+        with_histogram=with_histogram,
+        header=header,
+    )

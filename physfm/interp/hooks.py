@@ -45,14 +45,17 @@ def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     unknown = [n for n in names if n not in points]
     if unknown:
         n_layer = len(model.blocks)
-        raise KeyError(f"unknown hook point {unknown[0]!r}: expected 'embedding' or "
-                       f"'blocks.{{i}}.resid|attn_out|mlp_out' with 0 <= i < {n_layer}")
+        raise KeyError(
+            f"unknown hook point {unknown[0]!r}: expected 'embedding' or "
+            f"'blocks.{{i}}.resid|attn_out|mlp_out' with 0 <= i < {n_layer}"
+        )
     return {n: points[n] for n in names}
 
 
 @contextmanager
-def capture(model: nn.Module, names: list[str], transform: Callable[[Tensor], Tensor] | None = None,
-            device: str | None = "cpu") -> Iterator[dict[str, list[Tensor]]]:
+def capture(
+    model: nn.Module, names: list[str], transform: Callable[[Tensor], Tensor] | None = None, device: str | None = "cpu"
+) -> Iterator[dict[str, list[Tensor]]]:
     """Record the outputs at ``names`` while the block runs: name -> one tensor per forward call.
 
     ``transform`` (e.g. mean-pooling over positions) is applied before storing, which bounds memory when
@@ -60,10 +63,12 @@ def capture(model: nn.Module, names: list[str], transform: Callable[[Tensor], Te
     store: dict[str, list[Tensor]] = {name: [] for name in names}
     handles = []
     for name, module in _resolve(model, names).items():
+
         def hook(_module, _inputs, output, name=name):
             out = output.detach()
             out = transform(out) if transform is not None else out
             store[name].append(out.to(device) if device is not None else out)
+
         handles.append(module.register_forward_hook(hook))
     try:
         yield store
@@ -83,7 +88,7 @@ def add_to(model: nn.Module, name: str, fn: Callable[[Tensor, Tensor | None], Te
     def hook(_module, _inputs, output):
         positions = model.current_positions
         if name == "embedding" and positions is not None:
-            positions = positions[positions.shape[0] - output.shape[1]:]  # frame tokens: after the cond ones
+            positions = positions[positions.shape[0] - output.shape[1] :]  # frame tokens: after the cond ones
         return output + fn(output, positions)
 
     handle = module.register_forward_hook(hook)

@@ -26,8 +26,14 @@ def _save(fig, path: str | Path, dpi: int = 80) -> Path:
     return path
 
 
-def plot_probe_layers(layers: list[str], r2: list[float], accuracy: list[float], baselines: dict[str, dict[str, float]],
-                      path: str | Path, title: str = "") -> Path:
+def plot_probe_layers(
+    layers: list[str],
+    r2: list[float],
+    accuracy: list[float],
+    baselines: dict[str, dict[str, float]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
     """R² (left) and regime accuracy (right) per layer; baselines as horizontal lines."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -50,7 +56,9 @@ def plot_probe_layers(layers: list[str], r2: list[float], accuracy: list[float],
     return _save(fig, path)
 
 
-def plot_dose_response(alphas: list[float], curves: dict[str, dict[str, Any]], path: str | Path, title: str = "") -> Path:
+def plot_dose_response(
+    alphas: list[float], curves: dict[str, dict[str, Any]], path: str | Path, title: str = ""
+) -> Path:
     """One panel per measured quantity: mean ± std over windows vs α, with Spearman ρ in the panel title.
 
     ``curves``: name → {"mean": [per α], "std": [per α], "spearman": ρ, "reference": optional value}."""
@@ -70,7 +78,9 @@ def plot_dose_response(alphas: list[float], curves: dict[str, dict[str, Any]], p
     return _save(fig, path)
 
 
-def plot_steered_frames(examples: dict[float, Any], channel_names: list[str], path: str | Path, title: str = "") -> Path:
+def plot_steered_frames(
+    examples: dict[float, Any], channel_names: list[str], path: str | Path, title: str = ""
+) -> Path:
     """The first channel of one window's last generated frame for each α ({α: [C, *space]}), shared colour scale."""
     import numpy as np
 

@@ -44,13 +44,14 @@ def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray,
     has = np.array([target in (m.get("params") or {}) for m in metas], dtype=bool)
     if not has.any():
         known = sorted({k for m in metas for k in (m.get("params") or {})})
-        raise DataError(f"no window has the simulation parameter {target!r} (the windows have: "
-                        f"{', '.join(known) or 'none'})")
+        raise DataError(
+            f"no window has the simulation parameter {target!r} (the windows have: {', '.join(known) or 'none'})"
+        )
     return np.array([float(m["params"][target]) for m, h in zip(metas, has) if h]), has
 
 
 def choose_scale(y: np.ndarray, scale: str) -> str:
-    """"auto" → log when every value is positive and they span at least a factor of 5."""
+    """ "auto" → log when every value is positive and they span at least a factor of 5."""
     if scale == "auto":
         return "log" if (y > 0).all() and y.max() / y.min() >= 5 else "linear"
     if scale == "log" and not (y > 0).all():
@@ -87,15 +88,20 @@ class Probe:
         import torch
         from safetensors.torch import save
 
-
         tensors, alphas = {}, {}
         for point, m in self.models.items():
             for key in ("mean", "std", "w"):
                 tensors[f"{point}/{key}"] = torch.from_numpy(np.ascontiguousarray(getattr(m, key)))
             tensors[f"{point}/b"] = torch.tensor([m.b], dtype=torch.float64)
             alphas[point] = m.alpha
-        meta = {"target": self.target, "scale": self.scale, "best_point": self.best_point, "pool": self.pool,
-                "points": json.dumps(list(self.models)), "alphas": json.dumps(alphas)}
+        meta = {
+            "target": self.target,
+            "scale": self.scale,
+            "best_point": self.best_point,
+            "pool": self.pool,
+            "points": json.dumps(list(self.models)),
+            "alphas": json.dumps(alphas),
+        }
         path = Path(out_dir) / PROBE_FILE
         with atomic_file(path) as tmp:
             tmp.write_bytes(save(tensors, metadata=meta))
@@ -112,24 +118,45 @@ class Probe:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata()
             alphas = json.loads(meta["alphas"])
-            models = {p: RidgeModel(f.get_tensor(f"{p}/mean"), f.get_tensor(f"{p}/std"), f.get_tensor(f"{p}/w"),
-                                    float(f.get_tensor(f"{p}/b")[0]), alphas[p])
-                      for p in json.loads(meta["points"])}
+            models = {
+                p: RidgeModel(
+                    f.get_tensor(f"{p}/mean"),
+                    f.get_tensor(f"{p}/std"),
+                    f.get_tensor(f"{p}/w"),
+                    float(f.get_tensor(f"{p}/b")[0]),
+                    alphas[p],
+                )
+                for p in json.loads(meta["points"])
+            }
         return cls(meta["target"], meta["scale"], models, meta["best_point"], meta.get("pool", "mean"))
 
 
-def probe_features(X: np.ndarray, y: np.ndarray, labels: np.ndarray, groups: list[str], n_folds: int,
-                   seed: int) -> dict[str, Any]:
+def probe_features(
+    X: np.ndarray, y: np.ndarray, labels: np.ndarray, groups: list[str], n_folds: int, seed: int
+) -> dict[str, Any]:
     """Held-out R² of the parameter and accuracy of the regime, from the same folds (and SVDs)."""
     reg, cls = cross_validate_targets(X, np.stack([y, labels], 1), groups, [False, True], n_folds=n_folds, seed=seed)
     return {"r2": reg["score"], "accuracy": cls["score"], "alphas": reg["alphas"], "pred": reg["pred"]}
 
 
-def run_probe(location: str | Path, data: str | Path, target: str, out: str | Path, *,
-              split: str = "valid,test", points: list[str] | None = None, selection: str | None = None,
-              scale: Literal["auto", "log", "linear"] = "auto", threshold: float | None = None,
-              group_by: str = "trajectory", n_folds: int = 5, max_windows: int | None = None,
-              batch_size: int = 16, seed: int = 0, store: ActivationStore | None = None) -> dict[str, Any]:
+def run_probe(
+    location: str | Path,
+    data: str | Path,
+    target: str,
+    out: str | Path,
+    *,
+    split: str = "valid,test",
+    points: list[str] | None = None,
+    selection: str | None = None,
+    scale: Literal["auto", "log", "linear"] = "auto",
+    threshold: float | None = None,
+    group_by: str = "trajectory",
+    n_folds: int = 5,
+    max_windows: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    store: ActivationStore | None = None,
+) -> dict[str, Any]:
     """Capture, probe every point and both baselines, save probes, metrics.json, report.md, r2_per_layer.png.
 
     ``store``: an existing capture (pool "mean", with the code histogram) instead of capturing again."""
@@ -138,9 +165,19 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
         model, info = load_model(location)  # AR or diffusion (run.json kind)
         info = {**info, "location": str(location)}
         points = points or default_points(model.config.n_layer)
-        store = capture_to_disk(model, info, data, out / "activations", points=points, split=split,
-                                selection=selection, pool="mean", max_windows=max_windows, batch_size=batch_size,
-                                with_histogram=True)
+        store = capture_to_disk(
+            model,
+            info,
+            data,
+            out / "activations",
+            points=points,
+            split=split,
+            selection=selection,
+            pool="mean",
+            max_windows=max_windows,
+            batch_size=batch_size,
+            with_histogram=True,
+        )
     points = points or [p for p in store.points if p != HISTOGRAM]
     metas = store.meta()
     raw, has = target_values(metas, target)
@@ -151,18 +188,25 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
     labels = np.where(y > cut, 1.0, -1.0)
     groups = group_keys(metas, group_by)
     if len(set(groups)) < 2:
-        raise DataError(f"{data}: the selected windows come from {len(set(groups))} {_plural(group_by)}; "
-                        f"held-out probing needs at least 2 (add --split or widen the selection)")
+        raise DataError(
+            f"{data}: the selected windows come from {len(set(groups))} {_plural(group_by)}; "
+            f"held-out probing needs at least 2 (add --split or widen the selection)"
+        )
     if len(set(labels)) < 2:
-        raise DataError(f"{data}: every window is on one side of the threshold {math.exp(cut) if scale == 'log' else cut:g}")
+        raise DataError(
+            f"{data}: every window is on one side of the threshold {math.exp(cut) if scale == 'log' else cut:g}"
+        )
 
     layers, models = {}, {}
     for point in points:
         X = store.load(point).numpy()[has]
         layers[point] = probe_features(X, y, labels, groups, n_folds, seed)
         models[point] = fit_final(X, y, groups, n_folds=n_folds, seed=seed)
-    hist = probe_features(store.load(HISTOGRAM).numpy()[has], y, labels, groups, n_folds, seed) \
-        if HISTOGRAM in store.points else None
+    hist = (
+        probe_features(store.load(HISTOGRAM).numpy()[has], y, labels, groups, n_folds, seed)
+        if HISTOGRAM in store.points
+        else None
+    )
     block_points = [p for p in points if p != "embedding"] or points
     best = max(block_points, key=lambda p: layers[p]["r2"])
     probe = Probe(target, scale, models, best)
@@ -174,14 +218,25 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
         baselines["embedding layer"] = {"r2": layers["embedding"]["r2"], "accuracy": layers["embedding"]["accuracy"]}
     baselines["majority class"] = {"accuracy": majority}
     metrics = {
-        "checkpoint": str(location), "data": str(data), "split": split, "selection": selection or "",
-        "target": target, "scale": scale, "threshold": math.exp(cut) if scale == "log" else cut,
-        "group_by": group_by, "n_folds": n_folds, "n_windows": len(y), "n_groups": len(set(groups)),
+        "checkpoint": str(location),
+        "data": str(data),
+        "split": split,
+        "selection": selection or "",
+        "target": target,
+        "scale": scale,
+        "threshold": math.exp(cut) if scale == "log" else cut,
+        "group_by": group_by,
+        "n_folds": n_folds,
+        "n_windows": len(y),
+        "n_groups": len(set(groups)),
         "n_windows_without_target": int((~has).sum()),
         "target_values": sorted({round(float(v), 8) for v in raw}),
-        "layers": {p: {"r2": round(v["r2"], 4), "accuracy": round(v["accuracy"], 4),
-                       "alpha_rel": v["alphas"]} for p, v in layers.items()},
-        "best_layer": best, "probe_r2": round(layers[best]["r2"], 4),
+        "layers": {
+            p: {"r2": round(v["r2"], 4), "accuracy": round(v["accuracy"], 4), "alpha_rel": v["alphas"]}
+            for p, v in layers.items()
+        },
+        "best_layer": best,
+        "probe_r2": round(layers[best]["r2"], 4),
         "probe_accuracy": round(layers[best]["accuracy"], 4),
         "probe_r2_code_histogram": round(hist["r2"], 4) if hist else None,
         "probe_accuracy_code_histogram": round(hist["accuracy"], 4) if hist else None,
@@ -189,10 +244,15 @@ def run_probe(location: str | Path, data: str | Path, target: str, out: str | Pa
         "majority_accuracy": round(majority, 4),
         "model_fingerprint": store.index.get("model_fingerprint"),
     }
-    plot_probe_layers(points, [layers[p]["r2"] for p in points], [layers[p]["accuracy"] for p in points],
-                      baselines, out / "r2_per_layer.png",
-                      title=f"probe of {'log ' if scale == 'log' else ''}{target}: {len(y)} windows, "
-                            f"{len(set(groups))} held-out {_plural(group_by)}")
+    plot_probe_layers(
+        points,
+        [layers[p]["r2"] for p in points],
+        [layers[p]["accuracy"] for p in points],
+        baselines,
+        out / "r2_per_layer.png",
+        title=f"probe of {'log ' if scale == 'log' else ''}{target}: {len(y)} windows, "
+        f"{len(set(groups))} held-out {_plural(group_by)}",
+    )
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     atomic_write_text(out / "report.md", render_report(metrics))
@@ -204,22 +264,35 @@ def _plural(unit: str) -> str:
 
 
 def render_report(m: dict[str, Any]) -> str:
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"# Probe of {m['target']}", "",
-             f"`{m['checkpoint']}` on `{m['data']}` (split {m['split']}{', selection ' + m['selection'] if m['selection'] else ''}): "
-             f"{m['n_windows']} windows from {m['n_groups']} {_plural(m['group_by'])}; {m['n_folds']}-fold CV holding "
-             f"out whole {_plural(m['group_by'])}; target {'log ' if m['scale'] == 'log' else ''}{m['target']}, regime threshold "
-             f"{m['threshold']:.4g}.", "",
-             "| features | held-out R² | regime accuracy |", "|---|---:|---:|"]
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    lines = [
+        f"# Probe of {m['target']}",
+        "",
+        f"`{m['checkpoint']}` on `{m['data']}` (split {m['split']}{', selection ' + m['selection'] if m['selection'] else ''}): "
+        f"{m['n_windows']} windows from {m['n_groups']} {_plural(m['group_by'])}; {m['n_folds']}-fold CV holding "
+        f"out whole {_plural(m['group_by'])}; target {'log ' if m['scale'] == 'log' else ''}{m['target']}, regime threshold "
+        f"{m['threshold']:.4g}.",
+        "",
+        "| features | held-out R² | regime accuracy |",
+        "|---|---:|---:|",
+    ]
     for p, v in m["layers"].items():
         lines.append(f"| {p}{' (best)' if p == m['best_layer'] else ''} | {v['r2']:.3f} | {v['accuracy']:.3f} |")
-    lines += [f"| code histogram (baseline) | {fmt(m['probe_r2_code_histogram'])} | "
-              f"{fmt(m['probe_accuracy_code_histogram'])} |",
-              f"| majority class | – | {m['majority_accuracy']:.3f} |", ""]
+    lines += [
+        f"| code histogram (baseline) | {fmt(m['probe_r2_code_histogram'])} | "
+        f"{fmt(m['probe_accuracy_code_histogram'])} |",
+        f"| majority class | – | {m['majority_accuracy']:.3f} |",
+        "",
+    ]
     best, hist, emb = m["probe_r2"], m["probe_r2_code_histogram"], m["probe_r2_embedding"]
     above = [name for name, v in (("code histogram", hist), ("embedding", emb)) if v is not None and best > v]
-    lines.append(f"Best layer {m['best_layer']}: R² {best:.3f}"
-                 + (f", above the {' and '.join(above)} baseline(s)." if above else ", not above the baselines: "
-                    "the tokens alone already carry what the probe reads."))
+    lines.append(
+        f"Best layer {m['best_layer']}: R² {best:.3f}"
+        + (
+            f", above the {' and '.join(above)} baseline(s)."
+            if above
+            else ", not above the baselines: the tokens alone already carry what the probe reads."
+        )
+    )
     lines += ["", "![probe R² per layer](r2_per_layer.png)"]
     return "\n".join(lines) + "\n"

@@ -94,8 +94,9 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
 
 
-def choose_alphas(X: np.ndarray, Y: np.ndarray, groups: list, n_folds: int, seed: int,
-                  classify: list[bool]) -> list[float]:
+def choose_alphas(
+    X: np.ndarray, Y: np.ndarray, groups: list, n_folds: int, seed: int, classify: list[bool]
+) -> list[float]:
     """Per target, the relative alpha with the best inner grouped-CV loss: MSE, or the sign's error rate
     for a classification target (ties → the smallest alpha that reaches it)."""
     if min(n_folds, len(set(groups))) < 2:
@@ -109,8 +110,9 @@ def choose_alphas(X: np.ndarray, Y: np.ndarray, groups: list, n_folds: int, seed
     return [float(ALPHA_GRID[i]) for i in loss.argmin(0)]
 
 
-def cross_validate_targets(X: np.ndarray, Y: np.ndarray, groups: list, classify: list[bool], *, n_folds: int = 5,
-                           seed: int = 0) -> list[dict]:
+def cross_validate_targets(
+    X: np.ndarray, Y: np.ndarray, groups: list, classify: list[bool], *, n_folds: int = 5, seed: int = 0
+) -> list[dict]:
     """Nested grouped CV of several targets Y [N, K] → per target {"pred", "score", "alphas"}: out-of-fold
     predictions, R² (regression) or accuracy (classification: ±1 labels, the sign of a ridge fit to them)."""
     X = np.asarray(X, np.float64).reshape(len(Y), -1)
@@ -132,8 +134,9 @@ def cross_validate_targets(X: np.ndarray, Y: np.ndarray, groups: list, classify:
     return results
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, groups: list, *, n_folds: int = 5, seed: int = 0,
-                   classify: bool = False) -> dict:
+def cross_validate(
+    X: np.ndarray, y: np.ndarray, groups: list, *, n_folds: int = 5, seed: int = 0, classify: bool = False
+) -> dict:
     """One target: {"pred": out-of-fold predictions [N], "score": R² (or accuracy), "alphas": per fold}."""
     return cross_validate_targets(X, np.asarray(y)[:, None], groups, [classify], n_folds=n_folds, seed=seed)[0]
 

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 OPERATORS = {"<", "<=", ">", ">=", "==", "!="}
-_TOKEN = re.compile(r"""\s*(?:
+_TOKEN = re.compile(
+    r"""\s*(?:
     (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![A-Za-z_]) |
     (?P<string>'[^']*'|"[^"]*") |
     (?P<name>[A-Za-z_][A-Za-z0-9_]*) |
     (?P<op><=|>=|==|!=|<|>|=) |
     (?P<paren>[()])
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 KEYWORDS = {"and", "or", "not"}
 
 
@@ -122,8 +125,9 @@ class _Parser:
             ops.append(self.take()[1])
             operands.append(self.operand())
         if not ops:
-            raise SelectionError(f"selection {self.text!r}: {operands[0][1]!r} is not compared to anything "
-                                 "(write e.g. nu<0.003)")
+            raise SelectionError(
+                f"selection {self.text!r}: {operands[0][1]!r} is not compared to anything (write e.g. nu<0.003)"
+            )
         return ("cmp", operands, ops)
 
 
@@ -185,8 +189,10 @@ class Selection:
         if value in meta and value != "params":
             return meta[value]
         known = sorted(params) + [k for k in ("dataset", "source_file", "trajectory", "start", "split") if k in meta]
-        raise SelectionError(f"selection {self.text!r}: window of {meta.get('dataset', '?')!r} has no parameter "
-                             f"{value!r} (has: {', '.join(known)}); quote string values, e.g. dataset=='ns'")
+        raise SelectionError(
+            f"selection {self.text!r}: window of {meta.get('dataset', '?')!r} has no parameter "
+            f"{value!r} (has: {', '.join(known)}); quote string values, e.g. dataset=='ns'"
+        )
 
     def _eval(self, node: tuple, meta: dict[str, Any]) -> bool:
         kind = node[0]

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -52,16 +53,29 @@ def direction_from_samples(feature: Tensor, control: Tensor, method: Method = "m
         raise ValueError(f"method: expected mean-diff or pca, got {method!r}")
     g = torch.Generator().manual_seed(seed)
     n = min(len(feature), len(control))
-    pairs = (feature[torch.randperm(len(feature), generator=g)[:n]].double()
-             - control[torch.randperm(len(control), generator=g)[:n]].double()).reshape(n, -1)
+    pairs = (
+        feature[torch.randperm(len(feature), generator=g)[:n]].double()
+        - control[torch.randperm(len(control), generator=g)[:n]].double()
+    ).reshape(n, -1)
     axis = torch.linalg.svd(pairs, full_matrices=False).Vh[0]  # [prod(S)] first right singular vector
     projection = float(axis @ mean_diff.reshape(-1))
     return (axis * projection).reshape(mean_diff.shape).float()  # sign and length from the mean difference
 
 
-def compute_direction(location: str | Path, data: str | Path, feature: str, control: str, points: list[str],
-                      out: str | Path, *, method: Method = "mean-diff", split: str = "train",
-                      max_windows: int | None = 256, batch_size: int = 16, seed: int = 0) -> dict[str, Any]:
+def compute_direction(
+    location: str | Path,
+    data: str | Path,
+    feature: str,
+    control: str,
+    points: list[str],
+    out: str | Path,
+    *,
+    method: Method = "mean-diff",
+    split: str = "train",
+    max_windows: int | None = 256,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Capture both selections (z-scored spatial maps), compute Δ per point, save FILE (+ FILE.json)."""
     parse_selection(feature), parse_selection(control)  # syntax errors before any work
     model, info = load_model(location)  # AR or diffusion (run.json kind)
@@ -70,10 +84,21 @@ def compute_direction(location: str | Path, data: str | Path, feature: str, cont
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors, counts = {}, {}
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-acts-") as tmp:
-        stores = {role: capture_to_disk(model, info, data, Path(tmp) / role, points=points, split=split,
-                                        selection=sel, pool="zscore_spatial", max_windows=max_windows,
-                                        batch_size=batch_size)
-                  for role, sel in (("feature", feature), ("control", control))}
+        stores = {
+            role: capture_to_disk(
+                model,
+                info,
+                data,
+                Path(tmp) / role,
+                points=points,
+                split=split,
+                selection=sel,
+                pool="zscore_spatial",
+                max_windows=max_windows,
+                batch_size=batch_size,
+            )
+            for role, sel in (("feature", feature), ("control", control))
+        }
         counts = {role: s.n_samples for role, s in stores.items()}
         datasets = sorted({m["dataset"] for s in stores.values() for m in s.meta()})
         for point in points:
@@ -81,13 +106,27 @@ def compute_direction(location: str | Path, data: str | Path, feature: str, cont
                 means = {role: _streaming_mean(s, point) for role, s in stores.items()}
                 tensors[point] = (means["feature"] - means["control"]).float()
             else:
-                tensors[point] = direction_from_samples(stores["feature"].load(point), stores["control"].load(point),
-                                                        method, seed)
-    meta = {"format": DIRECTION_FORMAT, "version": 1, "model_fingerprint": model_fingerprint(model),
-            "checkpoint": str(location), "points": points, "feature": feature, "control": control,
-            "counts": counts, "method": method, "pool": "zscore_spatial", "data": str(data), "split": split,
-            "datasets": datasets, "grid": list(next(iter(tensors.values())).shape[:-1]),
-            "norms": {p: round(float(t.norm()), 4) for p, t in tensors.items()}, "seed": seed}
+                tensors[point] = direction_from_samples(
+                    stores["feature"].load(point), stores["control"].load(point), method, seed
+                )
+    meta = {
+        "format": DIRECTION_FORMAT,
+        "version": 1,
+        "model_fingerprint": model_fingerprint(model),
+        "checkpoint": str(location),
+        "points": points,
+        "feature": feature,
+        "control": control,
+        "counts": counts,
+        "method": method,
+        "pool": "zscore_spatial",
+        "data": str(data),
+        "split": split,
+        "datasets": datasets,
+        "grid": list(next(iter(tensors.values())).shape[:-1]),
+        "norms": {p: round(float(t.norm()), 4) for p, t in tensors.items()},
+        "seed": seed,
+    }
     save_direction(out, tensors, meta)
     return meta
 
@@ -114,7 +153,6 @@ class Direction:
 def save_direction(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """FILE (safetensors, metadata inside) and FILE.json beside it (the same metadata, for people)."""
     from safetensors.torch import save
-
 
     path = Path(path)
     with atomic_file(path) as tmp:
@@ -153,8 +191,10 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
 
     def fn(h: Tensor, positions: Tensor | None) -> Tensor:
         if positions is None or positions.shape[0] != h.shape[1]:
-            raise RuntimeError(f"steering: {h.shape[1]} positions in the activation, hook positions "
-                               f"{None if positions is None else positions.shape[0]}")
+            raise RuntimeError(
+                f"steering: {h.shape[1]} positions in the activation, hook positions "
+                f"{None if positions is None else positions.shape[0]}"
+            )
         if spatial_mode == "mean":
             d_tok = mean.to(h.device).expand(h.shape[1], -1)
         else:
@@ -162,8 +202,10 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
             for axis, n in enumerate(grid):  # row-major flat index of each token's grid cell
                 coord = positions[:, 1 + axis]
                 if int(coord.max()) >= n:
-                    raise ValueError(f"steering: the direction's grid {list(grid)} is smaller than the rollout's; "
-                                     "use spatial_mode='mean'")
+                    raise ValueError(
+                        f"steering: the direction's grid {list(grid)} is smaller than the rollout's; "
+                        "use spatial_mode='mean'"
+                    )
                 idx = idx * n + coord.clamp(min=0)
             d_tok = flat.to(h.device)[idx]  # [L, d]
         frame = (positions[:, 0] >= 0).to(h.device, h.dtype)[None, :, None]  # [1, L, 1]
@@ -174,8 +216,13 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
 
 
 @contextmanager
-def steering(model, direction: Direction, alpha: float, spatial_mode: Literal["as-is", "mean"] = "as-is",
-             points: list[str] | None = None) -> Iterator[None]:
+def steering(
+    model,
+    direction: Direction,
+    alpha: float,
+    spatial_mode: Literal["as-is", "mean"] = "as-is",
+    points: list[str] | None = None,
+) -> Iterator[None]:
     """Every forward of ``model`` inside the block is steered at each of the direction's points."""
     with ExitStack() as stack:
         for point in points or direction.points:

@@ -63,25 +63,42 @@ def infer_target(direction_meta: dict[str, Any]) -> str:
     names = parse_selection(direction_meta["feature"]).names | parse_selection(direction_meta["control"]).names
     names -= {"dataset", "source_file", "trajectory", "start", "split"}
     if len(names) != 1:
-        raise DataError(f"cannot tell which parameter the direction steers from its selections "
-                        f"({direction_meta['feature']!r} vs {direction_meta['control']!r}); pass --target")
+        raise DataError(
+            f"cannot tell which parameter the direction steers from its selections "
+            f"({direction_meta['feature']!r} vs {direction_meta['control']!r}); pass --target"
+        )
     return names.pop()
 
 
 @torch.no_grad()
-def steer_rollout(location: str | Path, data: str | Path, direction: str | Path, alphas: list[float],
-                  out: str | Path, *, horizon: int | None = None, spatial_mode: Literal["as-is", "mean"] = "as-is",
-                  split: str = "test", selection: str | None = None, max_windows: int = 8, probe: str | None = None,
-                  target: str | None = None, probe_split: str = "valid,test", batch_size: int = 16,
-                  seed: int = 0) -> dict[str, Any]:
+def steer_rollout(
+    location: str | Path,
+    data: str | Path,
+    direction: str | Path,
+    alphas: list[float],
+    out: str | Path,
+    *,
+    horizon: int | None = None,
+    spatial_mode: Literal["as-is", "mean"] = "as-is",
+    split: str = "test",
+    selection: str | None = None,
+    max_windows: int = 8,
+    probe: str | None = None,
+    target: str | None = None,
+    probe_split: str = "valid,test",
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Steered rollouts for each α; metrics.json, report.md, dose_response.png, steered_frames.png."""
     out = Path(out)
     direc = load_direction(direction)
     pm = PhysicsModel.from_pretrained(location, refiner=None)
     model, names = pm.model, pm.dataset_names
     if direc.meta.get("model_fingerprint") != model_fingerprint(model):
-        raise DataError(f"{direction}: computed on another model (fingerprint {direc.meta.get('model_fingerprint', '?')[:12]}"
-                        f", {location} is {model_fingerprint(model)[:12]}); recompute it with `physfm steer direction`")
+        raise DataError(
+            f"{direction}: computed on another model (fingerprint {direc.meta.get('model_fingerprint', '?')[:12]}"
+            f", {location} is {model_fingerprint(model)[:12]}); recompute it with `physfm steer direction`"
+        )
     target = target or infer_target(direc.meta)
     if probe is None:
         run_probe(location, data, target, out / "probe", split=probe_split, seed=seed)
@@ -97,17 +114,30 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
     encoder = None
     if not read_manifest(data).get("tokenizer_fingerprint"):
-        encoder = lambda frames, ds: pm.encode(frames, ds).cpu()  # noqa: E731
-    batches = list(iter_windows(data, split, selection=selection, max_windows=max_windows, batch_size=batch_size,
-                                tokenizer_fingerprint=pm.info.get("tokenizer_fingerprint"), encoder=encoder))
+        encoder = lambda frames, ds: pm.encode(frames, ds).cpu()
+    batches = list(
+        iter_windows(
+            data,
+            split,
+            selection=selection,
+            max_windows=max_windows,
+            batch_size=batch_size,
+            tokenizer_fingerprint=pm.info.get("tokenizer_fingerprint"),
+            encoder=encoder,
+        )
+    )
     datasets = sorted({b.dataset for b in batches})
     if len(datasets) > 1:  # each system has its own physical statistic: one system per run
-        raise DataError(f"{data}: the contexts come from {', '.join(datasets)}; pick one system with --select, "
-                        f"e.g. \"dataset=='{datasets[0]}'\"")
+        raise DataError(
+            f"{data}: the contexts come from {', '.join(datasets)}; pick one system with --select, "
+            f"e.g. \"dataset=='{datasets[0]}'\""
+        )
     grids = {tuple(b.tokens.shape[2:]) for b in batches}
     if spatial_mode == "as-is" and grids != {tuple(direc.meta.get("grid", ()))}:
-        raise DataError(f"{direction}: a direction over the token grid {direc.meta.get('grid')} cannot be added "
-                        f"as is to rollouts on {sorted(grids)}; use --spatial-mode mean")
+        raise DataError(
+            f"{direction}: a direction over the token grid {direc.meta.get('grid')} cannot be added "
+            f"as is to rollouts on {sorted(grids)}; use --spatial-mode mean"
+        )
     probe_vals = np.zeros((len(alphas), 0))
     stats: dict[str, np.ndarray] = {}
     identical, examples, metas = None, {}, []
@@ -143,18 +173,37 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
         curves[key] = dose_response(alphas, values)
     physics_key = next(iter(stats))
     metrics = {
-        "checkpoint": str(location), "data": str(data), "split": split, "selection": selection or "",
-        "direction": str(direction), "points": direc.points, "method": direc.meta.get("method"),
-        "feature": direc.meta.get("feature"), "control": direc.meta.get("control"), "target": target,
-        "spatial_mode": spatial_mode, "alphas": alphas, "horizon": horizon, "n_windows": len(metas),
-        "datasets": datasets, "probe": str(probe), "probe_point": reader.best_point,
-        "context_target_mean": float(np.nanmean(truth)), "alpha0_identical": identical,
-        "curves": curves, "spearman_probe": curves[f"probe {target}"]["spearman"],
-        "physics_statistic": physics_key, "spearman_physics": curves[physics_key]["spearman"],
+        "checkpoint": str(location),
+        "data": str(data),
+        "split": split,
+        "selection": selection or "",
+        "direction": str(direction),
+        "points": direc.points,
+        "method": direc.meta.get("method"),
+        "feature": direc.meta.get("feature"),
+        "control": direc.meta.get("control"),
+        "target": target,
+        "spatial_mode": spatial_mode,
+        "alphas": alphas,
+        "horizon": horizon,
+        "n_windows": len(metas),
+        "datasets": datasets,
+        "probe": str(probe),
+        "probe_point": reader.best_point,
+        "context_target_mean": float(np.nanmean(truth)),
+        "alpha0_identical": identical,
+        "curves": curves,
+        "spearman_probe": curves[f"probe {target}"]["spearman"],
+        "physics_statistic": physics_key,
+        "spearman_physics": curves[physics_key]["spearman"],
     }
-    plot_dose_response(alphas, curves, out / "dose_response.png",
-                       title=f"steering {direc.points} ({direc.meta.get('feature')} − {direc.meta.get('control')}), "
-                             f"{len(metas)} windows, {spatial_mode}")
+    plot_dose_response(
+        alphas,
+        curves,
+        out / "dose_response.png",
+        title=f"steering {direc.points} ({direc.meta.get('feature')} − {direc.meta.get('control')}), "
+        f"{len(metas)} windows, {spatial_mode}",
+    )
     channel = pm.channel_names(datasets[0])
     plot_steered_frames(examples, channel, out / "steered_frames.png", title=f"last generated frame, {datasets[0]}")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
@@ -163,16 +212,30 @@ def steer_rollout(location: str | Path, data: str | Path, direction: str | Path,
 
 
 def render_report(m: dict[str, Any]) -> str:
-    lines = [f"# Steering rollout along {m['feature']} − {m['control']}", "",
-             f"`{m['checkpoint']}`, direction `{m['direction']}` ({m['method']}) at {', '.join(m['points'])}, "
-             f"spatial mode {m['spatial_mode']}; {m['n_windows']} windows of `{m['data']}` ({m['split']}), "
-             f"{m['horizon']} generated token frames per α (greedy). Probe: `{m['probe']}` at {m['probe_point']}. "
-             f"Mean true {m['target']} of the contexts: {m['context_target_mean']:.4g}.", "",
-             "| α | " + " | ".join(m["curves"]) + " |", "|---:|" + "---:|" * len(m["curves"])]
+    lines = [
+        f"# Steering rollout along {m['feature']} − {m['control']}",
+        "",
+        f"`{m['checkpoint']}`, direction `{m['direction']}` ({m['method']}) at {', '.join(m['points'])}, "
+        f"spatial mode {m['spatial_mode']}; {m['n_windows']} windows of `{m['data']}` ({m['split']}), "
+        f"{m['horizon']} generated token frames per α (greedy). Probe: `{m['probe']}` at {m['probe_point']}. "
+        f"Mean true {m['target']} of the contexts: {m['context_target_mean']:.4g}.",
+        "",
+        "| α | " + " | ".join(m["curves"]) + " |",
+        "|---:|" + "---:|" * len(m["curves"]),
+    ]
     for i, alpha in enumerate(m["alphas"]):
-        lines.append(f"| {alpha:g} | " + " | ".join(f"{c['mean'][i]:.4g} ± {c['std'][i]:.2g}"
-                                                   for c in m["curves"].values()) + " |")
+        lines.append(
+            f"| {alpha:g} | "
+            + " | ".join(f"{c['mean'][i]:.4g} ± {c['std'][i]:.2g}" for c in m["curves"].values())
+            + " |"
+        )
     lines.append("| Spearman ρ | " + " | ".join(f"{c['spearman']:.3f}" for c in m["curves"].values()) + " |")
-    lines += ["", f"α = 0 reproduces the unsteered rollout exactly: {m['alpha0_identical']}.", "",
-              "![dose-response](dose_response.png)", "", "![steered frames](steered_frames.png)"]
+    lines += [
+        "",
+        f"α = 0 reproduces the unsteered rollout exactly: {m['alpha0_identical']}.",
+        "",
+        "![dose-response](dose_response.png)",
+        "",
+        "![steered frames](steered_frames.png)",
+    ]
     return "\n".join(lines) + "\n"

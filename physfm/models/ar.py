@@ -30,32 +30,12 @@ from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------
 # Rotary embeddings factorised over (time, x, y, z)
 
 
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------------
 # Decoder blocks
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,8 +50,9 @@ class PhysicsTransformer(nn.Module):
         self.tok_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.dataset_embedding = nn.Embedding(cfg.n_datasets, cfg.d_model)
         # All parameter slots share one table: slot s, bucket b -> row s * n_param_buckets + b.
-        self.param_embedding = (nn.Embedding(cfg.n_cond_params * cfg.n_param_buckets, cfg.d_model)
-                                if cfg.n_cond_tokens > 1 else None)
+        self.param_embedding = (
+            nn.Embedding(cfg.n_cond_params * cfg.n_param_buckets, cfg.d_model) if cfg.n_cond_tokens > 1 else None
+        )
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -102,6 +83,7 @@ class PhysicsTransformer(nn.Module):
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; ``non_embedding`` drops the input lookup tables (they cost no matmul FLOPs)."""
+
         # ZeRO-3 leaves each rank a shard and records the full size as ds_numel; count that when present.
         def numel(p: Tensor) -> int:
             return getattr(p, "ds_numel", p.numel())
@@ -122,13 +104,16 @@ class PhysicsTransformer(nn.Module):
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
         return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
 
-    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float],
-                            device_type: str | None = None) -> torch.optim.AdamW:
+    def configure_optimizer(
+        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str | None = None
+    ) -> torch.optim.AdamW:
         """AdamW decaying only 2-D weights (matmuls, embeddings); gains are not decayed (decay toward 0
         would fight the normalisation's scale)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         device_type = device_type or next(self.parameters()).device.type
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {}))
@@ -140,8 +125,10 @@ class PhysicsTransformer(nn.Module):
         if self.param_embedding is not None:
             cfg = self.config
             if param_ids is None or param_ids.shape != (dataset_ids.shape[0], cfg.n_cond_params):
-                raise ValueError(f"param_ids: expected [B, {cfg.n_cond_params}] bucket ids, got "
-                                 f"{None if param_ids is None else tuple(param_ids.shape)}")
+                raise ValueError(
+                    f"param_ids: expected [B, {cfg.n_cond_params}] bucket ids, got "
+                    f"{None if param_ids is None else tuple(param_ids.shape)}"
+                )
             slot = torch.arange(cfg.n_cond_params, device=param_ids.device) * cfg.n_param_buckets
             cond = torch.cat([cond, self.param_embedding(slot + param_ids.clamp(0, cfg.n_param_buckets - 1))], 1)
         return cond
@@ -173,9 +160,15 @@ class PhysicsTransformer(nn.Module):
         self.current_positions = positions
         return positions
 
-    def forward(self, idx: Tensor, grid_shape: tuple[int, ...], dataset_ids: Tensor,
-                targets: Tensor | None = None, param_ids: Tensor | None = None,
-                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
+    def forward(
+        self,
+        idx: Tensor,
+        grid_shape: tuple[int, ...],
+        dataset_ids: Tensor,
+        targets: Tensor | None = None,
+        param_ids: Tensor | None = None,
+        return_logits: bool = True,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """idx [B, L = F*T] frame-major token ids -> logits [B, L, V] where ``logits[:, k]`` predicts
         ``idx[:, k]`` from the conditioning tokens and ``idx[:, :k]``.
 
@@ -187,7 +180,7 @@ class PhysicsTransformer(nn.Module):
             raise ValueError(f"idx: length {idx.shape[1]} is not a whole number of {grid_shape} frames")
         positions = self._positions(idx.shape[1] // math.prod(grid_shape), grid_shape, idx.device)
         x = self._embed(idx, dataset_ids, param_ids)
-        h = self._blocks(x, positions)[:, self.n_cond_tokens - 1:-1]  # outputs that predict idx[:, k]
+        h = self._blocks(x, positions)[:, self.n_cond_tokens - 1 : -1]  # outputs that predict idx[:, k]
         if targets is None:
             return self.lm_head(h), None
         if not return_logits:
@@ -210,10 +203,18 @@ class PhysicsTransformer(nn.Module):
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
     @torch.no_grad()
-    def generate_frames(self, context_ids: Tensor, n_frames: int, dataset_ids: Tensor, temperature: float = 0.0,
-                        top_k: int | None = None, generator: torch.Generator | None = None,
-                        param_ids: Tensor | None = None, use_cache: bool = True,
-                        window_frames: int | None = None) -> Tensor:
+    def generate_frames(
+        self,
+        context_ids: Tensor,
+        n_frames: int,
+        dataset_ids: Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        param_ids: Tensor | None = None,
+        use_cache: bool = True,
+        window_frames: int | None = None,
+    ) -> Tensor:
         """Autoregressive rollout: context_ids [B, F_ctx, *grid] -> new frames [B, n_frames, *grid].
 
         The model attends over at most ``window_frames`` frames (default ``config.max_frames``); when the
@@ -226,33 +227,53 @@ class PhysicsTransformer(nn.Module):
         if use_cache:
             # Under autocast (bf16 on GPU) k/v come out in the autocast dtype, not the weights' dtype.
             device_type = context_ids.device.type
-            dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-                     else next(self.parameters()).dtype)
+            dtype = (
+                torch.get_autocast_dtype(device_type)
+                if torch.is_autocast_enabled(device_type)
+                else next(self.parameters()).dtype
+            )
             cache = KVCache(self.config, B, self.n_cond_tokens + window * T, context_ids.device, dtype)
         remaining = n_frames
         while remaining > 0:
             n_ctx = min(frames.shape[1], window - 1)
             n_now = min(remaining, window - n_ctx)
-            new = self._decode_window(frames[:, frames.shape[1] - n_ctx:], n_now * T, grid, dataset_ids,
-                                      param_ids, cache, temperature, top_k, generator)
+            new = self._decode_window(
+                frames[:, frames.shape[1] - n_ctx :],
+                n_now * T,
+                grid,
+                dataset_ids,
+                param_ids,
+                cache,
+                temperature,
+                top_k,
+                generator,
+            )
             frames = torch.cat([frames, new.view(B, n_now, T)], dim=1)
             remaining -= n_now
         return frames[:, -n_frames:].reshape(B, n_frames, *grid)
 
-    def _decode_window(self, ctx: Tensor, n_tokens: int, grid: tuple[int, ...], dataset_ids: Tensor,
-                       param_ids: Tensor | None, cache: KVCache | None, temperature: float,
-                       top_k: int | None, generator: torch.Generator | None) -> Tensor:
+    def _decode_window(
+        self,
+        ctx: Tensor,
+        n_tokens: int,
+        grid: tuple[int, ...],
+        dataset_ids: Tensor,
+        param_ids: Tensor | None,
+        cache: KVCache | None,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
         """ctx [B, F_ctx, T] -> n_tokens new ids [B, n_tokens], one window without sliding."""
         B, n_ctx, T = ctx.shape
         out = torch.empty(B, n_tokens, dtype=torch.long, device=ctx.device)
         if cache is None:  # reference path: the full forward over the growing sequence, per token
             seq = ctx.reshape(B, -1)
             for s in range(n_tokens):
-                positions = self._positions(n_ctx + s // T + 1, grid, ctx.device)[:self.n_cond_tokens + n_ctx * T + s]
+                positions = self._positions(n_ctx + s // T + 1, grid, ctx.device)[: self.n_cond_tokens + n_ctx * T + s]
                 self.current_positions = positions
                 x = self._embed(torch.cat([seq, out[:, :s]], 1), dataset_ids, param_ids)
-                out[:, s] = self._sample(self.lm_head(self._blocks(x, positions)[:, -1]), temperature, top_k,
-                                         generator)
+                out[:, s] = self._sample(self.lm_head(self._blocks(x, positions)[:, -1]), temperature, top_k, generator)
             return out
         n_frames_total = n_ctx + -(-n_tokens // T)
         positions = self._positions(n_frames_total, grid, ctx.device)
@@ -263,8 +284,8 @@ class PhysicsTransformer(nn.Module):
         for s in range(n_tokens):
             out[:, s] = self._sample(logits, temperature, top_k, generator)
             if s + 1 < n_tokens:  # feed the new token; its output predicts the next one
-                self.current_positions = positions[pos:pos + 1]
-                h = self._blocks(self.tok_embedding(out[:, s:s + 1]), positions[pos:pos + 1], cache, pos)
+                self.current_positions = positions[pos : pos + 1]
+                h = self._blocks(self.tok_embedding(out[:, s : s + 1]), positions[pos : pos + 1], cache, pos)
                 logits = self.lm_head(h[:, -1])
                 pos += 1
         return out

@@ -77,8 +77,10 @@ class DiffusionConfig:
         if self.sampling_steps < 1:
             raise ValueError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
         if self.fsq_levels and (min(self.fsq_levels) < 2 or self.latent_dim not in (0, len(self.fsq_levels))):
-            raise ValueError(f"diffusion.fsq_levels: {self.fsq_levels} must be >= 2 each, one per latent channel "
-                             f"(latent_dim={self.latent_dim})")
+            raise ValueError(
+                f"diffusion.fsq_levels: {self.fsq_levels} must be >= 2 each, one per latent channel "
+                f"(latent_dim={self.latent_dim})"
+            )
 
 
 def timestep_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -106,8 +108,10 @@ class LatentFlowTransformer(nn.Module):
         if diffusion.latent_dim < 1:
             raise ValueError("diffusion.latent_dim: unresolved (0); set it from the tokenizer's FSQ levels")
         if cfg.n_cond_tokens != 1:
-            raise ValueError("model.n_cond_params/n_param_buckets: the diffusion model conditions on the dataset "
-                             "only; set model.n_param_buckets=0")
+            raise ValueError(
+                "model.n_cond_params/n_param_buckets: the diffusion model conditions on the dataset "
+                "only; set model.n_param_buckets=0"
+            )
         self.config, self.diffusion = cfg, diffusion
         D, d = diffusion.latent_dim, cfg.d_model
         self.tok_embedding = nn.Linear(D, d)  # named like the AR lookup table: hook point "embedding"
@@ -160,8 +164,9 @@ class LatentFlowTransformer(nn.Module):
             raise ValueError(f"latent grid {grid}: the model has {self.config.n_spatial_dims} spatial axes")
         return token_positions(1, n_frames, grid, 1 + self.config.n_spatial_dims, device)
 
-    def _blocks(self, x: Tensor, positions: Tensor, mask: Tensor, cache: KVCache | None = None,
-                cache_pos: int = 0) -> Tensor:
+    def _blocks(
+        self, x: Tensor, positions: Tensor, mask: Tensor, cache: KVCache | None = None, cache_pos: int = 0
+    ) -> Tensor:
         """Run every block on the chunk at ``positions`` ([L, axes]); mask [L, cache_pos + L] bool."""
         self.current_positions = positions
         cos, sin = self._rope(positions)
@@ -195,18 +200,21 @@ class LatentFlowTransformer(nn.Module):
         self.current_positions = positions  # before the embedding: its hook reads them too
         frames = self._embed_frames(torch.cat([context, noisy.to(context.dtype)], dim=1))  # one call: one hook output
         time = self._time_embedding(t)[:, None]
-        h = torch.cat([self.dataset_embedding(dataset_ids)[:, None], frames[:, :n_ctx * T],
-                       frames[:, n_ctx * T:] + time], dim=1)
+        h = torch.cat(
+            [self.dataset_embedding(dataset_ids)[:, None], frames[:, : n_ctx * T], frames[:, n_ctx * T :] + time], dim=1
+        )
         h = self._blocks(self.embed_dropout(h), positions, frame_causal_mask(positions[:, 0]))
-        v = self.head(h[:, 1 + n_ctx * T:])
+        v = self.head(h[:, 1 + n_ctx * T :])
         return v.view(noisy.shape)
 
     def codes_from_ids(self, ids: Tensor) -> Tensor:
         """Token ids [...] → their FSQ codes [..., D] in code units (FSQ.indices_to_codes' arithmetic)."""
         levels = self.diffusion.fsq_levels
         if not levels:
-            raise ValueError("this diffusion model does not record its tokenizer's FSQ levels "
-                             "(diffusion.fsq_levels); feed it latents, not token ids")
+            raise ValueError(
+                "this diffusion model does not record its tokenizer's FSQ levels "
+                "(diffusion.fsq_levels); feed it latents, not token ids"
+            )
         lv = torch.tensor(levels, device=ids.device)
         basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), dim=0)
         digits = (ids.long().unsqueeze(-1) // basis) % lv
@@ -231,8 +239,9 @@ class LatentFlowTransformer(nn.Module):
         z = torch.randn(n, device=device, generator=generator)
         return torch.sigmoid(self.diffusion.logit_mean + self.diffusion.logit_std * z)
 
-    def loss(self, context: Tensor, target: Tensor, dataset_ids: Tensor,
-             generator: torch.Generator | None = None) -> Tensor:
+    def loss(
+        self, context: Tensor, target: Tensor, dataset_ids: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Flow-matching loss: context [B, F_ctx, *grid, D], target [B, F_tgt, *grid, D] latents in code units.
         x_t = (1 - t) x_0 + t x_1 with x_0 ~ N(0, I), x_1 = target × scale; MSE to the velocity x_1 - x_0."""
         scale = self.diffusion.latent_scale
@@ -246,9 +255,17 @@ class LatentFlowTransformer(nn.Module):
 
     # -- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_frames(self, context: Tensor, n_frames: int, dataset_ids: Tensor, steps: int | None = None,
-                      sampler: str | None = None, generator: torch.Generator | None = None,
-                      n_context_frames: int | None = None, frames_per_call: int = 1) -> Tensor:
+    def sample_frames(
+        self,
+        context: Tensor,
+        n_frames: int,
+        dataset_ids: Tensor,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+        n_context_frames: int | None = None,
+        frames_per_call: int = 1,
+    ) -> Tensor:
         """Rollout in latent space: context [B, F, *grid, D] (code units) → next n_frames [B, n, *grid, D].
 
         Each call conditions on the newest ``n_context_frames`` frames (default: all given; use the
@@ -273,8 +290,9 @@ class LatentFlowTransformer(nn.Module):
             remaining -= n_now
         return frames[:, -n_frames:] / self.diffusion.latent_scale
 
-    def _sample_window(self, ctx: Tensor, n_new: int, dataset_ids: Tensor, steps: int, sampler: str,
-                       generator: torch.Generator | None) -> Tensor:
+    def _sample_window(
+        self, ctx: Tensor, n_new: int, dataset_ids: Tensor, steps: int, sampler: str, generator: torch.Generator | None
+    ) -> Tensor:
         """ctx [B, F_ctx, *grid, D] model units → n_new frames by integrating dx/dt = v from t=0 to 1."""
         B, n_ctx, grid, D = ctx.shape[0], ctx.shape[1], tuple(ctx.shape[2:-1]), ctx.shape[-1]
         T = math.prod(grid)
@@ -282,8 +300,11 @@ class LatentFlowTransformer(nn.Module):
         mask = frame_causal_mask(positions[:, 0])
         prefix = 1 + n_ctx * T
         device_type = ctx.device.type
-        dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-                 else self.tok_embedding.weight.dtype)
+        dtype = (
+            torch.get_autocast_dtype(device_type)
+            if torch.is_autocast_enabled(device_type)
+            else self.tok_embedding.weight.dtype
+        )
         cache = KVCache(self.config, B, prefix + n_new * T, ctx.device, dtype)
         # The context never sees the noisy frames: its keys/values are computed once for all ODE steps.
         self.current_positions = positions[:prefix]

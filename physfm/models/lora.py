@@ -28,8 +28,13 @@ class LoRALinear(nn.Linear):
     """``nn.Linear`` plus a rank-``r`` update ``(alpha / r) B A``; the base weight/bias are frozen."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None,
-                         device=base.weight.device, dtype=base.weight.dtype)
+        super().__init__(
+            base.in_features,
+            base.out_features,
+            bias=base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
         self.load_state_dict(base.state_dict())
         self.weight.requires_grad_(False)
         if self.bias is not None:
@@ -44,8 +49,9 @@ class LoRALinear(nn.Linear):
         return super().forward(x) + self.scale * (self.lora_dropout(x) @ self.lora_a.T @ self.lora_b.T)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
-             targets: tuple[str, ...] = LORA_TARGETS) -> int:
+def add_lora(
+    model: nn.Module, rank: int, alpha: float, dropout: float = 0.0, targets: tuple[str, ...] = LORA_TARGETS
+) -> int:
     """Freeze ``model`` and replace the target linears inside its blocks by adapters; returns #adapted."""
     for p in model.parameters():
         p.requires_grad_(False)

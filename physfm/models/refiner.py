@@ -88,20 +88,26 @@ class Refiner(nn.Module):
         self.datasets = {name: list(channels) for name, channels in datasets.items()}
         n, conv, pad = n_spatial_dims, _conv(n_spatial_dims), cfg.padding
         widths = [cfg.width * 2**i for i in range(cfg.levels + 1)]
-        self.stems = nn.ModuleDict({
-            _key(name): conv((cfg.context_frames + 1) * len(ch), widths[0], 3, padding=1, padding_mode=pad)
-            for name, ch in self.datasets.items()})
-        self.heads = nn.ModuleDict({_key(name): conv(widths[0], len(ch), 3, padding=1, padding_mode=pad)
-                                    for name, ch in self.datasets.items()})
+        self.stems = nn.ModuleDict(
+            {
+                _key(name): conv((cfg.context_frames + 1) * len(ch), widths[0], 3, padding=1, padding_mode=pad)
+                for name, ch in self.datasets.items()
+            }
+        )
+        self.heads = nn.ModuleDict(
+            {_key(name): conv(widths[0], len(ch), 3, padding=1, padding_mode=pad) for name, ch in self.datasets.items()}
+        )
         for head in self.heads.values():  # zero residual at init: the untrained refiner is the identity
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.enc = nn.ModuleList(ResBlock(n, w, pad) for w in widths[:-1])
-        self.down = nn.ModuleList(conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=pad)
-                                  for i in range(cfg.levels))
+        self.down = nn.ModuleList(
+            conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=pad) for i in range(cfg.levels)
+        )
         self.mid = ResBlock(n, widths[-1], pad)
-        self.up = nn.ModuleList(conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=pad)
-                                for i in reversed(range(cfg.levels)))
+        self.up = nn.ModuleList(
+            conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=pad) for i in reversed(range(cfg.levels))
+        )
         self.merge = nn.ModuleList(conv(2 * widths[i], widths[i], 1) for i in reversed(range(cfg.levels)))
         self.dec = nn.ModuleList(ResBlock(n, widths[i], pad) for i in reversed(range(cfg.levels)))
         self.out_norm = nn.GroupNorm(8, widths[0])
@@ -111,14 +117,17 @@ class Refiner(nn.Module):
             raise KeyError(f"dataset {dataset!r} is unknown to this refiner (knows: {', '.join(self.datasets)})")
         C, n = len(self.datasets[dataset]), self.n_spatial_dims
         if pred.ndim != n + 2 or pred.shape[1] != C:
-            raise ValueError(f"refiner: prediction for {dataset!r} must be [B, {C}, *space] with {n} spatial axes, "
-                             f"got {tuple(pred.shape)}")
+            raise ValueError(
+                f"refiner: prediction for {dataset!r} must be [B, {C}, *space] with {n} spatial axes, "
+                f"got {tuple(pred.shape)}"
+            )
         if context.shape[0] != pred.shape[0] or context.shape[2:] != pred.shape[1:]:
             raise ValueError(f"refiner: context {tuple(context.shape)} does not match prediction {tuple(pred.shape)}")
         bad = [s for s in pred.shape[2:] if s % 2**self.cfg.levels]
         if bad:
-            raise ValueError(f"refiner: spatial shape {tuple(pred.shape[2:])} is not divisible by 2**levels = "
-                             f"{2**self.cfg.levels}")
+            raise ValueError(
+                f"refiner: spatial shape {tuple(pred.shape[2:])} is not divisible by 2**levels = {2**self.cfg.levels}"
+            )
 
     def forward(self, pred: torch.Tensor, context: torch.Tensor, dataset: str) -> torch.Tensor:
         self._check(pred, context, dataset)
@@ -157,15 +166,20 @@ def save_refiner(refiner: Refiner, out_dir: str | Path, extra: dict[str, Any] | 
     """Write ``refiner.safetensors`` then ``refiner.json`` (atomic each; the JSON holds the weights' sha256)."""
     from safetensors.torch import save
 
-
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in refiner.state_dict().items()}
     weights = save(state)
     with atomic_file(out_dir / WEIGHTS) as tmp:
         tmp.write_bytes(weights)
-    meta = {"format": FORMAT, "version": 1, "model": dataclasses.asdict(refiner.cfg),
-            "n_spatial_dims": refiner.n_spatial_dims, "datasets": refiner.datasets,
-            "weights_sha256": hashlib.sha256(weights).hexdigest(), **(extra or {})}
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "model": dataclasses.asdict(refiner.cfg),
+        "n_spatial_dims": refiner.n_spatial_dims,
+        "datasets": refiner.datasets,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        **(extra or {}),
+    }
     atomic_write_text(out_dir / CONFIG, json.dumps(meta, indent=1, sort_keys=True))
     return out_dir
 
@@ -180,8 +194,9 @@ def load_refiner(path: str | Path) -> tuple[Refiner, dict[str, Any]]:
 
     path = Path(path)
     if not is_refiner_dir(path):
-        raise DataError(f"{path}: not a refiner directory (expected {CONFIG} and {WEIGHTS}; make one with "
-                        "`physfm refine`)")
+        raise DataError(
+            f"{path}: not a refiner directory (expected {CONFIG} and {WEIGHTS}; make one with `physfm refine`)"
+        )
     try:
         meta = json.loads((path / CONFIG).read_text())
     except ValueError as err:
@@ -192,8 +207,11 @@ def load_refiner(path: str | Path) -> tuple[Refiner, dict[str, Any]]:
     if hashlib.sha256(weights).hexdigest() != meta.get("weights_sha256"):
         raise DataError(f"{path / WEIGHTS}: does not match {CONFIG} (interrupted save?); run `physfm refine` again")
     fields = {f.name for f in dataclasses.fields(RefinerConfig)}
-    refiner = Refiner(RefinerConfig(**{k: v for k, v in meta["model"].items() if k in fields}),
-                      int(meta["n_spatial_dims"]), meta["datasets"])
+    refiner = Refiner(
+        RefinerConfig(**{k: v for k, v in meta["model"].items() if k in fields}),
+        int(meta["n_spatial_dims"]),
+        meta["datasets"],
+    )
     try:
         refiner.load_state_dict(load(weights), strict=True)
     except RuntimeError as err:

@@ -1,7 +1,7 @@
 """Model kinds: the name a run records in run.json (``kind``) → the network it builds.
 
-    model = build_model("ar", {"model": {...}})              # PhysicsTransformer
-    model = build_model("diffusion", {"model": {...}, "diffusion": {...}})
+model = build_model("ar", {"model": {...}})              # PhysicsTransformer
+model = build_model("diffusion", {"model": {...}, "diffusion": {...}})
 """
 
 from __future__ import annotations

@@ -56,8 +56,16 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
-        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "max_frames",
-                     "n_datasets"):
+        for name in (
+            "vocab_size",
+            "n_layer",
+            "n_head",
+            "n_kv_head",
+            "d_model",
+            "ffn_hidden",
+            "max_frames",
+            "n_datasets",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
@@ -106,20 +114,22 @@ class RotaryTables:
 
     def __call__(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         if positions.device not in self.tables:
-            self.tables[positions.device] = (rope_inv_freq(self.cfg).to(positions.device),
-                                             rope_pair_axes(self.cfg).to(positions.device))
+            self.tables[positions.device] = (
+                rope_inv_freq(self.cfg).to(positions.device),
+                rope_pair_axes(self.cfg).to(positions.device),
+            )
         inv_freq, axes = self.tables[positions.device]
         angles = positions[:, axes].float() * inv_freq  # [L, head_dim // 2]
         return angles.cos(), angles.sin()
 
 
-def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int,
-                    device=None) -> Tensor:
+def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int, device=None) -> Tensor:
     """Positions (t, x, y, z)[:n_axes] of the sequence [cond tokens, frames]: [n_cond + F*T, n_axes] long.
 
     Conditioning tokens sit at time -1, space 0 (before every frame); frame tokens at (f, *grid index)."""
-    grids = torch.meshgrid(torch.arange(n_frames, device=device),
-                           *[torch.arange(n, device=device) for n in grid_shape], indexing="ij")
+    grids = torch.meshgrid(
+        torch.arange(n_frames, device=device), *[torch.arange(n, device=device) for n in grid_shape], indexing="ij"
+    )
     pos = torch.zeros(n_cond + n_frames * math.prod(grid_shape), n_axes, dtype=torch.long, device=device)
     pos[:n_cond, 0] = -1
     for axis, g in enumerate(grids):
@@ -146,13 +156,21 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
-                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: tuple[Tensor, Tensor] | None = None,
+        cache_pos: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
         """``attn_mask`` [L, cache_pos + L] bool (True = attend) replaces token-causal masking; the
         diffusion variant uses it for frame-causal attention (physfm/models/diffusion.py)."""
         B, L, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                                      self.n_kv_head * self.head_dim], dim=-1)
+        q, k, v = self.wqkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
         q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, L, hd]
         k = k.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, Hkv, L, hd]
         v = v.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -162,14 +180,20 @@ class Attention(nn.Module):
             k_cache, v_cache = kv
             if cache_pos > 0 and L > 1 and attn_mask is None:
                 raise ValueError("KV cache: a multi-token chunk must start at position 0 (prefill)")
-            k_cache[:, :, cache_pos:cache_pos + L] = k
-            v_cache[:, :, cache_pos:cache_pos + L] = v
-            k, v = k_cache[:, :, :cache_pos + L], v_cache[:, :, :cache_pos + L]
+            k_cache[:, :, cache_pos : cache_pos + L] = k
+            v_cache[:, :, cache_pos : cache_pos + L] = v
+            k, v = k_cache[:, :, : cache_pos + L], v_cache[:, :, : cache_pos + L]
         # Causal over a full sequence; a single decode query may see the whole cached prefix.
         # SDPA dispatches to flash attention on GPU (bf16) and to a fused kernel on CPU.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and L > 1,
-                                           enable_gqa=self.n_kv_head != self.n_head,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None and L > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.wo(y.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -195,8 +219,15 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: tuple[Tensor, Tensor] | None = None,
-                cache_pos: int = 0, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: tuple[Tensor, Tensor] | None = None,
+        cache_pos: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
         x = x + self.resid_dropout(self.attn(self.attn_norm(x), cos, sin, kv, cache_pos, attn_mask))
         return x + self.resid_dropout(self.mlp(self.mlp_norm(x)))
 
@@ -214,5 +245,3 @@ class KVCache:
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         return self.k[i], self.v[i]
-
-

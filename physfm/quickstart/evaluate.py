@@ -15,8 +15,14 @@ from typing import Any
 from physfm.eval.evaluate import evaluate
 from physfm.train.refine import load_refine_config, run_refine
 
-REFINE_OVERRIDES = ["train.steps=100", "train.log_every=25", "data.n_windows=8", "data.val_windows=4",
-                    "data.batch_size=8", "model.width=16"]
+REFINE_OVERRIDES = [
+    "train.steps=100",
+    "train.log_every=25",
+    "data.n_windows=8",
+    "data.val_windows=4",
+    "data.batch_size=8",
+    "model.width=16",
+]
 EVAL_HORIZONS = [1, 2]
 EVAL_MAX_WINDOWS = 4  # per dataset
 
@@ -24,37 +30,60 @@ EVAL_MAX_WINDOWS = 4  # per dataset
 def _needs(ctx, *keys: str) -> None:
     missing = [k for k in keys if k not in ctx.state]
     if missing:
-        raise RuntimeError(f"quickstart: this stage needs {', '.join(missing)} from earlier stages "
-                           "(shard, pretrain); run the whole quickstart or those stages first")
+        raise RuntimeError(
+            f"quickstart: this stage needs {', '.join(missing)} from earlier stages "
+            "(shard, pretrain); run the whole quickstart or those stages first"
+        )
 
 
 def stage_refine(ctx) -> dict[str, Any]:
     """Fit the refinement U-Net to the pretrained AR model (``ctx.state["ar_run"]``)."""
     _needs(ctx, "ar_run", "shards")
-    cfg = load_refine_config(None, [f"ckpt={ctx.state['ar_run']}", f"data.shards={ctx.state['shards']}",
-                                    f"out={ctx.out / 'refiner'}", f"seed={ctx.seed}", *REFINE_OVERRIDES])
+    cfg = load_refine_config(
+        None,
+        [
+            f"ckpt={ctx.state['ar_run']}",
+            f"data.shards={ctx.state['shards']}",
+            f"out={ctx.out / 'refiner'}",
+            f"seed={ctx.seed}",
+            *REFINE_OVERRIDES,
+        ],
+    )
     out = run_refine(cfg, log=None)
     ctx.state["refiner"] = str(out)
     metrics = json.loads((out / "metrics.json").read_text())
     split = "valid" if "valid" in metrics["vrmse_next_step"] else "train"
     scores = metrics["vrmse_next_step"][split]
     mean = {k: sum(v[k] for v in scores.values()) / len(scores) for k in ("input", "refined", "persistence")}
-    return {"steps": cfg.train.steps, "loss_first": round(metrics["loss_history"][0][1], 4),
-            "loss_last": round(metrics["loss_history"][-1][1], 4),
-            f"{split}_vrmse_ar": round(mean["input"], 4), f"{split}_vrmse_refined": round(mean["refined"], 4),
-            f"{split}_vrmse_persistence": round(mean["persistence"], 4)}
+    return {
+        "steps": cfg.train.steps,
+        "loss_first": round(metrics["loss_history"][0][1], 4),
+        "loss_last": round(metrics["loss_history"][-1][1], 4),
+        f"{split}_vrmse_ar": round(mean["input"], 4),
+        f"{split}_vrmse_refined": round(mean["refined"], 4),
+        f"{split}_vrmse_persistence": round(mean["persistence"], 4),
+    }
 
 
 def stage_evaluate(ctx) -> dict[str, Any]:
     """VRMSE per dataset, field and horizon beside persistence, copy-tokens and the tokenizer ceiling."""
     _needs(ctx, "ar_run", "shards")
     out = ctx.out / "evaluate"
-    metrics = evaluate(ctx.state["ar_run"], ctx.state["shards"], EVAL_HORIZONS, out, split="test",
-                       max_windows=EVAL_MAX_WINDOWS, refiner=ctx.state.get("refiner"), seed=ctx.seed)
+    metrics = evaluate(
+        ctx.state["ar_run"],
+        ctx.state["shards"],
+        EVAL_HORIZONS,
+        out,
+        split="test",
+        max_windows=EVAL_MAX_WINDOWS,
+        refiner=ctx.state.get("refiner"),
+        seed=ctx.seed,
+    )
     ctx.state["evaluate"] = str(out)
     rel = out.relative_to(ctx.out)
-    ctx.figures.append(("VRMSE vs rollout step (test windows; 1.0 = the spatial mean)",
-                        str(rel / "vrmse_vs_horizon.png")))
+    ctx.figures.append(
+        ("VRMSE vs rollout step (test windows; 1.0 = the spatial mean)", str(rel / "vrmse_vs_horizon.png"))
+    )
     for name in metrics["vrmse"]:
         ctx.figures.append((f"Rollout {name}: truth | prediction | error", str(rel / f"rollout_{name}.png")))
     result: dict[str, Any] = {"windows": sum(metrics["n_windows"].values())}
@@ -66,5 +95,6 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "Evaluate: VRMSE 1.0 is the spatial-mean predictor; persistence (repeat the last frame) is the floor a "
         "forecaster must clear, and beating it means nothing once persistence itself is above 1. The AR model "
         f"beats persistence at the next step on: {', '.join(beats) or 'no dataset'} "
-        f"(details: {rel}/report.md).")
+        f"(details: {rel}/report.md)."
+    )
     return result

@@ -11,8 +11,14 @@ from data_pipelines.simulators import simulate_dataset
 from physfm.train.finetune import load_finetune_config, run_finetune
 
 HELD_OUT = ("burgers1d", dict(n_traj=6, n_steps=24, resolution=32))
-FINETUNE_OVERRIDES = ["trainer.max_steps=40", "trainer.checkpoint_every=40", "finetune.tokenizer_steps=40",
-                      "finetune.eval_horizons=[1,4]", "finetune.eval_max_windows=6", "finetune.compare_scratch=true"]
+FINETUNE_OVERRIDES = [
+    "trainer.max_steps=40",
+    "trainer.checkpoint_every=40",
+    "finetune.tokenizer_steps=40",
+    "finetune.eval_horizons=[1,4]",
+    "finetune.eval_max_windows=6",
+    "finetune.compare_scratch=true",
+]
 
 
 def stage_finetune(ctx) -> dict[str, Any]:
@@ -20,9 +26,16 @@ def stage_finetune(ctx) -> dict[str, Any]:
         raise RuntimeError("quickstart: the fine-tune stage needs ar_run from the pretrain stage")
     system, sizes = HELD_OUT
     data = simulate_dataset(system, ctx.out / "data" / system, seed=ctx.seed, overwrite=True, **sizes)
-    cfg = load_finetune_config("configs/finetune/tiny.yaml", [
-        f"finetune.init={ctx.state['ar_run']}", f"finetune.data={data}", f"out={ctx.out / 'finetune'}",
-        f"seed={ctx.seed}", *FINETUNE_OVERRIDES])
+    cfg = load_finetune_config(
+        "configs/finetune/tiny.yaml",
+        [
+            f"finetune.init={ctx.state['ar_run']}",
+            f"finetune.data={data}",
+            f"out={ctx.out / 'finetune'}",
+            f"seed={ctx.seed}",
+            *FINETUNE_OVERRIDES,
+        ],
+    )
     out = run_finetune(cfg)
 
     m = json.loads((out / "metrics.json").read_text())
@@ -32,6 +45,8 @@ def stage_finetune(ctx) -> dict[str, Any]:
     for method, per in m["overall"].items():
         for h, v in per.items():
             result[f"{method}_{h}"] = round(v, 4)
-    ctx.notes.append(f"Fine-tune: {system} was never seen in pretraining; the tokenizer got a new stem/head "
-                     f"(trunk frozen) and the AR model {m['steps']} steps; see {rel}/report.md.")
+    ctx.notes.append(
+        f"Fine-tune: {system} was never seen in pretraining; the tokenizer got a new stem/head "
+        f"(trunk frozen) and the AR model {m['steps']} steps; see {rel}/report.md."
+    )
     return result

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from data_pipelines.bench import bench_loaders
 from data_pipelines.sharding import WindowSpec, shard_datasets
@@ -58,8 +59,7 @@ def stage_validate(ctx: Context) -> dict:
 
 def stage_shard(ctx: Context) -> dict:
     out = ctx.out / "shards"
-    manifest = shard_datasets(list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True,
-                              workers=2)
+    manifest = shard_datasets(list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True, workers=2)
     ctx.state["shards"] = str(out)
     return {f"windows_{split}": info["n_samples"] for split, info in manifest["splits"].items()}
 
@@ -83,8 +83,12 @@ STAGES: list[tuple[str, Callable[[Context], dict]]] = [
 ]
 
 
-def run_quickstart(out: str | Path, seed: int = 0, stages: list[str] | None = None,
-                   on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+def run_quickstart(
+    out: str | Path,
+    seed: int = 0,
+    stages: list[str] | None = None,
+    on_stage: Callable[[str, int, int], None] | None = None,
+) -> dict:
     """Run the stages (all, or the named ones in order) and write ``metrics.json`` + ``report.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,14 @@ def run_quickstart(out: str | Path, seed: int = 0, stages: list[str] | None = No
 
 
 def render_report(results: dict, ctx: Context) -> str:
-    lines = ["# physfm quickstart report", "", f"Total: {results['total_seconds']:.1f} s on {results['machine']}.",
-             "", "| stage | seconds | figures |", "|---|---:|---|"]
+    lines = [
+        "# physfm quickstart report",
+        "",
+        f"Total: {results['total_seconds']:.1f} s on {results['machine']}.",
+        "",
+        "| stage | seconds | figures |",
+        "|---|---:|---|",
+    ]
     for name, info in results["stages"].items():
         shown = ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds")
         lines.append(f"| {name} | {info['seconds']:.1f} | {shown} |")

@@ -24,10 +24,16 @@ PRETRAIN_SECONDS = 150  # AR pretraining budget
 
 def stage_tokenizer(ctx) -> dict[str, Any]:
     """Train the tiny FSQ tokenizer on the quickstart shards, evaluate it, and encode token shards."""
-    cfg = load_config(TokenizerTrainConfig, CONFIGS / "tokenizer" / "tiny.yaml", [
-        f"data.shards={ctx.state['shards']}", f"out={ctx.out / 'tokenizer'}", f"seed={ctx.seed}",
-        f"trainer.max_time_s={TOKENIZER_SECONDS}",  # the LR schedule follows the time budget
-    ])
+    cfg = load_config(
+        TokenizerTrainConfig,
+        CONFIGS / "tokenizer" / "tiny.yaml",
+        [
+            f"data.shards={ctx.state['shards']}",
+            f"out={ctx.out / 'tokenizer'}",
+            f"seed={ctx.seed}",
+            f"trainer.max_time_s={TOKENIZER_SECONDS}",  # the LR schedule follows the time budget
+        ],
+    )
     import torch
 
     threads = torch.get_num_threads()
@@ -35,13 +41,15 @@ def stage_tokenizer(ctx) -> dict[str, Any]:
         ckpt = train_tokenizer(cfg)
     finally:
         torch.set_num_threads(threads)  # the tiny tokenizer trains single-threaded; later stages use all cores
-    metrics = evaluate_tokenizer(ckpt, ctx.state["shards"], ctx.out / "tokenizer-eval", split="valid",
-                                 max_batches=8, n_plots=1)
+    metrics = evaluate_tokenizer(
+        ckpt, ctx.state["shards"], ctx.out / "tokenizer-eval", split="valid", max_batches=8, n_plots=1
+    )
     tokens = encode_shards(ckpt, ctx.state["shards"], ctx.out / "tokens")
     ctx.state.update(tokenizer=str(ckpt), tokens=str(tokens))
     for png in sorted((ctx.out / "tokenizer-eval").glob("*.png"))[:2]:
-        ctx.figures.append((f"Tokenizer reconstruction ({png.stem}): original | reconstruction | error",
-                            str(png.relative_to(ctx.out))))
+        ctx.figures.append(
+            (f"Tokenizer reconstruction ({png.stem}): original | reconstruction | error", str(png.relative_to(ctx.out)))
+        )
     summary = {"checkpoint": str(ckpt.relative_to(ctx.out))}
     overall = metrics.get("overall", {})
     for key in ("vrmse_max", "baseline_vrmse_max", "code_usage", "perplexity"):
@@ -52,12 +60,21 @@ def stage_tokenizer(ctx) -> dict[str, Any]:
 
 def stage_pretrain(ctx) -> dict[str, Any]:
     """Pretrain the tiny AR transformer on the quickstart token shards."""
-    cfg = load_pretrain_config(CONFIGS / "pretrain" / "tiny.yaml", [
-        f"data.tokens=[{ctx.state['tokens']}]", f"tokenizer={ctx.state['tokenizer']}",
-        f"out={ctx.out / 'pretrain'}", f"seed={ctx.seed}", "trainer.max_steps=400",
-        f"trainer.max_time_s={PRETRAIN_SECONDS}", "trainer.checkpoint_every=50", "trainer.val_every=100",
-        "trainer.progress_bar=false", "resume=none",
-    ])
+    cfg = load_pretrain_config(
+        CONFIGS / "pretrain" / "tiny.yaml",
+        [
+            f"data.tokens=[{ctx.state['tokens']}]",
+            f"tokenizer={ctx.state['tokenizer']}",
+            f"out={ctx.out / 'pretrain'}",
+            f"seed={ctx.seed}",
+            "trainer.max_steps=400",
+            f"trainer.max_time_s={PRETRAIN_SECONDS}",
+            "trainer.checkpoint_every=50",
+            "trainer.val_every=100",
+            "trainer.progress_bar=false",
+            "resume=none",
+        ],
+    )
     out = run_pretrain(cfg)
     ctx.state["ar_run"] = str(out)
     metrics = json.loads((out / "metrics.json").read_text())

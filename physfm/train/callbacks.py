@@ -32,8 +32,11 @@ class ThroughputMonitor(L.Callback):
             elapsed = time.perf_counter() - self._t0
             tokens_per_s = (step - self._step0) * self.tokens_per_step / elapsed
             flops = tokens_per_s * self.flops_per_token
-            self.last = {"perf/tokens_per_s": tokens_per_s, "perf/tflops": flops / 1e12,
-                         "perf/mfu": flops / self.peak_flops if self.peak_flops else 0.0}
+            self.last = {
+                "perf/tokens_per_s": tokens_per_s,
+                "perf/tflops": flops / 1e12,
+                "perf/mfu": flops / self.peak_flops if self.peak_flops else 0.0,
+            }
             pl_module.log_dict(self.last, rank_zero_only=True)
             self._t0, self._step0 = time.perf_counter(), step
 
@@ -96,8 +99,11 @@ class StopOnSignal(L.Callback):
             self.stopped_at_step = trainer.global_step
             trainer.should_stop = True
             if trainer.is_global_zero:
-                print(f"physfm: signal {signal.Signals(self.signum).name} received: stopping after step "
-                      f"{trainer.global_step} and saving a checkpoint", flush=True)
+                print(
+                    f"physfm: signal {signal.Signals(self.signum).name} received: stopping after step "
+                    f"{trainer.global_step} and saving a checkpoint",
+                    flush=True,
+                )
 
 
 def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Callback:
@@ -107,7 +113,6 @@ def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Call
     run that may never come; here the step is the order, and pruning leaves only complete checkpoints.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
-
 
     class KeepLast(ModelCheckpoint):
         def file_exists(self, filepath, trainer) -> bool:
@@ -123,11 +128,17 @@ def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Call
 
         def on_train_end(self, trainer, pl_module) -> None:
             if trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
-                self._save_checkpoint(trainer, self._get_metric_interpolated_filepath_name(
-                    self._monitor_candidates(trainer), trainer))
+                self._save_checkpoint(
+                    trainer, self._get_metric_interpolated_filepath_name(self._monitor_candidates(trainer), trainer)
+                )
                 self._last_global_step_saved = trainer.global_step
 
-    return KeepLast(dirpath=dirpath, filename="step={step:07d}", auto_insert_metric_name=False,
-                    every_n_train_steps=every_n_steps, save_top_k=-1, monitor=None, save_last=False)
-
-
+    return KeepLast(
+        dirpath=dirpath,
+        filename="step={step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=every_n_steps,
+        save_top_k=-1,
+        monitor=None,
+        save_last=False,
+    )

@@ -26,8 +26,10 @@ class TokenDataConfig:
 
     def validate(self) -> None:
         if not self.tokens and not self.shards:
-            raise ValueError("data.tokens: give at least one token shard directory (physfm tokenizer encode), "
-                             "or data.shards (field shards) for model.kind=diffusion")
+            raise ValueError(
+                "data.tokens: give at least one token shard directory (physfm tokenizer encode), "
+                "or data.shards (field shards) for model.kind=diffusion"
+            )
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
@@ -83,8 +85,9 @@ class PretrainConfig:
             if not self.data.shards:
                 raise ConfigError("data.shards: model.kind=diffusion trains on field shards (physfm data shard)")
             if not self.tokenizer:
-                raise ConfigError("tokenizer: model.kind=diffusion needs the tokenizer checkpoint whose latents "
-                                  "it models")
+                raise ConfigError(
+                    "tokenizer: model.kind=diffusion needs the tokenizer checkpoint whose latents it models"
+                )
 
 
 def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -> PretrainConfig:
@@ -93,5 +96,3 @@ def load_pretrain_config(path: str | None, overrides: list[str] | None = None) -
 
 def default_run_dir(verb: str) -> str:
     return f"runs/{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-

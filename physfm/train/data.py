@@ -23,8 +23,10 @@ def token_layout(manifest: dict[str, Any]) -> tuple[int, int]:
     c = int(manifest.get("tokenizer", {}).get("temporal_compression", 1))
     n_input, n_total = manifest["n_input"], manifest["n_input"] + manifest["n_output"]
     if (n_input - 1) % c:
-        raise ConfigError(f"token shards: {n_input} context frames do not end on a temporal-compression group "
-                          f"boundary (compression {c} needs n_input = 1 + k*{c}); re-shard with another --n-input")
+        raise ConfigError(
+            f"token shards: {n_input} context frames do not end on a temporal-compression group "
+            f"boundary (compression {c} needs n_input = 1 + k*{c}); re-shard with another --n-input"
+        )
     return 1 + (n_input - 1) // c, 1 + math.ceil((n_total - 1) / c)
 
 
@@ -35,8 +37,10 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
     for location in cfg.data.tokens:
         manifest = read_manifest(location)
         if "tokenizer_fingerprint" not in manifest:
-            raise ConfigError(f"data.tokens: {location} holds no token shards (no tokenizer_fingerprint); "
-                              "make them with `physfm tokenizer encode`")
+            raise ConfigError(
+                f"data.tokens: {location} holds no token shards (no tokenizer_fingerprint); "
+                "make them with `physfm tokenizer encode`"
+            )
         fingerprints.add(manifest["tokenizer_fingerprint"])
         layouts.add(token_layout(manifest))
         names += list(manifest["datasets"])
@@ -47,8 +51,12 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
     n_context, n_total = layouts.pop()
     if n_total > cfg.model.max_frames:
         raise ConfigError(f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame token windows")
-    return {"dataset_names": sorted(names), "n_context": n_context, "n_frames": n_total,
-            "tokenizer_fingerprint": fingerprints.pop()}
+    return {
+        "dataset_names": sorted(names),
+        "n_context": n_context,
+        "n_frames": n_total,
+        "tokenizer_fingerprint": fingerprints.pop(),
+    }
 
 
 class TokenDataModule:
@@ -60,16 +68,34 @@ class TokenDataModule:
     def train_loader(self, consumed_batches: int):
         d = self.cfg.data
         return make_loader(
-            d.tokens, "train", d.batch_size, num_workers=d.num_workers, seed=self.cfg.seed, resampled=True,
-            batches_per_epoch=self.total_batches, skip_batches=consumed_batches, shuffle_buffer=d.shuffle_buffer,
-            dataset_weights=d.dataset_weights, keys=("tokens",), normalize=False, on_error=d.on_error,
+            d.tokens,
+            "train",
+            d.batch_size,
+            num_workers=d.num_workers,
+            seed=self.cfg.seed,
+            resampled=True,
+            batches_per_epoch=self.total_batches,
+            skip_batches=consumed_batches,
+            shuffle_buffer=d.shuffle_buffer,
+            dataset_weights=d.dataset_weights,
+            keys=("tokens",),
+            normalize=False,
+            on_error=d.on_error,
         )
 
     def val_loader(self):
         d = self.cfg.data
         return make_loader(
-            d.tokens, "valid", d.batch_size, num_workers=0, seed=self.cfg.seed, resampled=True,
-            batches_per_epoch=d.val_batches, keys=("tokens",), normalize=False, shuffle_buffer=d.shuffle_buffer,
+            d.tokens,
+            "valid",
+            d.batch_size,
+            num_workers=0,
+            seed=self.cfg.seed,
+            resampled=True,
+            batches_per_epoch=d.val_batches,
+            keys=("tokens",),
+            normalize=False,
+            shuffle_buffer=d.shuffle_buffer,
             dataset_weights=d.dataset_weights,
         )
 
@@ -79,37 +105,59 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
     meta = read_checkpoint_meta(cfg.tokenizer)
     latent_dim, c = len(meta["model"]["levels"]), int(meta["model"]["temporal_compression"])
     if cfg.diffusion.latent_dim not in (0, latent_dim):
-        raise ConfigError(f"diffusion.latent_dim={cfg.diffusion.latent_dim}, but tokenizer {cfg.tokenizer} has "
-                          f"{latent_dim} FSQ levels (latent channels); set 0 to take it from the tokenizer")
+        raise ConfigError(
+            f"diffusion.latent_dim={cfg.diffusion.latent_dim}, but tokenizer {cfg.tokenizer} has "
+            f"{latent_dim} FSQ levels (latent channels); set 0 to take it from the tokenizer"
+        )
     if cfg.diffusion.fsq_levels and list(cfg.diffusion.fsq_levels) != list(meta["model"]["levels"]):
-        raise ConfigError(f"diffusion.fsq_levels={cfg.diffusion.fsq_levels}, but tokenizer {cfg.tokenizer} has "
-                          f"{meta['model']['levels']}; leave it empty to take it from the tokenizer")
+        raise ConfigError(
+            f"diffusion.fsq_levels={cfg.diffusion.fsq_levels}, but tokenizer {cfg.tokenizer} has "
+            f"{meta['model']['levels']}; leave it empty to take it from the tokenizer"
+        )
     names: list[str] = []
     layouts = set()
     for location in cfg.data.shards:
         manifest = read_manifest(location)
         if manifest.get("tokenizer_fingerprint"):
-            raise ConfigError(f"data.shards: {location} holds token shards; the diffusion model trains on field "
-                              "shards (physfm data shard), encoded on the fly by the tokenizer")
+            raise ConfigError(
+                f"data.shards: {location} holds token shards; the diffusion model trains on field "
+                "shards (physfm data shard), encoded on the fly by the tokenizer"
+            )
         for name, entry in manifest["datasets"].items():
             known = meta["datasets"].get(name)
             if known is None:
-                raise ConfigError(f"data.shards: dataset {name!r} of {location} is unknown to tokenizer "
-                                  f"{cfg.tokenizer} (knows: {', '.join(sorted(meta['datasets']))})")
+                raise ConfigError(
+                    f"data.shards: dataset {name!r} of {location} is unknown to tokenizer "
+                    f"{cfg.tokenizer} (knows: {', '.join(sorted(meta['datasets']))})"
+                )
             if list(known["channel_names"]) != list(entry["channel_names"]):
-                raise ConfigError(f"data.shards: dataset {name!r} has channels {entry['channel_names']}, the "
-                                  f"tokenizer expects {known['channel_names']}")
+                raise ConfigError(
+                    f"data.shards: dataset {name!r} has channels {entry['channel_names']}, the "
+                    f"tokenizer expects {known['channel_names']}"
+                )
             names.append(name)
-        layouts.add(token_layout({"n_input": manifest["n_input"], "n_output": manifest["n_output"],
-                                  "tokenizer": {"temporal_compression": c}}))
+        layouts.add(
+            token_layout(
+                {
+                    "n_input": manifest["n_input"],
+                    "n_output": manifest["n_output"],
+                    "tokenizer": {"temporal_compression": c},
+                }
+            )
+        )
     if len(layouts) > 1:
         raise ConfigError(f"data.shards: shard sets have different window layouts {sorted(layouts)}")
     n_context, n_total = layouts.pop()
     if n_total > cfg.model.max_frames:
         raise ConfigError(f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame latent windows")
-    return {"dataset_names": sorted(names), "n_context": n_context, "n_frames": n_total,
-            "tokenizer_fingerprint": fingerprint(cfg.tokenizer), "latent_dim": latent_dim,
-            "fsq_levels": [int(v) for v in meta["model"]["levels"]]}
+    return {
+        "dataset_names": sorted(names),
+        "n_context": n_context,
+        "n_frames": n_total,
+        "tokenizer_fingerprint": fingerprint(cfg.tokenizer),
+        "latent_dim": latent_dim,
+        "fsq_levels": [int(v) for v in meta["model"]["levels"]],
+    }
 
 
 class FieldDataModule(TokenDataModule):
@@ -118,17 +166,33 @@ class FieldDataModule(TokenDataModule):
     def train_loader(self, consumed_batches: int):
         d = self.cfg.data
         return make_loader(
-            d.shards, "train", d.batch_size, num_workers=d.num_workers, seed=self.cfg.seed, resampled=True,
-            batches_per_epoch=self.total_batches, skip_batches=consumed_batches, shuffle_buffer=d.shuffle_buffer,
-            dataset_weights=d.dataset_weights, keys=("input", "output"), normalize=False, on_error=d.on_error,
+            d.shards,
+            "train",
+            d.batch_size,
+            num_workers=d.num_workers,
+            seed=self.cfg.seed,
+            resampled=True,
+            batches_per_epoch=self.total_batches,
+            skip_batches=consumed_batches,
+            shuffle_buffer=d.shuffle_buffer,
+            dataset_weights=d.dataset_weights,
+            keys=("input", "output"),
+            normalize=False,
+            on_error=d.on_error,
         )
 
     def val_loader(self):
         d = self.cfg.data
         return make_loader(
-            d.shards, "valid", d.batch_size, num_workers=0, seed=self.cfg.seed, resampled=True,
-            batches_per_epoch=d.val_batches, keys=("input", "output"), normalize=False,
-            shuffle_buffer=d.shuffle_buffer, dataset_weights=d.dataset_weights,
+            d.shards,
+            "valid",
+            d.batch_size,
+            num_workers=0,
+            seed=self.cfg.seed,
+            resampled=True,
+            batches_per_epoch=d.val_batches,
+            keys=("input", "output"),
+            normalize=False,
+            shuffle_buffer=d.shuffle_buffer,
+            dataset_weights=d.dataset_weights,
         )
-
-

@@ -31,10 +31,18 @@ class DiffusionModule(ARModule):
     """The flow-matching transformer under Lightning: the AR module's optimiser, schedule, guard and RNG
     checkpointing, with the loss computed on latents the frozen tokenizer makes from each field batch."""
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], dataset_names: list[str],
-                 n_context_frames: int, max_steps: int, nonfinite_loss: str = "stop",
-                 strategy: dict[str, Any] | None = None, diffusion: dict[str, Any] | None = None,
-                 tokenizer: str = ""):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        dataset_names: list[str],
+        n_context_frames: int,
+        max_steps: int,
+        nonfinite_loss: str = "stop",
+        strategy: dict[str, Any] | None = None,
+        diffusion: dict[str, Any] | None = None,
+        tokenizer: str = "",
+    ):
         super().__init__(model, optim, dataset_names, n_context_frames, max_steps, nonfinite_loss, strategy)
 
         tok = load_tokenizer(tokenizer).eval().requires_grad_(False)
@@ -52,7 +60,7 @@ class DiffusionModule(ARModule):
         fields = torch.cat([batch["input"], batch["output"]], dim=1).to(self.device, torch.float32)
         with torch.autocast(self.device.type, enabled=False):
             z = continuous_latents(tok, tok.normalize(fields, name), name)
-        return z[:, :self.n_context_frames], z[:, self.n_context_frames:]
+        return z[:, : self.n_context_frames], z[:, self.n_context_frames :]
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         context, target = self.latents(batch)

@@ -64,15 +64,33 @@ def rank_zero_only(fn: F) -> F:
 
 # What launchers (torchrun, srun, MPI) export to describe a multi-process job.
 LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "OMPI_", "TORCHELASTIC_")
-LAUNCHER_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                  "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+LAUNCHER_NAMES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def launch_id() -> str:
     """The same string on every rank of one launch, different for the next launch (a requeue, a new
     torchrun): for telling a handshake file of this launch from one an earlier launch left behind."""
-    keys = ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID",
-            "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT")
+    keys = (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
+        "SLURM_RESTART_COUNT",
+        "TORCHELASTIC_RUN_ID",
+        "TORCHELASTIC_RESTART_COUNT",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    )
     return "|".join(f"{k}={os.environ.get(k, '')}" for k in keys)
 
 
@@ -99,19 +117,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _flush_all() -> None:
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing left to save
             stream.flush()
-        except (OSError, ValueError):  # closed or broken pipe: nothing left to save
-            pass
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     for logger in loggers:
         for handler in logger.handlers:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 handler.flush()
-            except (OSError, ValueError):
-                pass
 
 
 def clean_exit(code: int = 0) -> None:

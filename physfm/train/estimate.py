@@ -50,8 +50,11 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
         tables.append(cfg.n_cond_params * cfg.n_param_buckets * d)
     lm_head = cfg.vocab_size * d
     non_embedding = cfg.n_layer * per_layer + d + lm_head
-    return ParamCounts(total=non_embedding + sum(tables), non_embedding=non_embedding,
-                       largest_layer=max(wqkv, wo, ffn, lm_head, *tables))
+    return ParamCounts(
+        total=non_embedding + sum(tables),
+        non_embedding=non_embedding,
+        largest_layer=max(wqkv, wo, ffn, lm_head, *tables),
+    )
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -59,8 +62,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 6 * count_params(cfg).non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
 
-def activation_bytes(cfg: ModelConfig, seq_len: int, micro_batch: int, predicted_tokens: int,
-                     checkpointing: bool) -> int:
+def activation_bytes(
+    cfg: ModelConfig, seq_len: int, micro_batch: int, predicted_tokens: int, checkpointing: bool
+) -> int:
     """Bytes of activations kept for backward by one GPU's micro-batch (see module docstring)."""
     d, kv, f = cfg.d_model, cfg.n_kv_head * cfg.head_dim, cfg.ffn_hidden
     per_layer_token = 2 * (8 * d + 4 * kv + 4 * f)  # bf16
@@ -119,8 +123,15 @@ def model_state_bytes(n_params: int, largest_layer: int, n_gpus: int, stage: int
     raise ValueError(f"no ZeRO stage {stage} with offload {offload!r}")
 
 
-LAYOUTS = [(1, "none"), (1, "optimizer"), (2, "none"), (2, "optimizer"),
-           (3, "none"), (3, "optimizer"), (3, "optimizer+params")]
+LAYOUTS = [
+    (1, "none"),
+    (1, "optimizer"),
+    (2, "none"),
+    (2, "optimizer"),
+    (3, "none"),
+    (3, "optimizer"),
+    (3, "optimizer+params"),
+]
 
 
 @dataclass
@@ -141,13 +152,22 @@ class Estimate:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["rows"] = [dict(asdict(r), model_states=r.model_states, total=r.total, total_ckpt=r.total_ckpt)
-                       for r in self.rows]
+        out["rows"] = [
+            dict(asdict(r), model_states=r.model_states, total=r.total, total_ckpt=r.total_ckpt) for r in self.rows
+        ]
         return out
 
 
-def estimate(cfg: ModelConfig, nodes: int, gpus_per_node: int, seq_len: int | None = None, micro_batch: int = 1,
-             predicted_frames: int | None = None, mfu: float = 0.4, peak_tflops: float = 989.0) -> Estimate:
+def estimate(
+    cfg: ModelConfig,
+    nodes: int,
+    gpus_per_node: int,
+    seq_len: int | None = None,
+    micro_batch: int = 1,
+    predicted_frames: int | None = None,
+    mfu: float = 0.4,
+    peak_tflops: float = 989.0,
+) -> Estimate:
     """Memory per GPU for every ZeRO stage/offload choice and tokens/s at the stated MFU.
 
     ``seq_len`` defaults to the config's window (conditioning + max_frames frames); ``predicted_frames``
@@ -164,15 +184,30 @@ def estimate(cfg: ModelConfig, nodes: int, gpus_per_node: int, seq_len: int | No
     rows = []
     for stage, offload in LAYOUTS:
         params, grads, optimizer = model_state_bytes(counts.total, counts.largest_layer, n_gpus, stage, offload)
-        host_bytes_per_param = {"none": 0, "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
-                                "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM
-                                + BYTES_BF16_PARAM}[offload]
+        host_bytes_per_param = {
+            "none": 0,
+            "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
+            "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM + BYTES_BF16_PARAM,
+        }[offload]
         cpu = int(host_bytes_per_param * counts.total / nodes * OFFLOAD_CPU_BUFFER)
         rows.append(MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu))
     fpt = flops_per_token(cfg, seq_len)
     per_gpu = mfu * peak_tflops * 1e12 / fpt
-    return Estimate(counts.total, counts.largest_layer, nodes, gpus_per_node, seq_len, micro_batch, predicted,
-                    fpt, mfu, peak_tflops, per_gpu, per_gpu * n_gpus, rows)
+    return Estimate(
+        counts.total,
+        counts.largest_layer,
+        nodes,
+        gpus_per_node,
+        seq_len,
+        micro_batch,
+        predicted,
+        fpt,
+        mfu,
+        peak_tflops,
+        per_gpu,
+        per_gpu * n_gpus,
+        rows,
+    )
 
 
 def format_table(est: Estimate, name: str = "model", gpu_mem_gib: float = 80.0) -> str:
@@ -188,13 +223,19 @@ def format_table(est: Estimate, name: str = "model", gpu_mem_gib: float = 80.0) 
     ]
     for r in est.rows:
         fits = "yes" if r.total <= gpu_mem_gib * GiB else ("with ckpt" if r.total_ckpt <= gpu_mem_gib * GiB else "no")
-        lines.append(f"{r.stage:>4} {r.offload:<16} {r.params / GiB:7.2f} {r.grads / GiB:7.2f} "
-                     f"{r.optimizer / GiB:7.2f} {r.activations / GiB:7.2f} {r.activations_ckpt / GiB:8.2f} "
-                     f"{r.total / GiB:7.2f} {r.total_ckpt / GiB:8.2f} {r.cpu_per_node / GiB:8.1f}  {fits}")
+        lines.append(
+            f"{r.stage:>4} {r.offload:<16} {r.params / GiB:7.2f} {r.grads / GiB:7.2f} "
+            f"{r.optimizer / GiB:7.2f} {r.activations / GiB:7.2f} {r.activations_ckpt / GiB:8.2f} "
+            f"{r.total / GiB:7.2f} {r.total_ckpt / GiB:8.2f} {r.cpu_per_node / GiB:8.1f}  {fits}"
+        )
     day_tokens = est.tokens_per_s * 86400
-    lines.append(f"throughput at MFU {est.mfu:.0%} of {est.peak_tflops:g} TFLOP/s: "
-                 f"{est.flops_per_token / 1e9:.1f} GFLOP/token -> {est.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
-                 f"{est.tokens_per_s:,.0f} tokens/s in all ({day_tokens / 1e9:.1f}B tokens/day)")
-    lines.append("not counted: communication buckets, CUDA context, fragmentation (leave 10-20% headroom); "
-                 "CPU/node includes DeepSpeed's 1.5x pinned-buffer factor")
+    lines.append(
+        f"throughput at MFU {est.mfu:.0%} of {est.peak_tflops:g} TFLOP/s: "
+        f"{est.flops_per_token / 1e9:.1f} GFLOP/token -> {est.tokens_per_s_per_gpu:,.0f} tokens/s per GPU, "
+        f"{est.tokens_per_s:,.0f} tokens/s in all ({day_tokens / 1e9:.1f}B tokens/day)"
+    )
+    lines.append(
+        "not counted: communication buckets, CUDA context, fragmentation (leave 10-20% headroom); "
+        "CPU/node includes DeepSpeed's 1.5x pinned-buffer factor"
+    )
     return "\n".join(lines)

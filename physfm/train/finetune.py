@@ -106,15 +106,18 @@ def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
     return _tokenizer_location(info, run_dir)
 
 
-def adapt_tokenizer(cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, manifest: dict[str, Any],
-                    out: Path) -> Path:
+def adapt_tokenizer(
+    cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, manifest: dict[str, Any], out: Path
+) -> Path:
     """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads."""
     known = load_tokenizer(base_tokenizer).datasets
     new = [n for n in manifest["datasets"] if n not in known]
     for name in manifest["datasets"]:
         if name in known and known[name].channel_names != list(manifest["datasets"][name]["channel_names"]):
-            raise ConfigError(f"dataset {name!r}: channels {manifest['datasets'][name]['channel_names']} differ from "
-                              f"the pretrained tokenizer's {known[name].channel_names}; rename the dataset")
+            raise ConfigError(
+                f"dataset {name!r}: channels {manifest['datasets'][name]['channel_names']} differ from "
+                f"the pretrained tokenizer's {known[name].channel_names}; rename the dataset"
+            )
     if not new:
         return resolve_tokenizer_checkpoint(base_tokenizer)
     target = out / "tokenizer"
@@ -135,7 +138,9 @@ def adapt_tokenizer(cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, man
 
 def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
     tokens = out / "tokens"
-    if (tokens / "manifest.json").is_file() and read_manifest(tokens).get("tokenizer_fingerprint") == fingerprint(tokenizer):
+    if (tokens / "manifest.json").is_file() and read_manifest(tokens).get("tokenizer_fingerprint") == fingerprint(
+        tokenizer
+    ):
         return tokens
     return encode_shards(tokenizer, shards, tokens)
 
@@ -167,15 +172,21 @@ def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
     return export_safetensors(state, info, out_dir)
 
 
-def _training_config(cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path,
-                     max_steps: int | None = None) -> PretrainConfig:
+def _training_config(
+    cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path, max_steps: int | None = None
+) -> PretrainConfig:
     manifest = read_manifest(tokens)
     _, n_frames = token_layout(manifest)
     grid = next(iter(manifest["datasets"].values()))["token_grid"][1:]
     model_cfg = ModelConfig(**{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], n_frames)})
     base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
-    train = PretrainConfig(**base, out=str(out), tokenizer=str(tokenizer.resolve()), model=model_cfg,
-                           data=TokenDataConfig(**{**to_dict(cfg.data), "tokens": [str(tokens)]}))
+    train = PretrainConfig(
+        **base,
+        out=str(out),
+        tokenizer=str(tokenizer.resolve()),
+        model=model_cfg,
+        data=TokenDataConfig(**{**to_dict(cfg.data), "tokens": [str(tokens)]}),
+    )
     if max_steps is not None:
         train.trainer = type(cfg.trainer)(**{**to_dict(cfg.trainer), "max_steps": max_steps})
     return train
@@ -196,20 +207,27 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     tok_cfg = load_tokenizer(base_tokenizer).cfg
     n_context = int(info["n_context_frames"])
     n_input = 1 + tok_cfg.temporal_compression * (n_context - 1)
-    n_output = 1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input  # field frames after the context
+    n_output = (
+        1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input
+    )  # field frames after the context
     timings: dict[str, float] = {}
 
     def prepare() -> dict[str, Any]:
         start = time.perf_counter()
-        shards, manifest = prepare_shards(f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims,
-                                          f.lift or tok_cfg.spatial_compression)
+        shards, manifest = prepare_shards(
+            f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims, f.lift or tok_cfg.spatial_compression
+        )
         timings["data_s"] = time.perf_counter() - start
         start = time.perf_counter()
         tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
         tokens = encode_tokens(tokenizer, shards, out)
         timings["tokenizer_s"] = time.perf_counter() - start
-        return {"shards": str(shards), "tokenizer": str(tokenizer), "tokens": str(tokens),
-                "datasets": list(manifest["datasets"])}
+        return {
+            "shards": str(shards),
+            "tokenizer": str(tokenizer),
+            "tokens": str(tokens),
+            "datasets": list(manifest["datasets"]),
+        }
 
     prepared = prepare_on_rank_zero(out, prepare)
     shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
@@ -231,18 +249,31 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         return out
     summary = json.loads((out / "metrics.json").read_text())
     before_info = {**json.loads((out / "run.json").read_text())}
-    models = {"finetuned": export_plain(out, out / "model", f),
-              "pretrained": _export_state(state, before_info, out / "model_before")}
+    models = {
+        "finetuned": export_plain(out, out / "model", f),
+        "pretrained": _export_state(state, before_info, out / "model_before"),
+    }
     scratch_summary = None
     if f.compare_scratch:
         scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
         models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
     new_names = [n for n in names if n in new_data]
     results = evaluate_models(models, shards, new_names, f.eval_horizons, f.eval_max_windows)
-    metrics = {"from": str(f.init), "data": str(f.data), "shards": str(shards), "tokenizer": str(tokenizer),
-               "mode": f.mode, "datasets": new_names, "dataset_names": names, "steps": summary["steps"],
-               "trainable_params": _trainable(f, info, names), "seconds": {k: round(v, 2) for k, v in timings.items()},
-               "train": summary, "scratch_train": scratch_summary, **results}
+    metrics = {
+        "from": str(f.init),
+        "data": str(f.data),
+        "shards": str(shards),
+        "tokenizer": str(tokenizer),
+        "mode": f.mode,
+        "datasets": new_names,
+        "dataset_names": names,
+        "steps": summary["steps"],
+        "trainable_params": _trainable(f, info, names),
+        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "train": summary,
+        "scratch_train": scratch_summary,
+        **results,
+    }
     write_report(out, metrics)
     return out
 
@@ -278,8 +309,10 @@ def prepare_on_rank_zero(out: Path, prepare, timeout_s: float | None = None) -> 
                 raise DataError(f"{out}: rank 0 failed to prepare the fine-tune data: {data['error']}")
             return data["result"]
         time.sleep(0.5)
-    raise DataError(f"{out}: rank {global_rank()} waited {timeout_s:.0f} s for rank 0 to prepare the fine-tune "
-                    f"data ({marker} never appeared); is the run directory on a filesystem every rank sees?")
+    raise DataError(
+        f"{out}: rank {global_rank()} waited {timeout_s:.0f} s for rank 0 to prepare the fine-tune "
+        f"data ({marker} never appeared); is the run directory on a filesystem every rank sees?"
+    )
 
 
 def _export_state(state: dict[str, Any], info: dict[str, Any], out_dir: Path) -> Path:

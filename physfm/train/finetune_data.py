@@ -36,8 +36,10 @@ def validate_raw_dataset(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: no such dataset directory")
     if not (path / "data").is_dir():
-        raise DataError(f"{path}: not a The Well dataset directory (expected DIR/data/{{train,valid,test}}/*.hdf5) "
-                        "nor a shard directory (DIR/manifest.json)")
+        raise DataError(
+            f"{path}: not a The Well dataset directory (expected DIR/data/{{train,valid,test}}/*.hdf5) "
+            "nor a shard directory (DIR/manifest.json)"
+        )
     train = path / "data" / "train"
     if not train.is_dir() or not any(p.suffix in (".hdf5", ".h5") for p in train.iterdir()):
         raise DataError(f"{path}: no train split (expected .hdf5 files in {train}); fine-tuning needs one")
@@ -71,17 +73,23 @@ def lift_dataset_1d_to_2d(src: Path, dst: Path, lift: int) -> Path:
             x = data.coords[data.spatial_dims[0]]
             dy = float(x[1] - x[0]) if len(x) > 1 else 1.0
             lifted = WellData(
-                dataset_name=data.dataset_name, spatial_dims=[data.spatial_dims[0], "y"],
+                dataset_name=data.dataset_name,
+                spatial_dims=[data.spatial_dims[0], "y"],
                 coords={data.spatial_dims[0]: x, "y": (np.arange(lift) * dy).astype(x.dtype)},
-                time=data.time, fields=fields, simulation_parameters=dict(data.simulation_parameters),
-                scalars=list(data.scalars), n_trajectories=data.n_trajectories,
+                time=data.time,
+                fields=fields,
+                simulation_parameters=dict(data.simulation_parameters),
+                scalars=list(data.scalars),
+                n_trajectories=data.n_trajectories,
             )
             write_well(dst / "data" / split_dir.name / path.name, lifted)
     write_stats(dst, compute_stats(dst))
     return dst
 
 
-def prepare_shards(data: str, out: Path, n_input: int, n_output: int, tokenizer_dims: int, lift: int) -> tuple[Path, dict[str, Any]]:
+def prepare_shards(
+    data: str, out: Path, n_input: int, n_output: int, tokenizer_dims: int, lift: int
+) -> tuple[Path, dict[str, Any]]:
     """(field shard dir, its manifest) for ``data``: a shard set as is, or a raw dataset validated and
     sharded (lifted 1D→2D when the tokenizer is 2D) into ``out/shards``. Reused when already there."""
     path = Path(data)
@@ -101,8 +109,10 @@ def prepare_shards(data: str, out: Path, n_input: int, n_output: int, tokenizer_
     if dims == 1 and tokenizer_dims == 2:
         path = lift_dataset_1d_to_2d(path, out / "lifted" / path.name, lift)
     elif dims != tokenizer_dims:
-        raise DataError(f"{data}: a {dims}D dataset; the pretrained tokenizer is {tokenizer_dims}D "
-                        "(only 1D data on a 2D tokenizer can be lifted)")
+        raise DataError(
+            f"{data}: a {dims}D dataset; the pretrained tokenizer is {tokenizer_dims}D "
+            "(only 1D data on a 2D tokenizer can be lifted)"
+        )
     manifest = shard_datasets([path], shards, WindowSpec(n_input, n_output, 1), overwrite=True)
     return shards, manifest
 

@@ -21,8 +21,15 @@ from physfm.inference import PhysicsModel
 from tokenizer.metrics import vrmse
 
 
-def evaluate_models(models: dict[str, Path], shards: Path, datasets: list[str], horizons: list[int],
-                    max_windows: int, split: str = "test", batch_size: int = 16) -> dict[str, Any]:
+def evaluate_models(
+    models: dict[str, Path],
+    shards: Path,
+    datasets: list[str],
+    horizons: list[int],
+    max_windows: int,
+    split: str = "test",
+    batch_size: int = 16,
+) -> dict[str, Any]:
     """{"vrmse": {dataset: {method: {h: v}}}, "curves": {dataset: {method: [v per step]}}, "overall": ...}."""
     horizon = max(horizons)
     sums: dict[str, dict[str, torch.Tensor]] = {}
@@ -30,8 +37,9 @@ def evaluate_models(models: dict[str, Path], shards: Path, datasets: list[str], 
     for method, location in models.items():
         pm = PhysicsModel.from_pretrained(location, refiner=False)
         n = pm.n_spatial_dims
-        for batch in evaluation_windows(shards, split, horizon, batch_size=batch_size, max_windows=max_windows,
-                                        datasets=datasets):
+        for batch in evaluation_windows(
+            shards, split, horizon, batch_size=batch_size, max_windows=max_windows, datasets=datasets
+        ):
             per = sums.setdefault(batch.dataset, {})
             pred = pm.rollout(batch.context, horizon, batch.dataset)
             per[method] = per.get(method, 0) + vrmse(pred, batch.truth, n).mean(-1).sum(0)  # [H]
@@ -39,15 +47,22 @@ def evaluate_models(models: dict[str, Path], shards: Path, datasets: list[str], 
                 persistence = batch.context[:, -1:].expand_as(batch.truth)
                 per["persistence"] = per.get("persistence", 0) + vrmse(persistence, batch.truth, n).mean(-1).sum(0)
                 ceiling = pm.tokenizer_ceiling(batch.context, batch.truth, batch.dataset)
-                per["tokenizer_ceiling"] = (per.get("tokenizer_ceiling", 0)
-                                            + vrmse(ceiling, batch.truth, n).mean(-1).sum(0))
+                per["tokenizer_ceiling"] = per.get("tokenizer_ceiling", 0) + vrmse(ceiling, batch.truth, n).mean(
+                    -1
+                ).sum(0)
                 counts[batch.dataset] = counts.get(batch.dataset, 0) + batch.context.shape[0]
     curves = {name: {m: [float(v) for v in s / counts[name]] for m, s in per.items()} for name, per in sums.items()}
     table = {name: {m: {str(h): c[h - 1] for h in horizons} for m, c in per.items()} for name, per in curves.items()}
     methods = list(next(iter(curves.values())))
     overall = {m: {str(h): sum(table[d][m][str(h)] for d in table) / len(table) for h in horizons} for m in methods}
-    return {"split": split, "horizons": horizons, "n_windows": counts, "vrmse": table, "curves": curves,
-            "overall": overall}
+    return {
+        "split": split,
+        "horizons": horizons,
+        "n_windows": counts,
+        "vrmse": table,
+        "curves": curves,
+        "overall": overall,
+    }
 
 
 METHOD_LABELS = {
@@ -64,22 +79,37 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
     METHOD_STYLE.setdefault("finetuned", ("pretrained + fine-tuned", "C0", "-"))
     METHOD_STYLE.setdefault("pretrained", ("pretrained (before)", "C7", ":"))
     METHOD_STYLE.setdefault("scratch", ("scratch (same steps)", "C3", "-"))
-    metrics["figures"] = [vrmse_vs_horizon(metrics["curves"], out / "vrmse_vs_horizon.png",
-                                           title=f"{metrics['split']} split after fine-tuning").name]
+    metrics["figures"] = [
+        vrmse_vs_horizon(
+            metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{metrics['split']} split after fine-tuning"
+        ).name
+    ]
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     horizons = metrics["horizons"]
-    lines = [f"# fine-tune run {out.name}", "",
-             f"From `{metrics['from']}` on `{metrics['data']}` ({', '.join(metrics['datasets'])}); mode "
-             f"**{metrics['mode']}**, {metrics['steps']} optimizer steps, "
-             f"{metrics['trainable_params']['trainable']:,} of {metrics['trainable_params']['total']:,} parameters "
-             "trained.", "",
-             "Seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in metrics["seconds"].items()) + ".", "",
-             f"VRMSE on the {metrics['split']} split (mean over fields and datasets; 1.0 = the spatial mean):", "",
-             "| model | " + " | ".join(f"h={h}" for h in horizons) + " |",
-             "|---|" + "---:|" * len(horizons)]
+    lines = [
+        f"# fine-tune run {out.name}",
+        "",
+        f"From `{metrics['from']}` on `{metrics['data']}` ({', '.join(metrics['datasets'])}); mode "
+        f"**{metrics['mode']}**, {metrics['steps']} optimizer steps, "
+        f"{metrics['trainable_params']['trainable']:,} of {metrics['trainable_params']['total']:,} parameters "
+        "trained.",
+        "",
+        "Seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in metrics["seconds"].items()) + ".",
+        "",
+        f"VRMSE on the {metrics['split']} split (mean over fields and datasets; 1.0 = the spatial mean):",
+        "",
+        "| model | " + " | ".join(f"h={h}" for h in horizons) + " |",
+        "|---|" + "---:|" * len(horizons),
+    ]
     for method, per in metrics["overall"].items():
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(f"{per[str(h)]:.4f}" for h in horizons) + " |")
-    lines += ["", "![VRMSE vs horizon](vrmse_vs_horizon.png)", "",
-              "The scratch model (with `--compare-scratch`) trains the same architecture and step budget from random "
-              "init, with the same adapted tokenizer, so it measures what the pretrained transformer weights are worth."]
+        lines.append(
+            f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(f"{per[str(h)]:.4f}" for h in horizons) + " |"
+        )
+    lines += [
+        "",
+        "![VRMSE vs horizon](vrmse_vs_horizon.png)",
+        "",
+        "The scratch model (with `--compare-scratch`) trains the same architecture and step budget from random "
+        "init, with the same adapted tokenizer, so it measures what the pretrained transformer weights are worth.",
+    ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

@@ -50,8 +50,10 @@ class TrainingStopped(RuntimeError):
     exit_code = STOPPED_EXIT_CODE
 
     def __init__(self, out: Any, step: int, signum: int):
-        super().__init__(f"stopped at step {step} on signal {signal.Signals(signum).name}; "
-                         f"a checkpoint is in {out}/checkpoints and the same command resumes from it")
+        super().__init__(
+            f"stopped at step {step} on signal {signal.Signals(signum).name}; "
+            f"a checkpoint is in {out}/checkpoints and the same command resumes from it"
+        )
         self.out, self.step, self.signum = out, step, signum
 
 
@@ -133,16 +135,23 @@ class ARModule(L.LightningModule):
     def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
         """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders
         skipped since the last step (``batch["skipped_new"]``) into ``skipped_samples``."""
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
-                             torch.tensor(float(new_skipped_samples), device=loss.device)])
+        flags = torch.stack(
+            [
+                (~torch.isfinite(loss.detach())).float().reshape(()),
+                torch.tensor(float(new_skipped_samples), device=loss.device),
+            ]
+        )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags)  # every rank must take the same branch, or DDP hangs
         bad, new = flags.tolist()
         if new:
             self.skipped_samples += int(new)
             if self.trainer.is_global_zero:  # never silent: the loader's warnings name each shard
-                print(f"physfm: {self.skipped_samples} corrupt sample(s) skipped so far (data.on_error=skip)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"physfm: {self.skipped_samples} corrupt sample(s) skipped so far (data.on_error=skip)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return bad == 0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -213,11 +222,3 @@ class ARModule(L.LightningModule):
 
         version, internal, gauss = ast.literal_eval(rng["python"])
         random.setstate((version, tuple(internal), gauss))
-
-
-
-
-
-
-
-

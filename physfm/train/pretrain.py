@@ -48,11 +48,17 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     if cfg.strategy.activation_checkpointing:
         module.model.config.activation_checkpointing = True
     world = _world_size(kwargs)
-    tokens_per_step = (cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * world
-                       * info["n_frames"] * math.prod(cfg.model.grid_shape))
+    tokens_per_step = (
+        cfg.data.batch_size
+        * cfg.trainer.accumulate_grad_batches
+        * world
+        * info["n_frames"]
+        * math.prod(cfg.model.grid_shape)
+    )
     peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
-    throughput = ThroughputMonitor(tokens_per_step, module.model.flops_per_token(), peak * world,
-                                   every=cfg.trainer.log_every)
+    throughput = ThroughputMonitor(
+        tokens_per_step, module.model.flops_per_token(), peak * world, every=cfg.trainer.log_every
+    )
     checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
     stop_on_signal = StopOnSignal()  # SIGUSR1 → checkpoint, exit code 75; the Slurm scripts then requeue
     trainer = L.Trainer(
@@ -114,9 +120,12 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         recipe.run_info(cfg, info).write(out)
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=data.train_loader(consumed),
-                val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
-                ckpt_path=str(resume) if resume else None)
+    trainer.fit(
+        module,
+        train_dataloaders=data.train_loader(consumed),
+        val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
+        ckpt_path=str(resume) if resume else None,
+    )
     stopped_at = stop_on_signal.stopped_at_step
     if trainer.is_global_zero:
         write_run_summary(out, cfg, info, trainer, throughput, time.perf_counter() - start, resume, stopped_at)
@@ -158,8 +167,16 @@ def _logger(cfg: PretrainConfig, out: Path, first_step: int = 0):
     return loggers or False
 
 
-def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trainer, throughput,
-                      seconds: float, resumed_from: Path | None, stopped_at_step: int | None = None) -> None:
+def write_run_summary(
+    out: Path,
+    cfg: PretrainConfig,
+    info: dict[str, Any],
+    trainer,
+    throughput,
+    seconds: float,
+    resumed_from: Path | None,
+    stopped_at_step: int | None = None,
+) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     summary = {
         "steps": trainer.global_step,
@@ -175,23 +192,34 @@ def write_run_summary(out: Path, cfg: PretrainConfig, info: dict[str, Any], trai
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
     hist = summary["loss_history"]
     lines = [
-        f"# pretrain run {out.name}", "",
+        f"# pretrain run {out.name}",
+        "",
         f"{summary['steps']} steps in {seconds:.0f} s, {summary['n_params'] / 1e6:.2f} M parameters, "
-        f"datasets: {', '.join(info['dataset_names'])}.", "",
-        "| metric | value |", "|---|---:|",
+        f"datasets: {', '.join(info['dataset_names'])}.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
     ]
     for key in ("train_loss", "val_loss", "perf_tokens_per_s", "perf_tflops", "perf_mfu"):
         if key in summary:
             lines.append(f"| {key} | {summary[key]:.4g} |")
     if stopped_at_step is not None:
-        lines += ["", f"Stopped early at step {stopped_at_step} on a signal; the same command resumes from its "
-                  "checkpoint."]
+        lines += [
+            "",
+            f"Stopped early at step {stopped_at_step} on a signal; the same command resumes from its checkpoint.",
+        ]
     if summary.get("data_skipped_samples"):
-        lines += ["", f"Skipped {summary['data_skipped_samples']:.0f} corrupt sample(s) (data.on_error=skip); "
-                  "the run's log names each shard."]
+        lines += [
+            "",
+            f"Skipped {summary['data_skipped_samples']:.0f} corrupt sample(s) (data.on_error=skip); "
+            "the run's log names each shard.",
+        ]
     if hist:
-        lines += ["", f"Train loss: first logged {hist[0][1]:.3f} (step {hist[0][0]}), last {hist[-1][1]:.3f} "
-                  f"(step {hist[-1][0]})."]
+        lines += [
+            "",
+            f"Train loss: first logged {hist[0][1]:.3f} (step {hist[0][0]}), last {hist[-1][1]:.3f} "
+            f"(step {hist[-1][0]}).",
+        ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 

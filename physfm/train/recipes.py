@@ -24,15 +24,28 @@ class Recipe:
 
 
 def _module_args(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
-    return dict(model=to_dict(cfg.model), optim=to_dict(cfg.optim), dataset_names=info["dataset_names"],
-                n_context_frames=info["n_context"], max_steps=cfg.trainer.max_steps,
-                nonfinite_loss=cfg.trainer.nonfinite_loss, strategy=to_dict(cfg.strategy))
+    return dict(
+        model=to_dict(cfg.model),
+        optim=to_dict(cfg.optim),
+        dataset_names=info["dataset_names"],
+        n_context_frames=info["n_context"],
+        max_steps=cfg.trainer.max_steps,
+        nonfinite_loss=cfg.trainer.nonfinite_loss,
+        strategy=to_dict(cfg.strategy),
+    )
 
 
 def _run_info(cfg: PretrainConfig, info: dict[str, Any], **kind_fields: Any) -> RunInfo:
-    return RunInfo(kind=cfg.model.kind, model=to_dict(cfg.model), dataset_names=info["dataset_names"],
-                   n_context_frames=info["n_context"], n_frames=info["n_frames"], tokenizer=cfg.tokenizer,
-                   tokenizer_fingerprint=info["tokenizer_fingerprint"], **kind_fields)
+    return RunInfo(
+        kind=cfg.model.kind,
+        model=to_dict(cfg.model),
+        dataset_names=info["dataset_names"],
+        n_context_frames=info["n_context"],
+        n_frames=info["n_frames"],
+        tokenizer=cfg.tokenizer,
+        tokenizer_fingerprint=info["tokenizer_fingerprint"],
+        **kind_fields,
+    )
 
 
 def diffusion_section(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
@@ -50,10 +63,12 @@ AR = Recipe(
 DIFFUSION = Recipe(
     describe=describe_fields,
     data_module=FieldDataModule,
-    build_module=lambda cfg, info: DiffusionModule(**_module_args(cfg, info), diffusion=diffusion_section(cfg, info),
-                                                   tokenizer=cfg.tokenizer),
-    run_info=lambda cfg, info: _run_info(cfg, info, shards=list(cfg.data.shards),
-                                         diffusion=diffusion_section(cfg, info)),
+    build_module=lambda cfg, info: DiffusionModule(
+        **_module_args(cfg, info), diffusion=diffusion_section(cfg, info), tokenizer=cfg.tokenizer
+    ),
+    run_info=lambda cfg, info: _run_info(
+        cfg, info, shards=list(cfg.data.shards), diffusion=diffusion_section(cfg, info)
+    ),
 )
 
 RECIPES: dict[str, Recipe] = {"ar": AR, "diffusion": DIFFUSION}

@@ -18,9 +18,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -93,19 +94,27 @@ class Pairs:
 
 
 @torch.no_grad()
-def collect_pairs(pm, shards: str | Path, split: str, n_windows: int, batch_size: int = 32,
-                  source: str = "ar") -> dict[str, Pairs]:
+def collect_pairs(
+    pm, shards: str | Path, split: str, n_windows: int, batch_size: int = 32, source: str = "ar"
+) -> dict[str, Pairs]:
     """One-step (input, context, truth) per window; ``source`` "ar" = the AR's decoded greedy prediction,
     "persistence" = the last context frame (an ablation: the refiner alone as a forecaster)."""
     parts: dict[str, list[tuple[torch.Tensor, ...]]] = {}
     tok = pm.tokenizer
-    for batch in evaluation_windows(shards, split, 1, batch_size=batch_size, max_windows=n_windows,
-                                    datasets=pm.dataset_names):
+    for batch in evaluation_windows(
+        shards, split, 1, batch_size=batch_size, max_windows=n_windows, datasets=pm.dataset_names
+    ):
         name = batch.dataset
-        pred = pm.rollout(batch.context, 1, name, batch_size=batch_size)[:, 0] if source == "ar" \
-            else batch.context[:, -1]
-        parts.setdefault(name, []).append((tok.normalize(pred.float(), name), tok.normalize(batch.context, name),
-                                           tok.normalize(batch.truth[:, 0], name)))
+        pred = (
+            pm.rollout(batch.context, 1, name, batch_size=batch_size)[:, 0] if source == "ar" else batch.context[:, -1]
+        )
+        parts.setdefault(name, []).append(
+            (
+                tok.normalize(pred.float(), name),
+                tok.normalize(batch.context, name),
+                tok.normalize(batch.truth[:, 0], name),
+            )
+        )
     return {name: Pairs(*(torch.cat(t) for t in zip(*chunks))) for name, chunks in parts.items()}
 
 
@@ -116,8 +125,14 @@ def _lr(step: int, cfg: RefineOptimConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def fit_refiner(refiner: Refiner, pairs: dict[str, Pairs], cfg: RefineOptimConfig, batch_size: int, seed: int = 0,
-                log: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
+def fit_refiner(
+    refiner: Refiner,
+    pairs: dict[str, Pairs],
+    cfg: RefineOptimConfig,
+    batch_size: int,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[tuple[int, float]]:
     """Train in place; each step draws one dataset (weighted by its pairs) and a random batch of it.
     Returns (step, loss) every ``log_every`` steps (mean over the steps since the last entry)."""
     rng = random.Random(seed)
@@ -126,8 +141,9 @@ def fit_refiner(refiner: Refiner, pairs: dict[str, Pairs], cfg: RefineOptimConfi
     weights = [len(pairs[n]) for n in names]
     decay = [p for p in refiner.parameters() if p.dim() > 1]
     no_decay = [p for p in refiner.parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
     refiner.train()
     history, running = [], []
     for step in range(cfg.steps):
@@ -153,7 +169,9 @@ def fit_refiner(refiner: Refiner, pairs: dict[str, Pairs], cfg: RefineOptimConfi
 
 
 @torch.no_grad()
-def pair_vrmse(refiner: Refiner, pairs: dict[str, Pairs], tokenizer, batch_size: int = 32) -> dict[str, dict[str, float]]:
+def pair_vrmse(
+    refiner: Refiner, pairs: dict[str, Pairs], tokenizer, batch_size: int = 32
+) -> dict[str, dict[str, float]]:
     """Mean VRMSE (physical units, over windows and fields) of the input, the refined frame and persistence."""
     refiner.eval()
     out = {}
@@ -163,8 +181,11 @@ def pair_vrmse(refiner: Refiner, pairs: dict[str, Pairs], tokenizer, batch_size:
         for i in range(0, len(p), batch_size):
             sl = slice(i, i + batch_size)
             truth = tokenizer.denormalize(p.truth[sl], name)
-            frames = {"input": p.pred[sl], "refined": refiner(p.pred[sl], p.context[sl], name),
-                      "persistence": p.context[sl, -1]}
+            frames = {
+                "input": p.pred[sl],
+                "refined": refiner(p.pred[sl], p.context[sl], name),
+                "persistence": p.context[sl, -1],
+            }
             for key, z in frames.items():
                 sums[key] += float(vrmse(tokenizer.denormalize(z, name), truth, n).mean(-1).sum())
         out[name] = {k: v / len(p) for k, v in sums.items()}
@@ -198,16 +219,31 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
     start = time.perf_counter()
     history = fit_refiner(refiner, pairs, cfg.train, cfg.data.batch_size, cfg.seed, log)
     t_fit = time.perf_counter() - start
-    scores = {"train": pair_vrmse(refiner, pairs, pm.tokenizer), **({"valid": pair_vrmse(refiner, val, pm.tokenizer)}
-                                                                    if val else {})}
-    info = {"ar": str(cfg.ckpt), "ar_sha256": state_sha256(pm.model),
-            "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"), "train": {
-                "steps": cfg.train.steps, "n_windows": {k: len(v) for k, v in pairs.items()},
-                "loss_history": history, "config": to_dict(cfg)}}
+    scores = {
+        "train": pair_vrmse(refiner, pairs, pm.tokenizer),
+        **({"valid": pair_vrmse(refiner, val, pm.tokenizer)} if val else {}),
+    }
+    info = {
+        "ar": str(cfg.ckpt),
+        "ar_sha256": state_sha256(pm.model),
+        "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"),
+        "train": {
+            "steps": cfg.train.steps,
+            "n_windows": {k: len(v) for k, v in pairs.items()},
+            "loss_history": history,
+            "config": to_dict(cfg),
+        },
+    }
     save_refiner(refiner, out, info)
-    metrics = {"ckpt": str(cfg.ckpt), "refiner": str(out), "n_params": sum(p.numel() for p in refiner.parameters()),
-               "seconds": {"ar_predictions": round(t_pairs, 2), "fit": round(t_fit, 2)}, "loss_history": history,
-               "vrmse_next_step": scores, "n_windows": {k: len(v) for k, v in pairs.items()}}
+    metrics = {
+        "ckpt": str(cfg.ckpt),
+        "refiner": str(out),
+        "n_params": sum(p.numel() for p in refiner.parameters()),
+        "seconds": {"ar_predictions": round(t_pairs, 2), "fit": round(t_fit, 2)},
+        "loss_history": history,
+        "vrmse_next_step": scores,
+        "n_windows": {k: len(v) for k, v in pairs.items()},
+    }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     atomic_write_text(out / "report.md", render_report(metrics))
     return out
@@ -215,12 +251,19 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
 
 def render_report(metrics: dict[str, Any]) -> str:
     hist = metrics["loss_history"]
-    lines = ["# Refiner", "", f"Fit to `{metrics['ckpt']}`: {metrics['n_params'] / 1e3:.0f} k parameters, "
-             f"{hist[-1][0]} steps in {metrics['seconds']['fit']:.0f} s (AR predictions for the training windows: "
-             f"{metrics['seconds']['ar_predictions']:.0f} s). Loss {hist[0][1]:.4f} (first {hist[0][0]} steps) → "
-             f"{hist[-1][1]:.4f} (last).", "",
-             "Next-step VRMSE (mean over windows and fields; 1.0 = the spatial mean):", "",
-             "| split | dataset | AR decoded | AR + refiner | persistence |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "# Refiner",
+        "",
+        f"Fit to `{metrics['ckpt']}`: {metrics['n_params'] / 1e3:.0f} k parameters, "
+        f"{hist[-1][0]} steps in {metrics['seconds']['fit']:.0f} s (AR predictions for the training windows: "
+        f"{metrics['seconds']['ar_predictions']:.0f} s). Loss {hist[0][1]:.4f} (first {hist[0][0]} steps) → "
+        f"{hist[-1][1]:.4f} (last).",
+        "",
+        "Next-step VRMSE (mean over windows and fields; 1.0 = the spatial mean):",
+        "",
+        "| split | dataset | AR decoded | AR + refiner | persistence |",
+        "|---|---|---:|---:|---:|",
+    ]
     for split, per in metrics["vrmse_next_step"].items():
         for name, v in per.items():
             lines.append(f"| {split} | {name} | {v['input']:.4f} | {v['refined']:.4f} | {v['persistence']:.4f} |")

@@ -59,13 +59,17 @@ class StrategyConfig:
             if isinstance(value, str) and value != "auto" or isinstance(value, int) and value < 1:
                 raise ConfigError(f"{key}{field}: expected a positive integer or 'auto', got {value!r}")
         if self.name == "single" and (self.devices not in (1, "auto") or self.num_nodes not in (1, "auto")):
-            raise ConfigError(f"{key}devices: name=single runs one process; got devices={self.devices!r}, "
-                              f"num_nodes={self.num_nodes!r} (use name=ddp or deepspeed)")
+            raise ConfigError(
+                f"{key}devices: name=single runs one process; got devices={self.devices!r}, "
+                f"num_nodes={self.num_nodes!r} (use name=ddp or deepspeed)"
+            )
         if self.name != "deepspeed":
             for field in ("zero_stage", "deepspeed_config", "offload_optimizer", "offload_params"):
                 if getattr(self, field) not in (None, False):
-                    raise ConfigError(f"{key}{field}: needs {key}name=deepspeed (ZeRO sharding and offload "
-                                      f"are DeepSpeed features; name={self.name!r} does not support them)")
+                    raise ConfigError(
+                        f"{key}{field}: needs {key}name=deepspeed (ZeRO sharding and offload "
+                        f"are DeepSpeed features; name={self.name!r} does not support them)"
+                    )
         if self.accelerator == "cpu" and self.process_group_backend == "nccl":
             raise ConfigError(f"{key}process_group_backend: nccl needs GPUs but accelerator=cpu (use gloo)")
         if self.name == "deepspeed":
@@ -136,8 +140,10 @@ def build_deepspeed_config(cfg: StrategyConfig, prefix: str = "strategy") -> dic
     if cfg.offload_params:
         zero.setdefault("offload_param", {"device": "cpu", "pin_memory": True})
     if "gradient_accumulation_steps" in ds:  # Lightning refuses it: it comes from accumulate_grad_batches
-        raise ConfigError(f"{prefix}.deepspeed_config: set gradient_accumulation_steps to \"auto\" in "
-                          f"{cfg.deepspeed_config_path(prefix)} and use trainer.accumulate_grad_batches")
+        raise ConfigError(
+            f'{prefix}.deepspeed_config: set gradient_accumulation_steps to "auto" in '
+            f"{cfg.deepspeed_config_path(prefix)} and use trainer.accumulate_grad_batches"
+        )
     ds.setdefault("zero_allow_untested_optimizer", True)  # our optimizer comes from configure_optimizers
     return ds
 
@@ -153,8 +159,14 @@ def uses_cpu_adam(cfg: StrategyConfig) -> bool:
     return str(zero.get("offload_optimizer", {}).get("device", "none")) in ("cpu", "nvme")
 
 
-def build_optimizer(cfg: StrategyConfig, params: Any, lr: float, betas: tuple[float, float] = (0.9, 0.95),
-                    weight_decay: float = 0.0, eps: float = 1e-8) -> "torch.optim.Optimizer":
+def build_optimizer(
+    cfg: StrategyConfig,
+    params: Any,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    weight_decay: float = 0.0,
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """AdamW for ``configure_optimizers``: torch's, or DeepSpeedCPUAdam (same maths) under offload.
     A client torch AdamW also avoids DeepSpeed's fused_adam build (~42 s on first use)."""
     if uses_cpu_adam(cfg):
@@ -205,7 +217,6 @@ def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
     devices: int | str = cfg.devices if cfg.devices != "auto" else (per_node or "auto")
     num_nodes = cfg.num_nodes if cfg.num_nodes != "auto" else (nodes or 1)
 
-
     strategy: Any
     plugins: list[Any] = []
     if cfg.name in ("auto", "single"):
@@ -223,11 +234,17 @@ def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         strategy_cls = cpu_deepspeed_strategy_class()
         strategy = strategy_cls(config=build_deepspeed_config(cfg), process_group_backend=backend)
-    return {"strategy": strategy, "accelerator": accelerator, "devices": devices,
-            "num_nodes": num_nodes, "precision": precision, "plugins": plugins}
+    return {
+        "strategy": strategy,
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "precision": precision,
+        "plugins": plugins,
+    }
 
 
-def apply_activation_checkpointing(module: "torch.nn.Module", block_types: tuple[type, ...]) -> int:
+def apply_activation_checkpointing(module: torch.nn.Module, block_types: tuple[type, ...]) -> int:
     """Recompute activations of every submodule of ``block_types`` in backward (non-reentrant
     checkpointing, applied from outside the model).  State-dict keys are unchanged.  Returns the count."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -245,7 +262,6 @@ def _make_cpu_deepspeed_strategy_class() -> type:
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
     from lightning.pytorch.strategies.deepspeed import remove_module_hooks
     from lightning.pytorch.trainer.states import TrainerFn
-
 
     class _CPUDeepSpeedStrategy(DeepSpeedStrategy):
         """Lightning's ``DeepSpeedStrategy`` that also runs on a CPU accelerator (gloo).
@@ -279,8 +295,10 @@ def _make_cpu_deepspeed_strategy_class() -> type:
             from deepspeed.accelerator import get_accelerator
 
             if get_accelerator().device_name() != "cpu":
-                raise RuntimeError(f"accelerator=cpu but DeepSpeed chose {get_accelerator().device_name()!r}; "
-                                   "set DS_ACCELERATOR=cpu before DeepSpeed is first imported")
+                raise RuntimeError(
+                    f"accelerator=cpu but DeepSpeed chose {get_accelerator().device_name()!r}; "
+                    "set DS_ACCELERATOR=cpu before DeepSpeed is first imported"
+                )
             DDPStrategy.setup_environment(self)  # skips only the parent's CUDA check
 
         def setup_distributed(self) -> None:
@@ -321,8 +339,13 @@ def _make_cpu_deepspeed_strategy_class() -> type:
                 inference_config["zero_optimization"] = self.config["zero_optimization"]
             remove_module_hooks(model)
             self.model, _, _, _ = deepspeed.initialize(
-                args=argparse.Namespace(device_rank=self._device_rank), config=inference_config, model=model,
-                optimizer=None, lr_scheduler=None, model_parameters=[], dist_init_required=False,
+                args=argparse.Namespace(device_rank=self._device_rank),
+                config=inference_config,
+                model=model,
+                optimizer=None,
+                lr_scheduler=None,
+                model_parameters=[],
+                dist_init_required=False,
             )
 
         def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
@@ -342,14 +365,17 @@ def _make_cpu_deepspeed_strategy_class() -> type:
             # DeepSpeed itself unpickles with weights_only=False; refuse code-carrying files first.
             ckpt_io.assert_checkpoint_safe(checkpoint_path)
             fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
-            self._merged_zero3 = (self.zero_stage_3 and not fitting and not self.load_full_weights
-                                  and os.path.isdir(checkpoint_path))
+            self._merged_zero3 = (
+                self.zero_stage_3 and not fitting and not self.load_full_weights and os.path.isdir(checkpoint_path)
+            )
             if not self._merged_zero3:
                 return super().load_checkpoint(checkpoint_path, weights_only)
             # validate/test/predict: DeepSpeed cannot restore ZeRO-3 shards into an engine built without an
             # optimizer (deepspeed#7272, also on GPU).  Merge the shards into full weights on rank 0 and let
             # load_model_state_dict copy them in layer by layer (the parent's full-weights path).
-            state = ckpt_io.consolidate_state_dict(checkpoint_path, require_complete=False) if self.is_global_zero else {}
+            state = (
+                ckpt_io.consolidate_state_dict(checkpoint_path, require_complete=False) if self.is_global_zero else {}
+            )
             return {**ckpt_io.deepspeed_client_state(checkpoint_path), "state_dict": state}
 
         def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:

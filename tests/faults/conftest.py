@@ -26,8 +26,17 @@ CLI_TIMEOUT = 150.0  # seconds; a hang is a failure, never a stuck CI job
 
 def pretrain_args(tokens: Path, out: Path, *extra: str) -> list[str]:
     """``physfm pretrain`` arguments for the tiny model on ``tokens`` (quiet, CSV logs, fixed MFU peak)."""
-    return ["pretrain", "--config", "configs/pretrain/tiny.yaml", *TINY, f"data.tokens=[{tokens}]", f"out={out}",
-            "trainer.val_every=0", "trainer.peak_tflops=1", *extra]
+    return [
+        "pretrain",
+        "--config",
+        "configs/pretrain/tiny.yaml",
+        *TINY,
+        f"data.tokens=[{tokens}]",
+        f"out={out}",
+        "trainer.val_every=0",
+        "trainer.peak_tflops=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +52,22 @@ def toy_dataset(tmp_path: Path) -> Path:
     return make_toy_dataset(tmp_path / "toy", n_files=2, n_traj=2, n_steps=8, resolution=8)
 
 
-def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False,
-            timeout: float = CLI_TIMEOUT) -> CompletedResult:
+def run_cli(
+    args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False, timeout: float = CLI_TIMEOUT
+) -> CompletedResult:
     """``python -m physfm.cli ARGS`` (or the fault-injecting entry) as one process, with a timeout."""
     entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
     cmd = [sys.executable, *entry, *map(str, args)]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(env), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=worker_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
         timed_out = False
@@ -61,25 +78,42 @@ def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None, inject: b
     return CompletedResult(cmd, proc.returncode, stdout, stderr, time.monotonic() - start, timed_out)
 
 
-def run_cli_distributed(args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False,
-                        timeout: float = CLI_TIMEOUT) -> CompletedResult:
+def run_cli_distributed(
+    args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False, timeout: float = CLI_TIMEOUT
+) -> CompletedResult:
     """``physfm ARGS`` on 2 gloo ranks under ``torch.distributed.run`` (tests/harness.py)."""
     entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
     return run_distributed([*entry, *map(str, args)], nproc=2, timeout=timeout, env=env)
 
 
-def run_distributed_until(args: Sequence[str], done: Callable[[], bool], *, timeout: float = CLI_TIMEOUT,
-                          poll: float = 0.02) -> tuple[bool, str]:
+def run_distributed_until(
+    args: Sequence[str], done: Callable[[], bool], *, timeout: float = CLI_TIMEOUT, poll: float = 0.02
+) -> tuple[bool, str]:
     """Start ``physfm ARGS`` on 2 ranks, wait until ``done()`` holds, then SIGKILL the launcher and every
     worker at once (``kill -9`` of the whole job).  Returns (killed while running, output so far)."""
     from physfm.train.distributed import free_port
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "physfm.cli", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "physfm.cli",
+        *map(str, args),
+    ]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"faults-kill-{os.getpid()}-{time.monotonic_ns()}.log"
     with log.open("w+") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         killed = False
         try:
@@ -114,8 +148,9 @@ def digest(path: Path) -> str:
 def tmpfs(mountpoint: Path, size_kb: int) -> Iterator[Path]:
     """A real small filesystem (needs root): writes past ``size_kb`` fail with ENOSPC."""
     mountpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mountpoint)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mountpoint)], check=True, capture_output=True
+    )
     try:
         yield mountpoint
     finally:

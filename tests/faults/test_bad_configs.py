@@ -18,10 +18,14 @@ CASES = {
     "wrong type": (["data.batch_size=eight"], "data.batch_size"),
     "bad choice": (["trainer.nonfinite_loss=ignore"], "trainer.nonfinite_loss"),
     "zero-3 under ddp": (["strategy.name=ddp", "strategy.zero_stage=3"], "strategy.zero_stage"),
-    "param offload without zero-3": (["strategy.name=deepspeed", "strategy.zero_stage=2",
-                                      "strategy.offload_params=true"], "strategy.offload_params"),
-    "missing deepspeed json": (["strategy.name=deepspeed", "strategy.deepspeed_config=nope.json"],
-                               "strategy.deepspeed_config"),
+    "param offload without zero-3": (
+        ["strategy.name=deepspeed", "strategy.zero_stage=2", "strategy.offload_params=true"],
+        "strategy.offload_params",
+    ),
+    "missing deepspeed json": (
+        ["strategy.name=deepspeed", "strategy.deepspeed_config=nope.json"],
+        "strategy.deepspeed_config",
+    ),
     "windows longer than the model": (["model.max_frames=2"], "model.max_frames"),
 }
 

@@ -35,8 +35,16 @@ def damaged(tokens: Path, tmp_path: Path) -> Path:
 
 
 def train_stream(shards: Path, on_error: str, batches: int = 12):
-    return make_loader(str(shards), "train", 4, resampled=True, batches_per_epoch=batches, keys=("tokens",),
-                       normalize=False, on_error=on_error)
+    return make_loader(
+        str(shards),
+        "train",
+        4,
+        resampled=True,
+        batches_per_epoch=batches,
+        keys=("tokens",),
+        normalize=False,
+        on_error=on_error,
+    )
 
 
 def test_truncated_shard_is_named(damaged: Path) -> None:
@@ -85,8 +93,19 @@ def test_skip_with_every_shard_unreadable_fails_instead_of_spinning(tokens: Path
 def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="data_pipelines.loader"):
-        assert main(pretrain_args(damaged, out, "trainer.max_steps=6", "trainer.log_every=1",
-                                  "data.on_error=skip", "data.val_batches=0")) == 0
+        assert (
+            main(
+                pretrain_args(
+                    damaged,
+                    out,
+                    "trainer.max_steps=6",
+                    "trainer.log_every=1",
+                    "data.on_error=skip",
+                    "data.val_batches=0",
+                )
+            )
+            == 0
+        )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data_skipped_samples"] > 0
     rows = list(csv.DictReader((out / "logs" / "from-step-0000000" / "metrics.csv").open()))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from physfm.core.checkpoint import find_latest_checkpoint, safe_torch_load
 from physfm.cli import main
+from physfm.core.checkpoint import find_latest_checkpoint, safe_torch_load
 from tests.faults.conftest import digest, pretrain_args
 
 DISK_FULL_WORDS = ("No space left on device", "File too large")

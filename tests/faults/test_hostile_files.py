@@ -7,7 +7,6 @@ same bytes were loaded the unsafe way, so an absent marker means "refused", not 
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tarfile
 from pathlib import Path
@@ -41,8 +40,9 @@ def marker(tmp_path: Path) -> Path:
 def hostile_checkpoint(path: Path, marker: Path) -> Path:
     """A Lightning-looking checkpoint (a torch zip) whose pickle runs code."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"model.w": torch.zeros(2)}, "global_step": 4, "epoch": 0,
-                "loops": Payload(marker)}, path)
+    torch.save(
+        {"state_dict": {"model.w": torch.zeros(2)}, "global_step": 4, "epoch": 0, "loops": Payload(marker)}, path
+    )
     return path
 
 
@@ -66,8 +66,15 @@ def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Pa
 def test_export_refuses_a_pickle_checkpoint(layout: str, tmp_path: Path, marker: Path, capsys) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    RunInfo(kind="ar", model={}, dataset_names=["toy"], n_context_frames=1, n_frames=2, tokenizer="",
-            tokenizer_fingerprint="").write(run)
+    RunInfo(
+        kind="ar",
+        model={},
+        dataset_names=["toy"],
+        n_context_frames=1,
+        n_frames=2,
+        tokenizer="",
+        tokenizer_fingerprint="",
+    ).write(run)
     if layout == "file":
         target = hostile_checkpoint(run / "checkpoints" / "step=0000004.ckpt", marker)
     else:  # a ZeRO checkpoint directory: DeepSpeed would unpickle its shards freely
@@ -85,8 +92,7 @@ def test_tokenizer_checkpoint_with_pickled_weights_is_refused(tmp_path: Path, ma
     from tokenizer.checkpoint import CONFIG, WEIGHTS, load_tokenizer, save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
-    ckpt = save_tokenizer(Tokenizer(TokenizerConfig(), {"toy": DatasetSpec(channel_names=["u"])}),
-                          tmp_path / "tok")
+    ckpt = save_tokenizer(Tokenizer(TokenizerConfig(), {"toy": DatasetSpec(channel_names=["u"])}), tmp_path / "tok")
     assert (ckpt / CONFIG).is_file()
     hostile_checkpoint(ckpt / WEIGHTS, marker)  # the weights file replaced by a pickle
     with pytest.raises(DataError, match=WEIGHTS):
@@ -114,8 +120,9 @@ def replace_member(shard: Path, member_suffix: str, data: bytes) -> str:
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
-def test_shard_member_with_an_object_array_is_refused(on_error: str, tokens: Path, tmp_path: Path,
-                                                      marker: Path) -> None:
+def test_shard_member_with_an_object_array_is_refused(
+    on_error: str, tokens: Path, tmp_path: Path, marker: Path
+) -> None:
     from data_pipelines.loader import make_loader
 
     copy = tmp_path / "tokens"
@@ -151,7 +158,8 @@ def test_yaml_with_python_tags_is_refused(tokens: Path, tmp_path: Path, marker: 
 
 def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Path, marker: Path, capsys) -> None:
     (toy_dataset / "stats.yaml").write_text(
-        f"mean: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n")
+        f"mean: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n"
+    )
     out = tmp_path / "shards"
     assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]) == 1
     assert "stats.yaml" in capsys.readouterr().err

@@ -55,10 +55,16 @@ DAMAGE = {
     "not hdf5": (not_hdf5, ["not a readable HDF5 file"], ["not a readable HDF5 file"]),
     "missing group": (missing_group, ["t1_fields: group missing"], ["t1_fields"]),
     "wrong rank": (wrong_rank, ["t0_fields/u: rank 3"], ["t0_fields/u", "shape"]),
-    "nan": (nan_value, ["t0_fields/u trajectory 1 time 5", "NaN/Inf"],
-            ["trajectory 1", "field u", "time index 5", "non-finite"]),
-    "inf": (inf_value, ["t1_fields/vel trajectory 0 time 2", "NaN/Inf"],
-            ["trajectory 0", "field vel_y", "time index 2", "non-finite"]),
+    "nan": (
+        nan_value,
+        ["t0_fields/u trajectory 1 time 5", "NaN/Inf"],
+        ["trajectory 1", "field u", "time index 5", "non-finite"],
+    ),
+    "inf": (
+        inf_value,
+        ["t1_fields/vel trajectory 0 time 2", "NaN/Inf"],
+        ["trajectory 0", "field vel_y", "time index 2", "non-finite"],
+    ),
 }
 
 
@@ -77,9 +83,9 @@ def test_validate_names_the_problem(damage: str, toy_dataset: Path, capsys) -> N
 
 @pytest.mark.parametrize("with_stats", [False, True], ids=["stats-computed-first", "stats-present"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(damage: str, with_stats: bool,
-                                                                   toy_dataset: Path, tmp_path: Path,
-                                                                   capsys) -> None:
+def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
+    damage: str, with_stats: bool, toy_dataset: Path, tmp_path: Path, capsys
+) -> None:
     edit, _, expected = DAMAGE[damage]
     out = tmp_path / "shards"
     if with_stats:  # a previous good shard set and stats.yaml exist: a failed re-shard must not touch them

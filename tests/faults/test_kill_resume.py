@@ -12,14 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from physfm.core.checkpoint import consolidate_state_dict, find_latest_checkpoint, is_complete, safe_torch_load
 from physfm.cli import main
+from physfm.core.checkpoint import consolidate_state_dict, find_latest_checkpoint, is_complete, safe_torch_load
 from physfm.inference.loading import load_model_state
 from tests.faults.conftest import pretrain_args, run_cli, run_cli_distributed, run_distributed_until
 
 MAX_STEPS = 16
-DDP = ("strategy.name=ddp", f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint_every=4", "trainer.keep_last=10",
-       "data.val_batches=2")
+DDP = (
+    "strategy.name=ddp",
+    f"trainer.max_steps={MAX_STEPS}",
+    "trainer.checkpoint_every=4",
+    "trainer.keep_last=10",
+    "data.val_batches=2",
+)
 HANG_BOUND_S = 120  # a finished tiny run takes ~15 s here; a hang would run to the harness timeout
 
 
@@ -45,8 +50,9 @@ def test_uneven_shards_over_two_ranks_finish_without_hanging(uninterrupted) -> N
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_kill_9_mid_run_then_resume_matches_uninterrupted_bit_for_bit(uninterrupted, tokens: Path,
-                                                                       tmp_path: Path) -> None:
+def test_kill_9_mid_run_then_resume_matches_uninterrupted_bit_for_bit(
+    uninterrupted, tokens: Path, tmp_path: Path
+) -> None:
     reference, ref_out = uninterrupted
     assert reference.ok, reference.describe()
     out = tmp_path / "run"
@@ -69,11 +75,17 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_bit_for_bit(uninterrup
 
 
 @pytest.mark.slow
-def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tokens: Path, tmp_path: Path,
-                                                                        capsys) -> None:
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tokens: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    args = pretrain_args(tokens, out, "trainer.max_steps=12", "trainer.checkpoint_every=4", "trainer.keep_last=5",
-                         "data.val_batches=0", "trainer.logger=none")
+    args = pretrain_args(
+        tokens,
+        out,
+        "trainer.max_steps=12",
+        "trainer.checkpoint_every=4",
+        "trainer.keep_last=5",
+        "data.val_batches=0",
+        "trainer.logger=none",
+    )
     crashed = run_cli(args, inject=True, env={"FAULT_KILL_IN_SAVE": "step=0000008"})
     assert crashed.returncode == -9 and "halfway through writing" in crashed.stdout, crashed.describe()
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -89,7 +101,10 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tokens: 
     assert f"resuming from {ckpt(out, 4)} (step 4)" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["resumed_from"] == str(ckpt(out, 4))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        "step=0000004.ckpt", "step=0000008.ckpt", "step=0000012.ckpt"]  # leftovers pruned, step 12 rewritten
+        "step=0000004.ckpt",
+        "step=0000008.ckpt",
+        "step=0000012.ckpt",
+    ]  # leftovers pruned, step 12 rewritten
     final = safe_torch_load(ckpt(out, 12))
     assert final["global_step"] == 12
     assert all(torch.isfinite(t).all() for t in final["state_dict"].values())

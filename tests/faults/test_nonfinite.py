@@ -14,8 +14,14 @@ from physfm.core.checkpoint import safe_torch_load
 from tests.faults.conftest import pretrain_args, run_cli_distributed
 from tests.harness import REPO_ROOT
 
-COMMON = ("strategy.name=ddp", "trainer.max_steps=8", "trainer.checkpoint_every=2", "trainer.keep_last=10",
-          "data.val_batches=0", "trainer.log_every=1")
+COMMON = (
+    "strategy.name=ddp",
+    "trainer.max_steps=8",
+    "trainer.checkpoint_every=2",
+    "trainer.keep_last=10",
+    "data.val_batches=0",
+    "trainer.log_every=1",
+)
 
 
 def finite_checkpoints(out: Path) -> list[int]:
@@ -31,8 +37,9 @@ def finite_checkpoints(out: Path) -> list[int]:
 @pytest.mark.distributed
 def test_nan_on_one_rank_stops_every_rank_without_a_poisoned_checkpoint(tokens: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli_distributed(pretrain_args(tokens, out, *COMMON), inject=True,
-                                 env={"FAULT_NAN_AT_STEP": "5", "FAULT_NAN_RANK": "1"})
+    result = run_cli_distributed(
+        pretrain_args(tokens, out, *COMMON), inject=True, env={"FAULT_NAN_AT_STEP": "5", "FAULT_NAN_RANK": "1"}
+    )
     assert not result.timed_out and result.returncode == 1, result.describe()
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("physfm pretrain: error")]
     assert errors and all("non-finite loss" in ln and "at step 5" in ln for ln in errors), result.describe()
@@ -45,9 +52,13 @@ def test_nan_on_one_rank_stops_every_rank_without_a_poisoned_checkpoint(tokens: 
 @pytest.mark.distributed
 def test_nan_on_one_rank_is_skipped_by_every_rank(tokens: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli_distributed(pretrain_args(tokens, out, *COMMON, "trainer.nonfinite_loss=skip",
-                                               "trainer.checkpoint_every=1", "trainer.keep_last=20"),
-                                 inject=True, env={"FAULT_NAN_AT_STEP": "3", "FAULT_NAN_RANK": "1"})
+    result = run_cli_distributed(
+        pretrain_args(
+            tokens, out, *COMMON, "trainer.nonfinite_loss=skip", "trainer.checkpoint_every=1", "trainer.keep_last=20"
+        ),
+        inject=True,
+        env={"FAULT_NAN_AT_STEP": "3", "FAULT_NAN_RANK": "1"},
+    )
     assert result.ok, result.describe()
     assert json.loads((out / "metrics.json").read_text())["train_skipped_batches"] == 1
     assert finite_checkpoints(out) == list(range(1, 9))
