@@ -42,3 +42,19 @@ def make_toy_dataset(
             )
             write_well(Path(out) / "data" / split / f"{name}_{i}.hdf5", data)
     return Path(out)
+
+
+# Overrides of configs/pretrain/tiny.yaml that make a pretrain run take seconds on a CPU (tests only).
+TINY_PRETRAIN = [
+    "model.vocab_size=32",
+    "model.grid_shape=[4,4]",
+    "model.n_layer=2",
+    "model.d_model=64",
+    "model.ffn_hidden=128",
+    "model.max_frames=3",
+    "trainer.logger=csv",
+    "trainer.progress_bar=false",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "optim.warmup_steps=5",
+]

@@ -60,12 +60,18 @@ def overrides(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny random tokenizer + field shards, and a diffusion model trained 40 steps on their latents."""
+def tiny_paths(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random tokenizer + field shards (no training)."""
+    return build_tiny_model(tmp_path_factory.mktemp("diffusion"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_paths, tmp_path_factory):
+    """The tiny tokenizer + field shards, and a diffusion model trained 40 steps on their latents."""
     from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
-    root = tmp_path_factory.mktemp("diffusion")
-    paths = build_tiny_model(root)
+    root = tmp_path_factory.mktemp("diffusion_run")
+    paths = tiny_paths
     cfg = load_pretrain_config(
         CONFIG,
         overrides(
@@ -310,10 +316,10 @@ def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_config_errors_name_the_key(trained, tmp_path):
+def test_config_errors_name_the_key(tiny_paths, tmp_path):
     from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
-    paths, _ = trained
+    paths = tiny_paths
     with pytest.raises(ConfigError, match="data.shards"):
         load_pretrain_config(CONFIG, [*TINY, "data.shards=[]", "data.tokens=[x]", f"tokenizer={paths['tokenizer']}"])
     with pytest.raises(ConfigError, match="diffusion.latent_dim=3"):

@@ -12,26 +12,7 @@ import torch
 from data_pipelines.config import ConfigError
 from physfm.core.checkpoint import safe_torch_load
 from physfm.train.pretrain import load_pretrain_config, run_pretrain
-from tests.datagen import make_token_shards
-
-TINY = [
-    "model.vocab_size=32",
-    "model.grid_shape=[4,4]",
-    "model.n_layer=2",
-    "model.d_model=64",
-    "model.ffn_hidden=128",
-    "model.max_frames=3",
-    "trainer.logger=csv",
-    "trainer.progress_bar=false",
-    "data.num_workers=0",
-    "data.batch_size=8",
-    "optim.warmup_steps=5",
-]
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    return make_token_shards(tmp_path_factory.mktemp("tok") / "tokens")
+from tests.datagen import TINY_PRETRAIN as TINY
 
 
 def config(tokens: Path, out: Path, *extra: str):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.datagen import TINY_PRETRAIN as TINY
 from tests.harness import REPO_ROOT, worker_env
-from tests.test_pretrain import TINY
 
 SLURM_DIR = REPO_ROOT / "scripts" / "slurm"
 LOCAL_CLUSTER = SLURM_DIR / "local_cluster.sh"
@@ -162,13 +162,6 @@ def submit_pretrain(tmp_path: Path, nodes: int, tasks_per_node: int, *args: str)
         ),
     )
     return job, run_dir, log
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Path:
-    from tests.datagen import make_token_shards
-
-    return make_token_shards(tmp_path_factory.mktemp("slurm_tokens") / "tokens")
 
 
 def check_trained(run_dir: Path, steps: int) -> dict:

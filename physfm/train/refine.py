@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from data_pipelines.config import ConfigError, load_config, to_dict
+from data_pipelines.shards import read_manifest
 from physfm.core.checkpoint import atomic_write_text
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -209,11 +210,8 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
     if log:
         log(f"refine: AR predictions for {sum(len(p) for p in pairs.values())} training windows in {t_pairs:.0f} s")
     val = {}
-    if cfg.data.val_split:
-        from data_pipelines.shards import read_manifest
-
-        if cfg.data.val_split in read_manifest(cfg.data.shards)["splits"]:
-            val = collect_pairs(pm, cfg.data.shards, cfg.data.val_split, cfg.data.val_windows)
+    if cfg.data.val_split and cfg.data.val_split in read_manifest(cfg.data.shards)["splits"]:
+        val = collect_pairs(pm, cfg.data.shards, cfg.data.val_split, cfg.data.val_windows)
     datasets = {name: pm.channel_names(name) for name in pairs}
     refiner = Refiner(cfg.model, pm.n_spatial_dims, datasets)
     start = time.perf_counter()

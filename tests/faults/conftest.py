@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.datagen import TINY_PRETRAIN as TINY
 from tests.datagen import make_token_shards, make_toy_dataset
 from tests.harness import REPO_ROOT, CompletedResult, kill_tree, run_distributed, worker_env
-from tests.test_pretrain import TINY
 
 INJECT = Path(__file__).with_name("inject.py")
 CLI_TIMEOUT = 150.0  # seconds; a hang is a failure, never a stuck CI job
