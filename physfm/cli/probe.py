@@ -42,31 +42,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.interp.probe import run_probe
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("probe")
     points = [p.strip() for p in args.points.split(",")] if args.points else None
-    try:
-        m = run_probe(
-            args.ckpt,
-            args.data,
-            args.target,
-            out,
-            split=args.split,
-            points=points,
-            selection=args.select,
-            scale=args.scale,
-            threshold=args.threshold,
-            group_by=args.group_by,
-            n_folds=args.folds,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-    except ValueError as err:  # bad selection, unknown hook point
-        raise UserError(str(err)) from None
+    m = run_probe(
+        args.ckpt,
+        args.data,
+        args.target,
+        out,
+        split=args.split,
+        points=points,
+        selection=args.select,
+        scale=args.scale,
+        threshold=args.threshold,
+        group_by=args.group_by,
+        n_folds=args.folds,
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     print(f"{'features':<24} {'R²':>7} {'accuracy':>9}")
     for point, v in m["layers"].items():
         print(f"{point:<24} {v['r2']:>7.3f} {v['accuracy']:>9.3f}")

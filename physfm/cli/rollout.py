@@ -49,32 +49,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.eval.evaluate import rollout_to_files
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("rollout")
-    try:
-        metrics = rollout_to_files(
-            args.ckpt,
-            args.data,
-            args.horizon,
-            out,
-            split=args.split,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            refine=args.refine,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            tokenizer=args.tokenizer,
-            refiner=args.refiner,
-            device=args.device,
-            sampling_steps=args.sampling_steps,
-            sampler=args.sampler,
-        )
-    except ValueError as err:  # bad horizon, unknown dataset, missing refiner: the user's input
-        raise UserError(str(err)) from None
+    metrics = rollout_to_files(
+        args.ckpt,
+        args.data,
+        args.horizon,
+        out,
+        split=args.split,
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        refine=args.refine,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        refiner=args.refiner,
+        device=args.device,
+        sampling_steps=args.sampling_steps,
+        sampler=args.sampler,
+    )
     n = sum(metrics["n_windows"].values())
     print(f"rolled out {n} windows × {args.horizon} frames → {out} (predictions/, metrics.json, report.md, PNGs)")
     return 0

@@ -81,7 +81,7 @@ class FinetuneDataConfig(TokenDataConfig):
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
