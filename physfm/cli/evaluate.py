@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.horizons,
         out,
-        split=args.split,
+        split=args.split[0],
         max_windows=args.max_windows,
         batch_size=args.batch_size,
         refine=args.refine,

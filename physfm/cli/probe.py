@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.args import add_split_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards: encoded on the fly)")
     p.add_argument("--target", required=True, metavar="PARAM", help="simulation parameter to predict, e.g. nu")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/probe-<time>)")
-    p.add_argument("--split", default="valid,test", help="split(s) to probe on, comma-separated (default: valid,test)")
+    add_split_argument(p, "valid,test")
     p.add_argument("--select", default=None, metavar="EXPR", help="only windows matching, e.g. \"dataset=='ns'\"")
     p.add_argument(
         "--points", default=None, help="comma-separated hook points (default: embedding + every blocks.i.resid)"
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.target,
         out,
-        split=args.split,
+        split=",".join(args.split),
         points=points,
         selection=args.select,
         scale=args.scale,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.args import add_split_argument
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by rollout and evaluate."""
     p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
-    p.add_argument("--split", default="test", help="split to roll out on (default: test)")
+    add_split_argument(p, "test", single=True)
     p.add_argument(
         "--max-windows",
         type=int,
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.horizon,
         out,
-        split=args.split,
+        split=args.split[0],
         max_windows=args.max_windows,
         batch_size=args.batch_size,
         refine=args.refine,
