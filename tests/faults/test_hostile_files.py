@@ -165,3 +165,38 @@ def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Pat
     assert "stats.yaml" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
     assert not list(tmp_path.glob(".shards*"))  # no staging directory left behind
+
+
+def test_a_bad_member_read_in_a_loader_worker_reaches_the_user_as_one_line(
+    tokens: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
+    """The DataError raised inside a DataLoader worker reaches the main process as itself (not wrapped in
+    torch's worker traceback), so ``physfm data bench`` prints one line naming the shard and member."""
+    from data_pipelines.loader import make_loader
+
+    copy = tmp_path / "tokens"
+    shutil.copytree(tokens, copy)
+    shard = copy / "train" / "shard-000000.tar"
+    name = replace_member(shard, "tokens.npy", object_array_member(marker))
+    loader = make_loader(str(copy), "train", 2, num_workers=1, shuffle=False, keys=("tokens",), normalize=False)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    assert str(shard) in str(caught.value) and name in str(caught.value)
+    assert "Traceback" not in str(caught.value) and "worker" not in str(caught.value), caught.value
+
+    assert not marker.exists()
+
+
+def test_data_bench_on_a_shard_with_a_pickled_member_prints_one_line(
+    toy_dataset: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
+    shards = tmp_path / "shards"
+    assert main(["data", "shard", str(toy_dataset), "--out", str(shards), "--workers", "1"]) == 0
+    for shard in sorted((shards / "train").glob("*.tar")):  # every train shard: the bench reads any of them
+        replace_member(shard, ".npy", object_array_member(marker))
+    capsys.readouterr()
+    assert main(["data", "bench", str(shards), "--workers", "1", "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("physfm data: error:") and str(shards / "train") in err, err
+    assert not marker.exists()
