@@ -17,10 +17,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from data_pipelines.errors import PhysfmError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(PhysfmError, ValueError):
     """A config problem; the message names the dotted key and, where known, the file."""
 
 

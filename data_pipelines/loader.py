@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, PhysfmError
 from data_pipelines.shards import decode_sample, iter_raw_samples, read_manifest, shard_records
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,15 @@ class WindowStream(IterableDataset):
     # -------------------------------------------------------------------------------- iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except PhysfmError as err:  # bad data: hand the error itself to the main process (see WorkerFailure)
+            yield WorkerFailure(err)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, n_workers = self._position()
         skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
         skipped = [0]
@@ -323,12 +332,31 @@ class WindowStream(IterableDataset):
             yield name, [next(stream) for _ in range(self.batch_size)]
 
 
+class WorkerFailure:
+    """A :class:`PhysfmError` raised in a DataLoader worker, sent to the main process in place of a batch.
+    Torch would re-raise it there wrapped in the worker's traceback; :class:`StreamLoader` raises the
+    original error instead, so the user reads one line."""
+
+    def __init__(self, error: PhysfmError):
+        self.error = error
+
+
+class StreamLoader(DataLoader):
+    """A ``DataLoader`` that re-raises a worker's :class:`WorkerFailure` as the original error."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            if isinstance(batch, WorkerFailure):
+                raise batch.error
+            yield batch
+
+
 def make_loader(
     shards: str | list[str], split: str, batch_size: int, *, num_workers: int = 0, **kwargs: Any
 ) -> DataLoader:
     """A ``DataLoader`` over :class:`WindowStream` (which batches itself).  See the module docstring."""
     stream = WindowStream(shards, split, batch_size, **kwargs)
-    return DataLoader(
+    return StreamLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,

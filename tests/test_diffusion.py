@@ -245,7 +245,7 @@ def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsy
                 str(tmp_path / "ar"),
             ]
         )
-        == 1
+        == 2
     )
     assert "apply to diffusion models" in capsys.readouterr().err
 

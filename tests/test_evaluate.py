@@ -135,7 +135,7 @@ def test_evaluate_and_rollout_cli(evaluated, tmp_path, capsys):
         assert len(json.loads(f.metadata()["windows"])) == 3
     assert (tmp_path / "ro" / "rollout_waves.png").is_file()
     # Asking for a refiner the model does not have is a one-line user error.
-    assert physfm(["evaluate", *common, "--refine", "--out", str(tmp_path / "x")]) == 1
+    assert physfm(["evaluate", *common, "--refine", "--out", str(tmp_path / "x")]) == 2
     assert "no refiner" in capsys.readouterr().err
 
 

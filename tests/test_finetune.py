@@ -109,7 +109,7 @@ def test_two_rank_deepspeed_zero2_finetune_with_scratch(pretrained, tmp_path):
         "finetune",
         "--config",
         "configs/finetune/tiny.yaml",
-        "--from",
+        "--ckpt",
         str(pretrained),
         "--data",
         str(data),
@@ -196,7 +196,7 @@ def test_cli_reports_bad_input_in_one_line(pretrained, tmp_path, capsys):
             str(tmp_path / "run"),
         ]
     )
-    assert code == 1 and "physfm finetune: error:" in capsys.readouterr().err
+    assert code == 2 and "physfm finetune: error:" in capsys.readouterr().err
 
 
 def test_lora_merge_reproduces_adapted_forward():

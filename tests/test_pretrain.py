@@ -130,4 +130,4 @@ def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     assert info["dataset_names"] == ["alpha", "beta"] and info["n_context_frames"] == 2
     for (name, a), (_, b) in zip(exported.state_dict().items(), from_run.state_dict().items()):
         assert torch.equal(a, b), name
-    assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2

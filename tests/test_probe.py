@@ -119,6 +119,6 @@ def test_probe_cli(setup, tmp_path, capsys):
                 "nu <",
             ]
         )
-        == 1
+        == 2
     )
     assert "selection" in capsys.readouterr().err

@@ -91,4 +91,4 @@ def test_refiner_files_are_verified(refined, tmp_path):
 def test_refine_cli_rejects_unknown_keys(refined, capsys):
     paths, _ = refined
     code = physfm(["refine", "--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "train.stepz=3"])
-    assert code == 1 and "train.stepz" in capsys.readouterr().err
+    assert code == 2 and "train.stepz" in capsys.readouterr().err

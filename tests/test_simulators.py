@@ -306,9 +306,9 @@ def test_cli_simulate(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 6 and all("persistence VRMSE" in line for line in printed)
     assert (out / "stats.yaml").is_file() and len(list((out / "data").rglob("*.hdf5"))) == 6
-    assert main(["simulate", "burgers1d", "--out", str(out), "--param", "Re=3"]) == 1
+    assert main(["simulate", "burgers1d", "--out", str(out), "--param", "Re=3"]) == 2
     assert "unknown parameter(s) Re" in capsys.readouterr().err
-    assert main(["simulate", "burgers1d", "--out", str(out), "--param", "nu=fast"]) == 1
+    assert main(["simulate", "burgers1d", "--out", str(out), "--param", "nu=fast"]) == 2
     assert "numbers separated by commas" in capsys.readouterr().err
 
 

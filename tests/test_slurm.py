@@ -329,7 +329,7 @@ def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
         "finetune.sbatch",
         "--config",
         "configs/finetune/x.yaml",
-        "--from",
+        "--ckpt",
         "runs/p",
         "--data",
         "d",
@@ -347,7 +347,7 @@ def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
     wait_for_job(job, timeout=60, log=log)
     assert_completed(cluster, job, log)
     assert (
-        f"0: physfm finetune --out {tmp_path / 'ft'} --config configs/finetune/x.yaml --from runs/p --data d "
+        f"0: physfm finetune --out {tmp_path / 'ft'} --config configs/finetune/x.yaml --ckpt runs/p --data d "
         "trainer.max_steps=3 strategy.accelerator=cpu strategy.process_group_backend=gloo"
     ) in log.read_text()
 
@@ -366,7 +366,7 @@ def test_finetune_sbatch_runs_deepspeed_on_two_nodes(cluster, tmp_path):
         "finetune.sbatch",
         "--config",
         "configs/finetune/tiny.yaml",
-        "--from",
+        "--ckpt",
         str(pretrained),
         "--data",
         str(data),

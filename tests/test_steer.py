@@ -237,7 +237,7 @@ def test_steer_direction_and_rollout_cli(tmp_path, capsys):
                 str(out),
             ]
         )
-        == 1
+        == 2
     )
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data_pipelines.config import ConfigError
+
 
 def round_ste(z: torch.Tensor) -> torch.Tensor:
     """Round in the forward pass, identity in the backward pass (straight-through estimator)."""
@@ -28,7 +30,7 @@ class FSQ(nn.Module):
     def __init__(self, levels: list[int], eps: float = 1e-3):
         super().__init__()
         if not levels or any(int(n) < 2 for n in levels):
-            raise ValueError(f"FSQ levels must be integers >= 2, got {levels}")
+            raise ConfigError(f"FSQ levels must be integers >= 2, got {levels}")
         self.levels_list = [int(n) for n in levels]
         self.eps = eps
         levels_t = torch.tensor(self.levels_list, dtype=torch.int64)

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.config import ConfigError
+from data_pipelines.errors import DataError, UnknownNameError
 from tokenizer.fsq import FSQ
 
 
@@ -213,7 +215,7 @@ class Tokenizer(nn.Module):
         super().__init__()
         cfg.validate()
         if cfg.n_spatial_dims not in (1, 2, 3):
-            raise ValueError(f"Tokenizer needs n_spatial_dims in 1..3, got {cfg.n_spatial_dims}")
+            raise ConfigError(f"Tokenizer needs n_spatial_dims in 1..3, got {cfg.n_spatial_dims}")
         self.cfg = cfg
         n, widths, conv = cfg.n_spatial_dims, cfg.widths, conv_nd(cfg.n_spatial_dims)
         n_time_down = int(math.log2(cfg.temporal_compression))
@@ -259,14 +261,14 @@ class Tokenizer(nn.Module):
         """Register a dataset: a fresh stem and head sized to its channels (trunk untouched)."""
         key = _dataset_key(name)
         if name in self.datasets:
-            raise ValueError(f"dataset {name!r} is already registered with this tokenizer")
+            raise DataError(f"dataset {name!r} is already registered with this tokenizer")
         if key in self.stems:
-            raise ValueError(f"dataset name {name!r} collides with another registered name after sanitising")
+            raise DataError(f"dataset name {name!r} collides with another registered name after sanitising")
         if not channel_names:
-            raise ValueError(f"dataset {name!r}: needs at least one channel")
+            raise DataError(f"dataset {name!r}: needs at least one channel")
         for label, stats in (("mean", mean), ("std", std)):
             if stats is not None and len(stats) != len(channel_names):
-                raise ValueError(f"dataset {name!r}: {label} has {len(stats)} values for {len(channel_names)} channels")
+                raise DataError(f"dataset {name!r}: {label} has {len(stats)} values for {len(channel_names)} channels")
         cfg, n, w0 = self.cfg, self.cfg.n_spatial_dims, self.cfg.widths[0]
         conv, c_patch = conv_nd(n), len(channel_names) * cfg.patch_size**n
         device = self.to_code.weight.device
@@ -305,7 +307,9 @@ class Tokenizer(nn.Module):
     def _key(self, name: str) -> str:
         if name not in self.datasets:
             known = ", ".join(sorted(self.datasets)) or "none"
-            raise KeyError(f"dataset {name!r} is not known to this tokenizer (known: {known}); add_dataset() it first")
+            raise UnknownNameError(
+                f"dataset {name!r} is not known to this tokenizer (known: {known}); add_dataset() it first"
+            )
         return _dataset_key(name)
 
     # ------------------------------------------------------------------ shapes
@@ -321,16 +325,16 @@ class Tokenizer(nn.Module):
         self._key(dataset)
         spec, n = self.datasets[dataset], self.cfg.n_spatial_dims
         if x.ndim != n + 3:
-            raise ValueError(
+            raise DataError(
                 f"dataset {dataset!r}: expected [B, T, C, *space] with {n} spatial axes, got {tuple(x.shape)}"
             )
         if x.shape[2] != spec.n_channels:
-            raise ValueError(
+            raise DataError(
                 f"dataset {dataset!r}: expected {spec.n_channels} channels {spec.channel_names}, got {x.shape[2]}"
             )
         bad = [s for s in x.shape[3:] if s % self.cfg.spatial_compression]
         if bad:
-            raise ValueError(
+            raise DataError(
                 f"dataset {dataset!r}: spatial shape {tuple(x.shape[3:])} is not divisible by the spatial "
                 f"compression {self.cfg.spatial_compression}"
             )
@@ -399,7 +403,7 @@ class Tokenizer(nn.Module):
         self._key(dataset)
         spec = self.datasets[dataset]
         if spec.mean is None or spec.std is None:
-            raise ValueError(f"dataset {dataset!r}: the tokenizer has no normalisation stats for it")
+            raise DataError(f"dataset {dataset!r}: the tokenizer has no normalisation stats for it")
         shape = (-1,) + (1,) * self.cfg.n_spatial_dims  # broadcast over [..., C, *space]
         mean = torch.tensor(spec.mean, dtype=like.dtype, device=like.device).view(shape)
         std = torch.tensor(spec.std, dtype=like.dtype, device=like.device).view(shape)

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from physfm.cli.args import add_split_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="validate, describe and shard The Well datasets")
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("stats", help="(re)compute DIR/stats.yaml in one streaming pass")
     p.add_argument("dataset", metavar="DIR")
-    p.add_argument("--split", default="train")
+    add_split_argument(p, "train", single=True)
     p.set_defaults(func=run_stats)
 
     p = verbs.add_parser("shard", help="cut datasets into windows and write webdataset shards + manifest")
@@ -64,7 +66,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def run_stats(args: argparse.Namespace) -> int:
     from data_pipelines.stats import compute_stats, write_stats
 
-    path = write_stats(args.dataset, compute_stats(args.dataset, split=args.split))
+    path = write_stats(args.dataset, compute_stats(args.dataset, split=args.split[0]))
     print(f"wrote {path}")
     return 0
 

@@ -59,28 +59,24 @@ def load_model_config(path: Path, overrides: list[str] | None = None):
         data = data["model"]
     try:
         return from_dict(ModelConfig, merge(data, parse_overrides(overrides)), "model")
-    except (ConfigError, ValueError) as err:  # ModelConfig.validate raises ValueError naming the key
+    except ConfigError as err:  # names the key; add the file
         raise ConfigError(f"{path}: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.train.estimate import estimate, format_table
 
     cfg = load_model_config(args.config, args.overrides)
-    try:
-        est = estimate(
-            cfg,
-            args.nodes,
-            args.gpus_per_node,
-            seq_len=args.seq_len,
-            micro_batch=args.micro_batch,
-            predicted_frames=args.predicted_frames,
-            mfu=args.mfu,
-            peak_tflops=args.peak_tflops,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    est = estimate(
+        cfg,
+        args.nodes,
+        args.gpus_per_node,
+        seq_len=args.seq_len,
+        micro_batch=args.micro_batch,
+        predicted_frames=args.predicted_frames,
+        mfu=args.mfu,
+        peak_tflops=args.peak_tflops,
+    )
     if args.json:
         print(json.dumps(dict(est.to_dict(), config=str(args.config))))
     else:

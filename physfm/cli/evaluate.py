@@ -40,32 +40,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.eval.evaluate import evaluate
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("evaluate")
-    try:
-        metrics = evaluate(
-            args.ckpt,
-            args.data,
-            args.horizons,
-            out,
-            split=args.split,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            refine=args.refine,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            tokenizer=args.tokenizer,
-            refiner=args.refiner,
-            device=args.device,
-            sampling_steps=args.sampling_steps,
-            sampler=args.sampler,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    metrics = evaluate(
+        args.ckpt,
+        args.data,
+        args.horizons,
+        out,
+        split=args.split[0],
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        refine=args.refine,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        refiner=args.refiner,
+        device=args.device,
+        sampling_steps=args.sampling_steps,
+        sampler=args.sampler,
+    )
     overall = metrics["overall"]
     print("mean VRMSE (1.0 = spatial mean)   " + "  ".join(f"h={h:<4}" for h in metrics["horizons"]))
     for method, per in overall.items():

@@ -13,13 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
-    from physfm.core.checkpoint import CheckpointError
     from physfm.inference.loading import export_model
 
-    try:
-        out = export_model(args.ckpt, args.out)
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
+    out = export_model(args.ckpt, args.out)
     print(f"exported {args.ckpt} → {out}/model.safetensors + config.json")
     return 0

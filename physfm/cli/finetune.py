@@ -1,4 +1,4 @@
-"""``physfm finetune --config YAML --from CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the sbatch entry)."""
+"""``physfm finetune --config YAML --ckpt CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the sbatch entry)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml")
     p.add_argument(
-        "--from",
+        "--ckpt",
+        "--from",  # the flag's former name, still accepted
         dest="init",
         required=True,
         metavar="CKPT",
-        help="pretrained model: run directory, checkpoint or export",
+        help="pretrained model: run directory, checkpoint or export (--from is an alias)",
     )
     p.add_argument(
         "--data",
@@ -34,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli.pretrain import finish
+    from data_pipelines.errors import PhysfmError
+    from physfm.cli.pretrain import fail, finish
     from physfm.train.finetune import load_finetune_config, run_finetune
-    from physfm.train.module import TrainingStopped
+    from physfm.train.module import NonFiniteLoss, TrainingStopped
 
     overrides = list(args.overrides) + [f"finetune.init={args.init}", f"finetune.data={args.data}"]
     overrides += [f"out={args.out}"] if args.out else []
@@ -46,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
         out = run_finetune(cfg)
     except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit (Slurm requeues on 75)
         return finish(stopped.out, stopped.exit_code, note=str(stopped))
+    except PhysfmError as err:  # one line, also from a worker of a multi-process launch (clean_exit)
+        return fail(err, "finetune")
+    except NonFiniteLoss as err:
+        return fail(err, "finetune", code=1)
     return finish(out)

@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from data_pipelines.errors import PhysfmError
+
 # Verb modules, in the order ``physfm --help`` lists them.
 VERB_MODULES = [
     "physfm.cli.simulate",
@@ -27,8 +29,13 @@ VERB_MODULES = [
 ]
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed as one line, exit code 1 (no traceback)."""
+# Exit code of an error in the user's input or environment (argparse uses the same for bad arguments).
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(PhysfmError):
+    """An error in a verb's arguments found by the CLI itself; like every :class:`PhysfmError`, printed as one
+    line with exit code 2 (no traceback)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,18 +59,20 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a multi-line message keeps its lines, joined by '; ')."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # nothing may need the network at run time
     quiet_known_warnings()
     args = build_parser().parse_args(argv)
-    from data_pipelines.config import ConfigError
-    from data_pipelines.errors import DataError
-
     try:
         return int(args.func(args) or 0)
-    except (UserError, DataError, ConfigError, FileNotFoundError) as err:
-        print(f"physfm {args.verb}: error: {err}", file=sys.stderr)
-        return 1
+    except PhysfmError as err:  # the user's input or environment; any other exception is a bug: traceback
+        print(f"physfm {args.verb}: error: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print(f"physfm {args.verb}: interrupted", file=sys.stderr)
         return 130

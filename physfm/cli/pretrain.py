@@ -22,35 +22,37 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     cfg = load_pretrain_config(args.config, overrides)  # before Lightning is imported: a bad key fails at once
-    from data_pipelines.config import ConfigError
-    from data_pipelines.errors import DataError
-    from physfm.core.checkpoint import CheckpointError
+    from data_pipelines.errors import PhysfmError
     from physfm.train.module import NonFiniteLoss, TrainingStopped
 
     try:
         out = run_pretrain(cfg)
     except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit
         return finish(stopped.out, stopped.exit_code, note=str(stopped))
-    except (CheckpointError, NonFiniteLoss, DataError, ConfigError) as err:
-        # A refused or unwritable checkpoint, a diverged loss, bad data: one line and exit 1 — also from a
-        # worker of a multi-process launch, which must leave through clean_exit.
-        return fail(err)
+    except PhysfmError as err:
+        # A refused or unwritable checkpoint, bad data: one line and exit 2 — also from a worker of a
+        # multi-process launch, which must leave through clean_exit.
+        return fail(err, "pretrain")
+    except NonFiniteLoss as err:  # the run diverged: not the user's input, so exit 1 (as before)
+        return fail(err, "pretrain", code=1)
     return finish(out)
 
 
-def fail(err: Exception) -> int:
+def fail(err: Exception, verb: str, code: int | None = None) -> int:
     """Print ``err`` as one line (naming the rank in a multi-process launch, where it may be the only one
-    that saw it) and exit with status 1."""
+    that saw it) and exit with ``code`` (default: 2, the CLI's code for the user's input or environment)."""
     import sys
 
+    from physfm.cli.main import USER_ERROR_EXIT_CODE, one_line
     from physfm.train.distributed import clean_exit, global_rank, world_size
 
+    code = USER_ERROR_EXIT_CODE if code is None else code
     where = f" (rank {global_rank()})" if world_size() > 1 else ""
-    sys.stderr.write(f"physfm pretrain: error{where}: {err}\n")  # one write: ranks' lines do not interleave
+    sys.stderr.write(f"physfm {verb}: error{where}: {one_line(err)}\n")  # one write: ranks' lines do not interleave
     sys.stderr.flush()
     if world_size() > 1:
-        clean_exit(1)
-    return 1
+        clean_exit(code)
+    return code
 
 
 def finish(out, code: int = 0, note: str = "") -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.args import add_split_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards: encoded on the fly)")
     p.add_argument("--target", required=True, metavar="PARAM", help="simulation parameter to predict, e.g. nu")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/probe-<time>)")
-    p.add_argument("--split", default="valid,test", help="split(s) to probe on, comma-separated (default: valid,test)")
+    add_split_argument(p, "valid,test")
     p.add_argument("--select", default=None, metavar="EXPR", help="only windows matching, e.g. \"dataset=='ns'\"")
     p.add_argument(
         "--points", default=None, help="comma-separated hook points (default: embedding + every blocks.i.resid)"
@@ -42,31 +44,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.interp.probe import run_probe
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("probe")
     points = [p.strip() for p in args.points.split(",")] if args.points else None
-    try:
-        m = run_probe(
-            args.ckpt,
-            args.data,
-            args.target,
-            out,
-            split=args.split,
-            points=points,
-            selection=args.select,
-            scale=args.scale,
-            threshold=args.threshold,
-            group_by=args.group_by,
-            n_folds=args.folds,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-    except ValueError as err:  # bad selection, unknown hook point
-        raise UserError(str(err)) from None
+    m = run_probe(
+        args.ckpt,
+        args.data,
+        args.target,
+        out,
+        split=",".join(args.split),
+        points=points,
+        selection=args.select,
+        scale=args.scale,
+        threshold=args.threshold,
+        group_by=args.group_by,
+        n_folds=args.folds,
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     print(f"{'features':<24} {'R²':>7} {'accuracy':>9}")
     for point, v in m["layers"].items():
         print(f"{point:<24} {v['r2']:>7.3f} {v['accuracy']:>9.3f}")

@@ -18,7 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.train.refine import load_refine_config, run_refine
 
     overrides = [
@@ -28,9 +27,6 @@ def run(args: argparse.Namespace) -> int:
         *args.overrides,
     ]
     cfg = load_refine_config(args.config, overrides)
-    try:
-        out = run_refine(cfg)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    out = run_refine(cfg)
     print(f"refiner → {out} (refiner.safetensors, refiner.json, metrics.json, report.md)")
     return 0

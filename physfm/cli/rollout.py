@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.args import add_split_argument
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by rollout and evaluate."""
     p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
-    p.add_argument("--split", default="test", help="split to roll out on (default: test)")
+    add_split_argument(p, "test", single=True)
     p.add_argument(
         "--max-windows",
         type=int,
@@ -49,32 +51,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.eval.evaluate import rollout_to_files
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("rollout")
-    try:
-        metrics = rollout_to_files(
-            args.ckpt,
-            args.data,
-            args.horizon,
-            out,
-            split=args.split,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            refine=args.refine,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.seed,
-            tokenizer=args.tokenizer,
-            refiner=args.refiner,
-            device=args.device,
-            sampling_steps=args.sampling_steps,
-            sampler=args.sampler,
-        )
-    except ValueError as err:  # bad horizon, unknown dataset, missing refiner: the user's input
-        raise UserError(str(err)) from None
+    metrics = rollout_to_files(
+        args.ckpt,
+        args.data,
+        args.horizon,
+        out,
+        split=args.split[0],
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        refine=args.refine,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        refiner=args.refiner,
+        device=args.device,
+        sampling_steps=args.sampling_steps,
+        sampler=args.sampler,
+    )
     n = sum(metrics["n_windows"].values())
     print(f"rolled out {n} windows × {args.horizon} frames → {out} (predictions/, metrics.json, report.md, PNGs)")
     return 0

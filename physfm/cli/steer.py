@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.args import add_split_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="mean-diff",
         help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences",
     )
-    p.add_argument("--split", default="train", help="split(s) to average over (default: train)")
+    add_split_argument(p, "train")
     p.add_argument("--max-windows", type=int, default=256, metavar="N", help="per selection, spread evenly")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="H",
         help="token frames to generate (default: the model's window length)",
     )
-    p.add_argument("--split", default="test")
+    add_split_argument(p, "test")
     p.add_argument("--select", default=None, metavar="EXPR", help="only contexts matching this selection")
     p.add_argument("--max-windows", type=int, default=8, metavar="N", help="contexts, spread evenly (default: 8)")
     p.add_argument(
@@ -80,25 +82,21 @@ def layer_points(layers: list[str]) -> list[str]:
 
 
 def run_direction(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.interp.steer import compute_direction
 
-    try:
-        meta = compute_direction(
-            args.ckpt,
-            args.data,
-            args.feature,
-            args.control,
-            layer_points(args.layer),
-            args.out,
-            method=args.method,
-            split=args.split,
-            max_windows=args.max_windows,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    meta = compute_direction(
+        args.ckpt,
+        args.data,
+        args.feature,
+        args.control,
+        layer_points(args.layer),
+        args.out,
+        method=args.method,
+        split=",".join(args.split),
+        max_windows=args.max_windows,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     print(
         f"direction {args.method} at {', '.join(meta['points'])} from {meta['counts']['feature']} feature and "
         f"{meta['counts']['control']} control windows; norms {meta['norms']} → {args.out} (+ .json)"
@@ -107,30 +105,26 @@ def run_direction(args: argparse.Namespace) -> int:
 
 
 def run_rollout(args: argparse.Namespace) -> int:
-    from physfm.cli import UserError
     from physfm.interp.steer_rollout import parse_alphas, steer_rollout
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("steer")
-    try:
-        m = steer_rollout(
-            args.ckpt,
-            args.data,
-            args.direction,
-            parse_alphas(args.alpha),
-            out,
-            horizon=args.horizon,
-            spatial_mode=args.spatial_mode,
-            split=args.split,
-            selection=args.select,
-            max_windows=args.max_windows,
-            probe=args.probe,
-            target=args.target,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    m = steer_rollout(
+        args.ckpt,
+        args.data,
+        args.direction,
+        parse_alphas(args.alpha),
+        out,
+        horizon=args.horizon,
+        spatial_mode=args.spatial_mode,
+        split=",".join(args.split),
+        selection=args.select,
+        max_windows=args.max_windows,
+        probe=args.probe,
+        target=args.target,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     names = list(m["curves"])
     print(f"{'alpha':>6} " + " ".join(f"{n:>22}" for n in names))
     for i, alpha in enumerate(m["alphas"]):

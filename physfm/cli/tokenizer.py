@@ -7,6 +7,8 @@ import argparse
 import json
 from datetime import datetime
 
+from physfm.cli.args import add_split_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tokenizer", help="train, evaluate and apply the discrete physics tokenizer")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint or training run directory")
     p.add_argument("--data", required=True, metavar="SHARDS")
     p.add_argument("--out", default=None, metavar="DIR")
-    p.add_argument("--split", default="valid")
+    add_split_argument(p, "valid", single=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
     p.set_defaults(func=run_eval)
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS")
     p.add_argument("--out", required=True, metavar="TOKENS")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    add_split_argument(p, None)
     p.set_defaults(func=run_encode)
 
     p = verbs.add_parser("decode", help="token shards → field shards in physical units")
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", required=True, metavar="TOKENS")
     p.add_argument("--out", required=True, metavar="SHARDS")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    add_split_argument(p, None)
     p.set_defaults(func=run_decode)
 
 
@@ -61,7 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     out = args.out or f"runs/tokenizer-eval-{datetime.now():%Y%m%d-%H%M%S}"
     metrics = evaluate_tokenizer(
-        args.ckpt, args.data, out, split=args.split, batch_size=args.batch_size, max_batches=args.max_batches
+        args.ckpt, args.data, out, split=args.split[0], batch_size=args.batch_size, max_batches=args.max_batches
     )
     print(json.dumps(metrics["overall"], indent=1))
     print(f"wrote {out}/metrics.json and {out}/report.md")

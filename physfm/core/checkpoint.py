@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_pipelines.atomic import is_disk_full
+from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def prune_checkpoints(directory: str | Path, keep_last: int, pattern: str = "*.c
     """Keep the newest ``keep_last`` complete checkpoints; remove older ones and leftovers of crashed
     saves (``*.tmp``, ``*.old``).  Call it from one rank, after a save finished.  Returns what was removed."""
     if keep_last < 1:
-        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
     directory = Path(directory)
     complete = list_checkpoints(directory, pattern)
     leftovers = sorted({*directory.glob("*.tmp"), *directory.glob(".*.tmp"), *directory.glob("*.old")})

@@ -1,5 +1,7 @@
 """Errors of physfm's own artifacts; each message names the file."""
 
+from data_pipelines.errors import PhysfmError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(PhysfmError, ValueError):
     """A checkpoint that is missing, incomplete, unsafe or unreadable; the message names the file."""

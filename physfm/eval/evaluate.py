@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from data_pipelines.errors import DataError, InputError
 from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.eval.plots import rollout_strip, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
@@ -133,7 +134,7 @@ def score_windows(
             s.meta += batch.meta
         s.n_windows += ctx.shape[0]
     if not scores:
-        raise ValueError(
+        raise DataError(
             f"{shards}: the {split!r} split gave no windows for the model's datasets ({', '.join(pm.dataset_names)})"
         )
     return scores, seconds
@@ -199,7 +200,7 @@ def evaluate(
     ``sampling_steps``/``sampler``: ODE steps and "euler"/"heun" for a diffusion checkpoint."""
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
-        raise ValueError(f"horizons: need positive integers, got {horizons}")
+        raise InputError(f"horizons: need positive integers, got {horizons}")
     pm = model or PhysicsModel.from_pretrained(
         location,
         tokenizer=tokenizer,
@@ -209,7 +210,7 @@ def evaluate(
         sampler=sampler,
     )
     if refine and pm.refiner is None:
-        raise ValueError(
+        raise InputError(
             f"{location}: --refine asked for, but the model has no refiner (train one with "
             "`physfm refine`, or pass --refiner DIR)"
         )
@@ -377,7 +378,7 @@ def rollout_to_files(
     )
     method = "ar_refined" if refine else getattr(pm, "method", "ar")
     if refine and pm.refiner is None:
-        raise ValueError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")
+        raise InputError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")
     scores, seconds = score_windows(
         pm,
         shards,

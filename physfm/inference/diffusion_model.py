@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from data_pipelines.errors import InputError
 from physfm.inference.loading import load_diffusion_model, load_with_tokenizer
 from physfm.inference.physics_model import PhysicsModel
 from physfm.models.latents import continuous_latents, latent_ids
@@ -51,9 +52,9 @@ class DiffusionPhysicsModel(PhysicsModel):
         self.sampler = sampler or d.sampler
         self.snap_to_codes = d.snap_to_codes if snap_to_codes is None else bool(snap_to_codes)
         if self.sampling_steps < 1:
-            raise ValueError(f"sampling steps: must be >= 1, got {self.sampling_steps}")
+            raise InputError(f"sampling steps: must be >= 1, got {self.sampling_steps}")
         if self.sampler not in ("euler", "heun"):
-            raise ValueError(f"sampler: expected 'euler' or 'heun', got {self.sampler!r}")
+            raise InputError(f"sampler: expected 'euler' or 'heun', got {self.sampler!r}")
         self._generator: torch.Generator | None = None
 
     @classmethod
@@ -71,7 +72,7 @@ class DiffusionPhysicsModel(PhysicsModel):
         """Load a diffusion run/checkpoint/export. ``refiner`` must be "auto"/None/False: the refiner corrects
         the AR model's decoded tokens and has no diffusion counterpart."""
         if refiner not in ("auto", None, False):
-            raise ValueError(f"{location}: a diffusion model takes no refiner (got {refiner})")
+            raise InputError(f"{location}: a diffusion model takes no refiner (got {refiner})")
         location = Path(location)
         model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
@@ -124,7 +125,7 @@ class DiffusionPhysicsModel(PhysicsModel):
         with 0, so repeated calls agree (a steered rollout differs from the unsteered one only by the steering).
         The rounded context loses the continuous latents' precision; :meth:`rollout` keeps it."""
         if temperature or top_k:
-            raise ValueError("temperature/top-k apply to AR models; a diffusion model samples from seeded noise")
+            raise InputError("temperature/top-k apply to AR models; a diffusion model samples from seeded noise")
         generator = generator or torch.Generator(device=self.device).manual_seed(0)
         codes = self.tokenizer.fsq.indices_to_codes(context_ids.to(self.device))
         return latent_ids(self.tokenizer, self.generate_latents(codes, n_token_frames, dataset, generator))
@@ -147,7 +148,7 @@ class DiffusionPhysicsModel(PhysicsModel):
         """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with ``seed``, so
         the same seed (and batch_size) gives the same prediction. ``temperature``/``top_k`` must stay unset."""
         if temperature or top_k:
-            raise ValueError(
+            raise InputError(
                 "temperature/top-k apply to AR models; a diffusion model samples from noise seeded by "
                 "--seed, with --sampling-steps ODE steps"
             )

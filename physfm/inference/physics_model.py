@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, InputError
 from physfm.core.errors import CheckpointError
 from physfm.inference.loading import load_ar_model, load_with_tokenizer, model_kind
 from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
@@ -95,7 +95,7 @@ class PhysicsModel:
                 sampler=sampler,
             )
         if sampling_steps is not None or sampler is not None:
-            raise ValueError(f"{location}: --sampling-steps/--sampler apply to diffusion models; this is an AR model")
+            raise InputError(f"{location}: --sampling-steps/--sampler apply to diffusion models; this is an AR model")
         model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
         tok = load_tokenizer(tok_path)
         recorded = info.get("tokenizer_fingerprint")
@@ -138,11 +138,11 @@ class PhysicsModel:
         if dataset is None:
             if len(self.dataset_names) == 1:
                 return self.dataset_names[0]
-            raise ValueError(f"dataset: this model knows several ({', '.join(self.dataset_names)}); name one")
+            raise InputError(f"dataset: this model knows several ({', '.join(self.dataset_names)}); name one")
         if dataset not in self.dataset_names:
-            raise ValueError(f"dataset {dataset!r} is unknown to this model (knows: {', '.join(self.dataset_names)})")
+            raise InputError(f"dataset {dataset!r} is unknown to this model (knows: {', '.join(self.dataset_names)})")
         if dataset not in self.tokenizer.datasets:
-            raise ValueError(f"dataset {dataset!r} is unknown to the model's tokenizer")
+            raise InputError(f"dataset {dataset!r} is unknown to the model's tokenizer")
         return dataset
 
     # ------------------------------------------------------------------------------ pieces
@@ -202,24 +202,24 @@ class PhysicsModel:
         With ``return_tokens`` also the generated token frames [(B,) n, *grid]."""
         dataset = self.resolve_dataset(dataset)
         if horizon < 1:
-            raise ValueError(f"horizon: must be >= 1, got {horizon}")
+            raise InputError(f"horizon: must be >= 1, got {horizon}")
         if refine and self.refiner is None:
-            raise ValueError("refine=True: this model has no refiner (train one with `physfm refine`)")
+            raise InputError("refine=True: this model has no refiner (train one with `physfm refine`)")
         x = torch.as_tensor(np.asarray(context) if not isinstance(context, torch.Tensor) else context)
         n, C = self.n_spatial_dims, len(self.tokenizer.datasets[dataset].channel_names)
         if x.ndim not in (n + 2, n + 3):
-            raise ValueError(
+            raise InputError(
                 f"context: expected [T_in, C, *space] or [B, T_in, C, *space] with {n} spatial axes, "
                 f"got shape {tuple(x.shape)}"
             )
         batched = x.ndim == n + 3
         x = x if batched else x[None]
         if x.shape[2] != C:
-            raise ValueError(
+            raise InputError(
                 f"context: dataset {dataset!r} has {C} channels {self.channel_names(dataset)}, got {x.shape[2]}"
             )
         if x.shape[1] < self.n_input_frames:
-            raise ValueError(f"context: the model reads {self.n_input_frames} frames, got {x.shape[1]}")
+            raise InputError(f"context: the model reads {self.n_input_frames} frames, got {x.shape[1]}")
         x = x[:, -self.n_input_frames :]
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         frames, tokens = [], []

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, InputError
 from data_pipelines.shards import iter_samples, read_manifest
 from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.eval.windows import evenly_spaced
@@ -166,7 +166,7 @@ def pool_frames(h: Tensor, n_frames: int, grid: tuple[int, ...], pool: Pool) -> 
         dims = (*space, h.ndim - 1)  # each frame over (space, channels)
         z = (h - h.mean(dim=dims, keepdim=True)) / (h.std(dim=dims, keepdim=True) + 1e-6)
         return z.mean(dim=1)
-    raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    raise InputError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
 
 
 @torch.no_grad()
@@ -179,7 +179,7 @@ def pooled_activations(
 ) -> dict[str, Tensor]:
     """One teacher-forced forward over windows tokens [B, F, *grid] → {point: pooled [B, ...]} (CPU, float32)."""
     if model.config.n_cond_tokens > 1:
-        raise ValueError(
+        raise InputError(
             "activations: models conditioned on parameter tokens are not supported here "
             "(the parameter would be given to the model, not inferred)"
         )
@@ -203,7 +203,7 @@ class ActivationWriter:
         self, out_dir: str | Path, points: list[str], chunk_size: int = 256, header: dict[str, Any] | None = None
     ):
         if chunk_size < 1:
-            raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
+            raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
         self.out_dir, self.points, self.chunk_size = Path(out_dir), list(points), chunk_size
         self.header = dict(header or {})
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,10 +338,10 @@ def capture_windows(
     ``n_frames`` keeps each window's first frames only (e.g. the context); None keeps all.
     ``with_histogram`` also stores each window's code histogram as the point ``code_histogram``."""
     if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+        raise InputError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     unknown = [p for p in points if p not in hook_points(model)]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"hook point {unknown[0]!r} does not exist (have: embedding, blocks.{{0..."
             f"{len(model.blocks) - 1}}}.resid|attn_out|mlp_out)"
         )

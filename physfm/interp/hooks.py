@@ -29,6 +29,8 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
+from data_pipelines.errors import UnknownNameError
+
 
 def hook_points(model: nn.Module) -> dict[str, nn.Module]:
     """Every hook point name -> the module whose forward output it is."""
@@ -45,7 +47,7 @@ def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
     unknown = [n for n in names if n not in points]
     if unknown:
         n_layer = len(model.blocks)
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown hook point {unknown[0]!r}: expected 'embedding' or "
             f"'blocks.{{i}}.resid|attn_out|mlp_out' with 0 <= i < {n_layer}"
         )

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, InputError
 from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.inference.loading import load_model
 from physfm.interp.activations import HISTOGRAM, ActivationStore, capture_to_disk
@@ -65,7 +65,7 @@ def group_keys(metas: list[dict[str, Any]], group_by: str) -> list[str]:
         return [f"{m.get('split')}/{m.get('source_file')}#{m.get('trajectory')}" for m in metas]
     if group_by == "file":
         return [f"{m.get('split')}/{m.get('source_file')}" for m in metas]
-    raise ValueError(f"group_by: expected trajectory or file, got {group_by!r}")
+    raise InputError(f"group_by: expected trajectory or file, got {group_by!r}")
 
 
 @dataclass

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data_pipelines.errors import DataError
+
 ALPHA_GRID = np.logspace(-6, 1, 15)  # × s_max² of the standardised training features
 
 
@@ -81,7 +83,7 @@ def group_folds(groups: list, n_folds: int, seed: int = 0) -> list[tuple[np.ndar
     """(train, test) index pairs; every group's samples fall in exactly one test fold."""
     unique = sorted(set(groups), key=str)
     if len(unique) < 2:
-        raise ValueError(f"grouped cross-validation needs at least 2 groups (trajectories/files), got {len(unique)}")
+        raise DataError(f"grouped cross-validation needs at least 2 groups (trajectories/files), got {len(unique)}")
     order = np.random.default_rng(seed).permutation(len(unique))
     n_folds = min(n_folds, len(unique))
     fold_of = {unique[g]: i % n_folds for i, g in enumerate(order)}

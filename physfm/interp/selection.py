@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from data_pipelines.errors import PhysfmError
+
 OPERATORS = {"<", "<=", ">", ">=", "==", "!="}
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -37,7 +39,7 @@ _TOKEN = re.compile(
 KEYWORDS = {"and", "or", "not"}
 
 
-class SelectionError(ValueError):
+class SelectionError(PhysfmError, ValueError):
     """A selection expression that does not parse, or names a parameter a window does not have."""
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, InputError
 from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.inference.loading import load_model
 from physfm.interp.activations import capture_to_disk, model_fingerprint
@@ -50,7 +50,7 @@ def direction_from_samples(feature: Tensor, control: Tensor, method: Method = "m
     if method == "mean-diff":
         return mean_diff.float()
     if method != "pca":
-        raise ValueError(f"method: expected mean-diff or pca, got {method!r}")
+        raise InputError(f"method: expected mean-diff or pca, got {method!r}")
     g = torch.Generator().manual_seed(seed)
     n = min(len(feature), len(control))
     pairs = (
@@ -187,7 +187,7 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
     flat = delta.reshape(-1, delta.shape[-1]).float()  # [T, d]
     mean = delta.reshape(-1, delta.shape[-1]).float().mean(0, keepdim=True)  # [1, d]
     if spatial_mode not in ("as-is", "mean"):
-        raise ValueError(f"spatial_mode: expected as-is or mean, got {spatial_mode!r}")
+        raise InputError(f"spatial_mode: expected as-is or mean, got {spatial_mode!r}")
 
     def fn(h: Tensor, positions: Tensor | None) -> Tensor:
         if positions is None or positions.shape[0] != h.shape[1]:
@@ -202,7 +202,7 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
             for axis, n in enumerate(grid):  # row-major flat index of each token's grid cell
                 coord = positions[:, 1 + axis]
                 if int(coord.max()) >= n:
-                    raise ValueError(
+                    raise InputError(
                         f"steering: the direction's grid {list(grid)} is smaller than the rollout's; "
                         "use spatial_mode='mean'"
                     )

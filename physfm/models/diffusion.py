@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from data_pipelines.config import ConfigError
+from physfm.core.errors import CheckpointError
 from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
 
 
@@ -67,17 +69,17 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.latent_dim < 0:
-            raise ValueError(f"diffusion.latent_dim: must be >= 0 (0 = from the tokenizer), got {self.latent_dim}")
+            raise ConfigError(f"diffusion.latent_dim: must be >= 0 (0 = from the tokenizer), got {self.latent_dim}")
         if self.latent_scale <= 0:
-            raise ValueError(f"diffusion.latent_scale: must be > 0, got {self.latent_scale}")
+            raise ConfigError(f"diffusion.latent_scale: must be > 0, got {self.latent_scale}")
         if self.logit_std <= 0:
-            raise ValueError(f"diffusion.logit_std: must be > 0, got {self.logit_std}")
+            raise ConfigError(f"diffusion.logit_std: must be > 0, got {self.logit_std}")
         if self.time_embed_dim < 2 or self.time_embed_dim % 2:
-            raise ValueError(f"diffusion.time_embed_dim: must be even and >= 2, got {self.time_embed_dim}")
+            raise ConfigError(f"diffusion.time_embed_dim: must be even and >= 2, got {self.time_embed_dim}")
         if self.sampling_steps < 1:
-            raise ValueError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
+            raise ConfigError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
         if self.fsq_levels and (min(self.fsq_levels) < 2 or self.latent_dim not in (0, len(self.fsq_levels))):
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.fsq_levels: {self.fsq_levels} must be >= 2 each, one per latent channel "
                 f"(latent_dim={self.latent_dim})"
             )
@@ -106,9 +108,9 @@ class LatentFlowTransformer(nn.Module):
         cfg.validate()
         diffusion.validate()
         if diffusion.latent_dim < 1:
-            raise ValueError("diffusion.latent_dim: unresolved (0); set it from the tokenizer's FSQ levels")
+            raise ConfigError("diffusion.latent_dim: unresolved (0); set it from the tokenizer's FSQ levels")
         if cfg.n_cond_tokens != 1:
-            raise ValueError(
+            raise ConfigError(
                 "model.n_cond_params/n_param_buckets: the diffusion model conditions on the dataset "
                 "only; set model.n_param_buckets=0"
             )
@@ -211,7 +213,7 @@ class LatentFlowTransformer(nn.Module):
         """Token ids [...] → their FSQ codes [..., D] in code units (FSQ.indices_to_codes' arithmetic)."""
         levels = self.diffusion.fsq_levels
         if not levels:
-            raise ValueError(
+            raise CheckpointError(
                 "this diffusion model does not record its tokenizer's FSQ levels "
                 "(diffusion.fsq_levels); feed it latents, not token ids"
             )

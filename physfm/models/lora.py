@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from data_pipelines.config import ConfigError
+
 # Linears adapted by default: attention projections and the SwiGLU MLP (all of each block's matmuls).
 LORA_TARGETS = ("wqkv", "wo", "w_gate", "w_up", "w_down")
 # Always trained when fine-tuning: new datasets need their conditioning row (only used rows get gradient).
@@ -62,7 +64,7 @@ def add_lora(
                 setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
                 adapted += 1
     if not adapted:
-        raise ValueError(f"finetune.mode=lora: no linear named {targets} inside the model's blocks")
+        raise ConfigError(f"finetune.mode=lora: no linear named {targets} inside the model's blocks")
     _unfreeze(model, ALWAYS_TRAINED)
     return adapted
 
@@ -71,7 +73,7 @@ def freeze_all_but_last(model: nn.Module, k: int) -> None:
     """Train only the last ``k`` blocks, the final norm, the output head and the dataset embedding."""
     n_layer = len(model.blocks)
     if not 0 <= k <= n_layer:
-        raise ValueError(f"finetune.train_last_blocks: must be in 0..{n_layer}, got {k}")
+        raise ConfigError(f"finetune.train_last_blocks: must be in 0..{n_layer}, got {k}")
     for p in model.parameters():
         p.requires_grad_(False)
     _unfreeze(model, (*(f"blocks.{i}." for i in range(n_layer - k, n_layer)), "norm.", "lm_head.", *ALWAYS_TRAINED))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_pipelines.config import ConfigError
-from data_pipelines.errors import DataError
+from data_pipelines.errors import DataError, UnknownNameError
 from physfm.core.checkpoint import atomic_file, atomic_write_text
 
 WEIGHTS = "refiner.safetensors"
@@ -83,7 +83,7 @@ class Refiner(nn.Module):
         super().__init__()
         cfg.validate()
         if n_spatial_dims not in (1, 2, 3):
-            raise ValueError(f"Refiner: n_spatial_dims must be 1, 2 or 3, got {n_spatial_dims}")
+            raise ConfigError(f"Refiner: n_spatial_dims must be 1, 2 or 3, got {n_spatial_dims}")
         self.cfg, self.n_spatial_dims = cfg, n_spatial_dims
         self.datasets = {name: list(channels) for name, channels in datasets.items()}
         n, conv, pad = n_spatial_dims, _conv(n_spatial_dims), cfg.padding
@@ -114,10 +114,12 @@ class Refiner(nn.Module):
 
     def _check(self, pred: torch.Tensor, context: torch.Tensor, dataset: str) -> None:
         if dataset not in self.datasets:
-            raise KeyError(f"dataset {dataset!r} is unknown to this refiner (knows: {', '.join(self.datasets)})")
+            raise UnknownNameError(
+                f"dataset {dataset!r} is unknown to this refiner (knows: {', '.join(self.datasets)})"
+            )
         C, n = len(self.datasets[dataset]), self.n_spatial_dims
         if pred.ndim != n + 2 or pred.shape[1] != C:
-            raise ValueError(
+            raise DataError(
                 f"refiner: prediction for {dataset!r} must be [B, {C}, *space] with {n} spatial axes, "
                 f"got {tuple(pred.shape)}"
             )
@@ -125,7 +127,7 @@ class Refiner(nn.Module):
             raise ValueError(f"refiner: context {tuple(context.shape)} does not match prediction {tuple(pred.shape)}")
         bad = [s for s in pred.shape[2:] if s % 2**self.cfg.levels]
         if bad:
-            raise ValueError(
+            raise DataError(
                 f"refiner: spatial shape {tuple(pred.shape[2:])} is not divisible by 2**levels = {2**self.cfg.levels}"
             )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from physfm.core.errors import CheckpointError
 from physfm.models.ar import PhysicsTransformer
 from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.models.trunk import ModelConfig
@@ -24,5 +25,5 @@ MODEL_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
 def build_model(kind: str, info: dict[str, Any]) -> nn.Module:
     """The untrained network of ``kind`` with the sizes in ``info`` (a run.json as a dict)."""
     if kind not in MODEL_BUILDERS:
-        raise ValueError(f"model kind {kind!r}: expected one of {', '.join(MODEL_BUILDERS)}")
+        raise CheckpointError(f"model kind {kind!r}: expected one of {', '.join(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[kind](info)

@@ -26,12 +26,12 @@ class TokenDataConfig:
 
     def validate(self) -> None:
         if not self.tokens and not self.shards:
-            raise ValueError(
+            raise ConfigError(
                 "data.tokens: give at least one token shard directory (physfm tokenizer encode), "
                 "or data.shards (field shards) for model.kind=diffusion"
             )
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrainerConfig:
     def validate(self) -> None:
         for name in ("max_steps", "accumulate_grad_batches", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

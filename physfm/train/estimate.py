@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from data_pipelines.errors import InputError
 from physfm.models.trunk import ModelConfig
 
 GiB = 2**30
@@ -173,9 +174,9 @@ def estimate(
     ``seq_len`` defaults to the config's window (conditioning + max_frames frames); ``predicted_frames``
     (default: all) is how many frames carry the loss, which sets the size of the logits."""
     if nodes < 1 or gpus_per_node < 1 or micro_batch < 1:
-        raise ValueError("nodes, gpus-per-node and micro-batch must be >= 1")
+        raise InputError("nodes, gpus-per-node and micro-batch must be >= 1")
     if not 0 < mfu <= 1:
-        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+        raise InputError(f"mfu must be in (0, 1], got {mfu}")
     seq_len = seq_len or cfg.max_seq_len
     predicted = seq_len if predicted_frames is None else min(seq_len, predicted_frames * cfg.tokens_per_frame)
     counts, n_gpus = count_params(cfg), nodes * gpus_per_node

@@ -51,7 +51,7 @@ from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 @dataclass
 class FinetuneSection:
-    init: str = ""  # the pretrained model: run directory, checkpoint or export (--from)
+    init: str = ""  # the pretrained model: run directory, checkpoint or export (--ckpt)
     data: str = ""  # raw The Well dataset directory or field shard directory (--data)
     mode: Literal["full", "freeze", "lora"] = "full"
     train_last_blocks: int = 1  # mode=freeze: blocks trained (plus final norm, output head, dataset embedding)
@@ -81,7 +81,7 @@ class FinetuneDataConfig(TokenDataConfig):
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -197,11 +197,11 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune, evaluate, report; returns the run directory."""
     f = cfg.finetune
     if not f.init or not f.data:
-        raise ConfigError("finetune.init (--from) and finetune.data (--data) are both required")
+        raise ConfigError("finetune.init (--ckpt) and finetune.data (--data) are both required")
     out = Path(cfg.out or default_run_dir("finetune"))
     state, info = load_model_state(f.init)
     if info.get("kind", "ar") != "ar":
-        raise ConfigError(f"--from {f.init}: a {info['kind']!r} model; fine-tuning supports AR models")
+        raise ConfigError(f"--ckpt {f.init}: a {info['kind']!r} model; fine-tuning supports AR models")
     _, run_dir = resolve_checkpoint(f.init)
     base_tokenizer = pretrained_tokenizer_path(info, run_dir)
     tok_cfg = load_tokenizer(base_tokenizer).cfg

@@ -29,6 +29,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from data_pipelines.config import ConfigError
+from data_pipelines.errors import DataError
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
 from physfm.train.strategies import StrategyConfig, build_optimizer
@@ -68,9 +70,9 @@ class OptimConfig:
 
     def validate(self) -> None:
         if self.lr <= 0:
-            raise ValueError(f"optim.lr: must be > 0, got {self.lr}")
+            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
         if len(self.betas) != 2:
-            raise ValueError(f"optim.betas: expected two values, got {self.betas}")
+            raise ConfigError(f"optim.betas: expected two values, got {self.betas}")
 
 
 def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
@@ -122,7 +124,7 @@ class ARModule(L.LightningModule):
         names = [names] * batch_size if isinstance(names, str) else names
         unknown = [n for n in names if n not in self.dataset_names]
         if unknown:
-            raise ValueError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
+            raise DataError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
         return torch.tensor([self.dataset_names.index(n) for n in names], device=self.device)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

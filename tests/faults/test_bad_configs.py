@@ -1,4 +1,4 @@
-"""Case 8: a bad config is one line naming the key, exit 1, before any compute (no run directory).
+"""Case 8: a bad config is one line naming the key, exit 2, before any compute (no run directory).
 
 Every case runs through ``physfm.cli.main`` in-process (fast); one runs as a real process too, to prove
 what a user sees: exit status 1, a single stderr line, no traceback."""
@@ -41,7 +41,7 @@ def one_error_line(stderr: str, key: str) -> str:
 def test_bad_override_is_one_line_naming_the_key(name: str, tokens: Path, tmp_path: Path, capsys) -> None:
     overrides, key = CASES[name]
     out = tmp_path / "run"
-    assert main(pretrain_args(tokens, out, *overrides)) == 1
+    assert main(pretrain_args(tokens, out, *overrides)) == 2
     one_error_line(capsys.readouterr().err, key)
     assert not out.exists(), "a run directory was created before the config was checked"
 
@@ -51,14 +51,14 @@ def test_bad_yaml_file_names_the_key_and_the_file(tokens: Path, tmp_path: Path, 
     model = Path("configs/model/tiny.yaml").resolve()
     config.write_text(f"model:\n  include: {model}\ntrainer:\n  max_steps: 10\n  keep_last: many\n")
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(config), f"data.tokens=[{tokens}]", f"out={out}"]) == 1
+    assert main(["pretrain", "--config", str(config), f"data.tokens=[{tokens}]", f"out={out}"]) == 2
     line = one_error_line(capsys.readouterr().err, "trainer.keep_last")
     assert str(config) in line and not out.exists()
 
 
-def test_a_real_process_exits_1_with_one_line_and_no_traceback(tokens: Path, tmp_path: Path) -> None:
+def test_a_real_process_exits_2_with_one_line_and_no_traceback(tokens: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli(pretrain_args(tokens, out, "strategy.name=ddp", "strategy.zero_stage=3"), timeout=60)
-    assert result.returncode == 1, result.describe()
+    assert result.returncode == 2, result.describe()
     one_error_line(result.stderr, "strategy.zero_stage")
     assert "Traceback" not in result.stdout + result.stderr and not out.exists()

@@ -117,6 +117,6 @@ def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Pat
 
 
 def test_training_without_skip_stops_naming_the_shard(damaged: Path, tmp_path: Path, capsys) -> None:
-    assert main(pretrain_args(damaged, tmp_path / "run", "trainer.max_steps=6", "data.val_batches=0")) == 1
+    assert main(pretrain_args(damaged, tmp_path / "run", "trainer.max_steps=6", "data.val_batches=0")) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("physfm pretrain: error:")]
     assert len(lines) == 1 and "train/shard-00000" in lines[0], lines

@@ -1,4 +1,4 @@
-"""Case 9: the disk fills up while sharding or checkpointing → a clear one-line error, exit 1, and the
+"""Case 9: the disk fills up while sharding or checkpointing → a clear one-line error, exit 2, and the
 previous outputs (shard set, checkpoints) intact; no temporary file is left to be taken for whole.
 
 Two ways to run out of space (``small_disk`` in conftest.py): a real 32 MiB tmpfs filled up (ENOSPC;
@@ -30,7 +30,7 @@ def test_sharding_on_a_full_disk(small_disk, toy_dataset: Path, capsys) -> None:
     capsys.readouterr()
     with small_disk.full(free_kb=24):
         code = main(args + ["--overwrite", "--n-input", "2"])
-    assert code == 1
+    assert code == 2
     line = error_line(capsys.readouterr().err, "data")
     assert str(out) in line and "previous" in line
     assert digest(out) == before  # the previous shard set is untouched
@@ -46,7 +46,7 @@ def test_checkpointing_on_a_full_disk(small_disk, tokens: Path, capsys) -> None:
     capsys.readouterr()
     with small_disk.full(free_kb=256):  # a checkpoint is ~1 MB
         code = main(pretrain_args(tokens, out, "trainer.max_steps=8", *common))
-    assert code == 1
+    assert code == 2
     line = error_line(capsys.readouterr().err, "pretrain")
     assert "step=0000008.ckpt" in line
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [previous.name]  # no partial file

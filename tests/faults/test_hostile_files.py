@@ -57,7 +57,7 @@ def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Pa
     evil = hostile_checkpoint(out / "checkpoints" / "step=0000004.ckpt", marker)
     code = main(pretrain_args(tokens, out, "trainer.max_steps=8", "trainer.logger=none"))
     err = capsys.readouterr().err
-    assert code == 1 and not marker.exists()
+    assert code == 2 and not marker.exists()
     lines = [ln for ln in err.splitlines() if ln.startswith("physfm pretrain: error:")]
     assert len(lines) == 1 and str(evil) in lines[0] and "refused" in lines[0], err
 
@@ -82,7 +82,7 @@ def test_export_refuses_a_pickle_checkpoint(layout: str, tmp_path: Path, marker:
         hostile_checkpoint(target / "checkpoint" / "mp_rank_00_model_states.pt", marker)
         (target / "latest").write_text("checkpoint")
         (target / "COMPLETE").write_text("{}")
-    assert main(["export", "--ckpt", str(target), "--out", str(tmp_path / "export")]) == 1
+    assert main(["export", "--ckpt", str(target), "--out", str(tmp_path / "export")]) == 2
     err = capsys.readouterr().err
     assert "refused" in err and "run pickled code" in err, err
     assert not marker.exists() and not (tmp_path / "export").exists()
@@ -151,7 +151,7 @@ def test_yaml_with_python_tags_is_refused(tokens: Path, tmp_path: Path, marker: 
     with pytest.raises(ConfigError, match="evil.yaml"):
         load_config(PretrainConfig, included)
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(evil), f"out={out}"]) == 1
+    assert main(["pretrain", "--config", str(evil), f"out={out}"]) == 2
     assert "not a safe YAML config" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
 
@@ -161,7 +161,42 @@ def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Pat
         f"mean: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n"
     )
     out = tmp_path / "shards"
-    assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]) == 1
+    assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]) == 2
     assert "stats.yaml" in capsys.readouterr().err
     assert not marker.exists() and not out.exists()
     assert not list(tmp_path.glob(".shards*"))  # no staging directory left behind
+
+
+def test_a_bad_member_read_in_a_loader_worker_reaches_the_user_as_one_line(
+    tokens: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
+    """The DataError raised inside a DataLoader worker reaches the main process as itself (not wrapped in
+    torch's worker traceback), so ``physfm data bench`` prints one line naming the shard and member."""
+    from data_pipelines.loader import make_loader
+
+    copy = tmp_path / "tokens"
+    shutil.copytree(tokens, copy)
+    shard = copy / "train" / "shard-000000.tar"
+    name = replace_member(shard, "tokens.npy", object_array_member(marker))
+    loader = make_loader(str(copy), "train", 2, num_workers=1, shuffle=False, keys=("tokens",), normalize=False)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    assert str(shard) in str(caught.value) and name in str(caught.value)
+    assert "Traceback" not in str(caught.value) and "worker" not in str(caught.value), caught.value
+
+    assert not marker.exists()
+
+
+def test_data_bench_on_a_shard_with_a_pickled_member_prints_one_line(
+    toy_dataset: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
+    shards = tmp_path / "shards"
+    assert main(["data", "shard", str(toy_dataset), "--out", str(shards), "--workers", "1"]) == 0
+    for shard in sorted((shards / "train").glob("*.tar")):  # every train shard: the bench reads any of them
+        replace_member(shard, ".npy", object_array_member(marker))
+    capsys.readouterr()
+    assert main(["data", "bench", str(shards), "--workers", "1", "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("physfm data: error:") and str(shards / "train") in err, err
+    assert not marker.exists()

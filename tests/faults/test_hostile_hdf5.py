@@ -94,7 +94,7 @@ def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
         stats_before = (toy_dataset / "stats.yaml").read_bytes()
     edit(toy_dataset / VICTIM)
     args = ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1", "--max-shard-mb", "0.01"]
-    assert main(args + (["--overwrite"] if with_stats else [])) == 1
+    assert main(args + (["--overwrite"] if with_stats else [])) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("physfm data: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -111,6 +111,6 @@ def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
 def test_parallel_shard_failure_leaves_nothing_partial(toy_dataset: Path, tmp_path: Path, capsys) -> None:
     nan_value(toy_dataset / VICTIM)
     out = tmp_path / "shards"
-    assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "2"]) == 1
+    assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "2"]) == 2
     assert "time index 5" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
