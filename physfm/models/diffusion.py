@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from data_pipelines.config import ConfigError
 from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
 
 
@@ -67,17 +68,17 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.latent_dim < 0:
-            raise ValueError(f"diffusion.latent_dim: must be >= 0 (0 = from the tokenizer), got {self.latent_dim}")
+            raise ConfigError(f"diffusion.latent_dim: must be >= 0 (0 = from the tokenizer), got {self.latent_dim}")
         if self.latent_scale <= 0:
-            raise ValueError(f"diffusion.latent_scale: must be > 0, got {self.latent_scale}")
+            raise ConfigError(f"diffusion.latent_scale: must be > 0, got {self.latent_scale}")
         if self.logit_std <= 0:
-            raise ValueError(f"diffusion.logit_std: must be > 0, got {self.logit_std}")
+            raise ConfigError(f"diffusion.logit_std: must be > 0, got {self.logit_std}")
         if self.time_embed_dim < 2 or self.time_embed_dim % 2:
-            raise ValueError(f"diffusion.time_embed_dim: must be even and >= 2, got {self.time_embed_dim}")
+            raise ConfigError(f"diffusion.time_embed_dim: must be even and >= 2, got {self.time_embed_dim}")
         if self.sampling_steps < 1:
-            raise ValueError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
+            raise ConfigError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
         if self.fsq_levels and (min(self.fsq_levels) < 2 or self.latent_dim not in (0, len(self.fsq_levels))):
-            raise ValueError(
+            raise ConfigError(
                 f"diffusion.fsq_levels: {self.fsq_levels} must be >= 2 each, one per latent channel "
                 f"(latent_dim={self.latent_dim})"
             )

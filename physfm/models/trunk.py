@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data_pipelines.config import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -55,7 +57,7 @@ class ModelConfig:
         return self.n_cond_tokens + self.max_frames * self.tokens_per_frame
 
     def validate(self) -> None:
-        """Raise ValueError naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
+        """Raise ConfigError (a ValueError) naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
         for name in (
             "vocab_size",
             "n_layer",
@@ -67,21 +69,21 @@ class ModelConfig:
             "n_datasets",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_head:
-            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
+            raise ConfigError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
         if not 1 <= self.n_spatial_dims <= 3:
-            raise ValueError(f"model.n_spatial_dims: must be 1, 2 or 3, got {self.n_spatial_dims}")
+            raise ConfigError(f"model.n_spatial_dims: must be 1, 2 or 3, got {self.n_spatial_dims}")
         if not 1 <= len(self.grid_shape) <= self.n_spatial_dims or min(self.grid_shape) < 1:
-            raise ValueError(f"model.grid_shape: {self.grid_shape} needs 1..{self.n_spatial_dims} positive sizes")
+            raise ConfigError(f"model.grid_shape: {self.grid_shape} needs 1..{self.n_spatial_dims} positive sizes")
         if self.head_dim % 2 or self.head_dim // 2 < 1 + self.n_spatial_dims:
-            raise ValueError(f"model: head_dim={self.head_dim} must be even with >= one rotary pair per axis")
+            raise ConfigError(f"model: head_dim={self.head_dim} must be even with >= one rotary pair per axis")
         if self.n_cond_params < 0 or self.n_param_buckets < 0:
-            raise ValueError("model.n_cond_params / model.n_param_buckets: must be >= 0")
+            raise ConfigError("model.n_cond_params / model.n_param_buckets: must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
 def rope_pair_axes(cfg: ModelConfig) -> Tensor:

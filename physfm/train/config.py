@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_pipelines.config import ConfigError, load_config
+from data_pipelines.config import ConfigError, check_optimizer, load_config
 from physfm.models.diffusion import DiffusionConfig
 from physfm.models.trunk import ModelConfig
 from physfm.train.strategies import StrategyConfig
@@ -26,12 +26,12 @@ class TokenDataConfig:
 
     def validate(self) -> None:
         if not self.tokens and not self.shards:
-            raise ValueError(
+            raise ConfigError(
                 "data.tokens: give at least one token shard directory (physfm tokenizer encode), "
                 "or data.shards (field shards) for model.kind=diffusion"
             )
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -51,17 +51,22 @@ class TrainerConfig:
     def validate(self) -> None:
         for name in ("max_steps", "accumulate_grad_batches", "checkpoint_every", "keep_last", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"trainer.{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
-class OptimSection:
+class OptimConfig:
+    """The ``optim`` section: AdamW (decay on 2-D weights only), linear warmup, cosine decay."""
+
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 20
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+
+    def validate(self) -> None:
+        check_optimizer(self, "optim")
 
 
 @dataclass
@@ -72,13 +77,13 @@ class PretrainConfig:
     tokenizer: str = ""  # the tokenizer checkpoint the token shards were made with (rollout decodes with it)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when model.kind=diffusion
 
     def validate(self) -> None:
-        self.strategy.validate()
+        # The sections validate themselves (data_pipelines.config.validate_tree); here: what spans sections.
         if self.model.kind == "ar" and not self.data.tokens:
             raise ConfigError("data.tokens: model.kind=ar trains on token shards (physfm tokenizer encode)")
         if self.model.kind == "diffusion":

@@ -81,7 +81,7 @@ class FinetuneDataConfig(TokenDataConfig):
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -93,8 +93,8 @@ class FinetuneConfig(PretrainConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        self.strategy.validate()
-        self.finetune.validate()
+        """Nothing across sections: unlike pretraining, ``data.tokens`` and ``tokenizer`` are made here.
+        (Each section validates itself: data_pipelines.config.validate_tree.)"""
 
 
 def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:

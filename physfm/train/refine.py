@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from data_pipelines.config import ConfigError, load_config, to_dict
+from data_pipelines.config import ConfigError, check_optimizer, load_config, to_dict, validate_tree
 from physfm.core.checkpoint import atomic_write_text
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -53,6 +53,11 @@ class RefineOptimConfig:
     grad_clip: float = 1.0
     log_every: int = 50
 
+    def validate(self) -> None:
+        check_optimizer(self, "train")
+        if self.steps < 1:
+            raise ConfigError(f"train.steps: must be >= 1, got {self.steps}")
+
 
 @dataclass
 class RefineRunConfig:
@@ -72,9 +77,6 @@ class RefineRunConfig:
         for key in ("n_windows", "batch_size"):
             if getattr(self.data, key) < 1:
                 raise ConfigError(f"data.{key}: must be >= 1, got {getattr(self.data, key)}")
-        if self.train.steps < 1:
-            raise ConfigError(f"train.steps: must be >= 1, got {self.train.steps}")
-        self.model.validate()
 
 
 def load_refine_config(path: str | None, overrides: list[str] | None = None) -> RefineRunConfig:
@@ -199,7 +201,7 @@ def default_out(ckpt: str | Path) -> Path:
 
 def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) -> Path:
     """Fit a refiner to ``cfg.ckpt``; returns the refiner directory (weights, config, metrics, report)."""
-    cfg.validate()
+    validate_tree(cfg)  # a config built in code skipped load_config's validation
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt)
     pm = PhysicsModel.from_pretrained(cfg.ckpt, tokenizer=cfg.tokenizer or None, refiner=False)
