@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, load_config, to_dict
 from data_pipelines.errors import DataError
 from data_pipelines.shards import read_manifest
-from physfm.core.checkpoint import atomic_write_text, export_safetensors
+from physfm.core.checkpoint import export_safetensors
 from physfm.inference.loading import _tokenizer_location, load_model_state, resolve_checkpoint
 from physfm.models import lora
 from physfm.models.ar import PhysicsTransformer

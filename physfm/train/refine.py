@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, check_optimizer, load_config, to_dict, validate_tree
-from physfm.core.checkpoint import atomic_write_text
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from physfm.models.refiner import Refiner, RefinerConfig, save_refiner, state_sha256
