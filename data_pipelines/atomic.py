@@ -3,7 +3,8 @@
 * a file is written to a temporary name beside its target, fsynced, ``os.replace``d into place, and the
   directory fsynced (:func:`atomic_path`, :func:`atomic_write_text`, :func:`atomic_write_bytes`);
 * a directory is filled under a staging name beside its target and renamed into place; an existing
-  target is moved aside first and removed only after (:func:`atomic_dir`, :func:`publish_dir`).
+  target is moved aside first and removed only after (:func:`atomic_dir`, :func:`publish_dir`);
+* a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily).
 
 One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file the user
 writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics and shard sets on
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # A write that failed for lack of room: a full disk, a quota, or a file-size limit (RLIMIT_FSIZE).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -153,3 +155,27 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first use
+    so that nothing else here pays for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 80) -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG), in the format of the path's
+    suffix, then close the figure; returns ``path``."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(fig)
+    return path
