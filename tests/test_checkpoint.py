@@ -62,7 +62,7 @@ def test_atomic_dir_and_publish_replace_whole_directories(tmp_path: Path) -> Non
 
 
 def test_outputs_are_group_readable_under_umask_022(tmp_path: Path) -> None:
-    """run.json, metrics.json, checkpoints, exports and tokenizer checkpoints get the mode a plain write
+    """run.json, metrics.json, checkpoints and exports get the mode a plain write
     would give (0644 under umask 022), not mkstemp's 0600: colleagues on a shared filesystem read them."""
     from data_pipelines.atomic import atomic_write_bytes, atomic_write_text
     from physfm.core.run_info import RunInfo

@@ -33,6 +33,7 @@ from data_pipelines.config import ConfigError, load_config, to_dict
 from data_pipelines.errors import DataError
 from data_pipelines.shards import read_manifest
 from physfm.core.checkpoint import export_safetensors
+from physfm.core.run_info import RunInfo
 from physfm.inference.loading import _tokenizer_location, load_model_state, resolve_checkpoint
 from physfm.models import lora
 from physfm.models.ar import PhysicsTransformer
@@ -249,7 +250,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     if not is_rank_zero():
         return out
     summary = json.loads((out / "metrics.json").read_text())
-    before_info = {**json.loads((out / "run.json").read_text())}
+    before_info = RunInfo.read(out).to_dict()
     models = {
         "finetuned": export_plain(out, out / "model", f),
         "pretrained": _export_state(state, before_info, out / "model_before"),
