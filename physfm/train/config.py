@@ -3,6 +3,7 @@ trainer, strategy and diffusion sections, validated before any work starts."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -67,6 +68,15 @@ class OptimConfig:
 
     def validate(self) -> None:
         check_optimizer(self, "optim")
+
+
+def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio`` (every optimiser
+    section here: pretraining, fine-tuning, the refiner)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
-from physfm.train.config import OptimConfig
+from physfm.train.config import OptimConfig, lr_lambda
 from physfm.train.strategies import StrategyConfig, build_optimizer
 
 
@@ -55,14 +55,6 @@ class TrainingStopped(RuntimeError):
             f"a checkpoint is in {out}/checkpoints and the same command resumes from it"
         )
         self.out, self.step, self.signum = out, step, signum
-
-
-def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:

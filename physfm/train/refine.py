@@ -15,7 +15,6 @@ Outputs: ``OUT/refiner.safetensors`` + ``OUT/refiner.json`` (see ``physfm/models
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from data_pipelines.config import ConfigError, check_optimizer, load_config, to_
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from physfm.models.refiner import Refiner, RefinerConfig, save_refiner, state_sha256
+from physfm.train.config import lr_lambda
 from tokenizer.metrics import vrmse
 
 
@@ -121,10 +121,7 @@ def collect_pairs(
 
 
 def _lr(step: int, cfg: RefineOptimConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * lr_lambda(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def fit_refiner(
