@@ -1,43 +1,181 @@
-"""Atomic file writes: write next to the target, then ``os.replace``, so readers never see half a file."""
+"""Atomic writes, the project's one implementation: readers never see half a file or half a directory.
+
+* a file is written to a temporary name beside its target, fsynced, ``os.replace``d into place, and the
+  directory fsynced (:func:`atomic_path`, :func:`atomic_write_text`, :func:`atomic_write_bytes`);
+* a directory is filled under a staging name beside its target and renamed into place; an existing
+  target is moved aside first and removed only after (:func:`atomic_dir`, :func:`publish_dir`);
+* a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily).
+
+One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file the user
+writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics and shard sets on
+shared cluster storage stay readable by colleagues.  A write that runs out of room raises an error that
+:func:`is_disk_full` recognises and whose message names the target and says the previous version is intact.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # A write that failed for lack of room: a full disk, a quota, or a file-size limit (RLIMIT_FSIZE).
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """A write to ``filename`` that ran out of room (``errno``/``strerror`` are the original's); its message
+    names the target and says the previous version is intact.  Built like any OSError, so it pickles."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: not written, {self.strerror} (disk full or over quota); {PREVIOUS_INTACT}"
+
+
+PREVIOUS_INTACT = "the previous version, if any, is intact"
 
 
 def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
 
+def disk_full_error(target: str | Path, err: OSError, error: type[Exception] = DiskFullError) -> Exception:
+    """The one error for a write to ``target`` that ran out of room, as an ``error`` (DiskFullError keeps
+    the errno, so :func:`is_disk_full` still recognises it)."""
+    full = DiskFullError(err.errno, err.strerror, str(target))
+    return full if error is DiskFullError else error(str(full))
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only way to read it; restored at once
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a plain ``mkdir`` would give: ``0o777`` less the umask."""
+    return 0o777 & ~_umask()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's directory; on success it replaces ``path``, on error it
-    is removed.  The temporary name ends in ``.tmp`` so split globs (``*.hdf5``) never pick it up."""
+def atomic_path(path: str | Path, disk_full: type[Exception] = DiskFullError) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (mode ``0o666 & ~umask``) for the caller to write; on success
+    it is fsynced and replaces ``path``, on error it is removed and ``path`` is untouched.  Running out of
+    room raises ``disk_full`` (see :func:`disk_full_error`).  The temporary name is ``.NAME.*.tmp``, so
+    globs such as ``*.hdf5`` or ``*.ckpt`` never pick it up."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600; outputs live on shared cluster storage, so give them the usual umask mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp = Path(name)
     try:
+        os.chmod(tmp, file_mode())
         yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(err):
+            raise disk_full_error(path, err, disk_full) from None  # type: ignore[arg-type]
         raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+# ---------------------------------------------------------------------------------------------- directories
+def remove_path(path: str | Path) -> None:
+    """Remove a file or directory tree; a missing path is fine."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=False)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def make_staging_dir(final: str | Path) -> Path:
+    """An empty hidden directory ``.NAME.*.tmp`` beside ``final`` (same filesystem, so the final rename is
+    atomic), with the mode a plain ``mkdir`` would give."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    staging.chmod(dir_mode())
+    return staging
+
+
+def publish_dir(staging: str | Path, final: str | Path) -> None:
+    """Move a fully written directory into place with a rename (atomic on one filesystem).  An existing
+    ``final`` is moved aside (``NAME.old``) first and removed only after the new one is in place."""
+    staging, final = Path(staging), Path(final)
+    old = final.with_name(final.name + ".old")
+    remove_path(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    fsync_dir(final.parent)
+    remove_path(old)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``final``; on success it is renamed to ``final`` (replacing
+    what was there), on error it is removed and ``final`` is untouched."""
+    staging = make_staging_dir(final)
+    try:
+        yield staging
+        publish_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first use
+    so that nothing else here pays for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 80) -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG), in the format of the path's
+    suffix, then close the figure; returns ``path``."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(fig)
+    return path

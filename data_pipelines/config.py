@@ -70,7 +70,60 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, converting and checking every value against its type."""
+    """Build dataclass ``cls`` from ``data``, converting and checking every value against its type, then
+    validate the whole tree (:func:`validate_tree`), sections the data leaves at their defaults included."""
+    obj = _build(cls, data, prefix)
+    validate_tree(obj)
+    return obj
+
+
+def validate_tree(obj: Any) -> None:
+    """Call ``validate()`` on every dataclass in ``obj``'s tree, children before parents, so a section
+    absent from the YAML (left at its defaults, or set only by an override) is checked like any other.
+    A plain ``ValueError`` from a ``validate()`` is reported as a :class:`ConfigError`."""
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            validate_tree(item)
+        return
+    if isinstance(obj, dict):
+        for item in obj.values():
+            validate_tree(item)
+        return
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        validate_tree(getattr(obj, f.name))
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as err:  # a model config shared with plain-PyTorch code may raise ValueError
+            raise ConfigError(str(err)) from None
+
+
+def check_optimizer(cfg: Any, section: str) -> None:
+    """The optimiser fields every training config shares, checked one way (each only where ``cfg`` has it):
+    ``lr > 0``, ``0 <= min_lr_ratio <= 1``, ``warmup_steps >= 0``, ``weight_decay >= 0``, ``grad_clip >= 0``
+    and two ``betas`` in ``[0, 1)``.  ``section`` is the dotted key the fields sit under (``optim``)."""
+
+    def has(name: str) -> bool:
+        return hasattr(cfg, name)
+
+    if has("lr") and not cfg.lr > 0:
+        raise ConfigError(f"{section}.lr: must be > 0, got {cfg.lr}")
+    if has("min_lr_ratio") and not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError(f"{section}.min_lr_ratio: must be in [0, 1], got {cfg.min_lr_ratio}")
+    for name in ("warmup_steps", "weight_decay", "grad_clip"):
+        if has(name) and not getattr(cfg, name) >= 0:
+            raise ConfigError(f"{section}.{name}: must be >= 0, got {getattr(cfg, name)}")
+    if has("betas") and (len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas)):
+        raise ConfigError(f"{section}.betas: expected two values in [0, 1), got {list(cfg.betas)}")
+
+
+def _build(cls: type[T], data: dict[str, Any] | None, prefix: str) -> T:
+    """``from_dict`` without the validation pass (run once, over the finished tree)."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -85,18 +138,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _convert(hints[name], value, key)
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{prefix or 'config'}: {err}") from None
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as err:  # dataclasses validate with ValueError; report it as a config problem
-            raise ConfigError(str(err)) from None
-    return obj
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -123,7 +167,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        return from_dict(tp, value, key)
+        return _build(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.atomic import is_disk_full
+from data_pipelines.atomic import is_disk_full, make_staging_dir, publish_dir
 from data_pipelines.errors import DataError
 from data_pipelines.shards import MANIFEST, SPLITS, ShardWriter, write_manifest
 
@@ -195,25 +194,6 @@ def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any
     return manifest
 
 
-def make_staging_dir(out: Path) -> Path:
-    """A hidden sibling of ``out`` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes 0700; shard sets are read by other users and nodes
-    return staging
-
-
-def swap_into_place(staging: Path, out: Path) -> None:
-    """Replace ``out`` by the finished ``staging`` directory; the old output is removed only after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def shard_datasets(
     dataset_dirs: list[str | Path],
     out: str | Path,
@@ -255,10 +235,10 @@ def shard_datasets(
             part_dir = out / "parts" / f"part-{part:04d}"
             (staging / "part.json").write_text(json.dumps({**header, "records": records}))
             part_dir.parent.mkdir(parents=True, exist_ok=True)
-            swap_into_place(staging, part_dir)
+            publish_dir(staging, part_dir)
             return {**header, "records": records}
         manifest = finalize(staging, records, header)
-        swap_into_place(staging, out)
+        publish_dir(staging, out)
         return manifest
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)

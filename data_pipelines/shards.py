@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_path
+from data_pipelines.atomic import atomic_write_text, file_mode, fsync_dir
 from data_pipelines.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -85,7 +85,7 @@ class ShardWriter:
     def _open(self) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=self.out_dir)
         os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are read by other users and nodes
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; shards are read by other users and nodes
         self._tmp_path = Path(tmp)
         self._tar = tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (open across add() calls)
         self._bytes = 0
@@ -120,6 +120,7 @@ class ShardWriter:
             os.fsync(fh.fileno())
         name = f"{self.prefix}{len(self.records):06d}.tar"
         os.replace(self._tmp_path, self.out_dir / name)
+        fsync_dir(self.out_dir)
         self.records.append({"path": name, "n_samples": sum(self._count.values()), "datasets": self._count})
         self._tar, self._tmp_path = None, None
 
@@ -143,11 +144,6 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def write_manifest(shards_dir: str | Path, manifest: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from data_pipelines.well_format import Field, WellData
 from data_pipelines.well_io import write_well
+from physfm.core.run_info import RunInfo
 
 
 def write_wave_dataset(
@@ -93,14 +94,14 @@ def build_tiny_model(
         n_datasets=4,
     )
     model = PhysicsTransformer(cfg)
-    info = {
-        "kind": "ar",
-        "model": dataclasses.asdict(cfg),
-        "dataset_names": sorted(datasets),
-        "n_context_frames": n_input,
-        "n_frames": n_input + n_output,
-        "tokenizer": str(tok_dir),
-        "tokenizer_fingerprint": fingerprint(tok_dir),
-    }
-    export = export_safetensors(model.state_dict(), info, root / "export")
+    info = RunInfo(
+        kind="ar",
+        model=dataclasses.asdict(cfg),
+        dataset_names=sorted(datasets),
+        n_context_frames=n_input,
+        n_frames=n_input + n_output,
+        tokenizer=str(tok_dir),
+        tokenizer_fingerprint=fingerprint(tok_dir),
+    )
+    export = export_safetensors(model.state_dict(), info.to_dict(), root / "export")
     return {"shards": shards, "tokenizer": tok_dir, "export": export, "data": dirs[0]}

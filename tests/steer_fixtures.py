@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from physfm.core.run_info import RunInfo
+
 GRID = (4, 4)
 VOCAB = 16
 N_FRAMES, N_CONTEXT = 3, 2
@@ -90,16 +92,16 @@ def export_tiny_model(out: Path, seed: int = 0) -> Path:
     from physfm.core.checkpoint import export_safetensors
 
     model = tiny_model(seed)
-    info = {
-        "kind": "ar",
-        "model": dataclasses.asdict(model.config),
-        "dataset_names": ["toy"],
-        "n_context_frames": N_CONTEXT,
-        "n_frames": N_FRAMES,
-        "tokenizer": "",
-        "tokenizer_fingerprint": FINGERPRINT,
-    }
-    return export_safetensors(model.state_dict(), info, out)
+    info = RunInfo(
+        kind="ar",
+        model=dataclasses.asdict(model.config),
+        dataset_names=["toy"],
+        n_context_frames=N_CONTEXT,
+        n_frames=N_FRAMES,
+        tokenizer="",
+        tokenizer_fingerprint=FINGERPRINT,
+    )
+    return export_safetensors(model.state_dict(), info.to_dict(), out)
 
 
 def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1e-3, 1e-2), seed: int = 0) -> dict:
@@ -156,14 +158,14 @@ def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1
         n_spatial_dims=2,
         n_datasets=2,
     )
-    info = {
-        "kind": "ar",
-        "model": dataclasses.asdict(cfg),
-        "dataset_names": [name],
-        "n_context_frames": 2,
-        "n_frames": 3,
-        "tokenizer": str(tok_dir),
-        "tokenizer_fingerprint": fingerprint(tok_dir),
-    }
-    export = export_safetensors(PhysicsTransformer(cfg).state_dict(), info, root / "export")
+    info = RunInfo(
+        kind="ar",
+        model=dataclasses.asdict(cfg),
+        dataset_names=[name],
+        n_context_frames=2,
+        n_frames=3,
+        tokenizer=str(tok_dir),
+        tokenizer_fingerprint=fingerprint(tok_dir),
+    )
+    export = export_safetensors(PhysicsTransformer(cfg).state_dict(), info.to_dict(), root / "export")
     return {"shards": shards, "export": export, "tokenizer": tok_dir}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipelines.atomic import publish_dir
 from physfm.core.checkpoint import (
     COMPLETE_MARKER,
     CheckpointError,
@@ -25,7 +26,6 @@ from physfm.core.checkpoint import (
     is_complete,
     load_safetensors,
     prune_checkpoints,
-    publish_dir,
     safe_torch_load,
     write_complete_marker,
 )
@@ -59,6 +59,45 @@ def test_atomic_dir_and_publish_replace_whole_directories(tmp_path: Path) -> Non
     publish_dir(staging, final)
     assert (final / "shard0.pt").read_text() == "v2" and not staging.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step=5.ckpt"]
+
+
+def test_outputs_are_group_readable_under_umask_022(tmp_path: Path) -> None:
+    """run.json, metrics.json, checkpoints and exports get the mode a plain write
+    would give (0644 under umask 022), not mkstemp's 0600: colleagues on a shared filesystem read them."""
+    from data_pipelines.atomic import atomic_write_bytes, atomic_write_text
+    from physfm.core.run_info import RunInfo
+
+    old = os.umask(0o022)
+    try:
+        RunInfo("ar", {}, ["a"], n_context_frames=1, n_frames=2, tokenizer="t", tokenizer_fingerprint="f").write(
+            tmp_path / "run"
+        )
+        atomic_write_text(tmp_path / "run" / "metrics.json", "{}")
+        atomic_write_bytes(tmp_path / "run" / "blob.bin", b"x")
+        atomic_torch_save({"w": torch.ones(1)}, tmp_path / "run" / "step=1.ckpt")
+        export_safetensors({"w": torch.ones(2)}, {"n": 1}, tmp_path / "export")
+        files = [*(tmp_path / "run").iterdir(), *(tmp_path / "export").iterdir()]
+        assert {p.name for p in files} >= {"run.json", "metrics.json", "step=1.ckpt", "model.safetensors"}
+        for path in files:
+            assert path.stat().st_mode & 0o777 == 0o644, path
+        assert (tmp_path / "export").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
+
+
+def test_disk_full_names_the_target_and_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from data_pipelines.atomic import DiskFullError, atomic_path, is_disk_full
+
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(DiskFullError, match="metrics.json: not written, No space left") as info, atomic_path(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert is_disk_full(info.value) and target.read_text() == "old"
+    with pytest.raises(CheckpointError, match="step=3.ckpt: not written"), atomic_file(tmp_path / "step=3.ckpt"):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
 def test_half_written_checkpoints_are_never_taken_for_whole(tmp_path: Path) -> None:

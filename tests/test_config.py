@@ -64,3 +64,111 @@ def test_python_tags_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a safe YAML config"):
         load_config(Outer, path)
     assert not marker.exists()
+
+
+@dataclass
+class WithBadDefault:
+    seed: int = 0
+    inner: Inner = field(default_factory=lambda: Inner(width=0))  # a default that validate() refuses
+
+
+def test_absent_section_is_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\n")  # no inner: section at all
+    with pytest.raises(ConfigError, match="inner.width: must be >= 1"):
+        load_config(WithBadDefault, path)
+    with pytest.raises(ConfigError, match="inner.width: must be >= 1"):
+        load_config(Outer, path, ["inner.width=0"])  # a section set only by an override
+    assert load_config(Outer, path).inner == Inner()  # defaults validate fine
+
+
+def test_children_validate_before_parents():
+    order = []
+
+    @dataclass
+    class Child:
+        def validate(self) -> None:
+            order.append("child")
+
+    @dataclass
+    class Parent:
+        child: Child = field(default_factory=Child)
+
+        def validate(self) -> None:
+            order.append("parent")
+
+    from data_pipelines.config import validate_tree
+
+    validate_tree(Parent())
+    assert order == ["child", "parent"]
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.betas=[0.9]", "optim.betas"),
+        ("optim.betas=[0.9,1.0]", "optim.betas"),
+        ("optim.warmup_steps=-5", "optim.warmup_steps"),
+        ("optim.min_lr_ratio=1.5", "optim.min_lr_ratio"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay"),
+        ("optim.grad_clip=-1", "optim.grad_clip"),
+    ],
+)
+def test_pretrain_optim_is_validated(tmp_path, override, key):
+    from physfm.train.config import load_pretrain_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  tokens: [toks]\n")  # no optim: section
+    with pytest.raises(ConfigError, match=key):
+        load_pretrain_config(str(path), [override])
+
+
+def test_pretrain_absent_sections_take_defaults(tmp_path):
+    from physfm.train.config import OptimConfig, TrainerConfig, load_pretrain_config
+    from physfm.train.strategies import StrategyConfig
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  tokens: [toks]\n")
+    cfg = load_pretrain_config(str(path))
+    assert (cfg.optim, cfg.trainer, cfg.strategy) == (OptimConfig(), TrainerConfig(), StrategyConfig())
+
+
+def test_pretrain_absent_strategy_section_given_bad_override(tmp_path):
+    from physfm.train.config import load_pretrain_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  tokens: [toks]\n")
+    with pytest.raises(ConfigError, match="strategy.zero_stage: needs strategy.name=deepspeed"):
+        load_pretrain_config(str(path), ["strategy.zero_stage=2"])
+
+
+@pytest.mark.parametrize(
+    "load,override,key",
+    [
+        ("tokenizer", "trainer.lr=-1", "trainer.lr"),
+        ("tokenizer", "trainer.warmup_steps=-5", "trainer.warmup_steps"),
+        ("refine", "train.lr=-1", "train.lr"),
+        ("refine", "train.min_lr_ratio=2", "train.min_lr_ratio"),
+        ("finetune", "optim.betas=[0.9]", "optim.betas"),
+    ],
+)
+def test_other_optimiser_sections_validate_the_same_way(load, override, key):
+    if load == "tokenizer":
+        from tokenizer.training import TokenizerTrainConfig
+
+        def loader(overrides):
+            return load_config(TokenizerTrainConfig, None, overrides)
+    elif load == "refine":
+        from physfm.train.refine import load_refine_config
+
+        def loader(overrides):
+            return load_refine_config(None, ["ckpt=x", "data.shards=y", *overrides])
+    else:
+        from physfm.train.finetune import load_finetune_config
+
+        def loader(overrides):
+            return load_finetune_config(None, overrides)
+
+    with pytest.raises(ConfigError, match=key):
+        loader([override])

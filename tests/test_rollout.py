@@ -8,6 +8,7 @@ import torch
 
 from data_pipelines.errors import DataError
 from data_pipelines.well_io import WellReader
+from physfm.core.run_info import RunInfo
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from tests.rollout_fixtures import build_tiny_model
@@ -133,7 +134,7 @@ def test_temporal_compression_two_rolls_out_in_token_groups(tiny):
     tok = Tokenizer(tok_cfg, pm.tokenizer.datasets).eval()
     ar = PhysicsTransformer(dataclasses.replace(pm.model.config, max_frames=4))
     # 5 context frames → 1 + 4/2 = 3 token frames; each generated token frame decodes to 2 frames.
-    info = {**pm.info, "n_context_frames": 3, "n_frames": 4}
+    info = dataclasses.replace(RunInfo.from_dict(pm.info), n_context_frames=3, n_frames=4).to_dict()
     model = PhysicsModel(ar, tok, info)
     assert model.n_input_frames == 5
     ctx = torch.randn(2, 5, 3, 16, 16)

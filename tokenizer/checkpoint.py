@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data_pipelines.atomic import atomic_dir
 from data_pipelines.errors import DataError
 from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
@@ -70,20 +68,9 @@ def save_tokenizer(model: Tokenizer, out_dir: str | Path, extra: dict[str, Any] 
         "fingerprint": _fingerprint(weights, identity),
         **({"train": extra} if extra else {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        (tmp / WEIGHTS).write_bytes(weights)
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out_dir) as staging:
+        (staging / WEIGHTS).write_bytes(weights)
+        (staging / CONFIG).write_text(json.dumps(meta, indent=1, sort_keys=True))
     return out_dir
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from data_pipelines.atomic import atomic_write_text, pyplot, save_figure
 from data_pipelines.errors import DataError
 from tokenizer.metrics import CodeStats, psnr, vrmse
 from tokenizer.model import Tokenizer
@@ -191,8 +192,8 @@ def evaluate_tokenizer(
         },
         "datasets": datasets,
     }
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1))
-    _write_atomic(out_dir / "report.md", render_report(metrics))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    atomic_write_text(out_dir / "report.md", render_report(metrics))
     return metrics
 
 
@@ -236,11 +237,7 @@ def plot_reconstruction(
     true: torch.Tensor, recon: torch.Tensor, channel_names: list[str], path: Path, title: str = ""
 ) -> None:
     """One window's last frame, per field: original | reconstruction | error. 1D as curves, 3D as mid-slices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     frame_t, frame_r = true[-1].cpu().numpy(), recon[-1].cpu().numpy()  # [C, *space]
     n = frame_t.ndim - 1
     fig, axes = plt.subplots(len(channel_names), 3, figsize=(9, 2.8 * len(channel_names)), squeeze=False)
@@ -262,14 +259,4 @@ def plot_reconstruction(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    from data_pipelines.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    save_figure(fig, path, dpi=80)

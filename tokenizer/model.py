@@ -62,8 +62,6 @@ class TokenizerConfig:
     norm: Literal["group", "none"] = "group"  # per-frame GroupNorm (configs/tokenizer/tiny.yaml turns it off)
 
     def validate(self) -> None:
-        from data_pipelines.config import ConfigError
-
         if self.n_spatial_dims not in (0, 1, 2, 3):
             raise ConfigError(f"model.n_spatial_dims: must be 1, 2, 3 (or 0 = from data), got {self.n_spatial_dims}")
         if not self.levels or any(n < 2 for n in self.levels):

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from data_pipelines.config import ConfigError
+from data_pipelines.config import ConfigError, check_optimizer
 from tokenizer.model import Tokenizer, TokenizerConfig
 
 
@@ -72,6 +72,11 @@ class TrainerConfig:
     num_threads: int = 0  # torch intra-op threads; 0 = torch's default
     verbose: bool = True  # a progress line every log_every steps
 
+    def validate(self) -> None:
+        check_optimizer(self, "trainer")
+        if self.max_steps < 1:
+            raise ConfigError(f"trainer.max_steps: must be >= 1, got {self.max_steps}")
+
 
 @dataclass
 class InitConfig:
@@ -93,12 +98,8 @@ class TokenizerTrainConfig:
     def validate(self) -> None:
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size: must be >= 1, got {self.data.batch_size}")
-        if self.trainer.max_steps < 1:
-            raise ConfigError(f"trainer.max_steps: must be >= 1, got {self.trainer.max_steps}")
         if self.data.train_frames < 0:
             raise ConfigError(f"data.train_frames: must be >= 0, got {self.data.train_frames}")
-        if self.trainer.lr <= 0:
-            raise ConfigError(f"trainer.lr: must be > 0, got {self.trainer.lr}")
 
 
 # ---------------------------------------------------------------------------------------------- loss

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, completeness, keep-last-k, ZeRO consolidation, safetensors export.
+"""Checkpoints: atomic writes (data_pipelines.atomic's), completeness, keep-last-k, ZeRO consolidation, safetensors export.
 
 What "complete" means (so a half-written checkpoint is never taken for whole):
 - a directory checkpoint (DeepSpeed: one shard per rank) is complete when its ``COMPLETE`` marker,
@@ -16,15 +16,14 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from data_pipelines.atomic import is_disk_full
+from data_pipelines import atomic
+from data_pipelines.atomic import atomic_path, atomic_write_text, file_mode, remove_path
 from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
 
@@ -38,43 +37,11 @@ _STEP_RE = re.compile(r"step=(\d+)")
 
 
 # ----------------------------------------------------------------------------- atomic writes
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsynced and replaces ``path``,
-    on error it is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(err):
-            raise CheckpointError(
-                f"{path}: not written, {err.strerror} (disk full or over quota); the "
-                "previous version, if any, is intact"
-            ) from None
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
+# The writes themselves are data_pipelines.atomic's; here only what a checkpoint adds to them.
+def atomic_file(path: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """:func:`~data_pipelines.atomic.atomic_path` for a checkpoint file: running out of room raises
+    :class:`CheckpointError` (which the training CLI reports as one line)."""
+    return atomic_path(path, disk_full=CheckpointError)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -90,42 +57,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             raise
 
 
-def remove_path(path: str | Path) -> None:
-    """Remove a file or directory tree; a missing path is fine."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=False)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def publish_dir(staging: str | Path, final: str | Path) -> None:
-    """Move a fully written directory into place with a rename (atomic on one filesystem).  An existing
-    ``final`` is moved aside first and removed only after the new one is in place."""
-    staging, final = Path(staging), Path(final)
-    old = final.with_name(final.name + ".old")
-    remove_path(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
-    _fsync_dir(final.parent)
-    remove_path(old)
-
-
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``final``; on success it is marked complete and renamed
-    to ``final``; on error it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    """:func:`~data_pipelines.atomic.atomic_dir` for a directory checkpoint: the ``COMPLETE`` marker is
+    written last, before the rename."""
+    with atomic.atomic_dir(final) as staging:
         yield staging
         write_complete_marker(staging)
-        publish_dir(staging, final)
-    except BaseException:
-        remove_path(staging)
-        raise
 
 
 def write_complete_marker(directory: str | Path, **info: Any) -> None:
@@ -336,6 +274,7 @@ def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[st
         tensors[name] = tensor
     with atomic_dir(out_dir) as staging:
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        os.chmod(staging / WEIGHTS_NAME, file_mode())  # safetensors creates it 0600; exports are shared
         (staging / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n")
     return out_dir
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
-from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.eval.plots import rollout_strip, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -449,6 +449,6 @@ def save_predictions(path: str | Path, tensors: dict[str, torch.Tensor], meta: l
 
     path = Path(path)
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"windows": json.dumps(meta)})
-    with atomic_file(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipelines.atomic import pyplot, save_figure
+
 METHOD_STYLE = {  # method → (label, colour, line style)
     "ar": ("AR model", "C0", "-"),
     "ar_refined": ("AR + refiner", "C1", "-"),
@@ -20,25 +22,6 @@ METHOD_STYLE = {  # method → (label, colour, line style)
     "tokenizer_ceiling": ("tokenizer ceiling", "C2", "-."),
     "fno": ("FNO", "C3", "-"),
 }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, dpi: int = 70) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    _pyplot().close(fig)
-    tmp.replace(path)
-    return path
 
 
 def _slice(frame: np.ndarray) -> np.ndarray:
@@ -55,7 +38,7 @@ def rollout_strip(
     max_columns: int = 8,
 ) -> Path:
     """truth [H, C, *space] and predictions {method: [H, C, *space]} of one window → PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     truth_np = truth.detach().cpu().float().numpy()
     preds = {k: v.detach().cpu().float().numpy() for k, v in predictions.items()}
     H = truth_np.shape[0]
@@ -98,12 +81,12 @@ def rollout_strip(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=70)
 
 
 def vrmse_vs_horizon(curves: dict[str, dict[str, list[float]]], path: Path, title: str = "") -> Path:
     """curves {dataset: {method: [VRMSE at step 1..H]}} → one panel per dataset."""
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(curves)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.3), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -122,4 +105,4 @@ def vrmse_vs_horizon(curves: dict[str, dict[str, list[float]]], path: Path, titl
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path, dpi=90)
+    return save_figure(fig, path, dpi=90)

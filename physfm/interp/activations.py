@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
 from data_pipelines.shards import iter_samples, read_manifest
-from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.eval.windows import evenly_spaced
 from physfm.inference import PhysicsModel
 from physfm.interp.hooks import capture, hook_points
@@ -241,7 +241,7 @@ class ActivationWriter:
             self._buffer[p] = [rest] if len(rest) else []
         meta, self._meta = self._meta[:n], self._meta[n:]
         path = self.out_dir / f"chunk-{len(self.chunks):06d}.safetensors"
-        with atomic_file(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(save(tensors, metadata={"meta": json.dumps(meta)}))
         self.chunks.append({"path": path.name, "n_samples": n})
 

@@ -5,25 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path, dpi: int = 80) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
-    _pyplot().close(fig)
-    tmp.replace(path)  # atomic: a reader never sees half a PNG
-    return path
+from data_pipelines.atomic import pyplot, save_figure
 
 
 def plot_probe_layers(
@@ -35,7 +17,7 @@ def plot_probe_layers(
     title: str = "",
 ) -> Path:
     """R² (left) and regime accuracy (right) per layer; baselines as horizontal lines."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     x = range(len(layers))
     labels = [name.replace("blocks.", "b").replace(".resid", "") for name in layers]
@@ -53,7 +35,8 @@ def plot_probe_layers(
     axes[1].set_title("regime classifier", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def plot_dose_response(
@@ -62,7 +45,7 @@ def plot_dose_response(
     """One panel per measured quantity: mean ± std over windows vs α, with Spearman ρ in the panel title.
 
     ``curves``: name → {"mean": [per α], "std": [per α], "spearman": ρ, "reference": optional value}."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.3), squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):
         ax.errorbar(alphas, c["mean"], yerr=c.get("std"), fmt="o-", capsize=3)
@@ -75,7 +58,8 @@ def plot_dose_response(
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def plot_steered_frames(
@@ -84,7 +68,7 @@ def plot_steered_frames(
     """The first channel of one window's last generated frame for each α ({α: [C, *space]}), shared colour scale."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     alphas = list(examples)
     frames = [np.asarray(examples[a])[0] for a in alphas]
     lo, hi = min(float(f.min()) for f in frames), max(float(f.max()) for f in frames)
@@ -99,4 +83,5 @@ def plot_steered_frames(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{title} ({channel_names[0]})" if title else channel_names[0], fontsize=9)
-    return _save(fig, path)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
-from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.inference.loading import load_model
 from physfm.interp.activations import HISTOGRAM, ActivationStore, capture_to_disk
 from physfm.interp.plots import plot_probe_layers
@@ -103,7 +103,7 @@ class Probe:
             "alphas": json.dumps(alphas),
         }
         path = Path(out_dir) / PROBE_FILE
-        with atomic_file(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(save(tensors, metadata=meta))
         return path
 

@@ -30,8 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
-from physfm.core.checkpoint import atomic_file, atomic_write_text
 from physfm.inference.loading import load_model
 from physfm.interp.activations import capture_to_disk, model_fingerprint
 from physfm.interp.hooks import add_to
@@ -155,7 +155,7 @@ def save_direction(path: str | Path, tensors: dict[str, Tensor], meta: dict[str,
     from safetensors.torch import save
 
     path = Path(path)
-    with atomic_file(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata={"meta": json.dumps(meta)}))
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=1))
     return path

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.errors import DataError
 from data_pipelines.shards import read_manifest
-from physfm.core.checkpoint import atomic_write_text
 from physfm.eval.physics_stats import physics_statistics
 from physfm.inference import PhysicsModel
 from physfm.interp.activations import iter_windows, model_fingerprint, pooled_activations

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError, UnknownNameError
-from physfm.core.checkpoint import atomic_file, atomic_write_text
+from physfm.core.checkpoint import atomic_file
 
 WEIGHTS = "refiner.safetensors"
 CONFIG = "refiner.json"

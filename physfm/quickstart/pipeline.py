@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.bench import bench_loaders
 from data_pipelines.sharding import WindowSpec, shard_datasets
-from data_pipelines.shards import atomic_write_text
 from data_pipelines.simulators import simulate_dataset
 from data_pipelines.validate import validate_paths
 from physfm.quickstart.evaluate import stage_evaluate, stage_refine

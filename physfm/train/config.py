@@ -3,11 +3,12 @@ trainer, strategy and diffusion sections, validated before any work starts."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_pipelines.config import ConfigError, load_config
+from data_pipelines.config import ConfigError, check_optimizer, load_config
 from physfm.models.diffusion import DiffusionConfig
 from physfm.models.trunk import ModelConfig
 from physfm.train.strategies import StrategyConfig
@@ -55,13 +56,27 @@ class TrainerConfig:
 
 
 @dataclass
-class OptimSection:
+class OptimConfig:
+    """The ``optim`` section: AdamW (decay on 2-D weights only), linear warmup, cosine decay."""
+
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
     warmup_steps: int = 20
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+
+    def validate(self) -> None:
+        check_optimizer(self, "optim")
+
+
+def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio`` (every optimiser
+    section here: pretraining, fine-tuning, the refiner)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -72,13 +87,13 @@ class PretrainConfig:
     tokenizer: str = ""  # the tokenizer checkpoint the token shards were made with (rollout decodes with it)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: TokenDataConfig = field(default_factory=TokenDataConfig)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when model.kind=diffusion
 
     def validate(self) -> None:
-        self.strategy.validate()
+        # The sections validate themselves (data_pipelines.config.validate_tree); here: what spans sections.
         if self.model.kind == "ar" and not self.data.tokens:
             raise ConfigError("data.tokens: model.kind=ar trains on token shards (physfm tokenizer encode)")
         if self.model.kind == "diffusion":

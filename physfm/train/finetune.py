@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, load_config, to_dict
 from data_pipelines.errors import DataError
 from data_pipelines.shards import read_manifest
-from physfm.core.checkpoint import atomic_write_text, export_safetensors
+from physfm.core.checkpoint import export_safetensors
+from physfm.core.run_info import RunInfo
 from physfm.inference.loading import _tokenizer_location, load_model_state, resolve_checkpoint
 from physfm.models import lora
 from physfm.models.ar import PhysicsTransformer
@@ -93,8 +95,8 @@ class FinetuneConfig(PretrainConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        self.strategy.validate()
-        self.finetune.validate()
+        """Nothing across sections: unlike pretraining, ``data.tokens`` and ``tokenizer`` are made here.
+        (Each section validates itself: data_pipelines.config.validate_tree.)"""
 
 
 def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:
@@ -248,7 +250,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     if not is_rank_zero():
         return out
     summary = json.loads((out / "metrics.json").read_text())
-    before_info = {**json.loads((out / "run.json").read_text())}
+    before_info = RunInfo.read(out).to_dict()
     models = {
         "finetuned": export_plain(out, out / "model", f),
         "pretrained": _export_state(state, before_info, out / "model_before"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from physfm.core.checkpoint import atomic_write_text
+from data_pipelines.atomic import atomic_write_text
 from physfm.eval.plots import METHOD_STYLE, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel

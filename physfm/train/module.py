@@ -22,17 +22,16 @@ import math
 import random
 import signal
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 
-from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
+from physfm.train.config import OptimConfig, lr_lambda
 from physfm.train.strategies import StrategyConfig, build_optimizer
 
 
@@ -57,30 +56,6 @@ class TrainingStopped(RuntimeError):
             f"a checkpoint is in {out}/checkpoints and the same command resumes from it"
         )
         self.out, self.step, self.signum = out, step, signum
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float = 1.0  # global-norm clipping; 0 disables
-
-    def validate(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas: expected two values, got {self.betas}")
-
-
-def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, to_dict
-from physfm.core.checkpoint import atomic_write_text, checkpoint_step, find_latest_checkpoint
+from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
 from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
 from physfm.train.module import TrainingStopped

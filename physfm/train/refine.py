@@ -15,7 +15,6 @@ Outputs: ``OUT/refiner.safetensors`` + ``OUT/refiner.json`` (see ``physfm/models
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -25,12 +24,13 @@ from typing import Any
 
 import torch
 
-from data_pipelines.config import ConfigError, load_config, to_dict
+from data_pipelines.atomic import atomic_write_text
+from data_pipelines.config import ConfigError, check_optimizer, load_config, to_dict, validate_tree
 from data_pipelines.shards import read_manifest
-from physfm.core.checkpoint import atomic_write_text
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from physfm.models.refiner import Refiner, RefinerConfig, save_refiner, state_sha256
+from physfm.train.config import lr_lambda
 from tokenizer.metrics import vrmse
 
 
@@ -54,6 +54,11 @@ class RefineOptimConfig:
     grad_clip: float = 1.0
     log_every: int = 50
 
+    def validate(self) -> None:
+        check_optimizer(self, "train")
+        if self.steps < 1:
+            raise ConfigError(f"train.steps: must be >= 1, got {self.steps}")
+
 
 @dataclass
 class RefineRunConfig:
@@ -73,9 +78,6 @@ class RefineRunConfig:
         for key in ("n_windows", "batch_size"):
             if getattr(self.data, key) < 1:
                 raise ConfigError(f"data.{key}: must be >= 1, got {getattr(self.data, key)}")
-        if self.train.steps < 1:
-            raise ConfigError(f"train.steps: must be >= 1, got {self.train.steps}")
-        self.model.validate()
 
 
 def load_refine_config(path: str | None, overrides: list[str] | None = None) -> RefineRunConfig:
@@ -120,10 +122,7 @@ def collect_pairs(
 
 
 def _lr(step: int, cfg: RefineOptimConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * lr_lambda(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def fit_refiner(
@@ -200,7 +199,7 @@ def default_out(ckpt: str | Path) -> Path:
 
 def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) -> Path:
     """Fit a refiner to ``cfg.ckpt``; returns the refiner directory (weights, config, metrics, report)."""
-    cfg.validate()
+    validate_tree(cfg)  # a config built in code skipped load_config's validation
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt)
     pm = PhysicsModel.from_pretrained(cfg.ckpt, tokenizer=cfg.tokenizer or None, refiner=False)

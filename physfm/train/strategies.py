@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from data_pipelines.atomic import publish_dir, remove_path
 from data_pipelines.config import ConfigError
 from physfm.core import checkpoint as ckpt_io
 from physfm.core.checkpoint import atomic_checkpoint_io
@@ -352,13 +353,13 @@ def _make_cpu_deepspeed_strategy_class() -> type:
             final = str(self.broadcast(str(filepath)))
             staging = final + ".tmp"
             if self.is_global_zero:
-                ckpt_io.remove_path(staging)  # a stale one from a crashed save
+                remove_path(staging)  # a stale one from a crashed save
             self.barrier("deepspeed_save_start")
             super().save_checkpoint(checkpoint, staging, storage_options)
             self.barrier("deepspeed_save_written")  # every rank's shards are on disk
             if self.is_global_zero:
                 ckpt_io.write_complete_marker(staging, step=checkpoint.get("global_step"), world_size=self.world_size)
-                ckpt_io.publish_dir(staging, final)
+                publish_dir(staging, final)
             self.barrier("deepspeed_save_published")
 
         def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
