@@ -11,10 +11,10 @@ frames that are noised. The sequence the transformer reads is::
 
 Every token is a continuous vector: ``tok_embedding`` is a linear map D → d_model (the AR model's lookup
 table, by name, so the hook points of ``physfm/interp/hooks.py`` are the same); the target tokens also get the
-embedding of the flow time t; ``head`` maps d_model → D (the velocity). Blocks, rotary embeddings over
-(time, x, y, z) and the conditioning token are the AR model's. Attention is *frame-causal*: a token sees
-the conditioning token and every token of its own and earlier frames. Context tokens never see the noisy
-frames, so during sampling the context runs once (prefill into the AR model's KV cache) and each ODE
+embedding of the flow time t; ``head`` maps d_model → D (the velocity). Blocks and rotary embeddings over
+(time, x, y, z) are the shared trunk's (``physfm/models/trunk.py``), the conditioning token is the AR model's.
+Attention is *frame-causal*: a token sees the conditioning token and every token of its own and earlier frames. Context tokens never see the noisy
+frames, so during sampling the context runs once (prefill into the trunk's KV cache) and each ODE
 step runs only the target frame's T tokens against the cached context.
 
 Why flow matching (rectified flow, Lipman et al. 2023; Liu et al. 2023; SD3, Esser et al. 2024) rather

@@ -59,7 +59,7 @@ class ModelConfig:
         return self.n_cond_tokens + self.max_frames * self.tokens_per_frame
 
     def validate(self) -> None:
-        """Raise ValueError naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
+        """Raise ValueError naming the field; called by ``load_config`` and ``Trunk`` (every model)."""
         for name in (
             "vocab_size",
             "n_layer",
