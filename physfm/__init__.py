@@ -13,6 +13,7 @@ import importlib
 
 _EXPORTS = {
     "PhysicsModel": "physfm.inference",
+    "ARPhysicsModel": "physfm.inference",
     "DiffusionPhysicsModel": "physfm.inference",
     "PhysicsTransformer": "physfm.models.ar",
     "LatentFlowTransformer": "physfm.models.diffusion",

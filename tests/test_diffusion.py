@@ -209,8 +209,13 @@ def test_rollout_seeded_and_export_round_trip(trained, tmp_path):
     assert physfm(["export", "--ckpt", str(run), "--out", str(tmp_path / "exp")]) == 0
     exported = PhysicsModel.from_pretrained(tmp_path / "exp", sampling_steps=3)
     torch.testing.assert_close(exported.rollout(batch.context, 3, "waves", seed=5), a)
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(TypeError, match="temperature"):  # an AR option: not in a diffusion model's rollout
         pm.rollout(batch.context, 3, "waves", temperature=1.0)
+    with pytest.raises(ValueError, match=r"temperature \(--temperature\) apply to AR models; this is a diffusion"):
+        pm.rollout_options(temperature=1.0, top_k=None)  # what evaluate asks before rolling out
+    assert pm.rollout_options(temperature=0.0, top_k=None) == {}
+    with pytest.raises(ValueError, match="refiner"):
+        PhysicsModel.from_pretrained(run, refiner="some/dir")
 
 
 @pytest.mark.slow

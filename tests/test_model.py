@@ -1,4 +1,5 @@
-"""The autoregressive physics transformer: shapes, causality, caching, rotary factorisation, conditioning."""
+"""The autoregressive physics transformer: shapes, causality, caching, rotary factorisation, conditioning;
+activation checkpointing of the shared trunk (AR and diffusion)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
+from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.models.trunk import KVCache, ModelConfig, apply_rope, rope_pair_axes, token_positions
 
 torch.set_num_threads(1)
@@ -190,16 +192,43 @@ def test_conditioning_changes_output():
         model(idx, (4, 4), torch.tensor([0]))
 
 
-def test_activation_checkpointing_gives_same_gradients():
-    grads = []
+def _ar_loss(ckpt: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    model = make_model(seed=2, activation_checkpointing=ckpt).train()
+    torch.manual_seed(3)
+    idx = torch.randint(0, 50, (2, 32))
+    return model, model(idx, (4, 4), torch.tensor([0, 1]), targets=idx)[1]
+
+
+def _diffusion_loss(ckpt: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(2)
+    cfg = small_config(kind="diffusion", max_frames=3, n_spatial_dims=2, activation_checkpointing=ckpt)
+    model = LatentFlowTransformer(cfg, DiffusionConfig(latent_dim=3)).train()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # the zero-init head would leave the blocks no gradient
+    latents = torch.rand(2, 3, 4, 4, 3, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    loss = model.loss(latents[:, :2], latents[:, 2:], torch.tensor([0, 1]), torch.Generator().manual_seed(4))
+    return model, loss
+
+
+@pytest.mark.parametrize("build", [_ar_loss, _diffusion_loss], ids=["ar", "diffusion"])
+def test_activation_checkpointing_gives_same_gradients(build):
+    """Same gradients with and without checkpointing, and checkpointing really recomputes: each block runs
+    once in forward and, only when checkpointed, once more during backward."""
+    grads, recomputed = [], []
     for ckpt in (False, True):
-        model = make_model(seed=2, activation_checkpointing=ckpt).train()
-        torch.manual_seed(3)
-        idx = torch.randint(0, 50, (2, 32))
-        _, loss = model(idx, (4, 4), torch.tensor([0, 1]), targets=idx)
+        model, loss = build(ckpt)
+        # Count block calls with a *pre*-hook: recomputation stops early, once the last tensor that backward
+        # needs is back, so a block's forward (post-)hook does not fire during backward.
+        calls: list[torch.nn.Module] = []
+        handles = [b.register_forward_pre_hook(lambda m, _, calls=calls: calls.append(m)) for b in model.blocks]
         loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        for h in handles:
+            h.remove()
+        recomputed.append(calls)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert recomputed[0] == [] and sorted(map(id, recomputed[1])) == sorted(map(id, model.blocks))
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("blocks.") for n in grads[0])
     for name, g in grads[0].items():
+        assert g.abs().sum() > 0 or not name.startswith("blocks."), name
         assert torch.allclose(g, grads[1][name], atol=1e-6), name
 
 

@@ -10,7 +10,7 @@ from data_pipelines.errors import DataError
 from data_pipelines.well_io import WellReader
 from physfm.core.run_info import RunInfo
 from physfm.eval.windows import evaluation_windows
-from physfm.inference import PhysicsModel
+from physfm.inference import ARPhysicsModel, PhysicsModel
 from tests.rollout_fixtures import build_tiny_model
 
 
@@ -94,6 +94,23 @@ def test_from_pretrained_round_trip_and_tokenizer_check(tiny, tmp_path):
         PhysicsModel.from_pretrained(tmp_path / "missing")
 
 
+def test_each_kind_takes_only_its_own_options(tiny):
+    """PhysicsModel.from_pretrained serves every kind: another kind's option is ignored when unset and
+    refused by name when set; rollout takes only its kind's options (rollout_options sorts them for evaluate)."""
+    paths, pm = tiny
+    assert type(pm) is ARPhysicsModel and pm.method == "ar"
+    assert type(PhysicsModel.from_pretrained(paths["export"], sampling_steps=None, sampler=None)) is ARPhysicsModel
+    with pytest.raises(
+        ValueError, match=r"sampling_steps \(--sampling-steps\) apply to diffusion models; this is an AR"
+    ):
+        PhysicsModel.from_pretrained(paths["export"], sampling_steps=2)
+    assert pm.rollout_options(temperature=1.0, top_k=None) == {"temperature": 1.0, "top_k": None}
+    with pytest.raises(TypeError, match="sampling_step: no model kind"):
+        PhysicsModel.from_pretrained(paths["export"], sampling_step=2)  # not an option of any kind
+    with pytest.raises(TypeError, match="kind-neutral"):
+        PhysicsModel(pm.model, pm.tokenizer, pm.info)
+
+
 def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
     paths, _ = tiny
     horizon = 5  # the shards hold 1 output frame: these windows are cut from the source files
@@ -135,7 +152,7 @@ def test_temporal_compression_two_rolls_out_in_token_groups(tiny):
     ar = PhysicsTransformer(dataclasses.replace(pm.model.config, max_frames=4))
     # 5 context frames → 1 + 4/2 = 3 token frames; each generated token frame decodes to 2 frames.
     info = dataclasses.replace(RunInfo.from_dict(pm.info), n_context_frames=3, n_frames=4).to_dict()
-    model = PhysicsModel(ar, tok, info)
+    model = ARPhysicsModel(ar, tok, info)
     assert model.n_input_frames == 5
     ctx = torch.randn(2, 5, 3, 16, 16)
     out, ids = model.rollout(ctx, 3, "waves", return_tokens=True)

@@ -75,6 +75,8 @@ def score_windows(
     """Roll out and score every method on the split's windows of ``horizon`` → (scores per dataset, seconds
     per method). ``extra`` maps more method names to ``fn(context, horizon, dataset) -> prediction``."""
     n = pm.n_spatial_dims
+    # AR-only sampling options, refused by name up front when set for another kind (a diffusion model).
+    options = pm.rollout_options(temperature=temperature, top_k=top_k)
     scores: dict[str, DatasetScores] = {}
     seconds = {m: 0.0 for m in (*methods, *(extra or {}))}
     for batch in evaluation_windows(
@@ -102,16 +104,9 @@ def score_windows(
             elif method == "tokenizer_ceiling":
                 preds[method] = pm.decode(window_ids, name, n_frames=ctx.shape[1] + horizon)[:, ctx.shape[1] :].cpu()
             elif method in MODEL_METHODS:
+                refine = {"refine": True} if method == "ar_refined" else {}
                 preds[method], ids = pm.rollout(
-                    ctx,
-                    horizon,
-                    name,
-                    temperature=temperature,
-                    top_k=top_k,
-                    seed=seed,
-                    refine=method == "ar_refined",
-                    batch_size=batch_size,
-                    return_tokens=True,
+                    ctx, horizon, name, seed=seed, batch_size=batch_size, return_tokens=True, **options, **refine
                 )
             else:
                 raise ValueError(f"unknown method {method!r}")
@@ -215,7 +210,7 @@ def evaluate(
             "`physfm refine`, or pass --refiner DIR)"
         )
     refined = ("ar_refined",) if pm.refiner is not None and refine is not False else ()
-    methods = (getattr(pm, "method", "ar"), *refined, *BASELINES)  # method: "diffusion" for a diffusion model
+    methods = (pm.method, *refined, *BASELINES)  # method: "diffusion" for a diffusion model
     start = time.perf_counter()
     scores, seconds = score_windows(
         pm,
@@ -376,7 +371,7 @@ def rollout_to_files(
         sampling_steps=sampling_steps,
         sampler=sampler,
     )
-    method = "ar_refined" if refine else getattr(pm, "method", "ar")
+    method = "ar_refined" if refine else pm.method
     if refine and pm.refiner is None:
         raise InputError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")
     scores, seconds = score_windows(

@@ -10,7 +10,8 @@ baselines), with a different inside:
 3. decode context + new latents with the tokenizer's decoder (causal in time) and keep the new frames.
 
 ``return_tokens`` gives the token ids the sampled latents round to, so evaluate's token accuracy means
-the same as for the AR model. Temperature and top-k are AR notions and are refused here.
+the same as for the AR model. Temperature, top-k, the KV-cache switch and the refiner are AR notions: this
+class takes none of them (``PhysicsModel.from_pretrained`` and ``rollout_options`` refuse them by name).
 ``generate_tokens`` (ids in, ids out) and ``LatentFlowTransformer.forward_window`` give the steering and
 probing tools, which work on token windows, the same entry points as the AR model's.
 """
@@ -25,7 +26,7 @@ import torch
 
 from data_pipelines.errors import InputError
 from physfm.inference.loading import load_diffusion_model, load_with_tokenizer
-from physfm.inference.physics_model import PhysicsModel
+from physfm.inference.physics_model import PhysicsModel, RolloutStep
 from physfm.models.latents import continuous_latents, latent_ids
 from physfm.models.latents import snap_to_codes as round_to_codes
 from tokenizer.checkpoint import load_tokenizer
@@ -34,8 +35,10 @@ from tokenizer.checkpoint import load_tokenizer
 class DiffusionPhysicsModel(PhysicsModel):
     """Flow-matching transformer over latents + tokenizer, with PhysicsModel's rollout interface."""
 
-    kind = "diffusion"  # run.json kind this class loads
-    method = "diffusion"  # the name evaluate/rollout give this model's predictions
+    kind = "diffusion"
+    label = "diffusion"
+    method = "diffusion"
+    refusal_hint = " (it samples from noise seeded by --seed, with --sampling-steps ODE steps, and has no refiner)"
 
     def __init__(
         self,
@@ -55,25 +58,19 @@ class DiffusionPhysicsModel(PhysicsModel):
             raise InputError(f"sampling steps: must be >= 1, got {self.sampling_steps}")
         if self.sampler not in ("euler", "heun"):
             raise InputError(f"sampler: expected 'euler' or 'heun', got {self.sampler!r}")
-        self._generator: torch.Generator | None = None
 
     @classmethod
-    def from_pretrained(
+    def _load(
         cls,
-        location: str | Path,
+        location: Path,
         *,
-        tokenizer: str | Path | None = None,
-        refiner: str | Path | bool | None = "auto",
-        device: str | torch.device = "cpu",
+        tokenizer: str | Path | None,
+        device: str | torch.device,
         sampling_steps: int | None = None,
         sampler: str | None = None,
         snap_to_codes: bool | None = None,
     ) -> DiffusionPhysicsModel:
-        """Load a diffusion run/checkpoint/export. ``refiner`` must be "auto"/None/False: the refiner corrects
-        the AR model's decoded tokens and has no diffusion counterpart."""
-        if refiner not in ("auto", None, False):
-            raise InputError(f"{location}: a diffusion model takes no refiner (got {refiner})")
-        location = Path(location)
+        """``sampling_steps``/``sampler``/``snap_to_codes``: override the run's ``diffusion:`` defaults."""
         model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         return cls(model, load_tokenizer(tok_path), info, sampling_steps, sampler, snap_to_codes).to(device)
@@ -111,21 +108,12 @@ class DiffusionPhysicsModel(PhysicsModel):
 
     @torch.no_grad()
     def generate_tokens(
-        self,
-        context_ids: torch.Tensor,
-        n_token_frames: int,
-        dataset: str,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Token-space interface (steering, probing tools): context ids [B, F, *grid] read as their codes →
         the ids the next ``n_token_frames`` sampled latents round to. Without a generator the noise is seeded
         with 0, so repeated calls agree (a steered rollout differs from the unsteered one only by the steering).
         The rounded context loses the continuous latents' precision; :meth:`rollout` keeps it."""
-        if temperature or top_k:
-            raise InputError("temperature/top-k apply to AR models; a diffusion model samples from seeded noise")
         generator = generator or torch.Generator(device=self.device).manual_seed(0)
         codes = self.tokenizer.fsq.indices_to_codes(context_ids.to(self.device))
         return latent_ids(self.tokenizer, self.generate_latents(codes, n_token_frames, dataset, generator))
@@ -137,43 +125,27 @@ class DiffusionPhysicsModel(PhysicsModel):
         context,
         horizon: int = 8,
         dataset: str | None = None,
-        temperature: float = 0.0,
-        top_k: int | None = None,
+        *,
         seed: int = 0,
-        refine: bool = False,
-        use_cache: bool = True,
         batch_size: int = 64,
         return_tokens: bool = False,
     ):
         """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with ``seed``, so
-        the same seed (and batch_size) gives the same prediction. ``temperature``/``top_k`` must stay unset."""
-        if temperature or top_k:
-            raise InputError(
-                "temperature/top-k apply to AR models; a diffusion model samples from noise seeded by "
-                "--seed, with --sampling-steps ODE steps"
-            )
-        self._generator = torch.Generator(device=self.device).manual_seed(seed)
-        try:
-            return super().rollout(
-                context,
-                horizon,
-                dataset,
-                seed=seed,
-                refine=refine,
-                use_cache=use_cache,
-                batch_size=batch_size,
-                return_tokens=return_tokens,
-            )
-        finally:
-            self._generator = None
+        the same seed (and batch_size) gives the same prediction."""
+        return super().rollout(context, horizon, dataset, seed=seed, batch_size=batch_size, return_tokens=return_tokens)
 
-    def _rollout_tokens(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
-        """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n, *grid])."""
-        c, n_in = self.temporal_compression, ctx.shape[1]
-        z_ctx = self.encode_latents(ctx, dataset)
-        new = self.generate_latents(z_ctx, math.ceil(horizon / c), dataset, self._generator)
-        decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
-        return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
+    def _rollout_step(self, seed: int) -> RolloutStep:
+        generator = torch.Generator(device=self.device).manual_seed(seed)  # one stream across the batches
+
+        def step(ctx: torch.Tensor, horizon: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+            """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n, *grid])."""
+            c, n_in = self.temporal_compression, ctx.shape[1]
+            z_ctx = self.encode_latents(ctx, dataset)
+            new = self.generate_latents(z_ctx, math.ceil(horizon / c), dataset, generator)
+            decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
+            return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
+
+        return step
 
     def describe(self) -> dict[str, Any]:
         return {

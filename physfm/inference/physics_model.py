@@ -1,26 +1,22 @@
-"""``PhysicsModel``: the user-facing model — AR transformer + tokenizer (+ refiner) — and its rollout.
+"""``PhysicsModel``: the user-facing model — a trained network + its tokenizer — and its rollout in physical units.
 
     from physfm import PhysicsModel
     model = PhysicsModel.from_pretrained("runs/pretrain")      # a run, checkpoint or export directory
     pred = model.rollout(context, horizon=8, dataset="gray_scott2d")   # [T_in, C, *space] → [8, C, *space]
 
-Inputs and outputs are in physical units; normalisation uses the tokenizer's own stats. A rollout:
-
-1. z-score the context and encode it into token frames (the causal tokenizer: ``1 + (T-1)/c`` token frames
-   for T frames at temporal compression c; with c = 1 one token frame per field frame);
-2. generate the next token frames with the transformer's preallocated, batched KV cache (greedy at
-   temperature 0, else sampling, optionally top-k), sliding over the trained window length;
-3. decode context + generated tokens together (the decoder is causal in time too) and keep the new frames.
-
-With ``refine=True`` the loop runs one token frame at a time in field space: decode, correct with the
-refiner, append the refined frame to the history and re-encode the newest context for the next step, so
-refinement also steers later steps (the transformer sees the refined past, not its own raw tokens).
+This class is kind-neutral: loading by the run's kind (run.json ``kind``), encode/decode with the tokenizer
+(its own normalisation stats), input checks and batching of a rollout, the tokenizer's baselines, describe.
+Each kind subclasses it with what only it has: :class:`physfm.inference.ar_model.ARPhysicsModel` (token
+sampling: temperature, top-k, KV cache, the refiner) and
+:class:`physfm.inference.diffusion_model.DiffusionPhysicsModel` (ODE sampling over latents).
+``from_pretrained`` returns the subclass of the run's kind.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +25,46 @@ import torch
 
 from data_pipelines.errors import DataError, InputError
 from physfm.core.errors import CheckpointError
-from physfm.inference.loading import load_ar_model, load_with_tokenizer, model_kind
-from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
-from tokenizer.checkpoint import load_tokenizer
+from physfm.inference.loading import model_kind
+
+# (context chunk [B, T_in, C, *space] physical, horizon, dataset) → (frames [B, horizon, C, *space], ids [B, n, *grid])
+RolloutStep = Callable[[torch.Tensor, int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _refiner_location(location: Path, run_dir: Path) -> Path | None:
-    for candidate in (location / "refiner", run_dir / "refiner"):
-        if is_refiner_dir(candidate):
-            return candidate
-    return None
+def _unset(value: Any) -> bool:
+    """Whether an option's value means "not asked for": what callers serving every kind pass by default
+    (``refiner="auto"``, ``sampling_steps=None``, ``temperature=0.0``, ``refine=False``)."""
+    return value is None or value is False or (isinstance(value, str) and value == "auto") or value == 0
+
+
+def _params(cls: type, method: str) -> Any:
+    return inspect.signature(getattr(cls, method)).parameters
 
 
 class PhysicsModel:
-    """AR transformer + tokenizer (+ optional refiner) with a physical-units rollout."""
+    """Network + tokenizer with a physical-units rollout; the base of every model kind (see the module docstring)."""
 
-    def __init__(self, model, tokenizer, info: dict[str, Any], refiner=None, refiner_meta: dict | None = None):
+    kind: str  # the run.json kind a subclass loads
+    label: str  # how messages name the kind ("AR", "diffusion")
+    method: str  # the name evaluate/rollout give this model's predictions
+    refusal_hint = ""  # appended to the message refusing another kind's option
+    # Only the AR kind has a refiner; every kind answers, since evaluate asks whether to score ``ar_refined``.
+    refiner = None
+    refiner_meta: dict | None = None
+    _kinds: dict[str, type[PhysicsModel]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            PhysicsModel._kinds[cls.kind] = cls
+
+    def __init__(self, model, tokenizer, info: dict[str, Any]):
+        if type(self) is PhysicsModel:
+            raise TypeError(
+                "PhysicsModel is kind-neutral: construct ARPhysicsModel or DiffusionPhysicsModel "
+                "(physfm.inference), or load with PhysicsModel.from_pretrained"
+            )
         self.model, self.tokenizer, self.info = model.eval(), tokenizer.eval(), info
-        self.refiner, self.refiner_meta = (refiner.eval() if refiner is not None else None), refiner_meta
         self.dataset_names: list[str] = list(info["dataset_names"])
         self.n_context_tokens = int(info["n_context_frames"])  # token frames of context seen in training
         self.n_window_tokens = int(info["n_frames"])  # token frames per training window
@@ -54,72 +72,66 @@ class PhysicsModel:
         self.n_spatial_dims = int(tokenizer.cfg.n_spatial_dims)
 
     # ------------------------------------------------------------------------------ loading
-    kind = "ar"  # the run.json kind this class loads; subclasses register their own
-    _kinds: dict[str, type[PhysicsModel]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        PhysicsModel._kinds[cls.kind] = cls
-
     @classmethod
     def from_pretrained(
         cls,
         location: str | Path,
         *,
         tokenizer: str | Path | None = None,
-        refiner: str | Path | bool | None = "auto",
         device: str | torch.device = "cpu",
-        sampling_steps: int | None = None,
-        sampler: str | None = None,
+        **options: Any,
     ) -> PhysicsModel:
-        """Load from a pretrain run directory, a checkpoint or an export directory.
+        """Load from a pretrain run directory, a checkpoint or an export directory, as the class of its kind.
 
-        ``tokenizer``: override the tokenizer recorded in the run. ``refiner``: "auto" loads
-        ``LOCATION/refiner`` (or the run's) when present, a path loads that one, False/None loads none.
-        A diffusion run (run.json kind) loads as :class:`physfm.inference.DiffusionPhysicsModel`;
-        ``sampling_steps``/``sampler`` (ODE steps, "euler"/"heun") apply to it only."""
+        ``tokenizer``: override the tokenizer recorded in the run. ``options`` are the kind's own: for an AR
+        model ``refiner`` ("auto" loads ``LOCATION/refiner`` or the run's when present, a path loads that one,
+        False/None none); for a diffusion model ``sampling_steps``, ``sampler`` ("euler"/"heun") and
+        ``snap_to_codes``. Another kind's option left unset (None, False, "auto") is ignored, so one call
+        serves every kind; set, it is an InputError naming it."""
         location = Path(location)
         try:
             kind = model_kind(location)
         except CheckpointError as err:
             raise DataError(str(err)) from None
-        if kind != cls.kind:  # the class of the run's kind loads it (physfm.inference imports every kind)
-            if kind not in PhysicsModel._kinds:
-                raise DataError(f"{location}: model kind {kind!r} has no PhysicsModel class")
-            return PhysicsModel._kinds[kind].from_pretrained(
-                location,
-                tokenizer=tokenizer,
-                refiner=refiner,
-                device=device,
-                sampling_steps=sampling_steps,
-                sampler=sampler,
+        if kind not in PhysicsModel._kinds:  # physfm.inference imports every kind's module
+            raise DataError(f"{location}: model kind {kind!r} has no PhysicsModel class")
+        kind_cls = PhysicsModel._kinds[kind]
+        options = kind_cls._supported("_load", options, f"{location}: ")
+        return kind_cls._load(location, tokenizer=tokenizer, device=device, **options)
+
+    @classmethod
+    def _load(cls, location: Path, *, tokenizer: str | Path | None, device: str | torch.device) -> PhysicsModel:
+        raise NotImplementedError
+
+    @classmethod
+    def _supported(cls, method: str, options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The ``options`` this kind's ``method`` takes; the others are dropped when unset, else refused."""
+        params = _params(cls, method)
+        takers = {
+            name: [c.label for c in PhysicsModel._kinds.values() if name in _params(c, method)] for name in options
+        }
+        unknown = [name for name, labels in takers.items() if not labels]
+        if unknown:
+            raise TypeError(f"{prefix}unexpected option(s) {', '.join(unknown)}: no model kind takes them")
+        refused = [name for name, value in options.items() if name not in params and not _unset(value)]
+        if refused:
+            owners = sorted({label for name in refused for label in takers[name]})
+            flags = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in refused)
+            article = "an" if cls.label[0] in "AEIOU" else "a"
+            raise InputError(
+                f"{prefix}{flags} apply to {'/'.join(owners)} models; "
+                f"this is {article} {cls.label} model{cls.refusal_hint}"
             )
-        if sampling_steps is not None or sampler is not None:
-            raise InputError(f"{location}: --sampling-steps/--sampler apply to diffusion models; this is an AR model")
-        model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
-        tok = load_tokenizer(tok_path)
-        recorded = info.get("tokenizer_fingerprint")
-        ref, meta = None, None
-        ref_path = _refiner_location(location, run_dir) if refiner == "auto" else (Path(refiner) if refiner else None)
-        if ref_path is not None:
-            ref, meta = load_refiner(ref_path)
-            if recorded and meta.get("tokenizer_fingerprint") not in (None, recorded):
-                raise DataError(f"{ref_path}: refiner was trained with another tokenizer than this model's")
-            if meta.get("ar_sha256") and meta["ar_sha256"] != state_sha256(model):
-                warnings.warn(
-                    f"{ref_path}: refiner was trained against other AR weights than {location} "
-                    "(the run trained on?); retrain it with `physfm refine` for the best results",
-                    stacklevel=2,
-                )
-            meta = {**meta, "path": str(ref_path)}
-        info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
-        return cls(model, tok, info, ref, meta).to(device)
+        return {name: value for name, value in options.items() if name in params}
+
+    def rollout_options(self, **options: Any) -> dict[str, Any]:
+        """For callers that serve every kind (evaluate): the ``options`` this model's :meth:`rollout` takes,
+        another kind's left unset dropped; an InputError naming any other (e.g. a temperature for diffusion)."""
+        return self._supported("rollout", options)
 
     def to(self, device: str | torch.device) -> PhysicsModel:
         self.model.to(device)
         self.tokenizer.to(device)
-        if self.refiner is not None:
-            self.refiner.to(device)
         return self
 
     @property
@@ -158,29 +170,11 @@ class PhysicsModel:
         tok = self.tokenizer
         return tok.denormalize(tok.decode(ids.to(self.device), dataset, n_frames=n_frames), dataset)
 
-    @torch.no_grad()
     def generate_tokens(
-        self,
-        context_ids: torch.Tensor,
-        n_token_frames: int,
-        dataset: str,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        generator: torch.Generator | None = None,
-        use_cache: bool = True,
+        self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Context token frames [B, F, *grid] → the next ``n_token_frames`` [B, n, *grid]."""
-        ids = torch.full((context_ids.shape[0],), self.dataset_names.index(dataset), device=self.device)
-        return self.model.generate_frames(
-            context_ids.to(self.device),
-            n_token_frames,
-            ids,
-            temperature=temperature,
-            top_k=top_k,
-            generator=generator,
-            use_cache=use_cache,
-            window_frames=self.n_window_tokens,
-        )
+        """Context token frames [B, F, *grid] → the next ``n_token_frames`` [B, n, *grid] (steering, probing)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -189,22 +183,28 @@ class PhysicsModel:
         context,
         horizon: int = 8,
         dataset: str | None = None,
-        temperature: float = 0.0,
-        top_k: int | None = None,
+        *,
         seed: int = 0,
-        refine: bool = False,
-        use_cache: bool = True,
         batch_size: int = 64,
         return_tokens: bool = False,
     ):
         """Predict ``horizon`` frames after ``context`` ([T_in, C, *space] or [B, T_in, C, *space], physical
         units; the last ``n_input_frames`` are used) → [(B,) horizon, C, *space] on the context's device.
-        With ``return_tokens`` also the generated token frames [(B,) n, *grid]."""
+        ``seed`` seeds the model's sampling; ``batch_size`` windows run at once. With ``return_tokens`` also
+        the generated token frames [(B,) n, *grid]."""
+        return self._rollout(context, horizon, dataset, batch_size, return_tokens, self._rollout_step(seed))
+
+    def _rollout_step(self, seed: int) -> RolloutStep:
+        """The kind's rollout of one batch of checked context windows."""
+        raise NotImplementedError
+
+    def _rollout(
+        self, context, horizon: int, dataset: str | None, batch_size: int, return_tokens: bool, step: RolloutStep
+    ):
+        """Check the context, run ``step`` on batches of ``batch_size`` windows, reassemble."""
         dataset = self.resolve_dataset(dataset)
         if horizon < 1:
             raise InputError(f"horizon: must be >= 1, got {horizon}")
-        if refine and self.refiner is None:
-            raise InputError("refine=True: this model has no refiner (train one with `physfm refine`)")
         x = torch.as_tensor(np.asarray(context) if not isinstance(context, torch.Tensor) else context)
         n, C = self.n_spatial_dims, len(self.tokenizer.datasets[dataset].channel_names)
         if x.ndim not in (n + 2, n + 3):
@@ -221,43 +221,15 @@ class PhysicsModel:
         if x.shape[1] < self.n_input_frames:
             raise InputError(f"context: the model reads {self.n_input_frames} frames, got {x.shape[1]}")
         x = x[:, -self.n_input_frames :]
-        generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
         frames, tokens = [], []
         for start in range(0, x.shape[0], batch_size):
-            chunk = x[start : start + batch_size].to(self.device).float()
-            step = self._rollout_fields if refine else self._rollout_tokens
-            f, t = step(chunk, horizon, dataset, temperature, top_k, generator, use_cache)
+            f, t = step(x[start : start + batch_size].to(self.device).float(), horizon, dataset)
             frames.append(f.to(x.device))
             tokens.append(t)
         out, ids = torch.cat(frames), torch.cat(tokens)
         if not batched:
             out, ids = out[0], ids[0]
         return (out, ids) if return_tokens else out
-
-    def _rollout_tokens(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
-        """All token frames at once in token space, then one decode: ctx [B, T_in, C, *space] physical."""
-        c, n_in = self.temporal_compression, ctx.shape[1]
-        ctx_ids = self.encode(ctx, dataset)
-        new = self.generate_tokens(ctx_ids, math.ceil(horizon / c), dataset, temperature, top_k, generator, use_cache)
-        decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
-        return decoded[:, n_in : n_in + horizon], new
-
-    def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
-        """One token frame per step; decoded frames are refined and fed back (re-encoded) as context."""
-        tok, c, n_in = self.tokenizer, self.temporal_compression, ctx.shape[1]
-        history = tok.normalize(ctx, dataset)  # [B, T, C, *space] z-scored
-        new_tokens = []
-        while history.shape[1] < n_in + horizon:
-            window = history[:, -n_in:]
-            ids = tok.encode(window, dataset)
-            new = self.generate_tokens(ids, 1, dataset, temperature, top_k, generator, use_cache)
-            decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, C, *space]
-            for j in range(decoded.shape[1]):
-                refined = self.refiner(decoded[:, j], history, dataset)
-                history = torch.cat([history, refined[:, None]], dim=1)
-            new_tokens.append(new)
-        out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
-        return out, torch.cat(new_tokens, 1)
 
     # ------------------------------------------------------------------------------ baselines in token space
     @torch.no_grad()

@@ -17,36 +17,22 @@ Hook points for probing/steering are the stable module names ``tok_embedding``, 
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
+from physfm.models.trunk import KVCache, ModelConfig, Trunk, token_positions
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Rotary embeddings factorised over (time, x, y, z)
+class PhysicsTransformer(Trunk):
+    embedding_tables = ("tok_embedding", "dataset_embedding", "param_embedding")
 
-
-# ---------------------------------------------------------------------------------------------------
-# Decoder blocks
-
-
-# ---------------------------------------------------------------------------------------------------
-# The model
-
-
-class PhysicsTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        cfg.validate()
-        self.config = cfg
+        super().__init__(cfg)
         self.tok_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.dataset_embedding = nn.Embedding(cfg.n_datasets, cfg.d_model)
         # All parameter slots share one table: slot s, bucket b -> row s * n_param_buckets + b.
@@ -54,69 +40,13 @@ class PhysicsTransformer(nn.Module):
             nn.Embedding(cfg.n_cond_params * cfg.n_param_buckets, cfg.d_model) if cfg.n_cond_tokens > 1 else None
         )
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self._build_trunk()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
-        self._rope = RotaryTables(cfg)
-        # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware hooks:
-        # [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see physfm/interp/hooks.py).
-        self.current_positions: Tensor | None = None
         self.init_weights()
 
-    def init_weights(self) -> None:
-        """GPT-2/Llama init: N(0, init_std) everywhere, and the two projections that write into the
-        residual stream (attn.wo, mlp.w_down) scaled by 1/sqrt(2 n_layer) so the stream's variance does not
-        grow with depth (each block adds two such terms). Call again after ``to_empty`` from the meta device."""
-        std, cfg = self.config.init_std, self.config
-        for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p)  # RMSNorm gains
-            elif name.endswith(("attn.wo.weight", "mlp.w_down.weight")):
-                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * cfg.n_layer))
-            else:
-                nn.init.normal_(p, mean=0.0, std=std)
-
-    # -- sizes and cost ---------------------------------------------------------------------------
     @property
     def n_cond_tokens(self) -> int:
         return self.config.n_cond_tokens
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding`` drops the input lookup tables (they cost no matmul FLOPs)."""
-
-        # ZeRO-3 leaves each rank a shard and records the full size as ds_numel; count that when present.
-        def numel(p: Tensor) -> int:
-            return getattr(p, "ds_numel", p.numel())
-
-        n = sum(numel(p) for p in self.parameters())
-        if non_embedding:
-            tables = [self.tok_embedding, self.dataset_embedding, self.param_embedding]
-            n -= sum(numel(t.weight) for t in tables if t is not None)
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N for the matmuls plus the attention term
-        12 * n_layer * n_head * head_dim * seq_len (nanoGPT / PaLM appendix B; causal masking not discounted)."""
-        cfg, seq_len = self.config, seq_len or self.config.max_seq_len
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-
-    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, seq_len: int | None = None) -> float:
-        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
-        return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
-
-    def configure_optimizer(
-        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str | None = None
-    ) -> torch.optim.AdamW:
-        """AdamW decaying only 2-D weights (matmuls, embeddings); gains are not decayed (decay toward 0
-        would fight the normalisation's scale)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        device_type = device_type or next(self.parameters()).device.type
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {}))
 
     # -- forward ------------------------------------------------------------------------------------
     def _cond_embeddings(self, dataset_ids: Tensor, param_ids: Tensor | None) -> Tensor:
@@ -132,18 +62,6 @@ class PhysicsTransformer(nn.Module):
             slot = torch.arange(cfg.n_cond_params, device=param_ids.device) * cfg.n_param_buckets
             cond = torch.cat([cond, self.param_embedding(slot + param_ids.clamp(0, cfg.n_param_buckets - 1))], 1)
         return cond
-
-    def _blocks(self, x: Tensor, positions: Tensor, cache: KVCache | None = None, cache_pos: int = 0) -> Tensor:
-        self.current_positions = positions
-        cos, sin = self._rope(positions)
-        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
-            kv = cache.layer(i) if cache is not None else None
-            if recompute:  # keep only each block's input; recompute its inside during backward
-                x = checkpoint(block, x, cos, sin, kv, cache_pos, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, kv, cache_pos)
-        return self.norm(x)
 
     def _embed(self, idx: Tensor, dataset_ids: Tensor, param_ids: Tensor | None) -> Tensor:
         """[cond tokens, idx] embedded: [B, n_cond + L, d]."""
@@ -223,16 +141,7 @@ class PhysicsTransformer(nn.Module):
         B, grid = context_ids.shape[0], tuple(context_ids.shape[2:])
         T, window = math.prod(grid), window_frames or self.config.max_frames
         frames = context_ids.reshape(B, -1, T)  # [B, F, T]
-        cache = None
-        if use_cache:
-            # Under autocast (bf16 on GPU) k/v come out in the autocast dtype, not the weights' dtype.
-            device_type = context_ids.device.type
-            dtype = (
-                torch.get_autocast_dtype(device_type)
-                if torch.is_autocast_enabled(device_type)
-                else next(self.parameters()).dtype
-            )
-            cache = KVCache(self.config, B, self.n_cond_tokens + window * T, context_ids.device, dtype)
+        cache = self.new_kv_cache(B, self.n_cond_tokens + window * T, context_ids.device) if use_cache else None
         remaining = n_frames
         while remaining > 0:
             n_ctx = min(frames.shape[1], window - 1)

@@ -11,10 +11,10 @@ frames that are noised. The sequence the transformer reads is::
 
 Every token is a continuous vector: ``tok_embedding`` is a linear map D → d_model (the AR model's lookup
 table, by name, so the hook points of ``physfm/interp/hooks.py`` are the same); the target tokens also get the
-embedding of the flow time t; ``head`` maps d_model → D (the velocity). Blocks, rotary embeddings over
-(time, x, y, z) and the conditioning token are the AR model's. Attention is *frame-causal*: a token sees
-the conditioning token and every token of its own and earlier frames. Context tokens never see the noisy
-frames, so during sampling the context runs once (prefill into the AR model's KV cache) and each ODE
+embedding of the flow time t; ``head`` maps d_model → D (the velocity). Blocks and rotary embeddings over
+(time, x, y, z) are the shared trunk's (``physfm/models/trunk.py``), the conditioning token is the AR model's.
+Attention is *frame-causal*: a token sees the conditioning token and every token of its own and earlier frames. Context tokens never see the noisy
+frames, so during sampling the context runs once (prefill into the trunk's KV cache) and each ODE
 step runs only the target frame's T tokens against the cached context.
 
 Why flow matching (rectified flow, Lipman et al. 2023; Liu et al. 2023; SD3, Esser et al. 2024) rather
@@ -41,11 +41,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
-from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
+from physfm.models.trunk import ModelConfig, Trunk, token_positions
+from tokenizer.fsq import FSQ
 
 
 @dataclass
@@ -100,12 +100,13 @@ def frame_causal_mask(frame_index: Tensor) -> Tensor:
     return frame_index[None, :] <= frame_index[:, None]
 
 
-class LatentFlowTransformer(nn.Module):
+class LatentFlowTransformer(Trunk):
     """Velocity field v(x_t, t | context latents, dataset) over latent grid tokens. See the module docstring."""
 
+    embedding_tables = ("dataset_embedding",)  # tok_embedding is a linear map here: it costs matmul FLOPs
+
     def __init__(self, cfg: ModelConfig, diffusion: DiffusionConfig):
-        super().__init__()
-        cfg.validate()
+        super().__init__(cfg)
         diffusion.validate()
         if diffusion.latent_dim < 1:
             raise ConfigError("diffusion.latent_dim: unresolved (0); set it from the tokenizer's FSQ levels")
@@ -114,72 +115,32 @@ class LatentFlowTransformer(nn.Module):
                 "model.n_cond_params/n_param_buckets: the diffusion model conditions on the dataset "
                 "only; set model.n_param_buckets=0"
             )
-        self.config, self.diffusion = cfg, diffusion
+        self.diffusion = diffusion
         D, d = diffusion.latent_dim, cfg.d_model
         self.tok_embedding = nn.Linear(D, d)  # named like the AR lookup table: hook point "embedding"
         self.dataset_embedding = nn.Embedding(cfg.n_datasets, d)
         self.time_mlp = nn.Sequential(nn.Linear(diffusion.time_embed_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self._build_trunk()
         self.head = nn.Linear(d, D)
-        self._rope = RotaryTables(cfg)
-        self.current_positions: Tensor | None = None  # (t, x, y, z) of the latest chunk, for hooks
         self.init_weights()
 
     def init_weights(self) -> None:
-        """The AR model's init (N(0, init_std), residual-writing projections scaled by 1/sqrt(2 n_layer)),
-        biases at zero, and a zero velocity head (DiT): the untrained model predicts v = 0, so the first
+        """The trunk's init (N(0, init_std), biases at zero, residual-writing projections scaled by
+        1/sqrt(2 n_layer)) and a zero velocity head (DiT): the untrained model predicts v = 0, so the first
         updates are not driven by a random output layer."""
-        std, n_layer = self.config.init_std, self.config.n_layer
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 1:
-                nn.init.ones_(p)  # RMSNorm gains
-            elif name.endswith(("attn.wo.weight", "mlp.w_down.weight")):
-                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * n_layer))
-            else:
-                nn.init.normal_(p, mean=0.0, std=std)
+        super().init_weights()
         nn.init.zeros_(self.head.weight)
 
-    # -- sizes and cost ---------------------------------------------------------------------------
     @property
     def n_cond_tokens(self) -> int:
         return 1
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding`` drops the dataset lookup table (no matmul FLOPs)."""
-        n = sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
-        if non_embedding:
-            n -= getattr(self.dataset_embedding.weight, "ds_numel", self.dataset_embedding.weight.numel())
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token, as the AR model counts them (6N + attention term)."""
-        cfg, seq_len = self.config, seq_len or self.config.max_seq_len
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
     # -- forward ------------------------------------------------------------------------------------
     def _positions(self, n_frames: int, grid: tuple[int, ...], device) -> Tensor:
         if len(grid) > self.config.n_spatial_dims:
             raise ValueError(f"latent grid {grid}: the model has {self.config.n_spatial_dims} spatial axes")
         return token_positions(1, n_frames, grid, 1 + self.config.n_spatial_dims, device)
-
-    def _blocks(
-        self, x: Tensor, positions: Tensor, mask: Tensor, cache: KVCache | None = None, cache_pos: int = 0
-    ) -> Tensor:
-        """Run every block on the chunk at ``positions`` ([L, axes]); mask [L, cache_pos + L] bool."""
-        self.current_positions = positions
-        cos, sin = self._rope(positions)
-        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for i, block in enumerate(self.blocks):
-            kv = cache.layer(i) if cache is not None else None
-            if recompute:
-                x = checkpoint(block, x, cos, sin, kv, cache_pos, mask, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, kv, cache_pos, mask)
-        return self.norm(x)
 
     def _embed_frames(self, latents: Tensor) -> Tensor:
         """[B, F, *grid, D] → [B, F*T, d] (input cast to the weights' dtype: DeepSpeed bf16 keeps bf16 weights)."""
@@ -205,23 +166,19 @@ class LatentFlowTransformer(nn.Module):
         h = torch.cat(
             [self.dataset_embedding(dataset_ids)[:, None], frames[:, : n_ctx * T], frames[:, n_ctx * T :] + time], dim=1
         )
-        h = self._blocks(self.embed_dropout(h), positions, frame_causal_mask(positions[:, 0]))
+        h = self._blocks(self.embed_dropout(h), positions, mask=frame_causal_mask(positions[:, 0]))
         v = self.head(h[:, 1 + n_ctx * T :])
         return v.view(noisy.shape)
 
     def codes_from_ids(self, ids: Tensor) -> Tensor:
-        """Token ids [...] → their FSQ codes [..., D] in code units (FSQ.indices_to_codes' arithmetic)."""
+        """Token ids [...] → their FSQ codes [..., D] in code units, by the tokenizer's own FSQ."""
         levels = self.diffusion.fsq_levels
         if not levels:
             raise CheckpointError(
                 "this diffusion model does not record its tokenizer's FSQ levels "
                 "(diffusion.fsq_levels); feed it latents, not token ids"
             )
-        lv = torch.tensor(levels, device=ids.device)
-        basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), dim=0)
-        digits = (ids.long().unsqueeze(-1) // basis) % lv
-        half_width = (lv // 2).float()
-        return (digits.float() - half_width) / half_width
+        return FSQ(levels).to(ids.device).indices_to_codes(ids)
 
     @torch.no_grad()
     def forward_window(self, window: Tensor, dataset_ids: Tensor) -> Tensor:
@@ -301,23 +258,17 @@ class LatentFlowTransformer(nn.Module):
         positions = self._positions(n_ctx + n_new, grid, ctx.device)
         mask = frame_causal_mask(positions[:, 0])
         prefix = 1 + n_ctx * T
-        device_type = ctx.device.type
-        dtype = (
-            torch.get_autocast_dtype(device_type)
-            if torch.is_autocast_enabled(device_type)
-            else self.tok_embedding.weight.dtype
-        )
-        cache = KVCache(self.config, B, prefix + n_new * T, ctx.device, dtype)
+        cache = self.new_kv_cache(B, prefix + n_new * T, ctx.device)
         # The context never sees the noisy frames: its keys/values are computed once for all ODE steps.
         self.current_positions = positions[:prefix]
         h = torch.cat([self.dataset_embedding(dataset_ids)[:, None], self._embed_frames(ctx)], dim=1)
-        self._blocks(h, positions[:prefix], mask[:prefix, :prefix], cache, 0)
+        self._blocks(h, positions[:prefix], cache, 0, mask[:prefix, :prefix])
         target_pos, target_mask = positions[prefix:], mask[prefix:]
 
         def velocity(x: Tensor, t: float) -> Tensor:
             self.current_positions = target_pos
             h = self._embed_frames(x) + self._time_embedding(torch.full((B,), t, device=x.device))[:, None]
-            return self.head(self._blocks(h, target_pos, target_mask, cache, prefix)).float().view(x.shape)
+            return self.head(self._blocks(h, target_pos, cache, prefix, target_mask)).float().view(x.shape)
 
         x = torch.randn((B, n_new, *grid, D), device=ctx.device, generator=generator)
         times = torch.linspace(0.0, 1.0, steps + 1).tolist()

@@ -1,8 +1,11 @@
 """The transformer trunk the AR and diffusion models share: config, rotary embeddings factorised over
-(time, x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks."""
+(time, x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks, and
+:class:`Trunk`, the base class that owns the blocks and everything about them (init, size, cost, optimizer,
+activation checkpointing, KV cache). The models add only their embeddings, heads, loss and generation."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -10,6 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from data_pipelines.config import ConfigError
 
@@ -57,7 +61,7 @@ class ModelConfig:
         return self.n_cond_tokens + self.max_frames * self.tokens_per_frame
 
     def validate(self) -> None:
-        """Raise ConfigError (a ValueError) naming the field; called by ``load_config`` and ``PhysicsTransformer``."""
+        """Raise ConfigError (a ValueError) naming the field; called by ``load_config`` and ``Trunk`` (every model)."""
         for name in (
             "vocab_size",
             "n_layer",
@@ -247,3 +251,116 @@ class KVCache:
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         return self.k[i], self.v[i]
+
+
+class Trunk(nn.Module):
+    """Base of the AR and diffusion models: ``blocks``, the final ``norm``, the rotary tables and the hook
+    support (``current_positions``). Parameter names are the models' own (``blocks.{i}…``, ``norm``), so
+    checkpoints and the hook points of ``physfm/interp/hooks.py`` do not see the base class.
+
+    A subclass calls ``super().__init__(cfg)``, registers its input embeddings, calls :meth:`_build_trunk`,
+    registers its head and calls :meth:`init_weights`: registration order is init order, so a model built
+    with the same torch seed gets the same weights (and checkpoints list keys in the same order)."""
+
+    # Input lookup tables, by attribute name: no matmul FLOPs, so ``num_params(non_embedding=True)`` drops them.
+    embedding_tables: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+
+    def _build_trunk(self) -> None:
+        cfg = self.config
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self._rope = RotaryTables(cfg)
+        # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware hooks:
+        # [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see physfm/interp/hooks.py).
+        self.current_positions: Tensor | None = None
+
+    def init_weights(self) -> None:
+        """GPT-2/Llama init: N(0, init_std) everywhere, biases at zero, and the two projections that write into
+        the residual stream (attn.wo, mlp.w_down) scaled by 1/sqrt(2 n_layer) so the stream's variance does not
+        grow with depth (each block adds two such terms). Call again after ``to_empty`` from the meta device."""
+        std, n_layer = self.config.init_std, self.config.n_layer
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
+                nn.init.ones_(p)  # RMSNorm gains
+            elif name.endswith(("attn.wo.weight", "mlp.w_down.weight")):
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * n_layer))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    # -- sizes and cost ---------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding`` drops the input lookup tables (they cost no matmul FLOPs)."""
+
+        # ZeRO-3 leaves each rank a shard and records the full size as ds_numel; count that when present.
+        def numel(p: Tensor) -> int:
+            return getattr(p, "ds_numel", p.numel())
+
+        n = sum(numel(p) for p in self.parameters())
+        if non_embedding:
+            tables = [getattr(self, name) for name in self.embedding_tables]
+            n -= sum(numel(t.weight) for t in tables if t is not None)
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N for the matmuls plus the attention term
+        12 * n_layer * n_head * head_dim * seq_len (nanoGPT / PaLM appendix B; causal masking not discounted)."""
+        cfg, seq_len = self.config, seq_len or self.config.max_seq_len
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, seq_len: int | None = None) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
+        return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
+
+    def configure_optimizer(
+        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str | None = None
+    ) -> torch.optim.AdamW:
+        """AdamW decaying only 2-D weights (matmuls, embeddings); gains and biases are not decayed (decay
+        toward 0 would fight the normalisation's scale)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        device_type = device_type or next(self.parameters()).device.type
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {}))
+
+    # -- running the blocks -------------------------------------------------------------------------
+    def new_kv_cache(self, batch: int, max_len: int, device: torch.device | str) -> KVCache:
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens. Under autocast (bf16 on GPU)
+        k/v come out in the autocast dtype, not the weights' dtype, so the cache takes that one."""
+        device_type = torch.device(device).type
+        dtype = (
+            torch.get_autocast_dtype(device_type)
+            if torch.is_autocast_enabled(device_type)
+            else next(self.parameters()).dtype
+        )
+        return KVCache(self.config, batch, max_len, device, dtype)
+
+    def _blocks(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        cache: KVCache | None = None,
+        cache_pos: int = 0,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Every block, then the final norm, on the chunk x [B, L, d] at ``positions`` [L, axes]. ``mask``
+        [L, cache_pos + L] bool (True = attend) replaces token-causal attention."""
+        self.current_positions = positions
+        cos, sin = self._rope(positions)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, block in enumerate(self.blocks):
+            kv = cache.layer(i) if cache is not None else None
+            if recompute:  # keep only each block's input; recompute its inside during backward
+                x = checkpoint(block, x, cos, sin, kv, cache_pos, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, kv, cache_pos, mask)
+        return self.norm(x)

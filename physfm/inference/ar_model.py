@@ -1,0 +1,162 @@
+"""The AR kind of :class:`PhysicsModel`: AR transformer + tokenizer (+ refiner); what
+``PhysicsModel.from_pretrained`` returns for a run whose run.json says ``"kind": "ar"``.
+
+A rollout:
+
+1. z-score the context and encode it into token frames (the causal tokenizer: ``1 + (T-1)/c`` token frames
+   for T frames at temporal compression c; with c = 1 one token frame per field frame);
+2. generate the next token frames with the transformer's preallocated, batched KV cache (greedy at
+   temperature 0, else sampling, optionally top-k), sliding over the trained window length;
+3. decode context + generated tokens together (the decoder is causal in time too) and keep the new frames.
+
+With ``refine=True`` the loop runs one token frame at a time in field space: decode, correct with the
+refiner, append the refined frame to the history and re-encode the newest context for the next step, so
+refinement also steers later steps (the transformer sees the refined past, not its own raw tokens).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_pipelines.errors import DataError, InputError
+from physfm.inference.loading import load_ar_model, load_with_tokenizer
+from physfm.inference.physics_model import PhysicsModel
+from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
+from tokenizer.checkpoint import load_tokenizer
+
+
+def _refiner_location(location: Path, run_dir: Path) -> Path | None:
+    for candidate in (location / "refiner", run_dir / "refiner"):
+        if is_refiner_dir(candidate):
+            return candidate
+    return None
+
+
+class ARPhysicsModel(PhysicsModel):
+    """AR transformer + tokenizer (+ optional refiner) with a physical-units rollout."""
+
+    kind = "ar"
+    label = "AR"
+    method = "ar"
+
+    def __init__(self, model, tokenizer, info: dict[str, Any], refiner=None, refiner_meta: dict | None = None):
+        super().__init__(model, tokenizer, info)
+        self.refiner, self.refiner_meta = (refiner.eval() if refiner is not None else None), refiner_meta
+
+    @classmethod
+    def _load(
+        cls,
+        location: Path,
+        *,
+        tokenizer: str | Path | None,
+        device: str | torch.device,
+        refiner: str | Path | bool | None = "auto",
+    ) -> ARPhysicsModel:
+        """``refiner``: "auto" loads ``LOCATION/refiner`` (or the run's) when present, a path loads that one,
+        False/None loads none."""
+        model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
+        tok = load_tokenizer(tok_path)
+        recorded = info.get("tokenizer_fingerprint")
+        ref, meta = None, None
+        ref_path = _refiner_location(location, run_dir) if refiner == "auto" else (Path(refiner) if refiner else None)
+        if ref_path is not None:
+            ref, meta = load_refiner(ref_path)
+            if recorded and meta.get("tokenizer_fingerprint") not in (None, recorded):
+                raise DataError(f"{ref_path}: refiner was trained with another tokenizer than this model's")
+            if meta.get("ar_sha256") and meta["ar_sha256"] != state_sha256(model):
+                warnings.warn(
+                    f"{ref_path}: refiner was trained against other AR weights than {location} "
+                    "(the run trained on?); retrain it with `physfm refine` for the best results",
+                    stacklevel=3,
+                )
+            meta = {**meta, "path": str(ref_path)}
+        info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
+        return cls(model, tok, info, ref, meta).to(device)
+
+    def to(self, device: str | torch.device) -> ARPhysicsModel:
+        super().to(device)
+        if self.refiner is not None:
+            self.refiner.to(device)
+        return self
+
+    @torch.no_grad()
+    def generate_tokens(
+        self,
+        context_ids: torch.Tensor,
+        n_token_frames: int,
+        dataset: str,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Context token frames [B, F, *grid] → the next ``n_token_frames`` [B, n, *grid]."""
+        ids = torch.full((context_ids.shape[0],), self.dataset_names.index(dataset), device=self.device)
+        return self.model.generate_frames(
+            context_ids.to(self.device),
+            n_token_frames,
+            ids,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            use_cache=use_cache,
+            window_frames=self.n_window_tokens,
+        )
+
+    # ------------------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def rollout(
+        self,
+        context,
+        horizon: int = 8,
+        dataset: str | None = None,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        refine: bool = False,
+        use_cache: bool = True,
+        batch_size: int = 64,
+        return_tokens: bool = False,
+    ):
+        """As :meth:`PhysicsModel.rollout`: greedy at ``temperature`` 0, else sampling (``top_k`` optional)
+        seeded by ``seed``; ``refine`` corrects each frame with the refiner and feeds it back;
+        ``use_cache=False`` re-runs the whole prefix per token (the reference path)."""
+        if refine and self.refiner is None:
+            raise InputError("refine=True: this model has no refiner (train one with `physfm refine`)")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
+        roll = self._rollout_fields if refine else self._rollout_tokens
+
+        def step(ctx: torch.Tensor, horizon: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+            return roll(ctx, horizon, dataset, temperature, top_k, generator, use_cache)
+
+        return self._rollout(context, horizon, dataset, batch_size, return_tokens, step)
+
+    def _rollout_tokens(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
+        """All token frames at once in token space, then one decode: ctx [B, T_in, C, *space] physical."""
+        c, n_in = self.temporal_compression, ctx.shape[1]
+        ctx_ids = self.encode(ctx, dataset)
+        new = self.generate_tokens(ctx_ids, math.ceil(horizon / c), dataset, temperature, top_k, generator, use_cache)
+        decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
+        return decoded[:, n_in : n_in + horizon], new
+
+    def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
+        """One token frame per step; decoded frames are refined and fed back (re-encoded) as context."""
+        tok, c, n_in = self.tokenizer, self.temporal_compression, ctx.shape[1]
+        history = tok.normalize(ctx, dataset)  # [B, T, C, *space] z-scored
+        new_tokens = []
+        while history.shape[1] < n_in + horizon:
+            window = history[:, -n_in:]
+            ids = tok.encode(window, dataset)
+            new = self.generate_tokens(ids, 1, dataset, temperature, top_k, generator, use_cache)
+            decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, C, *space]
+            for j in range(decoded.shape[1]):
+                refined = self.refiner(decoded[:, j], history, dataset)
+                history = torch.cat([history, refined[:, None]], dim=1)
+            new_tokens.append(new)
+        out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
+        return out, torch.cat(new_tokens, 1)
