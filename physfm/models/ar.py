@@ -6,6 +6,14 @@ bucketed simulation parameters) are prepended, so the model reads::
 
     [dataset] [param_0 .. param_{P-1}] frame_0 (T tokens) frame_1 ... frame_{F-1}      T = prod(grid)
 
+Two ways to generate (``model.prediction``): "raster" predicts each token from the one before it in that
+sequence (token-causal attention, T decode steps per frame); "next_frame" predicts every token of frame t+1 at
+once from frames <= t (block-causal attention: full inside a frame, causal across frames; one forward pass per
+frame). In next-frame mode the output at (t, p) predicts the token at (t+1, p), the LM head starts as a copy
+of the embedding table and a learned ``copy_gain`` adds to the logit of the input token, so the untrained
+model already predicts "the same token again" (copy-tokens, i.e. persistence in token space) and training
+only has to learn the change.
+
 Rotary embeddings are factorised over (time, x, y, z): each head's dimensions are split into one
 chunk per axis and every token rotates by its own (t, i, j, k) position, so one model reads 1D, 2D and
 3D grids (missing axes sit at position 0 and rotate by nothing). Parallelism, precision and launch are
@@ -25,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
+from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, frame_causal_mask, token_positions
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
 
@@ -57,6 +65,8 @@ class PhysicsTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
+        # Next-frame mode: extra logit for the token at the same place in the input frame (learned, starts at 1).
+        self.copy_gain = nn.Parameter(torch.ones(1)) if cfg.prediction == "next_frame" else None
         self._rope = RotaryTables(cfg)
         # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware hooks:
         # [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see physfm/interp/hooks.py).
@@ -75,6 +85,13 @@ class PhysicsTransformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * cfg.n_layer))
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+        if cfg.prediction == "next_frame":
+            # Start at copy-tokens: the final RMSNorm scales each position's (mostly embedding) stream to
+            # unit RMS, so with head = embedding the input token's own logit leads by ~d_model * init_std.
+            # A copy, not a tie: tied weights would be one tensor under two names (safetensors refuses that,
+            # and ZeRO-3 gathers parameters per module).
+            with torch.no_grad():
+                self.lm_head.weight.copy_(self.tok_embedding.weight)
 
     # -- sizes and cost ---------------------------------------------------------------------------
     @property
@@ -133,16 +150,25 @@ class PhysicsTransformer(nn.Module):
             cond = torch.cat([cond, self.param_embedding(slot + param_ids.clamp(0, cfg.n_param_buckets - 1))], 1)
         return cond
 
-    def _blocks(self, x: Tensor, positions: Tensor, cache: KVCache | None = None, cache_pos: int = 0) -> Tensor:
+    def _blocks(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        cache: KVCache | None = None,
+        cache_pos: int = 0,
+        mask: Tensor | None = None,
+    ) -> Tensor:
+        """Every block over the chunk at ``positions``; ``mask`` [L, cache_pos + L] bool replaces token-causal
+        attention (next-frame mode)."""
         self.current_positions = positions
         cos, sin = self._rope(positions)
         recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             kv = cache.layer(i) if cache is not None else None
             if recompute:  # keep only each block's input; recompute its inside during backward
-                x = checkpoint(block, x, cos, sin, kv, cache_pos, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, kv, cache_pos, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, kv, cache_pos)
+                x = block(x, cos, sin, kv, cache_pos, mask)
         return self.norm(x)
 
     def _embed(self, idx: Tensor, dataset_ids: Tensor, param_ids: Tensor | None) -> Tensor:
@@ -160,6 +186,14 @@ class PhysicsTransformer(nn.Module):
         self.current_positions = positions
         return positions
 
+    def _logits(self, h: Tensor, inputs: Tensor | None) -> Tensor:
+        """LM head over h [..., d]; in next-frame mode plus ``copy_gain`` on each position's input token [...]."""
+        logits = self.lm_head(h)
+        if self.copy_gain is not None:
+            gain = self.copy_gain.to(logits.dtype).expand(inputs.shape).unsqueeze(-1)
+            logits = logits.scatter_add(-1, inputs.unsqueeze(-1), gain)
+        return logits
+
     def forward(
         self,
         idx: Tensor,
@@ -169,24 +203,37 @@ class PhysicsTransformer(nn.Module):
         param_ids: Tensor | None = None,
         return_logits: bool = True,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """idx [B, L = F*T] frame-major token ids -> logits [B, L, V] where ``logits[:, k]`` predicts
-        ``idx[:, k]`` from the conditioning tokens and ``idx[:, :k]``.
+        """idx [B, L = F*T] frame-major token ids -> logits where ``logits[:, k]`` predicts ``idx[:, k]``:
+        raster mode [B, L, V] from the conditioning tokens and ``idx[:, :k]``; next-frame mode [B, L - T, V]
+        (from the second frame on, as the first has no frame before it) from the frames before k's.
 
-        ``targets`` [B, L] are aligned with idx: usually idx itself with the context frames set to
-        IGNORE_INDEX, so the loss covers the target frames only. With ``return_logits=False`` the head
-        runs on the target positions only (saves the [B, L, V] logits' memory in training)."""
+        ``targets`` [B, L] are aligned with idx: usually idx itself with the frames that carry no loss set to
+        IGNORE_INDEX (next-frame mode ignores the first frame's by construction). With
+        ``return_logits=False`` the head runs on the target positions only (saves [B, L, V] logits' memory)."""
         grid_shape = tuple(grid_shape)
-        if idx.shape[1] % math.prod(grid_shape):
+        T = math.prod(grid_shape)
+        if idx.shape[1] % T:
             raise ValueError(f"idx: length {idx.shape[1]} is not a whole number of {grid_shape} frames")
-        positions = self._positions(idx.shape[1] // math.prod(grid_shape), grid_shape, idx.device)
+        positions = self._positions(idx.shape[1] // T, grid_shape, idx.device)
         x = self._embed(idx, dataset_ids, param_ids)
-        h = self._blocks(x, positions)[:, self.n_cond_tokens - 1 : -1]  # outputs that predict idx[:, k]
+        n_cond = self.n_cond_tokens
+        if self.config.prediction == "next_frame":
+            if idx.shape[1] < 2 * T:
+                raise ValueError(f"idx: next-frame prediction needs at least two {grid_shape} frames")
+            h = self._blocks(x, positions, mask=frame_causal_mask(positions[:, 0]))[
+                :, n_cond : n_cond + idx.shape[1] - T
+            ]
+            inputs, targets = idx[:, :-T], None if targets is None else targets[:, T:]
+        else:
+            h = self._blocks(x, positions)[:, n_cond - 1 : -1]  # outputs that predict idx[:, k]
+            inputs = None
         if targets is None:
-            return self.lm_head(h), None
+            return self._logits(h, inputs), None
         if not return_logits:
             keep = targets != IGNORE_INDEX
-            return None, F.cross_entropy(self.lm_head(h[keep]).float(), targets[keep])
-        logits = self.lm_head(h)
+            logits = self._logits(h[keep], None if inputs is None else inputs[keep])
+            return None, F.cross_entropy(logits.float(), targets[keep])
+        logits = self._logits(h, inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
@@ -219,7 +266,8 @@ class PhysicsTransformer(nn.Module):
 
         The model attends over at most ``window_frames`` frames (default ``config.max_frames``); when the
         rollout outgrows the window it slides by one frame, re-encoding the newest window_frames - 1 frames
-        with time restarting at 0 as in training. ``use_cache=False`` re-runs the whole prefix per token."""
+        with time restarting at 0 as in training. ``use_cache=False`` re-runs the whole prefix per token (per
+        frame in next-frame mode)."""
         B, grid = context_ids.shape[0], tuple(context_ids.shape[2:])
         T, window = math.prod(grid), window_frames or self.config.max_frames
         frames = context_ids.reshape(B, -1, T)  # [B, F, T]
@@ -237,7 +285,8 @@ class PhysicsTransformer(nn.Module):
         while remaining > 0:
             n_ctx = min(frames.shape[1], window - 1)
             n_now = min(remaining, window - n_ctx)
-            new = self._decode_window(
+            decode = self._decode_frames if self.config.prediction == "next_frame" else self._decode_window
+            new = decode(
                 frames[:, frames.shape[1] - n_ctx :],
                 n_now * T,
                 grid,
@@ -289,3 +338,37 @@ class PhysicsTransformer(nn.Module):
                 logits = self.lm_head(h[:, -1])
                 pos += 1
         return out
+
+    def _decode_frames(
+        self,
+        ctx: Tensor,
+        n_tokens: int,
+        grid: tuple[int, ...],
+        dataset_ids: Tensor,
+        param_ids: Tensor | None,
+        cache: KVCache | None,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Next-frame mode: ctx [B, F_ctx, T] -> n_tokens (whole frames) new ids [B, n_tokens], one forward per frame."""
+        B, n_ctx, T = ctx.shape
+        n_new = n_tokens // T
+        positions = self._positions(n_ctx + n_new, grid, ctx.device)
+        frames = [ctx[:, f] for f in range(n_ctx)]
+        pos = self.n_cond_tokens + n_ctx * T  # sequence length so far
+        if cache is not None:  # prefill: conditioning + context frames, block-causal
+            x = self._embed(ctx.reshape(B, -1), dataset_ids, param_ids)
+            h = self._blocks(x, positions[:pos], cache, 0, frame_causal_mask(positions[:pos, 0]))[:, -T:]
+        for f in range(n_new):
+            if cache is None:  # reference path: the whole window again for every frame
+                x = self._embed(torch.cat(frames, 1), dataset_ids, param_ids)
+                h = self._blocks(x, positions[:pos], mask=frame_causal_mask(positions[:pos, 0]))[:, -T:]
+            logits = self._logits(h, frames[-1])  # [B, T, V]
+            frames.append(self._sample(logits.flatten(0, 1), temperature, top_k, generator).view(B, T))
+            if cache is not None and f + 1 < n_new:  # the new frame attends to everything before it and itself
+                chunk = positions[pos : pos + T]
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=ctx.device)
+                h = self._blocks(self.tok_embedding(frames[-1]), chunk, cache, pos, mask)
+            pos += T
+        return torch.cat(frames[n_ctx:], dim=1)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, token_positions
+from physfm.models.trunk import Block, KVCache, ModelConfig, RotaryTables, frame_causal_mask, token_positions
 
 
 @dataclass
@@ -90,12 +90,6 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tens
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
-def frame_causal_mask(frame_index: Tensor) -> Tensor:
-    """frame_index [L] (-1 for conditioning tokens) → bool [L, L]: query q may attend key k iff k's frame
-    is not later than q's (bidirectional inside a frame, causal across frames)."""
-    return frame_index[None, :] <= frame_index[:, None]
 
 
 class LatentFlowTransformer(nn.Module):
