@@ -264,3 +264,53 @@ def test_bfloat16_weights_keep_fp32_rotary_tables_and_clean_state_dict():
     assert all("rope" not in key for key in model.state_dict())
     frames = model.generate_frames(idx.view(1, 2, 4, 4), 1, torch.tensor([0]))
     assert frames.shape == (1, 1, 4, 4)
+
+
+# ----------------------------------------------------------------------------- next-frame prediction
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("grid", [(16,), (4, 4)])
+def test_next_frame_cached_and_uncached_generation_agree(window, grid):
+    """One forward per frame with the KV cache = the whole window again per frame, greedy and sampled, also
+    when the rollout slides past the window (window=3 re-keys after every frame)."""
+    model = make_model(prediction="next_frame", n_spatial_dims=len(grid), grid_shape=list(grid))
+    ctx = torch.randint(0, 50, (3, 2, *grid))
+    ds = torch.tensor([0, 1, 2])
+    cached = model.generate_frames(ctx, 4, ds, window_frames=window)
+    uncached = model.generate_frames(ctx, 4, ds, window_frames=window, use_cache=False)
+    assert cached.shape == (3, 4, *grid) and torch.equal(cached, uncached)
+    draws = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(3)
+        draws.append(
+            model.generate_frames(ctx, 3, ds, temperature=1.0, top_k=5, generator=generator, use_cache=use_cache)
+        )
+    assert torch.equal(*draws)
+
+
+def test_next_frame_untrained_model_copies_the_last_frame():
+    """The output at (t, p) predicts (t+1, p), and the head starts as the embedding: copy-tokens at init."""
+    model = make_model(seed=4, prediction="next_frame")
+    ctx = torch.randint(0, 50, (4, 2, 4, 4))
+    new = model.generate_frames(ctx, 2, torch.zeros(4, dtype=torch.long))
+    assert torch.equal(new[:, 0], ctx[:, -1]) and torch.equal(new[:, 1], ctx[:, -1])
+
+
+def test_next_frame_is_block_causal_and_learns_every_frame_after_the_first():
+    model = make_model(prediction="next_frame")
+    T, ds = 16, torch.tensor([0, 1])
+    idx = torch.randint(0, 50, (2, 3 * T))
+    logits, loss = model(idx, (4, 4), ds, targets=idx)
+    assert logits.shape == (2, 2 * T, 50)  # frames 1 and 2 are predicted; frame 0 has nothing before it
+    _, partial = model(idx, (4, 4), ds, targets=idx, return_logits=False)
+    torch.testing.assert_close(loss, partial)
+    changed = idx.clone()
+    changed[:, 2 * T + 5] = (changed[:, 2 * T + 5] + 1) % 50  # a token of the last frame
+    a, _ = model(idx, (4, 4), ds)
+    b, _ = model(changed, (4, 4), ds)
+    torch.testing.assert_close(a[:, :T], b[:, :T])  # frame 1's prediction reads frames <= 0 only
+    changed = idx.clone()
+    changed[:, T + 15] = (changed[:, T + 15] + 1) % 50  # the last token of frame 1
+    c, _ = model(changed, (4, 4), ds)
+    assert not torch.allclose(a[:, T], c[:, T])  # ... while frame 2's first token sees all of frame 1
+    with pytest.raises(ValueError, match="two"):
+        model(idx[:, :T], (4, 4), ds)

@@ -6,6 +6,14 @@ bucketed simulation parameters) are prepended, so the model reads::
 
     [dataset] [param_0 .. param_{P-1}] frame_0 (T tokens) frame_1 ... frame_{F-1}      T = prod(grid)
 
+Two ways to generate (``model.prediction``): "raster" predicts each token from the one before it in that
+sequence (token-causal attention, T decode steps per frame); "next_frame" predicts every token of frame t+1 at
+once from frames <= t (block-causal attention: full inside a frame, causal across frames; one forward pass per
+frame). In next-frame mode the output at (t, p) predicts the token at (t+1, p), the LM head starts as a copy
+of the embedding table and a learned ``copy_gain`` adds to the logit of the input token, so the untrained
+model already predicts "the same token again" (copy-tokens, i.e. persistence in token space) and training
+only has to learn the change.
+
 Rotary embeddings are factorised over (time, x, y, z): each head's dimensions are split into one
 chunk per axis and every token rotates by its own (t, i, j, k) position, so one model reads 1D, 2D and
 3D grids (missing axes sit at position 0 and rotate by nothing). Parallelism, precision and launch are
@@ -23,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from physfm.models.trunk import KVCache, ModelConfig, Trunk, token_positions
+from physfm.models.trunk import KVCache, ModelConfig, Trunk, frame_causal_mask, token_positions
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
 
@@ -42,7 +50,20 @@ class PhysicsTransformer(Trunk):
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self._build_trunk()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
+        # Next-frame mode: extra logit for the token at the same place in the input frame (learned, starts at 1).
+        self.copy_gain = nn.Parameter(torch.ones(1)) if cfg.prediction == "next_frame" else None
         self.init_weights()
+
+    def init_weights(self) -> None:
+        """The trunk's init (see :meth:`Trunk.init_weights`); in next-frame mode the head then starts as a copy
+        of the embedding table. Why: the final RMSNorm scales each position's (mostly embedding) stream to unit
+        RMS, so with head = embedding the input token's own logit leads by ~d_model * init_std and the untrained
+        model predicts copy-tokens. A copy, not a tie: tied weights would be one tensor under two names
+        (safetensors refuses that, and ZeRO-3 gathers parameters per module)."""
+        super().init_weights()
+        if self.config.prediction == "next_frame":
+            with torch.no_grad():
+                self.lm_head.weight.copy_(self.tok_embedding.weight)
 
     @property
     def n_cond_tokens(self) -> int:
@@ -78,6 +99,14 @@ class PhysicsTransformer(Trunk):
         self.current_positions = positions
         return positions
 
+    def _logits(self, h: Tensor, inputs: Tensor | None) -> Tensor:
+        """LM head over h [..., d]; in next-frame mode plus ``copy_gain`` on each position's input token [...]."""
+        logits = self.lm_head(h)
+        if self.copy_gain is not None:
+            gain = self.copy_gain.to(logits.dtype).expand(inputs.shape).unsqueeze(-1)
+            logits = logits.scatter_add(-1, inputs.unsqueeze(-1), gain)
+        return logits
+
     def forward(
         self,
         idx: Tensor,
@@ -87,24 +116,37 @@ class PhysicsTransformer(Trunk):
         param_ids: Tensor | None = None,
         return_logits: bool = True,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """idx [B, L = F*T] frame-major token ids -> logits [B, L, V] where ``logits[:, k]`` predicts
-        ``idx[:, k]`` from the conditioning tokens and ``idx[:, :k]``.
+        """idx [B, L = F*T] frame-major token ids -> logits where ``logits[:, k]`` predicts ``idx[:, k]``:
+        raster mode [B, L, V] from the conditioning tokens and ``idx[:, :k]``; next-frame mode [B, L - T, V]
+        (from the second frame on, as the first has no frame before it) from the frames before k's.
 
-        ``targets`` [B, L] are aligned with idx: usually idx itself with the context frames set to
-        IGNORE_INDEX, so the loss covers the target frames only. With ``return_logits=False`` the head
-        runs on the target positions only (saves the [B, L, V] logits' memory in training)."""
+        ``targets`` [B, L] are aligned with idx: usually idx itself with the frames that carry no loss set to
+        IGNORE_INDEX (next-frame mode ignores the first frame's by construction). With
+        ``return_logits=False`` the head runs on the target positions only (saves [B, L, V] logits' memory)."""
         grid_shape = tuple(grid_shape)
-        if idx.shape[1] % math.prod(grid_shape):
+        T = math.prod(grid_shape)
+        if idx.shape[1] % T:
             raise ValueError(f"idx: length {idx.shape[1]} is not a whole number of {grid_shape} frames")
-        positions = self._positions(idx.shape[1] // math.prod(grid_shape), grid_shape, idx.device)
+        positions = self._positions(idx.shape[1] // T, grid_shape, idx.device)
         x = self._embed(idx, dataset_ids, param_ids)
-        h = self._blocks(x, positions)[:, self.n_cond_tokens - 1 : -1]  # outputs that predict idx[:, k]
+        n_cond = self.n_cond_tokens
+        if self.config.prediction == "next_frame":
+            if idx.shape[1] < 2 * T:
+                raise ValueError(f"idx: next-frame prediction needs at least two {grid_shape} frames")
+            h = self._blocks(x, positions, mask=frame_causal_mask(positions[:, 0]))[
+                :, n_cond : n_cond + idx.shape[1] - T
+            ]
+            inputs, targets = idx[:, :-T], None if targets is None else targets[:, T:]
+        else:
+            h = self._blocks(x, positions)[:, n_cond - 1 : -1]  # outputs that predict idx[:, k]
+            inputs = None
         if targets is None:
-            return self.lm_head(h), None
+            return self._logits(h, inputs), None
         if not return_logits:
             keep = targets != IGNORE_INDEX
-            return None, F.cross_entropy(self.lm_head(h[keep]).float(), targets[keep])
-        logits = self.lm_head(h)
+            logits = self._logits(h[keep], None if inputs is None else inputs[keep])
+            return None, F.cross_entropy(logits.float(), targets[keep])
+        logits = self._logits(h, inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
@@ -137,7 +179,8 @@ class PhysicsTransformer(Trunk):
 
         The model attends over at most ``window_frames`` frames (default ``config.max_frames``); when the
         rollout outgrows the window it slides by one frame, re-encoding the newest window_frames - 1 frames
-        with time restarting at 0 as in training. ``use_cache=False`` re-runs the whole prefix per token."""
+        with time restarting at 0 as in training. ``use_cache=False`` re-runs the whole prefix per token (per
+        frame in next-frame mode)."""
         B, grid = context_ids.shape[0], tuple(context_ids.shape[2:])
         T, window = math.prod(grid), window_frames or self.config.max_frames
         frames = context_ids.reshape(B, -1, T)  # [B, F, T]
@@ -146,7 +189,8 @@ class PhysicsTransformer(Trunk):
         while remaining > 0:
             n_ctx = min(frames.shape[1], window - 1)
             n_now = min(remaining, window - n_ctx)
-            new = self._decode_window(
+            decode = self._decode_frames if self.config.prediction == "next_frame" else self._decode_window
+            new = decode(
                 frames[:, frames.shape[1] - n_ctx :],
                 n_now * T,
                 grid,
@@ -198,3 +242,37 @@ class PhysicsTransformer(Trunk):
                 logits = self.lm_head(h[:, -1])
                 pos += 1
         return out
+
+    def _decode_frames(
+        self,
+        ctx: Tensor,
+        n_tokens: int,
+        grid: tuple[int, ...],
+        dataset_ids: Tensor,
+        param_ids: Tensor | None,
+        cache: KVCache | None,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Next-frame mode: ctx [B, F_ctx, T] -> n_tokens (whole frames) new ids [B, n_tokens], one forward per frame."""
+        B, n_ctx, T = ctx.shape
+        n_new = n_tokens // T
+        positions = self._positions(n_ctx + n_new, grid, ctx.device)
+        frames = [ctx[:, f] for f in range(n_ctx)]
+        pos = self.n_cond_tokens + n_ctx * T  # sequence length so far
+        if cache is not None:  # prefill: conditioning + context frames, block-causal
+            x = self._embed(ctx.reshape(B, -1), dataset_ids, param_ids)
+            h = self._blocks(x, positions[:pos], cache, 0, frame_causal_mask(positions[:pos, 0]))[:, -T:]
+        for f in range(n_new):
+            if cache is None:  # reference path: the whole window again for every frame
+                x = self._embed(torch.cat(frames, 1), dataset_ids, param_ids)
+                h = self._blocks(x, positions[:pos], mask=frame_causal_mask(positions[:pos, 0]))[:, -T:]
+            logits = self._logits(h, frames[-1])  # [B, T, V]
+            frames.append(self._sample(logits.flatten(0, 1), temperature, top_k, generator).view(B, T))
+            if cache is not None and f + 1 < n_new:  # the new frame attends to everything before it and itself
+                chunk = positions[pos : pos + T]
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=ctx.device)
+                h = self._blocks(self.tok_embedding(frames[-1]), chunk, cache, pos, mask)
+            pos += T
+        return torch.cat(frames[n_ctx:], dim=1)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
-from physfm.models.trunk import ModelConfig, Trunk, token_positions
+from physfm.models.trunk import ModelConfig, Trunk, frame_causal_mask, token_positions
 from tokenizer.fsq import FSQ
 
 
@@ -92,12 +92,6 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tens
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     angles = 1000.0 * t.float()[:, None] * freqs[None]
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
-
-
-def frame_causal_mask(frame_index: Tensor) -> Tensor:
-    """frame_index [L] (-1 for conditioning tokens) → bool [L, L]: query q may attend key k iff k's frame
-    is not later than q's (bidirectional inside a frame, causal across frames)."""
-    return frame_index[None, :] <= frame_index[:, None]
 
 
 class LatentFlowTransformer(Trunk):

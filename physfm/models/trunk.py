@@ -23,6 +23,11 @@ class ModelConfig:
     # Which network trains on these sizes: the AR transformer over token ids (this file) or the flow-matching
     # transformer over the tokenizer's continuous latents (physfm/models/diffusion.py, same blocks).
     kind: Literal["ar", "diffusion"] = "ar"
+    # How the AR model generates a frame. "next_frame": every token of frame t+1 at once from frames <= t
+    # (block-causal attention; the output at (t, p) predicts the token at (t+1, p), so the token in the same
+    # place one frame back reaches its successor's prediction directly); one forward pass per frame.
+    # "raster": each token from the one before it in the flattened sequence, T decode steps per frame.
+    prediction: Literal["raster", "next_frame"] = "raster"
     vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
     n_layer: int = 4
     n_head: int = 4
@@ -86,6 +91,8 @@ class ModelConfig:
             raise ConfigError(f"model: head_dim={self.head_dim} must be even with >= one rotary pair per axis")
         if self.n_cond_params < 0 or self.n_param_buckets < 0:
             raise ConfigError("model.n_cond_params / model.n_param_buckets: must be >= 0")
+        if self.prediction not in ("raster", "next_frame"):
+            raise ConfigError(f"model.prediction: expected 'raster' or 'next_frame', got {self.prediction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
@@ -364,3 +371,9 @@ class Trunk(nn.Module):
             else:
                 x = block(x, cos, sin, kv, cache_pos, mask)
         return self.norm(x)
+
+
+def frame_causal_mask(frame_index: Tensor) -> Tensor:
+    """frame_index [L] (-1 for conditioning tokens) → bool [L, L]: query q may attend key k iff k's frame
+    is not later than q's (bidirectional inside a frame, causal across frames)."""
+    return frame_index[None, :] <= frame_index[:, None]

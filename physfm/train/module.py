@@ -104,7 +104,10 @@ class ARModule(L.LightningModule):
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
-        idx, targets, grid = window_to_sequence(tokens, self.n_context_frames)
+        # Raster mode learns the target frames only; next-frame mode learns every frame after the first
+        # (each frame is a training example for the same one-step map, at no extra cost).
+        n_unsupervised = 1 if self.model_config.prediction == "next_frame" else self.n_context_frames
+        idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
         ids = self.dataset_ids(batch["dataset"], tokens.shape[0])
         _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
         return loss

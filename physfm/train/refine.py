@@ -39,6 +39,11 @@ class RefineDataConfig:
     shards: str = ""  # field shards the AR model's tokens were made from (physfm data shard --out)
     split: str = "train"
     n_windows: int = 128  # training windows per dataset (AR predictions computed once for each)
+    # Steps of the AR model's own rollout each window contributes (PhysiX trains on saved rollouts): step k's
+    # pair is (decoded prediction k, the last context frames of true context + raw predictions before it,
+    # true frame k), so the refiner sees the compounding error it must correct. 1 = one-step predictions
+    # from true context only (teacher forcing).
+    rollout_steps: int = 4
     val_split: str = "valid"  # "" = no validation
     val_windows: int = 32  # per dataset
     batch_size: int = 8
@@ -75,7 +80,7 @@ class RefineRunConfig:
             raise ConfigError("ckpt: required (the AR run, checkpoint or export to refine)")
         if not self.data.shards:
             raise ConfigError("data.shards: required (the field shards the model was trained on)")
-        for key in ("n_windows", "batch_size"):
+        for key in ("n_windows", "batch_size", "rollout_steps"):
             if getattr(self.data, key) < 1:
                 raise ConfigError(f"data.{key}: must be >= 1, got {getattr(self.data, key)}")
 
@@ -98,26 +103,38 @@ class Pairs:
 
 @torch.no_grad()
 def collect_pairs(
-    pm, shards: str | Path, split: str, n_windows: int, batch_size: int = 32, source: str = "ar"
+    pm,
+    shards: str | Path,
+    split: str,
+    n_windows: int,
+    batch_size: int = 32,
+    source: str = "ar",
+    rollout_steps: int = 1,
 ) -> dict[str, Pairs]:
-    """One-step (input, context, truth) per window; ``source`` "ar" = the AR's decoded greedy prediction,
-    "persistence" = the last context frame (an ablation: the refiner alone as a forecaster)."""
+    """(input, context, truth) pairs per window and rollout step, z-scored. ``source`` "ar" = the AR model's
+    decoded greedy rollout of ``rollout_steps`` frames (raw, unrefined), each step paired with the frames
+    before it (true context, then the model's own predictions); "persistence" = the last context frame
+    repeated (an ablation: the refiner alone as a forecaster)."""
     parts: dict[str, list[tuple[torch.Tensor, ...]]] = {}
     tok = pm.tokenizer
-    for batch in evaluation_windows(
-        shards, split, 1, batch_size=batch_size, max_windows=n_windows, datasets=pm.dataset_names
-    ):
-        name = batch.dataset
-        pred = (
-            pm.rollout(batch.context, 1, name, batch_size=batch_size)[:, 0] if source == "ar" else batch.context[:, -1]
-        )
-        parts.setdefault(name, []).append(
-            (
-                tok.normalize(pred.float(), name),
-                tok.normalize(batch.context, name),
-                tok.normalize(batch.truth[:, 0], name),
+    windows = evaluation_windows(
+        shards, split, rollout_steps, batch_size=batch_size, max_windows=n_windows, datasets=pm.dataset_names
+    )
+    for batch in windows:
+        name, n_in = batch.dataset, batch.context.shape[1]
+        if source == "ar":
+            preds = pm.rollout(batch.context, rollout_steps, name, batch_size=batch_size)
+        else:
+            preds = batch.context[:, -1:].expand(-1, rollout_steps, *batch.context.shape[2:])
+        history = torch.cat([batch.context, preds.to(batch.context.dtype)], dim=1)
+        for k in range(rollout_steps):
+            parts.setdefault(name, []).append(
+                (
+                    tok.normalize(preds[:, k].float(), name),
+                    tok.normalize(history[:, k : k + n_in], name),
+                    tok.normalize(batch.truth[:, k], name),
+                )
             )
-        )
     return {name: Pairs(*(torch.cat(t) for t in zip(*chunks))) for name, chunks in parts.items()}
 
 
@@ -204,7 +221,7 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt)
     pm = PhysicsModel.from_pretrained(cfg.ckpt, tokenizer=cfg.tokenizer or None, refiner=False)
     start = time.perf_counter()
-    pairs = collect_pairs(pm, cfg.data.shards, cfg.data.split, cfg.data.n_windows)
+    pairs = collect_pairs(pm, cfg.data.shards, cfg.data.split, cfg.data.n_windows, rollout_steps=cfg.data.rollout_steps)
     t_pairs = time.perf_counter() - start
     if log:
         log(f"refine: AR predictions for {sum(len(p) for p in pairs.values())} training windows in {t_pairs:.0f} s")
