@@ -92,3 +92,29 @@ def test_refine_cli_rejects_unknown_keys(refined, capsys):
     paths, _ = refined
     code = physfm(["refine", "--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "train.stepz=3"])
     assert code == 2 and "train.stepz" in capsys.readouterr().err
+
+
+def test_rollout_pairs_pair_each_step_with_the_models_own_history(refined):
+    """PhysiX's recipe: step k of the AR model's rollout is paired with the frames before it, the true
+    context followed by the model's own raw predictions, and with the true frame k."""
+    from physfm.train.refine import collect_pairs
+
+    paths, _ = refined
+    pm = PhysicsModel.from_pretrained(paths["export"], refiner=False)
+    steps = 3
+    one = collect_pairs(pm, paths["shards"], "train", 4, rollout_steps=1)
+    many = collect_pairs(pm, paths["shards"], "train", 4, rollout_steps=steps)
+    for name, p in many.items():
+        assert len(p) == steps * len(one[name])
+    name = sorted(many)[0]
+    p, n = many[name], len(one[name])
+    batch = next(b for b in evaluation_windows(paths["shards"], "train", steps, max_windows=4) if b.dataset == name)
+    raw = pm.tokenizer.normalize(pm.rollout(batch.context, steps, name), name)
+    truth = pm.tokenizer.normalize(batch.truth, name)
+    # pairs are stored step by step: step k of window w sits at k * n + w
+    w = 0
+    for k in range(steps):
+        torch.testing.assert_close(p.pred[k * n + w], raw[w, k])
+        torch.testing.assert_close(p.truth[k * n + w], truth[w, k])
+    torch.testing.assert_close(p.context[1 * n + w][-1], raw[w, 0])  # step 1 sees the model's step-0 prediction
+    torch.testing.assert_close(p.context[0 * n + w][-1], pm.tokenizer.normalize(batch.context[w, -1], name))
