@@ -5,6 +5,9 @@ window, ``KEY.tokens.npy`` (int32 ids ``[T', *space']`` for the input *and* outp
 and ``KEY.meta.json`` (the source window's meta plus ``n_frames``), and ``TOKENS/manifest.json`` with the
 source manifest's datasets (each with its ``token_grid``), ``tokenizer_fingerprint`` and a ``tokenizer``
 summary. With ``temporal_compression == 1`` the first ``n_input`` token frames are the input frames.
+A conditional tokenizer (``manifest["tokenizer"]["conditional"]`` true; absent in older manifests = false)
+writes windows whose frame 0 is key-coded and whose frame t > 0 is coded given the true frame t - 1;
+decoding them is closed loop (each decoded frame conditions the next).
 
 Both directions stream: windows are read in order, batched per dataset (``batch_size``), and written
 to size-bounded shards, so memory stays bounded whatever the shard set's size. Decoding, or any use of
@@ -134,6 +137,8 @@ def encode_shards(
                 "codebook_size": tok.fsq.codebook_size,
                 "spatial_compression": tok.cfg.spatial_compression,
                 "temporal_compression": tok.cfg.temporal_compression,
+                "conditional": tok.cfg.conditional,
+                **({"no_change_id": tok.no_change_id} if tok.cfg.conditional else {}),
             },
         },
     )
