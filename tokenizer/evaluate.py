@@ -15,7 +15,8 @@ A conditional tokenizer (``model.conditional``) adds, per field, the figures tha
 ``conditional_vrmse`` (frames t > 0 decoded from their tokens given the TRUE frame t - 1: the ceiling of a
 model that predicts one frame's tokens), ``persistence_vrmse`` beside it (x_{t-1} as the prediction of x_t,
 the same frames), ``key_vrmse`` (frame 0, coded on its own) and ``closed_loop_vrmse`` (frames t > 0 decoded
-from the window's tokens alone, each decoded frame conditioning the next: drift of re-decoding a window).
+from the window's tokens alone, each decoded frame conditioning the next: drift of re-decoding a window)
+and ``closed_loop_encoded_vrmse`` (the same for tokens coded closed loop, ``encode(..., closed_loop=True)``).
 ``vrmse`` stays the mean over all frames, teacher-forced.
 """
 
@@ -148,17 +149,26 @@ def evaluate_tokenizer(
         counts[name] = counts.get(name, 0) + window.shape[0] * window.shape[1]
         if tok.cfg.conditional and window.shape[1] > 1:
             closed = tok.denormalize(tok.decode(ids, name), name)
+            z = tok.normalize(window, name)
+            closed_enc = tok.denormalize(tok.decode(tok.encode(z, name, closed_loop=True), name), name)
             cacc = cond_sums.setdefault(
                 name,
                 {
                     k: torch.zeros(window.shape[2], dtype=torch.float64)
-                    for k in ("key_vrmse", "conditional_vrmse", "persistence_vrmse", "closed_loop_vrmse")
+                    for k in (
+                        "key_vrmse",
+                        "conditional_vrmse",
+                        "persistence_vrmse",
+                        "closed_loop_vrmse",
+                        "closed_loop_encoded_vrmse",
+                    )
                 },
             )
             cacc["key_vrmse"] += per_sample[:, 0].sum(dim=0)
             cacc["conditional_vrmse"] += per_sample[:, 1:].sum(dim=(0, 1))
             cacc["persistence_vrmse"] += vrmse(window[:, :-1], window[:, 1:], n).double().sum(dim=(0, 1))
             cacc["closed_loop_vrmse"] += vrmse(closed[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
+            cacc["closed_loop_encoded_vrmse"] += vrmse(closed_enc[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
             n_key, n_cond = cond_counts.get(name, (0, 0))
             cond_counts[name] = (n_key + window.shape[0], n_cond + window.shape[0] * (window.shape[1] - 1))
         codes[name].update(ids)
@@ -272,17 +282,19 @@ def render_report(metrics: dict[str, Any]) -> str:
             "Conditional tokenizer: frame 0 of a window is a key frame; frame t > 0 is coded given frame t - 1. "
             "*given true prev* = frames t > 0 decoded given the true previous frame (a one-step forecaster's "
             "ceiling); *persistence* = the previous frame as the prediction; *closed loop* = the window decoded "
-            "from its tokens alone.",
+            "from its (open-loop) tokens alone; *closed-loop coded* = the same for tokens coded given the decoded "
+            "previous frame.",
             "",
-            "| dataset | field | given true prev | persistence | key frame | closed loop |",
-            "|---|---|---|---|---|---|",
+            "| dataset | field | given true prev | persistence | key frame | closed loop | closed-loop coded |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, d in metrics["datasets"].items():
             for field, f in d["fields"].items():
                 if "conditional_vrmse" in f:
                     lines.append(
                         f"| {name} | {field} | {f['conditional_vrmse']:.4f} | {f['persistence_vrmse']:.4f} | "
-                        f"{f['key_vrmse']:.4f} | {f['closed_loop_vrmse']:.4f} |"
+                        f"{f['key_vrmse']:.4f} | {f['closed_loop_vrmse']:.4f} | "
+                        f"{f['closed_loop_encoded_vrmse']:.4f} |"
                     )
     lines += ["", "| dataset | token grid | code usage | perplexity | frames |", "|---|---|---|---|---|"]
     for name, d in metrics["datasets"].items():

@@ -47,7 +47,9 @@ decodes from its tokens and the previous frame alone — what a rollout needs. S
 spatial_compression``; fields z-scored, see :meth:`Tokenizer.normalize`):
 
 * ``encode(x, ds)``: ``x [B, T, C, *space]`` → ids ``[B, T, *grid]``; frame 0 key-coded, frame ``t > 0``
-  coded given the TRUE ``x_{t-1}`` (open loop).
+  coded given the TRUE ``x_{t-1}`` (open loop: each frame's tokens are the target of a one-step forecast
+  from the true state). ``encode(x, ds, closed_loop=True)`` codes frame ``t`` given the *decoded* frame
+  ``t-1`` instead, so ``decode(ids)`` of a whole window does not drift (token shards for re-decoding).
 * ``decode(ids, ds, prev=None)``: ids ``[B, T, *grid]`` → ``[B, T, C, *space]``. ``prev=None``: frame 0 is
   decoded as a key frame; else ``prev [B, C, *space]`` is the last known frame and every frame is
   conditional. Each decoded frame is the next frame's ``prev`` (closed loop).
@@ -100,6 +102,17 @@ class TokenizerConfig:
             value = getattr(self, key)
             if value < 1 or value & (value - 1):
                 raise ConfigError(f"model.{key}: must be a power of two, got {value}")
+        if self.conditional and self.temporal_compression != 1:
+            raise ConfigError(
+                f"model.conditional: needs model.temporal_compression = 1 (one token frame per field frame, "
+                f"each coded given the previous one), got {self.temporal_compression}"
+            )
+        if self.conditional and self.temporal_kernel != 1:
+            raise ConfigError(
+                f"model.temporal_kernel: a conditional tokenizer codes each frame from itself and the previous "
+                f"frame only (so a rollout can decode one frame at a time); set it to 1, got {self.temporal_kernel}"
+            )
+
         if self.spatial_compression < 2:
             raise ConfigError("model.spatial_compression: must be >= 2")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1) or self.patch_size > self.spatial_compression:
@@ -113,16 +126,6 @@ class TokenizerConfig:
             raise ConfigError(f"model.width/max_width: need 1 <= width <= max_width, got {self.width}/{self.max_width}")
         if self.temporal_kernel < 1:
             raise ConfigError(f"model.temporal_kernel: must be >= 1, got {self.temporal_kernel}")
-        if self.conditional and self.temporal_compression != 1:
-            raise ConfigError(
-                f"model.conditional: needs model.temporal_compression = 1 (one token frame per field frame, "
-                f"each coded given the previous one), got {self.temporal_compression}"
-            )
-        if self.conditional and self.temporal_kernel != 1:
-            raise ConfigError(
-                f"model.temporal_kernel: a conditional tokenizer codes each frame from itself and the previous "
-                f"frame only (so a rollout can decode one frame at a time); set it to 1, got {self.temporal_kernel}"
-            )
 
     @property
     def n_levels(self) -> int:
@@ -442,12 +445,25 @@ class Tokenizer(nn.Module):
         return out if n_frames is None else out[:, :n_frames]
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, dataset: str, closed_loop: bool = False) -> torch.Tensor:
         """x [B, T, C, *space] (z-scored) → token ids [B, T', *space'] (int64).
 
-        Conditional: T' = T, frame 0 key-coded, frame t > 0 coded given the true x_{t-1} (open loop).
+        Conditional: T' = T, frame 0 key-coded, frame t > 0 coded given the true x_{t-1} (open loop), or,
+        with ``closed_loop``, given the *decoded* frame t-1 (as a video codec does), so the tokens also
+        correct the error decoding has accumulated and ``decode(ids)`` does not drift.
         """
-        return self.encode_latent(x, dataset)[1]
+        if not closed_loop:
+            return self.encode_latent(x, dataset)[1]
+        if not self.cfg.conditional:
+            raise ValueError("closed_loop= is for conditional tokenizers (model.conditional); this one is plain")
+        self._check_input(x, dataset)
+        ids, prev = [], None
+        for t in range(x.shape[1]):
+            key = torch.full((x.shape[0],), prev is None, dtype=torch.bool, device=x.device)
+            ids_t = self._encode_frames(x[:, t], torch.zeros_like(x[:, t]) if prev is None else prev, key, dataset)[1]
+            prev = self.decode_step(ids_t, prev, dataset)
+            ids.append(ids_t)
+        return torch.stack(ids, dim=1)
 
     @torch.no_grad()
     def decode(
@@ -523,7 +539,13 @@ class Tokenizer(nn.Module):
         """Each frame from (x_t, x_{t-1}, key flag), frames independent of each other given that pair."""
         B, T = x.shape[:2]
         prev, key = self._previous(x)
-        cur, prev, key = x.flatten(0, 1), prev.flatten(0, 1), key.flatten()
+        codes, ids = self._encode_frames(x.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+        return codes.unflatten(0, (B, T)), ids.unflatten(0, (B, T))
+
+    def _encode_frames(
+        self, cur: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Independent frames cur, prev [N, C, *space] (prev = 0 where key [N]) → (codes [N, *grid, d], ids [N, *grid])."""
         h = self.stems[_dataset_key(dataset)](torch.cat([cur, prev, self._flag(key, cur)], dim=1))
         for i in range(self.cfg.n_levels):
             for block in self.enc_blocks[i]:
@@ -532,8 +554,7 @@ class Tokenizer(nn.Module):
         for block in self.enc_mid:
             h = block(h, 1)
         z = self.to_code(F.silu(self.enc_norm(h)))
-        codes, ids = self.fsq(z.movedim(1, -1))
-        return codes.unflatten(0, (B, T)), ids.unflatten(0, (B, T))
+        return self.fsq(z.movedim(1, -1))
 
     def _decode_net(self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str) -> torch.Tensor:
         """The decoder network f(codes, prev, key flag): codes [N, *grid, d], prev [N, C, *space] → [N, C, *space]."""
