@@ -40,8 +40,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def _identity(model: Tokenizer) -> dict[str, Any]:
     """Everything besides the weights that decides which tokens a field becomes."""
+    model_cfg = dataclasses.asdict(model.cfg)
+    if not model_cfg["conditional"]:
+        # Plain tokenizers keep the identity (hence fingerprint) they had before the key existed.
+        del model_cfg["conditional"]
     return {
-        "model": dataclasses.asdict(model.cfg),
+        "model": model_cfg,
         "datasets": {name: dataclasses.asdict(spec) for name, spec in model.datasets.items()},
     }
 

@@ -5,6 +5,10 @@ window, ``KEY.tokens.npy`` (int32 ids ``[T', *space']`` for the input *and* outp
 and ``KEY.meta.json`` (the source window's meta plus ``n_frames``), and ``TOKENS/manifest.json`` with the
 source manifest's datasets (each with its ``token_grid``), ``tokenizer_fingerprint`` and a ``tokenizer``
 summary. With ``temporal_compression == 1`` the first ``n_input`` token frames are the input frames.
+A conditional tokenizer (``manifest["tokenizer"]["conditional"]`` true; absent in older manifests = false)
+writes windows whose frame 0 is key-coded and whose frame t > 0 is coded given the true frame t - 1 (or,
+``closed_loop=True``, the decoded frame t - 1); decoding is closed loop (each decoded frame conditions the
+next), so open-loop tokens drift when a whole window is re-decoded and closed-loop ones do not.
 
 Both directions stream: windows are read in order, batched per dataset (``batch_size``), and written
 to size-bounded shards, so memory stays bounded whatever the shard set's size. Decoding, or any use of
@@ -82,12 +86,19 @@ def encode_shards(
     batch_size: int = 16,
     splits: list[str] | None = None,
     max_shard_bytes: int = 256 << 20,
+    closed_loop: bool = False,
 ) -> Path:
-    """Field shards → token shards (streaming, batched). Returns ``out_dir``."""
+    """Field shards → token shards (streaming, batched). Returns ``out_dir``.
+
+    ``closed_loop`` (conditional tokenizers): code frame t given the decoded frame t - 1 rather than the true
+    one (see :meth:`Tokenizer.encode`); recorded as ``manifest["tokenizer"]["closed_loop"]``.
+    """
     from data_pipelines.shards import ShardWriter, iter_samples, read_manifest, write_manifest
     from tokenizer.checkpoint import fingerprint, load_tokenizer
 
     tok = load_tokenizer(ckpt)
+    if closed_loop and not tok.cfg.conditional:
+        raise DataError(f"{ckpt}: closed-loop encoding needs a conditional tokenizer (model.conditional)")
     manifest = read_manifest(shards_dir)
     if manifest.get("tokenizer_fingerprint"):
         raise DataError(f"{shards_dir}: already a token shard set; encode the field shards instead")
@@ -105,7 +116,8 @@ def encode_shards(
                         f"frames, the manifest says {n_frames}"
                     )
                 z = tok.normalize(torch.from_numpy(window).float(), name)
-                ids = tok.encode(z, name).numpy().astype(np.int32)  # [B, T', *space']
+                ids = (tok.encode(z, name, closed_loop=True) if closed_loop else tok.encode(z, name)).numpy()
+                ids = ids.astype(np.int32)  # [B, T', *space']
                 for sample, tokens in zip(batch, ids):
                     meta = {**sample["meta"], "n_frames": n_frames}
                     writer.write(sample["__key__"], {"tokens.npy": tokens, "meta.json": meta}, dataset=name)
@@ -134,6 +146,8 @@ def encode_shards(
                 "codebook_size": tok.fsq.codebook_size,
                 "spatial_compression": tok.cfg.spatial_compression,
                 "temporal_compression": tok.cfg.temporal_compression,
+                "conditional": tok.cfg.conditional,
+                **({"no_change_id": tok.no_change_id, "closed_loop": closed_loop} if tok.cfg.conditional else {}),
             },
         },
     )

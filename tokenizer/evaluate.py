@@ -10,6 +10,14 @@ then (bi/tri)linearly interpolated back up, with unquantised floats:
   (``len(levels)`` per token position, shared among the fields). Where that is as many floats as the
   input has (e.g. one 1D field at 4x with 4 FSQ values), this "baseline" is lossless; ``pool_shapes`` in
   each dataset's metrics shows it.
+
+A conditional tokenizer (``model.conditional``) adds, per field, the figures that bound a forecaster:
+``conditional_vrmse`` (frames t > 0 decoded from their tokens given the TRUE frame t - 1: the ceiling of a
+model that predicts one frame's tokens), ``persistence_vrmse`` beside it (x_{t-1} as the prediction of x_t,
+the same frames), ``key_vrmse`` (frame 0, coded on its own) and ``closed_loop_vrmse`` (frames t > 0 decoded
+from the window's tokens alone, each decoded frame conditioning the next: drift of re-decoding a window)
+and ``closed_loop_encoded_vrmse`` (the same for tokens coded closed loop, ``encode(..., closed_loop=True)``).
+``vrmse`` stays the mean over all frames, teacher-forced.
 """
 
 from __future__ import annotations
@@ -101,6 +109,8 @@ def evaluate_tokenizer(
     plotted: dict[str, int] = {}
     by_params: dict[str, dict[str, list]] = {}
     pool_shapes: dict[str, dict[str, list[int]]] = {}
+    cond_sums: dict[str, dict[str, torch.Tensor]] = {}  # conditional tokenizers only
+    cond_counts: dict[str, tuple[int, int]] = {}  # (key frames, conditional frames)
     loader = make_loader(shards, split, batch_size, shuffle=False, normalize=False)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -138,6 +148,30 @@ def evaluate_tokenizer(
         acc["baseline_vrmse"] += vrmse(base, window, n).double().sum(dim=(0, 1))
         acc["baseline_latent_vrmse"] += vrmse(base_latent, window, n).double().sum(dim=(0, 1))
         counts[name] = counts.get(name, 0) + window.shape[0] * window.shape[1]
+        if tok.cfg.conditional and window.shape[1] > 1:
+            closed = tok.denormalize(tok.decode(ids, name), name)
+            z = tok.normalize(window, name)
+            closed_enc = tok.denormalize(tok.decode(tok.encode(z, name, closed_loop=True), name), name)
+            cacc = cond_sums.setdefault(
+                name,
+                {
+                    k: torch.zeros(window.shape[2], dtype=torch.float64)
+                    for k in (
+                        "key_vrmse",
+                        "conditional_vrmse",
+                        "persistence_vrmse",
+                        "closed_loop_vrmse",
+                        "closed_loop_encoded_vrmse",
+                    )
+                },
+            )
+            cacc["key_vrmse"] += per_sample[:, 0].sum(dim=0)
+            cacc["conditional_vrmse"] += per_sample[:, 1:].sum(dim=(0, 1))
+            cacc["persistence_vrmse"] += vrmse(window[:, :-1], window[:, 1:], n).double().sum(dim=(0, 1))
+            cacc["closed_loop_vrmse"] += vrmse(closed[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
+            cacc["closed_loop_encoded_vrmse"] += vrmse(closed_enc[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
+            n_key, n_cond = cond_counts.get(name, (0, 0))
+            cond_counts[name] = (n_key + window.shape[0], n_cond + window.shape[0] * (window.shape[1] - 1))
         codes[name].update(ids)
         combined.update(ids)
         if plotted.get(name, 0) < n_plots:
@@ -156,6 +190,11 @@ def evaluate_tokenizer(
     for name, acc in sums.items():
         channels = tok.datasets[name].channel_names
         fields = {c: {k: float(acc[k][j] / counts[name]) for k in acc} for j, c in enumerate(channels)}
+        if name in cond_sums:
+            n_key, n_cond = cond_counts[name]
+            for j, c in enumerate(channels):
+                for k, total in cond_sums[name].items():
+                    fields[c][k] = float(total[j] / (n_key if k == "key_vrmse" else n_cond))
         datasets[name] = {
             "fields": fields,
             "n_frames": counts[name],
@@ -174,6 +213,7 @@ def evaluate_tokenizer(
         "split": split,
         "codebook_size": tok.fsq.codebook_size,
         "levels": tok.cfg.levels,
+        **({"conditional": True, "no_change_id": tok.no_change_id} if tok.cfg.conditional else {}),
         "token_grid": {
             name: list(
                 tok.token_grid(
@@ -189,6 +229,18 @@ def evaluate_tokenizer(
             "baseline_vrmse_max": max(f["baseline_vrmse"] for f in every),
             "ratio_to_baseline_max": max(f["vrmse"] / max(f["baseline_vrmse"], 1e-12) for f in every),
             **combined.summary(),
+            **(
+                {
+                    f"{k}_{agg}": value
+                    for k in ("conditional_vrmse", "persistence_vrmse", "key_vrmse")
+                    for agg, value in (
+                        ("mean", sum(f[k] for f in every) / len(every)),
+                        ("max", max(f[k] for f in every)),
+                    )
+                }
+                if every and "conditional_vrmse" in every[0]
+                else {}
+            ),
         },
         "datasets": datasets,
     }
@@ -225,6 +277,26 @@ def render_report(metrics: dict[str, Any]) -> str:
                 f"| {name} | {field} | {f['vrmse']:.4f} | {f['baseline_vrmse']:.4f} | {ratio:.2f} | "
                 f"{f['baseline_latent_vrmse']:.4f} | {f['psnr']:.1f} |"
             )
+    if "conditional_vrmse_max" in o:
+        lines += [
+            "",
+            "Conditional tokenizer: frame 0 of a window is a key frame; frame t > 0 is coded given frame t - 1. "
+            "*given true prev* = frames t > 0 decoded given the true previous frame (a one-step forecaster's "
+            "ceiling); *persistence* = the previous frame as the prediction; *closed loop* = the window decoded "
+            "from its (open-loop) tokens alone; *closed-loop coded* = the same for tokens coded given the decoded "
+            "previous frame.",
+            "",
+            "| dataset | field | given true prev | persistence | key frame | closed loop | closed-loop coded |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, d in metrics["datasets"].items():
+            for field, f in d["fields"].items():
+                if "conditional_vrmse" in f:
+                    lines.append(
+                        f"| {name} | {field} | {f['conditional_vrmse']:.4f} | {f['persistence_vrmse']:.4f} | "
+                        f"{f['key_vrmse']:.4f} | {f['closed_loop_vrmse']:.4f} | "
+                        f"{f['closed_loop_encoded_vrmse']:.4f} |"
+                    )
     lines += ["", "| dataset | token grid | code usage | perplexity | frames |", "|---|---|---|---|---|"]
     for name, d in metrics["datasets"].items():
         grid = "×".join(map(str, metrics["token_grid"][name]))

@@ -26,6 +26,37 @@ input layer, and over per-field embeddings (MPP/Walrus) because heads keep the t
 any channel count. Adding a dataset later is ``add_dataset(name, channel_names)`` then training only its
 new stem/head with ``freeze_trunk()``: the other datasets' stems, heads and the trunk stay bit-identical,
 so their tokens and reconstructions are unchanged.
+
+Conditional (predictive) tokens, ``model.conditional: true`` (needs ``temporal_compression == 1`` and
+``temporal_kernel == 1``). Most of a physical frame is already known from the previous one, so a plain
+tokenizer that codes each frame whole spends its ~10 bits per token on what did not change. A conditional
+tokenizer codes frame ``t`` *given the previous frame* ``x_{t-1}`` in continuous space:
+
+* frame 0 of a window is a **key frame**, coded on its own: the same network with ``prev = 0`` and a
+  key-frame indicator channel set to 1;
+* frame ``t > 0``: the encoder sees ``(x_t, x_{t-1})``; the decoder sees ``(codes_t, x_{t-1})`` and outputs
+  ``x_{t-1} + f(codes_t, x_{t-1}) - f(zero_codes, x_{t-1})``, where ``f`` is the decoder network and
+  ``zero_codes`` the FSQ code whose every value is 0 (id :attr:`Tokenizer.no_change_id`; for [8,5,5,5]
+  digits [4,2,2,2]). A frame of all "no change" tokens therefore decodes to ``x_{t-1}`` exactly: by the
+  subtraction (both terms are one batched pass over identical inputs) and, so that no backend's rounding
+  can break it, by an explicit check that returns ``prev`` itself for such frames. The subtraction also
+  gives a locally zero token the meaning "little change here", which the AR model can learn to use.
+
+Frames are coded independently given their predecessor (no temporal mixing inside the codec), so one frame
+decodes from its tokens and the previous frame alone — what a rollout needs. Shapes (``grid`` = ``space /
+spatial_compression``; fields z-scored, see :meth:`Tokenizer.normalize`):
+
+* ``encode(x, ds)``: ``x [B, T, C, *space]`` → ids ``[B, T, *grid]``; frame 0 key-coded, frame ``t > 0``
+  coded given the TRUE ``x_{t-1}`` (open loop: each frame's tokens are the target of a one-step forecast
+  from the true state). ``encode(x, ds, closed_loop=True)`` codes frame ``t`` given the *decoded* frame
+  ``t-1`` instead, so ``decode(ids)`` of a whole window does not drift (token shards for re-decoding).
+* ``decode(ids, ds, prev=None)``: ids ``[B, T, *grid]`` → ``[B, T, C, *space]``. ``prev=None``: frame 0 is
+  decoded as a key frame; else ``prev [B, C, *space]`` is the last known frame and every frame is
+  conditional. Each decoded frame is the next frame's ``prev`` (closed loop).
+* ``decode_step(ids_t, prev, ds)``: ids ``[B, *grid]``, prev ``[B, C, *space]`` (``None`` = key frame) →
+  ``[B, C, *space]``.
+* ``forward(x, ds)``: teacher-forced reconstruction (frame ``t`` decoded given the true ``x_{t-1}``) and ids;
+  what training and ``tokenizer eval`` use — the ceiling of a forecaster that predicts one frame's tokens.
 """
 
 from __future__ import annotations
@@ -60,6 +91,7 @@ class TokenizerConfig:
     temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
     norm: Literal["group", "none"] = "group"  # per-frame GroupNorm (configs/tokenizer/tiny.yaml turns it off)
+    conditional: bool = False  # code frame t given frame t-1 (key frame first); see the module docstring
 
     def validate(self) -> None:
         if self.n_spatial_dims not in (0, 1, 2, 3):
@@ -70,6 +102,17 @@ class TokenizerConfig:
             value = getattr(self, key)
             if value < 1 or value & (value - 1):
                 raise ConfigError(f"model.{key}: must be a power of two, got {value}")
+        if self.conditional and self.temporal_compression != 1:
+            raise ConfigError(
+                f"model.conditional: needs model.temporal_compression = 1 (one token frame per field frame, "
+                f"each coded given the previous one), got {self.temporal_compression}"
+            )
+        if self.conditional and self.temporal_kernel != 1:
+            raise ConfigError(
+                f"model.temporal_kernel: a conditional tokenizer codes each frame from itself and the previous "
+                f"frame only (so a rollout can decode one frame at a time); set it to 1, got {self.temporal_kernel}"
+            )
+
         if self.spatial_compression < 2:
             raise ConfigError("model.spatial_compression: must be >= 2")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1) or self.patch_size > self.spatial_compression:
@@ -248,6 +291,13 @@ class Tokenizer(nn.Module):
                 self.dec_time_up[str(i)] = CausalTemporalConv(n, widths[i + 1], widths[i + 1], 3)
             self.dec_up.append(conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=cfg.padding))
             self.dec_blocks.append(nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level)))
+        # ---- conditional models: the previous frame's features for the decoder ----
+        if cfg.conditional:
+            self.cond_stems = nn.ModuleDict()  # per dataset: (prev, key flag) → widths[0] at the stem resolution
+            self.cond_down = nn.ModuleList(  # shared: down to the token grid, where they join the codes
+                conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=cfg.padding)
+                for i in range(cfg.n_levels)
+            )
 
         for name, spec in (datasets or {}).items():
             self.add_dataset(name, spec.channel_names, mean=spec.mean, std=spec.std)
@@ -270,8 +320,10 @@ class Tokenizer(nn.Module):
         cfg, n, w0 = self.cfg, self.cfg.n_spatial_dims, self.cfg.widths[0]
         conv, c_patch = conv_nd(n), len(channel_names) * cfg.patch_size**n
         device = self.to_code.weight.device
+        # A conditional encoder sees (x_t, x_{t-1}, key flag): 2 C + 1 channels.
+        c_in = (2 * len(channel_names) + 1) * cfg.patch_size**n if cfg.conditional else c_patch
         self.stems[key] = nn.Sequential(
-            SpaceToDepth(n, cfg.patch_size), conv(c_patch, w0, 3, padding=1, padding_mode=cfg.padding)
+            SpaceToDepth(n, cfg.patch_size), conv(c_in, w0, 3, padding=1, padding_mode=cfg.padding)
         ).to(device)
         self.heads[key] = nn.Sequential(
             group_norm(w0, cfg.norm),
@@ -279,16 +331,23 @@ class Tokenizer(nn.Module):
             conv(w0, c_patch, 3, padding=1, padding_mode=cfg.padding),
             DepthToSpace(n, cfg.patch_size),
         ).to(device)
+        if cfg.conditional:
+            c_cond = (len(channel_names) + 1) * cfg.patch_size**n  # (x_{t-1}, key flag)
+            self.cond_stems[key] = nn.Sequential(
+                SpaceToDepth(n, cfg.patch_size), conv(c_cond, w0, 3, padding=1, padding_mode=cfg.padding)
+            ).to(device)
         self.datasets[name] = DatasetSpec(
             list(channel_names), None if mean is None else list(mean), None if std is None else list(std)
         )
 
     def dataset_parameters(self, name: str) -> list[nn.Parameter]:
         key = self._key(name)
-        return [*self.stems[key].parameters(), *self.heads[key].parameters()]
+        cond = [*self.cond_stems[key].parameters()] if self.cfg.conditional else []
+        return [*self.stems[key].parameters(), *self.heads[key].parameters(), *cond]
 
     def trunk_parameters(self) -> list[nn.Parameter]:
-        per_dataset = {id(p) for p in [*self.stems.parameters(), *self.heads.parameters()]}
+        cond = [*self.cond_stems.parameters()] if self.cfg.conditional else []
+        per_dataset = {id(p) for p in [*self.stems.parameters(), *self.heads.parameters(), *cond]}
         return [p for p in self.parameters() if id(p) not in per_dataset]
 
     def freeze_trunk(self, frozen: bool = True) -> None:
@@ -341,6 +400,8 @@ class Tokenizer(nn.Module):
     def encode_latent(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, C, *space] (z-scored) → (codes [B, T', *space', d] with STE grads, ids [B, T', *space'])."""
         self._check_input(x, dataset)
+        if self.cfg.conditional:
+            return self._encode_conditional(x, dataset)
         B, T = x.shape[:2]
         ct = self.cfg.temporal_compression
         t_pad = 1 + ct * math.ceil((T - 1) / ct)
@@ -360,8 +421,13 @@ class Tokenizer(nn.Module):
         return codes.unflatten(0, (B, n_frames)), ids.unflatten(0, (B, n_frames))
 
     def decode_codes(self, codes: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
-        """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct (T'-1)."""
+        """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct (T'-1).
+
+        Plain tokenizers only: a conditional one needs the previous frames (:meth:`decode_frames`).
+        """
         key = self._key(dataset)
+        if self.cfg.conditional:
+            raise ValueError("a conditional tokenizer decodes given the previous frame: use decode_frames()/decode()")
         B, n_groups = codes.shape[:2]
         h = self.from_code(codes.flatten(0, 1).movedim(-1, 1))  # [(B T'), w, *space']
         t = n_groups
@@ -381,20 +447,160 @@ class Tokenizer(nn.Module):
         return out if n_frames is None else out[:, :n_frames]
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
-        """x [B, T, C, *space] (z-scored) → token ids [B, T', *space'] (int64)."""
-        return self.encode_latent(x, dataset)[1]
+    def encode(self, x: torch.Tensor, dataset: str, closed_loop: bool = False) -> torch.Tensor:
+        """x [B, T, C, *space] (z-scored) → token ids [B, T', *space'] (int64).
+
+        Conditional: T' = T, frame 0 key-coded, frame t > 0 coded given the true x_{t-1} (open loop), or,
+        with ``closed_loop``, given the *decoded* frame t-1 (as a video codec does), so the tokens also
+        correct the error decoding has accumulated and ``decode(ids)`` does not drift.
+        """
+        if not closed_loop:
+            return self.encode_latent(x, dataset)[1]
+        if not self.cfg.conditional:
+            raise ValueError("closed_loop= is for conditional tokenizers (model.conditional); this one is plain")
+        self._check_input(x, dataset)
+        ids, prev = [], None
+        for t in range(x.shape[1]):
+            key = torch.full((x.shape[0],), prev is None, dtype=torch.bool, device=x.device)
+            ids_t = self._encode_frames(x[:, t], torch.zeros_like(x[:, t]) if prev is None else prev, key, dataset)[1]
+            prev = self.decode_step(ids_t, prev, dataset)
+            ids.append(ids_t)
+        return torch.stack(ids, dim=1)
 
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
-        """token ids [B, T', *space'] → fields [B, T, C, *space] (z-scored)."""
-        codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
-        return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames)
+    def decode(
+        self, ids: torch.Tensor, dataset: str, n_frames: int | None = None, prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """token ids [B, T', *space'] → fields [B, T, C, *space] (z-scored).
+
+        Conditional (closed loop): ``prev`` None → frame 0 decoded as a key frame; else ``prev [B, C, *space]``
+        is the last known frame and every frame is conditional. Each output frame is the next one's prev.
+        """
+        if not self.cfg.conditional:
+            if prev is not None:
+                raise ValueError("prev= is for conditional tokenizers (model.conditional); this one is plain")
+            codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
+            return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames)
+        frames = []
+        for t in range(ids.shape[1] if n_frames is None else min(n_frames, ids.shape[1])):
+            prev = self.decode_step(ids[:, t], prev, dataset)
+            frames.append(prev)
+        return torch.stack(frames, dim=1)
+
+    @torch.no_grad()
+    def decode_step(self, ids_t: torch.Tensor, prev: torch.Tensor | None, dataset: str) -> torch.Tensor:
+        """Conditional tokenizers: one frame. ids_t [B, *grid], prev [B, C, *space] (None = key frame) → [B, C, *space]."""
+        if not self.cfg.conditional:
+            raise ValueError("decode_step is for conditional tokenizers (model.conditional); use decode()")
+        device, dtype = self.to_code.weight.device, self.to_code.weight.dtype
+        codes = self.fsq.indices_to_codes(ids_t.to(device)).to(dtype)
+        B, space = codes.shape[0], tuple(s * self.cfg.spatial_compression for s in codes.shape[1:-1])
+        key = torch.full((B,), prev is None, dtype=torch.bool, device=device)
+        if prev is None:
+            prev = torch.zeros(B, self.datasets[dataset].n_channels, *space, dtype=dtype, device=device)
+        elif prev.shape != (B, self.datasets[dataset].n_channels, *space):
+            raise ValueError(
+                f"dataset {dataset!r}: prev must be [B, C, *space] = {(B, self.datasets[dataset].n_channels, *space)}, "
+                f"got {tuple(prev.shape)}"
+            )
+        return self.decode_frames(codes, prev.to(device, dtype), key, dataset)
+
+    @property
+    def no_change_id(self) -> int:
+        """Id of the FSQ code whose values are all 0: for a conditional tokenizer, "no change" at that token."""
+        return int((self.fsq.levels // 2 * self.fsq.basis).sum())
 
     def forward(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, C, *space] → (reconstruction [B, T, C, *space], token ids [B, T', *space'])."""
+        """x [B, T, C, *space] → (reconstruction [B, T, C, *space], token ids [B, T', *space']).
+
+        Conditional: teacher forced, frame t > 0 decoded given the true x_{t-1}.
+        """
         codes, ids = self.encode_latent(x, dataset)
+        if self.cfg.conditional:
+            B, T = x.shape[:2]
+            prev, key = self._previous(x)
+            recon = self.decode_frames(codes.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+            return recon.unflatten(0, (B, T)), ids
         return self.decode_codes(codes, dataset, n_frames=x.shape[1]), ids
+
+    # ------------------------------------------------------------------ conditional coding
+    @staticmethod
+    def _previous(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C, *space] → (prev [B, T, C, *space] with zeros for frame 0, key-frame mask [B, T])."""
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        key = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        key[:, 0] = True
+        return prev, key
+
+    @staticmethod
+    def _flag(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Key-frame mask [N] → indicator channel [N, 1, *space] shaped like ``like`` [N, C, *space]."""
+        return key.to(like.dtype).view(-1, *([1] * (like.ndim - 1))).expand(-1, 1, *like.shape[2:])
+
+    def _encode_conditional(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame from (x_t, x_{t-1}, key flag), frames independent of each other given that pair."""
+        B, T = x.shape[:2]
+        prev, key = self._previous(x)
+        codes, ids = self._encode_frames(x.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+        return codes.unflatten(0, (B, T)), ids.unflatten(0, (B, T))
+
+    def _encode_frames(
+        self, cur: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Independent frames cur, prev [N, C, *space] (prev = 0 where key [N]) → (codes [N, *grid, d], ids [N, *grid])."""
+        h = self.stems[_dataset_key(dataset)](torch.cat([cur, prev, self._flag(key, cur)], dim=1))
+        for i in range(self.cfg.n_levels):
+            for block in self.enc_blocks[i]:
+                h = block(h, 1)
+            h = self.enc_down[i](h)
+        for block in self.enc_mid:
+            h = block(h, 1)
+        z = self.to_code(F.silu(self.enc_norm(h)))
+        return self.fsq(z.movedim(1, -1))
+
+    def _decode_net(self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str) -> torch.Tensor:
+        """The decoder network f(codes, prev, key flag): codes [N, *grid, d], prev [N, C, *space] → [N, C, *space]."""
+        k = self._key(dataset)
+        c = self.cond_stems[k](torch.cat([prev, self._flag(key, prev)], dim=1))  # [N, w0, *space / patch]
+        skip = c
+        for down in self.cond_down:
+            c = down(F.silu(c))
+        h = self.from_code(codes.movedim(-1, 1)) + c  # the previous frame joins the codes at the token grid
+        for block in self.dec_mid:
+            h = block(h, 1)
+        for step, _ in enumerate(reversed(range(self.cfg.n_levels))):
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            h = self.dec_up[step](h)
+            if step == self.cfg.n_levels - 1:
+                h = h + skip  # and again at the stem resolution, where the fine detail is
+            for block in self.dec_blocks[step]:
+                h = block(h, 1)
+        return self.heads[k](h)
+
+    def decode_frames(self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str) -> torch.Tensor:
+        """Conditional decode of independent frames: codes [N, *grid, d], prev [N, C, *space], key [N] bool → [N, C, *space].
+
+        Key frames: f(codes, 0, 1). Others: prev + f(codes, prev, 0) - f(zero_codes, prev, 0), computed in one
+        batched pass; frames whose codes are all zero return ``prev`` itself (exact "no change").
+        """
+        key = key.to(codes.device)
+        cond = ~key
+        prev = torch.where(self._flag(key, prev).bool().expand_as(prev), torch.zeros_like(prev), prev)
+        n_cond = int(cond.sum())
+        out = self._decode_net(
+            torch.cat([codes, torch.zeros_like(codes[cond])]),
+            torch.cat([prev, prev[cond]]),
+            torch.cat([key, key[cond]]),
+            dataset,
+        )
+        out, base = out[: len(codes)], out[len(codes) :]
+        if n_cond == 0:
+            return out
+        residual = out[cond] - base
+        unchanged = (codes[cond] == 0).flatten(1).all(dim=1).view(-1, *([1] * (prev.ndim - 1)))
+        result = out.clone()
+        result[cond] = torch.where(unchanged, prev[cond], prev[cond] + residual)
+        return result
 
     # ------------------------------------------------------------------ physical units
     def _stats(self, dataset: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,9 @@
 Loss: reconstruction error on z-scored fields (the loader normalises per channel with the manifest stats):
 ``mse`` (plain), or ``vmse`` (MSE divided by each sample-frame-field's spatial variance, i.e. VRMSE²,
 the metric we report), plus optional gradient (finite-difference) and spectral (FFT amplitude) terms.
+A conditional tokenizer (``model.conditional``) is trained teacher-forced on crops of >= 2 frames: the
+crop's first frame as a key frame, each later frame coded and decoded given the true previous frame, all
+in the same loss.
 AdamW with linear warm-up then cosine decay; when ``trainer.max_time_s`` is set the schedule follows
 whichever of steps or wall-clock is further along, so a time-boxed run (quickstart, bench) still anneals.
 Logs go to CSV and to wandb in offline mode. The checkpoint (safetensors + JSON, see ``checkpoint.py``)
@@ -100,6 +103,11 @@ class TokenizerTrainConfig:
             raise ConfigError(f"data.batch_size: must be >= 1, got {self.data.batch_size}")
         if self.data.train_frames < 0:
             raise ConfigError(f"data.train_frames: must be >= 0, got {self.data.train_frames}")
+        if self.model.conditional and self.data.train_frames == 1:
+            raise ConfigError(
+                "data.train_frames: a conditional tokenizer (model.conditional) trains on >= 2 frames "
+                "(a key frame and a frame coded given it), got 1"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- loss
