@@ -55,9 +55,17 @@ def write_wave_dataset(
 
 
 def build_tiny_model(
-    root: Path, datasets: tuple[str, ...] = ("waves",), n_input: int = 4, n_output: int = 1, seed: int = 0
+    root: Path,
+    datasets: tuple[str, ...] = ("waves",),
+    n_input: int = 4,
+    n_output: int = 1,
+    seed: int = 0,
+    conditional: bool = False,
+    prediction: str = "raster",
 ) -> dict[str, Path]:
-    """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their paths."""
+    """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their paths.
+    ``conditional``: a conditional tokenizer (key frame + frames coded given the previous one);
+    ``prediction``: the AR model's mode ("raster" or "next_frame")."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
     from physfm.core.checkpoint import export_safetensors
@@ -78,7 +86,14 @@ def build_tiny_model(
         for name, entry in manifest["datasets"].items()
     }
     tok_cfg = TokenizerConfig(
-        n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8, max_width=16, temporal_kernel=2
+        n_spatial_dims=2,
+        levels=[4, 4],
+        spatial_compression=4,
+        patch_size=2,
+        width=8,
+        max_width=16,
+        temporal_kernel=1 if conditional else 2,
+        conditional=conditional,
     )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, specs), root / "tokenizer")
     cfg = ModelConfig(
@@ -92,6 +107,7 @@ def build_tiny_model(
         grid_shape=[4, 4],
         n_spatial_dims=2,
         n_datasets=4,
+        prediction=prediction,
     )
     model = PhysicsTransformer(cfg)
     info = RunInfo(

@@ -64,8 +64,9 @@ def test_refine_flag_changes_the_rollout_and_evaluate_reports_both(refined, tmp_
     pm = PhysicsModel.from_pretrained(paths["export"])  # finds EXPORT/refiner by itself
     assert pm.refiner is not None and pm.describe()["refiner"] == str(out)
     ctx = next(evaluation_windows(paths["shards"], "test", 2, datasets=["waves"])).context
-    plain, refined_out = pm.rollout(ctx, 2, "waves"), pm.rollout(ctx, 2, "waves", refine=True)
+    plain, refined_out = pm.rollout(ctx, 2, "waves", refine=False), pm.rollout(ctx, 2, "waves", refine=True)
     assert refined_out.shape == plain.shape and not torch.allclose(refined_out, plain)
+    assert torch.equal(pm.rollout(ctx, 2, "waves"), refined_out)  # a model with a refiner refines by default
     assert PhysicsModel.from_pretrained(paths["export"], refiner=False).refiner is None
     metrics = evaluate(paths["export"], paths["shards"], [1, 2], tmp_path / "ev", model=pm)
     assert metrics["methods"][:2] == ["ar", "ar_refined"]

@@ -45,7 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rollout", help="roll a model out H frames on held-out windows; predictions + PNGs")
     add_model_args(p)
     p.add_argument("--horizon", type=int, required=True, metavar="H", help="frames to predict after the context")
-    p.add_argument("--refine", action="store_true", help="correct each predicted frame with the refiner")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--refine",
+        action="store_true",
+        default=None,
+        help="require the refiner (default: each predicted frame is refined when the model has one)",
+    )
+    group.add_argument("--no-refine", dest="refine", action="store_false", help="raw predictions, no refiner")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/rollout-<time>)")
     p.set_defaults(func=run)
 

@@ -102,7 +102,7 @@ def score_windows(
                 ids = window_ids[:, pm.n_context_tokens - 1 : pm.n_context_tokens]
                 preds[method] = pm.copy_tokens(ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens])
             elif method == "tokenizer_ceiling":
-                preds[method] = pm.decode(window_ids, name, n_frames=ctx.shape[1] + horizon)[:, ctx.shape[1] :].cpu()
+                preds[method] = pm.tokenizer_ceiling(ctx, truth, name, window_ids=window_ids).cpu()
             elif method in MODEL_METHODS:
                 refine = {"refine": True} if method == "ar_refined" else {}
                 preds[method], ids = pm.rollout(
@@ -232,6 +232,8 @@ def evaluate(
         "split": split,
         "horizons": horizons,
         "methods": list(methods),
+        # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run has a refiner.
+        "default_method": refined[0] if refined else methods[0],
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
@@ -352,7 +354,7 @@ def rollout_to_files(
     split: str = "test",
     max_windows: int | None = None,
     batch_size: int = 32,
-    refine: bool = False,
+    refine: bool | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
@@ -362,7 +364,8 @@ def rollout_to_files(
     sampling_steps: int | None = None,
     sampler: str | None = None,
 ) -> dict[str, Any]:
-    """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md."""
+    """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md.
+    ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
     pm = PhysicsModel.from_pretrained(
         location,
         tokenizer=tokenizer,
@@ -371,6 +374,8 @@ def rollout_to_files(
         sampling_steps=sampling_steps,
         sampler=sampler,
     )
+    if refine is None:
+        refine = getattr(pm, "refiner", None) is not None
     method = "ar_refined" if refine else pm.method
     if refine and pm.refiner is None:
         raise InputError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")

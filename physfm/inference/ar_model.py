@@ -9,9 +9,12 @@ A rollout:
    temperature 0, else sampling, optionally top-k), sliding over the trained window length;
 3. decode context + generated tokens together (the decoder is causal in time too) and keep the new frames.
 
-With ``refine=True`` the loop runs one token frame at a time in field space: decode, correct with the
-refiner, append the refined frame to the history and re-encode the newest context for the next step, so
-refinement also steers later steps (the transformer sees the refined past, not its own raw tokens).
+With ``refine=True``, or with conditional tokens, the loop runs one token frame at a time in field space:
+decode, correct with the refiner (when refining), append the frame to the history and re-encode the newest
+context for the next step, so refinement also steers later steps (the transformer sees the refined past,
+not its own raw tokens). Conditional tokens decode each new frame given the last frame of the history (the
+true last context frame at the first step) and re-key every window, as the model was trained on windows
+whose first frame is a key frame.
 """
 
 from __future__ import annotations
@@ -118,21 +121,27 @@ class ARPhysicsModel(PhysicsModel):
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 0,
-        refine: bool = False,
+        refine: bool | None = None,
         use_cache: bool = True,
         batch_size: int = 64,
         return_tokens: bool = False,
     ):
         """As :meth:`PhysicsModel.rollout`: greedy at ``temperature`` 0, else sampling (``top_k`` optional)
-        seeded by ``seed``; ``refine`` corrects each frame with the refiner and feeds it back;
+        seeded by ``seed``; ``refine`` corrects each frame with the refiner and feeds it back (default: when
+        the model has a refiner, as the benches found refined rollouts better);
         ``use_cache=False`` re-runs the whole prefix per token (the reference path)."""
+        if refine is None:
+            refine = self.refiner is not None
         if refine and self.refiner is None:
             raise InputError("refine=True: this model has no refiner (train one with `physfm refine`)")
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None
-        roll = self._rollout_fields if refine else self._rollout_tokens
+        # Conditional tokens re-key the window (its first frame a key frame) at every step: the field loop.
+        fields = refine or self.conditional
 
         def step(ctx: torch.Tensor, horizon: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-            return roll(ctx, horizon, dataset, temperature, top_k, generator, use_cache)
+            if fields:
+                return self._rollout_fields(ctx, horizon, dataset, temperature, top_k, generator, use_cache, refine)
+            return self._rollout_tokens(ctx, horizon, dataset, temperature, top_k, generator, use_cache)
 
         return self._rollout(context, horizon, dataset, batch_size, return_tokens, step)
 
@@ -144,8 +153,10 @@ class ARPhysicsModel(PhysicsModel):
         decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
         return decoded[:, n_in : n_in + horizon], new
 
-    def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache):
-        """One token frame per step; decoded frames are refined and fed back (re-encoded) as context."""
+    def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache, refine):
+        """One token frame per step in field space: the newest context window is encoded (conditional tokens:
+        its first frame as a key frame), the next token frame generated and decoded (conditional: given the
+        last frame of the history), refined when asked, and appended to the history the next step reads."""
         tok, c, n_in = self.tokenizer, self.temporal_compression, ctx.shape[1]
         history = tok.normalize(ctx, dataset)  # [B, T, C, *space] z-scored
         new_tokens = []
@@ -153,10 +164,13 @@ class ARPhysicsModel(PhysicsModel):
             window = history[:, -n_in:]
             ids = tok.encode(window, dataset)
             new = self.generate_tokens(ids, 1, dataset, temperature, top_k, generator, use_cache)
-            decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, C, *space]
+            if self.conditional:
+                decoded = tok.decode_step(new[:, 0], window[:, -1], dataset)[:, None]  # [B, 1, C, *space]
+            else:
+                decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, ...]
             for j in range(decoded.shape[1]):
-                refined = self.refiner(decoded[:, j], history, dataset)
-                history = torch.cat([history, refined[:, None]], dim=1)
+                frame = self.refiner(decoded[:, j], history, dataset) if refine else decoded[:, j]
+                history = torch.cat([history, frame[:, None]], dim=1)
             new_tokens.append(new)
         out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
         return out, torch.cat(new_tokens, 1)

@@ -164,11 +164,23 @@ class PhysicsModel:
         tok = self.tokenizer
         return tok.encode(tok.normalize(frames.to(self.device).float(), dataset), dataset)
 
+    @property
+    def conditional(self) -> bool:
+        """Whether the tokenizer codes each frame given the previous one (conditional tokens: the first frame
+        of a window is a key frame, later frames carry the change; see tokenizer/model.py)."""
+        return bool(getattr(self.tokenizer.cfg, "conditional", False))
+
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
-        """Token ids [B, T', *grid] → physical-unit frames [B, T, C, *space] (T = 1 + c (T'-1) or n_frames)."""
+    def decode(
+        self, ids: torch.Tensor, dataset: str, n_frames: int | None = None, prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids [B, T', *grid] → physical-unit frames [B, T, C, *space] (T = 1 + c (T'-1) or n_frames).
+        Conditional tokens: ``prev`` [B, C, *space] (physical units) is the frame before the first one, and
+        every frame decodes given the one before it; without ``prev`` the first frame is a key frame."""
         tok = self.tokenizer
-        return tok.denormalize(tok.decode(ids.to(self.device), dataset, n_frames=n_frames), dataset)
+        z_prev = None if prev is None else tok.normalize(prev.to(self.device).float(), dataset)
+        options = {"prev": z_prev} if z_prev is not None else {}
+        return tok.denormalize(tok.decode(ids.to(self.device), dataset, n_frames=n_frames, **options), dataset)
 
     def generate_tokens(
         self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, *, generator: torch.Generator | None = None
@@ -233,22 +245,36 @@ class PhysicsModel:
 
     # ------------------------------------------------------------------------------ baselines in token space
     @torch.no_grad()
-    def tokenizer_ceiling(self, context: torch.Tensor, truth: torch.Tensor, dataset: str) -> torch.Tensor:
-        """The true future's own tokens decoded (no token model can do better): [B, H, C, *space]."""
+    def tokenizer_ceiling(
+        self, context: torch.Tensor, truth: torch.Tensor, dataset: str, window_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The true future's own tokens decoded (no token model can do better): [B, H, C, *space]. Conditional
+        tokens decode each true frame's tokens given the true frame before it (what a one-step forecast of
+        those tokens would give). ``window_ids``: context + truth already encoded."""
         window = torch.cat([context, truth], 1)
-        decoded = self.decode(self.encode(window, dataset), dataset, n_frames=window.shape[1])
+        if self.conditional:
+            tok = self.tokenizer
+            reconstruction, _ = tok(tok.normalize(window.to(self.device).float(), dataset), dataset)
+            decoded = tok.denormalize(reconstruction, dataset)
+        else:
+            ids = self.encode(window, dataset) if window_ids is None else window_ids
+            decoded = self.decode(ids, dataset, n_frames=window.shape[1])
         return decoded[:, context.shape[1] :].to(truth.device)
 
     @torch.no_grad()
     def copy_tokens(
         self, context: torch.Tensor, horizon: int, dataset: str, context_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The last context token frame repeated and decoded: persistence in token space. ``context_ids``:
-        the context's token frames when already encoded."""
+        """The last context token frame repeated and decoded: persistence in token space (for conditional
+        tokens: the last change repeated from the last true frame). ``context_ids``: the context's token frames
+        when already encoded."""
         c, n_in = self.temporal_compression, context.shape[1]
         ids = self.encode(context, dataset) if context_ids is None else context_ids.to(self.device)
         n_new = math.ceil(horizon / c)
-        ids = torch.cat([ids, ids[:, -1:].expand(-1, n_new, *ids.shape[2:])], 1)
+        repeated = ids[:, -1:].expand(-1, n_new, *ids.shape[2:])
+        if self.conditional:
+            return self.decode(repeated, dataset, prev=context[:, -1])[:, :horizon].to(context.device)
+        ids = torch.cat([ids, repeated], 1)
         return self.decode(ids, dataset, n_frames=n_in + c * n_new)[:, n_in : n_in + horizon].to(context.device)
 
     def describe(self) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def collect_pairs(
     for batch in windows:
         name, n_in = batch.dataset, batch.context.shape[1]
         if source == "ar":
-            preds = pm.rollout(batch.context, rollout_steps, name, batch_size=batch_size)
+            preds = pm.rollout(batch.context, rollout_steps, name, batch_size=batch_size, refine=False)
         else:
             preds = batch.context[:, -1:].expand(-1, rollout_steps, *batch.context.shape[2:])
         history = torch.cat([batch.context, preds.to(batch.context.dtype)], dim=1)
