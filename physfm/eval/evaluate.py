@@ -104,7 +104,8 @@ def score_windows(
             elif method == "tokenizer_ceiling":
                 preds[method] = pm.tokenizer_ceiling(ctx, truth, name, window_ids=window_ids).cpu()
             elif method in MODEL_METHODS:
-                refine = {"refine": True} if method == "ar_refined" else {}
+                # "ar" is the raw model even when it has a refiner (which rollout would use by default)
+                refine = {"refine": method == "ar_refined"} if getattr(pm, "refiner", None) is not None else {}
                 preds[method], ids = pm.rollout(
                     ctx, horizon, name, seed=seed, batch_size=batch_size, return_tokens=True, **options, **refine
                 )
