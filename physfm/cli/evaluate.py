@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from physfm.cli.rollout import add_model_args, model_kwargs
+
 
 def horizons(text: str) -> list[int]:
     try:
@@ -18,23 +20,13 @@ def horizons(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from physfm.cli.rollout import add_model_args
-
     p = subparsers.add_parser(
         "evaluate",
         help="VRMSE per dataset, field and horizon, with persistence, "
         "copy-tokens and tokenizer-ceiling baselines; metrics.json, report.md, PNGs",
     )
-    add_model_args(p)
+    add_model_args(p, "default: scored with and without it when the model has one")
     p.add_argument("--horizons", type=horizons, default=[1, 4, 8], help="comma-separated (default: 1,4,8)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--refine",
-        action="store_true",
-        default=None,
-        help="require the refiner (default: scored with and without it when the model has one)",
-    )
-    group.add_argument("--no-refine", dest="refine", action="store_false", help="skip the refiner")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/evaluate-<time>)")
     p.set_defaults(func=run)
 
@@ -44,24 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("evaluate")
-    metrics = evaluate(
-        args.ckpt,
-        args.data,
-        args.horizons,
-        out,
-        split=args.split[0],
-        max_windows=args.max_windows,
-        batch_size=args.batch_size,
-        refine=args.refine,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=args.seed,
-        tokenizer=args.tokenizer,
-        refiner=args.refiner,
-        device=args.device,
-        sampling_steps=args.sampling_steps,
-        sampler=args.sampler,
-    )
+    metrics = evaluate(args.ckpt, args.data, args.horizons, out, **model_kwargs(args))
     overall = metrics["overall"]
     print("mean VRMSE (1.0 = spatial mean)   " + "  ".join(f"h={h:<4}" for h in metrics["horizons"]))
     for method, per in overall.items():

@@ -7,8 +7,8 @@ import argparse
 from physfm.cli.args import add_split_argument
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by rollout and evaluate."""
+def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
+    """Flags shared by rollout and evaluate (``refine_help``: what the default without --refine/--no-refine is)."""
     p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
     add_split_argument(p, "test", single=True)
@@ -39,20 +39,21 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="diffusion checkpoints: ODE solver (default: the run's diffusion.sampler)",
     )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--refine", action="store_true", default=None, help=f"require the refiner ({refine_help})")
+    group.add_argument("--no-refine", dest="refine", action="store_false", help="raw predictions, no refiner")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``evaluate``/``rollout_to_files`` that come from :func:`add_model_args`."""
+    names = ("max_windows", "batch_size", "refine", "temperature", "top_k", "seed", "tokenizer", "refiner", "device")
+    return {"split": args.split[0], **{name: getattr(args, name) for name in (*names, "sampling_steps", "sampler")}}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rollout", help="roll a model out H frames on held-out windows; predictions + PNGs")
-    add_model_args(p)
+    add_model_args(p, "default: each predicted frame is refined when the model has one")
     p.add_argument("--horizon", type=int, required=True, metavar="H", help="frames to predict after the context")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--refine",
-        action="store_true",
-        default=None,
-        help="require the refiner (default: each predicted frame is refined when the model has one)",
-    )
-    group.add_argument("--no-refine", dest="refine", action="store_false", help="raw predictions, no refiner")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/rollout-<time>)")
     p.set_defaults(func=run)
 
@@ -62,24 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from physfm.train.config import default_run_dir
 
     out = args.out or default_run_dir("rollout")
-    metrics = rollout_to_files(
-        args.ckpt,
-        args.data,
-        args.horizon,
-        out,
-        split=args.split[0],
-        max_windows=args.max_windows,
-        batch_size=args.batch_size,
-        refine=args.refine,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        seed=args.seed,
-        tokenizer=args.tokenizer,
-        refiner=args.refiner,
-        device=args.device,
-        sampling_steps=args.sampling_steps,
-        sampler=args.sampler,
-    )
+    metrics = rollout_to_files(args.ckpt, args.data, args.horizon, out, **model_kwargs(args))
     n = sum(metrics["n_windows"].values())
     print(f"rolled out {n} windows × {args.horizon} frames → {out} (predictions/, metrics.json, report.md, PNGs)")
     return 0

@@ -20,13 +20,17 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # works from any work
 
 TOKENIZER_SECONDS = 100  # tokenizer training budget
 PRETRAIN_SECONDS = 150  # AR pretraining budget
+# The forecasting defaults (bench/forecast.py measured them against their ablations): conditional tokens
+# (each frame coded given the previous one) and next-frame prediction (a whole frame per forward pass).
+TOKENIZER_CONFIG = "tiny_conditional.yaml"
+AR_OVERRIDES = ["model.prediction=next_frame"]
 
 
 def stage_tokenizer(ctx) -> dict[str, Any]:
     """Train the tiny FSQ tokenizer on the quickstart shards, evaluate it, and encode token shards."""
     cfg = load_config(
         TokenizerTrainConfig,
-        CONFIGS / "tokenizer" / "tiny.yaml",
+        CONFIGS / "tokenizer" / TOKENIZER_CONFIG,
         [
             f"data.shards={ctx.state['shards']}",
             f"out={ctx.out / 'tokenizer'}",
@@ -67,6 +71,7 @@ def stage_pretrain(ctx) -> dict[str, Any]:
             f"tokenizer={ctx.state['tokenizer']}",
             f"out={ctx.out / 'pretrain'}",
             f"seed={ctx.seed}",
+            *AR_OVERRIDES,
             "trainer.max_steps=400",
             f"trainer.max_time_s={PRETRAIN_SECONDS}",
             "trainer.checkpoint_every=50",

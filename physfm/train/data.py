@@ -60,44 +60,45 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 class TokenDataModule:
-    """Builds the train/validation loaders; the train stream skips batches already consumed on resume."""
+    """Builds the train/validation loaders over token shards (``data.tokens``); the train stream skips the
+    batches already consumed on resume."""
+
+    keys: tuple[str, ...] = ("tokens",)  # sample members each batch carries
 
     def __init__(self, cfg: PretrainConfig, total_batches: int):
         self.cfg, self.total_batches = cfg, total_batches
 
-    def train_loader(self, consumed_batches: int):
+    @property
+    def locations(self) -> list[str]:
+        return self.cfg.data.tokens
+
+    def _loader(self, split: str, **options):
         d = self.cfg.data
         return make_loader(
-            d.tokens,
-            "train",
+            self.locations,
+            split,
             d.batch_size,
-            num_workers=d.num_workers,
             seed=self.cfg.seed,
             resampled=True,
-            batches_per_epoch=self.total_batches,
-            skip_batches=consumed_batches,
             shuffle_buffer=d.shuffle_buffer,
             dataset_weights=d.dataset_weights,
-            keys=("tokens",),
+            keys=self.keys,
             normalize=False,
+            **options,
+        )
+
+    def train_loader(self, consumed_batches: int):
+        d = self.cfg.data
+        return self._loader(
+            "train",
+            num_workers=d.num_workers,
+            batches_per_epoch=self.total_batches,
+            skip_batches=consumed_batches,
             on_error=d.on_error,
         )
 
     def val_loader(self):
-        d = self.cfg.data
-        return make_loader(
-            d.tokens,
-            "valid",
-            d.batch_size,
-            num_workers=0,
-            seed=self.cfg.seed,
-            resampled=True,
-            batches_per_epoch=d.val_batches,
-            keys=("tokens",),
-            normalize=False,
-            shuffle_buffer=d.shuffle_buffer,
-            dataset_weights=d.dataset_weights,
-        )
+        return self._loader("valid", num_workers=0, batches_per_epoch=self.cfg.data.val_batches)
 
 
 def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
@@ -166,38 +167,11 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 class FieldDataModule(TokenDataModule):
-    """Loaders over field shards (input and output frames, physical units: the tokenizer z-scores)."""
+    """Loaders over field shards (``data.shards``: input and output frames in physical units; the tokenizer
+    z-scores them)."""
 
-    def train_loader(self, consumed_batches: int):
-        d = self.cfg.data
-        return make_loader(
-            d.shards,
-            "train",
-            d.batch_size,
-            num_workers=d.num_workers,
-            seed=self.cfg.seed,
-            resampled=True,
-            batches_per_epoch=self.total_batches,
-            skip_batches=consumed_batches,
-            shuffle_buffer=d.shuffle_buffer,
-            dataset_weights=d.dataset_weights,
-            keys=("input", "output"),
-            normalize=False,
-            on_error=d.on_error,
-        )
+    keys = ("input", "output")
 
-    def val_loader(self):
-        d = self.cfg.data
-        return make_loader(
-            d.shards,
-            "valid",
-            d.batch_size,
-            num_workers=0,
-            seed=self.cfg.seed,
-            resampled=True,
-            batches_per_epoch=d.val_batches,
-            keys=("input", "output"),
-            normalize=False,
-            shuffle_buffer=d.shuffle_buffer,
-            dataset_weights=d.dataset_weights,
-        )
+    @property
+    def locations(self) -> list[str]:
+        return self.cfg.data.shards
