@@ -170,6 +170,24 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
+def _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler) -> PhysicsModel:
+    """The model evaluate and rollout score; ``refine=True`` requires a refiner."""
+    pm = PhysicsModel.from_pretrained(
+        location,
+        tokenizer=tokenizer,
+        refiner=refiner or "auto",
+        device=device,
+        sampling_steps=sampling_steps,
+        sampler=sampler,
+    )
+    if refine and pm.refiner is None:
+        raise InputError(
+            f"{location}: --refine asked for, but the model has no refiner (train one with "
+            "`physfm refine`, or pass --refiner DIR)"
+        )
+    return pm
+
+
 def evaluate(
     location: str | Path,
     shards: str | Path,
@@ -197,19 +215,7 @@ def evaluate(
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
         raise InputError(f"horizons: need positive integers, got {horizons}")
-    pm = model or PhysicsModel.from_pretrained(
-        location,
-        tokenizer=tokenizer,
-        refiner=refiner or "auto",
-        device=device,
-        sampling_steps=sampling_steps,
-        sampler=sampler,
-    )
-    if refine and pm.refiner is None:
-        raise InputError(
-            f"{location}: --refine asked for, but the model has no refiner (train one with "
-            "`physfm refine`, or pass --refiner DIR)"
-        )
+    pm = model or _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
     refined = ("ar_refined",) if pm.refiner is not None and refine is not False else ()
     methods = (pm.method, *refined, *BASELINES)  # method: "diffusion" for a diffusion model
     start = time.perf_counter()
@@ -367,19 +373,10 @@ def rollout_to_files(
 ) -> dict[str, Any]:
     """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md.
     ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
-    pm = PhysicsModel.from_pretrained(
-        location,
-        tokenizer=tokenizer,
-        refiner=refiner or "auto",
-        device=device,
-        sampling_steps=sampling_steps,
-        sampler=sampler,
-    )
+    pm = _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
     if refine is None:
-        refine = getattr(pm, "refiner", None) is not None
+        refine = pm.refiner is not None
     method = "ar_refined" if refine else pm.method
-    if refine and pm.refiner is None:
-        raise InputError(f"{location}: --refine asked for, but the model has no refiner (`physfm refine`)")
     scores, seconds = score_windows(
         pm,
         shards,
