@@ -52,7 +52,7 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rollout", help="roll a model out H frames on held-out windows; predictions + PNGs")
-    add_model_args(p, "default: each predicted frame is refined when the model has one")
+    add_model_args(p, "default: frames are refined when the model has a refiner that helped on held-out windows")
     p.add_argument("--horizon", type=int, required=True, metavar="H", help="frames to predict after the context")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/rollout-<time>)")
     p.set_defaults(func=run)

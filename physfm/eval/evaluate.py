@@ -239,8 +239,9 @@ def evaluate(
         "split": split,
         "horizons": horizons,
         "methods": list(methods),
-        # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run has a refiner.
-        "default_method": refined[0] if refined else methods[0],
+        # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run has a refiner
+        # that helped on held-out windows when it was fit.
+        "default_method": refined[0] if refined and pm.refines_by_default else methods[0],
         "temperature": temperature,
         "top_k": top_k,
         "seed": seed,
@@ -375,7 +376,7 @@ def rollout_to_files(
     ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
     pm = _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
     if refine is None:
-        refine = pm.refiner is not None
+        refine = pm.refines_by_default
     method = "ar_refined" if refine else pm.method
     scores, seconds = score_windows(
         pm,

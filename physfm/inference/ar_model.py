@@ -81,6 +81,12 @@ class ARPhysicsModel(PhysicsModel):
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         return cls(model, tok, info, ref, meta).to(device)
 
+    @property
+    def refines_by_default(self) -> bool:
+        """Whether :meth:`rollout` refines unless told: the model has a refiner and that refiner improved the
+        model's predictions on held-out windows when it was fit (``refiner.json`` ``improves``)."""
+        return self.refiner is not None and bool((self.refiner_meta or {}).get("improves", True))
+
     def to(self, device: str | torch.device) -> ARPhysicsModel:
         super().to(device)
         if self.refiner is not None:
@@ -127,11 +133,11 @@ class ARPhysicsModel(PhysicsModel):
         return_tokens: bool = False,
     ):
         """As :meth:`PhysicsModel.rollout`: greedy at ``temperature`` 0, else sampling (``top_k`` optional)
-        seeded by ``seed``; ``refine`` corrects each frame with the refiner and feeds it back (default: when
-        the model has a refiner, as the benches found refined rollouts better);
+        seeded by ``seed``; ``refine`` corrects each frame with the refiner and feeds it back (default:
+        :attr:`refines_by_default`, when the model has a refiner that helped on held-out windows);
         ``use_cache=False`` re-runs the whole prefix per token (the reference path)."""
         if refine is None:
-            refine = self.refiner is not None
+            refine = self.refines_by_default
         if refine and self.refiner is None:
             raise InputError("refine=True: this model has no refiner (train one with `physfm refine`)")
         generator = torch.Generator(device=self.device).manual_seed(seed) if temperature > 0 else None

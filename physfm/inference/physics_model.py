@@ -50,6 +50,7 @@ class PhysicsModel:
     refusal_hint = ""  # appended to the message refusing another kind's option
     # Only the AR kind has a refiner; every kind answers, since evaluate asks whether to score ``ar_refined``.
     refiner = None
+    refines_by_default = False  # a kind with a refiner says when its rollouts use it unasked
     refiner_meta: dict | None = None
     _kinds: dict[str, type[PhysicsModel]] = {}
 

@@ -237,8 +237,13 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
         "train": pair_vrmse(refiner, pairs, pm.tokenizer),
         **({"valid": pair_vrmse(refiner, val, pm.tokenizer)} if val else {}),
     }
+    # Whether refining helps on held-out windows: rollouts use the refiner by default only then.
+    held_out = scores.get("valid", scores["train"])
+    improves = sum(v["refined"] for v in held_out.values()) < sum(v["input"] for v in held_out.values())
     info = {
         "ar": str(cfg.ckpt),
+        "improves": bool(improves),
+        "improves_split": "valid" if "valid" in scores else "train",
         "ar_sha256": state_sha256(pm.model),
         "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"),
         "train": {
@@ -256,6 +261,7 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
         "seconds": {"ar_predictions": round(t_pairs, 2), "fit": round(t_fit, 2)},
         "loss_history": history,
         "vrmse_next_step": scores,
+        "improves": bool(improves),
         "n_windows": {k: len(v) for k, v in pairs.items()},
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
