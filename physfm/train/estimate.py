@@ -50,7 +50,8 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     if cfg.n_cond_tokens > 1:
         tables.append(cfg.n_cond_params * cfg.n_param_buckets * d)
     lm_head = cfg.vocab_size * d
-    non_embedding = cfg.n_layer * per_layer + d + lm_head
+    copy_gain = 1 if cfg.prediction == "next_frame" else 0  # the learned logit of the input token
+    non_embedding = cfg.n_layer * per_layer + d + lm_head + copy_gain
     return ParamCounts(
         total=non_embedding + sum(tables),
         non_embedding=non_embedding,
