@@ -19,8 +19,9 @@ time budget (the LR schedule follows the clock); the shards encoded; the tiny AR
 initialised at copy-tokens), its step count set from a measured step time so the cosine schedule ends on
 the budget, ``trainer.max_time_s`` as the hard cap; the refiner trained on the AR model's own 4-step rollouts
 (``data.rollout_steps=4`` on ``--refine-windows`` 8 training windows per dataset: `collect_pairs`, then
-`fit_refiner` for the steps that fill the rest of its budget at a measured step time, saved as ``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the
-method a user gets by default, `evaluate`'s ``default_method``: refined, as the run has a refiner.
+`fit_refiner` for the steps that fill the rest of its budget at a measured step time, saved as
+``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the method a user gets by default,
+`evaluate`'s ``default_method``: refined, as the run has a refiner.
 
 The FNO is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden channels, 4 Fourier
 layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields, MSE, AdamW; one
