@@ -1,0 +1,661 @@
+"""Forecasting on five systems at equal CPU wall-clock: our token model (raw and refined) vs persistence, the
+tokenizer's own baselines and The Well's FNO, plus one ablation row per design lever.
+
+Systems (built-in simulators, their default parameter sets and trajectory lengths; ``--n-traj`` 6 trajectories
+per set, split 4/1/1 into train/valid/test; training windows of 4 + 1 frames every ``--stride`` 2 frames, as
+a few CPU minutes of training see only a fraction of them): gray_scott2d, navier_stokes2d and wave2d at 64²,
+navier_stokes2d at 32², burgers1d (128 points). They fall into three *groups*, each with its own shards,
+tokenizer and AR model (a dataset name can appear only once per model, so NS at 32² cannot join the 64² group):
+
+* ``2d64``: the three 64² systems jointly (one tokenizer with per-dataset heads, one AR model with dataset
+  tokens), as a small multi-physics model;
+* ``ns32``: navier_stokes2d at 32²;
+* ``burgers1d``: its own 1D tokenizer and AR model.
+
+Our default pipeline per group (what the ``ours`` rows and ``model_*`` are): the tiny conditional tokenizer
+(configs/tokenizer/tiny_conditional.yaml: key frame + frames coded given the previous frame), trained for its
+time budget (the LR schedule follows the clock); the shards encoded; the tiny AR model
+(configs/pretrain/tiny.yaml) with ``model.prediction=next_frame`` (every token of the next frame at once,
+initialised at copy-tokens), its step count set from a measured step time so the cosine schedule ends on
+the budget, ``trainer.max_time_s`` as the hard cap; the refiner trained on the AR model's own 4-step rollouts
+(``data.rollout_steps=4`` on ``--refine-windows`` 8 training windows per dataset: `collect_pairs`, then
+`fit_refiner` for the steps that fill the rest of its budget at a measured step time, saved as
+``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the method a user gets by default,
+`evaluate`'s ``default_method``: refined, as the run has a refiner.
+
+The FNO is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden channels, 4 Fourier
+layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields, MSE, AdamW; one
+model per system as in The Well). The Well's benchmark used lr 1e-4 over 12 GPU hours; on a few CPU minutes
+we use 1e-3 with a cosine schedule over the time budget. Each group's FNOs together get the wall-clock our
+group took to train (tokenizer + encode + AR + refiner, measured), split evenly over its systems.
+
+Ablations: each flips one lever of the default pipeline and is trained at the same per-stage budgets as that
+group's default model, scored by its default method (refined): ``raster`` (token-by-token AR; same tokenizer,
+new AR + refiner), ``plain_tokens`` (configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner),
+``refiner_tf`` (refiner trained on teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the windows so
+the pair count matches; same AR). ``--ablations ns32`` (default: the cheapest group), ``all`` or ``none``.
+
+Scoring: the test split, windows of 4 context + 8 true frames (`evaluation_windows` re-cuts them from the
+source files), at most ``--eval-windows`` per dataset spread evenly, greedy decoding; VRMSE (The Well's, in
+physical units, as physfm/eval computes it) of the 1st, 4th and 8th predicted frame, mean over fields.
+Rollout frames/s: batch 1, one test window, ``--fps-frames`` frames after a one-frame warm-up; the headline
+``frames_per_s`` is the default model at 64² (the issue's target: >= 20 frames/s for the tiny model on 2
+cores).
+
+Budget (``--minutes``, default 20, on 2 idle cores): ours gets 30 % of it over all groups (shares 65/20/15 %
+for 2d64/ns32/burgers1d; within a group 35 % tokenizer, 45 % AR, 20 % refiner), the FNOs the same measured
+time, the ns32 ablations about 1.7x ns32's budget, and data (~25 s), encoding, evaluation and frames/s the
+rest: about 17 minutes in all on 2 idle cores (Lightning start-up and checkpoints add ~10 s per AR run).
+Every stage total is a flag (``--tok-seconds``, ``--ar-seconds``, ``--refine-seconds``: summed over the
+groups; ``--fno-seconds`` overrides the equal-time rule); the measured wall time of each stage is printed.
+
+    python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--eval-windows 16] [--threads 0]
+                             [--workdir DIR] [--seed 0]
+
+Prints a table, then as its last line one JSON object: ``per_system`` {system: {model_1, model_4, model_8,
+persistence_1/4/8, fno_1, fno_8, ceiling_1, copy_tokens_1, ...}}, ``wins_persistence_1``,
+``wins_persistence_8`` (systems where model < persistence; at h=8 only where persistence < 1), ``wins_fno_1``,
+``n_systems``, ``frames_per_s``, and the ablations, seconds and steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch
+
+from data_pipelines.config import load_config
+from data_pipelines.loader import Normalizer, make_loader
+from data_pipelines.sharding import WindowSpec, shard_datasets
+from data_pipelines.shards import read_manifest
+from data_pipelines.simulators import simulate_dataset
+from physfm.eval.evaluate import score_windows, summarize
+from physfm.eval.windows import evaluation_windows
+from physfm.inference import PhysicsModel
+from physfm.models.ar import PhysicsTransformer
+from physfm.models.refiner import Refiner, save_refiner, state_sha256
+from physfm.train.config import PretrainConfig, load_pretrain_config
+from physfm.train.module import window_to_sequence
+from physfm.train.pretrain import run_pretrain
+from physfm.train.refine import RefineRunConfig, collect_pairs, fit_refiner
+from tokenizer.encode import encode_shards
+from tokenizer.training import TokenizerTrainConfig, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+N_INPUT, HORIZON, HORIZONS = 4, 8, (1, 4, 8)
+FNO_SETTINGS = dict(modes=16, hidden_channels=128, lr=1e-3, weight_decay=1e-5, batch_size=8)  # The Well's FNO
+OURS_FRACTION = 0.30  # of --minutes, for our three groups together
+STAGE_SPLIT = {"tokenizer": 0.35, "ar": 0.45, "refiner": 0.20}
+REFINE_ROLLOUT_STEPS = 4
+ABLATIONS = ("raster", "plain_tokens", "refiner_tf")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Systems sharing one tokenizer and one AR model: (system, resolution or None for the default)."""
+
+    name: str
+    systems: tuple[tuple[str, int | None], ...]
+    share: float  # of our training budget
+
+
+GROUPS = (
+    Group("2d64", (("gray_scott2d", 64), ("navier_stokes2d", 64), ("wave2d", 64)), 0.65),
+    Group("ns32", (("navier_stokes2d", 32),), 0.20),
+    Group("burgers1d", (("burgers1d", None),), 0.15),
+)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def system_label(system: str, resolution: int | None) -> str:
+    """'gray_scott2d@64'; 1D systems (one resolution here) by name alone."""
+    return system if system.endswith("1d") or resolution is None else f"{system}@{resolution}"
+
+
+# ---------------------------------------------------------------------------------------------- pure helpers
+def plan_budgets(
+    minutes: float,
+    tok_seconds: float | None = None,
+    ar_seconds: float | None = None,
+    refine_seconds: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """{group: {tokenizer, ar, refiner}} seconds: each stage total (default: its share of OURS_FRACTION of
+    ``minutes``) split over the groups by their shares."""
+    ours = minutes * 60 * OURS_FRACTION
+    totals = {
+        "tokenizer": tok_seconds if tok_seconds is not None else ours * STAGE_SPLIT["tokenizer"],
+        "ar": ar_seconds if ar_seconds is not None else ours * STAGE_SPLIT["ar"],
+        "refiner": refine_seconds if refine_seconds is not None else ours * STAGE_SPLIT["refiner"],
+    }
+    return {g.name: {k: v * g.share for k, v in totals.items()} for g in GROUPS}
+
+
+def planned_training_seconds(budgets: dict[str, dict[str, float]], ablation_groups: list[str]) -> float:
+    """Training wall-clock the plan spends: ours + the FNOs (equal) + the ablations (raster: AR + refiner,
+    plain tokens: all three stages, teacher-forced refiner: refiner)."""
+    ours = sum(sum(b.values()) for b in budgets.values())
+    ablations = sum(
+        (budgets[g]["ar"] + budgets[g]["refiner"]) + sum(budgets[g].values()) + budgets[g]["refiner"]
+        for g in ablation_groups
+    )
+    return 2 * ours + ablations
+
+
+def ablation_groups(choice: str) -> list[str]:
+    if choice == "all":
+        return [g.name for g in GROUPS]
+    if choice == "none":
+        return []
+    if choice in {g.name for g in GROUPS}:
+        return [choice]
+    raise SystemExit(
+        f"--ablations: expected all, none or a group ({', '.join(g.name for g in GROUPS)}), got {choice!r}"
+    )
+
+
+def headline(per_system: dict[str, dict[str, float]], frames_per_s: float | None) -> dict[str, Any]:
+    """The JSON's top-level verdicts from per-system scores (keys model_h, persistence_h, fno_h)."""
+    systems = list(per_system)
+    return {
+        "wins_persistence_1": [s for s in systems if per_system[s]["model_1"] < per_system[s]["persistence_1"]],
+        # At h=8 persistence above 1 means the dynamics have decorrelated: beating it there says nothing.
+        "wins_persistence_8": [
+            s
+            for s in systems
+            if per_system[s]["persistence_8"] < 1.0 and per_system[s]["model_8"] < per_system[s]["persistence_8"]
+        ],
+        "wins_fno_1": [s for s in systems if per_system[s]["model_1"] < per_system[s]["fno_1"]],
+        "n_systems": len(systems),
+        "frames_per_s": None if frames_per_s is None else round(frames_per_s, 2),
+    }
+
+
+def per_system_entry(mean: dict[str, dict[str, float]], default_method: str) -> dict[str, float]:
+    """One system's JSON entry from ``summarize``'s ``vrmse[name]["mean"]`` ({method: {"h": value}})."""
+    out: dict[str, float] = {}
+    for h in HORIZONS:
+        out[f"model_{h}"] = mean[default_method][str(h)]
+        out[f"raw_{h}"] = mean["ar"][str(h)]
+        out[f"persistence_{h}"] = mean["persistence"][str(h)]
+        out[f"fno_{h}"] = mean["fno"][str(h)]
+        out[f"ceiling_{h}"] = mean["tokenizer_ceiling"][str(h)]
+        out[f"copy_tokens_{h}"] = mean["copy_tokens"][str(h)]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+ROWS = (  # (label, key in a row's scores)
+    ("persistence", "persistence"),
+    ("copy-tokens", "copy_tokens"),
+    ("token ceiling", "tokenizer_ceiling"),
+    ("FNO (The Well)", "fno"),
+    ("ours raw", "ar"),
+    ("ours + refine (default)", "ar_refined"),
+    ("abl: raster AR", "raster"),
+    ("abl: plain tokens", "plain_tokens"),
+    ("abl: refiner teacher-forced", "refiner_tf"),
+)
+
+
+def format_table(scores: dict[str, dict[str, dict[str, float]]], fps: dict[str, float]) -> str:
+    """``scores`` {system: {row key: {"1": v, "4": v, "8": v}}} → a fixed-width table; '–' where absent."""
+    systems = list(scores)
+    width = 6 * len(HORIZONS)  # a system's h columns; a longer name pads them on the left
+    pads = {s: " " * (max(width, len(s)) - width + 2) for s in systems}
+    head = f"{'method':<28}" + "".join(f"{s:>{len(pads[s]) + width}}" for s in systems) + f"{'frames/s':>10}"
+    sub = f"{'':<28}" + "".join(pads[s] + "".join(f"{'h' + str(h):>6}" for h in HORIZONS) for s in systems)
+    lines = [head, sub]
+    for label, key in ROWS:
+        if not any(key in scores[s] for s in systems):
+            continue
+        cells = []
+        for s in systems:
+            v = scores[s].get(key)
+            cells.append(pads[s] + "".join(f"{v[str(h)]:>6.3f}" if v else f"{'–':>6}" for h in HORIZONS))
+        rate = f"{fps[key]:>10.1f}" if key in fps else f"{'–':>10}"
+        lines.append(f"{label:<28}" + "".join(cells) + rate)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- our pipeline
+def make_shards(work: Path, group: Group, args) -> tuple[Path, dict[str, str]]:
+    """Simulate the group's systems and shard them (4 + 1 frame windows every ``--stride`` frames)
+    → (shards, {dataset: label})."""
+    dirs, labels = [], {}
+    for system, resolution in group.systems:
+        out = work / "data" / group.name / system
+        start = time.perf_counter()
+        simulate_dataset(
+            system,
+            out,
+            n_traj=args.n_traj,
+            n_steps=args.n_steps,
+            resolution=resolution,
+            seed=args.seed,
+            overwrite=True,
+        )
+        dirs.append(out)
+        labels[system] = system_label(system, resolution)
+        log(f"  simulated {labels[system]} in {time.perf_counter() - start:.1f} s")
+    shards = work / "shards" / group.name
+    shard_datasets(dirs, shards, WindowSpec(N_INPUT, 1, args.stride), workers=1, overwrite=True)
+    return shards, labels
+
+
+def train_tok(shards: Path, out: Path, config: str, seconds: float, seed: int) -> Path:
+    cfg = load_config(
+        TokenizerTrainConfig,
+        ROOT / "configs/tokenizer" / config,
+        [
+            f"data.shards={shards}",
+            f"out={out}",
+            f"seed={seed}",
+            f"trainer.max_time_s={seconds}",  # the cosine schedule follows the wall-clock budget
+            "trainer.max_steps=1000000",
+            "trainer.wandb=false",
+            "data.val_batches=0",
+            "trainer.log_every=1000",
+            "trainer.verbose=false",
+        ],
+    )
+    threads = torch.get_num_threads()
+    try:
+        return train_tokenizer(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the tiny tokenizer trains single-threaded; the rest uses --threads
+
+
+def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
+    """Measured seconds per optimiser step of the AR model on a random token batch of the run's shape."""
+    torch.manual_seed(0)
+    model = PhysicsTransformer(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    grid = tuple(cfg.model.grid_shape)
+    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.batch_size, n_frames, *grid))
+    idx, targets, grid = window_to_sequence(tokens, 1)
+    ids = torch.zeros(cfg.data.batch_size, dtype=torch.long)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        _, loss = model(idx, grid, ids, targets=targets, return_logits=False)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])  # the first step pays for allocation
+
+
+def train_ar(tokens: Path, tok: Path, out: Path, prediction: str, seconds: float, seed: int) -> tuple[Path, int]:
+    """The tiny AR model for ``seconds``: max_steps from a measured step time (so the cosine decay ends on the
+    budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap. → (run, steps)."""
+    grid = list(next(iter(read_manifest(tokens)["datasets"].values()))["token_grid"][1:])
+    overrides = [
+        f"data.tokens=[{tokens}]",
+        f"out={out}",
+        f"tokenizer={tok}",
+        f"seed={seed}",
+        f"model.grid_shape={grid}",
+        f"model.prediction={prediction}",
+        "trainer.logger=csv",
+        "trainer.progress_bar=false",
+        "trainer.peak_tflops=1",  # skip the matmul peak measurement (MFU is not reported here)
+        "data.num_workers=0",
+        "data.val_batches=0",
+        "resume=none",
+    ]
+    cfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), overrides)
+    steps = max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
+    cfg = load_pretrain_config(
+        str(ROOT / "configs/pretrain/tiny.yaml"),
+        [
+            *overrides,
+            f"trainer.max_steps={steps}",
+            f"trainer.max_time_s={seconds}",
+            f"trainer.checkpoint_every={steps}",
+            "trainer.keep_last=1",
+            f"trainer.log_every={max(1, steps // 10)}",
+            f"optim.warmup_steps={min(20, steps // 5)}",
+        ],
+    )
+    run = run_pretrain(cfg)
+    return run, json.loads((run / "metrics.json").read_text()).get("steps", steps)
+
+
+def train_refiner(
+    ar_run: Path, shards: Path, out: Path, seconds: float, rollout_steps: int, n_windows: int, seed: int
+) -> dict[str, Any]:
+    """Fit the refiner to ``ar_run`` within ``seconds``: pairs from the AR model's own ``rollout_steps``-frame
+    rollouts of ``n_windows`` training windows per dataset, then as many steps as the rest of the budget
+    holds at a measured step time (cosine over those steps). Writes ``out`` (a refiner directory)."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    pm = PhysicsModel.from_pretrained(ar_run, refiner=False)
+    pairs = collect_pairs(pm, shards, "train", n_windows, rollout_steps=rollout_steps)
+    t_pairs = time.perf_counter() - start
+    cfg = RefineRunConfig(ckpt=str(ar_run), seed=seed)  # the refiner's defaults, as `physfm refine`
+    cfg.data.shards, cfg.data.rollout_steps, cfg.data.n_windows = str(shards), rollout_steps, n_windows
+    refiner = Refiner(cfg.model, pm.n_spatial_dims, {n: pm.channel_names(n) for n in pairs})
+    probe, t0 = copy.deepcopy(refiner), time.perf_counter()
+    fit_refiner(probe, pairs, dataclasses.replace(cfg.train, steps=4, log_every=4), cfg.data.batch_size, seed)
+    per_step = (time.perf_counter() - t0) / 4
+    cfg.train.steps = max(20, int((seconds - (time.perf_counter() - start)) / per_step))
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, cfg.train.steps // 5)
+    cfg.train.log_every = cfg.train.steps
+    history = fit_refiner(refiner, pairs, cfg.train, cfg.data.batch_size, seed)
+    info = {
+        "ar": str(ar_run),
+        "ar_sha256": state_sha256(pm.model),
+        "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"),
+        "train": {"steps": cfg.train.steps, "n_pairs": {k: len(v) for k, v in pairs.items()}, "loss_history": history},
+    }
+    save_refiner(refiner, out, info)
+    return {"steps": cfg.train.steps, "pairs_s": round(t_pairs, 1), "loss": round(history[-1][1], 4)}
+
+
+def train_pipeline(
+    shards: Path,
+    out: Path,
+    budget: dict[str, float],
+    args,
+    tokenizer_config: str = "tiny_conditional.yaml",
+    prediction: str = "next_frame",
+    tokenized: tuple[Path, Path] | None = None,
+) -> tuple[Path, dict[str, float], dict[str, int]]:
+    """Tokenizer + encode (unless ``tokenized`` = (tokenizer, token shards) is given) + AR + rollout refiner
+    → (AR run, seconds per stage, steps per stage)."""
+    seconds, steps = {}, {}
+    if tokenized is None:
+        start = time.perf_counter()
+        tok = train_tok(shards, out / "tokenizer", tokenizer_config, budget["tokenizer"], args.seed)
+        seconds["tokenizer"] = time.perf_counter() - start
+        steps["tokenizer"] = json.loads((tok / "tokenizer.json").read_text())["train"]["step"]
+        start = time.perf_counter()
+        tokens = encode_shards(tok, shards, out / "tokens", splits=["train"])  # the AR trains without validation
+        seconds["encode"] = time.perf_counter() - start
+    else:
+        tok, tokens = tokenized
+    start = time.perf_counter()
+    ar, steps["ar"] = train_ar(tokens, tok, out / "ar", prediction, budget["ar"], args.seed)
+    seconds["ar"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ref = train_refiner(
+        ar, shards, ar / "refiner", budget["refiner"], REFINE_ROLLOUT_STEPS, args.refine_windows, args.seed
+    )
+    seconds["refiner"] = time.perf_counter() - start
+    steps["refiner"] = ref["steps"]
+    return ar, seconds, steps
+
+
+# ---------------------------------------------------------------------------------------------- FNO
+def train_fno(shards: Path, name: str, n_channels: int, seconds: float, seed: int):
+    """The Well's FNO on one dataset for ``seconds`` of wall-clock → (model, normalizer, steps, n_params)."""
+    from neuralop.models import FNO  # optional dependency: only this bench needs it
+
+    torch.manual_seed(seed)
+    manifest = read_manifest(shards)
+    n_dims = len(manifest["datasets"][name]["spatial_shape"])
+    s = FNO_SETTINGS
+    model = FNO(
+        n_modes=(s["modes"],) * n_dims,
+        in_channels=N_INPUT * n_channels,
+        out_channels=n_channels,
+        hidden_channels=s["hidden_channels"],
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
+    loader = make_loader(
+        str(shards),
+        "train",
+        s["batch_size"],
+        resampled=True,
+        batches_per_epoch=10**7,
+        dataset_weights={name: 1.0},
+        normalize=True,
+        seed=seed,
+    )
+    start, steps = time.perf_counter(), 0
+    model.train()
+    for batch in loader:
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+        for group in opt.param_groups:  # cosine over the time budget, 5 % warm-up
+            progress = elapsed / seconds
+            group["lr"] = s["lr"] * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress)))
+        x = batch["input"].flatten(1, 2)  # [B, T_in * C, *space]: frames stacked on channels, as The Well
+        loss = torch.nn.functional.mse_loss(model(x), batch["output"][:, 0])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    return model.eval(), Normalizer(manifest, name), steps, sum(p.numel() for p in model.parameters())
+
+
+def fno_forecaster(models: dict) -> Callable:
+    @torch.no_grad()
+    def forecast(ctx: torch.Tensor, horizon: int, name: str) -> torch.Tensor:
+        model, norm = models[name][:2]
+        z = norm.normalize(ctx.float())
+        for _ in range(horizon):
+            z = torch.cat([z, model(z[:, -N_INPUT:].flatten(1, 2))[:, None]], 1)
+        return norm.denormalize(z[:, ctx.shape[1] :])
+
+    return forecast
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def rollout_rate(forecast: Callable[[torch.Tensor, int], Any], ctx: torch.Tensor, n_frames: int) -> float:
+    """Frames/s of ``forecast(ctx, n)`` at batch 1, after a one-frame warm-up."""
+    forecast(ctx, 1)
+    start = time.perf_counter()
+    forecast(ctx, n_frames)
+    return n_frames / (time.perf_counter() - start)
+
+
+def first_test_window(shards: Path, dataset: str) -> torch.Tensor:
+    batch = next(iter(evaluation_windows(shards, "test", 1, batch_size=1, max_windows=1, datasets=[dataset])))
+    return batch.context
+
+
+def score(pm, shards: Path, methods: tuple[str, ...], args, extra: dict | None = None) -> dict[str, Any]:
+    scores, _ = score_windows(
+        pm, shards, "test", HORIZON, methods=methods, max_windows=args.eval_windows, seed=args.seed, extra=extra
+    )
+    return summarize(scores, list(HORIZONS))
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=20.0, help="overall budget the stage defaults derive from")
+    p.add_argument("--tok-seconds", type=float, default=None, help="tokenizer training, summed over groups")
+    p.add_argument("--ar-seconds", type=float, default=None, help="AR training, summed over groups")
+    p.add_argument("--refine-seconds", type=float, default=None, help="refiner (pairs + fit), summed over groups")
+    p.add_argument("--fno-seconds", type=float, default=None, help="FNO total (default: ours, measured)")
+    p.add_argument("--ablations", default="ns32", help="all | none | a group (2d64, ns32, burgers1d)")
+    p.add_argument("--groups", default=",".join(g.name for g in GROUPS), help="groups to run (comma-separated)")
+    p.add_argument("--n-traj", type=int, default=6, help="trajectories per parameter set (split 4/1/1)")
+    p.add_argument("--n-steps", type=int, default=None, help="frames per trajectory (simulator default)")
+    p.add_argument("--stride", type=int, default=2, help="frames between training windows' starts")
+    p.add_argument("--refine-windows", type=int, default=8, help="training windows per dataset for the refiner")
+    p.add_argument("--eval-windows", type=int, default=16, help="test windows per dataset")
+    p.add_argument("--fps-frames", type=int, default=16, help="frames rolled out for the frames/s figures")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--workdir", default=None, help="keep artefacts here (default: a temporary directory)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@dataclass
+class GroupResult:
+    table: dict[str, dict[str, dict[str, float]]]  # {system label: {row key: {"h": VRMSE}}}
+    per_system: dict[str, dict[str, float]]
+    ablations: dict[str, dict[str, dict[str, float]]]
+    fps: dict[str, float]  # row key → frames/s at batch 1 on the group's first system
+    seconds: dict[str, float]
+    steps: dict[str, Any]
+
+
+def run_group(group: Group, budget: dict[str, float], work: Path, args, with_ablations: bool) -> GroupResult:
+    """Data, our pipeline, the FNOs at equal time, scoring, frames/s, and (``with_ablations``) the ablations."""
+    res = GroupResult({}, {}, {}, {}, {}, {})
+    start = time.perf_counter()
+    shards, labels = make_shards(work, group, args)
+    res.seconds["data"] = time.perf_counter() - start
+    out = work / group.name
+    ar, seconds, res.steps["ours"] = train_pipeline(shards, out / "ours", budget, args)
+    res.seconds.update(seconds)
+    ours_s = sum(seconds.values())
+    log(
+        f"  ours: {ours_s:.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + "; steps "
+        + ", ".join(f"{k} {v}" for k, v in res.steps["ours"].items())
+        + ")"
+    )
+    pm = PhysicsModel.from_pretrained(ar)
+    fno_total = args.fno_seconds * group.share if args.fno_seconds is not None else ours_s
+    start, fnos = time.perf_counter(), {}
+    for name in pm.dataset_names:
+        share = fno_total / len(pm.dataset_names)
+        fnos[name] = train_fno(shards, name, len(pm.channel_names(name)), share, args.seed)
+        log(f"  FNO {labels[name]}: {fnos[name][2]} steps in {share:.0f} s ({fnos[name][3] / 1e6:.1f}M parameters)")
+    res.seconds["fno"] = time.perf_counter() - start
+    res.steps["fno"] = {labels[n]: f[2] for n, f in fnos.items()}
+    fno = fno_forecaster(fnos)
+
+    start = time.perf_counter()
+    default = "ar_refined" if pm.refiner is not None else pm.method  # evaluate's default_method
+    summary = score(
+        pm, shards, ("ar", "ar_refined", "persistence", "copy_tokens", "tokenizer_ceiling"), args, {"fno": fno}
+    )
+    for name, d in summary["vrmse"].items():
+        res.table[labels[name]] = dict(d["mean"])
+        res.per_system[labels[name]] = {
+            **per_system_entry(d["mean"], default),
+            "n_windows": summary["n_windows"][name],
+        }
+    res.seconds["evaluate"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    first = pm.dataset_names[0]
+    ctx = first_test_window(shards, first)
+    res.fps = {
+        "ar": rollout_rate(lambda c, n: pm.rollout(c, n, first, refine=False), ctx, args.fps_frames),
+        "ar_refined": rollout_rate(lambda c, n: pm.rollout(c, n, first), ctx, args.fps_frames),
+        "fno": rollout_rate(lambda c, n: fno(c, n, first), ctx, args.fps_frames),
+    }
+    log(f"  frames/s at batch 1 on {labels[first]}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.fps.items()))
+    res.seconds["frames_per_s"] = time.perf_counter() - start
+    if not with_ablations:
+        return res
+
+    runs = {}
+    tokenized = (out / "ours" / "tokenizer", out / "ours" / "tokens")  # the default pipeline's
+    start = time.perf_counter()
+    runs["raster"], _, res.steps["raster"] = train_pipeline(
+        shards, out / "raster", budget, args, prediction="raster", tokenized=tokenized
+    )
+    res.seconds["abl_raster"] = time.perf_counter() - start
+    start = time.perf_counter()
+    runs["plain_tokens"], _, res.steps["plain_tokens"] = train_pipeline(
+        shards, out / "plain_tokens", budget, args, tokenizer_config="tiny.yaml"
+    )
+    res.seconds["abl_plain_tokens"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tf = out / "refiner_tf"
+    # teacher-forced pairs: one step from true context each, on 4x the windows (the same number of pairs)
+    res.steps["refiner_tf"] = train_refiner(
+        ar, shards, tf, budget["refiner"], 1, REFINE_ROLLOUT_STEPS * args.refine_windows, args.seed
+    )
+    res.seconds["abl_refiner_tf"] = time.perf_counter() - start
+    start = time.perf_counter()
+    models = {k: PhysicsModel.from_pretrained(v) for k, v in runs.items()}
+    models["refiner_tf"] = PhysicsModel.from_pretrained(ar, refiner=tf)
+    for key, model in models.items():
+        s = score(model, shards, ("ar", "ar_refined"), args)
+        for name, d in s["vrmse"].items():
+            res.table[labels[name]][key] = d["mean"]["ar_refined"]
+            res.ablations.setdefault(labels[name], {})[key] = {
+                f"{k}_{h}": round(d["mean"][k][str(h)], 4) for k in ("ar", "ar_refined") for h in HORIZONS
+            }
+        res.fps[key] = rollout_rate(partial(model.rollout, dataset=first), ctx, args.fps_frames)
+        log(f"  ablation {key}: frames/s at batch 1 on {labels[first]} {res.fps[key]:.1f}")
+    res.seconds["abl_evaluate"] = time.perf_counter() - start
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    groups = [g for g in GROUPS if g.name in args.groups.split(",")]
+    abl = [g for g in ablation_groups(args.ablations) if g in {x.name for x in groups}]
+    budgets = plan_budgets(args.minutes, args.tok_seconds, args.ar_seconds, args.refine_seconds)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="physfm-bench-forecast-"))
+    t_total = time.perf_counter()
+    log(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; workdir {work}; seed {args.seed}"
+    )
+    log(
+        "plan (s): "
+        + "; ".join(f"{g.name} " + ", ".join(f"{k} {v:.0f}" for k, v in budgets[g.name].items()) for g in groups)
+        + f"; FNO = ours; ablations on {', '.join(abl) or 'none'}; training in all "
+        f"{planned_training_seconds({g.name: budgets[g.name] for g in groups}, abl):.0f} s"
+    )
+    results = {}
+    for group in groups:
+        log(f"== group {group.name}: {', '.join(system_label(*s) for s in group.systems)}")
+        results[group.name] = run_group(group, budgets[group.name], work, args, group.name in abl)
+    total = time.perf_counter() - t_total
+    # The headline frames/s: the default model at 64² when that group ran, else the first group's.
+    fps_group = results.get("2d64") or next(iter(results.values()))
+    fps = {**{k: v for r in results.values() for k, v in r.fps.items()}, **fps_group.fps}
+    table = {k: v for r in results.values() for k, v in r.table.items()}
+    per_system = {k: v for r in results.values() for k, v in r.per_system.items()}
+    seconds = {f"{g}/{k}": v for g, r in results.items() for k, v in r.seconds.items()}
+    log("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; total {total:.0f}")
+    log(
+        f"\nVRMSE of the k-th predicted frame, test split (<= {args.eval_windows} windows per system, greedy; "
+        "mean over fields; 1.0 = the spatial mean). Ablation rows: the default pipeline with one lever flipped, "
+        "refined, same budgets. frames/s: batch 1 on the first system of a group (ours and FNO: "
+        f"{'2d64' if '2d64' in results else next(iter(results))}; ablations: their group)."
+    )
+    log(format_table(table, fps))
+    result: dict[str, Any] = {
+        "per_system": per_system,
+        **headline(per_system, fps_group.fps["ar_refined"]),
+        "ablations": {k: v for r in results.values() for k, v in r.ablations.items()},
+        "frames_per_s_all": {k: round(v, 2) for k, v in fps.items()},
+        "steps": {g: r.steps for g, r in results.items()},
+        "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(total, 1)},
+        "minutes": args.minutes,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

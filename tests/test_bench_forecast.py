@@ -1,0 +1,101 @@
+"""bench/forecast.py's pure helpers (budgets, verdicts, table) on small dicts: no data, no training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "forecast.py"
+
+
+@pytest.fixture(scope="module")
+def forecast():
+    spec = importlib.util.spec_from_file_location("bench_forecast", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def scores(model, persistence, fno):
+    """A per-system entry with model/persistence/fno VRMSE at h = 1, 4, 8 (given as 3-tuples)."""
+    out = {}
+    for i, h in enumerate((1, 4, 8)):
+        out.update({f"model_{h}": model[i], f"persistence_{h}": persistence[i], f"fno_{h}": fno[i]})
+    return out
+
+
+def test_headline_wins(forecast):
+    per_system = {
+        "gray_scott2d@64": scores((0.1, 0.2, 0.3), (0.2, 0.3, 0.5), (0.05, 0.1, 0.2)),  # beats persistence
+        "navier_stokes2d@64": scores((0.5, 0.9, 1.1), (0.4, 0.9, 1.2), (0.6, 1.0, 1.3)),  # h8 win, persistence > 1
+        "wave2d@64": scores((0.3, 0.5, 0.7), (0.4, 0.6, 0.8), (0.2, 0.4, 0.6)),
+        "burgers1d": scores((0.2, 0.3, 0.4), (0.1, 0.2, 0.3), (0.3, 0.4, 0.5)),
+    }
+    out = forecast.headline(per_system, 23.456)
+    assert out["wins_persistence_1"] == ["gray_scott2d@64", "wave2d@64"]
+    assert out["wins_persistence_8"] == ["gray_scott2d@64", "wave2d@64"]  # NS: persistence_8 = 1.2 ≥ 1
+    assert out["wins_fno_1"] == ["navier_stokes2d@64", "burgers1d"]
+    assert out["n_systems"] == 4
+    assert out["frames_per_s"] == 23.46
+    json.dumps(out)  # the last line must serialise
+
+
+def test_per_system_entry_uses_the_default_method(forecast):
+    methods = ("ar", "ar_refined", "persistence", "fno", "tokenizer_ceiling", "copy_tokens")
+    mean = {m: {str(h): i + h / 10 for h in (1, 4, 8)} for i, m in enumerate(methods)}
+    entry = forecast.per_system_entry(mean, "ar_refined")
+    assert entry["model_1"] == 1.1 and entry["raw_1"] == 0.1 and entry["model_8"] == 1.8
+    required = {"model_1", "model_4", "model_8", "persistence_1", "persistence_4", "persistence_8"}
+    assert required | {"fno_1", "fno_8", "ceiling_1", "copy_tokens_1"} <= set(entry)
+    assert forecast.per_system_entry(mean, "ar")["model_4"] == 0.4  # no refiner: the raw model is the default
+
+
+def test_system_labels(forecast):
+    assert forecast.system_label("gray_scott2d", 64) == "gray_scott2d@64"
+    assert forecast.system_label("navier_stokes2d", 32) == "navier_stokes2d@32"
+    assert forecast.system_label("burgers1d", None) == "burgers1d"
+    labels = [forecast.system_label(*s) for g in forecast.GROUPS for s in g.systems]
+    assert len(labels) == len(set(labels)) == 5
+
+
+def test_default_budget_fits_twenty_minutes(forecast):
+    budgets = forecast.plan_budgets(20)
+    assert set(budgets) == {g.name for g in forecast.GROUPS}
+    assert sum(g.share for g in forecast.GROUPS) == pytest.approx(1.0)
+    ours = sum(sum(b.values()) for b in budgets.values())
+    assert ours == pytest.approx(20 * 60 * forecast.OURS_FRACTION)
+    training = forecast.planned_training_seconds(budgets, forecast.ablation_groups("ns32"))
+    # data (~35 s), encoding, evaluation and frames/s need the rest: keep a quarter of the 20 minutes for them
+    assert training <= 0.75 * 20 * 60
+    assert forecast.planned_training_seconds(budgets, []) == pytest.approx(2 * ours)
+    # a stage flag is the total over groups
+    assert sum(b["ar"] for b in forecast.plan_budgets(20, ar_seconds=100).values()) == pytest.approx(100)
+
+
+def test_ablation_choice(forecast):
+    assert forecast.ablation_groups("none") == []
+    assert forecast.ablation_groups("ns32") == ["ns32"]
+    assert forecast.ablation_groups("all") == [g.name for g in forecast.GROUPS]
+    with pytest.raises(SystemExit, match="--ablations"):
+        forecast.ablation_groups("ns64")
+
+
+def test_table_marks_missing_rows(forecast):
+    row = {"1": 0.1, "4": 0.2, "8": 0.3}
+    table = {
+        "navier_stokes2d@32": {"persistence": row, "ar_refined": row, "raster": row},
+        "burgers1d": {"persistence": row, "ar_refined": row},
+    }
+    text = forecast.format_table(table, {"ar_refined": 12.5})
+    lines = text.splitlines()
+    assert any(line.startswith("abl: raster AR") and "–" in line for line in lines)
+    assert not any(line.startswith("FNO") for line in lines)  # a row no system has is left out
+    assert "12.5" in next(line for line in lines if line.startswith("ours + refine"))
