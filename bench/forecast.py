@@ -21,7 +21,8 @@ the budget, ``trainer.max_time_s`` as the hard cap; the refiner trained on the A
 (``data.rollout_steps=4`` on ``--refine-windows`` 8 training windows per dataset: `collect_pairs`, then
 `fit_refiner` for the steps that fill the rest of its budget at a measured step time, saved as
 ``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the method a user gets by default,
-`evaluate`'s ``default_method``: refined, as the run has a refiner.
+`evaluate`'s ``default_method``: refined when the refiner lowered the one-step VRMSE on held-out (valid)
+windows when it was fit, as `physfm refine` decides, else raw.
 
 The FNO is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden channels, 4 Fourier
 layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields, MSE, AdamW; one
@@ -94,7 +95,7 @@ from physfm.models.refiner import Refiner, save_refiner, state_sha256
 from physfm.train.config import PretrainConfig, load_pretrain_config
 from physfm.train.module import window_to_sequence
 from physfm.train.pretrain import run_pretrain
-from physfm.train.refine import RefineRunConfig, collect_pairs, fit_refiner
+from physfm.train.refine import RefineRunConfig, collect_pairs, fit_refiner, pair_vrmse, refiner_improves
 from tokenizer.encode import encode_shards
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -361,14 +362,24 @@ def train_refiner(
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, cfg.train.steps // 5)
     cfg.train.log_every = cfg.train.steps
     history = fit_refiner(refiner, pairs, cfg.train, cfg.data.batch_size, seed)
+    # As `physfm refine`: one-step held-out pairs decide whether rollouts use the refiner by default.
+    split = "valid" if "valid" in read_manifest(shards)["splits"] else "train"
+    held_out = pair_vrmse(refiner, collect_pairs(pm, shards, split, n_windows), pm.tokenizer)
     info = {
         "ar": str(ar_run),
+        "improves": refiner_improves(held_out),
+        "improves_split": split,
         "ar_sha256": state_sha256(pm.model),
         "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"),
         "train": {"steps": cfg.train.steps, "n_pairs": {k: len(v) for k, v in pairs.items()}, "loss_history": history},
     }
     save_refiner(refiner, out, info)
-    return {"steps": cfg.train.steps, "pairs_s": round(t_pairs, 1), "loss": round(history[-1][1], 4)}
+    return {
+        "steps": cfg.train.steps,
+        "pairs_s": round(t_pairs, 1),
+        "loss": round(history[-1][1], 4),
+        "improves": info["improves"],
+    }
 
 
 def train_pipeline(
@@ -543,7 +554,7 @@ def run_group(group: Group, budget: dict[str, float], work: Path, args, with_abl
     fno = fno_forecaster(fnos)
 
     start = time.perf_counter()
-    default = "ar_refined" if pm.refiner is not None else pm.method  # evaluate's default_method
+    default = "ar_refined" if pm.refines_by_default else pm.method  # evaluate's default_method
     summary = score(
         pm, shards, ("ar", "ar_refined", "persistence", "copy_tokens", "tokenizer_ceiling"), args, {"fno": fno}
     )

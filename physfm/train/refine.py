@@ -209,6 +209,12 @@ def pair_vrmse(
     return out
 
 
+def refiner_improves(scores: dict[str, dict[str, float]]) -> bool:
+    """Whether refining lowers the mean VRMSE over the datasets of ``scores`` (:func:`pair_vrmse` on held-out
+    windows): rollouts use a refiner by default only then (``refiner.json`` ``improves``)."""
+    return sum(v["refined"] for v in scores.values()) < sum(v["input"] for v in scores.values())
+
+
 def default_out(ckpt: str | Path) -> Path:
     path = Path(ckpt)
     return path / "refiner" if path.is_dir() else Path(f"runs/refine-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -237,9 +243,7 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
         "train": pair_vrmse(refiner, pairs, pm.tokenizer),
         **({"valid": pair_vrmse(refiner, val, pm.tokenizer)} if val else {}),
     }
-    # Whether refining helps on held-out windows: rollouts use the refiner by default only then.
-    held_out = scores.get("valid", scores["train"])
-    improves = sum(v["refined"] for v in held_out.values()) < sum(v["input"] for v in held_out.values())
+    improves = refiner_improves(scores.get("valid", scores["train"]))
     info = {
         "ar": str(cfg.ckpt),
         "improves": bool(improves),
