@@ -96,8 +96,9 @@ def test_plain_tokenizer_is_unchanged():
         recon, ids = tok(x, "a")
     assert len(tok.state_dict()) == 32
     assert weight_sum == pytest.approx(5.459951024956354, abs=1e-9)
-    assert float(recon.double().sum()) == pytest.approx(-61.26264055352658, abs=1e-6)
-    assert float(recon.double().abs().sum()) == pytest.approx(600.7066645184532, abs=1e-6)
+    # float32 convolutions reduce in a thread-count-dependent order: equal to ~1e-7 relative, not bit for bit
+    assert float(recon.double().sum()) == pytest.approx(-61.26264055352658, rel=1e-5)
+    assert float(recon.double().abs().sum()) == pytest.approx(600.7066645184532, rel=1e-5)
     assert int(ids.sum()) == 37305
     with pytest.raises(ValueError, match="plain"):
         tok.decode(ids, "a", prev=x[:, 0])
