@@ -8,6 +8,7 @@ does not depend on the weights or the token values: the model is untrained and t
 token ids (seeded), so no data is simulated here.
 
     python bench/rollout.py [--context-frames 3] [--batch 1] [--batched 32] [--model configs/model/tiny.yaml]
+                            [--prediction raster|next_frame]
 
 Last line: JSON with ``kv_speedup`` (cached tokens/s ÷ uncached tokens/s at --batch; target >= 5).
 """
@@ -42,6 +43,7 @@ def time_generation(model: PhysicsTransformer, context: torch.Tensor, use_cache:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="configs/model/tiny.yaml")
+    p.add_argument("--prediction", default="raster", choices=("raster", "next_frame"), help="generation mode")
     p.add_argument("--context-frames", type=int, default=3, help="context frames; the sequence reaches one more")
     p.add_argument("--batch", type=int, default=1, help="windows in the cached-vs-uncached comparison")
     p.add_argument("--batched", type=int, default=32, help="windows for the cached-only batched run (0 = skip)")
@@ -50,7 +52,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(ModelConfig, args.model, [f"max_frames={max(args.context_frames + 1, 2)}"])
+    # The KV cache's gain is in token-by-token (raster) decoding, T sequential steps per frame; next-frame
+    # prediction (the tiny config's default) makes one forward per frame, where a one-frame rollout has
+    # nothing to reuse. --prediction next_frame measures that mode instead.
+    cfg = load_config(
+        ModelConfig,
+        args.model,
+        [f"max_frames={max(args.context_frames + 1, 2)}", f"prediction={args.prediction}"],
+    )
     torch.manual_seed(args.seed)
     model = PhysicsTransformer(cfg).eval()
     T = math.prod(cfg.grid_shape)
