@@ -26,6 +26,9 @@ Hook points for probing/steering are the stable module names ``tok_embedding``, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,17 @@ from torch import Tensor, nn
 from physfm.models.trunk import KVCache, ModelConfig, Trunk, frame_causal_mask, token_positions
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """What every decode step of one ``generate_frames`` call shares."""
+
+    grid: tuple[int, ...]
+    dataset_ids: Tensor
+    param_ids: Tensor | None
+    cache: KVCache | None
+    sample: Callable[[Tensor], Tensor]  # logits [N, V] -> ids [N] (greedy, temperature, top-k)
 
 
 class PhysicsTransformer(Trunk):
@@ -185,94 +199,66 @@ class PhysicsTransformer(Trunk):
         T, window = math.prod(grid), window_frames or self.config.max_frames
         frames = context_ids.reshape(B, -1, T)  # [B, F, T]
         cache = self.new_kv_cache(B, self.n_cond_tokens + window * T, context_ids.device) if use_cache else None
+        sample = partial(self._sample, temperature=temperature, top_k=top_k, generator=generator)
+        g = _Generation(grid, dataset_ids, param_ids, cache, sample)
         remaining = n_frames
         while remaining > 0:
             n_ctx = min(frames.shape[1], window - 1)
             n_now = min(remaining, window - n_ctx)
             decode = self._decode_frames if self.config.prediction == "next_frame" else self._decode_window
-            new = decode(
-                frames[:, frames.shape[1] - n_ctx :],
-                n_now * T,
-                grid,
-                dataset_ids,
-                param_ids,
-                cache,
-                temperature,
-                top_k,
-                generator,
-            )
+            new = decode(frames[:, frames.shape[1] - n_ctx :], n_now * T, g)
             frames = torch.cat([frames, new.view(B, n_now, T)], dim=1)
             remaining -= n_now
         return frames[:, -n_frames:].reshape(B, n_frames, *grid)
 
-    def _decode_window(
-        self,
-        ctx: Tensor,
-        n_tokens: int,
-        grid: tuple[int, ...],
-        dataset_ids: Tensor,
-        param_ids: Tensor | None,
-        cache: KVCache | None,
-        temperature: float,
-        top_k: int | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def _decode_window(self, ctx: Tensor, n_tokens: int, g: _Generation) -> Tensor:
         """ctx [B, F_ctx, T] -> n_tokens new ids [B, n_tokens], one window without sliding."""
         B, n_ctx, T = ctx.shape
         out = torch.empty(B, n_tokens, dtype=torch.long, device=ctx.device)
-        if cache is None:  # reference path: the full forward over the growing sequence, per token
+        if g.cache is None:  # reference path: the full forward over the growing sequence, per token
             seq = ctx.reshape(B, -1)
             for s in range(n_tokens):
-                positions = self._positions(n_ctx + s // T + 1, grid, ctx.device)[: self.n_cond_tokens + n_ctx * T + s]
+                positions = self._positions(n_ctx + s // T + 1, g.grid, ctx.device)[
+                    : self.n_cond_tokens + n_ctx * T + s
+                ]
                 self.current_positions = positions
-                x = self._embed(torch.cat([seq, out[:, :s]], 1), dataset_ids, param_ids)
-                out[:, s] = self._sample(self.lm_head(self._blocks(x, positions)[:, -1]), temperature, top_k, generator)
+                x = self._embed(torch.cat([seq, out[:, :s]], 1), g.dataset_ids, g.param_ids)
+                out[:, s] = g.sample(self.lm_head(self._blocks(x, positions)[:, -1]))
             return out
         n_frames_total = n_ctx + -(-n_tokens // T)
-        positions = self._positions(n_frames_total, grid, ctx.device)
+        positions = self._positions(n_frames_total, g.grid, ctx.device)
         pos = self.n_cond_tokens + n_ctx * T
         self.current_positions = positions[:pos]
-        x = self._embed(ctx.reshape(B, -1), dataset_ids, param_ids)
-        logits = self.lm_head(self._blocks(x, positions[:pos], cache, 0)[:, -1])
+        x = self._embed(ctx.reshape(B, -1), g.dataset_ids, g.param_ids)
+        logits = self.lm_head(self._blocks(x, positions[:pos], g.cache, 0)[:, -1])
         for s in range(n_tokens):
-            out[:, s] = self._sample(logits, temperature, top_k, generator)
+            out[:, s] = g.sample(logits)
             if s + 1 < n_tokens:  # feed the new token; its output predicts the next one
                 self.current_positions = positions[pos : pos + 1]
-                h = self._blocks(self.tok_embedding(out[:, s : s + 1]), positions[pos : pos + 1], cache, pos)
+                h = self._blocks(self.tok_embedding(out[:, s : s + 1]), positions[pos : pos + 1], g.cache, pos)
                 logits = self.lm_head(h[:, -1])
                 pos += 1
         return out
 
-    def _decode_frames(
-        self,
-        ctx: Tensor,
-        n_tokens: int,
-        grid: tuple[int, ...],
-        dataset_ids: Tensor,
-        param_ids: Tensor | None,
-        cache: KVCache | None,
-        temperature: float,
-        top_k: int | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def _decode_frames(self, ctx: Tensor, n_tokens: int, g: _Generation) -> Tensor:
         """Next-frame mode: ctx [B, F_ctx, T] -> n_tokens (whole frames) new ids [B, n_tokens], one forward per frame."""
         B, n_ctx, T = ctx.shape
         n_new = n_tokens // T
-        positions = self._positions(n_ctx + n_new, grid, ctx.device)
+        positions = self._positions(n_ctx + n_new, g.grid, ctx.device)
         frames = [ctx[:, f] for f in range(n_ctx)]
         pos = self.n_cond_tokens + n_ctx * T  # sequence length so far
-        if cache is not None:  # prefill: conditioning + context frames, block-causal
-            x = self._embed(ctx.reshape(B, -1), dataset_ids, param_ids)
-            h = self._blocks(x, positions[:pos], cache, 0, frame_causal_mask(positions[:pos, 0]))[:, -T:]
+        if g.cache is not None:  # prefill: conditioning + context frames, block-causal
+            x = self._embed(ctx.reshape(B, -1), g.dataset_ids, g.param_ids)
+            h = self._blocks(x, positions[:pos], g.cache, 0, frame_causal_mask(positions[:pos, 0]))[:, -T:]
         for f in range(n_new):
-            if cache is None:  # reference path: the whole window again for every frame
-                x = self._embed(torch.cat(frames, 1), dataset_ids, param_ids)
+            if g.cache is None:  # reference path: the whole window again for every frame
+                x = self._embed(torch.cat(frames, 1), g.dataset_ids, g.param_ids)
                 h = self._blocks(x, positions[:pos], mask=frame_causal_mask(positions[:pos, 0]))[:, -T:]
             logits = self._logits(h, frames[-1])  # [B, T, V]
-            frames.append(self._sample(logits.flatten(0, 1), temperature, top_k, generator).view(B, T))
-            if cache is not None and f + 1 < n_new:  # the new frame attends to everything before it and itself
+            frames.append(g.sample(logits.flatten(0, 1)).view(B, T))
+            if g.cache is not None and f + 1 < n_new:  # the new frame attends to everything before it and itself
                 chunk = positions[pos : pos + T]
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=ctx.device)
-                h = self._blocks(self.tok_embedding(frames[-1]), chunk, cache, pos, mask)
+                h = self._blocks(self.tok_embedding(frames[-1]), chunk, g.cache, pos, mask)
             pos += T
         return torch.cat(frames[n_ctx:], dim=1)
