@@ -134,3 +134,46 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
         "finetune.eval_max_windows=2",
         "finetune.eval_horizons=[1]",
     )
+
+
+@pytest.mark.parametrize("conditional_tokens", [False, True])
+def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens):
+    """Conditional token windows open with a key frame: the change tokens of frame 1 follow absolute codes,
+    a step no rollout takes, so only frames >= 2 carry loss; plain tokens learn every frame after the first."""
+    from physfm.models.ar import IGNORE_INDEX
+    from physfm.train.module import ARModule
+
+    model = dict(vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4)
+    module = ARModule(
+        {**model, "grid_shape": [2, 2], "n_spatial_dims": 2, "prediction": "next_frame"},
+        {"lr": 1e-3},
+        ["waves"],
+        n_context_frames=3,
+        max_steps=1,
+        conditional_tokens=conditional_tokens,
+    )
+    tokens = torch.randint(0, 32, (2, 4, 2, 2), generator=torch.Generator().manual_seed(0))
+    loss = module.loss({"tokens": tokens, "dataset": "waves"})
+    idx = tokens.reshape(2, -1)
+    targets = idx.clone()
+    targets[:, : (2 if conditional_tokens else 1) * 4] = IGNORE_INDEX
+    _, expected = module.model(idx, (2, 2), torch.zeros(2, dtype=torch.long), targets=targets)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_bfloat16_rollout_is_close_to_float32(conditional):
+    """``dtype="bfloat16"`` (rollout/evaluate --dtype) runs the transformer in bf16: same shapes, forecasts
+    close to float32's (greedy argmax may round a near-tie the other way), steering hooks still apply."""
+    from physfm.interp.hooks import add_to
+
+    batch = next(iter(evaluation_windows(conditional["shards"], "test", 2, max_windows=2)))
+    fp32 = PhysicsModel.from_pretrained(conditional["export"], refiner=False)
+    bf16 = PhysicsModel.from_pretrained(conditional["export"], refiner=False, dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    a, b = fp32.rollout(batch.context, 2, "waves"), bf16.rollout(batch.context, 2, "waves")
+    assert a.shape == b.shape and b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert (a - b).abs().mean() < 0.1 * a.abs().mean() + 1e-6
+    with add_to(bf16.model, "blocks.0.resid", lambda h, pos: torch.ones(h.shape[-1])):  # a float32 direction
+        assert torch.isfinite(bf16.rollout(batch.context, 2, "waves")).all()
+    with pytest.raises(Exception, match="float16"):
+        PhysicsModel.from_pretrained(conditional["export"], dtype="float16")

@@ -33,7 +33,7 @@ def token_layout(manifest: dict[str, Any]) -> tuple[int, int]:
 def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
     """Read the token manifests: dataset names, window layout, tokenizer fingerprint; check consistency."""
     names: list[str] = []
-    layouts, fingerprints = set(), set()
+    layouts, fingerprints, conditional = set(), set(), False
     for location in cfg.data.tokens:
         manifest = read_manifest(location)
         if "tokenizer_fingerprint" not in manifest:
@@ -42,6 +42,7 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
                 "make them with `physfm tokenizer encode`"
             )
         fingerprints.add(manifest["tokenizer_fingerprint"])
+        conditional = conditional or bool(manifest.get("tokenizer", {}).get("conditional"))
         layouts.add(token_layout(manifest))
         names += list(manifest["datasets"])
     if len(fingerprints) > 1:
@@ -56,6 +57,7 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         "n_context": n_context,
         "n_frames": n_total,
         "tokenizer_fingerprint": fingerprints.pop(),
+        "conditional_tokens": conditional,  # one tokenizer (one fingerprint), so one answer for every set
     }
 
 

@@ -80,7 +80,10 @@ class ARModule(L.LightningModule):
         max_steps: int,
         nonfinite_loss: Literal["skip", "stop"] = "stop",
         strategy: dict[str, Any] | None = None,
+        conditional_tokens: bool = False,
     ):
+        """``conditional_tokens``: the token windows open with a key frame coded on its own, the later frames
+        as changes given the frame before (a conditional tokenizer)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_config = ModelConfig(**model)
@@ -88,6 +91,7 @@ class ARModule(L.LightningModule):
         self.model = self.build_model()
         self.dataset_names = list(dataset_names)
         self.n_context_frames = n_context_frames
+        self.conditional_tokens = conditional_tokens
         self.skipped_batches = 0
         self.skipped_samples = 0  # corrupt samples the loaders skipped (data.on_error=skip), all ranks
 
@@ -105,8 +109,14 @@ class ARModule(L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
         # Raster mode learns the target frames only; next-frame mode learns every frame after the first
-        # (each frame is a training example for the same one-step map, at no extra cost).
-        n_unsupervised = 1 if self.model_config.prediction == "next_frame" else self.n_context_frames
+        # (each frame is a training example for the same one-step map, at no extra cost). With conditional
+        # tokens it skips the second frame too: that frame's change tokens follow the key frame's absolute
+        # ones, a step no rollout takes (rollouts predict from a full context, whose last frame is a change)
+        # and one whose "copy the token before" prior is wrong, so learning it fights the copy-token start.
+        if self.model_config.prediction == "next_frame":
+            n_unsupervised = 2 if self.conditional_tokens and tokens.shape[1] > 2 else 1
+        else:
+            n_unsupervised = self.n_context_frames
         idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
         ids = self.dataset_ids(batch["dataset"], tokens.shape[0])
         _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
