@@ -211,6 +211,7 @@ ROWS = (  # (label, key in a row's scores)
     ("FNO (The Well)", "fno"),
     ("ours raw", "ar"),
     ("ours + refine", "ar_refined"),  # the default where the refiner helped held-out windows (JSON model_*)
+    ("ours default, bf16", "ar_bf16"),  # the default method, transformer in bfloat16 (--dtype bfloat16)
     ("abl: raster AR", "raster"),
     ("abl: plain tokens", "plain_tokens"),
     ("abl: refiner teacher-forced", "refiner_tf"),
@@ -574,8 +575,16 @@ def run_group(group: Group, budget: dict[str, float], work: Path, args, with_abl
         "ar_refined": rollout_rate(lambda c, n: pm.rollout(c, n, first), ctx, args.fps_frames),
         "fno": rollout_rate(lambda c, n: fno(c, n, first), ctx, args.fps_frames),
     }
+    # The same model with its transformer in bfloat16 (rollout/evaluate --dtype bfloat16): speed and scores.
+    pm16 = PhysicsModel.from_pretrained(ar, dtype="bfloat16")
+    res.fps["ar_bf16"] = rollout_rate(lambda c, n: pm16.rollout(c, n, first), ctx, args.fps_frames)
     log(f"  frames/s at batch 1 on {labels[first]}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.fps.items()))
     res.seconds["frames_per_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for name, d in score(pm16, shards, (default,), args)["vrmse"].items():
+        res.table[labels[name]]["ar_bf16"] = d["mean"][default]
+        res.per_system[labels[name]].update({f"model_bf16_{h}": round(d["mean"][default][str(h)], 4) for h in HORIZONS})
+    res.seconds["evaluate_bf16"] = time.perf_counter() - start
     if not with_ablations:
         return res
 
@@ -656,6 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "per_system": per_system,
         **headline(per_system, fps_group.fps["ar_refined"]),
+        "frames_per_s_bf16": round(fps_group.fps["ar_bf16"], 2),
         "ablations": {k: v for r in results.values() for k, v in r.ablations.items()},
         "frames_per_s_all": {k: round(v, 2) for k, v in fps.items()},
         "steps": {g: r.steps for g, r in results.items()},

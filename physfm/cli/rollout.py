@@ -27,6 +27,13 @@ def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
     p.add_argument("--refiner", default=None, metavar="DIR", help="refiner directory (default: CKPT/refiner if any)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="AR models: the transformer's weights and activations (default: float32); bfloat16 is ~2.7x "
+        "faster on CPUs with AMX and on GPUs, and rounds a few logits differently",
+    )
+    p.add_argument(
         "--sampling-steps",
         type=int,
         default=None,
@@ -46,7 +53,18 @@ def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
 
 def model_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``evaluate``/``rollout_to_files`` that come from :func:`add_model_args`."""
-    names = ("max_windows", "batch_size", "refine", "temperature", "top_k", "seed", "tokenizer", "refiner", "device")
+    names = (
+        "max_windows",
+        "batch_size",
+        "refine",
+        "temperature",
+        "top_k",
+        "seed",
+        "tokenizer",
+        "refiner",
+        "device",
+        "dtype",
+    )
     return {"split": args.split[0], **{name: getattr(args, name) for name in (*names, "sampling_steps", "sampler")}}
 
 

@@ -170,7 +170,7 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-def _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler) -> PhysicsModel:
+def _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype) -> PhysicsModel:
     """The model evaluate and rollout score; ``refine=True`` requires a refiner."""
     pm = PhysicsModel.from_pretrained(
         location,
@@ -179,6 +179,7 @@ def _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
         device=device,
         sampling_steps=sampling_steps,
         sampler=sampler,
+        dtype=dtype,
     )
     if refine and pm.refiner is None:
         raise InputError(
@@ -204,6 +205,7 @@ def evaluate(
     tokenizer: str | None = None,
     refiner: str | None = None,
     device: str = "cpu",
+    dtype: str | None = None,
     model=None,
     sampling_steps: int | None = None,
     sampler: str | None = None,
@@ -215,7 +217,7 @@ def evaluate(
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
         raise InputError(f"horizons: need positive integers, got {horizons}")
-    pm = model or _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
+    pm = model or _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype)
     refined = ("ar_refined",) if pm.refiner is not None and refine is not False else ()
     methods = (pm.method, *refined, *BASELINES)  # method: "diffusion" for a diffusion model
     start = time.perf_counter()
@@ -369,12 +371,13 @@ def rollout_to_files(
     tokenizer: str | None = None,
     refiner: str | None = None,
     device: str = "cpu",
+    dtype: str | None = None,
     sampling_steps: int | None = None,
     sampler: str | None = None,
 ) -> dict[str, Any]:
     """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md.
     ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
-    pm = _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler)
+    pm = _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype)
     if refine is None:
         refine = pm.refines_by_default
     method = "ar_refined" if refine else pm.method

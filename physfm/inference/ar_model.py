@@ -40,6 +40,17 @@ def _refiner_location(location: Path, run_dir: Path) -> Path | None:
     return None
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _torch_dtype(dtype: str | torch.dtype, location: Path) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if dtype not in _DTYPES:
+        raise InputError(f"{location}: dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
 class ARPhysicsModel(PhysicsModel):
     """AR transformer + tokenizer (+ optional refiner) with a physical-units rollout."""
 
@@ -59,9 +70,12 @@ class ARPhysicsModel(PhysicsModel):
         tokenizer: str | Path | None,
         device: str | torch.device,
         refiner: str | Path | bool | None = "auto",
+        dtype: str | torch.dtype | None = None,
     ) -> ARPhysicsModel:
         """``refiner``: "auto" loads ``LOCATION/refiner`` (or the run's) when present, a path loads that one,
-        False/None loads none."""
+        False/None loads none. ``dtype``: the transformer's (None = as saved, float32); "bfloat16" runs it
+        ~2.7x faster on CPUs with AMX (and on GPUs). The tokenizer and refiner stay in float32: they are a
+        small part of a step, and the encode/decode round trip keeps its precision."""
         model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
         tok = load_tokenizer(tok_path)
         recorded = info.get("tokenizer_fingerprint")
@@ -78,6 +92,8 @@ class ARPhysicsModel(PhysicsModel):
                     stacklevel=3,
                 )
             meta = {**meta, "path": str(ref_path)}
+        if dtype is not None:  # after the refiner's check, which hashes the weights as saved
+            model = model.to(_torch_dtype(dtype, location))
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         return cls(model, tok, info, ref, meta).to(device)
 

@@ -91,7 +91,8 @@ def add_to(model: nn.Module, name: str, fn: Callable[[Tensor, Tensor | None], Te
         positions = model.current_positions
         if name == "embedding" and positions is not None:
             positions = positions[positions.shape[0] - output.shape[1] :]  # frame tokens: after the cond ones
-        return output + fn(output, positions)
+        delta = fn(output, positions)  # in the model's dtype: a float32 direction must not promote a bf16 stream
+        return output + (delta.to(output.dtype) if isinstance(delta, Tensor) else delta)
 
     handle = module.register_forward_hook(hook)
     try:
