@@ -5,8 +5,9 @@ so the regime parameter is sampled continuously: ``navier_stokes2d`` with ν log
 (16 values, ``--nu``), every value the same initial conditions, whole trajectories held out. Pipeline, each
 stage small enough for a few minutes on 2 cores: simulate (32², ``--n-traj`` trajectories of ``--n-steps``
 frames per ν, split 4/3/3) → shard (1 + 4 frame windows: the loss covers 4 of 5 frames, four times the
-supervision of 4 + 1 windows for the same compute) → tokenizer (configs/tokenizer/tiny.yaml, FSQ ``--levels``,
-``--tokenizer-steps``) → token shards → AR pretraining (4 layers, d 64, 8×8 tokens per frame,
+supervision of 4 + 1 windows for the same compute) → tokenizer (``--tokenizer-config``, by default
+configs/tokenizer/tiny_conditional.yaml as in the quickstart; FSQ ``--levels``, ``--tokenizer-steps``)
+→ token shards → AR pretraining (4 layers, d 64, 8×8 tokens per frame,
 batch 8, ``--steps``) → ``physfm probe`` on the valid + test windows, which the model never trained on
 (5-fold CV over trajectories; baselines: the window's code histogram and the embedding layer) →
 ``physfm steer direction`` (top vs bottom quarter of ν, train windows, at the probe's best layer) →
@@ -70,7 +71,7 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
         with log("tokenizer"):
             cfg = load_config(
                 TokenizerTrainConfig,
-                ROOT / "configs/tokenizer/tiny.yaml",
+                ROOT / "configs/tokenizer" / args.tokenizer_config,
                 [
                     f"data.shards={shards}",
                     f"out={tok_run}",
@@ -128,6 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-traj", type=int, default=10, help="trajectories per ν (split 4/3/3)")
     p.add_argument("--n-steps", type=int, default=24, help="frames per trajectory")
     p.add_argument("--levels", default="[8,5,5,5]", help="tokenizer FSQ levels (default: 1000 codes)")
+    p.add_argument(
+        "--tokenizer-config",
+        default="tiny_conditional.yaml",
+        help="a file of configs/tokenizer/ (default: tiny_conditional.yaml, the quickstart's: frames after the "
+        "first coded as changes; tiny.yaml codes every frame on its own)",
+    )
     p.add_argument(
         "--tokenizer-steps",
         type=int,
@@ -247,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
             "resolution": 32,
             "levels": args.levels,
             "tokenizer_steps": args.tokenizer_steps,
+            "tokenizer_config": args.tokenizer_config,
             "steps": args.steps,
             "horizon": args.horizon,
             "windows": args.windows,

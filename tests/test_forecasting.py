@@ -118,6 +118,9 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
         "--out",
         str(tmp_path / "steer"),
     )
+    steered = json.loads((tmp_path / "steer" / "metrics.json").read_text())
+    assert steered["alpha0_identical"] is True  # the field-space rollout with α = 0 hooks is the plain rollout
+    assert len(steered["curves"][f"probe {steered['target']}"]["mean"]) == 2
     finetune_data = conditional["data"]
     ok(
         "finetune",
@@ -136,10 +139,11 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
     )
 
 
-@pytest.mark.parametrize("conditional_tokens", [False, True])
-def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens):
+@pytest.mark.parametrize("conditional_tokens,n_context", [(False, 3), (True, 3), (True, 1)])
+def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens, n_context):
     """Conditional token windows open with a key frame: the change tokens of frame 1 follow absolute codes,
-    a step no rollout takes, so only frames >= 2 carry loss; plain tokens learn every frame after the first."""
+    a step no rollout from two or more context frames takes, so only frames >= 2 carry loss; plain tokens,
+    and a one-frame context (whose every rollout step starts from a key frame), learn every frame after the first."""
     from physfm.models.ar import IGNORE_INDEX
     from physfm.train.module import ARModule
 
@@ -148,7 +152,7 @@ def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens):
         {**model, "grid_shape": [2, 2], "n_spatial_dims": 2, "prediction": "next_frame"},
         {"lr": 1e-3},
         ["waves"],
-        n_context_frames=3,
+        n_context_frames=n_context,
         max_steps=1,
         conditional_tokens=conditional_tokens,
     )
@@ -156,7 +160,7 @@ def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens):
     loss = module.loss({"tokens": tokens, "dataset": "waves"})
     idx = tokens.reshape(2, -1)
     targets = idx.clone()
-    targets[:, : (2 if conditional_tokens else 1) * 4] = IGNORE_INDEX
+    targets[:, : (2 if conditional_tokens and n_context > 1 else 1) * 4] = IGNORE_INDEX
     _, expected = module.model(idx, (2, 2), torch.zeros(2, dtype=torch.long), targets=targets)
     torch.testing.assert_close(loss, expected)
 

@@ -5,7 +5,9 @@ every step (``physfm.interp.steer.steering``). Two measurements per α, averaged
 
 (a) the probe's reading of the steered parameter on the generated frames: the last window-length of token
     frames (context tail + generated) is read by the *unsteered* model, pooled as in ``physfm probe``, and
-    the probe at its best layer predicts the parameter — does the model now see the other regime?
+    the probe at its best layer predicts the parameter — does the model now see the other regime? With
+    conditional tokens the rollout runs in field space as the model's own does (each window re-keyed) and
+    the probe's window is the last frames re-encoded, its first frame a key frame.
 (b) a physical statistic of the decoded generated fields (``physfm.eval.physics_stats``: enstrophy and the
     energy-spectrum slope for Navier–Stokes, pattern wavelength for Gray–Scott) — did the physics move?
 
@@ -71,6 +73,24 @@ def infer_target(direction_meta: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
+def _generate(pm: PhysicsModel, ctx: torch.Tensor, n_in: int, n_win: int, horizon: int, dataset: str):
+    """Context token frames → (generated token frames, the last window of token frames for the probe, the
+    generated fields [B, H, C, *space] as numpy, physical units)."""
+    if pm.conditional:
+        # Conditional tokens roll out in field space, each window re-keyed as in training (the model's own
+        # rollout); the probe reads the last window re-encoded, its first frame a key frame like every window
+        # it was fit on (sliding in token space would hand it windows of changes with no key frame).
+        context = pm.decode(ctx, dataset, n_frames=n_in)
+        fields, new = pm.rollout(context, horizon, dataset, refine=False, return_tokens=True)
+        frames = torch.cat([context.to(fields.device), fields], 1)
+        return new, pm.encode(frames[:, -n_win:], dataset).cpu(), fields.cpu().numpy()
+    new = pm.generate_tokens(ctx, horizon, dataset)
+    seq = torch.cat([ctx.to(new.device), new], 1)
+    c = pm.temporal_compression
+    fields = pm.decode(seq, dataset, n_frames=n_in + c * horizon)[:, n_in:].cpu().numpy()
+    return new, seq[:, -n_win:], fields
+
+
 def steer_rollout(
     location: str | Path,
     data: str | Path,
@@ -142,22 +162,20 @@ def steer_rollout(
     stats: dict[str, np.ndarray] = {}
     identical, examples, metas = None, {}, []
     c = pm.temporal_compression
+    n_in = 1 + c * (n_ctx - 1)
     for batch in batches:
         ctx = batch.tokens[:, :n_ctx]
         ids = torch.full((len(ctx),), names.index(batch.dataset))
-        base = pm.generate_tokens(ctx, horizon, batch.dataset)  # unsteered reference
+        base, _, _ = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)  # unsteered reference
         per_alpha_probe, per_alpha_stats = [], []
         for alpha in alphas:
             with steering(model, direc, alpha, spatial_mode):
-                new = pm.generate_tokens(ctx, horizon, batch.dataset)
+                new, window, fields = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)
             if alpha == 0:
                 same = bool(torch.equal(new, base))
                 identical = same if identical is None else identical and same
-            seq = torch.cat([ctx.to(new.device), new], 1)
-            acts = pooled_activations(model, seq[:, -n_win:], ids, [reader.best_point], reader.pool)
+            acts = pooled_activations(model, window, ids, [reader.best_point], reader.pool)  # read unsteered
             per_alpha_probe.append(reader.predict(reader.best_point, acts[reader.best_point].numpy()))
-            n_in = 1 + c * (n_ctx - 1)
-            fields = pm.decode(seq, batch.dataset, n_frames=n_in + c * horizon)[:, n_in:].cpu().numpy()
             s = physics_statistics(batch.dataset, fields, pm.channel_names(batch.dataset), pm.n_spatial_dims)
             per_alpha_stats.append({k: v.mean(axis=1) for k, v in s.items()})  # mean over generated frames
             if batch is batches[0]:

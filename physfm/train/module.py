@@ -110,11 +110,13 @@ class ARModule(L.LightningModule):
         tokens = batch["tokens"]
         # Raster mode learns the target frames only; next-frame mode learns every frame after the first
         # (each frame is a training example for the same one-step map, at no extra cost). With conditional
-        # tokens it skips the second frame too: that frame's change tokens follow the key frame's absolute
-        # ones, a step no rollout takes (rollouts predict from a full context, whose last frame is a change)
-        # and one whose "copy the token before" prior is wrong, so learning it fights the copy-token start.
+        # tokens and a context of two or more frames it skips the second frame too: that frame's change tokens
+        # follow the key frame's absolute ones, a step no rollout then takes (rollouts predict from a full
+        # context, whose last frame is a change) and one whose "copy the token before" prior is wrong, so
+        # learning it fights the copy-token start. With one context frame every rollout step is that step.
         if self.model_config.prediction == "next_frame":
-            n_unsupervised = 2 if self.conditional_tokens and tokens.shape[1] > 2 else 1
+            skip_key_step = self.conditional_tokens and self.n_context_frames >= 2 and tokens.shape[1] > 2
+            n_unsupervised = 2 if skip_key_step else 1
         else:
             n_unsupervised = self.n_context_frames
         idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
