@@ -67,7 +67,7 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
     )
     common = ["--ckpt", str(run), "--data", shards]
     ok("refine", *common, "train.steps=3", "data.n_windows=2", "data.rollout_steps=2", "model.width=8")
-    ok("rollout", *common, "--horizon", "3", "--max-windows", "2", "--out", str(tmp_path / "ro"))
+    ok("rollout", *common, "--horizon", "3", "--max-windows", "2", "--dtype", "bfloat16", "--out", str(tmp_path / "ro"))
     ok("evaluate", *common, "--horizons", "1,3", "--max-windows", "2", "--out", str(tmp_path / "ev"))
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     improves = json.loads((run / "refiner" / "refiner.json").read_text())["improves"]
