@@ -117,5 +117,28 @@ def test_rollout_pairs_pair_each_step_with_the_models_own_history(refined):
     for k in range(steps):
         torch.testing.assert_close(p.pred[k * n + w], raw[w, k])
         torch.testing.assert_close(p.truth[k * n + w], truth[w, k])
+        assert int(p.step[k * n + w]) == k + 1  # the step the refiner is told (1 = the first predicted frame)
     torch.testing.assert_close(p.context[1 * n + w][-1], raw[w, 0])  # step 1 sees the model's step-0 prediction
     torch.testing.assert_close(p.context[0 * n + w][-1], pm.tokenizer.normalize(batch.context[w, -1], name))
+
+
+def test_refiner_reads_the_rollout_step_and_older_refiners_still_load(tmp_path):
+    """``step_input``: 1 / step is an input channel (a trained refiner corrects step 1 and step 4 differently);
+    a refiner saved before the option (no ``step_input`` in refiner.json) loads without the channel."""
+    refiner = Refiner(RefinerConfig(width=8, levels=1, context_frames=1), 2, {"d": ["a"]})
+    torch.nn.init.normal_(
+        next(iter(refiner.heads.values())).weight, std=0.1
+    )  # as if trained: the residual is no longer zero
+    pred, context = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 1, 8, 8)
+    first, fourth = refiner(pred, context, "d", 1), refiner(pred, context, "d", torch.tensor([4, 4]))
+    assert not torch.allclose(first, fourth)
+    with pytest.raises(ValueError, match="count from 1"):
+        refiner(pred, context, "d", 0)
+    old = Refiner(RefinerConfig(width=8, levels=1, context_frames=1, step_input=False), 2, {"d": ["a"]})
+    save_refiner(old, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "refiner.json").read_text())
+    del meta["model"]["step_input"]
+    (tmp_path / "old" / "refiner.json").write_text(json.dumps(meta))
+    loaded, _ = load_refiner(tmp_path / "old")
+    assert loaded.cfg.step_input is False
+    torch.testing.assert_close(loaded(pred, context, "d", 3), pred)  # identity at init, step ignored

@@ -191,7 +191,8 @@ class ARPhysicsModel(PhysicsModel):
             else:
                 decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, ...]
             for j in range(decoded.shape[1]):
-                frame = self.refiner(decoded[:, j], history, dataset) if refine else decoded[:, j]
+                step = history.shape[1] - n_in + 1  # 1 = the first predicted frame
+                frame = self.refiner(decoded[:, j], history, dataset, step) if refine else decoded[:, j]
                 history = torch.cat([history, frame[:, None]], dim=1)
             new_tokens.append(new)
         out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)

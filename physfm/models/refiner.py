@@ -47,6 +47,10 @@ class RefinerConfig:
     levels: int = 2  # down-sampling steps (the spatial shape must be divisible by 2**levels)
     context_frames: int = 2  # frames before the prediction fed beside it (gives the local time derivative)
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # the built-in systems are periodic
+    # The rollout step as one more input channel (1 / step, step 1 = the first predicted frame): errors grow
+    # with the step, and a refiner fit to a mix of steps without knowing which one it sees corrects the
+    # first frame as hard as the fourth. Refiners saved before this option load with it off.
+    step_input: bool = True
 
     def validate(self) -> None:
         if self.width < 8 or self.width % 8:
@@ -91,7 +95,9 @@ class Refiner(nn.Module):
         widths = [cfg.width * 2**i for i in range(cfg.levels + 1)]
         self.stems = nn.ModuleDict(
             {
-                _key(name): conv((cfg.context_frames + 1) * len(ch), widths[0], 3, padding=1, padding_mode=pad)
+                _key(name): conv(
+                    (cfg.context_frames + 1) * len(ch) + cfg.step_input, widths[0], 3, padding=1, padding_mode=pad
+                )
                 for name, ch in self.datasets.items()
             }
         )
@@ -132,7 +138,11 @@ class Refiner(nn.Module):
                 f"refiner: spatial shape {tuple(pred.shape[2:])} is not divisible by 2**levels = {2**self.cfg.levels}"
             )
 
-    def forward(self, pred: torch.Tensor, context: torch.Tensor, dataset: str) -> torch.Tensor:
+    def forward(
+        self, pred: torch.Tensor, context: torch.Tensor, dataset: str, step: torch.Tensor | int = 1
+    ) -> torch.Tensor:
+        """``step``: which rollout step ``pred`` is (1 = the first predicted frame), an int or [B] per sample;
+        read only with ``step_input``."""
         self._check(pred, context, dataset)
         K = self.cfg.context_frames
         if K:
@@ -143,6 +153,11 @@ class Refiner(nn.Module):
             x = torch.cat([pred, context[:, -K:].flatten(1, 2)], dim=1)  # [B, (K+1) C, *space]
         else:
             x = pred
+        if self.cfg.step_input:
+            step = torch.as_tensor(step, dtype=pred.dtype, device=pred.device).expand(pred.shape[0])
+            if bool((step < 1).any()):
+                raise ValueError(f"refiner: rollout steps count from 1, got {step.min().item()}")
+            x = torch.cat([x, (1.0 / step).view(-1, 1, *([1] * self.n_spatial_dims)).expand_as(pred[:, :1])], 1)
         h = self.stems[_key(dataset)](x)
         skips = []
         for block, down in zip(self.enc, self.down):
@@ -210,8 +225,9 @@ def load_refiner(path: str | Path) -> tuple[Refiner, dict[str, Any]]:
     if hashlib.sha256(weights).hexdigest() != meta.get("weights_sha256"):
         raise DataError(f"{path / WEIGHTS}: does not match {CONFIG} (interrupted save?); run `physfm refine` again")
     fields = {f.name for f in dataclasses.fields(RefinerConfig)}
+    saved = {"step_input": False, **meta["model"]}  # refiners saved before the option had no step channel
     refiner = Refiner(
-        RefinerConfig(**{k: v for k, v in meta["model"].items() if k in fields}),
+        RefinerConfig(**{k: v for k, v in saved.items() if k in fields}),
         int(meta["n_spatial_dims"]),
         meta["datasets"],
     )

@@ -91,11 +91,13 @@ def load_refine_config(path: str | None, overrides: list[str] | None = None) -> 
 
 @dataclass
 class Pairs:
-    """Z-scored training pairs of one dataset: pred [N, C, *s], context [N, T_in, C, *s], truth [N, C, *s]."""
+    """Z-scored training pairs of one dataset: pred [N, C, *s], context [N, T_in, C, *s], truth [N, C, *s], and
+    the rollout step of each prediction [N] (1 = the first predicted frame)."""
 
     pred: torch.Tensor
     context: torch.Tensor
     truth: torch.Tensor
+    step: torch.Tensor
 
     def __len__(self) -> int:
         return self.pred.shape[0]
@@ -133,6 +135,7 @@ def collect_pairs(
                     tok.normalize(preds[:, k].float(), name),
                     tok.normalize(history[:, k : k + n_in], name),
                     tok.normalize(batch.truth[:, k], name),
+                    torch.full((len(preds),), k + 1),
                 )
             )
     return {name: Pairs(*(torch.cat(t) for t in zip(*chunks))) for name, chunks in parts.items()}
@@ -169,7 +172,7 @@ def fit_refiner(
         name = rng.choices(names, weights)[0]
         p = pairs[name]
         idx = torch.tensor([rng.randrange(len(p)) for _ in range(min(batch_size, len(p)))])
-        refined = refiner(p.pred[idx], p.context[idx], name)
+        refined = refiner(p.pred[idx], p.context[idx], name, p.step[idx])
         loss = torch.nn.functional.mse_loss(refined, p.truth[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,7 +203,7 @@ def pair_vrmse(
             truth = tokenizer.denormalize(p.truth[sl], name)
             frames = {
                 "input": p.pred[sl],
-                "refined": refiner(p.pred[sl], p.context[sl], name),
+                "refined": refiner(p.pred[sl], p.context[sl], name, p.step[sl]),
                 "persistence": p.context[sl, -1],
             }
             for key, z in frames.items():
