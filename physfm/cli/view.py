@@ -52,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
             "this address (no login); use 127.0.0.1 unless you mean it",
             file=sys.stderr,
         )
-    from physfm.view.app import create_app
+    import threading
+
+    from physfm.view.app import create_app, prefetch
     from physfm.view.compute import Workbench
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request hides the ones that matter
-    app = create_app(root, Workbench(root, device=args.device))
+    bench = Workbench(root, device=args.device)
+    app = create_app(root, bench)
+    threading.Thread(target=prefetch, args=(root.resolve(), bench), daemon=True).start()
     print(f"physfm view: {root.resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
         app.run(host=args.host, port=args.port, debug=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ MODEL_KINDS = ("pretrain", "finetune", "export")
 ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = -2.0, 2.0, 0.25
 PLAY_INTERVAL_MS = 700
 FILES = "/files/"
+SLOW_CALLBACK_S = 0.5
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
@@ -70,8 +72,12 @@ def guarded(*fallback: Any):
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args):
+            start = time.perf_counter()
             try:
-                return fn(*args)
+                result = fn(*args)
+                if time.perf_counter() - start > SLOW_CALLBACK_S:  # where a slow page spends its time
+                    log.info("%s: %.2f s", fn.__name__, time.perf_counter() - start)
+                return result
             except Exception as err:  # shown to the user; the traceback goes to the log
                 expected = isinstance(err, (PhysfmError, ValueError, OSError))  # bad input, not a bug: no traceback
                 log.warning("%s: %s", fn.__name__, err, exc_info=not expected)
@@ -110,9 +116,10 @@ def control(label: str, component, wide: bool = False) -> html.Div:
     return html.Div([html.Label(label), component], className="control wide" if wide else "control")
 
 
-def frame_marks(n: int) -> dict[int, str]:
+def step_marks(n: int) -> dict[int, str]:
+    """Marks of a slider over rollout steps 1..n (at most about a dozen)."""
     every = max(1, n // 12)
-    return {i: f"t+{i + 1}" for i in range(0, n, every)}
+    return {k: f"t+{k}" for k in range(1, n + 1, every)}
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -188,10 +195,10 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         State("rollout-field", "value"),
         State("rollout-method", "value"),
     )
-    @guarded(None, [], None, [], None, 0, {}, 0, ERROR)
+    @guarded(None, [], None, [], None, 1, {}, 1, ERROR)
     def rollout_compute(window, rel, dataset, field, method):
         if window is None or dataset is None:
-            return None, [], None, [], None, 0, {}, 0, ""
+            return None, [], None, [], None, 1, {}, 1, ""
         run = run_at(rel)
         r = bench.rollout(run.path, run.metrics, dataset, int(window))
         methods = [m for m in r.predictions if m != "persistence"] + ["persistence"]
@@ -204,9 +211,9 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
             field if field in r.channel_names else r.channel_names[0],
             [{"label": figures.METHOD_LABELS.get(m, m), "value": m} for m in methods],
             method if method in methods else methods[0],
-            H - 1,
-            frame_marks(H),
-            0,
+            H,
+            step_marks(H),
+            1,
             msg,
         )
 
@@ -224,7 +231,7 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
             return figures.empty("pick an evaluate run"), figures.empty()
         run = run_at(state["run"])
         r = bench.rollout(run.path, run.metrics, state["dataset"], state["window"])
-        c, k = r.channel_names.index(field), min(int(frame or 0), r.truth.shape[0] - 1)
+        c, k = r.channel_names.index(field), min(max(int(frame or 1), 1), r.truth.shape[0]) - 1  # step → index
         truth, pred = r.truth[:, c], r.predictions[method][:, c]
         errors = [p[:, c] - truth for p in r.predictions.values()]
         frames = figures.triptych(
@@ -235,7 +242,11 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
             field,
         )
         per_window = {m: v[:, c] for m, v in r.vrmse.items()}
-        run_mean = (run.metrics.get("curves") or {}).get(state["dataset"], {})
+        fields = ((run.metrics.get("vrmse") or {}).get(state["dataset"]) or {}).get("fields") or {}
+        run_mean = {
+            m: [v for _, v in sorted(by_h.items(), key=lambda kv: int(kv[0]))]
+            for m, by_h in fields.get(field, {}).items()
+        }
         return frames, figures.horizon_curve(per_window, run_mean, k, field)
 
     @app.callback(
@@ -255,8 +266,8 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         State("rollout-frame", "max"),
         prevent_initial_call=True,
     )
-    def advance(_, frame, last):
-        return 0 if (frame or 0) >= (last or 0) else (frame or 0) + 1
+    def advance(_, step, last):
+        return 1 if (step or 1) >= (last or 1) else (step or 1) + 1
 
     # ------------------------------------------------------------------ steering panel
     @app.callback(
@@ -449,6 +460,18 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
     return app
 
 
+def prefetch(root: Path, bench: Workbench) -> None:
+    """Compute what the page opens with (the first rollout run's first window), so a browser opened a few
+    seconds after the server starts finds the model loaded. Failures are left for the page to show."""
+    try:
+        run = next((r for r in discover_runs(root) if r.kind in ROLLOUT_KINDS and not r.error), None)
+        datasets = sorted(run.metrics.get("n_windows") or {}) if run else []
+        if run and datasets:
+            bench.rollout(run.path, run.metrics, datasets[0], 0)
+    except Exception as err:  # shown by the page when it asks for the same thing
+        log.info("prefetch: %s", err)
+
+
 def _rel_in(path: Path | None, root: Path) -> str | None:
     if path is None:
         return None
@@ -517,7 +540,7 @@ def page(root: Path) -> html.Div:
                 [
                     html.Button("▶ play", id="rollout-play", n_clicks=0),
                     html.Div(
-                        dcc.Slider(id="rollout-frame", min=0, max=0, step=1, value=0, updatemode="drag"),
+                        dcc.Slider(id="rollout-frame", min=1, max=1, step=1, value=1, updatemode="drag"),
                         style={"flex": "1"},
                     ),
                 ],

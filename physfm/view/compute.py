@@ -130,14 +130,21 @@ class Workbench:
         self.steer_setups: LRU = LRU(8)
 
     # ------------------------------------------------------------------------------ loading
-    def model(self, location: Path) -> PhysicsModel:
-        """The model with its refiner when it has one (steering only generates tokens: the refiner is unused)."""
+    def model(self, location: Path, refiner: Path | None = None, *, any_refiner: bool = False) -> PhysicsModel:
+        """The model, with ``refiner`` (default: the one its run names, when found). ``any_refiner``: a model
+        of this location already loaded will do (steering only generates tokens: the refiner is unused)."""
+        if any_refiner:
+            for (loaded, _), pm in self.models.items():
+                if loaded == str(location):
+                    return pm
 
         def load() -> PhysicsModel:
             tokenizer = model_tokenizer(location, self.root)
-            return PhysicsModel.from_pretrained(location, tokenizer=tokenizer, refiner="auto", device=self.device)
+            return PhysicsModel.from_pretrained(
+                location, tokenizer=tokenizer, refiner=refiner or "auto", device=self.device
+            )
 
-        return self.models.get_or(str(location), load)
+        return self.models.get_or((str(location), str(refiner)), load)
 
     def tokenizer(self, location: Path) -> Tokenizer:
         return self.tokenizers.get_or(str(location), lambda: load_tokenizer(location).eval())
@@ -156,7 +163,8 @@ class Workbench:
         location = self._recorded(recorded.get("location") or metrics.get("checkpoint"), run_dir, "model")
         shards = self._recorded(metrics.get("shards"), run_dir, "shards")
         methods = [m for m in metrics.get("methods", []) if m in ("persistence", "ar", "ar_refined", "diffusion")]
-        pm = self.model(location)
+        refiner = resolve_recorded(recorded.get("refiner") or "", run_dir, self.root)
+        pm = self.model(location, refiner)
         horizon = max(metrics.get("horizons") or [metrics.get("horizon", 1)])
         n_windows = int((metrics.get("n_windows") or {}).get(dataset, window + 1))
         batch = _nth(
@@ -231,7 +239,7 @@ class Workbench:
 
     def _steer_setup(self, model: Path, direction: Path, probe: Path | None, window: int, horizon: int) -> SteerSetup:
         direc = load_direction(direction)
-        pm = self.model(model)
+        pm = self.model(model, any_refiner=True)
         if direc.meta.get("model_fingerprint") != model_fingerprint(pm.model):
             raise DataError(
                 f"{direction}: computed on another model (fingerprint {str(direc.meta.get('model_fingerprint'))[:12]}"

@@ -109,7 +109,7 @@ def horizon_curve(
     per_window: dict[str, np.ndarray], run_mean: dict[str, list[float]], frame: int, field_name: str
 ) -> go.Figure:
     """VRMSE of this window per step for each method (solid; ``per_window`` method → [H]), the evaluate run's mean
-    over its windows and fields (dotted), the current step marked."""
+    over its windows (dotted; ``run_mean`` method → [H]), the current step marked."""
     fig = go.Figure()
     for i, (method, values) in enumerate(per_window.items()):
         colour = f"hsl({(i * 97) % 360},60%,45%)"
@@ -123,15 +123,20 @@ def horizon_curve(
                     x=list(range(1, len(mean) + 1)),
                     y=mean,
                     mode="lines",
-                    name=f"{label}, run mean",
+                    name=f"{label}, mean of the run's windows",
                     line={"color": colour, "dash": "dot"},
                 )
             )
-    fig.add_vline(x=frame + 1, line={"color": "black", "width": 1.5}, annotation_text=f"t+{frame + 1}")
-    fig.add_hline(y=1.0, line={"color": "grey", "width": 1, "dash": "dot"}, annotation_text="spatial mean")
+    fig.add_vline(x=frame + 1, line={"color": "black", "width": 1.5})
+    fig.add_hline(
+        y=1.0,
+        line={"color": "grey", "width": 1, "dash": "dot"},
+        annotation_text="spatial mean",
+        annotation_position="bottom left",
+    )
     fig.update_layout(
         height=HEIGHT,
-        xaxis_title="rollout step",
+        xaxis={"title": {"text": "rollout step"}, "dtick": 1},
         yaxis_title=f"VRMSE ({field_name})",
         yaxis_rangemode="tozero",
         margin={"l": 50, "r": 10, "t": 30, "b": 40},

@@ -162,18 +162,15 @@ def headline(run: Run) -> list[tuple[str, str]]:
 
 def resolve_recorded(recorded: str | Path, run_dir: Path, root: Path) -> Path | None:
     """A path a run recorded (absolute, or relative to wherever the command ran, e.g. "runs/quickstart/shards")
-    → the existing path it names: as is, then from each of the run's ancestors up to the root's parent."""
+    → the existing path it names: as is, then from the run directory and each of its ancestors (the viewer may
+    run from anywhere; what it finds is only ever loaded through the safe loaders, never served)."""
     if not recorded:
         return None
     recorded = Path(recorded)
     if recorded.is_absolute():
         return recorded if recorded.exists() else None
-    candidates = [Path.cwd() / recorded, run_dir / recorded]
-    stop = root.resolve().parent
-    ancestor = run_dir.resolve()
-    while ancestor != stop and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-        candidates.append(ancestor / recorded)
+    run_dir = run_dir.resolve()
+    candidates = [Path.cwd() / recorded, run_dir / recorded] + [a / recorded for a in run_dir.parents]
     return next((c for c in candidates if c.exists()), None)
 
 
