@@ -215,7 +215,8 @@ def test_live_server_refuses_traversal(runs, tmp_path):
     port = free_port()
     server = start_viewer(runs, port, tmp_path / "server.log")
     try:
-        for path in ("/files/../view_fixtures.py", "/files/..%2f..%2fetc%2fpasswd", "/files//etc/passwd"):
+        paths = ("/files/../view_fixtures.py", "/files/..%2f..%2fetc%2fpasswd", "/files//etc/passwd", "/../etc/passwd")
+        for path in paths:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", path)
             assert conn.getresponse().status == 404, path
@@ -223,4 +224,13 @@ def test_live_server_refuses_traversal(runs, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
-    assert (tmp_path / "server.log").read_text().count("refused /files/") == 3
+    assert (tmp_path / "server.log").read_text().count("refused /") == len(paths)
+
+
+def test_quickstart_report_ends_with_the_viewer_command(tmp_path):
+    from physfm.quickstart.pipeline import Context, render_report, view_command
+
+    ctx = Context(out=tmp_path / "qs")
+    report = render_report({"total_seconds": 1.0, "machine": "m", "stages": {}}, ctx)
+    assert view_command("runs/quickstart", ".venv/bin/physfm") == ".venv/bin/physfm view runs/quickstart"
+    assert report.rstrip().splitlines()[-1].startswith(f"Look at this run in a browser: `physfm view {ctx.out}`")

@@ -134,6 +134,9 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
     def serve_file():
         """/files/<path under the root>. A hook rather than a route: a route's path converter does not match
         "/files//etc/passwd", which would then fall through to Dash's catch-all page instead of a 404."""
+        if ".." in request.path.split("/") or request.path.startswith("//"):  # Dash would answer with its page
+            log.warning("refused %s: climbs out of the site", request.path)
+            abort(404)
         if not request.path.startswith(FILES):
             return None
         rel = request.path[len(FILES) :]
