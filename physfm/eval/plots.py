@@ -122,6 +122,7 @@ def vrmse_vs_horizon(curves: dict[str, dict[str, list[float]]], path: Path, titl
         ax.axhline(1.0, color="0.5", lw=0.8, ls=(0, (1, 3)))
         ax.text(1, 1.0, " spatial mean", fontsize=7, color="0.4", va="bottom")
         ax.set_xlabel("rollout step")
+        ax.set_xticks(steps if len(steps) <= 12 else np.linspace(1, len(steps), 7).round().astype(int))
         ax.set_ylabel("VRMSE (mean over fields)")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(bottom=0)

@@ -33,6 +33,7 @@ ALPHA_MIN, ALPHA_MAX, ALPHA_STEP = -2.0, 2.0, 0.25
 PLAY_INTERVAL_MS = 700
 FILES = "/files/"
 SLOW_CALLBACK_S = 0.5
+MAX_STEER_FRAMES = 8  # generated token frames per α: each costs a forward pass per α
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 1.5em 2em; color: #222; }
@@ -320,7 +321,7 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
             "direction": direction,
             "probe": None if probe in (None, "none") else probe,
             "window": int(window),
-            "horizon": max(1, int(horizon or 1)),
+            "horizon": min(max(int(horizon or 1), 1), MAX_STEER_FRAMES),
         }
         setup = _steer_setup(state)
         names = setup.pm.channel_names(setup.dataset)
@@ -333,16 +334,20 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         )
         return state, options(names), field if field in names else names[0], msg
 
+    def inside(rel: str) -> Path:
+        """``rel`` under the root (values come from the browser, which may send anything)."""
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root) or not path.exists():
+            raise ValueError(f"{rel}: not a file or folder under {root}")
+        return path
+
     def _steer_setup(state: dict[str, Any]):
-        for key in ("model", "direction", "probe"):
-            if state[key] and safe_file(root, state[key]) is None and not (root / state[key]).resolve().is_dir():
-                raise ValueError(f"{state[key]}: not under {root}")
         return bench.steer_setup(
-            (root / state["model"]).resolve(),
-            (root / state["direction"]).resolve(),
-            (root / state["probe"]).resolve() if state["probe"] else None,
-            state["window"],
-            state["horizon"],
+            inside(state["model"]),
+            inside(state["direction"]),
+            inside(state["probe"]) if state["probe"] else None,
+            int(state["window"]),
+            min(max(int(state["horizon"]), 1), MAX_STEER_FRAMES),
         )
 
     @app.callback(
@@ -573,7 +578,15 @@ def page(root: Path) -> html.Div:
                     ),
                     control(
                         "token frames",
-                        dcc.Input(id="steer-horizon", type="number", min=1, max=8, step=1, value=1, debounce=True),
+                        dcc.Input(
+                            id="steer-horizon",
+                            type="number",
+                            min=1,
+                            max=MAX_STEER_FRAMES,
+                            step=1,
+                            value=1,
+                            debounce=True,
+                        ),
                     ),
                     control("field", dcc.Dropdown(id="steer-field", clearable=False)),
                 ],

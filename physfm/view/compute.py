@@ -176,7 +176,9 @@ class Workbench:
         )
         context, truth = batch.context, batch.truth
         predictions = {}
-        for method in methods or ["persistence", pm.method]:
+        if not methods:  # a `physfm rollout` run: persistence and what it rolled out
+            methods = ["persistence", "ar_refined" if metrics.get("refine") and pm.refiner is not None else pm.method]
+        for method in methods:
             if method == "persistence":
                 predictions[method] = context[:, -1:].expand_as(truth)
             elif method != "ar_refined" or pm.refiner is not None:
