@@ -182,6 +182,15 @@ def test_page_in_a_real_browser(runs, tmp_path):
         time.sleep(0.3)  # the figure is redrawn after its titles
         assert frames.screenshot_as_png != before, "the rollout image did not change with the frame slider"
 
+        driver.find_element(By.ID, "rollout-play").click()  # plays on from t+2: t+3, then wraps to t+1
+        wait.until(lambda d: "truth t+3" in d.find_element(By.ID, "rollout-frames").text)
+        driver.find_element(By.ID, "rollout-play").click()
+        wait.until(lambda d: "play" in d.find_element(By.ID, "rollout-play").text)
+
+        assert driver.find_elements(By.CSS_SELECTOR, "#tok-frames .heatmaplayer image")
+        assert "reconstruction" in text("#tok-frames") and "VRMSE" in text("#tok-msg")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#probe-r2 .bars .point")) == 3  # embedding + 2 blocks
+
         steered = driver.find_element(By.ID, "steer-frames")
         before, readout = steered.screenshot_as_png, text("#steer-readout")
         handle = driver.find_element(By.CSS_SELECTOR, "#steer-alpha [role=slider]")
