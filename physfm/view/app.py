@@ -43,7 +43,7 @@ h1 { font-size: 1.4em; margin: .6em 0 .2em; } h2 { font-size: 1.15em; margin: 1.
 .control { min-width: 12em; } .control.wide { min-width: 22em; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; } .row > .grow { flex: 3 1 40em; } .row > .side { flex: 2 1 26em; }
 .run { border-bottom: 1px solid #eee; } .run summary { cursor: pointer; padding: .25em 0; display: flex; gap: 1em; }
-.kind { display: inline-block; min-width: 7.5em; font-weight: 600; } .rel { font-family: monospace; min-width: 16em; }
+.kind { display: inline-block; min-width: 7.5em; font-weight: 600; } .rel { font-family: monospace; min-width: 20em; }
 .date { color: #777; min-width: 9em; } .headline span { margin-right: 1em; }
 .report { padding: .2em 1em 1em; background: #fafafa; } .report img { max-width: 100%; }
 .report table { border-collapse: collapse; font-size: .85em; } .report td, .report th { border: 1px solid #ddd; padding: 2px 6px; }

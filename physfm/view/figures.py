@@ -54,7 +54,10 @@ def triptych(
 ) -> go.Figure:
     """Panels [(title, frame [*space])] on one colour scale ``value_range``, then the error on ±``error_limit``."""
     titles = [t for t, _ in panels] + [error[0]]
-    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.07)
+    n, spacing = len(titles), 0.1
+    width = (1 - spacing * (n - 1)) / n
+    value_bar_x = len(panels) * width + (len(panels) - 1) * spacing + 0.008  # in the gap before the error panel
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=spacing)
     lo, hi = value_range
     one_d = plane(panels[0][1]).ndim == 1
     for col, (_, frame) in enumerate(panels, start=1):
@@ -70,7 +73,13 @@ def triptych(
                     zmax=hi,
                     colorscale=FIELD_SCALE,
                     showscale=col == len(panels),
-                    colorbar={"title": {"text": field_name}, "x": (len(panels) - 0.02) / len(titles), "len": 0.9},
+                    colorbar={
+                        "title": {"text": field_name},
+                        "x": value_bar_x,
+                        "xanchor": "left",
+                        "thickness": 12,
+                        "len": 0.9,
+                    },
                     hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>",
                 ),
                 1,
@@ -89,7 +98,7 @@ def triptych(
                 zmax=error_limit,
                 zmid=0,
                 colorscale=ERROR_SCALE,
-                colorbar={"title": {"text": "error"}, "x": 1.0, "len": 0.9},
+                colorbar={"title": {"text": "error"}, "x": 1.01, "xanchor": "left", "thickness": 12, "len": 0.9},
                 hovertemplate="x %{x}, y %{y}: %{z:.3g}<extra></extra>",
             ),
             1,
