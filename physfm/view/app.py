@@ -21,6 +21,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from flask import abort, request, send_file
 
 from data_pipelines.errors import PhysfmError
+from physfm.interp.steer_rollout import infer_target
 from physfm.view import figures
 from physfm.view.compute import STEER_WINDOWS, Workbench
 from physfm.view.runs import Run, discover_runs, find_directions, read_run, resolve_recorded, safe_file
@@ -290,14 +291,19 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         model = resolve_recorded(meta.get("checkpoint", ""), (root / direction).parent, root)
         model_rel = _rel_in(model, root)
         models = [o["value"] for o in model_options or []]
+        try:
+            target = infer_target(meta)
+        except (PhysfmError, KeyError):  # selections that name no single parameter: any probe of the model
+            target = None
         probe_rel = "none"
         for o in probe_options or []:
             if o["value"] == "none":
                 continue
             m = run_at(o["value"]).metrics
             same = _rel_in(resolve_recorded(m.get("checkpoint", ""), root / o["value"], root), root) == model_rel
-            if same and probe_rel == "none":
+            if same and target in (None, m.get("target")):
                 probe_rel = o["value"]
+                break
         return (model_rel if model_rel in models else no_update), probe_rel
 
     @app.callback(
