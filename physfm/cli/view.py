@@ -32,6 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the network, with a warning)",
     )
     p.add_argument("--device", default="cpu", help="torch device for rollouts and steering (default: cpu)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads for the page's computations (default: 1, steady on a machine shared with other jobs: "
+        "an α of the quickstart model takes 0.3-0.5 s there, while 2 threads ranged from 0.5 to 6 s; more "
+        "threads pay off for a larger model on idle cores)",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"RUNS_DIR {root}: no such directory (make one with `make quickstart`)")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected 1-65535")
+    if args.threads < 1:
+        raise UserError(f"--threads {args.threads}: expected at least 1")
     if args.host not in LOOPBACK:
         print(
             f"physfm view: warning: --host {args.host} serves {root.resolve()} to every machine that can reach "
@@ -54,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
         )
     import threading
 
+    import torch
+
     from physfm.view.app import create_app, prefetch
     from physfm.view.compute import Workbench
 
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request hides the ones that matter
     bench = Workbench(root, device=args.device)
