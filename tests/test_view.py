@@ -88,6 +88,24 @@ def test_cli_refuses_a_missing_runs_dir(tmp_path, capsys):
 
     assert main(["view", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err
+    assert main(["view", str(tmp_path), "--threads", "0"]) == 2
+    assert "--threads 0" in capsys.readouterr().err
+
+
+def test_cli_warns_off_loopback_and_names_a_taken_port(tmp_path, capsys, monkeypatch):
+    import physfm.view.app
+    from physfm.cli import main
+
+    class TakenPort:
+        def run(self, host, port, debug):
+            raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(physfm.view.app, "create_app", lambda root, bench: TakenPort())
+    monkeypatch.setattr(physfm.view.app, "prefetch", lambda root, bench: None)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)  # the verb's setting would outlive the test
+    assert main(["view", str(tmp_path), "--host", "0.0.0.0", "--port", "8765"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --host 0.0.0.0 serves" in err and "cannot listen on 0.0.0.0:8765: Address already in use" in err
 
 
 # ---------------------------------------------------------------------------------------------- the browser
