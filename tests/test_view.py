@@ -261,3 +261,22 @@ def test_quickstart_report_ends_with_the_viewer_command(tmp_path):
     report = render_report({"total_seconds": 1.0, "machine": "m", "stages": {}}, ctx)
     assert view_command("runs/quickstart", ".venv/bin/physfm") == ".venv/bin/physfm view runs/quickstart"
     assert report.rstrip().splitlines()[-1].startswith(f"Look at this run in a browser: `physfm view {ctx.out}`")
+
+
+@pytest.mark.parametrize("space", [(32,), (8, 8), (4, 8, 8)])
+def test_field_panels_share_one_scale_and_centre_the_error(space):
+    import numpy as np
+
+    from physfm.view import figures
+
+    rng = np.random.default_rng(0)
+    truth, pred = rng.standard_normal(space), rng.standard_normal(space)
+    fig = figures.triptych([("truth", truth), ("model", pred)], ("error", pred - truth), (-3.0, 3.0), 5.0, "u")
+    assert [a.text for a in fig.layout.annotations] == ["truth", "model", "error"]
+    if len(space) == 1:  # curves: the y ranges are the scales
+        assert fig.layout.yaxis.range == (-3.0, 3.0) and fig.layout.yaxis3.range == (-5.0, 5.0)
+    else:
+        values, error = fig.data[0], fig.data[2]
+        assert (values.zmin, values.zmax) == (fig.data[1].zmin, fig.data[1].zmax) == (-3.0, 3.0)
+        assert (error.zmin, error.zmax, error.zmid) == (-5.0, 5.0, 0)
+        assert np.asarray(values.z).shape == (8, 8)  # a 3D field shows its middle slice
