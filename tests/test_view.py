@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from physfm.view.app import create_app, link_figures
+from physfm.view.app import create_app
+from physfm.view.layout import link_figures
 from physfm.view.runs import discover_runs, resolve_recorded, safe_file
 from tests.view_fixtures import BROKEN, build_view_runs
 
