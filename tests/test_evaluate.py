@@ -163,3 +163,45 @@ def test_quickstart_refine_and_evaluate_stages(evaluated, tmp_path, monkeypatch)
     assert {"ar_1", "ar_refined_2", "persistence_2"} <= set(result)
     assert all((tmp_path / path).is_file() for _, path in ctx.figures) and len(ctx.figures) == 3
     assert "spatial-mean predictor" in ctx.notes[0]
+
+
+@pytest.mark.parametrize("space", [(16, 16), (32,)])
+def test_rollout_strip_reads_as_a_table(tmp_path, monkeypatch, space):
+    """One panel per field; columns truth | methods | errors; rows the steps (capped); a colour bar for the field
+    and a zero-centred one for the errors (2D); the PNG is written."""
+    import physfm.eval.plots as plots
+
+    shown = {}
+    save = plots.save_figure
+
+    def keep_and_save(fig, path, dpi):
+        shown["fig"] = fig
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", keep_and_save)
+    truth = torch.randn(10, 2, *space)
+    preds = {"ar": truth + 0.1, "ar_refined": truth - 0.2}
+    path = plots.rollout_strip(truth, preds, ["u", "v"], tmp_path / "strip.png", title="t", max_rows=4)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    fig = shown["fig"]
+    panels = fig.subfigs
+    assert [p._suptitle.get_text() for p in panels] == ["u", "v"]
+    cells = [ax for ax in panels[0].axes if ax.get_label() != "<colorbar>"]
+    assert len(cells) == 4 * 5  # 4 of the 10 steps × (truth, 2 predictions, 2 errors)
+    assert [ax.get_title() for ax in cells[:5]] == [
+        "truth",
+        "AR model",
+        "AR + refiner",
+        "error: AR model",
+        "error: AR + refiner",
+    ]
+    assert [cells[i * 5].get_ylabel() for i in range(4)] == ["t+1", "t+4", "t+7", "t+10"]
+    bars = [ax for ax in panels[0].axes if ax.get_label() == "<colorbar>"]
+    if len(space) == 2:
+        assert len(bars) == 2
+        error_image = cells[3].get_images()[0]
+        lo, hi = error_image.get_clim()
+        assert lo == -hi and hi == pytest.approx(0.2, rel=1e-5)  # zero-centred, shared by both methods
+        assert cells[0].get_images()[0].get_clim() == cells[1].get_images()[0].get_clim()  # one scale per field
+    else:
+        assert not bars and cells[0].get_ylim() == cells[1].get_ylim()

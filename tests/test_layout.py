@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["data_pipelines", "tokenizer", "physfm"]  # lowest first
 # physfm's subpackages, lowest first: a module may import its own subpackage and the ones before it.
-SUBPACKAGES = ["core", "models", "inference", "eval", "train", "interp", "quickstart", "cli"]
+SUBPACKAGES = ["core", "models", "inference", "eval", "train", "interp", "quickstart", "view", "cli"]
 
 
 def module_name(path: Path) -> str:

@@ -323,7 +323,8 @@ def plot_reconstruction(
             if n == 1:
                 ax.plot(img)
             else:
-                lim = (t.min(), t.max()) if k < 2 else (None, None)
+                err = float(abs(r - t).max()) or 1e-12  # errors on a zero-centred scale
+                lim = (t.min(), t.max()) if k < 2 else (-err, err)
                 im = ax.imshow(img, cmap="RdBu_r" if k == 2 else "viridis", vmin=lim[0], vmax=lim[1])
                 fig.colorbar(im, ax=ax, fraction=0.046)
                 ax.set_xticks([]), ax.set_yticks([])

@@ -26,6 +26,7 @@ VERB_MODULES = [
     "physfm.cli.steer",
     "physfm.cli.quickstart",
     "physfm.cli.estimate",
+    "physfm.cli.view",
 ]
 
 

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from physfm.quickstart.pipeline import STAGES, run_quickstart
+    from physfm.quickstart.pipeline import STAGES, run_quickstart, view_command
 
     stages = args.stages.split(",") if args.stages else None
     known = [name for name, _ in STAGES]
@@ -32,4 +32,15 @@ def run(args: argparse.Namespace) -> int:
     for name, info in results["stages"].items():
         print(f"{name:>14}: {info['seconds']:6.1f} s")
     print(f"total {results['total_seconds']:.1f} s — report: {args.out}/report.md, metrics: {args.out}/metrics.json")
+    print(f"look at it in a browser: {view_command(args.out, invoked_as())}")
     return 0
+
+
+def invoked_as() -> str:
+    """How to run physfm again the way it was started (``.venv/bin/physfm`` from ``make quickstart``)."""
+    import os
+
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.basename(program) == "physfm":
+        return os.path.relpath(program) if os.path.isabs(program) else program
+    return "python -m physfm.cli"

@@ -100,7 +100,7 @@ def _source_files(shards, manifest: dict[str, Any], name: str, split: str) -> li
             f"does not say where dataset {name!r}'s {split} files are (source_dir/source_files); "
             "re-shard with --n-output >= the horizon"
         )
-    paths = [Path(source_dir) / "data" / split / f for f in files]
+    paths = [_locate_source_dir(source_dir, shards) / "data" / split / f for f in files]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(
@@ -108,6 +108,19 @@ def _source_files(shards, manifest: dict[str, Any], name: str, split: str) -> li
             "is missing; longer evaluation windows are cut from the source files"
         )
     return paths
+
+
+def _locate_source_dir(source_dir: str, shards: str | Path) -> Path:
+    """The manifest's ``source_dir``; a relative one that is not there from the working directory (it was
+    recorded from wherever ``physfm data shard`` ran, e.g. "runs/quickstart/data/x") is tried from each of the
+    shard folder's ancestors."""
+    path = Path(source_dir)
+    if path.is_absolute() or path.exists():
+        return path
+    for ancestor in Path(shards).resolve().parents:
+        if (ancestor / path).exists():
+            return ancestor / path
+    return path
 
 
 def _source_windows(shards, manifest, name, split, horizon, batch_size, max_windows, stride) -> Iterator[EvalBatch]:

@@ -65,23 +65,41 @@ def plot_dose_response(
 def plot_steered_frames(
     examples: dict[float, Any], channel_names: list[str], path: str | Path, title: str = ""
 ) -> Path:
-    """The first channel of one window's last generated frame for each α ({α: [C, *space]}), shared colour scale."""
+    """The first channel of one window's last generated frame for each α ({α: [C, *space]}): a row of frames on
+    one colour scale (viridis, colour bar) and, when α = 0 is among them, a row of steered − unsteered on a
+    zero-centred diverging scale (colour bar)."""
     import numpy as np
 
     plt = pyplot()
     alphas = list(examples)
     frames = [np.asarray(examples[a])[0] for a in alphas]
+    frames = [f[f.shape[0] // 2] if f.ndim == 3 else f for f in frames]  # 3D: the middle slice
+    base = frames[alphas.index(0.0)] if 0.0 in alphas else None
+    rows = 1 if base is None else 2
     lo, hi = min(float(f.min()) for f in frames), max(float(f.max()) for f in frames)
-    fig, axes = plt.subplots(1, len(alphas), figsize=(1.9 * len(alphas) + 0.5, 2.3), squeeze=False)
-    for ax, alpha, frame in zip(axes[0], alphas, frames):
-        if frame.ndim == 1:
-            ax.plot(frame, lw=0.8)
-            ax.set_ylim(lo, hi)
-        else:
-            ax.imshow(frame if frame.ndim == 2 else frame[frame.shape[0] // 2], cmap="RdBu_r", vmin=lo, vmax=hi)
-        ax.set_title(f"α = {alpha:g}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{title} ({channel_names[0]})" if title else channel_names[0], fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    lim = max([float(np.abs(f - base).max()) for f in frames] + [1e-12]) if base is not None else 1.0
+    fig, axes = plt.subplots(
+        rows, len(alphas), figsize=(1.9 * len(alphas) + 1.2, 2.1 * rows + 0.4), squeeze=False, layout="constrained"
+    )
+    name = channel_names[0]
+    for col, (alpha, frame) in enumerate(zip(alphas, frames)):
+        panels = [(axes[0, col], frame, "viridis", (lo, hi))]
+        if base is not None:
+            panels.append((axes[1, col], frame - base, "RdBu_r", (-lim, lim)))
+        for ax, img, cmap, (vmin, vmax) in panels:
+            if img.ndim == 1:
+                ax.plot(img, lw=0.8, color="C3" if cmap == "RdBu_r" else "C0")
+                ax.set_ylim(vmin, vmax)
+            else:
+                ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax)
+                ax.set_xticks([]), ax.set_yticks([])
+        axes[0, col].set_title(f"α = {alpha:g}", fontsize=9)
+    if frames[0].ndim == 2:
+        fig.colorbar(axes[0, -1].get_images()[0], ax=axes[0, :], shrink=0.9).set_label(name, fontsize=8)
+        if base is not None:
+            bar = fig.colorbar(axes[1, -1].get_images()[0], ax=axes[1, :], shrink=0.9)
+            bar.set_label(f"{name}: steered − α=0", fontsize=8)
+    if base is not None:
+        axes[1, 0].set_ylabel("steered − (α = 0)", fontsize=9)
+    fig.suptitle(f"{title} ({name})" if title else name, fontsize=10)
+    return save_figure(fig, path, dpi=100)

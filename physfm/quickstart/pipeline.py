@@ -108,6 +108,11 @@ def run_quickstart(
     return results
 
 
+def view_command(out: str | Path, program: str = "physfm") -> str:
+    """The command that opens a quickstart run in the viewer (``physfm view``)."""
+    return f"{program} view {out}"
+
+
 def render_report(results: dict, ctx: Context) -> str:
     lines = [
         "# physfm quickstart report",
@@ -124,4 +129,5 @@ def render_report(results: dict, ctx: Context) -> str:
         lines += ["", f"## {caption}", "", f"![{caption}]({path})"]
     for note in ctx.notes:
         lines += ["", note]
+    lines += ["", f"Look at this run in a browser: `{view_command(ctx.out)}` (then http://127.0.0.1:8765)."]
     return "\n".join(lines) + "\n"
