@@ -181,3 +181,37 @@ def test_bfloat16_rollout_is_close_to_float32(conditional):
         assert torch.isfinite(bf16.rollout(batch.context, 2, "waves")).all()
     with pytest.raises(Exception, match="float16"):
         PhysicsModel.from_pretrained(conditional["export"], dtype="float16")
+
+
+@pytest.mark.slow
+def test_next_frame_model_after_100_steps_is_near_copy_tokens(tmp_path):
+    """The floor the design promises: the quickstart's systems and pipeline (conditional tokenizer, next-frame
+    tiny model; at 32² so that it fits the suite), and after 100 optimizer steps the model's next-frame VRMSE
+    is within 10 % of copy-tokens (where the untrained model starts) or better, on each dataset."""
+    from data_pipelines.config import load_config
+    from data_pipelines.sharding import WindowSpec, shard_datasets
+    from data_pipelines.simulators import simulate_dataset
+    from physfm.eval.evaluate import score_windows, summarize
+    from physfm.quickstart.pipeline import QUICKSTART_SYSTEMS
+    from tokenizer.encode import encode_shards
+    from tokenizer.training import TokenizerTrainConfig, train_tokenizer
+
+    dirs = [
+        simulate_dataset(system, tmp_path / "data" / system, resolution=32, seed=0, **sizes)
+        for system, sizes in QUICKSTART_SYSTEMS.items()
+    ]
+    shards, tokens, run = tmp_path / "shards", tmp_path / "tokens", tmp_path / "ar"
+    shard_datasets(dirs, shards, WindowSpec(4, 1, 1), workers=1, overwrite=True)
+    overrides = [f"data.shards={shards}", f"out={tmp_path / 'tok'}", "trainer.max_steps=300", "trainer.max_time_s=0"]
+    overrides += ["trainer.wandb=false", "data.val_batches=0", "trainer.verbose=false"]
+    tok = train_tokenizer(load_config(TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml", overrides))
+    encode_shards(tok, shards, tokens, splits=["train"])
+    pretrain = ["pretrain", "--config", "configs/pretrain/tiny.yaml", f"data.tokens=[{tokens}]", f"tokenizer={tok}"]
+    pretrain += [f"out={run}", "model.grid_shape=[8,8]", "trainer.max_steps=100", "trainer.checkpoint_every=100"]
+    pretrain += ["trainer.logger=csv", "trainer.progress_bar=false", "data.num_workers=0", "data.val_batches=0"]
+    assert physfm(pretrain) == 0
+    pm = PhysicsModel.from_pretrained(run, refiner=False)
+    scores, _ = score_windows(pm, shards, "test", 1, methods=("ar", "copy_tokens", "persistence"), max_windows=16)
+    for name, d in summarize(scores, [1])["vrmse"].items():
+        model, copy = d["mean"]["ar"]["1"], d["mean"]["copy_tokens"]["1"]
+        assert model <= 1.1 * copy, f"{name}: next-frame model {model:.3f} vs copy-tokens {copy:.3f} after 100 steps"
