@@ -90,3 +90,17 @@ class WindowCutter:
     def _window(self, name: str, s: int, e: int) -> np.ndarray:
         parts = [arrays[name][max(s, c0) - c0 : min(e, c1) - c0] for c0, c1, arrays in self._clips if c0 < e and c1 > s]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def window_option(values: list[int] | tuple[int, ...] | None, key: str) -> WindowSpec | None:
+    """A config's ``[n_input, n_output]`` or ``[n_input, n_output, stride]`` (``[]``: the shards' default)."""
+    from data_pipelines.config import ConfigError
+
+    if not values:
+        return None
+    if len(values) not in (2, 3):
+        raise ConfigError(f"{key}: give [n_input, n_output] or [n_input, n_output, stride], got {list(values)}")
+    try:
+        return WindowSpec(*(int(v) for v in values))
+    except DataError as err:
+        raise ConfigError(f"{key}: {err}".replace("--n-input", "n_input").replace("--n-output", "n_output")) from None
