@@ -397,6 +397,12 @@ class StreamLoader(DataLoader):
             yield batch
 
 
+def _as_is(batch: Any) -> Any:
+    """The DataLoader's collate for ready-made batches: torch's default would walk every batch's meta dicts
+    (a third of the main process's time at 0 workers) to convert nothing."""
+    return batch
+
+
 def make_loader(
     shards: str | list[str], split: str, batch_size: int, *, num_workers: int = 0, **kwargs: Any
 ) -> DataLoader:
@@ -405,6 +411,7 @@ def make_loader(
     return StreamLoader(
         stream,
         batch_size=None,
+        collate_fn=_as_is,
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,

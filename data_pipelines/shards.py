@@ -333,11 +333,14 @@ def iter_raw_samples(url: str) -> Iterator[dict[str, Any]]:
     Errors (missing file, truncated tar, duplicate members) are raised as :class:`DataError` naming
     the shard and the last member read.
     """
-    from webdataset.tariterators import tarfile_samples
-
     last = "(start of shard)"
     try:
-        samples = tarfile_samples([{"url": url}]) if is_url(url) else _local_samples(url)
+        if is_url(url):
+            from webdataset.tariterators import tarfile_samples
+
+            samples = tarfile_samples([{"url": url}])
+        else:
+            samples = _local_samples(url)
         for sample in samples:
             last = sample["__key__"]
             yield sample
