@@ -33,6 +33,7 @@ worker's previous batch (sums over workers and ranks).
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -94,6 +95,16 @@ def current_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised batch tensor; ``shared``: allocated in shared memory, as torch's own ``default_collate``
+    does in workers (``share_memory_()`` on a plain tensor would copy it there)."""
+    proto = torch.from_numpy(np.empty(0, dtype))
+    if not shared:
+        return torch.empty(shape, dtype=proto.dtype)
+    storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
+    return proto.new(storage).resize_(shape)
 
 
 class WindowStream(IterableDataset):
@@ -259,9 +270,7 @@ class WindowStream(IterableDataset):
                     )
             # One copy per window straight into the batch; in a worker the batch lives in shared memory
             # already, so torch does not copy it again to hand it to the main process.
-            tensor = torch.empty((len(samples), *first.shape), dtype=torch.from_numpy(np.empty(0, first.dtype)).dtype)
-            if in_worker:
-                tensor.share_memory_()
+            tensor = _batch_tensor((len(samples), *first.shape), first.dtype, shared=in_worker)
             out = tensor.numpy()
             for i, d in enumerate(samples):
                 out[i] = d[key]

@@ -243,6 +243,8 @@ def shard_datasets(
     ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may cut
     any other window up to ``clips.max_window`` frames."""
     out = Path(out)
+    if spec.length > clips.max_window and clips == DEFAULT_CLIPS:
+        clips = ClipSpec(clips.frames, spec.length)  # the default serves at least the default window
     if spec.length > clips.max_window:
         raise DataError(f"window {spec.n_input}+{spec.n_output} is longer than --max-window {clips.max_window}")
     if not 0 <= part < num_parts:
