@@ -33,7 +33,6 @@ worker's previous batch (sums over workers and ranks).
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_pipelines.batch_memory import SharedBatchPool, batch_tensor, new_release_flags, release_when_freed
 from data_pipelines.clips import WindowCutter, WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
 from data_pipelines.shards import (
@@ -97,16 +97,6 @@ def current_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised batch tensor; ``shared``: allocated in shared memory, as torch's own ``default_collate``
-    does in workers (``share_memory_()`` on a plain tensor would copy it there)."""
-    proto = torch.from_numpy(np.empty(0, dtype))
-    if not shared:
-        return torch.empty(shape, dtype=proto.dtype)
-    storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
-    return proto.new(storage).resize_(shape)
-
-
 class WindowStream(IterableDataset):
     """Iterable of ready-made batches (dicts); wrap in ``DataLoader(batch_size=None)``."""
 
@@ -141,6 +131,8 @@ class WindowStream(IterableDataset):
         self.normalize, self.resampled, self.batches_per_epoch = normalize, resampled, batches_per_epoch
         self.shuffle_buffer, self.skip_batches, self.drop_last = shuffle_buffer, skip_batches, drop_last
         self.on_error, self.keys = on_error, keys
+        self.release_flags: torch.Tensor | None = None  # set by StreamLoader: workers then recycle batch memory
+        self._pool: SharedBatchPool | None = None
         self._rank, self._world = rank, world_size
         if window is not None and not isinstance(window, WindowSpec):
             window = WindowSpec(*window)
@@ -256,7 +248,6 @@ class WindowStream(IterableDataset):
 
     def _collate(self, dataset: str, samples: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
         batch: dict[str, Any] = {"dataset": dataset, "meta": [d["meta"] for d in samples]}
-        in_worker = get_worker_info() is not None
         for key in self.keys:
             missing = [d["__key__"] for d in samples if key not in d]
             if missing:
@@ -268,13 +259,23 @@ class WindowStream(IterableDataset):
                         f"shard {d['__url__']}: sample {d['__key__']} {key} has shape {d[key].shape}, "
                         f"another {dataset!r} sample {first.shape}"
                     )
-            # One copy per window straight into the batch; in a worker the batch lives in shared memory
-            # already, so torch does not copy it again to hand it to the main process.
-            tensor = _batch_tensor((len(samples), *first.shape), first.dtype, shared=in_worker)
+        # One copy per window straight into the batch; in a worker the batch lives in (recycled) shared
+        # memory already, so torch does not copy it again to hand it to the main process.
+        parts = [((len(samples), *samples[0][key].shape), samples[0][key].dtype) for key in self.keys]
+        info = get_worker_info()
+        if info is not None and self.release_flags is not None and self._pool is None:
+            self._pool = SharedBatchPool(self.release_flags, info.id)
+        if self._pool is not None:
+            tensors, slot = self._pool.take(parts)
+            if slot is not None:
+                batch["__slot__"] = slot  # taken off by StreamLoader, which frees it when the batch dies
+        else:
+            tensors, slot = [batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts], None
+        normalizer = self.normalizers[dataset]
+        for key, tensor in zip(self.keys, tensors):
             out = tensor.numpy()
             for i, d in enumerate(samples):
                 out[i] = d[key]
-            normalizer = self.normalizers[dataset]
             if normalizer is not None and out.dtype.kind == "f":
                 mean, std = normalizer._cast(out)
                 np.subtract(out, mean, out=out)
@@ -400,10 +401,21 @@ class StreamLoader(DataLoader):
     """A ``DataLoader`` that re-raises a worker's :class:`WorkerFailure` as the original error."""
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in super().__iter__():
-            if isinstance(batch, WorkerFailure):
-                raise batch.error
-            yield batch
+        stream = self.dataset
+        flags = None
+        if self.num_workers > 0 and isinstance(stream, WindowStream):
+            # Fresh flags for this iteration's workers (they start inside super().__iter__() and copy the stream).
+            flags = stream.release_flags = new_release_flags(self.num_workers)
+        try:
+            for batch in super().__iter__():
+                if isinstance(batch, WorkerFailure):
+                    raise batch.error
+                if isinstance(batch, dict) and "__slot__" in batch:
+                    release_when_freed(batch[self.dataset.keys[0]], flags, batch.pop("__slot__"))
+                yield batch
+        finally:
+            if flags is not None:
+                stream.release_flags = None
 
 
 def _as_is(batch: Any) -> Any:

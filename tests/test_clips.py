@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError
@@ -159,3 +160,15 @@ def test_clip_shards_store_each_frame_about_once(toy, clip_shards, tmp_path):
     assert stored / raw < 1.2
     halos = sum(p.stat().st_size for p in clip_shards.rglob("*.tar"))  # tiny shards repeat halos often
     assert stored < halos
+
+
+def test_batches_held_by_the_caller_are_never_recycled(clip_shards):
+    """Workers reuse a shared batch buffer only once the main process has dropped every reference to it."""
+    kw = dict(window=(2, 1, 1), resampled=True, batches_per_epoch=40, seed=5, normalize=False, num_workers=2)
+    copied = [(b["input"].clone(), b["output"].clone()) for b in make_loader(str(clip_shards), "train", 4, **kw)]
+    held = list(make_loader(str(clip_shards), "train", 4, **kw))  # every batch kept alive
+    views = [b["input"][0] for b in make_loader(str(clip_shards), "train", 4, **kw)]  # only a view of each kept
+    assert len(copied) == len(held) == len(views) == 40
+    for (x, y), batch, view in zip(copied, held, views):
+        assert torch.equal(batch["input"], x) and torch.equal(batch["output"], y)
+        assert torch.equal(view, x[0])
