@@ -1,8 +1,7 @@
 """Streaming training loader over webdataset shards: rank/worker split, shuffling, mixing, resume.
 
 Windows: clip shards (each frame stored once) are cut into windows here, in the workers, for any
-``window`` (n_input, n_output, stride) up to the manifest's ``max_window`` (default: the manifest's
-window); window shards (version 1, token shards) are read as stored.  Epoch sizes and default mixing
+``window`` (n_input, n_output, stride; default: the manifest's window); window shards (version 1, token shards) are read as stored.  Epoch sizes and default mixing
 weights count the windows of the chosen window, from the manifest's per-shard ``segments``.
 
 Two modes:
@@ -32,6 +31,7 @@ worker's previous batch (sums over workers and ranks).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterator
@@ -42,12 +42,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipelines.batch_memory import SharedBatchPool, batch_tensor, new_release_flags, release_when_freed
-from data_pipelines.clips import WindowCutter, WindowSpec
+from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
 from data_pipelines.shards import (
     CLIPS,
     check_window,
-    clip_windows,
+    clip_shard_windows,
     decode_sample,
     iter_raw_samples,
     manifest_window,
@@ -159,6 +159,12 @@ class WindowStream(IterableDataset):
         for rec in self.records:
             for name, n in rec["datasets"].items():
                 self.dataset_sizes[name] = self.dataset_sizes.get(name, 0) + n
+        if not any(self.dataset_sizes.values()):
+            w = self.window
+            raise DataError(
+                f"{shards}: the {split!r} split has no {w.n_input}+{w.n_output} windows (stride {w.stride}): "
+                f"its trajectories are shorter than {w.length} frames"
+            )
         weights = dataset_weights or {k: float(v) for k, v in self.dataset_sizes.items()}
         unknown = set(weights) - set(self.dataset_sizes)
         if unknown:
@@ -194,22 +200,26 @@ class WindowStream(IterableDataset):
     def _raw_samples(self, rec: dict[str, Any], skipped: list[int]) -> Iterator[dict[str, Any]]:
         """One shard's windows, decoded (arrays are views of the shard: no copy yet).  With
         ``on_error="skip"`` a damaged sample (or clip) is left out, logged and counted."""
-        cutter = WindowCutter(rec["window"], self._clip_arrays()) if rec["layout"] == CLIPS else None
+
+        def skip(err: DataError) -> None:
+            skipped[0] += 1
+            log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
+
+        on_error = skip if self.on_error == "skip" else None
         try:
+            if rec["layout"] == CLIPS:
+                decode = functools.partial(self._decode_checked, clip=True)
+                yield from clip_shard_windows(rec, rec["window"], self.keys, decode, on_error)
+                return
             for sample in iter_raw_samples(rec["url"]):
                 try:
-                    decoded = self._decode_checked(sample, cutter is not None)
-                    if cutter is None:
-                        yield decoded
-                        continue
-                    windows = list(clip_windows(decoded, cutter, self.keys, rec["window"].n_input))
+                    decoded = self._decode_checked(sample)
                 except DataError as err:
-                    if self.on_error == "raise":
+                    if on_error is None:
                         raise
-                    skipped[0] += 1
-                    log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
+                    on_error(err)
                     continue
-                yield from windows
+                yield decoded
         except DataError as err:
             if self.on_error == "raise":
                 raise

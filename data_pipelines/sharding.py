@@ -2,9 +2,9 @@
 
 A clip is up to ``clip_frames`` consecutive frames of one trajectory (cut at trajectory ends); the loader
 cuts training windows (``n_input`` context + ``n_output`` target frames every ``stride`` steps) from clips
-(:mod:`data_pipelines.clips`), so one shard set serves any window up to ``max_window`` frames.  The
-window given here is only the manifest's default (and sets its ``n_samples`` counts).  A trajectory is
-read one clip at a time, so memory stays bounded by a clip whatever the HDF5 file's size.  Work is split into *units* — one (split, source file) each — that run
+(:mod:`data_pipelines.clips`), so one shard set serves any window.  The window given here is only the
+manifest's default (and sets its ``n_samples`` counts).  A trajectory is read one clip at a time (a clip
+is at most ``CLIP_MAX_BYTES``), so memory stays bounded whatever the HDF5 file's size.  Work is split into *units* — one (split, source file) each — that run
 in parallel processes and each write their own size-bounded shards; shards are then renamed to
 ``shard-NNNNNN.tar`` in unit order, so the output is byte-identical whatever ``--workers`` is.
 
@@ -37,15 +37,18 @@ __all__ = ["ClipSpec", "WindowSpec", "merge_parts", "shard_datasets"]
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How trajectories are cut into clips: ``frames`` per clip, and the longest window served
-    (a trajectory continuing into the next shard repeats ``max_window - 1`` frames there)."""
+    """How trajectories are cut into clips: up to ``frames`` frames and ``max_bytes`` bytes per clip (big 3D
+    frames get shorter clips, so sharding memory and a reader's view stay bounded)."""
 
     frames: int = 32
-    max_window: int = 33
+    max_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
-        if self.frames < 1 or self.max_window < 1:
-            raise DataError(f"--clip-frames and --max-window must be ≥ 1, got {self.frames}, {self.max_window}")
+        if self.frames < 1:
+            raise DataError(f"--clip-frames must be ≥ 1, got {self.frames}")
+
+    def frames_per_clip(self, frame_bytes: int) -> int:
+        return max(1, min(self.frames, self.max_bytes // max(1, frame_bytes)))
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def check_finite(frames: np.ndarray, unit: Unit, trajectory: int, start: int, ch
 def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) -> list[dict[str, Any]]:
     """Write all clips of one source file into ``staging/<split>/`` shards named ``uNNNNNN-*``.
 
-    Each record lists its shard's ``segments`` ``[dataset, start, n_frames, halo]`` (a run of clips of one
-    trajectory), from which window counts follow for any window."""
+    Each record lists its shard's ``segments`` ``[dataset, start, n_frames, n_steps]`` (a run of clips of
+    one trajectory), from which window counts follow for any window."""
     from data_pipelines.well_io import WellReader
 
     writer = ShardWriter(Path(staging) / unit.split, max_shard_bytes, prefix=f"u{unit.index:06d}-")
@@ -129,33 +132,31 @@ def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) 
     with writer, WellReader(unit.file) as reader:
         channels = reader.channel_names
         params = {k: float(v) for k, v in reader.simulation_parameters.items()}
+        n_steps = reader.n_steps
+        per_clip = clips.frames_per_clip(4 * reader.n_channels * int(np.prod(reader.spatial_shape)))
         for traj in range(reader.n_trajectories):
-            for start in range(0, reader.n_steps, clips.frames):
-                stop = min(start + clips.frames, reader.n_steps)
-                # A trajectory that goes on in a new shard repeats its last frames there (the halo), so
-                # windows across the shard boundary can be cut from the new shard alone.
-                halo = min(start, clips.max_window - 1) if writer.at_shard_start and start > 0 else 0
-                frames = reader.frames(traj, start - halo, stop)  # one clip at a time: bounded memory
-                check_finite(frames, unit, traj, start - halo, channels)
+            for start in range(0, n_steps, per_clip):
+                stop = min(start + per_clip, n_steps)
+                frames = reader.frames(traj, start, stop)  # one clip at a time: bounded memory
+                check_finite(frames, unit, traj, start, channels)
                 meta = {
                     "dataset": reader.dataset_name,
                     "source_file": os.path.basename(unit.file),
                     "trajectory": traj,
-                    "start": start - halo,
-                    "n_frames": stop - start + halo,
-                    "halo": halo,
+                    "start": start,
+                    "n_frames": stop - start,
+                    "n_steps": n_steps,
                     "params": params,
                 }
                 shard = len(writer.records)
                 if shard == len(segments):
                     segments.append([])
-                last = segments[shard][-1] if segments[shard] else None
-                if start > 0 and not halo and last is not None and last[0] == reader.dataset_name:
-                    last[2] += stop - start  # the clip continues the shard's current segment
+                if start > 0 and segments[shard]:  # the clip continues the shard's current segment
+                    segments[shard][-1][2] += stop - start
                 else:
-                    segments[shard].append([reader.dataset_name, start - halo, stop - start + halo, halo])
+                    segments[shard].append([reader.dataset_name, start, stop - start, n_steps])
                 writer.write(
-                    f"{stem}_t{traj:05d}_c{start - halo:06d}",
+                    f"{stem}_t{traj:05d}_c{start:06d}",
                     {"frames.npy": frames, "meta.json": meta},
                     dataset=reader.dataset_name,
                 )
@@ -241,12 +242,8 @@ def shard_datasets(
     """Shard one or more The Well datasets into ``out`` as clips; returns the manifest (or the part's record).
 
     ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may cut
-    any other window up to ``clips.max_window`` frames."""
+    any other window."""
     out = Path(out)
-    if spec.length > clips.max_window and clips == DEFAULT_CLIPS:
-        clips = ClipSpec(clips.frames, spec.length)  # the default serves at least the default window
-    if spec.length > clips.max_window:
-        raise DataError(f"window {spec.n_input}+{spec.n_output} is longer than --max-window {clips.max_window}")
     if not 0 <= part < num_parts:
         raise DataError(f"--part {part} must be in [0, --num-parts {num_parts})")
     if num_parts == 1 and (out / MANIFEST).exists() and not overwrite:
@@ -265,7 +262,6 @@ def shard_datasets(
     header = {
         "layout": CLIPS,
         "clip_frames": clips.frames,
-        "max_window": clips.max_window,
         "n_input": spec.n_input,
         "n_output": spec.n_output,
         "stride": spec.stride,

@@ -6,7 +6,7 @@ Layout (DESIGN.md)::
     SHARDS/{train,valid,test}/shard-NNNNNN.tar
       clips:    one sample = consecutive frames of one trajectory, each frame stored once
         KEY.frames.npy  float32 [T, C, *space]
-        KEY.meta.json   {"dataset", "source_file", "trajectory", "start", "n_frames", "halo", "params"}
+        KEY.meta.json   {"dataset", "source_file", "trajectory", "start", "n_frames", "n_steps", "params"}
       windows:  one sample = one window (version 1 shards, token shards)
         KEY.input.npy   float32 [T_in, C, *space]
         KEY.output.npy  float32 [T_out, C, *space]
@@ -33,7 +33,7 @@ import mmap
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,26 +215,21 @@ def manifest_window(manifest: dict[str, Any]):
 
 
 def check_window(manifest: dict[str, Any], spec, location: str | Path) -> None:
-    """A window other than the stored one can only be cut from clip shards up to ``max_window`` frames."""
+    """A window other than the stored one can only be cut from clip shards."""
     stored = manifest_window(manifest)
-    if manifest["layout"] == WINDOWS:
-        if spec != stored:
-            raise DataError(
-                f"{location}: shards hold fixed {stored.n_input}+{stored.n_output} windows (stride "
-                f"{stored.stride}), not {spec.n_input}+{spec.n_output} (stride {spec.stride}); re-shard them with "
-                "`physfm data shard` (clip shards serve any window)"
-            )
-    elif spec.length > int(manifest["max_window"]):
+    if manifest["layout"] == WINDOWS and spec != stored:
         raise DataError(
-            f"{location}: window {spec.n_input}+{spec.n_output} is longer than the {manifest['max_window']} frames "
-            "these clip shards serve; re-shard with a larger --max-window"
+            f"{location}: shards hold fixed {stored.n_input}+{stored.n_output} windows (stride "
+            f"{stored.stride}), not {spec.n_input}+{spec.n_output} (stride {spec.stride}); re-shard them with "
+            "`physfm data shard` (clip shards serve any window)"
         )
 
 
 def shard_records(manifest: dict[str, Any], split: str, shards: str | Path, spec=None) -> list[dict[str, Any]]:
     """The split's shard records with absolute ``url`` added; error naming the split if it is absent.
 
-    For clip shards and a window ``spec``, ``n_samples``/``datasets`` count that window's windows."""
+    For clip shards, a record whose last trajectory goes on in the next shard links that shard's record as
+    ``next``; with a window ``spec``, ``n_samples``/``datasets`` count that window's windows."""
     from data_pipelines.clips import count_windows
 
     if split not in manifest["splits"]:
@@ -247,6 +242,13 @@ def shard_records(manifest: dict[str, Any], split: str, shards: str | Path, spec
             rec["datasets"] = {k: v for k, v in counts.items() if v}
             rec["n_samples"] = sum(counts.values())
         records.append(rec)
+    if manifest["layout"] == CLIPS:
+        link = None  # to the record after this one: its url, and its own link onward (through short shards)
+        for rec in reversed(records):
+            _, first, n_frames, n_steps = rec["segments"][-1]
+            if link is not None and first + n_frames < n_steps:
+                rec["next"] = link
+            link = {"url": rec["url"], "next": rec.get("next")}
     return records
 
 
@@ -370,15 +372,17 @@ def window_key(clip_key: str, start: int) -> str:
     return f"{clip_key.rsplit('_c', 1)[0]}_s{start:06d}"
 
 
-def clip_windows(clip: dict[str, Any], cutter, keys: tuple[str, ...], n_input: int) -> Iterator[dict[str, Any]]:
+def clip_windows(
+    clip: dict[str, Any], cutter, keys: tuple[str, ...], n_input: int, before: int | None = None
+) -> Iterator[dict[str, Any]]:
     """The windows a decoded clip completes, as decoded window samples (``input``/``output`` views or the
     clip arrays named in ``keys``)."""
     meta = clip.get("meta")
     if not isinstance(meta, dict) or not all(k in meta for k in ("dataset", "start", "n_frames")):
         raise DataError(f"shard {clip['__url__']}: sample {clip['__key__']} has no clip meta.json")
-    for start, arrays in cutter.feed(meta, clip):
+    for start, arrays in cutter.feed(meta, clip, before):
         window: dict[str, Any] = {"__key__": window_key(clip["__key__"], start), "__url__": clip["__url__"]}
-        window["meta"] = {k: v for k, v in meta.items() if k not in ("n_frames", "halo")} | {"start": start}
+        window["meta"] = {k: v for k, v in meta.items() if k not in ("n_frames", "n_steps")} | {"start": start}
         for key in keys:
             if key in arrays:
                 window[key] = arrays[key]
@@ -388,13 +392,48 @@ def clip_windows(clip: dict[str, Any], cutter, keys: tuple[str, ...], n_input: i
         yield window
 
 
+def clip_shard_windows(
+    rec: dict[str, Any],
+    spec,
+    keys: tuple[str, ...],
+    decode: Callable[[dict[str, Any]], dict[str, Any]],
+    on_error: Callable[[DataError], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The windows a clip shard owns (those starting in it), reading the head of the following shard(s)
+    for windows that run past its end.  ``decode`` turns a raw sample into a checked decoded clip; a
+    :class:`DataError` from one clip goes to ``on_error`` (skip it) or, without one, is raised."""
+    from data_pipelines.clips import WindowCutter
+
+    arrays = tuple(dict.fromkeys("frames" if k in ("input", "output") else k for k in keys))
+    cutter = WindowCutter(spec, arrays)
+
+    def windows(sample: dict[str, Any], before: int | None = None) -> list[dict[str, Any]]:
+        try:
+            return list(clip_windows(decode(sample), cutter, keys, spec.n_input, before))
+        except DataError as err:
+            if on_error is None:
+                raise
+            on_error(err)
+            return []
+
+    for sample in iter_raw_samples(rec["url"]):
+        yield from windows(sample)
+    following = rec.get("next")
+    boundary, needed = cutter.end, cutter.end + spec.length - 1  # windows from before the boundary need these
+    while following is not None and cutter.end < needed:
+        for sample in iter_raw_samples(following["url"]):
+            meta = decode_member(following["url"], sample["__key__"], "meta.json", sample.get("meta.json", b"{}"))
+            if not isinstance(meta, dict) or not cutter.continues(meta) or cutter.end >= needed:
+                return
+            yield from windows(sample, before=boundary)
+        following = following["next"]
+
+
 def iter_samples(shards: str | Path, split: str, window=None) -> Iterator[dict[str, Any]]:
     """All decoded samples of a split, shard by shard, in manifest order (no shuffling).
 
     Clip shards yield windows (``input``/``output``, ``meta["start"]``) of ``window`` (a
     :class:`~data_pipelines.clips.WindowSpec`; default: the manifest's)."""
-    from data_pipelines.clips import WindowCutter
-
     manifest = read_manifest(shards)
     spec = window or manifest_window(manifest)
     check_window(manifest, spec, shards)
@@ -403,7 +442,5 @@ def iter_samples(shards: str | Path, split: str, window=None) -> Iterator[dict[s
             for sample in iter_raw_samples(rec["url"]):
                 yield decode_sample(sample)
             continue
-        cutter = WindowCutter(spec, ("frames",))
-        for sample in iter_raw_samples(rec["url"]):
-            for w in clip_windows(decode_sample(sample), cutter, ("input", "output"), spec.n_input):
-                yield {**w, "input": w["input"].copy(), "output": w["output"].copy()}
+        for w in clip_shard_windows(rec, spec, ("input", "output"), lambda s: decode_sample(s, copy=False)):
+            yield {**w, "input": w["input"].copy(), "output": w["output"].copy()}

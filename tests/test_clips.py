@@ -18,8 +18,9 @@ from data_pipelines.shards import ShardWriter, iter_samples, read_manifest
 from data_pipelines.well_io import WellReader, list_split_files
 from tests.datagen import make_toy_dataset
 
-CLIPS = ClipSpec(frames=5, max_window=9)
-WINDOWS = [(1, 1, 1), (4, 1, 1), (3, 2, 2), (2, 3, 3), (8, 1, 2), (1, 8, 1), (2, 2, 7)]
+CLIPS = ClipSpec(frames=5)
+# Windows shorter and longer than a clip (and than a shard: 15 frames run over three or four shards).
+WINDOWS = [(1, 1, 1), (4, 1, 1), (3, 2, 2), (2, 3, 3), (8, 1, 2), (1, 8, 1), (2, 2, 7), (10, 5, 1), (20, 3, 1)]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def toy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clip_shards(toy, tmp_path_factory) -> Path:
-    # ~3 KB frames, 5-frame clips, 20 KB shards: trajectories run over several shards (halos in use).
+    # ~3 KB frames, 5-frame clips, 20 KB shards: each trajectory runs over several shards.
     out = tmp_path_factory.mktemp("clip_shards") / "shards"
     shard_datasets([toy], out, WindowSpec(4, 1, 1), clips=CLIPS, max_shard_mb=0.02)
     return out
@@ -50,12 +51,14 @@ def key(meta: dict) -> str:
     return f"{meta['source_file']}/{meta['trajectory']}/{meta['start']}"
 
 
-def test_trajectories_span_shards_with_halos(clip_shards):
+def test_trajectories_span_shards(clip_shards, toy):
     manifest = read_manifest(clip_shards)
     assert manifest["layout"] == "clips" and manifest["version"] == 2
     shards = manifest["splits"]["train"]["shards"]
     assert len(shards) > 4
-    assert any(halo for rec in shards for _, _, _, halo in rec["segments"])
+    assert sum(first + n < n_steps for rec in shards for _, first, n, n_steps in rec["segments"]) > 4
+    stored = sum(n for rec in shards for _, _, n, _ in rec["segments"])
+    assert stored == 2 * 2 * 23  # every frame of the split once (2 files x 2 trajectories x 23 steps)
 
 
 @pytest.mark.parametrize("window", WINDOWS)
@@ -89,9 +92,9 @@ def test_manifest_counts_any_window(clip_shards):
         assert sum(stream.dataset_sizes.values()) == len(raw_windows(toy, "valid", WindowSpec(*window)))
 
 
-def test_window_longer_than_max_window_is_refused(clip_shards):
-    with pytest.raises(DataError, match="longer than the 9 frames"):
-        make_loader(str(clip_shards), "train", 2, window=(5, 5, 1))
+def test_a_window_longer_than_the_trajectories_has_none(clip_shards):
+    with pytest.raises(DataError, match="has no 20\\+10 windows"):
+        list(make_loader(str(clip_shards), "train", 2, window=(20, 10, 1)))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -152,14 +155,12 @@ def test_old_window_shards_still_load(toy, tmp_path):
         make_loader(str(old), "valid", 4, window=(4, 1, 1))
 
 
-def test_clip_shards_store_each_frame_about_once(toy, clip_shards, tmp_path):
+def test_clip_shards_store_each_frame_about_once(toy, tmp_path):
     raw = sum(p.stat().st_size for p in (toy / "data").rglob("*.hdf5"))
-    out = tmp_path / "big_clips"
-    shard_datasets([toy], out, WindowSpec(4, 1, 1))  # default clips and shard size: no halos
+    out = tmp_path / "clips"
+    shard_datasets([toy], out, WindowSpec(4, 1, 1))
     stored = sum(p.stat().st_size for p in out.rglob("*.tar"))
     assert stored / raw < 1.2
-    halos = sum(p.stat().st_size for p in clip_shards.rglob("*.tar"))  # tiny shards repeat halos often
-    assert stored < halos
 
 
 def test_batches_held_by_the_caller_are_never_recycled(clip_shards):

@@ -112,7 +112,7 @@ import resource, sys, tracemalloc
 from data_pipelines.sharding import ClipSpec, shard_datasets
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 tracemalloc.start()
-manifest = shard_datasets([sys.argv[1]], sys.argv[2], clips=ClipSpec(16, 17))
+manifest = shard_datasets([sys.argv[1]], sys.argv[2], clips=ClipSpec(16))
 traced = tracemalloc.get_traced_memory()[1]
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
 print(traced, grown, manifest["splits"]["train"]["n_samples"])

@@ -30,10 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-input", type=int, default=4, help="default window: context frames (default 4)")
     p.add_argument("--n-output", type=int, default=1, help="default window: target frames (default 1)")
     p.add_argument("--stride", type=int, default=1, help="default window: steps between starts (default 1)")
-    p.add_argument("--clip-frames", type=int, default=32, help="frames per stored clip (default 32)")
-    p.add_argument(
-        "--max-window", type=int, default=33, help="longest window loaders may cut from the clips (default 33)"
-    )
+    p.add_argument("--clip-frames", type=int, default=32, help="frames per stored clip (default 32; ≤ 64 MiB)")
     p.add_argument("--max-shard-mb", type=float, default=256)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--num-parts", type=int, default=1, help="split the work into N parts (Slurm array)")
@@ -85,7 +82,7 @@ def run_shard(args: argparse.Namespace) -> int:
             args.datasets,
             args.out,
             spec,
-            clips=ClipSpec(args.clip_frames, args.max_window),
+            clips=ClipSpec(args.clip_frames),
             max_shard_mb=args.max_shard_mb,
             workers=args.workers,
             num_parts=args.num_parts,
