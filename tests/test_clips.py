@@ -173,3 +173,25 @@ def test_batches_held_by_the_caller_are_never_recycled(clip_shards):
     for (x, y), batch, view in zip(copied, held, views):
         assert torch.equal(batch["input"], x) and torch.equal(batch["output"], y)
         assert torch.equal(view, x[0])
+
+
+def test_windows_across_shards_over_http_equal_local(clip_shards):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip_shards))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        kw = dict(window=(10, 5, 1), shuffle=False, normalize=False)
+        remote = list(make_loader(url, "valid", 4, **kw))
+        local = list(make_loader(str(clip_shards), "valid", 4, **kw))
+        assert [[key(m) for m in b["meta"]] for b in remote] == [[key(m) for m in b["meta"]] for b in local]
+        assert sum(len(b["meta"]) for b in local) == 2 * 2 * (23 - 14)
+        for a, b in zip(remote, local):
+            assert torch.equal(a["input"], b["input"]) and torch.equal(a["output"], b["output"])
+    finally:
+        server.shutdown()
