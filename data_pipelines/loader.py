@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipelines.batch_memory import SharedBatchPool, batch_tensor, new_release_flags, release_when_freed
+from data_pipelines.batch_memory import BatchReceiver, SharedBatchPool, batch_tensor, new_release_flags
 from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
 from data_pipelines.shards import (
@@ -275,12 +275,11 @@ class WindowStream(IterableDataset):
         info = get_worker_info()
         if info is not None and self.release_flags is not None and self._pool is None:
             self._pool = SharedBatchPool(self.release_flags, info.id)
+        pooled = None
         if self._pool is not None:
-            tensors, slot = self._pool.take(parts)
-            if slot is not None:
-                batch["__slot__"] = slot  # taken off by StreamLoader, which frees it when the batch dies
+            tensors, pooled = self._pool.take(parts)
         else:
-            tensors, slot = [batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts], None
+            tensors = [batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts]
         normalizer = self.normalizers[dataset]
         for key, tensor in zip(self.keys, tensors):
             out = tensor.numpy()
@@ -291,6 +290,10 @@ class WindowStream(IterableDataset):
                 np.subtract(out, mean, out=out)
                 np.divide(out, std, out=out)
             batch[key] = tensor
+        if pooled is not None:  # the arrays stay in the worker's buffer; StreamLoader rebuilds them over it
+            for key in self.keys:
+                del batch[key]
+            batch["__pooled__"] = pooled
         batch["skipped_samples"] = skipped
         return batch
 
@@ -412,19 +415,22 @@ class StreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         stream = self.dataset
-        flags = None
+        receiver = None
         if self.num_workers > 0 and isinstance(stream, WindowStream):
             # Fresh flags for this iteration's workers (they start inside super().__iter__() and copy the stream).
-            flags = stream.release_flags = new_release_flags(self.num_workers)
+            stream.release_flags = new_release_flags(self.num_workers)
+            receiver = BatchReceiver(stream.release_flags)
         try:
             for batch in super().__iter__():
                 if isinstance(batch, WorkerFailure):
                     raise batch.error
-                if isinstance(batch, dict) and "__slot__" in batch:
-                    release_when_freed(batch[self.dataset.keys[0]], flags, batch.pop("__slot__"))
+                if isinstance(batch, dict) and "__pooled__" in batch:
+                    assert receiver is not None
+                    for key, tensor in zip(stream.keys, receiver.tensors(batch.pop("__pooled__"))):
+                        batch[key] = tensor
                 yield batch
         finally:
-            if flags is not None:
+            if receiver is not None:
                 stream.release_flags = None
 
 
