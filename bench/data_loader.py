@@ -9,7 +9,7 @@ windows copied from memory into a batch buffer by one thread.  Prints a table, t
 ``fraction_of_memcpy`` (ours at 64², 2 workers, vs ``memcpy_bytes_per_s``), ``storage_amplification``
 (shard bytes / raw HDF5 bytes) and ``samples_per_s_by_workers`` (ours, 64²).  Every figure is the best of
 ``--repeats`` runs (the same for every loader), since other processes on a small machine slow single
-runs down unevenly.  About 4 minutes.
+runs down unevenly.  About 2½ minutes on 2 cores.
 
     python bench/data_loader.py [--seconds 2.5] [--repeats 2] [--batch-size 16]
 """
