@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.loader import make_loader
+from data_pipelines.shards import read_manifest
+from data_pipelines.well_io import WellReader, list_split_files
+
 
 def samples_per_second(batches: Iterable[Any], batch_len, seconds: float) -> tuple[float, int]:
     it = iter(batches)
@@ -31,8 +35,6 @@ def samples_per_second(batches: Iterable[Any], batch_len, seconds: float) -> tup
 
 
 def _first_dataset(shards: str | Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    from data_pipelines.shards import read_manifest
-
     manifest = read_manifest(shards)
     name, entry = next(iter(manifest["datasets"].items()))
     return manifest, name, entry
@@ -40,8 +42,6 @@ def _first_dataset(shards: str | Path) -> tuple[dict[str, Any], str, dict[str, A
 
 def ours_samples_per_s(shards: str | Path, *, batch_size: int, workers: int, seconds: float) -> tuple[float, int]:
     """Our loader, resampled training mode, one dataset, no normalisation."""
-    from data_pipelines.loader import make_loader
-
     _, name, _ = _first_dataset(shards)
     loader = make_loader(
         str(shards),
@@ -93,8 +93,6 @@ def window_bytes(shards: str | Path) -> int:
 def memcpy_bytes_per_s(shards: str | Path, *, batch_size: int, seconds: float, seed: int = 0) -> float:
     """The limit: the same windows (random starts in the train trajectories, held in memory) copied into a
     preallocated batch buffer by one thread, ``batch_size`` windows per batch."""
-    from data_pipelines.well_io import WellReader, list_split_files
-
     manifest, _, entry = _first_dataset(shards)
     length = manifest["n_input"] + manifest["n_output"]
     trajectories = []

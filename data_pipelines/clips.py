@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError
 
 
@@ -101,8 +102,6 @@ class WindowCutter:
 
 def window_option(values: list[int] | tuple[int, ...] | None, key: str) -> WindowSpec | None:
     """A config's ``[n_input, n_output]`` or ``[n_input, n_output, stride]`` (``[]``: the shards' default)."""
-    from data_pipelines.config import ConfigError
-
     if not values:
         return None
     if len(values) not in (2, 3):

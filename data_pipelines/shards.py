@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.atomic import atomic_write_text, file_mode, fsync_dir
+from data_pipelines.clips import WindowCutter, WindowSpec, count_windows
 from data_pipelines.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -207,14 +208,12 @@ def read_manifest(shards: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def manifest_window(manifest: dict[str, Any]):
+def manifest_window(manifest: dict[str, Any]) -> WindowSpec:
     """The window a shard set was made with (for clips: the default window)."""
-    from data_pipelines.clips import WindowSpec
-
     return WindowSpec(int(manifest["n_input"]), int(manifest["n_output"]), int(manifest.get("stride", 1)))
 
 
-def check_window(manifest: dict[str, Any], spec, location: str | Path) -> None:
+def check_window(manifest: dict[str, Any], spec: WindowSpec, location: str | Path) -> None:
     """A window other than the stored one can only be cut from clip shards."""
     stored = manifest_window(manifest)
     if manifest["layout"] == WINDOWS and spec != stored:
@@ -225,13 +224,13 @@ def check_window(manifest: dict[str, Any], spec, location: str | Path) -> None:
         )
 
 
-def shard_records(manifest: dict[str, Any], split: str, shards: str | Path, spec=None) -> list[dict[str, Any]]:
+def shard_records(
+    manifest: dict[str, Any], split: str, shards: str | Path, spec: WindowSpec | None = None
+) -> list[dict[str, Any]]:
     """The split's shard records with absolute ``url`` added; error naming the split if it is absent.
 
     For clip shards, a record whose last trajectory goes on in the next shard links that shard's record as
     ``next``; with a window ``spec``, ``n_samples``/``datasets`` count that window's windows."""
-    from data_pipelines.clips import count_windows
-
     if split not in manifest["splits"]:
         raise DataError(f"{shards}: no {split!r} split in manifest (have: {', '.join(manifest['splits'])})")
     records = []
@@ -373,7 +372,7 @@ def window_key(clip_key: str, start: int) -> str:
 
 
 def clip_windows(
-    clip: dict[str, Any], cutter, keys: tuple[str, ...], n_input: int, before: int | None = None
+    clip: dict[str, Any], cutter: WindowCutter, keys: tuple[str, ...], n_input: int, before: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """The windows a decoded clip completes, as decoded window samples (``input``/``output`` views or the
     clip arrays named in ``keys``)."""
@@ -394,7 +393,7 @@ def clip_windows(
 
 def clip_shard_windows(
     rec: dict[str, Any],
-    spec,
+    spec: WindowSpec,
     keys: tuple[str, ...],
     decode: Callable[[dict[str, Any]], dict[str, Any]],
     on_error: Callable[[DataError], None] | None = None,
@@ -402,8 +401,6 @@ def clip_shard_windows(
     """The windows a clip shard owns (those starting in it), reading the head of the following shard(s)
     for windows that run past its end.  ``decode`` turns a raw sample into a checked decoded clip; a
     :class:`DataError` from one clip goes to ``on_error`` (skip it) or, without one, is raised."""
-    from data_pipelines.clips import WindowCutter
-
     arrays = tuple(dict.fromkeys("frames" if k in ("input", "output") else k for k in keys))
     cutter = WindowCutter(spec, arrays)
 
@@ -429,7 +426,7 @@ def clip_shard_windows(
         following = following["next"]
 
 
-def iter_samples(shards: str | Path, split: str, window=None) -> Iterator[dict[str, Any]]:
+def iter_samples(shards: str | Path, split: str, window: WindowSpec | None = None) -> Iterator[dict[str, Any]]:
     """All decoded samples of a split, shard by shard, in manifest order (no shuffling).
 
     Clip shards yield windows (``input``/``output``, ``meta["start"]``) of ``window`` (a
