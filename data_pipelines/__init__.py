@@ -3,8 +3,8 @@
     from data_pipelines import WellReader, shard_datasets, make_loader
     with WellReader("data/train/file.hdf5") as r:
         frames = r.frames(trajectory=0, start=0, stop=5)      # [T, C, *space] float32
-    shard_datasets(["my_dataset"], "shards")                   # windows → webdataset tars + manifest
-    for batch in make_loader("shards", "train", batch_size=8):  # normalised, one dataset per batch
+    shard_datasets(["my_dataset"], "shards")                   # clips → webdataset tars + manifest
+    for batch in make_loader("shards", "train", batch_size=8, window=(4, 1, 1)):  # any window; one dataset per batch
         batch["input"], batch["output"]                        # [B, T_in, C, *space], [B, T_out, C, *space]
 
 Imports nothing from ``tokenizer`` or ``physfm``.
@@ -24,6 +24,7 @@ _EXPORTS = {
     "Normalizer": "loader",
     "WindowStream": "loader",
     "make_loader": "loader",
+    "ClipSpec": "sharding",
     "WindowSpec": "sharding",
     "merge_parts": "sharding",
     "shard_datasets": "sharding",

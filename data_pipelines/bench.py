@@ -1,8 +1,9 @@
 """Loader throughput: our shard loader vs ``the_well.data.WellDataset`` over the same HDF5 files.
 
-Both run through a torch ``DataLoader`` with the same batch size and worker count and the same window
-sizes (``n_input``/``n_output`` from the shard manifest), without normalisation on either side, for a fixed
-time budget after a warm-up batch.  The ratio (ours / the_well samples/s) is measured in one run.
+Both run through a torch ``DataLoader`` with the same batch size and worker count and the same windows
+(``n_input``/``n_output`` from the shard manifest, stride 1), without normalisation on either side, for a
+fixed time budget after a warm-up batch.  The ratio (ours / the_well samples/s) is measured in one run.
+:func:`memcpy_bytes_per_s` gives the limit: the same windows copied from memory into a batch buffer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from data_pipelines.loader import make_loader
+from data_pipelines.shards import read_manifest
+from data_pipelines.well_io import WellReader, list_split_files
 
 
 def samples_per_second(batches: Iterable[Any], batch_len, seconds: float) -> tuple[float, int]:
@@ -28,16 +34,16 @@ def samples_per_second(batches: Iterable[Any], batch_len, seconds: float) -> tup
     return n / elapsed, n
 
 
-def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2, seconds: float = 10.0) -> dict:
-    from the_well.data import WellDataset
-
-    from data_pipelines.loader import make_loader
-    from data_pipelines.shards import read_manifest
-
+def _first_dataset(shards: str | Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
     manifest = read_manifest(shards)
-    dataset_name, entry = next(iter(manifest["datasets"].items()))
-    split_dir = Path(entry["source_dir"]) / "data" / "train"
-    ours = make_loader(
+    name, entry = next(iter(manifest["datasets"].items()))
+    return manifest, name, entry
+
+
+def ours_samples_per_s(shards: str | Path, *, batch_size: int, workers: int, seconds: float) -> tuple[float, int]:
+    """Our loader, resampled training mode, one dataset, no normalisation."""
+    _, name, _ = _first_dataset(shards)
+    loader = make_loader(
         str(shards),
         "train",
         batch_size,
@@ -45,18 +51,27 @@ def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2,
         normalize=False,
         resampled=True,
         batches_per_epoch=1_000_000,
-        dataset_weights={dataset_name: 1.0},
+        dataset_weights={name: 1.0},
         seed=0,
     )
-    ours_rate, ours_n = samples_per_second(ours, lambda b: b["input"].shape[0], seconds)
+    return samples_per_second(loader, lambda b: b["input"].shape[0], seconds)
 
+
+def well_samples_per_s(
+    shards: str | Path, *, batch_size: int, workers: int, seconds: float, cache: bool = True
+) -> tuple[float, int]:
+    """the_well's ``WellDataset`` over the shards' source files (``cache``: its ``cache_small``, on by default)."""
+    from the_well.data import WellDataset
+
+    manifest, _, entry = _first_dataset(shards)
     well = WellDataset(
-        path=str(split_dir),
+        path=str(Path(entry["source_dir"]) / "data" / "train"),
         n_steps_input=manifest["n_input"],
         n_steps_output=manifest["n_output"],
         use_normalization=False,
+        cache_small=cache,
     )
-    well_loader = torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         well,
         batch_size=batch_size,
         num_workers=workers,
@@ -65,9 +80,47 @@ def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2,
             well, replacement=True, num_samples=10**8, generator=torch.Generator().manual_seed(0)
         ),
     )
-    well_rate, well_n = samples_per_second(well_loader, lambda b: b["input_fields"].shape[0], seconds)
+    return samples_per_second(loader, lambda b: b["input_fields"].shape[0], seconds)
+
+
+def window_bytes(shards: str | Path) -> int:
+    """Bytes of one float32 window (input + output) of the shards' first dataset."""
+    manifest, _, entry = _first_dataset(shards)
+    frame = len(entry["channel_names"]) * int(np.prod(entry["spatial_shape"])) * 4
+    return (manifest["n_input"] + manifest["n_output"]) * frame
+
+
+def memcpy_bytes_per_s(shards: str | Path, *, batch_size: int, seconds: float, seed: int = 0) -> float:
+    """The limit: the same windows (random starts in the train trajectories, held in memory) copied into a
+    preallocated batch buffer by one thread, ``batch_size`` windows per batch."""
+    manifest, _, entry = _first_dataset(shards)
+    length = manifest["n_input"] + manifest["n_output"]
+    trajectories = []
+    for path in list_split_files(entry["source_dir"], "train"):
+        with WellReader(path) as reader:
+            trajectories += [reader.frames(t) for t in range(reader.n_trajectories)]
+    batch = np.empty((batch_size, length, *trajectories[0].shape[1:]), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    picks = [(int(rng.integers(len(trajectories))), float(rng.random())) for _ in range(4096)]
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for i in range(batch_size):
+            traj, where = picks[(n + i) % len(picks)]
+            frames = trajectories[traj]
+            s = int(where * (len(frames) - length + 1))
+            batch[i] = frames[s : s + length]
+        n += batch_size
+    return n * batch[0].nbytes / (time.perf_counter() - start)
+
+
+def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2, seconds: float = 10.0) -> dict:
+    """Ours vs the_well (as it runs by default) at one worker count: samples/s and their ratio."""
+    manifest, name, _ = _first_dataset(shards)
+    kw = dict(batch_size=batch_size, workers=workers, seconds=seconds)
+    ours_rate, ours_n = ours_samples_per_s(shards, **kw)
+    well_rate, well_n = well_samples_per_s(shards, **kw)
     return {
-        "dataset": dataset_name,
+        "dataset": name,
         "window": [manifest["n_input"], manifest["n_output"]],
         "batch_size": batch_size,
         "workers": workers,

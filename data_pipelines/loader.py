@@ -1,5 +1,9 @@
 """Streaming training loader over webdataset shards: rank/worker split, shuffling, mixing, resume.
 
+Windows: clip shards (each frame stored once) are cut into windows here, in the workers, for any
+``window`` (n_input, n_output, stride; default: the manifest's window); window shards (version 1, token shards) are read as stored.  Epoch sizes and default mixing
+weights count the windows of the chosen window, from the manifest's per-shard ``segments``.
+
 Two modes:
 
 * **sequential** (``resampled=False``, evaluation): each shard is read once; shards are dealt to ranks
@@ -15,8 +19,10 @@ drawn with ``dataset_weights`` (default: proportional to sample counts).  ``batc
 Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k`` gives
 the same remaining stream as an uninterrupted run that has consumed k batches on this rank (exact in
 resampled mode for any worker count, and in sequential mode with ``num_workers <= 1``); batches are
-skipped before decoding (with ``on_error="skip"`` every sample is decoded as it is read).  Normalisation
-(per-channel z-score from the manifest's stats) runs in the workers.  Corrupt or truncated shards raise
+skipped before collation (decoding is a zero-copy view of the memory-mapped shard).  A batch is
+assembled by one copy per window into a preallocated tensor, in shared memory when made in a worker (so
+handing it to the main process copies nothing more); normalisation (per-channel z-score from the
+manifest's stats) runs in place in the workers.  Corrupt or truncated shards raise
 :class:`DataError` naming the shard and member; with ``on_error="skip"`` they are skipped, logged and
 counted: ``batch["skipped_samples"]`` is this worker's running count (a truncated shard's unread rest
 counts once, each undecodable sample once) and ``batch["skipped_new"]`` the part of it new since the
@@ -25,6 +31,7 @@ worker's previous batch (sums over workers and ranks).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterator
@@ -34,8 +41,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_pipelines.batch_memory import BatchReceiver, SharedBatchPool, batch_tensor, new_release_flags
+from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
-from data_pipelines.shards import decode_sample, iter_raw_samples, read_manifest, shard_records
+from data_pipelines.shards import (
+    CLIPS,
+    check_window,
+    clip_shard_windows,
+    decode_sample,
+    iter_raw_samples,
+    manifest_window,
+    read_manifest,
+    shard_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +120,7 @@ class WindowStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         keys: tuple[str, ...] = ("input", "output"),
+        window: WindowSpec | tuple[int, int, int] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -112,24 +131,40 @@ class WindowStream(IterableDataset):
         self.normalize, self.resampled, self.batches_per_epoch = normalize, resampled, batches_per_epoch
         self.shuffle_buffer, self.skip_batches, self.drop_last = shuffle_buffer, skip_batches, drop_last
         self.on_error, self.keys = on_error, keys
+        self.release_flags: torch.Tensor | None = None  # set by StreamLoader: workers then recycle batch memory
+        self._pool: SharedBatchPool | None = None
         self._rank, self._world = rank, world_size
+        if window is not None and not isinstance(window, WindowSpec):
+            window = WindowSpec(*window)
         self.manifests: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.normalizers: dict[str, Normalizer | None] = {}
         for location in [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards:
             manifest = read_manifest(location)
+            spec = window or manifest_window(manifest)
+            check_window(manifest, spec, location)
             self.manifests.append(manifest)
             for name in manifest["datasets"]:
                 if name in self.normalizers:
                     raise DataError(f"{location}: dataset {name!r} appears in two shard sets")
                 self.normalizers[name] = Normalizer(manifest, name) if normalize else None
-            self.records += shard_records(manifest, split, location)
+            self.records += [
+                {**rec, "layout": manifest["layout"], "window": spec}
+                for rec in shard_records(manifest, split, location, spec)
+            ]
+        self.window = window or manifest_window(self.manifests[0])
         if not self.records:
             raise DataError(f"{shards}: the {split!r} split has no shards")
         self.dataset_sizes: dict[str, int] = {}
         for rec in self.records:
             for name, n in rec["datasets"].items():
                 self.dataset_sizes[name] = self.dataset_sizes.get(name, 0) + n
+        if not any(self.dataset_sizes.values()):
+            w = self.window
+            raise DataError(
+                f"{shards}: the {split!r} split has no {w.n_input}+{w.n_output} windows (stride {w.stride}): "
+                f"its trajectories are shorter than {w.length} frames"
+            )
         weights = dataset_weights or {k: float(v) for k, v in self.dataset_sizes.items()}
         unknown = set(weights) - set(self.dataset_sizes)
         if unknown:
@@ -162,40 +197,49 @@ class WindowStream(IterableDataset):
         # A string seed hashes deterministically (unlike tuples of ints under PYTHONHASHSEED).
         return random.Random(f"{self.seed}/{self.epoch}/" + "/".join(map(str, extra)))
 
-    def _raw_samples(self, url: str, skipped: list[int]) -> Iterator[dict[str, Any]]:
-        """One shard's samples.  With ``on_error="skip"`` each is decoded here, so a damaged sample is left
-        out (logged, counted) before it can spoil a batch; its decoded arrays ride along as ``__decoded__``."""
+    def _raw_samples(self, rec: dict[str, Any], skipped: list[int]) -> Iterator[dict[str, Any]]:
+        """One shard's windows, decoded (arrays are views of the shard: no copy yet).  With
+        ``on_error="skip"`` a damaged sample (or clip) is left out, logged and counted."""
+
+        def skip(err: DataError) -> None:
+            skipped[0] += 1
+            log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
+
+        on_error = skip if self.on_error == "skip" else None
         try:
-            for sample in iter_raw_samples(url):
-                if self.on_error == "skip":
-                    try:
-                        decoded = self._decode_checked(sample)
-                    except DataError as err:
-                        skipped[0] += 1
-                        log.warning("skipping corrupt sample (%d skipped so far): %s", skipped[0], err)
-                        continue
-                    sample = {
-                        "__key__": sample["__key__"],
-                        "__url__": sample.get("__url__", url),
-                        "__decoded__": decoded,
-                    }
-                yield sample
+            if rec["layout"] == CLIPS:
+                decode = functools.partial(self._decode_checked, clip=True)
+                yield from clip_shard_windows(rec, rec["window"], self.keys, decode, on_error)
+                return
+            for sample in iter_raw_samples(rec["url"]):
+                try:
+                    decoded = self._decode_checked(sample)
+                except DataError as err:
+                    if on_error is None:
+                        raise
+                    on_error(err)
+                    continue
+                yield decoded
         except DataError as err:
             if self.on_error == "raise":
                 raise
             skipped[0] += 1
             log.warning("skipping rest of corrupt shard (%d skipped so far): %s", skipped[0], err)
 
-    def _decode_checked(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def _clip_arrays(self) -> tuple[str, ...]:
+        """The clip members windows are cut from: ``frames`` for input/output, else the keys themselves."""
+        return tuple(dict.fromkeys("frames" if k in ("input", "output") else k for k in self.keys))
+
+    def _decode_checked(self, sample: dict[str, Any], clip: bool = False) -> dict[str, Any]:
         """The decoded sample, or DataError naming shard and sample if a member is corrupt or missing."""
-        decoded = decode_sample(sample)
-        for key in ("meta", *self.keys):
+        decoded = decode_sample(sample, copy=False)
+        for key in ("meta", *(self._clip_arrays() if clip else self.keys)):
             if key not in decoded:
                 raise DataError(
                     f"shard {decoded['__url__']}: sample {decoded['__key__']} has no {key} member "
                     "(truncated or incomplete shard)"
                 )
-        self._dataset_of({**sample, "__decoded__": decoded})
+        self._dataset_of(decoded)
         return decoded
 
     def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -212,31 +256,52 @@ class WindowStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _collate(self, dataset: str, raw: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
-        decoded = [s["__decoded__"] if "__decoded__" in s else decode_sample(s) for s in raw]
-        batch: dict[str, Any] = {"dataset": dataset, "meta": [d.get("meta", {}) for d in decoded]}
+    def _collate(self, dataset: str, samples: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
+        batch: dict[str, Any] = {"dataset": dataset, "meta": [d["meta"] for d in samples]}
         for key in self.keys:
-            missing = [d["__key__"] for d in decoded if key not in d]
+            missing = [d["__key__"] for d in samples if key not in d]
             if missing:
-                raise DataError(f"shard {decoded[0]['__url__']}: sample {missing[0]} has no {key}.npy member")
-            arr = np.stack([d[key] for d in decoded])
-            normalizer = self.normalizers[dataset]
-            if normalizer is not None and arr.dtype.kind == "f":
-                arr = normalizer.normalize(arr)
-            batch[key] = torch.from_numpy(np.ascontiguousarray(arr))
+                raise DataError(f"shard {samples[0]['__url__']}: sample {missing[0]} has no {key}.npy member")
+            first = samples[0][key]
+            for d in samples:
+                if d[key].shape != first.shape:
+                    raise DataError(
+                        f"shard {d['__url__']}: sample {d['__key__']} {key} has shape {d[key].shape}, "
+                        f"another {dataset!r} sample {first.shape}"
+                    )
+        # One copy per window straight into the batch; in a worker the batch lives in (recycled) shared
+        # memory already, so torch does not copy it again to hand it to the main process.
+        parts = [((len(samples), *samples[0][key].shape), samples[0][key].dtype) for key in self.keys]
+        info = get_worker_info()
+        if info is not None and self.release_flags is not None and self._pool is None:
+            self._pool = SharedBatchPool(self.release_flags, info.id)
+        pooled = None
+        if self._pool is not None:
+            tensors, pooled = self._pool.take(parts)
+        else:
+            tensors = [batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts]
+        normalizer = self.normalizers[dataset]
+        for key, tensor in zip(self.keys, tensors):
+            out = tensor.numpy()
+            for i, d in enumerate(samples):
+                out[i] = d[key]
+            if normalizer is not None and out.dtype.kind == "f":
+                mean, std = normalizer._cast(out)
+                np.subtract(out, mean, out=out)
+                np.divide(out, std, out=out)
+            batch[key] = tensor
+        if pooled is not None:  # the arrays stay in the worker's buffer; StreamLoader rebuilds them over it
+            for key in self.keys:
+                del batch[key]
+            batch["__pooled__"] = pooled
         batch["skipped_samples"] = skipped
         return batch
 
     @staticmethod
     def _dataset_of(sample: dict[str, Any]) -> str:
-        from data_pipelines.shards import decode_member
-
         url, key = sample.get("__url__", "?"), sample["__key__"]
-        if "__decoded__" in sample:
-            meta = sample["__decoded__"]["meta"]
-        elif "meta.json" in sample:
-            meta = decode_member(url, key, "meta.json", sample["meta.json"])
-        else:  # a tar cut between members yields a sample without its meta.json
+        meta = sample.get("meta")
+        if meta is None:  # a tar cut between members yields a sample without its meta.json
             raise DataError(f"shard {url}: sample {key} has no meta.json member (truncated or incomplete shard)")
         if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str):
             raise DataError(f"shard {url}: member {key}.meta.json names no dataset")
@@ -255,6 +320,10 @@ class WindowStream(IterableDataset):
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, n_workers = self._position()
+        if self.resampled:
+            # The DataLoader asks its workers round-robin from worker 0, so after k consumed batches worker w
+            # must make the batches worker (w + k) % n made in the uninterrupted run: it takes that stream.
+            worker = (worker + self.skip_batches) % n_workers
         skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
         skipped = [0]
         reported = 0  # skips already reported in an earlier batch's skipped_new (or before a resume point)
@@ -278,7 +347,7 @@ class WindowStream(IterableDataset):
         mine = records[rank::world][worker::n_workers]
         rng = self._rng(rank, worker)
         buckets: dict[str, list] = {}
-        samples = (s for rec in mine for s in self._raw_samples(rec["url"], skipped))
+        samples = (s for rec in mine for s in self._raw_samples(rec, skipped))
         for sample in self._shuffled(samples, rng):
             name = self._dataset_of(sample)
             bucket = buckets.setdefault(name, [])
@@ -307,7 +376,7 @@ class WindowStream(IterableDataset):
                 while True:
                     rec = shard_rng.choice(by_dataset[name])
                     got = 0
-                    for s in self._raw_samples(rec["url"], skipped):
+                    for s in self._raw_samples(rec, skipped):
                         if self._dataset_of(s) == name:
                             got += 1
                             yield s
@@ -345,10 +414,30 @@ class StreamLoader(DataLoader):
     """A ``DataLoader`` that re-raises a worker's :class:`WorkerFailure` as the original error."""
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in super().__iter__():
-            if isinstance(batch, WorkerFailure):
-                raise batch.error
-            yield batch
+        stream = self.dataset
+        receiver = None
+        if self.num_workers > 0 and isinstance(stream, WindowStream):
+            # Fresh flags for this iteration's workers (they start inside super().__iter__() and copy the stream).
+            stream.release_flags = new_release_flags(self.num_workers)
+            receiver = BatchReceiver(stream.release_flags)
+        try:
+            for batch in super().__iter__():
+                if isinstance(batch, WorkerFailure):
+                    raise batch.error
+                if isinstance(batch, dict) and "__pooled__" in batch:
+                    assert receiver is not None
+                    for key, tensor in zip(stream.keys, receiver.tensors(batch.pop("__pooled__"))):
+                        batch[key] = tensor
+                yield batch
+        finally:
+            if receiver is not None:
+                stream.release_flags = None
+
+
+def _as_is(batch: Any) -> Any:
+    """The DataLoader's collate for ready-made batches: torch's default would walk every batch's meta dicts
+    (a third of the main process's time at 0 workers) to convert nothing."""
+    return batch
 
 
 def make_loader(
@@ -359,6 +448,7 @@ def make_loader(
     return StreamLoader(
         stream,
         batch_size=None,
+        collate_fn=_as_is,
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,

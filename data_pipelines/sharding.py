@@ -1,7 +1,10 @@
-"""Cut The Well datasets into training windows and write them as webdataset shards + manifest.
+"""Write The Well datasets as webdataset *clip* shards + manifest (each frame stored once).
 
-A window is ``n_input`` context frames followed by ``n_output`` target frames of one trajectory,
-starting every ``stride`` steps.  Work is split into *units* — one (split, source file) each — that run
+A clip is up to ``clip_frames`` consecutive frames of one trajectory (cut at trajectory ends); the loader
+cuts training windows (``n_input`` context + ``n_output`` target frames every ``stride`` steps) from clips
+(:mod:`data_pipelines.clips`), so one shard set serves any window.  The window given here is only the
+manifest's default (and sets its ``n_samples`` counts).  A trajectory is read one clip at a time (a clip
+is at most ``CLIP_MAX_BYTES``), so memory stays bounded whatever the HDF5 file's size.  Work is split into *units* — one (split, source file) each — that run
 in parallel processes and each write their own size-bounded shards; shards are then renamed to
 ``shard-NNNNNN.tar`` in unit order, so the output is byte-identical whatever ``--workers`` is.
 
@@ -25,27 +28,27 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.atomic import is_disk_full, make_staging_dir, publish_dir
+from data_pipelines.clips import WindowSpec, count_windows
 from data_pipelines.errors import DataError
-from data_pipelines.shards import MANIFEST, SPLITS, ShardWriter, write_manifest
+from data_pipelines.shards import CLIPS, MANIFEST, SPLITS, ShardWriter, write_manifest
+
+__all__ = ["ClipSpec", "WindowSpec", "merge_parts", "shard_datasets"]
 
 
 @dataclass(frozen=True)
-class WindowSpec:
-    n_input: int = 4
-    n_output: int = 1
-    stride: int = 1
+class ClipSpec:
+    """How trajectories are cut into clips: up to ``frames`` frames and ``max_bytes`` bytes per clip (big 3D
+    frames get shorter clips, so sharding memory and a reader's view stay bounded)."""
+
+    frames: int = 32
+    max_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
-        for name in ("n_input", "n_output", "stride"):
-            if getattr(self, name) < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.frames < 1:
+            raise DataError(f"--clip-frames must be ≥ 1, got {self.frames}")
 
-    @property
-    def length(self) -> int:
-        return self.n_input + self.n_output
-
-    def starts(self, n_steps: int) -> range:
-        return range(0, n_steps - self.length + 1, self.stride)
+    def frames_per_clip(self, frame_bytes: int) -> int:
+        return max(1, min(self.frames, self.max_bytes // max(1, frame_bytes)))
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Unit:
     split: str
     dataset_dir: str
     file: str
+
+
+DEFAULT_WINDOW, DEFAULT_CLIPS = WindowSpec(), ClipSpec()
 
 
 def describe_dataset(dataset_dir: Path) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -103,44 +109,58 @@ def describe_dataset(dataset_dir: Path) -> tuple[dict[str, Any], dict[str, list[
     return entry, files
 
 
-def check_finite(window: np.ndarray, unit: Unit, trajectory: int, start: int, channels: list[str]) -> None:
-    bad = ~np.isfinite(window)
+def check_finite(frames: np.ndarray, unit: Unit, trajectory: int, start: int, channels: list[str]) -> None:
+    bad = ~np.isfinite(frames)
     if bad.any():
         t, c = np.argwhere(bad)[0][:2]
         raise DataError(
             f"{unit.file}: trajectory {trajectory}, field {channels[c]}, time index {start + t}: "
-            f"non-finite value ({window[t, c][bad[t, c]].flat[0]})"
+            f"non-finite value ({frames[t, c][bad[t, c]].flat[0]})"
         )
 
 
-def shard_unit(unit: Unit, spec: WindowSpec, staging: str, max_shard_bytes: int) -> list[dict[str, Any]]:
-    """Write all windows of one source file into ``staging/<split>/`` shards named ``uNNNNNN-*``."""
+def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) -> list[dict[str, Any]]:
+    """Write all clips of one source file into ``staging/<split>/`` shards named ``uNNNNNN-*``.
+
+    Each record lists its shard's ``segments`` ``[dataset, start, n_frames, n_steps]`` (a run of clips of
+    one trajectory), from which window counts follow for any window."""
     from data_pipelines.well_io import WellReader
 
     writer = ShardWriter(Path(staging) / unit.split, max_shard_bytes, prefix=f"u{unit.index:06d}-")
     stem = Path(unit.file).stem.replace(".", "_")
+    segments: list[list[list[Any]]] = []  # per shard
     with writer, WellReader(unit.file) as reader:
         channels = reader.channel_names
         params = {k: float(v) for k, v in reader.simulation_parameters.items()}
+        n_steps = reader.n_steps
+        per_clip = clips.frames_per_clip(4 * reader.n_channels * int(np.prod(reader.spatial_shape)))
         for traj in range(reader.n_trajectories):
-            # One read per trajectory (not per window): windows overlap when stride < length.
-            frames = reader.frames(traj, 0, reader.n_steps)
-            for start in spec.starts(reader.n_steps):
-                window = frames[start : start + spec.length]
-                check_finite(window, unit, traj, start, channels)
+            for start in range(0, n_steps, per_clip):
+                stop = min(start + per_clip, n_steps)
+                frames = reader.frames(traj, start, stop)  # one clip at a time: bounded memory
+                check_finite(frames, unit, traj, start, channels)
                 meta = {
                     "dataset": reader.dataset_name,
                     "source_file": os.path.basename(unit.file),
                     "trajectory": traj,
                     "start": start,
+                    "n_frames": stop - start,
+                    "n_steps": n_steps,
                     "params": params,
                 }
+                shard = len(writer.records)
+                if shard == len(segments):
+                    segments.append([])
+                if start > 0 and segments[shard]:  # the clip continues the shard's current segment
+                    segments[shard][-1][2] += stop - start
+                else:
+                    segments[shard].append([reader.dataset_name, start, stop - start, n_steps])
                 writer.write(
-                    f"{stem}_t{traj:05d}_s{start:06d}",
-                    {"input.npy": window[: spec.n_input], "output.npy": window[spec.n_input :], "meta.json": meta},
+                    f"{stem}_t{traj:05d}_c{start:06d}",
+                    {"frames.npy": frames, "meta.json": meta},
                     dataset=reader.dataset_name,
                 )
-    return [{**rec, "unit": unit.index} for rec in writer.records]
+    return [{**rec, "unit": unit.index, "segments": segs} for rec, segs in zip(writer.records, segments)]
 
 
 def plan_units(files_per_dataset: list[tuple[str, dict[str, list[str]]]]) -> list[Unit]:
@@ -154,7 +174,7 @@ def plan_units(files_per_dataset: list[tuple[str, dict[str, list[str]]]]) -> lis
 
 def run_units(
     units: list[Unit],
-    spec: WindowSpec,
+    spec: ClipSpec,
     staging: Path,
     max_shard_bytes: int,
     workers: int,
@@ -177,7 +197,10 @@ def run_units(
 
 
 def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
-    """Rename staged shards to ``shard-NNNNNN.tar`` in unit order and write the manifest (last)."""
+    """Rename staged shards to ``shard-NNNNNN.tar`` in unit order and write the manifest (last).
+
+    ``n_samples``/``datasets`` count windows of the manifest's default window (clip counts: ``n_clips``)."""
+    default = WindowSpec(header["n_input"], header["n_output"], header["stride"])
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         recs = sorted((r for r in records if r["split"] == split), key=lambda r: (r["unit"], r["staged"]))
@@ -187,7 +210,16 @@ def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any
         for i, rec in enumerate(recs):
             name = f"{split}/shard-{i:06d}.tar"
             os.replace(staging / rec["staged"], staging / name)
-            shards.append({"path": name, "n_samples": rec["n_samples"], "datasets": rec["datasets"]})
+            counts = count_windows(rec["segments"], default)
+            shards.append(
+                {
+                    "path": name,
+                    "n_samples": sum(counts.values()),
+                    "datasets": counts,
+                    "n_clips": rec["n_samples"],
+                    "segments": rec["segments"],
+                }
+            )
         splits[split] = {"shards": shards, "n_samples": sum(s["n_samples"] for s in shards)}
     manifest = {**header, "splits": splits}
     write_manifest(staging, manifest)
@@ -197,8 +229,9 @@ def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any
 def shard_datasets(
     dataset_dirs: list[str | Path],
     out: str | Path,
-    spec: WindowSpec = WindowSpec(),
+    spec: WindowSpec = DEFAULT_WINDOW,
     *,
+    clips: ClipSpec = DEFAULT_CLIPS,
     max_shard_mb: float = 256,
     workers: int = 1,
     num_parts: int = 1,
@@ -206,7 +239,10 @@ def shard_datasets(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Shard one or more The Well datasets into ``out``; returns the manifest (or the part's record)."""
+    """Shard one or more The Well datasets into ``out`` as clips; returns the manifest (or the part's record).
+
+    ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may cut
+    any other window."""
     out = Path(out)
     if not 0 <= part < num_parts:
         raise DataError(f"--part {part} must be in [0, --num-parts {num_parts})")
@@ -223,12 +259,19 @@ def shard_datasets(
         datasets[name] = entry
         files_per_dataset.append((str(d), files))
     units = [u for u in plan_units(files_per_dataset) if u.index % num_parts == part]
-    header = {"n_input": spec.n_input, "n_output": spec.n_output, "stride": spec.stride, "datasets": datasets}
+    header = {
+        "layout": CLIPS,
+        "clip_frames": clips.frames,
+        "n_input": spec.n_input,
+        "n_output": spec.n_output,
+        "stride": spec.stride,
+        "datasets": datasets,
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(out)
     try:
-        records = run_units(units, spec, staging, int(max_shard_mb * (1 << 20)), workers, progress)
+        records = run_units(units, clips, staging, int(max_shard_mb * (1 << 20)), workers, progress)
         for rec in records:
             rec["staged"] = f"{rec['split']}/{rec.pop('path')}"
         if num_parts > 1:

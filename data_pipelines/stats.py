@@ -28,7 +28,7 @@ from data_pipelines.well_io import FieldSpec, WellReader, list_split_files
 
 STATS_KEYS = ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")
 STATS_FILE = "stats.yaml"
-MAX_CHUNK_VALUES = 1 << 22  # float64 values per chunk (32 MiB); bounds memory of the pass
+MAX_CHUNK_VALUES = 1 << 19  # float64 values per chunk (4 MiB; ~4x that at peak): bounds memory of the pass
 
 
 @dataclass

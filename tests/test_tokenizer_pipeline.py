@@ -164,3 +164,20 @@ def test_cli_train_and_encode(tmp_path, trained):
     )
     assert rc == 0 and list(read_manifest(tmp_path / "tokens")["splits"]) == ["valid"]
     assert physfm(["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "model.levelz=[2]"]) == 2
+
+
+def test_one_clip_shard_set_serves_a_short_tokenizer_window_and_long_token_windows(tmp_path):
+    from data_pipelines.sharding import WindowSpec, shard_datasets
+    from tests.datagen import make_toy_dataset
+
+    toy = make_toy_dataset(tmp_path / "toy", n_files=1, n_traj=2, n_steps=12)
+    shards = tmp_path / "shards"
+    shard_datasets([toy], shards, WindowSpec(4, 1, 1))
+    overrides = [f"data.shards={shards}", f"out={tmp_path / 'run'}", *TINY, "data.window=[2,1]"]
+    ckpt = train_tokenizer(load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml", overrides))
+    tokens = encode_shards(ckpt, shards, tmp_path / "tokens", splits=["valid"], window=WindowSpec(8, 1, 1))
+    manifest = read_manifest(tokens)
+    assert (manifest["n_input"], manifest["n_output"]) == (8, 1)
+    samples = list(iter_samples(tokens, "valid"))
+    assert len(samples) == manifest["splits"]["valid"]["n_samples"] == 2 * 4  # 12 steps: starts 0..3
+    assert {s["tokens"].shape[0] for s in samples} == {9}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError
 from tokenizer.model import Tokenizer
 
@@ -87,13 +88,18 @@ def encode_shards(
     splits: list[str] | None = None,
     max_shard_bytes: int = 256 << 20,
     closed_loop: bool = False,
+    window: WindowSpec | None = None,
 ) -> Path:
     """Field shards → token shards (streaming, batched). Returns ``out_dir``.
+
+    ``window``: the windows to encode, cut from clip field shards (default: the field shards' window).
+    Token shards hold whole windows: a causal tokenizer codes a frame given the frames before it in its
+    window, so tokens cut from longer token clips would differ from the tokens of that window.
 
     ``closed_loop`` (conditional tokenizers): code frame t given the decoded frame t - 1 rather than the true
     one (see :meth:`Tokenizer.encode`); recorded as ``manifest["tokenizer"]["closed_loop"]``.
     """
-    from data_pipelines.shards import ShardWriter, iter_samples, read_manifest, write_manifest
+    from data_pipelines.shards import ShardWriter, iter_samples, manifest_window, read_manifest, write_manifest
     from tokenizer.checkpoint import fingerprint, load_tokenizer
 
     tok = load_tokenizer(ckpt)
@@ -104,11 +110,12 @@ def encode_shards(
         raise DataError(f"{shards_dir}: already a token shard set; encode the field shards instead")
     _check_datasets(tok, manifest, shards_dir)
     out_dir = Path(out_dir)
-    n_frames = manifest["n_input"] + manifest["n_output"]
+    spec = window or manifest_window(manifest)
+    n_frames = spec.length
     split_records: dict[str, Any] = {}
     for split in _split_names(manifest, splits):
         with ShardWriter(out_dir / split, max_shard_bytes=max_shard_bytes) as writer:
-            for name, batch in _batches(iter_samples(shards_dir, split), batch_size):
+            for name, batch in _batches(iter_samples(shards_dir, split, spec), batch_size):
                 window = np.stack([np.concatenate([s["input"], s["output"]], axis=0) for s in batch])
                 if window.shape[1] != n_frames:
                     raise DataError(
@@ -133,9 +140,9 @@ def encode_shards(
         out_dir,
         {
             "kind": "tokens",
-            "n_input": manifest["n_input"],
-            "n_output": manifest["n_output"],
-            "stride": manifest.get("stride", 1),
+            "n_input": spec.n_input,
+            "n_output": spec.n_output,
+            "stride": spec.stride,
             "datasets": datasets,
             "splits": split_records,
             "source_shards": str(shards_dir),

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 
+from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError, check_optimizer
 from tokenizer.model import Tokenizer, TokenizerConfig
 
@@ -46,6 +47,8 @@ class DataConfig:
     # Train on a random run of this many consecutive frames of each window (0 = the whole window):
     # neighbouring frames are nearly redundant, so short crops of more windows learn faster per CPU-second.
     train_frames: int = 0
+    # Windows cut from clip shards: [n_input, n_output] or [n_input, n_output, stride]; [] = the shards' default.
+    window: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class TokenizerTrainConfig:
     def validate(self) -> None:
         if self.data.batch_size < 1:
             raise ConfigError(f"data.batch_size: must be >= 1, got {self.data.batch_size}")
+        window_option(self.data.window, "data.window")
         if self.data.train_frames < 0:
             raise ConfigError(f"data.train_frames: must be >= 0, got {self.data.train_frames}")
         if self.model.conditional and self.data.train_frames == 1:
@@ -325,7 +329,11 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
     common = dict(
-        num_workers=cfg.data.num_workers, seed=cfg.seed, resampled=True, dataset_weights=cfg.data.dataset_weights
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        resampled=True,
+        dataset_weights=cfg.data.dataset_weights,
+        window=window_option(cfg.data.window, "data.window"),
     )
     train_loader = make_loader(
         cfg.data.shards, "train", cfg.data.batch_size, batches_per_epoch=cfg.trainer.max_steps, **common

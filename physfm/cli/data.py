@@ -24,12 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_split_argument(p, "train", single=True)
     p.set_defaults(func=run_stats)
 
-    p = verbs.add_parser("shard", help="cut datasets into windows and write webdataset shards + manifest")
+    p = verbs.add_parser("shard", help="cut datasets into clips and write webdataset shards + manifest")
     p.add_argument("datasets", nargs="+", metavar="DIR", help="one or more The Well dataset folders")
     p.add_argument("--out", required=True, metavar="SHARDS")
-    p.add_argument("--n-input", type=int, default=4, help="context frames per window (default 4)")
-    p.add_argument("--n-output", type=int, default=1, help="target frames per window (default 1)")
-    p.add_argument("--stride", type=int, default=1, help="steps between window starts (default 1)")
+    p.add_argument("--n-input", type=int, default=4, help="default window: context frames (default 4)")
+    p.add_argument("--n-output", type=int, default=1, help="default window: target frames (default 1)")
+    p.add_argument("--stride", type=int, default=1, help="default window: steps between starts (default 1)")
+    p.add_argument("--clip-frames", type=int, default=32, help="frames per stored clip (default 32; ≤ 64 MiB)")
     p.add_argument("--max-shard-mb", type=float, default=256)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--num-parts", type=int, default=1, help="split the work into N parts (Slurm array)")
@@ -72,7 +73,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_shard(args: argparse.Namespace) -> int:
-    from data_pipelines.sharding import WindowSpec, shard_datasets
+    from data_pipelines.sharding import ClipSpec, WindowSpec, shard_datasets
     from physfm.cli.progress import Progress
 
     spec = WindowSpec(args.n_input, args.n_output, args.stride)
@@ -81,6 +82,7 @@ def run_shard(args: argparse.Namespace) -> int:
             args.datasets,
             args.out,
             spec,
+            clips=ClipSpec(args.clip_frames),
             max_shard_mb=args.max_shard_mb,
             workers=args.workers,
             num_parts=args.num_parts,
@@ -91,7 +93,7 @@ def run_shard(args: argparse.Namespace) -> int:
     if args.num_parts > 1:
         n = sum(r["n_samples"] for r in result["records"])
         print(
-            f"part {args.part}/{args.num_parts}: {n} windows in {len(result['records'])} shards; "
+            f"part {args.part}/{args.num_parts}: {n} clips in {len(result['records'])} shards; "
             f"run `physfm data merge {args.out}` after all parts"
         )
         return 0
@@ -108,7 +110,9 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def print_manifest_summary(out: str, manifest: dict) -> None:
     for split, info in manifest["splits"].items():
-        print(f"{out}/{split}: {info['n_samples']} windows in {len(info['shards'])} shards")
+        clips = sum(s.get("n_clips", 0) for s in info["shards"])
+        stored = f" ({clips} clips)" if clips else ""
+        print(f"{out}/{split}: {info['n_samples']} windows{stored} in {len(info['shards'])} shards")
     for name, entry in manifest["datasets"].items():
         print(f"  {name}: channels {', '.join(entry['channel_names'])}; shape {entry['spatial_shape']}")
 

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SHARDS")
     p.add_argument("--out", required=True, metavar="TOKENS")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-input", type=int, default=None, help="window context frames (default: the shards')")
+    p.add_argument("--n-output", type=int, default=None, help="window target frames (default: the shards')")
+    p.add_argument("--stride", type=int, default=None, help="steps between window starts (default: the shards')")
     add_split_argument(p, None)
     p.set_defaults(func=run_encode)
 
@@ -71,9 +74,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    from data_pipelines.clips import WindowSpec
+    from data_pipelines.shards import manifest_window, read_manifest
     from tokenizer.encode import encode_shards
 
-    path = encode_shards(args.ckpt, args.data, args.out, batch_size=args.batch_size, splits=args.split)
+    window = None
+    if (args.n_input, args.n_output, args.stride) != (None, None, None):
+        default = manifest_window(read_manifest(args.data))
+        window = WindowSpec(
+            args.n_input or default.n_input, args.n_output or default.n_output, args.stride or default.stride
+        )
+    path = encode_shards(args.ckpt, args.data, args.out, batch_size=args.batch_size, splits=args.split, window=window)
     print(f"token shards: {path}")
     return 0
 

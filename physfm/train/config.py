@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError, check_optimizer, load_config
 from physfm.models.diffusion import DiffusionConfig
 from physfm.models.trunk import ModelConfig
@@ -24,6 +25,9 @@ class TokenDataConfig:
     dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
     val_batches: int = 4  # per validation run (0: no validation)
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count
+    # Windows cut from clip field shards: [n_input, n_output] or [n_input, n_output, stride]; [] = the shards'
+    # default (token shards hold fixed windows: choose them when encoding, physfm tokenizer encode --n-input …).
+    window: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.tokens and not self.shards:
@@ -33,6 +37,7 @@ class TokenDataConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size: must be >= 1, got {self.batch_size}")
+        window_option(self.window, "data.window")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError
 from data_pipelines.loader import make_loader
 from data_pipelines.shards import read_manifest
@@ -86,6 +87,7 @@ class TokenDataModule:
             dataset_weights=d.dataset_weights,
             keys=self.keys,
             normalize=False,
+            window=window_option(d.window, "data.window"),
             **options,
         )
 
@@ -144,11 +146,12 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
                     f"tokenizer expects {known['channel_names']}"
                 )
             names.append(name)
+        window = window_option(cfg.data.window, "data.window")
         layouts.add(
             token_layout(
                 {
-                    "n_input": manifest["n_input"],
-                    "n_output": manifest["n_output"],
+                    "n_input": window.n_input if window else manifest["n_input"],
+                    "n_output": window.n_output if window else manifest["n_output"],
                     "tokenizer": {"temporal_compression": c},
                 }
             )
