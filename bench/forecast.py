@@ -25,9 +25,9 @@ time; the pairs' rollouts are paid from the same budget), saved as
 `evaluate`'s ``default_method``: refined when the refiner lowered the one-step VRMSE on held-out (valid)
 windows when it was fit, as `physfm refine` decides, else raw.
 
-The FNO is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden channels, 4 Fourier
-layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields, MSE, AdamW; one
-model per system as in The Well). The Well's benchmark used lr 1e-4 over 12 GPU hours; on a few CPU minutes
+The FNO (bench/fno_baseline.py) is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden
+channels, 4 Fourier layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields,
+MSE, AdamW; one model per system as in The Well). The Well's benchmark used lr 1e-4 over 12 GPU hours; on a few CPU minutes
 we use 1e-3 with a cosine schedule over the time budget. Each group's FNOs together get the wall-clock our
 group took to train (tokenizer + encode + AR + refiner, measured), split evenly over its systems.
 
@@ -67,7 +67,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 import platform
 import sys
@@ -84,8 +83,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch
 
+from bench.fno_baseline import fno_forecaster, train_fno
 from data_pipelines.config import load_config
-from data_pipelines.loader import Normalizer, make_loader
 from data_pipelines.sharding import WindowSpec, shard_datasets
 from data_pipelines.shards import read_manifest
 from data_pipelines.simulators import simulate_dataset
@@ -103,7 +102,6 @@ from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 N_INPUT, HORIZON, HORIZONS = 4, 8, (1, 4, 8)
-FNO_SETTINGS = dict(modes=16, hidden_channels=128, lr=1e-3, weight_decay=1e-5, batch_size=8)  # The Well's FNO
 OURS_FRACTION = 0.30  # of --minutes, for our three groups together
 STAGE_SPLIT = {"tokenizer": 0.35, "ar": 0.45, "refiner": 0.20}
 REFINE_ROLLOUT_STEPS = 4
@@ -420,61 +418,6 @@ def train_pipeline(
 
 
 # ---------------------------------------------------------------------------------------------- FNO
-def train_fno(shards: Path, name: str, n_channels: int, seconds: float, seed: int):
-    """The Well's FNO on one dataset for ``seconds`` of wall-clock → (model, normalizer, steps, n_params)."""
-    from neuralop.models import FNO  # optional dependency: only this bench needs it
-
-    torch.manual_seed(seed)
-    manifest = read_manifest(shards)
-    n_dims = len(manifest["datasets"][name]["spatial_shape"])
-    s = FNO_SETTINGS
-    model = FNO(
-        n_modes=(s["modes"],) * n_dims,
-        in_channels=N_INPUT * n_channels,
-        out_channels=n_channels,
-        hidden_channels=s["hidden_channels"],
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    loader = make_loader(
-        str(shards),
-        "train",
-        s["batch_size"],
-        resampled=True,
-        batches_per_epoch=10**7,
-        dataset_weights={name: 1.0},
-        normalize=True,
-        seed=seed,
-    )
-    start, steps = time.perf_counter(), 0
-    model.train()
-    for batch in loader:
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            break
-        for group in opt.param_groups:  # cosine over the time budget, 5 % warm-up
-            progress = elapsed / seconds
-            group["lr"] = s["lr"] * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress)))
-        x = batch["input"].flatten(1, 2)  # [B, T_in * C, *space]: frames stacked on channels, as The Well
-        loss = torch.nn.functional.mse_loss(model(x), batch["output"][:, 0])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        steps += 1
-    return model.eval(), Normalizer(manifest, name), steps, sum(p.numel() for p in model.parameters())
-
-
-def fno_forecaster(models: dict) -> Callable:
-    @torch.no_grad()
-    def forecast(ctx: torch.Tensor, horizon: int, name: str) -> torch.Tensor:
-        model, norm = models[name][:2]
-        z = norm.normalize(ctx.float())
-        for _ in range(horizon):
-            z = torch.cat([z, model(z[:, -N_INPUT:].flatten(1, 2))[:, None]], 1)
-        return norm.denormalize(z[:, ctx.shape[1] :])
-
-    return forecast
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 def rollout_rate(forecast: Callable[[torch.Tensor, int], Any], ctx: torch.Tensor, n_frames: int) -> float:
     """Frames/s of ``forecast(ctx, n)`` at batch 1, after a one-frame warm-up."""
@@ -556,11 +499,11 @@ def run_group(group: Group, budget: dict[str, float], work: Path, args, with_abl
     start, fnos = time.perf_counter(), {}
     for name in pm.dataset_names:
         share = fno_total / len(pm.dataset_names)
-        fnos[name] = train_fno(shards, name, len(pm.channel_names(name)), share, args.seed)
+        fnos[name] = train_fno(shards, name, len(pm.channel_names(name)), share, args.seed, N_INPUT)
         log(f"  FNO {labels[name]}: {fnos[name][2]} steps in {share:.0f} s ({fnos[name][3] / 1e6:.1f}M parameters)")
     res.seconds["fno"] = time.perf_counter() - start
     res.steps["fno"] = {labels[n]: f[2] for n, f in fnos.items()}
-    fno = fno_forecaster(fnos)
+    fno = fno_forecaster(fnos, N_INPUT)
 
     start = time.perf_counter()
     default = "ar_refined" if pm.refines_by_default else pm.method  # evaluate's default_method
