@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipelines.errors import InputError
 from physfm.cli import main as physfm
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -179,7 +180,7 @@ def test_bfloat16_rollout_is_close_to_float32(conditional):
     assert (a - b).abs().mean() < 0.1 * a.abs().mean() + 1e-6
     with add_to(bf16.model, "blocks.0.resid", lambda h, pos: torch.ones(h.shape[-1])):  # a float32 direction
         assert torch.isfinite(bf16.rollout(batch.context, 2, "waves")).all()
-    with pytest.raises(Exception, match="float16"):
+    with pytest.raises(InputError, match="dtype 'float16': expected one of float32, bfloat16"):
         PhysicsModel.from_pretrained(conditional["export"], dtype="float16")
 
 
