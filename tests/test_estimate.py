@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipelines.errors import InputError
 from physfm.cli import estimate as estimate_cmd
 from physfm.cli.estimate import load_model_config
 from physfm.models.ar import PhysicsTransformer
 from physfm.models.trunk import ModelConfig
-from physfm.train.estimate import activation_bytes, count_params, estimate
+from physfm.train.estimate import (
+    MAX_LIVE_PARAMETERS,
+    SUB_GROUP_SIZE,
+    activation_bytes,
+    bucket_bytes,
+    count_params,
+    estimate,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 LAYOUTS = [(1, 8), (4, 8), (2, 4)]  # (nodes, GPUs per node)
@@ -130,3 +138,56 @@ def test_bad_config_values_name_the_key(tmp_path):
         load_model_config(bad)
     with pytest.raises(ConfigError, match="n_layers"):
         load_model_config(CONFIGS / "tiny.yaml", ["n_layers=3"])
+
+
+def test_cpu_estimate_counts_fp32_states_host_included():
+    """--device cpu: fp32 params and grads, offloaded states in each rank's own figure, DeepSpeed's fp32
+    allocations (ZeRO-3 updates the fp32 partition in place; ZeRO-2 offload keeps a copy-back buffer)."""
+    cfg = load_model_config(CONFIGS / "1b.yaml")
+    counts = count_params(cfg)
+    P, L, N = counts.total, counts.largest_layer, 2
+    rows = {(r.stage, r.offload): r for r in estimate(cfg, 1, N, device="cpu").rows}
+    zero3 = rows[(3, "none")]
+    assert zero3.model_states == pytest.approx(16 * P / N + 8 * L, rel=1e-6)  # 4 + 4 + 8 bytes/param, sharded
+    assert zero3.step_scratch == pytest.approx(8 * min(SUB_GROUP_SIZE, P / N), rel=1e-6)
+    offload = rows[(2, "optimizer")]
+    assert offload.model_states == pytest.approx(4 * P + 20 * P / N, rel=1e-6)  # whole params + host states
+    assert offload.step_scratch == 0 and offload.cpu_per_node == 0  # DeepSpeedCPUAdam; host is the rank's own
+    # Sharding halves the per-rank model states of ZeRO-3 (less the gathered layer, which every rank holds).
+    one_rank = next(r for r in estimate(cfg, 1, 1, device="cpu").rows if (r.stage, r.offload) == (3, "none"))
+    assert zero3.model_states - 8 * L == pytest.approx((one_rank.model_states - 8 * L) / 2, rel=1e-6)
+    # fp32 activations are twice bf16's (the logits, fp32 on both, aside).
+    fp32, bf16 = (activation_bytes(cfg, 4097, 1, 0, checkpointing=True, element_bytes=e) for e in (4, 2))
+    assert fp32 == 2 * bf16
+    with pytest.raises(InputError, match="device"):
+        estimate(cfg, 1, N, device="tpu")
+
+
+def test_buckets_and_sub_group_come_from_the_stock_deepspeed_jsons():
+    deepspeed_dir = CONFIGS.parent / "deepspeed"
+    for name in ("zero3.json", "zero3_offload.json"):
+        zero = json.loads((deepspeed_dir / name).read_text())["zero_optimization"]
+        assert zero["sub_group_size"] == SUB_GROUP_SIZE, name
+    zero2 = json.loads((deepspeed_dir / "zero2.json").read_text())["zero_optimization"]
+    assert zero2["overlap_comm"]  # two alternating gradient buckets
+    assert bucket_bytes(2, "none", 2) == 2 * (2 * zero2["reduce_bucket_size"] + zero2["allgather_bucket_size"])
+    zero3 = json.loads((deepspeed_dir / "zero3.json").read_text())["zero_optimization"]
+    assert bucket_bytes(3, "none", 4) == 4 * (zero3["reduce_bucket_size"] + zero3["stage3_prefetch_bucket_size"])
+    row = estimate(load_model_config(CONFIGS / "tiny.yaml"), 1, 2).rows[2]
+    assert row.total == row.model_states + row.buffers + row.activations
+
+
+def test_cli_cpu_table(capsys):
+    argv = ["estimate", "--config", str(CONFIGS / "1b.yaml"), "--device", "cpu", "--gpus-per-node", "2"]
+    assert run_cli([*argv, "max_frames=2", "grid_shape=[8,8]"]) == 0
+    table = capsys.readouterr().out
+    assert "per rank" in table and "scratch" in table and "CPU/node" not in table
+    assert run_cli([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and all(row["cpu_per_node"] == 0 for row in out["rows"])
+
+
+def test_stage3_live_parameters_match_the_stock_json():
+    zero = json.loads((CONFIGS.parent / "deepspeed" / "zero3.json").read_text())["zero_optimization"]
+    assert zero["stage3_max_live_parameters"] == MAX_LIVE_PARAMETERS
+    assert zero["stage3_max_reuse_distance"] <= MAX_LIVE_PARAMETERS  # else whole models stay gathered

@@ -42,6 +42,20 @@ def register(subparsers) -> None:
         "--peak-tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s per GPU (H100 SXM: 989)"
     )
     parser.add_argument("--gpu-mem-gib", type=float, default=80.0, help="GPU memory for the 'fits' column")
+    parser.add_argument(
+        "--device",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="gpu: bf16 mixed precision, per GPU; cpu: training on CPUs, per rank (process), host memory "
+        "included (--gpus-per-node = ranks per node; --gpu-mem-gib = memory per rank)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="with --device cpu: params and grads in fp32 (precision 32-true, the CPU default) or bf16 "
+        "(precision bf16-mixed)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides")
     parser.set_defaults(func=run)
@@ -76,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         predicted_frames=args.predicted_frames,
         mfu=args.mfu,
         peak_tflops=args.peak_tflops,
+        device=args.device,
+        dtype=args.dtype,
     )
     if args.json:
         print(json.dumps(dict(est.to_dict(), config=str(args.config))))
