@@ -10,6 +10,7 @@ in ~/.cache/torch_extensions.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from physfm.train.strategies import (
     apply_activation_checkpointing,
     build_deepspeed_config,
     build_trainer_kwargs,
+    return_freed_memory_to_os,
     uses_cpu_adam,
 )
 from tests.harness import run_distributed
@@ -206,6 +208,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
             )
             assert result.ok, result.describe()
             assert "terminate called" not in result.stderr, result.describe()
+            (out / "worker_output.txt").write_text(result.stdout + result.stderr)
             done[name] = out
         return done[name]
 
@@ -257,6 +260,28 @@ def test_zero_losses_equal_ddp(run: Callable[[str], Path], name: str) -> None:
     assert ckpt is not None and ckpt.name == f"step={STEPS}.ckpt" and ckpt.is_dir()
     shards = sorted(p.name for p in (ckpt / "checkpoint").glob("*optim_states.pt"))
     assert len(shards) == 2  # one optimizer shard per rank: the state really was partitioned
+
+
+def test_freed_memory_goes_back_to_the_os() -> None:
+    """What a rank frees after DeepSpeed partitions its model leaves the process's resident memory."""
+
+    def rss() -> int:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+
+    kept = [torch.ones(16_000) for _ in range(4000)]  # 64 KB each: heap memory, not separate mappings
+    held = rss()
+    del kept
+    assert return_freed_memory_to_os()
+    assert rss() < held - 100 * 2**20  # ~250 MB freed; at least 100 MB of it back to the OS
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_checkpoints_report_their_write_and_read_seconds(run: Callable[[str], Path]) -> None:
+    written = (run("zero3") / "worker_output.txt").read_text()
+    assert re.search(r"physfm: checkpoint \S+step=\d+\.ckpt written in [\d.]+ s \([\d.]+ GiB, 2 ranks\)", written)
+    read = (run("zero3:resumed") / "worker_output.txt").read_text()
+    assert re.search(rf"physfm: checkpoint \S+step={CKPT_EVERY}\.ckpt loaded in [\d.]+ s", read), read[-2000:]
 
 
 @pytest.mark.slow
