@@ -141,17 +141,20 @@ def test_bad_config_values_name_the_key(tmp_path):
 
 
 def test_cpu_estimate_counts_fp32_states_host_included():
-    """--device cpu: fp32 params and grads, offloaded states in each rank's own figure, DeepSpeed's fp32
-    allocations (ZeRO-3 updates the fp32 partition in place; ZeRO-2 offload keeps a copy-back buffer)."""
+    """--device cpu: fp32 params and grads, offloaded states in each rank's own figure, DeepSpeed's allocations
+    (an fp32 master copy even of fp32 params; ZeRO-2 offload keeps a copy-back buffer)."""
     cfg = load_model_config(CONFIGS / "1b.yaml")
     counts = count_params(cfg)
     P, L, N = counts.total, counts.largest_layer, 2
     rows = {(r.stage, r.offload): r for r in estimate(cfg, 1, N, device="cpu").rows}
     zero3 = rows[(3, "none")]
-    assert zero3.model_states == pytest.approx(16 * P / N + 8 * L, rel=1e-6)  # 4 + 4 + 8 bytes/param, sharded
+    # params 4 + grads 4 + fp32 master 4 + Adam 8 bytes/param, sharded; the gathered layer and its gradient whole
+    assert zero3.model_states == pytest.approx(20 * P / N + 8 * L, rel=1e-6)
     assert zero3.step_scratch == pytest.approx(8 * min(SUB_GROUP_SIZE, P / N), rel=1e-6)
     offload = rows[(2, "optimizer")]
     assert offload.model_states == pytest.approx(4 * P + 20 * P / N, rel=1e-6)  # whole params + host states
+    bf16 = next(r for r in estimate(cfg, 1, N, device="cpu", dtype="bf16").rows if (r.stage, r.offload) == (3, "none"))
+    assert bf16.model_states == pytest.approx(16 * P / N + 4 * L, rel=1e-6)  # params, grads 2 + master 4 + Adam 8
     assert offload.step_scratch == 0 and offload.cpu_per_node == 0  # DeepSpeedCPUAdam; host is the rank's own
     # Sharding halves the per-rank model states of ZeRO-3 (less the gathered layer, which every rank holds).
     one_rank = next(r for r in estimate(cfg, 1, 1, device="cpu").rows if (r.stage, r.offload) == (3, "none"))
