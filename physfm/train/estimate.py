@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 
 from data_pipelines.errors import InputError
 from physfm.models.trunk import ModelConfig
+from physfm.train.strategies import StrategyConfig, build_deepspeed_config
 
 GiB = 2**30
 BYTES_BF16_PARAM, BYTES_BF16_GRAD, BYTES_FP32_GRAD, BYTES_FP32_MASTER, BYTES_ADAM = 2, 2, 4, 4, 8
@@ -194,8 +195,6 @@ def bucket_bytes(stage: int, offload: str, element_bytes: int) -> int:
     (configs/deepspeed/zero*.json; DeepSpeed's defaults where it is silent). ZeRO-1/2: the contiguous
     gradient bucket (two with overlap_comm, which alternate) and the parameter all-gather bucket; ZeRO-3:
     the gradient reduce bucket and the parameter prefetch bucket."""
-    from physfm.train.strategies import StrategyConfig, build_deepspeed_config
-
     strategy = StrategyConfig(
         name="deepspeed",
         zero_stage=stage,
