@@ -14,7 +14,8 @@ Two modes:
 
 Heterogeneous datasets (different fields, channel counts, resolutions) are mixed *per batch*: a batch
 holds windows of one dataset only (so it stacks into one tensor), and the dataset of each batch is
-drawn with ``dataset_weights`` (default: proportional to sample counts).  ``batch["dataset"]`` names it.
+drawn with ``dataset_weights`` (default: the manifest's ``dataset_weights`` if it has them, as a corpus does,
+else proportional to sample counts).  ``batch["dataset"]`` names it.
 
 Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k`` gives
 the same remaining stream as an uninterrupted run that has consumed k batches on this rank (exact in
@@ -91,6 +92,17 @@ class Normalizer:
         return self.mean.reshape(shape), self.std.reshape(shape)
 
 
+def manifest_weights(manifests: list[dict[str, Any]], sizes: dict[str, int]) -> dict[str, float]:
+    """Mixing weights when the caller gives none: the shard sets' own ``dataset_weights`` (a corpus sets
+    equal shares) when they cover every dataset, else proportional to window counts."""
+    suggested: dict[str, float] = {}
+    for manifest in manifests:
+        suggested.update(manifest.get("dataset_weights") or {})
+    if suggested and set(sizes) <= set(suggested):
+        return {k: float(suggested[k]) for k in sizes}
+    return {k: float(v) for k, v in sizes.items()}
+
+
 def current_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -165,7 +177,7 @@ class WindowStream(IterableDataset):
                 f"{shards}: the {split!r} split has no {w.n_input}+{w.n_output} windows (stride {w.stride}): "
                 f"its trajectories are shorter than {w.length} frames"
             )
-        weights = dataset_weights or {k: float(v) for k, v in self.dataset_sizes.items()}
+        weights = dataset_weights or manifest_weights(self.manifests, self.dataset_sizes)
         unknown = set(weights) - set(self.dataset_sizes)
         if unknown:
             raise DataError(

@@ -238,11 +238,12 @@ def shard_datasets(
     part: int = 0,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Shard one or more The Well datasets into ``out`` as clips; returns the manifest (or the part's record).
 
     ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may cut
-    any other window."""
+    any other window.  ``extra`` keys go into the manifest as they are (e.g. ``dataset_weights``)."""
     out = Path(out)
     if not 0 <= part < num_parts:
         raise DataError(f"--part {part} must be in [0, --num-parts {num_parts})")
@@ -266,6 +267,7 @@ def shard_datasets(
         "n_output": spec.n_output,
         "stride": spec.stride,
         "datasets": datasets,
+        **(extra or {}),
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,8 @@ def encode_shards(
             "datasets": datasets,
             "splits": split_records,
             "source_shards": str(shards_dir),
+            # the field shards' mixing weights (a corpus's) carry over to the model trained on the tokens
+            **({"dataset_weights": manifest["dataset_weights"]} if "dataset_weights" in manifest else {}),
             "tokenizer_fingerprint": fingerprint(ckpt),
             "tokenizer": {
                 "checkpoint": str(ckpt),

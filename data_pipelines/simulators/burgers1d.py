@@ -134,4 +134,5 @@ SPEC = SystemSpec(
     description="Forced viscous Burgers, finite-volume Godunov + exact diffusion; nu: shocks → smooth fronts",
     run=run,
     field_names=("u",),
+    regimes=("nu=0.01: shocks thinner than a cell", "nu=0.1: smooth fronts a few cells wide"),
 )

@@ -137,4 +137,5 @@ SPEC = SystemSpec(
     run=run,
     field_names=("A", "B"),
     min_resolution=MIN_RESOLUTION,
+    regimes=("F=0.018,k=0.051: spiral waves", "F=0.014,k=0.054: moving spots (gliders)"),
 )

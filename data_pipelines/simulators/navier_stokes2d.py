@@ -151,4 +151,5 @@ SPEC = SystemSpec(
     description="Kolmogorov-forced incompressible NS (vorticity), pseudo-spectral; nu: chaotic → turbulent",
     run=run,
     field_names=("vorticity", "velocity_x", "velocity_y"),
+    regimes=("nu=1e-2: weakly chaotic meandering jets (Re~25)", "nu=1e-3: turbulent filaments (Re~250)"),
 )

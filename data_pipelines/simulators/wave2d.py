@@ -88,4 +88,5 @@ SPEC = SystemSpec(
     description="Linear acoustics (wave equation: pressure, velocity), exact spectral; c: slow → fast waves",
     run=run,
     field_names=("pressure", "velocity_x", "velocity_y"),
+    regimes=("c=0.5: slow interfering rings", "c=1: fast interfering rings"),
 )

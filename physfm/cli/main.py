@@ -14,6 +14,7 @@ from data_pipelines.errors import PhysfmError
 # Verb modules, in the order ``physfm --help`` lists them.
 VERB_MODULES = [
     "physfm.cli.simulate",
+    "physfm.cli.corpus",
     "physfm.cli.data",
     "physfm.cli.tokenizer",
     "physfm.cli.pretrain",

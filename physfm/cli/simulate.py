@@ -71,18 +71,27 @@ def parse_params(param_args: list[str], sweep_args: list[str]) -> dict[str, list
 
 
 def list_systems() -> str:
+    """One aligned row per built-in system (dimensions, fields, default size, sweep), its regimes below."""
     from data_pipelines.simulators import SIMULATORS
 
-    lines = []
+    rows = [("SYSTEM", "DIM", "FIELDS", "DEFAULT SIZE", "SWEEP (cartesian product)")]
+    regimes = []
     for spec in SIMULATORS.values():
-        params = "  ".join(f"{k}={','.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items())
-        size = "x".join([str(spec.resolution)] * spec.n_spatial_dims)
-        lines.append(f"{spec.name}  ({spec.n_spatial_dims}D)  {spec.description}")
-        lines.append(f"    params: {params}")
-        lines.append(
-            f"    defaults: {spec.n_traj} traj x {spec.n_steps} steps, grid {size}, frame dt {spec.dt:g};"
-            f" channels: {', '.join(spec.field_names)}"
-        )
+        grid = "x".join([str(spec.resolution)] * spec.n_spatial_dims)
+        size = f"{spec.n_traj} traj x {spec.n_steps} frames x {grid} (dt {spec.dt:g})"
+        sweep = "  ".join(f"{k}={','.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items())
+        rows.append((spec.name, f"{spec.n_spatial_dims}D", ",".join(spec.field_names), size, sweep))
+        regimes.append((spec.description, spec.regimes))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    indent = " " * (widths[0] + 2)
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        if i:
+            description, system_regimes = regimes[i - 1]
+            lines.append(indent + description)
+            lines += [f"{indent}regime: {regime}" for regime in system_regimes]
+    lines.append(f"{len(SIMULATORS)} systems; descriptions and methods: docs/systems.md")
     return "\n".join(lines)
 
 
