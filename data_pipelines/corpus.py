@@ -30,16 +30,16 @@ import contextlib
 import fcntl
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from data_pipelines.atomic import atomic_write_text, make_staging_dir, publish_dir, remove_path
 from data_pipelines.errors import DataError
+from data_pipelines.sharding import die_with_parent
 from data_pipelines.simulators import SIMULATORS, SystemSpec, get_system, simulate_dataset
 
 __all__ = ["SIZES", "CorpusSize", "build_corpus", "select_systems", "system_plan"]
@@ -107,14 +107,20 @@ def system_plan(name: str, size: CorpusSize, seed: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def corpus_lock(out: Path) -> Iterator[None]:
-    """Exclusive hold on ``out`` for one run (released by the kernel if the run is killed)."""
+def corpus_lock(out: Path, wait_s: float = 30.0) -> Iterator[None]:
+    """Exclusive hold on ``out`` for one run, released by the kernel when the run dies.  It waits a little:
+    the workers of a run just killed hold the lock (inherited) until the kernel has ended them too."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"{out}: another `physfm corpus` run is writing here") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DataError(f"{out}: another `physfm corpus` run is writing here") from None
+                time.sleep(0.2)
         yield
 
 
@@ -139,18 +145,6 @@ def is_done(out: Path, plan: dict[str, Any]) -> bool:
         return json.loads(marker.read_text()).get("plan") == plan
     except ValueError:  # an unreadable marker means the system is redone
         return False
-
-
-def die_with_parent() -> None:
-    """Pool initializer: have the kernel kill this worker when the run that started it dies, so a killed
-    ``physfm corpus`` leaves no simulation writing into the directory a rerun is cleaning (Linux only;
-    ProcessPoolExecutor itself only notices a dead parent after the current task)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def build_system(out: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -216,16 +210,18 @@ def dimension_view(manifest: dict[str, Any], n_dims: int, shards_name: str) -> d
     return view
 
 
-def shard_corpus(out: Path, plans: list[dict[str, Any]], workers: int, log: Callable[[str], None]) -> dict:
-    """One clip-shard set of every planned system (skipped when it already holds this plan), plus one
-    manifest-only view per dimensionality."""
+def shard_corpus(
+    out: Path, plans: list[dict[str, Any]], workers: int, log: Callable[[str], None], rebuilt: bool
+) -> dict[str, Any]:
+    """One clip-shard set of every planned system (kept when it holds this plan and no system was
+    ``rebuilt``), plus one manifest-only view per dimensionality."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import MANIFEST, read_manifest, write_manifest
 
     names = [p["system"] for p in plans]
     manifest_path = out / "shards" / MANIFEST
     manifest = read_manifest(out / "shards") if manifest_path.is_file() else None
-    if manifest is None or manifest.get("corpus_plan") != plans:
+    if rebuilt or manifest is None or manifest.get("corpus_plan") != plans:
         start = time.perf_counter()
         manifest = shard_datasets(
             [out / "systems" / n for n in names],
@@ -275,10 +271,12 @@ def build_corpus(
             if plan not in todo:
                 log(f"{plan['system']}: done in an earlier run, kept")
         start = time.perf_counter()
+        # Largest first (grid points x frames x trajectories): the long 3D runs do not start last.
+        todo.sort(key=lambda p: -(p["resolution"] ** p["n_spatial_dims"]) * p["n_steps"] * p["n_traj"])
         with ProcessPoolExecutor(max_workers=min(workers, max(1, len(todo))), initializer=die_with_parent) as pool:
-            futures = [pool.submit(build_system, str(out), plan) for plan in todo]
-            for plan, future in zip(todo, futures):
-                result = future.result()
+            futures = {pool.submit(build_system, str(out), plan): plan for plan in todo}
+            for future in as_completed(futures):
+                plan, result = futures[future], future.result()
                 grid = "x".join([str(plan["resolution"])] * plan["n_spatial_dims"])
                 log(
                     f"{plan['system']}: {plan['n_traj']} traj x {plan['n_steps']} frames x {grid} per parameter "
@@ -286,4 +284,4 @@ def build_corpus(
                 )
         if todo:
             log(f"simulated {len(todo)} system(s) in {time.perf_counter() - start:.1f} s with {workers} worker(s)")
-        return shard_corpus(out, plans, workers, log)
+        return shard_corpus(out, plans, workers, log, rebuilt=bool(todo))

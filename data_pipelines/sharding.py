@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -163,6 +164,18 @@ def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) 
     return [{**rec, "unit": unit.index, "segments": segs} for rec, segs in zip(writer.records, segments)]
 
 
+def die_with_parent() -> None:
+    """Pool initializer: have the kernel kill this worker when the process that started it dies, so a
+    killed run leaves no worker behind (one would hold the run's inherited files and lock and, blocked on
+    a queue its siblings keep open, never exit).  Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1  # from <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def plan_units(files_per_dataset: list[tuple[str, dict[str, list[str]]]]) -> list[Unit]:
     units = []
     for split in SPLITS:
@@ -187,7 +200,7 @@ def run_units(
             if progress:
                 progress(done, len(units))
         return records
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
         futures = [pool.submit(shard_unit, u, spec, str(staging), max_shard_bytes) for u in units]
         for done, (unit, fut) in enumerate(zip(units, futures), 1):
             records += [{**r, "split": unit.split} for r in fut.result()]

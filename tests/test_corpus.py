@@ -1,0 +1,149 @@
+"""``physfm corpus`` and ``physfm simulate --list``: system selection, size presets, resume/skip logic,
+the per-dimensionality views, and a run killed at a random moment then finished by a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_pipelines.corpus import SIZES, build_corpus, select_systems, system_plan
+from data_pipelines.errors import DataError
+from data_pipelines.simulators import SIMULATORS
+from data_pipelines.validate import validate_paths
+
+TWO_SYSTEMS = ["burgers1d", "wave2d"]  # the two fastest: one 1D, one 2D
+
+
+def build(out: Path, lines: list[str], **kwargs) -> dict:
+    return build_corpus(out, systems=TWO_SYSTEMS, size="tiny", log=lines.append, **kwargs)
+
+
+def staging_left(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.endswith((".tmp", ".old"))]
+
+
+def check_complete(out: Path) -> None:
+    """Every system validates, the shard set holds both, and a loader reads each dimensionality's view."""
+    from data_pipelines.loader import make_loader
+    from data_pipelines.shards import read_manifest
+
+    assert validate_paths([out / "systems" / name for name in TWO_SYSTEMS]) == []
+    manifest = read_manifest(out / "shards")
+    assert sorted(manifest["datasets"]) == sorted(TWO_SYSTEMS)
+    assert manifest["dataset_weights"] == {"burgers1d": 0.5, "wave2d": 0.5}
+    for view, name in (("shards-1d", "burgers1d"), ("shards-2d", "wave2d")):
+        batch = next(iter(make_loader(str(out / view), "train", 2, num_workers=0)))
+        assert batch["dataset"] == name and batch["input"].shape[1] == 4
+    assert staging_left(out) == []
+
+
+def test_select_systems_and_sizes():
+    assert select_systems() == list(SIMULATORS)
+    assert select_systems(["wave2d", "burgers1d"]) == ["burgers1d", "wave2d"]  # registry order
+    assert "wave2d" not in select_systems(exclude=["wave2d"])
+    with pytest.raises(DataError, match="--systems: unknown system.*lorenz.*built-in: burgers1d"):
+        select_systems(["lorenz", "wave2d"])
+    with pytest.raises(DataError, match="--exclude: unknown system.*nope"):
+        select_systems(exclude=["nope"])
+    with pytest.raises(DataError, match="no system left"):
+        select_systems(["wave2d"], exclude=["wave2d"])
+    for name, spec in SIMULATORS.items():
+        default, tiny = system_plan(name, SIZES["default"], 0), system_plan(name, SIZES["tiny"], 0)
+        assert (default["n_traj"], default["n_steps"], default["resolution"]) == (
+            spec.n_traj,
+            spec.n_steps,
+            spec.resolution,
+        )
+        assert tiny["n_traj"] == 3 and 8 <= tiny["n_steps"] < spec.n_steps
+        assert spec.min_resolution <= tiny["resolution"] <= spec.resolution and tiny["resolution"] % 4 == 0
+        assert tiny["params"] == default["params"]  # every regime stays in the smallest corpus
+
+
+def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
+    out, lines = tmp_path / "corpus", []
+    build(out, lines)
+    check_complete(out)
+    first_shards = (out / "shards" / "train" / "shard-000000.tar").stat().st_mtime_ns
+
+    lines.clear()
+    build(out, lines)  # nothing to do
+    assert any("burgers1d: done in an earlier run, kept" in line for line in lines)
+    assert any("wave2d: done in an earlier run, kept" in line for line in lines)
+    assert any("already holds this corpus" in line for line in lines)
+    assert (out / "shards" / "train" / "shard-000000.tar").stat().st_mtime_ns == first_shards
+
+    # A system whose marker is missing or holds another plan is redone; leftovers of a killed run go.
+    (out / "done" / "wave2d.json").unlink()
+    marker = out / "done" / "burgers1d.json"
+    marker.write_text(json.dumps({"plan": {**json.loads(marker.read_text())["plan"], "n_traj": 99}}))
+    (out / "systems" / ".wave2d.abc123.tmp").mkdir()
+    (out / ".shards.abc123.tmp").mkdir()
+    (out / "done" / ".wave2d.json.abc.tmp").write_text("{")
+    lines.clear()
+    build(out, lines)
+    assert sum("removed" in line for line in lines) == 3
+    assert any(line.startswith("wave2d: 3 traj") for line in lines)
+    assert any(line.startswith("burgers1d: 3 traj") for line in lines)
+    assert any(line.startswith("sharded 2 system(s)") for line in lines)
+    check_complete(out)
+
+    # A smaller selection reshards (only what was chosen) and drops the view of the missing dimension.
+    lines.clear()
+    manifest = build_corpus(out, systems=["wave2d"], size="tiny", log=lines.append)
+    assert list(manifest["datasets"]) == ["wave2d"] and not (out / "shards-1d").exists()
+
+
+def test_corpus_cli_errors(tmp_path, capsys):
+    from physfm.cli import main
+
+    assert main(["corpus", "--out", str(tmp_path / "c"), "--systems", "burgers1d,lorenz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown system(s) lorenz" in err and "navier_stokes2d" in err
+    assert main(["corpus", "--out", str(tmp_path / "c"), "--size", "huge"]) == 2
+    assert "--size 'huge': choose one of tiny, small, default, large" in capsys.readouterr().err
+
+
+def test_simulate_list_shows_every_system(capsys):
+    from physfm.cli import main
+
+    assert main(["simulate", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["SYSTEM", "DIM", "FIELDS", "DEFAULT"]
+    for name, spec in SIMULATORS.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert f"{spec.n_spatial_dims}D" in row and ",".join(spec.field_names) in row
+        assert f"{spec.n_traj} traj x {spec.n_steps} frames" in row
+        assert all(f"{k}=" in row for k in spec.default_params)
+        assert spec.regimes, f"{name}: SystemSpec.regimes is empty"
+        for regime in spec.regimes:
+            assert f"regime: {regime}" in [line.strip() for line in lines]
+    assert lines[-1].startswith(f"{len(SIMULATORS)} systems")
+
+
+@pytest.mark.slow
+def test_corpus_killed_at_random_moments_then_rerun(tmp_path):
+    """SIGKILL the run (the parent only: its workers must die with it) at seeded random moments, then run
+    it again to the end: it completes, validates, and leaves no staging behind."""
+    out = tmp_path / "corpus"
+    cmd = [sys.executable, "-m", "physfm.cli", "corpus", "--out", str(out), "--size", "tiny", "--workers", "2"]
+    cmd += ["--systems", ",".join(TWO_SYSTEMS)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    rng = random.Random(24)
+    for delay in (rng.uniform(0.5, 4.0) for _ in range(3)):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    check_complete(out)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already holds this corpus" in again.stdout
