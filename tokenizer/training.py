@@ -248,6 +248,17 @@ def _save(model: Tokenizer, ckpt_dir: Path, cfg: TokenizerTrainConfig, step: int
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+def mixed_dims_message(dims: dict[str, int]) -> str:
+    """Why a shard set of several dimensionalities cannot train one tokenizer, and what to train on."""
+    by_dim = {d: sorted(n for n, k in dims.items() if k == d) for d in sorted(set(dims.values()))}
+    listed = "; ".join(f"{d}D: {', '.join(names)}" for d, names in by_dim.items())
+    return (
+        f"the shards mix dimensionalities ({listed}); one tokenizer codes one dimensionality (its conv trunk "
+        "is 1D, 2D or 3D), so train one per dimensionality on a shard set of that dimensionality only "
+        "(`physfm corpus` writes them as OUT/shards-1d, -2d, -3d)"
+    )
+
+
 def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Tokenizer:
     """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``."""
     datasets = manifest["datasets"]
@@ -262,12 +273,15 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
     else:
         if model_cfg.n_spatial_dims == 0:
             if len(set(dims.values())) > 1:
-                raise ConfigError(f"model.n_spatial_dims: the shards mix dimensionalities {dims}; set it explicitly")
+                raise ConfigError(f"data.shards: {mixed_dims_message(dims)}")
             model_cfg.n_spatial_dims = next(iter(dims.values()))
         model = Tokenizer(model_cfg)
     for name, entry in datasets.items():
         if dims[name] != model_cfg.n_spatial_dims:
-            raise ConfigError(f"model.n_spatial_dims={model_cfg.n_spatial_dims} but dataset {name!r} is {dims[name]}D")
+            raise ConfigError(
+                f"model.n_spatial_dims={model_cfg.n_spatial_dims} but dataset {name!r} is {dims[name]}D; "
+                + mixed_dims_message(dims)
+            )
         bad = [s for s in entry["spatial_shape"] if s % model_cfg.spatial_compression]
         if bad:
             raise ConfigError(
