@@ -147,3 +147,19 @@ def test_corpus_killed_at_random_moments_then_rerun(tmp_path):
     check_complete(out)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already holds this corpus" in again.stdout
+
+
+def test_system_strips_script(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "system_strips.py"
+    module_spec = importlib.util.spec_from_file_location("system_strips", path)
+    strips = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(strips)
+    assert strips.main(["--out", str(tmp_path), "--systems", "burgers1d"]) == 0
+    png = tmp_path / "systems" / "burgers1d.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 60 * 1024
+    page = (tmp_path / "systems.md").read_text()
+    for name, spec in SIMULATORS.items():
+        assert f"![{name}](systems/{name}.png)" in page and all(r in page for r in spec.regimes)
+    assert strips.main(["--out", str(tmp_path), "--systems", "lorenz"]) == 2
