@@ -17,7 +17,14 @@ for it), the same for a looser pooling onto the token grid (one float per field 
 Prints tables, then one JSON line: code_usage, vrmse_max, baseline_vrmse_max, ratio_to_baseline_max,
 beats_baseline (and more).
 
+On a corpus instead (``--corpus DIR`` from ``physfm corpus``, or ``--systems all|a,b`` to build one with
+``--size``): one tokenizer per dimensionality present (one tokenizer codes one dimensionality), each on
+the corpus's ``shards-Nd`` view, every system's every field in the table; budgets ``--minutes`` (2D),
+``--minutes-1d`` and ``--minutes-3d``.
+
     python bench/tokenizer.py [--minutes 5] [--minutes-1d 1.5] [--threads 1] [--workdir DIR] [--seed 0]
+    python bench/tokenizer.py --systems all [--size default] [--minutes-3d 5]
+    python bench/tokenizer.py --corpus runs/corpus
 """
 
 from __future__ import annotations
@@ -65,6 +72,33 @@ def make_shards(work: Path, systems: tuple[str, ...], name: str, seed: int) -> P
         dirs.append(out)
     shard_datasets(dirs, shards, WindowSpec(4, 1, 1), workers=2, overwrite=True)
     return shards
+
+
+def corpus_views(corpus: Path) -> list[tuple[str, Path]]:
+    """(run name, shard view) for each dimensionality a ``physfm corpus`` output holds."""
+    from data_pipelines.shards import read_manifest
+
+    read_manifest(corpus / "shards")  # one clear error when DIR is not a corpus
+    views = [(f"{d}d", corpus / f"shards-{d}d") for d in (2, 1, 3)]
+    return [(name, view) for name, view in views if (view / "manifest.json").is_file()]
+
+
+def datasets_to_tokenize(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
+    """(run name, shards) per tokenizer to train: the corpus's views, or the classic 2D + 1D sets."""
+    if args.corpus:
+        return corpus_views(Path(args.corpus))
+    if args.systems:
+        from data_pipelines.corpus import build_corpus
+
+        systems = None if args.systems == "all" else args.systems.split(",")
+        build_corpus(work / "corpus", systems=systems, size=args.size, seed=args.seed, workers=2)
+        return corpus_views(work / "corpus")
+    runs = []
+    for name, systems, minutes in (("2d", SYSTEMS_2D, args.minutes), ("1d", SYSTEMS_1D, args.minutes_1d)):
+        if minutes > 0:
+            print(f"[{name}] data: {', '.join(systems)}", flush=True)
+            runs.append((name, make_shards(work, systems, name, args.seed)))
+    return runs
 
 
 def train(
@@ -125,6 +159,10 @@ def main() -> None:
         default=1,
         help="torch threads (1 is fastest on a shared 2-core machine; try 2 on an idle one)",
     )
+    parser.add_argument("--minutes-3d", type=float, default=5.0, help="training budget of the 3D tokenizer")
+    parser.add_argument("--corpus", default=None, metavar="DIR", help="a `physfm corpus` output to measure on")
+    parser.add_argument("--systems", default=None, help="build a corpus of these systems first: all or a,b,...")
+    parser.add_argument("--size", default="default", help="corpus size preset for --systems (tiny ... large)")
     parser.add_argument("--workdir", default=None, help="keep data and runs here (reused when present)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -136,20 +174,20 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
 
     runs = []
-    for name, systems, minutes, extra in (
-        ("2d", SYSTEMS_2D, args.minutes, []),
-        ("1d", SYSTEMS_1D, args.minutes_1d, EXTRA_1D),
-    ):
+    budgets = {"1d": args.minutes_1d, "2d": args.minutes, "3d": args.minutes_3d}
+    for name, shards in datasets_to_tokenize(args, work):
+        minutes = budgets[name]
         if minutes <= 0:
             continue
-        print(f"[{name}] data: {', '.join(systems)}", flush=True)
-        shards = make_shards(work, systems, name, args.seed)
-        print(f"[{name}] training the tiny tokenizer for {minutes:g} min", flush=True)
+        print(f"[{name}] training the tiny tokenizer for {minutes:g} min on {shards}", flush=True)
+        extra = EXTRA_1D if name == "1d" else []
         ckpt, steps, train_s = train(shards, work / f"run_{name}", minutes, args.seed, args.threads, extra)
         metrics = evaluate_tokenizer(ckpt, shards, work / f"eval_{name}", split="valid", batch_size=16)
         speed = frames_per_second(ckpt, shards)
         runs.append({"name": name, "steps": steps, "train_s": train_s, "metrics": metrics, **speed})
 
+    if not runs:
+        sys.exit("bench/tokenizer.py: nothing to train (no data, or every budget is 0 minutes)")
     rows = []
     print(f"\n{'dataset':<17}{'field':<12}{'VRMSE':>8}{'pool':>8}{'ratio':>7}{'pool-grid':>10}{'PSNR':>7}")
     for run in runs:
@@ -201,12 +239,18 @@ def main() -> None:
     two_d = next((r for r in runs if r["name"] == "2d"), runs[0])
     result = {
         "code_usage": two_d["metrics"]["overall"]["code_usage"],
+        "code_usage_min": min(r["metrics"]["overall"]["code_usage"] for r in runs),
+        "code_usage_per_tokenizer": {r["name"]: r["metrics"]["overall"]["code_usage"] for r in runs},
         "vrmse_max": max(r["vrmse"] for r in rows),
         "baseline_vrmse_max": max(r["baseline_vrmse"] for r in rows),
         "ratio_to_baseline_max": max(r["ratio"] for r in rows),
+        "worst_field": max(rows, key=lambda r: r["ratio"])["dataset"]
+        + "/"
+        + max(rows, key=lambda r: r["ratio"])["field"],
         "beats_baseline": all(r["vrmse"] < r["baseline_vrmse"] for r in rows),
         "fields_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows),
         "n_fields": len(rows),
+        "fraction_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows) / len(rows),
         "vrmse": {f"{r['dataset']}/{r['field']}": round(r["vrmse"], 4) for r in rows},
         "baseline_vrmse": {f"{r['dataset']}/{r['field']}": round(r["baseline_vrmse"], 4) for r in rows},
         "ratio_to_baseline": {f"{r['dataset']}/{r['field']}": round(r["ratio"], 3) for r in rows},
@@ -214,7 +258,8 @@ def main() -> None:
         "ratio_to_grid_baseline_max": max(r["grid_ratio"] for r in rows),
         "code_usage_per_dataset": usage,
         "steps": {r["name"]: r["steps"] for r in runs},
-        "minutes": {"2d": args.minutes, "1d": args.minutes_1d},
+        "minutes": {r["name"]: budgets[r["name"]] for r in runs},
+        "data": args.corpus or (f"corpus of {args.systems} ({args.size})" if args.systems else "2D + 1D classic"),
         "encode_frames_per_s": two_d["encode_frames_per_s"],
         "decode_frames_per_s": two_d["decode_frames_per_s"],
         "config": "configs/tokenizer/tiny.yaml",
