@@ -163,3 +163,31 @@ def test_system_strips_script(tmp_path):
     for name, spec in SIMULATORS.items():
         assert f"![{name}](systems/{name}.png)" in page and all(r in page for r in spec.regimes)
     assert strips.main(["--out", str(tmp_path), "--systems", "lorenz"]) == 2
+
+
+@pytest.mark.slow
+def test_corpus_cpu_configs_pretrain_and_evaluate_every_2d_system(tmp_path, capsys):
+    """The documented path (README "Corpus"): corpus → tokenizer → encode → pretrain → evaluate, with the
+    two corpus_cpu configs and only size/step overrides; the report names every 2D system, and the
+    mixed 1D + 2D shard set is refused with the one-line explanation."""
+    from physfm.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    corpus = tmp_path / "corpus"
+    build_corpus(corpus, systems=["burgers1d", "navier_stokes2d", "wave2d"], size="tiny", log=lambda _: None)
+    tok, tokens, run, report = (tmp_path / n for n in ("tok", "tokens", "pre", "eval"))
+    tok_cfg = str(root / "configs/tokenizer/corpus_cpu.yaml")
+    quick = ["trainer.max_steps=4", "trainer.max_time_s=0", "trainer.wandb=false"]
+    assert main(["tokenizer", "train", "--config", tok_cfg, f"data.shards={corpus}/shards", *quick]) == 2
+    assert "one tokenizer codes one dimensionality" in capsys.readouterr().err
+    assert (
+        main(["tokenizer", "train", "--config", tok_cfg, f"data.shards={corpus}/shards-2d", f"out={tok}", *quick]) == 0
+    )
+    assert main(["tokenizer", "encode", "--ckpt", str(tok), "--data", f"{corpus}/shards-2d", "--out", str(tokens)]) == 0
+    pre = [f"data.tokens=[{tokens}]", f"tokenizer={tok}", f"out={run}", "trainer.max_steps=2", "trainer.max_time_s=0"]
+    pre += ["trainer.logger=none", "trainer.progress_bar=false", "trainer.val_every=2", "data.num_workers=0"]
+    assert main(["pretrain", "--config", str(root / "configs/pretrain/corpus_cpu.yaml"), *pre]) == 0
+    argv = ["evaluate", "--ckpt", str(run), "--data", f"{corpus}/shards-2d", "--horizons", "1", "--out", str(report)]
+    assert main(argv) == 0
+    text = (report / "report.md").read_text()
+    assert "navier_stokes2d" in text and "wave2d" in text and "burgers1d" not in text
