@@ -126,6 +126,11 @@ def test_simulate_list_shows_every_system(capsys):
         for regime in spec.regimes:
             assert f"regime: {regime}" in [line.strip() for line in lines]
     assert lines[-1].startswith(f"{len(SIMULATORS)} systems")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--help"])
+    help_text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--param-sweep" in help_text
+    assert all(f"{name} " in help_text for name in SIMULATORS)
 
 
 @pytest.mark.slow

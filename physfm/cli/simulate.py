@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  physfm simulate burgers1d --out data/burgers --param-sweep nu=log:0.005:0.05:16\n"
         "  physfm simulate gray_scott2d --out data/gs --param F=0.014 --param k=0.050,0.052,0.054",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
+    p.add_argument("-h", "--help", action=HelpWithSystems, help="show this help, with every system's defaults")
     p.add_argument("system", nargs="?", metavar="SYSTEM", help="built-in system (see --list)")
     p.add_argument("--list", action="store_true", help="print the systems and their defaults, then exit")
     p.add_argument("--out", metavar="DIR", help="dataset folder to write (required unless --list)")
@@ -44,6 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="delete other .hdf5 files already in DIR/data")
     p.set_defaults(func=run)
+
+
+class HelpWithSystems(argparse.Action):
+    """``--help`` that appends the systems table (built only when asked: it imports the simulators, and
+    ``physfm --help`` should stay instant)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.epilog = f"{parser.epilog}\n\nbuilt-in systems and their defaults:\n{list_systems()}"
+        parser.print_help()
+        parser.exit()
 
 
 def parse_params(param_args: list[str], sweep_args: list[str]) -> dict[str, list[float]]:
