@@ -135,22 +135,29 @@ def test_simulate_list_shows_every_system(capsys):
 
 @pytest.mark.slow
 def test_corpus_killed_at_random_moments_then_rerun(tmp_path):
-    """SIGKILL the run (the parent only: its workers must die with it) at seeded random moments, then run
-    it again to the end: it completes, validates, and leaves no staging behind."""
-    out = tmp_path / "corpus"
-    cmd = [sys.executable, "-m", "physfm.cli", "corpus", "--out", str(out), "--size", "tiny", "--workers", "2"]
+    """SIGKILL the run (the parent only: its workers must die with it) at seeded random fractions of an
+    uninterrupted run's time, each from an empty folder, then run it again: it completes, validates, and
+    leaves no staging behind."""
+    cmd = [sys.executable, "-m", "physfm.cli", "corpus", "--size", "tiny", "--workers", "2"]
     cmd += ["--systems", ",".join(TWO_SYSTEMS)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    subprocess.run([*cmd, "--out", str(tmp_path / "reference")], env=env, check=True, capture_output=True)
+    full_s = time.perf_counter() - start
     rng = random.Random(24)
-    for delay in (rng.uniform(0.5, 4.0) for _ in range(3)):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(delay)
+    interrupted = 0
+    for attempt in range(3):
+        out = tmp_path / f"corpus{attempt}"
+        proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.1, 0.9) * full_s)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    check_complete(out)
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        proc.communicate(timeout=30)
+        interrupted += proc.returncode == -signal.SIGKILL
+        done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        check_complete(out)
+    assert interrupted, "no run was still going when killed: the delays missed"
+    again = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already holds this corpus" in again.stdout
 
 
