@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; reused on a rerun)")
-    p.add_argument("--systems", default="", metavar="A,B", help="systems to build (default: all; see simulate --list)")
+    p.add_argument(
+        "--systems", default="", metavar="A,B", help="systems to build (default: all; see physfm simulate --list)"
+    )
     p.add_argument("--exclude", default="", metavar="C,D", help="systems to leave out")
     p.add_argument("--size", default="default", help="tiny | small | default | large (default: default)")
     p.add_argument("--seed", type=int, default=0)
@@ -37,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
+    """``"a, b"`` → ``["a", "b"]``; ``"all"`` (like nothing) means every system."""
+    return [] if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
 
 
 def run(args: argparse.Namespace) -> int:
