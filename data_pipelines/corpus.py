@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -66,7 +67,8 @@ class CorpusSize:
 
     def resolution(self, spec: SystemSpec) -> int:
         scaled = TOKEN_MULTIPLE * round(spec.resolution * self.resolution_scale / TOKEN_MULTIPLE)
-        return max(spec.min_resolution, scaled)
+        coarsest = TOKEN_MULTIPLE * math.ceil(spec.min_resolution / TOKEN_MULTIPLE)
+        return min(spec.resolution, max(coarsest, scaled))
 
 
 SIZES = {
