@@ -102,6 +102,33 @@ def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
     assert list(manifest["datasets"]) == ["wave2d"] and not (out / "shards-1d").exists()
 
 
+@pytest.mark.slow
+def test_a_system_failing_validation_is_not_marked_done(tmp_path, monkeypatch):
+    """The workers are forked, so they see the patched validator: wave2d fails, burgers1d is kept."""
+    import data_pipelines.validate
+    from data_pipelines.validate import Problem
+
+    real = data_pipelines.validate.validate_paths
+
+    def fail_wave2d(paths):
+        if any(".wave2d." in str(p) for p in paths):
+            return [Problem("wave2d.hdf5", "t0_fields/pressure", "non-finite value at time index 3")]
+        return real(paths)
+
+    monkeypatch.setattr(data_pipelines.validate, "validate_paths", fail_wave2d)
+    out = tmp_path / "corpus"
+    with pytest.raises(DataError, match="wave2d: simulated data fails validation: .*pressure.*non-finite"):
+        build(out, [], workers=2)
+    assert (out / "done" / "burgers1d.json").is_file() and not (out / "done" / "wave2d.json").exists()
+    assert not (out / "systems" / "wave2d").exists() and not (out / "shards").exists()
+    assert staging_left(out) == []
+    monkeypatch.setattr(data_pipelines.validate, "validate_paths", real)
+    lines = []
+    build(out, lines)
+    assert "burgers1d: done in an earlier run, kept" in lines
+    check_complete(out)
+
+
 def test_corpus_cli_errors(tmp_path, capsys):
     from physfm.cli import main
 
