@@ -4,9 +4,13 @@ known physics: conservation laws, exact solutions, dispersion relations, the ons
 import math
 
 import numpy as np
+import pytest
 
 from data_pipelines.simulators import (
+    SIMULATORS,
+    rayleigh_benard2d,
     shear_flow2d,
+    simulate_trajectories,
 )
 from data_pipelines.simulators.common import periodic_grid
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
@@ -53,3 +57,45 @@ def test_shear_flow_pressure_of_taylor_green_cells():
     u, v = np.sin(2 * np.pi * X) * np.cos(2 * np.pi * Y), -np.cos(2 * np.pi * X) * np.sin(2 * np.pi * Y)
     p = grid.ifft(shear_flow2d.pressure_hat(grid, u, v))
     np.testing.assert_allclose(p, (np.cos(4 * np.pi * X) + np.cos(4 * np.pi * Y)) / 4, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ Rayleigh–Bénard
+
+
+def test_rayleigh_benard_conduction_state_is_steady():
+    grid = rayleigh_benard2d.WallGrid(16)
+    z = np.linspace(0, 1, 16)
+    b0 = np.broadcast_to(1 - z, (16, 16))[None].copy()
+    w, b = rayleigh_benard2d.integrate(np.zeros_like(b0), b0, grid, 0.01, 0.01, frame_dt=0.5, n_frames=2)
+    np.testing.assert_allclose(b[0, -1], b0[0], atol=1e-12)
+    np.testing.assert_allclose(w[0, -1], 0.0, atol=1e-12)
+
+
+def kinetic_energy_growth_rate(rayleigh: float, n: int = 20, time: float = 24.0) -> float:
+    """Growth rate (per free-fall time) of the kinetic energy of a small perturbation of conduction."""
+    grid = rayleigh_benard2d.WallGrid(n)
+    nu, kappa = rayleigh_benard2d.diffusivities({"Rayleigh": rayleigh, "Prandtl": 1.0})
+    x, z = periodic_grid(n, rayleigh_benard2d.WIDTH)[:, None], np.linspace(0, 1, n)[None, :]
+    b0 = (1 - z + 1e-4 * np.cos(math.pi * x) * np.sin(math.pi * z))[None]
+    w, b = rayleigh_benard2d.integrate(np.zeros_like(b0), b0, grid, nu, kappa, time / 4, 4)
+    u, vert = grid.velocity(grid.streamfunction(w[0]))
+    energy = (u**2 + vert**2).mean(axis=(-2, -1))  # [4]
+    return math.log(energy[-1] / energy[1]) / (2 * time / 4)
+
+
+@pytest.mark.slow
+def test_rayleigh_benard_onset_of_convection_brackets_the_critical_rayleigh_number():
+    # no-slip plates: Ra_c = 1707.76 at k_c = 3.117 (the box's k = π is 0.05 % above it in Ra)
+    below, above = kinetic_energy_growth_rate(0.85 * 1707.76), kinetic_energy_growth_rate(1.2 * 1707.76)
+    assert below < -0.01 and above > 0.01, (below, above)
+
+
+def test_rayleigh_benard_dataset_walls_divergence_and_layout():
+    spec = SIMULATORS["rayleigh_benard2d"]
+    data = simulate_trajectories(spec, 1, 2, 16, {"Rayleigh": 1e5, "Prandtl": 1.0}, seed=0)
+    velocity = data.fields[2].data[0].astype(np.float64)  # [T, nx, nz, 2]
+    assert np.abs(velocity[:, :, [0, -1]]).max() == 0.0  # no slip, no penetration
+    assert {bc.name: bc.bc_type for bc in data.boundary_conditions} == {"x_periodic": "PERIODIC", "z_wall": "WALL"}
+    assert data.coords["z"][0] == 0.0 and data.coords["z"][-1] == 1.0 and data.coords["x"][-1] < 2.0
+    b = data.fields[0].data[0]
+    assert np.allclose(b[:, :, 0], 1.0) and np.allclose(b[:, :, -1], 0.0)

@@ -29,6 +29,7 @@ from data_pipelines.simulators import (
     burgers1d,
     gray_scott2d,
     navier_stokes2d,
+    rayleigh_benard2d,
     shear_flow2d,
     wave2d,
 )
@@ -43,6 +44,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         gray_scott2d.SPEC,
         wave2d.SPEC,
         shear_flow2d.SPEC,
+        rayleigh_benard2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
