@@ -9,6 +9,7 @@ import pytest
 from data_pipelines.simulators import (
     SIMULATORS,
     rayleigh_benard2d,
+    shallow_water2d,
     shear_flow2d,
     simulate_trajectories,
 )
@@ -99,3 +100,33 @@ def test_rayleigh_benard_dataset_walls_divergence_and_layout():
     assert data.coords["z"][0] == 0.0 and data.coords["z"][-1] == 1.0 and data.coords["x"][-1] < 2.0
     b = data.fields[0].data[0]
     assert np.allclose(b[:, :, 0], 1.0) and np.allclose(b[:, :, -1], 0.0)
+
+
+# -------------------------------------------------------------------------------- shallow water
+
+
+def test_shallow_water_poincare_wave_frequency():
+    # a small height wave cos(kx) at rest splits into the geostrophic part f²/ω² and an inertia–gravity
+    # oscillation (c²k²/ω²) cos ωt with ω² = f² + c²k²
+    n, c, f, k, eps = 32, 1.0, 2.0, 3, 1e-6
+    grid = SpectralGrid(n, length=shallow_water2d.LENGTH)
+    x = periodic_grid(n, shallow_water2d.LENGTH)
+    state = np.zeros((1, 3, n, n))
+    state[0, 0] = 1 + eps * np.cos(k * x)[:, None]
+    times = 0.25 * np.arange(1, 9)
+    frames = shallow_water2d.integrate(state, grid, c, f, 0.25, 8, nu4=0.0)
+    omega2 = f**2 + c**2 * k**2
+    expected = eps * (f**2 + c**2 * k**2 * np.cos(math.sqrt(omega2) * times)) / omega2
+    # RK4 at the CFL step (ω Δt ≈ 0.36) leaves a phase error of ≈ 2e-4 of the amplitude after 2 s
+    np.testing.assert_allclose(frames[0, :, 0, 0, 0] - 1, expected, atol=1e-3 * eps)
+
+
+def test_shallow_water_conserves_mass_and_inviscid_energy():
+    grid = SpectralGrid(32, length=shallow_water2d.LENGTH)
+    state = shallow_water2d.random_height(np.random.default_rng(0), 2, grid)
+    frames = shallow_water2d.integrate(state, grid, 1.0, 3.0, 0.2, 5)  # with the hyperviscosity
+    np.testing.assert_allclose(frames[:, -1, 0].mean(axis=(-2, -1)), state[:, 0].mean(axis=(-2, -1)), rtol=1e-13)
+    inviscid = shallow_water2d.integrate(state, grid, 1.0, 3.0, 0.2, 5, nu4=0.0)
+    e0, e1 = shallow_water2d.total_energy(state, 1.0), shallow_water2d.total_energy(inviscid[:, -1], 1.0)
+    assert not np.allclose(inviscid[:, -1], state, atol=1e-2)
+    np.testing.assert_allclose(e1, e0, rtol=1e-5)

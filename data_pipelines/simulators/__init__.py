@@ -30,6 +30,7 @@ from data_pipelines.simulators import (
     gray_scott2d,
     navier_stokes2d,
     rayleigh_benard2d,
+    shallow_water2d,
     shear_flow2d,
     wave2d,
 )
@@ -45,6 +46,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         wave2d.SPEC,
         shear_flow2d.SPEC,
         rayleigh_benard2d.SPEC,
+        shallow_water2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
