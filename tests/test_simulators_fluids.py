@@ -8,6 +8,7 @@ import pytest
 
 from data_pipelines.simulators import (
     SIMULATORS,
+    euler2d,
     rayleigh_benard2d,
     shallow_water2d,
     shear_flow2d,
@@ -130,3 +131,43 @@ def test_shallow_water_conserves_mass_and_inviscid_energy():
     e0, e1 = shallow_water2d.total_energy(state, 1.0), shallow_water2d.total_energy(inviscid[:, -1], 1.0)
     assert not np.allclose(inviscid[:, -1], state, atol=1e-2)
     np.testing.assert_allclose(e1, e0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ Euler
+
+
+def test_euler_periodic_run_conserves_mass_momentum_energy_to_round_off():
+    q0 = euler2d.conserved(euler2d.random_quadrants(np.random.default_rng(0), 2, 24, 20.0), 1.4)
+    q = euler2d.integrate(q0, 1.4, frame_dt=0.05, n_frames=2)
+    assert not np.allclose(q[:, -1], q0, atol=0.05)
+    np.testing.assert_allclose(q[:, -1].sum(axis=(-2, -1)), q0.sum(axis=(-2, -1)), rtol=0, atol=1e-11)
+
+
+def sod_density_error(n: int, along_y: bool = False) -> float:
+    """Mean absolute density error of Sod's shock tube (1D in a 2D strip) at t = 0.2 against the
+    exact Riemann solution."""
+    gamma, x = 1.4, (np.arange(n) + 0.5) / n
+    left = x < 0.5
+    w = np.zeros((1, 4, n, 2))
+    w[0, 0] = np.where(left, 1.0, 0.125)[:, None]
+    w[0, 3] = np.where(left, 1.0, 0.1)[:, None]
+    if along_y:  # the same tube along y: the y-flux (normal velocity swapped in) must agree
+        w = np.swapaxes(w, -1, -2)
+    q = euler2d.integrate(euler2d.conserved(w, gamma), gamma, 0.2, 1, boundary="transmissive")[0, -1]
+    rho = q[0].T[:, 0] if along_y else q[0][:, 0]
+    exact = euler2d.exact_riemann((1.0, 0.0, 1.0), (0.125, 0.0, 0.1), gamma, (x - 0.5) / 0.2)
+    return float(np.abs(rho - exact[0]).mean())
+
+
+def test_euler_sod_shock_tube_against_exact_riemann_solution():
+    errors = [sod_density_error(n) for n in (100, 200)]
+    assert errors[0] < 0.01 and errors[1] < 0.6 * errors[0], errors  # ≈ first order at discontinuities
+    assert sod_density_error(100, along_y=True) == pytest.approx(errors[0], rel=1e-10)
+
+
+def test_exact_riemann_solution_of_sod():
+    # Toro (2009) table 4.2/4.3: p* = 0.30313, u* = 0.92745 for Sod's problem
+    xi = np.array([0.0, 0.5, 1.6])
+    rho, u, p = euler2d.exact_riemann((1.0, 0.0, 1.0), (0.125, 0.0, 0.1), 1.4, xi)
+    assert p[1] == pytest.approx(0.30313, abs=1e-5) and u[1] == pytest.approx(0.92745, abs=1e-5)
+    assert rho[1] == pytest.approx(0.42632, abs=1e-5) and rho[2] == pytest.approx(0.26557, abs=1e-5)

@@ -27,6 +27,7 @@ import numpy as np
 from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
     burgers1d,
+    euler2d,
     gray_scott2d,
     navier_stokes2d,
     rayleigh_benard2d,
@@ -47,6 +48,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         shear_flow2d.SPEC,
         rayleigh_benard2d.SPEC,
         shallow_water2d.SPEC,
+        euler2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
