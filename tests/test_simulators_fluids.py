@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
     SIMULATORS,
     euler2d,
+    navier_stokes3d,
     rayleigh_benard2d,
     shallow_water2d,
     shear_flow2d,
@@ -16,6 +18,8 @@ from data_pipelines.simulators import (
 )
 from data_pipelines.simulators.common import periodic_grid
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
+
+FLUIDS = ("shear_flow2d", "rayleigh_benard2d", "shallow_water2d", "euler2d", "navier_stokes3d")
 
 # ------------------------------------------------------------------------------------- shear flow
 
@@ -171,3 +175,69 @@ def test_exact_riemann_solution_of_sod():
     rho, u, p = euler2d.exact_riemann((1.0, 0.0, 1.0), (0.125, 0.0, 0.1), 1.4, xi)
     assert p[1] == pytest.approx(0.30313, abs=1e-5) and u[1] == pytest.approx(0.92745, abs=1e-5)
     assert rho[1] == pytest.approx(0.42632, abs=1e-5) and rho[2] == pytest.approx(0.26557, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ 3D Navier–Stokes
+
+
+def test_navier_stokes3d_taylor_green_column_decays_exactly():
+    # u = sin kx cos ky, v = −cos kx sin ky, w = 0: (u·∇)u is a pressure gradient, so it decays as
+    # exp(−2νk² t) and the projection must remove the whole advection term
+    n, k, nu = 16, 2, 0.05
+    grid = navier_stokes3d.SpectralGrid3D(n)
+    x = periodic_grid(n, navier_stokes3d.LENGTH)
+    X, Y, _ = np.meshgrid(x, x, x, indexing="ij")
+    u0 = np.stack([np.sin(k * X) * np.cos(k * Y), -np.cos(k * X) * np.sin(k * Y), np.zeros_like(X)])[None]
+    u = navier_stokes3d.integrate(u0, grid, nu, None, frame_dt=0.25, n_frames=2)
+    decay = math.exp(-2 * nu * k**2 * 0.5)
+    np.testing.assert_allclose(u[0, -1], u0[0] * decay, atol=1e-12)
+    expected_p = (np.cos(2 * k * X) + np.cos(2 * k * Y)) / 4 * decay**2
+    np.testing.assert_allclose(grid.pressure(u[0, -1]), expected_p, atol=1e-12)
+
+
+def test_navier_stokes3d_inviscid_energy_and_divergence():
+    grid = navier_stokes3d.SpectralGrid3D(16)
+    u0 = navier_stokes3d.random_velocity(np.random.default_rng(0), 1, grid)
+    u = navier_stokes3d.integrate(u0, grid, 0.0, None, frame_dt=0.25, n_frames=2, cfl=0.25)
+    assert not np.allclose(u[:, -1], u0, atol=0.05)
+    e0, e1 = (u0**2).sum(axis=1).mean(), (u[:, -1] ** 2).sum(axis=1).mean()
+    assert e1 == pytest.approx(e0, rel=1e-6)
+    u_hat = grid.fft(u[0, -1])
+    divergence = grid.ifft(sum(grid.ik[i] * u_hat[i] for i in range(3)))
+    assert np.abs(divergence).max() < 1e-12
+
+
+# --------------------------------------------------------------------------------- all five
+
+
+@pytest.mark.parametrize(
+    ("system", "params", "name"),
+    [
+        ("shear_flow2d", {"Reynolds": -1.0}, "Reynolds"),
+        ("shear_flow2d", {"Schmidt": 0.0}, "Schmidt"),
+        ("rayleigh_benard2d", {"Rayleigh": -1e6}, "Rayleigh"),
+        ("rayleigh_benard2d", {"Prandtl": 0.0}, "Prandtl"),
+        ("shallow_water2d", {"c": 0.0}, "c"),
+        ("euler2d", {"gamma": 1.0}, "gamma"),
+        ("euler2d", {"pressure_jump": 0.5}, "pressure_jump"),
+        ("navier_stokes3d", {"nu": -0.01}, "nu"),
+    ],
+)
+def test_invalid_parameters_are_named(system, params, name):
+    spec = SIMULATORS[system]
+    with pytest.raises(DataError, match=rf"{system}: parameter {name}="):
+        simulate_trajectories(spec, 1, 2, spec.min_resolution, spec.complete_params(params), seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", FLUIDS)
+def test_sweep_corners_stay_finite(system):
+    """The extreme corners of each default sweep on the coarsest grid allowed: finite and moving (the
+    default grid is covered by test_simulators.py::test_default_regimes_keep_moving)."""
+    spec = SIMULATORS[system]
+    corners = [{k: v[0] for k, v in spec.default_params.items()}, {k: v[-1] for k, v in spec.default_params.items()}]
+    for params in corners:
+        data = simulate_trajectories(spec, 1, 4, spec.min_resolution, params, seed=1)
+        frames = data.frames(0)
+        assert np.isfinite(frames).all(), (system, params)
+        assert not np.allclose(frames[0], frames[-1]), (system, params)

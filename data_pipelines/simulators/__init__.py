@@ -30,6 +30,7 @@ from data_pipelines.simulators import (
     euler2d,
     gray_scott2d,
     navier_stokes2d,
+    navier_stokes3d,
     rayleigh_benard2d,
     shallow_water2d,
     shear_flow2d,
@@ -49,6 +50,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         rayleigh_benard2d.SPEC,
         shallow_water2d.SPEC,
         euler2d.SPEC,
+        navier_stokes3d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
