@@ -10,7 +10,8 @@ as The Well's ``euler_multi_quadrants_periodicBC`` (same field names; The Well r
 Method: conservative finite volumes — MUSCL reconstruction of the primitive variables (ρ, u, v, p)
 with the minmod limiter, the HLLC approximate Riemann solver (Toro 2009, §10.4) at every face,
 unsplit, and the two-stage SSP Runge–Kutta (Heun) step at CFL 0.4 on the sum of the x and y signal
-rates (|u| + c)/Δx + (|v| + c)/Δy.  Faces whose reconstructed density or pressure would be ≤ 0 fall back to first order.  Every
+rates (|u| + c)/Δx + (|v| + c)/Δy.  Faces whose reconstructed density or pressure would be ≤ 0 fall
+back to first order.  Every
 update is a difference of face fluxes, so with periodic boundaries the totals of ρ, m and E change
 only by round-off (tested); ``boundary="transmissive"`` (zero-gradient ghost cells) is there for the
 1D shock-tube test against the exact Riemann solution (:func:`exact_riemann`).  Hand-written in
@@ -22,7 +23,8 @@ state: ρ ∈ [0.2, 2], p = 10^U(0, log10 pressure_jump), velocity components �
 rarefactions and contact lines leave every interface and collide at the corners.
 Regimes: pressure_jump = 2 (weak shocks, nearly acoustic waves, smooth vortical contacts) and 20
 (strong shocks, jets along the contact lines); γ = 1.4 (diatomic gas) and 1.13 (a soft, more
-compressible gas: slower sound, denser shocked shells).  Frames are 0.015 apart (The Well's interval), from t = 0.
+compressible gas: slower sound, denser shocked shells).  The default grid is 48² (a 64² dataset
+costs 1.8× as much).  Frames are 0.015 apart (The Well's interval), from t = 0.
 Saved fields: density, energy, pressure (t0) and momentum (t1), arrays indexed [x, y].
 """
 

@@ -13,11 +13,12 @@ wheels, and this 3D periodic case is ~100 lines.  The pressure is recovered at e
 from Δp = −∂i∂j(ui uj) (the forcing is divergence-free), with zero mean.
 
 Forcing and regimes (after Borue & Orszag 1996, JFM 306:293, 3D Kolmogorov flow): k_f = 2, F = 0.5,
-so the laminar flow u = F/(ν k_f²) sin(k_f y) x̂ has Reynolds number F/(ν² k_f³): 12.5 at ν = 0.05
-(the laminar profile is unstable and the flow wanders between meandering states) and 78 at ν = 0.02
-(3D turbulence with vortex tubes; at 32³ the dissipation range is marginally resolved, k_max η ≈ 0.5).
+so the laminar flow u = F/(ν k_f²) sin(k_f y) x̂ has Reynolds number F/(ν² k_f³): 69 at ν = 0.03
+(the laminar profile is unstable; large meandering structures, weakly turbulent) and 434 at
+ν = 0.012 (3D turbulence with small vortex tubes; at 32³ the dissipation range is marginally
+resolved, k_max η ≈ 0.4 for a dissipation rate of order 1, and the 2/3 rule keeps it stable).
 Initial condition: random-phase divergence-free velocity with energy near |k| = 3 and rms 1; the first
-3 time units are discarded.  Frames are 0.25 apart.  Saved fields: pressure (t0), velocity (t1),
+3 time units are discarded.  Frames are 0.3 apart.  Saved fields: pressure (t0), velocity (t1),
 arrays indexed [x, y, z].
 """
 
@@ -170,7 +171,7 @@ SPEC = SystemSpec(
     field_names=("pressure", "velocity_x", "velocity_y", "velocity_z"),
     min_resolution=16,
     regimes=(
-        "nu 0.05 (Re 12): the laminar Kolmogorov profile meanders",
-        "nu 0.02 (Re 78): 3D turbulence with vortex tubes",
+        "nu 0.03 (Re 69): the Kolmogorov profile breaks into large meandering structures",
+        "nu 0.012 (Re 434): 3D turbulence with small vortex tubes",
     ),
 )

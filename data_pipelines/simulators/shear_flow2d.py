@@ -96,8 +96,9 @@ def integrate(
 
 def shear_layers(rng: np.random.Generator, n_traj: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two perturbed tanh shear layers per trajectory, drifting together at a random speed:
-    (u, v, tracer) [n_traj, n, n] each, the tracer starting as the shear profile.  The perturbation is a stream function ψ' = A sin(2π m x + φ) exp(−((y − y_k)/0.1)²) per layer, so all
-    of it is divergence-free and feeds the instability."""
+    (u, v, tracer) [n_traj, n, n] each, the tracer starting as the shear profile.  The perturbation
+    is a stream function ψ' = A sin(2π m x + φ) exp(−((y − y_k)/0.1)²) per layer, so all of it is
+    divergence-free and feeds the instability."""
     x = periodic_grid(n, LENGTH)[:, None]
     y = periodic_grid(n, LENGTH)[None, :]
     u, v, tracer = np.empty((n_traj, n, n)), np.empty((n_traj, n, n)), np.empty((n_traj, n, n))
