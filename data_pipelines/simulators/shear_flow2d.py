@@ -149,7 +149,7 @@ SPEC = SystemSpec(
     description="Periodic shear layers + passive tracer (incompressible NS), pseudo-spectral; Kelvin-Helmholtz",
     run=run,
     field_names=("tracer", "pressure", "velocity_x", "velocity_y"),
-    n_traj=8,
+    n_traj=10,
     min_resolution=32,
     regimes=(
         "Reynolds 3e3: layers roll up into smooth billows that pair",
