@@ -59,6 +59,16 @@ def periodic_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> lis
     return bcs
 
 
+def wall_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
+    """Walls on the given axes (The Well's ``WALL``): a mask true at the two boundary grid points."""
+    bcs = []
+    for dim in spatial_dims:
+        mask = np.zeros(n, dtype=bool)
+        mask[[0, -1]] = True
+        bcs.append(BoundaryCondition(f"{dim}_wall", "WALL", [dim], list(field_names), mask))
+    return bcs
+
+
 def make_well_data(
     name: str,
     spatial_dims: list[str],
@@ -67,12 +77,23 @@ def make_well_data(
     time: np.ndarray,
     fields: list[Field],
     params: dict[str, float],
+    wall_dims: tuple[str, ...] = (),
+    lengths: dict[str, float] | None = None,
 ) -> WellData:
-    """A periodic-box :class:`WellData` with the simulation parameters as root attrs and scalars."""
-    coords = {d: periodic_grid(n, length).astype(np.float32) for d in spatial_dims}
+    """A :class:`WellData` with the simulation parameters as root attrs and scalars.
+
+    Every axis is periodic (grid ``j L / n``) except those in ``wall_dims``, whose grids run from one
+    wall to the other, both included (``linspace(0, L, n)``).  ``lengths`` overrides ``length`` per axis.
+    """
+    lengths = {d: (lengths or {}).get(d, length) for d in spatial_dims}
+    coords = {
+        d: (np.linspace(0, lengths[d], n) if d in wall_dims else periodic_grid(n, lengths[d])).astype(np.float32)
+        for d in spatial_dims
+    }
     scalars = [Scalar(k, np.asarray(v, dtype=np.float64)) for k, v in params.items()]
     for f in fields:
         f.data = np.ascontiguousarray(f.data, dtype=np.float32)
+    names = [f.name for f in fields]
     return WellData(
         dataset_name=name,
         spatial_dims=list(spatial_dims),
@@ -81,8 +102,16 @@ def make_well_data(
         fields=fields,
         simulation_parameters=dict(params),
         scalars=scalars,
-        boundary_conditions=periodic_bcs(list(spatial_dims), n, [f.name for f in fields]),
+        boundary_conditions=periodic_bcs([d for d in spatial_dims if d not in wall_dims], n, names)
+        + wall_bcs([d for d in spatial_dims if d in wall_dims], n, names),
     )
+
+
+def require_positive(system: str, params: dict[str, float], *names: str) -> None:
+    """Refuse a parameter that must be > 0 (and finite) with one line naming it."""
+    for key in names:
+        if not (np.isfinite(params[key]) and params[key] > 0):
+            raise DataError(f"{system}: parameter {key}={params[key]:g} must be a positive number")
 
 
 def persistence_vrmse(frames: np.ndarray, eps: float = 1e-7) -> np.ndarray:
