@@ -25,12 +25,25 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.errors import DataError
-from data_pipelines.simulators import burgers1d, gray_scott2d, navier_stokes2d, wave2d
+from data_pipelines.simulators import (
+    burgers1d,
+    gray_scott2d,
+    kdv1d,
+    navier_stokes2d,
+    wave2d,
+)
 from data_pipelines.simulators.common import SystemSpec, persistence_vrmse
 from data_pipelines.well_format import WellData
 
 SIMULATORS: dict[str, SystemSpec] = {
-    spec.name: spec for spec in (burgers1d.SPEC, navier_stokes2d.SPEC, gray_scott2d.SPEC, wave2d.SPEC)
+    spec.name: spec
+    for spec in (
+        burgers1d.SPEC,
+        navier_stokes2d.SPEC,
+        gray_scott2d.SPEC,
+        wave2d.SPEC,
+        kdv1d.SPEC,
+    )
 }
 SPLITS = ("train", "valid", "test")
 MAX_BATCH = 16  # trajectories simulated together; bounds memory and fixes the seeding of each chunk

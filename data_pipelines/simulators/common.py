@@ -31,6 +31,7 @@ class SystemSpec:
     n_traj: int = 10  # trajectories per parameter set in a default dataset (split 8/1/1)
     field_names: tuple[str, ...] = ()  # channel names of the frames, for --list and docs
     min_resolution: int = 8  # coarser grids lose the dynamics
+    regimes: tuple[str, ...] = ()  # the visibly different regimes the default sweep spans, for --list
 
     def complete_params(self, params: dict[str, float]) -> dict[str, float]:
         """Fill missing parameters with their first default value (for calling ``run`` directly);
