@@ -27,6 +27,7 @@ import numpy as np
 from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
     burgers1d,
+    cahn_hilliard2d,
     gray_scott2d,
     kdv1d,
     navier_stokes2d,
@@ -43,6 +44,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         gray_scott2d.SPEC,
         wave2d.SPEC,
         kdv1d.SPEC,
+        cahn_hilliard2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
