@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from data_pipelines.errors import DataError
-from data_pipelines.simulators import SIMULATORS, cahn_hilliard2d, kdv1d, simulate_trajectories
+from data_pipelines.simulators import (
+    SIMULATORS,
+    cahn_hilliard2d,
+    kdv1d,
+    simulate_trajectories,
+    swift_hohenberg2d,
+)
 from data_pipelines.simulators.common import periodic_grid
 
 # ------------------------------------------------------------------------------------- Cahn–Hilliard
@@ -54,6 +60,50 @@ def test_cahn_hilliard_rejects_bad_parameters():
     ]:
         with pytest.raises(DataError, match=message):
             spec.run(1, 2, 64, {**good, name: value}, rng)
+
+
+# ------------------------------------------------------------------------------------ Swift–Hohenberg
+
+
+def test_swift_hohenberg_lyapunov_functional_never_rises():
+    solver = swift_hohenberg2d.SwiftHohenberg(32, r=0.2, g=1.0)
+    u0 = 0.3 * np.random.default_rng(0).standard_normal((2, 32, 32))
+    u0 = solver.ifft(solver.fft(u0) * solver.dealias)  # the scheme evolves the dealiased band
+    u = solver.integrate(u0, frame_dt=swift_hohenberg2d.STEP, n_frames=120)  # every step checked
+    lyapunov = np.concatenate([solver.lyapunov(u0)[:, None], solver.lyapunov(u)], axis=1)
+    assert (lyapunov[:, -1] < 0).all()  # a pattern formed (F < 0 = F of u = 0)
+    assert (np.diff(lyapunov, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("mode", [6, 8, 10])  # k = mode/8: inside the band (0.75, 1, 1.25) at r = 0.2
+def test_swift_hohenberg_small_mode_grows_at_the_linear_rate(mode):
+    r, t_end, amplitude = 0.2, 10.0, 1e-8
+    solver = swift_hohenberg2d.SwiftHohenberg(32, r=r, g=1.0)
+    x = periodic_grid(32, swift_hohenberg2d.LENGTH)
+    k = 2 * math.pi * mode / swift_hohenberg2d.LENGTH
+    u0 = amplitude * np.broadcast_to(np.cos(k * x)[:, None], (32, 32))[None]
+    u = solver.integrate(u0, frame_dt=t_end, n_frames=1)[0, 0]
+    rate = math.log(np.abs(u).max() / amplitude) / t_end
+    # ETDRK4 integrates the linear part exactly; the u², u³ terms are 1e-8 smaller (measured ≤ 3e-9)
+    assert abs(rate - (r - (1 - k**2) ** 2)) < 1e-7, (rate, r - (1 - k**2) ** 2)
+
+
+def test_swift_hohenberg_stripe_amplitude_matches_weakly_nonlinear_theory():
+    # near onset (g = 0) the stripe u = A cos x saturates at A² = 4r/3, exactly so once the 2/3 rule
+    # drops the cos 3x harmonic (at 32² that harmonic would alias onto cos x and give A² = r)
+    r, n = 0.01, 64
+    solver = swift_hohenberg2d.SwiftHohenberg(n, r=r, g=0.0)
+    x = periodic_grid(n, swift_hohenberg2d.LENGTH)
+    u0 = 0.01 * np.broadcast_to(np.cos(x)[:, None], (n, n))[None]
+    u = solver.integrate(u0, frame_dt=1000.0, n_frames=1, step=5.0)[0, 0]  # ten e-folds of 1/(2r)
+    assert abs(np.abs(u).max() / math.sqrt(4 * r / 3) - 1) < 1e-6
+
+
+def test_swift_hohenberg_rejects_bad_parameters():
+    spec, rng = SIMULATORS["swift_hohenberg2d"], np.random.default_rng(0)
+    for r in (0.0, -0.1, 1.5):
+        with pytest.raises(DataError, match=f"parameter r={r:g} must lie in"):
+            spec.run(1, 2, 64, {"r": r, "g": 0.0}, rng)
 
 
 # ----------------------------------------------------------------------------------------------- KdV
@@ -110,10 +160,12 @@ def test_kdv_rejects_bad_parameters():
 
 # ------------------------------------------------------------------------------ sweep corners stay finite
 
+# resolution for the corner runs (fewer frames than a dataset, default dt)
 CORNER_SIZES = {
     "kdv1d": 256,
     "cahn_hilliard2d": 32,
-}  # resolution for the corner runs (fewer frames than a dataset, default dt)
+    "swift_hohenberg2d": 64,
+}
 
 
 def sweep_corners(system: str) -> list[dict[str, float]]:

@@ -31,6 +31,7 @@ from data_pipelines.simulators import (
     gray_scott2d,
     kdv1d,
     navier_stokes2d,
+    swift_hohenberg2d,
     wave2d,
 )
 from data_pipelines.simulators.common import SystemSpec, persistence_vrmse
@@ -45,6 +46,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         wave2d.SPEC,
         kdv1d.SPEC,
         cahn_hilliard2d.SPEC,
+        swift_hohenberg2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
