@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
+    advection_diffusion2d,
     burgers1d,
     cahn_hilliard2d,
     gray_scott2d,
@@ -47,6 +48,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         kdv1d.SPEC,
         cahn_hilliard2d.SPEC,
         swift_hohenberg2d.SPEC,
+        advection_diffusion2d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
