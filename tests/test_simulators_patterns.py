@@ -13,6 +13,7 @@ from data_pipelines.simulators import (
     SIMULATORS,
     advection_diffusion2d,
     cahn_hilliard2d,
+    gray_scott2d,
     kdv1d,
     simulate_trajectories,
     swift_hohenberg2d,
@@ -157,6 +158,52 @@ def test_advection_diffusion_rejects_bad_parameters():
         spec.run(1, 2, 32, {"peclet": 10.0, "oscillation": 2.0}, rng)
 
 
+# -------------------------------------------------------------------------------------- Gray–Scott 3D
+
+
+def test_gray_scott3d_depth_constant_field_evolves_as_the_2d_system():
+    u2, v2 = gray_scott2d.random_patches(np.random.default_rng(0), 2, 32)
+    depth = 8  # z-constant copies: the z terms of the 7-point stencil vanish (up to rounding order)
+    u3, v3 = (np.repeat(a[..., None], depth, axis=-1) for a in (u2, v2))
+    frames2 = gray_scott2d.integrate(u2, v2, 0.018, 0.051, n_frames=2, steps_per_frame=100, dx=2.0)
+    frames3 = gray_scott2d.integrate(u3, v3, 0.018, 0.051, n_frames=2, steps_per_frame=100, dx=2.0)
+    for a2, a3 in zip(frames2, frames3):
+        assert a3.shape == (2, 2, 32, 32, depth)
+        for z in range(depth):  # measured: 7.8e-16 after 200 steps, float64
+            np.testing.assert_allclose(a3[..., z], a2, atol=1e-13)
+    assert np.abs(frames2[1][:, -1] - v2).max() > 0.05  # the reaction ran
+
+
+def test_gray_scott3d_fourier_mode_diffuses_at_the_discrete_rate():
+    n, steps, dt, eps = 16, 100, 0.5, 1e-3
+    x = np.arange(n)
+    m = np.array([1, 2, 3])  # wave vector (in grid modes)
+    phase = 2 * np.pi * (m[0] * x[:, None, None] + m[1] * x[None, :, None] + m[2] * x[None, None, :]) / n
+    u0 = (1 + eps * np.cos(phase))[None]
+    u, _ = gray_scott2d.integrate(u0, np.zeros_like(u0), 0.0, 0.0, n_frames=1, steps_per_frame=steps, dt=dt)
+    # forward Euler on the 7-point Laplacian: × (1 − 4 D dt Σ sin²(π m_i / n)) per step, exactly
+    factor = (1 - 4 * gray_scott2d.DIFFUSION_U * dt * (np.sin(np.pi * m / n) ** 2).sum()) ** steps
+    np.testing.assert_allclose(u[0, 0] - 1, factor * eps * np.cos(phase), atol=1e-14)
+
+
+def test_gray_scott3d_without_feed_and_kill_conserves_total_mass():
+    u0, v0 = gray_scott2d.random_patches(np.random.default_rng(0), 1, 16, n_dims=3, length=24.0)
+    u, v = gray_scott2d.integrate(u0, v0, 0.0, 0.0, n_frames=2, steps_per_frame=50, dx=1.5)
+    total0 = (u0 + v0).sum(axis=(-3, -2, -1))
+    np.testing.assert_allclose((u + v).sum(axis=(-3, -2, -1)), total0[:, None].repeat(2, 1), rtol=1e-12)
+    assert (v[:, -1].sum(axis=(-3, -2, -1)) > v0.sum(axis=(-3, -2, -1))).all()  # the autocatalysis ran
+
+
+def test_gray_scott3d_rejects_bad_parameters():
+    spec, rng = SIMULATORS["gray_scott3d"], np.random.default_rng(0)
+    with pytest.raises(DataError, match=r"parameter F=-0.01 must lie in \[0, 0.2\]"):
+        spec.run(1, 2, 32, {"F": -0.01, "k": 0.05}, rng)
+    with pytest.raises(DataError, match=r"parameter k=0.5 must lie in \[0, 0.2\]"):
+        spec.run(1, 2, 32, {"F": 0.01, "k": 0.5}, rng)
+    with pytest.raises(DataError, match="resolution 16 < 32"):
+        spec.run(1, 2, 16, {"F": 0.018, "k": 0.051}, rng)
+
+
 # ----------------------------------------------------------------------------------------------- KdV
 
 
@@ -217,6 +264,7 @@ CORNER_SIZES = {
     "cahn_hilliard2d": 32,
     "swift_hohenberg2d": 64,
     "advection_diffusion2d": 32,
+    "gray_scott3d": 32,
 }
 
 

@@ -30,6 +30,7 @@ from data_pipelines.simulators import (
     burgers1d,
     cahn_hilliard2d,
     gray_scott2d,
+    gray_scott3d,
     kdv1d,
     navier_stokes2d,
     swift_hohenberg2d,
@@ -49,6 +50,7 @@ SIMULATORS: dict[str, SystemSpec] = {
         cahn_hilliard2d.SPEC,
         swift_hohenberg2d.SPEC,
         advection_diffusion2d.SPEC,
+        gray_scott3d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")
