@@ -6,9 +6,10 @@ The linear part is integrated exactly, so stiff dispersion or hyperdiffusion (k�
 limit and a small linear mode grows or decays at exactly ``exp(L t)``; the step is limited only by the
 nonlinear term.  The coefficients φ(hL) are evaluated by the contour-integral mean of Kassam &
 Trefethen (2005, SIAM J. Sci. Comput. 26:1214), which avoids the cancellation of the closed forms
-near hL = 0.  Hand-written (≈ 40 lines of numpy) because the PDE libraries that install here either
-use finite differences with explicit steppers (py-pde: a k⁴ term then needs tiny steps) or bring a
-heavy framework (dedalus: MPI + FFTW build) for what is one exact diagonal exponential.
+near hL = 0.  Hand-written (≈ 40 lines of numpy) because the PDE libraries on the registry either
+discretise in finite differences and JIT-compile through numba (py-pde: a k³ or k⁴ term is then
+stiff, needing small explicit steps or implicit solves, and a new heavy dependency) or bring a
+framework with MPI and FFTW requirements (dedalus) for what is here one diagonal exponential.
 """
 
 from __future__ import annotations
