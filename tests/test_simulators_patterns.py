@@ -52,14 +52,38 @@ def test_cahn_hilliard_planar_interface_is_an_equilibrium():
     assert deviations[1] < 5e-5 and deviations[0] / deviations[1] > 100, deviations
 
 
+def test_cahn_hilliard_cook_noise_keeps_mass_exact_and_obeys_fluctuation_dissipation():
+    # in the one-phase region (f''(c̄) = 3c̄² − 1 > 0) and at small T the equation is linear around
+    # c̄: each mode relaxes as b ĉ' = a ĉ + i k·ξ̂ (the scheme's factors), so its stationary
+    # variance is k² σ² / (b² − a²) — Ornstein–Zernike T/(f'' + ε²k²) as h → 0
+    n, mean, epsilon, temperature = 32, 0.8, 1.0, 1e-3
+    solver = cahn_hilliard2d.CahnHilliard(n, mobility=1.0, epsilon=epsilon)
+    h = cahn_hilliard2d.STEP_IN_EPS2_OVER_M * epsilon**2
+    rng = np.random.default_rng(0)
+    c = solver.integrate(np.full((8, n, n), mean), h, 400, n_discard=40, temperature=temperature, rng=rng)
+    # a divergence has no k = 0 mode: the mass is exact under the noise too
+    np.testing.assert_allclose(c.mean(axis=(-2, -1)), mean, atol=1e-14)
+    k = 2 * math.pi * np.fft.fftfreq(n, d=cahn_hilliard2d.LENGTH / n)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    mk2h, stab, curvature = h * k2, cahn_hilliard2d.STABILISATION, 3 * mean**2 - 1
+    a, b = 1 + mk2h * (stab - curvature), 1 + mk2h * (stab + epsilon**2 * k2)
+    cell_variance = 2 * temperature * h * (n / cahn_hilliard2d.LENGTH) ** 2
+    per_mode = np.divide(k2 * cell_variance, b**2 - a**2, out=np.zeros_like(k2), where=k2 > 0)
+    expected, measured = per_mode.sum() / n**2, c.var(axis=(-2, -1)).mean()
+    # measured ratio 0.989 (3200 frames); mass drift 1.1e-16.  At this step (h k² up to 10) the
+    # implicit stabilisation damps the fast modes: the total is 1.9× under Ornstein–Zernike's
+    assert abs(measured / expected - 1) < 0.03, (measured, expected)
+
+
 def test_cahn_hilliard_rejects_bad_parameters():
     rng, spec = np.random.default_rng(0), SIMULATORS["cahn_hilliard2d"]
-    good = {"mobility": 1.0, "epsilon": 1.0, "mean_concentration": 0.0}
+    good = {"mobility": 1.0, "epsilon": 1.0, "mean_concentration": 0.0, "temperature": 0.0}
     for name, value, message in [
         ("mobility", 0.0, "parameter mobility=0 must be > 0"),
         ("epsilon", -1.0, "parameter epsilon=-1 must be > 0"),
         ("mean_concentration", 1.0, r"parameter mean_concentration=1 must lie in \(-1, 1\)"),
         ("epsilon", 0.4, "parameter epsilon=0.4 is under half a cell"),
+        ("temperature", -1.0, "parameter temperature=-1 must be >= 0"),
     ]:
         with pytest.raises(DataError, match=message):
             spec.run(1, 2, 64, {**good, name: value}, rng)
@@ -69,6 +93,8 @@ def test_cahn_hilliard_rejects_bad_parameters():
 
 
 def test_swift_hohenberg_lyapunov_functional_never_rises():
+    # the deterministic gradient flow (temperature 0, the integrator's default): with the dataset's
+    # thermal noise F fluctuates, and only this noise-free part is a Lyapunov functional
     solver = swift_hohenberg2d.SwiftHohenberg(32, r=0.2, g=1.0)
     u0 = 0.3 * np.random.default_rng(0).standard_normal((2, 32, 32))
     u0 = solver.ifft(solver.fft(u0) * solver.dealias)  # the scheme evolves the dealiased band
@@ -102,11 +128,32 @@ def test_swift_hohenberg_stripe_amplitude_matches_weakly_nonlinear_theory():
     assert abs(np.abs(u).max() / math.sqrt(4 * r / 3) - 1) < 1e-6
 
 
+def test_swift_hohenberg_thermal_noise_obeys_fluctuation_dissipation():
+    # below onset (r < 0, g = 0) and at small T the equation is linear: each mode is an Ornstein–
+    # Uhlenbeck process, u_k ← e^{Lh} u_k + kick, whose stationary variance is exactly
+    # σ² / (1 − e^{2Lh}) per mode (→ T/|L| as h → 0, the equipartition the noise must give)
+    n, r, temperature, h = 32, -0.5, 1e-4, swift_hohenberg2d.STEP
+    solver = swift_hohenberg2d.SwiftHohenberg(n, r=r, g=0.0)
+    rng = np.random.default_rng(0)
+    u = solver.integrate(np.zeros((8, n, n)), h, 400, n_discard=40, temperature=temperature, rng=rng)
+    k = 2 * math.pi * np.fft.fftfreq(n, d=swift_hohenberg2d.LENGTH / n)
+    kx, ky, k_max = k[:, None], k[None, :], n // 2 * 2 * math.pi / swift_hohenberg2d.LENGTH
+    band = (np.abs(kx) < 2 / 3 * k_max) & (np.abs(ky) < 2 / 3 * k_max)
+    linear = r - (1 - kx**2 - ky**2) ** 2
+    cell_variance = 2 * temperature * h * (n / swift_hohenberg2d.LENGTH) ** 2
+    expected = cell_variance / n**2 * (band / (1 - np.exp(2 * linear * h))).sum()
+    measured = u.var(axis=(-2, -1)).mean()
+    # measured ratio 0.998 (3200 frames; the h → 0 limit Σ T/|L| is 0.68× this at h = 0.5)
+    assert abs(measured / expected - 1) < 0.03, (measured, expected)
+
+
 def test_swift_hohenberg_rejects_bad_parameters():
     spec, rng = SIMULATORS["swift_hohenberg2d"], np.random.default_rng(0)
     for r in (0.0, -0.1, 1.5):
         with pytest.raises(DataError, match=f"parameter r={r:g} must lie in"):
-            spec.run(1, 2, 64, {"r": r, "g": 0.0}, rng)
+            spec.run(1, 2, 64, {"r": r, "g": 0.0, "temperature": 0.0}, rng)
+    with pytest.raises(DataError, match="parameter temperature=-1 must be >= 0"):
+        spec.run(1, 2, 64, {"r": 0.1, "g": 0.0, "temperature": -1.0}, rng)
 
 
 # -------------------------------------------------------------------------------- advection–diffusion
@@ -122,6 +169,42 @@ def test_advection_diffusion_conserves_mass_and_variance_never_rises():
     np.testing.assert_allclose(mass, c0.mean(axis=(-2, -1))[:, None].repeat(100, 1), atol=1e-13)
     variance = np.concatenate([c0.var(axis=(-2, -1))[:, None], c.var(axis=(-2, -1))], axis=1)
     assert (np.diff(variance, axis=1) <= 0).all() and (variance[:, -1] < 0.7 * variance[:, 0]).all()
+
+
+def test_advection_diffusion_scalar_budget_with_source_and_relaxation():
+    # ∂t c̄ = S̄ − λ c̄ exactly (the flux divergence has no k = 0 mode): with c̄(0) = 0 the mean
+    # follows (S̄/λ)(1 − e^{−λt}); the source's k ≠ 0 part drifts and never touches the mean
+    n, tau, t_end = 32, advection_diffusion2d.RELAXATION_TIME, 8.0
+    rng = np.random.default_rng(0)
+    flow = advection_diffusion2d.CellularFlow(n, 0.8)
+    equilibrium = advection_diffusion2d.random_scalar(rng, 2, n)
+    source = (equilibrium + 0.3) / tau  # mean source S̄ = 0.3/τ
+    drift = np.array([[0.2, 0.0], [0.0, -0.2]])
+    solver = advection_diffusion2d.AdvectionDiffusion(n, 1 / 200, flow, source=source, damping=1 / tau, drift=drift)
+    c0 = advection_diffusion2d.random_scalar(rng, 2, n)  # zero mean
+    c = solver.integrate(c0, frame_dt=t_end / 20, n_frames=20)
+    t = t_end / 20 * np.arange(1, 21)
+    # measured error 2e-16: ETDRK4 integrates the k = 0 mode's linear ODE with constant forcing exactly
+    np.testing.assert_allclose(c.mean(axis=(-2, -1)), 0.3 * (1 - np.exp(-t / tau))[None].repeat(2, 0), atol=1e-13)
+    # without damping or drift the mean grows at exactly S̄
+    still = advection_diffusion2d.AdvectionDiffusion(n, 1 / 200, flow, source=source)
+    grown = still.integrate(c0, frame_dt=t_end / 20, n_frames=20).mean(axis=(-2, -1))
+    np.testing.assert_allclose(grown, (0.3 / tau * t)[None].repeat(2, 0), atol=1e-13)
+
+
+def test_advection_diffusion_dataset_variance_is_statistically_steady():
+    # the relaxing, drifting source balances the stirring: the variance neither fades (the rms fell
+    # ≈ 100× over the window at Pe = 10 without a source) nor grows; it fluctuates as c_eq drifts
+    # through the cells (measured over 64 frames at 32²: last/first-quarter rms 0.86–1.04, the
+    # rms within 0.26–0.67 of c_eq's 1)
+    spec = SIMULATORS["advection_diffusion2d"]
+    for peclet in (10.0, 100.0):
+        data = simulate_trajectories(spec, 2, 64, 32, {"peclet": peclet, "oscillation": 0.2}, seed=0)
+        rms = np.stack([data.frames(i)[:, 0].std(axis=(-2, -1)) for i in range(2)])  # [B, T]
+        quarter = rms.shape[1] // 4
+        drift = rms[:, -quarter:].mean(axis=1) / rms[:, :quarter].mean(axis=1)
+        assert ((drift > 0.75) & (drift < 1.33)).all(), (peclet, drift)
+        assert rms.min() > 0.15 and rms.max() < 1.0, (peclet, rms.min(), rms.max())
 
 
 def test_advection_diffusion_fourier_mode_decays_at_the_diffusive_rate():
@@ -263,8 +346,11 @@ def test_kdv_rejects_bad_parameters():
 # regime test in test_simulators.py already runs), reaching what the parameter checks still allow
 WIDE_SWEEPS = {
     "kdv1d": (256, {"amplitude": (0.3, 2.0), "dispersion": (0.15, 0.4)}),
-    "cahn_hilliard2d": (32, {"mobility": (0.2, 5.0), "epsilon": (1.0, 3.0), "mean_concentration": (-0.5, 0.5)}),
-    "swift_hohenberg2d": (64, {"r": (0.05, 1.0), "g": (-1.0, 2.0)}),
+    "cahn_hilliard2d": (
+        32,
+        {"mobility": (0.2, 5.0), "epsilon": (1.0, 3.0), "mean_concentration": (-0.5, 0.5), "temperature": (0.0, 0.1)},
+    ),
+    "swift_hohenberg2d": (64, {"r": (0.05, 1.0), "g": (-1.0, 2.0), "temperature": (0.0, 1e-2)}),
     "advection_diffusion2d": (32, {"peclet": (1.0, 1000.0), "oscillation": (0.0, math.pi / 2)}),
     "gray_scott3d": (32, {"F": (0.01, 0.06), "k": (0.04, 0.065)}),
 }
@@ -279,3 +365,34 @@ def test_wide_sweep_corners_stay_finite_and_bounded(system):
         frames = simulate_trajectories(spec, 1, 3, resolution, params, seed=3).frames(0)
         # every field here is O(1) by construction (order parameters, concentrations, amplitudes ≤ 4a)
         assert np.isfinite(frames).all() and np.abs(frames).max() < 10, (system, params)
+
+
+# ------------------------------------------------------------------- datasets that keep moving to the end
+
+PERSISTENCE_FLOOR = 0.05  # next-frame persistence VRMSE of every one of the last 8 frame pairs
+
+
+def next_frame_vrmse(frames: np.ndarray) -> np.ndarray:
+    """Persistence VRMSE of each frame pair: frames [T, C, *space] → [T − 1] (channel mean)."""
+    true, pred = frames[1:].astype(np.float64), frames[:-1].astype(np.float64)
+    space = tuple(range(2, frames.ndim))
+    return np.sqrt(((pred - true) ** 2).mean(axis=space) / (true.var(axis=space) + 1e-7)).mean(axis=1)
+
+
+@pytest.mark.parametrize(
+    "system",  # measured here: 2 s, 8 s and 14 s on a shared core
+    [
+        "swift_hohenberg2d",
+        pytest.param("cahn_hilliard2d", marks=pytest.mark.slow),
+        pytest.param("advection_diffusion2d", marks=pytest.mark.slow),
+    ],
+)
+def test_default_sweep_keeps_moving_to_the_end_of_the_window(system):
+    # one trajectory per corner of the default sweep at the default size (measured minima over 4
+    # trajectories: swift_hohenberg2d 0.080, cahn_hilliard2d 0.055, advection_diffusion2d 0.077)
+    spec = SIMULATORS[system]
+    for corner in itertools.product(*spec.default_params.values()):
+        params = dict(zip(spec.default_params, corner))
+        data = simulate_trajectories(spec, 1, spec.n_steps, spec.resolution, params, seed=0)
+        last = next_frame_vrmse(data.frames(0))[-8:]
+        assert last.min() >= PERSISTENCE_FLOOR, (system, params, last.round(3))
