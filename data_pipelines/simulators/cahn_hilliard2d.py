@@ -18,13 +18,13 @@ noise explicit, plus S (ĉⁿ⁺¹ − ĉⁿ) with S = 2 ≥ max f''/2 on [−1,
     (1 + h M k² (S + ε² k²)) ĉⁿ⁺¹ = (1 + h M k² S) ĉⁿ − h M k² (c³ − c)^ⁿ + i k·ξ̂ⁿ
 
 which at T = 0 is unconditionally energy stable and in every case leaves the k = 0 mode (the mass)
-untouched, so ∫c is conserved to round-off (the tests check both, and the noise's amplitude
-against the scheme's exact stationary structure factor in the one-phase region, which tends to
+untouched, so ∫c is conserved to round-off (the tests check both, and the noise's amplitude against
+the scheme's exact stationary structure factor in the one-phase region, which tends to
 Ornstein–Zernike T/(f'' + ε²k²) as h → 0; at the dataset's step the stabilisation damps the fast
-large-k fluctuations, so T is calibrated only at long wavelengths).  The step is h = 0.5 ε²/M (the fastest linear growth time is
-4 ε²/M).  Hand-written, for the reasons given in :mod:`.etdrk4`: the scheme is a few lines of numpy
-once the Fourier symbols exist, and a finite-difference library would need explicit steps ~ dx⁴
-or an implicit solve for the fourth-order operator.
+large-k fluctuations, so T is calibrated only at long wavelengths). The step is h = 0.5 ε²/M (the
+fastest linear growth time is 4 ε²/M). Hand-written, for the reasons given in :mod:`.etdrk4`: the
+scheme is a few lines of numpy once the Fourier symbols exist, and a finite-difference library would
+need explicit steps ~ dx⁴ or an implicit solve for the fourth-order operator.
 
 Defaults: 64² (dx = 1), M = 1, T = 0.03.  Mobility only rescales time (t → M t), so the default
 sweep keeps one value and spans the geometry instead: ε ∈ {1, 1.5} (fine or coarse domains; the

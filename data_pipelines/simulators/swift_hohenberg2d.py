@@ -95,7 +95,7 @@ class SwiftHohenberg:
     ) -> np.ndarray:
         """Advance u [B, n, n] by n_discard + n_frames frames of frame_dt; return the last n_frames.
 
-        temperature > 0 adds the thermal noise √(2T) η (η: space-time white noise, drawn from rng)."""
+        temperature > 0 adds the thermal noise √(2T) η (η: space-time white noise, from rng)."""
         n_sub = max(1, math.ceil(frame_dt / step - 1e-9))
         h = frame_dt / n_sub
         stepper = ETDRK4(self.linear, h)
