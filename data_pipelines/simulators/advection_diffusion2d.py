@@ -188,7 +188,8 @@ SPEC = SystemSpec(
     resolution=64,
     n_steps=64,
     dt=0.4,
-    description="Scalar in an oscillating cellular flow, pseudo-spectral ETDRK4; (peclet, oscillation): cells → filaments",
+    description="Scalar in an oscillating cellular flow relaxing to a drifting source, pseudo-spectral ETDRK4; "
+    "(peclet, oscillation): cells → filaments",
     run=run,
     field_names=("concentration",),
     min_resolution=32,

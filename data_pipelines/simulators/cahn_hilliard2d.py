@@ -163,7 +163,8 @@ SPEC = SystemSpec(
     resolution=64,
     n_steps=32,
     dt=25.0,
-    description="Cahn-Hilliard phase separation, semi-implicit spectral; (epsilon, mean): labyrinths, droplets",
+    description="Cahn-Hilliard-Cook phase separation (thermal noise), semi-implicit spectral; "
+    "(epsilon, mean): labyrinths, droplets",
     run=run,
     field_names=("concentration",),
     min_resolution=32,  # dx = 2: the default epsilon = 1 is then half a cell
