@@ -26,14 +26,19 @@ import numpy as np
 
 from data_pipelines.errors import DataError
 from data_pipelines.simulators import (
+    advection_diffusion2d,
     burgers1d,
+    cahn_hilliard2d,
     euler2d,
     gray_scott2d,
+    gray_scott3d,
+    kdv1d,
     navier_stokes2d,
     navier_stokes3d,
     rayleigh_benard2d,
     shallow_water2d,
     shear_flow2d,
+    swift_hohenberg2d,
     wave2d,
 )
 from data_pipelines.simulators.common import SystemSpec, persistence_vrmse
@@ -51,6 +56,11 @@ SIMULATORS: dict[str, SystemSpec] = {
         shallow_water2d.SPEC,
         euler2d.SPEC,
         navier_stokes3d.SPEC,
+        kdv1d.SPEC,
+        cahn_hilliard2d.SPEC,
+        swift_hohenberg2d.SPEC,
+        advection_diffusion2d.SPEC,
+        gray_scott3d.SPEC,
     )
 }
 SPLITS = ("train", "valid", "test")

@@ -6,7 +6,7 @@ Equations (u: substrate A, v: autocatalyst B)::
     ∂t v = Dv Δv + u v² − (F + k) v
 
 Method: second-order five-point Laplacian with periodic wrap, forward Euler, vectorised over
-trajectories.  The step is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the
+trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the
 reaction rates are O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
 default.  The box stays 64 units wide at every resolution: the pattern's own length scale is about 10
 units, and boxes much smaller than 48 units let it die out.  Below 32² (dx = 2) it dies for lack of
@@ -42,15 +42,20 @@ PATCH_SIZE = 6.0  # in length units
 MIN_RESOLUTION = 32
 
 
-def laplacian(a: np.ndarray) -> np.ndarray:
-    """Five-point periodic Laplacian for grid spacing 1 over the last two axes (divide by dx²)."""
-    return np.roll(a, 1, -2) + np.roll(a, -1, -2) + np.roll(a, 1, -1) + np.roll(a, -1, -1) - 4 * a
+def laplacian(a: np.ndarray, n_dims: int = 2) -> np.ndarray:
+    """(2·n_dims + 1)-point periodic Laplacian for grid spacing 1 over the last ``n_dims`` axes (divide
+    by dx²): the five-point stencil in 2D, seven-point in 3D (``gray_scott3d``).  The sum runs axis by
+    axis in a fixed order, so 2D results are bit-for-bit those of the original five-point formula."""
+    total = np.roll(a, 1, -n_dims) + np.roll(a, -1, -n_dims)
+    for axis in range(-n_dims + 1, 0):
+        total = total + np.roll(a, 1, axis) + np.roll(a, -1, axis)
+    return total - 2 * n_dims * a
 
 
-def time_step(dx: float) -> tuple[float, int]:
-    """Euler step and steps per frame: Δt = 1 or less, within 80 % of the limit dx²/(4 Du)."""
-    steps = math.ceil(FRAME_TIME / min(1.0, 0.8 * dx**2 / (4 * DIFFUSION_U)))
-    return FRAME_TIME / steps, steps
+def time_step(dx: float, n_dims: int = 2, frame_time: float = FRAME_TIME) -> tuple[float, int]:
+    """Euler step and steps per frame: Δt = 1 or less, within 80 % of the limit dx²/(2 n_dims Du)."""
+    steps = math.ceil(frame_time / min(1.0, 0.8 * dx**2 / (2 * n_dims * DIFFUSION_U)))
+    return frame_time / steps, steps
 
 
 def integrate(
@@ -66,15 +71,17 @@ def integrate(
     du: float = DIFFUSION_U,
     dv: float = DIFFUSION_V,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Advance (u, v) [B, n, n] by n_discard_steps, then n_frames × steps_per_frame Euler steps;
-    return the frames of u and v after each frame: [B, T, n, n] each, in the dtype of u."""
+    """Advance (u, v) [B, n, n] (or [B, n, n, n]: the dimension is u.ndim − 1) by n_discard_steps,
+    then n_frames × steps_per_frame Euler steps; return the frames of u and v after each frame:
+    [B, T, *space] each, in the dtype of u."""
     u, v = u.copy(), v.copy()
+    n_dims = u.ndim - 1
     du, dv = du / dx**2, dv / dx**2  # fold the grid spacing into the diffusion coefficients
 
     def step(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         uvv = u * v * v
-        u_new = u + dt * (du * laplacian(u) - uvv + feed * (1 - u))
-        v_new = v + dt * (dv * laplacian(v) + uvv - (feed + kill) * v)
+        u_new = u + dt * (du * laplacian(u, n_dims) - uvv + feed * (1 - u))
+        v_new = v + dt * (dv * laplacian(v, n_dims) + uvv - (feed + kill) * v)
         return u_new, v_new
 
     for _ in range(n_discard_steps):
@@ -88,16 +95,19 @@ def integrate(
     return frames_u, frames_v
 
 
-def random_patches(rng: np.random.Generator, n_traj: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """u = 1, v = 0 with N_PATCHES random squares (PATCH_SIZE wide) at u = 0.5, v = 0.25, plus 1 % noise."""
-    u, v = np.ones((n_traj, n, n)), np.zeros((n_traj, n, n))
-    side = max(2, round(PATCH_SIZE * n / LENGTH))
+def random_patches(
+    rng: np.random.Generator, n_traj: int, n: int, n_dims: int = 2, length: float = LENGTH
+) -> tuple[np.ndarray, np.ndarray]:
+    """u = 1, v = 0 with N_PATCHES random squares (cubes in 3D), PATCH_SIZE wide, at u = 0.5, v = 0.25,
+    plus 1 % noise.  [n_traj, n, ...] each."""
+    shape = (n_traj,) + (n,) * n_dims
+    u, v = np.ones(shape), np.zeros(shape)
+    side = max(2, round(PATCH_SIZE * n / length))
     for b in range(n_traj):
-        for cx, cy in rng.integers(0, n, size=(N_PATCHES, 2)):
-            rows = np.arange(cx, cx + side) % n
-            cols = np.arange(cy, cy + side) % n
-            u[b][np.ix_(rows, cols)] = 0.5
-            v[b][np.ix_(rows, cols)] = 0.25
+        for corner in rng.integers(0, n, size=(N_PATCHES, n_dims)):
+            patch = np.ix_(*[np.arange(c, c + side) % n for c in corner])
+            u[b][patch] = 0.5
+            v[b][patch] = 0.25
     u += 0.01 * rng.standard_normal(u.shape)
     v += 0.01 * rng.standard_normal(v.shape)
     return u, v
