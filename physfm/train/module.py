@@ -40,22 +40,31 @@ class NonFiniteLoss(RuntimeError):
 
 
 # EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again continues.
-# The Slurm scripts requeue the job on this exit code.
+# The Slurm scripts requeue the job on this exit code (what SIGUSR1, sent ahead of the time limit, ends in).
 STOPPED_EXIT_CODE = 75
+# The signals that stop a run after the current optimiser step with a checkpoint: SIGUSR1 (Slurm's
+# ``--signal=USR1@90``), SIGTERM (a scheduler's preemption or time limit, ``kill``) and SIGINT (Ctrl-C).
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+
+def stop_exit_code(signum: int) -> int:
+    """75 for SIGUSR1 (requeue); 128 + the signal's number otherwise (143 SIGTERM, 130 SIGINT), what a
+    shell reports for a process that signal ended, so no caller can take a stopped run for a finished one."""
+    return STOPPED_EXIT_CODE if signum == signal.SIGUSR1 else 128 + int(signum)
 
 
 class TrainingStopped(RuntimeError):
-    """Training stopped early on a signal (Slurm's ``--signal=USR1@T`` ahead of the time limit) after
-    writing a checkpoint at ``step``; the same command resumes from it (``resume: auto``)."""
-
-    exit_code = STOPPED_EXIT_CODE
+    """Training stopped early on a signal (:data:`STOP_SIGNALS`) after writing a checkpoint at ``step``;
+    the same command resumes from it (``resume: auto``).  ``exit_code`` says which signal."""
 
     def __init__(self, out: Any, step: int, signum: int):
+        name = signal.Signals(signum).name
         super().__init__(
-            f"stopped at step {step} on signal {signal.Signals(signum).name}; "
-            f"a checkpoint is in {out}/checkpoints and the same command resumes from it"
+            f"stopped at step {step} on {name}; a checkpoint is in {out}/checkpoints and the same command "
+            "resumes from it"
         )
         self.out, self.step, self.signum = out, step, signum
+        self.exit_code = stop_exit_code(signum)
 
 
 def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
