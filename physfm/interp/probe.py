@@ -50,6 +50,24 @@ def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray,
     return np.array([float(m["params"][target]) for m, h in zip(metas, has) if h]), has
 
 
+def check_target_present(data: str | Path, split: str, target: str) -> None:
+    """Refuse a ``target`` no window of ``data``'s split(s) carries, before any model work: a pass over the
+    windows' metadata (it stops at the first window that has it)."""
+    from data_pipelines.shards import iter_samples
+
+    known: set[str] = set()
+    for name in [s.strip() for s in split.split(",") if s.strip()]:
+        for sample in iter_samples(data, name):
+            params = sample["meta"].get("params") or {}
+            if target in params:
+                return
+            known.update(params)
+    raise DataError(
+        f"{data}: no window of split {split!r} has the simulation parameter {target!r} "
+        f"(the windows have: {', '.join(sorted(known)) or 'none'})"
+    )
+
+
 def choose_scale(y: np.ndarray, scale: str) -> str:
     """ "auto" → log when every value is positive and they span at least a factor of 5."""
     if scale == "auto":
@@ -162,6 +180,7 @@ def run_probe(
     ``store``: an existing capture (pool "mean", with the code histogram) instead of capturing again."""
     out = Path(out)
     if store is None:
+        check_target_present(data, split, target)
         model, info = load_model(location)  # AR or diffusion (run.json kind)
         info = {**info, "location": str(location)}
         points = points or default_points(model.config.n_layer)

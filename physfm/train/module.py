@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from data_pipelines.errors import DataError
+from physfm.core.token_ids import check_token_ids
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
 from physfm.train.config import OptimConfig, lr_lambda
@@ -114,6 +115,14 @@ class ARModule(L.LightningModule):
         if unknown:
             raise DataError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
         return torch.tensor([self.dataset_names.index(n) for n in names], device=self.device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # On the host, before the batch moves to the accelerator (where a bad id is a device assert).
+        if isinstance(batch, dict) and "tokens" in batch:
+            check_token_ids(
+                batch["tokens"], self.model_config.vocab_size, f"data.tokens (dataset {batch['dataset']!r})"
+            )
+        return batch
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
