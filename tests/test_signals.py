@@ -100,3 +100,17 @@ def test_a_second_ctrl_c_aborts_at_once(tokens: Path, tmp_path: Path) -> None:
     assert seconds < 1.5, f"{seconds:.1f} s from the second Ctrl-C to the exit (a step sleeps 2 s)"
     assert "stopping after step" not in text and not (out / "metrics.json").exists()
     assert not list(out.glob("checkpoints/*.ckpt"))
+
+
+def test_a_run_stopped_inside_any_verb_exits_with_its_code(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Verbs that train in-process (quickstart, finetune) end with the stop's code and one line, never a
+    traceback or 0."""
+    from physfm.train.module import TrainingStopped
+
+    def stopped(args) -> int:
+        raise TrainingStopped(tmp_path, 7, signal.SIGTERM)
+
+    monkeypatch.setattr("physfm.cli.quickstart.run", stopped)
+    assert main(["quickstart", "--out", str(tmp_path)]) == 143
+    err = capsys.readouterr().err
+    assert f"physfm quickstart: stopped at step 7 on SIGTERM; a checkpoint is in {tmp_path}/checkpoints" in err

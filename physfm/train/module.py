@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from data_pipelines.errors import DataError
+from physfm.core.errors import RunStopped
 from physfm.core.token_ids import check_token_ids
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
@@ -54,7 +55,7 @@ def stop_exit_code(signum: int) -> int:
     return STOPPED_EXIT_CODE if signum == signal.SIGUSR1 else 128 + int(signum)
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(RunStopped, RuntimeError):
     """Training stopped early on a signal (:data:`STOP_SIGNALS`) after writing a checkpoint at ``step``;
     the same command resumes from it (``resume: auto``).  ``exit_code`` says which signal."""
 
