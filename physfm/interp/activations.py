@@ -43,6 +43,7 @@ from physfm.inference import PhysicsModel
 from physfm.interp.hooks import capture, hook_points
 from physfm.interp.selection import Selection, parse_selection
 from physfm.models.refiner import state_sha256
+from tokenizer.encode import check_datasets
 
 Pool = Literal["mean", "frames", "spatial", "zscore_spatial"]
 POOLS = ("mean", "frames", "spatial", "zscore_spatial")
@@ -65,8 +66,6 @@ def _split_list(split: str | list[str]) -> list[str]:
 def _field_encoder(info: dict[str, Any], manifest: dict[str, Any], data: str | Path) -> Callable[[Tensor, str], Tensor]:
     """Physical-unit windows [B, T, C, *space] of ``data`` → tokens, with the tokenizer the model was trained
     on (which must know ``data``'s datasets, their channels and dimensions)."""
-    from tokenizer.encode import check_datasets
-
     location = info.get("location")
     if not location:
         raise DataError(

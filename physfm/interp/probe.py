@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
+from data_pipelines.shards import iter_samples
 from physfm.inference.loading import load_model
 from physfm.interp.activations import HISTOGRAM, ActivationStore, capture_to_disk
 from physfm.interp.plots import plot_probe_layers
@@ -53,8 +54,6 @@ def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray,
 def check_target_present(data: str | Path, split: str, target: str) -> None:
     """Refuse a ``target`` no window of ``data``'s split(s) carries, before any model work: a pass over the
     windows' metadata (it stops at the first window that has it)."""
-    from data_pipelines.shards import iter_samples
-
     known: set[str] = set()
     for name in [s.strip() for s in split.split(",") if s.strip()]:
         for sample in iter_samples(data, name):
@@ -63,7 +62,7 @@ def check_target_present(data: str | Path, split: str, target: str) -> None:
                 return
             known.update(params)
     raise DataError(
-        f"{data}: no window of split {split!r} has the simulation parameter {target!r} "
+        f"{data}: no window has the simulation parameter {target!r} in split {split!r} "
         f"(the windows have: {', '.join(sorted(known)) or 'none'})"
     )
 

@@ -82,7 +82,7 @@ def test_probe_refuses_an_unknown_target_before_any_work(tmp_path: Path, capsys)
     out = tmp_path / "p"
     rc = main(["probe", "--ckpt", str(export), "--data", str(tokens), "--target", "viscosity", "--out", str(out)])
     line = one_error_line(capsys, "probe")
-    assert rc == 2 and "no window of split 'valid,test' has the simulation parameter 'viscosity'" in line, line
+    assert rc == 2 and "no window has the simulation parameter 'viscosity' in split 'valid,test'" in line, line
     assert "(the windows have: drag, nu)" in line
     assert not out.exists()  # no activations captured
 
