@@ -121,14 +121,16 @@ class StopOnSignal(L.Callback):
         self._install()
         self._checked_step = trainer.global_step
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def restore(self) -> None:
+        """Put back the handlers found at setup (idempotent).  The caller of ``fit`` calls it in a
+        ``finally``: after an exception Lightning's teardown re-installs the handlers it found, ours."""
         if threading.current_thread() is threading.main_thread():
             for signum, previous in self._previous.items():
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "fit")  # a failed run must not leave our handlers installed
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._checked_step:

@@ -122,12 +122,15 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         recipe.run_info(cfg, info).write(out)
     start = time.perf_counter()
-    trainer.fit(
-        module,
-        train_dataloaders=data.train_loader(consumed),
-        val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
-        ckpt_path=str(resume) if resume else None,
-    )
+    try:
+        trainer.fit(
+            module,
+            train_dataloaders=data.train_loader(consumed),
+            val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
+            ckpt_path=str(resume) if resume else None,
+        )
+    finally:
+        stop_on_signal.restore()  # a failed run must not leave our handlers installed
     stopped_at = stop_on_signal.stopped_at_step
     stopped_by = stop_on_signal.signal_name if stopped_at is not None else None
     if trainer.is_global_zero:

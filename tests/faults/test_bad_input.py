@@ -6,6 +6,7 @@ probe target no window carries (refused before any activation is captured)."""
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,12 @@ def waves_3d(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_pretrain_refuses_token_ids_beyond_the_vocabulary(tmp_path: Path, capsys) -> None:
     tokens = make_token_shards(tmp_path / "tokens", vocab=64)  # the tiny model has 32 ids
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     rc = main(pretrain_args(tokens, tmp_path / "run", "trainer.max_steps=2", "data.val_batches=0"))
     line = one_error_line(capsys, "pretrain")
     assert rc == 2 and "outside the model's vocabulary [0, 32)" in line, line
+    # The failed run put back the signal handlers it found (Ctrl-C works again in this process).
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
 
 
 def test_probe_refuses_token_ids_beyond_the_vocabulary(tmp_path: Path, capsys, monkeypatch) -> None:
