@@ -22,7 +22,7 @@ from physfm.core.checkpoint import is_complete
 from tests.faults.conftest import INJECT, pretrain_args
 from tests.harness import REPO_ROOT, kill_tree, worker_env
 
-MAX_STEPS = 40
+MAX_STEPS = 12
 TIMEOUT_S = 120
 
 
