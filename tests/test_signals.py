@@ -114,3 +114,21 @@ def test_a_run_stopped_inside_any_verb_exits_with_its_code(tmp_path: Path, monke
     assert main(["quickstart", "--out", str(tmp_path)]) == 143
     err = capsys.readouterr().err
     assert f"physfm quickstart: stopped at step 7 on SIGTERM; a checkpoint is in {tmp_path}/checkpoints" in err
+
+
+def test_the_first_stop_signal_decides_and_a_second_ctrl_c_aborts_whatever_came_first(monkeypatch, capsys) -> None:
+    from physfm.train.callbacks import StopOnSignal
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("physfm.train.callbacks.os._exit", exit_now)
+    stop = StopOnSignal()
+    stop._on_signal(signal.SIGTERM, None)
+    stop._on_signal(signal.SIGINT, None)  # one Ctrl-C after a SIGTERM: still the SIGTERM's stop
+    assert stop.signal_name == "SIGTERM"
+    assert "Ctrl-C again aborts" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as aborted:
+        stop._on_signal(signal.SIGINT, None)
+    assert aborted.value.code == 130
+    assert "second interrupt: aborting at once" in capsys.readouterr().err

@@ -76,6 +76,7 @@ class StopOnSignal(L.Callback):
         self._checked_step = -1
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
+        self._interrupts = 0  # SIGINTs so far: the second aborts, whatever signal came first
 
     @property
     def received(self) -> bool:
@@ -88,7 +89,9 @@ class StopOnSignal(L.Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:
             return  # a loader worker forked with our handlers: the training process decides, not it
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+        if self._interrupts >= 2:
             # The user pressed Ctrl-C twice: leave now.  os._exit skips Lightning's KeyboardInterrupt path
             # (it exits 1 after a teardown that can block on loader workers); checkpoints are written
             # atomically, so one cut off here leaves the previous one intact.
@@ -96,13 +99,11 @@ class StopOnSignal(L.Callback):
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(stop_exit_code(signal.SIGINT))
+        if signum == signal.SIGINT:
+            sys.stderr.write("physfm: interrupt received: saving a checkpoint after this step (Ctrl-C again aborts)\n")
+            sys.stderr.flush()
         if self.signum is None:
             self.signum = signum
-            if signum == signal.SIGINT:
-                sys.stderr.write(
-                    "physfm: interrupt received: saving a checkpoint after this step (Ctrl-C again aborts)\n"
-                )
-                sys.stderr.flush()
 
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
