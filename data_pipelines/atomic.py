@@ -4,7 +4,10 @@
   directory fsynced (:func:`atomic_path`, :func:`atomic_write_text`, :func:`atomic_write_bytes`);
 * a directory is filled under a staging name beside its target and renamed into place; an existing
   target is moved aside first and removed only after (:func:`atomic_dir`, :func:`publish_dir`);
-* a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily).
+* a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily);
+* the staging names carry the writer's host and process id (``.NAME.HOST-PID.XXXXXXXX.tmp``), so the next
+  write to the same place removes what a killed writer left (:func:`remove_stale_staging`), and never the
+  staging of a writer still running.
 
 One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file the user
 writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics and shard sets on
@@ -16,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +71,46 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+# ---------------------------------------------------------------------------------------------- staging names
+def staging_prefix(final: str | Path) -> str:
+    """``.NAME.HOST-PID.``: hidden (globs such as ``*.tar`` never pick it up) and traceable to its writer."""
+    return f".{Path(final).name}.{socket.gethostname()}-{os.getpid()}."
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^/]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_staging(final: str | Path) -> list[Path]:
+    """Remove the staging files and directories of killed writes to ``final`` (same name, this host, a
+    process that no longer runs); returns what was removed.  A writer on another host (shared storage)
+    or still running keeps its staging: only a crash leaves one behind, and only its own host can tell."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    host, removed = socket.gethostname(), []
+    for path in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        match = _STAGING.match(path.name)
+        if not match or match["name"] != final.name or match["host"] != host:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):  # a write under way (this process cleans up its own)
+            continue
+        with contextlib.suppress(OSError):  # another writer's cleanup got there first
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
 def fsync_dir(path: str | Path) -> None:
     """Make a rename inside ``path`` durable."""
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
@@ -83,7 +129,8 @@ def atomic_path(path: str | Path, disk_full: type[Exception] = DiskFullError) ->
     globs such as ``*.hdf5`` or ``*.ckpt`` never pick it up."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_staging(path)
+    fd, name = tempfile.mkstemp(prefix=staging_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -122,11 +169,12 @@ def remove_path(path: str | Path) -> None:
 
 
 def make_staging_dir(final: str | Path) -> Path:
-    """An empty hidden directory ``.NAME.*.tmp`` beside ``final`` (same filesystem, so the final rename is
-    atomic), with the mode a plain ``mkdir`` would give."""
+    """An empty hidden directory ``.NAME.HOST-PID.*.tmp`` beside ``final`` (same filesystem, so the final
+    rename is atomic), with the mode a plain ``mkdir`` would give; killed writes' staging is removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale_staging(final)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(final), suffix=".tmp", dir=final.parent))
     staging.chmod(dir_mode())
     return staging
 

@@ -267,6 +267,41 @@ def test_sigusr1_checkpoints_requeues_and_resumes(cluster, tokens, tmp_path):
     assert (run_dir / "checkpoints" / ckpt).is_file() and (run_dir / "checkpoints" / "step=0000200.ckpt").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_sigterm_to_the_tasks_checkpoints_and_fails_the_job(cluster, tokens, tmp_path):
+    """SIGTERM to every task of the job's steps (`scancel --signal=TERM`, a preemption's grace signal): the
+    run saves after its step and exits 143; the job ends FAILED with 143, never COMPLETED, and the log says
+    how to resume.  (At a hard time limit srun itself gets SIGTERM and SIGKILLs the tasks: launch.sh says
+    so, and the USR1@90 lead is what checkpoints ahead of the limit.)"""
+    job, run_dir, log = submit_pretrain(
+        tmp_path,
+        2,
+        1,
+        *pretrain_args(
+            tokens, "trainer.max_steps=400", "trainer.checkpoint_every=10", "trainer.keep_last=50", "strategy.name=ddp"
+        ),
+    )
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("step=*.ckpt")):  # training (and its handler) is up
+        state = (job_records(job) or [{}])[0].get("JobState")
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before training\n{tail(log)}"
+        assert time.monotonic() < deadline, f"no checkpoint after 120 s\n{tail(log)}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=TERM", str(job)], check=True, timeout=30)
+    (record,) = wait_for_job(job, timeout=120, log=log)
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "143:0"), f"{record}\n{tail(log)}"
+    assert record["Restarts"] == "0"  # only SIGUSR1 requeues
+    text = log.read_text()
+    stopped = re.search(r"signal SIGTERM received: stopping after step (\d+)", text)
+    assert stopped, tail(log)
+    step = int(stopped.group(1))
+    assert "physfm launch: pretrain stopped by SIGTERM (time limit or preemption) with exit code 143" in text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["stopped_at_step"], metrics["stopped_by"]) == (step, "SIGTERM")
+    assert (run_dir / "checkpoints" / f"step={step:07d}.ckpt").is_file()
+
+
 # ----------------------------------------------------------------------------- array sharding
 @pytest.mark.slow
 @pytest.mark.slurm

@@ -17,6 +17,7 @@ token shards with a tokenizer, first checks the fingerprint and refuses a mismat
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ def _batches(samples: Iterator[dict[str, Any]], batch_size: int) -> Iterator[tup
         yield batch[0]["meta"]["dataset"], batch
 
 
-def _check_datasets(tok: Tokenizer, manifest: dict[str, Any], where: str | Path) -> None:
+def check_datasets(tok: Tokenizer, manifest: dict[str, Any], where: str | Path) -> None:
+    """Refuse a shard set whose datasets the tokenizer does not know, or knows with other channels or another
+    number of spatial dimensions (a 3D dataset under a 2D one's name fails deep inside a convolution)."""
     for name, entry in manifest["datasets"].items():
         if name not in tok.datasets:
             raise DataError(
@@ -68,6 +71,12 @@ def _check_datasets(tok: Tokenizer, manifest: dict[str, Any], where: str | Path)
             raise DataError(
                 f"{where}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
                 f"expects {tok.datasets[name].channel_names}"
+            )
+        shape = entry.get("spatial_shape")
+        if shape is not None and len(shape) != tok.cfg.n_spatial_dims:
+            raise DataError(
+                f"{where}: dataset {name!r} is {len(shape)}D (grid {list(shape)}), the tokenizer codes "
+                f"{tok.cfg.n_spatial_dims}D fields; shard it under another name, or train a tokenizer for it"
             )
 
 
@@ -108,30 +117,38 @@ def encode_shards(
     manifest = read_manifest(shards_dir)
     if manifest.get("tokenizer_fingerprint"):
         raise DataError(f"{shards_dir}: already a token shard set; encode the field shards instead")
-    _check_datasets(tok, manifest, shards_dir)
+    check_datasets(tok, manifest, shards_dir)
     out_dir = Path(out_dir)
     spec = window or manifest_window(manifest)
     n_frames = spec.length
     split_records: dict[str, Any] = {}
-    for split in _split_names(manifest, splits):
-        with ShardWriter(out_dir / split, max_shard_bytes=max_shard_bytes) as writer:
-            for name, batch in _batches(iter_samples(shards_dir, split, spec), batch_size):
-                window = np.stack([np.concatenate([s["input"], s["output"]], axis=0) for s in batch])
-                if window.shape[1] != n_frames:
-                    raise DataError(
-                        f"{batch[0]['__url__']}: window {batch[0]['__key__']} has {window.shape[1]} "
-                        f"frames, the manifest says {n_frames}"
-                    )
-                z = tok.normalize(torch.from_numpy(window).float(), name)
-                ids = (tok.encode(z, name, closed_loop=True) if closed_loop else tok.encode(z, name)).numpy()
-                ids = ids.astype(np.int32)  # [B, T', *space']
-                for sample, tokens in zip(batch, ids):
-                    meta = {**sample["meta"], "n_frames": n_frames}
-                    writer.write(sample["__key__"], {"tokens.npy": tokens, "meta.json": meta}, dataset=name)
-        split_records[split] = {
-            "shards": [{**r, "path": f"{split}/{r['path']}"} for r in writer.records],
-            "n_samples": sum(r["n_samples"] for r in writer.records),
-        }
+    # A refused or failed encode leaves nothing it created behind (no empty split folder that looks like
+    # an encoded split); what was there before is left alone.
+    created = [p for p in (out_dir, *(out_dir / s for s in _split_names(manifest, splits))) if not p.exists()]
+    try:
+        for split in _split_names(manifest, splits):
+            with ShardWriter(out_dir / split, max_shard_bytes=max_shard_bytes) as writer:
+                for name, batch in _batches(iter_samples(shards_dir, split, spec), batch_size):
+                    window = np.stack([np.concatenate([s["input"], s["output"]], axis=0) for s in batch])
+                    if window.shape[1] != n_frames:
+                        raise DataError(
+                            f"{batch[0]['__url__']}: window {batch[0]['__key__']} has {window.shape[1]} "
+                            f"frames, the manifest says {n_frames}"
+                        )
+                    z = tok.normalize(torch.from_numpy(window).float(), name)
+                    ids = (tok.encode(z, name, closed_loop=True) if closed_loop else tok.encode(z, name)).numpy()
+                    ids = ids.astype(np.int32)  # [B, T', *space']
+                    for sample, tokens in zip(batch, ids):
+                        meta = {**sample["meta"], "n_frames": n_frames}
+                        writer.write(sample["__key__"], {"tokens.npy": tokens, "meta.json": meta}, dataset=name)
+            split_records[split] = {
+                "shards": [{**r, "path": f"{split}/{r['path']}"} for r in writer.records],
+                "n_samples": sum(r["n_samples"] for r in writer.records),
+            }
+    except BaseException:
+        for path in reversed(created):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     datasets = {
         name: {**entry, "token_grid": list(tok.token_grid(n_frames, tuple(entry["spatial_shape"])))}
         for name, entry in manifest["datasets"].items()
@@ -187,7 +204,7 @@ def decode_shards(
     manifest = read_manifest(tokens_dir)
     check_token_manifest(manifest, tokens_dir, ckpt)
     tok = load_tokenizer(ckpt)
-    _check_datasets(tok, manifest, tokens_dir)
+    check_datasets(tok, manifest, tokens_dir)
     n_input, n_output = manifest["n_input"], manifest["n_output"]
     out_dir = Path(out_dir)
     split_records: dict[str, Any] = {}

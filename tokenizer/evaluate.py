@@ -84,21 +84,11 @@ def evaluate_tokenizer(
     from data_pipelines.loader import make_loader
     from data_pipelines.shards import read_manifest
     from tokenizer.checkpoint import fingerprint, load_tokenizer
+    from tokenizer.encode import check_datasets
 
     tok = load_tokenizer(ckpt)
     manifest = read_manifest(shards)
-    unknown = sorted(set(manifest["datasets"]) - set(tok.datasets))
-    if unknown:
-        raise DataError(
-            f"{shards}: dataset {unknown[0]!r} is unknown to tokenizer {ckpt} "
-            f"(knows: {', '.join(sorted(tok.datasets))}); train a head for it first"
-        )
-    for name, entry in manifest["datasets"].items():
-        if list(entry["channel_names"]) != tok.datasets[name].channel_names:
-            raise DataError(
-                f"{shards}: dataset {name!r} has channels {entry['channel_names']}, the tokenizer "
-                f"expects {tok.datasets[name].channel_names}"
-            )
+    check_datasets(tok, manifest, shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = tok.cfg.n_spatial_dims

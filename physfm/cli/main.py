@@ -10,6 +10,7 @@ import os
 import sys
 
 from data_pipelines.errors import PhysfmError
+from physfm.core.errors import RunStopped
 
 # Verb modules, in the order ``physfm --help`` lists them.
 VERB_MODULES = [
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     except PhysfmError as err:  # the user's input or environment; any other exception is a bug: traceback
         print(f"physfm {args.verb}: error: {one_line(err)}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+    except RunStopped as stopped:  # a signal stopped an in-process training stage (quickstart, ...)
+        print(f"physfm {args.verb}: {one_line(stopped)}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print(f"physfm {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_pipelines import atomic
-from data_pipelines.atomic import atomic_path, atomic_write_text, file_mode, remove_path
+from data_pipelines.atomic import (
+    atomic_path,
+    atomic_write_text,
+    disk_full_error,
+    file_mode,
+    is_disk_full,
+    remove_path,
+)
 from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
 
@@ -256,6 +263,7 @@ def deepspeed_client_state(path: str | Path) -> dict[str, Any]:
 def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` + ``config.json`` to ``out_dir`` atomically (staged, then renamed).
     Refuses to replace a directory that holds anything else."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -272,11 +280,27 @@ def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[st
             tensor = tensor.clone()
         seen.add(tensor.untyped_storage().data_ptr())
         tensors[name] = tensor
-    with atomic_dir(out_dir) as staging:
-        save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-        os.chmod(staging / WEIGHTS_NAME, file_mode())  # safetensors creates it 0600; exports are shared
-        (staging / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        with atomic_dir(out_dir) as staging:
+            save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+            os.chmod(staging / WEIGHTS_NAME, file_mode())  # safetensors creates it 0600; exports are shared
+            config_text = json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n"
+            (staging / CONFIG_NAME).write_text(config_text)
+    except SafetensorError as err:  # safetensors writes in Rust: its I/O error is text with the OS code
+        code = re.search(r"(?:code: |os error )(\d+)", str(err))
+        if code is None:
+            raise CheckpointError(f"{out_dir}: not written ({err})") from None
+        raise disk_full_or_os_error(out_dir, OSError(int(code[1]), os.strerror(int(code[1])))) from None
+    except OSError as err:
+        raise disk_full_or_os_error(out_dir, err) from None
     return out_dir
+
+
+def disk_full_or_os_error(target: Path, err: OSError) -> CheckpointError:
+    """A failed write to ``target`` as one CheckpointError: the disk-full wording where it ran out of room."""
+    if is_disk_full(err):
+        return disk_full_error(target, err, CheckpointError)  # type: ignore[return-value]
+    return CheckpointError(f"{target}: not written, {err.strerror or err}; the previous version, if any, is intact")
 
 
 def load_safetensors(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

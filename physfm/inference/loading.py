@@ -7,6 +7,7 @@ directory (safetensors weights + a JSON config). Loading never unpickles code: s
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from data_pipelines.errors import DataError
 from physfm.core.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    checkpoint_step,
     consolidate_state_dict,
     export_safetensors,
     find_latest_checkpoint,
+    is_complete,
     load_safetensors,
 )
 from physfm.core.errors import CheckpointError
@@ -39,13 +42,32 @@ def resolve_checkpoint(location: str | Path) -> tuple[Path, Path]:
         return path, path  # an export
     if path.is_dir() and (path / RUN_INFO).is_file():
         newest = find_latest_checkpoint(path / "checkpoints")
+        broken = newer_incomplete_checkpoints(path / "checkpoints", newest)
         if newest is None:
-            raise CheckpointError(f"{path}: run directory has no complete checkpoint in checkpoints/")
+            also = f" ({', '.join(p.name for p in broken)} incomplete or corrupt)" if broken else ""
+            raise CheckpointError(f"{path}: run directory has no complete checkpoint in checkpoints/{also}")
+        if broken:  # a crash mid-save, a partial copy: say which weights are used, never silently
+            print(
+                f"physfm: warning: {broken[-1]} is incomplete or corrupt; using {newest} "
+                f"(step {checkpoint_step(newest)}) instead",
+                file=sys.stderr,
+                flush=True,
+            )
         return newest, path
     run_dir = path.parent.parent  # RUN/checkpoints/step=N.ckpt
     if not (run_dir / RUN_INFO).is_file():
         raise CheckpointError(f"{path}: cannot find the run's {RUN_INFO} next to its checkpoints/ folder")
     return path, run_dir
+
+
+def newer_incomplete_checkpoints(directory: Path, newest: Path | None) -> list[Path]:
+    """Checkpoints in ``directory`` past ``newest`` (the newest complete one) that are not complete, oldest
+    first: a run whose last save was cut off, or a partial copy."""
+    if not directory.is_dir():
+        return []
+    after = checkpoint_step(newest) if newest is not None else -1
+    found = [p for p in directory.glob("*.ckpt") if checkpoint_step(p) > after and not is_complete(p)]
+    return sorted(found, key=checkpoint_step)
 
 
 def load_model_state(location: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

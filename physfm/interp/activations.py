@@ -37,11 +37,13 @@ from torch import Tensor
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
 from data_pipelines.shards import iter_samples, read_manifest
+from physfm.core.token_ids import check_manifest_vocab, check_token_ids
 from physfm.eval.windows import evenly_spaced
 from physfm.inference import PhysicsModel
 from physfm.interp.hooks import capture, hook_points
 from physfm.interp.selection import Selection, parse_selection
 from physfm.models.refiner import state_sha256
+from tokenizer.encode import check_datasets
 
 Pool = Literal["mean", "frames", "spatial", "zscore_spatial"]
 POOLS = ("mean", "frames", "spatial", "zscore_spatial")
@@ -61,8 +63,9 @@ def _split_list(split: str | list[str]) -> list[str]:
     return [s for s in split.split(",") if s] if isinstance(split, str) else list(split)
 
 
-def _field_encoder(info: dict[str, Any]) -> Callable[[Tensor, str], Tensor]:
-    """Physical-unit windows [B, T, C, *space] → tokens, with the tokenizer the model was trained on."""
+def _field_encoder(info: dict[str, Any], manifest: dict[str, Any], data: str | Path) -> Callable[[Tensor, str], Tensor]:
+    """Physical-unit windows [B, T, C, *space] of ``data`` → tokens, with the tokenizer the model was trained
+    on (which must know ``data``'s datasets, their channels and dimensions)."""
     location = info.get("location")
     if not location:
         raise DataError(
@@ -70,6 +73,7 @@ def _field_encoder(info: dict[str, Any]) -> Callable[[Tensor, str], Tensor]:
             "(physfm tokenizer encode) or load the model with physfm.inference.physics_model.PhysicsModel"
         )
     pm = PhysicsModel.from_pretrained(location, refiner=None)
+    check_datasets(pm.tokenizer, manifest, data)
     return lambda frames, dataset: pm.encode(frames, dataset).cpu()
 
 
@@ -351,6 +355,7 @@ def capture_windows(
         if batch.dataset not in dataset_names:
             raise DataError(f"dataset {batch.dataset!r} is unknown to the model (knows: {', '.join(dataset_names)})")
         tokens = batch.tokens[:, :n_frames] if n_frames else batch.tokens
+        check_token_ids(tokens, model.config.vocab_size, str((header or {}).get("data", "windows")))
         ids = torch.full((tokens.shape[0],), dataset_names.index(batch.dataset))
         acts = pooled_activations(model, tokens, ids, points, pool)
         if with_histogram:
@@ -379,8 +384,11 @@ def capture_to_disk(
     """Select windows of ``data`` and capture them (see :func:`capture_windows`); ``info`` is the run info
     (``load_ar_model``'s): dataset names, tokenizer fingerprint, window layout."""
     encoder = None
-    if not read_manifest(data).get("tokenizer_fingerprint"):
-        encoder = _field_encoder(info)
+    manifest = read_manifest(data)
+    if manifest.get("tokenizer_fingerprint"):
+        check_manifest_vocab(manifest, data, model.config.vocab_size, "the model's vocab_size")
+    else:
+        encoder = _field_encoder(info, manifest, data)
     windows = iter_windows(
         data,
         split,

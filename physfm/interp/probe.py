@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
+from data_pipelines.shards import iter_samples
 from physfm.inference.loading import load_model
 from physfm.interp.activations import HISTOGRAM, ActivationStore, capture_to_disk
 from physfm.interp.plots import plot_probe_layers
@@ -48,6 +49,22 @@ def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray,
             f"no window has the simulation parameter {target!r} (the windows have: {', '.join(known) or 'none'})"
         )
     return np.array([float(m["params"][target]) for m, h in zip(metas, has) if h]), has
+
+
+def check_target_present(data: str | Path, split: str, target: str) -> None:
+    """Refuse a ``target`` no window of ``data``'s split(s) carries, before any model work: a pass over the
+    windows' metadata (it stops at the first window that has it)."""
+    known: set[str] = set()
+    for name in [s.strip() for s in split.split(",") if s.strip()]:
+        for sample in iter_samples(data, name):
+            params = sample["meta"].get("params") or {}
+            if target in params:
+                return
+            known.update(params)
+    raise DataError(
+        f"{data}: no window has the simulation parameter {target!r} in split {split!r} "
+        f"(the windows have: {', '.join(sorted(known)) or 'none'})"
+    )
 
 
 def choose_scale(y: np.ndarray, scale: str) -> str:
@@ -162,6 +179,7 @@ def run_probe(
     ``store``: an existing capture (pool "mean", with the code histogram) instead of capturing again."""
     out = Path(out)
     if store is None:
+        check_target_present(data, split, target)
         model, info = load_model(location)  # AR or diffusion (run.json kind)
         info = {**info, "location": str(location)}
         points = points or default_points(model.config.n_layer)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -11,6 +13,7 @@ import lightning as L
 import torch
 
 from physfm.core.checkpoint import is_complete, prune_checkpoints
+from physfm.train.module import STOP_SIGNALS, stop_exit_code
 
 
 class ThroughputMonitor(L.Callback):
@@ -53,49 +56,94 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, secon
 
 
 class StopOnSignal(L.Callback):
-    """Stop cleanly after the current optimiser step when the process gets ``signum`` (default SIGUSR1,
-    what Slurm's ``--signal=USR1@90`` sends 90 s before the time limit); the checkpoint callback then
-    saves the final step at train end, into the directory a resume searches.
+    """Stop cleanly after the current optimiser step on SIGUSR1, SIGTERM or SIGINT; the checkpoint callback
+    then saves the final step at train end, into the directory a resume searches, and the run raises
+    :class:`physfm.train.module.TrainingStopped` with the signal's exit code (:func:`stop_exit_code`).
+    A second SIGINT aborts at once (exit 130, no checkpoint): Ctrl-C twice is how a user says "now".
 
-    The handler only sets a flag.  Saving from inside it (Lightning's SLURM auto-requeue does) can run
-    collectives while other ranks are mid-step, and writes ``hpc_ckpt_*.ckpt`` where our resume does not
-    look.  Ranks agree on the flag with a max all-reduce at each optimiser-step boundary, so all stop after
-    the same step even if only some received the signal.
+    The handlers only set a flag.  Saving from inside a handler (Lightning's SLURM auto-requeue does) can
+    run collectives while other ranks are mid-step, and writes ``hpc_ckpt_*.ckpt`` where our resume does
+    not look.  Lightning's own SIGTERM handler is replaced too: it ends the run at the next batch with a
+    ``SystemExit`` of code 0 and no checkpoint, so a preempted job looked successful.  Ranks agree on the
+    flag with a max all-reduce at each optimiser-step boundary, so all stop after the same step even if
+    only some received the signal.
     """
 
-    def __init__(self, signum: int = signal.SIGUSR1):
-        self.signum = signum
-        self.received = False
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
+        self.signals = tuple(signals)
+        self.signum: int | None = None  # the first stop signal received
         self.stopped_at_step: int | None = None
         self._checked_step = -1
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
+        self._interrupts = 0  # SIGINTs so far: the second aborts, whatever signal came first
+
+    @property
+    def received(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.received = True
+        if os.getpid() != self._pid:
+            return  # a loader worker forked with our handlers: the training process decides, not it
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+        if self._interrupts >= 2:
+            # The user pressed Ctrl-C twice: leave now.  os._exit skips Lightning's KeyboardInterrupt path
+            # (it exits 1 after a teardown that can block on loader workers); checkpoints are written
+            # atomically, so one cut off here leaves the previous one intact.
+            sys.stderr.write("physfm: second interrupt: aborting at once, no checkpoint saved\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(stop_exit_code(signal.SIGINT))
+        if signum == signal.SIGINT:
+            sys.stderr.write("physfm: interrupt received: saving a checkpoint after this step (Ctrl-C again aborts)\n")
+            sys.stderr.flush()
+        if self.signum is None:
+            self.signum = signum
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
+            return
+        self._pid = os.getpid()
+        for signum in self.signals:
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
-            self._previous = signal.signal(self.signum, self._on_signal)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(self.signum, self._previous)
-            self._previous = None
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "fit")  # a failed run must not leave our handler installed
+        self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registers its own SIGTERM handler after the setup hooks (and restores ours at its
+        # teardown): take the signals back before the first step.
+        self._install()
         self._checked_step = trainer.global_step
+
+    def restore(self) -> None:
+        """Put back the handlers found at setup (idempotent).  The caller of ``fit`` calls it in a
+        ``finally``: after an exception Lightning's teardown re-installs the handlers it found, ours."""
+        if threading.current_thread() is threading.main_thread():
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.restore()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._checked_step:
             return  # mid gradient accumulation: a checkpoint here could not be resumed exactly
         self._checked_step = trainer.global_step
-        flag = torch.tensor([1.0 if self.received else 0.0], device=pl_module.device)
+        # Which signal, not only whether: ranks that got different ones still agree on one exit code.
+        code = float(self.signals.index(self.signum) + 1) if self.signum is not None else 0.0
+        flag = torch.tensor([code], device=pl_module.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if flag.item() > 0:
+            self.signum = self.signals[int(flag.item()) - 1]
             self.stopped_at_step = trainer.global_step
             trainer.should_stop = True
             if trainer.is_global_zero:

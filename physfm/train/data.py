@@ -9,6 +9,7 @@ from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError
 from data_pipelines.loader import make_loader
 from data_pipelines.shards import read_manifest
+from physfm.core.token_ids import check_manifest_vocab
 from physfm.train.config import PretrainConfig
 from tokenizer.checkpoint import fingerprint, read_checkpoint_meta
 
@@ -42,6 +43,7 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
                 f"data.tokens: {location} holds no token shards (no tokenizer_fingerprint); "
                 "make them with `physfm tokenizer encode`"
             )
+        check_manifest_vocab(manifest, location, cfg.model.vocab_size, "model.vocab_size")
         fingerprints.add(manifest["tokenizer_fingerprint"])
         conditional = conditional or bool(manifest.get("tokenizer", {}).get("conditional"))
         layouts.add(token_layout(manifest))

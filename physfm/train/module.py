@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from data_pipelines.errors import DataError
+from physfm.core.errors import RunStopped
+from physfm.core.token_ids import check_token_ids
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
 from physfm.train.config import OptimConfig, lr_lambda
@@ -40,22 +42,31 @@ class NonFiniteLoss(RuntimeError):
 
 
 # EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again continues.
-# The Slurm scripts requeue the job on this exit code.
+# The Slurm scripts requeue the job on this exit code (what SIGUSR1, sent ahead of the time limit, ends in).
 STOPPED_EXIT_CODE = 75
+# The signals that stop a run after the current optimiser step with a checkpoint: SIGUSR1 (Slurm's
+# ``--signal=USR1@90``), SIGTERM (a scheduler's preemption or time limit, ``kill``) and SIGINT (Ctrl-C).
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
-class TrainingStopped(RuntimeError):
-    """Training stopped early on a signal (Slurm's ``--signal=USR1@T`` ahead of the time limit) after
-    writing a checkpoint at ``step``; the same command resumes from it (``resume: auto``)."""
+def stop_exit_code(signum: int) -> int:
+    """75 for SIGUSR1 (requeue); 128 + the signal's number otherwise (143 SIGTERM, 130 SIGINT), what a
+    shell reports for a process that signal ended, so no caller can take a stopped run for a finished one."""
+    return STOPPED_EXIT_CODE if signum == signal.SIGUSR1 else 128 + int(signum)
 
-    exit_code = STOPPED_EXIT_CODE
+
+class TrainingStopped(RunStopped, RuntimeError):
+    """Training stopped early on a signal (:data:`STOP_SIGNALS`) after writing a checkpoint at ``step``;
+    the same command resumes from it (``resume: auto``).  ``exit_code`` says which signal."""
 
     def __init__(self, out: Any, step: int, signum: int):
+        name = signal.Signals(signum).name
         super().__init__(
-            f"stopped at step {step} on signal {signal.Signals(signum).name}; "
-            f"a checkpoint is in {out}/checkpoints and the same command resumes from it"
+            f"stopped at step {step} on {name}; a checkpoint is in {out}/checkpoints and the same command "
+            "resumes from it"
         )
         self.out, self.step, self.signum = out, step, signum
+        self.exit_code = stop_exit_code(signum)
 
 
 def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
@@ -105,6 +116,14 @@ class ARModule(L.LightningModule):
         if unknown:
             raise DataError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
         return torch.tensor([self.dataset_names.index(n) for n in names], device=self.device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # On the host, before the batch moves to the accelerator (where a bad id is a device assert).
+        if isinstance(batch, dict) and "tokens" in batch:
+            check_token_ids(
+                batch["tokens"], self.model_config.vocab_size, f"data.tokens (dataset {batch['dataset']!r})"
+            )
+        return batch
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]

@@ -61,7 +61,8 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
         tokens_per_step, module.model.flops_per_token(), peak * world, every=cfg.trainer.log_every
     )
     checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
-    stop_on_signal = StopOnSignal()  # SIGUSR1 → checkpoint, exit code 75; the Slurm scripts then requeue
+    # SIGUSR1/SIGTERM/SIGINT → checkpoint, exit 75/143/130; the Slurm scripts requeue on 75
+    stop_on_signal = StopOnSignal()
     trainer = L.Trainer(
         **kwargs,
         max_steps=cfg.trainer.max_steps,
@@ -121,15 +122,20 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         recipe.run_info(cfg, info).write(out)
     start = time.perf_counter()
-    trainer.fit(
-        module,
-        train_dataloaders=data.train_loader(consumed),
-        val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
-        ckpt_path=str(resume) if resume else None,
-    )
+    try:
+        trainer.fit(
+            module,
+            train_dataloaders=data.train_loader(consumed),
+            val_dataloaders=data.val_loader() if cfg.data.val_batches else None,
+            ckpt_path=str(resume) if resume else None,
+        )
+    finally:
+        stop_on_signal.restore()  # a failed run must not leave our handlers installed
     stopped_at = stop_on_signal.stopped_at_step
+    stopped_by = stop_on_signal.signal_name if stopped_at is not None else None
     if trainer.is_global_zero:
-        write_run_summary(out, cfg, info, trainer, throughput, time.perf_counter() - start, resume, stopped_at)
+        seconds = time.perf_counter() - start
+        write_run_summary(out, cfg, info, trainer, throughput, seconds, resume, stopped_at, stopped_by)
     if stopped_at is not None:
         raise TrainingStopped(out, stopped_at, stop_on_signal.signum)
     return out
@@ -177,6 +183,7 @@ def write_run_summary(
     seconds: float,
     resumed_from: Path | None,
     stopped_at_step: int | None = None,
+    stopped_by: str | None = None,
 ) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     summary = {
@@ -185,6 +192,7 @@ def write_run_summary(
         "datasets": info["dataset_names"],
         "resumed_from": str(resumed_from) if resumed_from else None,
         "stopped_at_step": stopped_at_step,  # set when a signal stopped the run early (it resumes from there)
+        "stopped_by": stopped_by,  # that signal's name
         "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
         "n_params": trainer.lightning_module.model.num_params(),
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
@@ -207,7 +215,8 @@ def write_run_summary(
     if stopped_at_step is not None:
         lines += [
             "",
-            f"Stopped early at step {stopped_at_step} on a signal; the same command resumes from its checkpoint.",
+            f"Stopped early at step {stopped_at_step} on {stopped_by or 'a signal'}; the same command resumes "
+            "from its checkpoint.",
         ]
     if summary.get("data_skipped_samples"):
         lines += [

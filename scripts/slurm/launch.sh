@@ -20,8 +20,16 @@
 # --signal=USR1@90).  physfm finishes the current optimiser step, writes a checkpoint into
 # RUN_DIR/checkpoints and exits with code 75; this script then runs `scontrol requeue`, and the job
 # starts again later under the same id and resumes from that checkpoint (`resume: auto`).
+#
+# SIGTERM to the tasks (`scancel --signal=TERM`, a preemption's grace signal, a site's own tooling):
+# physfm finishes the current step, writes a checkpoint and exits 143; this script says so and ends the job
+# with that code, so it never looks completed.  Submitting the same command with the same RUN_DIR resumes.
+# At a hard time limit Slurm also sends SIGTERM to srun, which then SIGKILLs the tasks (no checkpoint at
+# that moment): the USR1@90 lead above is what saves ahead of the limit.  This script outlives its own
+# SIGTERM (trap) to report either case, with srun's exit code (137 for killed tasks, never 0).
 
-STOPPED_EXIT_CODE=75  # physfm.train.module.STOPPED_EXIT_CODE
+STOPPED_EXIT_CODE=75     # physfm.train.module.STOPPED_EXIT_CODE: stopped on SIGUSR1, requeue
+TERMINATED_EXIT_CODE=143 # 128 + SIGTERM: stopped on SIGTERM (time limit, preemption, scancel)
 
 physfm_die() { echo "physfm launch: error: $*" >&2; exit 2; }
 
@@ -62,6 +70,10 @@ physfm_launch() {
     echo "physfm launch: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) $verb on $nodes node(s)" \
         "x $per_node task(s), device=$device, nodes ${SLURM_JOB_NODELIST:-?}, run dir $run_dir"
     local rc=0
+    # SIGTERM would kill this shell at once (and its last word with it); srun forwards it to the tasks,
+    # which stop after their step.  Record it and report once srun returns.
+    local terminated=0
+    trap 'terminated=1' TERM
     # Word splitting of $physfm is wanted ("python -m physfm.cli").  --cpus-per-task is repeated because
     # srun does not inherit it from sbatch (Slurm 22.05+).  Our overrides come last so they win.
     # shellcheck disable=SC2086
@@ -79,6 +91,12 @@ physfm_launch() {
         scontrol requeue "$job" || { echo "physfm launch: scontrol requeue $job failed (job not requeueable?)" >&2
                                       return "$rc"; }
         return 0
+    fi
+    if [ "$rc" -eq "$TERMINATED_EXIT_CODE" ] || [ "$terminated" -eq 1 ]; then
+        echo "physfm launch: $verb stopped by SIGTERM (time limit or preemption) with exit code $rc;" \
+            "checkpoints in $run_dir/checkpoints: submit the same command with RUN_DIR=$run_dir to resume"
+        [ "$rc" -ne 0 ] || rc=$TERMINATED_EXIT_CODE  # a signalled job never ends as completed
+        return "$rc"
     fi
     echo "physfm launch: $verb exited with code $rc"
     return "$rc"

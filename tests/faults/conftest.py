@@ -71,10 +71,14 @@ def run_cli(
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
         timed_out = False
-    except BaseException:
+    except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
         timed_out = True
+    except BaseException:  # Ctrl-C or another error in pytest itself: leave no process behind, re-raise
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
     return CompletedResult(cmd, proc.returncode, stdout, stderr, time.monotonic() - start, timed_out)
 
 

@@ -5,6 +5,8 @@ The faults come from environment variables so the same entry point serves single
 
 * ``FAULT_NAN_AT_STEP=S`` (and ``FAULT_NAN_RANK=R``, default every rank): the training loss becomes NaN at
   optimiser step S on rank R only — the guard must make every rank take the same decision;
+* ``FAULT_STEP_SLEEP=S``: every training step prints ``inject: step N`` (N = optimiser steps done) and
+  then sleeps S seconds, so a test can send a signal while a step is under way;
 * ``FAULT_KILL_IN_SAVE=NAME``: while ``torch.save`` writes a checkpoint whose path contains NAME, write half
   of its bytes, flush them to disk, then SIGKILL this process — a crash in the middle of a save.
 """
@@ -27,6 +29,22 @@ def plant_nan(step: int, rank: int | None) -> None:
         value = original(self, batch, *args, **kwargs)
         hit = self.training and self.global_step == step and (rank is None or global_rank() == rank)
         return value * float("nan") if hit else value
+
+    ARModule.loss = loss
+
+
+def plant_slow_steps(seconds: float) -> None:
+    import time
+
+    from physfm.train.module import ARModule
+
+    original = ARModule.loss
+
+    def loss(self, batch, *args, **kwargs):
+        if self.training:
+            print(f"inject: step {self.global_step}", flush=True)
+            time.sleep(seconds)
+        return original(self, batch, *args, **kwargs)
 
     ARModule.loss = loss
 
@@ -60,6 +78,8 @@ def main() -> int:
     if "FAULT_NAN_AT_STEP" in os.environ:
         rank = os.environ.get("FAULT_NAN_RANK")
         plant_nan(int(os.environ["FAULT_NAN_AT_STEP"]), int(rank) if rank else None)
+    if os.environ.get("FAULT_STEP_SLEEP"):
+        plant_slow_steps(float(os.environ["FAULT_STEP_SLEEP"]))
     if os.environ.get("FAULT_KILL_IN_SAVE"):
         plant_kill_in_save(os.environ["FAULT_KILL_IN_SAVE"])
     from physfm.cli import main as physfm_main

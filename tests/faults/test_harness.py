@@ -1,0 +1,35 @@
+"""The fault suite's launcher itself: a timeout is reported as one, and Ctrl-C in pytest is not dressed up
+as a timeout (it stops the test run and leaves no process behind)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.faults import conftest
+
+
+def test_a_timeout_is_reported_as_one() -> None:
+    result = conftest.run_cli(["--help"], timeout=0.001)
+    assert result.timed_out and not result.ok
+
+
+def test_ctrl_c_in_pytest_is_raised_not_reported_as_a_timeout(monkeypatch) -> None:
+    started: list[subprocess.Popen] = []
+    original = subprocess.Popen.communicate
+
+    def communicate(self, *args, **kwargs):
+        if not started:
+            started.append(self)
+            raise KeyboardInterrupt  # what Ctrl-C does to the waiting pytest process
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", communicate)
+    with pytest.raises(KeyboardInterrupt):
+        conftest.run_cli(["--help"])
+    (proc,) = started
+    assert proc.poll() is not None  # the child was killed and reaped
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
