@@ -110,6 +110,8 @@ def steer_rollout(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Steered rollouts for each α; metrics.json, report.md, dose_response.png, steered_frames.png."""
+    if horizon is not None and horizon < 1:  # before any work (a probe may be fitted first)
+        raise DataError(f"--horizon must be >= 1, got {horizon}")
     out = Path(out)
     direc = load_direction(direction)
     pm = PhysicsModel.from_pretrained(location, refiner=None)
@@ -127,9 +129,7 @@ def steer_rollout(
     if reader.target != target:
         raise DataError(f"{probe}: probes {reader.target!r}, the direction steers {target!r}")
     n_ctx, n_win = pm.n_context_tokens, pm.n_window_tokens
-    horizon = horizon or n_win
-    if horizon < 1:
-        raise DataError(f"--horizon must be >= 1, got {horizon}")
+    horizon = n_win if horizon is None else horizon
     if selection is None and len(direc.meta.get("datasets") or []) == 1:  # contexts of the concept's own system
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
     encoder = None
