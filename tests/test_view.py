@@ -281,3 +281,29 @@ def test_field_panels_share_one_scale_and_centre_the_error(space):
         assert (values.zmin, values.zmax) == (fig.data[1].zmin, fig.data[1].zmax) == (-3.0, 3.0)
         assert (error.zmin, error.zmax, error.zmid) == (-5.0, 5.0, 0)
         assert np.asarray(values.z).shape == (8, 8)  # a 3D field shows its middle slice
+
+
+def test_cli_on_a_busy_port_is_one_line_and_exit_2_before_announcing(tmp_path):
+    """A real listener holds the port; the verb must say so in one line, exit 2, and never print the
+    "on http://…" line of a page that will not be served."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "physfm.cli", "view", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "http://" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"physfm view: error: port {port} on 127.0.0.1 is in use by another program; "
+        f"pick another with --port (e.g. --port {port + 1})"
+    ], result.stderr
