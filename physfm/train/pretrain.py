@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -49,17 +48,8 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     if cfg.strategy.activation_checkpointing:
         module.model.config.activation_checkpointing = True
     world = _world_size(kwargs)
-    tokens_per_step = (
-        cfg.data.batch_size
-        * cfg.trainer.accumulate_grad_batches
-        * world
-        * info["n_frames"]
-        * math.prod(cfg.model.grid_shape)
-    )
     peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
-    throughput = ThroughputMonitor(
-        tokens_per_step, module.model.flops_per_token(), peak * world, every=cfg.trainer.log_every
-    )
+    throughput = ThroughputMonitor(module.model.flops_per_token, peak * world, world=world, every=cfg.trainer.log_every)
     checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
     stop_on_signal = StopOnSignal()  # SIGUSR1 → checkpoint, exit code 75; the Slurm scripts then requeue
     trainer = L.Trainer(
@@ -187,6 +177,7 @@ def write_run_summary(
         "stopped_at_step": stopped_at_step,  # set when a signal stopped the run early (it resumes from there)
         "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
         "n_params": trainer.lightning_module.model.num_params(),
+        "tokens_trained": throughput.tokens_trained,  # this run segment's (a resumed run counts from the resume)
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
         "loss_history": read_loss_history(out),
     }
