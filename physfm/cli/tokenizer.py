@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_split_argument(p, "valid", single=True)
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
-    p.add_argument("--max-batches", type=positive_int, default=None, help="stop after this many batches")
+    p.add_argument(
+        "--max-batches", type=positive_int, default=None, help="score at most this many batches of each dataset"
+    )
     p.set_defaults(func=run_eval)
 
     p = verbs.add_parser("encode", help="field shards → token shards (with the tokenizer's fingerprint)")

@@ -18,7 +18,6 @@ coefficient and must reproduce the unsteered rollout token for token (checked, r
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ import torch
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.errors import DataError
+from data_pipelines.run_record import write_metrics
 from data_pipelines.shards import read_manifest
 from physfm.eval.physics_stats import physics_statistics
 from physfm.inference import PhysicsModel
@@ -224,7 +224,7 @@ def steer_rollout(
     )
     channel = pm.channel_names(datasets[0])
     plot_steered_frames(examples, channel, out / "steered_frames.png", title=f"last generated frame, {datasets[0]}")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
     return metrics
 

@@ -8,7 +8,6 @@ add their stage to :data:`STAGES`.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.bench import bench_loaders
+from data_pipelines.run_record import write_metrics
 from data_pipelines.sharding import WindowSpec, shard_datasets
 from data_pipelines.simulators import simulate_dataset
 from data_pipelines.validate import validate_paths
@@ -110,7 +110,7 @@ def run_quickstart(
         metrics = fn(ctx)
         results["stages"][name] = {"seconds": round(time.perf_counter() - start, 2), **metrics}
     results["total_seconds"] = round(time.perf_counter() - total_start, 2)
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=1))
+    write_metrics(out / "metrics.json", results)
     atomic_write_text(out / "report.md", render_report(results, ctx))
     return results
 

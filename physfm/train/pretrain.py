@@ -7,7 +7,6 @@ detects the launcher); ``physfm finetune`` reuses it with a different starting p
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, to_dict
+from data_pipelines.run_record import write_metrics
 from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
 from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
@@ -181,7 +181,7 @@ def write_run_summary(
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
         "loss_history": read_loss_history(out),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    write_metrics(out / "metrics.json", summary)
     hist = summary["loss_history"]
     lines = [
         f"# pretrain run {out.name}",
