@@ -25,11 +25,12 @@ TINY: list[tuple[tuple[str, ...], list[str]]] = [
     (("tokenizer", "eval"), ["--max-batches", "1"]),
     (("pretrain",), TINY_RUN),
     (("refine",), ["train.steps=2", "data.n_windows=4", "data.rollout_steps=1", "data.val_windows=2"]),
-    (("rollout",), ["--max-windows", "2"]),
-    (("evaluate",), ["--max-windows", "2"]),
+    (("rollout",), ["--max-windows", "1"]),
+    (("evaluate",), ["--max-windows", "1"]),
+    (("probe",), ["--max-windows", "48", "--folds", "3"]),
     (("finetune",), [*TINY_RUN, "finetune.tokenizer_steps=2", "finetune.eval_max_windows=2"]),
     (("steer", "direction"), ["--max-windows", "16"]),
-    (("steer", "rollout"), ["--max-windows", "2"]),
+    (("steer", "rollout"), ["--max-windows", "1"]),
 ]
 
 
