@@ -113,3 +113,9 @@ def test_estimate_refuses_seq_len_zero_as_a_library_call() -> None:
     cfg = load_config(ModelConfig, "configs/model/tiny.yaml")
     with pytest.raises(InputError, match="seq-len must be >= 1, got 0"):
         estimate(cfg, 1, 8, seq_len=0)
+
+
+def test_quickstart_refuses_an_empty_stage_list_instead_of_running_everything(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--stages", ","]) == 2
+    assert "--stages: no stage named" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()
