@@ -10,6 +10,7 @@ It lives in ``data_pipelines`` because all three packages use it and imports onl
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -27,15 +28,70 @@ class ConfigError(PhysfmError, ValueError):
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read YAML safely: python object tags and malformed files become a :class:`ConfigError`."""
+    """Read YAML safely: python object tags and malformed files become a :class:`ConfigError` that names
+    ``FILE:LINE:COLUMN`` of the problem."""
+    return read_yaml_with_positions(path)[0]
+
+
+# Where each key of a config was written: dotted key → "FILE:LINE:COLUMN" (1-based, as editors count).
+Positions = dict[str, str]
+
+
+def read_yaml_with_positions(path: str | Path) -> tuple[Any, Positions]:
+    """:func:`read_yaml`, plus the position of every mapping key in the file (for error messages)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        with path.open() as fh:
-            return yaml.safe_load(fh)
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # the node tree keeps line/column marks
     except yaml.YAMLError as err:  # includes constructor errors for !!python/object tags
-        raise ConfigError(f"{path}: not a safe YAML config: {str(err).splitlines()[0]}") from None
+        raise ConfigError(_yaml_error_line(path, err)) from None
+    positions: Positions = {}
+    _collect_positions(node, "", path, positions)
+    return data, positions
+
+
+def _yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
+    """``FILE:LINE:COL: what is wrong`` from PyYAML's multi-line message."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if isinstance(err, yaml.constructor.ConstructorError):
+        return f"{where}: not a safe YAML config: {problem}"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start is not mark:  # e.g. where an unclosed bracket opened
+        context = f"{context} at line {start.line + 1}, column {start.column + 1}"
+    return f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
+
+
+def _collect_positions(node: Any, prefix: str, path: Path, out: Positions) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+        out[key] = f"{path}:{key_node.start_mark.line + 1}:{key_node.start_mark.column + 1}"
+        _collect_positions(value_node, key, path, out)
+
+
+# The dotted key a config error is about: "unknown config key KEY (…)", "KEY: …" or "KEY=value …".
+_ERROR_KEY = re.compile(r"^(?:unknown config key )?([A-Za-z_][\w.\[\]]*)(?=[:= (])")
+
+
+def error_position(message: str, positions: Positions) -> str | None:
+    """Where the key that ``message`` is about was written (its nearest written ancestor), if anywhere."""
+    match = _ERROR_KEY.match(message)
+    if match is None:
+        return None
+    key = re.sub(r"\[\d+\]", "", match.group(1))
+    while key:
+        if key in positions:
+            return positions[key]
+        key = key.rpartition(".")[0]
+    return None
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
@@ -208,16 +264,21 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 INCLUDE_KEY = "include"
 
 
-def resolve_includes(data: Any, base_dir: Path, key: str = "", depth: int = 0) -> Any:
+def resolve_includes(
+    data: Any, base_dir: Path, key: str = "", depth: int = 0, positions: Positions | None = None
+) -> Any:
     """A mapping with ``include: other.yaml`` is that file's content updated by the mapping's own keys,
     so ``model: {include: configs/model/tiny.yaml, n_layer: 2}`` reuses the model zoo.  Paths resolve
-    against the including file's folder, then the working directory."""
+    against the including file's folder, then the working directory.  ``positions`` (dotted key →
+    FILE:LINE:COLUMN) gains the included files' keys, so an error names the file that holds the key."""
     if not isinstance(data, dict):
         return data
     if depth > 8:
         raise ConfigError(f"{key or 'config'}: includes nest deeper than 8 (a cycle?)")
     out = {
-        k: resolve_includes(v, base_dir, f"{key}.{k}" if key else k, depth) for k, v in data.items() if k != INCLUDE_KEY
+        k: resolve_includes(v, base_dir, f"{key}.{k}" if key else k, depth, positions)
+        for k, v in data.items()
+        if k != INCLUDE_KEY
     }
     if INCLUDE_KEY in data:
         target = Path(str(data[INCLUDE_KEY]))
@@ -226,7 +287,11 @@ def resolve_includes(data: Any, base_dir: Path, key: str = "", depth: int = 0) -
         if found is None:
             where = f"{key}.{INCLUDE_KEY}" if key else INCLUDE_KEY
             raise ConfigError(f"{where}: included file {target} not found")
-        included = resolve_includes(read_yaml(found), found.parent, key, depth + 1) or {}
+        content, included_positions = read_yaml_with_positions(found)
+        if positions is not None:  # the including file's own keys (already recorded) override the included
+            for inner, where in included_positions.items():
+                positions.setdefault(f"{key}.{inner}" if key else inner, where)
+        included = resolve_includes(content, found.parent, key, depth + 1, positions) or {}
         if not isinstance(included, dict):
             raise ConfigError(f"{found}: an included config must be a mapping")
         out = merge(included, out)
@@ -234,18 +299,35 @@ def resolve_includes(data: Any, base_dir: Path, key: str = "", depth: int = 0) -
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML file (optional, with ``include:`` sections) + dotted overrides → validated ``cls`` instance."""
+    """YAML file (optional, with ``include:`` sections) + dotted overrides → validated ``cls`` instance.
+    An error about a key written in a file names that file, line and column (an included file's own)."""
     data: dict[str, Any] = {}
+    positions: Positions = {}
     if path is not None:
-        loaded = read_yaml(path)
+        loaded, positions = read_yaml_with_positions(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
-        data = resolve_includes(loaded or {}, Path(path).parent)
-    data = merge(data, parse_overrides(overrides))
+        data = resolve_includes(loaded or {}, Path(path).parent, positions=positions)
+    from_overrides = parse_overrides(overrides)
+    data = merge(data, from_overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+        message = str(err)
+        match = _ERROR_KEY.match(message)
+        if match and _has_key(from_overrides, match.group(1)):
+            raise ConfigError(f"override {message}") from None
+        where = error_position(message, positions) or path
+        raise ConfigError(f"{where}: {message}" if where else message) from None
+
+
+def _has_key(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def to_dict(obj: Any) -> Any:

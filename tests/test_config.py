@@ -172,3 +172,37 @@ def test_other_optimiser_sections_validate_the_same_way(load, override, key):
 
     with pytest.raises(ConfigError, match=key):
         loader([override])
+
+
+def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("seed: 0\ninner:\n  width: [1, 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:4:1: YAML syntax error: expected ',' or ']'"), message
+    assert "at line 3, column 10" in message  # where the unclosed bracket opened
+
+
+def test_an_error_inside_an_include_names_the_included_file_and_line(tmp_path):
+    (tmp_path / "inner.yaml").write_text("# the inner section\nwidth: 4\nwidht: 5\n")
+    (tmp_path / "broken_inner.yaml").write_text("width: 4\nname: [x\n")
+    outer = tmp_path / "outer.yaml"
+    outer.write_text("seed: 0\ninner:\n  include: inner.yaml\n")
+    with pytest.raises(ConfigError, match=r"^\S+/inner\.yaml:3:1: unknown config key inner\.widht "):
+        load_config(Outer, outer)
+    outer.write_text("seed: 0\ninner:\n  include: broken_inner.yaml\n")
+    with pytest.raises(ConfigError, match=r"^\S+/broken_inner\.yaml:3:1: YAML syntax error"):
+        load_config(Outer, outer)
+    # A key the including file sets over the included one is the including file's.
+    (tmp_path / "inner.yaml").write_text("width: 4\n")
+    outer.write_text("seed: 0\ninner:\n  include: inner.yaml\n  width: oops\n")
+    with pytest.raises(ConfigError, match=r"^\S+/outer\.yaml:4:3: inner\.width: expected an integer"):
+        load_config(Outer, outer)
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=r"^override inner\.width: expected an integer"):
+        load_config(Outer, path, ["inner.width=oops"])

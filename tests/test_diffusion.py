@@ -188,6 +188,7 @@ def test_pretrain_loss_falls_and_run_is_complete(trained):
     assert info["kind"] == "diffusion" and info["model"]["kind"] == "diffusion"
     assert info["diffusion"]["latent_dim"] == 2  # the fixture tokenizer's two FSQ levels
     assert (info["n_context_frames"], info["n_frames"]) == (4, 5)
+    assert metrics["tokens_trained"] == 40 * 8 * 5 * 4 * 4  # steps x batch x latent frames x the 4x4 latent grid
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step=0000020.ckpt", "step=0000040.ckpt"]
     state = torch.load(run / "checkpoints" / "step=0000040.ckpt", weights_only=True)["state_dict"]
     assert not any(k.startswith("tokenizer") for k in state)  # the frozen tokenizer is not checkpointed

@@ -131,3 +131,29 @@ def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     for (name, a), (_, b) in zip(exported.state_dict().items(), from_run.state_dict().items()):
         assert torch.equal(a, b), name
     assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_throughput_counts_the_tokens_trained_on_not_the_configs_grid(tokens, tmp_path):
+    """The model positions tokens by each batch's own grid, so a token set whose grid differs from
+    model.grid_shape trains; its tokens/s, TFLOP/s and MFU must come from the tokens it really saw."""
+    from data_pipelines.shards import read_manifest
+    from physfm.models.ar import PhysicsTransformer
+    from physfm.train.data import token_layout
+
+    steps, batch = 6, 8
+    cfg = config(
+        tokens,
+        tmp_path / "run",
+        "model.grid_shape=[8,8]",  # the tokens are 4x4: the config's count would be 4x too many
+        f"trainer.max_steps={steps}",
+        "trainer.log_every=2",
+        "trainer.val_every=0",
+        "trainer.peak_tflops=1",
+    )
+    metrics = json.loads((run_pretrain(cfg) / "metrics.json").read_text())
+    _, n_frames = token_layout(read_manifest(tokens))
+    per_sample = n_frames * 4 * 4
+    assert metrics["tokens_trained"] == steps * batch * per_sample
+    flops_per_token = PhysicsTransformer(cfg.model).flops_per_token(per_sample + 1)  # + the dataset token
+    assert metrics["perf_tflops"] * 1e12 / metrics["perf_tokens_per_s"] == pytest.approx(flops_per_token, rel=1e-2)
+    assert metrics["perf_mfu"] == pytest.approx(metrics["perf_tflops"], rel=1e-2)  # a 1 TFLOP/s peak

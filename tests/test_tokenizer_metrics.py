@@ -93,3 +93,21 @@ def test_vmse_loss_is_mean_squared_vrmse_with_eps_and_weights_fields_equally():
     flat = torch.full_like(true, 3.0)
     noisy = flat + 1e-3 * torch.randn_like(flat)
     assert reconstruction_loss(noisy, flat, LossConfig(kind="vmse"), 2) < 1e-3
+
+
+def test_eval_max_batches_caps_each_dataset_so_every_dataset_is_scored(tmp_path):
+    """The loader yields one dataset's windows after the other's: a cap on the total scored the first dataset
+    only, and the headline vrmse_max (the quickstart's) left the others out."""
+    from data_pipelines.shards import read_manifest
+    from tests.rollout_fixtures import build_tiny_model
+    from tokenizer.evaluate import evaluate_tokenizer
+
+    paths = build_tiny_model(tmp_path, datasets=("waves_a", "waves_b"))
+    assert len(read_manifest(paths["shards"])["datasets"]) == 2
+    metrics = evaluate_tokenizer(
+        paths["tokenizer"], paths["shards"], tmp_path / "eval", split="valid", batch_size=2, max_batches=1, n_plots=0
+    )
+    assert sorted(metrics["datasets"]) == ["waves_a", "waves_b"]
+    assert all(d["n_frames"] <= 2 * 5 for d in metrics["datasets"].values())  # one batch of 2 five-frame windows
+    worst = max(f["vrmse"] for d in metrics["datasets"].values() for f in d["fields"].values())
+    assert metrics["overall"]["vrmse_max"] == worst

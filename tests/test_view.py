@@ -19,7 +19,7 @@ import pytest
 from physfm.view.app import create_app
 from physfm.view.layout import link_figures
 from physfm.view.runs import discover_runs, resolve_recorded, safe_file
-from tests.view_fixtures import BROKEN, build_view_runs
+from tests.view_fixtures import BROKEN, DEFAULT_METHOD, build_view_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,6 +174,12 @@ def test_page_in_a_real_browser(runs, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from data_pipelines.run_record import recorded_finish
+
+    # A copied run: its files' modification times say 2001, its metrics.json says when it finished.
+    for name in ("metrics.json", "report.md"):
+        os.utime(runs / "evaluate" / name, (978_307_200, 978_307_200))
+    finished = recorded_finish(json.loads((runs / "evaluate" / "metrics.json").read_text()))
     port = free_port()
     server = start_viewer(runs, port, tmp_path / "server.log")
     driver = chromium_driver(tmp_path / "profile")
@@ -181,6 +187,9 @@ def test_page_in_a_real_browser(runs, tmp_path):
     try:
         wait = WebDriverWait(driver, 90, poll_frequency=0.05)
         text = lambda css: driver.find_element(By.CSS_SELECTOR, css).text
+        plotly = lambda graph, expr: driver.execute_script(  # a property of the figure a dcc.Graph shows
+            f"const g = document.querySelector('#{graph} .js-plotly-plot'); return {expr};"
+        )
 
         start = time.perf_counter()
         driver.get(f"http://127.0.0.1:{port}/")
@@ -192,6 +201,15 @@ def test_page_in_a_real_browser(runs, tmp_path):
         for rel in ("evaluate", "export", "tokenizer-eval", "steer/probe"):
             assert rel in run_list, (rel, run_list)
         assert BROKEN in text("#run-list .error-card") and "metrics.json" in text("#run-list .error-card")
+        card = next(c for c in driver.find_elements(By.CSS_SELECTOR, "#run-list details") if "evaluate" in c.text)
+        assert finished.astimezone().strftime("%Y-%m-%d %H:%M") in card.text and "2001" not in card.text, card.text
+
+        # The method selector opens on the run's default_method; the run's mean curves sit at its horizons.
+        checked = driver.find_element(By.CSS_SELECTOR, "#rollout-method input:checked")
+        assert checked.get_attribute("value") == DEFAULT_METHOD
+        wait.until(lambda d: plotly("rollout-curve", "g.data.length") >= 2)
+        means = plotly("rollout-curve", "g.data.filter(t => t.name.includes('mean')).map(t => t.x)")
+        assert means and all(list(x) == [1, 2, 4] for x in means), means
 
         frames = driver.find_element(By.ID, "rollout-frames")
         before = frames.screenshot_as_png
@@ -209,6 +227,16 @@ def test_page_in_a_real_browser(runs, tmp_path):
         assert driver.find_elements(By.CSS_SELECTOR, "#tok-frames .heatmaplayer image")
         assert "reconstruction" in text("#tok-frames") and "VRMSE" in text("#tok-msg")
         assert len(driver.find_elements(By.CSS_SELECTOR, "#probe-r2 .bars .point")) == 3  # embedding + 2 blocks
+        probe = json.loads((runs / "steer" / "probe" / "metrics.json").read_text())
+        lowest = min(v for k, v in probe.items() if k in ("probe_r2_code_histogram", "probe_r2_embedding"))
+        assert plotly("probe-r2", "g.layout.yaxis.range[0]") < min(lowest, 0.0)  # every baseline line in view
+
+        # At α = 0 the steered − unsteered map is zero: a named colour bar on a field-scaled range, not ±1e-12.
+        error_trace = "g.data[g.data.length - 1]"
+        assert plotly("steer-frames", f"{error_trace}.colorbar.title.text") == "steered − unsteered"
+        assert plotly("steer-frames", f"{error_trace}.zmax") > 1e-6
+        assert "identical (0 everywhere)" in text("#steer-frames")
+        driver.find_element(By.ID, "steer-frames").screenshot(str(tmp_path / "steer-frames-alpha0.png"))
 
         steered = driver.find_element(By.ID, "steer-frames")
         before, readout = steered.screenshot_as_png, text("#steer-readout")
@@ -230,6 +258,8 @@ def test_page_in_a_real_browser(runs, tmp_path):
         shot = tmp_path / "physfm_view.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         timings["screenshot"] = str(shot)
+        for name in ("rollout-curve", "steer-frames", "probe-r2", "run-list"):  # one per fixed panel, to look at
+            driver.find_element(By.ID, name).screenshot(str(tmp_path / f"{name}.png"))
         (tmp_path / "timings.json").write_text(json.dumps(timings, indent=1))
         print(f"physfm view: {json.dumps(timings)}")
     finally:
@@ -281,3 +311,97 @@ def test_field_panels_share_one_scale_and_centre_the_error(space):
         assert (values.zmin, values.zmax) == (fig.data[1].zmin, fig.data[1].zmax) == (-3.0, 3.0)
         assert (error.zmin, error.zmax, error.zmid) == (-5.0, 5.0, 0)
         assert np.asarray(values.z).shape == (8, 8)  # a 3D field shows its middle slice
+
+
+def test_cli_on_a_busy_port_is_one_line_and_exit_2_before_announcing(tmp_path):
+    """A real listener holds the port; the verb must say so in one line, exit 2, and never print the
+    "on http://…" line of a page that will not be served."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "physfm.cli", "view", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "http://" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"physfm view: error: port {port} on 127.0.0.1 is in use by another program; "
+        f"pick another with --port (e.g. --port {port + 1})"
+    ], result.stderr
+
+
+def test_a_prediction_outside_the_truths_range_widens_the_scale_with_a_note():
+    import numpy as np
+
+    from physfm.view import figures
+
+    truth = np.linspace(0.0, 1.0, 64).reshape(8, 8)
+    pred = truth * 3.0  # up to 3: beyond the truth's [0, 1]
+    fig = figures.triptych([("truth", truth), ("model", pred)], ("model − truth", pred - truth), (0.0, 1.0), 2.0, "u")
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (fig.data[1].zmin, fig.data[1].zmax) == (0.0, 3.0)
+    note = [a.text for a in fig.layout.annotations if a.name == "scale-note"]
+    assert note == ["model: values outside [0, 1], so the colour scale is widened to [0, 3]"]
+    inside = figures.triptych(
+        [("truth", truth), ("model", truth)], ("model − truth", 0 * truth), (0.0, 1.0), 1e-12, "u"
+    )
+    assert (inside.data[0].zmin, inside.data[0].zmax) == (0.0, 1.0)
+    assert inside.data[2].zmax == pytest.approx(figures.ERROR_FLOOR)  # a zero error is not noise-scaled
+    assert inside.data[2].colorbar.title.text == "model − truth"
+    assert [a.text for a in inside.layout.annotations if a.name == "scale-note"] == [
+        "model − truth: identical (0 everywhere)"
+    ]
+
+
+def test_the_horizon_curve_puts_the_runs_means_at_its_horizons():
+    import numpy as np
+
+    from physfm.view import figures
+
+    fig = figures.horizon_curve({"ar": np.array([0.1, 0.2, 0.3, 0.4])}, {"ar": {1: 0.1, 4: 0.3, 8: 0.5}}, 0, "u")
+    mean = next(t for t in fig.data if "mean" in t.name)
+    assert list(mean.x) == [1, 4, 8] and list(mean.y) == [0.1, 0.3, 0.5]
+
+
+def test_the_probe_axis_keeps_a_negative_baseline_in_view():
+    from physfm.view import figures
+
+    metrics = {"layers": {"embedding": {"r2": 0.2}, "blocks.0.resid": {"r2": 0.5}}, "probe_r2_code_histogram": -0.8}
+    low, high = figures.probe_layers(metrics).layout.yaxis.range
+    assert low < -0.8 and high >= 1.0
+
+
+def test_a_run_is_dated_by_its_recorded_finish_not_its_file_times(tmp_path):
+    from data_pipelines.run_record import write_metrics
+    from physfm.view.runs import read_run
+
+    run = tmp_path / "evaluate"
+    run.mkdir()
+    write_metrics(run / "metrics.json", {"horizons": [1]})
+    (run / "metrics.json").touch()
+    os.utime(run / "metrics.json", (978_307_200, 978_307_200))  # as after a copy that kept no times
+    assert not read_run(run, tmp_path).date.startswith("2001") and "file time" not in read_run(run, tmp_path).date
+    (run / "metrics.json").write_text('{"horizons": [1]}')  # written before runs recorded their finish
+    os.utime(run / "metrics.json", (978_307_200, 978_307_200))
+    assert read_run(run, tmp_path).date.startswith("2001-01-01") and read_run(run, tmp_path).date.endswith(
+        "(file time)"
+    )
+
+
+def test_a_direction_under_any_file_name_is_found(tmp_path):
+    from physfm.view.runs import find_directions
+
+    (tmp_path / "nu.direction").write_bytes(b"weights")
+    (tmp_path / "nu.direction.json").write_text('{"format": "physfm-direction"}')
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "notes.json").write_text("not json")
+    (tmp_path / "notes").write_text("a file of the same stem that is no direction")
+    assert [p.name for p, _ in find_directions(tmp_path)] == ["nu.direction"]

@@ -22,7 +22,6 @@ and ``closed_loop_encoded_vrmse`` (the same for tokens coded closed loop, ``enco
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 
 from data_pipelines.atomic import atomic_write_text, pyplot, save_figure
 from data_pipelines.errors import DataError
+from data_pipelines.run_record import write_metrics
 from tokenizer.metrics import CodeStats, psnr, vrmse
 from tokenizer.model import Tokenizer
 
@@ -80,7 +80,10 @@ def evaluate_tokenizer(
     max_batches: int | None = None,
     n_plots: int = 2,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a shard split; writes ``metrics.json``, ``report.md``, PNGs; returns metrics."""
+    """Evaluate a checkpoint on a shard split; writes ``metrics.json``, ``report.md``, PNGs; returns metrics.
+    ``max_batches`` caps the batches of *each* dataset: the loader yields one dataset's windows after the
+    other's, so a cap on the total would score the first datasets only and leave the rest out of the
+    headline ``vrmse_max``."""
     from data_pipelines.loader import make_loader
     from data_pipelines.shards import read_manifest
     from tokenizer.checkpoint import fingerprint, load_tokenizer
@@ -102,10 +105,15 @@ def evaluate_tokenizer(
     cond_sums: dict[str, dict[str, torch.Tensor]] = {}  # conditional tokenizers only
     cond_counts: dict[str, tuple[int, int]] = {}  # (key frames, conditional frames)
     loader = make_loader(shards, split, batch_size, shuffle=False, normalize=False)
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
+    scored: dict[str, int] = {}  # batches per dataset
+    for batch in loader:
         name = batch["dataset"]
+        if max_batches is not None:
+            if all(scored.get(d, 0) >= max_batches for d in manifest["datasets"]):
+                break
+            if scored.get(name, 0) >= max_batches:
+                continue
+        scored[name] = scored.get(name, 0) + 1
         window = torch.cat([batch["input"], batch["output"]], dim=1).float()  # [B, T, C, *space]
         recon, ids = reconstruct(tok, window, name)
         space = tuple(window.shape[3:])
@@ -234,7 +242,7 @@ def evaluate_tokenizer(
         },
         "datasets": datasets,
     }
-    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "report.md", render_report(metrics))
     return metrics
 

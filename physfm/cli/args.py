@@ -53,3 +53,15 @@ def add_split_argument(
         metavar="SPLIT" if single else "SPLIT[,SPLIT...]",
         help=help or f"{what}: train, valid or test (default: {shown})",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1.  Checked at parsing, so a 0 is refused
+    like a -2 and never reaches code where it could read as "not given"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value

@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from physfm.cli.args import positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,18 +24,18 @@ def register(subparsers) -> None:
         type=Path,
         help="model YAML (configs/model/*.yaml), or a YAML with a 'model:' section",
     )
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--nodes", type=positive_int, default=1, help="machines")
+    parser.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs on each machine")
     parser.add_argument(
         "--seq-len",
-        type=int,
+        type=positive_int,
         default=None,
         help="tokens per sample (default: the config's window, conditioning + max_frames frames)",
     )
-    parser.add_argument("--micro-batch", type=int, default=1, help="samples per GPU per step")
+    parser.add_argument("--micro-batch", type=positive_int, default=1, help="samples per GPU per step")
     parser.add_argument(
         "--predicted-frames",
-        type=int,
+        type=positive_int,
         default=None,
         help="frames that carry the loss (sets the logits' size; default: all)",
     )

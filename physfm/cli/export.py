@@ -8,7 +8,13 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="consolidate a checkpoint (any strategy) into safetensors + config")
     p.add_argument("--ckpt", required=True, help="checkpoint file, DeepSpeed checkpoint dir, or run dir (newest)")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write model.safetensors + config.json into; every --ckpt and "
+        "PhysicsModel.from_pretrained read it",
+    )
     p.set_defaults(func=run)
 
 

@@ -41,6 +41,35 @@ class UserError(PhysfmError):
     line with exit code 2 (no traceback)."""
 
 
+class ShowDefaults(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help when the text does not give its default already; an
+    option whose default is None/False (not given, off) or that is required shows none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+        shown = not unset and not action.required
+        if shown and action.option_strings and "default" not in text and "%(default)" not in text:
+            value = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+            text = f"{text} (default: {value})" if text else f"(default: {value})"
+        return text
+
+
+class ShowDefaultsRawDescription(ShowDefaults, argparse.RawDescriptionHelpFormatter):
+    """:class:`ShowDefaults` for a verb whose description or epilog is laid out by hand (examples)."""
+
+
+def every_parser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``parser`` and every sub-command parser under it, depth first."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += every_parser(sub)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="physfm",
@@ -50,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in VERB_MODULES:
         importlib.import_module(name).register(subparsers)
+    for each in every_parser(parser):
+        raw = issubclass(each.formatter_class, argparse.RawDescriptionHelpFormatter)
+        each.formatter_class = ShowDefaultsRawDescription if raw else ShowDefaults
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from physfm.cli.args import add_split_argument
+from physfm.cli.args import add_split_argument, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="trajectory",
         help="hold-out unit of the cross-validation (default: trajectory)",
     )
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--max-windows", type=int, default=None, metavar="N", help="windows, spread evenly (default: all)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (held-out groups)")
+    p.add_argument(
+        "--max-windows", type=positive_int, default=None, metavar="N", help="windows, spread evenly (default: all)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from physfm.cli.args import add_split_argument
+from physfm.cli.args import add_split_argument, positive_int
 
 
 def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
@@ -14,15 +14,15 @@ def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
     add_split_argument(p, "test", single=True)
     p.add_argument(
         "--max-windows",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="windows per dataset, spread evenly over the split (default: all)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="windows rolled out together (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="windows rolled out together (default: 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (temperature > 0)")
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one the run names)")
     p.add_argument("--refiner", default=None, metavar="DIR", help="refiner directory (default: CKPT/refiner if any)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -35,7 +35,7 @@ def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
     )
     p.add_argument(
         "--sampling-steps",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="diffusion checkpoints: ODE steps per frame (default: the run's diffusion.sampling_steps)",
@@ -71,7 +71,9 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rollout", help="roll a model out H frames on held-out windows; predictions + PNGs")
     add_model_args(p, "default: frames are refined when the model has a refiner that helped on held-out windows")
-    p.add_argument("--horizon", type=int, required=True, metavar="H", help="frames to predict after the context")
+    p.add_argument(
+        "--horizon", type=positive_int, required=True, metavar="H", help="frames to predict after the context"
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/rollout-<time>)")
     p.set_defaults(func=run)
 

@@ -7,6 +7,8 @@ import argparse
 import sys
 import time
 
+from physfm.cli.args import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,15 +28,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("system", nargs="?", metavar="SYSTEM", help="built-in system (see --list)")
     p.add_argument("--list", action="store_true", help="print the systems and their defaults, then exit")
     p.add_argument("--out", metavar="DIR", help="dataset folder to write (required unless --list)")
-    p.add_argument("--n-traj", type=int, default=None, help="trajectories per parameter set (split 80/10/10)")
-    p.add_argument("--n-steps", type=int, default=None, help="saved frames per trajectory")
-    p.add_argument("--resolution", type=int, default=None, help="grid points per spatial dimension")
+    p.add_argument(
+        "--n-traj",
+        type=positive_int,
+        default=None,
+        help="trajectories per parameter set, split 80/10/10 (default: the system's, see --list)",
+    )
+    p.add_argument(
+        "--n-steps", type=positive_int, default=None, help="saved frames per trajectory (default: the system's)"
+    )
+    p.add_argument(
+        "--resolution",
+        type=positive_int,
+        default=None,
+        help="grid points per spatial dimension (default: the system's)",
+    )
     p.add_argument(
         "--param",
         action="append",
         default=[],
         metavar="NAME=V[,V...]",
-        help="values of one simulation parameter (repeatable)",
+        help="values of one simulation parameter (repeatable; default: the system's values, see --list)",
     )
     p.add_argument(
         "--param-sweep",
@@ -43,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=log:LO:HI:N|NAME=lin:LO:HI:N",
         help="N values of one parameter, log- or linearly spaced, ends included (repeatable)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial conditions")
     p.add_argument("--overwrite", action="store_true", help="delete other .hdf5 files already in DIR/data")
     p.set_defaults(func=run)
 

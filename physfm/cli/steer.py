@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from physfm.cli.args import add_split_argument
+from physfm.cli.args import add_split_argument, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,16 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences",
     )
     add_split_argument(p, "train")
-    p.add_argument("--max-windows", type=int, default=256, metavar="N", help="per selection, spread evenly")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-windows", type=positive_int, default=256, metavar="N", help="per selection, spread evenly")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the pairing of feature and control windows (--method pca)"
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="direction file (.safetensors; FILE.json beside)")
     p.set_defaults(func=run_direction)
 
     p = verbs.add_parser("rollout", help="roll out with the direction added at each α; dose-response curves")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
     p.add_argument("--data", required=True, metavar="SHARDS", help="windows whose context is rolled out")
-    p.add_argument("--direction", required=True, metavar="FILE")
+    p.add_argument("--direction", required=True, metavar="FILE", help="a `physfm steer direction --out` file")
     p.add_argument(
         "--alpha",
         default="-1,-0.5,0,0.5,1",
@@ -58,20 +60,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--horizon",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="H",
         help="token frames to generate (default: the model's window length)",
     )
     add_split_argument(p, "test")
     p.add_argument("--select", default=None, metavar="EXPR", help="only contexts matching this selection")
-    p.add_argument("--max-windows", type=int, default=8, metavar="N", help="contexts, spread evenly (default: 8)")
+    p.add_argument(
+        "--max-windows", type=positive_int, default=8, metavar="N", help="contexts, spread evenly (default: 8)"
+    )
     p.add_argument(
         "--probe", default=None, metavar="DIR", help="a `physfm probe` output (default: fit one into OUT/probe)"
     )
     p.add_argument("--target", default=None, metavar="PARAM", help="steered parameter (default: from the direction)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe fitted when --probe is not given")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/steer-<time>)")
     p.set_defaults(func=run_rollout)
 

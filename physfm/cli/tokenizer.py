@@ -7,7 +7,7 @@ import argparse
 import json
 from datetime import datetime
 
-from physfm.cli.args import add_split_argument
+from physfm.cli.args import add_split_argument, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,29 +23,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("eval", help="per-field VRMSE/PSNR, code usage, perplexity, reconstruction PNGs")
     p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint or training run directory")
-    p.add_argument("--data", required=True, metavar="SHARDS")
-    p.add_argument("--out", default=None, metavar="DIR")
+    p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="metrics.json, report.md, PNGs (default: runs/tokenizer-eval-<time>)"
+    )
     add_split_argument(p, "valid", single=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass")
+    p.add_argument(
+        "--max-batches", type=positive_int, default=None, help="score at most this many batches of each dataset"
+    )
     p.set_defaults(func=run_eval)
 
     p = verbs.add_parser("encode", help="field shards → token shards (with the tokenizer's fingerprint)")
-    p.add_argument("--ckpt", required=True, metavar="CKPT")
-    p.add_argument("--data", required=True, metavar="SHARDS")
-    p.add_argument("--out", required=True, metavar="TOKENS")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--n-input", type=int, default=None, help="window context frames (default: the shards')")
-    p.add_argument("--n-output", type=int, default=None, help="window target frames (default: the shards')")
-    p.add_argument("--stride", type=int, default=None, help="steps between window starts (default: the shards')")
+    p.add_argument("--ckpt", required=True, metavar="CKPT", help="tokenizer checkpoint or training run directory")
+    p.add_argument("--data", required=True, metavar="SHARDS", help="field shards (physfm data shard --out)")
+    p.add_argument("--out", required=True, metavar="TOKENS", help="token shard folder to write")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
+    p.add_argument("--n-input", type=positive_int, default=None, help="window context frames (default: the shards')")
+    p.add_argument("--n-output", type=positive_int, default=None, help="window target frames (default: the shards')")
+    p.add_argument(
+        "--stride", type=positive_int, default=None, help="steps between window starts (default: the shards')"
+    )
     add_split_argument(p, None)
     p.set_defaults(func=run_encode)
 
     p = verbs.add_parser("decode", help="token shards → field shards in physical units")
     p.add_argument("--ckpt", required=True, metavar="CKPT", help="the tokenizer that encoded the tokens")
-    p.add_argument("--tokens", required=True, metavar="TOKENS")
-    p.add_argument("--out", required=True, metavar="SHARDS")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tokens", required=True, metavar="TOKENS", help="token shards (physfm tokenizer encode --out)")
+    p.add_argument("--out", required=True, metavar="SHARDS", help="field shard folder to write")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
     add_split_argument(p, None)
     p.set_defaults(func=run_decode)
 
@@ -74,16 +80,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    from data_pipelines.clips import WindowSpec
+    import dataclasses
+
     from data_pipelines.shards import manifest_window, read_manifest
     from tokenizer.encode import encode_shards
 
     window = None
     if (args.n_input, args.n_output, args.stride) != (None, None, None):
         default = manifest_window(read_manifest(args.data))
-        window = WindowSpec(
-            args.n_input or default.n_input, args.n_output or default.n_output, args.stride or default.stride
-        )
+        given = {"n_input": args.n_input, "n_output": args.n_output, "stride": args.stride}
+        window = dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
     path = encode_shards(args.ckpt, args.data, args.out, batch_size=args.batch_size, splits=args.split, window=window)
     print(f"token shards: {path}")
     return 0

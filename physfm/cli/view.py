@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             "this address (no login); use 127.0.0.1 unless you mean it",
             file=sys.stderr,
         )
+    check_can_listen(args.host, args.port)  # before the heavy imports and the "on http://…" line
     import threading
 
     import torch
@@ -79,6 +80,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"physfm view: {root.resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
         app.run(host=args.host, port=args.port, debug=False)
-    except OSError as err:  # the port is taken, the address is not this machine's
+    except OSError as err:  # taken between the check and now
         raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
     return 0
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` the way the server will (address reuse on, as werkzeug sets it) and let it go, so
+    a busy port or a foreign address is one line and exit 2 here; otherwise werkzeug prints its own
+    message after ours has announced the page, and exits 1."""
+    import errno
+    import socket
+
+    from physfm.cli import UserError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is in use by another program; pick another with --port (e.g. --port {port + 1})"
+            ) from None
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None

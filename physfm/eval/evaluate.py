@@ -28,6 +28,7 @@ import torch
 
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
+from data_pipelines.run_record import write_metrics
 from physfm.eval.plots import rollout_strip, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -264,7 +265,7 @@ def evaluate(
             ).name
         )
     metrics["figures"] = figures
-    _write(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     _write(out / "report.md", render_report(metrics))
     return metrics
 
@@ -423,7 +424,7 @@ def rollout_to_files(
         "curves": summary["curves"],
         "seconds": {m: round(v, 2) for m, v in seconds.items()},
     }
-    _write(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     lines = [
         "# Rollout",
         "",

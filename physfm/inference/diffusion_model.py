@@ -51,7 +51,7 @@ class DiffusionPhysicsModel(PhysicsModel):
     ):
         super().__init__(model, tokenizer, info)
         d = model.diffusion
-        self.sampling_steps = int(sampling_steps or d.sampling_steps)
+        self.sampling_steps = int(d.sampling_steps if sampling_steps is None else sampling_steps)
         self.sampler = sampler or d.sampler
         self.snap_to_codes = d.snap_to_codes if snap_to_codes is None else bool(snap_to_codes)
         if self.sampling_steps < 1:

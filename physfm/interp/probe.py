@@ -26,6 +26,7 @@ import numpy as np
 
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
+from data_pipelines.run_record import write_metrics
 from data_pipelines.shards import iter_samples
 from physfm.inference.loading import load_model
 from physfm.interp.activations import HISTOGRAM, ActivationStore, capture_to_disk
@@ -272,7 +273,7 @@ def run_probe(
         f"{len(set(groups))} held-out {_plural(group_by)}",
     )
 
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
     return metrics
 

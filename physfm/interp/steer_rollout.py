@@ -18,7 +18,6 @@ coefficient and must reproduce the unsteered rollout token for token (checked, r
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ import torch
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.errors import DataError
+from data_pipelines.run_record import write_metrics
 from data_pipelines.shards import read_manifest
 from physfm.eval.physics_stats import physics_statistics
 from physfm.inference import PhysicsModel
@@ -110,6 +110,8 @@ def steer_rollout(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Steered rollouts for each α; metrics.json, report.md, dose_response.png, steered_frames.png."""
+    if horizon is not None and horizon < 1:  # before any work (a probe may be fitted first)
+        raise DataError(f"--horizon must be >= 1, got {horizon}")
     out = Path(out)
     direc = load_direction(direction)
     pm = PhysicsModel.from_pretrained(location, refiner=None)
@@ -127,9 +129,7 @@ def steer_rollout(
     if reader.target != target:
         raise DataError(f"{probe}: probes {reader.target!r}, the direction steers {target!r}")
     n_ctx, n_win = pm.n_context_tokens, pm.n_window_tokens
-    horizon = horizon or n_win
-    if horizon < 1:
-        raise DataError(f"--horizon must be >= 1, got {horizon}")
+    horizon = n_win if horizon is None else horizon
     if selection is None and len(direc.meta.get("datasets") or []) == 1:  # contexts of the concept's own system
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
     encoder = None
@@ -224,7 +224,7 @@ def steer_rollout(
     )
     channel = pm.channel_names(datasets[0])
     plot_steered_frames(examples, channel, out / "steered_frames.png", title=f"last generated frame, {datasets[0]}")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
     return metrics
 

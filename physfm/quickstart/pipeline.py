@@ -8,7 +8,6 @@ add their stage to :data:`STAGES`.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -18,9 +17,11 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.bench import bench_loaders
+from data_pipelines.run_record import write_metrics
 from data_pipelines.sharding import WindowSpec, shard_datasets
 from data_pipelines.simulators import simulate_dataset
 from data_pipelines.validate import validate_paths
+from physfm.quickstart import STAGE_NAMES
 from physfm.quickstart.evaluate import stage_evaluate, stage_refine
 from physfm.quickstart.finetune import stage_finetune
 from physfm.quickstart.steer import stage_probe_steer
@@ -69,18 +70,24 @@ def stage_loader_bench(ctx: Context) -> dict:
     return {k: result[k] for k in ("ours_samples_per_s", "the_well_samples_per_s", "ratio")}
 
 
-STAGES: list[tuple[str, Callable[[Context], dict]]] = [
-    ("simulate", stage_simulate),
-    ("validate", stage_validate),
-    ("shard", stage_shard),
-    ("loader bench", stage_loader_bench),
-    ("tokenizer", stage_tokenizer),
-    ("pretrain", stage_pretrain),
-    ("refine", stage_refine),
-    ("evaluate", stage_evaluate),
-    ("finetune", stage_finetune),
-    ("probe + steer", stage_probe_steer),
-]
+STAGES: list[tuple[str, Callable[[Context], dict]]] = list(
+    zip(
+        STAGE_NAMES,
+        (
+            stage_simulate,
+            stage_validate,
+            stage_shard,
+            stage_loader_bench,
+            stage_tokenizer,
+            stage_pretrain,
+            stage_refine,
+            stage_evaluate,
+            stage_finetune,
+            stage_probe_steer,
+        ),
+        strict=True,
+    )
+)
 
 
 def run_quickstart(
@@ -103,7 +110,7 @@ def run_quickstart(
         metrics = fn(ctx)
         results["stages"][name] = {"seconds": round(time.perf_counter() - start, 2), **metrics}
     results["total_seconds"] = round(time.perf_counter() - total_start, 2)
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=1))
+    write_metrics(out / "metrics.json", results)
     atomic_write_text(out / "report.md", render_report(results, ctx))
     return results
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -17,31 +18,42 @@ from physfm.train.module import STOP_SIGNALS, stop_exit_code
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs tokens/s, achieved TFLOP/s and MFU every ``every`` optimiser steps (rank 0)."""
+    """Logs tokens/s, achieved TFLOP/s and MFU every ``every`` optimiser steps (rank 0).
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float, every: int = 10):
-        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
-        self.peak_flops, self.every = peak_flops, every
+    Tokens are counted from the batches trained on (``pl_module.batch_tokens``), not from the config: the
+    model positions tokens by each batch's own grid, so a token set whose grid differs from
+    ``model.grid_shape`` (or a mix of grids) trains fine, and only its real tokens may count.  FLOPs per
+    token follow each batch's sequence length (the attention term).  Rank 0's count is scaled by ``world``
+    (the ranks read same-sized batches; an all-reduce here would add a collective to every step)."""
+
+    def __init__(self, flops_per_token: Callable[[int], float], peak_flops: float, world: int = 1, every: int = 10):
+        self.flops_per_token, self.peak_flops, self.world, self.every = flops_per_token, peak_flops, world, every
         self._t0: float | None = None
         self._step0 = 0
+        self._tokens = 0.0
+        self._flops = 0.0
+        self.tokens_trained = 0  # every batch of this process's run segment, the first step's included
         self.last: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        n_tokens, seq_len = pl_module.batch_tokens(batch)
+        self.tokens_trained += n_tokens * self.world
         if self._t0 is None:  # the first step includes start-up; measure from its end
             self._t0, self._step0 = time.perf_counter(), step
             return
+        self._tokens += n_tokens * self.world
+        self._flops += n_tokens * self.world * self.flops_per_token(seq_len)
         if step - self._step0 >= self.every:
             elapsed = time.perf_counter() - self._t0
-            tokens_per_s = (step - self._step0) * self.tokens_per_step / elapsed
-            flops = tokens_per_s * self.flops_per_token
+            flops = self._flops / elapsed
             self.last = {
-                "perf/tokens_per_s": tokens_per_s,
+                "perf/tokens_per_s": self._tokens / elapsed,
                 "perf/tflops": flops / 1e12,
                 "perf/mfu": flops / self.peak_flops if self.peak_flops else 0.0,
             }
             pl_module.log_dict(self.last, rank_zero_only=True)
-            self._t0, self._step0 = time.perf_counter(), step
+            self._t0, self._step0, self._tokens, self._flops = time.perf_counter(), step, 0.0, 0.0
 
 
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:

@@ -17,6 +17,7 @@ sharded or cast to bf16 by DeepSpeed; it runs in fp32 with autocast off (FSQ's b
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -61,6 +62,16 @@ class DiffusionModule(ARModule):
         with torch.autocast(self.device.type, enabled=False):
             z = continuous_latents(tok, tok.normalize(fields, name), name)
         return z[:, : self.n_context_frames], z[:, self.n_context_frames :]
+
+    def batch_tokens(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """As :meth:`ARModule.batch_tokens`, for the latent grid the tokenizer makes of this field batch."""
+        fields = batch["input"]  # [B, T_in, C, *space]; the output frames follow in time
+        n_fields = fields.shape[1] + batch["output"].shape[1]
+        cfg = self.tokenizer.cfg
+        grid = [size // cfg.spatial_compression for size in fields.shape[3:]]
+        n_frames = 1 + math.ceil((n_fields - 1) / cfg.temporal_compression)  # causal grouping (tokenizer/model.py)
+        per_sample = n_frames * math.prod(grid)
+        return fields.shape[0] * per_sample, per_sample + self.model.n_cond_tokens
 
     def loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         context, target = self.latents(batch)

@@ -274,7 +274,9 @@ def estimate(
         raise InputError(f"device must be one of {DEVICES}, got {device!r}")
     if dtype not in DTYPE_BYTES:
         raise InputError(f"dtype must be one of {tuple(DTYPE_BYTES)}, got {dtype!r}")
-    seq_len = seq_len or cfg.max_seq_len
+    seq_len = cfg.max_seq_len if seq_len is None else seq_len
+    if seq_len < 1:
+        raise InputError(f"seq-len must be >= 1, got {seq_len}")
     predicted = seq_len if predicted_frames is None else min(seq_len, predicted_frames * cfg.tokens_per_frame)
     counts, n_gpus = count_params(cfg), nodes * gpus_per_node
     element = DTYPE_BYTES[dtype] if device == "cpu" else 2

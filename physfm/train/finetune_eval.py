@@ -8,13 +8,13 @@ first model's tokenizer: no token model with that tokenizer can do better) are s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_pipelines.atomic import atomic_write_text
+from data_pipelines.run_record import write_metrics
 from physfm.eval.plots import METHOD_STYLE, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -84,7 +84,7 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
             metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{metrics['split']} split after fine-tuning"
         ).name
     ]
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     horizons = metrics["horizons"]
     lines = [
         f"# fine-tune run {out.name}",

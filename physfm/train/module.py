@@ -125,6 +125,13 @@ class ARModule(L.LightningModule):
             )
         return batch
 
+    def batch_tokens(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """(frame tokens in ``batch``, sequence length of one sample with its conditioning tokens): what a
+        step trained on, for the throughput and MFU figures (each batch carries its own grid)."""
+        tokens = batch["tokens"]  # [B, F, *grid]
+        per_sample = tokens[0].numel()
+        return tokens.shape[0] * per_sample, per_sample + self.model.n_cond_tokens
+
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
         # Raster mode learns the target frames only; next-frame mode learns every frame after the first

@@ -7,8 +7,6 @@ detects the launcher); ``physfm finetune`` reuses it with a different starting p
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, to_dict
+from data_pipelines.run_record import write_metrics
 from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
 from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
@@ -49,17 +48,8 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     if cfg.strategy.activation_checkpointing:
         module.model.config.activation_checkpointing = True
     world = _world_size(kwargs)
-    tokens_per_step = (
-        cfg.data.batch_size
-        * cfg.trainer.accumulate_grad_batches
-        * world
-        * info["n_frames"]
-        * math.prod(cfg.model.grid_shape)
-    )
     peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
-    throughput = ThroughputMonitor(
-        tokens_per_step, module.model.flops_per_token(), peak * world, every=cfg.trainer.log_every
-    )
+    throughput = ThroughputMonitor(module.model.flops_per_token, peak * world, world=world, every=cfg.trainer.log_every)
     checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
     # SIGUSR1/SIGTERM/SIGINT → checkpoint, exit 75/143/130; the Slurm scripts requeue on 75
     stop_on_signal = StopOnSignal()
@@ -195,10 +185,11 @@ def write_run_summary(
         "stopped_by": stopped_by,  # that signal's name
         "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
         "n_params": trainer.lightning_module.model.num_params(),
+        "tokens_trained": throughput.tokens_trained,  # this run segment's (a resumed run counts from the resume)
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
         "loss_history": read_loss_history(out),
     }
-    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    write_metrics(out / "metrics.json", summary)
     hist = summary["loss_history"]
     lines = [
         f"# pretrain run {out.name}",

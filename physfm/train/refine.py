@@ -14,7 +14,6 @@ Outputs: ``OUT/refiner.safetensors`` + ``OUT/refiner.json`` (see ``physfm/models
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import torch
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, check_optimizer, load_config, to_dict, validate_tree
+from data_pipelines.run_record import write_metrics
 from data_pipelines.shards import read_manifest
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
@@ -273,7 +273,7 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
         "improves": bool(improves),
         "n_windows": {k: len(v) for k, v in pairs.items()},
     }
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
     return out
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dash import Dash, Input, Output, State, html, no_update
+from dash import Dash, Input, Output, State, callback_context, html, no_update
 from flask import abort, request, send_file
 
 from data_pipelines.errors import PhysfmError
@@ -152,6 +152,10 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         run = run_at(rel)
         r = bench.rollout(run.path, run.metrics, dataset, int(window))
         methods = [m for m in r.predictions if m != "persistence"] + ["persistence"]
+        # A run's first view shows what a user gets by default (evaluate's default_method, e.g. the refined
+        # model); a method picked by hand stays picked across windows.
+        default = run.metrics.get("default_method")
+        first = default if default in methods else methods[0]
         H = r.truth.shape[0]
         where = ", ".join(f"{k}={v}" for k, v in r.meta.items() if k in ("source_file", "trajectory", "start"))
         msg = html.Span(f"{dataset} window {window} ({where}); computed in {r.seconds:.2f} s", className="note")
@@ -160,7 +164,7 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
             options(r.channel_names),
             field if field in r.channel_names else r.channel_names[0],
             [{"label": figures.METHOD_LABELS.get(m, m), "value": m} for m in methods],
-            method if method in methods else methods[0],
+            method if method in methods and callback_context.triggered_id != "rollout-run" else first,
             H,
             step_marks(H),
             1,
@@ -193,10 +197,7 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
         )
         per_window = {m: v[:, c] for m, v in r.vrmse.items()}
         fields = ((run.metrics.get("vrmse") or {}).get(state["dataset"]) or {}).get("fields") or {}
-        run_mean = {
-            m: [v for _, v in sorted(by_h.items(), key=lambda kv: int(kv[0]))]
-            for m, by_h in fields.get(field, {}).items()
-        }
+        run_mean = {m: {int(h): v for h, v in by_h.items()} for m, by_h in fields.get(field, {}).items()}
         return frames, figures.horizon_curve(per_window, run_mean, k, field)
 
     @app.callback(

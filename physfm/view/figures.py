@@ -33,6 +33,21 @@ def symmetric_limit(*arrays: np.ndarray) -> float:
     return max([float(np.abs(a).max()) for a in arrays if a.size] + [1e-12])
 
 
+# A difference below this fraction of the field's range is drawn as zero: the error scale never shrinks to
+# float round-off (identical frames would otherwise get a ±1e-12 bar and show their noise at full colour).
+ERROR_FLOOR = 1e-3
+
+
+def covering_range(value_range: tuple[float, float], frames: list[np.ndarray]) -> tuple[float, float]:
+    """``value_range`` widened to every value of ``frames`` (NaNs ignored)."""
+    lo, hi = value_range
+    finite = [f[np.isfinite(f)] for f in frames]
+    values = [v for v in finite if v.size]
+    if values:
+        lo, hi = min(lo, *(float(v.min()) for v in values)), max(hi, *(float(v.max()) for v in values))
+    return lo, hi
+
+
 def empty(message: str = "") -> go.Figure:
     fig = go.Figure()
     fig.update_layout(
@@ -52,13 +67,29 @@ def triptych(
     error_limit: float,
     field_name: str,
 ) -> go.Figure:
-    """Panels [(title, frame [*space])] on one colour scale ``value_range``, then the error on ±``error_limit``."""
+    """Panels [(title, frame [*space])] on one colour scale ``value_range``, then the error on ±``error_limit``.
+
+    A panel with values outside ``value_range`` (a prediction beyond the truth's range) widens the scale to
+    show them, and a note under the panels says so: nothing saturates silently.  The error scale is at least
+    :data:`ERROR_FLOOR` of the field's range, so identical frames show a zero difference as zero, with the
+    note "identical"."""
     titles = [t for t, _ in panels] + [error[0]]
+    notes = []
+    lo, hi = covering_range(value_range, [plane(f) for _, f in panels])
+    if (lo, hi) != tuple(value_range):
+        outside = [t for t, f in panels if np.any(plane(f) < value_range[0]) or np.any(plane(f) > value_range[1])]
+        notes.append(
+            f"{', '.join(outside)}: values outside [{value_range[0]:.4g}, {value_range[1]:.4g}], "
+            f"so the colour scale is widened to [{lo:.4g}, {hi:.4g}]"
+        )
+    err_frame = plane(error[1])
+    error_limit = max(error_limit, ERROR_FLOOR * (hi - lo))
+    if err_frame.size and not np.any(err_frame):
+        notes.append(f"{error[0]}: identical (0 everywhere)")
     n, spacing = len(titles), 0.1
     width = (1 - spacing * (n - 1)) / n
     value_bar_x = len(panels) * width + (len(panels) - 1) * spacing + 0.008  # in the gap before the error panel
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=spacing)
-    lo, hi = value_range
     one_d = plane(panels[0][1]).ndim == 1
     for col, (_, frame) in enumerate(panels, start=1):
         img = plane(frame)
@@ -85,7 +116,7 @@ def triptych(
                 1,
                 col,
             )
-    err = plane(error[1])
+    err = err_frame
     col = len(titles)
     if one_d:
         fig.add_trace(go.Scatter(y=err, mode="lines", line={"color": "#d62728"}, showlegend=False), 1, col)
@@ -98,7 +129,7 @@ def triptych(
                 zmax=error_limit,
                 zmid=0,
                 colorscale=ERROR_SCALE,
-                colorbar={"title": {"text": "error"}, "x": 1.01, "xanchor": "left", "thickness": 12, "len": 0.9},
+                colorbar={"title": {"text": error[0]}, "x": 1.01, "xanchor": "left", "thickness": 12, "len": 0.9},
                 hovertemplate="x %{x}, y %{y}: %{z:.3g}<extra></extra>",
             ),
             1,
@@ -108,17 +139,37 @@ def triptych(
         for c in range(1, col + 1):  # square pixels, row 0 at the top as in the PNG strips
             fig.update_xaxes(showticklabels=False, scaleanchor=f"y{'' if c == 1 else c}", row=1, col=c)
             fig.update_yaxes(showticklabels=False, autorange="reversed", row=1, col=c)
+    if notes:
+        fig.add_annotation(
+            text=" · ".join(notes),
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.04,
+            xanchor="left",
+            yanchor="top",
+            showarrow=False,
+            font={"size": 11, "color": "#a05a00"},
+            name="scale-note",
+        )
     fig.update_layout(
-        height=HEIGHT, margin={"l": 10, "r": 60, "t": 40, "b": 10}, plot_bgcolor="white", uirevision="keep"
+        height=HEIGHT,
+        margin={"l": 10, "r": 60, "t": 40, "b": 30 if notes else 10},
+        plot_bgcolor="white",
+        uirevision="keep",
     )
     return fig
 
 
 def horizon_curve(
-    per_window: dict[str, np.ndarray], run_mean: dict[str, list[float]], frame: int, field_name: str
+    per_window: dict[str, np.ndarray],
+    run_mean: dict[str, dict[int, float]],
+    frame: int,
+    field_name: str,
 ) -> go.Figure:
     """VRMSE of this window per step for each method (solid; ``per_window`` method → [H]), the evaluate run's mean
-    over its windows (dotted; ``run_mean`` method → [H]), the current step marked."""
+    over its windows at the horizons it scored (dotted, markers; ``run_mean`` method → {horizon: VRMSE}), the
+    current step marked."""
     fig = go.Figure()
     for i, (method, values) in enumerate(per_window.items()):
         colour = f"hsl({(i * 97) % 360},60%,45%)"
@@ -126,12 +177,13 @@ def horizon_curve(
         label = METHOD_LABELS.get(method, method)
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=f"{label}", line={"color": colour}))
         if method in run_mean:
-            mean = run_mean[method]
+            horizons = sorted(run_mean[method])
             fig.add_trace(
                 go.Scatter(
-                    x=list(range(1, len(mean) + 1)),
-                    y=mean,
-                    mode="lines",
+                    x=horizons,
+                    y=[run_mean[method][h] for h in horizons],
+                    mode="lines+markers",
+                    marker={"symbol": "circle-open", "size": 8},
                     name=f"{label}, mean of the run's windows",
                     line={"color": colour, "dash": "dot"},
                 )
@@ -184,10 +236,15 @@ def probe_layers(metrics: dict[str, Any]) -> go.Figure:
     for key, label in (("probe_r2_code_histogram", "code histogram"), ("probe_r2_embedding", "embedding")):
         if key in metrics:
             fig.add_hline(y=metrics[key], line={"dash": "dash"}, annotation_text=label)
+    # The axis spans every bar and every baseline line: a negative R² (worse than the mean) stays in view.
+    shown = [layers[n].get("r2") for n in names] + [
+        metrics.get(k) for k in ("probe_r2_code_histogram", "probe_r2_embedding")
+    ]
+    finite = [float(v) for v in shown if isinstance(v, (int, float)) and np.isfinite(v)]
     fig.update_layout(
         height=HEIGHT,
         yaxis_title=f"R² of {metrics.get('target', '?')}",
-        yaxis_range=[min(0.0, *(layers[n].get("r2", 0) or 0 for n in names)) - 0.05, 1.02] if names else None,
+        yaxis_range=[min(0.0, *finite) - 0.05, max(1.0, *finite) + 0.02] if names else None,
         margin={"l": 50, "r": 10, "t": 30, "b": 60},
     )
     return fig

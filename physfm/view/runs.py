@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.run_record import recorded_finish
 from physfm.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from physfm.core.run_info import RUN_INFO
 
@@ -42,7 +43,7 @@ class Run:
     path: Path  # absolute
     rel: str  # relative to the root, "/"-separated ("." for the root itself)
     kind: str  # quickstart, pretrain, finetune, export, tokenizer, tokenizer-eval, evaluate, rollout, …
-    date: str  # the newest of its files' modification times, "YYYY-MM-DD HH:MM"
+    date: str  # when it finished, "YYYY-MM-DD HH:MM" local time: metrics.json's finished_at, else file times
     metrics: dict[str, Any] = field(default_factory=dict)
     run_info: dict[str, Any] = field(default_factory=dict)
     report: str = ""
@@ -87,9 +88,7 @@ def run_kind(path: Path, metrics: dict[str, Any], run_info: dict[str, Any]) -> s
 
 def read_run(path: Path, root: Path) -> Run:
     rel = path.relative_to(root).as_posix() or "."
-    files = [path / name for name in (METRICS, RUN_INFO, REPORT) if (path / name).is_file()]
-    newest = max((f.stat().st_mtime for f in files), default=path.stat().st_mtime)
-    run = Run(path=path, rel=rel, kind="run", date=datetime.fromtimestamp(newest).strftime("%Y-%m-%d %H:%M"))
+    run = Run(path=path, rel=rel, kind="run", date="")
     try:
         run.metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
         run.run_info = _read_json(path / RUN_INFO) if (path / RUN_INFO).is_file() else {}
@@ -97,7 +96,19 @@ def read_run(path: Path, root: Path) -> Run:
     except (ValueError, OSError) as err:
         run.error = str(err)
     run.kind = run_kind(path, run.metrics, run.run_info)
+    run.date = run_date(path, run.metrics)
     return run
+
+
+def run_date(path: Path, metrics: dict[str, Any]) -> str:
+    """When the run finished: the time its metrics.json records (a copy keeps it), else — a run written before
+    physfm recorded it — the newest modification time of its files, marked "(file time)"."""
+    recorded = recorded_finish(metrics)
+    if recorded is not None:
+        return recorded.astimezone().strftime("%Y-%m-%d %H:%M")
+    files = [path / name for name in (METRICS, RUN_INFO, REPORT) if (path / name).is_file()]
+    newest = max((f.stat().st_mtime for f in files), default=path.stat().st_mtime)
+    return datetime.fromtimestamp(newest).strftime("%Y-%m-%d %H:%M") + " (file time)"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -186,24 +197,25 @@ def safe_file(root: Path, rel: str) -> Path | None:
     return target
 
 
-DIRECTION_SUFFIX = ".safetensors.json"  # physfm steer direction writes FILE.safetensors and FILE.safetensors.json
-
-
 def find_directions(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(direction file, its metadata) for every ``physfm steer direction`` output under ``root``."""
+    """(direction file, its metadata) for every ``physfm steer direction`` output under ``root``: a file FILE
+    (any name: ``--out runs/nu.direction`` as well as ``nu.safetensors``) with FILE.json beside it whose
+    ``format`` is ``physfm-direction``.  Only a JSON file with a file of its own name minus ".json" beside it
+    is read, so metrics.json and the like cost nothing."""
     root = Path(root).resolve()
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         depth = len(Path(dirpath).relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if d not in NOT_RUNS and not d.startswith(".") and depth < MAX_DEPTH)
+        names = set(filenames)
         for name in sorted(filenames):
-            if not name.endswith(DIRECTION_SUFFIX):
+            if not name.endswith(".json") or name[: -len(".json")] not in names:
                 continue
             weights = Path(dirpath) / name[: -len(".json")]
             try:
                 meta = _read_json(Path(dirpath) / name)
-            except ValueError as err:  # still listed: picking it shows what is wrong
-                meta = {"format": "physfm-direction", "error": str(err)}
+            except ValueError as err:  # a direction's (by its usual name) is still listed: picking it shows why
+                meta = {"format": "physfm-direction" if name.endswith(".safetensors.json") else "", "error": str(err)}
             if meta.get("format") == "physfm-direction" and weights.is_file():
                 found.append((weights, meta))
     return found
