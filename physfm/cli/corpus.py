@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--exclude", default="", metavar="C,D", help="systems to leave out")
     p.add_argument("--size", default="default", help="tiny | small | default | large (default: default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of every system's initial conditions (same seed, same corpus)"
+    )
     p.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: cores, ≤ 4)"
     )
