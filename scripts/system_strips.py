@@ -24,8 +24,8 @@ MAX_ROWS = 4  # parameter sets shown
 DPI = 68
 
 
-def label(params: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in params.items())
+def label(params: dict[str, float], sep: str = ", ") -> str:
+    return sep.join(f"{k}={v:g}" for k, v in params.items())
 
 
 def render_strip(spec: SystemSpec, out_png: Path, seed: int = 0) -> Path:
@@ -33,8 +33,13 @@ def render_strip(spec: SystemSpec, out_png: Path, seed: int = 0) -> Path:
     plt = pyplot()
     grid = parameter_grid(spec, None)[:MAX_ROWS]
     n_cols = 1 if spec.n_spatial_dims == 1 else N_FRAMES
+    label_width = 0.0 if spec.n_spatial_dims == 1 else 1.0  # inches for the parameter column (2D/3D)
     fig, axes = plt.subplots(
-        len(grid), n_cols, figsize=(1.3 * N_FRAMES, 1.35 * len(grid)), squeeze=False, constrained_layout=True
+        len(grid),
+        n_cols,
+        figsize=(1.3 * N_FRAMES + label_width, 1.35 * len(grid)),
+        squeeze=False,
+        constrained_layout=True,
     )
     for row, params in enumerate(grid):
         data = simulate_trajectories(spec, 1, spec.n_steps, spec.resolution, params, seed)
@@ -59,7 +64,8 @@ def render_strip(spec: SystemSpec, out_png: Path, seed: int = 0) -> Path:
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"frame {t}", fontsize=7)
-        axes[row, 0].set_ylabel(label(params), fontsize=7)
+        # one parameter a line, horizontal: constrained layout then widens the label column to fit
+        axes[row, 0].set_ylabel(label(params, "\n"), fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle(f"{spec.name}: {spec.field_names[0] if spec.field_names else 'field 0'}", fontsize=8)
     return shrink_png(save_figure(fig, out_png, dpi=DPI))
 
