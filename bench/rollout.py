@@ -7,10 +7,19 @@ tokens. Then the cached side alone at a batch of windows, the way ``physfm evalu
 does not depend on the weights or the token values: the model is untrained and the context is random
 token ids (seeded), so no data is simulated here.
 
-    python bench/rollout.py [--context-frames 3] [--batch 1] [--batched 32] [--model configs/model/tiny.yaml]
-                            [--prediction raster|next_frame]
+Then the whole field-space rollout the forecast bench times (``frames_per_s``): 64² fields, batch 1, float32,
+the tiny conditional tokenizer (configs/tokenizer/tiny_conditional.yaml, 16x16 tokens per frame) and the tiny
+next-frame model, ``--field-frames`` frames after 4 context frames, beside The Well's FNO (bench/fno_baseline.py
+settings) rolling out the same frames. Two rows for our model, same weights: trained on 4 + 1 frame windows
+(re-keys every frame: re-encode the window, re-prefill 4 x 256 tokens) and on 4 + ``--window-out`` windows (the
+KV cache extends by one frame's 256 tokens between re-keys, ``physfm.models.ar.FrameStream``). Methods alternate
+``--repeats`` times; each row keeps its best run (the machine is shared; ratios are what to read).
 
-Last line: JSON with ``kv_speedup`` (cached tokens/s ÷ uncached tokens/s at --batch; target >= 5).
+    python bench/rollout.py [--context-frames 3] [--batch 1] [--batched 32] [--model configs/model/tiny.yaml]
+                            [--prediction raster|next_frame] [--field-frames 16] [--window-out 4] [--repeats 2]
+
+Last line: JSON with ``kv_speedup`` (cached tokens/s ÷ uncached tokens/s at --batch; target >= 5) and
+``field_rollout`` {frames_per_s: {rekey, extend, fno}, extend_vs_rekey, extend_vs_fno, rekey_vs_fno}.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,8 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from data_pipelines.config import load_config
+from physfm.inference.ar_model import ARPhysicsModel
 from physfm.models.ar import PhysicsTransformer
 from physfm.models.trunk import ModelConfig
+from tokenizer.model import DatasetSpec, Tokenizer
+from tokenizer.training import TokenizerTrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+N_INPUT = 4  # context frames of the forecast bench's windows
 
 
 def time_generation(model: PhysicsTransformer, context: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, float]:
@@ -38,6 +55,89 @@ def time_generation(model: PhysicsTransformer, context: torch.Tensor, use_cache:
     start = time.perf_counter()
     new = model.generate_frames(context, 1, ids, use_cache=use_cache)
     return new, time.perf_counter() - start
+
+
+def best_rate(forecast: Callable[[int], object], n_frames: int) -> float:
+    """Frames/s of ``forecast(n_frames)`` after a one-frame warm-up (as bench/forecast.py's rollout_rate)."""
+    forecast(1)
+    start = time.perf_counter()
+    forecast(n_frames)
+    return n_frames / (time.perf_counter() - start)
+
+
+def field_rollout(n_frames: int, window_out: int, repeats: int, seed: int) -> dict:
+    """Frames/s of the 64² field rollout: re-keying every frame, extending the KV cache, and the FNO."""
+    torch.manual_seed(seed)
+    tok_cfg = load_config(TokenizerTrainConfig, str(ROOT / "configs/tokenizer/tiny_conditional.yaml")).model
+    tok_cfg.n_spatial_dims = 2
+    channels = ["density", "velocity_x", "velocity_y"]
+    tok = Tokenizer(tok_cfg, {"bench": DatasetSpec(channels, [0.0] * 3, [1.0] * 3)}).eval()
+    n_window = N_INPUT + window_out
+    cfg = load_config(
+        ModelConfig,
+        str(ROOT / "configs/model/tiny.yaml"),
+        ["prediction=next_frame", f"max_frames={n_window}", "grid_shape=[16, 16]", "n_spatial_dims=2"],
+    )
+    model = PhysicsTransformer(cfg).eval()
+    info = {"dataset_names": ["bench"], "n_context_frames": N_INPUT}
+    ours = {
+        "rekey": ARPhysicsModel(model, tok, {**info, "n_frames": N_INPUT + 1}),
+        "extend": ARPhysicsModel(model, tok, {**info, "n_frames": n_window}),
+    }
+    ctx = torch.randn(1, N_INPUT, len(channels), 64, 64, generator=torch.Generator().manual_seed(seed))
+    methods = {k: partial(pm.rollout, ctx, dataset="bench") for k, pm in ours.items()}
+    try:
+        from neuralop.models import FNO  # optional (the baselines extra), as in bench/fno_baseline.py
+
+        from bench.fno_baseline import FNO_SETTINGS
+
+        fno = FNO(
+            n_modes=(FNO_SETTINGS["modes"],) * 2,
+            in_channels=N_INPUT * len(channels),
+            out_channels=len(channels),
+            hidden_channels=FNO_SETTINGS["hidden_channels"],
+        ).eval()
+
+        @torch.no_grad()
+        def fno_rollout(horizon: int) -> torch.Tensor:  # bench/fno_baseline.py's fno_forecaster loop
+            z = ctx
+            for _ in range(horizon):
+                z = torch.cat([z, fno(z[:, -N_INPUT:].flatten(1, 2))[:, None]], 1)
+            return z
+
+        methods["fno"] = fno_rollout
+    except ImportError:
+        print("neuralop is not installed (pip install -e .[baselines]): no FNO row")
+    rates: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(repeats):
+        for name, forecast in methods.items():
+            rates[name].append(best_rate(forecast, n_frames))
+    fps = {k: max(v) for k, v in rates.items()}
+    out = {
+        "frames_per_s": {k: round(v, 2) for k, v in fps.items()},
+        "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+        "extend_vs_rekey": round(fps["extend"] / fps["rekey"], 2),
+        "window": [N_INPUT, window_out],
+        "frames": n_frames,
+    }
+    if "fno" in fps:
+        out.update(extend_vs_fno=round(fps["extend"] / fps["fno"], 2), rekey_vs_fno=round(fps["rekey"] / fps["fno"], 2))
+    print(
+        f"\n64² field rollout, batch 1, float32, {n_frames} frames after {N_INPUT} ({repeats} alternating runs, best)"
+    )
+    print(f"{'method':<58} {'frames/s':>9}")
+    names = {
+        "rekey": "ours, 4 + 1 windows: re-key every frame",
+        "extend": f"ours, 4 + {window_out} windows: extend the KV cache, re-key / {window_out}",
+        "fno": "FNO (The Well's settings)",
+    }
+    for key, value in fps.items():
+        print(f"{names[key]:<58} {value:>9.2f}")
+    print(
+        f"extend / re-key {out['extend_vs_rekey']}x"
+        + (f"; extend / FNO {out['extend_vs_fno']}x; re-key / FNO {out['rekey_vs_fno']}x" if "fno" in fps else "")
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,6 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=1, help="windows in the cached-vs-uncached comparison")
     p.add_argument("--batched", type=int, default=32, help="windows for the cached-only batched run (0 = skip)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--field-frames", type=int, default=16, help="frames of the 64² field rollout (0 = skip it)")
+    p.add_argument("--window-out", type=int, default=4, help="frames after the context in the extending windows")
+    p.add_argument("--repeats", type=int, default=2, help="alternating runs of the field rollout's methods")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -108,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nKV-cache speedup at batch {args.batch}: {result['kv_speedup']}x (target >= 5); "
         f"same tokens: {result['tokens_match']}"
     )
+    if args.field_frames:
+        result["field_rollout"] = field_rollout(args.field_frames, args.window_out, args.repeats, args.seed)
     print(json.dumps(result))
     return result
 
