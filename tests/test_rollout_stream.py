@@ -90,3 +90,22 @@ def test_frame_stream_logits_equal_the_full_forward_and_refuse_a_full_window(lon
     assert torch.allclose(stream.logits(), full[:, -16:], atol=1e-4)
     with pytest.raises(ValueError, match="window is full"):
         stream.append(frames[:, 0])
+
+
+def test_refined_rollout_extends_the_cache_with_the_refined_frames_tokens(long_window):
+    pm = long_window
+
+    def refiner(pred, history, dataset, step):  # a stand-in that visibly changes every frame
+        return pred + 0.5
+
+    pm.refiner = refiner
+    try:
+        ctx = torch.randn(2, 4, 3, 16, 16)
+        cached, ids_cached = pm.rollout(ctx, 6, "waves", refine=True, return_tokens=True)
+        plain, ids_plain = pm.rollout(ctx, 6, "waves", refine=True, return_tokens=True, use_cache=False)
+        raw, ids_raw = pm.rollout(ctx, 6, "waves", refine=False, return_tokens=True)
+    finally:
+        pm.refiner = None
+    assert torch.equal(ids_cached, ids_plain) and torch.allclose(cached, plain, atol=1e-5)
+    # The refined frames went forward: the tokens appended after them are theirs, not the raw frames'.
+    assert not torch.equal(ids_cached, ids_raw)
