@@ -505,6 +505,16 @@ class Tokenizer(nn.Module):
             )
         return self.decode_frames(codes, prev.to(device, dtype), key, dataset)
 
+    @torch.no_grad()
+    def encode_step(self, x_t: torch.Tensor, prev: torch.Tensor | None, dataset: str) -> torch.Tensor:
+        """Conditional tokenizers: one frame's ids. x_t, prev [B, C, *space] z-scored (prev None = key frame)
+        → [B, *grid]; the same ids as frame t of :meth:`encode` on a window holding prev, x_t (open loop)."""
+        if not self.cfg.conditional:
+            raise ValueError("encode_step is for conditional tokenizers (model.conditional); use encode()")
+        self._check_input(x_t[:, None], dataset)
+        key = torch.full((x_t.shape[0],), prev is None, dtype=torch.bool, device=x_t.device)
+        return self._encode_frames(x_t, torch.zeros_like(x_t) if prev is None else prev, key, dataset)[1]
+
     @property
     def no_change_id(self) -> int:
         """Id of the FSQ code whose values are all 0: for a conditional tokenizer, "no change" at that token."""

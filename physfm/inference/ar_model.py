@@ -10,11 +10,14 @@ A rollout:
 3. decode context + generated tokens together (the decoder is causal in time too) and keep the new frames.
 
 With ``refine=True``, or with conditional tokens, the loop runs one token frame at a time in field space:
-decode, correct with the refiner (when refining), append the frame to the history and re-encode the newest
-context for the next step, so refinement also steers later steps (the transformer sees the refined past,
-not its own raw tokens). Conditional tokens decode each new frame given the last frame of the history (the
-true last context frame at the first step) and re-key every window, as the model was trained on windows
-whose first frame is a key frame.
+decode, correct with the refiner (when refining), append the frame to the history and feed its tokens back,
+so refinement also steers later steps (the transformer sees the refined past, not its own raw tokens).
+Conditional tokens decode each new frame given the last frame of the history (the true last context frame
+at the first step). The model was trained on windows whose first frame is a key frame, so the loop *re-keys*
+(encodes the newest context afresh and prefills it) only when the trained window is full: with 4 + 1 frame
+windows every frame, with 4 + K windows every K frames, the K - 1 frames in between appended to the KV cache
+(one forward over the new frame's tokens, :class:`physfm.models.ar.FrameStream`) — the same tokens as
+re-encoding and re-running the grown window whole (``use_cache=False``), at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from data_pipelines.errors import DataError, InputError
 from physfm.inference.loading import load_ar_model, load_with_tokenizer
 from physfm.inference.physics_model import PhysicsModel
+from physfm.models.ar import FrameStream
 from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
 from tokenizer.checkpoint import load_tokenizer
 
@@ -175,25 +179,68 @@ class ARPhysicsModel(PhysicsModel):
         decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
         return decoded[:, n_in : n_in + horizon], new
 
+    @property
+    def frames_per_key(self) -> int:
+        """Token frames a field-space rollout generates from one encoded window before it re-keys (encodes its
+        newest context afresh, first frame a key frame): the trained window minus its context, so a model
+        trained on 4 + 1 frame windows re-keys every frame and one trained on 4 + 4 appends three frames to its
+        KV cache in between (:class:`FrameStream`). Needs one token frame per field frame and next-frame mode."""
+        if self.temporal_compression != 1 or self.model.config.prediction != "next_frame":
+            return 1
+        return max(1, self.n_window_tokens - self.n_context_tokens)
+
+    def _newest_ids(self, history: torch.Tensor, anchor: int, dataset: str) -> torch.Tensor:
+        """Token ids [B, *grid] of the newest history frame as frame ``len - anchor`` of the window that starts
+        at ``anchor``: conditional tokens code it given the frame before it alone; a plain (causal) tokenizer
+        codes the window up to it."""
+        if self.conditional:
+            return self.tokenizer.encode_step(history[:, -1], history[:, -2], dataset)
+        return self.tokenizer.encode(history[:, anchor:], dataset)[:, -1]
+
     def _rollout_fields(self, ctx, horizon, dataset, temperature, top_k, generator, use_cache, refine):
         """One token frame per step in field space: the newest context window is encoded (conditional tokens:
         its first frame as a key frame), the next token frame generated and decoded (conditional: given the
-        last frame of the history), refined when asked, and appended to the history the next step reads."""
-        tok, c, n_in = self.tokenizer, self.temporal_compression, ctx.shape[1]
+        last frame of the history), refined when asked, and appended to the history the next step reads.
+        While the trained window has room (:attr:`frames_per_key`), the new frame's tokens are appended to the
+        KV cache instead of re-encoding and re-prefilling the window; ``use_cache=False`` re-encodes the grown
+        window and re-runs it whole every frame (the reference the cached path must equal)."""
+        tok, n_in = self.tokenizer, ctx.shape[1]
         history = tok.normalize(ctx, dataset)  # [B, T, C, *space] z-scored
-        new_tokens = []
+        per_key, new_tokens = self.frames_per_key, []
+        ds_ids = torch.full((ctx.shape[0],), self.dataset_names.index(dataset), device=self.device)
         while history.shape[1] < n_in + horizon:
-            window = history[:, -n_in:]
-            ids = tok.encode(window, dataset)
-            new = self.generate_tokens(ids, 1, dataset, temperature, top_k, generator, use_cache)
-            if self.conditional:
-                decoded = tok.decode_step(new[:, 0], window[:, -1], dataset)[:, None]  # [B, 1, C, *space]
-            else:
-                decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=n_in + c)[:, n_in:]  # [B, c, ...]
-            for j in range(decoded.shape[1]):
-                step = history.shape[1] - n_in + 1  # 1 = the first predicted frame
-                frame = self.refiner(decoded[:, j], history, dataset, step) if refine else decoded[:, j]
-                history = torch.cat([history, frame[:, None]], dim=1)
-            new_tokens.append(new)
+            anchor = history.shape[1] - n_in  # the re-keyed window starts here and grows by a frame per step
+            ids = tok.encode(history[:, anchor:], dataset)
+            stream = FrameStream(self.model, ids, ds_ids, n_in + per_key) if use_cache and per_key > 1 else None
+            for k in range(min(per_key, n_in + horizon - history.shape[1])):
+                if k > 0 and stream is not None:  # the new frame's tokens extend the cache
+                    newest = self._newest_ids(history, anchor, dataset)
+                    ids = torch.cat([ids, newest[:, None]], 1)
+                    stream.append(newest)
+                elif k > 0:  # reference: the grown window re-encoded
+                    ids = tok.encode(history[:, anchor:], dataset)
+                if stream is not None:
+                    logits = stream.logits()
+                    picked = self.model._sample(logits.flatten(0, 1), temperature, top_k, generator)
+                    new = picked.view(ids.shape[0], 1, *ids.shape[2:])
+                else:
+                    new = self.generate_tokens(ids, 1, dataset, temperature, top_k, generator, use_cache)
+                history = self._append_decoded(history, anchor, ids, new, dataset, refine)
+                new_tokens.append(new)
         out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
         return out, torch.cat(new_tokens, 1)
+
+    def _append_decoded(self, history, anchor, ids, new, dataset, refine) -> torch.Tensor:
+        """Decode the new token frame ``new`` (conditional: given the last history frame; plain: with the
+        window's ids), refine it when asked and append its field frame(s) to ``history``."""
+        tok, c, n_in = self.tokenizer, self.temporal_compression, self.n_input_frames
+        if self.conditional:
+            decoded = tok.decode_step(new[:, 0], history[:, -1], dataset)[:, None]  # [B, 1, C, *space]
+        else:
+            w = history.shape[1] - anchor  # field frames of the window
+            decoded = tok.decode(torch.cat([ids, new], 1), dataset, n_frames=w + c)[:, w:]  # [B, c, ...]
+        for j in range(decoded.shape[1]):
+            step = history.shape[1] - n_in + 1  # 1 = the first predicted frame
+            frame = self.refiner(decoded[:, j], history, dataset, step) if refine else decoded[:, j]
+            history = torch.cat([history, frame[:, None]], dim=1)
+        return history

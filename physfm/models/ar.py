@@ -262,3 +262,64 @@ class PhysicsTransformer(Trunk):
                 h = self._blocks(self.tok_embedding(frames[-1]), chunk, g.cache, pos, mask)
             pos += T
         return torch.cat(frames[n_ctx:], dim=1)
+
+
+class FrameStream:
+    """Next-frame generation that keeps its KV cache between frames: the caller reads :meth:`logits` for the
+    next frame, picks (and may decode, refine and re-encode) it, then :meth:`append`\\ s its token ids, which
+    costs one forward over that frame's T tokens instead of a re-prefill of the whole window.
+
+    The stream holds at most ``window_frames`` frames (the length the model was trained on): :attr:`room`
+    says how many more frames can be appended *and still have a trained prediction after them* (the output
+    at the window's last position predicts nothing in training), after which the caller re-keys, i.e. opens
+    a new stream on its newest context. Equal, up to floating point, to re-running the whole window through
+    :meth:`PhysicsTransformer.forward` every frame (``tests/test_rollout.py`` checks the tokens match)."""
+
+    def __init__(
+        self,
+        model: PhysicsTransformer,
+        context_ids: Tensor,
+        dataset_ids: Tensor,
+        window_frames: int,
+        param_ids: Tensor | None = None,
+    ):
+        if model.config.prediction != "next_frame":
+            raise ValueError("FrameStream: needs model.prediction = next_frame (one forward pass per frame)")
+        B, n_ctx, grid = context_ids.shape[0], context_ids.shape[1], tuple(context_ids.shape[2:])
+        if not 1 <= n_ctx < window_frames:
+            raise ValueError(f"FrameStream: {n_ctx} context frames leave no room in a {window_frames}-frame window")
+        self.model, self.grid, self.window_frames = model, grid, window_frames
+        self.dataset_ids, self.param_ids = dataset_ids, param_ids
+        T = math.prod(grid)
+        self.cache = model.new_kv_cache(B, model.n_cond_tokens + window_frames * T, context_ids.device)
+        self.positions = model._positions(window_frames, grid, context_ids.device)
+        self.n_frames = n_ctx
+        self.pos = model.n_cond_tokens + n_ctx * T
+        x = model._embed(context_ids.reshape(B, -1), dataset_ids, param_ids)
+        prefix = self.positions[: self.pos]
+        self._h = model._blocks(x, prefix, self.cache, 0, frame_causal_mask(prefix[:, 0]))[:, -T:]
+        self._last = context_ids[:, -1].reshape(B, T)
+
+    @property
+    def room(self) -> int:
+        """Frames that can still be appended: the last appended one's output must be a trained prediction."""
+        return self.window_frames - 1 - self.n_frames
+
+    @torch.no_grad()
+    def logits(self) -> Tensor:
+        """[B, T, V]: the distribution of every token of the next frame."""
+        return self.model._logits(self._h, self._last)
+
+    @torch.no_grad()
+    def append(self, frame_ids: Tensor) -> None:
+        """Add the frame ``frame_ids`` [B, *grid] at the end of the window (it attends to every cached frame
+        and to itself, as block-causal attention does in training)."""
+        if self.room < 1:
+            raise ValueError(f"FrameStream: the {self.window_frames}-frame window is full; open a new stream")
+        B, T = frame_ids.shape[0], math.prod(self.grid)
+        ids = frame_ids.reshape(B, T)
+        x = self.model._embed(ids, self.dataset_ids, self.param_ids)[:, self.model.n_cond_tokens :]
+        chunk = self.positions[self.pos : self.pos + T]
+        mask = torch.ones(T, self.pos + T, dtype=torch.bool, device=ids.device)
+        self._h = self.model._blocks(x, chunk, self.cache, self.pos, mask)
+        self._last, self.pos, self.n_frames = ids, self.pos + T, self.n_frames + 1
