@@ -16,6 +16,7 @@ later run would read as whole.  For Slurm array jobs, ``num_parts``/``part`` res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,7 +129,7 @@ def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) 
     from data_pipelines.well_io import WellReader
 
     writer = ShardWriter(Path(staging) / unit.split, max_shard_bytes, prefix=f"u{unit.index:06d}-")
-    stem = Path(unit.file).stem.replace(".", "_")
+    stem = member_stem(Path(unit.file))
     segments: list[list[list[Any]]] = []  # per shard
     with writer, WellReader(unit.file) as reader:
         channels = reader.channel_names
@@ -162,6 +163,20 @@ def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) 
                     dataset=reader.dataset_name,
                 )
     return [{**rec, "unit": unit.index, "segments": segs} for rec, segs in zip(writer.records, segments)]
+
+
+MAX_STEM = 60  # a ustar header holds 100 bytes of name: stem + "_tNNNNN_cNNNNNN" + ".frames.npy" fits
+
+
+def member_stem(path: Path) -> str:
+    """The sample-key prefix of a source file's clips: its stem, dots made underscores; a stem longer
+    than MAX_STEM (long parameter lists) keeps its start and gains a hash of the whole, so keys stay
+    unique and every member name fits a tar header."""
+    stem = path.stem.replace(".", "_")
+    if len(stem) <= MAX_STEM:
+        return stem
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
+    return f"{stem[: MAX_STEM - 13]}_{digest}"
 
 
 def die_with_parent() -> None:

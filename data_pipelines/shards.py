@@ -116,7 +116,10 @@ class ShardWriter:
         assert self._tar is not None
         for suffix, value in members.items():
             data = encode_member(value)
-            info = tarfile.TarInfo(f"{key}.{suffix}")
+            name = f"{key}.{suffix}"
+            if len(name.encode()) > 100:  # what a ustar header holds; tarfile's own error names nothing
+                raise ValueError(f"shard member name {name!r} is longer than the 100 bytes a tar header holds")
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 0  # reproducible bytes for the same input
             info.mode = 0o444

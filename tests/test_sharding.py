@@ -143,3 +143,16 @@ def test_a_file_larger_than_the_memory_cap_shards_in_bounded_memory(tmp_path):
     sample = next(s for s in iter_samples(tmp_path / "shards", "train") if s["meta"]["start"] == 590)
     with WellReader(ds / "data" / "train" / sample["meta"]["source_file"]) as reader:
         np.testing.assert_array_equal(sample["input"], reader.frames(sample["meta"]["trajectory"], 590, 594))
+
+
+def test_long_source_file_names_shard_with_unique_keys(tmp_path):
+    # Built-in systems with several parameters name files past the 100 bytes a tar member name holds.
+    data = make_toy_dataset(tmp_path / "long")
+    for split in ("train", "valid", "test"):
+        for i, path in enumerate(sorted((data / "data" / split).glob("*.hdf5"))):
+            path.rename(path.with_name(f"{'mobility_1_epsilon_1.5_mean_concentration_0.3_' * 2}{i}.hdf5"))
+    manifest = shard_datasets([data], tmp_path / "shards", WindowSpec(n_input=3, n_output=2, stride=2))
+    samples = list(iter_samples(tmp_path / "shards", "train"))
+    assert len(samples) == manifest["splits"]["train"]["n_samples"] == 24
+    assert len({s["__key__"] for s in samples}) == 24  # the two files' shortened stems still differ
+    assert {s["meta"]["source_file"][-6:] for s in samples} == {"0.hdf5", "1.hdf5"}
