@@ -16,14 +16,17 @@ Our default pipeline per group (what the ``ours`` rows and ``model_*`` are): the
 (configs/tokenizer/tiny_conditional.yaml: key frame + frames coded given the previous frame), trained for its
 time budget (the LR schedule follows the clock); the shards encoded; the tiny AR model
 (configs/pretrain/tiny.yaml) with ``model.prediction=next_frame`` (every token of the next frame at once,
-initialised at copy-tokens), its step count set from a measured step time so the cosine schedule ends on
+initialised at copy-tokens), the code's structure (``model.head=digits``: per-digit FSQ embedding and one
+softmax per digit; ``model.greedy=mean``: rollouts decode each digit's expected level) and patch jittering
+along each group's symmetries (``stability.shift``, GROUP_SHIFT), its step count set from a measured step time so the cosine schedule ends on
 the budget, ``trainer.max_time_s`` as the hard cap; the refiner trained on the AR model's own 4-step rollouts
 (``data.rollout_steps=4`` on ``--refine-windows`` 32 training windows per dataset, each pair told its rollout
 step: `collect_pairs`, then `fit_refiner` for the steps that fill the rest of its budget at a measured step
 time; the pairs' rollouts are paid from the same budget), saved as
 ``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the method a user gets by default,
 `evaluate`'s ``default_method``: refined when the refiner lowered the one-step VRMSE on held-out (valid)
-windows when it was fit, as `physfm refine` decides, else raw.
+windows when it was fit and the mean VRMSE of an 8-frame held-out rollout, as `physfm refine` decides,
+else raw.
 
 The FNO (bench/fno_baseline.py) is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden
 channels, 4 Fourier layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields,
@@ -32,14 +35,18 @@ we use 1e-3 with a cosine schedule over the time budget. Each group's FNOs toget
 group took to train (tokenizer + encode + AR + refiner, measured), split evenly over its systems.
 
 Ablations: each flips one lever of the default pipeline and is trained at the same per-stage budgets as that
-group's default model, scored by its default method (refined): ``raster`` (token-by-token AR; same tokenizer,
-new AR + refiner), ``plain_tokens`` (configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner),
-``refiner_tf`` (refiner trained on teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the windows so
-the pair count matches; same AR). ``--ablations ns32`` (default: the cheapest group), ``all`` or ``none``.
+group's default model, scored by its default method: ``vocab_head`` (the 1,000-way softmax, argmax),
+``no_pushforward`` / ``shift`` (rollout training flipped), ``code_noise`` (noise in code space added),
+``raster`` (token-by-token AR) — each a new AR + refiner on the same tokenizer; ``greedy_mode`` (the default
+model decoding each digit's mode: decoding in code space against the mode, no training); ``plain_tokens``
+(configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner), ``refiner_tf`` (refiner trained on
+teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the windows so the pair count matches; same AR).
+``--ablations ns32`` (default: the cheapest group), ``all`` or ``none``; ``--ablation-rows`` picks rows
+(raster and code_noise only on request).
 
-Scoring: the test split, windows of 4 context + 8 true frames (`evaluation_windows` re-cuts them from the
+Scoring: the test split, windows of 4 context + 16 true frames (`evaluation_windows` re-cuts them from the
 source files), at most ``--eval-windows`` per dataset spread evenly, greedy decoding; VRMSE (The Well's, in
-physical units, as physfm/eval computes it) of the 1st, 4th and 8th predicted frame, mean over fields.
+physical units, as physfm/eval computes it) of the 1st, 4th, 8th and 16th predicted frame, mean over fields.
 Rollout frames/s: batch 1, one test window, ``--fps-frames`` frames after a one-frame warm-up; the headline
 ``frames_per_s`` is the default model at 64² (the issue's target: >= 20 frames/s for the tiny model on 2
 cores), ``frames_per_s_bf16`` the same with its transformer in bfloat16 (``--dtype bfloat16``), whose
@@ -52,13 +59,19 @@ rest: about 17 minutes in all on 2 idle cores (Lightning start-up and checkpoint
 Every stage total is a flag (``--tok-seconds``, ``--ar-seconds``, ``--refine-seconds``: summed over the
 groups; ``--fno-seconds`` overrides the equal-time rule); the measured wall time of each stage is printed.
 
-    python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--eval-windows 16] [--threads 0]
-                             [--workdir DIR] [--seed 0]
+    python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--ablation-rows ROWS] [--groups G]
+                             [--eval-windows 16] [--threads 0] [--workdir DIR] [--seed 0] [--curve]
 
-Prints a table, then as its last line one JSON object: ``per_system`` {system: {model_1, model_4, model_8,
-persistence_1/4/8, fno_1, fno_8, ceiling_1, copy_tokens_1, ...}}, ``wins_persistence_1``,
-``wins_persistence_8`` (systems where model < persistence; at h=8 only where persistence < 1), ``wins_fno_1``,
-``n_systems``, ``frames_per_s``, and the ablations, seconds and steps.
+Prints a table and the optimizer steps per group, then as its last line one JSON object: ``per_system``
+{system: {model_h, raw_h, persistence_h, fno_h, ceiling_h, copy_tokens_h for h = 1, 4, 8, 16, ...}},
+``wins_persistence_1``, ``wins_persistence_8`` (systems where model < persistence; at h=8 only where
+persistence < 1), ``wins_persistence_16`` (only where persistence < 1.5), ``wins_fno_1``,
+``raw_vs_copy_tokens_1``, ``n_systems``, ``frames_per_s``, and the ablations, seconds and steps.
+
+``--curve`` (about 30 minutes on 2 idle cores) instead trains the NS 32² group and a Gray–Scott-only 64²
+group at 0.5x, 1x and 3x the default budget (every stage and the FNO alike) and prints h=1 and h=8 of ours
+raw, ours default and the FNO at each, with the optimizer steps; JSON ``curve``: {group: {"0.5"|"1"|"3":
+{raw_1, raw_8, model_1, model_8, fno_1, fno_8, steps_ar, steps_fno}}}.
 """
 
 from __future__ import annotations

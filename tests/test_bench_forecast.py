@@ -107,7 +107,7 @@ def test_group_overrides_and_curve(forecast):
 
 
 def test_table_marks_missing_rows(forecast):
-    row = {"1": 0.1, "4": 0.2, "8": 0.3}
+    row = {"1": 0.1, "4": 0.2, "8": 0.3, "16": 0.4}
     table = {
         "navier_stokes2d@32": {"persistence": row, "ar_refined": row, "raster": row},
         "burgers1d": {"persistence": row, "ar_refined": row},
