@@ -556,6 +556,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="learning curve instead of the table: NS 32² and Gray–Scott 64² at 0.5x, 1x, 3x the default budget",
     )
     p.add_argument("--groups", default=",".join(g.name for g in GROUPS), help="groups to run (comma-separated)")
+    p.add_argument("--curve-groups", default="ns32,gs64", help="--curve: the groups to run (ns32, gs64)")
     p.add_argument("--n-traj", type=int, default=6, help="trajectories per parameter set (split 4/1/1)")
     p.add_argument("--n-steps", type=int, default=None, help="frames per trajectory (simulator default)")
     p.add_argument("--stride", type=int, default=2, help="frames between training windows' starts")
@@ -732,7 +733,7 @@ def run_curve(args, work: Path) -> dict[str, dict[str, dict[str, float]]]:
     budget (every stage and the FNO scaled alike) → {group: {multiplier: {raw_h, model_h, fno_h}}}."""
     budgets = plan_budgets(args.minutes, args.tok_seconds, args.ar_seconds, args.refine_seconds, CURVE_GROUPS)
     curve: dict[str, dict[str, dict[str, float]]] = {}
-    for group in CURVE_GROUPS:
+    for group in (g for g in CURVE_GROUPS if g.name in args.curve_groups.split(",")):
         base = budgets[group.name]
         for mult in CURVE_MULTIPLIERS:
             log(f"== curve {group.name} at {mult}x: " + ", ".join(f"{k} {v * mult:.0f} s" for k, v in base.items()))
