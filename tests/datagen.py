@@ -47,6 +47,7 @@ def make_toy_dataset(
 # Overrides of configs/pretrain/tiny.yaml that make a pretrain run take seconds on a CPU (tests only).
 TINY_PRETRAIN = [
     "model.vocab_size=32",
+    "model.fsq_levels=[32]",  # synthetic tokens have no FSQ structure: one ordinal digit
     "model.grid_shape=[4,4]",
     "model.n_layer=2",
     "model.d_model=64",

@@ -29,8 +29,8 @@ class ModelConfig:
     # "raster": each token from the one before it in the flattened sequence, T decode steps per frame.
     prediction: Literal["raster", "next_frame"] = "raster"
     vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
-    # The tokenizer's FSQ levels (prod = vocab_size); needed by head=digits and greedy=mean. [] in a
-    # pretraining config = read from the token shards (physfm/train/data.py).
+    # The tokenizer's FSQ levels (prod = vocab_size); needed by head=digits and greedy=mean. Pretraining
+    # takes them from the token shards when the tokenizer's make vocab_size codes (physfm/train/data.py).
     fsq_levels: list[int] = field(default_factory=list)
     # AR output head: "vocab" one softmax over every id; "digits" the code's structure (code-vector input
     # embedding, one softmax per FSQ digit with a copy bias; physfm/models/code_head.py), next_frame only.

@@ -45,13 +45,9 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         fingerprints.add(manifest["tokenizer_fingerprint"])
         conditional = conditional or bool(manifest.get("tokenizer", {}).get("conditional"))
         levels = manifest.get("tokenizer", {}).get("levels")
-        if levels and not cfg.model.fsq_levels and math.prod(levels) == cfg.model.vocab_size:
-            # model.fsq_levels [] = the tokenizer's: filled in here, so run.json records them for loading
+        if levels and math.prod(levels) == cfg.model.vocab_size:
+            # The tokenizer's code structure is the truth: set here, so run.json records it for loading.
             cfg.model.fsq_levels = [int(n) for n in levels]
-        if cfg.model.fsq_levels and levels and list(levels) != list(cfg.model.fsq_levels):
-            raise ConfigError(
-                f"model.fsq_levels={cfg.model.fsq_levels}, but the tokens in {location} use FSQ levels {levels}"
-            )
         layouts.add(token_layout(manifest))
         names += list(manifest["datasets"])
     if len(fingerprints) > 1:
