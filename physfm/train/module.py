@@ -127,7 +127,7 @@ class ARModule(L.LightningModule):
         if self.training and self.model_config.prediction == "next_frame":
             tokens = tokens.long()
             if self.stability.shift:
-                tokens = shift_tokens(tokens, self.stability.shift)
+                tokens = shift_tokens(tokens.cpu(), self.stability.shift, self._stability_rng()).to(tokens.device)
             idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
             idx = self._rollout_like_inputs(idx, grid, ids, n_unsupervised)
         else:
@@ -141,11 +141,16 @@ class ARModule(L.LightningModule):
         fraction of the windows; ``code_noise`` perturbs tokens after the key frame."""
         stab, T = self.stability, math.prod(grid)
         if stab.pushforward > 0 and idx.shape[1] // T > first:
-            rows = torch.rand(idx.shape[0], device=idx.device) < stab.pushforward
-            idx = pushforward_inputs(self.model, idx, grid, ids, first, rows)
+            rows = torch.rand(idx.shape[0], generator=self._stability_rng()) < stab.pushforward
+            idx = pushforward_inputs(self.model, idx, grid, ids, first, rows.to(idx.device))
         if stab.code_noise > 0:
-            idx = code_noise(idx, self.model_config.fsq_levels, stab.code_noise, T)
-        return idx
+            idx = code_noise(idx.cpu(), self.model_config.fsq_levels, stab.code_noise, T, self._stability_rng())
+        return idx.to(ids.device)
+
+    def _stability_rng(self) -> torch.Generator:
+        """The stability draws' own generator, seeded by the step: a resumed run draws what the
+        uninterrupted one drew, whatever else consumed the global RNG."""
+        return torch.Generator().manual_seed(1_000_003 * (self.global_step + 1) + torch.initial_seed() % 1_000_003)
 
     def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
         """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders
