@@ -16,14 +16,17 @@ Our default pipeline per group (what the ``ours`` rows and ``model_*`` are): the
 (configs/tokenizer/tiny_conditional.yaml: key frame + frames coded given the previous frame), trained for its
 time budget (the LR schedule follows the clock); the shards encoded; the tiny AR model
 (configs/pretrain/tiny.yaml) with ``model.prediction=next_frame`` (every token of the next frame at once,
-initialised at copy-tokens), its step count set from a measured step time so the cosine schedule ends on
+initialised at copy-tokens), the code's structure (``model.head=digits``: per-digit FSQ embedding and one
+softmax per digit; ``model.greedy=mean``: rollouts decode each digit's expected level) and patch jittering
+along each group's symmetries (``stability.shift``, GROUP_SHIFT), its step count set from a measured step time so the cosine schedule ends on
 the budget, ``trainer.max_time_s`` as the hard cap; the refiner trained on the AR model's own 4-step rollouts
 (``data.rollout_steps=4`` on ``--refine-windows`` 32 training windows per dataset, each pair told its rollout
 step: `collect_pairs`, then `fit_refiner` for the steps that fill the rest of its budget at a measured step
 time; the pairs' rollouts are paid from the same budget), saved as
 ``AR_RUN/refiner`` where `PhysicsModel` finds it). ``model_*`` is the method a user gets by default,
 `evaluate`'s ``default_method``: refined when the refiner lowered the one-step VRMSE on held-out (valid)
-windows when it was fit, as `physfm refine` decides, else raw.
+windows when it was fit and the mean VRMSE of an 8-frame held-out rollout, as `physfm refine` decides,
+else raw.
 
 The FNO (bench/fno_baseline.py) is The Well's (neuraloperator 2.0.0 ``FNO``: 16 modes per axis, 128 hidden
 channels, 4 Fourier layers, the 4 context frames stacked on channels in, the next frame out, z-scored fields,
@@ -32,14 +35,18 @@ we use 1e-3 with a cosine schedule over the time budget. Each group's FNOs toget
 group took to train (tokenizer + encode + AR + refiner, measured), split evenly over its systems.
 
 Ablations: each flips one lever of the default pipeline and is trained at the same per-stage budgets as that
-group's default model, scored by its default method (refined): ``raster`` (token-by-token AR; same tokenizer,
-new AR + refiner), ``plain_tokens`` (configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner),
-``refiner_tf`` (refiner trained on teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the windows so
-the pair count matches; same AR). ``--ablations ns32`` (default: the cheapest group), ``all`` or ``none``.
+group's default model, scored by its default method: ``vocab_head`` (the 1,000-way softmax, argmax),
+``no_pushforward`` / ``shift`` (rollout training flipped), ``code_noise`` (noise in code space added),
+``raster`` (token-by-token AR) — each a new AR + refiner on the same tokenizer; ``greedy_mode`` (the default
+model decoding each digit's mode: decoding in code space against the mode, no training); ``plain_tokens``
+(configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner), ``refiner_tf`` (refiner trained on
+teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the windows so the pair count matches; same AR).
+``--ablations ns32`` (default: the cheapest group), ``all`` or ``none``; ``--ablation-rows`` picks rows
+(raster and code_noise only on request).
 
-Scoring: the test split, windows of 4 context + 8 true frames (`evaluation_windows` re-cuts them from the
+Scoring: the test split, windows of 4 context + 16 true frames (`evaluation_windows` re-cuts them from the
 source files), at most ``--eval-windows`` per dataset spread evenly, greedy decoding; VRMSE (The Well's, in
-physical units, as physfm/eval computes it) of the 1st, 4th and 8th predicted frame, mean over fields.
+physical units, as physfm/eval computes it) of the 1st, 4th, 8th and 16th predicted frame, mean over fields.
 Rollout frames/s: batch 1, one test window, ``--fps-frames`` frames after a one-frame warm-up; the headline
 ``frames_per_s`` is the default model at 64² (the issue's target: >= 20 frames/s for the tiny model on 2
 cores), ``frames_per_s_bf16`` the same with its transformer in bfloat16 (``--dtype bfloat16``), whose
@@ -52,13 +59,19 @@ rest: about 17 minutes in all on 2 idle cores (Lightning start-up and checkpoint
 Every stage total is a flag (``--tok-seconds``, ``--ar-seconds``, ``--refine-seconds``: summed over the
 groups; ``--fno-seconds`` overrides the equal-time rule); the measured wall time of each stage is printed.
 
-    python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--eval-windows 16] [--threads 0]
-                             [--workdir DIR] [--seed 0]
+    python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--ablation-rows ROWS] [--groups G]
+                             [--eval-windows 16] [--threads 0] [--workdir DIR] [--seed 0] [--curve]
 
-Prints a table, then as its last line one JSON object: ``per_system`` {system: {model_1, model_4, model_8,
-persistence_1/4/8, fno_1, fno_8, ceiling_1, copy_tokens_1, ...}}, ``wins_persistence_1``,
-``wins_persistence_8`` (systems where model < persistence; at h=8 only where persistence < 1), ``wins_fno_1``,
-``n_systems``, ``frames_per_s``, and the ablations, seconds and steps.
+Prints a table and the optimizer steps per group, then as its last line one JSON object: ``per_system``
+{system: {model_h, raw_h, persistence_h, fno_h, ceiling_h, copy_tokens_h for h = 1, 4, 8, 16, ...}},
+``wins_persistence_1``, ``wins_persistence_8`` (systems where model < persistence; at h=8 only where
+persistence < 1), ``wins_persistence_16`` (only where persistence < 1.5), ``wins_fno_1``,
+``raw_vs_copy_tokens_1``, ``n_systems``, ``frames_per_s``, and the ablations, seconds and steps.
+
+``--curve`` (about 30 minutes on 2 idle cores) instead trains the NS 32² group and a Gray–Scott-only 64²
+group at 0.5x, 1x and 3x the default budget (every stage and the FNO alike) and prints h=1 and h=8 of ours
+raw, ours default and the FNO at each, with the optimizer steps; JSON ``curve``: {group: {"0.5"|"1"|"3":
+{raw_1, raw_8, model_1, model_8, fno_1, fno_8, steps_ar, steps_fno}}}.
 """
 
 from __future__ import annotations
@@ -96,16 +109,55 @@ from physfm.models.refiner import Refiner, save_refiner, state_sha256
 from physfm.train.config import PretrainConfig, load_pretrain_config
 from physfm.train.module import window_to_sequence
 from physfm.train.pretrain import run_pretrain
-from physfm.train.refine import RefineRunConfig, collect_pairs, fit_refiner, pair_vrmse, refiner_improves
+from physfm.train.refine import (
+    RefineRunConfig,
+    collect_pairs,
+    fit_refiner,
+    pair_vrmse,
+    refiner_improves,
+    rollout_gate_vrmse,
+)
 from tokenizer.encode import encode_shards
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-N_INPUT, HORIZON, HORIZONS = 4, 8, (1, 4, 8)
+N_INPUT, HORIZON, HORIZONS = 4, 16, (1, 4, 8, 16)
 OURS_FRACTION = 0.30  # of --minutes, for our three groups together
 STAGE_SPLIT = {"tokenizer": 0.35, "ar": 0.45, "refiner": 0.20}
 REFINE_ROLLOUT_STEPS = 4
-ABLATIONS = ("raster", "plain_tokens", "refiner_tf")
+# Patch jittering (stability.shift) per group, in token steps per spatial axis: the built-in Navier–Stokes
+# forcing repeats every n/4 cells along its last axis (2 tokens at 32², 4 at 64²); Gray–Scott, the wave
+# and Burgers (a random forcing, shift-invariant in law) allow any whole-token shift.
+GROUP_SHIFT = {"2d64": [1, 4], "ns32": [1, 2], "burgers1d": [1], "gs64": [1, 1]}
+DEFAULT_SHIFT = True  # the default pipeline jitters (the ablation row "shift" then turns it off)
+# Ablations that train a new AR model (+ refiner) on the default tokenizer: (prediction, config overrides).
+AR_ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "raster": ("raster", ("model.head=vocab", "model.greedy=mode")),  # token-by-token AR, one softmax
+    "vocab_head": ("next_frame", ("model.head=vocab", "model.greedy=mode")),  # lever 1 off: 1,000-way softmax
+    "no_pushforward": ("next_frame", ("stability.pushforward=0",)),  # lever 3 off
+    "code_noise": ("next_frame", ("stability.code_noise=0.05",)),  # lever 3: noise in code space as well
+    # lever 3: patch jittering flipped (off when the default jitters, else on)
+    "shift": ("next_frame", ("stability.shift=[]" if DEFAULT_SHIFT else "stability.shift=GROUP",)),
+}
+
+
+def group_ar_overrides(group: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The default AR model's group-specific overrides, then ``extra`` (an ablation's; "GROUP" in a value
+    is replaced by the group's shift steps)."""
+    steps = str(GROUP_SHIFT[group]).replace(" ", "")
+    default = (f"stability.shift={steps}",) if DEFAULT_SHIFT else ()
+    return (*default, *(o.replace("GROUP", steps) for o in extra))
+
+
+# Ablations that decode the default model another way (no training): the greedy rule.
+DECODE_ABLATIONS = {"greedy_mode": "mode"}  # lever 1/4: each digit's mode instead of its expected level
+ABLATIONS = ("raster", "plain_tokens", "refiner_tf", *(k for k in AR_ABLATIONS if k != "raster"), *DECODE_ABLATIONS)
+# The rows a plain run trains (the levers this pipeline's defaults rest on; raster and code noise lost before
+# and are opt-in through --ablation-rows, to keep the run near its 20 minutes).
+DEFAULT_ABLATION_ROWS = "vocab_head,no_pushforward,shift,greedy_mode,plain_tokens,refiner_tf"
+# --curve: the budget multipliers and the horizons reported.
+CURVE_MULTIPLIERS = (0.5, 1.0, 3.0)
+CURVE_HORIZONS = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -121,6 +173,11 @@ GROUPS = (
     Group("2d64", (("gray_scott2d", 64), ("navier_stokes2d", 64), ("wave2d", 64)), 0.65),
     Group("ns32", (("navier_stokes2d", 32),), 0.20),
     Group("burgers1d", (("burgers1d", None),), 0.15),
+)
+# --curve's groups: NS 32², and Gray–Scott alone at 64² with the 2d64 group's per-system budget.
+CURVE_GROUPS = (
+    Group("ns32", (("navier_stokes2d", 32),), 0.20),
+    Group("gs64", (("gray_scott2d", 64),), 0.65 / 3),
 )
 
 
@@ -139,6 +196,7 @@ def plan_budgets(
     tok_seconds: float | None = None,
     ar_seconds: float | None = None,
     refine_seconds: float | None = None,
+    groups: tuple[Group, ...] = GROUPS,
 ) -> dict[str, dict[str, float]]:
     """{group: {tokenizer, ar, refiner}} seconds: each stage total (default: its share of OURS_FRACTION of
     ``minutes``) split over the groups by their shares."""
@@ -148,18 +206,33 @@ def plan_budgets(
         "ar": ar_seconds if ar_seconds is not None else ours * STAGE_SPLIT["ar"],
         "refiner": refine_seconds if refine_seconds is not None else ours * STAGE_SPLIT["refiner"],
     }
-    return {g.name: {k: v * g.share for k, v in totals.items()} for g in GROUPS}
+    return {g.name: {k: v * g.share for k, v in totals.items()} for g in groups}
 
 
-def planned_training_seconds(budgets: dict[str, dict[str, float]], ablation_groups: list[str]) -> float:
-    """Training wall-clock the plan spends: ours + the FNOs (equal) + the ablations (raster: AR + refiner,
-    plain tokens: all three stages, teacher-forced refiner: refiner)."""
+def planned_training_seconds(
+    budgets: dict[str, dict[str, float]], ablation_groups: list[str], rows: tuple[str, ...] = ABLATIONS
+) -> float:
+    """Training wall-clock the plan spends: ours + the FNOs (equal) + the ablations (a new AR model: AR +
+    refiner, plain tokens: all three stages, teacher-forced refiner: refiner, a decoding rule: nothing)."""
     ours = sum(sum(b.values()) for b in budgets.values())
-    ablations = sum(
-        (budgets[g]["ar"] + budgets[g]["refiner"]) + sum(budgets[g].values()) + budgets[g]["refiner"]
-        for g in ablation_groups
-    )
-    return 2 * ours + ablations
+
+    def cost(b: dict[str, float], row: str) -> float:
+        if row == "plain_tokens":
+            return sum(b.values())
+        if row == "refiner_tf":
+            return b["refiner"]
+        return b["ar"] + b["refiner"] if row in AR_ABLATIONS else 0.0
+
+    return 2 * ours + sum(cost(budgets[g], row) for g in ablation_groups for row in rows)
+
+
+def ablation_rows(choice: str) -> list[str]:
+    """``--ablation-rows``: comma-separated names from ABLATIONS, or "all"."""
+    rows = list(ABLATIONS) if choice == "all" else [r for r in choice.split(",") if r]
+    unknown = [r for r in rows if r not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"--ablation-rows: unknown {unknown[0]!r}; expected all or some of {', '.join(ABLATIONS)}")
+    return rows
 
 
 def ablation_groups(choice: str) -> list[str]:
@@ -185,7 +258,15 @@ def headline(per_system: dict[str, dict[str, float]], frames_per_s: float | None
             for s in systems
             if per_system[s]["persistence_8"] < 1.0 and per_system[s]["model_8"] < per_system[s]["persistence_8"]
         ],
+        # At h=16 only where persistence < 1.5 (the issue's rule): beyond it every forecast is noise.
+        "wins_persistence_16": [
+            s
+            for s in systems
+            if per_system[s]["persistence_16"] < 1.5 and per_system[s]["model_16"] < per_system[s]["persistence_16"]
+        ],
         "wins_fno_1": [s for s in systems if per_system[s]["model_1"] < per_system[s]["fno_1"]],
+        # The issue's bar for the transformer itself: raw <= 0.75x copy-tokens at the next step.
+        "raw_vs_copy_tokens_1": {s: round(per_system[s]["raw_1"] / per_system[s]["copy_tokens_1"], 3) for s in systems},
         "n_systems": len(systems),
         "frames_per_s": None if frames_per_s is None else round(frames_per_s, 2),
     }
@@ -215,6 +296,11 @@ ROWS = (  # (label, key in a row's scores)
     ("abl: raster AR", "raster"),
     ("abl: plain tokens", "plain_tokens"),
     ("abl: refiner teacher-forced", "refiner_tf"),
+    ("abl: 1,000-way head", "vocab_head"),
+    ("abl: no pushforward", "no_pushforward"),
+    ("abl: + code noise", "code_noise"),
+    ("abl: shift (jitter) flipped", "shift"),
+    ("abl: greedy mode decoding", "greedy_mode"),
 )
 
 
@@ -298,6 +384,10 @@ def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
     times = []
     for _ in range(3):
         start = time.perf_counter()
+        if cfg.stability.pushforward > 0:  # the no-gradient step on the model's own predictions
+            n = max(1, round(cfg.stability.pushforward * len(idx)))
+            with torch.no_grad():
+                model(idx[:n], grid, ids[:n])
         _, loss = model(idx, grid, ids, targets=targets, return_logits=False)
         loss.backward()
         opt.step()
@@ -306,11 +396,16 @@ def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
     return min(times[1:])  # the first step pays for allocation
 
 
-def train_ar(tokens: Path, tok: Path, out: Path, prediction: str, seconds: float, seed: int) -> tuple[Path, int]:
+def train_ar(
+    tokens: Path, tok: Path, out: Path, prediction: str, seconds: float, seed: int, extra: tuple[str, ...] = ()
+) -> tuple[Path, int]:
     """The tiny AR model for ``seconds``: max_steps from a measured step time (so the cosine decay ends on the
-    budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap. → (run, steps)."""
-    grid = list(next(iter(read_manifest(tokens)["datasets"].values()))["token_grid"][1:])
+    budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap; ``extra`` config
+    overrides (an ablation's lever). → (run, steps)."""
+    manifest = read_manifest(tokens)
+    grid = list(next(iter(manifest["datasets"].values()))["token_grid"][1:])
     overrides = [
+        f"model.fsq_levels={list(manifest['tokenizer']['levels'])}",
         f"data.tokens=[{tokens}]",
         f"out={out}",
         f"tokenizer={tok}",
@@ -323,6 +418,7 @@ def train_ar(tokens: Path, tok: Path, out: Path, prediction: str, seconds: float
         "data.num_workers=0",
         "data.val_batches=0",
         "resume=none",
+        *extra,
     ]
     cfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), overrides)
     steps = max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
@@ -366,9 +462,13 @@ def train_refiner(
     # As `physfm refine`: one-step held-out pairs decide whether rollouts use the refiner by default.
     split = "valid" if "valid" in read_manifest(shards)["splits"] else "train"
     held_out = pair_vrmse(refiner, collect_pairs(pm, shards, split, n_windows), pm.tokenizer)
+    improves = refiner_improves(held_out)
+    if improves and cfg.data.gate_horizon > 0:  # and a held-out rollout, as `physfm refine`
+        d = cfg.data
+        improves = refiner_improves(rollout_gate_vrmse(pm, refiner, shards, split, d.gate_windows, d.gate_horizon))
     info = {
         "ar": str(ar_run),
-        "improves": refiner_improves(held_out),
+        "improves": improves,
         "improves_split": split,
         "ar_sha256": state_sha256(pm.model),
         "tokenizer_fingerprint": pm.info.get("tokenizer_fingerprint"),
@@ -391,9 +491,10 @@ def train_pipeline(
     tokenizer_config: str = "tiny_conditional.yaml",
     prediction: str = "next_frame",
     tokenized: tuple[Path, Path] | None = None,
+    ar_extra: tuple[str, ...] = (),
 ) -> tuple[Path, dict[str, float], dict[str, int]]:
-    """Tokenizer + encode (unless ``tokenized`` = (tokenizer, token shards) is given) + AR + rollout refiner
-    → (AR run, seconds per stage, steps per stage)."""
+    """Tokenizer + encode (unless ``tokenized`` = (tokenizer, token shards) is given) + AR (``ar_extra``: config
+    overrides) + rollout refiner → (AR run, seconds per stage, steps per stage)."""
     seconds, steps = {}, {}
     if tokenized is None:
         start = time.perf_counter()
@@ -406,7 +507,7 @@ def train_pipeline(
     else:
         tok, tokens = tokenized
     start = time.perf_counter()
-    ar, steps["ar"] = train_ar(tokens, tok, out / "ar", prediction, budget["ar"], args.seed)
+    ar, steps["ar"] = train_ar(tokens, tok, out / "ar", prediction, budget["ar"], args.seed, ar_extra)
     seconds["ar"] = time.perf_counter() - start
     start = time.perf_counter()
     ref = train_refiner(
@@ -448,7 +549,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--refine-seconds", type=float, default=None, help="refiner (pairs + fit), summed over groups")
     p.add_argument("--fno-seconds", type=float, default=None, help="FNO total (default: ours, measured)")
     p.add_argument("--ablations", default="ns32", help="all | none | a group (2d64, ns32, burgers1d)")
+    p.add_argument("--ablation-rows", default=DEFAULT_ABLATION_ROWS, help=f"all or some of: {', '.join(ABLATIONS)}")
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="learning curve instead of the table: NS 32² and Gray–Scott 64² at 0.5x, 1x, 3x the default budget",
+    )
     p.add_argument("--groups", default=",".join(g.name for g in GROUPS), help="groups to run (comma-separated)")
+    p.add_argument("--curve-groups", default="ns32,gs64", help="--curve: the groups to run (ns32, gs64)")
     p.add_argument("--n-traj", type=int, default=6, help="trajectories per parameter set (split 4/1/1)")
     p.add_argument("--n-steps", type=int, default=None, help="frames per trajectory (simulator default)")
     p.add_argument("--stride", type=int, default=2, help="frames between training windows' starts")
@@ -477,14 +585,24 @@ class GroupResult:
     steps: dict[str, Any]
 
 
-def run_group(group: Group, budget: dict[str, float], work: Path, args, with_ablations: bool) -> GroupResult:
-    """Data, our pipeline, the FNOs at equal time, scoring, frames/s, and (``with_ablations``) the ablations."""
-    res = GroupResult({}, {}, {}, {}, {}, {})
+@dataclass
+class Trained:
+    """A group's default pipeline and FNOs, trained: what scoring, frames/s and the ablations read."""
+
+    shards: Path
+    labels: dict[str, str]
+    ar: Path
+    pm: Any
+    fno: Callable
+
+
+def train_group(group: Group, budget: dict[str, float], work: Path, args, res: GroupResult) -> Trained:
+    """Data, our default pipeline and the FNOs at equal time; scores of every method into ``res``."""
     start = time.perf_counter()
     shards, labels = make_shards(work, group, args)
     res.seconds["data"] = time.perf_counter() - start
-    out = work / group.name
-    ar, seconds, res.steps["ours"] = train_pipeline(shards, out / "ours", budget, args)
+    ours = work / group.name / "ours"
+    ar, seconds, res.steps["ours"] = train_pipeline(shards, ours, budget, args, ar_extra=group_ar_overrides(group.name))
     res.seconds.update(seconds)
     ours_s = sum(seconds.values())
     log(
@@ -517,62 +635,129 @@ def run_group(group: Group, budget: dict[str, float], work: Path, args, with_abl
             "n_windows": summary["n_windows"][name],
         }
     res.seconds["evaluate"] = time.perf_counter() - start
+    return Trained(shards, labels, ar, pm, fno)
 
+
+def measure_rates(t: Trained, args, res: GroupResult) -> None:
+    """Frames/s at batch 1 on the group's first system, and the bf16 transformer's speed and scores."""
     start = time.perf_counter()
-    first = pm.dataset_names[0]
-    ctx = first_test_window(shards, first)
+    pm, first = t.pm, t.pm.dataset_names[0]
+    default = "ar_refined" if pm.refines_by_default else pm.method
+    ctx = first_test_window(t.shards, first)
     res.fps = {
         "ar": rollout_rate(lambda c, n: pm.rollout(c, n, first, refine=False), ctx, args.fps_frames),
         "ar_refined": rollout_rate(lambda c, n: pm.rollout(c, n, first, refine=True), ctx, args.fps_frames),
         "default": rollout_rate(lambda c, n: pm.rollout(c, n, first), ctx, args.fps_frames),  # the headline
-        "fno": rollout_rate(lambda c, n: fno(c, n, first), ctx, args.fps_frames),
+        "fno": rollout_rate(lambda c, n: t.fno(c, n, first), ctx, args.fps_frames),
     }
     # The same model with its transformer in bfloat16 (rollout/evaluate --dtype bfloat16): speed and scores.
-    pm16 = PhysicsModel.from_pretrained(ar, dtype="bfloat16")
+    pm16 = PhysicsModel.from_pretrained(t.ar, dtype="bfloat16")
     res.fps["ar_bf16"] = rollout_rate(lambda c, n: pm16.rollout(c, n, first), ctx, args.fps_frames)
-    log(f"  frames/s at batch 1 on {labels[first]}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.fps.items()))
+    log(f"  frames/s at batch 1 on {t.labels[first]}: " + ", ".join(f"{k} {v:.1f}" for k, v in res.fps.items()))
     res.seconds["frames_per_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    for name, d in score(pm16, shards, (default,), args)["vrmse"].items():
-        res.table[labels[name]]["ar_bf16"] = d["mean"][default]
-        res.per_system[labels[name]].update({f"model_bf16_{h}": round(d["mean"][default][str(h)], 4) for h in HORIZONS})
+    for name, d in score(pm16, t.shards, (default,), args)["vrmse"].items():
+        res.table[t.labels[name]]["ar_bf16"] = d["mean"][default]
+        res.per_system[t.labels[name]].update(
+            {f"model_bf16_{h}": round(d["mean"][default][str(h)], 4) for h in HORIZONS}
+        )
     res.seconds["evaluate_bf16"] = time.perf_counter() - start
-    if not with_ablations:
-        return res
 
-    runs = {}
+
+def train_ablations(
+    t: Trained, budget: dict[str, float], out: Path, args, res: GroupResult, names: list[str], group: str
+) -> dict[str, Any]:
+    """Train the chosen ablations' models (each one lever of the default pipeline flipped) → {name: model}."""
+    models: dict[str, Any] = {}
     tokenized = (out / "ours" / "tokenizer", out / "ours" / "tokens")  # the default pipeline's
+    for key in names:
+        start = time.perf_counter()
+        if key == "plain_tokens":
+            run, _, res.steps[key] = train_pipeline(
+                t.shards, out / key, budget, args, "tiny.yaml", ar_extra=group_ar_overrides(group)
+            )
+            models[key] = PhysicsModel.from_pretrained(run)
+        elif key == "refiner_tf":
+            # teacher-forced pairs: one step from true context each, on 4x the windows (the same number of pairs)
+            res.steps[key] = train_refiner(
+                t.ar, t.shards, out / key, budget["refiner"], 1, REFINE_ROLLOUT_STEPS * args.refine_windows, args.seed
+            )
+            models[key] = PhysicsModel.from_pretrained(t.ar, refiner=out / key)
+        elif key in AR_ABLATIONS:
+            prediction, overrides = AR_ABLATIONS[key]
+            extra = group_ar_overrides(group, overrides)
+            run, _, res.steps[key] = train_pipeline(
+                t.shards, out / key, budget, args, prediction=prediction, tokenized=tokenized, ar_extra=extra
+            )
+            models[key] = PhysicsModel.from_pretrained(run)
+        else:  # a decoding lever: the default model, decoded another way
+            models[key] = PhysicsModel.from_pretrained(t.ar)
+            models[key].model.config.greedy = DECODE_ABLATIONS[key]
+        res.seconds[f"abl_{key}"] = time.perf_counter() - start
+    return models
+
+
+def run_ablations(t: Trained, budget: dict[str, float], work: Path, group: Group, args, res: GroupResult) -> None:
+    """The ablation rows: trained at the default pipeline's per-stage budgets, scored by their default method."""
+    names = ablation_rows(args.ablation_rows)
+    models = train_ablations(t, budget, work / group.name, args, res, names, group.name)
+    first = t.pm.dataset_names[0]
+    ctx = first_test_window(t.shards, first)
     start = time.perf_counter()
-    runs["raster"], _, res.steps["raster"] = train_pipeline(
-        shards, out / "raster", budget, args, prediction="raster", tokenized=tokenized
-    )
-    res.seconds["abl_raster"] = time.perf_counter() - start
-    start = time.perf_counter()
-    runs["plain_tokens"], _, res.steps["plain_tokens"] = train_pipeline(
-        shards, out / "plain_tokens", budget, args, tokenizer_config="tiny.yaml"
-    )
-    res.seconds["abl_plain_tokens"] = time.perf_counter() - start
-    start = time.perf_counter()
-    tf = out / "refiner_tf"
-    # teacher-forced pairs: one step from true context each, on 4x the windows (the same number of pairs)
-    res.steps["refiner_tf"] = train_refiner(
-        ar, shards, tf, budget["refiner"], 1, REFINE_ROLLOUT_STEPS * args.refine_windows, args.seed
-    )
-    res.seconds["abl_refiner_tf"] = time.perf_counter() - start
-    start = time.perf_counter()
-    models = {k: PhysicsModel.from_pretrained(v) for k, v in runs.items()}
-    models["refiner_tf"] = PhysicsModel.from_pretrained(ar, refiner=tf)
     for key, model in models.items():
-        s = score(model, shards, ("ar", "ar_refined"), args)
+        method = "ar_refined" if model.refines_by_default else model.method
+        s = score(model, t.shards, ("ar", "ar_refined"), args)
         for name, d in s["vrmse"].items():
-            res.table[labels[name]][key] = d["mean"]["ar_refined"]
-            res.ablations.setdefault(labels[name], {})[key] = {
+            res.table[t.labels[name]][key] = d["mean"][method]
+            res.ablations.setdefault(t.labels[name], {})[key] = {
                 f"{k}_{h}": round(d["mean"][k][str(h)], 4) for k in ("ar", "ar_refined") for h in HORIZONS
             }
+            res.ablations[t.labels[name]][key]["default_method"] = method
         res.fps[key] = rollout_rate(partial(model.rollout, dataset=first), ctx, args.fps_frames)
-        log(f"  ablation {key}: frames/s at batch 1 on {labels[first]} {res.fps[key]:.1f}")
+        log(f"  ablation {key}: frames/s at batch 1 on {t.labels[first]} {res.fps[key]:.1f}")
     res.seconds["abl_evaluate"] = time.perf_counter() - start
+
+
+def run_group(group: Group, budget: dict[str, float], work: Path, args, with_ablations: bool) -> GroupResult:
+    """Data, our pipeline, the FNOs at equal time, scoring, frames/s, and (``with_ablations``) the ablations."""
+    res = GroupResult({}, {}, {}, {}, {}, {})
+    trained = train_group(group, budget, work, args, res)
+    measure_rates(trained, args, res)
+    if with_ablations:
+        run_ablations(trained, budget, work, group, args, res)
     return res
+
+
+def run_curve(args, work: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``--curve``: the NS 32² group and a Gray–Scott-only 64² group at CURVE_MULTIPLIERS x the default
+    budget (every stage and the FNO scaled alike) → {group: {multiplier: {raw_h, model_h, fno_h}}}."""
+    budgets = plan_budgets(args.minutes, args.tok_seconds, args.ar_seconds, args.refine_seconds, CURVE_GROUPS)
+    curve: dict[str, dict[str, dict[str, float]]] = {}
+    for group in (g for g in CURVE_GROUPS if g.name in args.curve_groups.split(",")):
+        base = budgets[group.name]
+        for mult in CURVE_MULTIPLIERS:
+            log(f"== curve {group.name} at {mult}x: " + ", ".join(f"{k} {v * mult:.0f} s" for k, v in base.items()))
+            res = GroupResult({}, {}, {}, {}, {}, {})
+            train_group(group, {k: v * mult for k, v in base.items()}, work / f"curve{mult}", args, res)
+            entry = next(iter(res.per_system.values()))
+            point = {f"{k}_{h}": entry[f"{k}_{h}"] for k in ("raw", "model", "fno") for h in CURVE_HORIZONS}
+            point["steps_ar"], point["steps_fno"] = res.steps["ours"]["ar"], next(iter(res.steps["fno"].values()))
+            curve.setdefault(group.name, {})[f"{mult:g}"] = point
+            log(f"   {group.name} {mult:g}x: " + ", ".join(f"{k} {v}" for k, v in point.items()))
+    return curve
+
+
+def format_curve(curve: dict[str, dict[str, dict[str, float]]]) -> str:
+    cols = [f"{k}_{h}" for k in ("raw", "model", "fno") for h in CURVE_HORIZONS]
+    lines = [f"{'group':<10}{'budget':>8}" + "".join(f"{c:>10}" for c in cols) + f"{'AR steps':>10}{'FNO steps':>10}"]
+    for group, points in curve.items():
+        for mult, p in points.items():
+            lines.append(
+                f"{group:<10}{mult + 'x':>8}"
+                + "".join(f"{p[c]:>10.3f}" for c in cols)
+                + f"{p['steps_ar']:>10}{p['steps_fno']:>10}"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -580,20 +765,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    groups = [g for g in GROUPS if g.name in args.groups.split(",")]
-    abl = [g for g in ablation_groups(args.ablations) if g in {x.name for x in groups}]
-    budgets = plan_budgets(args.minutes, args.tok_seconds, args.ar_seconds, args.refine_seconds)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="physfm-bench-forecast-"))
-    t_total = time.perf_counter()
     log(
         f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; workdir {work}; seed {args.seed}"
     )
+    if args.curve:
+        t_total = time.perf_counter()
+        curve = run_curve(args, work)
+        log(
+            "\nlearning curve: VRMSE at h=1 and h=8 (test split, greedy; raw = the transformer alone, model = "
+            "our default method, FNO at equal time) against the budget (x the default)"
+        )
+        log(format_curve(curve))
+        result = {"curve": curve, "seconds": round(time.perf_counter() - t_total, 1), "seed": args.seed}
+        print(json.dumps(result))
+        return result
+    return run_bench(args, work)
+
+
+def run_bench(args, work: Path) -> dict[str, Any]:
+    groups = [g for g in GROUPS if g.name in args.groups.split(",")]
+    abl = [g for g in ablation_groups(args.ablations) if g in {x.name for x in groups}]
+    rows = tuple(ablation_rows(args.ablation_rows))
+    budgets = plan_budgets(args.minutes, args.tok_seconds, args.ar_seconds, args.refine_seconds)
+    t_total = time.perf_counter()
     log(
         "plan (s): "
         + "; ".join(f"{g.name} " + ", ".join(f"{k} {v:.0f}" for k, v in budgets[g.name].items()) for g in groups)
-        + f"; FNO = ours; ablations on {', '.join(abl) or 'none'}; training in all "
-        f"{planned_training_seconds({g.name: budgets[g.name] for g in groups}, abl):.0f} s"
+        + f"; FNO = ours; ablations on {', '.join(abl) or 'none'} ({', '.join(rows)}); training in all "
+        f"{planned_training_seconds({g.name: budgets[g.name] for g in groups}, abl, rows):.0f} s"
     )
     results = {}
     for group in groups:
@@ -607,11 +808,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_system = {k: v for r in results.values() for k, v in r.per_system.items()}
     seconds = {f"{g}/{k}": v for g, r in results.items() for k, v in r.seconds.items()}
     log("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f"; total {total:.0f}")
+    log("optimizer steps per group: " + "; ".join(f"{g} {r.steps}" for g, r in results.items()))
     log(
         f"\nVRMSE of the k-th predicted frame, test split (<= {args.eval_windows} windows per system, greedy; "
         "mean over fields; 1.0 = the spatial mean). Ablation rows: the default pipeline with one lever flipped, "
-        "refined, same budgets. frames/s: batch 1 on the first system of a group (ours and FNO: "
-        f"{'2d64' if '2d64' in results else next(iter(results))}; ablations: their group)."
+        "scored by its default method, same budgets. frames/s: batch 1 on the first system of a group (ours and "
+        f"FNO: {'2d64' if '2d64' in results else next(iter(results))}; ablations: their group)."
     )
     log(format_table(table, fps))
     result: dict[str, Any] = {

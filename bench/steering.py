@@ -101,6 +101,7 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
                     f"tokenizer={tok_run / 'checkpoint'}",
                     f"seed={args.seed}",
                     f"model.vocab_size={vocab}",
+                    f"model.fsq_levels={args.levels}",
                     "model.d_model=64",
                     "model.ffn_hidden=192",
                     "model.n_layer=4",

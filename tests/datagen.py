@@ -47,6 +47,10 @@ def make_toy_dataset(
 # Overrides of configs/pretrain/tiny.yaml that make a pretrain run take seconds on a CPU (tests only).
 TINY_PRETRAIN = [
     "model.vocab_size=32",
+    # synthetic tokens (a +1 shift rule) are no FSQ codes: the one-softmax head, argmax decoding
+    "model.fsq_levels=[32]",
+    "model.head=vocab",
+    "model.greedy=mode",
     "model.grid_shape=[4,4]",
     "model.n_layer=2",
     "model.d_model=64",

@@ -25,11 +25,13 @@ def forecast():
 
 
 def scores(model, persistence, fno):
-    """A per-system entry with model/persistence/fno VRMSE at h = 1, 4, 8 (given as 3-tuples)."""
+    """A per-system entry with model/persistence/fno VRMSE at h = 1, 4, 8, 16 (given as 4-tuples; a 3-tuple's
+    h=16 repeats its h=8), raw = model and copy-tokens = 2 x model at h=1."""
     out = {}
-    for i, h in enumerate((1, 4, 8)):
-        out.update({f"model_{h}": model[i], f"persistence_{h}": persistence[i], f"fno_{h}": fno[i]})
-    return out
+    for i, h in enumerate((1, 4, 8, 16)):
+        j = min(i, len(model) - 1)
+        out.update({f"model_{h}": model[j], f"persistence_{h}": persistence[j], f"fno_{h}": fno[j]})
+    return {**out, "raw_1": model[0], "copy_tokens_1": 2 * model[0]}
 
 
 def test_headline_wins(forecast):
@@ -43,6 +45,8 @@ def test_headline_wins(forecast):
     assert out["wins_persistence_1"] == ["gray_scott2d@64", "wave2d@64"]
     assert out["wins_persistence_8"] == ["gray_scott2d@64", "wave2d@64"]  # NS: persistence_8 = 1.2 ≥ 1
     assert out["wins_fno_1"] == ["navier_stokes2d@64", "burgers1d"]
+    assert out["wins_persistence_16"] == ["gray_scott2d@64", "navier_stokes2d@64", "wave2d@64"]  # 1.2 < 1.5
+    assert out["raw_vs_copy_tokens_1"]["burgers1d"] == 0.5
     assert out["n_systems"] == 4
     assert out["frames_per_s"] == 23.46
     json.dumps(out)  # the last line must serialise
@@ -50,11 +54,12 @@ def test_headline_wins(forecast):
 
 def test_per_system_entry_uses_the_default_method(forecast):
     methods = ("ar", "ar_refined", "persistence", "fno", "tokenizer_ceiling", "copy_tokens")
-    mean = {m: {str(h): i + h / 10 for h in (1, 4, 8)} for i, m in enumerate(methods)}
+    mean = {m: {str(h): i + h / 10 for h in (1, 4, 8, 16)} for i, m in enumerate(methods)}
     entry = forecast.per_system_entry(mean, "ar_refined")
     assert entry["model_1"] == 1.1 and entry["raw_1"] == 0.1 and entry["model_8"] == 1.8
     required = {"model_1", "model_4", "model_8", "persistence_1", "persistence_4", "persistence_8"}
     assert required | {"fno_1", "fno_8", "ceiling_1", "copy_tokens_1"} <= set(entry)
+    assert {"raw_16", "model_16", "persistence_16", "fno_16"} <= set(entry)
     assert forecast.per_system_entry(mean, "ar")["model_4"] == 0.4  # no refiner: the raw model is the default
 
 
@@ -72,9 +77,10 @@ def test_default_budget_fits_twenty_minutes(forecast):
     assert sum(g.share for g in forecast.GROUPS) == pytest.approx(1.0)
     ours = sum(sum(b.values()) for b in budgets.values())
     assert ours == pytest.approx(20 * 60 * forecast.OURS_FRACTION)
-    training = forecast.planned_training_seconds(budgets, forecast.ablation_groups("ns32"))
-    # data (~35 s), encoding, evaluation and frames/s need the rest: keep a quarter of the 20 minutes for them
-    assert training <= 0.75 * 20 * 60
+    rows = forecast.ablation_rows(forecast.DEFAULT_ABLATION_ROWS)
+    training = forecast.planned_training_seconds(budgets, forecast.ablation_groups("ns32"), rows)
+    # data (~35 s), encoding, evaluation and frames/s need the rest: keep a fifth of the 20 minutes for them
+    assert training <= 0.8 * 20 * 60
     assert forecast.planned_training_seconds(budgets, []) == pytest.approx(2 * ours)
     # a stage flag is the total over groups
     assert sum(b["ar"] for b in forecast.plan_budgets(20, ar_seconds=100).values()) == pytest.approx(100)
@@ -86,10 +92,22 @@ def test_ablation_choice(forecast):
     assert forecast.ablation_groups("all") == [g.name for g in forecast.GROUPS]
     with pytest.raises(SystemExit, match="--ablations"):
         forecast.ablation_groups("ns64")
+    assert forecast.ablation_rows("vocab_head,greedy_mode") == ["vocab_head", "greedy_mode"]
+    with pytest.raises(SystemExit, match="--ablation-rows"):
+        forecast.ablation_rows("raster,nope")
+
+
+def test_group_overrides_and_curve(forecast):
+    assert set(forecast.GROUP_SHIFT) >= {g.name for g in (*forecast.GROUPS, *forecast.CURVE_GROUPS)}
+    extra = forecast.group_ar_overrides("ns32", ("stability.shift=GROUP",))
+    assert extra[-1] == "stability.shift=[1,2]"
+    curve = {"ns32": {"0.5": {f"{k}_{h}": 0.1 for k in ("raw", "model", "fno") for h in (1, 8)}}}
+    curve["ns32"]["0.5"].update(steps_ar=10, steps_fno=20)
+    assert "0.5x" in forecast.format_curve(curve)
 
 
 def test_table_marks_missing_rows(forecast):
-    row = {"1": 0.1, "4": 0.2, "8": 0.3}
+    row = {"1": 0.1, "4": 0.2, "8": 0.3, "16": 0.4}
     table = {
         "navier_stokes2d@32": {"persistence": row, "ar_refined": row, "raster": row},
         "burgers1d": {"persistence": row, "ar_refined": row},

@@ -48,7 +48,13 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
 
     ok("tokenizer", "encode", "--ckpt", tok, "--data", shards, "--out", str(tokens))
     assert json.loads((tokens / "manifest.json").read_text())["tokenizer"]["conditional"] is True
-    model = ["model.vocab_size=16", "model.grid_shape=[4,4]", "model.n_layer=2", "model.d_model=32"]
+    model = [
+        "model.vocab_size=16",
+        "model.fsq_levels=[16]",
+        "model.grid_shape=[4,4]",
+        "model.n_layer=2",
+        "model.d_model=32",
+    ]
     model += ["model.n_head=2", "model.n_kv_head=1", "model.ffn_hidden=64", "model.prediction=next_frame"]
     ok(
         "pretrain",

@@ -37,6 +37,7 @@ def refined(tmp_path_factory):
             "train.log_every=20",
             "data.n_windows=16",
             "model.width=8",
+            "data.gate_horizon=0",  # the one-step gate alone: these tests need a refiner that is on by default
         ],
     )
     out = run_refine(cfg, log=None)

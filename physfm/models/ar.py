@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from physfm.models.code_head import CodeEmbedding, DigitHead, vocab_expected_ids
 from physfm.models.trunk import KVCache, ModelConfig, Trunk, frame_causal_mask, token_positions
 
 IGNORE_INDEX = -100  # targets with this value carry no loss (context frames, padding)
@@ -55,7 +56,12 @@ class PhysicsTransformer(Trunk):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.tok_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        cfg.require_levels()
+        self.tok_embedding = (
+            CodeEmbedding(cfg.fsq_levels, cfg.d_model, cfg.id_embedding)
+            if cfg.head == "digits"
+            else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        )
         self.dataset_embedding = nn.Embedding(cfg.n_datasets, cfg.d_model)
         # All parameter slots share one table: slot s, bucket b -> row s * n_param_buckets + b.
         self.param_embedding = (
@@ -63,9 +69,13 @@ class PhysicsTransformer(Trunk):
         )
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self._build_trunk()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
-        # Next-frame mode: extra logit for the token at the same place in the input frame (learned, starts at 1).
-        self.copy_gain = nn.Parameter(torch.ones(1)) if cfg.prediction == "next_frame" else None
+        if cfg.head == "digits":  # one softmax per FSQ digit with its own copy bias (code_head.py)
+            self.lm_head = DigitHead(cfg.fsq_levels, cfg.d_model, copy_bias=True)
+            self.copy_gain = None
+        else:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)  # untied, as in Llama/Cosmos
+            # Next-frame mode: extra logit for the token at the same place in the input frame (learned, from 1).
+            self.copy_gain = nn.Parameter(torch.ones(1)) if cfg.prediction == "next_frame" else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -75,7 +85,9 @@ class PhysicsTransformer(Trunk):
         model predicts copy-tokens. A copy, not a tie: tied weights would be one tensor under two names
         (safetensors refuses that, and ZeRO-3 gathers parameters per module)."""
         super().init_weights()
-        if self.config.prediction == "next_frame":
+        if self.config.head == "digits":
+            self.lm_head.reset_parameters()
+        elif self.config.prediction == "next_frame":
             with torch.no_grad():
                 self.lm_head.weight.copy_(self.tok_embedding.weight)
 
@@ -115,6 +127,8 @@ class PhysicsTransformer(Trunk):
 
     def _logits(self, h: Tensor, inputs: Tensor | None) -> Tensor:
         """LM head over h [..., d]; in next-frame mode plus ``copy_gain`` on each position's input token [...]."""
+        if self.config.head == "digits":
+            return self.lm_head(h, inputs)
         logits = self.lm_head(h)
         if self.copy_gain is not None:
             gain = self.copy_gain.to(logits.dtype).expand(inputs.shape).unsqueeze(-1)
@@ -159,16 +173,34 @@ class PhysicsTransformer(Trunk):
         if not return_logits:
             keep = targets != IGNORE_INDEX
             logits = self._logits(h[keep], None if inputs is None else inputs[keep])
-            return None, F.cross_entropy(logits.float(), targets[keep])
+            return None, self._loss(logits, targets[keep])
         logits = self._logits(h, inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        return logits, loss
+        keep = targets != IGNORE_INDEX
+        return logits, self._loss(logits[keep], targets[keep])
+
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Training loss of logits [N, ...] for target ids [N]: cross-entropy (summed over the digits for
+        head=digits, plus the expected code's squared error at ``code_loss_weight``)."""
+        if self.config.head == "digits":
+            return self.lm_head.loss(logits, targets, self.config.code_loss_weight)
+        return F.cross_entropy(logits.float(), targets)
+
+    def predict_ids(self, logits: Tensor) -> Tensor:
+        """Greedy ids [...] from logits [..., V or sum(levels)] as a greedy rollout decodes them."""
+        return self._sample(logits.flatten(0, -2), 0.0, None, None).view(logits.shape[:-1])
 
     # -- generation ---------------------------------------------------------------------------------
-    @staticmethod
-    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
-        """logits [B, V] -> token ids [B]: greedy at temperature 0, else softmax sampling (top-k optional)."""
+    def _sample(
+        self, logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """logits [B, V] -> token ids [B]: greedy at temperature 0 (``model.greedy``: the mode, or the
+        expected code rounded to the grid), else softmax sampling (top-k optional)."""
+        cfg = self.config
+        if cfg.head == "digits":
+            return self.lm_head.sample(logits, temperature, top_k, generator, cfg.greedy)
         if temperature <= 0:
+            if cfg.greedy == "mean":
+                return vocab_expected_ids(logits, cfg.fsq_levels)
             return logits.argmax(dim=-1)
         logits = logits.float() / temperature
         if top_k is not None:

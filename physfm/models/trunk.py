@@ -29,6 +29,17 @@ class ModelConfig:
     # "raster": each token from the one before it in the flattened sequence, T decode steps per frame.
     prediction: Literal["raster", "next_frame"] = "raster"
     vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
+    # The tokenizer's FSQ levels (prod = vocab_size); needed by head=digits and greedy=mean. Pretraining
+    # takes them from the token shards when the tokenizer's make vocab_size codes (physfm/train/data.py).
+    fsq_levels: list[int] = field(default_factory=list)
+    # AR output head: "vocab" one softmax over every id; "digits" the code's structure (code-vector input
+    # embedding, one softmax per FSQ digit with a copy bias; physfm/models/code_head.py), next_frame only.
+    head: Literal["vocab", "digits"] = "vocab"
+    id_embedding: bool = False  # head=digits: add a per-id table to the per-digit input embedding
+    code_loss_weight: float = 0.0  # head=digits: weight of the expected code's squared error in the loss
+    # Greedy decoding (temperature 0): "mode" the most likely code, "mean" each digit's expected value
+    # rounded to the nearest level (the MSE-optimal code on the grid; needs fsq_levels).
+    greedy: Literal["mode", "mean"] = "mode"
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int = 2  # grouped-query attention: n_head // n_kv_head query heads share one K/V head
@@ -95,6 +106,27 @@ class ModelConfig:
             raise ConfigError(f"model.prediction: expected 'raster' or 'next_frame', got {self.prediction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        self._validate_code_head()
+
+    def require_levels(self) -> None:
+        """Raise unless the FSQ levels that head=digits / greedy=mean read are known."""
+        if (self.head == "digits" or self.greedy == "mean") and not self.fsq_levels:
+            raise ConfigError("model.fsq_levels: head=digits and greedy=mean need the tokenizer's FSQ levels")
+
+    def _validate_code_head(self) -> None:
+        if self.head not in ("vocab", "digits"):
+            raise ConfigError(f"model.head: expected 'vocab' or 'digits', got {self.head!r}")
+        if self.greedy not in ("mode", "mean"):
+            raise ConfigError(f"model.greedy: expected 'mode' or 'mean', got {self.greedy!r}")
+        if self.fsq_levels and math.prod(self.fsq_levels) != self.vocab_size:
+            raise ConfigError(
+                f"model.fsq_levels: {self.fsq_levels} make {math.prod(self.fsq_levels)} codes, "
+                f"model.vocab_size is {self.vocab_size}"
+            )
+        if self.head == "digits" and self.prediction != "next_frame":
+            raise ConfigError("model.head=digits: needs model.prediction=next_frame")
+        if self.code_loss_weight < 0:
+            raise ConfigError(f"model.code_loss_weight: must be >= 0, got {self.code_loss_weight}")
 
 
 def rope_pair_axes(cfg: ModelConfig) -> Tensor:
@@ -314,7 +346,7 @@ class Trunk(nn.Module):
         n = sum(numel(p) for p in self.parameters())
         if non_embedding:
             tables = [getattr(self, name) for name in self.embedding_tables]
-            n -= sum(numel(t.weight) for t in tables if t is not None)
+            n -= sum(numel(p) for t in tables if t is not None for p in t.parameters())
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

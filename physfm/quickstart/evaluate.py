@@ -22,6 +22,7 @@ REFINE_OVERRIDES = [
     "data.val_windows=4",
     "data.batch_size=8",
     "model.width=16",
+    "data.gate_windows=4",  # the default-on gate's held-out rollout: 4 windows x 8 frames per dataset
 ]
 EVAL_HORIZONS = [1, 2]
 EVAL_MAX_WINDOWS = 4  # per dataset
@@ -92,8 +93,13 @@ def stage_evaluate(ctx) -> dict[str, Any]:
             result[f"{method}_{h}"] = round(per[h], 4)
     default, h1 = metrics["default_method"], str(EVAL_HORIZONS[0])
     result["default_method"] = default
-    versus = []
+    versus, learned = [], []
     for name, d in metrics["vrmse"].items():
+        # The transformer alone (raw) against copy-tokens, its initialisation: has it learned anything?
+        raw, copy, dflt = (d["mean"][m][h1] for m in (metrics["methods"][0], "copy_tokens", default))
+        result.update({f"{name}_raw_{h1}": round(raw, 4), f"{name}_copy_tokens_{h1}": round(copy, 4)})
+        result[f"{name}_default_{h1}"] = round(dflt, 4)
+        learned.append(f"{name}: raw {raw:.3f}, copy-tokens {copy:.3f} ({raw / copy:.2f}x), default {dflt:.3f}")
         ours, floor = d["mean"][default][h1], d["mean"]["persistence"][h1]
         result[f"{name}_vs_persistence_{h1}"] = round(ours / floor, 3)
         verdict = "beats" if ours < floor else "does not beat"
@@ -103,5 +109,9 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         "forecaster must clear, and beating it means nothing once persistence itself is above 1. The model as a "
         f"user gets it ({default}) against persistence at the next step — " + "; ".join(versus) + f" (details: "
         f"{rel}/report.md)."
+    )
+    ctx.notes.append(
+        "The transformer alone (raw, no refiner) against copy-tokens (repeat the last token frame, what the "
+        f"untrained model predicts) and the default, h={h1} VRMSE — " + "; ".join(learned) + "."
     )
     return result

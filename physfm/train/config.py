@@ -75,6 +75,30 @@ class OptimConfig:
         check_optimizer(self, "optim")
 
 
+@dataclass
+class StabilityConfig:
+    """The ``stability`` section: AR training inputs that look like a rollout's, so errors stay bounded
+    over many steps (next-frame prediction; physfm/train/module.py). Targets stay the true tokens."""
+
+    # Fraction of windows whose frames after the first change frame are replaced by the model's own greedy
+    # one-step predictions (pushforward, Brandstetter et al. 2022; no gradient through that step).
+    pushforward: float = 0.0
+    # Probability per input token (after the key frame) of a +-1 step on one random FSQ digit (needs
+    # model.fsq_levels): noise in code space.
+    code_noise: float = 0.0
+    # Patch jittering on periodic domains: roll each window's token grid by a random multiple of shift[i]
+    # tokens along spatial axis i (0 = never along it; [] = off). Shift only by the system's symmetries, e.g.
+    # the built-in Navier–Stokes forcing repeats every n/4 cells along its last axis.
+    shift: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for name in ("pushforward", "code_noise"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"stability.{name}: must be in [0, 1], got {getattr(self, name)}")
+        if any(step < 0 for step in self.shift):
+            raise ConfigError(f"stability.shift: token steps must be >= 0, got {self.shift}")
+
+
 def lr_lambda(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
     """Multiplier of the peak learning rate: linear warmup, then cosine to ``min_ratio`` (every optimiser
     section here: pretraining, fine-tuning, the refiner)."""
@@ -95,12 +119,15 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)  # AR rollout training
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # used when model.kind=diffusion
 
     def validate(self) -> None:
         # The sections validate themselves (data_pipelines.config.validate_tree); here: what spans sections.
         if self.model.kind == "ar" and not self.data.tokens:
             raise ConfigError("data.tokens: model.kind=ar trains on token shards (physfm tokenizer encode)")
+        if self.stability.code_noise > 0 and not self.model.fsq_levels:
+            raise ConfigError("stability.code_noise: needs model.fsq_levels (the tokenizer's FSQ levels)")
         if self.model.kind == "diffusion":
             if not self.data.shards:
                 raise ConfigError("data.shards: model.kind=diffusion trains on field shards (physfm data shard)")

@@ -46,6 +46,10 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         check_manifest_vocab(manifest, location, cfg.model.vocab_size, "model.vocab_size")
         fingerprints.add(manifest["tokenizer_fingerprint"])
         conditional = conditional or bool(manifest.get("tokenizer", {}).get("conditional"))
+        levels = manifest.get("tokenizer", {}).get("levels")
+        if levels and math.prod(levels) == cfg.model.vocab_size:
+            # The tokenizer's code structure is the truth: set here, so run.json records it for loading.
+            cfg.model.fsq_levels = [int(n) for n in levels]
         layouts.add(token_layout(manifest))
         names += list(manifest["datasets"])
     if len(fingerprints) > 1:

@@ -71,11 +71,16 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     d, f, hd, kv = cfg.d_model, cfg.ffn_hidden, cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     wqkv, wo, ffn = d * (d + 2 * kv), d * d, d * f
     per_layer = wqkv + wo + 3 * ffn + 2 * d + (2 * hd if cfg.qk_norm else 0)
-    tables = [cfg.vocab_size * d, cfg.n_datasets * d]
+    if cfg.head == "digits":  # per-digit tables (+ per-id table) in, one softmax per digit out
+        digit_tables = [n * d for n in cfg.fsq_levels] + ([cfg.vocab_size * d] if cfg.id_embedding else [])
+        tables = [sum(digit_tables), cfg.n_datasets * d]
+        lm_head, copy_gain = sum(cfg.fsq_levels) * d, len(cfg.fsq_levels)
+    else:
+        tables = [cfg.vocab_size * d, cfg.n_datasets * d]
+        lm_head = cfg.vocab_size * d
+        copy_gain = 1 if cfg.prediction == "next_frame" else 0  # the learned logit of the input token
     if cfg.n_cond_tokens > 1:
         tables.append(cfg.n_cond_params * cfg.n_param_buckets * d)
-    lm_head = cfg.vocab_size * d
-    copy_gain = 1 if cfg.prediction == "next_frame" else 0  # the learned logit of the input token
     non_embedding = cfg.n_layer * per_layer + d + lm_head + copy_gain
     return ParamCounts(
         total=non_embedding + sum(tables),

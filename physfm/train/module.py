@@ -33,7 +33,8 @@ from physfm.core.errors import RunStopped
 from physfm.core.token_ids import check_token_ids
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
-from physfm.train.config import OptimConfig, lr_lambda
+from physfm.train.config import OptimConfig, StabilityConfig, lr_lambda
+from physfm.train.stability import code_noise, pushforward_inputs, shift_tokens
 from physfm.train.strategies import StrategyConfig, build_optimizer
 
 
@@ -92,9 +93,11 @@ class ARModule(L.LightningModule):
         nonfinite_loss: Literal["skip", "stop"] = "stop",
         strategy: dict[str, Any] | None = None,
         conditional_tokens: bool = False,
+        stability: dict[str, Any] | None = None,
     ):
         """``conditional_tokens``: the token windows open with a key frame coded on its own, the later frames
-        as changes given the frame before (a conditional tokenizer)."""
+        as changes given the frame before (a conditional tokenizer). ``stability``: the rollout-training
+        options (:class:`StabilityConfig`; next-frame prediction only)."""
         super().__init__()
         self.save_hyperparameters()
         self.model_config = ModelConfig(**model)
@@ -103,6 +106,7 @@ class ARModule(L.LightningModule):
         self.dataset_names = list(dataset_names)
         self.n_context_frames = n_context_frames
         self.conditional_tokens = conditional_tokens
+        self.stability = StabilityConfig(**(stability or {}))
         self.skipped_batches = 0
         self.skipped_samples = 0  # corrupt samples the loaders skipped (data.on_error=skip), all ranks
 
@@ -145,10 +149,34 @@ class ARModule(L.LightningModule):
             n_unsupervised = 2 if skip_key_step else 1
         else:
             n_unsupervised = self.n_context_frames
-        idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
         ids = self.dataset_ids(batch["dataset"], tokens.shape[0])
+        if self.training and self.model_config.prediction == "next_frame":
+            tokens = tokens.long()
+            if self.stability.shift:
+                tokens = shift_tokens(tokens.cpu(), self.stability.shift, self._stability_rng()).to(tokens.device)
+            idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
+            idx = self._rollout_like_inputs(idx, grid, ids, n_unsupervised)
+        else:
+            idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
         _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
         return loss
+
+    def _rollout_like_inputs(self, idx: torch.Tensor, grid: tuple[int, ...], ids: torch.Tensor, first: int):
+        """The ``stability`` options on a training batch's inputs (targets were taken before): frames from
+        ``first`` (the first supervised frame) on become the model's own predictions in a ``pushforward``
+        fraction of the windows; ``code_noise`` perturbs tokens after the key frame."""
+        stab, T = self.stability, math.prod(grid)
+        if stab.pushforward > 0 and idx.shape[1] // T > first:
+            rows = torch.rand(idx.shape[0], generator=self._stability_rng()) < stab.pushforward
+            idx = pushforward_inputs(self.model, idx, grid, ids, first, rows.to(idx.device))
+        if stab.code_noise > 0:
+            idx = code_noise(idx.cpu(), self.model_config.fsq_levels, stab.code_noise, T, self._stability_rng())
+        return idx.to(ids.device)
+
+    def _stability_rng(self) -> torch.Generator:
+        """The stability draws' own generator, seeded by the step: a resumed run draws what the
+        uninterrupted one drew, whatever else consumed the global RNG."""
+        return torch.Generator().manual_seed(1_000_003 * (self.global_step + 1) + torch.initial_seed() % 1_000_003)
 
     def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
         """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders

@@ -56,7 +56,9 @@ def diffusion_section(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, An
 AR = Recipe(
     describe=describe_tokens,
     data_module=TokenDataModule,
-    build_module=lambda cfg, info: ARModule(**_module_args(cfg, info), conditional_tokens=info["conditional_tokens"]),
+    build_module=lambda cfg, info: ARModule(
+        **_module_args(cfg, info), conditional_tokens=info["conditional_tokens"], stability=to_dict(cfg.stability)
+    ),
     run_info=lambda cfg, info: _run_info(cfg, info, tokens=list(cfg.data.tokens)),
 )
 
