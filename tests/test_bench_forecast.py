@@ -92,7 +92,7 @@ def test_ablation_choice(forecast):
     assert forecast.ablation_groups("all") == [g.name for g in forecast.GROUPS]
     with pytest.raises(SystemExit, match="--ablations"):
         forecast.ablation_groups("ns64")
-    assert forecast.ablation_rows("vocab_head,greedy_mode") == ["vocab_head", "greedy_mode"]
+    assert forecast.ablation_rows("digits_head,greedy_mean") == ["digits_head", "greedy_mean"]
     with pytest.raises(SystemExit, match="--ablation-rows"):
         forecast.ablation_rows("raster,nope")
 
