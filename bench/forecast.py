@@ -398,11 +398,19 @@ def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
 
 
 def train_ar(
-    tokens: Path, tok: Path, out: Path, prediction: str, seconds: float, seed: int, extra: tuple[str, ...] = ()
+    tokens: Path,
+    tok: Path,
+    out: Path,
+    prediction: str,
+    seconds: float,
+    seed: int,
+    extra: tuple[str, ...] = (),
+    steps: int | None = None,
 ) -> tuple[Path, int]:
     """The tiny AR model for ``seconds``: max_steps from a measured step time (so the cosine decay ends on the
     budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap; ``extra`` config
-    overrides (an ablation's lever). → (run, steps)."""
+    overrides (an ablation's lever). ``steps``: a fixed step count instead (no clock: the same numbers on a
+    busy machine). → (run, steps)."""
     manifest = read_manifest(tokens)
     grid = list(next(iter(manifest["datasets"].values()))["token_grid"][1:])
     overrides = [
@@ -422,7 +430,8 @@ def train_ar(
         *extra,
     ]
     cfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), overrides)
-    steps = max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
+    if steps is None:
+        steps = max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
     cfg = load_pretrain_config(
         str(ROOT / "configs/pretrain/tiny.yaml"),
         [
