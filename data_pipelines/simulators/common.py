@@ -6,7 +6,7 @@ can only learn dynamics that change from frame to frame)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,29 +135,30 @@ def wavenumbers(n: int, length: float, real: bool = False) -> np.ndarray:
     return 2 * np.pi * freq
 
 
-def if_rk4_frames(
+def if_rk4_integrate(
     v_hat: np.ndarray,
     linear: np.ndarray,
     rhs: Callable[[np.ndarray], np.ndarray],
     speed: Callable[[np.ndarray], float],
+    frames: np.ndarray,
+    to_frame: Callable[[np.ndarray], np.ndarray],
     *,
     frame_dt: float,
-    n_frames: int,
     n_discard: int,
     cfl: float,
     dx: float,
-    dtype: np.dtype,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> np.ndarray:
     """Integrating-factor RK4 for ``dv/dt = linear·v + rhs(v)`` per Fourier mode (the linear part exact).
 
-    Runs ``n_discard + n_frames`` frames of ``frame_dt``, each in the fewest equal substeps that keep
-    ``speed(v) · h ≤ cfl · dx``, and yields ``(t, v_hat)`` after each of the last ``n_frames`` frames
-    (t = 0, 1, ...).  The step is cast to ``dtype`` so float32 runs stay in float32."""
-    for t in range(-n_discard, n_frames):
+    Runs ``n_discard + n_frames`` frames of ``frame_dt`` (n_frames = ``frames.shape[1]``), each in the
+    fewest equal substeps that keep ``speed(v) · h ≤ cfl · dx``, and fills ``frames[:, t]`` with
+    ``to_frame(v_hat)`` after each of the last n_frames.  The step is cast to ``frames.dtype`` so
+    float32 runs stay in float32."""
+    for t in range(-n_discard, frames.shape[1]):
         n_sub = max(1, math.ceil(frame_dt * speed(v_hat) / (cfl * dx)))
         h = frame_dt / n_sub
         e, e2 = np.exp(linear * h), np.exp(linear * h / 2)
-        h = dtype.type(h)
+        h = frames.dtype.type(h)
         for _ in range(n_sub):
             a = rhs(v_hat)
             b = rhs(e2 * (v_hat + 0.5 * h * a))
@@ -165,4 +166,5 @@ def if_rk4_frames(
             d = rhs(e * v_hat + h * e2 * c)
             v_hat = e * v_hat + h / 6 * (e * a + 2 * e2 * (b + c) + d)
         if t >= 0:
-            yield t, v_hat
+            frames[:, t] = to_frame(v_hat)
+    return frames

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, if_rk4_frames, make_well_data, wavenumbers
+from data_pipelines.simulators.common import SystemSpec, if_rk4_integrate, make_well_data, wavenumbers
 from data_pipelines.well_format import Field, WellData
 
 LENGTH = 2 * math.pi
@@ -98,21 +98,9 @@ def integrate(
         return np.max(np.abs(grid.ifft(u_hat)) + np.abs(grid.ifft(v_hat)))
 
     frames = np.empty((w.shape[0], n_frames, grid.n, grid.n), dtype=grid.dtype)
-    steps = if_rk4_frames(
-        w_hat,
-        lin,
-        nonlinear,
-        speed,
-        frame_dt=frame_dt,
-        n_frames=n_frames,
-        n_discard=n_discard,
-        cfl=cfl,
-        dx=dx,
-        dtype=grid.dtype,
+    return if_rk4_integrate(
+        w_hat, lin, nonlinear, speed, frames, grid.ifft, frame_dt=frame_dt, n_discard=n_discard, cfl=cfl, dx=dx
     )
-    for t, w_hat in steps:
-        frames[:, t] = grid.ifft(w_hat)
-    return frames
 
 
 def random_vorticity(rng: np.random.Generator, n_traj: int, grid: SpectralGrid, k_peak: float = 4.0):

@@ -30,7 +30,7 @@ import numpy as np
 
 from data_pipelines.simulators.common import (
     SystemSpec,
-    if_rk4_frames,
+    if_rk4_integrate,
     make_well_data,
     periodic_grid,
     require_positive,
@@ -118,21 +118,12 @@ def integrate(
     u_hat = grid.project(grid.fft(u) * grid.dealias)
     dx = LENGTH / grid.n
     frames = np.empty((u.shape[0], n_frames, 3, *(grid.n,) * 3), dtype=grid.dtype)
-    steps = if_rk4_frames(
-        u_hat,
-        -nu * grid.k2,
-        lambda a_hat: grid.nonlinear_hat(a_hat) + f_hat,
-        lambda a_hat: np.abs(grid.ifft(a_hat)).sum(axis=-4).max(),
-        frame_dt=frame_dt,
-        n_frames=n_frames,
-        n_discard=n_discard,
-        cfl=cfl,
-        dx=dx,
-        dtype=grid.dtype,
+    rhs = lambda a_hat: grid.nonlinear_hat(a_hat) + f_hat
+    speed = lambda a_hat: np.abs(grid.ifft(a_hat)).sum(axis=-4).max()
+    lin = -nu * grid.k2
+    return if_rk4_integrate(
+        u_hat, lin, rhs, speed, frames, grid.ifft, frame_dt=frame_dt, n_discard=n_discard, cfl=cfl, dx=dx
     )
-    for t, u_hat in steps:
-        frames[:, t] = grid.ifft(u_hat)
-    return frames
 
 
 def random_velocity(rng: np.random.Generator, n_traj: int, grid: SpectralGrid3D, k_peak: float = 3.0) -> np.ndarray:

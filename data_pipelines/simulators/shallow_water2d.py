@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, if_rk4_frames, make_well_data, require_positive
+from data_pipelines.simulators.common import SystemSpec, if_rk4_integrate, make_well_data, require_positive
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
 from data_pipelines.well_format import Field, WellData
 
@@ -78,21 +78,11 @@ def integrate(
 
     dx = LENGTH / grid.n
     frames = np.empty((state.shape[0], n_frames, 3, grid.n, grid.n), dtype=grid.dtype)
-    steps = if_rk4_frames(
-        s_hat,
-        lin,
-        rhs,
-        lambda a_hat: np.max(np.abs(grid.ifft(a_hat[1])) + np.abs(grid.ifft(a_hat[2]))) + 2 * c,
-        frame_dt=frame_dt,
-        n_frames=n_frames,
-        n_discard=n_discard,
-        cfl=CFL,
-        dx=dx,
-        dtype=grid.dtype,
+    speed = lambda a_hat: np.max(np.abs(grid.ifft(a_hat[1])) + np.abs(grid.ifft(a_hat[2]))) + 2 * c
+    to_frame = lambda a_hat: np.moveaxis(grid.ifft(a_hat), 0, 1)
+    return if_rk4_integrate(
+        s_hat, lin, rhs, speed, frames, to_frame, frame_dt=frame_dt, n_discard=n_discard, cfl=CFL, dx=dx
     )
-    for t, s_hat in steps:
-        frames[:, t] = np.moveaxis(grid.ifft(s_hat), 0, 1)
-    return frames
 
 
 def total_energy(state: np.ndarray, c: float) -> np.ndarray:
