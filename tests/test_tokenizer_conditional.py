@@ -118,7 +118,7 @@ def test_save_load_keeps_conditional_and_plain_identity_is_unchanged(tmp_path):
     plain = Tokenizer(TokenizerConfig(n_spatial_dims=2), {"a": DatasetSpec(["u"])})
     save_tokenizer(plain, tmp_path / "plain")
     meta = json.loads((tmp_path / "plain" / "tokenizer.json").read_text())
-    assert "conditional" not in meta["model"]  # plain checkpoints and their fingerprints are as before
+    assert "conditional" not in meta["model"]  # so a plain file and fingerprint match one written without the option
     assert not load_tokenizer(tmp_path / "plain").cfg.conditional
     assert fingerprint(plain) == fingerprint(tmp_path / "plain") == meta["fingerprint"]
 

@@ -6,8 +6,9 @@ Equations (u: substrate A, v: autocatalyst B)::
     ∂t v = Dv Δv + u v² − (F + k) v
 
 Method: second-order five-point Laplacian with periodic wrap, forward Euler, vectorised over
-trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the
-reaction rates are O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
+trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step
+is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the reaction rates are
+O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
 default.  The box stays 64 units wide at every resolution: the pattern's own length scale is about 10
 units, and boxes much smaller than 48 units let it die out.  Below 32² (dx = 2) it dies for lack of
 resolution, so 32 is the smallest grid allowed.  Initial condition: the trivial state u = 1, v = 0 with

@@ -7,8 +7,8 @@ by the tests to round-off).  In 3D the spiral waves become scroll waves (spirals
 filaments that twist and reconnect) and the gliders become moving spots.
 
 Defaults: 32³ on a 48-unit cube (dx = 1.5, Δt = 1: the 3D diffusive limit is dx²/(6 Du) = 1.9).
-A 32-unit cube at dx = 1 was tried first: with 3 pattern wavelengths per side every default regime
-died out within 600 time units; 48 units keeps all four alive.  dx = 1.5 is coarser than the 2D
+A 32-unit cube at dx = 1 is too small: with 3 pattern wavelengths per side every default regime
+dies out within 600 time units; 48 units keeps all four alive.  dx = 1.5 is coarser than the 2D
 default (1) but finer than the 2 at which the 2D pattern dies.  Six random 6-unit cubes seed the
 pattern; the first 400 time units are discarded (persistence is then steady), and frames are 20
 time units apart: next-frame persistence VRMSE ≈ 0.23–0.36 over the four default (F, k) pairs, as
