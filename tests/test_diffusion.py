@@ -146,6 +146,7 @@ def test_token_windows_read_as_their_fsq_codes():
     assert v.shape == (1, 1, 4, 4, 3) and acts["blocks.0.resid"][0].shape == (1, 1 + 5 * 16, 32)
 
 
+@pytest.mark.slow
 def test_training_loss_falls_on_cpu():
     """Plain optimisation of the flow-matching loss (no Lightning): the next frame is a fixed pattern per dataset,
     learnable only through the dataset token and the noisy frame's own tokens."""

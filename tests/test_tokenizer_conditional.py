@@ -159,6 +159,7 @@ def trained(tmp_path_factory):
     return root, shards, train_tokenizer(cfg)
 
 
+@pytest.mark.slow
 def test_short_training_run_loss_falls(trained):
     import csv
 
@@ -170,6 +171,7 @@ def test_short_training_run_loss_falls(trained):
     assert load_tokenizer(ckpt).cfg.conditional
 
 
+@pytest.mark.slow
 def test_token_shards_record_conditional_and_decode(trained, tmp_path):
     root, shards, ckpt = trained
     tokens = encode_shards(ckpt, shards, tmp_path / "tokens", batch_size=3)
@@ -191,6 +193,7 @@ def test_token_shards_record_conditional_and_decode(trained, tmp_path):
     assert read_manifest(closed)["tokenizer"]["closed_loop"] is True
 
 
+@pytest.mark.slow
 def test_eval_reports_conditional_ceiling_persistence_and_key_frames(trained, tmp_path):
     _, shards, ckpt = trained
     metrics = evaluate_tokenizer(ckpt, shards, tmp_path, n_plots=0)

@@ -11,11 +11,13 @@ import pytest
 from tests.faults import conftest
 
 
+@pytest.mark.slow
 def test_a_timeout_is_reported_as_one() -> None:
     result = conftest.run_cli(["--help"], timeout=0.001)
     assert result.timed_out and not result.ok
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_pytest_is_raised_not_reported_as_a_timeout(monkeypatch) -> None:
     started: list[subprocess.Popen] = []
     original = subprocess.Popen.communicate
