@@ -1,5 +1,6 @@
-"""The fault suite's launcher itself: a timeout is reported as one, and Ctrl-C in pytest is not dressed up
-as a timeout (it stops the test run and leaves no process behind)."""
+"""The test launchers themselves (faults/conftest.run_cli, harness.run_distributed): a timeout is
+reported as one, and Ctrl-C in pytest is not dressed up as a timeout (it stops the test run and
+leaves no process behind)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import pytest
 
 from tests.faults import conftest
+from tests.harness import run_distributed
 
 
 @pytest.mark.slow
@@ -17,8 +19,15 @@ def test_a_timeout_is_reported_as_one() -> None:
     assert result.timed_out and not result.ok
 
 
+LAUNCHERS = {
+    "run_cli": lambda: conftest.run_cli(["--help"]),
+    "run_distributed": lambda: run_distributed(["-m", "physfm.cli", "--help"], nproc=1),
+}
+
+
 @pytest.mark.slow
-def test_ctrl_c_in_pytest_is_raised_not_reported_as_a_timeout(monkeypatch) -> None:
+@pytest.mark.parametrize("launch", sorted(LAUNCHERS))
+def test_ctrl_c_in_pytest_is_raised_not_reported_as_a_timeout(monkeypatch, launch: str) -> None:
     started: list[subprocess.Popen] = []
     original = subprocess.Popen.communicate
 
@@ -30,7 +39,7 @@ def test_ctrl_c_in_pytest_is_raised_not_reported_as_a_timeout(monkeypatch) -> No
 
     monkeypatch.setattr(subprocess.Popen, "communicate", communicate)
     with pytest.raises(KeyboardInterrupt):
-        conftest.run_cli(["--help"])
+        LAUNCHERS[launch]()
     (proc,) = started
     assert proc.poll() is not None  # the child was killed and reaped
     with pytest.raises(ProcessLookupError):
