@@ -127,15 +127,17 @@ def run_distributed(
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
-    except BaseException as err:  # the timeout, or pytest interrupted: leave no workers behind
+    except subprocess.TimeoutExpired:  # a hang is a result: kill the job whole, keep what it printed
         kill_tree(proc.pid)
-        if not isinstance(err, subprocess.TimeoutExpired):
-            raise
         timed_out = True
         try:
             stdout, stderr = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:  # something still holds the pipes: give up on the output
             stdout, stderr = "", "harness: output pipes still open 30 s after killing the workers"
+    except BaseException:  # Ctrl-C or an error in pytest itself: leave no workers behind, re-raise
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
     return CompletedResult(
         args=args,
         returncode=proc.returncode,

@@ -7,7 +7,6 @@ a good model.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 
 from data_pipelines.well_format import Field, WellData
 from data_pipelines.well_io import write_well
-from physfm.core.run_info import RunInfo
+from tests.tiny_model import export_ar_model, tiny_model_config
 
 
 def write_wave_dataset(
@@ -68,10 +67,8 @@ def build_tiny_model(
     ``prediction``: the AR model's mode ("raster" or "next_frame")."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
-    from physfm.core.checkpoint import export_safetensors
     from physfm.models.ar import PhysicsTransformer
-    from physfm.models.trunk import ModelConfig
-    from tokenizer.checkpoint import fingerprint, save_tokenizer
+    from tokenizer.checkpoint import save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
     torch.manual_seed(seed)
@@ -96,28 +93,8 @@ def build_tiny_model(
         conditional=conditional,
     )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, specs), root / "tokenizer")
-    cfg = ModelConfig(
-        vocab_size=16,
-        n_layer=2,
-        n_head=2,
-        n_kv_head=1,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=n_input + n_output,
-        grid_shape=[4, 4],
-        n_spatial_dims=2,
-        n_datasets=4,
-        prediction=prediction,
+    model = PhysicsTransformer(tiny_model_config(max_frames=n_input + n_output, n_datasets=4, prediction=prediction))
+    export = export_ar_model(
+        model, root / "export", dataset_names=sorted(datasets), n_context_frames=n_input, tokenizer=tok_dir
     )
-    model = PhysicsTransformer(cfg)
-    info = RunInfo(
-        kind="ar",
-        model=dataclasses.asdict(cfg),
-        dataset_names=sorted(datasets),
-        n_context_frames=n_input,
-        n_frames=n_input + n_output,
-        tokenizer=str(tok_dir),
-        tokenizer_fingerprint=fingerprint(tok_dir),
-    )
-    export = export_safetensors(model.state_dict(), info.to_dict(), root / "export")
     return {"shards": shards, "tokenizer": tok_dir, "export": export, "data": dirs[0]}

@@ -6,14 +6,13 @@ log ν, so a linear probe can recover ν from the windows while whole trajectori
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from physfm.core.run_info import RunInfo
+from tests.tiny_model import export_ar_model, tiny_ar_model, tiny_model_config
 
 GRID = (4, 4)
 VOCAB = 16
@@ -67,41 +66,12 @@ def make_param_tokens(
     return out
 
 
-def tiny_model(seed: int = 0):
-    from physfm.models.ar import PhysicsTransformer
-    from physfm.models.trunk import ModelConfig
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=VOCAB,
-        n_layer=2,
-        n_head=2,
-        n_kv_head=1,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=N_FRAMES,
-        grid_shape=list(GRID),
-        n_spatial_dims=2,
-        n_datasets=2,
-    )
-    return PhysicsTransformer(cfg).eval()
-
-
 def export_tiny_model(out: Path, seed: int = 0) -> Path:
     """An export directory ``load_ar_model`` reads (no tokenizer: token shards only)."""
-    from physfm.core.checkpoint import export_safetensors
-
-    model = tiny_model(seed)
-    info = RunInfo(
-        kind="ar",
-        model=dataclasses.asdict(model.config),
-        dataset_names=["toy"],
-        n_context_frames=N_CONTEXT,
-        n_frames=N_FRAMES,
-        tokenizer="",
-        tokenizer_fingerprint=FINGERPRINT,
+    model = tiny_ar_model(seed)
+    return export_ar_model(
+        model, out, dataset_names=["toy"], n_context_frames=N_CONTEXT, tokenizer_fingerprint=FINGERPRINT
     )
-    return export_safetensors(model.state_dict(), info.to_dict(), out)
 
 
 def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1e-3, 1e-2), seed: int = 0) -> dict:
@@ -111,10 +81,8 @@ def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1
     from data_pipelines.shards import read_manifest
     from data_pipelines.well_format import Field, WellData
     from data_pipelines.well_io import write_well
-    from physfm.core.checkpoint import export_safetensors
     from physfm.models.ar import PhysicsTransformer
-    from physfm.models.trunk import ModelConfig
-    from tokenizer.checkpoint import fingerprint, save_tokenizer
+    from tokenizer.checkpoint import save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
     torch.manual_seed(seed)
@@ -146,26 +114,6 @@ def build_tiny_viscosity_model(root: Path, name: str = "navier_stokes2d", nus=(1
         n_spatial_dims=2, levels=[4, 4], spatial_compression=4, patch_size=2, width=8, max_width=16, temporal_kernel=2
     )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, {name: spec}), root / "tokenizer")
-    cfg = ModelConfig(
-        vocab_size=16,
-        n_layer=2,
-        n_head=2,
-        n_kv_head=1,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=3,
-        grid_shape=[4, 4],
-        n_spatial_dims=2,
-        n_datasets=2,
-    )
-    info = RunInfo(
-        kind="ar",
-        model=dataclasses.asdict(cfg),
-        dataset_names=[name],
-        n_context_frames=2,
-        n_frames=3,
-        tokenizer=str(tok_dir),
-        tokenizer_fingerprint=fingerprint(tok_dir),
-    )
-    export = export_safetensors(PhysicsTransformer(cfg).state_dict(), info.to_dict(), root / "export")
+    model = PhysicsTransformer(tiny_model_config())
+    export = export_ar_model(model, root / "export", dataset_names=[name], n_context_frames=2, tokenizer=tok_dir)
     return {"shards": shards, "export": export, "tokenizer": tok_dir}

@@ -20,7 +20,7 @@ from physfm.interp.activations import (
 )
 from physfm.interp.hooks import hook_points
 from physfm.interp.selection import SelectionError, parse_selection
-from tests.steer_fixtures import FINGERPRINT, GRID, N_FRAMES, export_tiny_model, make_param_tokens, tiny_model
+from tests.steer_fixtures import FINGERPRINT, GRID, N_FRAMES, export_tiny_model, make_param_tokens
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def test_pool_modes_shapes_and_zscore():
     torch.testing.assert_close(pool_frames(h, N_FRAMES, GRID, "mean"), h[:, 1:].mean(1))
 
 
-def test_hook_point_names_are_what_capture_records():
-    model = tiny_model()
+def test_hook_point_names_are_what_capture_records(tiny_model):
+    model = tiny_model
     names = list(hook_points(model))
     assert names == [
         "embedding",
@@ -115,8 +115,8 @@ def test_hook_point_names_are_what_capture_records():
 
 
 # ------------------------------------------------------------------------------------------ chunked capture
-def test_capture_writes_chunks_with_bounded_memory(tokens, tmp_path):
-    model = tiny_model()
+def test_capture_writes_chunks_with_bounded_memory(tokens, tmp_path, tiny_model):
+    model = tiny_model
     points = ["embedding", "blocks.1.resid"]
     store = capture_windows(
         model,

@@ -62,6 +62,7 @@ def test_trajectories_span_shards(clip_shards, toy):
 
 
 @pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.slow
 def test_windows_from_clips_equal_windows_from_hdf5(toy, clip_shards, window):
     spec = WindowSpec(*window)
     expected = raw_windows(toy, "train", spec)
@@ -97,7 +98,7 @@ def test_a_window_longer_than_the_trajectories_has_none(clip_shards):
         list(make_loader(str(clip_shards), "train", 2, window=(20, 10, 1)))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_and_equal_batches_per_rank_on_clips(clip_shards, workers):
     kw = dict(window=(3, 2, 2), resampled=True, batches_per_epoch=7, seed=3, shuffle_buffer=8, num_workers=workers)
 
@@ -163,6 +164,7 @@ def test_clip_shards_store_each_frame_about_once(toy, tmp_path):
     assert stored / raw < 1.2
 
 
+@pytest.mark.slow
 def test_batches_held_by_the_caller_are_never_recycled(clip_shards):
     """Workers reuse a shared batch buffer only once the main process has dropped every reference to it."""
     kw = dict(window=(2, 1, 1), resampled=True, batches_per_epoch=40, seed=5, normalize=False, num_workers=2)
@@ -175,6 +177,7 @@ def test_batches_held_by_the_caller_are_never_recycled(clip_shards):
         assert torch.equal(view, x[0])
 
 
+@pytest.mark.slow
 def test_windows_across_shards_over_http_equal_local(clip_shards):
     import functools
     import http.server

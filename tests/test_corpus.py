@@ -68,6 +68,7 @@ def test_select_systems_and_sizes():
         assert tiny["params"] == default["params"]  # every regime stays in the smallest corpus
 
 
+@pytest.mark.slow
 def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
     out, lines = tmp_path / "corpus", []
     build(out, lines)

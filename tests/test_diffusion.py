@@ -14,9 +14,9 @@ from data_pipelines.config import ConfigError
 from physfm.cli import main as physfm
 from physfm.interp.hooks import add_to, capture
 from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
-from physfm.models.trunk import ModelConfig
 from tests.harness import run_distributed
 from tests.rollout_fixtures import build_tiny_model
+from tests.tiny_model import tiny_model_config
 
 CONFIG = "configs/pretrain/diffusion_tiny.yaml"
 TINY = [
@@ -38,18 +38,7 @@ TINY = [
 
 def tiny_model(seed: int = 0, head_std: float = 0.1) -> LatentFlowTransformer:
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        kind="diffusion",
-        n_layer=2,
-        n_head=2,
-        n_kv_head=1,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=5,
-        grid_shape=[4, 4],
-        n_spatial_dims=2,
-        n_datasets=2,
-    )
+    cfg = tiny_model_config(kind="diffusion", vocab_size=1000, max_frames=5)
     model = LatentFlowTransformer(cfg, DiffusionConfig(latent_dim=3)).eval()
     torch.nn.init.normal_(model.head.weight, std=head_std)  # the zero-init head would make every sample noise
     return model
@@ -157,6 +146,7 @@ def test_token_windows_read_as_their_fsq_codes():
     assert v.shape == (1, 1, 4, 4, 3) and acts["blocks.0.resid"][0].shape == (1, 1 + 5 * 16, 32)
 
 
+@pytest.mark.slow
 def test_training_loss_falls_on_cpu():
     """Plain optimisation of the flow-matching loss (no Lightning): the next frame is a fixed pattern per dataset,
     learnable only through the dataset token and the noisy frame's own tokens."""

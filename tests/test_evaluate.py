@@ -120,6 +120,7 @@ def test_report_calls_out_a_model_beating_persistence():
     assert "| d | u | 0.200 | 0.300 | ar |" in report and "| d | v | 0.500 | 0.300 | no |" in report
 
 
+@pytest.mark.slow
 def test_evaluate_and_rollout_cli(evaluated, tmp_path, capsys):
     paths, _, _ = evaluated
     common = ["--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "--max-windows", "3"]

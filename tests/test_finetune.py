@@ -202,20 +202,10 @@ def test_cli_reports_bad_input_in_one_line(pretrained, tmp_path, capsys):
 def test_lora_merge_reproduces_adapted_forward():
     from physfm.models.ar import PhysicsTransformer
     from physfm.models.lora import add_lora, merge_lora_state
-    from physfm.models.trunk import ModelConfig
+    from tests.tiny_model import tiny_model_config
 
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=16,
-        n_layer=2,
-        n_head=2,
-        n_kv_head=1,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=2,
-        grid_shape=[2, 2],
-        n_datasets=2,
-    )
+    cfg = tiny_model_config(max_frames=2, grid_shape=[2, 2], n_spatial_dims=3)
     model = PhysicsTransformer(cfg)
     add_lora(model, rank=4, alpha=8.0)
     for name, p in model.named_parameters():

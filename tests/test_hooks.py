@@ -7,26 +7,14 @@ import torch
 
 from physfm.interp.hooks import add_to, capture, hook_points
 from physfm.models.ar import PhysicsTransformer
-from physfm.models.trunk import ModelConfig
+from tests.tiny_model import tiny_ar_model
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def model() -> PhysicsTransformer:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        vocab_size=40,
-        n_layer=3,
-        n_head=4,
-        n_kv_head=2,
-        d_model=32,
-        ffn_hidden=64,
-        max_frames=4,
-        grid_shape=[4, 4],
-        n_datasets=2,
-    )
-    return PhysicsTransformer(cfg).eval()
+    return tiny_ar_model(vocab_size=40, n_layer=3, n_head=4, n_kv_head=2, max_frames=4, n_spatial_dims=3)
 
 
 def test_hook_point_names_follow_the_module_names(model):

@@ -60,7 +60,7 @@ def test_deterministic_for_seed_and_epoch(shards):
     assert a == b and a != c and a != d
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resampled_gives_fixed_batch_count_per_rank(shards, workers):
     counts, streams = [], []
     for rank in range(3):
@@ -74,7 +74,7 @@ def test_resampled_gives_fixed_batch_count_per_rank(shards, workers):
     assert streams[0] != streams[1] != streams[2]
 
 
-@pytest.mark.parametrize("workers,resampled", [(2, True), (0, True), (0, False)])
+@pytest.mark.parametrize("workers,resampled", [pytest.param(2, True, marks=pytest.mark.slow), (0, True), (0, False)])
 def test_resume_continues_the_same_stream(shards, workers, resampled):
     kw = dict(num_workers=workers, resampled=resampled, seed=7, shuffle_buffer=8)
     if resampled:
@@ -84,6 +84,7 @@ def test_resume_continues_the_same_stream(shards, workers, resampled):
     assert resumed == full[4:]
 
 
+@pytest.mark.slow
 def test_sequential_split_by_rank_is_disjoint_and_complete(shards):
     n = read_manifest(shards)["splits"]["train"]["n_samples"]
     seen = []
@@ -125,6 +126,7 @@ def test_corrupt_shard_is_named_or_skipped_and_counted(shards, tmp_path):
     assert 0 < sum(len(b["meta"]) for b in batches) < total
 
 
+@pytest.mark.slow
 def test_reads_shards_over_http(shards):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
     handler.log_message = lambda *a, **k: None

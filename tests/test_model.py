@@ -60,6 +60,7 @@ def test_grid_and_length_errors_name_the_problem():
         small_config(n_kv_head=3).validate()
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_tiny_overfit():
     model = make_model().train()
     torch.manual_seed(1)

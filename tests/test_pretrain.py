@@ -23,6 +23,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return safe_torch_load(ckpt)["state_dict"]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_run_dir_is_complete(tokens, tmp_path):
     out = run_pretrain(
         config(
@@ -46,6 +47,7 @@ def test_loss_falls_and_run_dir_is_complete(tokens, tmp_path):
     assert (out / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run_bit_for_bit(tokens, tmp_path):
     common = ("trainer.max_steps=24", "trainer.checkpoint_every=8", "trainer.keep_last=5", "trainer.val_every=0")
     full = run_pretrain(config(tokens, tmp_path / "full", *common))
@@ -73,6 +75,7 @@ def nan_at(step: int):
     return loss
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stop_writes_no_checkpoint(tokens, tmp_path, monkeypatch):
     from physfm.train.module import ARModule, NonFiniteLoss
 
@@ -84,6 +87,7 @@ def test_nonfinite_loss_stop_writes_no_checkpoint(tokens, tmp_path, monkeypatch)
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "run" / "checkpoints" / ckpts[0]).values())
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skip_leaves_weights_untouched(tokens, tmp_path, monkeypatch):
     from physfm.train.module import ARModule
 
@@ -117,6 +121,7 @@ def test_config_errors_name_the_key(tokens, tmp_path):
         config(tokens, tmp_path, "strategy.name=ddp", "strategy.zero_stage=3")
 
 
+@pytest.mark.slow
 def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     from physfm.cli import main
     from physfm.inference.loading import load_ar_model
@@ -133,6 +138,7 @@ def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
     assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.slow
 def test_throughput_counts_the_tokens_trained_on_not_the_configs_grid(tokens, tmp_path):
     """The model positions tokens by each batch's own grid, so a token set whose grid differs from
     model.grid_shape trains; its tokens/s, TFLOP/s and MFU must come from the tokens it really saw."""

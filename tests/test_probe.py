@@ -76,6 +76,7 @@ def test_run_probe_writes_metrics_baselines_plot_and_a_loadable_probe(setup, tmp
         run_probe(export, tokens, "reynolds", tmp_path / "bad", split="valid")
 
 
+@pytest.mark.slow
 def test_probe_cli(setup, tmp_path, capsys):
     from physfm.cli import main
 

@@ -44,6 +44,7 @@ def refined(tmp_path_factory):
     return paths, out
 
 
+@pytest.mark.slow
 def test_refine_trains_and_writes_its_files(refined):
     paths, out = refined
     assert out == paths["export"] / "refiner"  # next to the model, where from_pretrained looks
@@ -58,6 +59,7 @@ def test_refine_trains_and_writes_its_files(refined):
     assert "| valid | waves |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_refine_flag_changes_the_rollout_and_evaluate_reports_both(refined, tmp_path):
     from physfm.eval.evaluate import evaluate
 
@@ -76,6 +78,7 @@ def test_refine_flag_changes_the_rollout_and_evaluate_reports_both(refined, tmp_
     assert "ar_refined" not in no_ref["methods"]
 
 
+@pytest.mark.slow
 def test_refiner_files_are_verified(refined, tmp_path):
     paths, out = refined
     refiner, meta = load_refiner(out)
@@ -90,12 +93,14 @@ def test_refiner_files_are_verified(refined, tmp_path):
         load_refiner(tmp_path)
 
 
+@pytest.mark.slow
 def test_refine_cli_rejects_unknown_keys(refined, capsys):
     paths, _ = refined
     code = physfm(["refine", "--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "train.stepz=3"])
     assert code == 2 and "train.stepz" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_rollout_pairs_pair_each_step_with_the_models_own_history(refined):
     """PhysiX's recipe: step k of the AR model's rollout is paired with the frames before it, the true
     context followed by the model's own raw predictions, and with the true frame k."""

@@ -45,6 +45,7 @@ def test_windows_match_source_frames(toy, tmp_path):
     assert s["input"].dtype == np.float32
 
 
+@pytest.mark.slow
 def test_output_identical_for_any_worker_count(toy, tmp_path):
     shard_datasets([toy], tmp_path / "w1", workers=1, max_shard_mb=0.05)
     shard_datasets([toy], tmp_path / "w2", workers=2, max_shard_mb=0.05)
@@ -61,6 +62,7 @@ def test_existing_output_needs_overwrite(toy, tmp_path):
     assert read_manifest(tmp_path / "s")["n_input"] == 2
 
 
+@pytest.mark.slow
 def test_nan_names_file_trajectory_field_time_and_leaves_previous_output(toy, tmp_path):
     bad = make_toy_dataset(tmp_path / "bad", n_files=1)
     out = tmp_path / "s"
@@ -119,6 +121,7 @@ print(traced, grown, manifest["splits"]["train"]["n_samples"])
 """
 
 
+@pytest.mark.slow
 def test_a_file_larger_than_the_memory_cap_shards_in_bounded_memory(tmp_path):
     """Sharding (stats pass included) reads a clip at a time: peak memory stays far below the file's size."""
     import subprocess

@@ -185,7 +185,10 @@ def test_wave_conserves_energy_and_satisfies_the_wave_equation():
 # ------------------------------------------------------------------------ registry and determinism
 
 
-@pytest.mark.parametrize("system", sorted(SIMULATORS))
+# rayleigh_benard2d spins up for hundreds of steps even at 3 frames: slow
+@pytest.mark.parametrize(
+    "system", [pytest.param(s, marks=pytest.mark.slow) if s == "rayleigh_benard2d" else s for s in sorted(SIMULATORS)]
+)
 def test_each_system_is_deterministic_for_a_seed(system):
     spec = SIMULATORS[system]
     params = {k: v[0] for k, v in spec.default_params.items()}
@@ -316,6 +319,7 @@ def test_cli_simulate(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("system", sorted(SIMULATORS))
+@pytest.mark.slow
 def test_default_regimes_keep_moving(system):
     """Every default regime, at the default grid and frame interval (fewer frames/trajectories): the
     next-frame persistence VRMSE, averaged over fields, sits in a learnable band, no field freezes,

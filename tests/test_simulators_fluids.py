@@ -109,9 +109,9 @@ def test_rayleigh_benard_dataset_walls_divergence_and_layout():
 
 @pytest.mark.slow
 def test_rayleigh_benard_buoyancy_has_no_grid_scale_stripes_in_x():
-    # The default sweep's hardest regime at the default grid.  Aliased products used to fill the x-modes
-    # above the 2/3 cutoff (up to 0.4 of the peak mode's energy: vertical grid-scale stripes); dealiased,
-    # they hold round-off only.  The kept modes just below the cutoff held 8e-3 of the peak when measured:
+    # The default sweep's hardest regime at the default grid.  Without dealiasing, aliased products fill the
+    # x-modes above the 2/3 cutoff (up to 0.4 of the peak mode's energy: vertical grid-scale stripes);
+    # dealiased, they hold round-off only.  The kept modes just below the cutoff held 8e-3 of the peak when measured:
     # 3e-2 (amplitude ≈ 17 % of the peak's) flags plumes too thin for the x spacing.
     spec = SIMULATORS["rayleigh_benard2d"]
     data = simulate_trajectories(spec, 1, 4, spec.resolution, {"Rayleigh": 2e6, "Prandtl": 1.0}, seed=0)

@@ -20,7 +20,7 @@ from physfm.eval.physics_stats import (
 )
 from physfm.interp.steer import Direction, direction_from_samples, load_direction, save_direction, steering, steering_fn
 from physfm.interp.steer_rollout import dose_response, infer_target, parse_alphas
-from tests.steer_fixtures import GRID, N_CONTEXT, tiny_model
+from tests.steer_fixtures import GRID, N_CONTEXT
 
 
 # ------------------------------------------------------------------------------------------ direction arithmetic
@@ -82,8 +82,8 @@ def test_steering_adds_alpha_times_the_token_norm_on_frame_tokens_only():
     assert cos > 0.9999
 
 
-def test_alpha_zero_reproduces_the_unsteered_rollout_exactly():
-    model = tiny_model()
+def test_alpha_zero_reproduces_the_unsteered_rollout_exactly(tiny_model):
+    model = tiny_model
     direction = Direction(
         {"blocks.0.resid": torch.randn(*GRID, 32), "blocks.1.resid": torch.randn(*GRID, 32)},
         {"points": ["blocks.0.resid", "blocks.1.resid"]},

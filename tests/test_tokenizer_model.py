@@ -83,6 +83,7 @@ def test_config_errors_name_the_key():
     assert cfg.model.temporal_compression == 4 and cfg.model.spatial_compression == 8
 
 
+@pytest.mark.slow
 def test_new_dataset_trains_its_head_with_frozen_trunk_and_old_dataset_is_unchanged():
     torch.manual_seed(0)
     tok = Tokenizer(small(), {"old": DatasetSpec(["u", "v"])})

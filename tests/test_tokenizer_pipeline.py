@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
     return root, shards, ckpt
 
 
+@pytest.mark.slow
 def test_training_writes_a_safetensors_checkpoint_that_reloads(trained):
     root, shards, ckpt = trained
     assert (ckpt / "tokenizer.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
@@ -49,6 +50,7 @@ def test_training_writes_a_safetensors_checkpoint_that_reloads(trained):
     assert fingerprint(tok) == fingerprint(ckpt) == meta["fingerprint"]
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_report_and_pngs(trained, tmp_path):
     root, shards, ckpt = trained
     assert physfm(["tokenizer", "eval", "--ckpt", str(ckpt), "--data", str(shards), "--out", str(tmp_path)]) == 0
@@ -62,6 +64,7 @@ def test_eval_writes_metrics_report_and_pngs(trained, tmp_path):
     assert (tmp_path / "recon_waves_0.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tmp_path):
     root, shards, ckpt = trained
     tokens = encode_shards(ckpt, shards, tmp_path / "tokens", batch_size=3)  # batches straddle datasets
@@ -102,6 +105,7 @@ def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tm
     )
 
 
+@pytest.mark.slow
 def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
     root, shards, ckpt = trained
     new_shards = write_wave_shards(
@@ -132,6 +136,7 @@ def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(extended.trunk_parameters(), original.trunk_parameters()))
 
 
+@pytest.mark.slow
 def test_cli_train_and_encode(tmp_path, trained):
     root, shards, ckpt = trained
     rc = physfm(
@@ -166,6 +171,7 @@ def test_cli_train_and_encode(tmp_path, trained):
     assert physfm(["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "model.levelz=[2]"]) == 2
 
 
+@pytest.mark.slow
 def test_one_clip_shard_set_serves_a_short_tokenizer_window_and_long_token_windows(tmp_path):
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from tests.datagen import make_toy_dataset

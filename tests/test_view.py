@@ -167,6 +167,7 @@ def start_viewer(root: Path, port: int, log_path: Path) -> subprocess.Popen:
     raise AssertionError(f"physfm view did not listen on {port} within 60 s:\n{log_path.read_text()}")
 
 
+@pytest.mark.slow
 def test_page_in_a_real_browser(runs, tmp_path):
     """The run list shows every run (the broken one as an error card), the frame slider changes the rollout image,
     the α slider changes the steered frame and the readout; timings and a screenshot are saved in tmp_path."""
@@ -268,6 +269,7 @@ def test_page_in_a_real_browser(runs, tmp_path):
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_live_server_refuses_traversal(runs, tmp_path):
     """Raw requests a browser would have normalised away: 404, and one log line each."""
     port = free_port()
@@ -313,6 +315,7 @@ def test_field_panels_share_one_scale_and_centre_the_error(space):
         assert np.asarray(values.z).shape == (8, 8)  # a 3D field shows its middle slice
 
 
+@pytest.mark.slow
 def test_cli_on_a_busy_port_is_one_line_and_exit_2_before_announcing(tmp_path):
     """A real listener holds the port; the verb must say so in one line, exit 2, and never print the
     "on http://…" line of a page that will not be served."""

@@ -35,8 +35,8 @@ truncates the filaments there (a larger Pe needs --resolution 128).  Frames are 
 apart (the flow period 2π spans 15.7 frames, so no frame repeats the flow's phase).
 Next-frame persistence VRMSE, minimum over the last 8 frame pairs of 4 trajectories (without the
 source → with it): (Pe, B) = (10, 0.2) 0.065 → 0.096, (10, 0.8) 0.126 → 0.134, (100, 0.2)
-0.124 → 0.141, (100, 0.8) 0.186 → 0.260; the rms now ends at 0.90–0.96 of where it starts (it
-fell to 0.012–0.18 without the source).  The change is deterministic motion: lag-4 over lag-1
+0.124 → 0.141, (100, 0.8) 0.186 → 0.260; with the source the rms ends at 0.90–0.96 of where it
+starts (without it, at 0.012–0.18).  The change is deterministic motion: lag-4 over lag-1
 persistence is 2.3–3.8 (≈ 4 for steady drift; the flow's oscillation bends it at B = 0.8).
 """
 

@@ -1,9 +1,11 @@
 """Pieces every built-in simulator shares: the :class:`SystemSpec` registry entry, periodic grids and
-boundary conditions, assembling a :class:`WellData`, and the persistence VRMSE used to check that a
-dataset keeps moving (a model can only learn dynamics that change from frame to frame)."""
+boundary conditions, assembling a :class:`WellData`, the integrating-factor RK4 frame loop of the
+pseudo-spectral fluids, and the persistence VRMSE used to check that a dataset keeps moving (a model
+can only learn dynamics that change from frame to frame)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,21 +53,21 @@ def periodic_grid(n: int, length: float) -> np.ndarray:
 
 def periodic_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
     """Periodic boundaries on every axis, as The Well stores them: a mask true at both ends."""
-    bcs = []
-    for dim in spatial_dims:
-        mask = np.zeros(n, dtype=bool)
-        mask[[0, -1]] = True
-        bcs.append(BoundaryCondition(f"{dim}_periodic", "PERIODIC", [dim], list(field_names), mask))
-    return bcs
+    return edge_bcs("PERIODIC", spatial_dims, n, field_names)
 
 
 def wall_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
     """Walls on the given axes (The Well's ``WALL``): a mask true at the two boundary grid points."""
+    return edge_bcs("WALL", spatial_dims, n, field_names)
+
+
+def edge_bcs(bc_type: str, spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
+    """One ``bc_type`` boundary per axis, named ``{dim}_{bc_type.lower()}``, masking both end points."""
     bcs = []
     for dim in spatial_dims:
         mask = np.zeros(n, dtype=bool)
         mask[[0, -1]] = True
-        bcs.append(BoundaryCondition(f"{dim}_wall", "WALL", [dim], list(field_names), mask))
+        bcs.append(BoundaryCondition(f"{dim}_{bc_type.lower()}", bc_type, [dim], list(field_names), mask))
     return bcs
 
 
@@ -131,3 +133,38 @@ def wavenumbers(n: int, length: float, real: bool = False) -> np.ndarray:
     """Angular wavenumbers of an ``n``-point periodic grid of size ``length`` (numpy FFT order)."""
     freq = np.fft.rfftfreq(n, d=length / n) if real else np.fft.fftfreq(n, d=length / n)
     return 2 * np.pi * freq
+
+
+def if_rk4_integrate(
+    v_hat: np.ndarray,
+    linear: np.ndarray,
+    rhs: Callable[[np.ndarray], np.ndarray],
+    speed: Callable[[np.ndarray], float],
+    frames: np.ndarray,
+    to_frame: Callable[[np.ndarray], np.ndarray],
+    *,
+    frame_dt: float,
+    n_discard: int,
+    cfl: float,
+    dx: float,
+) -> np.ndarray:
+    """Integrating-factor RK4 for ``dv/dt = linear·v + rhs(v)`` per Fourier mode (the linear part exact).
+
+    Runs ``n_discard + n_frames`` frames of ``frame_dt`` (n_frames = ``frames.shape[1]``), each in the
+    fewest equal substeps that keep ``speed(v) · h ≤ cfl · dx``, and fills ``frames[:, t]`` with
+    ``to_frame(v_hat)`` after each of the last n_frames.  The step is cast to ``frames.dtype`` so
+    float32 runs stay in float32."""
+    for t in range(-n_discard, frames.shape[1]):
+        n_sub = max(1, math.ceil(frame_dt * speed(v_hat) / (cfl * dx)))
+        h = frame_dt / n_sub
+        e, e2 = np.exp(linear * h), np.exp(linear * h / 2)
+        h = frames.dtype.type(h)
+        for _ in range(n_sub):
+            a = rhs(v_hat)
+            b = rhs(e2 * (v_hat + 0.5 * h * a))
+            c = rhs(e2 * v_hat + 0.5 * h * b)
+            d = rhs(e * v_hat + h * e2 * c)
+            v_hat = e * v_hat + h / 6 * (e * a + 2 * e2 * (b + c) + d)
+        if t >= 0:
+            frames[:, t] = to_frame(v_hat)
+    return frames

@@ -6,8 +6,9 @@ Equations (u: substrate A, v: autocatalyst B)::
     ∂t v = Dv Δv + u v² − (F + k) v
 
 Method: second-order five-point Laplacian with periodic wrap, forward Euler, vectorised over
-trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the
-reaction rates are O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
+trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step
+is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the reaction rates are
+O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
 default.  The box stays 64 units wide at every resolution: the pattern's own length scale is about 10
 units, and boxes much smaller than 48 units let it die out.  Below 32² (dx = 2) it dies for lack of
 resolution, so 32 is the smallest grid allowed.  Initial condition: the trivial state u = 1, v = 0 with
@@ -45,7 +46,7 @@ MIN_RESOLUTION = 32
 def laplacian(a: np.ndarray, n_dims: int = 2) -> np.ndarray:
     """(2·n_dims + 1)-point periodic Laplacian for grid spacing 1 over the last ``n_dims`` axes (divide
     by dx²): the five-point stencil in 2D, seven-point in 3D (``gray_scott3d``).  The sum runs axis by
-    axis in a fixed order, so 2D results are bit-for-bit those of the original five-point formula."""
+    axis in a fixed order, so the 2D sum is the five-point formula's, bit for bit."""
     total = np.roll(a, 1, -n_dims) + np.roll(a, -1, -n_dims)
     for axis in range(-n_dims + 1, 0):
         total = total + np.roll(a, 1, axis) + np.roll(a, -1, axis)
@@ -114,11 +115,29 @@ def random_patches(
 
 
 def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
-    if resolution < MIN_RESOLUTION:
-        raise DataError(f"gray_scott2d: resolution {resolution} < {MIN_RESOLUTION}; the pattern dies on coarser grids")
-    dx = LENGTH / resolution
-    dt, steps_per_frame = time_step(dx)
-    u0, v0 = random_patches(rng, n_traj, resolution)
+    return simulate(SPEC, LENGTH, SPIN_UP_TIME, n_traj, n_steps, resolution, params, rng)
+
+
+def simulate(
+    spec: SystemSpec,
+    length: float,
+    spin_up_time: float,
+    n_traj: int,
+    n_steps: int,
+    resolution: int,
+    params: dict[str, float],
+    rng: np.random.Generator,
+) -> WellData:
+    """Gray–Scott in ``spec.n_spatial_dims`` dimensions (``gray_scott3d`` too) on a periodic box
+    ``length`` wide: random patches, ``spin_up_time`` discarded, then ``n_steps`` frames ``spec.dt`` apart."""
+    if resolution < spec.min_resolution:
+        raise DataError(
+            f"{spec.name}: resolution {resolution} < {spec.min_resolution}; the pattern dies on coarser grids"
+        )
+    n_dims = spec.n_spatial_dims
+    dx = length / resolution
+    dt, steps_per_frame = time_step(dx, n_dims=n_dims, frame_time=spec.dt)
+    u0, v0 = random_patches(rng, n_traj, resolution, n_dims=n_dims, length=length)
     # float32 state halves the memory traffic of this bandwidth-bound stencil; Euler's own error is larger
     u, v = integrate(
         u0.astype(np.float32),
@@ -129,11 +148,11 @@ def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rn
         steps_per_frame,
         dt=dt,
         dx=dx,
-        n_discard_steps=round(SPIN_UP_TIME / dt),
-    )
-    time = SPEC.dt * np.arange(n_steps)
+        n_discard_steps=round(spin_up_time / dt),
+    )  # [B, T, *space] each
+    time = spec.dt * np.arange(n_steps)
     fields = [Field("A", 0, u), Field("B", 0, v)]
-    return make_well_data(SPEC.name, ["x", "y"], LENGTH, resolution, time, fields, params)
+    return make_well_data(spec.name, ["x", "y", "z"][:n_dims], length, resolution, time, fields, params)
 
 
 SPEC = SystemSpec(

@@ -7,8 +7,8 @@ by the tests to round-off).  In 3D the spiral waves become scroll waves (spirals
 filaments that twist and reconnect) and the gliders become moving spots.
 
 Defaults: 32³ on a 48-unit cube (dx = 1.5, Δt = 1: the 3D diffusive limit is dx²/(6 Du) = 1.9).
-A 32-unit cube at dx = 1 was tried first: with 3 pattern wavelengths per side every default regime
-died out within 600 time units; 48 units keeps all four alive.  dx = 1.5 is coarser than the 2D
+A 32-unit cube at dx = 1 is too small: with 3 pattern wavelengths per side every default regime
+dies out within 600 time units; 48 units keeps all four alive.  dx = 1.5 is coarser than the 2D
 default (1) but finer than the 2 at which the 2D pattern dies.  Six random 6-unit cubes seed the
 pattern; the first 400 time units are discarded (persistence is then steady), and frames are 20
 time units apart: next-frame persistence VRMSE ≈ 0.23–0.36 over the four default (F, k) pairs, as
@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipelines.errors import DataError
-from data_pipelines.simulators.common import SystemSpec, make_well_data
-from data_pipelines.simulators.gray_scott2d import integrate, random_patches, time_step
-from data_pipelines.well_format import Field, WellData
+from data_pipelines.simulators.common import SystemSpec
+from data_pipelines.simulators.gray_scott2d import simulate
+from data_pipelines.well_format import WellData
 
 LENGTH = 48.0
 FRAME_TIME = 20.0
@@ -42,25 +42,7 @@ def check_params(params: dict[str, float]) -> None:
 
 def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
     check_params(params)
-    if resolution < MIN_RESOLUTION:
-        raise DataError(f"gray_scott3d: resolution {resolution} < {MIN_RESOLUTION}; the pattern dies on coarser grids")
-    dx = LENGTH / resolution
-    dt, steps_per_frame = time_step(dx, n_dims=3, frame_time=FRAME_TIME)
-    u0, v0 = random_patches(rng, n_traj, resolution, n_dims=3, length=LENGTH)
-    u, v = integrate(
-        u0.astype(np.float32),
-        v0.astype(np.float32),
-        params["F"],
-        params["k"],
-        n_steps,
-        steps_per_frame,
-        dt=dt,
-        dx=dx,
-        n_discard_steps=round(SPIN_UP_TIME / dt),
-    )  # [B, T, n, n, n] each
-    time = SPEC.dt * np.arange(n_steps)
-    fields = [Field("A", 0, u), Field("B", 0, v)]
-    return make_well_data(SPEC.name, ["x", "y", "z"], LENGTH, resolution, time, fields, params)
+    return simulate(SPEC, LENGTH, SPIN_UP_TIME, n_traj, n_steps, resolution, params, rng)
 
 
 SPEC = SystemSpec(

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, make_well_data, wavenumbers
+from data_pipelines.simulators.common import SystemSpec, if_rk4_integrate, make_well_data, wavenumbers
 from data_pipelines.well_format import Field, WellData
 
 LENGTH = 2 * math.pi
@@ -93,23 +93,14 @@ def integrate(
     def nonlinear(a_hat: np.ndarray) -> np.ndarray:
         return -grid.advection_hat(a_hat) + f_hat
 
-    frames = np.empty((w.shape[0], n_frames, grid.n, grid.n), dtype=grid.dtype)
-    for t in range(-n_discard, n_frames):
+    def speed(w_hat: np.ndarray) -> float:
         u_hat, v_hat = grid.velocity_hat(w_hat)
-        speed = np.max(np.abs(grid.ifft(u_hat)) + np.abs(grid.ifft(v_hat)))
-        n_sub = max(1, math.ceil(frame_dt * speed / (cfl * dx)))
-        h = frame_dt / n_sub
-        e, e2 = np.exp(lin * h), np.exp(lin * h / 2)
-        h = grid.dtype.type(h)  # keep float32 runs in float32
-        for _ in range(n_sub):  # integrating-factor RK4
-            a = nonlinear(w_hat)
-            b = nonlinear(e2 * (w_hat + 0.5 * h * a))
-            c = nonlinear(e2 * w_hat + 0.5 * h * b)
-            d = nonlinear(e * w_hat + h * e2 * c)
-            w_hat = e * w_hat + h / 6 * (e * a + 2 * e2 * (b + c) + d)
-        if t >= 0:
-            frames[:, t] = grid.ifft(w_hat)
-    return frames
+        return np.max(np.abs(grid.ifft(u_hat)) + np.abs(grid.ifft(v_hat)))
+
+    frames = np.empty((w.shape[0], n_frames, grid.n, grid.n), dtype=grid.dtype)
+    return if_rk4_integrate(
+        w_hat, lin, nonlinear, speed, frames, grid.ifft, frame_dt=frame_dt, n_discard=n_discard, cfl=cfl, dx=dx
+    )
 
 
 def random_vorticity(rng: np.random.Generator, n_traj: int, grid: SpectralGrid, k_peak: float = 4.0):

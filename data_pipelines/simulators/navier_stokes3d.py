@@ -28,7 +28,14 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, make_well_data, periodic_grid, require_positive, wavenumbers
+from data_pipelines.simulators.common import (
+    SystemSpec,
+    if_rk4_integrate,
+    make_well_data,
+    periodic_grid,
+    require_positive,
+    wavenumbers,
+)
 from data_pipelines.well_format import Field, WellData
 
 LENGTH = 2 * math.pi
@@ -111,21 +118,12 @@ def integrate(
     u_hat = grid.project(grid.fft(u) * grid.dealias)
     dx = LENGTH / grid.n
     frames = np.empty((u.shape[0], n_frames, 3, *(grid.n,) * 3), dtype=grid.dtype)
-    for t in range(-n_discard, n_frames):
-        speed = np.abs(grid.ifft(u_hat)).sum(axis=-4).max()
-        n_sub = max(1, math.ceil(frame_dt * speed / (cfl * dx)))
-        h = frame_dt / n_sub
-        e, e2 = np.exp(-nu * grid.k2 * h), np.exp(-nu * grid.k2 * h / 2)
-        h = grid.dtype.type(h)
-        for _ in range(n_sub):  # integrating-factor RK4
-            a = grid.nonlinear_hat(u_hat) + f_hat
-            b = grid.nonlinear_hat(e2 * (u_hat + 0.5 * h * a)) + f_hat
-            c = grid.nonlinear_hat(e2 * u_hat + 0.5 * h * b) + f_hat
-            d = grid.nonlinear_hat(e * u_hat + h * e2 * c) + f_hat
-            u_hat = e * u_hat + h / 6 * (e * a + 2 * e2 * (b + c) + d)
-        if t >= 0:
-            frames[:, t] = grid.ifft(u_hat)
-    return frames
+    rhs = lambda a_hat: grid.nonlinear_hat(a_hat) + f_hat
+    speed = lambda a_hat: np.abs(grid.ifft(a_hat)).sum(axis=-4).max()
+    lin = -nu * grid.k2
+    return if_rk4_integrate(
+        u_hat, lin, rhs, speed, frames, grid.ifft, frame_dt=frame_dt, n_discard=n_discard, cfl=cfl, dx=dx
+    )
 
 
 def random_velocity(rng: np.random.Generator, n_traj: int, grid: SpectralGrid3D, k_peak: float = 3.0) -> np.ndarray:

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, make_well_data, require_positive
+from data_pipelines.simulators.common import SystemSpec, if_rk4_integrate, make_well_data, require_positive
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
 from data_pipelines.well_format import Field, WellData
 
@@ -78,21 +78,11 @@ def integrate(
 
     dx = LENGTH / grid.n
     frames = np.empty((state.shape[0], n_frames, 3, grid.n, grid.n), dtype=grid.dtype)
-    for t in range(-n_discard, n_frames):
-        speed = np.max(np.abs(grid.ifft(s_hat[1])) + np.abs(grid.ifft(s_hat[2]))) + 2 * c
-        n_sub = max(1, math.ceil(frame_dt * speed / (CFL * dx)))
-        h = frame_dt / n_sub
-        e, e2 = np.exp(lin * h), np.exp(lin * h / 2)
-        h = grid.dtype.type(h)
-        for _ in range(n_sub):  # integrating-factor RK4
-            a = rhs(s_hat)
-            b = rhs(e2 * (s_hat + 0.5 * h * a))
-            cc = rhs(e2 * s_hat + 0.5 * h * b)
-            d = rhs(e * s_hat + h * e2 * cc)
-            s_hat = e * s_hat + h / 6 * (e * a + 2 * e2 * (b + cc) + d)
-        if t >= 0:
-            frames[:, t] = np.moveaxis(grid.ifft(s_hat), 0, 1)
-    return frames
+    speed = lambda a_hat: np.max(np.abs(grid.ifft(a_hat[1])) + np.abs(grid.ifft(a_hat[2]))) + 2 * c
+    to_frame = lambda a_hat: np.moveaxis(grid.ifft(a_hat), 0, 1)
+    return if_rk4_integrate(
+        s_hat, lin, rhs, speed, frames, to_frame, frame_dt=frame_dt, n_discard=n_discard, cfl=CFL, dx=dx
+    )
 
 
 def total_energy(state: np.ndarray, c: float) -> np.ndarray:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         # A refused or unwritable checkpoint, bad data: one line and exit 2 — also from a worker of a
         # multi-process launch, which must leave through clean_exit.
         return fail(err, "pretrain")
-    except NonFiniteLoss as err:  # the run diverged: not the user's input, so exit 1 (as before)
+    except NonFiniteLoss as err:  # the run diverged: not the user's input, so exit 1 (2 means bad input)
         return fail(err, "pretrain", code=1)
     return finish(out)
 

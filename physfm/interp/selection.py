@@ -89,17 +89,17 @@ class _Parser:
         return node
 
     def expr(self):
-        node = self.and_expr()
-        while self.peek() == ("kw", "or"):
-            self.take()
-            node = ("or", node, self.and_expr())
-        return node
+        return self.left_assoc("or", self.and_expr)
 
     def and_expr(self):
-        node = self.not_expr()
-        while self.peek() == ("kw", "and"):
+        return self.left_assoc("and", self.not_expr)
+
+    def left_assoc(self, keyword: str, operand):
+        """``operand (keyword operand)*``, grouped from the left: ``a or b or c`` → ((a or b) or c)."""
+        node = operand()
+        while self.peek() == ("kw", keyword):
             self.take()
-            node = ("and", node, self.not_expr())
+            node = (keyword, node, operand())
         return node
 
     def not_expr(self):

@@ -56,6 +56,7 @@ def test_bad_yaml_file_names_the_key_and_the_file(tokens: Path, tmp_path: Path, 
     assert str(config) in line and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line_and_no_traceback(tokens: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli(pretrain_args(tokens, out, "strategy.name=ddp", "strategy.zero_stage=3"), timeout=60)

@@ -61,6 +61,7 @@ def waves_3d(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     return shards
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_token_ids_beyond_the_vocabulary(tmp_path: Path, capsys) -> None:
     tokens = make_token_shards(tmp_path / "tokens", vocab=64)  # the tiny model has 32 ids
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}

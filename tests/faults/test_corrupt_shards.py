@@ -90,6 +90,7 @@ def test_skip_with_every_shard_unreadable_fails_instead_of_spinning(tokens: Path
         list(train_stream(copy, "skip", batches=2))
 
 
+@pytest.mark.slow
 def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Path, capsys, caplog) -> None:
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="data_pipelines.loader"):
@@ -116,6 +117,7 @@ def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Pat
     assert "Skipped" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_training_without_skip_stops_naming_the_shard(damaged: Path, tmp_path: Path, capsys) -> None:
     assert main(pretrain_args(damaged, tmp_path / "run", "trainer.max_steps=6", "data.val_batches=0")) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("physfm pretrain: error:")]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from physfm.cli import main
 from physfm.core.checkpoint import find_latest_checkpoint, safe_torch_load
 from tests.faults.conftest import digest, pretrain_args
@@ -37,6 +39,7 @@ def test_sharding_on_a_full_disk(small_disk, toy_dataset: Path, capsys) -> None:
     assert sorted(p.name for p in small_disk.root.iterdir()) == ["shards"]  # no staging dir left
 
 
+@pytest.mark.slow
 def test_checkpointing_on_a_full_disk(small_disk, tokens: Path, capsys) -> None:
     out = small_disk.root / "run"
     common = ("trainer.checkpoint_every=4", "trainer.logger=none", "data.val_batches=0")

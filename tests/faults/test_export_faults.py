@@ -50,6 +50,7 @@ def test_export_on_a_full_disk(small_disk, tiny, capsys) -> None:
     assert sorted(p.name for p in small_disk.root.iterdir()) == ["export"]  # no staging left
 
 
+@pytest.mark.slow
 def test_a_truncated_newest_checkpoint_is_named_and_the_one_before_used(tiny, tmp_path, capsys) -> None:
     run = tmp_path / "run"
     weights = make_run(tiny, run)

@@ -52,6 +52,7 @@ def test_the_payload_is_live(tmp_path: Path, marker: Path) -> None:
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Path, marker: Path, capsys) -> None:
     out = tmp_path / "run"
     evil = hostile_checkpoint(out / "checkpoints" / "step=0000004.ckpt", marker)
@@ -167,6 +168,7 @@ def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Pat
     assert not list(tmp_path.glob(".shards*"))  # no staging directory left behind
 
 
+@pytest.mark.slow
 def test_a_bad_member_read_in_a_loader_worker_reaches_the_user_as_one_line(
     tokens: Path, tmp_path: Path, marker: Path, capsys
 ) -> None:
@@ -187,6 +189,7 @@ def test_a_bad_member_read_in_a_loader_worker_reaches_the_user_as_one_line(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_data_bench_on_a_shard_with_a_pickled_member_prints_one_line(
     toy_dataset: Path, tmp_path: Path, marker: Path, capsys
 ) -> None:

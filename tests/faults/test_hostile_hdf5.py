@@ -108,6 +108,7 @@ def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
         assert not list(toy_dataset.glob("*stats*.tmp")) and not list(toy_dataset.glob(".*"))
 
 
+@pytest.mark.slow
 def test_parallel_shard_failure_leaves_nothing_partial(toy_dataset: Path, tmp_path: Path, capsys) -> None:
     nan_value(toy_dataset / VICTIM)
     out = tmp_path / "shards"

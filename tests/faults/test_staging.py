@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from data_pipelines.atomic import atomic_write_text, make_staging_dir
 from physfm.cli import main
 from tests.harness import REPO_ROOT, worker_env
@@ -51,6 +53,7 @@ safetensors.torch.save_file = save_file
 """
 
 
+@pytest.mark.slow
 def test_a_killed_shard_run_leaves_staging_that_the_next_one_removes(toy_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     args = ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]
@@ -61,6 +64,7 @@ def test_a_killed_shard_run_leaves_staging_that_the_next_one_removes(toy_dataset
     assert staging(tmp_path, "shards") == [] and (out / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_staging_that_the_next_one_removes(tmp_path: Path) -> None:
     export = build_tiny_model(tmp_path / "m")["export"]
     out = tmp_path / "exported"
@@ -72,6 +76,7 @@ def test_a_killed_export_leaves_staging_that_the_next_one_removes(tmp_path: Path
     assert staging(tmp_path, "exported") == [] and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_a_running_writers_staging_is_left_alone(tmp_path: Path) -> None:
     code = (
         "import sys, time\nfrom data_pipelines.atomic import make_staging_dir\n"
