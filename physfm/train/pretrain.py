@@ -18,9 +18,9 @@ from data_pipelines.run_record import write_metrics
 from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
 from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
+from physfm.train.launch import build_trainer_kwargs
 from physfm.train.module import TrainingStopped
 from physfm.train.recipes import recipe_for
-from physfm.train.strategies import build_trainer_kwargs
 
 __all__ = ["PretrainConfig", "load_pretrain_config", "run_pretrain"]  # the verb's public face
 
