@@ -94,7 +94,8 @@ def main() -> int:
 
     from data_pipelines.config import from_dict
     from physfm.core.checkpoint import find_latest_checkpoint
-    from physfm.train.strategies import StrategyConfig, build_trainer_kwargs
+    from physfm.train.launch import build_trainer_kwargs
+    from physfm.train.strategies import StrategyConfig
 
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else out / "ckpt"

@@ -26,12 +26,12 @@ from physfm.core.checkpoint import (
     list_checkpoints,
     load_safetensors,
 )
+from physfm.train.launch import build_trainer_kwargs
 from physfm.train.strategies import (
     DEEPSPEED_CONFIG_DIR,
     StrategyConfig,
     apply_activation_checkpointing,
     build_deepspeed_config,
-    build_trainer_kwargs,
     return_freed_memory_to_os,
     uses_cpu_adam,
 )

@@ -22,6 +22,7 @@ and ``closed_loop_encoded_vrmse`` (the same for tokens coded closed loop, ``enco
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,118 @@ def reconstruct(tok: Tokenizer, window: torch.Tensor, dataset: str) -> tuple[tor
     return tok.denormalize(recon, dataset), ids
 
 
+CONDITIONAL_KEYS = (
+    "key_vrmse",
+    "conditional_vrmse",
+    "persistence_vrmse",
+    "closed_loop_vrmse",
+    "closed_loop_encoded_vrmse",
+)
+
+
+@dataclasses.dataclass
+class DatasetScores:
+    """One dataset's running sums (per field, float64) over the windows scored so far."""
+
+    codes: CodeStats
+    pool_shapes: dict[str, list[int]]
+    sums: dict[str, torch.Tensor]
+    n_frames: int = 0
+    by_params: dict[str, list] = dataclasses.field(default_factory=dict)  # params key → [summed VRMSE [C], windows]
+    cond_sums: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # conditional tokenizers only
+    n_key: int = 0  # key frames scored (conditional tokenizers)
+    n_cond: int = 0  # conditional frames scored
+
+    @classmethod
+    def start(cls, tok: Tokenizer, window: torch.Tensor) -> DatasetScores:
+        space = tuple(window.shape[3:])
+        shapes = {
+            "spatial": list(space),
+            "tokens": pool_shape_tokens(tok, space),
+            "latent": pool_shape_latent(tok, window.shape[1], window.shape[2], space),
+        }
+        keys = ("vrmse", "psnr", "baseline_vrmse", "baseline_latent_vrmse")
+        sums = {k: torch.zeros(window.shape[2], dtype=torch.float64) for k in keys}
+        return cls(CodeStats(tok.fsq.codebook_size), shapes, sums)
+
+    def add(self, tok: Tokenizer, name: str, window, recon, ids, metas: list[dict[str, Any]]) -> None:
+        """One batch: window and recon [B, T, C, *space] physical, ids its tokens, metas per window."""
+        n = tok.cfg.n_spatial_dims
+        base = pool_baseline(window, self.pool_shapes["tokens"])
+        base_latent = pool_baseline(window, self.pool_shapes["latent"])
+        # per sample, frame and field → summed over samples and frames
+        per_sample = vrmse(recon, window, n).double()  # [B, T, C]
+        self.sums["vrmse"] += per_sample.sum(dim=(0, 1))
+        for meta, value in zip(metas, per_sample.mean(dim=1)):  # by simulation parameters
+            key = ",".join(f"{k}={v:.6g}" for k, v in sorted(meta.get("params", {}).items()))
+            group = self.by_params.setdefault(key, [torch.zeros_like(value), 0])
+            group[0] += value
+            group[1] += 1
+        self.sums["psnr"] += psnr(recon, window, n).double().sum(dim=(0, 1))
+        self.sums["baseline_vrmse"] += vrmse(base, window, n).double().sum(dim=(0, 1))
+        self.sums["baseline_latent_vrmse"] += vrmse(base_latent, window, n).double().sum(dim=(0, 1))
+        self.n_frames += window.shape[0] * window.shape[1]
+        if tok.cfg.conditional and window.shape[1] > 1:
+            self.add_conditional(tok, name, window, ids, per_sample)
+        self.codes.update(ids)
+
+    def add_conditional(self, tok: Tokenizer, name: str, window, ids, per_sample: torch.Tensor) -> None:
+        """A conditional tokenizer's figures: key vs conditional frames, persistence, closed-loop decoding."""
+        n = tok.cfg.n_spatial_dims
+        closed = tok.denormalize(tok.decode(ids, name), name)
+        z = tok.normalize(window, name)
+        closed_enc = tok.denormalize(tok.decode(tok.encode(z, name, closed_loop=True), name), name)
+        if not self.cond_sums:
+            self.cond_sums = {k: torch.zeros(window.shape[2], dtype=torch.float64) for k in CONDITIONAL_KEYS}
+        cacc = self.cond_sums
+        cacc["key_vrmse"] += per_sample[:, 0].sum(dim=0)
+        cacc["conditional_vrmse"] += per_sample[:, 1:].sum(dim=(0, 1))
+        cacc["persistence_vrmse"] += vrmse(window[:, :-1], window[:, 1:], n).double().sum(dim=(0, 1))
+        cacc["closed_loop_vrmse"] += vrmse(closed[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
+        cacc["closed_loop_encoded_vrmse"] += vrmse(closed_enc[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
+        self.n_key += window.shape[0]
+        self.n_cond += window.shape[0] * (window.shape[1] - 1)
+
+    def summary(self, channels: list[str]) -> dict[str, Any]:
+        """Per-field means, the pooling shapes, code usage, and VRMSE per parameter set when there are several."""
+        acc = self.sums
+        fields = {c: {k: float(acc[k][j] / self.n_frames) for k in acc} for j, c in enumerate(channels)}
+        for j, c in enumerate(channels):
+            for k, total in self.cond_sums.items():
+                fields[c][k] = float(total[j] / (self.n_key if k == "key_vrmse" else self.n_cond))
+        out = {"fields": fields, "n_frames": self.n_frames, "pool_shapes": self.pool_shapes, **self.codes.summary()}
+        if len(self.by_params) > 1:  # e.g. NS at two viscosities: which regime is hard?
+            out["vrmse_by_params"] = {
+                key: dict(zip(channels, (total / count).tolist())) for key, (total, count) in self.by_params.items()
+            }
+        return out
+
+
+def overall_scores(datasets: dict[str, Any], combined: CodeStats) -> dict[str, Any]:
+    """The headline figures over every dataset and field (mean and worst), code usage over all datasets."""
+    every = [f for d in datasets.values() for f in d["fields"].values()]
+    return {
+        "vrmse_mean": sum(f["vrmse"] for f in every) / len(every),
+        "vrmse_max": max(f["vrmse"] for f in every),
+        "psnr_mean": sum(f["psnr"] for f in every) / len(every),
+        "baseline_vrmse_max": max(f["baseline_vrmse"] for f in every),
+        "ratio_to_baseline_max": max(f["vrmse"] / max(f["baseline_vrmse"], 1e-12) for f in every),
+        **combined.summary(),
+        **(
+            {
+                f"{k}_{agg}": value
+                for k in ("conditional_vrmse", "persistence_vrmse", "key_vrmse")
+                for agg, value in (
+                    ("mean", sum(f[k] for f in every) / len(every)),
+                    ("max", max(f[k] for f in every)),
+                )
+            }
+            if every and "conditional_vrmse" in every[0]
+            else {}
+        ),
+    }
+
+
 def evaluate_tokenizer(
     ckpt: str | Path,
     shards: str | Path,
@@ -94,16 +207,9 @@ def evaluate_tokenizer(
     check_datasets(tok, manifest, shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = tok.cfg.n_spatial_dims
-    sums: dict[str, dict[str, torch.Tensor]] = {}
-    counts: dict[str, int] = {}
-    codes = {name: CodeStats(tok.fsq.codebook_size) for name in manifest["datasets"]}
+    scores: dict[str, DatasetScores] = {}
     combined = CodeStats(tok.fsq.codebook_size)
     plotted: dict[str, int] = {}
-    by_params: dict[str, dict[str, list]] = {}
-    pool_shapes: dict[str, dict[str, list[int]]] = {}
-    cond_sums: dict[str, dict[str, torch.Tensor]] = {}  # conditional tokenizers only
-    cond_counts: dict[str, tuple[int, int]] = {}  # (key frames, conditional frames)
     loader = make_loader(shards, split, batch_size, shuffle=False, normalize=False)
     scored: dict[str, int] = {}  # batches per dataset
     for batch in loader:
@@ -116,61 +222,9 @@ def evaluate_tokenizer(
         scored[name] = scored.get(name, 0) + 1
         window = torch.cat([batch["input"], batch["output"]], dim=1).float()  # [B, T, C, *space]
         recon, ids = reconstruct(tok, window, name)
-        space = tuple(window.shape[3:])
-        shapes = pool_shapes.setdefault(
-            name,
-            {
-                "spatial": list(space),
-                "tokens": pool_shape_tokens(tok, space),
-                "latent": pool_shape_latent(tok, window.shape[1], window.shape[2], space),
-            },
-        )
-        base = pool_baseline(window, shapes["tokens"])
-        base_latent = pool_baseline(window, shapes["latent"])
-        acc = sums.setdefault(
-            name,
-            {
-                k: torch.zeros(window.shape[2], dtype=torch.float64)
-                for k in ("vrmse", "psnr", "baseline_vrmse", "baseline_latent_vrmse")
-            },
-        )
-        # per sample, frame and field → summed over samples and frames
-        per_sample = vrmse(recon, window, n).double()  # [B, T, C]
-        acc["vrmse"] += per_sample.sum(dim=(0, 1))
-        for meta, value in zip(batch["meta"], per_sample.mean(dim=1)):  # by simulation parameters
-            key = ",".join(f"{k}={v:.6g}" for k, v in sorted(meta.get("params", {}).items()))
-            group = by_params.setdefault(name, {}).setdefault(key, [torch.zeros_like(value), 0])
-            group[0] += value
-            group[1] += 1
-        acc["psnr"] += psnr(recon, window, n).double().sum(dim=(0, 1))
-        acc["baseline_vrmse"] += vrmse(base, window, n).double().sum(dim=(0, 1))
-        acc["baseline_latent_vrmse"] += vrmse(base_latent, window, n).double().sum(dim=(0, 1))
-        counts[name] = counts.get(name, 0) + window.shape[0] * window.shape[1]
-        if tok.cfg.conditional and window.shape[1] > 1:
-            closed = tok.denormalize(tok.decode(ids, name), name)
-            z = tok.normalize(window, name)
-            closed_enc = tok.denormalize(tok.decode(tok.encode(z, name, closed_loop=True), name), name)
-            cacc = cond_sums.setdefault(
-                name,
-                {
-                    k: torch.zeros(window.shape[2], dtype=torch.float64)
-                    for k in (
-                        "key_vrmse",
-                        "conditional_vrmse",
-                        "persistence_vrmse",
-                        "closed_loop_vrmse",
-                        "closed_loop_encoded_vrmse",
-                    )
-                },
-            )
-            cacc["key_vrmse"] += per_sample[:, 0].sum(dim=0)
-            cacc["conditional_vrmse"] += per_sample[:, 1:].sum(dim=(0, 1))
-            cacc["persistence_vrmse"] += vrmse(window[:, :-1], window[:, 1:], n).double().sum(dim=(0, 1))
-            cacc["closed_loop_vrmse"] += vrmse(closed[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
-            cacc["closed_loop_encoded_vrmse"] += vrmse(closed_enc[:, 1:], window[:, 1:], n).double().sum(dim=(0, 1))
-            n_key, n_cond = cond_counts.get(name, (0, 0))
-            cond_counts[name] = (n_key + window.shape[0], n_cond + window.shape[0] * (window.shape[1] - 1))
-        codes[name].update(ids)
+        if name not in scores:
+            scores[name] = DatasetScores.start(tok, window)
+        scores[name].add(tok, name, window, recon, ids, batch["meta"])
         combined.update(ids)
         if plotted.get(name, 0) < n_plots:
             plot_reconstruction(
@@ -181,29 +235,10 @@ def evaluate_tokenizer(
                 title=f"{name} ({split})",
             )
             plotted[name] = plotted.get(name, 0) + 1
-    if not counts:
+    if not scores:
         raise DataError(f"{shards}: the {split!r} split yielded no windows")
 
-    datasets: dict[str, Any] = {}
-    for name, acc in sums.items():
-        channels = tok.datasets[name].channel_names
-        fields = {c: {k: float(acc[k][j] / counts[name]) for k in acc} for j, c in enumerate(channels)}
-        if name in cond_sums:
-            n_key, n_cond = cond_counts[name]
-            for j, c in enumerate(channels):
-                for k, total in cond_sums[name].items():
-                    fields[c][k] = float(total[j] / (n_key if k == "key_vrmse" else n_cond))
-        datasets[name] = {
-            "fields": fields,
-            "n_frames": counts[name],
-            "pool_shapes": pool_shapes[name],
-            **codes[name].summary(),
-        }
-        if len(by_params.get(name, {})) > 1:  # e.g. NS at two viscosities: which regime is hard?
-            datasets[name]["vrmse_by_params"] = {
-                key: dict(zip(channels, (total / count).tolist())) for key, (total, count) in by_params[name].items()
-            }
-    every = [f for d in datasets.values() for f in d["fields"].values()]
+    datasets = {name: s.summary(tok.datasets[name].channel_names) for name, s in scores.items()}
     metrics = {
         "checkpoint": str(ckpt),
         "fingerprint": fingerprint(ckpt),
@@ -220,26 +255,7 @@ def evaluate_tokenizer(
             )
             for name in datasets
         },
-        "overall": {
-            "vrmse_mean": sum(f["vrmse"] for f in every) / len(every),
-            "vrmse_max": max(f["vrmse"] for f in every),
-            "psnr_mean": sum(f["psnr"] for f in every) / len(every),
-            "baseline_vrmse_max": max(f["baseline_vrmse"] for f in every),
-            "ratio_to_baseline_max": max(f["vrmse"] / max(f["baseline_vrmse"], 1e-12) for f in every),
-            **combined.summary(),
-            **(
-                {
-                    f"{k}_{agg}": value
-                    for k in ("conditional_vrmse", "persistence_vrmse", "key_vrmse")
-                    for agg, value in (
-                        ("mean", sum(f[k] for f in every) / len(every)),
-                        ("max", max(f[k] for f in every)),
-                    )
-                }
-                if every and "conditional_vrmse" in every[0]
-                else {}
-            ),
-        },
+        "overall": overall_scores(datasets, combined),
         "datasets": datasets,
     }
     write_metrics(out_dir / "metrics.json", metrics)

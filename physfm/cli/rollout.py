@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from physfm.cli.args import add_split_argument, positive_int
+from physfm.inference.sampling import Sampling
 
 
 def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
@@ -53,19 +54,16 @@ def add_model_args(p: argparse.ArgumentParser, refine_help: str) -> None:
 
 def model_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``evaluate``/``rollout_to_files`` that come from :func:`add_model_args`."""
-    names = (
-        "max_windows",
-        "batch_size",
-        "refine",
-        "temperature",
-        "top_k",
-        "seed",
-        "tokenizer",
-        "refiner",
-        "device",
-        "dtype",
+    names = ("max_windows", "batch_size", "refine", "seed", "tokenizer", "device")
+    sampling = Sampling.from_options(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        refiner=args.refiner or "auto",
+        dtype=args.dtype,
+        sampling_steps=args.sampling_steps,
+        sampler=args.sampler,
     )
-    return {"split": args.split[0], **{name: getattr(args, name) for name in (*names, "sampling_steps", "sampler")}}
+    return {"split": args.split[0], "sampling": sampling, **{name: getattr(args, name) for name in names}}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -32,6 +32,7 @@ from data_pipelines.run_record import write_metrics
 from physfm.eval.plots import rollout_strip, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
+from physfm.inference.sampling import Sampling
 from tokenizer.metrics import vrmse
 
 BASELINES = ("persistence", "copy_tokens", "tokenizer_ceiling")
@@ -67,8 +68,7 @@ def score_windows(
     methods: tuple[str, ...],
     max_windows: int | None = None,
     batch_size: int = 32,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling: Sampling | None = None,
     seed: int = 0,
     keep_predictions: bool = False,
     extra: dict[str, Any] | None = None,
@@ -76,8 +76,8 @@ def score_windows(
     """Roll out and score every method on the split's windows of ``horizon`` → (scores per dataset, seconds
     per method). ``extra`` maps more method names to ``fn(context, horizon, dataset) -> prediction``."""
     n = pm.n_spatial_dims
-    # AR-only sampling options, refused by name up front when set for another kind (a diffusion model).
-    options = pm.rollout_options(temperature=temperature, top_k=top_k)
+    # Per-call sampling options (an AR model's), refused by name up front when set for another kind.
+    options = pm.rollout_options(**(sampling or Sampling()).options("rollout"))
     scores: dict[str, DatasetScores] = {}
     seconds = {m: 0.0 for m in (*methods, *(extra or {}))}
     for batch in evaluation_windows(
@@ -171,17 +171,10 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
-def _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype) -> PhysicsModel:
+def _load(location, refine: bool | None, tokenizer, device: str, sampling: Sampling) -> PhysicsModel:
     """The model evaluate and rollout score; ``refine=True`` requires a refiner."""
-    pm = PhysicsModel.from_pretrained(
-        location,
-        tokenizer=tokenizer,
-        refiner=refiner or "auto",
-        device=device,
-        sampling_steps=sampling_steps,
-        sampler=sampler,
-        dtype=dtype,
-    )
+    options = sampling.options("load")
+    pm = PhysicsModel.from_pretrained(location, tokenizer=tokenizer, device=device, **options)
     if refine and pm.refiner is None:
         raise InputError(
             f"{location}: --refine asked for, but the model has no refiner (train one with "
@@ -200,25 +193,21 @@ def evaluate(
     max_windows: int | None = None,
     batch_size: int = 32,
     refine: bool | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling: Sampling | None = None,
     seed: int = 0,
     tokenizer: str | None = None,
-    refiner: str | None = None,
     device: str = "cpu",
-    dtype: str | None = None,
     model=None,
-    sampling_steps: int | None = None,
-    sampler: str | None = None,
 ) -> dict[str, Any]:
     """Score the model and the baselines; write metrics.json, report.md, strips and the horizon plot.
 
     ``refine``: None = with and without the refiner when the model has one; True = require one.
-    ``sampling_steps``/``sampler``: ODE steps and "euler"/"heun" for a diffusion checkpoint."""
+    ``sampling``: each model kind's options (temperature and refiner for AR, ODE steps for diffusion)."""
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
         raise InputError(f"horizons: need positive integers, got {horizons}")
-    pm = model or _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype)
+    sampling = sampling or Sampling()
+    pm = model or _load(location, refine, tokenizer, device, sampling)
     refined = ("ar_refined",) if pm.refiner is not None and refine is not False else ()
     methods = (pm.method, *refined, *BASELINES)  # method: "diffusion" for a diffusion model
     start = time.perf_counter()
@@ -230,8 +219,7 @@ def evaluate(
         methods=methods,
         max_windows=max_windows,
         batch_size=batch_size,
-        temperature=temperature,
-        top_k=top_k,
+        sampling=sampling,
         seed=seed,
     )
     out = Path(out)
@@ -245,8 +233,8 @@ def evaluate(
         # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run has a refiner
         # that helped on held-out windows when it was fit.
         "default_method": refined[0] if refined and pm.refines_by_default else methods[0],
-        "temperature": temperature,
-        "top_k": top_k,
+        "temperature": sampling.ar.temperature,
+        "top_k": sampling.ar.top_k,
         "seed": seed,
         "model": pm.describe(),
         **summarize(scores, horizons),
@@ -366,19 +354,15 @@ def rollout_to_files(
     max_windows: int | None = None,
     batch_size: int = 32,
     refine: bool | None = None,
-    temperature: float = 0.0,
-    top_k: int | None = None,
+    sampling: Sampling | None = None,
     seed: int = 0,
     tokenizer: str | None = None,
-    refiner: str | None = None,
     device: str = "cpu",
-    dtype: str | None = None,
-    sampling_steps: int | None = None,
-    sampler: str | None = None,
 ) -> dict[str, Any]:
     """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md.
     ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
-    pm = _load(location, refine, tokenizer, refiner, device, sampling_steps, sampler, dtype)
+    sampling = sampling or Sampling()
+    pm = _load(location, refine, tokenizer, device, sampling)
     if refine is None:
         refine = pm.refines_by_default
     method = "ar_refined" if refine else pm.method
@@ -390,12 +374,35 @@ def rollout_to_files(
         methods=(method, "persistence"),
         max_windows=max_windows,
         batch_size=batch_size,
-        temperature=temperature,
-        top_k=top_k,
+        sampling=sampling,
         seed=seed,
         keep_predictions=True,
     )
     out = Path(out)
+    files = _write_predictions(scores, method, out)
+    summary = summarize(scores, list(range(1, horizon + 1)))
+    metrics = {
+        "checkpoint": str(location),
+        "shards": str(shards),
+        "split": split,
+        "horizon": horizon,
+        "refine": refine,
+        "temperature": sampling.ar.temperature,
+        "top_k": sampling.ar.top_k,
+        "seed": seed,
+        "model": pm.describe(),
+        "predictions": files,
+        "n_windows": summary["n_windows"],
+        "curves": summary["curves"],
+        "seconds": {m: round(v, 2) for m, v in seconds.items()},
+    }
+    write_metrics(out / "metrics.json", metrics)
+    _write(out / "report.md", render_rollout_report(metrics, list(scores)))
+    return metrics
+
+
+def _write_predictions(scores: dict[str, DatasetScores], method: str, out: Path) -> list[str]:
+    """Each dataset's windows (context, truth, prediction) as safetensors, and its strip; → the files."""
     files = []
     for name, s in scores.items():
         tensors = {k: torch.cat(v) for k, v in s.predictions.items() if k != "persistence"}
@@ -408,28 +415,16 @@ def rollout_to_files(
             out / f"rollout_{name}.png",
             title=f"{name}: truth | prediction | error",
         )
-    summary = summarize(scores, list(range(1, horizon + 1)))
-    metrics = {
-        "checkpoint": str(location),
-        "shards": str(shards),
-        "split": split,
-        "horizon": horizon,
-        "refine": refine,
-        "temperature": temperature,
-        "top_k": top_k,
-        "seed": seed,
-        "model": pm.describe(),
-        "predictions": files,
-        "n_windows": summary["n_windows"],
-        "curves": summary["curves"],
-        "seconds": {m: round(v, 2) for m, v in seconds.items()},
-    }
-    write_metrics(out / "metrics.json", metrics)
+    return files
+
+
+def render_rollout_report(metrics: dict[str, Any], datasets: list[str]) -> str:
+    horizon = metrics["horizon"]
     lines = [
         "# Rollout",
         "",
-        f"`{location}` on `{shards}` ({split}), horizon {horizon}, "
-        f"{'with' if refine else 'without'} refinement. Predictions: `predictions/<dataset>.safetensors` "
+        f"`{metrics['checkpoint']}` on `{metrics['shards']}` ({metrics['split']}), horizon {horizon}, "
+        f"{'with' if metrics['refine'] else 'without'} refinement. Predictions: `predictions/<dataset>.safetensors` "
         "(tensors context, truth, prediction [windows, T, C, *space], physical units; windows' meta in the "
         "file's metadata).",
         "",
@@ -438,12 +433,11 @@ def rollout_to_files(
         "| dataset | method | " + " | ".join(str(k) for k in range(1, horizon + 1)) + " |",
         "|---|---|" + "---:|" * horizon,
     ]
-    for name, per in summary["curves"].items():
+    for name, per in metrics["curves"].items():
         for m, vals in per.items():
             lines.append(f"| {name} | {m} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    lines += [""] + [f"![{name}](rollout_{name}.png)" for name in scores]
-    _write(out / "report.md", "\n".join(lines) + "\n")
-    return metrics
+    lines += [""] + [f"![{name}](rollout_{name}.png)" for name in datasets]
+    return "\n".join(lines) + "\n"
 
 
 def save_predictions(path: str | Path, tensors: dict[str, torch.Tensor], meta: list[dict[str, Any]]) -> Path:

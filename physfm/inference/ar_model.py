@@ -32,6 +32,7 @@ import torch
 from data_pipelines.errors import DataError, InputError
 from physfm.inference.loading import load_ar_model, load_with_tokenizer
 from physfm.inference.physics_model import PhysicsModel
+from physfm.inference.sampling import ARSampling
 from physfm.models.ar import FrameStream
 from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
 from tokenizer.checkpoint import load_tokenizer
@@ -61,6 +62,7 @@ class ARPhysicsModel(PhysicsModel):
     kind = "ar"
     label = "AR"
     method = "ar"
+    options_type = ARSampling
 
     def __init__(self, model, tokenizer, info: dict[str, Any], refiner=None, refiner_meta: dict | None = None):
         super().__init__(model, tokenizer, info)
@@ -73,13 +75,13 @@ class ARPhysicsModel(PhysicsModel):
         *,
         tokenizer: str | Path | None,
         device: str | torch.device,
-        refiner: str | Path | bool | None = "auto",
-        dtype: str | torch.dtype | None = None,
+        options: ARSampling,
     ) -> ARPhysicsModel:
-        """``refiner``: "auto" loads ``LOCATION/refiner`` (or the run's) when present, a path loads that one,
-        False/None loads none. ``dtype``: the transformer's (None = as saved, float32); "bfloat16" runs it
+        """``options.refiner``: "auto" loads ``LOCATION/refiner`` (or the run's) when present, a path loads that one,
+        False/None loads none. ``options.dtype``: the transformer's (None = as saved, float32); "bfloat16" runs it
         ~2.7x faster on CPUs with AMX (and on GPUs). The tokenizer and refiner stay in float32: they are a
         small part of a step, and the encode/decode round trip keeps its precision."""
+        refiner, dtype = options.refiner, options.dtype
         model, info, run_dir, tok_path = load_with_tokenizer(load_ar_model, location, tokenizer)
         tok = load_tokenizer(tok_path)
         recorded = info.get("tokenizer_fingerprint")

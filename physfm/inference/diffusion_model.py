@@ -27,6 +27,7 @@ import torch
 from data_pipelines.errors import InputError
 from physfm.inference.loading import load_diffusion_model, load_with_tokenizer
 from physfm.inference.physics_model import PhysicsModel, RolloutStep
+from physfm.inference.sampling import DiffusionSampling
 from physfm.models.latents import continuous_latents, latent_ids
 from physfm.models.latents import snap_to_codes as round_to_codes
 from tokenizer.checkpoint import load_tokenizer
@@ -38,6 +39,7 @@ class DiffusionPhysicsModel(PhysicsModel):
     kind = "diffusion"
     label = "diffusion"
     method = "diffusion"
+    options_type = DiffusionSampling
     refusal_hint = " (it samples from noise seeded by --seed, with --sampling-steps ODE steps, and has no refiner)"
 
     def __init__(
@@ -66,14 +68,13 @@ class DiffusionPhysicsModel(PhysicsModel):
         *,
         tokenizer: str | Path | None,
         device: str | torch.device,
-        sampling_steps: int | None = None,
-        sampler: str | None = None,
-        snap_to_codes: bool | None = None,
+        options: DiffusionSampling,
     ) -> DiffusionPhysicsModel:
-        """``sampling_steps``/``sampler``/``snap_to_codes``: override the run's ``diffusion:`` defaults."""
+        """``options``: override the run's ``diffusion:`` defaults where set."""
         model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
-        return cls(model, load_tokenizer(tok_path), info, sampling_steps, sampler, snap_to_codes).to(device)
+        o = options
+        return cls(model, load_tokenizer(tok_path), info, o.sampling_steps, o.sampler, o.snap_to_codes).to(device)
 
     # ------------------------------------------------------------------------------ latents
     @torch.no_grad()

@@ -14,7 +14,6 @@ sampling: temperature, top-k, KV cache, the refiner) and
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,19 +25,10 @@ import torch
 from data_pipelines.errors import DataError, InputError
 from physfm.core.errors import CheckpointError
 from physfm.inference.loading import model_kind
+from physfm.inference.sampling import option_names, unset
 
 # (context chunk [B, T_in, C, *space] physical, horizon, dataset) → (frames [B, horizon, C, *space], ids [B, n, *grid])
 RolloutStep = Callable[[torch.Tensor, int, str], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _unset(value: Any) -> bool:
-    """Whether an option's value means "not asked for": what callers serving every kind pass by default
-    (``refiner="auto"``, ``sampling_steps=None``, ``temperature=0.0``, ``refine=False``)."""
-    return value is None or value is False or (isinstance(value, str) and value == "auto") or value == 0
-
-
-def _params(cls: type, method: str) -> Any:
-    return inspect.signature(getattr(cls, method)).parameters
 
 
 class PhysicsModel:
@@ -47,6 +37,7 @@ class PhysicsModel:
     kind: str  # the run.json kind a subclass loads
     label: str  # how messages name the kind ("AR", "diffusion")
     method: str  # the name evaluate/rollout give this model's predictions
+    options_type: type  # the kind's options record (physfm.inference.sampling)
     refusal_hint = ""  # appended to the message refusing another kind's option
     # Only the AR kind has a refiner; every kind answers, since evaluate asks whether to score ``ar_refined``.
     refiner = None
@@ -87,8 +78,9 @@ class PhysicsModel:
         ``tokenizer``: override the tokenizer recorded in the run. ``options`` are the kind's own: for an AR
         model ``refiner`` ("auto" loads ``LOCATION/refiner`` or the run's when present, a path loads that one,
         False/None none); for a diffusion model ``sampling_steps``, ``sampler`` ("euler"/"heun") and
-        ``snap_to_codes``. Another kind's option left unset (None, False, "auto") is ignored, so one call
-        serves every kind; set, it is an InputError naming it."""
+        ``snap_to_codes`` (the load-time fields of the kind's record in :mod:`physfm.inference.sampling`).
+        Another kind's option left unset (None, False, "auto") is ignored, so one call serves every kind;
+        set, it is an InputError naming it."""
         location = Path(location)
         try:
             kind = model_kind(location)
@@ -97,24 +89,26 @@ class PhysicsModel:
         if kind not in PhysicsModel._kinds:  # physfm.inference imports every kind's module
             raise DataError(f"{location}: model kind {kind!r} has no PhysicsModel class")
         kind_cls = PhysicsModel._kinds[kind]
-        options = kind_cls._supported("_load", options, f"{location}: ")
-        return kind_cls._load(location, tokenizer=tokenizer, device=device, **options)
+        options = kind_cls._supported("load", options, f"{location}: ")
+        return kind_cls._load(location, tokenizer=tokenizer, device=device, options=kind_cls.options_type(**options))
 
     @classmethod
-    def _load(cls, location: Path, *, tokenizer: str | Path | None, device: str | torch.device) -> PhysicsModel:
+    def _load(
+        cls, location: Path, *, tokenizer: str | Path | None, device: str | torch.device, options: Any
+    ) -> PhysicsModel:
         raise NotImplementedError
 
     @classmethod
-    def _supported(cls, method: str, options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        """The ``options`` this kind's ``method`` takes; the others are dropped when unset, else refused."""
-        params = _params(cls, method)
-        takers = {
-            name: [c.label for c in PhysicsModel._kinds.values() if name in _params(c, method)] for name in options
-        }
+    def _supported(cls, stage: str, options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """The ``options`` of this kind that apply at ``stage`` ("load" or "rollout"); another kind's are
+        dropped when unset, else refused by name."""
+        params = option_names(cls.options_type, stage)
+        kinds = PhysicsModel._kinds.values()
+        takers = {name: [c.label for c in kinds if name in option_names(c.options_type, stage)] for name in options}
         unknown = [name for name, labels in takers.items() if not labels]
         if unknown:
             raise TypeError(f"{prefix}unexpected option(s) {', '.join(unknown)}: no model kind takes them")
-        refused = [name for name, value in options.items() if name not in params and not _unset(value)]
+        refused = [name for name, value in options.items() if name not in params and not unset(value)]
         if refused:
             owners = sorted({label for name in refused for label in takers[name]})
             flags = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in refused)

@@ -181,41 +181,11 @@ def run_probe(
     out = Path(out)
     if store is None:
         check_target_present(data, split, target)
-        model, info = load_model(location)  # AR or diffusion (run.json kind)
-        info = {**info, "location": str(location)}
-        points = points or default_points(model.config.n_layer)
-        store = capture_to_disk(
-            model,
-            info,
-            data,
-            out / "activations",
-            points=points,
-            split=split,
-            selection=selection,
-            pool="mean",
-            max_windows=max_windows,
-            batch_size=batch_size,
-            with_histogram=True,
-        )
+        store = _capture(location, data, out, split, points, selection, max_windows, batch_size)
     points = points or [p for p in store.points if p != HISTOGRAM]
-    metas = store.meta()
-    raw, has = target_values(metas, target)
-    metas = [m for m, h in zip(metas, has) if h]
-    scale = choose_scale(raw, scale)
+    raw, has, scale, cut, groups = _targets(store, data, target, scale, threshold, group_by)
     y = np.log(raw) if scale == "log" else raw
-    cut = float(np.median(y)) if threshold is None else (math.log(threshold) if scale == "log" else threshold)
     labels = np.where(y > cut, 1.0, -1.0)
-    groups = group_keys(metas, group_by)
-    if len(set(groups)) < 2:
-        raise DataError(
-            f"{data}: the selected windows come from {len(set(groups))} {_plural(group_by)}; "
-            f"held-out probing needs at least 2 (add --split or widen the selection)"
-        )
-    if len(set(labels)) < 2:
-        raise DataError(
-            f"{data}: every window is on one side of the threshold {math.exp(cut) if scale == 'log' else cut:g}"
-        )
-
     layers, models = {}, {}
     for point in points:
         X = store.load(point).numpy()[has]
@@ -232,10 +202,6 @@ def run_probe(
     probe.save(out)
 
     majority = float(max((labels > 0).mean(), (labels < 0).mean()))
-    baselines = {"code histogram": {"r2": hist["r2"], "accuracy": hist["accuracy"]}} if hist else {}
-    if "embedding" in layers:
-        baselines["embedding layer"] = {"r2": layers["embedding"]["r2"], "accuracy": layers["embedding"]["accuracy"]}
-    baselines["majority class"] = {"accuracy": majority}
     metrics = {
         "checkpoint": str(location),
         "data": str(data),
@@ -263,19 +229,72 @@ def run_probe(
         "majority_accuracy": round(majority, 4),
         "model_fingerprint": store.index.get("model_fingerprint"),
     }
+    _plot(out, metrics, points, layers, hist, majority)
+    write_metrics(out / "metrics.json", metrics)
+    atomic_write_text(out / "report.md", render_report(metrics))
+    return metrics
+
+
+def _targets(store: ActivationStore, data, target: str, scale: str, threshold: float | None, group_by: str):
+    """(the target's values, which windows have it, the scale chosen, the regime threshold on that scale,
+    each window's held-out group); refused when there are fewer than two groups or regimes."""
+    metas = store.meta()
+    raw, has = target_values(metas, target)
+    metas = [m for m, h in zip(metas, has) if h]
+    scale = choose_scale(raw, scale)
+    y = np.log(raw) if scale == "log" else raw
+    cut = float(np.median(y)) if threshold is None else (math.log(threshold) if scale == "log" else threshold)
+    groups = group_keys(metas, group_by)
+    if len(set(groups)) < 2:
+        raise DataError(
+            f"{data}: the selected windows come from {len(set(groups))} {_plural(group_by)}; "
+            f"held-out probing needs at least 2 (add --split or widen the selection)"
+        )
+    if len(set(np.where(y > cut, 1.0, -1.0))) < 2:
+        raise DataError(
+            f"{data}: every window is on one side of the threshold {math.exp(cut) if scale == 'log' else cut:g}"
+        )
+    return raw, has, scale, cut, groups
+
+
+def _capture(location, data, out: Path, split, points, selection, max_windows, batch_size) -> ActivationStore:
+    """Mean-pooled activations at ``points`` (default: the embedding and every block) and the code
+    histogram of each selected window, captured to ``out/activations``."""
+    model, info = load_model(location)  # AR or diffusion (run.json kind)
+    info = {**info, "location": str(location)}
+    return capture_to_disk(
+        model,
+        info,
+        data,
+        out / "activations",
+        points=points or default_points(model.config.n_layer),
+        split=split,
+        selection=selection,
+        pool="mean",
+        max_windows=max_windows,
+        batch_size=batch_size,
+        with_histogram=True,
+    )
+
+
+def _plot(
+    out: Path, metrics: dict[str, Any], points: list[str], layers: dict, hist: dict | None, majority: float
+) -> None:
+    """R² and accuracy per layer, with the code-histogram, embedding and majority-class baselines."""
+    baselines = {"code histogram": {"r2": hist["r2"], "accuracy": hist["accuracy"]}} if hist else {}
+    if "embedding" in layers:
+        baselines["embedding layer"] = {"r2": layers["embedding"]["r2"], "accuracy": layers["embedding"]["accuracy"]}
+    baselines["majority class"] = {"accuracy": majority}
+    scale, group_by = metrics["scale"], metrics["group_by"]
     plot_probe_layers(
         points,
         [layers[p]["r2"] for p in points],
         [layers[p]["accuracy"] for p in points],
         baselines,
         out / "r2_per_layer.png",
-        title=f"probe of {'log ' if scale == 'log' else ''}{target}: {len(y)} windows, "
-        f"{len(set(groups))} held-out {_plural(group_by)}",
+        title=f"probe of {'log ' if scale == 'log' else ''}{metrics['target']}: {metrics['n_windows']} windows, "
+        f"{metrics['n_groups']} held-out {_plural(group_by)}",
     )
-
-    write_metrics(out / "metrics.json", metrics)
-    atomic_write_text(out / "report.md", render_report(metrics))
-    return metrics
 
 
 def _plural(unit: str) -> str:

@@ -19,6 +19,7 @@ coefficient and must reproduce the unsteered rollout token for token (checked, r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,14 +114,7 @@ def steer_rollout(
     if horizon is not None and horizon < 1:  # before any work (a probe may be fitted first)
         raise DataError(f"--horizon must be >= 1, got {horizon}")
     out = Path(out)
-    direc = load_direction(direction)
-    pm = PhysicsModel.from_pretrained(location, refiner=None)
-    model, names = pm.model, pm.dataset_names
-    if direc.meta.get("model_fingerprint") != model_fingerprint(model):
-        raise DataError(
-            f"{direction}: computed on another model (fingerprint {direc.meta.get('model_fingerprint', '?')[:12]}"
-            f", {location} is {model_fingerprint(model)[:12]}); recompute it with `physfm steer direction`"
-        )
+    pm, direc = _model_and_direction(location, direction)
     target = target or infer_target(direc.meta)
     if probe is None:
         run_probe(location, data, target, out / "probe", split=probe_split, seed=seed)
@@ -128,24 +122,10 @@ def steer_rollout(
     reader = Probe.load(probe)
     if reader.target != target:
         raise DataError(f"{probe}: probes {reader.target!r}, the direction steers {target!r}")
-    n_ctx, n_win = pm.n_context_tokens, pm.n_window_tokens
-    horizon = n_win if horizon is None else horizon
+    horizon = pm.n_window_tokens if horizon is None else horizon
     if selection is None and len(direc.meta.get("datasets") or []) == 1:  # contexts of the concept's own system
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
-    encoder = None
-    if not read_manifest(data).get("tokenizer_fingerprint"):
-        encoder = lambda frames, ds: pm.encode(frames, ds).cpu()
-    batches = list(
-        iter_windows(
-            data,
-            split,
-            selection=selection,
-            max_windows=max_windows,
-            batch_size=batch_size,
-            tokenizer_fingerprint=pm.info.get("tokenizer_fingerprint"),
-            encoder=encoder,
-        )
-    )
+    batches = _contexts(pm, data, split, selection, max_windows, batch_size)
     datasets = sorted({b.dataset for b in batches})
     if len(datasets) > 1:  # each system has its own physical statistic: one system per run
         raise DataError(
@@ -158,38 +138,12 @@ def steer_rollout(
             f"{direction}: a direction over the token grid {direc.meta.get('grid')} cannot be added "
             f"as is to rollouts on {sorted(grids)}; use --spatial-mode mean"
         )
-    probe_vals = np.zeros((len(alphas), 0))
-    stats: dict[str, np.ndarray] = {}
-    identical, examples, metas = None, {}, []
-    c = pm.temporal_compression
-    n_in = 1 + c * (n_ctx - 1)
-    for batch in batches:
-        ctx = batch.tokens[:, :n_ctx]
-        ids = torch.full((len(ctx),), names.index(batch.dataset))
-        base, _, _ = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)  # unsteered reference
-        per_alpha_probe, per_alpha_stats = [], []
-        for alpha in alphas:
-            with steering(model, direc, alpha, spatial_mode):
-                new, window, fields = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)
-            if alpha == 0:
-                same = bool(torch.equal(new, base))
-                identical = same if identical is None else identical and same
-            acts = pooled_activations(model, window, ids, [reader.best_point], reader.pool)  # read unsteered
-            per_alpha_probe.append(reader.predict(reader.best_point, acts[reader.best_point].numpy()))
-            s = physics_statistics(batch.dataset, fields, pm.channel_names(batch.dataset), pm.n_spatial_dims)
-            per_alpha_stats.append({k: v.mean(axis=1) for k, v in s.items()})  # mean over generated frames
-            if batch is batches[0]:
-                examples[alpha] = fields[0, -1]
-        probe_vals = np.concatenate([probe_vals, np.stack(per_alpha_probe)], axis=1)
-        for key in per_alpha_stats[0]:
-            block = np.stack([s[key] for s in per_alpha_stats])
-            stats[key] = block if key not in stats else np.concatenate([stats[key], block], axis=1)
-        metas += batch.meta
-    truth = np.array([float((m.get("params") or {}).get(target, math.nan)) for m in metas])
-    curves = {f"probe {target}": dose_response(alphas, probe_vals)}
-    for key, values in stats.items():
+    m = _measure(pm, reader, direc, batches, alphas, horizon, spatial_mode)
+    truth = np.array([float((meta.get("params") or {}).get(target, math.nan)) for meta in m.metas])
+    curves = {f"probe {target}": dose_response(alphas, m.probe_values)}
+    for key, values in m.stats.items():
         curves[key] = dose_response(alphas, values)
-    physics_key = next(iter(stats))
+    physics_key = next(iter(m.stats))
     metrics = {
         "checkpoint": str(location),
         "data": str(data),
@@ -204,29 +158,105 @@ def steer_rollout(
         "spatial_mode": spatial_mode,
         "alphas": alphas,
         "horizon": horizon,
-        "n_windows": len(metas),
+        "n_windows": len(m.metas),
         "datasets": datasets,
         "probe": str(probe),
         "probe_point": reader.best_point,
         "context_target_mean": float(np.nanmean(truth)),
-        "alpha0_identical": identical,
+        "alpha0_identical": m.identical,
         "curves": curves,
         "spearman_probe": curves[f"probe {target}"]["spearman"],
         "physics_statistic": physics_key,
         "spearman_physics": curves[physics_key]["spearman"],
     }
-    plot_dose_response(
-        alphas,
-        curves,
-        out / "dose_response.png",
-        title=f"steering {direc.points} ({direc.meta.get('feature')} − {direc.meta.get('control')}), "
-        f"{len(metas)} windows, {spatial_mode}",
+    _write(out, metrics, m.examples, pm.channel_names(datasets[0]))
+    return metrics
+
+
+def _model_and_direction(location: str | Path, direction: str | Path):
+    """The model and the direction, refused when the direction was computed on another model."""
+    direc = load_direction(direction)
+    pm = PhysicsModel.from_pretrained(location, refiner=None)
+    if direc.meta.get("model_fingerprint") != model_fingerprint(pm.model):
+        raise DataError(
+            f"{direction}: computed on another model (fingerprint {direc.meta.get('model_fingerprint', '?')[:12]}"
+            f", {location} is {model_fingerprint(pm.model)[:12]}); recompute it with `physfm steer direction`"
+        )
+    return pm, direc
+
+
+def _contexts(pm: PhysicsModel, data, split: str, selection: str | None, max_windows: int, batch_size: int):
+    """The context windows as token batches (field shards are encoded with the model's tokenizer)."""
+    encoder = None
+    if not read_manifest(data).get("tokenizer_fingerprint"):
+        encoder = lambda frames, ds: pm.encode(frames, ds).cpu()
+    return list(
+        iter_windows(
+            data,
+            split,
+            selection=selection,
+            max_windows=max_windows,
+            batch_size=batch_size,
+            tokenizer_fingerprint=pm.info.get("tokenizer_fingerprint"),
+            encoder=encoder,
+        )
     )
-    channel = pm.channel_names(datasets[0])
-    plot_steered_frames(examples, channel, out / "steered_frames.png", title=f"last generated frame, {datasets[0]}")
+
+
+@dataclass
+class Measured:
+    """Per α and window: the probe's readings [A, N] and each physical statistic [A, N]; the α = 0 check,
+    the first window's last generated frame per α, the windows' meta."""
+
+    probe_values: np.ndarray
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    identical: bool | None = None
+    examples: dict[float, np.ndarray] = field(default_factory=dict)
+    metas: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _measure(pm: PhysicsModel, reader: Probe, direc, batches: list, alphas: list[float], horizon: int, spatial_mode):
+    """Roll every batch out unsteered, then steered at each α, and read the probe and the statistics."""
+    m = Measured(np.zeros((len(alphas), 0)))
+    model, n_ctx, n_win = pm.model, pm.n_context_tokens, pm.n_window_tokens
+    n_in = 1 + pm.temporal_compression * (n_ctx - 1)
+    for batch in batches:
+        ctx = batch.tokens[:, :n_ctx]
+        ids = torch.full((len(ctx),), pm.dataset_names.index(batch.dataset))
+        base, _, _ = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)  # unsteered reference
+        per_alpha_probe, per_alpha_stats = [], []
+        for alpha in alphas:
+            with steering(model, direc, alpha, spatial_mode):
+                new, window, fields = _generate(pm, ctx, n_in, n_win, horizon, batch.dataset)
+            if alpha == 0:
+                same = bool(torch.equal(new, base))
+                m.identical = same if m.identical is None else m.identical and same
+            acts = pooled_activations(model, window, ids, [reader.best_point], reader.pool)  # read unsteered
+            per_alpha_probe.append(reader.predict(reader.best_point, acts[reader.best_point].numpy()))
+            s = physics_statistics(batch.dataset, fields, pm.channel_names(batch.dataset), pm.n_spatial_dims)
+            per_alpha_stats.append({k: v.mean(axis=1) for k, v in s.items()})  # mean over generated frames
+            if batch is batches[0]:
+                m.examples[alpha] = fields[0, -1]
+        m.probe_values = np.concatenate([m.probe_values, np.stack(per_alpha_probe)], axis=1)
+        for key in per_alpha_stats[0]:
+            block = np.stack([s[key] for s in per_alpha_stats])
+            m.stats[key] = block if key not in m.stats else np.concatenate([m.stats[key], block], axis=1)
+        m.metas += batch.meta
+    return m
+
+
+def _write(out: Path, metrics: dict[str, Any], examples: dict[float, np.ndarray], channels: list[str]) -> None:
+    plot_dose_response(
+        metrics["alphas"],
+        metrics["curves"],
+        out / "dose_response.png",
+        title=f"steering {metrics['points']} ({metrics['feature']} − {metrics['control']}), "
+        f"{metrics['n_windows']} windows, {metrics['spatial_mode']}",
+    )
+    dataset = metrics["datasets"][0]
+    plot_steered_frames(examples, channels, out / "steered_frames.png", title=f"last generated frame, {dataset}")
     write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
-    return metrics
 
 
 def render_report(m: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from physfm.eval.evaluate import evaluate
+from physfm.inference.sampling import ARSampling, Sampling
 from physfm.train.refine import load_refine_config, run_refine
 
 REFINE_OVERRIDES = [
@@ -77,7 +78,7 @@ def stage_evaluate(ctx) -> dict[str, Any]:
         out,
         split="test",
         max_windows=EVAL_MAX_WINDOWS,
-        refiner=ctx.state.get("refiner"),
+        sampling=Sampling(ar=ARSampling(refiner=ctx.state.get("refiner") or "auto")),
         seed=ctx.seed,
     )
     ctx.state["evaluate"] = str(out)

@@ -24,6 +24,7 @@ import torch
 
 from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.models.latents import continuous_latents
+from physfm.models.trunk import ModelConfig
 from physfm.train.module import ARModule
 from tokenizer.checkpoint import load_tokenizer
 
@@ -34,7 +35,7 @@ class DiffusionModule(ARModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: ModelConfig | dict[str, Any],
         optim: dict[str, Any],
         dataset_names: list[str],
         n_context_frames: int,

@@ -18,6 +18,7 @@ precision come from ``physfm.train.strategies`` by config.  What lives here:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import random
 import signal
@@ -85,7 +86,7 @@ class ARModule(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: ModelConfig | dict[str, Any],
         optim: dict[str, Any],
         dataset_names: list[str],
         n_context_frames: int,
@@ -99,8 +100,11 @@ class ARModule(L.LightningModule):
         as changes given the frame before (a conditional tokenizer). ``stability``: the rollout-training
         options (:class:`StabilityConfig`; next-frame prediction only)."""
         super().__init__()
-        self.save_hyperparameters()
-        self.model_config = ModelConfig(**model)
+        # The model config stays a typed ModelConfig here (a dict, as tests pass, is converted once); the
+        # hparams (hparams.yaml, W&B, checkpoints) get a plain-data copy of it, never read back.
+        self.save_hyperparameters(ignore=["model"])
+        self.model_config = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+        self.hparams["model"] = dataclasses.asdict(self.model_config)
         self.optim_config = OptimConfig(**optim)
         self.model = self.build_model()
         self.dataset_names = list(dataset_names)

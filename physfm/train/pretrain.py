@@ -18,9 +18,9 @@ from data_pipelines.run_record import write_metrics
 from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
 from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
+from physfm.train.launch import build_trainer_kwargs
 from physfm.train.module import TrainingStopped
 from physfm.train.recipes import recipe_for
-from physfm.train.strategies import build_trainer_kwargs
 
 __all__ = ["PretrainConfig", "load_pretrain_config", "run_pretrain"]  # the verb's public face
 
@@ -45,8 +45,6 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     kwargs["plugins"] = [*kwargs["plugins"], *_slurm_environment()]
     if cfg.strategy.name == "deepspeed":  # our loader batches by itself: no batch_sampler for Lightning to read
         kwargs["strategy"].config.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
-    if cfg.strategy.activation_checkpointing:
-        module.model.config.activation_checkpointing = True
     world = _world_size(kwargs)
     peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
     throughput = ThroughputMonitor(module.model.flops_per_token, peak * world, world=world, every=cfg.trainer.log_every)

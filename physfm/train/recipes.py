@@ -3,12 +3,14 @@ the run.json it leaves. ``physfm pretrain`` looks the kind up here instead of br
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from data_pipelines.config import to_dict
 from physfm.core.run_info import RunInfo
+from physfm.models.trunk import ModelConfig
 from physfm.train.config import PretrainConfig
 from physfm.train.data import FieldDataModule, TokenDataModule, describe_fields, describe_tokens
 from physfm.train.diffusion import DiffusionModule
@@ -23,9 +25,17 @@ class Recipe:
     run_info: Callable[[PretrainConfig, dict[str, Any]], RunInfo]
 
 
+def built_model_config(cfg: PretrainConfig) -> ModelConfig:
+    """The model config the run builds: the ``model:`` section with the training layer's choice folded in
+    before the build (``strategy.activation_checkpointing`` recomputes each block in backward), so the
+    built model never has its config changed afterwards."""
+    checkpointing = cfg.model.activation_checkpointing or cfg.strategy.activation_checkpointing
+    return dataclasses.replace(cfg.model, activation_checkpointing=checkpointing)
+
+
 def _module_args(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
     return dict(
-        model=to_dict(cfg.model),
+        model=built_model_config(cfg),
         optim=to_dict(cfg.optim),
         dataset_names=info["dataset_names"],
         n_context_frames=info["n_context"],

@@ -1,31 +1,25 @@
-"""Launch layer: which Lightning strategy, accelerator, device count and precision a run uses — by config.
+"""Launch layer, config side: which strategy, accelerator, device count and precision a run uses.
 
 The model never sees any of this (torchtitan habit: parallelism is applied from outside).  One
-``StrategyConfig`` (a section of the pretrain/finetune configs) becomes ``Trainer`` keyword arguments::
-
-    cfg = StrategyConfig(name="deepspeed", zero_stage=3)
-    trainer = lightning.Trainer(**build_trainer_kwargs(cfg), max_steps=100)
+``StrategyConfig`` (a section of the pretrain/finetune configs) becomes ``Trainer`` keyword arguments in
+:func:`physfm.train.launch.build_trainer_kwargs`; this module imports neither Lightning nor DeepSpeed, so
+a CLI verb that only reads a config starts at once.
 
 The only CPU/GPU difference is what the config resolves to (accelerator, precision, process-group
-backend).  The DeepSpeed strategy is :class:`CPUDeepSpeedStrategy` on both: on CUDA it *is* Lightning's
-``DeepSpeedStrategy``; on a CPU it lifts three CUDA-only assumptions so the same ZeRO JSONs run on gloo.
-Launchers are Lightning's to detect (torchrun → TorchElasticEnvironment, srun → SLURMEnvironment).
+backend).  The DeepSpeed strategy is :class:`physfm.train.deepspeed_cpu.CPUDeepSpeedStrategy` on both: on
+CUDA it *is* Lightning's ``DeepSpeedStrategy``; on a CPU it lifts three CUDA-only assumptions so the same
+ZeRO JSONs run on gloo.  Launchers are Lightning's to detect (torchrun → TorchElasticEnvironment, srun →
+SLURMEnvironment).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from data_pipelines.atomic import publish_dir, remove_path
 from data_pipelines.config import ConfigError
-from physfm.core import checkpoint as ckpt_io
-from physfm.core.checkpoint import atomic_checkpoint_io
 
 if TYPE_CHECKING:
     import torch
@@ -180,20 +174,6 @@ def build_optimizer(
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
-def _launcher_layout() -> tuple[int | None, int | None]:
-    """(processes per node, nodes) from an external launcher, in Lightning's detection order."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if TorchElasticEnvironment.detect():
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return per_node, max(1, int(os.environ["WORLD_SIZE"]) // per_node)
-    if SLURMEnvironment.detect():
-        tasks = os.environ.get("SLURM_NTASKS_PER_NODE", "")
-        nodes = os.environ.get("SLURM_NNODES", "")
-        return (int(tasks) if tasks.isdigit() else None), (int(nodes) if nodes.isdigit() else None)
-    return None, None
-
-
 def resolve_accelerator(cfg: StrategyConfig) -> str:
     import torch
 
@@ -202,48 +182,6 @@ def resolve_accelerator(cfg: StrategyConfig) -> str:
     if cfg.accelerator == "gpu" and not torch.cuda.is_available():
         raise ConfigError("strategy.accelerator: gpu requested but no CUDA device is visible")
     return cfg.accelerator
-
-
-def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
-    """``Trainer`` kwargs (strategy, accelerator, devices, num_nodes, precision, plugins) for ``cfg``.
-    Checkpoints from every strategy are written atomically (see :mod:`physfm.core.checkpoint`)."""
-    cfg.validate()
-    accelerator = resolve_accelerator(cfg)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
-    backend = cfg.process_group_backend
-    if backend == "auto":
-        backend = "nccl" if accelerator == "gpu" else "gloo"
-    elif backend == "nccl" and accelerator == "cpu":
-        raise ConfigError("strategy.process_group_backend: nccl needs GPUs but none is visible (use gloo)")
-    per_node, nodes = _launcher_layout()
-    devices: int | str = cfg.devices if cfg.devices != "auto" else (per_node or "auto")
-    num_nodes = cfg.num_nodes if cfg.num_nodes != "auto" else (nodes or 1)
-
-    strategy: Any
-    plugins: list[Any] = []
-    if cfg.name in ("auto", "single"):
-        strategy = "auto"
-        plugins.append(atomic_checkpoint_io())  # file checkpoints written atomically, loaded without pickle
-        if cfg.name == "single":
-            devices, num_nodes = 1, 1  # one device → Lightning's SingleDeviceStrategy
-    elif cfg.name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend=backend, checkpoint_io=atomic_checkpoint_io())
-    else:
-        if accelerator == "cpu":
-            # DeepSpeed picks its accelerator once, at first use; make CPU explicit before it does.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        strategy_cls = cpu_deepspeed_strategy_class()
-        strategy = strategy_cls(config=build_deepspeed_config(cfg), process_group_backend=backend)
-    return {
-        "strategy": strategy,
-        "accelerator": accelerator,
-        "devices": devices,
-        "num_nodes": num_nodes,
-        "precision": precision,
-        "plugins": plugins,
-    }
 
 
 def return_freed_memory_to_os() -> bool:
@@ -274,171 +212,3 @@ def apply_activation_checkpointing(module: torch.nn.Module, block_types: tuple[t
     count = sum(isinstance(m, block_types) for m in module.modules())
     wrap_blocks(module, check_fn=lambda m: isinstance(m, block_types))
     return count
-
-
-def _make_cpu_deepspeed_strategy_class() -> type:
-    """Defined lazily so importing this module does not import Lightning/DeepSpeed (CLI start-up)."""
-    from lightning.pytorch.accelerators.cuda import CUDAAccelerator
-    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
-    from lightning.pytorch.strategies.deepspeed import remove_module_hooks
-    from lightning.pytorch.trainer.states import TrainerFn
-
-    class _CPUDeepSpeedStrategy(DeepSpeedStrategy):
-        """Lightning's ``DeepSpeedStrategy`` that also runs on a CPU accelerator (gloo).
-
-        Overrides, each because the parent assumes CUDA:
-        - ``setup_environment``: the parent refuses any non-CUDA accelerator outright.
-        - ``setup_distributed``: the parent checks device indices equal local ranks; CPU devices have none.
-        - ``_device_rank`` in ``deepspeed.initialize``: the parent passes ``root_device.index`` (None on
-          CPU, which DeepSpeed cannot compare with 0); DeepSpeed needs ``local_rank`` to take the
-          distributed world size.
-        On CUDA all three defer to the parent, so GPU runs are stock Lightning.  Also, on any device:
-        - ``save_checkpoint``: shards go to ``PATH.tmp``, then a ``COMPLETE`` marker, then a rename, so a
-          crash mid-save never leaves a directory that looks whole;
-        - ``load_checkpoint``: every shard is vetted with ``weights_only=True`` first (DeepSpeed unpickles
-          freely); outside fit, ZeRO-3 shards are merged to full weights because DeepSpeed cannot load
-          them into an optimizer-less engine (deepspeed#7272).
-        """
-
-        strategy_name = "deepspeed_cpu"
-
-        def _on_cuda(self) -> bool:
-            return isinstance(self.accelerator, CUDAAccelerator)
-
-        @property
-        def _device_rank(self) -> int:
-            return self.root_device.index if self._on_cuda() else self.local_rank
-
-        def setup_environment(self) -> None:
-            if self._on_cuda():
-                return super().setup_environment()
-            from deepspeed.accelerator import get_accelerator
-
-            if get_accelerator().device_name() != "cpu":
-                raise RuntimeError(
-                    f"accelerator=cpu but DeepSpeed chose {get_accelerator().device_name()!r}; "
-                    "set DS_ACCELERATOR=cpu before DeepSpeed is first imported"
-                )
-            DDPStrategy.setup_environment(self)  # skips only the parent's CUDA check
-
-        def setup_distributed(self) -> None:
-            if self._on_cuda():
-                return super().setup_distributed()
-            from lightning.fabric.utilities.seed import reset_seed
-
-            reset_seed()
-            self.set_world_ranks()
-            self._init_deepspeed_distributed()
-
-        def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):  # type: ignore[no-untyped-def]
-            import deepspeed
-
-            engine, ds_optimizer, _, _ = deepspeed.initialize(
-                args=argparse.Namespace(device_rank=self._device_rank),
-                config=self.config,
-                model=model,
-                model_parameters=filter(lambda p: p.requires_grad, model.parameters()),
-                optimizer=optimizer,
-                lr_scheduler=lr_scheduler,
-                dist_init_required=False,
-            )
-            return_freed_memory_to_os()  # the whole model each rank built before partitioning
-            return engine, ds_optimizer
-
-        def _initialize_deepspeed_inference(self, model):  # type: ignore[no-untyped-def]
-            if self._on_cuda():
-                return super()._initialize_deepspeed_inference(model)
-            import deepspeed
-
-            # Same config subset as the parent (throughput timers need a micro-batch size).
-            inference_config: dict[str, Any] = {"train_micro_batch_size_per_gpu": 1}
-            for key in ("bf16", "fp16"):
-                if key in self.config:
-                    inference_config[key] = self.config[key]
-            if self.zero_stage_3:
-                inference_config["zero_allow_untested_optimizer"] = self.config["zero_allow_untested_optimizer"]
-                inference_config["zero_optimization"] = self.config["zero_optimization"]
-            remove_module_hooks(model)
-            self.model, _, _, _ = deepspeed.initialize(
-                args=argparse.Namespace(device_rank=self._device_rank),
-                config=inference_config,
-                model=model,
-                optimizer=None,
-                lr_scheduler=None,
-                model_parameters=[],
-                dist_init_required=False,
-            )
-
-        def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
-            final = str(self.broadcast(str(filepath)))
-            staging = final + ".tmp"
-            if self.is_global_zero:
-                remove_path(staging)  # a stale one from a crashed save
-            self.barrier("deepspeed_save_start")
-            start = time.perf_counter()
-            super().save_checkpoint(checkpoint, staging, storage_options)
-            self.barrier("deepspeed_save_written")  # every rank's shards are on disk
-            if self.is_global_zero:
-                ckpt_io.write_complete_marker(staging, step=checkpoint.get("global_step"), world_size=self.world_size)
-                publish_dir(staging, final)
-                size = sum(p.stat().st_size for p in Path(final).rglob("*") if p.is_file())
-                print(
-                    f"physfm: checkpoint {final} written in {time.perf_counter() - start:.1f} s "
-                    f"({size / 2**30:.2f} GiB, {self.world_size} ranks)",
-                    flush=True,
-                )
-            self.barrier("deepspeed_save_published")
-
-        def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-            # DeepSpeed itself unpickles with weights_only=False; refuse code-carrying files first.
-            ckpt_io.assert_checkpoint_safe(checkpoint_path)
-            fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
-            self._merged_zero3 = (
-                self.zero_stage_3 and not fitting and not self.load_full_weights and os.path.isdir(checkpoint_path)
-            )
-            if not self._merged_zero3:
-                start = time.perf_counter()
-                loaded = super().load_checkpoint(checkpoint_path, weights_only)
-                if self.is_global_zero:
-                    print(
-                        f"physfm: checkpoint {checkpoint_path} loaded in {time.perf_counter() - start:.1f} s",
-                        flush=True,
-                    )
-                return loaded
-            # validate/test/predict: DeepSpeed cannot restore ZeRO-3 shards into an engine built without an
-            # optimizer (deepspeed#7272, also on GPU).  Merge the shards into full weights on rank 0 and let
-            # load_model_state_dict copy them in layer by layer (the parent's full-weights path).
-            state = (
-                ckpt_io.consolidate_state_dict(checkpoint_path, require_complete=False) if self.is_global_zero else {}
-            )
-            return {**ckpt_io.deepspeed_client_state(checkpoint_path), "state_dict": state}
-
-        def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:
-            if getattr(self, "_merged_zero3", False):
-                self.model_to_device()
-                self._restore_zero_state(checkpoint, strict=strict)
-            else:
-                super().load_model_state_dict(checkpoint, strict=strict)
-
-    _CPUDeepSpeedStrategy.__name__ = _CPUDeepSpeedStrategy.__qualname__ = "CPUDeepSpeedStrategy"
-    return _CPUDeepSpeedStrategy
-
-
-_STRATEGY_CLASS: type | None = None
-
-
-def cpu_deepspeed_strategy_class() -> type:
-    global _STRATEGY_CLASS
-    if _STRATEGY_CLASS is None:
-        _STRATEGY_CLASS = _make_cpu_deepspeed_strategy_class()
-    return _STRATEGY_CLASS
-
-
-def __getattr__(name: str) -> Any:  # PEP 562: `from physfm.train.strategies import CPUDeepSpeedStrategy`
-    if name == "CPUDeepSpeedStrategy":
-        return cpu_deepspeed_strategy_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + ["CPUDeepSpeedStrategy"])

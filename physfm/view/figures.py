@@ -74,67 +74,17 @@ def triptych(
     :data:`ERROR_FLOOR` of the field's range, so identical frames show a zero difference as zero, with the
     note "identical"."""
     titles = [t for t, _ in panels] + [error[0]]
-    notes = []
-    lo, hi = covering_range(value_range, [plane(f) for _, f in panels])
-    if (lo, hi) != tuple(value_range):
-        outside = [t for t, f in panels if np.any(plane(f) < value_range[0]) or np.any(plane(f) > value_range[1])]
-        notes.append(
-            f"{', '.join(outside)}: values outside [{value_range[0]:.4g}, {value_range[1]:.4g}], "
-            f"so the colour scale is widened to [{lo:.4g}, {hi:.4g}]"
-        )
-    err_frame = plane(error[1])
-    error_limit = max(error_limit, ERROR_FLOOR * (hi - lo))
-    if err_frame.size and not np.any(err_frame):
-        notes.append(f"{error[0]}: identical (0 everywhere)")
+    (lo, hi), error_limit, notes = _scales(panels, error, value_range, error_limit)
     n, spacing = len(titles), 0.1
     width = (1 - spacing * (n - 1)) / n
     value_bar_x = len(panels) * width + (len(panels) - 1) * spacing + 0.008  # in the gap before the error panel
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=spacing)
     one_d = plane(panels[0][1]).ndim == 1
     for col, (_, frame) in enumerate(panels, start=1):
-        img = plane(frame)
-        if one_d:
-            fig.add_trace(go.Scatter(y=img, mode="lines", line={"color": "#1f77b4"}, showlegend=False), 1, col)
-            fig.update_yaxes(range=[lo, hi], row=1, col=col)
-        else:
-            fig.add_trace(
-                go.Heatmap(
-                    z=img,
-                    zmin=lo,
-                    zmax=hi,
-                    colorscale=FIELD_SCALE,
-                    showscale=col == len(panels),
-                    colorbar={
-                        "title": {"text": field_name},
-                        "x": value_bar_x,
-                        "xanchor": "left",
-                        "thickness": 12,
-                        "len": 0.9,
-                    },
-                    hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>",
-                ),
-                1,
-                col,
-            )
-    err = err_frame
+        bar = (field_name, value_bar_x, col == len(panels))  # one value colour bar, beside the last field panel
+        _add_field(fig, plane(frame), col, (lo, hi), one_d, bar)
     col = len(titles)
-    if one_d:
-        fig.add_trace(go.Scatter(y=err, mode="lines", line={"color": "#d62728"}, showlegend=False), 1, col)
-        fig.update_yaxes(range=[-error_limit, error_limit], row=1, col=col)
-    else:
-        fig.add_trace(
-            go.Heatmap(
-                z=err,
-                zmin=-error_limit,
-                zmax=error_limit,
-                zmid=0,
-                colorscale=ERROR_SCALE,
-                colorbar={"title": {"text": error[0]}, "x": 1.01, "xanchor": "left", "thickness": 12, "len": 0.9},
-                hovertemplate="x %{x}, y %{y}: %{z:.3g}<extra></extra>",
-            ),
-            1,
-            col,
-        )
+    _add_error(fig, plane(error[1]), col, error_limit, one_d, error[0])
     if not one_d:
         for c in range(1, col + 1):  # square pixels, row 0 at the top as in the PNG strips
             fig.update_xaxes(showticklabels=False, scaleanchor=f"y{'' if c == 1 else c}", row=1, col=c)
@@ -159,6 +109,80 @@ def triptych(
         uirevision="keep",
     )
     return fig
+
+
+def _scales(
+    panels: list[tuple[str, np.ndarray]],
+    error: tuple[str, np.ndarray],
+    value_range: tuple[float, float],
+    error_limit: float,
+) -> tuple[tuple[float, float], float, list[str]]:
+    """The field's colour range widened to every panel, the error's limit with its floor, and the notes
+    that say when either happened."""
+    notes = []
+    lo, hi = covering_range(value_range, [plane(f) for _, f in panels])
+    if (lo, hi) != tuple(value_range):
+        outside = [t for t, f in panels if np.any(plane(f) < value_range[0]) or np.any(plane(f) > value_range[1])]
+        notes.append(
+            f"{', '.join(outside)}: values outside [{value_range[0]:.4g}, {value_range[1]:.4g}], "
+            f"so the colour scale is widened to [{lo:.4g}, {hi:.4g}]"
+        )
+    err_frame = plane(error[1])
+    error_limit = max(error_limit, ERROR_FLOOR * (hi - lo))
+    if err_frame.size and not np.any(err_frame):
+        notes.append(f"{error[0]}: identical (0 everywhere)")
+    return (lo, hi), error_limit, notes
+
+
+def _add_field(
+    fig: go.Figure,
+    img: np.ndarray,
+    col: int,
+    value_range: tuple[float, float],
+    one_d: bool,
+    bar: tuple[str, float, bool],
+) -> None:
+    """One field panel: a curve for 1D, a heatmap for 2D; ``bar``: the colour bar's (title, x, shown)."""
+    lo, hi = value_range
+    bar_title, bar_x, show_bar = bar
+    if one_d:
+        fig.add_trace(go.Scatter(y=img, mode="lines", line={"color": "#1f77b4"}, showlegend=False), 1, col)
+        fig.update_yaxes(range=[lo, hi], row=1, col=col)
+        return
+    fig.add_trace(
+        go.Heatmap(
+            z=img,
+            zmin=lo,
+            zmax=hi,
+            colorscale=FIELD_SCALE,
+            showscale=show_bar,
+            colorbar={"title": {"text": bar_title}, "x": bar_x, "xanchor": "left", "thickness": 12, "len": 0.9},
+            hovertemplate="x %{x}, y %{y}: %{z:.4g}<extra></extra>",
+        ),
+        1,
+        col,
+    )
+
+
+def _add_error(fig: go.Figure, err: np.ndarray, col: int, error_limit: float, one_d: bool, title: str) -> None:
+    """The error panel on a zero-centred diverging scale ±``error_limit``."""
+    if one_d:
+        fig.add_trace(go.Scatter(y=err, mode="lines", line={"color": "#d62728"}, showlegend=False), 1, col)
+        fig.update_yaxes(range=[-error_limit, error_limit], row=1, col=col)
+        return
+    fig.add_trace(
+        go.Heatmap(
+            z=err,
+            zmin=-error_limit,
+            zmax=error_limit,
+            zmid=0,
+            colorscale=ERROR_SCALE,
+            colorbar={"title": {"text": title}, "x": 1.01, "xanchor": "left", "thickness": 12, "len": 0.9},
+            hovertemplate="x %{x}, y %{y}: %{z:.3g}<extra></extra>",
+        ),
+        1,
+        col,
+    )
 
 
 def horizon_curve(

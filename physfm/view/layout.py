@@ -1,17 +1,14 @@
-"""The ``physfm view`` page's layout: the run list with each report, and the controls and graphs of every panel
-(the callbacks that fill them are in ``physfm.view.app``). Built afresh on each page load, so new runs show up
-on reload."""
+"""The ``physfm view`` page's building blocks: its style, the controls and cards every panel uses, and the
+settings the panels share (each panel's own controls and callbacks are in ``physfm.view.panels``)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import numpy as np
 from dash import dcc, html
 
-from physfm.view.compute import STEER_WINDOWS
-from physfm.view.runs import Run, discover_runs, find_directions
+from physfm.view.runs import Run
 
 ROLLOUT_KINDS = ("evaluate", "rollout")
 MODEL_KINDS = ("pretrain", "finetune", "export")
@@ -100,155 +97,7 @@ def run_card(run: Run) -> html.Component:
     return html.Details([summary, html.Div(body, className="report")], className="run", id=f"run-{run.rel}")
 
 
-def _dropdown(id_: str, values: list[str], labels: list[str] | None = None, none: str | None = None):
+def dropdown(id_: str, values: list[str], labels: list[str] | None = None, none: str | None = None):
     opts = options(values, labels) + ([{"label": none, "value": "none"}] if none else [])
     first = values[0] if values else ("none" if none else None)
     return dcc.Dropdown(id=id_, options=opts, value=first, clearable=False)
-
-
-def page(root: Path) -> html.Div:
-    """The whole page, built afresh on every load (new runs show up on reload)."""
-    runs = discover_runs(root)
-    by_kind = lambda kinds: [r.rel for r in runs if r.kind in kinds and not r.error]
-    model_runs = [r for r in runs if r.kind in MODEL_KINDS and not r.error]
-    directions = find_directions(root)
-    direction_rels = [rel_in(p, root) for p, _ in directions]
-    direction_labels = [
-        f"{rel} ({m.get('feature', '?')} − {m.get('control', '?')})" for rel, (_, m) in zip(direction_rels, directions)
-    ]
-    return html.Div(
-        [
-            html.H1("physfm view"),
-            html.Div(f"{root} · {len(runs)} runs", className="note"),
-            html.H2("Runs"),
-            html.Div([run_card(r) for r in runs] or [html.Div("no runs here", className="note")], id="run-list"),
-            html.H2("Rollouts"),
-            html.Div(
-                [
-                    control("evaluate run", _dropdown("rollout-run", by_kind(ROLLOUT_KINDS)), wide=True),
-                    control("dataset", dcc.Dropdown(id="rollout-dataset", clearable=False)),
-                    control("window", dcc.Dropdown(id="rollout-window", clearable=False)),
-                    control("field", dcc.Dropdown(id="rollout-field", clearable=False)),
-                    control("method", dcc.RadioItems(id="rollout-method", inline=True)),
-                ],
-                className="controls",
-            ),
-            html.Div(id="rollout-msg"),
-            html.Div(
-                [
-                    html.Div(dcc.Graph(id="rollout-frames", config={"displaylogo": False}), className="grow"),
-                    html.Div(dcc.Graph(id="rollout-curve", config={"displaylogo": False}), className="side"),
-                ],
-                className="row",
-            ),
-            html.Div(
-                [
-                    html.Button("▶ play", id="rollout-play", n_clicks=0),
-                    html.Div(
-                        dcc.Slider(id="rollout-frame", min=1, max=1, step=1, value=1, updatemode="drag"),
-                        style={"flex": "1"},
-                    ),
-                ],
-                className="controls",
-                style={"alignItems": "center"},
-            ),
-            dcc.Interval(id="rollout-timer", interval=PLAY_INTERVAL_MS, disabled=True),
-            dcc.Store(id="rollout-state"),
-            html.H2("Steering"),
-            html.Div(
-                [
-                    control(
-                        "direction",
-                        _dropdown("steer-direction", direction_rels, direction_labels),
-                        wide=True,
-                    ),
-                    control("model", _dropdown("steer-model", [r.rel for r in model_runs]), wide=True),
-                    control("probe (readout)", _dropdown("steer-probe", by_kind(("probe",)), none="none")),
-                    control(
-                        "context",
-                        dcc.Dropdown(
-                            id="steer-window",
-                            options=[{"label": f"test window {i}", "value": i} for i in range(STEER_WINDOWS)],
-                            value=0,
-                            clearable=False,
-                        ),
-                    ),
-                    control(
-                        "token frames",
-                        dcc.Input(
-                            id="steer-horizon",
-                            type="number",
-                            min=1,
-                            max=MAX_STEER_FRAMES,
-                            step=1,
-                            value=1,
-                            debounce=True,
-                        ),
-                    ),
-                    control("field", dcc.Dropdown(id="steer-field", clearable=False)),
-                ],
-                className="controls",
-            ),
-            html.Div(id="steer-msg"),
-            html.Div(
-                [
-                    html.Label("α (a fraction of each token's activation norm)"),
-                    dcc.Slider(
-                        id="steer-alpha",
-                        min=ALPHA_MIN,
-                        max=ALPHA_MAX,
-                        step=ALPHA_STEP,
-                        value=0.0,
-                        marks={float(a): f"{a:g}" for a in np.arange(ALPHA_MIN, ALPHA_MAX + 0.01, 0.5)},
-                    ),
-                ]
-            ),
-            html.Div(id="steer-readout", className="readout"),
-            html.Div(
-                [
-                    html.Div(dcc.Graph(id="steer-frames", config={"displaylogo": False}), className="grow"),
-                    html.Div(dcc.Graph(id="steer-dose", config={"displaylogo": False}), className="side"),
-                ],
-                className="row",
-            ),
-            dcc.Store(id="steer-state"),
-            html.H2("Tokenizer"),
-            html.Div(
-                [
-                    control("tokenizer evaluation", _dropdown("tok-run", by_kind(("tokenizer-eval",))), wide=True),
-                    control("dataset", dcc.Dropdown(id="tok-dataset", clearable=False)),
-                    control(
-                        "window",
-                        dcc.Dropdown(
-                            id="tok-window",
-                            options=[{"label": f"window {i}", "value": i} for i in range(16)],
-                            value=0,
-                            clearable=False,
-                        ),
-                    ),
-                    control("field", dcc.Dropdown(id="tok-field", clearable=False)),
-                ],
-                className="controls",
-            ),
-            html.Div(id="tok-msg"),
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            dcc.Graph(id="tok-frames", config={"displaylogo": False}),
-                            dcc.Slider(id="tok-frame", min=0, max=0, step=1, value=0, updatemode="drag"),
-                        ],
-                        className="grow",
-                    ),
-                    html.Div(dcc.Graph(id="tok-usage", config={"displaylogo": False}), className="side"),
-                ],
-                className="row",
-            ),
-            dcc.Store(id="tok-state"),
-            html.H2("Probe: R² per layer"),
-            html.Div(
-                [control("probe run", _dropdown("probe-run", by_kind(("probe",))), wide=True)], className="controls"
-            ),
-            dcc.Graph(id="probe-r2", config={"displaylogo": False}),
-        ]
-    )
