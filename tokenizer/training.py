@@ -34,6 +34,7 @@ import torch
 
 from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError, check_optimizer
+from data_pipelines.manifest import Manifest
 from tokenizer.model import Tokenizer, TokenizerConfig
 
 
@@ -259,16 +260,17 @@ def mixed_dims_message(dims: dict[str, int]) -> str:
     )
 
 
-def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Tokenizer:
-    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``."""
-    datasets = manifest["datasets"]
-    dims = {name: len(entry["spatial_shape"]) for name, entry in datasets.items()}
+def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest, init: Tokenizer | None = None) -> Tokenizer:
+    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``;
+    ``init``: the model of ``cfg.init.from_ckpt`` when the caller has it loaded (it is trained in place)."""
+    datasets = manifest.datasets
+    dims = {name: len(entry.spatial_shape or ()) for name, entry in datasets.items()}
     model_cfg = cfg.model
     known: list[str] = []  # datasets the checkpoint already had
     if cfg.init.from_ckpt:
         from tokenizer.checkpoint import load_tokenizer
 
-        model = load_tokenizer(cfg.init.from_ckpt).train()
+        model = (init if init is not None else load_tokenizer(cfg.init.from_ckpt)).train()
         model_cfg, known = model.cfg, list(model.datasets)
     else:
         if model_cfg.n_spatial_dims == 0:
@@ -282,22 +284,22 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
                 f"model.n_spatial_dims={model_cfg.n_spatial_dims} but dataset {name!r} is {dims[name]}D; "
                 + mixed_dims_message(dims)
             )
-        bad = [s for s in entry["spatial_shape"] if s % model_cfg.spatial_compression]
+        bad = [s for s in entry.spatial_shape or () if s % model_cfg.spatial_compression]
         if bad:
             raise ConfigError(
                 f"model.spatial_compression={model_cfg.spatial_compression} does not divide dataset "
-                f"{name!r}'s spatial shape {entry['spatial_shape']}"
+                f"{name!r}'s spatial shape {list(entry.spatial_shape or ())}"
             )
-        stats = entry["stats"]
+        stats = entry.stats
         std = [s if s > 0 else 1.0 for s in stats["std"]]  # as the loader's Normalizer does
         if name in model.datasets:
             have = model.datasets[name].channel_names
-            if have != list(entry["channel_names"]):
+            if have != entry.channel_names:
                 raise ConfigError(
-                    f"dataset {name!r}: channels {entry['channel_names']} differ from the checkpoint's {have}"
+                    f"dataset {name!r}: channels {entry.channel_names} differ from the checkpoint's {have}"
                 )
         else:
-            model.add_dataset(name, entry["channel_names"], mean=list(stats["mean"]), std=std)
+            model.add_dataset(name, entry.channel_names, mean=list(stats["mean"]), std=std)
     if cfg.init.freeze_trunk:
         model.freeze_trunk()
     if cfg.init.freeze_known_datasets:
@@ -305,13 +307,12 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
     return model
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
-    """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory."""
-    from data_pipelines.shards import read_manifest
-
+def train_tokenizer(cfg: TokenizerTrainConfig, init: Tokenizer | None = None) -> Path:
+    """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory.
+    ``init``: the already loaded model of ``cfg.init.from_ckpt`` (trained in place, not loaded again)."""
     if not cfg.data.shards:
         raise ConfigError("data.shards: required (a directory written by `physfm data shard`)")
-    read_manifest(cfg.data.shards)  # fail on a wrong path before creating the run directory
+    Manifest.load(cfg.data.shards)  # fail on a wrong path before creating the run directory
     out = Path(cfg.out or f"runs/tokenizer-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoint"
@@ -319,27 +320,26 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     try:
-        return _train(cfg, out, ckpt_dir)
+        return _train(cfg, out, ckpt_dir, init)
     finally:
         torch.set_num_threads(threads_before)  # a library call should not leave the process single-threaded
 
 
-def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
+def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path, init: Tokenizer | None) -> Path:
     """The body of :func:`train_tokenizer` (thread count already set)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
     from data_pipelines.config import to_dict
     from data_pipelines.loader import make_loader
-    from data_pipelines.shards import read_manifest
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Lightning's start-up banners (GPU/TPU available, tips) are noise in a CLI run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-    manifest = read_manifest(cfg.data.shards)
-    model = build_tokenizer(cfg, manifest)
+    manifest = Manifest.load(cfg.data.shards)
+    model = build_tokenizer(cfg, manifest, init)
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
     common = dict(
@@ -353,7 +353,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
         cfg.data.shards, "train", cfg.data.batch_size, batches_per_epoch=cfg.trainer.max_steps, **common
     )
     val_loader = None
-    if cfg.data.val_batches > 0 and "valid" in manifest["splits"] and manifest["splits"]["valid"]["shards"]:
+    if cfg.data.val_batches > 0 and "valid" in manifest.splits and manifest.splits["valid"].shards:
         # A fixed resampled draw mixes every dataset and is the same at each check.
         val_loader = make_loader(
             cfg.data.shards,
