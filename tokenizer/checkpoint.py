@@ -27,12 +27,20 @@ FORMAT = "physfm-tokenizer"
 VERSION = 1
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a training run directory (which holds ``checkpoint/``)."""
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint directory at ``path`` (itself, or a training run's ``checkpoint/``), or None."""
     path = Path(path)
     for candidate in (path, path / "checkpoint"):
         if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
             return candidate
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a training run directory (which holds ``checkpoint/``)."""
+    found = find_checkpoint(path)
+    if found is not None:
+        return found
     raise DataError(
         f"{path}: not a tokenizer checkpoint (expected {CONFIG} and {WEIGHTS} in it or in {path}/checkpoint)"
     )

@@ -157,6 +157,11 @@ def field_frames(n_token_frames: int, temporal_compression: int) -> int:
     return 1 + temporal_compression * (n_token_frames - 1)
 
 
+def future_token_frames(horizon: int, temporal_compression: int) -> int:
+    """Token frames that code ``horizon`` field frames following a whole group (a rollout's new frames)."""
+    return math.ceil(horizon / temporal_compression)
+
+
 def window_token_layout(
     spec: WindowSpec, temporal_compression: int, grid: tuple[int, ...] | None = None
 ) -> TokenLayout | None:
