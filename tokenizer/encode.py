@@ -33,10 +33,13 @@ from data_pipelines.manifest import DECODED, TOKENS, WINDOWS, Manifest, SplitEnt
 from tokenizer.model import Tokenizer
 
 
-def check_token_manifest(manifest: Manifest, tokens_dir: str | Path, ckpt: str | Path | Tokenizer) -> None:
+def check_token_manifest(
+    manifest: Manifest | dict[str, Any], tokens_dir: str | Path, ckpt: str | Path | Tokenizer
+) -> None:
     """Raise :class:`DataError` unless ``manifest`` (of ``tokens_dir``) was written by this tokenizer."""
     from tokenizer.checkpoint import fingerprint
 
+    manifest = Manifest.coerce(manifest, str(tokens_dir))
     if not manifest.is_tokens:
         raise DataError(f"{tokens_dir}: not a token shard set (its manifest has no tokenizer_fingerprint)")
     recorded, actual = str(manifest.fingerprint), fingerprint(ckpt)
@@ -61,9 +64,10 @@ def _batches(samples: Iterator[dict[str, Any]], batch_size: int) -> Iterator[tup
         yield batch[0]["meta"]["dataset"], batch
 
 
-def check_datasets(tok: Tokenizer, manifest: Manifest, where: str | Path) -> None:
+def check_datasets(tok: Tokenizer, manifest: Manifest | dict[str, Any], where: str | Path) -> None:
     """Refuse a shard set whose datasets the tokenizer does not know, or knows with other channels or another
     number of spatial dimensions (a 3D dataset under a 2D one's name fails deep inside a convolution)."""
+    manifest = Manifest.coerce(manifest, str(where))
     for name, entry in manifest.datasets.items():
         if name not in tok.datasets:
             raise DataError(
