@@ -1,6 +1,6 @@
-"""Webdataset tar shards: atomic writing, manifest I/O and safe decoding.
+"""Webdataset tar shards: atomic writing and safe decoding (the manifest: :mod:`data_pipelines.manifest`).
 
-Layout (DESIGN.md)::
+Layout::
 
     SHARDS/manifest.json                           "layout": "clips" (version 2) or "windows"
     SHARDS/{train,valid,test}/shard-NNNNNN.tar
@@ -14,8 +14,8 @@ Layout (DESIGN.md)::
 
 Windows are cut from clips when read (:mod:`data_pipelines.clips`); the manifest's ``n_input``/``n_output``/
 ``stride`` are then only the default window, and each shard record lists its ``segments`` so window
-counts are known for any window.  Token shards use the windows layout with ``KEY.tokens.npy`` and a
-``tokenizer_fingerprint`` in the manifest.  A shard location may be a local directory or any URL
+counts are known for any window.  Token shards use the windows layout with ``KEY.tokens.npy``; their
+manifest's ``kind`` is ``tokens`` and it records the tokenizer.  A shard location may be a local directory or any URL
 webdataset opens (``http://``, ``pipe:``): the manifest's shard paths are relative to it.
 
 Reading: URLs stream through webdataset's tar iterator.  Local shards go around it: the file is memory
