@@ -104,7 +104,6 @@ def encode_shards(
     max_shard_bytes: int = 256 << 20,
     closed_loop: bool = False,
     window: WindowSpec | None = None,
-    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Field shards → token shards (streaming, batched). Returns ``out_dir``.
 
@@ -114,11 +113,10 @@ def encode_shards(
 
     ``closed_loop`` (conditional tokenizers): code frame t given the decoded frame t - 1 rather than the true
     one (see :meth:`Tokenizer.encode`); recorded in the token manifest's tokenizer record.
-    ``tokenizer``: the model of ``ckpt`` when the caller has it loaded already (it is not loaded again).
     """
     from tokenizer.checkpoint import load_tokenizer
 
-    tok = tokenizer if tokenizer is not None else load_tokenizer(ckpt)
+    tok = load_tokenizer(ckpt)
     if closed_loop and not tok.cfg.conditional:
         raise DataError(f"{ckpt}: closed-loop encoding needs a conditional tokenizer (model.conditional)")
     manifest = Manifest.load(shards_dir)

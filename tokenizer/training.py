@@ -260,9 +260,8 @@ def mixed_dims_message(dims: dict[str, int]) -> str:
     )
 
 
-def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest, init: Tokenizer | None = None) -> Tokenizer:
-    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``;
-    ``init``: the model of ``cfg.init.from_ckpt`` when the caller has it loaded (it is trained in place)."""
+def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest) -> Tokenizer:
+    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``."""
     datasets = manifest.datasets
     dims = {name: len(entry.spatial_shape or ()) for name, entry in datasets.items()}
     model_cfg = cfg.model
@@ -270,7 +269,7 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest, init: Tokeniz
     if cfg.init.from_ckpt:
         from tokenizer.checkpoint import load_tokenizer
 
-        model = (init if init is not None else load_tokenizer(cfg.init.from_ckpt)).train()
+        model = load_tokenizer(cfg.init.from_ckpt).train()
         model_cfg, known = model.cfg, list(model.datasets)
     else:
         if model_cfg.n_spatial_dims == 0:
@@ -307,9 +306,8 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest, init: Tokeniz
     return model
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig, init: Tokenizer | None = None) -> Path:
-    """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory.
-    ``init``: the already loaded model of ``cfg.init.from_ckpt`` (trained in place, not loaded again)."""
+def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
+    """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory."""
     if not cfg.data.shards:
         raise ConfigError("data.shards: required (a directory written by `physfm data shard`)")
     Manifest.load(cfg.data.shards)  # fail on a wrong path before creating the run directory
@@ -320,12 +318,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, init: Tokenizer | None = None) ->
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     try:
-        return _train(cfg, out, ckpt_dir, init)
+        return _train(cfg, out, ckpt_dir)
     finally:
         torch.set_num_threads(threads_before)  # a library call should not leave the process single-threaded
 
 
-def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path, init: Tokenizer | None) -> Path:
+def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
     """The body of :func:`train_tokenizer` (thread count already set)."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
@@ -339,7 +337,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path, init: Tokenizer
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
     manifest = Manifest.load(cfg.data.shards)
-    model = build_tokenizer(cfg, manifest, init)
+    model = build_tokenizer(cfg, manifest)
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
     common = dict(

@@ -46,10 +46,10 @@ from physfm.train.finetune_data import prepare_shards
 from physfm.train.finetune_eval import evaluate_models, write_report
 from physfm.train.pretrain import run_pretrain
 from tokenizer.checkpoint import find_checkpoint as find_tokenizer_checkpoint
-from tokenizer.checkpoint import fingerprint, load_tokenizer
+from tokenizer.checkpoint import fingerprint, read_tokenizer_spec
 from tokenizer.checkpoint import resolve_checkpoint as resolve_tokenizer_checkpoint
 from tokenizer.encode import encode_shards
-from tokenizer.model import Tokenizer, field_frames
+from tokenizer.model import DatasetSpec, TokenizerConfig, field_frames
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 
@@ -111,11 +111,16 @@ def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
 
 
 def adapt_tokenizer(
-    cfg: FinetuneConfig, base_tokenizer: Path, base: Tokenizer, shards: Path, manifest: Manifest, out: Path
+    cfg: FinetuneConfig,
+    base_tokenizer: Path,
+    known: dict[str, DatasetSpec],
+    shards: Path,
+    manifest: Manifest,
+    out: Path,
 ) -> Path:
     """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads.
-    ``base`` is the loaded model of ``base_tokenizer`` (adapted in place, never loaded twice)."""
-    known = base.datasets
+    ``known``: the pretrained tokenizer's datasets (read from its config; its weights are loaded once,
+    by whichever step uses them)."""
     new = [n for n in manifest.datasets if n not in known]
     for name, entry in manifest.datasets.items():
         if name in known and known[name].channel_names != entry.channel_names:
@@ -137,16 +142,15 @@ def adapt_tokenizer(
     tcfg.trainer.warmup_steps = min(10, f.tokenizer_steps)
     tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
     tcfg.out = str(target)
-    return train_tokenizer(tcfg, init=base)
+    return train_tokenizer(tcfg)
 
 
-def encode_tokens(tokenizer: Path, shards: Path, out: Path, loaded: Tokenizer | None = None) -> Path:
-    """``RUN/tokens`` encoded by ``tokenizer`` (kept when an earlier segment encoded them with it);
-    ``loaded``: its model when the caller holds it."""
+def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
+    """``RUN/tokens`` encoded by ``tokenizer`` (kept when an earlier segment encoded them with it)."""
     tokens = out / "tokens"
     if (tokens / "manifest.json").is_file() and Manifest.load(tokens).fingerprint == fingerprint(tokenizer):
         return tokens
-    return encode_shards(tokenizer, shards, tokens, tokenizer=loaded)
+    return encode_shards(tokenizer, shards, tokens)
 
 
 def init_dataset_rows(state: dict[str, Any], n_known: int, n_total: int) -> dict[str, Any]:
@@ -201,12 +205,14 @@ def _training_config(
 # ---------------------------------------------------------------------------------------------- entry point
 @dataclass
 class Pretrained:
-    """The model a fine-tune starts from, and its tokenizer (loaded once)."""
+    """The model a fine-tune starts from, and its tokenizer's config and datasets (its weights are
+    loaded only by the step that codes with them: tokenizer adaptation or encoding)."""
 
     state: dict[str, Any]
     info: dict[str, Any]
     tokenizer_path: Path
-    tokenizer: Tokenizer
+    tokenizer_cfg: TokenizerConfig
+    tokenizer_datasets: dict[str, DatasetSpec]
 
     @classmethod
     def load(cls, init: str) -> Pretrained:
@@ -215,18 +221,18 @@ class Pretrained:
             raise ConfigError(f"--ckpt {init}: a {info['kind']!r} model; fine-tuning supports AR models")
         _, run_dir = resolve_checkpoint(init)
         path = pretrained_tokenizer_path(info, run_dir)
-        return cls(state, info, path, load_tokenizer(path))
+        return cls(state, info, path, *read_tokenizer_spec(path))
 
     def window(self) -> tuple[int, int]:
         """(input, output) field frames of the pretrained model's token windows."""
-        c = self.tokenizer.cfg.temporal_compression
+        c = self.tokenizer_cfg.temporal_compression
         n_input = field_frames(int(self.info["n_context_frames"]), c)
         return n_input, field_frames(int(self.info["n_frames"]), c) - n_input
 
 
 def prepare_data(cfg: FinetuneConfig, out: Path, base: Pretrained, timings: dict[str, float]) -> dict[str, Any]:
     """Steps 1-2 (rank 0): field shards of ``--data``, the adapted tokenizer, the tokens."""
-    f, tok_cfg = cfg.finetune, base.tokenizer.cfg
+    f, tok_cfg = cfg.finetune, base.tokenizer_cfg
     n_input, n_output = base.window()
     start = time.perf_counter()
     shards, manifest = prepare_shards(
@@ -234,10 +240,8 @@ def prepare_data(cfg: FinetuneConfig, out: Path, base: Pretrained, timings: dict
     )
     timings["data_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    tokenizer = adapt_tokenizer(cfg, base.tokenizer_path, base.tokenizer, shards, manifest, out)
-    # The pretrained model is handed on only when it is the tokenizer used (adapting trains it in place).
-    unchanged = tokenizer == resolve_tokenizer_checkpoint(base.tokenizer_path)
-    tokens = encode_tokens(tokenizer, shards, out, base.tokenizer if unchanged else None)
+    tokenizer = adapt_tokenizer(cfg, base.tokenizer_path, base.tokenizer_datasets, shards, manifest, out)
+    tokens = encode_tokens(tokenizer, shards, out)
     timings["tokenizer_s"] = time.perf_counter() - start
     return {
         "shards": str(shards),
