@@ -21,6 +21,7 @@ _EXPORTS = {
     "InputError": "errors",
     "UnknownNameError": "errors",
     "PhysfmError": "errors",
+    "Manifest": "manifest",
     "Normalizer": "loader",
     "WindowStream": "loader",
     "make_loader": "loader",

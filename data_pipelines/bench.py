@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data_pipelines.loader import make_loader
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import DatasetEntry, Manifest
 from data_pipelines.well_io import WellReader, list_split_files
 
 
@@ -34,9 +34,9 @@ def samples_per_second(batches: Iterable[Any], batch_len, seconds: float) -> tup
     return n / elapsed, n
 
 
-def _first_dataset(shards: str | Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
-    manifest = read_manifest(shards)
-    name, entry = next(iter(manifest["datasets"].items()))
+def _first_dataset(shards: str | Path) -> tuple[Manifest, str, DatasetEntry]:
+    manifest = Manifest.load(shards)
+    name, entry = next(iter(manifest.datasets.items()))
     return manifest, name, entry
 
 
@@ -65,9 +65,9 @@ def well_samples_per_s(
 
     manifest, _, entry = _first_dataset(shards)
     well = WellDataset(
-        path=str(Path(entry["source_dir"]) / "data" / "train"),
-        n_steps_input=manifest["n_input"],
-        n_steps_output=manifest["n_output"],
+        path=str(Path(str(entry.source_dir)) / "data" / "train"),
+        n_steps_input=manifest.window.n_input,
+        n_steps_output=manifest.window.n_output,
         use_normalization=False,
         cache_small=cache,
     )
@@ -86,17 +86,17 @@ def well_samples_per_s(
 def window_bytes(shards: str | Path) -> int:
     """Bytes of one float32 window (input + output) of the shards' first dataset."""
     manifest, _, entry = _first_dataset(shards)
-    frame = len(entry["channel_names"]) * int(np.prod(entry["spatial_shape"])) * 4
-    return (manifest["n_input"] + manifest["n_output"]) * frame
+    frame = len(entry.channel_names) * int(np.prod(entry.spatial_shape or ())) * 4
+    return manifest.window.length * frame
 
 
 def memcpy_bytes_per_s(shards: str | Path, *, batch_size: int, seconds: float, seed: int = 0) -> float:
     """The limit: the same windows (random starts in the train trajectories, held in memory) copied into a
     preallocated batch buffer by one thread, ``batch_size`` windows per batch."""
     manifest, _, entry = _first_dataset(shards)
-    length = manifest["n_input"] + manifest["n_output"]
+    length = manifest.window.length
     trajectories = []
-    for path in list_split_files(entry["source_dir"], "train"):
+    for path in list_split_files(str(entry.source_dir), "train"):
         with WellReader(path) as reader:
             trajectories += [reader.frames(t) for t in range(reader.n_trajectories)]
     batch = np.empty((batch_size, length, *trajectories[0].shape[1:]), dtype=np.float32)
@@ -121,7 +121,7 @@ def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2,
     well_rate, well_n = well_samples_per_s(shards, **kw)
     return {
         "dataset": name,
-        "window": [manifest["n_input"], manifest["n_output"]],
+        "window": [manifest.window.n_input, manifest.window.n_output],
         "batch_size": batch_size,
         "workers": workers,
         "ours_samples_per_s": round(ours_rate, 1),

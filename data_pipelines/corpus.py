@@ -40,6 +40,7 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text, make_staging_dir, publish_dir, remove_path
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import MANIFEST, Manifest, SplitEntry
 from data_pipelines.sharding import die_with_parent
 from data_pipelines.simulators import SIMULATORS, SystemSpec, get_system, simulate_dataset
 
@@ -187,29 +188,27 @@ def equal_weights(names: list[str]) -> dict[str, float]:
     return {name: 1.0 / len(names) for name in names}
 
 
-def dimension_view(manifest: dict[str, Any], n_dims: int, shards_name: str) -> dict[str, Any] | None:
+def dimension_view(manifest: Manifest, n_dims: int, shards_name: str) -> Manifest | None:
     """The manifest of the ``n_dims``-D datasets only, its shard paths pointing into ``../shards_name``
     (each shard holds clips of one source file, hence of one dataset); None if there are none."""
-    names = sorted(n for n, e in manifest["datasets"].items() if len(e["spatial_shape"]) == n_dims)
+    names = sorted(n for n, e in manifest.datasets.items() if len(e.spatial_shape or ()) == n_dims)
     if not names:
         return None
     splits = {}
-    for split, info in manifest["splits"].items():
+    for split, info in manifest.splits.items():
         shards = [
             {**rec, "path": f"../{shards_name}/{rec['path']}"}
-            for rec in info["shards"]
+            for rec in info.shards
             if {seg[0] for seg in rec["segments"]} <= set(names)
         ]
         if shards:
-            splits[split] = {"shards": shards, "n_samples": sum(s["n_samples"] for s in shards)}
-    view = {k: v for k, v in manifest.items() if k not in ("format", "version")}
-    view.update(
-        datasets={n: manifest["datasets"][n] for n in names},
+            splits[split] = SplitEntry(shards, sum(s["n_samples"] for s in shards))
+    return manifest.replace(
+        datasets={n: manifest.datasets[n] for n in names},
         splits=splits,
         dataset_weights=equal_weights(names),
-        view_of=shards_name,
+        extra={**manifest.extra, "view_of": shards_name},
     )
-    return view
 
 
 def shard_corpus(
@@ -218,14 +217,13 @@ def shard_corpus(
     """One clip-shard set of every planned system (kept when it holds this plan and no system was
     ``rebuilt``), plus one manifest-only view per dimensionality."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
-    from data_pipelines.shards import MANIFEST, read_manifest, write_manifest
 
     names = [p["system"] for p in plans]
     manifest_path = out / "shards" / MANIFEST
-    manifest = read_manifest(out / "shards") if manifest_path.is_file() else None
-    if rebuilt or manifest is None or manifest.get("corpus_plan") != plans:
+    manifest = Manifest.load(out / "shards") if manifest_path.is_file() else None
+    if rebuilt or manifest is None or manifest.corpus_plan != plans:
         start = time.perf_counter()
-        manifest = shard_datasets(
+        built = shard_datasets(
             [out / "systems" / n for n in names],
             out / "shards",
             WindowSpec(4, 1, 1),
@@ -233,6 +231,7 @@ def shard_corpus(
             overwrite=True,
             extra={"dataset_weights": equal_weights(names), "corpus_plan": plans},
         )
+        manifest = Manifest.coerce(built, str(manifest_path))
         log(f"sharded {len(names)} system(s) into {out / 'shards'} in {time.perf_counter() - start:.1f} s")
     else:
         log(f"{out / 'shards'}: already holds this corpus, kept")
@@ -243,8 +242,8 @@ def shard_corpus(
             remove_path(view_dir)
         else:
             view_dir.mkdir(exist_ok=True)
-            write_manifest(view_dir, view)
-    return manifest
+            view.write(view_dir)
+    return manifest.to_json()
 
 
 def build_corpus(

@@ -45,16 +45,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_pipelines.batch_memory import BatchReceiver, SharedBatchPool, batch_tensor, new_release_flags
 from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
-from data_pipelines.shards import (
-    CLIPS,
-    check_window,
-    clip_shard_windows,
-    decode_sample,
-    iter_raw_samples,
-    manifest_window,
-    read_manifest,
-    shard_records,
-)
+from data_pipelines.manifest import CLIPS, Manifest
+from data_pipelines.shards import clip_shard_windows, decode_sample, iter_raw_samples, shard_records
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +54,13 @@ log = logging.getLogger(__name__)
 class Normalizer:
     """Per-channel z-score of one dataset, from the manifest's stats; works on ``[..., C, *space]``."""
 
-    def __init__(self, manifest: dict[str, Any], dataset: str):
-        if dataset not in manifest["datasets"]:
-            raise DataError(f"dataset {dataset!r} not in manifest (have: {', '.join(manifest['datasets'])})")
-        entry = manifest["datasets"][dataset]
-        self.n_spatial_dims = len(entry["spatial_shape"])
-        self.mean = np.asarray(entry["stats"]["mean"], dtype=np.float32)
-        std = np.asarray(entry["stats"]["std"], dtype=np.float32)
+    def __init__(self, manifest: Manifest | dict[str, Any], dataset: str):
+        entry = Manifest.coerce(manifest).dataset(dataset)
+        if entry.spatial_shape is None or not {"mean", "std"} <= set(entry.stats):
+            raise DataError(f"dataset {dataset!r}: the manifest gives no spatial_shape or no mean/std stats")
+        self.n_spatial_dims = len(entry.spatial_shape)
+        self.mean = np.asarray(entry.stats["mean"], dtype=np.float32)
+        std = np.asarray(entry.stats["std"], dtype=np.float32)
         self.std = np.where(std > 0, std, 1.0).astype(np.float32)  # constant channels: shift only
 
     def _shape(self, arr: np.ndarray | torch.Tensor) -> tuple[int, ...]:
@@ -92,12 +84,12 @@ class Normalizer:
         return self.mean.reshape(shape), self.std.reshape(shape)
 
 
-def manifest_weights(manifests: list[dict[str, Any]], sizes: dict[str, int]) -> dict[str, float]:
+def manifest_weights(manifests: list[Manifest], sizes: dict[str, int]) -> dict[str, float]:
     """Mixing weights when the caller gives none: the shard sets' own ``dataset_weights`` (a corpus sets
     equal shares) when they cover every dataset, else proportional to window counts."""
     suggested: dict[str, float] = {}
     for manifest in manifests:
-        suggested.update(manifest.get("dataset_weights") or {})
+        suggested.update(manifest.dataset_weights or {})
     if suggested and set(sizes) <= set(suggested):
         return {k: float(suggested[k]) for k in sizes}
     return {k: float(v) for k, v in sizes.items()}
@@ -148,23 +140,23 @@ class WindowStream(IterableDataset):
         self._rank, self._world = rank, world_size
         if window is not None and not isinstance(window, WindowSpec):
             window = WindowSpec(*window)
-        self.manifests: list[dict[str, Any]] = []
+        self.manifests: list[Manifest] = []
         self.records: list[dict[str, Any]] = []
         self.normalizers: dict[str, Normalizer | None] = {}
+        specs = []
         for location in [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards:
-            manifest = read_manifest(location)
-            spec = window or manifest_window(manifest)
-            check_window(manifest, spec, location)
+            manifest = Manifest.load(location)
+            specs.append(manifest.resolve_window(window))
             self.manifests.append(manifest)
-            for name in manifest["datasets"]:
+            for name in manifest.datasets:
                 if name in self.normalizers:
                     raise DataError(f"{location}: dataset {name!r} appears in two shard sets")
                 self.normalizers[name] = Normalizer(manifest, name) if normalize else None
             self.records += [
-                {**rec, "layout": manifest["layout"], "window": spec}
-                for rec in shard_records(manifest, split, location, spec)
+                {**rec, "layout": manifest.layout, "window": specs[-1]}
+                for rec in shard_records(manifest, split, location, specs[-1])
             ]
-        self.window = window or manifest_window(self.manifests[0])
+        self.window = specs[0]
         if not self.records:
             raise DataError(f"{shards}: the {split!r} split has no shards")
         self.dataset_sizes: dict[str, int] = {}
@@ -189,7 +181,7 @@ class WindowStream(IterableDataset):
             raise DataError("dataset_weights: at least one weight must be positive")
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return self.manifests[0]
 
     def set_epoch(self, epoch: int) -> None:

@@ -32,7 +32,8 @@ import numpy as np
 from data_pipelines.atomic import is_disk_full, make_staging_dir, publish_dir
 from data_pipelines.clips import WindowSpec, count_windows
 from data_pipelines.errors import DataError
-from data_pipelines.shards import CLIPS, MANIFEST, SPLITS, ShardWriter, write_manifest
+from data_pipelines.manifest import CLIPS, MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, Manifest
+from data_pipelines.shards import SPLITS, ShardWriter
 
 __all__ = ["ClipSpec", "WindowSpec", "merge_parts", "shard_datasets"]
 
@@ -249,9 +250,10 @@ def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any
                 }
             )
         splits[split] = {"shards": shards, "n_samples": sum(s["n_samples"] for s in shards)}
-    manifest = {**header, "splits": splits}
-    write_manifest(staging, manifest)
-    return manifest
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **header, "splits": splits}
+    written = Manifest.from_json(manifest, str(staging / MANIFEST))
+    written.write(staging)
+    return written.to_json()
 
 
 def shard_datasets(

@@ -1,6 +1,6 @@
-"""Webdataset tar shards: atomic writing, manifest I/O and safe decoding.
+"""Webdataset tar shards: atomic writing and safe decoding (the manifest: :mod:`data_pipelines.manifest`).
 
-Layout (DESIGN.md)::
+Layout::
 
     SHARDS/manifest.json                           "layout": "clips" (version 2) or "windows"
     SHARDS/{train,valid,test}/shard-NNNNNN.tar
@@ -14,8 +14,8 @@ Layout (DESIGN.md)::
 
 Windows are cut from clips when read (:mod:`data_pipelines.clips`); the manifest's ``n_input``/``n_output``/
 ``stride`` are then only the default window, and each shard record lists its ``segments`` so window
-counts are known for any window.  Token shards use the windows layout with ``KEY.tokens.npy`` and a
-``tokenizer_fingerprint`` in the manifest.  A shard location may be a local directory or any URL
+counts are known for any window.  Token shards use the windows layout with ``KEY.tokens.npy``; their
+manifest's ``kind`` is ``tokens`` and it records the tokenizer.  A shard location may be a local directory or any URL
 webdataset opens (``http://``, ``pipe:``): the manifest's shard paths are relative to it.
 
 Reading: URLs stream through webdataset's tar iterator.  Local shards go around it: the file is memory
@@ -39,28 +39,22 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.atomic import atomic_write_text, file_mode, fsync_dir
+from data_pipelines.atomic import file_mode, fsync_dir
 from data_pipelines.clips import WindowCutter, WindowSpec, count_windows
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import (  # noqa: F401 (re-exported: shard code and users import them from here)
+    CLIPS,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    READABLE_VERSIONS,
+    WINDOWS,
+    Manifest,
+    is_url,
+    join_location,
+)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "physfm-shards"
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-CLIPS, WINDOWS = "clips", "windows"  # manifest "layout": what one shard sample holds
 SPLITS = ("train", "valid", "test")
-
-
-def is_url(location: str | Path) -> bool:
-    return "://" in str(location) or str(location).startswith("pipe:")
-
-
-def join_location(base: str | Path, relative: str) -> str:
-    """Join a shard-set location (directory or URL) with a manifest-relative path."""
-    base = str(base)
-    if is_url(base):
-        return base.rstrip("/") + "/" + relative
-    return str(Path(base) / relative)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -170,81 +164,39 @@ class ShardWriter:
             self.abort()
 
 
-def write_manifest(shards_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically; it is written last, so its presence marks a complete set."""
-    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
-    atomic_write_text(Path(shards_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+def write_manifest(shards_dir: str | Path, manifest: Manifest | dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (through :meth:`Manifest.write`, which checks a dict first)."""
+    if not isinstance(manifest, Manifest):
+        data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
+        manifest = Manifest.from_json(data, str(Path(shards_dir) / MANIFEST))
+    manifest.write(shards_dir)
 
 
 # ---------------------------------------------------------------------------------------------- reading
 
 
 def read_manifest(shards: str | Path) -> dict[str, Any]:
-    """Read and check a shard set's manifest (local directory or URL); ``layout`` is filled in for v1."""
-    location = join_location(shards, MANIFEST)
-    try:
-        if is_url(shards):
-            from webdataset.gopen import gopen
-
-            with gopen(location, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = Path(location).read_bytes()
-        manifest = json.loads(raw)
-    except FileNotFoundError:
-        raise DataError(f"{location}: no manifest — is {shards} a shard directory (physfm data shard)?") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{location}: unreadable manifest: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{location}: not a physfm shard manifest (format != {MANIFEST_FORMAT!r})")
-    if manifest.get("version", 1) not in READABLE_VERSIONS:
-        raise DataError(
-            f"{location}: manifest version {manifest.get('version')} is newer than this physfm reads "
-            f"({', '.join(map(str, READABLE_VERSIONS))}); update physfm"
-        )
-    for key in ("datasets", "splits"):
-        if key not in manifest:
-            raise DataError(f"{location}: manifest lacks key {key!r}")
-    manifest.setdefault("layout", WINDOWS)
-    if manifest["layout"] not in (CLIPS, WINDOWS):
-        raise DataError(f"{location}: unknown shard layout {manifest['layout']!r} (expected {CLIPS!r} or {WINDOWS!r})")
-    return manifest
-
-
-def manifest_window(manifest: dict[str, Any]) -> WindowSpec:
-    """The window a shard set was made with (for clips: the default window)."""
-    return WindowSpec(int(manifest["n_input"]), int(manifest["n_output"]), int(manifest.get("stride", 1)))
-
-
-def check_window(manifest: dict[str, Any], spec: WindowSpec, location: str | Path) -> None:
-    """A window other than the stored one can only be cut from clip shards."""
-    stored = manifest_window(manifest)
-    if manifest["layout"] == WINDOWS and spec != stored:
-        raise DataError(
-            f"{location}: shards hold fixed {stored.n_input}+{stored.n_output} windows (stride "
-            f"{stored.stride}), not {spec.n_input}+{spec.n_output} (stride {spec.stride}); re-shard them with "
-            "`physfm data shard` (clip shards serve any window)"
-        )
+    """A shard set's manifest as a plain dict, for callers that keep one; physfm itself asks
+    :meth:`Manifest.load`, the one reader this goes through."""
+    return Manifest.load(shards).to_json()
 
 
 def shard_records(
-    manifest: dict[str, Any], split: str, shards: str | Path, spec: WindowSpec | None = None
+    manifest: Manifest, split: str, shards: str | Path, spec: WindowSpec | None = None
 ) -> list[dict[str, Any]]:
     """The split's shard records with absolute ``url`` added; error naming the split if it is absent.
 
     For clip shards, a record whose last trajectory goes on in the next shard links that shard's record as
     ``next``; with a window ``spec``, ``n_samples``/``datasets`` count that window's windows."""
-    if split not in manifest["splits"]:
-        raise DataError(f"{shards}: no {split!r} split in manifest (have: {', '.join(manifest['splits'])})")
     records = []
-    for rec in manifest["splits"][split]["shards"]:
+    for rec in manifest.split(split).shards:
         rec = {**rec, "url": join_location(shards, rec["path"])}
-        if spec is not None and manifest["layout"] == CLIPS:
+        if spec is not None and manifest.layout == CLIPS:
             counts = count_windows(rec["segments"], spec)
             rec["datasets"] = {k: v for k, v in counts.items() if v}
             rec["n_samples"] = sum(counts.values())
         records.append(rec)
-    if manifest["layout"] == CLIPS:
+    if manifest.layout == CLIPS:
         link = None  # to the record after this one: its url, and its own link onward (through short shards)
         for rec in reversed(records):
             _, first, n_frames, n_steps = rec["segments"][-1]
@@ -434,11 +386,10 @@ def iter_samples(shards: str | Path, split: str, window: WindowSpec | None = Non
 
     Clip shards yield windows (``input``/``output``, ``meta["start"]``) of ``window`` (a
     :class:`~data_pipelines.clips.WindowSpec`; default: the manifest's)."""
-    manifest = read_manifest(shards)
-    spec = window or manifest_window(manifest)
-    check_window(manifest, spec, shards)
+    manifest = Manifest.load(shards)
+    spec = manifest.resolve_window(window)
     for rec in shard_records(manifest, split, shards):
-        if manifest["layout"] == WINDOWS:
+        if manifest.layout == WINDOWS:
             for sample in iter_raw_samples(rec["url"]):
                 yield decode_sample(sample)
             continue

@@ -89,7 +89,7 @@ def test_manifest_counts_any_window(clip_shards):
 
     for window in WINDOWS:
         stream = WindowStream(str(clip_shards), "valid", 4, window=window)
-        toy = Path(stream.manifest["datasets"]["toy"]["source_dir"])
+        toy = Path(str(stream.manifest.datasets["toy"].source_dir))
         assert sum(stream.dataset_sizes.values()) == len(raw_windows(toy, "valid", WindowSpec(*window)))
 
 

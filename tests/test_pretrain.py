@@ -142,7 +142,7 @@ def test_export_loads_without_pickle_and_matches(tokens, tmp_path):
 def test_throughput_counts_the_tokens_trained_on_not_the_configs_grid(tokens, tmp_path):
     """The model positions tokens by each batch's own grid, so a token set whose grid differs from
     model.grid_shape trains; its tokens/s, TFLOP/s and MFU must come from the tokens it really saw."""
-    from data_pipelines.shards import read_manifest
+    from data_pipelines.manifest import Manifest
     from physfm.models.ar import PhysicsTransformer
     from physfm.train.data import token_layout
 
@@ -157,7 +157,7 @@ def test_throughput_counts_the_tokens_trained_on_not_the_configs_grid(tokens, tm
         "trainer.peak_tflops=1",
     )
     metrics = json.loads((run_pretrain(cfg) / "metrics.json").read_text())
-    _, n_frames = token_layout(read_manifest(tokens))
+    n_frames = token_layout(Manifest.load(tokens)).n_frames
     per_sample = n_frames * 4 * 4
     assert metrics["tokens_trained"] == steps * batch * per_sample
     flops_per_token = PhysicsTransformer(cfg.model).flops_per_token(per_sample + 1)  # + the dataset token

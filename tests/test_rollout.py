@@ -111,9 +111,9 @@ def test_each_kind_takes_only_its_own_options(tiny):
         PhysicsModel(pm.model, pm.tokenizer, pm.info)
 
 
-def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
+def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
     paths, _ = tiny
-    horizon = 5  # the shards hold 1 output frame: these windows are cut from the source files
+    horizon = 5  # the shards hold 1 output frame: these windows are cut again, longer, from the clips
     batches = list(evaluation_windows(paths["shards"], "test", horizon, batch_size=8))
     waves = [b for b in batches if b.dataset == "waves"]
     n_windows = sum(len(b.meta) for b in waves)
@@ -140,6 +140,26 @@ def test_evaluation_windows_of_horizon_h_come_from_the_source_files(tiny):
     assert len(capped) == 4 and {m["trajectory"] for m in capped} == {0, 1}
     with pytest.raises(DataError, match="lower the horizon"):
         list(evaluation_windows(paths["shards"], "test", 11))
+
+
+def test_long_evaluation_windows_need_no_source_files(tiny, tmp_path):
+    """Clip shards serve any window: with the source files gone, horizon-5 windows come out the same."""
+    import shutil
+
+    from data_pipelines.manifest import Manifest
+
+    paths, _ = tiny
+    copy = tmp_path / "shards"
+    shutil.copytree(paths["shards"], copy)
+    manifest = Manifest.load(copy)
+    assert manifest.layout == "clips"
+    gone = {n: dataclasses.replace(e, source_dir="/nonexistent", source_files={}) for n, e in manifest.datasets.items()}
+    manifest.replace(datasets=gone).write(copy)
+    kept = list(evaluation_windows(paths["shards"], "test", 5, max_windows=3, datasets=["waves"]))
+    cut = list(evaluation_windows(copy, "test", 5, max_windows=3, datasets=["waves"]))
+    assert [b.meta for b in cut] == [b.meta for b in kept] and len(cut[0].meta) == 3
+    for a, b in zip(cut, kept):
+        assert torch.equal(a.context, b.context) and torch.equal(a.truth, b.truth)
 
 
 def test_temporal_compression_two_rolls_out_in_token_groups(tiny):

@@ -27,12 +27,20 @@ FORMAT = "physfm-tokenizer"
 VERSION = 1
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a training run directory (which holds ``checkpoint/``)."""
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint directory at ``path`` (itself, or a training run's ``checkpoint/``), or None."""
     path = Path(path)
     for candidate in (path, path / "checkpoint"):
         if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
             return candidate
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a training run directory (which holds ``checkpoint/``)."""
+    found = find_checkpoint(path)
+    if found is not None:
+        return found
     raise DataError(
         f"{path}: not a tokenizer checkpoint (expected {CONFIG} and {WEIGHTS} in it or in {path}/checkpoint)"
     )
@@ -89,16 +97,21 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_tokenizer_spec(path: str | Path) -> tuple[TokenizerConfig, dict[str, DatasetSpec]]:
+    """A checkpoint's config and datasets, read without its weights."""
+    meta = read_checkpoint_meta(path)
+    fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
+    cfg = TokenizerConfig(**{k: v for k, v in meta["model"].items() if k in fields})
+    return cfg, {name: DatasetSpec(**spec) for name, spec in meta["datasets"].items()}
+
+
 def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:
     """Rebuild a :class:`Tokenizer` from a checkpoint (or run) directory; weights via safetensors only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     ckpt = resolve_checkpoint(path)
-    meta = read_checkpoint_meta(ckpt)
-    fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
-    cfg = TokenizerConfig(**{k: v for k, v in meta["model"].items() if k in fields})
-    datasets = {name: DatasetSpec(**spec) for name, spec in meta["datasets"].items()}
+    cfg, datasets = read_tokenizer_spec(ckpt)
     model = Tokenizer(cfg, datasets)
     try:
         state = load_file(str(ckpt / WEIGHTS), device=str(map_location))

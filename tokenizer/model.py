@@ -70,8 +70,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_pipelines.clips import WindowSpec
 from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError, UnknownNameError
+from data_pipelines.manifest import TokenLayout
 from tokenizer.fsq import FSQ
 
 
@@ -138,6 +140,38 @@ class TokenizerConfig:
     @property
     def codebook_size(self) -> int:
         return math.prod(self.levels)
+
+
+# ---------------------------------------------------------------------- field frames <-> token frames
+# The one place this arithmetic is written: every stage that maps a window between field frames and
+# token frames (pretraining layouts, rollouts, fine-tuning) calls these.
+
+
+def token_frames(n_frames: int, temporal_compression: int) -> int:
+    """Token frames that code ``n_frames`` field frames: frame 0 alone, then one per group of c."""
+    return 1 + math.ceil((n_frames - 1) / temporal_compression)
+
+
+def field_frames(n_token_frames: int, temporal_compression: int) -> int:
+    """Field frames that ``n_token_frames`` token frames decode to (whole groups)."""
+    return 1 + temporal_compression * (n_token_frames - 1)
+
+
+def future_token_frames(horizon: int, temporal_compression: int) -> int:
+    """Token frames that code ``horizon`` field frames following a whole group (a rollout's new frames)."""
+    return math.ceil(horizon / temporal_compression)
+
+
+def window_token_layout(
+    spec: WindowSpec, temporal_compression: int, grid: tuple[int, ...] | None = None
+) -> TokenLayout | None:
+    """The token layout of a window, or None when its context does not end on a group boundary
+    (n_input = 1 + k * c): a model could not tell where the context stops inside a token frame."""
+    if (spec.n_input - 1) % temporal_compression:
+        return None
+    return TokenLayout(
+        token_frames(spec.n_input, temporal_compression), token_frames(spec.length, temporal_compression), grid
+    )
 
 
 @dataclass
@@ -372,11 +406,17 @@ class Tokenizer(nn.Module):
     # ------------------------------------------------------------------ shapes
     def token_grid(self, n_frames: int, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Token grid [T', *space'] for a window of ``n_frames`` frames of ``spatial_shape``."""
-        ct, cs = self.cfg.temporal_compression, self.cfg.spatial_compression
-        return (1 + math.ceil((n_frames - 1) / ct), *(s // cs for s in spatial_shape))
+        cs = self.cfg.spatial_compression
+        return (token_frames(n_frames, self.cfg.temporal_compression), *(s // cs for s in spatial_shape))
+
+    def token_layout(self, spec: WindowSpec, spatial_shapes: list[tuple[int, ...]]) -> TokenLayout | None:
+        """The token layout of ``spec`` windows over datasets of these grids (see :func:`window_token_layout`);
+        its spatial grid is set when every dataset shares one."""
+        grids = {self.token_grid(spec.length, shape)[1:] for shape in spatial_shapes}
+        return window_token_layout(spec, self.cfg.temporal_compression, grids.pop() if len(grids) == 1 else None)
 
     def n_frames_decoded(self, n_groups: int) -> int:
-        return 1 + self.cfg.temporal_compression * (n_groups - 1)
+        return field_frames(n_groups, self.cfg.temporal_compression)
 
     def _check_input(self, x: torch.Tensor, dataset: str) -> None:
         self._key(dataset)
@@ -404,7 +444,7 @@ class Tokenizer(nn.Module):
             return self._encode_conditional(x, dataset)
         B, T = x.shape[:2]
         ct = self.cfg.temporal_compression
-        t_pad = 1 + ct * math.ceil((T - 1) / ct)
+        t_pad = field_frames(token_frames(T, ct), ct)
         if t_pad > T:  # pad at the end (replicating the last frame) so that (T-1) divides; stays causal
             x = torch.cat([x, x[:, -1:].expand(-1, t_pad - T, *x.shape[2:])], dim=1)
         h, n_frames = self.stems[_dataset_key(dataset)](x.flatten(0, 1)), t_pad  # [(B T), w0, *space]

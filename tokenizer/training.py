@@ -34,6 +34,7 @@ import torch
 
 from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError, check_optimizer
+from data_pipelines.manifest import Manifest
 from tokenizer.model import Tokenizer, TokenizerConfig
 
 
@@ -259,10 +260,10 @@ def mixed_dims_message(dims: dict[str, int]) -> str:
     )
 
 
-def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Tokenizer:
+def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest) -> Tokenizer:
     """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``."""
-    datasets = manifest["datasets"]
-    dims = {name: len(entry["spatial_shape"]) for name, entry in datasets.items()}
+    datasets = manifest.datasets
+    dims = {name: len(entry.spatial_shape or ()) for name, entry in datasets.items()}
     model_cfg = cfg.model
     known: list[str] = []  # datasets the checkpoint already had
     if cfg.init.from_ckpt:
@@ -282,22 +283,22 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
                 f"model.n_spatial_dims={model_cfg.n_spatial_dims} but dataset {name!r} is {dims[name]}D; "
                 + mixed_dims_message(dims)
             )
-        bad = [s for s in entry["spatial_shape"] if s % model_cfg.spatial_compression]
+        bad = [s for s in entry.spatial_shape or () if s % model_cfg.spatial_compression]
         if bad:
             raise ConfigError(
                 f"model.spatial_compression={model_cfg.spatial_compression} does not divide dataset "
-                f"{name!r}'s spatial shape {entry['spatial_shape']}"
+                f"{name!r}'s spatial shape {list(entry.spatial_shape or ())}"
             )
-        stats = entry["stats"]
+        stats = entry.stats
         std = [s if s > 0 else 1.0 for s in stats["std"]]  # as the loader's Normalizer does
         if name in model.datasets:
             have = model.datasets[name].channel_names
-            if have != list(entry["channel_names"]):
+            if have != entry.channel_names:
                 raise ConfigError(
-                    f"dataset {name!r}: channels {entry['channel_names']} differ from the checkpoint's {have}"
+                    f"dataset {name!r}: channels {entry.channel_names} differ from the checkpoint's {have}"
                 )
         else:
-            model.add_dataset(name, entry["channel_names"], mean=list(stats["mean"]), std=std)
+            model.add_dataset(name, entry.channel_names, mean=list(stats["mean"]), std=std)
     if cfg.init.freeze_trunk:
         model.freeze_trunk()
     if cfg.init.freeze_known_datasets:
@@ -307,11 +308,9 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: dict[str, Any]) -> Toke
 
 def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     """Train (or extend) a tokenizer on ``cfg.data.shards``; returns the checkpoint directory."""
-    from data_pipelines.shards import read_manifest
-
     if not cfg.data.shards:
         raise ConfigError("data.shards: required (a directory written by `physfm data shard`)")
-    read_manifest(cfg.data.shards)  # fail on a wrong path before creating the run directory
+    Manifest.load(cfg.data.shards)  # fail on a wrong path before creating the run directory
     out = Path(cfg.out or f"runs/tokenizer-{datetime.now():%Y%m%d-%H%M%S}")
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoint"
@@ -331,14 +330,13 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
 
     from data_pipelines.config import to_dict
     from data_pipelines.loader import make_loader
-    from data_pipelines.shards import read_manifest
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Lightning's start-up banners (GPU/TPU available, tips) are noise in a CLI run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-    manifest = read_manifest(cfg.data.shards)
+    manifest = Manifest.load(cfg.data.shards)
     model = build_tokenizer(cfg, manifest)
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
@@ -353,7 +351,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
         cfg.data.shards, "train", cfg.data.batch_size, batches_per_epoch=cfg.trainer.max_steps, **common
     )
     val_loader = None
-    if cfg.data.val_batches > 0 and "valid" in manifest["splits"] and manifest["splits"]["valid"]["shards"]:
+    if cfg.data.val_batches > 0 and "valid" in manifest.splits and manifest.splits["valid"].shards:
         # A fixed resampled draw mixes every dataset and is the same at each check.
         val_loader = make_loader(
             cfg.data.shards,

@@ -47,9 +47,10 @@ def names(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from data_pipelines.corpus import build_corpus
+    from data_pipelines.manifest import Manifest
 
     start = time.perf_counter()
-    manifest = build_corpus(
+    written = build_corpus(
         args.out,
         systems=names(args.systems),
         exclude=names(args.exclude),
@@ -58,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         log=lambda line: print(line, flush=True),
     )
-    windows = {split: info["n_samples"] for split, info in manifest["splits"].items()}
+    manifest = Manifest.coerce(written, f"{args.out}/shards/manifest.json")
+    windows = {split: info.n_samples for split, info in manifest.splits.items()}
     print(
-        f"corpus: {len(manifest['datasets'])} system(s) in {args.out}/shards ({windows}) "
+        f"corpus: {len(manifest.datasets)} system(s) in {args.out}/shards ({windows}) "
         f"in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,
     )

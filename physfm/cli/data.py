@@ -115,13 +115,17 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_manifest_summary(out: str, manifest: dict) -> None:
-    for split, info in manifest["splits"].items():
-        clips = sum(s.get("n_clips", 0) for s in info["shards"])
+def print_manifest_summary(out: str, written: dict) -> None:
+    from data_pipelines.manifest import Manifest
+
+    manifest = Manifest.coerce(written, f"{out}/manifest.json")
+    for split, info in manifest.splits.items():
+        clips = sum(s.get("n_clips", 0) for s in info.shards)
         stored = f" ({clips} clips)" if clips else ""
-        print(f"{out}/{split}: {info['n_samples']} windows{stored} in {len(info['shards'])} shards")
-    for name, entry in manifest["datasets"].items():
-        print(f"  {name}: channels {', '.join(entry['channel_names'])}; shape {entry['spatial_shape']}")
+        print(f"{out}/{split}: {info.n_samples} windows{stored} in {len(info.shards)} shards")
+    for name, entry in manifest.datasets.items():
+        shape = list(entry.spatial_shape) if entry.spatial_shape is not None else None
+        print(f"  {name}: channels {', '.join(entry.channel_names)}; shape {shape}")
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -80,16 +80,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from data_pipelines.shards import manifest_window, read_manifest
+    from data_pipelines.manifest import Manifest
     from tokenizer.encode import encode_shards
 
     window = None
     if (args.n_input, args.n_output, args.stride) != (None, None, None):
-        default = manifest_window(read_manifest(args.data))
-        given = {"n_input": args.n_input, "n_output": args.n_output, "stride": args.stride}
-        window = dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
+        manifest = Manifest.load(args.data)
+        window = manifest.resolve_window(n_input=args.n_input, n_output=args.n_output, stride=args.stride)
     path = encode_shards(args.ckpt, args.data, args.out, batch_size=args.batch_size, splits=args.split, window=window)
     print(f"token shards: {path}")
     return 0

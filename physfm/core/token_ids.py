@@ -14,21 +14,17 @@ from typing import Any
 import torch
 
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import Manifest
 
 
-def largest_token_id(manifest: dict[str, Any]) -> int | None:
+def largest_token_id(manifest: Manifest | dict[str, Any]) -> int | None:
     """The largest id a token set's tokenizer emits (its codebook, plus the "no change" id of a conditional
     tokenizer), or None where the manifest does not say."""
-    tok = manifest.get("tokenizer") or {}
-    if "codebook_size" not in tok:
-        return None
-    largest = int(tok["codebook_size"]) - 1
-    if tok.get("no_change_id") is not None:
-        largest = max(largest, int(tok["no_change_id"]))
-    return largest
+    tokenizer = Manifest.coerce(manifest).tokenizer
+    return tokenizer.largest_id if tokenizer is not None else None
 
 
-def check_manifest_vocab(manifest: dict[str, Any], location: str | Path, vocab_size: int, key: str) -> None:
+def check_manifest_vocab(manifest: Manifest | dict[str, Any], location: str | Path, vocab_size: int, key: str) -> None:
     """Refuse a token set whose tokenizer emits ids the model (``vocab_size``, set by ``key``) cannot embed."""
     largest = largest_token_id(manifest)
     if largest is not None and largest >= vocab_size:

@@ -1,10 +1,11 @@
 """Evaluation windows of horizon H: ``n_input`` context frames and the next ``H`` true frames.
 
-Shards are cut with a fixed ``n_output`` (usually 1: the training target). A rollout of H frames needs
-H true frames after the context, so when ``n_output < H`` the windows are cut again, longer, from the
-dataset files the shards were made from (the manifest records each dataset's ``source_dir`` and its
-``source_files`` per split) and read with the same reader the sharder used. When ``n_output >= H`` the
-shard windows are used as they are. Both paths give the same thing: batches of one dataset each, in
+Shards are cut with a default ``n_output`` (usually 1: the training target). When ``n_output >= H`` the
+shard windows are used as they are. A rollout of H frames needs H true frames after the context, so when
+``n_output < H`` the longer windows are cut again: from clip shards (any window can be cut from them),
+or, for window shards (version 1), which hold fixed windows only, from the dataset files the shards were
+made from (the manifest records each dataset's ``source_dir`` and its ``source_files`` per split), read
+with the same reader the sharder used. Every path gives the same thing: batches of one dataset each, in
 physical units, plus each window's meta (dataset, source file, trajectory, start index, parameters).
 
 With ``max_windows`` each dataset keeps that many windows spread evenly over all of its windows (not
@@ -22,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError
 from data_pipelines.loader import make_loader
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import CLIPS, Manifest
+from data_pipelines.shards import clip_shard_windows, decode_sample, shard_records
 from data_pipelines.well_io import WellReader
 
 
@@ -55,25 +58,27 @@ def evaluation_windows(
 ) -> Iterator[EvalBatch]:
     """Batches of (context, next ``horizon`` true frames) for every dataset of a shard set's split.
 
-    ``max_windows`` caps windows per dataset; ``stride`` (source-file path only) defaults to the
+    ``max_windows`` caps windows per dataset; ``stride`` (windows longer than the shards') defaults to the
     manifest's; ``datasets`` restricts to these names."""
     if horizon < 1:
         raise DataError(f"horizon must be >= 1, got {horizon}")
-    manifest = read_manifest(shards)
-    if manifest.get("tokenizer_fingerprint"):
+    manifest = Manifest.load(shards)
+    if manifest.is_tokens:
         raise DataError(f"{shards}: a token shard set; evaluation needs the field shards (physfm data shard)")
-    names = sorted(manifest["datasets"])
+    names = sorted(manifest.datasets)
     for name in datasets or []:
         if name not in names:
             raise DataError(f"{shards}: no dataset {name!r} (have: {', '.join(names)})")
     names = [n for n in names if datasets is None or n in datasets]
-    if manifest["n_output"] >= horizon:
+    if manifest.window.n_output >= horizon:
         yield from _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, names)
         return
+    spec = WindowSpec(manifest.window.n_input, horizon, stride or manifest.window.stride)
     for name in names:
-        yield from _source_windows(
-            shards, manifest, name, split, horizon, batch_size, max_windows, stride or int(manifest.get("stride", 1))
-        )
+        if manifest.layout == CLIPS:
+            yield from _clip_windows(shards, manifest, name, split, spec, batch_size, max_windows)
+        else:  # window shards hold their fixed windows only
+            yield from _source_windows(shards, manifest, name, split, spec, batch_size, max_windows)
 
 
 def _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, names) -> Iterator[EvalBatch]:
@@ -91,13 +96,59 @@ def _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, na
         )
 
 
-def _source_files(shards, manifest: dict[str, Any], name: str, split: str) -> list[Path]:
-    entry = manifest["datasets"][name]
-    source_dir, files = entry.get("source_dir"), entry.get("source_files", {}).get(split)
+def _too_short(shards, name: str, split: str, spec: WindowSpec) -> DataError:
+    return DataError(
+        f"{shards}: dataset {name!r} has no {split} trajectory long enough for {spec.n_input} context "
+        f"+ {spec.n_output} frames; lower the horizon"
+    )
+
+
+def _batched(name: str, windows: Iterator[tuple[np.ndarray, dict[str, Any]]], n_input: int, batch_size: int):
+    """(window frames, meta) pairs → EvalBatches of ``batch_size`` (the last one may be smaller)."""
+    frames, metas = [], []
+    for window, meta in windows:
+        frames.append(window)
+        metas.append(meta)
+        if len(frames) == batch_size:
+            stacked = torch.from_numpy(np.stack(frames))
+            yield EvalBatch(name, stacked[:, :n_input], stacked[:, n_input:], metas)
+            frames, metas = [], []
+    if frames:
+        stacked = torch.from_numpy(np.stack(frames))
+        yield EvalBatch(name, stacked[:, :n_input], stacked[:, n_input:], metas)
+
+
+def _clip_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows):
+    """Dataset ``name``'s ``spec`` windows cut from clip shards; only shards holding a chosen one are read."""
+    records = shard_records(manifest, split, shards, spec)
+    counts = [rec["datasets"].get(name, 0) for rec in records]
+    if not sum(counts):
+        raise _too_short(shards, name, split, spec)
+    chosen = set(evenly_spaced(sum(counts), max_windows))
+
+    def windows() -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        first = 0  # the dataset's index of the first window a record owns
+        for rec, count in zip(records, counts):
+            index, first = first, first + count
+            if not any(i in chosen for i in range(index, first)):
+                continue
+            for window in clip_shard_windows(rec, spec, ("frames",), lambda s: decode_sample(s, copy=False)):
+                if window["meta"]["dataset"] != name:
+                    continue
+                if index in chosen:
+                    yield np.array(window["frames"], dtype=np.float32), window["meta"]
+                index += 1
+
+    yield from _batched(name, windows(), spec.n_input, batch_size)
+
+
+def _source_files(shards, manifest: Manifest, name: str, split: str) -> list[Path]:
+    entry = manifest.datasets[name]
+    source_dir, files = entry.source_dir, entry.source_files.get(split)
     if not source_dir or files is None:
         raise DataError(
-            f"{shards}: windows of this shard set hold {manifest['n_output']} output frame(s) and its manifest "
-            f"does not say where dataset {name!r}'s {split} files are (source_dir/source_files); "
+            f"{shards}: windows of this shard set hold {manifest.window.n_output} output frame(s) and its "
+            f"manifest does not say where dataset {name!r}'s {split} files are (source_dir/source_files); "
             "re-shard with --n-output >= the horizon"
         )
     paths = [_locate_source_dir(source_dir, shards) / "data" / split / f for f in files]
@@ -123,28 +174,28 @@ def _locate_source_dir(source_dir: str, shards: str | Path) -> Path:
     return path
 
 
-def _source_windows(shards, manifest, name, split, horizon, batch_size, max_windows, stride) -> Iterator[EvalBatch]:
-    n_input = int(manifest["n_input"])
-    length = n_input + horizon
-    entry = manifest["datasets"][name]
+def _source_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows):
+    """Dataset ``name``'s ``spec`` windows cut from its source files (window shards cannot serve them)."""
+    entry = manifest.datasets[name]
     # Enumerate every window first (metadata only), then read the chosen ones trajectory by trajectory.
     index: list[tuple[Path, int, int]] = []
     for path in _source_files(shards, manifest, name, split):
         with WellReader(path) as reader:
-            if reader.dataset_name != name or reader.channel_names != list(entry["channel_names"]):
+            if reader.dataset_name != name or reader.channel_names != entry.channel_names:
                 raise DataError(
                     f"{path}: holds dataset {reader.dataset_name!r} with channels {reader.channel_names}, "
-                    f"the manifest says {name!r} with {entry['channel_names']}"
+                    f"the manifest says {name!r} with {entry.channel_names}"
                 )
             for traj in range(reader.n_trajectories):
-                index += [(path, traj, s) for s in range(0, reader.n_steps - length + 1, stride)]
+                index += [(path, traj, s) for s in spec.starts(reader.n_steps)]
     if not index:
-        raise DataError(
-            f"{shards}: dataset {name!r} has no {split} trajectory long enough for {n_input} context "
-            f"+ {horizon} frames; lower the horizon"
-        )
+        raise _too_short(shards, name, split, spec)
     chosen = [index[i] for i in evenly_spaced(len(index), max_windows)]
-    contexts, truths, metas = [], [], []
+    yield from _batched(name, _read_source_windows(name, chosen, spec.length), spec.n_input, batch_size)
+
+
+def _read_source_windows(name: str, chosen: list[tuple[Path, int, int]], length: int):
+    """(frames, meta) of each chosen (file, trajectory, start), one read per trajectory."""
     reader, frames, current = None, None, None
     try:
         for path, traj, start in chosen:
@@ -153,26 +204,18 @@ def _source_windows(shards, manifest, name, split, horizon, batch_size, max_wind
                     if reader is not None:
                         reader.close()
                     reader = WellReader(path)
-                frames, current = reader.frames(traj, 0, reader.n_steps), (path, traj)  # one read per trajectory
+                frames, current = reader.frames(traj, 0, reader.n_steps), (path, traj)
             window = frames[start : start + length]
             if not np.isfinite(window).all():
                 raise DataError(f"{path}: trajectory {traj}: non-finite values in frames {start}:{start + length}")
-            contexts.append(window[:n_input])
-            truths.append(window[n_input:])
-            metas.append(
-                {
-                    "dataset": name,
-                    "source_file": os.path.basename(path),
-                    "trajectory": traj,
-                    "start": start,
-                    "params": dict(reader.simulation_parameters),
-                }
-            )
-            if len(contexts) == batch_size:
-                yield EvalBatch(name, torch.from_numpy(np.stack(contexts)), torch.from_numpy(np.stack(truths)), metas)
-                contexts, truths, metas = [], [], []
+            meta = {
+                "dataset": name,
+                "source_file": os.path.basename(path),
+                "trajectory": traj,
+                "start": start,
+                "params": dict(reader.simulation_parameters),
+            }
+            yield window, meta
     finally:
         if reader is not None:
             reader.close()
-    if contexts:
-        yield EvalBatch(name, torch.from_numpy(np.stack(contexts)), torch.from_numpy(np.stack(truths)), metas)

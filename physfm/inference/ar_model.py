@@ -22,7 +22,6 @@ re-encoding and re-running the grown window whole (``use_cache=False``), at a fr
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from physfm.inference.sampling import ARSampling
 from physfm.models.ar import FrameStream
 from physfm.models.refiner import is_refiner_dir, load_refiner, state_sha256
 from tokenizer.checkpoint import load_tokenizer
+from tokenizer.model import future_token_frames
 
 
 def _refiner_location(location: Path, run_dir: Path) -> Path | None:
@@ -177,7 +177,9 @@ class ARPhysicsModel(PhysicsModel):
         """All token frames at once in token space, then one decode: ctx [B, T_in, C, *space] physical."""
         c, n_in = self.temporal_compression, ctx.shape[1]
         ctx_ids = self.encode(ctx, dataset)
-        new = self.generate_tokens(ctx_ids, math.ceil(horizon / c), dataset, temperature, top_k, generator, use_cache)
+        new = self.generate_tokens(
+            ctx_ids, future_token_frames(horizon, c), dataset, temperature, top_k, generator, use_cache
+        )
         decoded = self.decode(torch.cat([ctx_ids, new], 1), dataset, n_frames=n_in + c * new.shape[1])
         return decoded[:, n_in : n_in + horizon], new
 

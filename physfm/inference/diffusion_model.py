@@ -18,7 +18,6 @@ probing tools, which work on token windows, the same entry points as the AR mode
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from physfm.inference.sampling import DiffusionSampling
 from physfm.models.latents import continuous_latents, latent_ids
 from physfm.models.latents import snap_to_codes as round_to_codes
 from tokenizer.checkpoint import load_tokenizer
+from tokenizer.model import future_token_frames
 
 
 class DiffusionPhysicsModel(PhysicsModel):
@@ -142,7 +142,7 @@ class DiffusionPhysicsModel(PhysicsModel):
             """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n, *grid])."""
             c, n_in = self.temporal_compression, ctx.shape[1]
             z_ctx = self.encode_latents(ctx, dataset)
-            new = self.generate_latents(z_ctx, math.ceil(horizon / c), dataset, generator)
+            new = self.generate_latents(z_ctx, future_token_frames(horizon, c), dataset, generator)
             decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
             return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
 

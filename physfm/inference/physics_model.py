@@ -14,7 +14,6 @@ sampling: temperature, top-k, KV cache, the refiner) and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from data_pipelines.errors import DataError, InputError
 from physfm.core.errors import CheckpointError
 from physfm.inference.loading import model_kind
 from physfm.inference.sampling import option_names, unset
+from tokenizer.model import field_frames, future_token_frames
 
 # (context chunk [B, T_in, C, *space] physical, horizon, dataset) → (frames [B, horizon, C, *space], ids [B, n, *grid])
 RolloutStep = Callable[[torch.Tensor, int, str], tuple[torch.Tensor, torch.Tensor]]
@@ -136,7 +136,7 @@ class PhysicsModel:
     @property
     def n_input_frames(self) -> int:
         """Field frames of context the model reads (its training windows' context)."""
-        return 1 + self.temporal_compression * (self.n_context_tokens - 1)
+        return field_frames(self.n_context_tokens, self.temporal_compression)
 
     def channel_names(self, dataset: str) -> list[str]:
         return list(self.tokenizer.datasets[self.resolve_dataset(dataset)].channel_names)
@@ -265,7 +265,7 @@ class PhysicsModel:
         when already encoded."""
         c, n_in = self.temporal_compression, context.shape[1]
         ids = self.encode(context, dataset) if context_ids is None else context_ids.to(self.device)
-        n_new = math.ceil(horizon / c)
+        n_new = future_token_frames(horizon, c)
         repeated = ids[:, -1:].expand(-1, n_new, *ids.shape[2:])
         if self.conditional:
             return self.decode(repeated, dataset, prev=context[:, -1])[:, :horizon].to(context.device)

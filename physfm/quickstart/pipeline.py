@@ -17,6 +17,7 @@ from typing import Any
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.bench import bench_loaders
+from data_pipelines.manifest import Manifest
 from data_pipelines.run_record import write_metrics
 from data_pipelines.sharding import WindowSpec, shard_datasets
 from data_pipelines.simulators import simulate_dataset
@@ -60,9 +61,9 @@ def stage_validate(ctx: Context) -> dict:
 
 def stage_shard(ctx: Context) -> dict:
     out = ctx.out / "shards"
-    manifest = shard_datasets(list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True, workers=2)
+    shard_datasets(list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True, workers=2)
     ctx.state["shards"] = str(out)
-    return {f"windows_{split}": info["n_samples"] for split, info in manifest["splits"].items()}
+    return {f"windows_{split}": info.n_samples for split, info in Manifest.load(out).splits.items()}
 
 
 def stage_loader_bench(ctx: Context) -> dict:

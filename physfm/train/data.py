@@ -8,50 +8,65 @@ from typing import Any
 from data_pipelines.clips import window_option
 from data_pipelines.config import ConfigError
 from data_pipelines.loader import make_loader
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import Manifest, TokenLayout
 from physfm.core.token_ids import check_manifest_vocab
 from physfm.train.config import PretrainConfig
 from tokenizer.checkpoint import fingerprint, read_checkpoint_meta
+from tokenizer.model import window_token_layout
 
 
-def token_layout(manifest: dict[str, Any]) -> tuple[int, int]:
-    """(context token frames, total token frames) of each window in a token shard set.
-
-    A causal tokenizer with temporal compression c codes frame 0 alone, then groups of c frames, so
-    n frames become 1 + ceil((n - 1) / c) token frames; the context must end on a group boundary."""
-    layout = manifest.get("token_layout")
-    if layout:
-        return int(layout["n_context_frames"]), int(layout["n_frames"])
-    c = int(manifest.get("tokenizer", {}).get("temporal_compression", 1))
-    n_input, n_total = manifest["n_input"], manifest["n_input"] + manifest["n_output"]
-    if (n_input - 1) % c:
+def token_layout(manifest: Manifest) -> TokenLayout:
+    """The token layout of each window of a token shard set: the one its tokenizer recorded, or for sets
+    encoded before the manifest carried it, the one the tokenizer arithmetic gives for its window."""
+    tokenizer = manifest.tokenizer
+    compression = tokenizer.temporal_compression if tokenizer is not None else 1
+    layout = manifest.token_layout or window_token_layout(manifest.window, compression)
+    if layout is None:
         raise ConfigError(
-            f"token shards: {n_input} context frames do not end on a temporal-compression group "
-            f"boundary (compression {c} needs n_input = 1 + k*{c}); re-shard with another --n-input"
+            f"token shards: {manifest.window.n_input} context frames do not end on a temporal-compression group "
+            f"boundary (compression {compression} needs n_input = 1 + k*{compression}); re-shard with another "
+            "--n-input"
         )
-    return 1 + (n_input - 1) // c, 1 + math.ceil((n_total - 1) / c)
+    return layout
+
+
+def token_tokenizer(cfg: PretrainConfig, manifest: Manifest) -> str:
+    """The tokenizer checkpoint of a run on these tokens: the one the token manifest names; a ``tokenizer=``
+    given as well must be that tokenizer (same fingerprint)."""
+    recorded = manifest.tokenizer.checkpoint if manifest.tokenizer is not None else None
+    if not cfg.tokenizer:
+        return recorded or ""
+    given = fingerprint(cfg.tokenizer)
+    if given != manifest.fingerprint:
+        raise ConfigError(
+            f"tokenizer: {cfg.tokenizer} is tokenizer {given[:12]}, but data.tokens {manifest.location} were "
+            f"encoded by {str(manifest.fingerprint)[:12]} ({recorded or 'checkpoint not recorded'}); leave "
+            "tokenizer= out (the token manifest names it) or re-encode with `physfm tokenizer encode`"
+        )
+    return cfg.tokenizer
 
 
 def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
-    """Read the token manifests: dataset names, window layout, tokenizer fingerprint; check consistency."""
+    """Read the token manifests: dataset names, window layout, tokenizer; check consistency."""
     names: list[str] = []
     layouts, fingerprints, conditional = set(), set(), False
-    for location in cfg.data.tokens:
-        manifest = read_manifest(location)
-        if "tokenizer_fingerprint" not in manifest:
+    manifests = [Manifest.load(location) for location in cfg.data.tokens]
+    for location, manifest in zip(cfg.data.tokens, manifests):
+        if manifest.tokenizer is None:
             raise ConfigError(
                 f"data.tokens: {location} holds no token shards (no tokenizer_fingerprint); "
                 "make them with `physfm tokenizer encode`"
             )
         check_manifest_vocab(manifest, location, cfg.model.vocab_size, "model.vocab_size")
-        fingerprints.add(manifest["tokenizer_fingerprint"])
-        conditional = conditional or bool(manifest.get("tokenizer", {}).get("conditional"))
-        levels = manifest.get("tokenizer", {}).get("levels")
+        fingerprints.add(manifest.tokenizer.fingerprint)
+        conditional = conditional or manifest.tokenizer.conditional
+        levels = manifest.tokenizer.levels
         if levels and math.prod(levels) == cfg.model.vocab_size:
             # The tokenizer's code structure is the truth: set here, so run.json records it for loading.
             cfg.model.fsq_levels = [int(n) for n in levels]
-        layouts.add(token_layout(manifest))
-        names += list(manifest["datasets"])
+        layout = token_layout(manifest)
+        layouts.add((layout.n_context_frames, layout.n_frames))
+        names += list(manifest.datasets)
     if len(fingerprints) > 1:
         raise ConfigError("data.tokens: the token shard sets were made by different tokenizers")
     if len(layouts) > 1:
@@ -63,6 +78,7 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         "dataset_names": sorted(names),
         "n_context": n_context,
         "n_frames": n_total,
+        "tokenizer": token_tokenizer(cfg, manifests[0]),
         "tokenizer_fingerprint": fingerprints.pop(),
         "conditional_tokens": conditional,  # one tokenizer (one fingerprint), so one answer for every set
     }
@@ -133,35 +149,33 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
     names: list[str] = []
     layouts = set()
     for location in cfg.data.shards:
-        manifest = read_manifest(location)
-        if manifest.get("tokenizer_fingerprint"):
+        manifest = Manifest.load(location)
+        if manifest.is_tokens:
             raise ConfigError(
                 f"data.shards: {location} holds token shards; the diffusion model trains on field "
                 "shards (physfm data shard), encoded on the fly by the tokenizer"
             )
-        for name, entry in manifest["datasets"].items():
+        for name, entry in manifest.datasets.items():
             known = meta["datasets"].get(name)
             if known is None:
                 raise ConfigError(
                     f"data.shards: dataset {name!r} of {location} is unknown to tokenizer "
                     f"{cfg.tokenizer} (knows: {', '.join(sorted(meta['datasets']))})"
                 )
-            if list(known["channel_names"]) != list(entry["channel_names"]):
+            if list(known["channel_names"]) != entry.channel_names:
                 raise ConfigError(
-                    f"data.shards: dataset {name!r} has channels {entry['channel_names']}, the "
+                    f"data.shards: dataset {name!r} has channels {entry.channel_names}, the "
                     f"tokenizer expects {known['channel_names']}"
                 )
             names.append(name)
-        window = window_option(cfg.data.window, "data.window")
-        layouts.add(
-            token_layout(
-                {
-                    "n_input": window.n_input if window else manifest["n_input"],
-                    "n_output": window.n_output if window else manifest["n_output"],
-                    "tokenizer": {"temporal_compression": c},
-                }
+        window = manifest.resolve_window(window_option(cfg.data.window, "data.window"))
+        layout = window_token_layout(window, c)
+        if layout is None:
+            raise ConfigError(
+                f"data.window: {window.n_input} context frames do not end on a temporal-compression group "
+                f"boundary (compression {c} needs n_input = 1 + k*{c}); choose another data.window"
             )
-        )
+        layouts.add((layout.n_context_frames, layout.n_frames))
     if len(layouts) > 1:
         raise ConfigError(f"data.shards: shard sets have different window layouts {sorted(layouts)}")
     n_context, n_total = layouts.pop()

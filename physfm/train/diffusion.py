@@ -27,6 +27,7 @@ from physfm.models.latents import continuous_latents
 from physfm.models.trunk import ModelConfig
 from physfm.train.module import ARModule
 from tokenizer.checkpoint import load_tokenizer
+from tokenizer.model import token_frames
 
 
 class DiffusionModule(ARModule):
@@ -70,7 +71,7 @@ class DiffusionModule(ARModule):
         n_fields = fields.shape[1] + batch["output"].shape[1]
         cfg = self.tokenizer.cfg
         grid = [size // cfg.spatial_compression for size in fields.shape[3:]]
-        n_frames = 1 + math.ceil((n_fields - 1) / cfg.temporal_compression)  # causal grouping (tokenizer/model.py)
+        n_frames = token_frames(n_fields, cfg.temporal_compression)
         per_sample = n_frames * math.prod(grid)
         return fields.shape[0] * per_sample, per_sample + self.model.n_cond_tokens
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, load_config, to_dict
 from data_pipelines.errors import DataError
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import Manifest
 from physfm.core.checkpoint import export_safetensors
 from physfm.core.run_info import RunInfo
 from physfm.inference.loading import _tokenizer_location, load_model_state, resolve_checkpoint
@@ -45,9 +45,11 @@ from physfm.train.distributed import global_rank, is_rank_zero, launch_id, singl
 from physfm.train.finetune_data import prepare_shards
 from physfm.train.finetune_eval import evaluate_models, write_report
 from physfm.train.pretrain import run_pretrain
-from tokenizer.checkpoint import fingerprint, load_tokenizer
+from tokenizer.checkpoint import find_checkpoint as find_tokenizer_checkpoint
+from tokenizer.checkpoint import fingerprint, read_tokenizer_spec
 from tokenizer.checkpoint import resolve_checkpoint as resolve_tokenizer_checkpoint
 from tokenizer.encode import encode_shards
+from tokenizer.model import DatasetSpec, TokenizerConfig, field_frames
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 
@@ -109,24 +111,29 @@ def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
 
 
 def adapt_tokenizer(
-    cfg: FinetuneConfig, base_tokenizer: Path, shards: Path, manifest: dict[str, Any], out: Path
+    cfg: FinetuneConfig,
+    base_tokenizer: Path,
+    known: dict[str, DatasetSpec],
+    shards: Path,
+    manifest: Manifest,
+    out: Path,
 ) -> Path:
-    """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads."""
-    known = load_tokenizer(base_tokenizer).datasets
-    new = [n for n in manifest["datasets"] if n not in known]
-    for name in manifest["datasets"]:
-        if name in known and known[name].channel_names != list(manifest["datasets"][name]["channel_names"]):
+    """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads.
+    ``known``: the pretrained tokenizer's datasets (read from its config; its weights are loaded once,
+    by whichever step uses them)."""
+    new = [n for n in manifest.datasets if n not in known]
+    for name, entry in manifest.datasets.items():
+        if name in known and known[name].channel_names != entry.channel_names:
             raise ConfigError(
-                f"dataset {name!r}: channels {manifest['datasets'][name]['channel_names']} differ from "
+                f"dataset {name!r}: channels {entry.channel_names} differ from "
                 f"the pretrained tokenizer's {known[name].channel_names}; rename the dataset"
             )
     if not new:
         return resolve_tokenizer_checkpoint(base_tokenizer)
     target = out / "tokenizer"
-    try:
-        return resolve_tokenizer_checkpoint(target)  # adapted by an earlier segment of this run
-    except Exception:
-        pass
+    earlier = find_tokenizer_checkpoint(target)  # adapted by an earlier segment of this run
+    if earlier is not None:
+        return earlier
     f = cfg.finetune
     tcfg = TokenizerTrainConfig()
     tcfg.data.shards, tcfg.data.batch_size, tcfg.data.val_batches = str(shards), f.tokenizer_batch_size, 0
@@ -139,10 +146,9 @@ def adapt_tokenizer(
 
 
 def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
+    """``RUN/tokens`` encoded by ``tokenizer`` (kept when an earlier segment encoded them with it)."""
     tokens = out / "tokens"
-    if (tokens / "manifest.json").is_file() and read_manifest(tokens).get("tokenizer_fingerprint") == fingerprint(
-        tokenizer
-    ):
+    if (tokens / "manifest.json").is_file() and Manifest.load(tokens).fingerprint == fingerprint(tokenizer):
         return tokens
     return encode_shards(tokenizer, shards, tokens)
 
@@ -177,10 +183,12 @@ def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
 def _training_config(
     cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path, max_steps: int | None = None
 ) -> PretrainConfig:
-    manifest = read_manifest(tokens)
-    _, n_frames = token_layout(manifest)
-    grid = next(iter(manifest["datasets"].values()))["token_grid"][1:]
-    model_cfg = ModelConfig(**{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], n_frames)})
+    manifest = Manifest.load(tokens)
+    layout = token_layout(manifest)
+    grid = layout.grid or next(iter(manifest.datasets.values())).token_grid[1:]
+    model_cfg = ModelConfig(
+        **{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], layout.n_frames)}
+    )
     base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
     train = PretrainConfig(
         **base,
@@ -195,60 +203,90 @@ def _training_config(
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+@dataclass
+class Pretrained:
+    """The model a fine-tune starts from, and its tokenizer's config and datasets (its weights are
+    loaded only by the step that codes with them: tokenizer adaptation or encoding)."""
+
+    state: dict[str, Any]
+    info: dict[str, Any]
+    tokenizer_path: Path
+    tokenizer_cfg: TokenizerConfig
+    tokenizer_datasets: dict[str, DatasetSpec]
+
+    @classmethod
+    def load(cls, init: str) -> Pretrained:
+        state, info = load_model_state(init)
+        if info.get("kind", "ar") != "ar":
+            raise ConfigError(f"--ckpt {init}: a {info['kind']!r} model; fine-tuning supports AR models")
+        _, run_dir = resolve_checkpoint(init)
+        path = pretrained_tokenizer_path(info, run_dir)
+        return cls(state, info, path, *read_tokenizer_spec(path))
+
+    def window(self) -> tuple[int, int]:
+        """(input, output) field frames of the pretrained model's token windows."""
+        c = self.tokenizer_cfg.temporal_compression
+        n_input = field_frames(int(self.info["n_context_frames"]), c)
+        return n_input, field_frames(int(self.info["n_frames"]), c) - n_input
+
+
+def prepare_data(cfg: FinetuneConfig, out: Path, base: Pretrained, timings: dict[str, float]) -> dict[str, Any]:
+    """Steps 1-2 (rank 0): field shards of ``--data``, the adapted tokenizer, the tokens."""
+    f, tok_cfg = cfg.finetune, base.tokenizer_cfg
+    n_input, n_output = base.window()
+    start = time.perf_counter()
+    shards, manifest = prepare_shards(
+        f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims, f.lift or tok_cfg.spatial_compression
+    )
+    timings["data_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    tokenizer = adapt_tokenizer(cfg, base.tokenizer_path, base.tokenizer_datasets, shards, manifest, out)
+    tokens = encode_tokens(tokenizer, shards, out)
+    timings["tokenizer_s"] = time.perf_counter() - start
+    return {
+        "shards": str(shards),
+        "tokenizer": str(tokenizer),
+        "tokens": str(tokens),
+        "datasets": list(manifest.datasets),
+    }
+
+
 def run_finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune, evaluate, report; returns the run directory."""
     f = cfg.finetune
     if not f.init or not f.data:
         raise ConfigError("finetune.init (--ckpt) and finetune.data (--data) are both required")
     out = Path(cfg.out or default_run_dir("finetune"))
-    state, info = load_model_state(f.init)
-    if info.get("kind", "ar") != "ar":
-        raise ConfigError(f"--ckpt {f.init}: a {info['kind']!r} model; fine-tuning supports AR models")
-    _, run_dir = resolve_checkpoint(f.init)
-    base_tokenizer = pretrained_tokenizer_path(info, run_dir)
-    tok_cfg = load_tokenizer(base_tokenizer).cfg
-    n_context = int(info["n_context_frames"])
-    n_input = 1 + tok_cfg.temporal_compression * (n_context - 1)
-    n_output = (
-        1 + tok_cfg.temporal_compression * (int(info["n_frames"]) - 1) - n_input
-    )  # field frames after the context
+    base = Pretrained.load(f.init)
     timings: dict[str, float] = {}
-
-    def prepare() -> dict[str, Any]:
-        start = time.perf_counter()
-        shards, manifest = prepare_shards(
-            f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims, f.lift or tok_cfg.spatial_compression
-        )
-        timings["data_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        tokenizer = adapt_tokenizer(cfg, base_tokenizer, shards, manifest, out)
-        tokens = encode_tokens(tokenizer, shards, out)
-        timings["tokenizer_s"] = time.perf_counter() - start
-        return {
-            "shards": str(shards),
-            "tokenizer": str(tokenizer),
-            "tokens": str(tokens),
-            "datasets": list(manifest["datasets"]),
-        }
-
-    prepared = prepare_on_rank_zero(out, prepare)
+    prepared = prepare_on_rank_zero(out, lambda: prepare_data(cfg, out, base, timings))
     shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
     new_data = prepared["datasets"]  # the datasets of --data
 
-    old_names = list(info["dataset_names"])
+    old_names = list(base.info["dataset_names"])
     names = old_names + sorted(n for n in new_data if n not in old_names)
-    state = init_dataset_rows(state, len(old_names), len(names))
-    train_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out)
+    state = init_dataset_rows(base.state, len(old_names), len(names))
+    train_cfg = _training_config(cfg, base.info["model"], tokenizer, tokens, out)
     start = time.perf_counter()
     run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
     timings["finetune_s"] = time.perf_counter() - start
     if f.compare_scratch:  # every rank trains; rank 0 scores below
-        scratch_cfg = _training_config(cfg, info["model"], tokenizer, tokens, out / "scratch")
+        scratch_cfg = _training_config(cfg, base.info["model"], tokenizer, tokens, out / "scratch")
         start = time.perf_counter()
         run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
         timings["scratch_s"] = time.perf_counter() - start
     if not is_rank_zero():
         return out
+    report = {"shards": shards, "tokenizer": tokenizer, "names": names, "new_data": new_data, "timings": timings}
+    evaluate_and_report(cfg, out, state, base.info, report)
+    return out
+
+
+def evaluate_and_report(
+    cfg: FinetuneConfig, out: Path, state: dict[str, Any], info: dict[str, Any], run: dict[str, Any]
+) -> None:
+    """Step 4 (rank 0): score fine-tuned, pretrained (and scratch) models on the new data; write the report."""
+    f, names = cfg.finetune, run["names"]
     summary = json.loads((out / "metrics.json").read_text())
     before_info = RunInfo.read(out).to_dict()
     models = {
@@ -259,25 +297,24 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     if f.compare_scratch:
         scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
         models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
-    new_names = [n for n in names if n in new_data]
-    results = evaluate_models(models, shards, new_names, f.eval_horizons, f.eval_max_windows)
+    new_names = [n for n in names if n in run["new_data"]]
+    results = evaluate_models(models, run["shards"], new_names, f.eval_horizons, f.eval_max_windows)
     metrics = {
         "from": str(f.init),
         "data": str(f.data),
-        "shards": str(shards),
-        "tokenizer": str(tokenizer),
+        "shards": str(run["shards"]),
+        "tokenizer": str(run["tokenizer"]),
         "mode": f.mode,
         "datasets": new_names,
         "dataset_names": names,
         "steps": summary["steps"],
         "trainable_params": _trainable(f, info, names),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "seconds": {k: round(v, 2) for k, v in run["timings"].items()},
         "train": summary,
         "scratch_train": scratch_summary,
         **results,
     }
     write_report(out, metrics)
-    return out
 
 
 PREPARED = ".prepared.json"

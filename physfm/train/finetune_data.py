@@ -14,13 +14,12 @@ Vector/tensor fields are lifted component by component as scalar fields with the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from data_pipelines.errors import DataError
+from data_pipelines.manifest import Manifest
 from data_pipelines.sharding import WindowSpec, shard_datasets
-from data_pipelines.shards import read_manifest
 from data_pipelines.stats import compute_stats, write_stats
 from data_pipelines.validate import validate_paths
 from data_pipelines.well_format import Field, WellData
@@ -89,21 +88,21 @@ def lift_dataset_1d_to_2d(src: Path, dst: Path, lift: int) -> Path:
 
 def prepare_shards(
     data: str, out: Path, n_input: int, n_output: int, tokenizer_dims: int, lift: int
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, Manifest]:
     """(field shard dir, its manifest) for ``data``: a shard set as is, or a raw dataset validated and
     sharded (lifted 1D→2D when the tokenizer is 2D) into ``out/shards``. Reused when already there."""
     path = Path(data)
     if is_shard_dir(path):
-        manifest = read_manifest(path)
-        if manifest.get("tokenizer_fingerprint"):
+        manifest = Manifest.load(path)
+        if manifest.is_tokens:
             raise DataError(f"{path}: a token shard set; fine-tuning needs field shards or a raw dataset directory")
         _check_dims(path, manifest, tokenizer_dims, lifted_hint=True)
-        if "test" not in manifest["splits"] or "train" not in manifest["splits"]:
-            raise DataError(f"{path}: the shard set needs train and test splits (has {sorted(manifest['splits'])})")
+        if "test" not in manifest.splits or "train" not in manifest.splits:
+            raise DataError(f"{path}: the shard set needs train and test splits (has {sorted(manifest.splits)})")
         return path, manifest
     shards = out / "shards"
     if is_shard_dir(shards):
-        return shards, read_manifest(shards)
+        return shards, Manifest.load(shards)
     validate_raw_dataset(path)
     dims = raw_spatial_dims(path)
     if dims == 1 and tokenizer_dims == 2:
@@ -113,13 +112,13 @@ def prepare_shards(
             f"{data}: a {dims}D dataset; the pretrained tokenizer is {tokenizer_dims}D "
             "(only 1D data on a 2D tokenizer can be lifted)"
         )
-    manifest = shard_datasets([path], shards, WindowSpec(n_input, n_output, 1), overwrite=True)
-    return shards, manifest
+    shard_datasets([path], shards, WindowSpec(n_input, n_output, 1), overwrite=True)
+    return shards, Manifest.load(shards)
 
 
-def _check_dims(path: Path, manifest: dict[str, Any], tokenizer_dims: int, lifted_hint: bool) -> None:
-    for name, entry in manifest["datasets"].items():
-        dims = len(entry["spatial_shape"])
+def _check_dims(path: Path, manifest: Manifest, tokenizer_dims: int, lifted_hint: bool) -> None:
+    for name, entry in manifest.datasets.items():
+        dims = len(entry.spatial_shape or ())
         if dims != tokenizer_dims:
             hint = " pass the raw dataset directory instead: a 1D one is lifted to 2D" if lifted_hint else ""
             raise DataError(f"{path}: dataset {name!r} is {dims}D, the pretrained tokenizer {tokenizer_dims}D;{hint}")

@@ -52,7 +52,7 @@ def _run_info(cfg: PretrainConfig, info: dict[str, Any], **kind_fields: Any) -> 
         dataset_names=info["dataset_names"],
         n_context_frames=info["n_context"],
         n_frames=info["n_frames"],
-        tokenizer=cfg.tokenizer,
+        tokenizer=info.get("tokenizer", cfg.tokenizer),  # AR: the one the token manifest names
         tokenizer_fingerprint=info["tokenizer_fingerprint"],
         **kind_fields,
     )

@@ -25,8 +25,8 @@ import torch
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, check_optimizer, load_config, to_dict, validate_tree
+from data_pipelines.manifest import Manifest
 from data_pipelines.run_record import write_metrics
-from data_pipelines.shards import read_manifest
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from physfm.models.refiner import Refiner, RefinerConfig, save_refiner, state_sha256
@@ -263,7 +263,7 @@ def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) 
     if log:
         log(f"refine: AR predictions for {sum(len(p) for p in pairs.values())} training windows in {t_pairs:.0f} s")
     val = {}
-    if cfg.data.val_split and cfg.data.val_split in read_manifest(cfg.data.shards)["splits"]:
+    if cfg.data.val_split and cfg.data.val_split in Manifest.load(cfg.data.shards).splits:
         val = collect_pairs(pm, cfg.data.shards, cfg.data.val_split, cfg.data.val_windows)
     datasets = {name: pm.channel_names(name) for name in pairs}
     refiner = Refiner(cfg.model, pm.n_spatial_dims, datasets)
