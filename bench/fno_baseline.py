@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from data_pipelines.loader import Normalizer, make_loader
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import Manifest
 
 FNO_SETTINGS = dict(modes=16, hidden_channels=128, lr=1e-3, weight_decay=1e-5, batch_size=8)  # The Well's FNO
 
@@ -26,8 +26,8 @@ def train_fno(shards, name: str, n_channels: int, seconds: float, seed: int, n_i
     from neuralop.models import FNO  # optional dependency: only this bench needs it
 
     torch.manual_seed(seed)
-    manifest = read_manifest(shards)
-    n_dims = len(manifest["datasets"][name]["spatial_shape"])
+    manifest = Manifest.load(shards)
+    n_dims = len(manifest.dataset(name).spatial_shape or ())
     s = FNO_SETTINGS
     model = FNO(
         n_modes=(s["modes"],) * n_dims,

@@ -98,8 +98,8 @@ import torch
 
 from bench.fno_baseline import fno_forecaster, train_fno
 from data_pipelines.config import load_config
+from data_pipelines.manifest import Manifest
 from data_pipelines.sharding import WindowSpec, shard_datasets
-from data_pipelines.shards import read_manifest
 from data_pipelines.simulators import simulate_dataset
 from physfm.eval.evaluate import score_windows, summarize
 from physfm.eval.windows import evaluation_windows
@@ -411,10 +411,10 @@ def train_ar(
     budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap; ``extra`` config
     overrides (an ablation's lever). ``steps``: a fixed step count instead (no clock: the same numbers on a
     busy machine). → (run, steps)."""
-    manifest = read_manifest(tokens)
-    grid = list(next(iter(manifest["datasets"].values()))["token_grid"][1:])
+    manifest = Manifest.load(tokens)
+    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
     overrides = [
-        f"model.fsq_levels={list(manifest['tokenizer']['levels'])}",
+        f"model.fsq_levels={list(manifest.tokenizer.levels)}",
         f"data.tokens=[{tokens}]",
         f"out={out}",
         f"tokenizer={tok}",
@@ -470,7 +470,7 @@ def train_refiner(
     cfg.train.log_every = cfg.train.steps
     history = fit_refiner(refiner, pairs, cfg.train, cfg.data.batch_size, seed)
     # As `physfm refine`: one-step held-out pairs decide whether rollouts use the refiner by default.
-    split = "valid" if "valid" in read_manifest(shards)["splits"] else "train"
+    split = "valid" if "valid" in Manifest.load(shards).splits else "train"
     held_out = pair_vrmse(refiner, collect_pairs(pm, shards, split, n_windows), pm.tokenizer)
     improves = refiner_improves(held_out)
     if improves and cfg.data.gate_horizon > 0:  # and a held-out rollout, as `physfm refine`

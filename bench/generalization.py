@@ -41,7 +41,7 @@ import torch
 
 from bench.forecast import CURVE_GROUPS, GROUPS, make_shards, train_ar
 from data_pipelines.config import load_config
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import Manifest
 from physfm.eval.evaluate import score_windows, summarize
 from physfm.inference import PhysicsModel
 from tokenizer.encode import encode_shards
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in args.sizes:
         start = time.perf_counter()
         tokens = encode_shards(tok, shards_of[n], work / f"n{n}" / "tokens", splits=["train"])
-        windows = read_manifest(tokens)["splits"]["train"]["n_samples"]
+        windows = Manifest.load(tokens).split("train").n_samples
         run, steps = train_ar(tokens, tok, work / f"n{n}" / "ar", "next_frame", 0, args.seed, extra, args.steps)
         pm = PhysicsModel.from_pretrained(run, refiner=False)
         sizes[str(n)] = {

@@ -198,12 +198,12 @@ def evaluate_tokenizer(
     other's, so a cap on the total would score the first datasets only and leave the rest out of the
     headline ``vrmse_max``."""
     from data_pipelines.loader import make_loader
-    from data_pipelines.shards import read_manifest
+    from data_pipelines.manifest import Manifest
     from tokenizer.checkpoint import fingerprint, load_tokenizer
     from tokenizer.encode import check_datasets
 
     tok = load_tokenizer(ckpt)
-    manifest = read_manifest(shards)
+    manifest = Manifest.load(shards)
     check_datasets(tok, manifest, shards)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def evaluate_tokenizer(
     for batch in loader:
         name = batch["dataset"]
         if max_batches is not None:
-            if all(scored.get(d, 0) >= max_batches for d in manifest["datasets"]):
+            if all(scored.get(d, 0) >= max_batches for d in manifest.datasets):
                 break
             if scored.get(name, 0) >= max_batches:
                 continue
@@ -248,11 +248,7 @@ def evaluate_tokenizer(
         "levels": tok.cfg.levels,
         **({"conditional": True, "no_change_id": tok.no_change_id} if tok.cfg.conditional else {}),
         "token_grid": {
-            name: list(
-                tok.token_grid(
-                    manifest["n_input"] + manifest["n_output"], tuple(manifest["datasets"][name]["spatial_shape"])
-                )
-            )
+            name: list(tok.token_grid(manifest.window.length, tuple(manifest.dataset(name).spatial_shape or ())))
             for name in datasets
         },
         "overall": overall_scores(datasets, combined),

@@ -36,7 +36,8 @@ from torch import Tensor
 
 from data_pipelines.atomic import atomic_path, atomic_write_text
 from data_pipelines.errors import DataError, InputError
-from data_pipelines.shards import iter_samples, read_manifest
+from data_pipelines.manifest import Manifest
+from data_pipelines.shards import iter_samples
 from physfm.core.token_ids import check_manifest_vocab, check_token_ids
 from physfm.eval.windows import evenly_spaced
 from physfm.inference import PhysicsModel
@@ -63,7 +64,7 @@ def _split_list(split: str | list[str]) -> list[str]:
     return [s for s in split.split(",") if s] if isinstance(split, str) else list(split)
 
 
-def _field_encoder(info: dict[str, Any], manifest: dict[str, Any], data: str | Path) -> Callable[[Tensor, str], Tensor]:
+def _field_encoder(info: dict[str, Any], manifest: Manifest, data: str | Path) -> Callable[[Tensor, str], Tensor]:
     """Physical-unit windows [B, T, C, *space] of ``data`` → tokens, with the tokenizer the model was trained
     on (which must know ``data``'s datasets, their channels and dimensions)."""
     location = info.get("location")
@@ -94,11 +95,11 @@ def iter_windows(
     ``split``. Token shards must carry ``tokenizer_fingerprint`` when one is given; field shards need
     ``encoder(frames [B, T, C, *space], dataset) -> tokens [B, F, *grid]``."""
     select = selection if isinstance(selection, Selection) else parse_selection(selection)
-    manifest = read_manifest(data)
-    is_tokens = bool(manifest.get("tokenizer_fingerprint"))
-    if is_tokens and tokenizer_fingerprint and manifest["tokenizer_fingerprint"] != tokenizer_fingerprint:
+    manifest = Manifest.load(data)
+    is_tokens = manifest.is_tokens
+    if is_tokens and tokenizer_fingerprint and manifest.fingerprint != tokenizer_fingerprint:
         raise DataError(
-            f"{data}: tokens were made by tokenizer {manifest['tokenizer_fingerprint'][:12]}, the model "
+            f"{data}: tokens were made by tokenizer {(manifest.fingerprint or '')[:12]}, the model "
             f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer"
         )
     if not is_tokens and encoder is None:
@@ -384,8 +385,8 @@ def capture_to_disk(
     """Select windows of ``data`` and capture them (see :func:`capture_windows`); ``info`` is the run info
     (``load_ar_model``'s): dataset names, tokenizer fingerprint, window layout."""
     encoder = None
-    manifest = read_manifest(data)
-    if manifest.get("tokenizer_fingerprint"):
+    manifest = Manifest.load(data)
+    if manifest.is_tokens:
         check_manifest_vocab(manifest, data, model.config.vocab_size, "the model's vocab_size")
     else:
         encoder = _field_encoder(info, manifest, data)

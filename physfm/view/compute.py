@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from data_pipelines.errors import DataError
-from data_pipelines.shards import read_manifest
+from data_pipelines.manifest import Manifest
 from physfm.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from physfm.core.run_info import RUN_INFO
 from physfm.eval.physics_stats import physics_statistics
@@ -210,8 +210,7 @@ class Workbench:
     def _reconstruction(self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int) -> Reconstruction:
         tok = self.tokenizer(self._recorded(metrics.get("checkpoint"), run_dir, "tokenizer checkpoint"))
         shards = self._recorded(metrics.get("shards"), run_dir, "shards")
-        manifest = read_manifest(shards)
-        horizon = max(1, int(manifest.get("n_output", 1)))
+        horizon = max(1, Manifest.load(shards).window.n_output)
         batch = _nth(
             evaluation_windows(
                 shards, metrics.get("split", "valid"), horizon, batch_size=1, max_windows=16, datasets=[dataset]
@@ -254,7 +253,7 @@ class Workbench:
         datasets = direc.meta.get("datasets") or []
         selection = f"dataset=='{datasets[0]}'" if len(datasets) == 1 else None
         encoder = None
-        if not read_manifest(data).get("tokenizer_fingerprint"):  # field shards: encode with the model's tokenizer
+        if not Manifest.load(data).is_tokens:  # field shards: encode with the model's tokenizer
             encoder = lambda frames, ds: pm.encode(frames, ds).cpu()
         batch = _nth(
             iter_windows(
