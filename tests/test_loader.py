@@ -152,3 +152,28 @@ def test_pipe_url(shards):
     local = list(iter_raw_samples(str(shards / rec["path"])))
     assert len(raw) == rec["n_clips"] > 0  # a raw sample is a clip
     assert [r["frames.npy"] for r in raw] == [bytes(r["frames.npy"]) for r in local]
+
+
+def test_pretraining_default_buffer_mixes_a_split_written_in_file_order(tmp_path):
+    """A shard set lists its windows file by file (here two files of 360 windows each). With a shuffle
+    buffer smaller than a file, training batches would come from one file for a long stretch, then the
+    other — a drifting stream that the model chases (the ns32 tokens showed whole-regime 30-step
+    stretches at 256). The pretraining default must mix both files in every short stretch."""
+    from physfm.train.config import TokenDataConfig
+
+    data = make_toy_dataset(tmp_path / "two", "two", n_files=2, n_traj=10, n_steps=40, resolution=4, splits=("train",))
+    shards = tmp_path / "shards"
+    shard_datasets([data], shards, WindowSpec(4, 1, 1))
+    n_windows = read_manifest(shards)["splits"]["train"]["n_samples"]
+    assert n_windows == 720
+
+    def first_file_share(buffer: int) -> list[float]:
+        loader = make_loader(
+            str(shards), "train", 8, seed=0, resampled=True, batches_per_epoch=120, shuffle_buffer=buffer
+        )
+        first = [sum(m["source_file"].endswith("_0.hdf5") for m in b["meta"]) / 8 for b in loader]
+        return [sum(first[k : k + 10]) / 10 for k in range(0, len(first), 10)]
+
+    small, shares = first_file_share(256), first_file_share(TokenDataConfig().shuffle_buffer)
+    assert min(small) == 0.0 or max(small) == 1.0  # some 10-batch stretch draws one file only
+    assert all(0.25 <= s <= 0.75 for s in shares), shares

@@ -21,7 +21,10 @@ class TokenDataConfig:
     shards: list[str] = field(default_factory=list)  # field shard sets, for model.kind=diffusion (latents on the fly)
     batch_size: int = 8  # per rank, per micro-batch
     num_workers: int = 1
-    shuffle_buffer: int = 256
+    # Windows are written file by file; a buffer below a file's window count trains on one file (one
+    # regime) at a time (bench/generalization.py's ns32 tokens: 30-step stretches of one viscosity at
+    # 256). Token windows are a few KB, so 2,048 per dataset stream per worker costs little memory.
+    shuffle_buffer: int = 2048
     dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
     val_batches: int = 4  # per validation run (0: no validation)
     on_error: Literal["raise", "skip"] = "raise"  # corrupt shards: stop naming it, or skip and count

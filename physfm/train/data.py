@@ -14,6 +14,10 @@ from physfm.train.config import PretrainConfig
 from tokenizer.checkpoint import fingerprint, read_checkpoint_meta
 from tokenizer.model import window_token_layout
 
+# Field windows are large (a 64² window of 5 frames and 3 fields: 245 KB): the shuffle buffer of a
+# field-shard stream holds at most this many bytes.
+FIELD_BUFFER_BYTES = 128 * 2**20
+
 
 def token_layout(manifest: Manifest) -> TokenLayout:
     """The token layout of each window of a token shard set: the one its tokenizer recorded, or for sets
@@ -97,6 +101,10 @@ class TokenDataModule:
     def locations(self) -> list[str]:
         return self.cfg.data.tokens
 
+    @property
+    def shuffle_buffer(self) -> int:
+        return self.cfg.data.shuffle_buffer
+
     def _loader(self, split: str, **options):
         d = self.cfg.data
         return make_loader(
@@ -105,7 +113,7 @@ class TokenDataModule:
             d.batch_size,
             seed=self.cfg.seed,
             resampled=True,
-            shuffle_buffer=d.shuffle_buffer,
+            shuffle_buffer=self.shuffle_buffer,
             dataset_weights=d.dataset_weights,
             keys=self.keys,
             normalize=False,
@@ -200,3 +208,21 @@ class FieldDataModule(TokenDataModule):
     @property
     def locations(self) -> list[str]:
         return self.cfg.data.shards
+
+    @property
+    def shuffle_buffer(self) -> int:
+        """``data.shuffle_buffer`` capped at FIELD_BUFFER_BYTES of windows per stream: a 64² window of 5
+        frames and 3 fields is 245 KB, 2,048 of them half a GB per dataset and worker."""
+        window_bytes = max(self._window_bytes(), 1)
+        return max(1, min(self.cfg.data.shuffle_buffer, FIELD_BUFFER_BYTES // window_bytes))
+
+    def _window_bytes(self) -> int:
+        """The largest float32 window (input + output frames) of the field shard sets."""
+        largest = 0
+        for location in self.locations:
+            manifest = Manifest.load(location)
+            window = manifest.resolve_window(window_option(self.cfg.data.window, "data.window"))
+            for entry in manifest.datasets.values():
+                size = len(entry.channel_names) * math.prod(entry.spatial_shape or (1,))
+                largest = max(largest, 4 * window.length * size)
+        return largest
