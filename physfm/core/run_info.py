@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from data_pipelines.atomic import atomic_write_text
+from data_pipelines.config import ConfigError, from_dict
 from physfm.core.errors import CheckpointError
 from physfm.core.model_config import DiffusionConfig, ModelConfig
 
@@ -82,12 +83,12 @@ class RunInfo:
 
 
 def _section(config: type[Section], data: Any, key: str, source: str | Path) -> Section:
-    """The JSON object under ``key`` as its config dataclass; an unknown option is a named error (a run.json
-    from a newer physfm, or an edited one) rather than a TypeError from the constructor."""
+    """The JSON object under ``key`` as its config dataclass, each value checked against its type and the
+    whole validated by the config loader's own converter: an unknown option (a run.json from a newer
+    physfm, or an edited one) or a bad value is one error naming the file and the key."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: '{key}' must be a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CheckpointError(f"{source}: {key}.{unknown[0]} is not an option of this physfm's {key} config")
-    return config(**data)
+    try:
+        return from_dict(config, data, key)
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {err}") from None
