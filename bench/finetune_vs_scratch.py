@@ -171,6 +171,7 @@ def pretrain(root: Path, args) -> Path:
 
 
 def finetune_and_compare(root: Path, pre: Path, args) -> dict:
+    from physfm.core.run_info import RunInfo
     from physfm.train.finetune import _training_config, export_plain, load_finetune_config, run_finetune
     from physfm.train.finetune_eval import evaluate_models
     from physfm.train.pretrain import run_pretrain
@@ -197,7 +198,7 @@ def finetune_and_compare(root: Path, pre: Path, args) -> dict:
     # Equal wall-clock: scratch gets the fine-tune's whole time (tokenizer adaptation included) as AR steps.
     cfg_wall = _training_config(
         cfg,
-        json.loads((pre / "run.json").read_text())["model"],
+        RunInfo.read(pre).model,
         Path(m["tokenizer"]),
         out / "tokens",
         out / "scratch_wallclock",

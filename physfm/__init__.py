@@ -17,7 +17,7 @@ _EXPORTS = {
     "DiffusionPhysicsModel": "physfm.inference",
     "PhysicsTransformer": "physfm.models.ar",
     "LatentFlowTransformer": "physfm.models.diffusion",
-    "ModelConfig": "physfm.models.trunk",
+    "ModelConfig": "physfm.core.model_config",
     "PretrainConfig": "physfm.train.config",
     "load_pretrain_config": "physfm.train.config",
     "run_pretrain": "physfm.train.pretrain",

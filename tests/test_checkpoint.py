@@ -65,13 +65,14 @@ def test_outputs_are_group_readable_under_umask_022(tmp_path: Path) -> None:
     """run.json, metrics.json, checkpoints and exports get the mode a plain write
     would give (0644 under umask 022), not mkstemp's 0600: colleagues on a shared filesystem read them."""
     from data_pipelines.atomic import atomic_write_bytes, atomic_write_text
+    from physfm.core.model_config import ModelConfig
     from physfm.core.run_info import RunInfo
 
     old = os.umask(0o022)
     try:
-        RunInfo("ar", {}, ["a"], n_context_frames=1, n_frames=2, tokenizer="t", tokenizer_fingerprint="f").write(
-            tmp_path / "run"
-        )
+        RunInfo(
+            "ar", ModelConfig(), ["a"], n_context_frames=1, n_frames=2, tokenizer="t", tokenizer_fingerprint="f"
+        ).write(tmp_path / "run")
         atomic_write_text(tmp_path / "run" / "metrics.json", "{}")
         atomic_write_bytes(tmp_path / "run" / "blob.bin", b"x")
         atomic_torch_save({"w": torch.ones(1)}, tmp_path / "run" / "step=1.ckpt")

@@ -112,7 +112,7 @@ def test_rollout_training_step_runs():
 
     model = {**TINY, "grid_shape": [3, 3], "n_spatial_dims": 2, "prediction": "next_frame", "head": "digits"}
     module = ARModule(
-        {**model, "fsq_levels": LEVELS},
+        ModelConfig(**model, fsq_levels=LEVELS),
         {"lr": 1e-3},
         ["waves"],
         n_context_frames=3,

@@ -152,11 +152,12 @@ def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens, n_c
     a step no rollout from two or more context frames takes, so only frames >= 2 carry loss; plain tokens,
     and a one-frame context (whose every rollout step starts from a key frame), learn every frame after the first."""
     from physfm.models.ar import IGNORE_INDEX
+    from physfm.models.trunk import ModelConfig
     from physfm.train.module import ARModule
 
     model = dict(vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4)
     module = ARModule(
-        {**model, "grid_shape": [2, 2], "n_spatial_dims": 2, "prediction": "next_frame"},
+        ModelConfig(**model, grid_shape=[2, 2], n_spatial_dims=2, prediction="next_frame"),
         {"lr": 1e-3},
         ["waves"],
         n_context_frames=n_context,

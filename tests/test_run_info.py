@@ -10,6 +10,7 @@ import pytest
 
 from physfm.core.errors import CheckpointError
 from physfm.core.run_info import RunInfo
+from physfm.models.diffusion import DiffusionConfig, LatentFlowTransformer
 from physfm.models.registry import build_model
 from physfm.models.trunk import ModelConfig
 
@@ -40,9 +41,30 @@ def test_an_old_run_json_loads_and_builds_its_model(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({**OLD_RUN, "written_by": "an older physfm"}))
     info = RunInfo.read(tmp_path)
     assert info.kind == "ar" and info.tokens == ["runs/tokens"] and info.shards == [] and info.diffusion is None
-    model = build_model(info.kind, info.to_dict())
+    model = build_model(info)
     assert model.config == ModelConfig(**OLD_MODEL)  # the options added since take their defaults
     assert RunInfo.from_dict(info.to_dict()) == info  # and it writes back what it read
+
+
+def test_the_model_sections_are_typed_and_written_back_as_plain_json(tmp_path):
+    """The run record carries the configs typed (the one reader converts); the file keeps its format."""
+    info = RunInfo.from_dict(OLD_RUN)
+    assert isinstance(info.model, ModelConfig) and info.model.head == "vocab" and info.model.fsq_levels == []
+    assert info.model.prediction == "raster" and info.model.greedy == "mode"
+    diffusion = {"latent_dim": 2, "fsq_levels": [5, 5]}  # a diffusion run's section; the rest defaults
+    run = {**OLD_RUN, "kind": "diffusion", "model": {**OLD_MODEL, "kind": "diffusion"}, "diffusion": diffusion}
+    info = RunInfo.from_dict(run)
+    assert info.diffusion == DiffusionConfig(latent_dim=2, fsq_levels=[5, 5])
+    assert isinstance(build_model(info), LatentFlowTransformer)
+    saved = json.loads(info.write(tmp_path).read_text())
+    assert saved["model"] == dataclasses.asdict(info.model) and saved["diffusion"]["sampling_steps"] == 4
+    assert RunInfo.read(tmp_path) == info
+
+
+def test_an_unknown_model_option_is_named(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({**OLD_RUN, "model": {**OLD_MODEL, "n_experts": 8}}))
+    with pytest.raises(CheckpointError, match=r"run.json: unknown config key model.n_experts"):
+        RunInfo.read(tmp_path)
 
 
 def test_a_run_json_missing_a_field_names_the_file(tmp_path):

@@ -8,7 +8,6 @@ The ``tiny_model`` fixture in tests/conftest.py is the default model, seeded and
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def export_ar_model(
 
     info = RunInfo(
         kind="ar",
-        model=dataclasses.asdict(model.config),
+        model=model.config,
         dataset_names=dataset_names,
         n_context_frames=n_context_frames,
         n_frames=model.config.max_frames,

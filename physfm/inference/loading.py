@@ -94,12 +94,13 @@ def load_model(location: str | Path, kind: str | None = None) -> tuple[nn.Module
     """(transformer in eval mode, run info) for any location, built for the run's kind; with ``kind`` the
     run must be of that kind (an AR-only tool refuses a diffusion model by name)."""
     state, info = load_model_state(location)
-    found = info.get("kind", "ar")
+    run = RunInfo.from_dict(info, location)
+    found = run.kind
     if kind is not None and found != kind:
         raise CheckpointError(
             f"{location}: a {found!r} model, not {kind!r}; load it with PhysicsModel.from_pretrained (physfm.inference)"
         )
-    model = build_model(found, info)
+    model = build_model(run)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -35,8 +35,6 @@ This file only knows torch; training, data and rollout live in ``physfm/train/di
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,45 +42,9 @@ from torch import Tensor, nn
 
 from data_pipelines.config import ConfigError
 from physfm.core.errors import CheckpointError
+from physfm.core.model_config import DiffusionConfig
 from physfm.models.trunk import ModelConfig, Trunk, frame_causal_mask, token_positions
 from tokenizer.fsq import FSQ
-
-
-@dataclass
-class DiffusionConfig:
-    """Flow-matching settings (the ``diffusion:`` section of a pretrain config; saved in run.json)."""
-
-    latent_dim: int = 0  # channels per latent cell = len(FSQ levels); 0 = take it from the tokenizer
-    # Latents live in FSQ code units (~[-1, 1], std ~0.5); scaled by this they match the unit-variance
-    # noise, so neither the signal nor the noise dominates the middle of the path.
-    latent_scale: float = 2.0
-    time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
-    logit_mean: float = 0.0  # logit-normal t: sigmoid(N(logit_mean, logit_std))
-    logit_std: float = 1.0
-    time_embed_dim: int = 256  # sinusoidal features of t, then an MLP to d_model
-    sampler: Literal["euler", "heun"] = "euler"  # rollout default (--sampler overrides)
-    sampling_steps: int = 4  # rollout default (--sampling-steps overrides)
-    snap_to_codes: bool = False  # round sampled latents to the FSQ grid before decoding
-    # The tokenizer's FSQ levels (set from it by pretrain): token ids → their codes without the tokenizer,
-    # so probing/steering can feed the model token windows (forward_window). [] = unknown.
-    fsq_levels: list[int] = field(default_factory=list)
-
-    def validate(self) -> None:
-        if self.latent_dim < 0:
-            raise ConfigError(f"diffusion.latent_dim: must be >= 0 (0 = from the tokenizer), got {self.latent_dim}")
-        if self.latent_scale <= 0:
-            raise ConfigError(f"diffusion.latent_scale: must be > 0, got {self.latent_scale}")
-        if self.logit_std <= 0:
-            raise ConfigError(f"diffusion.logit_std: must be > 0, got {self.logit_std}")
-        if self.time_embed_dim < 2 or self.time_embed_dim % 2:
-            raise ConfigError(f"diffusion.time_embed_dim: must be even and >= 2, got {self.time_embed_dim}")
-        if self.sampling_steps < 1:
-            raise ConfigError(f"diffusion.sampling_steps: must be >= 1, got {self.sampling_steps}")
-        if self.fsq_levels and (min(self.fsq_levels) < 2 or self.latent_dim not in (0, len(self.fsq_levels))):
-            raise ConfigError(
-                f"diffusion.fsq_levels: {self.fsq_levels} must be >= 2 each, one per latent channel "
-                f"(latent_dim={self.latent_dim})"
-            )
 
 
 def timestep_features(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

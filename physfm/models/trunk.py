@@ -1,4 +1,4 @@
-"""The transformer trunk the AR and diffusion models share: config, rotary embeddings factorised over
+"""The transformer trunk the AR and diffusion models share: rotary embeddings factorised over
 (time, x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks, and
 :class:`Trunk`, the base class that owns the blocks and everything about them (init, size, cost, optimizer,
 activation checkpointing, KV cache). The models add only their embeddings, heads, loss and generation."""
@@ -7,126 +7,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from data_pipelines.config import ConfigError
-
-
-@dataclass
-class ModelConfig:
-    # Which network trains on these sizes: the AR transformer over token ids (this file) or the flow-matching
-    # transformer over the tokenizer's continuous latents (physfm/models/diffusion.py, same blocks).
-    kind: Literal["ar", "diffusion"] = "ar"
-    # How the AR model generates a frame. "next_frame": every token of frame t+1 at once from frames <= t
-    # (block-causal attention; the output at (t, p) predicts the token at (t+1, p), so the token in the same
-    # place one frame back reaches its successor's prediction directly); one forward pass per frame.
-    # "raster": each token from the one before it in the flattened sequence, T decode steps per frame.
-    prediction: Literal["raster", "next_frame"] = "raster"
-    vocab_size: int = 1000  # tokenizer codebook size, e.g. FSQ levels [8, 5, 5, 5] -> 1000
-    # The tokenizer's FSQ levels (prod = vocab_size); needed by head=digits and greedy=mean. Pretraining
-    # takes them from the token shards when the tokenizer's make vocab_size codes (physfm/train/data.py).
-    fsq_levels: list[int] = field(default_factory=list)
-    # AR output head: "vocab" one softmax over every id; "digits" the code's structure (code-vector input
-    # embedding, one softmax per FSQ digit with a copy bias; physfm/models/code_head.py), next_frame only.
-    head: Literal["vocab", "digits"] = "vocab"
-    id_embedding: bool = False  # head=digits: add a per-id table to the per-digit input embedding
-    code_loss_weight: float = 0.0  # head=digits: weight of the expected code's squared error in the loss
-    # Greedy decoding (temperature 0): "mode" the most likely code, "mean" each digit's expected value
-    # rounded to the nearest level (the MSE-optimal code on the grid; needs fsq_levels).
-    greedy: Literal["mode", "mean"] = "mode"
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int = 2  # grouped-query attention: n_head // n_kv_head query heads share one K/V head
-    d_model: int = 256
-    ffn_hidden: int = 768  # SwiGLU hidden width (Llama: ~8/3 d_model)
-    max_frames: int = 8  # frames per window the model attends over (training window / rollout context)
-    grid_shape: list[int] = field(default_factory=lambda: [16, 16])  # token grid per frame (sets max_seq_len)
-    n_spatial_dims: int = 3  # spatial rotary axes; grids with fewer dims leave the rest at position 0
-    n_datasets: int = 16  # size of the dataset-conditioning vocabulary (one token per sample)
-    n_cond_params: int = 0  # simulation-parameter tokens per sample (0: none)
-    n_param_buckets: int = 0  # bucket ids per parameter (the caller quantises values, e.g. log-spaced)
-    # Each axis spans tens of positions (frames, grid cells), not thousands of tokens: a smaller base than
-    # Llama's 10000 spends fewer rotary pairs on angles that barely turn across the window.
-    rope_theta: float = 1000.0
-    norm_eps: float = 1e-5
-    qk_norm: bool = True  # RMSNorm on q and k per head: keeps attention logits bounded at scale (OLMo 2)
-    activation_checkpointing: bool = False  # set by the training layer; recompute each block in backward
-    dropout: float = 0.0
-    init_std: float = 0.02
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return math.prod(self.grid_shape)
-
-    @property
-    def n_cond_tokens(self) -> int:
-        return 1 + (self.n_cond_params if self.n_param_buckets > 0 else 0)
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.n_cond_tokens + self.max_frames * self.tokens_per_frame
-
-    def validate(self) -> None:
-        """Raise ConfigError (a ValueError) naming the field; called by ``load_config`` and ``Trunk`` (every model)."""
-        for name in (
-            "vocab_size",
-            "n_layer",
-            "n_head",
-            "n_kv_head",
-            "d_model",
-            "ffn_hidden",
-            "max_frames",
-            "n_datasets",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.d_model % self.n_head:
-            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
-        if self.n_head % self.n_kv_head:
-            raise ConfigError(f"model.n_head={self.n_head} is not divisible by model.n_kv_head={self.n_kv_head}")
-        if not 1 <= self.n_spatial_dims <= 3:
-            raise ConfigError(f"model.n_spatial_dims: must be 1, 2 or 3, got {self.n_spatial_dims}")
-        if not 1 <= len(self.grid_shape) <= self.n_spatial_dims or min(self.grid_shape) < 1:
-            raise ConfigError(f"model.grid_shape: {self.grid_shape} needs 1..{self.n_spatial_dims} positive sizes")
-        if self.head_dim % 2 or self.head_dim // 2 < 1 + self.n_spatial_dims:
-            raise ConfigError(f"model: head_dim={self.head_dim} must be even with >= one rotary pair per axis")
-        if self.n_cond_params < 0 or self.n_param_buckets < 0:
-            raise ConfigError("model.n_cond_params / model.n_param_buckets: must be >= 0")
-        if self.prediction not in ("raster", "next_frame"):
-            raise ConfigError(f"model.prediction: expected 'raster' or 'next_frame', got {self.prediction!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
-        self._validate_code_head()
-
-    def require_levels(self) -> None:
-        """Raise unless the FSQ levels that head=digits / greedy=mean read are known."""
-        if (self.head == "digits" or self.greedy == "mean") and not self.fsq_levels:
-            raise ConfigError("model.fsq_levels: head=digits and greedy=mean need the tokenizer's FSQ levels")
-
-    def _validate_code_head(self) -> None:
-        if self.head not in ("vocab", "digits"):
-            raise ConfigError(f"model.head: expected 'vocab' or 'digits', got {self.head!r}")
-        if self.greedy not in ("mode", "mean"):
-            raise ConfigError(f"model.greedy: expected 'mode' or 'mean', got {self.greedy!r}")
-        if self.fsq_levels and math.prod(self.fsq_levels) != self.vocab_size:
-            raise ConfigError(
-                f"model.fsq_levels: {self.fsq_levels} make {math.prod(self.fsq_levels)} codes, "
-                f"model.vocab_size is {self.vocab_size}"
-            )
-        if self.head == "digits" and self.prediction != "next_frame":
-            raise ConfigError("model.head=digits: needs model.prediction=next_frame")
-        if self.code_loss_weight < 0:
-            raise ConfigError(f"model.code_loss_weight: must be >= 0, got {self.code_loss_weight}")
+# The config lives in physfm/core so that run.json's reader can carry it typed; models import it here.
+from physfm.core.model_config import ModelConfig
 
 
 def rope_pair_axes(cfg: ModelConfig) -> Tensor:

@@ -17,6 +17,7 @@ sharded or cast to bf16 by DeepSpeed; it runs in fp32 with autocast off (FSQ's b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -36,23 +37,26 @@ class DiffusionModule(ARModule):
 
     def __init__(
         self,
-        model: ModelConfig | dict[str, Any],
+        model: ModelConfig,
         optim: dict[str, Any],
         dataset_names: list[str],
         n_context_frames: int,
         max_steps: int,
         nonfinite_loss: str = "stop",
         strategy: dict[str, Any] | None = None,
-        diffusion: dict[str, Any] | None = None,
+        diffusion: DiffusionConfig | None = None,
         tokenizer: str = "",
     ):
+        # Typed for build_model, which ARModule.__init__ calls; the hparams get a plain copy, as for the model.
+        object.__setattr__(self, "diffusion_config", diffusion or DiffusionConfig())
         super().__init__(model, optim, dataset_names, n_context_frames, max_steps, nonfinite_loss, strategy)
+        self.hparams["diffusion"] = dataclasses.asdict(self.diffusion_config)
 
         tok = load_tokenizer(tokenizer).eval().requires_grad_(False)
         object.__setattr__(self, "tokenizer", tok)  # not a submodule: see the module docstring
 
     def build_model(self) -> LatentFlowTransformer:
-        return LatentFlowTransformer(self.model_config, DiffusionConfig(**self.hparams.diffusion))
+        return LatentFlowTransformer(self.model_config, self.diffusion_config)
 
     @torch.no_grad()
     def latents(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

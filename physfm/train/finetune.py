@@ -21,6 +21,7 @@ file ``RUN/.prepared.json`` (the run directory is on a filesystem every rank see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -181,14 +182,12 @@ def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
 
 
 def _training_config(
-    cfg: FinetuneConfig, model: dict[str, Any], tokenizer: Path, tokens: Path, out: Path, max_steps: int | None = None
+    cfg: FinetuneConfig, model: ModelConfig, tokenizer: Path, tokens: Path, out: Path, max_steps: int | None = None
 ) -> PretrainConfig:
     manifest = Manifest.load(tokens)
     layout = token_layout(manifest)
     grid = layout.grid or next(iter(manifest.datasets.values())).token_grid[1:]
-    model_cfg = ModelConfig(
-        **{**model, "grid_shape": list(grid), "max_frames": max(model["max_frames"], layout.n_frames)}
-    )
+    model_cfg = dataclasses.replace(model, grid_shape=list(grid), max_frames=max(model.max_frames, layout.n_frames))
     base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
     train = PretrainConfig(
         **base,
@@ -266,18 +265,20 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     old_names = list(base.info["dataset_names"])
     names = old_names + sorted(n for n in new_data if n not in old_names)
     state = init_dataset_rows(base.state, len(old_names), len(names))
-    train_cfg = _training_config(cfg, base.info["model"], tokenizer, tokens, out)
+    pretrained = RunInfo.from_dict(base.info, f.init).model
+    train_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out)
     start = time.perf_counter()
     run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
     timings["finetune_s"] = time.perf_counter() - start
     if f.compare_scratch:  # every rank trains; rank 0 scores below
-        scratch_cfg = _training_config(cfg, base.info["model"], tokenizer, tokens, out / "scratch")
+        scratch_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out / "scratch")
         start = time.perf_counter()
         run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
         timings["scratch_s"] = time.perf_counter() - start
     if not is_rank_zero():
         return out
     report = {"shards": shards, "tokenizer": tokenizer, "names": names, "new_data": new_data, "timings": timings}
+    report["model"] = pretrained
     evaluate_and_report(cfg, out, state, base.info, report)
     return out
 
@@ -308,7 +309,7 @@ def evaluate_and_report(
         "datasets": new_names,
         "dataset_names": names,
         "steps": summary["steps"],
-        "trainable_params": _trainable(f, info, names),
+        "trainable_params": _trainable(f, run["model"]),
         "seconds": {k: round(v, 2) for k, v in run["timings"].items()},
         "train": summary,
         "scratch_train": scratch_summary,
@@ -358,9 +359,9 @@ def _export_state(state: dict[str, Any], info: dict[str, Any], out_dir: Path) ->
     return export_safetensors(state, info, out_dir)
 
 
-def _trainable(f: FinetuneSection, info: dict[str, Any], names: list[str]) -> dict[str, int]:
+def _trainable(f: FinetuneSection, model_cfg: ModelConfig) -> dict[str, int]:
     """(trainable, total) parameters of the fine-tuned model under this mode."""
-    model = PhysicsTransformer(ModelConfig(**info["model"]))
+    model = PhysicsTransformer(model_cfg)
     prepare = prepare_fn(f)
     if prepare is not None:
         prepare(model)

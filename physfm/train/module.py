@@ -86,7 +86,7 @@ class ARModule(L.LightningModule):
 
     def __init__(
         self,
-        model: ModelConfig | dict[str, Any],
+        model: ModelConfig,
         optim: dict[str, Any],
         dataset_names: list[str],
         n_context_frames: int,
@@ -100,10 +100,10 @@ class ARModule(L.LightningModule):
         as changes given the frame before (a conditional tokenizer). ``stability``: the rollout-training
         options (:class:`StabilityConfig`; next-frame prediction only)."""
         super().__init__()
-        # The model config stays a typed ModelConfig here (a dict, as tests pass, is converted once); the
-        # hparams (hparams.yaml, W&B, checkpoints) get a plain-data copy of it, never read back.
+        # The model config stays typed here; the hparams (hparams.yaml, W&B, checkpoints) get a plain-data
+        # copy of it for loggers, never read back (run.json is the record a run is rebuilt from).
         self.save_hyperparameters(ignore=["model"])
-        self.model_config = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+        self.model_config = model
         self.hparams["model"] = dataclasses.asdict(self.model_config)
         self.optim_config = OptimConfig(**optim)
         self.model = self.build_model()

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from data_pipelines.config import to_dict
+from physfm.core.model_config import DiffusionConfig, ModelConfig
 from physfm.core.run_info import RunInfo
-from physfm.models.trunk import ModelConfig
 from physfm.train.config import PretrainConfig
 from physfm.train.data import FieldDataModule, TokenDataModule, describe_fields, describe_tokens
 from physfm.train.diffusion import DiffusionModule
@@ -48,7 +48,7 @@ def _module_args(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
 def _run_info(cfg: PretrainConfig, info: dict[str, Any], **kind_fields: Any) -> RunInfo:
     return RunInfo(
         kind=cfg.model.kind,
-        model=to_dict(cfg.model),
+        model=cfg.model,
         dataset_names=info["dataset_names"],
         n_context_frames=info["n_context"],
         n_frames=info["n_frames"],
@@ -58,9 +58,9 @@ def _run_info(cfg: PretrainConfig, info: dict[str, Any], **kind_fields: Any) -> 
     )
 
 
-def diffusion_section(cfg: PretrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+def diffusion_section(cfg: PretrainConfig, info: dict[str, Any]) -> DiffusionConfig:
     """The ``diffusion:`` config with the latent size and FSQ levels resolved from the tokenizer."""
-    return {**to_dict(cfg.diffusion), "latent_dim": info["latent_dim"], "fsq_levels": info["fsq_levels"]}
+    return dataclasses.replace(cfg.diffusion, latent_dim=info["latent_dim"], fsq_levels=info["fsq_levels"])
 
 
 AR = Recipe(

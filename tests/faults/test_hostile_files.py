@@ -18,6 +18,7 @@ import torch
 from data_pipelines.config import ConfigError, load_config
 from data_pipelines.errors import DataError
 from physfm.cli import main
+from physfm.core.model_config import ModelConfig
 from physfm.core.run_info import RunInfo
 from tests.faults.conftest import pretrain_args
 
@@ -69,7 +70,7 @@ def test_export_refuses_a_pickle_checkpoint(layout: str, tmp_path: Path, marker:
     (run / "checkpoints").mkdir(parents=True)
     RunInfo(
         kind="ar",
-        model={},
+        model=ModelConfig(),
         dataset_names=["toy"],
         n_context_frames=1,
         n_frames=2,
