@@ -1,32 +1,37 @@
-"""AR over tokens vs flow matching over continuous latents, at equal training wall-clock, on quickstart-like data.
+"""AR over tokens vs flow matching over continuous latents, at equal training wall-clock, on
+quickstart-like data.
 
-Makes its own data: the quickstart's systems (gray_scott2d, navier_stokes2d; 6 trajectories per parameter
-value, 24 steps) at ``--resolution`` (32 by default, half the quickstart's 64, so that the whole bench
-fits a few minutes on 2 cores: 8x8 latent cells per frame), 4 + 1 frame windows. Trains the tiny
-tokenizer (configs/tokenizer/tiny.yaml, ``--tokenizer-steps``), then from the same tokenizer:
+Makes its own data: the quickstart's systems (gray_scott2d, navier_stokes2d; 6 trajectories per
+parameter value, 24 steps) at ``--resolution`` (32 by default, half the quickstart's 64, so that the
+whole bench fits a few minutes on 2 cores: 8x8 latent cells per frame), 4 + 1 frame windows. Trains
+the tiny tokenizer (configs/tokenizer/tiny.yaml, ``--tokenizer-steps``), then from the same
+tokenizer:
 
-* AR: ``physfm pretrain`` on its token shards (configs/pretrain/tiny.yaml, a smaller transformer below);
-* diffusion: ``physfm pretrain`` with ``model.kind=diffusion`` (configs/pretrain/diffusion_tiny.yaml) on the
-  field shards, the same transformer sizes;
+* AR: ``physfm pretrain`` on its token shards (configs/pretrain/tiny.yaml, a smaller transformer
+  below);
+* diffusion: ``physfm pretrain`` with ``model.kind=diffusion``
+  (configs/pretrain/diffusion_tiny.yaml) on the field shards, the same transformer sizes;
 
-each for ``--train-seconds`` of training: short calibration runs measure each model's seconds per step
-(start-up excluded) and set its ``max_steps`` so that both fill the same budget (the cosine schedule then
-ends where training ends). ``--clock wall`` (default) budgets wall-clock; ``--clock cpu`` budgets the
-training process's CPU seconds, which other processes on a shared machine do not inflate (with
-``--threads 1`` and the in-process loader it equals the wall-clock of an idle core). AR + refinement adds the refinement U-Net fitted to the AR
-model (the quickstart's refine settings; its extra training time is printed). Then on the test split,
-``--max-windows`` windows per dataset, horizon 8: next-step and 8-step VRMSE (The Well's, physical units,
-mean over datasets and fields) and rollout wall-clock per predicted frame (batched windows, this CPU,
-tokenizer encode/decode included) for AR (greedy), AR + refinement, and diffusion at 1, 4 and 16 Euler
-steps (seed 0). Persistence, the tokenizer ceiling (the true future's tokens decoded: the AR model's best
-case) and the latent ceiling (the true future's continuous latents decoded: the diffusion model's best
-case) are printed beside them.
+each for ``--train-seconds`` of training: short calibration runs measure each model's seconds per
+step (start-up excluded) and set its ``max_steps`` so that both fill the same budget (the cosine
+schedule then ends where training ends). ``--clock wall`` (default) budgets wall-clock; ``--clock
+cpu`` budgets the training process's CPU seconds, which other processes on a shared machine do not
+inflate (with ``--threads 1`` and the in-process loader it equals the wall-clock of an idle core).
+AR + refinement adds the refinement U-Net fitted to the AR model (the quickstart's refine settings;
+its extra training time is printed). Then on the test split, ``--max-windows`` windows per dataset,
+horizon 8: next-step and 8-step VRMSE (The Well's, physical units, mean over datasets and fields)
+and rollout wall-clock per predicted frame (batched windows, this CPU, tokenizer encode/decode
+included) for AR (greedy), AR + refinement, and diffusion at 1, 4 and 16 Euler steps (seed 0).
+Persistence, the tokenizer ceiling (the true future's tokens decoded: the AR model's best case) and
+the latent ceiling (the true future's continuous latents decoded: the diffusion model's best case)
+are printed beside them.
 
     python bench/ar_vs_diffusion.py [--train-seconds 75] [--clock wall|cpu] [--tokenizer-steps 250]
                                     [--resolution 32] [--max-windows 8] [--threads N] [--workdir DIR] [--seed 0]
 
-Last line: JSON with ar_1, ar_8, ar_refined_1, ar_refined_8, diffusion_1, diffusion_8 (VRMSE at the step
-count with the best 8-step VRMSE), diffusion_steps (that count), and the per-step-count figures.
+Last line: JSON with ar_1, ar_8, ar_refined_1, ar_refined_8, diffusion_1, diffusion_8 (VRMSE at the
+step count with the best 8-step VRMSE), diffusion_steps (that count), and the per-step-count
+figures.
 """
 
 from __future__ import annotations
@@ -50,9 +55,19 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMS = {"gray_scott2d": dict(n_traj=6, n_steps=24), "navier_stokes2d": dict(n_traj=6, n_steps=24)}
-# The same transformer for both sides (smaller than configs/model/tiny.yaml so that a minute buys steps).
-MODEL = ["model.n_layer=4", "model.d_model=128", "model.n_head=4", "model.n_kv_head=2", "model.ffn_hidden=384"]
+SYSTEMS = {
+    "gray_scott2d": dict(n_traj=6, n_steps=24),
+    "navier_stokes2d": dict(n_traj=6, n_steps=24),
+}
+# The same transformer for both sides (smaller than configs/model/tiny.yaml so that a minute buys
+# steps).
+MODEL = [
+    "model.n_layer=4",
+    "model.d_model=128",
+    "model.n_head=4",
+    "model.n_kv_head=2",
+    "model.ffn_hidden=384",
+]
 COMMON = [
     "trainer.logger=csv",
     "trainer.progress_bar=false",
@@ -78,7 +93,9 @@ def make_data(work: Path, resolution: int, seed: int) -> Path:
     if (shards / "manifest.json").exists():
         return shards
     dirs = [
-        simulate_dataset(name, work / "data" / name, resolution=resolution, seed=seed, overwrite=True, **sizes)
+        simulate_dataset(
+            name, work / "data" / name, resolution=resolution, seed=seed, overwrite=True, **sizes
+        )
         for name, sizes in SYSTEMS.items()
     ]
     shard_datasets([str(d) for d in dirs], shards, WindowSpec(4, 1, 1), overwrite=True, workers=2)
@@ -110,10 +127,15 @@ def train_tokenizer(work: Path, shards: Path, steps: int, seed: int) -> Path:
 
 
 def pretrain(kind: str, out: Path, data: list[str], steps: int, seed: int) -> dict:
-    """Train ``steps`` steps; metrics.json plus the run's measured ``wall_s`` and ``cpu_s`` (this process)."""
+    """Train ``steps`` steps; metrics.json plus the run's measured ``wall_s`` and ``cpu_s`` (this
+    process)."""
     from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
-    config = ROOT / ("configs/pretrain/diffusion_tiny.yaml" if kind == "diffusion" else "configs/pretrain/tiny.yaml")
+    config = ROOT / (
+        "configs/pretrain/diffusion_tiny.yaml"
+        if kind == "diffusion"
+        else "configs/pretrain/tiny.yaml"
+    )
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time, also in a reused --workdir
     cfg = load_pretrain_config(
         str(config),
@@ -135,9 +157,11 @@ def pretrain(kind: str, out: Path, data: list[str], steps: int, seed: int) -> di
     return {**metrics, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
 
 
-def seconds_per_step(kind: str, out: Path, data: list[str], grid: list[int], seed: int, clock: str) -> float:
-    """Steady-state seconds per optimiser step: wall-clock from a short run's throughput monitor, or CPU
-    seconds from two short runs (their difference cancels the start-up)."""
+def seconds_per_step(
+    kind: str, out: Path, data: list[str], grid: list[int], seed: int, clock: str
+) -> float:
+    """Steady-state seconds per optimiser step: wall-clock from a short run's throughput monitor, or
+    CPU seconds from two short runs (their difference cancels the start-up)."""
     data = data + [f"model.grid_shape={grid}"]
     if clock == "cpu":
         short, long = pretrain(kind, out, data, 4, seed), pretrain(kind, out, data, 16, seed)
@@ -150,7 +174,8 @@ def seconds_per_step(kind: str, out: Path, data: list[str], grid: list[int], see
 
 
 def latent_ceiling(dm, shards: Path, max_windows: int) -> dict:
-    """VRMSE of the true future's own continuous latents decoded (what a perfect diffusion model scores)."""
+    """VRMSE of the true future's own continuous latents decoded (what a perfect diffusion model
+    scores)."""
     from physfm.eval.evaluate import DatasetScores, summarize
     from physfm.eval.windows import evaluation_windows
 
@@ -159,9 +184,16 @@ def latent_ceiling(dm, shards: Path, max_windows: int) -> dict:
         shards, "test", HORIZON, batch_size=32, max_windows=max_windows, datasets=dm.dataset_names
     ):
         window = torch.cat([batch.context, batch.truth], 1)
-        decoded = dm.decode_latents(dm.encode_latents(window, batch.dataset), batch.dataset, n_frames=window.shape[1])
+        decoded = dm.decode_latents(
+            dm.encode_latents(window, batch.dataset), batch.dataset, n_frames=window.shape[1]
+        )
         s = scores.setdefault(batch.dataset, DatasetScores(dm.channel_names(batch.dataset)))
-        s.add("latent_ceiling", decoded[:, batch.context.shape[1] :].cpu(), batch.truth, dm.n_spatial_dims)
+        s.add(
+            "latent_ceiling",
+            decoded[:, batch.context.shape[1] :].cpu(),
+            batch.truth,
+            dm.n_spatial_dims,
+        )
         s.n_windows += batch.context.shape[0]
     return summarize(scores, [1, HORIZON])["overall"]["latent_ceiling"]
 
@@ -178,7 +210,9 @@ def score(pm, shards: Path, methods: tuple[str, ...], max_windows: int) -> tuple
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-seconds", type=float, default=75.0, help="training budget per model, in seconds")
+    p.add_argument(
+        "--train-seconds", type=float, default=75.0, help="training budget per model, in seconds"
+    )
     p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -188,7 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokenizer-steps", type=int, default=250)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--max-windows", type=int, default=8, help="test windows per dataset")
-    p.add_argument("--workdir", default=None, help="keep data, tokenizer and runs here (reused if present)")
+    p.add_argument(
+        "--workdir", default=None, help="keep data, tokenizer and runs here (reused if present)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -221,9 +257,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     runs, train_info = {}, {}
     for kind in ("ar", "diffusion"):
-        per_step = seconds_per_step(kind, work / f"calibrate_{kind}", data[kind], grid, args.seed, args.clock)
+        per_step = seconds_per_step(
+            kind, work / f"calibrate_{kind}", data[kind], grid, args.seed, args.clock
+        )
         steps = max(10, int(args.train_seconds / per_step))
-        metrics = pretrain(kind, work / f"run_{kind}", data[kind] + [f"model.grid_shape={grid}"], steps, args.seed)
+        metrics = pretrain(
+            kind, work / f"run_{kind}", data[kind] + [f"model.grid_shape={grid}"], steps, args.seed
+        )
         runs[kind] = work / f"run_{kind}"
         hist = metrics["loss_history"]
         train_info[kind] = {
@@ -280,7 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
             "s_per_frame": seconds["diffusion"] / (n_windows * HORIZON),
         }
     ceiling = latent_ceiling(dm, shards, args.max_windows)
-    rows["latent_ceiling"] = {"1": ceiling["1"], str(HORIZON): ceiling[str(HORIZON)], "s_per_frame": 0.0}
+    rows["latent_ceiling"] = {
+        "1": ceiling["1"],
+        str(HORIZON): ceiling[str(HORIZON)],
+        "s_per_frame": 0.0,
+    }
     best = min(DIFFUSION_STEPS, key=lambda s: rows[f"diffusion@{s}"][str(HORIZON)])
 
     log(

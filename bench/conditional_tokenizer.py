@@ -1,40 +1,44 @@
-"""Conditional (predictive) vs plain tokens at equal bits: the reconstruction ceiling that bounds forecasting.
+"""Conditional (predictive) vs plain tokens at equal bits: the reconstruction ceiling that bounds
+forecasting.
 
-Simulates gray_scott2d, navier_stokes2d and wave2d at 32² (the simulators' default sizes otherwise), shards
-them into 4 + 1 frame windows, then trains, one after the other for the same wall-clock (150 s each, one
-torch thread), the tiny plain tokenizer (configs/tokenizer/tiny.yaml) and the tiny conditional one
-(configs/tokenizer/tiny_conditional.yaml) on the same shards; same FSQ [8,5,5,5], one token per 4×4 patch of
-all fields, so both spend the same bits per frame. On the validation split, per system and field (VRMSE,
-physical units, frames t > 0 of each window unless said otherwise):
+Simulates gray_scott2d, navier_stokes2d and wave2d at 32² (the simulators' default sizes otherwise),
+shards them into 4 + 1 frame windows, then trains, one after the other for the same wall-clock (150
+s each, one torch thread), the tiny plain tokenizer (configs/tokenizer/tiny.yaml) and the tiny
+conditional one (configs/tokenizer/tiny_conditional.yaml) on the same shards; same FSQ [8,5,5,5],
+one token per 4×4 patch of all fields, so both spend the same bits per frame. On the validation
+split, per system and field (VRMSE, physical units, frames t > 0 of each window unless said
+otherwise):
 
 * persistence: x_{t-1} as the prediction of x_t;
 * plain: the plain tokenizer's reconstruction (its ceiling);
 * cond: the conditional tokenizer's reconstruction of x_t given the TRUE x_{t-1} (a one-step token
   forecaster's ceiling);
 * key: the conditional tokenizer's key frames (frame 0, coded on its own);
-* closed: frames t > 0 decoded from the window's open-loop tokens alone (each decoded frame conditions the
-  next): what re-decoding ``encode(x)`` gives;
-* closed_enc: the same for closed-loop tokens, ``encode(x, closed_loop=True)`` (frame t coded given the
-  decoded frame t-1).
+* closed: frames t > 0 decoded from the window's open-loop tokens alone (each decoded frame
+  conditions the next): what re-decoding ``encode(x)`` gives;
+* closed_enc: the same for closed-loop tokens, ``encode(x, closed_loop=True)`` (frame t coded given
+  the decoded frame t-1).
 
-Prints a table and, as its last line, one JSON object. No arguments; about 7 minutes on an idle 2-core CPU.
+Prints a table and, as its last line, one JSON object. No arguments; about 7 minutes on an idle
+2-core CPU.
 
     python bench/conditional_tokenizer.py
 
-Measured (seed 0, shared 2-core CPU, 333 s in all; plain 6593 steps, conditional 6837 in 150 s each),
-mean over each system's fields, VRMSE:
+Measured (seed 0, shared 2-core CPU, 333 s in all; plain 6593 steps, conditional 6837 in 150 s
+each), mean over each system's fields, VRMSE:
 
     system           persistence  plain   cond    key     closed  closed_enc
     gray_scott2d        0.276     0.153   0.090   0.168   0.206   0.138
     navier_stokes2d     0.279     0.251   0.168   0.268   0.309   0.216
     wave2d              0.331     0.300   0.109   0.337   0.358   0.325
 
-The conditional ceiling (cond) is 1.7-3.0x below persistence and 1.5-2.8x below the plain tokenizer at the
-same bits; its key frames cost about what the plain tokenizer's frames do (sharing the network with the
-conditional frames is nearly free). Re-decoding a whole window from open-loop tokens drifts (closed), and
-closed-loop coding (closed_enc) removes part of it; the rest is the key frame's error, which later frames
-only partly correct. A run on a busier CPU (1513 / 2180 steps) gave cond 0.125 / 0.193 / 0.170 against
-persistence 0.276 / 0.279 / 0.331 and plain 0.233 / 0.307 / 0.376: the same ordering.
+The conditional ceiling (cond) is 1.7-3.0x below persistence and 1.5-2.8x below the plain tokenizer
+at the same bits; its key frames cost about what the plain tokenizer's frames do (sharing the
+network with the conditional frames is nearly free). Re-decoding a whole window from open-loop
+tokens drifts (closed), and closed-loop coding (closed_enc) removes part of it; the rest is the key
+frame's error, which later frames only partly correct. A run on a busier CPU (1513 / 2180 steps)
+gave cond 0.125 / 0.193 / 0.170 against persistence 0.276 / 0.279 / 0.331 and plain 0.233 / 0.307 /
+0.376: the same ordering.
 """
 
 from __future__ import annotations
@@ -70,7 +74,11 @@ def make_shards(work: Path) -> Path:
     dirs = []
     for system in SYSTEMS:
         t0 = time.time()
-        dirs.append(simulate_dataset(system, work / "data" / system, resolution=RESOLUTION, seed=SEED, overwrite=True))
+        dirs.append(
+            simulate_dataset(
+                system, work / "data" / system, resolution=RESOLUTION, seed=SEED, overwrite=True
+            )
+        )
         print(f"simulated {system} at {RESOLUTION}² in {time.time() - t0:.0f} s", flush=True)
     shards = work / "shards"
     shard_datasets(dirs, shards, WindowSpec(4, 1, 1), workers=2, overwrite=True)
@@ -98,20 +106,26 @@ def train(config: str, shards: Path, out: Path) -> tuple[Path, int]:
 
 
 @torch.no_grad()
-def measure(plain_ckpt: Path, cond_ckpt: Path, shards: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {field: {persistence, plain, cond, key, closed}}}: mean VRMSE over the validation split."""
+def measure(
+    plain_ckpt: Path, cond_ckpt: Path, shards: Path
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{dataset: {field: {persistence, plain, cond, key, closed}}}: mean VRMSE over the validation
+    split."""
     plain, cond = load_tokenizer(plain_ckpt), load_tokenizer(cond_ckpt)
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts: dict[str, list[int]] = {}
     for batch in make_loader(shards, "valid", 16, shuffle=False, normalize=False):
         name = batch["dataset"]
-        x = torch.cat([batch["input"], batch["output"]], dim=1).float()  # [B, T, C, H, W], physical units
+        # [B, T, C, H, W], physical units
+        x = torch.cat([batch["input"], batch["output"]], dim=1).float()
         rec_plain = plain.denormalize(plain(plain.normalize(x, name), name)[0], name)
         z = cond.normalize(x, name)
         rec_cond, ids = cond(z, name)
         rec_cond = cond.denormalize(rec_cond, name)
         closed = cond.denormalize(cond.decode(ids, name), name)
-        closed_enc = cond.denormalize(cond.decode(cond.encode(z, name, closed_loop=True), name), name)
+        closed_enc = cond.denormalize(
+            cond.decode(cond.encode(z, name, closed_loop=True), name), name
+        )
         later = {
             "persistence": vrmse(x[:, :-1], x[:, 1:], 2),
             "plain": vrmse(rec_plain[:, 1:], x[:, 1:], 2),
@@ -119,7 +133,9 @@ def measure(plain_ckpt: Path, cond_ckpt: Path, shards: Path) -> dict[str, dict[s
             "closed": vrmse(closed[:, 1:], x[:, 1:], 2),
             "closed_enc": vrmse(closed_enc[:, 1:], x[:, 1:], 2),
         }
-        acc = sums.setdefault(name, {k: torch.zeros(x.shape[2], dtype=torch.float64) for k in [*later, "key"]})
+        acc = sums.setdefault(
+            name, {k: torch.zeros(x.shape[2], dtype=torch.float64) for k in [*later, "key"]}
+        )
         for k, v in later.items():
             acc[k] += v.double().sum(dim=(0, 1))
         acc["key"] += vrmse(rec_cond[:, :1], x[:, :1], 2).double().sum(dim=(0, 1))

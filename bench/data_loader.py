@@ -1,15 +1,15 @@
 """Loader throughput: physfm's clip-shard loader vs the_well's WellDataset on the same HDF5 files.
 
-Makes its own data with the built-in navier_stokes2d simulator at 64² (the quickstart size) and 128²,
-shards it (clips; default window 4 input + 1 output frames, stride 1), then times, side by side in this
-one run, for 0, 1 and 2 DataLoader workers: our loader, the_well's WellDataset with its cache on (its
-default) and off — same files, same windows, batch 16, no normalisation — and the limit: the same
-windows copied from memory into a batch buffer by one thread.  Prints a table, then one JSON line:
-``ratio`` (ours / the_well by default, 64², 2 workers; target ≥ 10), ``ratio_128``, ``bytes_per_s`` and
-``fraction_of_memcpy`` (ours at 64², 2 workers, vs ``memcpy_bytes_per_s``), ``storage_amplification``
-(shard bytes / raw HDF5 bytes) and ``samples_per_s_by_workers`` (ours, 64²).  Every figure is the best of
-``--repeats`` runs (the same for every loader), since other processes on a small machine slow single
-runs down unevenly.  About 2½ minutes on 2 cores.
+Makes its own data with the built-in navier_stokes2d simulator at 64² (the quickstart size) and
+128², shards it (clips; default window 4 input + 1 output frames, stride 1), then times, side by
+side in this one run, for 0, 1 and 2 DataLoader workers: our loader, the_well's WellDataset with its
+cache on (its default) and off — same files, same windows, batch 16, no normalisation — and the
+limit: the same windows copied from memory into a batch buffer by one thread.  Prints a table, then
+one JSON line: ``ratio`` (ours / the_well by default, 64², 2 workers; target ≥ 10), ``ratio_128``,
+``bytes_per_s`` and ``fraction_of_memcpy`` (ours at 64², 2 workers, vs ``memcpy_bytes_per_s``),
+``storage_amplification`` (shard bytes / raw HDF5 bytes) and ``samples_per_s_by_workers`` (ours,
+64²).  Every figure is the best of ``--repeats`` runs (the same for every loader), since other
+processes on a small machine slow single runs down unevenly.  About 2½ minutes on 2 cores.
 
     python bench/data_loader.py [--seconds 2.5] [--repeats 2] [--batch-size 16]
 """
@@ -47,7 +47,9 @@ def tree_bytes(root: Path, pattern: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.5, help="time budget per measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="measurements per figure (the best is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="measurements per figure (the best is kept)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -57,12 +59,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for resolution, sizes in DATA.items():
             data = simulate_dataset(
-                "navier_stokes2d", Path(tmp) / f"data{resolution}", resolution=resolution, seed=args.seed, **sizes
+                "navier_stokes2d",
+                Path(tmp) / f"data{resolution}",
+                resolution=resolution,
+                seed=args.seed,
+                **sizes,
             )
             shards = Path(tmp) / f"shards{resolution}"
             shard_datasets([data], shards, WindowSpec(4, 1, 1), workers=2)
             if resolution == 64:
-                result["storage_amplification"] = round(tree_bytes(shards, "*.tar") / tree_bytes(data, "*.hdf5"), 3)
+                result["storage_amplification"] = round(
+                    tree_bytes(shards, "*.tar") / tree_bytes(data, "*.hdf5"), 3
+                )
                 result["window_bytes"] = window_bytes(shards)
                 result["memcpy_bytes_per_s"] = round(
                     max(
@@ -70,10 +78,15 @@ def main() -> None:
                         for _ in range(args.repeats)
                     )
                 )
-            rows: dict[str, dict[int, float]] = {"physfm": {}, "the_well": {}, "the_well (cache off)": {}}
+            rows: dict[str, dict[int, float]] = {
+                "physfm": {},
+                "the_well": {},
+                "the_well (cache off)": {},
+            }
             for workers in WORKERS:
                 kw = dict(batch_size=args.batch_size, workers=workers, seconds=args.seconds)
-                for _ in range(args.repeats):  # interleaved, so a busy spell hits every loader alike
+                # interleaved, so a busy spell hits every loader alike
+                for _ in range(args.repeats):
                     for name, rate in (
                         ("physfm", ours_samples_per_s(shards, **kw)[0]),
                         ("the_well", well_samples_per_s(shards, cache=True, **kw)[0]),
@@ -99,7 +112,10 @@ def main() -> None:
         samples_per_s_by_workers_128={str(w): round(ours128[w], 1) for w in WORKERS},
         worker_scaling=round(ours64[2] / ours64[0], 2),
         table={
-            str(res): {name: {str(w): round(r, 1) for w, r in rates.items()} for name, rates in rows.items()}
+            str(res): {
+                name: {str(w): round(r, 1) for w, r in rates.items()}
+                for name, rates in rows.items()
+            }
             for res, rows in table.items()
         },
         batch_size=args.batch_size,

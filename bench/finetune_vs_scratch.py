@@ -1,15 +1,17 @@
 """Does fine-tuning a pretrained model beat training from scratch on a held-out simulation?
 
-Pretrain (tokenizer + tiny AR model) on gray_scott2d + navier_stokes2d, leave wave2d out; fine-tune on
-wave2d (new fields: pressure, velocity; its own stem/head on the frozen tokenizer trunk) for S steps; train
-the same architecture from random init (same adapted tokenizer) for S steps (equal optimizer steps) and for
-as many steps as fit in the fine-tune's wall-clock (tokenizer adaptation + fine-tune; equal wall-clock).
-Scores: VRMSE on wave2d's test windows at the next step and 8 steps ahead (greedy rollout), mean over
-fields. The pretraining cost itself is not charged to the fine-tune (it is amortised over tasks).
+Pretrain (tokenizer + tiny AR model) on gray_scott2d + navier_stokes2d, leave wave2d out; fine-tune
+on wave2d (new fields: pressure, velocity; its own stem/head on the frozen tokenizer trunk) for S
+steps; train the same architecture from random init (same adapted tokenizer) for S steps (equal
+optimizer steps) and for as many steps as fit in the fine-tune's wall-clock (tokenizer adaptation +
+fine-tune; equal wall-clock). Scores: VRMSE on wave2d's test windows at the next step and 8 steps
+ahead (greedy rollout), mean over fields. The pretraining cost itself is not charged to the
+fine-tune (it is amortised over tasks).
 
-Runs with no arguments in about 16 minutes on an idle 2-core CPU (half of it pretraining); ``--steps``,
-``--pretrain-steps``, ``--n-traj``, ``--resolution`` scale it. The sizes matter: with a few trajectories
-per system both models memorise their training windows (train loss → 0.01) and neither generalises. Prints a table, then one JSON line.
+Runs with no arguments in about 16 minutes on an idle 2-core CPU (half of it pretraining);
+``--steps``, ``--pretrain-steps``, ``--n-traj``, ``--resolution`` scale it. The sizes matter: with a
+few trajectories per system both models memorise their training windows (train loss → 0.01) and
+neither generalises. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ COMMON = [
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=1000, help="fine-tune (and scratch) optimizer steps")
+    p.add_argument(
+        "--steps", type=int, default=1000, help="fine-tune (and scratch) optimizer steps"
+    )
     p.add_argument("--pretrain-steps", type=int, default=3000)
     p.add_argument("--tokenizer-steps", type=int, default=2000, help="pretraining tokenizer steps")
     p.add_argument(
@@ -57,12 +61,24 @@ def main(argv: list[str] | None = None) -> dict:
         help="tokenizer adaptation steps for the held-out system (new stem/head, frozen trunk)",
     )
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--n-traj", type=int, default=16, help="trajectories per parameter value, pretraining systems")
-    p.add_argument("--n-traj-new", type=int, default=8, help="trajectories per parameter value, held-out system")
+    p.add_argument(
+        "--n-traj",
+        type=int,
+        default=16,
+        help="trajectories per parameter value, pretraining systems",
+    )
+    p.add_argument(
+        "--n-traj-new",
+        type=int,
+        default=8,
+        help="trajectories per parameter value, held-out system",
+    )
     p.add_argument("--n-steps", type=int, default=48, help="time steps per trajectory")
     p.add_argument("--eval-windows", type=int, default=48, help="test windows scored per model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    p.add_argument(
+        "--out", default=None, help="keep the runs here (default: a temporary directory)"
+    )
     p.add_argument(
         "--reuse-pretrain",
         action="store_true",
@@ -172,7 +188,12 @@ def pretrain(root: Path, args) -> Path:
 
 def finetune_and_compare(root: Path, pre: Path, args) -> dict:
     from physfm.core.run_info import RunInfo
-    from physfm.train.finetune import _training_config, export_plain, load_finetune_config, run_finetune
+    from physfm.train.finetune import (
+        _training_config,
+        export_plain,
+        load_finetune_config,
+        run_finetune,
+    )
     from physfm.train.finetune_eval import evaluate_models
     from physfm.train.pretrain import run_pretrain
 
@@ -195,7 +216,8 @@ def finetune_and_compare(root: Path, pre: Path, args) -> dict:
     finetune_wall = seconds["tokenizer_s"] + seconds["finetune_s"]
     per_step = max(m["scratch_train"]["seconds"], 1e-3) / max(m["scratch_train"]["steps"], 1)
     wall_steps = max(1, round(finetune_wall / per_step))
-    # Equal wall-clock: scratch gets the fine-tune's whole time (tokenizer adaptation included) as AR steps.
+    # Equal wall-clock: scratch gets the fine-tune's whole time (tokenizer adaptation included) as
+    # AR steps.
     cfg_wall = _training_config(
         cfg,
         RunInfo.read(pre).model,
@@ -209,7 +231,11 @@ def finetune_and_compare(root: Path, pre: Path, args) -> dict:
     run_pretrain(cfg_wall, init_weights={"dataset_names": m["dataset_names"]})
     wall_s = time.perf_counter() - start
     wall = evaluate_models(
-        {"scratch_wallclock": export_plain(out / "scratch_wallclock", out / "scratch_wallclock" / "model", None)},
+        {
+            "scratch_wallclock": export_plain(
+                out / "scratch_wallclock", out / "scratch_wallclock" / "model", None
+            )
+        },
         Path(m["shards"]),
         m["datasets"],
         [1, 8],
@@ -242,7 +268,9 @@ def finetune_and_compare(root: Path, pre: Path, args) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"\nheld out: {r['held_out']} (pretrained on {', '.join(r['pretrained_on'])}); VRMSE on test windows")
+    print(
+        f"\nheld out: {r['held_out']} (pretrained on {', '.join(r['pretrained_on'])}); VRMSE on test windows"
+    )
     print(f"{'model':<44}{'next step':>10}{'8 steps':>10}")
     rows = [
         (f"pretrained + fine-tuned ({r['finetune_steps']} steps)", "finetuned"),

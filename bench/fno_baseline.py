@@ -1,10 +1,11 @@
-"""The Well's FNO as a forecasting baseline (bench/forecast.py): trained for a wall-clock budget on one
-dataset's field shards, rolled out autoregressively from ``n_input`` context frames stacked on channels.
+"""The Well's FNO as a forecasting baseline (bench/forecast.py): trained for a wall-clock budget on
+one dataset's field shards, rolled out autoregressively from ``n_input`` context frames stacked on
+channels.
 
-neuralop 2.0.0 ``FNO`` with The Well's settings (16 modes per axis, 128 hidden channels, 4 Fourier layers),
-z-scored fields, MSE, AdamW; The Well trained at lr 1e-4 for 12 GPU hours, on a few CPU minutes we use 1e-3
-with a cosine schedule over the time budget (5 % warm-up). The schedule follows elapsed time, not steps, as
-the step count is what the budget decides.
+neuralop 2.0.0 ``FNO`` with The Well's settings (16 modes per axis, 128 hidden channels, 4 Fourier
+layers), z-scored fields, MSE, AdamW; The Well trained at lr 1e-4 for 12 GPU hours, on a few CPU
+minutes we use 1e-3 with a cosine schedule over the time budget (5 % warm-up). The schedule follows
+elapsed time, not steps, as the step count is what the budget decides.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import torch
 from data_pipelines.loader import Normalizer, make_loader
 from data_pipelines.manifest import Manifest
 
-FNO_SETTINGS = dict(modes=16, hidden_channels=128, lr=1e-3, weight_decay=1e-5, batch_size=8)  # The Well's FNO
+# The Well's FNO
+FNO_SETTINGS = dict(modes=16, hidden_channels=128, lr=1e-3, weight_decay=1e-5, batch_size=8)
 
 
 def train_fno(shards, name: str, n_channels: int, seconds: float, seed: int, n_input: int):
-    """The Well's FNO on one dataset for ``seconds`` of wall-clock → (model, normalizer, steps, n_params)."""
+    """The Well's FNO on one dataset for ``seconds`` of wall-clock → (model, normalizer, steps,
+    n_params)."""
     from neuralop.models import FNO  # optional dependency: only this bench needs it
 
     torch.manual_seed(seed)
@@ -54,18 +57,27 @@ def train_fno(shards, name: str, n_channels: int, seconds: float, seed: int, n_i
             break
         for group in opt.param_groups:  # cosine over the time budget, 5 % warm-up
             progress = elapsed / seconds
-            group["lr"] = s["lr"] * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress)))
-        x = batch["input"].flatten(1, 2)  # [B, T_in * C, *space]: frames stacked on channels, as The Well
+            group["lr"] = s["lr"] * (
+                progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * progress))
+            )
+        # [B, T_in * C, *space]: frames stacked on channels, as The Well
+        x = batch["input"].flatten(1, 2)
         loss = torch.nn.functional.mse_loss(model(x), batch["output"][:, 0])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         steps += 1
-    return model.eval(), Normalizer(manifest, name), steps, sum(p.numel() for p in model.parameters())
+    return (
+        model.eval(),
+        Normalizer(manifest, name),
+        steps,
+        sum(p.numel() for p in model.parameters()),
+    )
 
 
 def fno_forecaster(models: dict, n_input: int) -> Callable:
-    """{dataset: (model, normalizer, ...)} → forecast(ctx [B, T, C, *space] physical, horizon, dataset)."""
+    """{dataset: (model, normalizer, ...)} → forecast(ctx [B, T, C, *space] physical, horizon,
+    dataset)."""
 
     @torch.no_grad()
     def forecast(ctx: torch.Tensor, horizon: int, name: str) -> torch.Tensor:

@@ -42,7 +42,11 @@ def check_mfu(args) -> dict:
     from physfm.models.trunk import ModelConfig
 
     cfg = load_config(ModelConfig, args.config)
-    result = {"config": args.config, "flash_sdpa": flash_available(cfg), "gpu": torch.cuda.get_device_name()}
+    result = {
+        "config": args.config,
+        "flash_sdpa": flash_available(cfg),
+        "gpu": torch.cuda.get_device_name(),
+    }
     for n_layer in (cfg.n_layer, cfg.n_layer // 2, cfg.n_layer // 4):  # the largest slice that fits
         for batch in (8, 4, 2, 1):
             try:
@@ -95,7 +99,13 @@ def check_zero(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens = make_token_shards(
-            Path(tmp) / "tokens", n_windows=256, n_frames=5, n_context=4, grid=(16, 16), vocab=1000, datasets=("gpu",)
+            Path(tmp) / "tokens",
+            n_windows=256,
+            n_frames=5,
+            n_context=4,
+            grid=(16, 16),
+            vocab=1000,
+            datasets=("gpu",),
         )
         base = Path(tmp) / "c.yaml"
         base.write_text(
@@ -142,7 +152,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="check", required=True)
     p = sub.add_parser("mfu")
     p.add_argument("--config", default="configs/model/1b.yaml")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)"
+    )
     p = sub.add_parser("zero")
     p.add_argument("--stage", type=int, choices=(2, 3), default=2)
     args = parser.parse_args()

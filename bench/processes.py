@@ -1,5 +1,6 @@
-"""Launch a multi-process ``physfm`` job the way a user does (torchrun) and read each rank's memory from the
-OS while it runs: the process layer of bench/scale.py, kept apart from what that bench measures."""
+"""Launch a multi-process ``physfm`` job the way a user does (torchrun) and read each rank's memory
+from the OS while it runs: the process layer of bench/scale.py, kept apart from what that bench
+measures."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 GiB = 2**30
 
 
-# ----------------------------------------------------------------------------- memory, read from the OS
+# ----------------------------------------------------------------------------- memory, read from
+# the OS
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes."""
     out = {}
@@ -68,8 +70,9 @@ def _rank_of(pid: int) -> int | None:
 
 
 class MemoryMonitor(threading.Thread):
-    """Samples the resident memory of every rank under a launcher (ranks found by their ``RANK``) until
-    stopped; ``peak`` holds each rank's kernel high-water mark (VmHWM), ``timeline`` the samples."""
+    """Samples the resident memory of every rank under a launcher (ranks found by their ``RANK``)
+    until stopped; ``peak`` holds each rank's kernel high-water mark (VmHWM), ``timeline`` the
+    samples."""
 
     def __init__(self, launcher_pid: int, every_s: float = 0.5):
         super().__init__(daemon=True)
@@ -105,7 +108,8 @@ class MemoryMonitor(threading.Thread):
         self.join(timeout=5)
 
 
-# ----------------------------------------------------------------------------- launching physfm pretrain
+# ----------------------------------------------------------------------------- launching physfm
+# pretrain
 def worker_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_", "OMPI_"))}
     env.update(
@@ -140,7 +144,8 @@ def launch_pretrain(
     kill_when: Callable[[], bool] | None = None,
 ) -> dict:
     """``torchrun --nproc-per-node NPROC -m physfm.cli pretrain --config CONFIG OVERRIDES`` with the
-    ranks' memory sampled; with ``kill_when``, SIGKILL the whole job once it returns True (a checkpoint is there)."""
+    ranks' memory sampled; with ``kill_when``, SIGKILL the whole job once it returns True (a
+    checkpoint is there)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable,
@@ -168,7 +173,12 @@ def launch_pretrain(
         log.write(f"$ {' '.join(args)}\n")
         log.flush()
         proc = subprocess.Popen(
-            args, cwd=REPO, env=worker_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=REPO,
+            env=worker_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         monitor = MemoryMonitor(proc.pid)
         monitor.start()
@@ -177,7 +187,9 @@ def launch_pretrain(
             while proc.poll() is None:
                 if time.monotonic() - start > timeout_s:
                     kill_tree(proc.pid)
-                    raise RuntimeError(f"{run_dir.name}: no result after {timeout_s:.0f} s; see {log_path}")
+                    raise RuntimeError(
+                        f"{run_dir.name}: no result after {timeout_s:.0f} s; see {log_path}"
+                    )
                 if kill_when is not None and kill_when():
                     time.sleep(1.0)  # into the next step
                     kill_tree(proc.pid)
@@ -189,11 +201,14 @@ def launch_pretrain(
             monitor.stop()
     seconds = time.monotonic() - start
     log_text = log_path.read_text()
-    timeline = run_dir.parent / f"{run_dir.name}.memory.json"  # (seconds, {rank: RSS bytes}) samples
+    # (seconds, {rank: RSS bytes}) samples
+    timeline = run_dir.parent / f"{run_dir.name}.memory.json"
     timeline.write_text(json.dumps({"peak": monitor.peak, "timeline": monitor.timeline}))
     if proc.returncode != 0 and not killed:
         tail = "\n".join(log_text.splitlines()[-30:])
-        raise RuntimeError(f"{run_dir.name}: physfm pretrain exited with {proc.returncode}:\n{tail}")
+        raise RuntimeError(
+            f"{run_dir.name}: physfm pretrain exited with {proc.returncode}:\n{tail}"
+        )
     return {
         "seconds": round(seconds, 1),
         "killed": killed,

@@ -3,25 +3,28 @@ DeepSpeed, gloo, 2 ranks on CPU), with measured memory beside ``physfm estimate 
 
 What it runs, in one go (about 20 minutes on 2 cores, 24 GiB):
 
-1. data: the built-in Gray–Scott system at 32², sharded into 2-frame windows, a tokenizer with the 1b
-   vocabulary (FSQ [8, 8, 8, 5, 5, 5] = 64,000 codes) trained for a few steps, token shards of 8×8 tokens;
+1. data: the built-in Gray–Scott system at 32², sharded into 2-frame windows, a tokenizer with the
+   1b vocabulary (FSQ [8, 8, 8, 5, 5, 5] = 64,000 codes) trained for a few steps, token shards of
+   8×8 tokens;
 2. three memory runs, a few optimizer steps each: peak resident memory of each rank read from the OS
-   (``VmHWM`` of /proc/PID/status: the kernel's high-water mark, so no peak falls between samples), beside
-   ``physfm estimate --device cpu --dtype D`` for the same settings:
+   (``VmHWM`` of /proc/PID/status: the kernel's high-water mark, so no peak falls between samples),
+   beside ``physfm estimate --device cpu --dtype D`` for the same settings:
    - ZeRO-3, bf16-mixed (configs/pretrain/1b_cpu.yaml as it is: the whole 1b);
    - ZeRO-2 with the optimizer offloaded (DeepSpeedCPUAdam), bf16-mixed;
    - ZeRO-3 in fp32;
    the last two at the 1b widths with as many layers as the estimate says fit two ranks in this machine's
    free memory (all 16 where they do);
-3. resume: a ZeRO-3 run that writes a checkpoint at step 2, killed (SIGKILL) while it takes step 3, then
-   resumed from that checkpoint; its losses must equal the uninterrupted run's (the first of 2.) bit for bit;
-4. ``physfm export`` of that checkpoint: one safetensors file of 4 bytes × parameters (+ its header), which
-   ``PhysicsModel.from_pretrained`` loads and rolls out one frame with;
-5. the 4p5b and 12b configs built on the meta device and counted, and one transformer block of each run
-   forward and backward at its real width.
+3. resume: a ZeRO-3 run that writes a checkpoint at step 2, killed (SIGKILL) while it takes step 3,
+   then resumed from that checkpoint; its losses must equal the uninterrupted run's (the first of
+   2.) bit for bit;
+4. ``physfm export`` of that checkpoint: one safetensors file of 4 bytes × parameters (+ its
+   header), which ``PhysicsModel.from_pretrained`` loads and rolls out one frame with;
+5. the 4p5b and 12b configs built on the meta device and counted, and one transformer block of each
+   run forward and backward at its real width.
 
-Prints a table, then one JSON line (``zero3``/``zero2_offload``/``zero3_fp32``: ``peak_gib_per_rank``,
-``estimate_gib_per_rank``, ``ratio``; ``resume_exact``; ``export_bytes``; ``n_params``; ...).
+Prints a table, then one JSON line (``zero3``/``zero2_offload``/``zero3_fp32``:
+``peak_gib_per_rank``, ``estimate_gib_per_rank``, ``ratio``; ``resume_exact``; ``export_bytes``;
+``n_params``; ...).
 
     python bench/scale.py [--out DIR] [--steps 4] [--n-layer N (a quick check: fewer layers)]
 """
@@ -49,19 +52,22 @@ from physfm.core.checkpoint import checkpoint_step, list_checkpoints  # noqa: E4
 CONFIG = REPO / "configs" / "pretrain" / "1b_cpu.yaml"
 CKPT_STEP = 2  # the resume check's checkpoint
 PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
-# The memory runs: key -> (label, ZeRO stage, offload, dtype); the first is the resume check's reference.
+# The memory runs: key -> (label, ZeRO stage, offload, dtype); the first is the resume check's
+# reference.
 MEMORY_RUNS = {
     "zero3": ("ZeRO-3", 3, "none", "bf16"),
     "zero2_offload": ("ZeRO-2 + offload", 2, "optimizer", "bf16"),
     "zero3_fp32": ("ZeRO-3", 3, "none", "fp32"),
 }
-# Of MemAvailable, what two ranks' estimates may add up to: measured peaks run ~1.1-1.2x the estimate (the
-# runtime and allocator slack it does not count), and the OS and this process need the rest.
+# Of MemAvailable, what two ranks' estimates may add up to: measured peaks run ~1.1-1.2x the
+# estimate (the runtime and allocator slack it does not count), and the OS and this process need the
+# rest.
 FREE_MEMORY_SHARE = 0.8
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """Train loss of optimizer step n = 1, 2, ... (rank 0's log, every run segment; the CSV counts from 0)."""
+    """Train loss of optimizer step n = 1, 2, ... (rank 0's log, every run segment; the CSV counts
+    from 0)."""
     from physfm.train.pretrain import read_loss_history
 
     return {step + 1: loss for step, loss in read_loss_history(run_dir)}
@@ -80,8 +86,9 @@ def checkpoint_times(log: str) -> dict[str, float]:
 
 
 def runtime_bytes() -> int:
-    """Peak resident memory of a process that imports what a rank imports (torch, Lightning, DeepSpeed,
-    physfm's training code) and does nothing else: the part of each rank's memory no estimate counts."""
+    """Peak resident memory of a process that imports what a rank imports (torch, Lightning,
+    DeepSpeed, physfm's training code) and does nothing else: the part of each rank's memory no
+    estimate counts."""
     code = "import deepspeed, lightning, torch; import physfm.train.pretrain; import physfm.train.strategies"
     proc = subprocess.run(
         [sys.executable, "-c", f"{code}; print(open('/proc/self/status').read())"],
@@ -119,10 +126,13 @@ def estimate_per_rank(cfg, stage: int, offload: str, dtype: str, nproc: int = 2)
 
 
 def layers_that_fit(stage: int, offload: str, dtype: str, available: int, nproc: int = 2) -> int:
-    """The most layers (≤ the config's) at the 1b widths whose estimate fits ``nproc`` ranks in ``available``."""
+    """The most layers (≤ the config's) at the 1b widths whose estimate fits ``nproc`` ranks in
+    ``available``."""
     n_layer = model_config([]).n_layer
     while n_layer > 1:
-        row, _ = estimate_per_rank(model_config([f"model.n_layer={n_layer}"]), stage, offload, dtype, nproc)
+        row, _ = estimate_per_rank(
+            model_config([f"model.n_layer={n_layer}"]), stage, offload, dtype, nproc
+        )
         if nproc * row.total_ckpt <= available:
             return n_layer
         n_layer -= 1
@@ -131,8 +141,9 @@ def layers_that_fit(stage: int, offload: str, dtype: str, available: int, nproc:
 
 # ----------------------------------------------------------------------------- data
 def make_tokens(work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
-    """(field shards, tokenizer checkpoint, token shards): Gray–Scott 32² → 2-frame windows → 8×8 tokens
-    from a tokenizer with the 1b model's 64,000-code FSQ (trained a few steps: the tokens are real ones)."""
+    """(field shards, tokenizer checkpoint, token shards): Gray–Scott 32² → 2-frame windows → 8×8
+    tokens from a tokenizer with the 1b model's 64,000-code FSQ (trained a few steps: the tokens are
+    real ones)."""
     from data_pipelines.config import load_config
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.simulators import simulate_dataset
@@ -140,7 +151,12 @@ def make_tokens(work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
     data = simulate_dataset(
-        "gray_scott2d", work / "data" / "gray_scott2d", n_traj=4, n_steps=16, resolution=32, seed=seed
+        "gray_scott2d",
+        work / "data" / "gray_scott2d",
+        n_traj=4,
+        n_steps=16,
+        resolution=32,
+        seed=seed,
     )
     shards = work / "shards"
     shard_datasets([data], shards, WindowSpec(1, 1, 1), overwrite=True, workers=1)
@@ -165,8 +181,9 @@ def make_tokens(work: Path, seed: int = 0) -> tuple[Path, Path, Path]:
 
 # ----------------------------------------------------------------------------- real-width blocks
 def block_at_real_width(name: str, seq_len: int = 64) -> dict:
-    """Build ``configs/model/NAME.yaml`` on the meta device (count), then one Block at its real width: forward
-    and backward of ``seq_len`` tokens in fp32, every parameter gets a finite, non-zero gradient."""
+    """Build ``configs/model/NAME.yaml`` on the meta device (count), then one Block at its real
+    width: forward and backward of ``seq_len`` tokens in fp32, every parameter gets a finite,
+    non-zero gradient."""
     import torch
 
     from physfm.cli.estimate import load_model_config
@@ -189,7 +206,8 @@ def block_at_real_width(name: str, seq_len: int = 64) -> dict:
     y = block(x, cos, sin)
     y.float().pow(2).mean().backward()
     grads_ok = all(
-        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in block.parameters()
+        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+        for p in block.parameters()
     )
     out = {
         "n_params": n_params,
@@ -210,10 +228,16 @@ def block_at_real_width(name: str, seq_len: int = 64) -> dict:
 # ----------------------------------------------------------------------------- the bench
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="work directory (default: a temporary one)"
+    )
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per training run")
-    parser.add_argument("--n-layer", type=int, default=None, help="fewer layers, for a quick check of the bench")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (checkpoints are ~16 GB)")
+    parser.add_argument(
+        "--n-layer", type=int, default=None, help="fewer layers, for a quick check of the bench"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (checkpoints are ~16 GB)"
+    )
     args = parser.parse_args()
     if args.steps <= CKPT_STEP:
         parser.error(f"--steps must be > {CKPT_STEP} (the resume check's checkpoint step)")
@@ -231,20 +255,31 @@ def main() -> None:
     t0 = time.monotonic()
     shards, tokenizer, tokens = make_tokens(work / "data")
     print(f"data: tokens {tokens} ({time.monotonic() - t0:.0f} s)", flush=True)
-    common = [f"data.tokens=[{tokens}]", f"tokenizer={tokenizer}", f"trainer.max_steps={args.steps}", *depth]
+    common = [
+        f"data.tokens=[{tokens}]",
+        f"tokenizer={tokenizer}",
+        f"trainer.max_steps={args.steps}",
+        *depth,
+    ]
     cfg = model_config(depth)
     available = int(free_at_start * FREE_MEMORY_SHARE)
     runtime = runtime_bytes()
-    print(f"runtime: {runtime / GiB:.2f} GiB resident after importing the training stack", flush=True)
+    print(
+        f"runtime: {runtime / GiB:.2f} GiB resident after importing the training stack", flush=True
+    )
     results: dict = {
         "free_gib_at_start": round(free_at_start / GiB, 2),
         "memtotal_gib": round(mem["MemTotal"] / GiB, 2),
     }
 
-    # -- the memory runs: (key, label, ZeRO stage, offload, dtype); the first is the resume check's reference
+    # -- the memory runs: (key, label, ZeRO stage, offload, dtype); the first is the resume check's
+    # reference
     for key, (label, stage, offload, dtype) in MEMORY_RUNS.items():
-        # The reference run is the config as it is (the resume check repeats it); the others fit what is here.
-        n_layer = args.n_layer or (cfg.n_layer if key == "zero3" else layers_that_fit(stage, offload, dtype, available))
+        # The reference run is the config as it is (the resume check repeats it); the others fit
+        # what is here.
+        n_layer = args.n_layer or (
+            cfg.n_layer if key == "zero3" else layers_that_fit(stage, offload, dtype, available)
+        )
         cfg_run = model_config([f"model.n_layer={n_layer}"])
         row, est = estimate_per_rank(cfg_run, stage, offload, dtype)
         full, _ = estimate_per_rank(cfg, stage, offload, dtype)
@@ -269,9 +304,14 @@ def main() -> None:
         ]
         run = launch_pretrain(work / key, CONFIG, overrides)
         results[key] = summarize(run, row, est, n_layer, losses(work / key), runtime)
-        results[key].update(label=label, dtype=dtype, full_depth_estimate_gib_per_rank=round(full.total_ckpt / GiB, 2))
+        results[key].update(
+            label=label,
+            dtype=dtype,
+            full_depth_estimate_gib_per_rank=round(full.total_ckpt / GiB, 2),
+        )
         report_run(label, results[key])
-        if key != "zero3":  # the reference run's checkpoint-free record is all the resume check needs of it
+        # the reference run's checkpoint-free record is all the resume check needs of it
+        if key != "zero3":
             remove_checkpoints(work / key)
     remove_checkpoints(work / "zero3")
 
@@ -288,16 +328,23 @@ def main() -> None:
     if not killed["killed"] or ckpt is None:
         raise RuntimeError("the run to be killed finished before its checkpoint appeared")
     ckpt_bytes = dir_bytes(ckpt)
-    ckpt_files = {p.name: p.stat().st_size for p in ckpt.rglob("*") if p.is_file() and p.stat().st_size > 1 << 20}
+    ckpt_files = {
+        p.name: p.stat().st_size
+        for p in ckpt.rglob("*")
+        if p.is_file() and p.stat().st_size > 1 << 20
+    }
     resumed = launch_pretrain(
-        resume_dir, CONFIG, [*common, f"trainer.checkpoint_every={CKPT_STEP}", "trainer.keep_last=5", "resume=auto"]
+        resume_dir,
+        CONFIG,
+        [*common, f"trainer.checkpoint_every={CKPT_STEP}", "trainer.keep_last=5", "resume=auto"],
     )
     reference, after = results["zero3"]["losses"], losses(resume_dir)
     compared = {s: (reference.get(s), after.get(s)) for s in range(CKPT_STEP + 1, args.steps + 1)}
     results["resume"] = {
         "checkpoint": ckpt.name,
         "checkpoint_bytes": ckpt_bytes,
-        "checkpoint_files_bytes": ckpt_files,  # per rank: optimizer shard (fp32 master + Adam) and model states
+        # per rank: optimizer shard (fp32 master + Adam) and model states
+        "checkpoint_files_bytes": ckpt_files,
         **checkpoint_times(killed["log"]),
         **{k: v for k, v in checkpoint_times(resumed["log"]).items() if k == "read_s"},
         "killed_after_s": killed["seconds"],
@@ -306,7 +353,8 @@ def main() -> None:
         "peak_gib_per_rank_resumed": [round(b / GiB, 2) for b in resumed["peak_bytes"].values()],
     }
     results["resume_exact"] = all(r is not None and r == a for r, a in compared.values())
-    # Each rank's optimizer shard (fp32 master + Adam m, v) against the 12 bytes/param one rank would hold alone.
+    # Each rank's optimizer shard (fp32 master + Adam m, v) against the 12 bytes/param one rank
+    # would hold alone.
     optim_shards = [b for name, b in ckpt_files.items() if name.endswith("optim_states.pt")]
     results["resume"]["optimizer_shard_fraction"] = [
         round(b / (12 * results["zero3"]["n_params"]), 4) for b in optim_shards
@@ -334,7 +382,8 @@ def main() -> None:
 
 
 def complete_checkpoint(ckpt_dir: Path, step: int) -> Path | None:
-    """The complete checkpoint a run wrote at ``step`` (directory named by Lightning, COMPLETE marker inside)."""
+    """The complete checkpoint a run wrote at ``step`` (directory named by Lightning, COMPLETE
+    marker inside)."""
     return next((p for p in list_checkpoints(ckpt_dir) if checkpoint_step(p) == step), None)
 
 
@@ -342,7 +391,8 @@ def summarize(run: dict, row, est, n_layer: int, loss: dict[int, float], runtime
     peaks = list(run["peak_bytes"].values())
     estimate = row.total_ckpt
     return {
-        # What the estimate leaves out: the runtime (measured apart), then allocator slack and the rest.
+        # What the estimate leaves out: the runtime (measured apart), then allocator slack and the
+        # rest.
         "runtime_gib": round(runtime / GiB, 2),
         "rest_gib": round((max(peaks) - estimate - runtime) / GiB, 2),
         "n_layer": n_layer,
@@ -360,7 +410,9 @@ def summarize(run: dict, row, est, n_layer: int, loss: dict[int, float], runtime
         "ratio": round(max(peaks) / estimate, 3) if peaks else None,
         "seconds": run["seconds"],
         "losses": loss,
-        "loss_falling": bool(loss) and all(map(math.isfinite, loss.values())) and loss[max(loss)] < loss[min(loss)],
+        "loss_falling": bool(loss)
+        and all(map(math.isfinite, loss.values()))
+        and loss[max(loss)] < loss[min(loss)],
     }
 
 
@@ -373,12 +425,20 @@ def report_run(name: str, r: dict) -> None:
     )
 
 
-def export_and_generate(ckpt: Path, out: Path, tokenizer: Path, shards: Path, n_params: int) -> dict:
-    """``physfm export`` (its own process, memory sampled), then from_pretrained + a one-frame rollout."""
+def export_and_generate(
+    ckpt: Path, out: Path, tokenizer: Path, shards: Path, n_params: int
+) -> dict:
+    """``physfm export`` (its own process, memory sampled), then from_pretrained + a one-frame
+    rollout."""
     args = [sys.executable, "-m", "physfm.cli", "export", "--ckpt", str(ckpt), "--out", str(out)]
     start = time.monotonic()
     proc = subprocess.Popen(
-        args, cwd=REPO, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        args,
+        cwd=REPO,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     peak = 0
     while proc.poll() is None:
@@ -475,7 +535,10 @@ def final_json(results: dict, n_params: int) -> dict:
         "export_size_ratio": results["export"]["size_ratio"],
         "n_params": n_params,
         "generated_frame_finite": results["export"]["frame_finite"],
-        "blocks": {k: {"n_params": v["n_params"], "grads_ok": v["grads_ok"]} for k, v in results["blocks"].items()},
+        "blocks": {
+            k: {"n_params": v["n_params"], "grads_ok": v["grads_ok"]}
+            for k, v in results["blocks"].items()
+        },
         "free_gib_at_start": results["free_gib_at_start"],
         "seconds": results["seconds"],
     }

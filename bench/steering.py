@@ -1,23 +1,26 @@
-"""Probing and steering a concept the model had to infer: Navier–Stokes viscosity swept over a decade.
+"""Probing and steering a concept the model had to infer: Navier–Stokes viscosity swept over a
+decade.
 
-Two visually distinct regimes are too easy (a probe on a histogram of the tokenizer's codes separates them),
-so the regime parameter is sampled continuously: ``navier_stokes2d`` with ν log-uniform over a decade
-(16 values, ``--nu``), every value the same initial conditions, whole trajectories held out. Pipeline, each
-stage small enough for a few minutes on 2 cores: simulate (32², ``--n-traj`` trajectories of ``--n-steps``
-frames per ν, split 4/3/3) → shard (1 + 4 frame windows: the loss covers 4 of 5 frames, four times the
-supervision of 4 + 1 windows for the same compute) → tokenizer (``--tokenizer-config``, by default
-configs/tokenizer/tiny_conditional.yaml as in the quickstart; FSQ ``--levels``, ``--tokenizer-steps``)
-→ token shards → AR pretraining (4 layers, d 64, 8×8 tokens per frame,
-batch 8, ``--steps``) → ``physfm probe`` on the valid + test windows, which the model never trained on
-(5-fold CV over trajectories; baselines: the window's code histogram and the embedding layer) →
-``physfm steer direction`` (top vs bottom quarter of ν, train windows, at the probe's best layer) →
-``physfm steer rollout`` over ``--alphas`` (test contexts of one frame, ``--horizon`` generated, greedy).
+Two visually distinct regimes are too easy (a probe on a histogram of the tokenizer's codes
+separates them), so the regime parameter is sampled continuously: ``navier_stokes2d`` with ν
+log-uniform over a decade (16 values, ``--nu``), every value the same initial conditions, whole
+trajectories held out. Pipeline, each stage small enough for a few minutes on 2 cores: simulate
+(32², ``--n-traj`` trajectories of ``--n-steps`` frames per ν, split 4/3/3) → shard (1 + 4 frame
+windows: the loss covers 4 of 5 frames, four times the supervision of 4 + 1 windows for the same
+compute) → tokenizer (``--tokenizer-config``, by default configs/tokenizer/tiny_conditional.yaml as
+in the quickstart; FSQ ``--levels``, ``--tokenizer-steps``) → token shards → AR pretraining (4
+layers, d 64, 8×8 tokens per frame, batch 8, ``--steps``) → ``physfm probe`` on the valid + test
+windows, which the model never trained on (5-fold CV over trajectories; baselines: the window's code
+histogram and the embedding layer) → ``physfm steer direction`` (top vs bottom quarter of ν, train
+windows, at the probe's best layer) → ``physfm steer rollout`` over ``--alphas`` (test contexts of
+one frame, ``--horizon`` generated, greedy).
 
     python bench/steering.py [--steps 1000] [--alphas -1,-0.5,-0.25,0,0.25,0.5,1] [--workdir DIR] [--seed 0]
 
-Last line: JSON with probe_r2 (best layer), probe_r2_code_histogram, probe_r2_embedding, spearman_probe
-(ρ between α and the probe's ν on the steered rollouts), spearman_physics (ρ between α and the generated
-fields' enstrophy), and more. Targets: probe_r2 >= 0.8 above both baselines; |spearman_probe| >= 0.9.
+Last line: JSON with probe_r2 (best layer), probe_r2_code_histogram, probe_r2_embedding,
+spearman_probe (ρ between α and the probe's ν on the steered rollouts), spearman_physics (ρ between
+α and the generated fields' enstrophy), and more. Targets: probe_r2 >= 0.8 above both baselines;
+|spearman_probe| >= 0.9.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(work: Path, args, log) -> dict[str, Path]:
-    """simulate → shard → tokenizer → tokens → AR model; each stage reused when its output exists."""
+    """simulate → shard → tokenizer → tokens → AR model; each stage reused when its output
+    exists."""
     from data_pipelines.config import load_config
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.simulators import parse_sweep, simulate_dataset
@@ -50,7 +54,9 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
     from tokenizer.encode import encode_shards
     from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
-    data, shards, tok_run, tokens, ar = (work / n for n in ("data", "shards", "tokenizer", "tokens", "ar"))
+    data, shards, tok_run, tokens, ar = (
+        work / n for n in ("data", "shards", "tokenizer", "tokens", "ar")
+    )
     if not (data / "stats.yaml").exists():
         with log("simulate"):
             simulate_dataset(
@@ -126,10 +132,16 @@ def build_model(work: Path, args, log) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nu", default="log:2e-3:2e-2:16", help="viscosity sweep (default: 16 values over a decade)")
+    p.add_argument(
+        "--nu",
+        default="log:2e-3:2e-2:16",
+        help="viscosity sweep (default: 16 values over a decade)",
+    )
     p.add_argument("--n-traj", type=int, default=10, help="trajectories per ν (split 4/3/3)")
     p.add_argument("--n-steps", type=int, default=24, help="frames per trajectory")
-    p.add_argument("--levels", default="[8,5,5,5]", help="tokenizer FSQ levels (default: 1000 codes)")
+    p.add_argument(
+        "--levels", default="[8,5,5,5]", help="tokenizer FSQ levels (default: 1000 codes)"
+    )
     p.add_argument(
         "--tokenizer-config",
         default="tiny_conditional.yaml",
@@ -145,10 +157,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--steps", type=int, default=1000, help="AR pretraining steps (batch 8)")
     p.add_argument("--alphas", default="-1,-0.5,-0.25,0,0.25,0.5,1")
-    p.add_argument("--horizon", type=int, default=5, help="generated token frames per steered rollout")
+    p.add_argument(
+        "--horizon", type=int, default=5, help="generated token frames per steered rollout"
+    )
     p.add_argument("--windows", type=int, default=8, help="test contexts rolled out per α")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    p.add_argument("--workdir", default=None, help="keep data and runs here (stages reused when present)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 is fastest on a shared 2-core machine)",
+    )
+    p.add_argument(
+        "--workdir", default=None, help="keep data and runs here (stages reused when present)"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -176,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     paths = build_model(work, args, log)
     with log("probe"):
-        probe = run_probe(paths["ar"], paths["tokens"], "nu", work / "probe", split="valid,test", seed=args.seed)
+        probe = run_probe(
+            paths["ar"], paths["tokens"], "nu", work / "probe", split="valid,test", seed=args.seed
+        )
     nus = np.array(parse_sweep(args.nu))
     lo, hi = np.quantile(nus, 0.25), np.quantile(nus, 0.75)
     feature, control = f"nu>={hi:.6g}", f"nu<={lo:.6g}"
@@ -213,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"{'features':<26} {'R²':>7} {'regime acc.':>12}")
     for point, v in probe["layers"].items():
-        print(f"{point + (' (best)' if point == layer else ''):<26} {v['r2']:>7.3f} {v['accuracy']:>12.3f}")
+        print(
+            f"{point + (' (best)' if point == layer else ''):<26} {v['r2']:>7.3f} {v['accuracy']:>12.3f}"
+        )
     print(
         f"{'code histogram (baseline)':<26} {probe['probe_r2_code_histogram']:>7.3f} "
         f"{probe['probe_accuracy_code_histogram']:>12.3f}"
@@ -227,7 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     for i, a in enumerate(alphas):
         print(f"{a:>6g} " + " ".join(f"{steered['curves'][n]['mean'][i]:>22.4g}" for n in names))
     print(f"{'ρ':>6} " + " ".join(f"{steered['curves'][n]['spearman']:>22.3f}" for n in names))
-    loss = json.loads((paths["ar"] / "metrics.json").read_text()).get("loss_history") or [[0, float("nan")]]
+    loss = json.loads((paths["ar"] / "metrics.json").read_text()).get("loss_history") or [
+        [0, float("nan")]
+    ]
     result = {
         "probe_r2": probe["probe_r2"],
         "probe_r2_code_histogram": probe["probe_r2_code_histogram"],

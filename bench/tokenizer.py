@@ -1,26 +1,27 @@
-"""Tokenizer quality and speed: the tiny tokenizer vs average-pool + linear-upsampling at equal latent size.
+"""Tokenizer quality and speed: the tiny tokenizer vs average-pool + linear-upsampling at equal
+latent size.
 
-Makes its own data with the built-in simulators (gray_scott2d, navier_stokes2d, wave2d at 64², burgers1d at
-128; their default sizes — 10 trajectories per parameter value, 64-100 steps, split 8/1/1 — except 30 for
-burgers1d, whose single validation trajectory per viscosity was unrepresentative), shards it into 4 + 1
-frame windows, trains the tiny tokenizer (configs/tokenizer/tiny.yaml) jointly on the three 2D systems for
-``--minutes`` and a 1D one on burgers1d for ``--minutes-1d`` (batch 8 there: 1D steps are overhead-bound,
-so the larger batch is nearly free), then on each validation split measures:
-reconstruction VRMSE per field (The Well's, physical units, all 5 frames, also per simulation parameter),
-the same for the pooling baseline at the same number of latent values (each frame average-pooled to as
-many unquantised floats, shared among the fields, as the latent has FSQ values — 4 per token position with
-[8,5,5,5] — then bi/linear interpolation back up; the headline "pool" column and JSON keys; where that many
-floats is the whole input, as for one 1D field, it would be lossless and the token-grid pooling stands in
-for it), the same for a looser pooling onto the token grid (one float per field per token position,
-"pool-grid"), code usage and perplexity (combined and per dataset), and encode/decode frames per second
-(batch 16, inference, this CPU).
-Prints tables, then one JSON line: code_usage, vrmse_max, baseline_vrmse_max, ratio_to_baseline_max,
-beats_baseline (and more).
+Makes its own data with the built-in simulators (gray_scott2d, navier_stokes2d, wave2d at 64²,
+burgers1d at 128; their default sizes — 10 trajectories per parameter value, 64-100 steps, split
+8/1/1 — except 30 for burgers1d, whose single validation trajectory per viscosity was
+unrepresentative), shards it into 4 + 1 frame windows, trains the tiny tokenizer
+(configs/tokenizer/tiny.yaml) jointly on the three 2D systems for ``--minutes`` and a 1D one on
+burgers1d for ``--minutes-1d`` (batch 8 there: 1D steps are overhead-bound, so the larger batch is
+nearly free), then on each validation split measures: reconstruction VRMSE per field (The Well's,
+physical units, all 5 frames, also per simulation parameter), the same for the pooling baseline at
+the same number of latent values (each frame average-pooled to as many unquantised floats, shared
+among the fields, as the latent has FSQ values — 4 per token position with [8,5,5,5] — then
+bi/linear interpolation back up; the headline "pool" column and JSON keys; where that many floats is
+the whole input, as for one 1D field, it would be lossless and the token-grid pooling stands in for
+it), the same for a looser pooling onto the token grid (one float per field per token position,
+"pool-grid"), code usage and perplexity (combined and per dataset), and encode/decode frames per
+second (batch 16, inference, this CPU). Prints tables, then one JSON line: code_usage, vrmse_max,
+baseline_vrmse_max, ratio_to_baseline_max, beats_baseline (and more).
 
-On a corpus instead (``--corpus DIR`` from ``physfm corpus``, or ``--systems all|a,b`` to build one with
-``--size``): one tokenizer per dimensionality present (one tokenizer codes one dimensionality), each on
-the corpus's ``shards-Nd`` view, every system's every field in the table; budgets ``--minutes`` (2D),
-``--minutes-1d`` and ``--minutes-3d``.
+On a corpus instead (``--corpus DIR`` from ``physfm corpus``, or ``--systems all|a,b`` to build one
+with ``--size``): one tokenizer per dimensionality present (one tokenizer codes one dimensionality),
+each on the corpus's ``shards-Nd`` view, every system's every field in the table; budgets
+``--minutes`` (2D), ``--minutes-1d`` and ``--minutes-3d``.
 
     python bench/tokenizer.py [--minutes 5] [--minutes-1d 1.5] [--threads 1] [--workdir DIR] [--seed 0]
     python bench/tokenizer.py --systems all [--size default] [--minutes-3d 5]
@@ -84,7 +85,8 @@ def corpus_views(corpus: Path) -> list[tuple[str, Path]]:
 
 
 def datasets_to_tokenize(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
-    """(run name, shards) per tokenizer to train: the corpus's views, or the classic 2D + 1D sets."""
+    """(run name, shards) per tokenizer to train: the corpus's views, or the classic 2D + 1D
+    sets."""
     if args.corpus:
         return corpus_views(Path(args.corpus))
     if args.systems:
@@ -94,7 +96,10 @@ def datasets_to_tokenize(args: argparse.Namespace, work: Path) -> list[tuple[str
         build_corpus(work / "corpus", systems=systems, size=args.size, seed=args.seed, workers=2)
         return corpus_views(work / "corpus")
     runs = []
-    for name, systems, minutes in (("2d", SYSTEMS_2D, args.minutes), ("1d", SYSTEMS_1D, args.minutes_1d)):
+    for name, systems, minutes in (
+        ("2d", SYSTEMS_2D, args.minutes),
+        ("1d", SYSTEMS_1D, args.minutes_1d),
+    ):
         if minutes > 0:
             print(f"[{name}] data: {', '.join(systems)}", flush=True)
             runs.append((name, make_shards(work, systems, name, args.seed)))
@@ -128,7 +133,9 @@ def train(
 
 
 @torch.no_grad()
-def frames_per_second(ckpt: Path, shards: Path, n_batches: int = 6, batch_size: int = 16) -> dict[str, float]:
+def frames_per_second(
+    ckpt: Path, shards: Path, n_batches: int = 6, batch_size: int = 16
+) -> dict[str, float]:
     tok = load_tokenizer(ckpt)
     loader = make_loader(shards, "valid", batch_size, shuffle=True, seed=1, normalize=False)
     enc_s = dec_s = 0.0
@@ -145,25 +152,43 @@ def frames_per_second(ckpt: Path, shards: Path, n_batches: int = 6, batch_size: 
         t2 = time.perf_counter()
         if i == 0:
             continue  # warm-up
-        enc_s, dec_s, frames = enc_s + t1 - t0, dec_s + t2 - t1, frames + window.shape[0] * window.shape[1]
+        enc_s, dec_s, frames = (
+            enc_s + t1 - t0,
+            dec_s + t2 - t1,
+            frames + window.shape[0] * window.shape[1],
+        )
     return {"encode_frames_per_s": frames / enc_s, "decode_frames_per_s": frames / dec_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="training budget of the 2D tokenizer")
-    parser.add_argument("--minutes-1d", type=float, default=1.5, help="training budget of the 1D tokenizer")
+    parser.add_argument(
+        "--minutes", type=float, default=5.0, help="training budget of the 2D tokenizer"
+    )
+    parser.add_argument(
+        "--minutes-1d", type=float, default=1.5, help="training budget of the 1D tokenizer"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads (1 is fastest on a shared 2-core machine; try 2 on an idle one)",
     )
-    parser.add_argument("--minutes-3d", type=float, default=5.0, help="training budget of the 3D tokenizer")
-    parser.add_argument("--corpus", default=None, metavar="DIR", help="a `physfm corpus` output to measure on")
-    parser.add_argument("--systems", default=None, help="build a corpus of these systems first: all or a,b,...")
-    parser.add_argument("--size", default="default", help="corpus size preset for --systems (tiny ... large)")
-    parser.add_argument("--workdir", default=None, help="keep data and runs here (reused when present)")
+    parser.add_argument(
+        "--minutes-3d", type=float, default=5.0, help="training budget of the 3D tokenizer"
+    )
+    parser.add_argument(
+        "--corpus", default=None, metavar="DIR", help="a `physfm corpus` output to measure on"
+    )
+    parser.add_argument(
+        "--systems", default=None, help="build a corpus of these systems first: all or a,b,..."
+    )
+    parser.add_argument(
+        "--size", default="default", help="corpus size preset for --systems (tiny ... large)"
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="keep data and runs here (reused when present)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -181,21 +206,28 @@ def main() -> None:
             continue
         print(f"[{name}] training the tiny tokenizer for {minutes:g} min on {shards}", flush=True)
         extra = EXTRA_1D if name == "1d" else []
-        ckpt, steps, train_s = train(shards, work / f"run_{name}", minutes, args.seed, args.threads, extra)
-        metrics = evaluate_tokenizer(ckpt, shards, work / f"eval_{name}", split="valid", batch_size=16)
+        ckpt, steps, train_s = train(
+            shards, work / f"run_{name}", minutes, args.seed, args.threads, extra
+        )
+        metrics = evaluate_tokenizer(
+            ckpt, shards, work / f"eval_{name}", split="valid", batch_size=16
+        )
         speed = frames_per_second(ckpt, shards)
         runs.append({"name": name, "steps": steps, "train_s": train_s, "metrics": metrics, **speed})
 
     if not runs:
         sys.exit("bench/tokenizer.py: nothing to train (no data, or every budget is 0 minutes)")
     rows = []
-    print(f"\n{'dataset':<17}{'field':<12}{'VRMSE':>8}{'pool':>8}{'ratio':>7}{'pool-grid':>10}{'PSNR':>7}")
+    print(
+        f"\n{'dataset':<17}{'field':<12}{'VRMSE':>8}{'pool':>8}{'ratio':>7}{'pool-grid':>10}{'PSNR':>7}"
+    )
     for run in runs:
         for dataset, d in run["metrics"]["datasets"].items():
             for field, f in d["fields"].items():
-                # Headline baseline: the same number of latent values (pool-latent), except where that
-                # many floats is the whole input (one 1D field: the "baseline" would be lossless; it
-                # compresses bits, not values), which falls back to the token-grid pooling.
+                # Headline baseline: the same number of latent values (pool-latent), except where
+                # that many floats is the whole input (one 1D field: the "baseline" would be
+                # lossless; it compresses bits, not values), which falls back to the token-grid
+                # pooling.
                 lossless = d["pool_shapes"]["latent"] == d["pool_shapes"]["spatial"]
                 base = f["baseline_vrmse"] if lossless else f["baseline_latent_vrmse"]
                 grid_base = f["baseline_vrmse"]
@@ -226,7 +258,9 @@ def main() -> None:
         for dataset, d in m["datasets"].items():
             usage[dataset] = d["code_usage"]
             grid = "x".join(map(str, m["token_grid"][dataset]))
-            print(f"{run['name']:<5}{dataset:<17}{d['code_usage']:>11.1%}{d['perplexity']:>11.1f}{grid:>14}")
+            print(
+                f"{run['name']:<5}{dataset:<17}{d['code_usage']:>11.1%}{d['perplexity']:>11.1f}{grid:>14}"
+            )
         print(
             f"{run['name']:<5}{'(combined)':<17}{m['overall']['code_usage']:>11.1%}{m['overall']['perplexity']:>11.1f}"
         )
@@ -240,7 +274,9 @@ def main() -> None:
     result = {
         "code_usage": two_d["metrics"]["overall"]["code_usage"],
         "code_usage_min": min(r["metrics"]["overall"]["code_usage"] for r in runs),
-        "code_usage_per_tokenizer": {r["name"]: r["metrics"]["overall"]["code_usage"] for r in runs},
+        "code_usage_per_tokenizer": {
+            r["name"]: r["metrics"]["overall"]["code_usage"] for r in runs
+        },
         "vrmse_max": max(r["vrmse"] for r in rows),
         "baseline_vrmse_max": max(r["baseline_vrmse"] for r in rows),
         "ratio_to_baseline_max": max(r["ratio"] for r in rows),
@@ -252,14 +288,17 @@ def main() -> None:
         "n_fields": len(rows),
         "fraction_at_half_baseline": sum(r["ratio"] <= 0.5 for r in rows) / len(rows),
         "vrmse": {f"{r['dataset']}/{r['field']}": round(r["vrmse"], 4) for r in rows},
-        "baseline_vrmse": {f"{r['dataset']}/{r['field']}": round(r["baseline_vrmse"], 4) for r in rows},
+        "baseline_vrmse": {
+            f"{r['dataset']}/{r['field']}": round(r["baseline_vrmse"], 4) for r in rows
+        },
         "ratio_to_baseline": {f"{r['dataset']}/{r['field']}": round(r["ratio"], 3) for r in rows},
         "grid_baseline_vrmse_max": max(r["grid_baseline_vrmse"] for r in rows),
         "ratio_to_grid_baseline_max": max(r["grid_ratio"] for r in rows),
         "code_usage_per_dataset": usage,
         "steps": {r["name"]: r["steps"] for r in runs},
         "minutes": {r["name"]: budgets[r["name"]] for r in runs},
-        "data": args.corpus or (f"corpus of {args.systems} ({args.size})" if args.systems else "2D + 1D classic"),
+        "data": args.corpus
+        or (f"corpus of {args.systems} ({args.size})" if args.systems else "2D + 1D classic"),
         "encode_frames_per_s": two_d["encode_frames_per_s"],
         "decode_frames_per_s": two_d["decode_frames_per_s"],
         "config": "configs/tokenizer/tiny.yaml",

@@ -2,25 +2,27 @@
 
 Both sides train the same model (configs/model/tiny.yaml unless --model), with the same batch size,
 window, AdamW settings and gradient clipping, for the same number of optimiser steps, alternating
-bare/physfm runs ``--repeats`` times in this one process (these machines are noisy; compare medians).
-The physfm side is the real path a user runs — ``run_pretrain`` with its token loader, loss masking,
-LR schedule, non-finite guard, logging and checkpointing switched off only where the bare loop has no
-equivalent (checkpoints, validation) — so the ratio is what the platform costs.  MFU divides achieved
-FLOP/s (the model's 6N + attention count) by a matmul peak measured here.
+bare/physfm runs ``--repeats`` times in this one process (these machines are noisy; compare
+medians). The physfm side is the real path a user runs — ``run_pretrain`` with its token loader,
+loss masking, LR schedule, non-finite guard, logging and checkpointing switched off only where the
+bare loop has no equivalent (checkpoints, validation) — so the ratio is what the platform costs.
+MFU divides achieved FLOP/s (the model's 6N + attention count) by a matmul peak measured here.
 
-Then *learning per CPU second* (issue 23, lever 2): the bare loop in next-frame mode as bench/forecast.py
-trains it (conditional tokens: every frame after the second is a target), one variant per row, each a
-config choice: the token window (``physfm tokenizer encode --n-output``, ``model.max_frames``), the token grid
-(the tokenizer's ``spatial_compression``: 8 gives 8x8 tokens at 64²), ``strategy.precision=bf16-mixed``
-(autocast) and ``torch.compile`` of the model. Rows report tokens/s, optimiser steps/s and *target* tokens/s
-(the tokens that carry loss: the useful gradient) and target frames/s (training examples), and their ratios
-to the default row, measured in turn.
+Then *learning per CPU second* (issue 23, lever 2): the bare loop in next-frame mode as
+bench/forecast.py trains it (conditional tokens: every frame after the second is a target), one
+variant per row, each a config choice: the token window (``physfm tokenizer encode --n-output``,
+``model.max_frames``), the token grid (the tokenizer's ``spatial_compression``: 8 gives 8x8 tokens
+at 64²), ``strategy.precision=bf16-mixed`` (autocast) and ``torch.compile`` of the model. Rows
+report tokens/s, optimiser steps/s and *target* tokens/s (the tokens that carry loss: the useful
+gradient) and target frames/s (training examples), and their ratios to the default row, measured in
+turn.
 
     python bench/train_step.py [--steps 30] [--repeats 2] [--batch-size 8] [--model configs/model/tiny.yaml]
                                [--variant-steps 4] [--variant-batch 8]
 
-Last line: JSON with ``overhead_ratio`` (physfm tokens/s ÷ bare tokens/s; target ≥ 0.95), ``cpu_mfu`` and
-``variants`` {name: {tokens_per_s, steps_per_s, target_tokens_per_s, target_frames_per_s, *_vs_default}}.
+Last line: JSON with ``overhead_ratio`` (physfm tokens/s ÷ bare tokens/s; target ≥ 0.95),
+``cpu_mfu`` and ``variants`` {name: {tokens_per_s, steps_per_s, target_tokens_per_s,
+target_frames_per_s, *_vs_default}}.
 """
 
 from __future__ import annotations
@@ -55,19 +57,25 @@ N_FRAMES, N_CONTEXT = 5, 4  # the quickstart window: 4 context + 1 target frame
 
 
 def bare_loop(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> float:
-    """Tokens/s of a plain loop: forward, masked next-token loss, backward, clip, AdamW, schedule."""
+    """Tokens/s of a plain loop: forward, masked next-token loss, backward, clip, AdamW,
+    schedule."""
     torch.manual_seed(seed)
     model = PhysicsTransformer(cfg)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.95)
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, 20, steps, 0.1))
     grid = tuple(cfg.grid_shape)
     T = math.prod(grid)
     gen = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, cfg.vocab_size, (batch_size, N_FRAMES * T), generator=gen) for _ in range(4)]
+    batches = [
+        torch.randint(0, cfg.vocab_size, (batch_size, N_FRAMES * T), generator=gen)
+        for _ in range(4)
+    ]
     ids = torch.zeros(batch_size, dtype=torch.long)
     start = 0.0
     for step in range(steps + 1):
@@ -85,7 +93,9 @@ def bare_loop(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> float
     return steps * batch_size * N_FRAMES * T / (time.perf_counter() - start)
 
 
-def physfm_run(model_yaml: str, tokens: Path, out: Path, batch_size: int, steps: int, seed: int) -> float:
+def physfm_run(
+    model_yaml: str, tokens: Path, out: Path, batch_size: int, steps: int, seed: int
+) -> float:
     base = out.parent / "pretrain.yaml"
     base.write_text(f"model:\n  include: {Path(model_yaml).resolve()}\n  max_frames: {N_FRAMES}\n")
     cfg = load_pretrain_config(
@@ -147,12 +157,18 @@ VARIANTS = (
 )
 
 
-def variant_rates(base: ModelConfig, v: Variant, batch_size: int, steps: int, seed: int) -> dict[str, float]:
-    """The next-frame training step of ``v``: tokens/s, optimiser steps/s and target (loss-carrying) tokens/s.
-    Conditional tokens leave the first two frames without loss (physfm/train/module.py ``loss``)."""
+def variant_rates(
+    base: ModelConfig, v: Variant, batch_size: int, steps: int, seed: int
+) -> dict[str, float]:
+    """The next-frame training step of ``v``: tokens/s, optimiser steps/s and target (loss-carrying)
+    tokens/s. Conditional tokens leave the first two frames without loss (physfm/train/module.py
+    ``loss``)."""
     n_frames = v.n_context + v.n_output
     cfg = dataclasses.replace(
-        base, prediction="next_frame", max_frames=n_frames, grid_shape=list(v.grid or base.grid_shape)
+        base,
+        prediction="next_frame",
+        max_frames=n_frames,
+        grid_shape=list(v.grid or base.grid_shape),
     )
     torch.manual_seed(seed)
     model = PhysicsTransformer(cfg)
@@ -179,15 +195,22 @@ def variant_rates(base: ModelConfig, v: Variant, batch_size: int, steps: int, se
         "tokens_per_s": steps * batch_size * n_frames * T / seconds,
         "steps_per_s": steps / seconds,
         "target_tokens_per_s": steps * n_targets / seconds,
-        "target_frames_per_s": steps * n_targets / T / seconds,  # frames learned from: training examples
+        # frames learned from: training examples
+        "target_frames_per_s": steps * n_targets / T / seconds,
     }
 
 
-def run_variants(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> dict[str, dict[str, float]]:
+def run_variants(
+    cfg: ModelConfig, batch_size: int, steps: int, seed: int
+) -> dict[str, dict[str, float]]:
     rates = {v.name: variant_rates(cfg, v, batch_size, steps, seed) for v in VARIANTS}
     default = rates[VARIANTS[0].name]
-    print(f"\nnext-frame training step, batch {batch_size}, {steps} timed steps per variant (bare loop)")
-    print(f"{'variant':<50}{'tokens/s':>10}{'steps/s':>9}{'target tok/s':>14}{'target frames/s':>17}")
+    print(
+        f"\nnext-frame training step, batch {batch_size}, {steps} timed steps per variant (bare loop)"
+    )
+    print(
+        f"{'variant':<50}{'tokens/s':>10}{'steps/s':>9}{'target tok/s':>14}{'target frames/s':>17}"
+    )
     out = {}
     ratios = ("tokens_per_s", "target_tokens_per_s", "target_frames_per_s")
     for name, r in rates.items():
@@ -197,7 +220,10 @@ def run_variants(cfg: ModelConfig, batch_size: int, steps: int, seed: int) -> di
         )
         out[name] = {k: round(x, 3) for k, x in r.items()}
         out[name].update({f"{k}_vs_default": round(r[k] / default[k], 2) for k in ratios})
-    print("x default: " + "; ".join(f"{n}: {o['target_frames_per_s_vs_default']}" for n, o in out.items()))
+    print(
+        "x default: "
+        + "; ".join(f"{n}: {o['target_frames_per_s_vs_default']}" for n, o in out.items())
+    )
     return out
 
 
@@ -206,10 +232,16 @@ def main() -> None:
     parser.add_argument("--model", default="configs/model/tiny.yaml")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=2, help="physfm-vs-bare runs (0 = skip that table)")
-    parser.add_argument("--variant-steps", type=int, default=4, help="timed steps per variant (0 = skip them)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="physfm-vs-bare runs (0 = skip that table)"
+    )
+    parser.add_argument(
+        "--variant-steps", type=int, default=4, help="timed steps per variant (0 = skip them)"
+    )
     parser.add_argument("--variant-batch", type=int, default=8, help="batch size of the variants")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0 = torch's default)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -226,7 +258,8 @@ def main() -> None:
 
 
 def measure_overhead(args: argparse.Namespace, cfg: ModelConfig) -> dict:
-    """physfm's Lightning run vs the bare loop, alternating ``--repeats`` times; prints the table."""
+    """physfm's Lightning run vs the bare loop, alternating ``--repeats`` times; prints the
+    table."""
     peak = measure_matmul_peak(seconds=1.0)
     bare, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,7 +274,16 @@ def measure_overhead(args: argparse.Namespace, cfg: ModelConfig) -> dict:
         )
         for r in range(args.repeats):
             bare.append(bare_loop(cfg, args.batch_size, args.steps, args.seed))
-            ours.append(physfm_run(args.model, tokens, Path(tmp) / f"run{r}", args.batch_size, args.steps, args.seed))
+            ours.append(
+                physfm_run(
+                    args.model,
+                    tokens,
+                    Path(tmp) / f"run{r}",
+                    args.batch_size,
+                    args.steps,
+                    args.seed,
+                )
+            )
     model = PhysicsTransformer(cfg)
     flops_per_token = model.flops_per_token(N_FRAMES * math.prod(cfg.grid_shape))
     bare_med, ours_med = statistics.median(bare), statistics.median(ours)

@@ -1,4 +1,5 @@
-"""The Well HDF5 I/O, validation, statistics, built-in simulators, sharding and the streaming loader.
+"""The Well HDF5 I/O, validation, statistics, built-in simulators, sharding and the streaming
+loader.
 
     from data_pipelines import WellReader, shard_datasets, make_loader
     with WellReader("data/train/file.hdf5") as r:
@@ -12,8 +13,8 @@ Imports nothing from ``tokenizer`` or ``physfm``.
 
 import importlib
 
-# Public name → defining module. Resolved on first use (PEP 562) so that importing a light module such
-# as data_pipelines.config does not pull in torch, h5py and webdataset.
+# Public name → defining module. Resolved on first use (PEP 562) so that importing a light module
+# such as data_pipelines.config does not pull in torch, h5py and webdataset.
 _EXPORTS = {
     "ConfigError": "config",
     "load_config": "config",

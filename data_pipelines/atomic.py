@@ -1,18 +1,21 @@
-"""Atomic writes, the project's one implementation: readers never see half a file or half a directory.
+"""Atomic writes, the project's one implementation: readers never see half a file or half a
+directory.
 
-* a file is written to a temporary name beside its target, fsynced, ``os.replace``d into place, and the
-  directory fsynced (:func:`atomic_path`, :func:`atomic_write_text`, :func:`atomic_write_bytes`);
+* a file is written to a temporary name beside its target, fsynced, ``os.replace``d into place, and
+  the directory fsynced (:func:`atomic_path`, :func:`atomic_write_text`,
+  :func:`atomic_write_bytes`);
 * a directory is filled under a staging name beside its target and renamed into place; an existing
   target is moved aside first and removed only after (:func:`atomic_dir`, :func:`publish_dir`);
 * a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily);
-* the staging names carry the writer's host and process id (``.NAME.HOST-PID.XXXXXXXX.tmp``), so the next
-  write to the same place removes what a killed writer left (:func:`remove_stale_staging`), and never the
-  staging of a writer still running.
+* the staging names carry the writer's host and process id (``.NAME.HOST-PID.XXXXXXXX.tmp``), so the
+  next write to the same place removes what a killed writer left (:func:`remove_stale_staging`), and
+  never the staging of a writer still running.
 
-One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file the user
-writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics and shard sets on
-shared cluster storage stay readable by colleagues.  A write that runs out of room raises an error that
-:func:`is_disk_full` recognises and whose message names the target and says the previous version is intact.
+One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file
+the user writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics
+and shard sets on shared cluster storage stay readable by colleagues.  A write that runs out of room
+raises an error that :func:`is_disk_full` recognises and whose message names the target and says the
+previous version is intact.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class DiskFullError(OSError):
-    """A write to ``filename`` that ran out of room (``errno``/``strerror`` are the original's); its message
-    names the target and says the previous version is intact.  Built like any OSError, so it pickles."""
+    """A write to ``filename`` that ran out of room (``errno``/``strerror`` are the original's); its
+    message names the target and says the previous version is intact.  Built like any OSError, so it
+    pickles."""
 
     def __str__(self) -> str:
         return f"{self.filename}: not written, {self.strerror} (disk full or over quota); {PREVIOUS_INTACT}"
@@ -48,9 +52,11 @@ def is_disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS
 
 
-def disk_full_error(target: str | Path, err: OSError, error: type[Exception] = DiskFullError) -> Exception:
-    """The one error for a write to ``target`` that ran out of room, as an ``error`` (DiskFullError keeps
-    the errno, so :func:`is_disk_full` still recognises it)."""
+def disk_full_error(
+    target: str | Path, err: OSError, error: type[Exception] = DiskFullError
+) -> Exception:
+    """The one error for a write to ``target`` that ran out of room, as an ``error`` (DiskFullError
+    keeps the errno, so :func:`is_disk_full` still recognises it)."""
     full = DiskFullError(err.errno, err.strerror, str(target))
     return full if error is DiskFullError else error(str(full))
 
@@ -71,9 +77,11 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
-# ---------------------------------------------------------------------------------------------- staging names
+# ----------------------------------------------------------------------------------------------
+# staging names
 def staging_prefix(final: str | Path) -> str:
-    """``.NAME.HOST-PID.``: hidden (globs such as ``*.tar`` never pick it up) and traceable to its writer."""
+    """``.NAME.HOST-PID.``: hidden (globs such as ``*.tar`` never pick it up) and traceable to its
+    writer."""
     return f".{Path(final).name}.{socket.gethostname()}-{os.getpid()}."
 
 
@@ -91,9 +99,10 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_staging(final: str | Path) -> list[Path]:
-    """Remove the staging files and directories of killed writes to ``final`` (same name, this host, a
-    process that no longer runs); returns what was removed.  A writer on another host (shared storage)
-    or still running keeps its staging: only a crash leaves one behind, and only its own host can tell."""
+    """Remove the staging files and directories of killed writes to ``final`` (same name, this host,
+    a process that no longer runs); returns what was removed.  A writer on another host (shared
+    storage) or still running keeps its staging: only a crash leaves one behind, and only its own
+    host can tell."""
     final = Path(final)
     if not final.parent.is_dir():
         return []
@@ -103,7 +112,8 @@ def remove_stale_staging(final: str | Path) -> list[Path]:
         if not match or match["name"] != final.name or match["host"] != host:
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or _process_alive(pid):  # a write under way (this process cleans up its own)
+        # a write under way (this process cleans up its own)
+        if pid == os.getpid() or _process_alive(pid):
             continue
         with contextlib.suppress(OSError):  # another writer's cleanup got there first
             remove_path(path)
@@ -123,10 +133,10 @@ def fsync_dir(path: str | Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, disk_full: type[Exception] = DiskFullError) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (mode ``0o666 & ~umask``) for the caller to write; on success
-    it is fsynced and replaces ``path``, on error it is removed and ``path`` is untouched.  Running out of
-    room raises ``disk_full`` (see :func:`disk_full_error`).  The temporary name is ``.NAME.*.tmp``, so
-    globs such as ``*.hdf5`` or ``*.ckpt`` never pick it up."""
+    """Yield a temporary path beside ``path`` (mode ``0o666 & ~umask``) for the caller to write; on
+    success it is fsynced and replaces ``path``, on error it is removed and ``path`` is untouched.
+    Running out of room raises ``disk_full`` (see :func:`disk_full_error`).  The temporary name is
+    ``.NAME.*.tmp``, so globs such as ``*.hdf5`` or ``*.ckpt`` never pick it up."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(path)
@@ -158,7 +168,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-# ---------------------------------------------------------------------------------------------- directories
+# ----------------------------------------------------------------------------------------------
+# directories
 def remove_path(path: str | Path) -> None:
     """Remove a file or directory tree; a missing path is fine."""
     path = Path(path)
@@ -169,8 +180,9 @@ def remove_path(path: str | Path) -> None:
 
 
 def make_staging_dir(final: str | Path) -> Path:
-    """An empty hidden directory ``.NAME.HOST-PID.*.tmp`` beside ``final`` (same filesystem, so the final
-    rename is atomic), with the mode a plain ``mkdir`` would give; killed writes' staging is removed first."""
+    """An empty hidden directory ``.NAME.HOST-PID.*.tmp`` beside ``final`` (same filesystem, so the
+    final rename is atomic), with the mode a plain ``mkdir`` would give; killed writes' staging is
+    removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
@@ -180,8 +192,9 @@ def make_staging_dir(final: str | Path) -> Path:
 
 
 def publish_dir(staging: str | Path, final: str | Path) -> None:
-    """Move a fully written directory into place with a rename (atomic on one filesystem).  An existing
-    ``final`` is moved aside (``NAME.old``) first and removed only after the new one is in place."""
+    """Move a fully written directory into place with a rename (atomic on one filesystem).  An
+    existing ``final`` is moved aside (``NAME.old``) first and removed only after the new one is in
+    place."""
     staging, final = Path(staging), Path(final)
     old = final.with_name(final.name + ".old")
     remove_path(old)
@@ -194,8 +207,8 @@ def publish_dir(staging: str | Path, final: str | Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``final``; on success it is renamed to ``final`` (replacing
-    what was there), on error it is removed and ``final`` is untouched."""
+    """Yield an empty staging directory beside ``final``; on success it is renamed to ``final``
+    (replacing what was there), on error it is removed and ``final`` is untouched."""
     staging = make_staging_dir(final)
     try:
         yield staging
@@ -205,10 +218,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise
 
 
-# ---------------------------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------------------------
+# figures
 def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first use
-    so that nothing else here pays for it."""
+    """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first
+    use so that nothing else here pays for it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,8 +232,8 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 80) -> Path:
-    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG), in the format of the path's
-    suffix, then close the figure; returns ``path``."""
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a PNG), in the format of the
+    path's suffix, then close the figure; returns ``path``."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:

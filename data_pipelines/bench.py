@@ -1,9 +1,10 @@
 """Loader throughput: our shard loader vs ``the_well.data.WellDataset`` over the same HDF5 files.
 
-Both run through a torch ``DataLoader`` with the same batch size and worker count and the same windows
-(``n_input``/``n_output`` from the shard manifest, stride 1), without normalisation on either side, for a
-fixed time budget after a warm-up batch.  The ratio (ours / the_well samples/s) is measured in one run.
-:func:`memcpy_bytes_per_s` gives the limit: the same windows copied from memory into a batch buffer.
+Both run through a torch ``DataLoader`` with the same batch size and worker count and the same
+windows (``n_input``/``n_output`` from the shard manifest, stride 1), without normalisation on
+either side, for a fixed time budget after a warm-up batch.  The ratio (ours / the_well samples/s)
+is measured in one run. :func:`memcpy_bytes_per_s` gives the limit: the same windows copied from
+memory into a batch buffer.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def _first_dataset(shards: str | Path) -> tuple[Manifest, str, DatasetEntry]:
     return manifest, name, entry
 
 
-def ours_samples_per_s(shards: str | Path, *, batch_size: int, workers: int, seconds: float) -> tuple[float, int]:
+def ours_samples_per_s(
+    shards: str | Path, *, batch_size: int, workers: int, seconds: float
+) -> tuple[float, int]:
     """Our loader, resampled training mode, one dataset, no normalisation."""
     _, name, _ = _first_dataset(shards)
     loader = make_loader(
@@ -60,7 +63,8 @@ def ours_samples_per_s(shards: str | Path, *, batch_size: int, workers: int, sec
 def well_samples_per_s(
     shards: str | Path, *, batch_size: int, workers: int, seconds: float, cache: bool = True
 ) -> tuple[float, int]:
-    """the_well's ``WellDataset`` over the shards' source files (``cache``: its ``cache_small``, on by default)."""
+    """the_well's ``WellDataset`` over the shards' source files (``cache``: its ``cache_small``, on
+    by default)."""
     from the_well.data import WellDataset
 
     manifest, _, entry = _first_dataset(shards)
@@ -90,9 +94,11 @@ def window_bytes(shards: str | Path) -> int:
     return manifest.window.length * frame
 
 
-def memcpy_bytes_per_s(shards: str | Path, *, batch_size: int, seconds: float, seed: int = 0) -> float:
-    """The limit: the same windows (random starts in the train trajectories, held in memory) copied into a
-    preallocated batch buffer by one thread, ``batch_size`` windows per batch."""
+def memcpy_bytes_per_s(
+    shards: str | Path, *, batch_size: int, seconds: float, seed: int = 0
+) -> float:
+    """The limit: the same windows (random starts in the train trajectories, held in memory) copied
+    into a preallocated batch buffer by one thread, ``batch_size`` windows per batch."""
     manifest, _, entry = _first_dataset(shards)
     length = manifest.window.length
     trajectories = []
@@ -113,7 +119,9 @@ def memcpy_bytes_per_s(shards: str | Path, *, batch_size: int, seconds: float, s
     return n * batch[0].nbytes / (time.perf_counter() - start)
 
 
-def bench_loaders(shards: str | Path, *, batch_size: int = 16, workers: int = 2, seconds: float = 10.0) -> dict:
+def bench_loaders(
+    shards: str | Path, *, batch_size: int = 16, workers: int = 2, seconds: float = 10.0
+) -> dict:
     """Ours vs the_well (as it runs by default) at one worker count: samples/s and their ratio."""
     manifest, name, _ = _first_dataset(shards)
     kw = dict(batch_size=batch_size, workers=workers, seconds=seconds)

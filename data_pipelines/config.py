@@ -1,10 +1,11 @@
 """Typed configs: YAML + dotted ``key=value`` overrides → nested ``@dataclass`` objects.
 
-Every config in the project (data, tokenizer, model, pretrain, finetune, steer) is a tree of dataclasses.
-``load_config(Cls, path, overrides)`` reads the YAML with ``yaml.safe_load`` (python tags are refused),
-applies overrides such as ``trainer.max_steps=20``, and converts every value to its annotated type,
-raising :class:`ConfigError` naming the dotted key on an unknown key or a bad value — before any work.
-It lives in ``data_pipelines`` because all three packages use it and imports only flow upward.
+Every config in the project (data, tokenizer, model, pretrain, finetune, steer) is a tree of
+dataclasses. ``load_config(Cls, path, overrides)`` reads the YAML with ``yaml.safe_load`` (python
+tags are refused), applies overrides such as ``trainer.max_steps=20``, and converts every value to
+its annotated type, raising :class:`ConfigError` naming the dotted key on an unknown key or a bad
+value — before any work. It lives in ``data_pipelines`` because all three packages use it and
+imports only flow upward.
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ class ConfigError(PhysfmError, ValueError):
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read YAML safely: python object tags and malformed files become a :class:`ConfigError` that names
-    ``FILE:LINE:COLUMN`` of the problem."""
+    """Read YAML safely: python object tags and malformed files become a :class:`ConfigError` that
+    names ``FILE:LINE:COLUMN`` of the problem."""
     return read_yaml_with_positions(path)[0]
 
 
-# Where each key of a config was written: dotted key → "FILE:LINE:COLUMN" (1-based, as editors count).
+# Where each key of a config was written: dotted key → "FILE:LINE:COLUMN" (1-based, as editors
+# count).
 Positions = dict[str, str]
 
 
 def read_yaml_with_positions(path: str | Path) -> tuple[Any, Positions]:
-    """:func:`read_yaml`, plus the position of every mapping key in the file (for error messages)."""
+    """:func:`read_yaml`, plus the position of every mapping key in the file (for error
+    messages)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -82,7 +85,8 @@ _ERROR_KEY = re.compile(r"^(?:unknown config key )?([A-Za-z_][\w.\[\]]*)(?=[:= (
 
 
 def error_position(message: str, positions: Positions) -> str | None:
-    """Where the key that ``message`` is about was written (its nearest written ancestor), if anywhere."""
+    """Where the key that ``message`` is about was written (its nearest written ancestor), if
+    anywhere."""
     match = _ERROR_KEY.match(message)
     if match is None:
         return None
@@ -126,17 +130,19 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, converting and checking every value against its type, then
-    validate the whole tree (:func:`validate_tree`), sections the data leaves at their defaults included."""
+    """Build dataclass ``cls`` from ``data``, converting and checking every value against its type,
+    then validate the whole tree (:func:`validate_tree`), sections the data leaves at their defaults
+    included."""
     obj = _build(cls, data, prefix)
     validate_tree(obj)
     return obj
 
 
 def validate_tree(obj: Any) -> None:
-    """Call ``validate()`` on every dataclass in ``obj``'s tree, children before parents, so a section
-    absent from the YAML (left at its defaults, or set only by an override) is checked like any other.
-    A plain ``ValueError`` from a ``validate()`` is reported as a :class:`ConfigError`."""
+    """Call ``validate()`` on every dataclass in ``obj``'s tree, children before parents, so a
+    section absent from the YAML (left at its defaults, or set only by an override) is checked like
+    any other. A plain ``ValueError`` from a ``validate()`` is reported as a
+    :class:`ConfigError`."""
     if isinstance(obj, (list, tuple)):
         for item in obj:
             validate_tree(item)
@@ -155,14 +161,16 @@ def validate_tree(obj: Any) -> None:
             validate()
         except ConfigError:
             raise
-        except ValueError as err:  # a model config shared with plain-PyTorch code may raise ValueError
+        # a model config shared with plain-PyTorch code may raise ValueError
+        except ValueError as err:
             raise ConfigError(str(err)) from None
 
 
 def check_optimizer(cfg: Any, section: str) -> None:
-    """The optimiser fields every training config shares, checked one way (each only where ``cfg`` has it):
-    ``lr > 0``, ``0 <= min_lr_ratio <= 1``, ``warmup_steps >= 0``, ``weight_decay >= 0``, ``grad_clip >= 0``
-    and two ``betas`` in ``[0, 1)``.  ``section`` is the dotted key the fields sit under (``optim``)."""
+    """The optimiser fields every training config shares, checked one way (each only where ``cfg``
+    has it): ``lr > 0``, ``0 <= min_lr_ratio <= 1``, ``warmup_steps >= 0``, ``weight_decay >= 0``,
+    ``grad_clip >= 0`` and two ``betas`` in ``[0, 1)``.  ``section`` is the dotted key the fields
+    sit under (``optim``)."""
 
     def has(name: str) -> bool:
         return hasattr(cfg, name)
@@ -188,7 +196,9 @@ def _build(cls: type[T], data: dict[str, Any] | None, prefix: str) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]} (valid: {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (valid: {', '.join(sorted(names))})"
+        )
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -267,10 +277,11 @@ INCLUDE_KEY = "include"
 def resolve_includes(
     data: Any, base_dir: Path, key: str = "", depth: int = 0, positions: Positions | None = None
 ) -> Any:
-    """A mapping with ``include: other.yaml`` is that file's content updated by the mapping's own keys,
-    so ``model: {include: configs/model/tiny.yaml, n_layer: 2}`` reuses the model zoo.  Paths resolve
-    against the including file's folder, then the working directory.  ``positions`` (dotted key →
-    FILE:LINE:COLUMN) gains the included files' keys, so an error names the file that holds the key."""
+    """A mapping with ``include: other.yaml`` is that file's content updated by the mapping's own
+    keys, so ``model: {include: configs/model/tiny.yaml, n_layer: 2}`` reuses the model zoo.  Paths
+    resolve against the including file's folder, then the working directory.  ``positions`` (dotted
+    key → FILE:LINE:COLUMN) gains the included files' keys, so an error names the file that holds
+    the key."""
     if not isinstance(data, dict):
         return data
     if depth > 8:
@@ -288,7 +299,8 @@ def resolve_includes(
             where = f"{key}.{INCLUDE_KEY}" if key else INCLUDE_KEY
             raise ConfigError(f"{where}: included file {target} not found")
         content, included_positions = read_yaml_with_positions(found)
-        if positions is not None:  # the including file's own keys (already recorded) override the included
+        # the including file's own keys (already recorded) override the included
+        if positions is not None:
             for inner, where in included_positions.items():
                 positions.setdefault(f"{key}.{inner}" if key else inner, where)
         included = resolve_includes(content, found.parent, key, depth + 1, positions) or {}
@@ -298,9 +310,12 @@ def resolve_includes(
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML file (optional, with ``include:`` sections) + dotted overrides → validated ``cls`` instance.
-    An error about a key written in a file names that file, line and column (an included file's own)."""
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """YAML file (optional, with ``include:`` sections) + dotted overrides → validated ``cls``
+    instance. An error about a key written in a file names that file, line and column (an included
+    file's own)."""
     data: dict[str, Any] = {}
     positions: Positions = {}
     if path is not None:

@@ -1,5 +1,5 @@
-"""The multi-system pretraining corpus: every chosen built-in system simulated, validated and sharded into
-one clip-shard set, resumable after an interruption (what ``physfm corpus`` runs).
+"""The multi-system pretraining corpus: every chosen built-in system simulated, validated and
+sharded into one clip-shard set, resumable after an interruption (what ``physfm corpus`` runs).
 
 Layout of ``OUT``::
 
@@ -12,16 +12,18 @@ Layout of ``OUT``::
                                  into shards/): one tokenizer codes one dimensionality (README)
 
 Resuming: a system whose ``done`` marker holds the current plan is not simulated again.  Any other
-system is simulated into a hidden staging directory, validated there, then renamed into place, and only
-then marked done; so a run killed at any moment leaves either a finished system or one that the next
-run redoes from scratch (its half-written data, staging directories and ``.old`` copies are removed
-first).  The shard set is rebuilt unless its manifest records the same plan.  Systems run in parallel
-processes (one system each); those die with the run (Linux), so a killed run leaves no writer behind.
+system is simulated into a hidden staging directory, validated there, then renamed into place, and
+only then marked done; so a run killed at any moment leaves either a finished system or one that the
+next run redoes from scratch (its half-written data, staging directories and ``.old`` copies are
+removed first).  The shard set is rebuilt unless its manifest records the same plan.  Systems run in
+parallel processes (one system each); those die with the run (Linux), so a killed run leaves no
+writer behind.
 
-Sizes: ``default`` is each system's own default size (each simulates in about a minute on one core, so
-14 systems take ≤ 15 min on 2 cores); ``tiny`` (tests, a first look) has 3 trajectories, a quarter of
-the frames and half the resolution; ``small`` halves trajectories and frames; ``large`` has 4x the
-trajectories.  Every preset keeps the default parameter sweep, so every regime is in the corpus.
+Sizes: ``default`` is each system's own default size (each simulates in about a minute on one core,
+so 14 systems take ≤ 15 min on 2 cores); ``tiny`` (tests, a first look) has 3 trajectories, a
+quarter of the frames and half the resolution; ``small`` halves trajectories and frames; ``large``
+has 4x the trajectories.  Every preset keeps the default parameter sweep, so every regime is in the
+corpus.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ TOKEN_MULTIPLE = 4  # grids stay divisible by the tokenizers' 4x spatial compres
 
 @dataclass(frozen=True)
 class CorpusSize:
-    """A size preset: each system's default trajectories, frames and grid scaled by these factors."""
+    """A size preset: each system's default trajectories, frames and grid scaled by these
+    factors."""
 
     name: str
     traj_scale: float
@@ -61,7 +64,8 @@ class CorpusSize:
     min_steps: int = 8  # a few 4+1-frame training windows per trajectory even when scaled down
 
     def n_traj(self, spec: SystemSpec) -> int:
-        return max(3, round(spec.n_traj * self.traj_scale))  # 3: one trajectory each for train/valid/test
+        # 3: one trajectory each for train/valid/test
+        return max(3, round(spec.n_traj * self.traj_scale))
 
     def n_steps(self, spec: SystemSpec) -> int:
         return max(self.min_steps, round(spec.n_steps * self.steps_scale))
@@ -88,7 +92,9 @@ def select_systems(systems: list[str] | None = None, exclude: list[str] | None =
     for label, names in (("--systems", systems or []), ("--exclude", exclude or [])):
         unknown = [n for n in names if n not in SIMULATORS]
         if unknown:
-            raise DataError(f"{label}: unknown system(s) {', '.join(unknown)}; built-in: {', '.join(SIMULATORS)}")
+            raise DataError(
+                f"{label}: unknown system(s) {', '.join(unknown)}; built-in: {', '.join(SIMULATORS)}"
+            )
     chosen = [n for n in SIMULATORS if (not systems or n in systems) and n not in (exclude or [])]
     if not chosen:
         raise DataError("no system left to build (--systems/--exclude leave none)")
@@ -96,7 +102,8 @@ def select_systems(systems: list[str] | None = None, exclude: list[str] | None =
 
 
 def system_plan(name: str, size: CorpusSize, seed: int) -> dict[str, Any]:
-    """What a system's data is made from; a ``done`` marker holding the same plan means nothing to redo."""
+    """What a system's data is made from; a ``done`` marker holding the same plan means nothing to
+    redo."""
     spec = get_system(name)
     return {
         "system": name,
@@ -111,8 +118,9 @@ def system_plan(name: str, size: CorpusSize, seed: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def corpus_lock(out: Path, wait_s: float = 30.0) -> Iterator[None]:
-    """Exclusive hold on ``out`` for one run, released by the kernel when the run dies.  It waits a little:
-    the workers of a run just killed hold the lock (inherited) until the kernel has ended them too."""
+    """Exclusive hold on ``out`` for one run, released by the kernel when the run dies.  It waits a
+    little: the workers of a run just killed hold the lock (inherited) until the kernel has ended
+    them too."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK_FILE, "w") as fh:
         deadline = time.monotonic() + wait_s
@@ -128,12 +136,14 @@ def corpus_lock(out: Path, wait_s: float = 30.0) -> Iterator[None]:
 
 
 def remove_stale(out: Path) -> list[Path]:
-    """Delete what an interrupted run leaves: staging directories and temporary files (``.NAME.*.tmp``),
-    and ``NAME.old`` directories that a publish had moved aside."""
+    """Delete what an interrupted run leaves: staging directories and temporary files
+    (``.NAME.*.tmp``), and ``NAME.old`` directories that a publish had moved aside."""
     stale = []
     for folder in (out, out / "systems", out / "done"):
         if folder.is_dir():
-            stale += [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+            stale += [
+                p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")
+            ]
             stale += [p for p in folder.iterdir() if p.is_dir() and p.name.endswith(".old")]
     for path in stale:
         remove_path(path)
@@ -172,25 +182,31 @@ def build_system(out: str, plan: dict[str, Any]) -> dict[str, Any]:
         )
         problems = validate_paths([staging])
         if problems:
-            raise DataError(f"{name}: simulated data fails validation: {problems[0]} ({len(problems)} problem(s))")
+            raise DataError(
+                f"{name}: simulated data fails validation: {problems[0]} ({len(problems)} problem(s))"
+            )
         publish_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     seconds = time.perf_counter() - start
-    atomic_write_text(out_dir / "done" / f"{name}.json", json.dumps({"plan": plan, "seconds": seconds}, indent=1))
+    atomic_write_text(
+        out_dir / "done" / f"{name}.json", json.dumps({"plan": plan, "seconds": seconds}, indent=1)
+    )
     return {"system": name, "seconds": seconds}
 
 
 def equal_weights(names: list[str]) -> dict[str, float]:
-    """Each system the same share of training batches, whatever its size: a 3D system's few large samples
-    and a 1D system's many small ones count alike (the loader draws a dataset per batch by these)."""
+    """Each system the same share of training batches, whatever its size: a 3D system's few large
+    samples and a 1D system's many small ones count alike (the loader draws a dataset per batch by
+    these)."""
     return {name: 1.0 / len(names) for name in names}
 
 
 def dimension_view(manifest: Manifest, n_dims: int, shards_name: str) -> Manifest | None:
-    """The manifest of the ``n_dims``-D datasets only, its shard paths pointing into ``../shards_name``
-    (each shard holds clips of one source file, hence of one dataset); None if there are none."""
+    """The manifest of the ``n_dims``-D datasets only, its shard paths pointing into
+    ``../shards_name`` (each shard holds clips of one source file, hence of one dataset); None if
+    there are none."""
     names = sorted(n for n, e in manifest.datasets.items() if len(e.spatial_shape or ()) == n_dims)
     if not names:
         return None
@@ -232,7 +248,9 @@ def shard_corpus(
             extra={"dataset_weights": equal_weights(names), "corpus_plan": plans},
         )
         manifest = Manifest.coerce(built, str(manifest_path))
-        log(f"sharded {len(names)} system(s) into {out / 'shards'} in {time.perf_counter() - start:.1f} s")
+        log(
+            f"sharded {len(names)} system(s) into {out / 'shards'} in {time.perf_counter() - start:.1f} s"
+        )
     else:
         log(f"{out / 'shards'}: already holds this corpus, kept")
     for n_dims in (1, 2, 3):
@@ -256,7 +274,8 @@ def build_corpus(
     workers: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Build (or finish) the corpus at ``out``; returns the shard manifest.  See the module docstring."""
+    """Build (or finish) the corpus at ``out``; returns the shard manifest.  See the module
+    docstring."""
     if size not in SIZES:
         raise DataError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
     if workers < 1:
@@ -266,15 +285,21 @@ def build_corpus(
     with corpus_lock(out):
         for path in remove_stale(out):
             log(f"removed {path} (left by an interrupted run)")
-        atomic_write_text(out / PLAN_FILE, json.dumps({"size": asdict(SIZES[size]), "systems": plans}, indent=1))
+        atomic_write_text(
+            out / PLAN_FILE, json.dumps({"size": asdict(SIZES[size]), "systems": plans}, indent=1)
+        )
         todo = [p for p in plans if not is_done(out, p)]
         for plan in plans:
             if plan not in todo:
                 log(f"{plan['system']}: done in an earlier run, kept")
         start = time.perf_counter()
         # Largest first (grid points x frames x trajectories): the long 3D runs do not start last.
-        todo.sort(key=lambda p: -(p["resolution"] ** p["n_spatial_dims"]) * p["n_steps"] * p["n_traj"])
-        with ProcessPoolExecutor(max_workers=min(workers, max(1, len(todo))), initializer=die_with_parent) as pool:
+        todo.sort(
+            key=lambda p: -(p["resolution"] ** p["n_spatial_dims"]) * p["n_steps"] * p["n_traj"]
+        )
+        with ProcessPoolExecutor(
+            max_workers=min(workers, max(1, len(todo))), initializer=die_with_parent
+        ) as pool:
             futures = {pool.submit(build_system, str(out), plan): plan for plan in todo}
             for future in as_completed(futures):
                 plan, result = futures[future], future.result()
@@ -284,5 +309,7 @@ def build_corpus(
                     f"set, simulated and validated in {result['seconds']:.1f} s"
                 )
         if todo:
-            log(f"simulated {len(todo)} system(s) in {time.perf_counter() - start:.1f} s with {workers} worker(s)")
+            log(
+                f"simulated {len(todo)} system(s) in {time.perf_counter() - start:.1f} s with {workers} worker(s)"
+            )
         return shard_corpus(out, plans, workers, log, rebuilt=bool(todo))

@@ -3,9 +3,9 @@ time index, shard or member, so a user can find the problem without a traceback.
 
 
 class PhysfmError(Exception):
-    """The user's input or environment is wrong (a file, a config key, an argument): the ``physfm`` CLI prints
-    the message as one line and exits with code 2.  Every such error class derives from it; anything else is
-    a bug and keeps its traceback."""
+    """The user's input or environment is wrong (a file, a config key, an argument): the ``physfm``
+    CLI prints the message as one line and exits with code 2.  Every such error class derives from
+    it; anything else is a bug and keeps its traceback."""
 
 
 class DataError(PhysfmError, ValueError):
@@ -18,8 +18,8 @@ class InputError(PhysfmError, ValueError):
 
 
 class UnknownNameError(InputError, KeyError):
-    """A name (dataset, hook point) that a model, tokenizer or refiner does not know; also a ``KeyError``
-    so existing ``except KeyError`` callers keep working."""
+    """A name (dataset, hook point) that a model, tokenizer or refiner does not know; also a
+    ``KeyError`` so existing ``except KeyError`` callers keep working."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

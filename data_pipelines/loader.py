@@ -1,33 +1,35 @@
 """Streaming training loader over webdataset shards: rank/worker split, shuffling, mixing, resume.
 
 Windows: clip shards (each frame stored once) are cut into windows here, in the workers, for any
-``window`` (n_input, n_output, stride; default: the manifest's window); window shards (version 1, token shards) are read as stored.  Epoch sizes and default mixing
-weights count the windows of the chosen window, from the manifest's per-shard ``segments``.
+``window`` (n_input, n_output, stride; default: the manifest's window); window shards (version 1,
+token shards) are read as stored.  Epoch sizes and default mixing weights count the windows of the
+chosen window, from the manifest's per-shard ``segments``.
 
 Two modes:
 
-* **sequential** (``resampled=False``, evaluation): each shard is read once; shards are dealt to ranks
-  then workers (``shards[rank::world][worker::workers]``).  Ranks may get unequal batch counts.
-* **resampled** (``resampled=True``, training): every (rank, worker) draws shards with replacement from
-  its own seeded generator and yields exactly its share of ``batches_per_epoch`` — every rank gets the
-  same number of batches per epoch, so DDP never hangs on a rank that ran out of data.
+* **sequential** (``resampled=False``, evaluation): each shard is read once; shards are dealt to
+  ranks then workers (``shards[rank::world][worker::workers]``).  Ranks may get unequal batch
+  counts.
+* **resampled** (``resampled=True``, training): every (rank, worker) draws shards with replacement
+  from its own seeded generator and yields exactly its share of ``batches_per_epoch`` — every rank
+  gets the same number of batches per epoch, so DDP never hangs on a rank that ran out of data.
 
-Heterogeneous datasets (different fields, channel counts, resolutions) are mixed *per batch*: a batch
-holds windows of one dataset only (so it stacks into one tensor), and the dataset of each batch is
-drawn with ``dataset_weights`` (default: the manifest's ``dataset_weights`` if it has them, as a corpus does,
-else proportional to sample counts).  ``batch["dataset"]`` names it.
+Heterogeneous datasets (different fields, channel counts, resolutions) are mixed *per batch*: a
+batch holds windows of one dataset only (so it stacks into one tensor), and the dataset of each
+batch is drawn with ``dataset_weights`` (default: the manifest's ``dataset_weights`` if it has them,
+as a corpus does, else proportional to sample counts).  ``batch["dataset"]`` names it.
 
-Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k`` gives
-the same remaining stream as an uninterrupted run that has consumed k batches on this rank (exact in
-resampled mode for any worker count, and in sequential mode with ``num_workers <= 1``); batches are
-skipped before collation (decoding is a zero-copy view of the memory-mapped shard).  A batch is
-assembled by one copy per window into a preallocated tensor, in shared memory when made in a worker (so
-handing it to the main process copies nothing more); normalisation (per-channel z-score from the
-manifest's stats) runs in place in the workers.  Corrupt or truncated shards raise
-:class:`DataError` naming the shard and member; with ``on_error="skip"`` they are skipped, logged and
-counted: ``batch["skipped_samples"]`` is this worker's running count (a truncated shard's unread rest
-counts once, each undecodable sample once) and ``batch["skipped_new"]`` the part of it new since the
-worker's previous batch (sums over workers and ranks).
+Determinism: the stream depends only on (seed, epoch, rank, worker).  Resume: ``skip_batches=k``
+gives the same remaining stream as an uninterrupted run that has consumed k batches on this rank
+(exact in resampled mode for any worker count, and in sequential mode with ``num_workers <= 1``);
+batches are skipped before collation (decoding is a zero-copy view of the memory-mapped shard).  A
+batch is assembled by one copy per window into a preallocated tensor, in shared memory when made in
+a worker (so handing it to the main process copies nothing more); normalisation (per-channel z-score
+from the manifest's stats) runs in place in the workers.  Corrupt or truncated shards raise
+:class:`DataError` naming the shard and member; with ``on_error="skip"`` they are skipped, logged
+and counted: ``batch["skipped_samples"]`` is this worker's running count (a truncated shard's unread
+rest counts once, each undecodable sample once) and ``batch["skipped_new"]`` the part of it new
+since the worker's previous batch (sums over workers and ranks).
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipelines.batch_memory import BatchReceiver, SharedBatchPool, batch_tensor, new_release_flags
+from data_pipelines.batch_memory import (
+    BatchReceiver,
+    SharedBatchPool,
+    batch_tensor,
+    new_release_flags,
+)
 from data_pipelines.clips import WindowSpec
 from data_pipelines.errors import DataError, PhysfmError
 from data_pipelines.manifest import CLIPS, Manifest
@@ -52,12 +59,15 @@ log = logging.getLogger(__name__)
 
 
 class Normalizer:
-    """Per-channel z-score of one dataset, from the manifest's stats; works on ``[..., C, *space]``."""
+    """Per-channel z-score of one dataset, from the manifest's stats; works on ``[..., C,
+    *space]``."""
 
     def __init__(self, manifest: Manifest | dict[str, Any], dataset: str):
         entry = Manifest.coerce(manifest).dataset(dataset)
         if entry.spatial_shape is None or not {"mean", "std"} <= set(entry.stats):
-            raise DataError(f"dataset {dataset!r}: the manifest gives no spatial_shape or no mean/std stats")
+            raise DataError(
+                f"dataset {dataset!r}: the manifest gives no spatial_shape or no mean/std stats"
+            )
         self.n_spatial_dims = len(entry.spatial_shape)
         self.mean = np.asarray(entry.stats["mean"], dtype=np.float32)
         std = np.asarray(entry.stats["std"], dtype=np.float32)
@@ -85,8 +95,8 @@ class Normalizer:
 
 
 def manifest_weights(manifests: list[Manifest], sizes: dict[str, int]) -> dict[str, float]:
-    """Mixing weights when the caller gives none: the shard sets' own ``dataset_weights`` (a corpus sets
-    equal shares) when they cover every dataset, else proportional to window counts."""
+    """Mixing weights when the caller gives none: the shard sets' own ``dataset_weights`` (a corpus
+    sets equal shares) when they cover every dataset, else proportional to window counts."""
     suggested: dict[str, float] = {}
     for manifest in manifests:
         suggested.update(manifest.dataset_weights or {})
@@ -130,12 +140,29 @@ class WindowStream(IterableDataset):
         if batch_size < 1:
             raise DataError(f"batch_size must be ≥ 1, got {batch_size}")
         if resampled and not batches_per_epoch:
-            raise DataError("resampled loading needs batches_per_epoch (batches per rank per epoch)")
-        self.split, self.batch_size, self.shuffle, self.seed, self.epoch = split, batch_size, shuffle, seed, epoch
-        self.normalize, self.resampled, self.batches_per_epoch = normalize, resampled, batches_per_epoch
-        self.shuffle_buffer, self.skip_batches, self.drop_last = shuffle_buffer, skip_batches, drop_last
+            raise DataError(
+                "resampled loading needs batches_per_epoch (batches per rank per epoch)"
+            )
+        self.split, self.batch_size, self.shuffle, self.seed, self.epoch = (
+            split,
+            batch_size,
+            shuffle,
+            seed,
+            epoch,
+        )
+        self.normalize, self.resampled, self.batches_per_epoch = (
+            normalize,
+            resampled,
+            batches_per_epoch,
+        )
+        self.shuffle_buffer, self.skip_batches, self.drop_last = (
+            shuffle_buffer,
+            skip_batches,
+            drop_last,
+        )
         self.on_error, self.keys = on_error, keys
-        self.release_flags: torch.Tensor | None = None  # set by StreamLoader: workers then recycle batch memory
+        # set by StreamLoader: workers then recycle batch memory
+        self.release_flags: torch.Tensor | None = None
         self._pool: SharedBatchPool | None = None
         self._rank, self._world = rank, world_size
         if window is not None and not isinstance(window, WindowSpec):
@@ -144,7 +171,9 @@ class WindowStream(IterableDataset):
         self.records: list[dict[str, Any]] = []
         self.normalizers: dict[str, Normalizer | None] = {}
         specs = []
-        for location in [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards:
+        for location in (
+            [shards] if isinstance(shards, (str,)) or not hasattr(shards, "__iter__") else shards
+        ):
             manifest = Manifest.load(location)
             specs.append(manifest.resolve_window(window))
             self.manifests.append(manifest)
@@ -231,11 +260,13 @@ class WindowStream(IterableDataset):
             log.warning("skipping rest of corrupt shard (%d skipped so far): %s", skipped[0], err)
 
     def _clip_arrays(self) -> tuple[str, ...]:
-        """The clip members windows are cut from: ``frames`` for input/output, else the keys themselves."""
+        """The clip members windows are cut from: ``frames`` for input/output, else the keys
+        themselves."""
         return tuple(dict.fromkeys("frames" if k in ("input", "output") else k for k in self.keys))
 
     def _decode_checked(self, sample: dict[str, Any], clip: bool = False) -> dict[str, Any]:
-        """The decoded sample, or DataError naming shard and sample if a member is corrupt or missing."""
+        """The decoded sample, or DataError naming shard and sample if a member is corrupt or
+        missing."""
         decoded = decode_sample(sample, copy=False)
         for key in ("meta", *(self._clip_arrays() if clip else self.keys)):
             if key not in decoded:
@@ -246,7 +277,9 @@ class WindowStream(IterableDataset):
         self._dataset_of(decoded)
         return decoded
 
-    def _shuffled(self, samples: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+    def _shuffled(
+        self, samples: Iterator[dict[str, Any]], rng: random.Random
+    ) -> Iterator[dict[str, Any]]:
         if not self.shuffle or self.shuffle_buffer <= 1:
             yield from samples
             return
@@ -265,7 +298,9 @@ class WindowStream(IterableDataset):
         for key in self.keys:
             missing = [d["__key__"] for d in samples if key not in d]
             if missing:
-                raise DataError(f"shard {samples[0]['__url__']}: sample {missing[0]} has no {key}.npy member")
+                raise DataError(
+                    f"shard {samples[0]['__url__']}: sample {missing[0]} has no {key}.npy member"
+                )
             first = samples[0][key]
             for d in samples:
                 if d[key].shape != first.shape:
@@ -273,9 +308,11 @@ class WindowStream(IterableDataset):
                         f"shard {d['__url__']}: sample {d['__key__']} {key} has shape {d[key].shape}, "
                         f"another {dataset!r} sample {first.shape}"
                     )
-        # One copy per window straight into the batch; in a worker the batch lives in (recycled) shared
-        # memory already, so torch does not copy it again to hand it to the main process.
-        parts = [((len(samples), *samples[0][key].shape), samples[0][key].dtype) for key in self.keys]
+        # One copy per window straight into the batch; in a worker the batch lives in (recycled)
+        # shared memory already, so torch does not copy it again to hand it to the main process.
+        parts = [
+            ((len(samples), *samples[0][key].shape), samples[0][key].dtype) for key in self.keys
+        ]
         info = get_worker_info()
         if info is not None and self.release_flags is not None and self._pool is None:
             self._pool = SharedBatchPool(self.release_flags, info.id)
@@ -283,7 +320,9 @@ class WindowStream(IterableDataset):
         if self._pool is not None:
             tensors, pooled = self._pool.take(parts)
         else:
-            tensors = [batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts]
+            tensors = [
+                batch_tensor(shape, dtype, shared=info is not None) for shape, dtype in parts
+            ]
         normalizer = self.normalizers[dataset]
         for key, tensor in zip(self.keys, tensors):
             out = tensor.numpy()
@@ -294,7 +333,8 @@ class WindowStream(IterableDataset):
                 np.subtract(out, mean, out=out)
                 np.divide(out, std, out=out)
             batch[key] = tensor
-        if pooled is not None:  # the arrays stay in the worker's buffer; StreamLoader rebuilds them over it
+        # the arrays stay in the worker's buffer; StreamLoader rebuilds them over it
+        if pooled is not None:
             for key in self.keys:
                 del batch[key]
             batch["__pooled__"] = pooled
@@ -306,7 +346,9 @@ class WindowStream(IterableDataset):
         url, key = sample.get("__url__", "?"), sample["__key__"]
         meta = sample.get("meta")
         if meta is None:  # a tar cut between members yields a sample without its meta.json
-            raise DataError(f"shard {url}: sample {key} has no meta.json member (truncated or incomplete shard)")
+            raise DataError(
+                f"shard {url}: sample {key} has no meta.json member (truncated or incomplete shard)"
+            )
         if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str):
             raise DataError(f"shard {url}: member {key}.meta.json names no dataset")
         return meta["dataset"]
@@ -319,18 +361,22 @@ class WindowStream(IterableDataset):
             return
         try:
             yield from self._batches()
-        except PhysfmError as err:  # bad data: hand the error itself to the main process (see WorkerFailure)
+        # bad data: hand the error itself to the main process (see WorkerFailure)
+        except PhysfmError as err:
             yield WorkerFailure(err)
 
     def _batches(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, n_workers = self._position()
         if self.resampled:
-            # The DataLoader asks its workers round-robin from worker 0, so after k consumed batches worker w
-            # must make the batches worker (w + k) % n made in the uninterrupted run: it takes that stream.
+            # The DataLoader asks its workers round-robin from worker 0, so after k consumed batches
+            # worker w must make the batches worker (w + k) % n made in the uninterrupted run: it
+            # takes that stream.
             worker = (worker + self.skip_batches) % n_workers
-        skip = len(range(worker, self.skip_batches, n_workers))  # round-robin order of DataLoader workers
+        # round-robin order of DataLoader workers
+        skip = len(range(worker, self.skip_batches, n_workers))
         skipped = [0]
-        reported = 0  # skips already reported in an earlier batch's skipped_new (or before a resume point)
+        # skips already reported in an earlier batch's skipped_new (or before a resume point)
+        reported = 0
         gen = (
             self._resampled(rank, worker, n_workers, skipped)
             if self.resampled
@@ -368,7 +414,10 @@ class WindowStream(IterableDataset):
         assert self.batches_per_epoch is not None
         n_batches = len(range(worker, self.batches_per_epoch, n_workers))
         rng = self._rng(rank, worker)
-        by_dataset = {name: [r for r in self.records if r["datasets"].get(name)] for name in self.dataset_weights}
+        by_dataset = {
+            name: [r for r in self.records if r["datasets"].get(name)]
+            for name in self.dataset_weights
+        }
         names = [n for n, w in self.dataset_weights.items() if w > 0]
         weights = [self.dataset_weights[n] for n in names]
 
@@ -406,9 +455,9 @@ class WindowStream(IterableDataset):
 
 
 class WorkerFailure:
-    """A :class:`PhysfmError` raised in a DataLoader worker, sent to the main process in place of a batch.
-    Torch would re-raise it there wrapped in the worker's traceback; :class:`StreamLoader` raises the
-    original error instead, so the user reads one line."""
+    """A :class:`PhysfmError` raised in a DataLoader worker, sent to the main process in place of a
+    batch. Torch would re-raise it there wrapped in the worker's traceback; :class:`StreamLoader`
+    raises the original error instead, so the user reads one line."""
 
     def __init__(self, error: PhysfmError):
         self.error = error
@@ -421,7 +470,8 @@ class StreamLoader(DataLoader):
         stream = self.dataset
         receiver = None
         if self.num_workers > 0 and isinstance(stream, WindowStream):
-            # Fresh flags for this iteration's workers (they start inside super().__iter__() and copy the stream).
+            # Fresh flags for this iteration's workers (they start inside super().__iter__() and
+            # copy the stream).
             stream.release_flags = new_release_flags(self.num_workers)
             receiver = BatchReceiver(stream.release_flags)
         try:
@@ -439,15 +489,16 @@ class StreamLoader(DataLoader):
 
 
 def _as_is(batch: Any) -> Any:
-    """The DataLoader's collate for ready-made batches: torch's default would walk every batch's meta dicts
-    (a third of the main process's time at 0 workers) to convert nothing."""
+    """The DataLoader's collate for ready-made batches: torch's default would walk every batch's
+    meta dicts (a third of the main process's time at 0 workers) to convert nothing."""
     return batch
 
 
 def make_loader(
     shards: str | list[str], split: str, batch_size: int, *, num_workers: int = 0, **kwargs: Any
 ) -> DataLoader:
-    """A ``DataLoader`` over :class:`WindowStream` (which batches itself).  See the module docstring."""
+    """A ``DataLoader`` over :class:`WindowStream` (which batches itself).  See the module
+    docstring."""
     stream = WindowStream(shards, split, batch_size, **kwargs)
     return StreamLoader(
         stream,

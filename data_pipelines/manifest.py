@@ -1,10 +1,10 @@
 """A shard set's ``manifest.json`` as one typed record, with the one reader and the one writer.
 
 Every stage asks a :class:`Manifest` what a shard set holds: its ``kind`` (field, token or decoded
-shards), its ``layout`` (clips or windows), its default window, its datasets (fields, shapes, stats),
-its splits and, for token shards, the tokenizer that made them and the token layout it computed.
-Nothing else reads the JSON dict, so a key is interpreted once and a bad one is reported once, naming
-the file and the key (:class:`~data_pipelines.errors.DataError`, exit code 2).
+shards), its ``layout`` (clips or windows), its default window, its datasets (fields, shapes,
+stats), its splits and, for token shards, the tokenizer that made them and the token layout it
+computed. Nothing else reads the JSON dict, so a key is interpreted once and a bad one is reported
+once, naming the file and the key (:class:`~data_pipelines.errors.DataError`, exit code 2).
 
 Older manifests still load: version 1 has no ``layout`` (windows), and token sets written before
 ``kind`` existed are recognised by their ``tokenizer_fingerprint``.  Keys this module does not model
@@ -52,7 +52,9 @@ class _Fields:
             raise DataError(f"{where}: manifest key {prefix or '(top level)'!r} must be an object")
         self.data, self.where, self.prefix, self.used = data, where, prefix, set()
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = dataclasses.MISSING) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = dataclasses.MISSING
+    ) -> Any:
         self.used.add(key)
         name = f"{self.prefix}.{key}" if self.prefix else key
         if key not in self.data or (self.data[key] is None and default is not dataclasses.MISSING):
@@ -62,7 +64,9 @@ class _Fields:
         value = self.data[key]
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
             wanted = " or ".join(t.__name__ for t in _tuple(kind))
-            raise DataError(f"{self.where}: manifest key {name!r} must be {wanted}, got {value!r:.60}")
+            raise DataError(
+                f"{self.where}: manifest key {name!r} must be {wanted}, got {value!r:.60}"
+            )
         return value
 
     def rest(self) -> dict[str, Any]:
@@ -106,7 +110,11 @@ class DatasetEntry:
         )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {**self.extra, "channel_names": list(self.channel_names), "stats": self.stats}
+        out: dict[str, Any] = {
+            **self.extra,
+            "channel_names": list(self.channel_names),
+            "stats": self.stats,
+        }
         if self.spatial_shape is not None:
             out["spatial_shape"] = list(self.spatial_shape)
         if self.token_grid is not None:
@@ -145,10 +153,13 @@ class TokenizerRecord:
 
     @property
     def largest_id(self) -> int | None:
-        """The largest id it emits (codebook, plus a conditional tokenizer's "no change" id), if known."""
+        """The largest id it emits (codebook, plus a conditional tokenizer's "no change" id), if
+        known."""
         if self.codebook_size is None:
             return None
-        return max(self.codebook_size - 1, self.no_change_id if self.no_change_id is not None else -1)
+        return max(
+            self.codebook_size - 1, self.no_change_id if self.no_change_id is not None else -1
+        )
 
     @classmethod
     def from_json(cls, fingerprint: str, data: Any, where: str) -> TokenizerRecord:
@@ -182,7 +193,8 @@ class TokenizerRecord:
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Token frames of one window of a token set, as the tokenizer worked them out when it encoded."""
+    """Token frames of one window of a token set, as the tokenizer worked them out when it
+    encoded."""
 
     n_context_frames: int  # token frames holding the window's input frames
     n_frames: int  # token frames of the whole window
@@ -191,7 +203,9 @@ class TokenLayout:
     @classmethod
     def from_json(cls, data: Any, where: str) -> TokenLayout:
         f = _Fields(data, where, "token_layout")
-        return cls(f.get("n_context_frames", int), f.get("n_frames", int), _ints(f.get("grid", list, None)))
+        return cls(
+            f.get("n_context_frames", int), f.get("n_frames", int), _ints(f.get("grid", list, None))
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"n_context_frames": self.n_context_frames, "n_frames": self.n_frames}
@@ -200,7 +214,8 @@ class TokenLayout:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a shard set holds; :meth:`load` reads and checks one, :meth:`write` writes one atomically."""
+    """What a shard set holds; :meth:`load` reads and checks one, :meth:`write` writes one
+    atomically."""
 
     kind: str  # FIELDS, TOKENS or DECODED
     layout: str  # CLIPS or WINDOWS
@@ -230,7 +245,9 @@ class Manifest:
                 raw = Path(location).read_bytes()
             data = json.loads(raw)
         except FileNotFoundError:
-            raise DataError(f"{location}: no manifest — is {shards} a shard directory (physfm data shard)?") from None
+            raise DataError(
+                f"{location}: no manifest — is {shards} a shard directory (physfm data shard)?"
+            ) from None
         except (OSError, ValueError) as err:
             raise DataError(f"{location}: unreadable manifest: {err}") from None
         return cls.from_json(data, location, str(shards))
@@ -248,25 +265,35 @@ class Manifest:
                 f"{where}: manifest version {version} is newer than this physfm reads "
                 f"({', '.join(map(str, READABLE_VERSIONS))}); update physfm"
             )
-        datasets = {n: DatasetEntry.from_json(n, e, where) for n, e in f.get("datasets", dict).items()}
+        datasets = {
+            n: DatasetEntry.from_json(n, e, where) for n, e in f.get("datasets", dict).items()
+        }
         splits = {s: _split(s, e, where) for s, e in f.get("splits", dict).items()}
         layout = f.get("layout", str, WINDOWS)  # version 1 wrote window shards only
         if layout not in (CLIPS, WINDOWS):
-            raise DataError(f"{where}: unknown shard layout {layout!r} (expected {CLIPS!r} or {WINDOWS!r})")
+            raise DataError(
+                f"{where}: unknown shard layout {layout!r} (expected {CLIPS!r} or {WINDOWS!r})"
+            )
         try:
-            window = WindowSpec(f.get("n_input", int), f.get("n_output", int), f.get("stride", int, 1))
+            window = WindowSpec(
+                f.get("n_input", int), f.get("n_output", int), f.get("stride", int, 1)
+            )
         except DataError as err:
             raise DataError(f"{where}: manifest window: {err}") from None
         fingerprint = f.get("tokenizer_fingerprint", str, None)
         # Token sets written before "kind" existed are known by the fingerprint they carry.
         kind = f.get("kind", str, TOKENS if fingerprint else FIELDS)
         if kind not in KINDS:
-            raise DataError(f"{where}: manifest key 'kind' is {kind!r} (expected one of {', '.join(KINDS)})")
+            raise DataError(
+                f"{where}: manifest key 'kind' is {kind!r} (expected one of {', '.join(KINDS)})"
+            )
         if kind == TOKENS and not fingerprint:
             raise DataError(f"{where}: a token shard manifest lacks key 'tokenizer_fingerprint'")
         tokenizer = None
         if fingerprint and kind == TOKENS:
-            tokenizer = TokenizerRecord.from_json(fingerprint, f.get("tokenizer", dict, None), where)
+            tokenizer = TokenizerRecord.from_json(
+                fingerprint, f.get("tokenizer", dict, None), where
+            )
         elif fingerprint:  # not a token set's: kept as written
             f.used.discard("tokenizer_fingerprint")
         layout_json = f.get("token_layout", dict, None)
@@ -279,7 +306,9 @@ class Manifest:
             datasets=datasets,
             splits=splits,
             clip_frames=f.get("clip_frames", int, None),
-            dataset_weights=None if weights is None else {str(k): float(v) for k, v in weights.items()},
+            dataset_weights=None
+            if weights is None
+            else {str(k): float(v) for k, v in weights.items()},
             corpus_plan=corpus_plan,
             tokenizer=tokenizer,
             token_layout=None if layout_json is None else TokenLayout.from_json(layout_json, where),
@@ -289,8 +318,9 @@ class Manifest:
 
     @classmethod
     def coerce(cls, manifest: Manifest | dict[str, Any], where: str = "manifest") -> Manifest:
-        """A :class:`Manifest` from itself or from the dict :func:`data_pipelines.shards.read_manifest`
-        returns (the public dict form callers outside physfm may hold)."""
+        """A :class:`Manifest` from itself or from the dict
+        :func:`data_pipelines.shards.read_manifest` returns (the public dict form callers outside
+        physfm may hold)."""
         return manifest if isinstance(manifest, Manifest) else cls.from_json(manifest, where)
 
     # ------------------------------------------------------------------------------ writing
@@ -321,7 +351,8 @@ class Manifest:
         return out
 
     def write(self, shards_dir: str | Path) -> None:
-        """Write ``manifest.json`` atomically; it is written last, so its presence marks a complete set."""
+        """Write ``manifest.json`` atomically; it is written last, so its presence marks a complete
+        set."""
         text = json.dumps(self.to_json(), indent=1, sort_keys=True)
         atomic_write_text(Path(shards_dir) / MANIFEST, text)
 
@@ -345,13 +376,18 @@ class Manifest:
 
     def split(self, name: str) -> SplitEntry:
         if name not in self.splits:
-            raise DataError(f"{self.location}: no {name!r} split in manifest (have: {', '.join(self.splits)})")
+            raise DataError(
+                f"{self.location}: no {name!r} split in manifest (have: {', '.join(self.splits)})"
+            )
         return self.splits[name]
 
     def resolve_window(self, window: WindowSpec | None = None, **given: int | None) -> WindowSpec:
         """The window to read: ``window``, else the default with the ``given`` fields (``n_input``,
-        ``n_output``, ``stride``; None = default) replaced; refused unless the shards can serve it."""
-        spec = window or dataclasses.replace(self.window, **{k: v for k, v in given.items() if v is not None})
+        ``n_output``, ``stride``; None = default) replaced; refused unless the shards can serve
+        it."""
+        spec = window or dataclasses.replace(
+            self.window, **{k: v for k, v in given.items() if v is not None}
+        )
         if self.layout == WINDOWS and spec != self.window:
             w = self.window
             raise DataError(
@@ -369,4 +405,6 @@ def _split(name: str, data: Any, where: str) -> SplitEntry:
         rf = _Fields(rec, where, f"splits.{name}.shards[{i}]")
         rf.get("path", str)
         rf.get("n_samples", int)
-    return SplitEntry(shards=shards, n_samples=f.get("n_samples", int, sum(r["n_samples"] for r in shards)))
+    return SplitEntry(
+        shards=shards, n_samples=f.get("n_samples", int, sum(r["n_samples"] for r in shards))
+    )

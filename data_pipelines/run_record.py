@@ -1,9 +1,11 @@
-"""When a run finished, recorded inside its ``metrics.json`` (``finished_at``: UTC, ISO 8601, seconds).
+"""When a run finished, recorded inside its ``metrics.json`` (``finished_at``: UTC, ISO 8601,
+seconds).
 
-A file's modification time is the time of the last copy, sync or checkout, not of the run; the recorded time
-travels with the file.  Every writer of a run's metrics.json (pretrain, evaluate, rollout, probe, steer,
-refine, fine-tune, tokenizer evaluation, quickstart) goes through :func:`write_metrics`; ``physfm view``
-dates runs by it and falls back to the modification time only for runs written before it existed."""
+A file's modification time is the time of the last copy, sync or checkout, not of the run; the
+recorded time travels with the file.  Every writer of a run's metrics.json (pretrain, evaluate,
+rollout, probe, steer, refine, fine-tune, tokenizer evaluation, quickstart) goes through
+:func:`write_metrics`; ``physfm view`` dates runs by it and falls back to the modification time only
+for runs written before it existed."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ FINISHED_AT = "finished_at"
 
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
-    """Stamp ``metrics`` (in place: the caller's dict matches the file) with the time now, write it atomically."""
+    """Stamp ``metrics`` (in place: the caller's dict matches the file) with the time now, write it
+    atomically."""
     metrics[FINISHED_AT] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(path, json.dumps(metrics, indent=1))
 

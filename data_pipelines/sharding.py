@@ -1,17 +1,19 @@
 """Write The Well datasets as webdataset *clip* shards + manifest (each frame stored once).
 
-A clip is up to ``clip_frames`` consecutive frames of one trajectory (cut at trajectory ends); the loader
-cuts training windows (``n_input`` context + ``n_output`` target frames every ``stride`` steps) from clips
-(:mod:`data_pipelines.clips`), so one shard set serves any window.  The window given here is only the
-manifest's default (and sets its ``n_samples`` counts).  A trajectory is read one clip at a time (a clip
-is at most ``CLIP_MAX_BYTES``), so memory stays bounded whatever the HDF5 file's size.  Work is split into *units* — one (split, source file) each — that run
-in parallel processes and each write their own size-bounded shards; shards are then renamed to
+A clip is up to ``clip_frames`` consecutive frames of one trajectory (cut at trajectory ends); the
+loader cuts training windows (``n_input`` context + ``n_output`` target frames every ``stride``
+steps) from clips (:mod:`data_pipelines.clips`), so one shard set serves any window.  The window
+given here is only the manifest's default (and sets its ``n_samples`` counts).  A trajectory is read
+one clip at a time (a clip is at most ``CLIP_MAX_BYTES``), so memory stays bounded whatever the HDF5
+file's size.  Work is split into *units* — one (split, source file) each — that run in parallel
+processes and each write their own size-bounded shards; shards are then renamed to
 ``shard-NNNNNN.tar`` in unit order, so the output is byte-identical whatever ``--workers`` is.
 
-Atomicity: everything is built in a hidden sibling directory and swapped in at the end (the manifest is
-written last), so a killed or failed run leaves any previous output intact and never a half shard that a
-later run would read as whole.  For Slurm array jobs, ``num_parts``/``part`` restrict a run to every
-``num_parts``-th unit and write a part directory; :func:`merge_parts` assembles the final set.
+Atomicity: everything is built in a hidden sibling directory and swapped in at the end (the manifest
+is written last), so a killed or failed run leaves any previous output intact and never a half shard
+that a later run would read as whole.  For Slurm array jobs, ``num_parts``/``part`` restrict a run
+to every ``num_parts``-th unit and write a part directory; :func:`merge_parts` assembles the final
+set.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ __all__ = ["ClipSpec", "WindowSpec", "merge_parts", "shard_datasets"]
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """How trajectories are cut into clips: up to ``frames`` frames and ``max_bytes`` bytes per clip (big 3D
-    frames get shorter clips, so sharding memory and a reader's view stay bounded)."""
+    """How trajectories are cut into clips: up to ``frames`` frames and ``max_bytes`` bytes per clip
+    (big 3D frames get shorter clips, so sharding memory and a reader's view stay bounded)."""
 
     frames: int = 32
     max_bytes: int = 64 << 20
@@ -112,7 +114,9 @@ def describe_dataset(dataset_dir: Path) -> tuple[dict[str, Any], dict[str, list[
     return entry, files
 
 
-def check_finite(frames: np.ndarray, unit: Unit, trajectory: int, start: int, channels: list[str]) -> None:
+def check_finite(
+    frames: np.ndarray, unit: Unit, trajectory: int, start: int, channels: list[str]
+) -> None:
     bad = ~np.isfinite(frames)
     if bad.any():
         t, c = np.argwhere(bad)[0][:2]
@@ -122,11 +126,13 @@ def check_finite(frames: np.ndarray, unit: Unit, trajectory: int, start: int, ch
         )
 
 
-def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) -> list[dict[str, Any]]:
+def shard_unit(
+    unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int
+) -> list[dict[str, Any]]:
     """Write all clips of one source file into ``staging/<split>/`` shards named ``uNNNNNN-*``.
 
-    Each record lists its shard's ``segments`` ``[dataset, start, n_frames, n_steps]`` (a run of clips of
-    one trajectory), from which window counts follow for any window."""
+    Each record lists its shard's ``segments`` ``[dataset, start, n_frames, n_steps]`` (a run of
+    clips of one trajectory), from which window counts follow for any window."""
     from data_pipelines.well_io import WellReader
 
     writer = ShardWriter(Path(staging) / unit.split, max_shard_bytes, prefix=f"u{unit.index:06d}-")
@@ -163,16 +169,19 @@ def shard_unit(unit: Unit, clips: ClipSpec, staging: str, max_shard_bytes: int) 
                     {"frames.npy": frames, "meta.json": meta},
                     dataset=reader.dataset_name,
                 )
-    return [{**rec, "unit": unit.index, "segments": segs} for rec, segs in zip(writer.records, segments)]
+    return [
+        {**rec, "unit": unit.index, "segments": segs} for rec, segs in zip(writer.records, segments)
+    ]
 
 
-MAX_STEM = 60  # a ustar header holds 100 bytes of name: stem + "_tNNNNN_cNNNNNN" + ".frames.npy" fits
+# a ustar header holds 100 bytes of name: stem + "_tNNNNN_cNNNNNN" + ".frames.npy" fits
+MAX_STEM = 60
 
 
 def member_stem(path: Path) -> str:
-    """The sample-key prefix of a source file's clips: its stem, dots made underscores; a stem longer
-    than MAX_STEM (long parameter lists) keeps its start and gains a hash of the whole, so keys stay
-    unique and every member name fits a tar header."""
+    """The sample-key prefix of a source file's clips: its stem, dots made underscores; a stem
+    longer than MAX_STEM (long parameter lists) keeps its start and gains a hash of the whole, so
+    keys stay unique and every member name fits a tar header."""
     stem = path.stem.replace(".", "_")
     if len(stem) <= MAX_STEM:
         return stem
@@ -181,9 +190,9 @@ def member_stem(path: Path) -> str:
 
 
 def die_with_parent() -> None:
-    """Pool initializer: have the kernel kill this worker when the process that started it dies, so a
-    killed run leaves no worker behind (one would hold the run's inherited files and lock and, blocked on
-    a queue its siblings keep open, never exit).  Linux only; elsewhere a no-op."""
+    """Pool initializer: have the kernel kill this worker when the process that started it dies, so
+    a killed run leaves no worker behind (one would hold the run's inherited files and lock and,
+    blocked on a queue its siblings keep open, never exit).  Linux only; elsewhere a no-op."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -212,7 +221,10 @@ def run_units(
     records: list[dict[str, Any]] = []
     if workers <= 1:
         for done, unit in enumerate(units, 1):
-            records += [{**r, "split": unit.split} for r in shard_unit(unit, spec, str(staging), max_shard_bytes)]
+            records += [
+                {**r, "split": unit.split}
+                for r in shard_unit(unit, spec, str(staging), max_shard_bytes)
+            ]
             if progress:
                 progress(done, len(units))
         return records
@@ -225,14 +237,19 @@ def run_units(
     return records
 
 
-def finalize(staging: Path, records: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+def finalize(
+    staging: Path, records: list[dict[str, Any]], header: dict[str, Any]
+) -> dict[str, Any]:
     """Rename staged shards to ``shard-NNNNNN.tar`` in unit order and write the manifest (last).
 
-    ``n_samples``/``datasets`` count windows of the manifest's default window (clip counts: ``n_clips``)."""
+    ``n_samples``/``datasets`` count windows of the manifest's default window (clip counts:
+    ``n_clips``)."""
     default = WindowSpec(header["n_input"], header["n_output"], header["stride"])
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
-        recs = sorted((r for r in records if r["split"] == split), key=lambda r: (r["unit"], r["staged"]))
+        recs = sorted(
+            (r for r in records if r["split"] == split), key=lambda r: (r["unit"], r["staged"])
+        )
         if not recs:
             continue
         shards = []
@@ -270,10 +287,12 @@ def shard_datasets(
     progress: Callable[[int, int], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Shard one or more The Well datasets into ``out`` as clips; returns the manifest (or the part's record).
+    """Shard one or more The Well datasets into ``out`` as clips; returns the manifest (or the
+    part's record).
 
-    ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may cut
-    any other window.  ``extra`` keys go into the manifest as they are (e.g. ``dataset_weights``)."""
+    ``spec`` is the default window (the manifest's ``n_input``/``n_output``/``stride``); loaders may
+    cut any other window.  ``extra`` keys go into the manifest as they are (e.g.
+    ``dataset_weights``)."""
     out = Path(out)
     if not 0 <= part < num_parts:
         raise DataError(f"--part {part} must be in [0, --num-parts {num_parts})")
@@ -285,7 +304,9 @@ def shard_datasets(
         entry, files = describe_dataset(Path(d))
         name = entry.pop("name")
         if name in datasets:
-            raise DataError(f"{d}: dataset name {name!r} also comes from {datasets[name]['source_dir']}")
+            raise DataError(
+                f"{d}: dataset name {name!r} also comes from {datasets[name]['source_dir']}"
+            )
         entry["source_files"] = {s: [os.path.basename(p) for p in fs] for s, fs in files.items()}
         datasets[name] = entry
         files_per_dataset.append((str(d), files))
@@ -344,7 +365,9 @@ def merge_parts(out: str | Path, num_parts: int | None = None) -> dict[str, Any]
             if header is None:
                 header = info
             elif info != header:
-                raise DataError(f"{pd}: part was made with other datasets or window sizes than {part_dirs[0]}")
+                raise DataError(
+                    f"{pd}: part was made with other datasets or window sizes than {part_dirs[0]}"
+                )
             for rec in records_part:
                 src = pd / rec["staged"]
                 rec["staged"] = f"{rec['split']}/p{pd.name}-{Path(rec['staged']).name}"

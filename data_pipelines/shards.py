@@ -1,4 +1,5 @@
-"""Webdataset tar shards: atomic writing and safe decoding (the manifest: :mod:`data_pipelines.manifest`).
+"""Webdataset tar shards: atomic writing and safe decoding (the manifest:
+:mod:`data_pipelines.manifest`).
 
 Layout::
 
@@ -12,17 +13,18 @@ Layout::
         KEY.output.npy  float32 [T_out, C, *space]
         KEY.meta.json   {"dataset", "source_file", "trajectory", "start", "params"}
 
-Windows are cut from clips when read (:mod:`data_pipelines.clips`); the manifest's ``n_input``/``n_output``/
-``stride`` are then only the default window, and each shard record lists its ``segments`` so window
-counts are known for any window.  Token shards use the windows layout with ``KEY.tokens.npy``; their
-manifest's ``kind`` is ``tokens`` and it records the tokenizer.  A shard location may be a local directory or any URL
-webdataset opens (``http://``, ``pipe:``): the manifest's shard paths are relative to it.
+Windows are cut from clips when read (:mod:`data_pipelines.clips`); the manifest's
+``n_input``/``n_output``/ ``stride`` are then only the default window, and each shard record lists
+its ``segments`` so window counts are known for any window.  Token shards use the windows layout
+with ``KEY.tokens.npy``; their manifest's ``kind`` is ``tokens`` and it records the tokenizer.  A
+shard location may be a local directory or any URL webdataset opens (``http://``, ``pipe:``): the
+manifest's shard paths are relative to it.
 
-Reading: URLs stream through webdataset's tar iterator.  Local shards go around it: the file is memory
-mapped, members are located with :mod:`tarfile`'s header parser, and ``.npy`` members become arrays over
-the mapping (header parsed by :mod:`numpy.lib.format`, data by ``np.frombuffer``) — no per-member read
-and no ``BytesIO`` copy, which were three quarters of the old read time.  Decoding never unpickles
-(object arrays are refused).
+Reading: URLs stream through webdataset's tar iterator.  Local shards go around it: the file is
+memory mapped, members are located with :mod:`tarfile`'s header parser, and ``.npy`` members become
+arrays over the mapping (header parsed by :mod:`numpy.lib.format`, data by ``np.frombuffer``) — no
+per-member read and no ``BytesIO`` copy, which were three quarters of the old read time.  Decoding
+never unpickles (object arrays are refused).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from data_pipelines.manifest import (  # noqa: F401 (re-exported: shard code and
 SPLITS = ("train", "valid", "test")
 
 
-# ---------------------------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------------------------
+# writing
 
 
 def encode_member(value: np.ndarray | dict | list | bytes) -> bytes:
@@ -81,7 +84,9 @@ class ShardWriter:
     Shard names are ``{prefix}NNNNNN.tar``; :meth:`close` returns one record per shard.
     """
 
-    def __init__(self, out_dir: str | Path, max_shard_bytes: int = 256 << 20, prefix: str = "shard-"):
+    def __init__(
+        self, out_dir: str | Path, max_shard_bytes: int = 256 << 20, prefix: str = "shard-"
+    ):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_shard_bytes = max_shard_bytes
@@ -111,8 +116,11 @@ class ShardWriter:
         for suffix, value in members.items():
             data = encode_member(value)
             name = f"{key}.{suffix}"
-            if len(name.encode()) > 100:  # what a ustar header holds; tarfile's own error names nothing
-                raise ValueError(f"shard member name {name!r} is longer than the 100 bytes a tar header holds")
+            # what a ustar header holds; tarfile's own error names nothing
+            if len(name.encode()) > 100:
+                raise ValueError(
+                    f"shard member name {name!r} is longer than the 100 bytes a tar header holds"
+                )
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 0  # reproducible bytes for the same input
@@ -139,7 +147,9 @@ class ShardWriter:
         name = f"{self.prefix}{len(self.records):06d}.tar"
         os.replace(self._tmp_path, self.out_dir / name)
         fsync_dir(self.out_dir)
-        self.records.append({"path": name, "n_samples": sum(self._count.values()), "datasets": self._count})
+        self.records.append(
+            {"path": name, "n_samples": sum(self._count.values()), "datasets": self._count}
+        )
         self._tar, self._tmp_path = None, None
 
     def close(self) -> list[dict[str, Any]]:
@@ -165,14 +175,16 @@ class ShardWriter:
 
 
 def write_manifest(shards_dir: str | Path, manifest: Manifest | dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (through :meth:`Manifest.write`, which checks a dict first)."""
+    """Write ``manifest.json`` atomically (through :meth:`Manifest.write`, which checks a dict
+    first)."""
     if not isinstance(manifest, Manifest):
         data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
         manifest = Manifest.from_json(data, str(Path(shards_dir) / MANIFEST))
     manifest.write(shards_dir)
 
 
-# ---------------------------------------------------------------------------------------------- reading
+# ----------------------------------------------------------------------------------------------
+# reading
 
 
 def read_manifest(shards: str | Path) -> dict[str, Any]:
@@ -184,10 +196,12 @@ def read_manifest(shards: str | Path) -> dict[str, Any]:
 def shard_records(
     manifest: Manifest, split: str, shards: str | Path, spec: WindowSpec | None = None
 ) -> list[dict[str, Any]]:
-    """The split's shard records with absolute ``url`` added; error naming the split if it is absent.
+    """The split's shard records with absolute ``url`` added; error naming the split if it is
+    absent.
 
-    For clip shards, a record whose last trajectory goes on in the next shard links that shard's record as
-    ``next``; with a window ``spec``, ``n_samples``/``datasets`` count that window's windows."""
+    For clip shards, a record whose last trajectory goes on in the next shard links that shard's
+    record as ``next``; with a window ``spec``, ``n_samples``/``datasets`` count that window's
+    windows."""
     records = []
     for rec in manifest.split(split).shards:
         rec = {**rec, "url": join_location(shards, rec["path"])}
@@ -197,7 +211,8 @@ def shard_records(
             rec["n_samples"] = sum(counts.values())
         records.append(rec)
     if manifest.layout == CLIPS:
-        link = None  # to the record after this one: its url, and its own link onward (through short shards)
+        # to the record after this one: its url, and its own link onward (through short shards)
+        link = None
         for rec in reversed(records):
             _, first, n_frames, n_steps = rec["segments"][-1]
             if link is not None and first + n_frames < n_steps:
@@ -209,7 +224,8 @@ def shard_records(
 def decode_npy(data: bytes | memoryview, copy: bool = True) -> np.ndarray:
     """An ``.npy`` member as an array; with ``copy=False`` a read-only view of ``data`` (no copy).
 
-    The header is parsed by :mod:`numpy.lib.format`; object arrays are refused (they would need pickle)."""
+    The header is parsed by :mod:`numpy.lib.format`; object arrays are refused (they would need
+    pickle)."""
     view = memoryview(data)
     header = io.BytesIO(bytes(view[:4096]))  # np.save pads headers to 64-byte multiples, ~128 bytes
     version = np.lib.format.read_magic(header)
@@ -224,13 +240,17 @@ def decode_npy(data: bytes | memoryview, copy: bool = True) -> np.ndarray:
     count = int(np.prod(shape, dtype=np.int64))
     offset = header.tell()
     if offset + count * dtype.itemsize != len(view):
-        raise ValueError(f"{len(view) - offset} data bytes for shape {shape} {dtype} ({count * dtype.itemsize})")
+        raise ValueError(
+            f"{len(view) - offset} data bytes for shape {shape} {dtype} ({count * dtype.itemsize})"
+        )
     arr = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return arr.copy() if copy else arr
 
 
-def decode_member(url: str, key: str, suffix: str, data: bytes | memoryview, copy: bool = True) -> Any:
+def decode_member(
+    url: str, key: str, suffix: str, data: bytes | memoryview, copy: bool = True
+) -> Any:
     """Decode one member by its suffix; errors name the shard and member."""
     try:
         if suffix.endswith("npy"):
@@ -245,18 +265,20 @@ def decode_member(url: str, key: str, suffix: str, data: bytes | memoryview, cop
 def _local_samples(path: str) -> Iterator[dict[str, Any]]:
     """Samples of a local shard with members as ``memoryview`` slices of a read-only memory map.
 
-    :mod:`tarfile` parses the headers (and raises on damaged ones); members are grouped into samples by
-    key as webdataset does (key = name up to the first dot of its base name)."""
+    :mod:`tarfile` parses the headers (and raises on damaged ones); members are grouped into samples
+    by key as webdataset does (key = name up to the first dot of its base name)."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise tarfile.ReadError("empty file")
-        # The mapping outlives the file object: arrays decoded from it keep it alive, and it closes with them.
+        # The mapping outlives the file object: arrays decoded from it keep it alive, and it closes
+        # with them.
         view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
         sample: dict[str, Any] = {}
         with tarfile.open(fileobj=fh, mode="r:") as tar:
             while (info := tar.next()) is not None:
-                tar.members.clear()  # tarfile keeps every header it has read; nothing here needs them again
+                # tarfile keeps every header it has read; nothing here needs them again
+                tar.members.clear()
                 if not info.isfile():
                     continue
                 if info.offset_data + info.size > size:
@@ -274,7 +296,8 @@ def _local_samples(path: str) -> Iterator[dict[str, Any]]:
                 if suffix in sample:
                     raise ValueError(f"duplicate member {info.name}")
                 sample[suffix] = view[info.offset_data : info.offset_data + info.size]
-            # tarfile takes a header cut short for the end of the archive; a whole tar ends with a zero block.
+            # tarfile takes a header cut short for the end of the archive; a whole tar ends with a
+            # zero block.
             end = view[tar.offset : tar.offset + 512]
             if len(end) < 512 or any(end):
                 raise tarfile.ReadError("unexpected end of data (truncated shard)")
@@ -306,7 +329,9 @@ def iter_raw_samples(url: str) -> Iterator[dict[str, Any]]:
         msg = str(err.args[0]) if err.args else type(err).__name__
         if isinstance(err, OSError) and err.strerror:
             msg = err.strerror
-        raise DataError(f"shard {url}: unreadable after member {last}: {msg.split(' @ ')[0]}") from None
+        raise DataError(
+            f"shard {url}: unreadable after member {last}: {msg.split(' @ ')[0]}"
+        ) from None
 
 
 def decode_sample(sample: dict[str, Any], copy: bool = True) -> dict[str, Any]:
@@ -322,21 +347,31 @@ def decode_sample(sample: dict[str, Any], copy: bool = True) -> dict[str, Any]:
 
 
 def window_key(clip_key: str, start: int) -> str:
-    """A window's sample key from its clip's (``…_cNNNNNN`` → ``…_sNNNNNN``, as window shards name it)."""
+    """A window's sample key from its clip's (``…_cNNNNNN`` → ``…_sNNNNNN``, as window shards name
+    it)."""
     return f"{clip_key.rsplit('_c', 1)[0]}_s{start:06d}"
 
 
 def clip_windows(
-    clip: dict[str, Any], cutter: WindowCutter, keys: tuple[str, ...], n_input: int, before: int | None = None
+    clip: dict[str, Any],
+    cutter: WindowCutter,
+    keys: tuple[str, ...],
+    n_input: int,
+    before: int | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The windows a decoded clip completes, as decoded window samples (``input``/``output`` views or the
-    clip arrays named in ``keys``)."""
+    """The windows a decoded clip completes, as decoded window samples (``input``/``output`` views
+    or the clip arrays named in ``keys``)."""
     meta = clip.get("meta")
     if not isinstance(meta, dict) or not all(k in meta for k in ("dataset", "start", "n_frames")):
         raise DataError(f"shard {clip['__url__']}: sample {clip['__key__']} has no clip meta.json")
     for start, arrays in cutter.feed(meta, clip, before):
-        window: dict[str, Any] = {"__key__": window_key(clip["__key__"], start), "__url__": clip["__url__"]}
-        window["meta"] = {k: v for k, v in meta.items() if k not in ("n_frames", "n_steps")} | {"start": start}
+        window: dict[str, Any] = {
+            "__key__": window_key(clip["__key__"], start),
+            "__url__": clip["__url__"],
+        }
+        window["meta"] = {k: v for k, v in meta.items() if k not in ("n_frames", "n_steps")} | {
+            "start": start
+        }
         for key in keys:
             if key in arrays:
                 window[key] = arrays[key]
@@ -353,9 +388,10 @@ def clip_shard_windows(
     decode: Callable[[dict[str, Any]], dict[str, Any]],
     on_error: Callable[[DataError], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The windows a clip shard owns (those starting in it), reading the head of the following shard(s)
-    for windows that run past its end.  ``decode`` turns a raw sample into a checked decoded clip; a
-    :class:`DataError` from one clip goes to ``on_error`` (skip it) or, without one, is raised."""
+    """The windows a clip shard owns (those starting in it), reading the head of the following
+    shard(s) for windows that run past its end.  ``decode`` turns a raw sample into a checked
+    decoded clip; a :class:`DataError` from one clip goes to ``on_error`` (skip it) or, without one,
+    is raised."""
     arrays = tuple(dict.fromkeys("frames" if k in ("input", "output") else k for k in keys))
     cutter = WindowCutter(spec, arrays)
 
@@ -371,17 +407,22 @@ def clip_shard_windows(
     for sample in iter_raw_samples(rec["url"]):
         yield from windows(sample)
     following = rec.get("next")
-    boundary, needed = cutter.end, cutter.end + spec.length - 1  # windows from before the boundary need these
+    # windows from before the boundary need these
+    boundary, needed = cutter.end, cutter.end + spec.length - 1
     while following is not None and cutter.end < needed:
         for sample in iter_raw_samples(following["url"]):
-            meta = decode_member(following["url"], sample["__key__"], "meta.json", sample.get("meta.json", b"{}"))
+            meta = decode_member(
+                following["url"], sample["__key__"], "meta.json", sample.get("meta.json", b"{}")
+            )
             if not isinstance(meta, dict) or not cutter.continues(meta) or cutter.end >= needed:
                 return
             yield from windows(sample, before=boundary)
         following = following["next"]
 
 
-def iter_samples(shards: str | Path, split: str, window: WindowSpec | None = None) -> Iterator[dict[str, Any]]:
+def iter_samples(
+    shards: str | Path, split: str, window: WindowSpec | None = None
+) -> Iterator[dict[str, Any]]:
     """All decoded samples of a split, shard by shard, in manifest order (no shuffling).
 
     Clip shards yield windows (``input``/``output``, ``meta["start"]``) of ``window`` (a
@@ -393,5 +434,7 @@ def iter_samples(shards: str | Path, split: str, window: WindowSpec | None = Non
             for sample in iter_raw_samples(rec["url"]):
                 yield decode_sample(sample)
             continue
-        for w in clip_shard_windows(rec, spec, ("input", "output"), lambda s: decode_sample(s, copy=False)):
+        for w in clip_shard_windows(
+            rec, spec, ("input", "output"), lambda s: decode_sample(s, copy=False)
+        ):
             yield {**w, "input": w["input"].copy(), "output": w["output"].copy()}

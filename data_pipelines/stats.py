@@ -1,15 +1,15 @@
 """Normalisation statistics in The Well's ``stats.yaml`` form, computed in one streaming pass.
 
-``stats.yaml`` maps each key (mean, std, rms, mean_delta, std_delta, rms_delta) to ``{field: value}``
-where the value is a float for a t0 field, a list of ``n_dims`` floats for t1 and an ``n_dims × n_dims``
-nested list for t2 — the form ``the_well.data.normalization`` reads.  As in The Well's published files,
-the ``*_delta`` keys (statistics of ``x[t+1] - x[t]``) list only time-varying fields; std is the
-population std (ddof=0), so ``rms² = std² + mean²``.
+``stats.yaml`` maps each key (mean, std, rms, mean_delta, std_delta, rms_delta) to ``{field:
+value}`` where the value is a float for a t0 field, a list of ``n_dims`` floats for t1 and an
+``n_dims × n_dims`` nested list for t2 — the form ``the_well.data.normalization`` reads.  As in The
+Well's published files, the ``*_delta`` keys (statistics of ``x[t+1] - x[t]``) list only
+time-varying fields; std is the population std (ddof=0), so ``rms² = std² + mean²``.
 
 The pass reads a bounded chunk of time steps at a time and merges per-chunk (count, mean, M2) with
-Chan et al.'s parallel update in float64, so memory stays flat whatever the dataset size.  Statistics
-are those of the fields as the reader presents them: constant fields count once per (trajectory, time
-step) they are broadcast to.
+Chan et al.'s parallel update in float64, so memory stays flat whatever the dataset size.
+Statistics are those of the fields as the reader presents them: constant fields count once per
+(trajectory, time step) they are broadcast to.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from data_pipelines.well_io import FieldSpec, WellReader, list_split_files
 
 STATS_KEYS = ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")
 STATS_FILE = "stats.yaml"
-MAX_CHUNK_VALUES = 1 << 19  # float64 values per chunk (4 MiB; ~4x that at peak): bounds memory of the pass
+# float64 values per chunk (4 MiB; ~4x that at peak): bounds memory of the pass
+MAX_CHUNK_VALUES = 1 << 19
 
 
 @dataclass
@@ -40,12 +41,14 @@ class RunningMoments:
     m2: np.ndarray | None = None
 
     def update(self, x: np.ndarray, weight: float = 1.0) -> None:
-        """Add ``x [n, n_components]``; ``weight`` counts each row that many times (broadcast data)."""
+        """Add ``x [n, n_components]``; ``weight`` counts each row that many times (broadcast
+        data)."""
         if x.shape[0] == 0:
             return
         # components first and contiguous: numpy's row reductions are several times faster than
         # reducing axis 0 of a narrow [n, 2] array
-        xt = np.array(x.T, dtype=np.float64, order="C", copy=True)  # [n_components, n]; ours to modify
+        # [n_components, n]; ours to modify
+        xt = np.array(x.T, dtype=np.float64, order="C", copy=True)
         n_b = xt.shape[1] * weight
         mean_b = xt.mean(axis=1)
         xt -= mean_b[:, None]
@@ -71,7 +74,9 @@ def _to_yaml_value(v: np.ndarray, order: int, n_dims: int) -> float | list:
     return np.asarray(v, dtype=np.float64).reshape((n_dims,) * order).tolist()
 
 
-def compute_stats(dataset_dir: str | Path, split: str = "train", max_chunk_values: int = MAX_CHUNK_VALUES) -> dict:
+def compute_stats(
+    dataset_dir: str | Path, split: str = "train", max_chunk_values: int = MAX_CHUNK_VALUES
+) -> dict:
     """Per-field mean/std/rms of values and of time deltas over every file of ``DIR/data/SPLIT``."""
     files = list_split_files(dataset_dir, split)
     moments: dict[str, RunningMoments] = {}
@@ -108,14 +113,20 @@ def compute_stats(dataset_dir: str | Path, split: str = "train", max_chunk_value
 
 
 def _accumulate_field(
-    r: WellReader, spec: FieldSpec, values: RunningMoments, deltas: RunningMoments, max_chunk_values: int
+    r: WellReader,
+    spec: FieldSpec,
+    values: RunningMoments,
+    deltas: RunningMoments,
+    max_chunk_values: int,
 ) -> None:
     """Stream one field of one file into the accumulators, a chunk of time steps at a time."""
     n_comp = r.n_spatial_dims**spec.order
     stored_space = [s if v else 1 for s, v in zip(r.spatial_shape, spec.dim_varying)]
     # rows a stored value stands for once broadcast: spatial axes stored with size 1, and the
     # trajectory / time axes of a field that does not vary along them
-    weight = float(np.prod([s for s, v in zip(r.spatial_shape, spec.dim_varying) if not v], initial=1))
+    weight = float(
+        np.prod([s for s, v in zip(r.spatial_shape, spec.dim_varying) if not v], initial=1)
+    )
     if not spec.sample_varying:
         weight *= r.n_trajectories
     trajectories = range(r.n_trajectories) if spec.sample_varying else range(1)
@@ -129,21 +140,26 @@ def _accumulate_field(
         chunk = max(1, max_chunk_values // values_per_step)
         for start in range(0, r.n_steps, chunk):
             stop = min(start + chunk, r.n_steps)
-            # one extra step so the delta x[stop] - x[stop-1] across the chunk border is counted once
+            # one extra step so the delta x[stop] - x[stop-1] across the chunk border is counted
+            # once
             x = r.read_stored(spec, trajectory, start, min(stop + 1, r.n_steps)).astype(np.float64)
             _check_finite(r, spec, x, trajectory, start)
             values.update(x[: stop - start].reshape(-1, n_comp), weight)
             deltas.update(np.diff(x, axis=0).reshape(-1, n_comp), weight)
 
 
-def _check_finite(r: WellReader, spec: FieldSpec, x: np.ndarray, trajectory: int, start: int | None) -> None:
+def _check_finite(
+    r: WellReader, spec: FieldSpec, x: np.ndarray, trajectory: int, start: int | None
+) -> None:
     if np.isfinite(x).all():
         return
     where = f"trajectory {trajectory}"
     if start is not None:
         bad_t = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))
         where += f", time index {start + int(bad_t[0])}"
-    raise DataError(f"{r.path}: {spec.location}: NaN/Inf at {where}; statistics would be meaningless")
+    raise DataError(
+        f"{r.path}: {spec.location}: NaN/Inf at {where}; statistics would be meaningless"
+    )
 
 
 def write_stats(dataset_dir: str | Path, stats: dict) -> Path:
@@ -163,7 +179,8 @@ def _is_number_tree(v: Any) -> bool:
 
 
 def read_stats(dataset_dir: str | Path) -> dict:
-    """Read and check ``DIR/stats.yaml`` (or a given ``.yaml`` path); DataError names the file and key."""
+    """Read and check ``DIR/stats.yaml`` (or a given ``.yaml`` path); DataError names the file and
+    key."""
     path = Path(dataset_dir)
     if path.suffix not in (".yaml", ".yml"):
         path = path / STATS_FILE
@@ -182,14 +199,18 @@ def read_stats(dataset_dir: str | Path) -> dict:
             raise DataError(f"{path}: {key}: expected a mapping field -> value")
         for name, value in stats[key].items():
             if not _is_number_tree(value):
-                raise DataError(f"{path}: {key}.{name}: expected a number or a list of numbers, got {value!r}")
+                raise DataError(
+                    f"{path}: {key}.{name}: expected a number or a list of numbers, got {value!r}"
+                )
     return stats
 
 
-def channel_stats(stats: dict, fields: list[tuple[str, int]], spatial_dims: list[str]) -> dict[str, np.ndarray]:
-    """Per-channel float64 arrays ``[C]`` for each stats key, in the reader's channel order (t0, then t1
-    components, then t2 components).  Constant fields have no ``*_delta`` entries; they get 0 there
-    (their deltas are zero) — clip std/rms before dividing."""
+def channel_stats(
+    stats: dict, fields: list[tuple[str, int]], spatial_dims: list[str]
+) -> dict[str, np.ndarray]:
+    """Per-channel float64 arrays ``[C]`` for each stats key, in the reader's channel order (t0,
+    then t1 components, then t2 components).  Constant fields have no ``*_delta`` entries; they get
+    0 there (their deltas are zero) — clip std/rms before dividing."""
     n_dims = len(spatial_dims)
     ordered = sorted(fields, key=lambda f: f[1])  # stable: file order within each tensor order
     out = {}

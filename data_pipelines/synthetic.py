@@ -1,5 +1,5 @@
-"""Small random :class:`WellData` objects covering every feature of the schema — for tests and benches
-that need a The Well file without running a simulator."""
+"""Small random :class:`WellData` objects covering every feature of the schema — for tests and
+benches that need a The Well file without running a simulator."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def random_well_data(
     offset: float = 0.0,
     dataset_name: str = "synthetic",
 ) -> WellData:
-    """A file with one time-varying field per tensor order in ``orders`` (``u``, ``v``, ``s``), plus, when
-    ``constant_fields``: a t0 field constant in time (``mask``), a t1 field constant in time and across
-    trajectories (``b``), constant / time-varying / per-trajectory scalars, and two boundary conditions.
-    ``offset`` shifts field values (to test statistics far from zero)."""
+    """A file with one time-varying field per tensor order in ``orders`` (``u``, ``v``, ``s``),
+    plus, when ``constant_fields``: a t0 field constant in time (``mask``), a t1 field constant in
+    time and across trajectories (``b``), constant / time-varying / per-trajectory scalars, and two
+    boundary conditions. ``offset`` shifts field values (to test statistics far from zero)."""
     rng = np.random.default_rng(seed)
     dims = list(DIM_NAMES[:n_dims])
     # uneven grid sizes catch axis mix-ups
@@ -36,7 +36,9 @@ def random_well_data(
     names = {0: "u", 1: "v", 2: "s"}
 
     def values(*lead, order):
-        return (offset + rng.standard_normal((*lead, *shape, *(n_dims,) * order))).astype(np.float32)
+        return (offset + rng.standard_normal((*lead, *shape, *(n_dims,) * order))).astype(
+            np.float32
+        )
 
     fields = [Field(names[o], o, values(n_traj, n_steps, order=o)) for o in orders]
     scalars: list[Scalar] = []
@@ -94,8 +96,16 @@ def make_token_shards(
             name = datasets[i % len(datasets)]
             step = 1 + datasets.index(name)
             first = rng.integers(0, vocab, size=grid)
-            tokens = np.stack([(first + step * t) % vocab for t in range(n_frames)]).astype(np.int16)
-            meta = {"dataset": name, "source_file": f"{name}.hdf5", "trajectory": i, "start": 0, "params": {}}
+            tokens = np.stack([(first + step * t) % vocab for t in range(n_frames)]).astype(
+                np.int16
+            )
+            meta = {
+                "dataset": name,
+                "source_file": f"{name}.hdf5",
+                "trajectory": i,
+                "start": 0,
+                "params": {},
+            }
             writer.write(f"w{i:06d}", {"tokens.npy": tokens, "meta.json": meta}, dataset=name)
             if (i + 1) % per_shard == 0:
                 writer.finish_shard()
@@ -107,10 +117,15 @@ def make_token_shards(
             "n_input": n_context,
             "n_output": n_frames - n_context,
             "stride": 1,
-            "token_layout": {"n_context_frames": n_context, "n_frames": n_frames, "grid": list(grid)},
+            "token_layout": {
+                "n_context_frames": n_context,
+                "n_frames": n_frames,
+                "grid": list(grid),
+            },
             "tokenizer_fingerprint": fingerprint,
             "datasets": {
-                name: {"channel_names": ["u"], "spatial_shape": [16] * len(grid), "stats": {}} for name in datasets
+                name: {"channel_names": ["u"], "spatial_shape": [16] * len(grid), "stats": {}}
+                for name in datasets
             },
             "splits": splits,
         },

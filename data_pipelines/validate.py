@@ -1,7 +1,8 @@
-"""Schema validation of The Well files, split folders and dataset folders (``physfm data validate``).
+"""Schema validation of The Well files, split folders and dataset folders (``physfm data
+validate``).
 
-Unlike the reader, which stops at the first problem, validation collects every problem it can find and
-names each by file and location (group, field, trajectory, time index).  Values are scanned for
+Unlike the reader, which stops at the first problem, validation collects every problem it can find
+and names each by file and location (group, field, trajectory, time index).  Values are scanned for
 NaN/Inf a bounded chunk of time steps at a time, so memory stays flat on large files.
 """
 
@@ -30,7 +31,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.location}: {self.message}" if self.location else f"{self.file}: {self.message}"
+        return (
+            f"{self.file}: {self.location}: {self.message}"
+            if self.location
+            else f"{self.file}: {self.message}"
+        )
 
 
 @dataclass
@@ -44,7 +49,8 @@ class _Summary:
 
 
 def validate_paths(paths: list[str | Path]) -> list[Problem]:
-    """Validate each path (a .hdf5 file, a split folder or a dataset folder); every problem found."""
+    """Validate each path (a .hdf5 file, a split folder or a dataset folder); every problem
+    found."""
     problems: list[Problem] = []
     for path in map(Path, paths):
         if not path.exists():
@@ -100,7 +106,11 @@ def validate_dataset_dir(root: Path) -> list[Problem]:
     for split in SPLITS:
         split_dir = root / "data" / split
         if not split_dir.is_dir():
-            problems.append(Problem(str(split_dir), "", f"split folder missing (expected DIR/data/{split}/*.hdf5)"))
+            problems.append(
+                Problem(
+                    str(split_dir), "", f"split folder missing (expected DIR/data/{split}/*.hdf5)"
+                )
+            )
         elif not _hdf5_files(split_dir):
             problems.append(Problem(str(split_dir), "", "split folder holds no .hdf5 files"))
         else:
@@ -141,19 +151,23 @@ def _validate_stats(path: Path, summary: _Summary) -> list[Problem]:
 
 
 def validate_file(path: str | Path) -> tuple[list[Problem], _Summary | None]:
-    """All problems of one file, and (if its layout could be read) the summary used to compare files."""
+    """All problems of one file, and (if its layout could be read) the summary used to compare
+    files."""
     import h5py
 
     path = Path(path)
     try:
         fh = h5py.File(path, "r")
     except OSError as err:
-        return [Problem(str(path), "", f"not a readable HDF5 file, or truncated ({_short(err)})")], None
+        return [
+            Problem(str(path), "", f"not a readable HDF5 file, or truncated ({_short(err)})")
+        ], None
     with fh:
         checker = _FileChecker(path, fh)
         try:
             summary = checker.run()
-        except Exception as err:  # a damaged file must still give a named problem, never a traceback
+        # a damaged file must still give a named problem, never a traceback
+        except Exception as err:
             checker.add("", f"unreadable ({type(err).__name__}: {_short(err)})")
             summary = None
     return checker.problems, summary
@@ -191,7 +205,10 @@ class _FileChecker:
         if root["simulation_parameters"] is not None:
             for p in str_list(root["simulation_parameters"]):
                 if p not in fh.attrs:
-                    self.add("/", f"simulation_parameters lists {p!r} but the root attribute {p!r} is missing")
+                    self.add(
+                        "/",
+                        f"simulation_parameters lists {p!r} but the root attribute {p!r} is missing",
+                    )
                 elif _as_float(fh.attrs[p]) is None:
                     self.add("/", f"simulation parameter {p!r}={fh.attrs[p]!r} is not a number")
 
@@ -203,7 +220,9 @@ class _FileChecker:
         self._check_scalars(n_traj, n_steps)
         fields = []
         for order, group_name in enumerate(FIELD_GROUPS):
-            fields += self._check_field_group(order, group_name, n_traj, n_steps, spatial_dims, spatial_shape)
+            fields += self._check_field_group(
+                order, group_name, n_traj, n_steps, spatial_dims, spatial_shape
+            )
         return _Summary(str(root["dataset_name"]), spatial_dims, spatial_shape, fields)
 
     def _check_dimensions(self, n_spatial_dims: int | None, n_traj: int | None):
@@ -233,10 +252,15 @@ class _FileChecker:
                 continue
             lengths[name] = values.shape[-1]
             if values.ndim == 2 and n_traj is not None and values.shape[0] != n_traj:
-                self.add(loc, f"first axis has {values.shape[0]} trajectories but n_trajectories={n_traj}")
+                self.add(
+                    loc,
+                    f"first axis has {values.shape[0]} trajectories but n_trajectories={n_traj}",
+                )
             if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
                 self.add(loc, "non-numeric or NaN/Inf coordinates")
-            elif name == "time" and values.shape[-1] > 1 and not (np.diff(values, axis=-1) > 0).all():
+            elif (
+                name == "time" and values.shape[-1] > 1 and not (np.diff(values, axis=-1) > 0).all()
+            ):
                 self.add(loc, "time is not strictly increasing")
         if "time" not in lengths or any(d not in lengths for d in spatial_dims):
             return None
@@ -251,11 +275,22 @@ class _FileChecker:
             bc = group[name]
             attrs = {
                 k: self.attr(bc, loc, k)
-                for k in ("associated_dims", "associated_fields", "bc_type", "sample_varying", "time_varying")
+                for k in (
+                    "associated_dims",
+                    "associated_fields",
+                    "bc_type",
+                    "sample_varying",
+                    "time_varying",
+                )
             }
             if attrs["bc_type"] is not None and str(attrs["bc_type"]).upper() not in BC_TYPES:
-                self.add(loc, f"unknown bc_type {attrs['bc_type']!r} (expected one of {', '.join(BC_TYPES)})")
-            assoc = str_list(attrs["associated_dims"]) if attrs["associated_dims"] is not None else None
+                self.add(
+                    loc,
+                    f"unknown bc_type {attrs['bc_type']!r} (expected one of {', '.join(BC_TYPES)})",
+                )
+            assoc = (
+                str_list(attrs["associated_dims"]) if attrs["associated_dims"] is not None else None
+            )
             if assoc is not None and any(d not in spatial_dims for d in assoc):
                 self.add(loc, f"associated_dims {assoc} not all in spatial_dims {spatial_dims}")
                 assoc = None
@@ -285,7 +320,10 @@ class _FileChecker:
                 continue
             want = ((n_traj,) if sv else ()) + ((n_steps,) if tv else ())
             if None not in want and ds.shape != want:
-                self.add(loc, f"shape {ds.shape}, expected {want} (sample_varying={bool(sv)}, time_varying={bool(tv)})")
+                self.add(
+                    loc,
+                    f"shape {ds.shape}, expected {want} (sample_varying={bool(sv)}, time_varying={bool(tv)})",
+                )
             elif np.issubdtype(ds.dtype, np.number) and not np.isfinite(ds[()]).all():
                 self.add(loc, "NaN/Inf values")
 
@@ -315,7 +353,9 @@ class _FileChecker:
                 self.add(loc, f"dtype {ds.dtype} is not floating point")
                 continue
             if len(dim_varying) != n_dims:
-                self.add(loc, f"dim_varying has {len(dim_varying)} entries for {n_dims} spatial dims")
+                self.add(
+                    loc, f"dim_varying has {len(dim_varying)} entries for {n_dims} spatial dims"
+                )
                 continue
             rank = int(sv) + int(tv) + n_dims + order
             if ds.ndim != rank:
@@ -326,12 +366,23 @@ class _FileChecker:
                 )
                 continue
             if self._check_axes(
-                loc, ds.shape, sv, tv, n_traj, n_steps, spatial_dims, spatial_shape, dim_varying, order
+                loc,
+                ds.shape,
+                sv,
+                tv,
+                n_traj,
+                n_steps,
+                spatial_dims,
+                spatial_shape,
+                dim_varying,
+                order,
             ):
                 self._scan_nonfinite(loc, ds, sv, tv)
         return summary
 
-    def _check_axes(self, loc, shape, sv, tv, n_traj, n_steps, spatial_dims, spatial_shape, dim_varying, order):
+    def _check_axes(
+        self, loc, shape, sv, tv, n_traj, n_steps, spatial_dims, spatial_shape, dim_varying, order
+    ):
         ok, axis = True, 0
         if sv:
             if n_traj is not None and shape[0] != n_traj:
@@ -344,7 +395,10 @@ class _FileChecker:
             axis += 1
         if tv:
             if shape[axis] != n_steps:
-                self.add(loc, f"time length mismatch: {shape[axis]} steps but dimensions/time has {n_steps}")
+                self.add(
+                    loc,
+                    f"time length mismatch: {shape[axis]} steps but dimensions/time has {n_steps}",
+                )
                 ok = False
             axis += 1
         for d, length, varying in zip(spatial_dims, spatial_shape, dim_varying):
@@ -353,7 +407,8 @@ class _FileChecker:
                 self.add(
                     loc,
                     f"coords length mismatch: axis {axis} ({d}) has size {shape[axis]} but "
-                    f"dimensions/{d} has {length}" + ("" if varying else " (dim_varying False: expected 1)"),
+                    f"dimensions/{d} has {length}"
+                    + ("" if varying else " (dim_varying False: expected 1)"),
                 )
                 ok = False
             axis += 1
@@ -368,7 +423,8 @@ class _FileChecker:
         return ok
 
     def _scan_nonfinite(self, loc: str, ds, sv: bool, tv: bool) -> None:
-        """Report NaN/Inf per trajectory with its time indices, reading a bounded chunk at a time."""
+        """Report NaN/Inf per trajectory with its time indices, reading a bounded chunk at a
+        time."""
         n_traj = ds.shape[0] if sv else 1
         n_steps = ds.shape[int(sv)] if tv else 1
         per_step = int(np.prod(ds.shape[int(sv) + int(tv) :], initial=1))
@@ -382,7 +438,10 @@ class _FileChecker:
                 try:
                     x = np.asarray(ds[index])
                 except (OSError, ValueError) as err:
-                    self.add(f"{loc} trajectory {trajectory} time {start}:{stop}", f"cannot read ({_short(err)})")
+                    self.add(
+                        f"{loc} trajectory {trajectory} time {start}:{stop}",
+                        f"cannot read ({_short(err)})",
+                    )
                     return
                 if tv:
                     finite = np.isfinite(x.reshape(stop - start, -1)).all(axis=1)

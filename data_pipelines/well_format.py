@@ -1,17 +1,17 @@
 """In-memory form of one The Well HDF5 file, shared by the reader, the writer and the simulators.
 
-The Well stores one file per parameter set: ``n_trajectories`` runs of the same system that differ in
-their initial conditions, each with ``n_steps`` snapshots on a fixed grid.  Fields come in three tensor
-orders (t0 scalar fields, t1 vector fields, t2 rank-2 tensor fields); on disk the components sit on the
-last axes (channels-last), e.g. a t1 field in 2D is ``[n_traj, n_steps, nx, ny, 2]``.
+The Well stores one file per parameter set: ``n_trajectories`` runs of the same system that differ
+in their initial conditions, each with ``n_steps`` snapshots on a fixed grid.  Fields come in three
+tensor orders (t0 scalar fields, t1 vector fields, t2 rank-2 tensor fields); on disk the components
+sit on the last axes (channels-last), e.g. a t1 field in 2D is ``[n_traj, n_steps, nx, ny, 2]``.
 
 Everything downstream of the reader works channels-first on a flattened channel axis::
 
     frames: [T, C, *space]   C = t0 fields, then t1 components, then t2 components (file order)
 
 Component names follow the spatial dimension names: ``velocity`` in 2D → ``velocity_x, velocity_y``;
-a t2 field ``stress`` → ``stress_xx, stress_xy, stress_yx, stress_yy`` (row-major).  This is the same
-order in which ``the_well.data.WellDataset`` concatenates fields, so arrays compare one to one.
+a t2 field ``stress`` → ``stress_xx, stress_xy, stress_yx, stress_yy`` (row-major).  This is the
+same order in which ``the_well.data.WellDataset`` concatenates fields, so arrays compare one to one.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class Scalar:
 
 @dataclass
 class BoundaryCondition:
-    """A boundary condition as The Well stores it: a boolean mask over the associated dimension(s)."""
+    """A boundary condition as The Well stores it: a boolean mask over the associated
+    dimension(s)."""
 
     name: str  # e.g. "x_periodic"
     bc_type: str  # one of BC_TYPES
@@ -97,7 +98,8 @@ class WellData:
         return channel_names(self.fields, self.spatial_dims)
 
     def frames(self, trajectory: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Channels-first float32 frames ``[T, C, *space]`` of one trajectory (broadcasts constant fields)."""
+        """Channels-first float32 frames ``[T, C, *space]`` of one trajectory (broadcasts constant
+        fields)."""
         stop = self.n_steps if stop is None else stop
         parts = [
             field_frames(f, trajectory, start, stop, self.spatial_shape, self.n_spatial_dims)
@@ -107,7 +109,8 @@ class WellData:
 
 
 def component_suffixes(order: int, spatial_dims: list[str]) -> list[str]:
-    """Suffixes of a tensor field's flattened components: '' for t0, 'x','y' for t1, 'xx','xy',... for t2."""
+    """Suffixes of a tensor field's flattened components: '' for t0, 'x','y' for t1, 'xx','xy',...
+    for t2."""
     if order == 0:
         return [""]
     return ["".join(p) for p in itertools.product(spatial_dims, repeat=order)]
@@ -127,7 +130,10 @@ def field_frames(
     """One field's frames ``[T, n_components, *space]`` for a trajectory and time range."""
     data = f.data
     data = data[trajectory] if f.sample_varying else data
-    data = data[start:stop] if f.time_varying else np.broadcast_to(data, (stop - start, *data.shape))
+    data = (
+        data[start:stop] if f.time_varying else np.broadcast_to(data, (stop - start, *data.shape))
+    )
     n_components = n_dims**f.order
-    data = data.reshape(stop - start, *spatial_shape, n_components)  # flatten component axes row-major
+    # flatten component axes row-major
+    data = data.reshape(stop - start, *spatial_shape, n_components)
     return np.moveaxis(data, -1, 1)

@@ -1,6 +1,7 @@
 """Read and write The Well HDF5 files.
 
-On-disk schema (as written by ``the_well.utils.dummy_data`` and read by ``the_well.data.WellDataset``)::
+On-disk schema (as written by ``the_well.utils.dummy_data`` and read by
+``the_well.data.WellDataset``)::
 
     /  attrs: dataset_name, grid_type, n_spatial_dims, n_trajectories, simulation_parameters (names),
               and one attr per simulation parameter
@@ -11,9 +12,9 @@ On-disk schema (as written by ``the_well.utils.dummy_data`` and read by ``the_we
     /t{0,1,2}_fields       attrs: field_names;  one dataset per field (attrs dim_varying, sample_varying,
                                   time_varying), shape [n_traj]? [n_steps]? *space *components
 
-``write_well`` writes a :class:`WellData` atomically; ``read_well`` loads a whole file; ``WellReader``
-opens a file lazily and reads only the requested frames.  Every read problem is a :class:`DataError`
-naming the file and the group/field.
+``write_well`` writes a :class:`WellData` atomically; ``read_well`` loads a whole file;
+``WellReader`` opens a file lazily and reads only the requested frames.  Every read problem is a
+:class:`DataError` naming the file and the group/field.
 """
 
 from __future__ import annotations
@@ -37,10 +38,17 @@ from data_pipelines.well_format import (
     channel_names,
 )
 
-ROOT_ATTRS = ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories", "simulation_parameters")
+ROOT_ATTRS = (
+    "dataset_name",
+    "grid_type",
+    "n_spatial_dims",
+    "n_trajectories",
+    "simulation_parameters",
+)
 GROUPS = ("dimensions", "boundary_conditions", "scalars", *FIELD_GROUPS)
 HDF5_SUFFIXES = (".hdf5", ".h5")
-# what h5py raises on missing nodes and damaged files (RuntimeError: e.g. "bad local heap signature")
+# what h5py raises on missing nodes and damaged files (RuntimeError: e.g. "bad local heap
+# signature")
 H5_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError)
 
 
@@ -49,13 +57,19 @@ def str_list(value: Any) -> list[str]:
     an empty list was stored as an empty float array)."""
     if isinstance(value, (str, bytes)):
         value = [value]
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value, dtype=object).ravel()]
+    return [
+        v.decode() if isinstance(v, bytes) else str(v)
+        for v in np.asarray(value, dtype=object).ravel()
+    ]
 
 
-# ---------------------------------------------------------------------------------------------- write
+# ----------------------------------------------------------------------------------------------
+# write
 
 
-def _expected_shape(f: Field | Scalar, data: WellData, order: int, spatial: bool) -> tuple[int, ...]:
+def _expected_shape(
+    f: Field | Scalar, data: WellData, order: int, spatial: bool
+) -> tuple[int, ...]:
     lead = (data.n_trajectories,) if f.sample_varying else ()
     lead += (data.n_steps,) if f.time_varying else ()
     if not spatial:
@@ -64,9 +78,12 @@ def _expected_shape(f: Field | Scalar, data: WellData, order: int, spatial: bool
 
 
 def check_well_data(data: WellData) -> None:
-    """Shape/name checks before writing, so a simulator bug is reported by name, not as a bad file."""
+    """Shape/name checks before writing, so a simulator bug is reported by name, not as a bad
+    file."""
     if not 1 <= data.n_spatial_dims <= 3:
-        raise DataError(f"{data.dataset_name}: spatial_dims {data.spatial_dims} must name 1 to 3 dims")
+        raise DataError(
+            f"{data.dataset_name}: spatial_dims {data.spatial_dims} must name 1 to 3 dims"
+        )
     for d in data.spatial_dims:
         if d not in data.coords or np.ndim(data.coords[d]) != 1:
             raise DataError(f"{data.dataset_name}: coords[{d!r}] missing or not 1-D")
@@ -75,7 +92,9 @@ def check_well_data(data: WellData) -> None:
     names = set()
     for f in data.fields:
         if f.order not in (0, 1, 2):
-            raise DataError(f"{data.dataset_name}: field {f.name!r}: order {f.order} not in 0, 1, 2")
+            raise DataError(
+                f"{data.dataset_name}: field {f.name!r}: order {f.order} not in 0, 1, 2"
+            )
         if f.name in names:
             raise DataError(f"{data.dataset_name}: field {f.name!r} given twice")
         names.add(f.name)
@@ -88,16 +107,24 @@ def check_well_data(data: WellData) -> None:
     for s in data.scalars:
         want = _expected_shape(s, data, 0, spatial=False)
         if tuple(np.shape(s.data)) != want:
-            raise DataError(f"{data.dataset_name}: scalars/{s.name}: shape {np.shape(s.data)}, expected {want}")
+            raise DataError(
+                f"{data.dataset_name}: scalars/{s.name}: shape {np.shape(s.data)}, expected {want}"
+            )
     for bc in data.boundary_conditions:
         if bc.bc_type.upper() not in ("PERIODIC", "WALL", "OPEN"):
-            raise DataError(f"{data.dataset_name}: boundary_conditions/{bc.name}: unknown bc_type {bc.bc_type!r}")
+            raise DataError(
+                f"{data.dataset_name}: boundary_conditions/{bc.name}: unknown bc_type {bc.bc_type!r}"
+            )
         unknown = [d for d in bc.associated_dims if d not in data.spatial_dims]
         if unknown:
-            raise DataError(f"{data.dataset_name}: boundary_conditions/{bc.name}: unknown dims {unknown}")
+            raise DataError(
+                f"{data.dataset_name}: boundary_conditions/{bc.name}: unknown dims {unknown}"
+            )
     for p in data.simulation_parameters:
         if p in ROOT_ATTRS:
-            raise DataError(f"{data.dataset_name}: simulation parameter {p!r} clashes with a root attribute")
+            raise DataError(
+                f"{data.dataset_name}: simulation parameter {p!r} clashes with a root attribute"
+            )
 
 
 def _default_mask(bc: BoundaryCondition, data: WellData) -> np.ndarray:
@@ -113,7 +140,8 @@ def _default_mask(bc: BoundaryCondition, data: WellData) -> np.ndarray:
 
 
 def write_well(path: str | Path, data: WellData) -> None:
-    """Write ``data`` as one The Well HDF5 file, atomically (temp file in the same dir + ``os.replace``).
+    """Write ``data`` as one The Well HDF5 file, atomically (temp file in the same dir +
+    ``os.replace``).
 
     Simulation parameters are stored as root attrs and, as in The Well's published files, also as
     constant scalars (unless ``data.scalars`` already holds one of that name)."""
@@ -148,11 +176,17 @@ def write_well(path: str | Path, data: WellData) -> None:
             g.attrs["time_varying"] = False
             mask = _default_mask(bc, data) if bc.mask is None else np.asarray(bc.mask, dtype=bool)
             g.create_dataset("mask", data=mask)
-            g.create_dataset("values", data=np.asarray([] if bc.values is None else bc.values, dtype=np.float32))
+            g.create_dataset(
+                "values", data=np.asarray([] if bc.values is None else bc.values, dtype=np.float32)
+            )
 
         scalars = list(data.scalars)
         given = {s.name for s in scalars}
-        scalars += [Scalar(p, np.asarray(v)) for p, v in data.simulation_parameters.items() if p not in given]
+        scalars += [
+            Scalar(p, np.asarray(v))
+            for p, v in data.simulation_parameters.items()
+            if p not in given
+        ]
         group = f.create_group("scalars")
         group.attrs["field_names"] = [s.name for s in scalars]
         for s in scalars:
@@ -171,7 +205,8 @@ def write_well(path: str | Path, data: WellData) -> None:
                 ds.attrs["time_varying"] = fld.time_varying
 
 
-# ----------------------------------------------------------------------------------------------- read
+# -----------------------------------------------------------------------------------------------
+# read
 
 
 @dataclass
@@ -192,7 +227,8 @@ class WellReader:
     >>> with WellReader("data/train/run0.hdf5") as r:
     ...     x = r.frames(trajectory=0, start=10, stop=14)   # [4, C, *space] float32
 
-    The h5py handle is reopened after a fork or unpickling, so a reader can be handed to loader workers.
+    The h5py handle is reopened after a fork or unpickling, so a reader can be handed to loader
+    workers.
     """
 
     def __init__(self, path: str | Path):
@@ -202,12 +238,15 @@ class WellReader:
         self._const_cache: dict[str, np.ndarray] = {}
         try:
             self._read_metadata()
-        except DataError:  # already names the file and location (and is a ValueError: catch it first)
+        # already names the file and location (and is a ValueError: catch it first)
+        except DataError:
             self.close()
             raise
         except H5_ERRORS as err:  # damage the named lookups below did not catch
             self.close()
-            raise DataError(f"{self.path}: damaged HDF5 metadata ({type(err).__name__}: {_short(err)})") from None
+            raise DataError(
+                f"{self.path}: damaged HDF5 metadata ({type(err).__name__}: {_short(err)})"
+            ) from None
         except BaseException:
             self.close()
             raise
@@ -223,7 +262,9 @@ class WellReader:
             try:
                 self._handle = h5py.File(self.path, "r")
             except OSError as err:
-                raise DataError(f"{self.path}: not a readable HDF5 file, or truncated ({_short(err)})") from None
+                raise DataError(
+                    f"{self.path}: not a readable HDF5 file, or truncated ({_short(err)})"
+                ) from None
             self._pid = os.getpid()
         return self._handle
 
@@ -251,7 +292,9 @@ class WellReader:
         try:
             return handle[location]
         except H5_ERRORS as err:
-            raise DataError(f"{self.path}: {location}: missing or unreadable ({_short(err)})") from None
+            raise DataError(
+                f"{self.path}: {location}: missing or unreadable ({_short(err)})"
+            ) from None
 
     def _attr(self, location: str, key: str) -> Any:
         node = self._node(location) if location != "/" else self._file
@@ -260,7 +303,9 @@ class WellReader:
         except DataError:
             raise
         except H5_ERRORS as err:
-            raise DataError(f"{self.path}: {location}: attribute {key!r} missing ({_short(err)})") from None
+            raise DataError(
+                f"{self.path}: {location}: attribute {key!r} missing ({_short(err)})"
+            ) from None
 
     def _read_metadata(self) -> None:
         self.dataset_name = str(self._attr("/", "dataset_name"))
@@ -283,7 +328,9 @@ class WellReader:
             try:
                 self.simulation_parameters[p] = float(value)
             except (TypeError, ValueError):
-                raise DataError(f"{self.path}: /: simulation parameter {p!r}={value!r} is not a number") from None
+                raise DataError(
+                    f"{self.path}: /: simulation parameter {p!r}={value!r} is not a number"
+                ) from None
         # field specs in channel order: t0 fields, then t1, then t2, file order within each
         self.field_specs: list[FieldSpec] = []
         for order, group in enumerate(FIELD_GROUPS):
@@ -331,11 +378,14 @@ class WellReader:
         except DataError:
             raise
         except H5_ERRORS as err:
-            raise DataError(f"{self.path}: {location}: cannot read {what} ({_short(err)})") from None
+            raise DataError(
+                f"{self.path}: {location}: cannot read {what} ({_short(err)})"
+            ) from None
 
     def read_stored(self, spec: FieldSpec, trajectory: int, start: int, stop: int) -> np.ndarray:
-        """One field's values as stored (no broadcasting): the axes a flag marks as constant are absent,
-        spatial axes with ``dim_varying`` False have size 1, components are the last axes."""
+        """One field's values as stored (no broadcasting): the axes a flag marks as constant are
+        absent, spatial axes with ``dim_varying`` False have size 1, components are the last
+        axes."""
         index = (trajectory,) if spec.sample_varying else ()
         index += (slice(start, stop),) if spec.time_varying else ()
         return self._read(spec.location, index, f"trajectory {trajectory} time {start}:{stop}")
@@ -355,11 +405,13 @@ class WellReader:
         return np.broadcast_to(data, (stop - start, *self.spatial_shape, *(n,) * spec.order))
 
     def frames(self, trajectory: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Frames ``[stop-start, C, *space]`` float32 of one trajectory, channels-first in channel order;
-        constant fields are broadcast over time.  Reads only this slice from disk."""
+        """Frames ``[stop-start, C, *space]`` float32 of one trajectory, channels-first in channel
+        order; constant fields are broadcast over time.  Reads only this slice from disk."""
         stop = self.n_steps if stop is None else stop
         if not 0 <= trajectory < self.n_trajectories:
-            raise DataError(f"{self.path}: trajectory {trajectory} out of range [0, {self.n_trajectories})")
+            raise DataError(
+                f"{self.path}: trajectory {trajectory} out of range [0, {self.n_trajectories})"
+            )
         if not 0 <= start < stop <= self.n_steps:
             raise DataError(
                 f"{self.path}: trajectory {trajectory}: time range {start}:{stop} outside [0, {self.n_steps}]"
@@ -384,12 +436,15 @@ class WellReader:
         try:
             names = list(self._node("boundary_conditions").keys())
         except H5_ERRORS as err:
-            raise DataError(f"{self.path}: boundary_conditions: unreadable ({_short(err)})") from None
+            raise DataError(
+                f"{self.path}: boundary_conditions: unreadable ({_short(err)})"
+            ) from None
         bcs = []
         for name in names:
             loc = f"boundary_conditions/{name}"
             try:
-                has_values = "values" in self._node(loc)  # optional: the_well's dummy files have none
+                # optional: the_well's dummy files have none
+                has_values = "values" in self._node(loc)
             except H5_ERRORS as err:
                 raise DataError(f"{self.path}: {loc}: unreadable ({_short(err)})") from None
             values = self._read(f"{loc}/values", (), "values") if has_values else None
@@ -406,7 +461,8 @@ class WellReader:
         return bcs
 
     def read_field(self, spec: FieldSpec) -> np.ndarray:
-        """A whole field with constant spatial axes (dim_varying False) broadcast to the full grid."""
+        """A whole field with constant spatial axes (dim_varying False) broadcast to the full
+        grid."""
         data = self._read(spec.location, (), "field")
         lead = data.shape[: data.ndim - self.n_spatial_dims - spec.order]
         n = self.n_spatial_dims
@@ -414,14 +470,19 @@ class WellReader:
 
 
 def read_well(path: str | Path) -> WellData:
-    """Read a whole The Well file into memory.  A sample-varying time/coordinate array keeps only its
-    first trajectory's values (:class:`WellData` holds one grid per file)."""
+    """Read a whole The Well file into memory.  A sample-varying time/coordinate array keeps only
+    its first trajectory's values (:class:`WellData` holds one grid per file)."""
     with WellReader(path) as r:
-        fields = [Field(s.name, s.order, r.read_field(s), s.time_varying, s.sample_varying) for s in r.field_specs]
+        fields = [
+            Field(s.name, s.order, r.read_field(s), s.time_varying, s.sample_varying)
+            for s in r.field_specs
+        ]
         scalars = []
         for name in r.scalar_names:
             data, sample_varying, time_varying = r.read_scalar(name)
-            scalars.append(Scalar(name, data, time_varying=time_varying, sample_varying=sample_varying))
+            scalars.append(
+                Scalar(name, data, time_varying=time_varying, sample_varying=sample_varying)
+            )
         return WellData(
             dataset_name=r.dataset_name,
             spatial_dims=r.spatial_dims,

@@ -1,9 +1,10 @@
-"""Render one frame strip per built-in system into docs/systems/SYSTEM.png and write docs/systems.md.
+"""Render one frame strip per built-in system into docs/systems/SYSTEM.png and write
+docs/systems.md.
 
-Each strip has one row per parameter set of the system's default sweep (its regimes) and shows the first
-field: five frames spread over one trajectory for 2D systems, the middle z-slice for 3D ones, and the
-whole x-t diagram for 1D ones.  One trajectory per row at the system's default resolution, seed 0, so a
-strip shows what `physfm corpus` puts in the corpus.
+Each strip has one row per parameter set of the system's default sweep (its regimes) and shows the
+first field: five frames spread over one trajectory for 2D systems, the middle z-slice for 3D ones,
+and the whole x-t diagram for 1D ones.  One trajectory per row at the system's default resolution,
+seed 0, so a strip shows what `physfm corpus` puts in the corpus.
 
 Usage: python scripts/system_strips.py [--out docs] [--systems a,b]   (about a minute for 4 systems)
 """
@@ -29,11 +30,13 @@ def label(params: dict[str, float], sep: str = ", ") -> str:
 
 
 def render_strip(spec: SystemSpec, out_png: Path, seed: int = 0) -> Path:
-    """Simulate one trajectory per parameter set and draw its first field (see the module docstring)."""
+    """Simulate one trajectory per parameter set and draw its first field (see the module
+    docstring)."""
     plt = pyplot()
     grid = parameter_grid(spec, None)[:MAX_ROWS]
     n_cols = 1 if spec.n_spatial_dims == 1 else N_FRAMES
-    label_width = 0.0 if spec.n_spatial_dims == 1 else 1.0  # inches for the parameter column (2D/3D)
+    # inches for the parameter column (2D/3D)
+    label_width = 0.0 if spec.n_spatial_dims == 1 else 1.0
     fig, axes = plt.subplots(
         len(grid),
         n_cols,
@@ -59,20 +62,31 @@ def render_strip(spec: SystemSpec, out_png: Path, seed: int = 0) -> Path:
         times = np.linspace(0, len(frames) - 1, n_cols).round().astype(int)
         for col, t in enumerate(times):
             ax = axes[row, col]
-            ax.imshow(frames[t].T, origin="lower", cmap="RdBu_r", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(
+                frames[t].T,
+                origin="lower",
+                cmap="RdBu_r",
+                vmin=lo,
+                vmax=hi,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"frame {t}", fontsize=7)
         # one parameter a line, horizontal: constrained layout then widens the label column to fit
-        axes[row, 0].set_ylabel(label(params, "\n"), fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{spec.name}: {spec.field_names[0] if spec.field_names else 'field 0'}", fontsize=8)
+        axes[row, 0].set_ylabel(
+            label(params, "\n"), fontsize=6, rotation=0, ha="right", va="center"
+        )
+    fig.suptitle(
+        f"{spec.name}: {spec.field_names[0] if spec.field_names else 'field 0'}", fontsize=8
+    )
     return shrink_png(save_figure(fig, out_png, dpi=DPI))
 
 
 def shrink_png(path: Path, colors: int = 48) -> Path:
-    """Re-save with an adaptive palette: a third of the bytes of matplotlib's RGBA at no visible cost, so
-    the strips stay small in the repository (matplotlib itself writes no palette PNGs)."""
+    """Re-save with an adaptive palette: a third of the bytes of matplotlib's RGBA at no visible
+    cost, so the strips stay small in the repository (matplotlib itself writes no palette PNGs)."""
     from PIL import Image
 
     with Image.open(path) as img:
@@ -95,7 +109,9 @@ def systems_markdown(specs: list[SystemSpec]) -> str:
     ]
     for spec in specs:
         grid = "x".join([str(spec.resolution)] * spec.n_spatial_dims)
-        sweep = "; ".join(f"{k} = {', '.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items())
+        sweep = "; ".join(
+            f"{k} = {', '.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items()
+        )
         lines.append(
             f"| [{spec.name}](#{spec.name}) | {spec.n_spatial_dims}D | {', '.join(spec.field_names)} | "
             f"{spec.n_traj} traj x {spec.n_steps} frames x {grid} | {sweep} |"
@@ -108,15 +124,22 @@ def systems_markdown(specs: list[SystemSpec]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="docs", help="folder for systems.md and systems/*.png (default: docs)")
-    parser.add_argument("--systems", default="", help="comma-separated subset (default: all; the page lists all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", default="docs", help="folder for systems.md and systems/*.png (default: docs)"
+    )
+    parser.add_argument(
+        "--systems", default="", help="comma-separated subset (default: all; the page lists all)"
+    )
     args = parser.parse_args(argv)
     chosen = [n for n in args.systems.split(",") if n] or list(SIMULATORS)
     unknown = [n for n in chosen if n not in SIMULATORS]
     if unknown:
         print(
-            f"system_strips: unknown system(s) {', '.join(unknown)}; built-in: {', '.join(SIMULATORS)}", file=sys.stderr
+            f"system_strips: unknown system(s) {', '.join(unknown)}; built-in: {', '.join(SIMULATORS)}",
+            file=sys.stderr,
         )
         return 2
     out = Path(args.out)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test module (pytest loads this file first; folders may add their own)."""
+"""Fixtures shared by every test module (pytest loads this file first; folders may add their
+own)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,6 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def tiny_model() -> PhysicsTransformer:
-    """The shared tiny AR transformer (tests/tiny_model.py), seed 0, eval mode: a fresh one per test,
-    so a test that hooks or steers it leaves nothing behind."""
+    """The shared tiny AR transformer (tests/tiny_model.py), seed 0, eval mode: a fresh one per
+    test, so a test that hooks or steers it leaves nothing behind."""
     return tiny_ar_model()

@@ -24,7 +24,8 @@ def make_toy_dataset(
     splits: tuple[str, ...] = ("train", "valid", "test"),
     offset: float = 0.0,
 ) -> Path:
-    """Write ``out/data/{split}/{name}_{i}.hdf5``: a t0 field ``u`` and a t1 field ``vel`` per file."""
+    """Write ``out/data/{split}/{name}_{i}.hdf5``: a t0 field ``u`` and a t1 field ``vel`` per
+    file."""
     rng = np.random.default_rng(seed)
     dims = ["x", "y", "z"][:n_dims]
     space = (resolution,) * n_dims
@@ -44,7 +45,8 @@ def make_toy_dataset(
     return Path(out)
 
 
-# Overrides of configs/pretrain/tiny.yaml that make a pretrain run take seconds on a CPU (tests only).
+# Overrides of configs/pretrain/tiny.yaml that make a pretrain run take seconds on a CPU (tests
+# only).
 TINY_PRETRAIN = [
     "model.vocab_size=32",
     # synthetic tokens (a +1 shift rule) are no FSQ codes: the one-softmax head, argmax decoding

@@ -1,9 +1,10 @@
 """Launch real multi-process (gloo) runs from pytest, as subprocesses.
 
-The pytest process never joins a process group: workers are started by ``torch.distributed.run`` on a
-free port, with ``OMP_NUM_THREADS=1`` (2 cores are shared), a hard timeout (the whole process group is
-killed), and their output captured.  Tests should assert on what the workers *wrote* (files, JSON), not
-only on the exit code.  There are no retries: a failure that passes on a second try is still a failure.
+The pytest process never joins a process group: workers are started by ``torch.distributed.run`` on
+a free port, with ``OMP_NUM_THREADS=1`` (2 cores are shared), a hard timeout (the whole process
+group is killed), and their output captured.  Tests should assert on what the workers *wrote*
+(files, JSON), not only on the exit code.  There are no retries: a failure that passes on a second
+try is still a failure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class CompletedResult:
-    """What one launch did: exit code, captured output, wall time, and whether it hit the timeout."""
+    """What one launch did: exit code, captured output, wall time, and whether it hit the
+    timeout."""
 
     args: list[str]
     returncode: int
@@ -79,7 +81,9 @@ def worker_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
             "PYTHONWARNINGS": "ignore",
             "DS_ACCELERATOR": "cpu",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+            ),
         }
     )
     base.update(env or {})
@@ -95,9 +99,9 @@ def run_distributed(
 ) -> CompletedResult:
     """Run ``python -m torch.distributed.run --nproc_per_node NPROC --master_port FREE ARGS...``.
 
-    ``script_or_module_args`` is what follows the launcher: ``["path/to/script.py", "--flag", ...]`` or
-    ``["-m", "package.module", ...]``.  On timeout the launcher and every process under it are killed
-    and ``timed_out`` is set.
+    ``script_or_module_args`` is what follows the launcher: ``["path/to/script.py", "--flag", ...]``
+    or ``["-m", "package.module", ...]``.  On timeout the launcher and every process under it are
+    killed and ``timed_out`` is set.
     """
     args = [
         sys.executable,
@@ -114,7 +118,8 @@ def run_distributed(
         *map(str, script_or_module_args),
     ]
     start = time.monotonic()
-    # Own session: a signal meant for pytest's terminal group does not half-kill the job; we kill it whole.
+    # Own session: a signal meant for pytest's terminal group does not half-kill the job; we kill it
+    # whole.
     proc = subprocess.Popen(
         args,
         cwd=cwd or REPO_ROOT,
@@ -127,7 +132,8 @@ def run_distributed(
     timed_out = False
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:  # a hang is a result: kill the job whole, keep what it printed
+    # a hang is a result: kill the job whole, keep what it printed
+    except subprocess.TimeoutExpired:
         kill_tree(proc.pid)
         timed_out = True
         try:
@@ -162,8 +168,8 @@ def _children(pid: int) -> list[int]:
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL the launcher we started and everything it started.  torchrun puts each worker in its own
-    session, so killing the launcher's process group alone would orphan the workers."""
+    """SIGKILL the launcher we started and everything it started.  torchrun puts each worker in its
+    own session, so killing the launcher's process group alone would orphan the workers."""
     # Freeze the tree first (a stopped process cannot spawn or restart workers), then collect it
     # (once the launcher dies its workers are re-parented and no longer findable), then kill it.
     family: list[int] = []

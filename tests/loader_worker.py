@@ -21,7 +21,10 @@ def main(shards: str, out_dir: str) -> None:
         keys, n_batches = [], 0
         for batch in make_loader(shards, "train", 4, num_workers=2, seed=0, shuffle_buffer=8, **kw):
             n_batches += 1
-            keys += [f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}" for m in batch["meta"]]
+            keys += [
+                f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}"
+                for m in batch["meta"]
+            ]
         result[mode] = {"keys": keys, "n_batches": n_batches}
     # A collective after loading: with unequal batch counts a real training loop would hang here.
     dist.barrier()

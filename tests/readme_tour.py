@@ -1,6 +1,7 @@
-"""Run the README's "A short tour" block as written, at tiny sizes: each command keeps its own arguments and
-gains only size flags (fewer trajectories and steps, a smaller grid, a few optimiser steps), so a command that
-cannot run as written fails here.  ``python -m tests.readme_tour WORKDIR`` runs it by hand."""
+"""Run the README's "A short tour" block as written, at tiny sizes: each command keeps its own
+arguments and gains only size flags (fewer trajectories and steps, a smaller grid, a few optimiser
+steps), so a command that cannot run as written fails here.  ``python -m tests.readme_tour WORKDIR``
+runs it by hand."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # Size flags per verb (matched on the leading words of the command); nothing else is changed.
-TINY_TRAIN = ["trainer.max_steps=2", "trainer.checkpoint_every=2", "trainer.val_every=0", "trainer.log_every=1"]
-TINY_RUN = [*TINY_TRAIN, "trainer.logger=csv", "trainer.progress_bar=false", "data.num_workers=0", "data.val_batches=1"]
+TINY_TRAIN = [
+    "trainer.max_steps=2",
+    "trainer.checkpoint_every=2",
+    "trainer.val_every=0",
+    "trainer.log_every=1",
+]
+TINY_RUN = [
+    *TINY_TRAIN,
+    "trainer.logger=csv",
+    "trainer.progress_bar=false",
+    "data.num_workers=0",
+    "data.val_batches=1",
+]
 TINY: list[tuple[tuple[str, ...], list[str]]] = [
     (("simulate", "--list"), []),
     (("simulate",), ["--n-traj", "3", "--n-steps", "14", "--resolution", "32"]),
@@ -24,7 +36,10 @@ TINY: list[tuple[tuple[str, ...], list[str]]] = [
     (("tokenizer", "train"), ["trainer.max_steps=2", "trainer.wandb=false", "data.val_batches=1"]),
     (("tokenizer", "eval"), ["--max-batches", "1"]),
     (("pretrain",), TINY_RUN),
-    (("refine",), ["train.steps=2", "data.n_windows=4", "data.rollout_steps=1", "data.val_windows=2"]),
+    (
+        ("refine",),
+        ["train.steps=2", "data.n_windows=4", "data.rollout_steps=1", "data.val_windows=2"],
+    ),
     (("rollout",), ["--max-windows", "1"]),
     (("evaluate",), ["--max-windows", "1"]),
     (("probe",), ["--max-windows", "48", "--folds", "3"]),
@@ -35,7 +50,8 @@ TINY: list[tuple[tuple[str, ...], list[str]]] = [
 
 
 def tour_commands(readme: Path = REPO / "README.md") -> list[list[str]]:
-    """The tour's commands as argument lists (``physfm`` dropped), comments and line continuations resolved."""
+    """The tour's commands as argument lists (``physfm`` dropped), comments and line continuations
+    resolved."""
     text = readme.read_text()
     section = text[text.index("## A short tour") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
@@ -50,14 +66,16 @@ def tour_commands(readme: Path = REPO / "README.md") -> list[list[str]]:
 
 def tiny(argv: list[str]) -> list[str]:
     for prefix, extra in TINY:
-        if tuple(argv[: len(prefix)]) == prefix or (prefix == ("simulate", "--list") and argv == list(prefix)):
+        if tuple(argv[: len(prefix)]) == prefix or (
+            prefix == ("simulate", "--list") and argv == list(prefix)
+        ):
             return argv + extra
     return argv
 
 
 def run_tour(workdir: Path, log=print) -> list[tuple[list[str], float]]:
-    """Run every tour command in ``workdir`` (which gets a ``configs`` link to the repository's); returns
-    (command, seconds) per command; raises on the first that fails."""
+    """Run every tour command in ``workdir`` (which gets a ``configs`` link to the repository's);
+    returns (command, seconds) per command; raises on the first that fails."""
     from physfm.cli import main
 
     workdir.mkdir(parents=True, exist_ok=True)

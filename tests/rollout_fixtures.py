@@ -1,8 +1,9 @@
-"""A whole tiny model in about a second: smooth Well files → shards → untrained tokenizer → AR export.
+"""A whole tiny model in about a second: smooth Well files → shards → untrained tokenizer → AR
+export.
 
 Nothing here is trained (the tests that need training train the refiner only); what the rollout,
-evaluate and refine tests check — shapes, cache equivalence, metric wiring, files — does not depend on
-a good model.
+evaluate and refine tests check — shapes, cache equivalence, metric wiring, files — does not depend
+on a good model.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def write_wave_dataset(
     n_dims: int = 2,
     seed: int = 0,
 ) -> Path:
-    """``out/data/{train,valid,test}/NAME.hdf5``: plane waves moving in time (a t0 field ``u`` and a t1 ``vel``)."""
+    """``out/data/{train,valid,test}/NAME.hdf5``: plane waves moving in time (a t0 field ``u`` and a
+    t1 ``vel``)."""
     rng = np.random.default_rng(seed)
     dims = ["x", "y", "z"][:n_dims]
-    axes = np.meshgrid(*[np.linspace(0, 2 * np.pi, resolution, endpoint=False)] * n_dims, indexing="ij")
+    axes = np.meshgrid(
+        *[np.linspace(0, 2 * np.pi, resolution, endpoint=False)] * n_dims, indexing="ij"
+    )
     for split_index, split in enumerate(("train", "valid", "test")):
         u = np.empty((n_traj, n_steps, *axes[0].shape), dtype=np.float32)
         vel = np.empty((n_traj, n_steps, *axes[0].shape, n_dims), dtype=np.float32)
@@ -62,9 +66,9 @@ def build_tiny_model(
     conditional: bool = False,
     prediction: str = "raster",
 ) -> dict[str, Path]:
-    """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their paths.
-    ``conditional``: a conditional tokenizer (key frame + frames coded given the previous one);
-    ``prediction``: the AR model's mode ("raster" or "next_frame")."""
+    """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their
+    paths. ``conditional``: a conditional tokenizer (key frame + frames coded given the previous
+    one); ``prediction``: the AR model's mode ("raster" or "next_frame")."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
     from physfm.models.ar import PhysicsTransformer
@@ -72,13 +76,18 @@ def build_tiny_model(
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
     torch.manual_seed(seed)
-    dirs = [write_wave_dataset(root / "data" / name, name, seed=seed + i) for i, name in enumerate(datasets)]
+    dirs = [
+        write_wave_dataset(root / "data" / name, name, seed=seed + i)
+        for i, name in enumerate(datasets)
+    ]
     shards = root / "shards"
     shard_datasets([str(d) for d in dirs], shards, WindowSpec(n_input, n_output, 1))
     manifest = read_manifest(shards)
     specs = {
         name: DatasetSpec(
-            entry["channel_names"], entry["stats"]["mean"], [s if s > 0 else 1.0 for s in entry["stats"]["std"]]
+            entry["channel_names"],
+            entry["stats"]["mean"],
+            [s if s > 0 else 1.0 for s in entry["stats"]["std"]],
         )
         for name, entry in manifest["datasets"].items()
     }
@@ -93,8 +102,14 @@ def build_tiny_model(
         conditional=conditional,
     )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, specs), root / "tokenizer")
-    model = PhysicsTransformer(tiny_model_config(max_frames=n_input + n_output, n_datasets=4, prediction=prediction))
+    model = PhysicsTransformer(
+        tiny_model_config(max_frames=n_input + n_output, n_datasets=4, prediction=prediction)
+    )
     export = export_ar_model(
-        model, root / "export", dataset_names=sorted(datasets), n_context_frames=n_input, tokenizer=tok_dir
+        model,
+        root / "export",
+        dataset_names=sorted(datasets),
+        n_context_frames=n_input,
+        tokenizer=tok_dir,
     )
     return {"shards": shards, "tokenizer": tok_dir, "export": export, "data": dirs[0]}

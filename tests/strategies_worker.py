@@ -1,8 +1,10 @@
-"""A 2-rank training worker for tests/test_strategies.py (launched by tests/harness.run_distributed).
+"""A 2-rank training worker for tests/test_strategies.py (launched by
+tests/harness.run_distributed).
 
-Trains a tiny MLP on fixed synthetic regression data with the strategy a StrategyConfig (JSON) picks,
-and writes what the test checks: per-rank per-step losses (``losses_rank{R}.json``), rank 0's final
-full weights (``final.safetensors``), and checkpoints under ``OUT/ckpt``.  Exits through clean_exit.
+Trains a tiny MLP on fixed synthetic regression data with the strategy a StrategyConfig (JSON)
+picks, and writes what the test checks: per-rank per-step losses (``losses_rank{R}.json``), rank 0's
+final full weights (``final.safetensors``), and checkpoints under ``OUT/ckpt``.  Exits through
+clean_exit.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import time
 import traceback
 from pathlib import Path
 
-N_SAMPLES, D_IN, D_HIDDEN, D_OUT = 48, 16, 32, 4  # 48 samples / (2 ranks × batch 4) = 6 steps per epoch
+# 48 samples / (2 ranks × batch 4) = 6 steps per epoch
+N_SAMPLES, D_IN, D_HIDDEN, D_OUT = 48, 16, 32, 4
 BATCH_SIZE = 4
 
 
@@ -38,14 +41,17 @@ def build_module(strategy_cfg):  # type: ignore[no-untyped-def]
     class ToyRegression(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(D_IN, D_HIDDEN), nn.Tanh(), nn.Linear(D_HIDDEN, D_OUT))
+            self.net = nn.Sequential(
+                nn.Linear(D_IN, D_HIDDEN), nn.Tanh(), nn.Linear(D_HIDDEN, D_OUT)
+            )
             self.losses: dict[int, float] = {}
             self.val_losses: dict[int, float] = {}
 
         def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
             x, y = batch
             loss = nn.functional.mse_loss(self.net(x).float(), y.float())
-            self.losses[int(self.global_step) + 1] = float(loss.detach())  # keyed by the step it completes
+            # keyed by the step it completes
+            self.losses[int(self.global_step) + 1] = float(loss.detach())
             return loss
 
         def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
@@ -56,8 +62,13 @@ def build_module(strategy_cfg):  # type: ignore[no-untyped-def]
         def configure_optimizers(self):  # type: ignore[no-untyped-def]
             optimizer = build_optimizer(strategy_cfg, self.parameters(), lr=3e-2, weight_decay=0.01)
             # warmup then constant: resume must restore the scheduler's position too
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: min(1.0, (step + 1) / 4)
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
 
     return ToyRegression()
 
@@ -71,9 +82,13 @@ def full_weights(trainer, module):  # type: ignore[no-untyped-def]
     if cfg.get("zero_optimization", {}).get("stage") == 3:
         import deepspeed
 
-        gather = deepspeed.zero.GatheredParameters(list(module.net.parameters()), modifier_rank=None)
+        gather = deepspeed.zero.GatheredParameters(
+            list(module.net.parameters()), modifier_rank=None
+        )
     with gather:
-        return {k: v.detach().float().clone().contiguous() for k, v in module.net.state_dict().items()}
+        return {
+            k: v.detach().float().clone().contiguous() for k, v in module.net.state_dict().items()
+        }
 
 
 def main() -> int:
@@ -84,7 +99,9 @@ def main() -> int:
     parser.add_argument("--ckpt-every", type=int, default=0)
     parser.add_argument("--resume", default=None, help="checkpoint path, or 'latest' in OUT/ckpt")
     parser.add_argument("--ckpt-dir", default=None, help="where checkpoints go (default OUT/ckpt)")
-    parser.add_argument("--validate", default=None, help="only evaluate this checkpoint (inference path)")
+    parser.add_argument(
+        "--validate", default=None, help="only evaluate this checkpoint (inference path)"
+    )
     args = parser.parse_args()
 
     import lightning as L
@@ -131,7 +148,8 @@ def main() -> int:
         log_every_n_steps=1,
     )
     loader = torch.utils.data.DataLoader(make_dataset(), batch_size=BATCH_SIZE, shuffle=False)
-    if args.validate:  # a fresh Trainer restoring a checkpoint outside fit: the strategy's inference path
+    # a fresh Trainer restoring a checkpoint outside fit: the strategy's inference path
+    if args.validate:
         trainer.validate(module, loader, ckpt_path=args.validate, verbose=False)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"val_rank{trainer.global_rank}.json").write_text(json.dumps(module.val_losses))

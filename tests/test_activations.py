@@ -1,4 +1,5 @@
-"""Activation capture: hook-point names, pooling, chunked bounded-memory writes, selection by parameters."""
+"""Activation capture: hook-point names, pooling, chunked bounded-memory writes, selection by
+parameters."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def tokens(tmp_path_factory):
     return make_param_tokens(tmp_path_factory.mktemp("acts") / "tokens")
 
 
-# ------------------------------------------------------------------------------------------ selection
+# ------------------------------------------------------------------------------------------
+# selection
 META = {"dataset": "ns", "trajectory": 3, "params": {"nu": 0.002, "F": 0.018, "k": 0.051}}
 
 
@@ -51,7 +53,16 @@ def test_selection_evaluates(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ["nu<", "nu", "nu << 3", "__import__('os').system('x')", "nu<0.1 and", "(nu<1", "nu<0.1; import os"]
+    "text",
+    [
+        "nu<",
+        "nu",
+        "nu << 3",
+        "__import__('os').system('x')",
+        "nu<0.1 and",
+        "(nu<1",
+        "nu<0.1; import os",
+    ],
 )
 def test_selection_rejects_bad_syntax_without_eval(text):
     with pytest.raises(SelectionError):
@@ -60,20 +71,27 @@ def test_selection_rejects_bad_syntax_without_eval(text):
 
 def test_selection_skips_windows_without_the_parameter():
     gray_scott = {"dataset": "gs", "params": {"F": 0.018, "k": 0.051}}
-    assert parse_selection("nu<0.003")(gray_scott) is False  # mixed shard sets: only windows that have nu
+    # mixed shard sets: only windows that have nu
+    assert parse_selection("nu<0.003")(gray_scott) is False
     assert parse_selection("not nu<0.003")(gray_scott) is False
     assert parse_selection("nu<0.003").missing(gray_scott) == ["nu"]
     assert parse_selection("1e-3 <= nu < 3e-3 and F > 0").names == {"nu", "F"}
 
 
-# ------------------------------------------------------------------------------------------ windows + pooling
+# ------------------------------------------------------------------------------------------ windows
+# + pooling
 def test_iter_windows_selects_spreads_and_checks_fingerprint(tokens):
-    batches = list(iter_windows(tokens, "train", selection="nu<0.003", batch_size=5, tokenizer_fingerprint=FINGERPRINT))
+    batches = list(
+        iter_windows(
+            tokens, "train", selection="nu<0.003", batch_size=5, tokenizer_fingerprint=FINGERPRINT
+        )
+    )
     metas = [m for b in batches for m in b.meta]
     assert {m["params"]["nu"] for m in metas} == {1e-3, 2e-3} and len(metas) == 24
     assert all(b.tokens.shape[1:] == (N_FRAMES, *GRID) and len(b.meta) <= 5 for b in batches)
     capped = [m for b in iter_windows(tokens, "train", max_windows=4) for m in b.meta]
-    assert len({m["params"]["nu"] for m in capped}) == 4  # spread over the split, not the first 4 windows
+    # spread over the split, not the first 4 windows
+    assert len({m["params"]["nu"] for m in capped}) == 4
     with pytest.raises(DataError, match="tokenizer"):
         next(iter_windows(tokens, "train", tokenizer_fingerprint="another"))
     with pytest.raises(DataError, match="no window of split"):
@@ -87,8 +105,11 @@ def test_pool_modes_shapes_and_zscore():
     assert pool_frames(h, N_FRAMES, GRID, "mean").shape == (2, 8)
     assert pool_frames(h, N_FRAMES, GRID, "frames").shape == (2, N_FRAMES, 8)
     assert pool_frames(h, N_FRAMES, GRID, "spatial").shape == (2, *GRID, 8)
-    z = pool_frames(h[:, : 1 + 16], 1, GRID, "zscore_spatial")  # one frame: exactly z-scored over (space, d)
-    assert torch.allclose(z.mean(), torch.tensor(0.0), atol=1e-5) and abs(float(z[0].std()) - 1) < 1e-3
+    # one frame: exactly z-scored over (space, d)
+    z = pool_frames(h[:, : 1 + 16], 1, GRID, "zscore_spatial")
+    assert (
+        torch.allclose(z.mean(), torch.tensor(0.0), atol=1e-5) and abs(float(z[0].std()) - 1) < 1e-3
+    )
     torch.testing.assert_close(pool_frames(h, N_FRAMES, GRID, "mean"), h[:, 1:].mean(1))
 
 
@@ -114,7 +135,8 @@ def test_hook_point_names_are_what_capture_records(tiny_model):
     assert hist.shape == (3, 16) and torch.allclose(hist.sum(1), torch.ones(3))
 
 
-# ------------------------------------------------------------------------------------------ chunked capture
+# ------------------------------------------------------------------------------------------ chunked
+# capture
 def test_capture_writes_chunks_with_bounded_memory(tokens, tmp_path, tiny_model):
     model = tiny_model
     points = ["embedding", "blocks.1.resid"]
@@ -131,7 +153,8 @@ def test_capture_writes_chunks_with_bounded_memory(tokens, tmp_path, tiny_model)
     assert store.n_samples == n
     sizes = [c["n_samples"] for c in store.index["chunks"]]
     assert sizes == [5] * (n // 5) + ([n % 5] if n % 5 else [])
-    assert store.index["peak_buffered_samples"] <= 5 - 1 + 4  # never more than a chunk plus one batch in memory
+    # never more than a chunk plus one batch in memory
+    assert store.index["peak_buffered_samples"] <= 5 - 1 + 4
     assert len(list((tmp_path / "acts").glob("chunk-*.safetensors"))) == len(sizes)
     # the chunks hold what one forward over all windows gives, in order, with their meta
     every = torch.cat([b.tokens for b in iter_windows(tokens, "valid", batch_size=64)])

@@ -1,4 +1,5 @@
-"""bench/forecast.py's pure helpers (budgets, verdicts, table) on small dicts: no data, no training."""
+"""bench/forecast.py's pure helpers (budgets, verdicts, table) on small dicts: no data, no
+training."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def forecast():
 
 
 def scores(model, persistence, fno):
-    """A per-system entry with model/persistence/fno VRMSE at h = 1, 4, 8, 16 (given as 4-tuples; a 3-tuple's
-    h=16 repeats its h=8), raw = model and copy-tokens = 2 x model at h=1."""
+    """A per-system entry with model/persistence/fno VRMSE at h = 1, 4, 8, 16 (given as 4-tuples; a
+    3-tuple's h=16 repeats its h=8), raw = model and copy-tokens = 2 x model at h=1."""
     out = {}
     for i, h in enumerate((1, 4, 8, 16)):
         j = min(i, len(model) - 1)
@@ -36,16 +37,20 @@ def scores(model, persistence, fno):
 
 def test_headline_wins(forecast):
     per_system = {
-        "gray_scott2d@64": scores((0.1, 0.2, 0.3), (0.2, 0.3, 0.5), (0.05, 0.1, 0.2)),  # beats persistence
-        "navier_stokes2d@64": scores((0.5, 0.9, 1.1), (0.4, 0.9, 1.2), (0.6, 1.0, 1.3)),  # h8 win, persistence > 1
+        # beats persistence
+        "gray_scott2d@64": scores((0.1, 0.2, 0.3), (0.2, 0.3, 0.5), (0.05, 0.1, 0.2)),
+        # h8 win, persistence > 1
+        "navier_stokes2d@64": scores((0.5, 0.9, 1.1), (0.4, 0.9, 1.2), (0.6, 1.0, 1.3)),
         "wave2d@64": scores((0.3, 0.5, 0.7), (0.4, 0.6, 0.8), (0.2, 0.4, 0.6)),
         "burgers1d": scores((0.2, 0.3, 0.4), (0.1, 0.2, 0.3), (0.3, 0.4, 0.5)),
     }
     out = forecast.headline(per_system, 23.456)
     assert out["wins_persistence_1"] == ["gray_scott2d@64", "wave2d@64"]
-    assert out["wins_persistence_8"] == ["gray_scott2d@64", "wave2d@64"]  # NS: persistence_8 = 1.2 ≥ 1
+    # NS: persistence_8 = 1.2 ≥ 1
+    assert out["wins_persistence_8"] == ["gray_scott2d@64", "wave2d@64"]
     assert out["wins_fno_1"] == ["navier_stokes2d@64", "burgers1d"]
-    assert out["wins_persistence_16"] == ["gray_scott2d@64", "navier_stokes2d@64", "wave2d@64"]  # 1.2 < 1.5
+    # 1.2 < 1.5
+    assert out["wins_persistence_16"] == ["gray_scott2d@64", "navier_stokes2d@64", "wave2d@64"]
     assert out["raw_vs_copy_tokens_1"]["burgers1d"] == 0.5
     assert out["n_systems"] == 4
     assert out["frames_per_s"] == 23.46
@@ -60,7 +65,8 @@ def test_per_system_entry_uses_the_default_method(forecast):
     required = {"model_1", "model_4", "model_8", "persistence_1", "persistence_4", "persistence_8"}
     assert required | {"fno_1", "fno_8", "ceiling_1", "copy_tokens_1"} <= set(entry)
     assert {"raw_16", "model_16", "persistence_16", "fno_16"} <= set(entry)
-    assert forecast.per_system_entry(mean, "ar")["model_4"] == 0.4  # no refiner: the raw model is the default
+    # no refiner: the raw model is the default
+    assert forecast.per_system_entry(mean, "ar")["model_4"] == 0.4
 
 
 def test_system_labels(forecast):
@@ -79,11 +85,14 @@ def test_default_budget_fits_twenty_minutes(forecast):
     assert ours == pytest.approx(20 * 60 * forecast.OURS_FRACTION)
     rows = forecast.ablation_rows(forecast.DEFAULT_ABLATION_ROWS)
     training = forecast.planned_training_seconds(budgets, forecast.ablation_groups("ns32"), rows)
-    # data (~35 s), encoding, evaluation and frames/s need the rest: keep a fifth of the 20 minutes for them
+    # data (~35 s), encoding, evaluation and frames/s need the rest: keep a fifth of the 20 minutes
+    # for them
     assert training <= 0.8 * 20 * 60
     assert forecast.planned_training_seconds(budgets, []) == pytest.approx(2 * ours)
     # a stage flag is the total over groups
-    assert sum(b["ar"] for b in forecast.plan_budgets(20, ar_seconds=100).values()) == pytest.approx(100)
+    assert sum(
+        b["ar"] for b in forecast.plan_budgets(20, ar_seconds=100).values()
+    ) == pytest.approx(100)
 
 
 def test_ablation_choice(forecast):

@@ -62,8 +62,8 @@ def test_atomic_dir_and_publish_replace_whole_directories(tmp_path: Path) -> Non
 
 
 def test_outputs_are_group_readable_under_umask_022(tmp_path: Path) -> None:
-    """run.json, metrics.json, checkpoints and exports get the mode a plain write
-    would give (0644 under umask 022), not mkstemp's 0600: colleagues on a shared filesystem read them."""
+    """run.json, metrics.json, checkpoints and exports get the mode a plain write would give (0644
+    under umask 022), not mkstemp's 0600: colleagues on a shared filesystem read them."""
     from data_pipelines.atomic import atomic_write_bytes, atomic_write_text
     from physfm.core.model_config import ModelConfig
     from physfm.core.run_info import RunInfo
@@ -71,14 +71,25 @@ def test_outputs_are_group_readable_under_umask_022(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         RunInfo(
-            "ar", ModelConfig(), ["a"], n_context_frames=1, n_frames=2, tokenizer="t", tokenizer_fingerprint="f"
+            "ar",
+            ModelConfig(),
+            ["a"],
+            n_context_frames=1,
+            n_frames=2,
+            tokenizer="t",
+            tokenizer_fingerprint="f",
         ).write(tmp_path / "run")
         atomic_write_text(tmp_path / "run" / "metrics.json", "{}")
         atomic_write_bytes(tmp_path / "run" / "blob.bin", b"x")
         atomic_torch_save({"w": torch.ones(1)}, tmp_path / "run" / "step=1.ckpt")
         export_safetensors({"w": torch.ones(2)}, {"n": 1}, tmp_path / "export")
         files = [*(tmp_path / "run").iterdir(), *(tmp_path / "export").iterdir()]
-        assert {p.name for p in files} >= {"run.json", "metrics.json", "step=1.ckpt", "model.safetensors"}
+        assert {p.name for p in files} >= {
+            "run.json",
+            "metrics.json",
+            "step=1.ckpt",
+            "model.safetensors",
+        }
         for path in files:
             assert path.stat().st_mode & 0o777 == 0o644, path
         assert (tmp_path / "export").stat().st_mode & 0o777 == 0o755
@@ -93,10 +104,16 @@ def test_disk_full_names_the_target_and_keeps_the_old_file(tmp_path: Path, monke
 
     target = tmp_path / "metrics.json"
     target.write_text("old")
-    with pytest.raises(DiskFullError, match="metrics.json: not written, No space left") as info, atomic_path(target):
+    with (
+        pytest.raises(DiskFullError, match="metrics.json: not written, No space left") as info,
+        atomic_path(target),
+    ):
         raise OSError(errno.ENOSPC, "No space left on device")
     assert is_disk_full(info.value) and target.read_text() == "old"
-    with pytest.raises(CheckpointError, match="step=3.ckpt: not written"), atomic_file(tmp_path / "step=3.ckpt"):
+    with (
+        pytest.raises(CheckpointError, match="step=3.ckpt: not written"),
+        atomic_file(tmp_path / "step=3.ckpt"),
+    ):
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
@@ -167,7 +184,11 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 def test_lightning_ckpt_file_consolidates(tmp_path: Path) -> None:
     path = tmp_path / "step=3.ckpt"
-    state = {"model.w": torch.arange(4.0), "model.b": torch.ones(2, dtype=torch.bfloat16), "other.x": torch.ones(1)}
+    state = {
+        "model.w": torch.arange(4.0),
+        "model.b": torch.ones(2, dtype=torch.bfloat16),
+        "other.x": torch.ones(1),
+    }
     atomic_torch_save({"state_dict": state, "global_step": 3}, path)
     merged = consolidate_state_dict(path, strip_prefix="model.")
     assert sorted(merged) == ["b", "w"] and merged["b"].dtype == torch.float32  # full fp32
@@ -178,9 +199,14 @@ def test_lightning_ckpt_file_consolidates(tmp_path: Path) -> None:
 
 def test_export_roundtrip_with_tied_weights(tmp_path: Path) -> None:
     embed = torch.randn(5, 3)
-    state = {"embed.weight": embed, "head.weight": embed, "norm.scale": torch.ones(3)}  # tied: shared memory
+    # tied: shared memory
+    state = {"embed.weight": embed, "head.weight": embed, "norm.scale": torch.ones(3)}
     out = export_safetensors(state, {"n_layers": 2, "name": "tiny"}, tmp_path / "export")
-    assert sorted(p.name for p in out.iterdir()) == [COMPLETE_MARKER, "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        COMPLETE_MARKER,
+        "config.json",
+        "model.safetensors",
+    ]
     loaded, config = load_safetensors(out)
     assert config == {"n_layers": 2, "name": "tiny"}
     assert all(torch.equal(loaded[k], state[k]) for k in state)

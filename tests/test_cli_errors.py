@@ -1,5 +1,6 @@
-"""The CLI's error contract: an error in the user's input or environment (any PhysfmError) is one line
-``physfm VERB: error: MESSAGE`` with exit code 2; any other exception is a bug and keeps its traceback."""
+"""The CLI's error contract: an error in the user's input or environment (any PhysfmError) is one
+line ``physfm VERB: error: MESSAGE`` with exit code 2; any other exception is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def error_lines(err: str, verb: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("cls", [DataError, ConfigError, CheckpointError, SelectionError, InputError, UserError])
+@pytest.mark.parametrize(
+    "cls", [DataError, ConfigError, CheckpointError, SelectionError, InputError, UserError]
+)
 def test_every_user_error_class_derives_from_the_base(cls: type) -> None:
     assert issubclass(cls, PhysfmError)
     if cls is not UserError:
@@ -32,19 +35,40 @@ def test_every_user_error_class_derives_from_the_base(cls: type) -> None:
 
 def test_unknown_name_error_is_also_a_key_error_with_a_plain_message() -> None:
     err = UnknownNameError("unknown hook point 'x'")
-    assert isinstance(err, KeyError) and isinstance(err, PhysfmError) and str(err) == "unknown hook point 'x'"
+    assert (
+        isinstance(err, KeyError)
+        and isinstance(err, PhysfmError)
+        and str(err) == "unknown hook point 'x'"
+    )
 
 
 @pytest.mark.parametrize("flag", ["--ckpt", "--from"])
-def test_finetune_from_a_missing_checkpoint_is_one_line_and_exit_2(flag: str, tmp_path: Path, capsys) -> None:
-    args = ["finetune", "--config", "configs/finetune/tiny.yaml", flag, "/nonexistent", "--data", str(tmp_path)]
+def test_finetune_from_a_missing_checkpoint_is_one_line_and_exit_2(
+    flag: str, tmp_path: Path, capsys
+) -> None:
+    args = [
+        "finetune",
+        "--config",
+        "configs/finetune/tiny.yaml",
+        flag,
+        "/nonexistent",
+        "--data",
+        str(tmp_path),
+    ]
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     (line,) = error_lines(capsys.readouterr().err, "finetune")
     assert "/nonexistent" in line
 
 
 def test_an_unknown_config_key_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
-    args = ["pretrain", "--config", "configs/pretrain/tiny.yaml", "trainer.max_stepz=3", "--out", str(tmp_path / "r")]
+    args = [
+        "pretrain",
+        "--config",
+        "configs/pretrain/tiny.yaml",
+        "trainer.max_stepz=3",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(args) == 2
     (line,) = error_lines(capsys.readouterr().err, "pretrain")
     assert "trainer.max_stepz" in line and not (tmp_path / "r").exists()
@@ -90,7 +114,10 @@ def test_split_is_a_comma_list_also_accepted_repeated() -> None:
     assert parse_split([], "valid,test") == ["valid", "test"]
     assert parse_split(["--split", "test"], "valid,test") == ["test"]
     assert parse_split(["--split", "train,valid"], "test") == ["train", "valid"]
-    assert parse_split(["--split", "train", "--split", "valid", "--split", "train"], "test") == ["train", "valid"]
+    assert parse_split(["--split", "train", "--split", "valid", "--split", "train"], "test") == [
+        "train",
+        "valid",
+    ]
     assert parse_split([], None) is None
 
 

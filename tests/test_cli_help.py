@@ -1,5 +1,5 @@
-"""``--help`` says what every option is and what it defaults to; a count given as 0 is refused like any
-other count below 1 (never read as "not given", which would silently use the default)."""
+"""``--help`` says what every option is and what it defaults to; a count given as 0 is refused like
+any other count below 1 (never read as "not given", which would silently use the default)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def verb_help(capsys, *verb: str) -> str:
     with pytest.raises(SystemExit) as stop:
         main([*verb, "--help"])
     assert stop.value.code == 0
-    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare on single spaces
+    # argparse wraps lines: compare on single spaces
+    return " ".join(capsys.readouterr().out.split())
 
 
 def test_every_option_and_action_of_every_verb_has_help_text() -> None:
@@ -36,7 +37,11 @@ def test_every_option_and_action_of_every_verb_has_help_text() -> None:
             if isinstance(action, argparse._HelpAction):
                 continue
             if isinstance(action, argparse._SubParsersAction):
-                missing += [f"{parser.prog} {a.dest}" for a in action._choices_actions if not (a.help or "").strip()]
+                missing += [
+                    f"{parser.prog} {a.dest}"
+                    for a in action._choices_actions
+                    if not (a.help or "").strip()
+                ]
             elif not (action.help or "").strip():
                 missing.append(f"{parser.prog} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, f"options without help text: {missing}"
@@ -77,7 +82,18 @@ def stage_names() -> list[str]:
     [
         ["steer", "rollout", "--ckpt", "c", "--data", "d", "--direction", "f", "--horizon", "0"],
         ["steer", "rollout", "--ckpt", "c", "--data", "d", "--direction", "f", "--horizon", "-2"],
-        ["steer", "rollout", "--ckpt", "c", "--data", "d", "--direction", "f", "--max-windows", "0"],
+        [
+            "steer",
+            "rollout",
+            "--ckpt",
+            "c",
+            "--data",
+            "d",
+            "--direction",
+            "f",
+            "--max-windows",
+            "0",
+        ],
         ["rollout", "--ckpt", "c", "--data", "d", "--horizon", "0"],
         ["rollout", "--ckpt", "c", "--data", "d", "--horizon", "1", "--sampling-steps", "0"],
         ["evaluate", "--ckpt", "c", "--data", "d", "--top-k", "0"],
@@ -100,7 +116,12 @@ def test_steer_rollout_refuses_horizon_zero_as_a_library_call(tmp_path: Path) ->
     for horizon in (0, -2):  # refused before the direction or the model is read
         with pytest.raises(DataError, match=f"--horizon must be >= 1, got {horizon}"):
             steer_rollout(
-                tmp_path / "no-run", tmp_path / "no-data", tmp_path / "no-dir", [0.0], tmp_path, horizon=horizon
+                tmp_path / "no-run",
+                tmp_path / "no-data",
+                tmp_path / "no-dir",
+                [0.0],
+                tmp_path,
+                horizon=horizon,
             )
 
 

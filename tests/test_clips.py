@@ -1,5 +1,5 @@
-"""Clip shards: windows cut from clips equal windows cut from the HDF5 files, for any window; resume and
-rank-equal batches on clips; old window shards still load; storage near the raw size."""
+"""Clip shards: windows cut from clips equal windows cut from the HDF5 files, for any window; resume
+and rank-equal batches on clips; old window shards still load; storage near the raw size."""
 
 from __future__ import annotations
 
@@ -19,13 +19,26 @@ from data_pipelines.well_io import WellReader, list_split_files
 from tests.datagen import make_toy_dataset
 
 CLIPS = ClipSpec(frames=5)
-# Windows shorter and longer than a clip (and than a shard: 15 frames run over three or four shards).
-WINDOWS = [(1, 1, 1), (4, 1, 1), (3, 2, 2), (2, 3, 3), (8, 1, 2), (1, 8, 1), (2, 2, 7), (10, 5, 1), (20, 3, 1)]
+# Windows shorter and longer than a clip (and than a shard: 15 frames run over three or four
+# shards).
+WINDOWS = [
+    (1, 1, 1),
+    (4, 1, 1),
+    (3, 2, 2),
+    (2, 3, 3),
+    (8, 1, 2),
+    (1, 8, 1),
+    (2, 2, 7),
+    (10, 5, 1),
+    (20, 3, 1),
+]
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return make_toy_dataset(tmp_path_factory.mktemp("clips") / "toy", n_files=2, n_traj=2, n_steps=23)
+    return make_toy_dataset(
+        tmp_path_factory.mktemp("clips") / "toy", n_files=2, n_traj=2, n_steps=23
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +69,12 @@ def test_trajectories_span_shards(clip_shards, toy):
     assert manifest["layout"] == "clips" and manifest["version"] == 2
     shards = manifest["splits"]["train"]["shards"]
     assert len(shards) > 4
-    assert sum(first + n < n_steps for rec in shards for _, first, n, n_steps in rec["segments"]) > 4
+    assert (
+        sum(first + n < n_steps for rec in shards for _, first, n, n_steps in rec["segments"]) > 4
+    )
     stored = sum(n for rec in shards for _, _, n, _ in rec["segments"])
-    assert stored == 2 * 2 * 23  # every frame of the split once (2 files x 2 trajectories x 23 steps)
+    # every frame of the split once (2 files x 2 trajectories x 23 steps)
+    assert stored == 2 * 2 * 23
 
 
 @pytest.mark.parametrize("window", WINDOWS)
@@ -66,7 +82,10 @@ def test_trajectories_span_shards(clip_shards, toy):
 def test_windows_from_clips_equal_windows_from_hdf5(toy, clip_shards, window):
     spec = WindowSpec(*window)
     expected = raw_windows(toy, "train", spec)
-    got = {key(s["meta"]): np.concatenate([s["input"], s["output"]]) for s in iter_samples(clip_shards, "train", spec)}
+    got = {
+        key(s["meta"]): np.concatenate([s["input"], s["output"]])
+        for s in iter_samples(clip_shards, "train", spec)
+    }
     assert got.keys() == expected.keys()
     for k, frames in expected.items():
         np.testing.assert_array_equal(got[k], frames, err_msg=k)
@@ -75,10 +94,15 @@ def test_windows_from_clips_equal_windows_from_hdf5(toy, clip_shards, window):
     for batch in make_loader(
         str(clip_shards), "train", 3, window=window, shuffle=False, normalize=False, num_workers=2
     ):
-        assert batch["input"].shape[1:3] == (spec.n_input, 3) and batch["output"].shape[1] == spec.n_output
+        assert (
+            batch["input"].shape[1:3] == (spec.n_input, 3)
+            and batch["output"].shape[1] == spec.n_output
+        )
         for i, meta in enumerate(batch["meta"]):
             assert key(meta) not in seen
-            seen[key(meta)] = np.concatenate([batch["input"][i].numpy(), batch["output"][i].numpy()])
+            seen[key(meta)] = np.concatenate(
+                [batch["input"][i].numpy(), batch["output"][i].numpy()]
+            )
     assert seen.keys() == expected.keys()
     for k, frames in expected.items():
         np.testing.assert_array_equal(seen[k], frames, err_msg=k)
@@ -90,7 +114,9 @@ def test_manifest_counts_any_window(clip_shards):
     for window in WINDOWS:
         stream = WindowStream(str(clip_shards), "valid", 4, window=window)
         toy = Path(str(stream.manifest.datasets["toy"].source_dir))
-        assert sum(stream.dataset_sizes.values()) == len(raw_windows(toy, "valid", WindowSpec(*window)))
+        assert sum(stream.dataset_sizes.values()) == len(
+            raw_windows(toy, "valid", WindowSpec(*window))
+        )
 
 
 def test_a_window_longer_than_the_trajectories_has_none(clip_shards):
@@ -100,10 +126,20 @@ def test_a_window_longer_than_the_trajectories_has_none(clip_shards):
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_resume_and_equal_batches_per_rank_on_clips(clip_shards, workers):
-    kw = dict(window=(3, 2, 2), resampled=True, batches_per_epoch=7, seed=3, shuffle_buffer=8, num_workers=workers)
+    kw = dict(
+        window=(3, 2, 2),
+        resampled=True,
+        batches_per_epoch=7,
+        seed=3,
+        shuffle_buffer=8,
+        num_workers=workers,
+    )
 
     def keys(**extra):
-        return [[key(m) for m in b["meta"]] for b in make_loader(str(clip_shards), "train", 4, **kw, **extra)]
+        return [
+            [key(m) for m in b["meta"]]
+            for b in make_loader(str(clip_shards), "train", 4, **kw, **extra)
+        ]
 
     per_rank = [keys(rank=r, world_size=2) for r in range(2)]
     assert [len(k) for k in per_rank] == [7, 7] and per_rank[0] != per_rank[1]
@@ -125,13 +161,25 @@ def write_v1_shards(toy: Path, out: Path, spec: WindowSpec) -> None:
                     for traj in range(reader.n_trajectories):
                         frames = reader.frames(traj)
                         for s in spec.starts(reader.n_steps):
-                            meta = {"dataset": "toy", "source_file": path.name, "trajectory": traj, "start": s}
+                            meta = {
+                                "dataset": "toy",
+                                "source_file": path.name,
+                                "trajectory": traj,
+                                "start": s,
+                            }
                             members = {"input.npy": frames[s : s + spec.n_input], "meta.json": meta}
                             members["output.npy"] = frames[s + spec.n_input : s + spec.length]
-                            writer.write(f"{path.stem}_t{traj:05d}_s{s:06d}", members, dataset="toy")
+                            writer.write(
+                                f"{path.stem}_t{traj:05d}_s{s:06d}", members, dataset="toy"
+                            )
         records = [{**r, "path": f"{split}/{r['path']}"} for r in writer.records]
         splits[split] = {"shards": records, "n_samples": sum(r["n_samples"] for r in records)}
-    manifest = {"format": "physfm-shards", "version": 1, "n_input": spec.n_input, "n_output": spec.n_output}
+    manifest = {
+        "format": "physfm-shards",
+        "version": 1,
+        "n_input": spec.n_input,
+        "n_output": spec.n_output,
+    }
     manifest |= {"stride": spec.stride, "datasets": datasets, "splits": splits}
     (out / "manifest.json").write_text(json.dumps(manifest))
 
@@ -166,11 +214,23 @@ def test_clip_shards_store_each_frame_about_once(toy, tmp_path):
 
 @pytest.mark.slow
 def test_batches_held_by_the_caller_are_never_recycled(clip_shards):
-    """Workers reuse a shared batch buffer only once the main process has dropped every reference to it."""
-    kw = dict(window=(2, 1, 1), resampled=True, batches_per_epoch=40, seed=5, normalize=False, num_workers=2)
-    copied = [(b["input"].clone(), b["output"].clone()) for b in make_loader(str(clip_shards), "train", 4, **kw)]
+    """Workers reuse a shared batch buffer only once the main process has dropped every reference to
+    it."""
+    kw = dict(
+        window=(2, 1, 1),
+        resampled=True,
+        batches_per_epoch=40,
+        seed=5,
+        normalize=False,
+        num_workers=2,
+    )
+    copied = [
+        (b["input"].clone(), b["output"].clone())
+        for b in make_loader(str(clip_shards), "train", 4, **kw)
+    ]
     held = list(make_loader(str(clip_shards), "train", 4, **kw))  # every batch kept alive
-    views = [b["input"][0] for b in make_loader(str(clip_shards), "train", 4, **kw)]  # only a view of each kept
+    # only a view of each kept
+    views = [b["input"][0] for b in make_loader(str(clip_shards), "train", 4, **kw)]
     assert len(copied) == len(held) == len(views) == 40
     for (x, y), batch, view in zip(copied, held, views):
         assert torch.equal(batch["input"], x) and torch.equal(batch["output"], y)
@@ -192,7 +252,9 @@ def test_windows_across_shards_over_http_equal_local(clip_shards):
         kw = dict(window=(10, 5, 1), shuffle=False, normalize=False)
         remote = list(make_loader(url, "valid", 4, **kw))
         local = list(make_loader(str(clip_shards), "valid", 4, **kw))
-        assert [[key(m) for m in b["meta"]] for b in remote] == [[key(m) for m in b["meta"]] for b in local]
+        assert [[key(m) for m in b["meta"]] for b in remote] == [
+            [key(m) for m in b["meta"]] for b in local
+        ]
         assert sum(len(b["meta"]) for b in local) == 2 * 2 * (23 - 14)
         for a, b in zip(remote, local):
             assert torch.equal(a["input"], b["input"]) and torch.equal(a["output"], b["output"])

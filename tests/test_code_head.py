@@ -1,5 +1,6 @@
 """The FSQ-structured AR head and embedding (physfm/models/code_head.py) and rollout training
-(physfm/train/stability.py) on tiny models: copy-tokens at init, expected-code decoding, pushforward inputs."""
+(physfm/train/stability.py) on tiny models: copy-tokens at init, expected-code decoding, pushforward
+inputs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from physfm.models.trunk import ModelConfig
 from physfm.train.stability import code_noise, pushforward_inputs, shift_tokens
 
 LEVELS = [8, 5, 5, 5]
-TINY = dict(vocab_size=1000, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4)
+TINY = dict(
+    vocab_size=1000, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4
+)
 
 
 def digits_model(**overrides) -> PhysicsTransformer:
@@ -47,7 +50,9 @@ def test_expected_code_of_a_one_hot_distribution_is_the_argmax():
     head = DigitHead(LEVELS, 8, copy_bias=False)
     target = torch.randint(0, 1000, (50,), generator=torch.Generator().manual_seed(2))
     digits = ids_to_digits(target, LEVELS)
-    logits = torch.cat([torch.nn.functional.one_hot(digits[:, i], n) * 30.0 for i, n in enumerate(LEVELS)], -1)
+    logits = torch.cat(
+        [torch.nn.functional.one_hot(digits[:, i], n) * 30.0 for i, n in enumerate(LEVELS)], -1
+    )
     mode = head.sample(logits, 0.0, None, None, "mode")
     mean = head.sample(logits, 0.0, None, None, "mean")
     assert torch.equal(mode, target) and torch.equal(mean, target)
@@ -58,7 +63,8 @@ def test_expected_code_of_a_one_hot_distribution_is_the_argmax():
 
 def test_expected_code_lies_between_two_modes():
     head = DigitHead([8], 4, copy_bias=False)
-    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0]])  # levels 1 and 5 equally likely
+    # levels 1 and 5 equally likely
+    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0]])
     assert int(head.sample(logits, 0.0, None, None, "mean")) == 3
     assert int(head.sample(logits, 0.0, None, None, "mode")) in (1, 5)
 
@@ -80,7 +86,9 @@ def test_digit_head_trains_and_counts_its_parameters():
     loss.backward()
     assert torch.isfinite(loss) and model.lm_head.proj.weight.grad.abs().sum() > 0
     counts = count_params(model.config)
-    assert counts.total == model.num_params() and counts.non_embedding == model.num_params(non_embedding=True)
+    assert counts.total == model.num_params() and counts.non_embedding == model.num_params(
+        non_embedding=True
+    )
 
 
 def test_config_needs_levels_for_the_digit_head():
@@ -94,7 +102,8 @@ def test_config_needs_levels_for_the_digit_head():
 
 def test_pushforward_inputs_are_the_models_own_predictions():
     model = digits_model()
-    with torch.no_grad():  # move the model off copy-tokens so its predictions differ from its inputs
+    # move the model off copy-tokens so its predictions differ from its inputs
+    with torch.no_grad():
         model.lm_head.proj.weight.normal_(0, 1.0)
     idx = torch.randint(0, 1000, (3, 4 * 9), generator=torch.Generator().manual_seed(5))
     ids, rows = torch.zeros(3, dtype=torch.long), torch.tensor([True, False, True])
@@ -110,7 +119,13 @@ def test_pushforward_inputs_are_the_models_own_predictions():
 def test_rollout_training_step_runs():
     from physfm.train.module import ARModule
 
-    model = {**TINY, "grid_shape": [3, 3], "n_spatial_dims": 2, "prediction": "next_frame", "head": "digits"}
+    model = {
+        **TINY,
+        "grid_shape": [3, 3],
+        "n_spatial_dims": 2,
+        "prediction": "next_frame",
+        "head": "digits",
+    }
     module = ARModule(
         ModelConfig(**model, fsq_levels=LEVELS),
         {"lr": 1e-3},
@@ -132,8 +147,10 @@ def test_code_noise_and_shift_stay_on_the_code_grid():
     noisy = code_noise(idx, LEVELS, 1.0, 10, torch.Generator().manual_seed(0))
     assert torch.equal(noisy[:, :10], idx[:, :10])
     step = (ids_to_digits(noisy, LEVELS) - ids_to_digits(idx, LEVELS)).abs().sum(-1)
-    assert step.max() <= 1 and step[:, 10:].sum() > 0  # at most one level on one digit (clamped at the edges)
+    # at most one level on one digit (clamped at the edges)
+    assert step.max() <= 1 and step[:, 10:].sum() > 0
     tokens = torch.arange(2 * 3 * 4 * 5).view(2, 3, 4, 5)
     shifted = shift_tokens(tokens, [1, 5], torch.Generator().manual_seed(0))
     assert torch.equal(shifted.flatten(2).sort(-1).values, tokens.flatten(2).sort(-1).values)
-    assert torch.equal(shifted[..., 0].sort(-1).values, tokens[..., 0].sort(-1).values)  # last axis: steps of 5
+    # last axis: steps of 5
+    assert torch.equal(shifted[..., 0].sort(-1).values, tokens[..., 0].sort(-1).values)

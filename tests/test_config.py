@@ -69,7 +69,8 @@ def test_python_tags_are_refused(tmp_path):
 @dataclass
 class WithBadDefault:
     seed: int = 0
-    inner: Inner = field(default_factory=lambda: Inner(width=0))  # a default that validate() refuses
+    # a default that validate() refuses
+    inner: Inner = field(default_factory=lambda: Inner(width=0))
 
 
 def test_absent_section_is_validated(tmp_path):
@@ -131,7 +132,11 @@ def test_pretrain_absent_sections_take_defaults(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("data:\n  tokens: [toks]\n")
     cfg = load_pretrain_config(str(path))
-    assert (cfg.optim, cfg.trainer, cfg.strategy) == (OptimConfig(), TrainerConfig(), StrategyConfig())
+    assert (cfg.optim, cfg.trainer, cfg.strategy) == (
+        OptimConfig(),
+        TrainerConfig(),
+        StrategyConfig(),
+    )
 
 
 def test_pretrain_absent_strategy_section_given_bad_override(tmp_path):
@@ -189,7 +194,9 @@ def test_an_error_inside_an_include_names_the_included_file_and_line(tmp_path):
     (tmp_path / "broken_inner.yaml").write_text("width: 4\nname: [x\n")
     outer = tmp_path / "outer.yaml"
     outer.write_text("seed: 0\ninner:\n  include: inner.yaml\n")
-    with pytest.raises(ConfigError, match=r"^\S+/inner\.yaml:3:1: unknown config key inner\.widht "):
+    with pytest.raises(
+        ConfigError, match=r"^\S+/inner\.yaml:3:1: unknown config key inner\.widht "
+    ):
         load_config(Outer, outer)
     outer.write_text("seed: 0\ninner:\n  include: broken_inner.yaml\n")
     with pytest.raises(ConfigError, match=r"^\S+/broken_inner\.yaml:3:1: YAML syntax error"):
@@ -197,7 +204,9 @@ def test_an_error_inside_an_include_names_the_included_file_and_line(tmp_path):
     # A key the including file sets over the included one is the including file's.
     (tmp_path / "inner.yaml").write_text("width: 4\n")
     outer.write_text("seed: 0\ninner:\n  include: inner.yaml\n  width: oops\n")
-    with pytest.raises(ConfigError, match=r"^\S+/outer\.yaml:4:3: inner\.width: expected an integer"):
+    with pytest.raises(
+        ConfigError, match=r"^\S+/outer\.yaml:4:3: inner\.width: expected an integer"
+    ):
         load_config(Outer, outer)
 
 

@@ -1,4 +1,5 @@
-"""Conformance with the `the_well` package: we read its files, it reads ours (fields, BCs, stats.yaml)."""
+"""Conformance with the `the_well` package: we read its files, it reads ours (fields, BCs,
+stats.yaml)."""
 
 import h5py
 import numpy as np
@@ -37,14 +38,18 @@ def test_we_read_the_wells_dummy_file(tmp_path):
     data = read_well(path)
     np.testing.assert_array_equal(data.fields[1].data, vector)
     assert not data.fields[0].time_varying
-    np.testing.assert_array_equal({s.name: s for s in data.scalars}["time_varying_scalar"].data, scalar)
+    np.testing.assert_array_equal(
+        {s.name: s for s in data.scalars}["time_varying_scalar"].data, scalar
+    )
     assert [bc.bc_type for bc in data.boundary_conditions] == ["PERIODIC", "PERIODIC"]
 
 
 def write_our_dataset(root, n_files=2):
     """2D, a t0 field and a t1 field, 3 trajectories per file, written by our writer."""
     for i in range(n_files):
-        data = random_well_data(n_dims=2, n_traj=3, n_steps=8, size=6, seed=i, orders=(0, 1), constant_fields=False)
+        data = random_well_data(
+            n_dims=2, n_traj=3, n_steps=8, size=6, seed=i, orders=(0, 1), constant_fields=False
+        )
         data.boundary_conditions = [
             BoundaryCondition("x_periodic", "PERIODIC", ["x"]),
             BoundaryCondition("y_wall", "WALL", ["y"]),
@@ -56,11 +61,14 @@ def write_our_dataset(root, n_files=2):
 def test_the_well_reads_our_files(tmp_path):
     root = write_our_dataset(tmp_path)
     split = root / "data" / "train"
-    ds = the_well_data.WellDataset(path=str(split), n_steps_input=N_IN, n_steps_output=N_OUT, use_normalization=False)
+    ds = the_well_data.WellDataset(
+        path=str(split), n_steps_input=N_IN, n_steps_output=N_OUT, use_normalization=False
+    )
     windows = 8 - N_IN - N_OUT + 1
     assert len(ds) == 2 * 3 * windows
     assert ds.metadata.field_names[0] == ["u"] and ds.metadata.field_names[1] == ["v_x", "v_y"]
-    assert sorted(ds.metadata.constant_scalar_names) == ["Re", "nu"]  # parameters as constant scalars
+    # parameters as constant scalars
+    assert sorted(ds.metadata.constant_scalar_names) == ["Re", "nu"]
     readers = [WellReader(p) for p in sorted(split.glob("*.hdf5"))]
     for index in [0, 1, windows - 1, windows, 3 * windows + 2, len(ds) - 1]:
         file_idx, local = divmod(index, 3 * windows)
@@ -104,4 +112,6 @@ def test_the_well_normalises_with_our_stats(tmp_path, norm):
         want = (frames - per_channel["mean"][:, None, None]) / per_channel["std"][:, None, None]
     else:
         want = frames / per_channel["rms"][:, None, None]
-    np.testing.assert_allclose(sample["input_fields"].numpy(), np.moveaxis(want, 1, -1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        sample["input_fields"].numpy(), np.moveaxis(want, 1, -1), rtol=1e-4, atol=1e-5
+    )

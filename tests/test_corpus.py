@@ -1,5 +1,6 @@
-"""``physfm corpus`` and ``physfm simulate --list``: system selection, size presets, resume/skip logic,
-the per-dimensionality views, and a run killed at a random moment then finished by a rerun."""
+"""``physfm corpus`` and ``physfm simulate --list``: system selection, size presets, resume/skip
+logic, the per-dimensionality views, and a run killed at a random moment then finished by a
+rerun."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def staging_left(out: Path) -> list[Path]:
 
 
 def check_complete(out: Path) -> None:
-    """Every system validates, the shard set holds both, and a loader reads each dimensionality's view."""
+    """Every system validates, the shard set holds both, and a loader reads each dimensionality's
+    view."""
     from data_pipelines.loader import make_loader
     from data_pipelines.shards import read_manifest
 
@@ -82,10 +84,13 @@ def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
     assert any("already holds this corpus" in line for line in lines)
     assert (out / "shards" / "train" / "shard-000000.tar").stat().st_mtime_ns == first_shards
 
-    # A system whose marker is missing or holds another plan is redone; leftovers of a killed run go.
+    # A system whose marker is missing or holds another plan is redone; leftovers of a killed run
+    # go.
     (out / "done" / "wave2d.json").unlink()
     marker = out / "done" / "burgers1d.json"
-    marker.write_text(json.dumps({"plan": {**json.loads(marker.read_text())["plan"], "n_traj": 99}}))
+    marker.write_text(
+        json.dumps({"plan": {**json.loads(marker.read_text())["plan"], "n_traj": 99}})
+    )
     (out / "systems" / ".wave2d.abc123.tmp").mkdir()
     (out / ".shards.abc123.tmp").mkdir()
     (out / "done" / ".wave2d.json.abc.tmp").write_text("{")
@@ -97,7 +102,8 @@ def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
     assert any(line.startswith("sharded 2 system(s)") for line in lines)
     check_complete(out)
 
-    # A smaller selection reshards (only what was chosen) and drops the view of the missing dimension.
+    # A smaller selection reshards (only what was chosen) and drops the view of the missing
+    # dimension.
     lines.clear()
     manifest = build_corpus(out, systems=["wave2d"], size="tiny", log=lines.append)
     assert list(manifest["datasets"]) == ["wave2d"] and not (out / "shards-1d").exists()
@@ -105,7 +111,8 @@ def test_corpus_builds_then_skips_and_redoes_what_changed(tmp_path):
 
 @pytest.mark.slow
 def test_a_system_failing_validation_is_not_marked_done(tmp_path, monkeypatch):
-    """The workers are forked, so they see the patched validator: wave2d fails, burgers1d is kept."""
+    """The workers are forked, so they see the patched validator: wave2d fails, burgers1d is
+    kept."""
     import data_pipelines.validate
     from data_pipelines.validate import Problem
 
@@ -113,14 +120,20 @@ def test_a_system_failing_validation_is_not_marked_done(tmp_path, monkeypatch):
 
     def fail_wave2d(paths):
         if any(".wave2d." in str(p) for p in paths):
-            return [Problem("wave2d.hdf5", "t0_fields/pressure", "non-finite value at time index 3")]
+            return [
+                Problem("wave2d.hdf5", "t0_fields/pressure", "non-finite value at time index 3")
+            ]
         return real(paths)
 
     monkeypatch.setattr(data_pipelines.validate, "validate_paths", fail_wave2d)
     out = tmp_path / "corpus"
-    with pytest.raises(DataError, match="wave2d: simulated data fails validation: .*pressure.*non-finite"):
+    with pytest.raises(
+        DataError, match="wave2d: simulated data fails validation: .*pressure.*non-finite"
+    ):
         build(out, [], workers=2)
-    assert (out / "done" / "burgers1d.json").is_file() and not (out / "done" / "wave2d.json").exists()
+    assert (out / "done" / "burgers1d.json").is_file() and not (
+        out / "done" / "wave2d.json"
+    ).exists()
     assert not (out / "systems" / "wave2d").exists() and not (out / "shards").exists()
     assert staging_left(out) == []
     monkeypatch.setattr(data_pipelines.validate, "validate_paths", real)
@@ -164,29 +177,37 @@ def test_simulate_list_shows_every_system(capsys):
 
 @pytest.mark.slow
 def test_corpus_killed_at_random_moments_then_rerun(tmp_path):
-    """SIGKILL the run (the parent only: its workers must die with it) at seeded random fractions of an
-    uninterrupted run's time, each from an empty folder, then run it again: it completes, validates, and
-    leaves no staging behind."""
+    """SIGKILL the run (the parent only: its workers must die with it) at seeded random fractions of
+    an uninterrupted run's time, each from an empty folder, then run it again: it completes,
+    validates, and leaves no staging behind."""
     cmd = [sys.executable, "-m", "physfm.cli", "corpus", "--size", "tiny", "--workers", "2"]
     cmd += ["--systems", ",".join(TWO_SYSTEMS)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    subprocess.run([*cmd, "--out", str(tmp_path / "reference")], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*cmd, "--out", str(tmp_path / "reference")], env=env, check=True, capture_output=True
+    )
     full_s = time.perf_counter() - start
     rng = random.Random(24)
     interrupted = 0
     for attempt in range(3):
         out = tmp_path / f"corpus{attempt}"
-        proc = subprocess.Popen([*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         time.sleep(rng.uniform(0.1, 0.9) * full_s)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         interrupted += proc.returncode == -signal.SIGKILL
-        done = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         check_complete(out)
     assert interrupted, "no run was still going when killed: the delays missed"
-    again = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*cmd, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0 and "already holds this corpus" in again.stdout
 
 
@@ -208,27 +229,78 @@ def test_system_strips_script(tmp_path):
 
 @pytest.mark.slow
 def test_corpus_cpu_configs_pretrain_and_evaluate_every_2d_system(tmp_path, capsys):
-    """The documented path (README "Corpus"): corpus → tokenizer → encode → pretrain → evaluate, with the
-    two corpus_cpu configs and only size/step overrides; the report names every 2D system, and the
-    mixed 1D + 2D shard set is refused with the one-line explanation."""
+    """The documented path (README "Corpus"): corpus → tokenizer → encode → pretrain → evaluate,
+    with the two corpus_cpu configs and only size/step overrides; the report names every 2D system,
+    and the mixed 1D + 2D shard set is refused with the one-line explanation."""
     from physfm.cli import main
 
     root = Path(__file__).resolve().parents[1]
     corpus = tmp_path / "corpus"
-    build_corpus(corpus, systems=["burgers1d", "navier_stokes2d", "wave2d"], size="tiny", log=lambda _: None)
+    build_corpus(
+        corpus, systems=["burgers1d", "navier_stokes2d", "wave2d"], size="tiny", log=lambda _: None
+    )
     tok, tokens, run, report = (tmp_path / n for n in ("tok", "tokens", "pre", "eval"))
     tok_cfg = str(root / "configs/tokenizer/corpus_cpu.yaml")
     quick = ["trainer.max_steps=4", "trainer.max_time_s=0", "trainer.wandb=false"]
-    assert main(["tokenizer", "train", "--config", tok_cfg, f"data.shards={corpus}/shards", *quick]) == 2
+    assert (
+        main(["tokenizer", "train", "--config", tok_cfg, f"data.shards={corpus}/shards", *quick])
+        == 2
+    )
     assert "one tokenizer codes one dimensionality" in capsys.readouterr().err
     assert (
-        main(["tokenizer", "train", "--config", tok_cfg, f"data.shards={corpus}/shards-2d", f"out={tok}", *quick]) == 0
+        main(
+            [
+                "tokenizer",
+                "train",
+                "--config",
+                tok_cfg,
+                f"data.shards={corpus}/shards-2d",
+                f"out={tok}",
+                *quick,
+            ]
+        )
+        == 0
     )
-    assert main(["tokenizer", "encode", "--ckpt", str(tok), "--data", f"{corpus}/shards-2d", "--out", str(tokens)]) == 0
-    pre = [f"data.tokens=[{tokens}]", f"tokenizer={tok}", f"out={run}", "trainer.max_steps=2", "trainer.max_time_s=0"]
-    pre += ["trainer.logger=none", "trainer.progress_bar=false", "trainer.val_every=2", "data.num_workers=0"]
+    assert (
+        main(
+            [
+                "tokenizer",
+                "encode",
+                "--ckpt",
+                str(tok),
+                "--data",
+                f"{corpus}/shards-2d",
+                "--out",
+                str(tokens),
+            ]
+        )
+        == 0
+    )
+    pre = [
+        f"data.tokens=[{tokens}]",
+        f"tokenizer={tok}",
+        f"out={run}",
+        "trainer.max_steps=2",
+        "trainer.max_time_s=0",
+    ]
+    pre += [
+        "trainer.logger=none",
+        "trainer.progress_bar=false",
+        "trainer.val_every=2",
+        "data.num_workers=0",
+    ]
     assert main(["pretrain", "--config", str(root / "configs/pretrain/corpus_cpu.yaml"), *pre]) == 0
-    argv = ["evaluate", "--ckpt", str(run), "--data", f"{corpus}/shards-2d", "--horizons", "1", "--out", str(report)]
+    argv = [
+        "evaluate",
+        "--ckpt",
+        str(run),
+        "--data",
+        f"{corpus}/shards-2d",
+        "--horizons",
+        "1",
+        "--out",
+        str(report),
+    ]
     assert main(argv) == 0
     text = (report / "report.md").read_text()
     assert "navier_stokes2d" in text and "wave2d" in text and "burgers1d" not in text

@@ -1,6 +1,6 @@
-"""The diffusion variant: flow-matching loss falls on CPU, seeded sampling is deterministic and its cached
-ODE equals the plain forward, hooks work, pretrain/export/rollout/evaluate/probe/steer take the checkpoint,
-2-rank DeepSpeed ZeRO-2 training."""
+"""The diffusion variant: flow-matching loss falls on CPU, seeded sampling is deterministic and its
+cached ODE equals the plain forward, hooks work, pretrain/export/rollout/evaluate/probe/steer take
+the checkpoint, 2-rank DeepSpeed ZeRO-2 training."""
 
 from __future__ import annotations
 
@@ -40,12 +40,19 @@ def tiny_model(seed: int = 0, head_std: float = 0.1) -> LatentFlowTransformer:
     torch.manual_seed(seed)
     cfg = tiny_model_config(kind="diffusion", vocab_size=1000, max_frames=5)
     model = LatentFlowTransformer(cfg, DiffusionConfig(latent_dim=3)).eval()
-    torch.nn.init.normal_(model.head.weight, std=head_std)  # the zero-init head would make every sample noise
+    # the zero-init head would make every sample noise
+    torch.nn.init.normal_(model.head.weight, std=head_std)
     return model
 
 
 def overrides(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [*TINY, f"tokenizer={paths['tokenizer']}", f"data.shards=[{paths['shards']}]", f"out={out}", *extra]
+    return [
+        *TINY,
+        f"tokenizer={paths['tokenizer']}",
+        f"data.shards=[{paths['shards']}]",
+        f"out={out}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,8 @@ def tiny_paths(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def trained(tiny_paths, tmp_path_factory):
-    """The tiny tokenizer + field shards, and a diffusion model trained 40 steps on their latents."""
+    """The tiny tokenizer + field shards, and a diffusion model trained 40 steps on their
+    latents."""
     from physfm.train.pretrain import load_pretrain_config, run_pretrain
 
     root = tmp_path_factory.mktemp("diffusion_run")
@@ -82,7 +90,12 @@ def test_sampling_is_deterministic_given_a_seed():
     for sampler in ("euler", "heun"):
         runs = [
             model.sample_frames(
-                context, 2, ids, steps=3, sampler=sampler, generator=torch.Generator().manual_seed(seed)
+                context,
+                2,
+                ids,
+                steps=3,
+                sampler=sampler,
+                generator=torch.Generator().manual_seed(seed),
             )
             for seed in (7, 7, 8)
         ]
@@ -92,11 +105,14 @@ def test_sampling_is_deterministic_given_a_seed():
 
 
 def test_cached_ode_equals_the_plain_forward():
-    """The context is prefilled once into the KV cache; each ODE step must equal a full forward pass."""
+    """The context is prefilled once into the KV cache; each ODE step must equal a full forward
+    pass."""
     model, ids = tiny_model(), torch.tensor([1])
     context = torch.rand(1, 4, 4, 4, 3) * 2 - 1
     scale = model.diffusion.latent_scale
-    sampled = model.sample_frames(context, 1, ids, steps=2, sampler="heun", generator=torch.Generator().manual_seed(3))
+    sampled = model.sample_frames(
+        context, 1, ids, steps=2, sampler="heun", generator=torch.Generator().manual_seed(3)
+    )
     x = torch.randn((1, 1, 4, 4, 3), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for t0, t1 in ((0.0, 0.5), (0.5, 1.0)):
@@ -114,7 +130,8 @@ def test_context_never_sees_the_noisy_frame():
         model(context, noisy * 5, torch.tensor([0.9]), ids)
     a, b = acts["blocks.1.resid"]
     n_ctx_tokens = 1 + 3 * 16
-    torch.testing.assert_close(a[:, :n_ctx_tokens], b[:, :n_ctx_tokens])  # frame-causal: context unchanged
+    # frame-causal: context unchanged
+    torch.testing.assert_close(a[:, :n_ctx_tokens], b[:, :n_ctx_tokens])
     assert not torch.allclose(a[:, n_ctx_tokens:], b[:, n_ctx_tokens:])
 
 
@@ -125,10 +142,12 @@ def test_hook_points_steer_sampling():
     base = model.sample_frames(context, 1, ids, steps=2, generator=gen())
     with capture(model, ["embedding", "blocks.0.resid"]) as acts:
         model.sample_frames(context, 1, ids, steps=2, generator=gen())
-    assert [a.shape[1] for a in acts["blocks.0.resid"]] == [1 + 4 * 16, 16, 16]  # prefill, then one per step
+    # prefill, then one per step
+    assert [a.shape[1] for a in acts["blocks.0.resid"]] == [1 + 4 * 16, 16, 16]
     assert [a.shape[1] for a in acts["embedding"]] == [4 * 16, 16, 16]
     direction = torch.randn(32)
-    with add_to(model, "blocks.1.resid", lambda h, pos: (pos[:, :1] >= 4).to(h) * 5 * direction):  # noisy frame only
+    # noisy frame only
+    with add_to(model, "blocks.1.resid", lambda h, pos: (pos[:, :1] >= 4).to(h) * 5 * direction):
         steered = model.sample_frames(context, 1, ids, steps=2, generator=gen())
     assert not torch.allclose(base, steered)
 
@@ -140,7 +159,9 @@ def test_token_windows_read_as_their_fsq_codes():
     model, ids = tiny_model(), torch.tensor([0])
     model.diffusion.fsq_levels = [8, 5, 3]
     window = torch.randint(0, 8 * 5 * 3, (1, 5, 4, 4))
-    torch.testing.assert_close(model.codes_from_ids(window), FSQ([8, 5, 3]).indices_to_codes(window))
+    torch.testing.assert_close(
+        model.codes_from_ids(window), FSQ([8, 5, 3]).indices_to_codes(window)
+    )
     with capture(model, ["blocks.0.resid"]) as acts:
         v = model.forward_window(window, ids)
     assert v.shape == (1, 1, 4, 4, 3) and acts["blocks.0.resid"][0].shape == (1, 1 + 5 * 16, 32)
@@ -148,8 +169,9 @@ def test_token_windows_read_as_their_fsq_codes():
 
 @pytest.mark.slow
 def test_training_loss_falls_on_cpu():
-    """Plain optimisation of the flow-matching loss (no Lightning): the next frame is a fixed pattern per dataset,
-    learnable only through the dataset token and the noisy frame's own tokens."""
+    """Plain optimisation of the flow-matching loss (no Lightning): the next frame is a fixed
+    pattern per dataset, learnable only through the dataset token and the noisy frame's own
+    tokens."""
     model = tiny_model(head_std=0.0).train()
     gen = torch.Generator().manual_seed(0)
     context = torch.rand(8, 4, 4, 4, 3, generator=gen) * 2 - 1
@@ -158,7 +180,9 @@ def test_training_loss_falls_on_cpu():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(40):
-        loss = model.loss(context, patterns[ids], ids, generator=torch.Generator().manual_seed(step))
+        loss = model.loss(
+            context, patterns[ids], ids, generator=torch.Generator().manual_seed(step)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -166,7 +190,8 @@ def test_training_loss_falls_on_cpu():
     assert sum(losses[-10:]) < 0.85 * sum(losses[:10]), losses[::5]
 
 
-# ----------------------------------------------------------------------------- platform (slow: trains)
+# ----------------------------------------------------------------------------- platform (slow:
+# trains)
 @pytest.mark.slow
 def test_pretrain_loss_falls_and_run_is_complete(trained):
     _, run = trained
@@ -178,10 +203,15 @@ def test_pretrain_loss_falls_and_run_is_complete(trained):
     assert info["kind"] == "diffusion" and info["model"]["kind"] == "diffusion"
     assert info["diffusion"]["latent_dim"] == 2  # the fixture tokenizer's two FSQ levels
     assert (info["n_context_frames"], info["n_frames"]) == (4, 5)
-    assert metrics["tokens_trained"] == 40 * 8 * 5 * 4 * 4  # steps x batch x latent frames x the 4x4 latent grid
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step=0000020.ckpt", "step=0000040.ckpt"]
+    # steps x batch x latent frames x the 4x4 latent grid
+    assert metrics["tokens_trained"] == 40 * 8 * 5 * 4 * 4
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step=0000020.ckpt",
+        "step=0000040.ckpt",
+    ]
     state = torch.load(run / "checkpoints" / "step=0000040.ckpt", weights_only=True)["state_dict"]
-    assert not any(k.startswith("tokenizer") for k in state)  # the frozen tokenizer is not checkpointed
+    # the frozen tokenizer is not checkpointed
+    assert not any(k.startswith("tokenizer") for k in state)
 
 
 @pytest.mark.slow
@@ -200,9 +230,12 @@ def test_rollout_seeded_and_export_round_trip(trained, tmp_path):
     assert physfm(["export", "--ckpt", str(run), "--out", str(tmp_path / "exp")]) == 0
     exported = PhysicsModel.from_pretrained(tmp_path / "exp", sampling_steps=3)
     torch.testing.assert_close(exported.rollout(batch.context, 3, "waves", seed=5), a)
-    with pytest.raises(TypeError, match="temperature"):  # an AR option: not in a diffusion model's rollout
+    # an AR option: not in a diffusion model's rollout
+    with pytest.raises(TypeError, match="temperature"):
         pm.rollout(batch.context, 3, "waves", temperature=1.0)
-    with pytest.raises(ValueError, match=r"temperature \(--temperature\) apply to AR models; this is a diffusion"):
+    with pytest.raises(
+        ValueError, match=r"temperature \(--temperature\) apply to AR models; this is a diffusion"
+    ):
         pm.rollout_options(temperature=1.0, top_k=None)  # what evaluate asks before rolling out
     assert pm.rollout_options(temperature=0.0, top_k=None) == {}
     with pytest.raises(ValueError, match="refiner"):
@@ -212,7 +245,16 @@ def test_rollout_seeded_and_export_round_trip(trained, tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsys):
     paths, run = trained
-    common = ["--ckpt", str(run), "--data", str(paths["shards"]), "--max-windows", "3", "--sampling-steps", "2"]
+    common = [
+        "--ckpt",
+        str(run),
+        "--data",
+        str(paths["shards"]),
+        "--max-windows",
+        "3",
+        "--sampling-steps",
+        "2",
+    ]
     assert physfm(["evaluate", *common, "--horizons", "1,3", "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["methods"] == ["diffusion", "persistence", "copy_tokens", "tokenizer_ceiling"]
@@ -220,7 +262,21 @@ def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsy
     assert set(metrics["overall"]["diffusion"]) == {"1", "3"}
     assert "2 euler sampling step(s)" in (tmp_path / "ev" / "report.md").read_text()
     assert (tmp_path / "ev" / "rollout_waves.png").is_file()
-    assert physfm(["rollout", *common, "--sampler", "heun", "--horizon", "2", "--out", str(tmp_path / "ro")]) == 0
+    assert (
+        physfm(
+            [
+                "rollout",
+                *common,
+                "--sampler",
+                "heun",
+                "--horizon",
+                "2",
+                "--out",
+                str(tmp_path / "ro"),
+            ]
+        )
+        == 0
+    )
     from safetensors.torch import load_file
 
     pred = load_file(str(tmp_path / "ro" / "predictions" / "waves.safetensors"))
@@ -248,7 +304,8 @@ def test_evaluate_and_rollout_cli_accept_the_checkpoint(trained, tmp_path, capsy
 
 @pytest.mark.slow
 def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
-    """Token windows reach the diffusion model as their codes (forward_window), steering hooks its sampling."""
+    """Token windows reach the diffusion model as their codes (forward_window), steering hooks its
+    sampling."""
     from physfm.interp.steer import load_direction
 
     paths, run = trained
@@ -305,7 +362,8 @@ def test_probe_and_steer_accept_the_checkpoint(trained, tmp_path, capsys):
         == 0
     ), capsys.readouterr().err
     m = json.loads((out / "metrics.json").read_text())
-    assert m["alpha0_identical"] is True and m["n_windows"] == 3  # seeded sampling: α = 0 is the unsteered run
+    # seeded sampling: α = 0 is the unsteered run
+    assert m["alpha0_identical"] is True and m["n_windows"] == 3
     assert len(m["curves"]["probe speed"]["mean"]) == 3 and (out / "dose_response.png").is_file()
     steered = m["curves"]["probe speed"]["mean"]
     assert steered[0] != steered[2]  # the steering reached the samples
@@ -317,14 +375,19 @@ def test_config_errors_name_the_key(tiny_paths, tmp_path):
 
     paths = tiny_paths
     with pytest.raises(ConfigError, match="data.shards"):
-        load_pretrain_config(CONFIG, [*TINY, "data.shards=[]", "data.tokens=[x]", f"tokenizer={paths['tokenizer']}"])
+        load_pretrain_config(
+            CONFIG, [*TINY, "data.shards=[]", "data.tokens=[x]", f"tokenizer={paths['tokenizer']}"]
+        )
     with pytest.raises(ConfigError, match="diffusion.latent_dim=3"):
-        run_pretrain(load_pretrain_config(CONFIG, overrides(paths, tmp_path / "r", "diffusion.latent_dim=3")))
+        run_pretrain(
+            load_pretrain_config(CONFIG, overrides(paths, tmp_path / "r", "diffusion.latent_dim=3"))
+        )
     with pytest.raises(ConfigError, match="diffusion.sampling_steps"):
         load_pretrain_config(CONFIG, overrides(paths, tmp_path / "r", "diffusion.sampling_steps=0"))
 
 
-# ----------------------------------------------------------------------------- 2 ranks, DeepSpeed ZeRO-2
+# ----------------------------------------------------------------------------- 2 ranks, DeepSpeed
+# ZeRO-2
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_deepspeed_zero2_trains(trained, tmp_path):
@@ -356,7 +419,8 @@ def test_two_rank_deepspeed_zero2_trains(trained, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 12 and len(metrics["loss_history"]) >= 3
     ckpt = out / "checkpoints" / "step=0000012.ckpt"
-    assert ckpt.is_dir() and len(list(ckpt.rglob("*optim_states.pt"))) == 2  # one ZeRO shard per rank
+    # one ZeRO shard per rank
+    assert ckpt.is_dir() and len(list(ckpt.rglob("*optim_states.pt"))) == 2
     pm = PhysicsModel.from_pretrained(out, sampling_steps=1)  # consolidates the shards
     batch = next(iter(evaluation_windows(paths["shards"], "test", 1, batch_size=2)))
     assert torch.isfinite(pm.rollout(batch.context, 1, "waves")).all()

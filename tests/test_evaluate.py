@@ -1,4 +1,5 @@
-"""physfm evaluate: VRMSE equals The Well's, persistence beside every model number, report and plots written."""
+"""physfm evaluate: VRMSE equals The Well's, persistence beside every model number, report and plots
+written."""
 
 import json
 
@@ -45,7 +46,11 @@ def well_vrmse(pred, truth):
 def test_reported_vrmse_equals_the_wells_on_the_same_tensors(evaluated):
     paths, _, metrics = evaluated
     pm = PhysicsModel.from_pretrained(paths["export"])
-    windows = [b for b in evaluation_windows(paths["shards"], "test", 6, batch_size=8) if b.dataset == "waves"]
+    windows = [
+        b
+        for b in evaluation_windows(paths["shards"], "test", 6, batch_size=8)
+        if b.dataset == "waves"
+    ]
     truth = torch.cat([b.truth for b in windows]).double()
     context = torch.cat([b.context for b in windows]).double()
     model = pm.rollout(context, 6, "waves", batch_size=8).double()
@@ -62,7 +67,9 @@ def test_reported_vrmse_equals_the_wells_on_the_same_tensors(evaluated):
         theirs = well_vrmse(pred, truth).mean(0)  # [H, C], averaged over windows like ours
         for h in (1, 2, 6):
             for j, field in enumerate(["u", "vel_x", "vel_y"]):
-                assert fields[field][method][str(h)] == pytest.approx(float(theirs[h - 1, j]), rel=1e-4), (
+                assert fields[field][method][str(h)] == pytest.approx(
+                    float(theirs[h - 1, j]), rel=1e-4
+                ), (
                     method,
                     h,
                     field,
@@ -72,7 +79,8 @@ def test_reported_vrmse_equals_the_wells_on_the_same_tensors(evaluated):
 def test_persistence_and_baselines_beside_every_model_number(evaluated):
     _, out, metrics = evaluated
     assert metrics["methods"] == ["ar", *BASELINES]
-    assert metrics["n_windows"] == {"ripples": 10, "waves": 10}  # 2 trajectories × (14 - (4 + 6) + 1) windows
+    # 2 trajectories × (14 - (4 + 6) + 1) windows
+    assert metrics["n_windows"] == {"ripples": 10, "waves": 10}
     for name, d in metrics["vrmse"].items():
         for field, per in d["fields"].items():
             for method in metrics["methods"]:
@@ -95,7 +103,11 @@ def test_plots_written(evaluated):
     for name in ("vrmse_vs_horizon.png", "rollout_waves.png", "rollout_ripples.png"):
         assert (out / name).stat().st_size > 5000, name
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert set(metrics["figures"]) == {"vrmse_vs_horizon.png", "rollout_waves.png", "rollout_ripples.png"}
+    assert set(metrics["figures"]) == {
+        "vrmse_vs_horizon.png",
+        "rollout_waves.png",
+        "rollout_ripples.png",
+    }
 
 
 def test_report_calls_out_a_model_beating_persistence():
@@ -126,7 +138,10 @@ def test_evaluate_and_rollout_cli(evaluated, tmp_path, capsys):
     common = ["--ckpt", str(paths["export"]), "--data", str(paths["shards"]), "--max-windows", "3"]
     assert physfm(["evaluate", *common, "--horizons", "1,2", "--out", str(tmp_path / "ev")]) == 0
     assert "persistence" in capsys.readouterr().out
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_windows"] == {"ripples": 3, "waves": 3}
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_windows"] == {
+        "ripples": 3,
+        "waves": 3,
+    }
     assert physfm(["rollout", *common, "--horizon", "2", "--out", str(tmp_path / "ro")]) == 0
     from safetensors import safe_open
 
@@ -160,7 +175,8 @@ def test_quickstart_refine_and_evaluate_stages(evaluated, tmp_path, monkeypatch)
     refine = quickstart_eval.stage_refine(ctx)
     assert refine["steps"] == 20 and "valid_vrmse_refined" in refine
     result = quickstart_eval.stage_evaluate(ctx)
-    assert result["windows"] == 2 * quickstart_eval.EVAL_MAX_WINDOWS  # two datasets, capped per dataset
+    # two datasets, capped per dataset
+    assert result["windows"] == 2 * quickstart_eval.EVAL_MAX_WINDOWS
     assert {"ar_1", "ar_refined_2", "persistence_2"} <= set(result)
     assert all((tmp_path / path).is_file() for _, path in ctx.figures) and len(ctx.figures) == 3
     assert "spatial-mean predictor" in ctx.notes[0]
@@ -168,8 +184,8 @@ def test_quickstart_refine_and_evaluate_stages(evaluated, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("space", [(16, 16), (32,)])
 def test_rollout_strip_reads_as_a_table(tmp_path, monkeypatch, space):
-    """One panel per field; columns truth | methods | errors; rows the steps (capped); a colour bar for the field
-    and a zero-centred one for the errors (2D); the PNG is written."""
+    """One panel per field; columns truth | methods | errors; rows the steps (capped); a colour bar
+    for the field and a zero-centred one for the errors (2D); the PNG is written."""
     import physfm.eval.plots as plots
 
     shown = {}
@@ -182,7 +198,9 @@ def test_rollout_strip_reads_as_a_table(tmp_path, monkeypatch, space):
     monkeypatch.setattr(plots, "save_figure", keep_and_save)
     truth = torch.randn(10, 2, *space)
     preds = {"ar": truth + 0.1, "ar_refined": truth - 0.2}
-    path = plots.rollout_strip(truth, preds, ["u", "v"], tmp_path / "strip.png", title="t", max_rows=4)
+    path = plots.rollout_strip(
+        truth, preds, ["u", "v"], tmp_path / "strip.png", title="t", max_rows=4
+    )
     assert path.read_bytes()[:4] == b"\x89PNG"
     fig = shown["fig"]
     panels = fig.subfigs
@@ -202,7 +220,9 @@ def test_rollout_strip_reads_as_a_table(tmp_path, monkeypatch, space):
         assert len(bars) == 2
         error_image = cells[3].get_images()[0]
         lo, hi = error_image.get_clim()
-        assert lo == -hi and hi == pytest.approx(0.2, rel=1e-5)  # zero-centred, shared by both methods
-        assert cells[0].get_images()[0].get_clim() == cells[1].get_images()[0].get_clim()  # one scale per field
+        # zero-centred, shared by both methods
+        assert lo == -hi and hi == pytest.approx(0.2, rel=1e-5)
+        # one scale per field
+        assert cells[0].get_images()[0].get_clim() == cells[1].get_images()[0].get_clim()
     else:
         assert not bars and cells[0].get_ylim() == cells[1].get_ylim()

@@ -1,4 +1,5 @@
-"""physfm finetune: unseen fields end to end (1D lifted onto a 2D tokenizer, and 2D), exact resume, bad input."""
+"""physfm finetune: unseen fields end to end (1D lifted onto a 2D tokenizer, and 2D), exact resume,
+bad input."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def test_unseen_2d_fields_end_to_end_with_scratch(pretrained, tmp_path):
         "tokenizer_ceiling",
     }
     assert all(np.isfinite(v) and v > 0 for per in m["overall"].values() for v in per.values())
-    assert (out / "vrmse_vs_horizon.png").stat().st_size > 0 and "| persistence |" in (out / "report.md").read_text()
+    assert (out / "vrmse_vs_horizon.png").stat().st_size > 0 and "| persistence |" in (
+        out / "report.md"
+    ).read_text()
     # The adapted tokenizer kept the pretrained dataset bit-identical and added the new one.
     from tokenizer.checkpoint import load_tokenizer
 
@@ -76,9 +79,11 @@ def test_1d_dataset_on_2d_model_is_lifted(pretrained, tmp_path):
     out = run_finetune(config(pretrained, data, tmp_path / "run", "finetune.mode=freeze"))
     m = json.loads((out / "metrics.json").read_text())
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
-    assert manifest["datasets"]["waves1d"]["spatial_shape"] == [32, 4]  # lifted over a y axis of 4 cells
+    # lifted over a y axis of 4 cells
+    assert manifest["datasets"]["waves1d"]["spatial_shape"] == [32, 4]
     assert manifest["datasets"]["waves1d"]["channel_names"] == ["u", "vel_x"]
-    assert m["trainable_params"]["trainable"] < m["trainable_params"]["total"]  # freeze mode froze blocks
+    # freeze mode froze blocks
+    assert m["trainable_params"]["trainable"] < m["trainable_params"]["total"]
     assert m["overall"]["finetuned"]["1"] > 0
 
 
@@ -87,9 +92,13 @@ def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     full = run_finetune(config(pretrained, data, tmp_path / "full", "finetune.mode=lora"))
     resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed, ignore=shutil.ignore_patterns("step=0000006.ckpt", "model*", "metrics.json"))
+    shutil.copytree(
+        full, resumed, ignore=shutil.ignore_patterns("step=0000006.ckpt", "model*", "metrics.json")
+    )
     run_finetune(config(pretrained, data, resumed, "finetune.mode=lora"))
-    assert json.loads((resumed / "metrics.json").read_text())["train"]["resumed_from"].endswith("step=0000003.ckpt")
+    assert json.loads((resumed / "metrics.json").read_text())["train"]["resumed_from"].endswith(
+        "step=0000003.ckpt"
+    )
     a = safe_torch_load(full / "checkpoints" / "step=0000006.ckpt")["state_dict"]
     b = safe_torch_load(resumed / "checkpoints" / "step=0000006.ckpt")["state_dict"]
     assert any(k.endswith("lora_a") for k in a) and a.keys() == b.keys()
@@ -100,7 +109,8 @@ def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_deepspeed_zero2_finetune_with_scratch(pretrained, tmp_path):
-    """Both ranks run the verb; rank 0 alone shards, adapts the tokenizer and scores; both train twice."""
+    """Both ranks run the verb; rank 0 alone shards, adapts the tokenizer and scores; both train
+    twice."""
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     out = tmp_path / "ds"
     args = [
@@ -142,16 +152,25 @@ def test_rank_one_stops_with_rank_zeros_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(DataError, match="waited 1 s"):  # nothing from rank 0
         prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=1)
-    atomic_write_text(tmp_path / PREPARED, json.dumps({"launch": "an earlier launch", "result": {"old": 1}}))
+    atomic_write_text(
+        tmp_path / PREPARED, json.dumps({"launch": "an earlier launch", "result": {"old": 1}})
+    )
     with pytest.raises(DataError, match="waited 1 s"):  # a file an earlier launch left is not taken
         prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=1)
-    atomic_write_text(tmp_path / PREPARED, json.dumps({"launch": launch_id(), "error": "DataError: bad.hdf5: NaN"}))
-    with pytest.raises(DataError, match="rank 0 failed to prepare the fine-tune data: DataError: bad.hdf5: NaN"):
+    atomic_write_text(
+        tmp_path / PREPARED,
+        json.dumps({"launch": launch_id(), "error": "DataError: bad.hdf5: NaN"}),
+    )
+    with pytest.raises(
+        DataError, match="rank 0 failed to prepare the fine-tune data: DataError: bad.hdf5: NaN"
+    ):
         prepare_on_rank_zero(tmp_path, lambda: {}, timeout_s=5)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     seen = {}
-    result = prepare_on_rank_zero(tmp_path, lambda: seen.update(ws="WORLD_SIZE" in os.environ) or {"ok": True})
+    result = prepare_on_rank_zero(
+        tmp_path, lambda: seen.update(ws="WORLD_SIZE" in os.environ) or {"ok": True}
+    )
     assert result == {"ok": True} and seen == {"ws": False}  # rank 0 prepares as a single process
     assert os.environ["WORLD_SIZE"] == "2"  # and the launcher's variables come back
 
@@ -214,6 +233,10 @@ def test_lora_merge_reproduces_adapted_forward():
     idx, ids = torch.randint(0, 16, (2, 8)), torch.tensor([0, 1])
     plain = PhysicsTransformer(cfg)
     plain.load_state_dict(merge_lora_state(model.state_dict(), 8.0 / 4))
-    torch.testing.assert_close(plain(idx, (2, 2), ids)[0], model(idx, (2, 2), ids)[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        plain(idx, (2, 2), ids)[0], model(idx, (2, 2), ids)[0], atol=1e-5, rtol=1e-4
+    )
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.endswith(("lora_a", "lora_b")) or n.startswith("dataset_embedding") for n in trainable)
+    assert trainable and all(
+        n.endswith(("lora_a", "lora_b")) or n.startswith("dataset_embedding") for n in trainable
+    )

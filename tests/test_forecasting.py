@@ -1,5 +1,5 @@
-"""Forecasting levers end to end: conditional tokens and next-frame prediction through every verb, and the
-baselines they are scored against."""
+"""Forecasting levers end to end: conditional tokens and next-frame prediction through every verb,
+and the baselines they are scored against."""
 
 from __future__ import annotations
 
@@ -19,17 +19,21 @@ from tests.rollout_fixtures import build_tiny_model
 @pytest.fixture(scope="module")
 def conditional(tmp_path_factory) -> dict[str, Path]:
     """A tiny random conditional tokenizer + next-frame AR export over one 2D dataset ("waves")."""
-    return build_tiny_model(tmp_path_factory.mktemp("cond"), conditional=True, prediction="next_frame")
+    return build_tiny_model(
+        tmp_path_factory.mktemp("cond"), conditional=True, prediction="next_frame"
+    )
 
 
 def test_conditional_rollout_starts_from_the_true_last_frame(conditional):
-    """An AR model that predicts only "no change" tokens forecasts persistence exactly; copy-tokens and the
-    ceiling decode given true frames."""
+    """An AR model that predicts only "no change" tokens forecasts persistence exactly; copy-tokens
+    and the ceiling decode given true frames."""
     pm = PhysicsModel.from_pretrained(conditional["export"], refiner=False)
     assert pm.conditional
     batch = next(iter(evaluation_windows(conditional["shards"], "test", 3, max_windows=2)))
     no_change = pm.tokenizer.no_change_id
-    pm.generate_tokens = lambda ids, n, *a, **k: torch.full((ids.shape[0], n, *ids.shape[2:]), no_change)
+    pm.generate_tokens = lambda ids, n, *a, **k: torch.full(
+        (ids.shape[0], n, *ids.shape[2:]), no_change
+    )
     pred = pm.rollout(batch.context, 3, "waves")
     torch.testing.assert_close(pred, batch.context[:, -1:].expand_as(pred), rtol=1e-5, atol=1e-5)
     ceiling = pm.tokenizer_ceiling(batch.context, batch.truth, "waves")
@@ -39,7 +43,8 @@ def test_conditional_rollout_starts_from_the_true_last_frame(conditional):
 
 @pytest.mark.slow
 def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsys):
-    """tokenizer encode → pretrain (next-frame) → rollout, evaluate, refine, export, probe, steer, finetune."""
+    """tokenizer encode → pretrain (next-frame) → rollout, evaluate, refine, export, probe, steer,
+    finetune."""
     shards, tok = str(conditional["shards"]), str(conditional["tokenizer"])
     tokens, run = tmp_path / "tokens", tmp_path / "run"
 
@@ -55,7 +60,12 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
         "model.n_layer=2",
         "model.d_model=32",
     ]
-    model += ["model.n_head=2", "model.n_kv_head=1", "model.ffn_hidden=64", "model.prediction=next_frame"]
+    model += [
+        "model.n_head=2",
+        "model.n_kv_head=1",
+        "model.ffn_hidden=64",
+        "model.prediction=next_frame",
+    ]
     ok(
         "pretrain",
         "--config",
@@ -73,13 +83,46 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
         "optim.warmup_steps=1",
     )
     common = ["--ckpt", str(run), "--data", shards]
-    ok("refine", *common, "train.steps=3", "data.n_windows=2", "data.rollout_steps=2", "model.width=8")
-    ok("rollout", *common, "--horizon", "3", "--max-windows", "2", "--dtype", "bfloat16", "--out", str(tmp_path / "ro"))
-    ok("evaluate", *common, "--horizons", "1,3", "--max-windows", "2", "--out", str(tmp_path / "ev"))
+    ok(
+        "refine",
+        *common,
+        "train.steps=3",
+        "data.n_windows=2",
+        "data.rollout_steps=2",
+        "model.width=8",
+    )
+    ok(
+        "rollout",
+        *common,
+        "--horizon",
+        "3",
+        "--max-windows",
+        "2",
+        "--dtype",
+        "bfloat16",
+        "--out",
+        str(tmp_path / "ro"),
+    )
+    ok(
+        "evaluate",
+        *common,
+        "--horizons",
+        "1,3",
+        "--max-windows",
+        "2",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     improves = json.loads((run / "refiner" / "refiner.json").read_text())["improves"]
-    assert metrics["default_method"] == ("ar_refined" if improves else "ar")  # refined only where it helped
-    assert set(metrics["vrmse"]["waves"]["mean"]) >= {"ar", "ar_refined", "persistence", "copy_tokens"}
+    # refined only where it helped
+    assert metrics["default_method"] == ("ar_refined" if improves else "ar")
+    assert set(metrics["vrmse"]["waves"]["mean"]) >= {
+        "ar",
+        "ar_refined",
+        "persistence",
+        "copy_tokens",
+    }
     ok("export", "--ckpt", str(run), "--out", str(tmp_path / "export"))
     ok(
         "probe",
@@ -126,7 +169,8 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
         str(tmp_path / "steer"),
     )
     steered = json.loads((tmp_path / "steer" / "metrics.json").read_text())
-    assert steered["alpha0_identical"] is True  # the field-space rollout with α = 0 hooks is the plain rollout
+    # the field-space rollout with α = 0 hooks is the plain rollout
+    assert steered["alpha0_identical"] is True
     assert len(steered["curves"][f"probe {steered['target']}"]["mean"]) == 2
     finetune_data = conditional["data"]
     ok(
@@ -148,14 +192,17 @@ def test_every_verb_runs_on_a_conditional_tokenizer(conditional, tmp_path, capsy
 
 @pytest.mark.parametrize("conditional_tokens,n_context", [(False, 3), (True, 3), (True, 1)])
 def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens, n_context):
-    """Conditional token windows open with a key frame: the change tokens of frame 1 follow absolute codes,
-    a step no rollout from two or more context frames takes, so only frames >= 2 carry loss; plain tokens,
-    and a one-frame context (whose every rollout step starts from a key frame), learn every frame after the first."""
+    """Conditional token windows open with a key frame: the change tokens of frame 1 follow absolute
+    codes, a step no rollout from two or more context frames takes, so only frames >= 2 carry loss;
+    plain tokens, and a one-frame context (whose every rollout step starts from a key frame), learn
+    every frame after the first."""
     from physfm.models.ar import IGNORE_INDEX
     from physfm.models.trunk import ModelConfig
     from physfm.train.module import ARModule
 
-    model = dict(vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4)
+    model = dict(
+        vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, d_model=16, ffn_hidden=32, max_frames=4
+    )
     module = ARModule(
         ModelConfig(**model, grid_shape=[2, 2], n_spatial_dims=2, prediction="next_frame"),
         {"lr": 1e-3},
@@ -174,8 +221,9 @@ def test_next_frame_loss_skips_the_step_from_a_key_frame(conditional_tokens, n_c
 
 
 def test_bfloat16_rollout_is_close_to_float32(conditional):
-    """``dtype="bfloat16"`` (rollout/evaluate --dtype) runs the transformer in bf16: same shapes, forecasts
-    close to float32's (greedy argmax may round a near-tie the other way), steering hooks still apply."""
+    """``dtype="bfloat16"`` (rollout/evaluate --dtype) runs the transformer in bf16: same shapes,
+    forecasts close to float32's (greedy argmax may round a near-tie the other way), steering hooks
+    still apply."""
     from physfm.interp.hooks import add_to
 
     batch = next(iter(evaluation_windows(conditional["shards"], "test", 2, max_windows=2)))
@@ -185,7 +233,8 @@ def test_bfloat16_rollout_is_close_to_float32(conditional):
     a, b = fp32.rollout(batch.context, 2, "waves"), bf16.rollout(batch.context, 2, "waves")
     assert a.shape == b.shape and b.dtype == torch.float32 and torch.isfinite(b).all()
     assert (a - b).abs().mean() < 0.1 * a.abs().mean() + 1e-6
-    with add_to(bf16.model, "blocks.0.resid", lambda h, pos: torch.ones(h.shape[-1])):  # a float32 direction
+    # a float32 direction
+    with add_to(bf16.model, "blocks.0.resid", lambda h, pos: torch.ones(h.shape[-1])):
         assert torch.isfinite(bf16.rollout(batch.context, 2, "waves")).all()
     with pytest.raises(InputError, match="dtype 'float16': expected one of float32, bfloat16"):
         PhysicsModel.from_pretrained(conditional["export"], dtype="float16")
@@ -193,9 +242,10 @@ def test_bfloat16_rollout_is_close_to_float32(conditional):
 
 @pytest.mark.slow
 def test_next_frame_model_after_100_steps_is_near_copy_tokens(tmp_path):
-    """The floor the design promises: the quickstart's systems and pipeline (conditional tokenizer, next-frame
-    tiny model; at 32² so that it fits the suite), and after 100 optimizer steps the model's next-frame VRMSE
-    is within 10 % of copy-tokens (where the untrained model starts) or better, on each dataset."""
+    """The floor the design promises: the quickstart's systems and pipeline (conditional tokenizer,
+    next-frame tiny model; at 32² so that it fits the suite), and after 100 optimizer steps the
+    model's next-frame VRMSE is within 10 % of copy-tokens (where the untrained model starts) or
+    better, on each dataset."""
     from data_pipelines.config import load_config
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.simulators import simulate_dataset
@@ -210,16 +260,43 @@ def test_next_frame_model_after_100_steps_is_near_copy_tokens(tmp_path):
     ]
     shards, tokens, run = tmp_path / "shards", tmp_path / "tokens", tmp_path / "ar"
     shard_datasets(dirs, shards, WindowSpec(4, 1, 1), workers=1, overwrite=True)
-    overrides = [f"data.shards={shards}", f"out={tmp_path / 'tok'}", "trainer.max_steps=300", "trainer.max_time_s=0"]
+    overrides = [
+        f"data.shards={shards}",
+        f"out={tmp_path / 'tok'}",
+        "trainer.max_steps=300",
+        "trainer.max_time_s=0",
+    ]
     overrides += ["trainer.wandb=false", "data.val_batches=0", "trainer.verbose=false"]
-    tok = train_tokenizer(load_config(TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml", overrides))
+    tok = train_tokenizer(
+        load_config(TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml", overrides)
+    )
     encode_shards(tok, shards, tokens, splits=["train"])
-    pretrain = ["pretrain", "--config", "configs/pretrain/tiny.yaml", f"data.tokens=[{tokens}]", f"tokenizer={tok}"]
-    pretrain += [f"out={run}", "model.grid_shape=[8,8]", "trainer.max_steps=100", "trainer.checkpoint_every=100"]
-    pretrain += ["trainer.logger=csv", "trainer.progress_bar=false", "data.num_workers=0", "data.val_batches=0"]
+    pretrain = [
+        "pretrain",
+        "--config",
+        "configs/pretrain/tiny.yaml",
+        f"data.tokens=[{tokens}]",
+        f"tokenizer={tok}",
+    ]
+    pretrain += [
+        f"out={run}",
+        "model.grid_shape=[8,8]",
+        "trainer.max_steps=100",
+        "trainer.checkpoint_every=100",
+    ]
+    pretrain += [
+        "trainer.logger=csv",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+        "data.val_batches=0",
+    ]
     assert physfm(pretrain) == 0
     pm = PhysicsModel.from_pretrained(run, refiner=False)
-    scores, _ = score_windows(pm, shards, "test", 1, methods=("ar", "copy_tokens", "persistence"), max_windows=16)
+    scores, _ = score_windows(
+        pm, shards, "test", 1, methods=("ar", "copy_tokens", "persistence"), max_windows=16
+    )
     for name, d in summarize(scores, [1])["vrmse"].items():
         model, copy = d["mean"]["ar"]["1"], d["mean"]["copy_tokens"]["1"]
-        assert model <= 1.1 * copy, f"{name}: next-frame model {model:.3f} vs copy-tokens {copy:.3f} after 100 steps"
+        assert model <= 1.1 * copy, (
+            f"{name}: next-frame model {model:.3f} vs copy-tokens {copy:.3f} after 100 steps"
+        )

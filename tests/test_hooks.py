@@ -14,12 +14,16 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def model() -> PhysicsTransformer:
-    return tiny_ar_model(vocab_size=40, n_layer=3, n_head=4, n_kv_head=2, max_frames=4, n_spatial_dims=3)
+    return tiny_ar_model(
+        vocab_size=40, n_layer=3, n_head=4, n_kv_head=2, max_frames=4, n_spatial_dims=3
+    )
 
 
 def test_hook_point_names_follow_the_module_names(model):
     points = hook_points(model)
-    expected = {"embedding"} | {f"blocks.{i}.{p}" for i in range(3) for p in ("resid", "attn_out", "mlp_out")}
+    expected = {"embedding"} | {
+        f"blocks.{i}.{p}" for i in range(3) for p in ("resid", "attn_out", "mlp_out")
+    }
     assert set(points) == expected
     modules = dict(model.named_modules())
     assert points["embedding"] is modules["tok_embedding"]
@@ -37,7 +41,9 @@ def test_capture_returns_activations_of_the_right_shape(model):
     for name in names[1:]:
         assert len(acts[name]) == 1 and acts[name][0].shape == (2, 1 + 32, 32)
     # The residual stream after block 1 is block 1's input plus its attention and MLP outputs.
-    with capture(model, ["blocks.0.resid", "blocks.1.resid", "blocks.1.attn_out", "blocks.1.mlp_out"]) as acts:
+    with capture(
+        model, ["blocks.0.resid", "blocks.1.resid", "blocks.1.attn_out", "blocks.1.mlp_out"]
+    ) as acts:
         model(idx, (4, 4), torch.tensor([0, 1]))
     rebuilt = acts["blocks.0.resid"][0] + acts["blocks.1.attn_out"][0] + acts["blocks.1.mlp_out"][0]
     assert torch.allclose(rebuilt, acts["blocks.1.resid"][0], atol=1e-5)

@@ -1,6 +1,6 @@
-"""The package layout holds: imports flow data_pipelines → tokenizer → physfm, and inside physfm from the
-lower subpackages to the higher ones, with no import cycle between modules (imports anywhere in a file
-count, function bodies included)."""
+"""The package layout holds: imports flow data_pipelines → tokenizer → physfm, and inside physfm
+from the lower subpackages to the higher ones, with no import cycle between modules (imports
+anywhere in a file count, function bodies included)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["data_pipelines", "tokenizer", "physfm"]  # lowest first
 # physfm's subpackages, lowest first: a module may import its own subpackage and the ones before it.
-SUBPACKAGES = ["core", "models", "inference", "eval", "train", "interp", "quickstart", "view", "cli"]
+SUBPACKAGES = [
+    "core",
+    "models",
+    "inference",
+    "eval",
+    "train",
+    "interp",
+    "quickstart",
+    "view",
+    "cli",
+]
 
 
 def module_name(path: Path) -> str:
@@ -25,7 +35,8 @@ def all_modules() -> dict[str, Path]:
 
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
-    """(imported first-party module, line, at module level) for every import statement of the file."""
+    """(imported first-party module, line, at module level) for every import statement of the
+    file."""
     tree = ast.parse(path.read_text(), filename=str(path))
     top_level = {id(node) for node in tree.body}
     is_package = path.name == "__init__.py"
@@ -40,7 +51,10 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[st
                 anchor = anchor[: len(anchor) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             # `from pkg import sub` imports the submodule when there is one
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                for alias in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -63,7 +77,11 @@ GRAPH = {name: imports_of(name, path, MODULES) for name, path in MODULES.items()
 
 
 def test_every_physfm_module_lives_in_a_known_subpackage():
-    loose = [m for m in MODULES if m.startswith("physfm.") and m.count(".") == 1 and m.split(".")[1] not in SUBPACKAGES]
+    loose = [
+        m
+        for m in MODULES
+        if m.startswith("physfm.") and m.count(".") == 1 and m.split(".")[1] not in SUBPACKAGES
+    ]
     assert not loose, f"modules outside physfm's subpackages {SUBPACKAGES}: {loose}"
 
 
@@ -74,7 +92,9 @@ def test_no_upward_import(name):
     if name == "physfm":
         return
     upward = [
-        f"{target} (line {line})" for target, line, _ in GRAPH[name] if target != "physfm" and rank(target) > rank(name)
+        f"{target} (line {line})"
+        for target, line, _ in GRAPH[name]
+        if target != "physfm" and rank(target) > rank(name)
     ]
     assert not upward, f"{name} imports a higher layer: {upward}"
 
@@ -101,8 +121,9 @@ def test_no_import_cycle():
 
 
 def test_physfm_imports_sit_at_module_level():
-    """First-party imports inside physfm's functions hide its dependency graph; only the CLI's verb functions
-    import lazily (they pull torch and Lightning, and ``physfm --help`` must start at once)."""
+    """First-party imports inside physfm's functions hide its dependency graph; only the CLI's verb
+    functions import lazily (they pull torch and Lightning, and ``physfm --help`` must start at
+    once)."""
     hidden = [
         f"{name}:{line} imports {target}"
         for name, edges in GRAPH.items()

@@ -1,4 +1,5 @@
-"""Streaming loader: determinism, rank/worker split, resampling, resume, mixing, normalisation, errors."""
+"""Streaming loader: determinism, rank/worker split, resampling, resume, mixing, normalisation,
+errors."""
 
 from __future__ import annotations
 
@@ -27,13 +28,19 @@ def shards(tmp_path_factory) -> Path:
 
 
 def keys_of(loader) -> list[list[str]]:
-    return [[f"{m['source_file']}/{m['trajectory']}/{m['start']}" for m in b["meta"]] for b in loader]
+    return [
+        [f"{m['source_file']}/{m['trajectory']}/{m['start']}" for m in b["meta"]] for b in loader
+    ]
 
 
 def test_sequential_reads_every_window_once(shards):
     n = read_manifest(shards)["splits"]["valid"]["n_samples"]
     batches = list(make_loader(str(shards), "valid", 8, shuffle=False))
-    keys = [f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}" for b in batches for m in b["meta"]]
+    keys = [
+        f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}"
+        for b in batches
+        for m in b["meta"]
+    ]
     assert len(keys) == n and len(set(keys)) == n
     for b in batches:  # a batch holds one dataset: it stacks into one tensor
         assert {m["dataset"] for m in b["meta"]} == {b["dataset"]}
@@ -65,7 +72,14 @@ def test_resampled_gives_fixed_batch_count_per_rank(shards, workers):
     counts, streams = [], []
     for rank in range(3):
         loader = make_loader(
-            str(shards), "train", 4, num_workers=workers, resampled=True, batches_per_epoch=5, rank=rank, world_size=3
+            str(shards),
+            "train",
+            4,
+            num_workers=workers,
+            resampled=True,
+            batches_per_epoch=5,
+            rank=rank,
+            world_size=3,
         )
         keys = keys_of(loader)
         counts.append(len(keys))
@@ -74,7 +88,9 @@ def test_resampled_gives_fixed_batch_count_per_rank(shards, workers):
     assert streams[0] != streams[1] != streams[2]
 
 
-@pytest.mark.parametrize("workers,resampled", [pytest.param(2, True, marks=pytest.mark.slow), (0, True), (0, False)])
+@pytest.mark.parametrize(
+    "workers,resampled", [pytest.param(2, True, marks=pytest.mark.slow), (0, True), (0, False)]
+)
 def test_resume_continues_the_same_stream(shards, workers, resampled):
     kw = dict(num_workers=workers, resampled=resampled, seed=7, shuffle_buffer=8)
     if resampled:
@@ -90,20 +106,35 @@ def test_sequential_split_by_rank_is_disjoint_and_complete(shards):
     seen = []
     for rank in range(2):
         for b in make_loader(str(shards), "train", 4, rank=rank, world_size=2, num_workers=2):
-            seen += [f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}" for m in b["meta"]]
+            seen += [
+                f"{m['dataset']}/{m['source_file']}/{m['trajectory']}/{m['start']}"
+                for m in b["meta"]
+            ]
     assert len(seen) == n and len(set(seen)) == n
 
 
 def test_dataset_weights_mix(shards):
     batches = list(
         make_loader(
-            str(shards), "train", 2, resampled=True, batches_per_epoch=60, dataset_weights={"alpha": 3.0, "beta": 1.0}
+            str(shards),
+            "train",
+            2,
+            resampled=True,
+            batches_per_epoch=60,
+            dataset_weights={"alpha": 3.0, "beta": 1.0},
         )
     )
     frac = sum(b["dataset"] == "alpha" for b in batches) / len(batches)
     assert 0.6 < frac < 0.9
     only = list(
-        make_loader(str(shards), "train", 2, resampled=True, batches_per_epoch=5, dataset_weights={"beta": 1.0})
+        make_loader(
+            str(shards),
+            "train",
+            2,
+            resampled=True,
+            batches_per_epoch=5,
+            dataset_weights={"beta": 1.0},
+        )
     )
     assert {b["dataset"] for b in only} == {"beta"}
     with pytest.raises(DataError, match="unknown dataset 'gamma'"):
@@ -155,13 +186,16 @@ def test_pipe_url(shards):
 
 
 def test_pretraining_default_buffer_mixes_a_split_written_in_file_order(tmp_path):
-    """A shard set lists its windows file by file (here two files of 360 windows each). With a shuffle
-    buffer smaller than a file, training batches would come from one file for a long stretch, then the
-    other — a drifting stream that the model chases (the ns32 tokens showed whole-regime 30-step
-    stretches at 256). The pretraining default must mix both files in every short stretch."""
+    """A shard set lists its windows file by file (here two files of 360 windows each). With a
+    shuffle buffer smaller than a file, training batches would come from one file for a long
+    stretch, then the other — a drifting stream that the model chases (the ns32 tokens showed
+    whole-regime 30-step stretches at 256). The pretraining default must mix both files in every
+    short stretch."""
     from physfm.train.config import TokenDataConfig
 
-    data = make_toy_dataset(tmp_path / "two", "two", n_files=2, n_traj=10, n_steps=40, resolution=4, splits=("train",))
+    data = make_toy_dataset(
+        tmp_path / "two", "two", n_files=2, n_traj=10, n_steps=40, resolution=4, splits=("train",)
+    )
     shards = tmp_path / "shards"
     shard_datasets([data], shards, WindowSpec(4, 1, 1))
     n_windows = read_manifest(shards)["splits"]["train"]["n_samples"]
@@ -169,7 +203,13 @@ def test_pretraining_default_buffer_mixes_a_split_written_in_file_order(tmp_path
 
     def first_file_share(buffer: int) -> list[float]:
         loader = make_loader(
-            str(shards), "train", 8, seed=0, resampled=True, batches_per_epoch=120, shuffle_buffer=buffer
+            str(shards),
+            "train",
+            8,
+            seed=0,
+            resampled=True,
+            batches_per_epoch=120,
+            shuffle_buffer=buffer,
         )
         first = [sum(m["source_file"].endswith("_0.hdf5") for m in b["meta"]) / 8 for b in loader]
         return [sum(first[k : k + 10]) / 10 for k in range(0, len(first), 10)]

@@ -1,4 +1,5 @@
-"""Two real gloo ranks read the same shard set: disjoint windows, and equal batch counts when resampled."""
+"""Two real gloo ranks read the same shard set: disjoint windows, and equal batch counts when
+resampled."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_two_ranks_get_disjoint_windows_and_equal_batches(tmp_path):
     seq = [set(r["sequential"]["keys"]) for r in ranks]
     assert not seq[0] & seq[1]  # no window read by both ranks
     assert len(seq[0] | seq[1]) == manifest["splits"]["train"]["n_samples"]  # and none lost
-    assert ranks[0]["sequential"]["n_batches"] != ranks[1]["sequential"]["n_batches"]  # why resampling exists
+    # why resampling exists
+    assert ranks[0]["sequential"]["n_batches"] != ranks[1]["sequential"]["n_batches"]
 
     assert [r["resampled"]["n_batches"] for r in ranks] == [7, 7]
     assert ranks[0]["resampled"]["keys"] != ranks[1]["resampled"]["keys"]

@@ -1,4 +1,5 @@
-"""The typed shard manifest: round trip, older manifests, clear errors, and the token set's tokenizer."""
+"""The typed shard manifest: round trip, older manifests, clear errors, and the token set's
+tokenizer."""
 
 from __future__ import annotations
 
@@ -36,16 +37,26 @@ def field_manifest(**changes) -> dict:
         "stride": 1,
         "corpus_plan": [{"system": "waves"}],
         "datasets": {
-            "waves": {"channel_names": ["u"], "spatial_shape": [8, 8], "stats": {"mean": [0.0], "std": [1.0]}}
+            "waves": {
+                "channel_names": ["u"],
+                "spatial_shape": [8, 8],
+                "stats": {"mean": [0.0], "std": [1.0]},
+            }
         },
-        "splits": {"train": {"n_samples": 3, "shards": [{"path": "train/shard-000000.tar", "n_samples": 3}]}},
+        "splits": {
+            "train": {
+                "n_samples": 3,
+                "shards": [{"path": "train/shard-000000.tar", "n_samples": 3}],
+            }
+        },
     }
     return {**data, **changes}
 
 
 def test_round_trip_keeps_every_key(tmp_path):
     data = field_manifest()
-    data["datasets"]["waves"]["fields"] = [{"name": "u", "order": 0}]  # a key the reader does not model
+    # a key the reader does not model
+    data["datasets"]["waves"]["fields"] = [{"name": "u", "order": 0}]
     manifest = Manifest.from_json(data, "m.json")
     manifest.write(tmp_path)
     again = Manifest.load(tmp_path)
@@ -54,7 +65,8 @@ def test_round_trip_keeps_every_key(tmp_path):
     assert again.kind == FIELDS and again.layout == CLIPS and again.window == WindowSpec(4, 1, 1)
     assert again.datasets["waves"].extra["fields"] == [{"name": "u", "order": 0}]
     assert again.corpus_plan == [{"system": "waves"}]
-    assert read_manifest(tmp_path) == again.to_json()  # the public dict form goes through the same reader
+    # the public dict form goes through the same reader
+    assert read_manifest(tmp_path) == again.to_json()
     assert not list(tmp_path.glob(".tmp*"))  # written by rename
 
 
@@ -63,7 +75,8 @@ def test_older_manifests_load(tmp_path):
 
     old_tokens = make_token_shards(tmp_path / "tokens", n_windows=4, n_shards=1)
     raw = json.loads((old_tokens / "manifest.json").read_text())
-    for key in ("kind", "tokenizer", "token_layout", "layout"):  # as written before manifests had them
+    # as written before manifests had them
+    for key in ("kind", "tokenizer", "token_layout", "layout"):
         del raw[key]
     tokens = Manifest.load(write_json(old_tokens, raw))
     assert tokens.is_tokens and tokens.kind == TOKENS and tokens.fingerprint == "test-tokenizer"
@@ -72,7 +85,12 @@ def test_older_manifests_load(tmp_path):
     v1 = field_manifest(version=1)
     del v1["layout"], v1["stride"]
     fields = Manifest.load(write_json(tmp_path / "v1", v1))
-    assert fields.kind == FIELDS and fields.layout == WINDOWS and fields.window.stride == 1 and not fields.is_tokens
+    assert (
+        fields.kind == FIELDS
+        and fields.layout == WINDOWS
+        and fields.window.stride == 1
+        and not fields.is_tokens
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,7 +98,10 @@ def test_older_manifests_load(tmp_path):
     [
         (lambda d: d.pop("n_input"), "manifest lacks key 'n_input'"),
         (lambda d: d.pop("datasets"), "manifest lacks key 'datasets'"),
-        (lambda d: d["datasets"]["waves"].pop("channel_names"), "manifest lacks key 'datasets.waves.channel_names'"),
+        (
+            lambda d: d["datasets"]["waves"].pop("channel_names"),
+            "manifest lacks key 'datasets.waves.channel_names'",
+        ),
         (lambda d: d.update(n_output="1"), "manifest key 'n_output' must be int"),
         (lambda d: d["splits"]["train"]["shards"][0].pop("path"), "'splits.train.shards[0].path'"),
         (lambda d: d.update(kind="pictures"), "manifest key 'kind' is 'pictures'"),
@@ -132,7 +153,9 @@ def tiny_tokenizer(seed: int, temporal_compression: int = 1) -> Tokenizer:
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
     root = tmp_path_factory.mktemp("manifest")
-    shards = write_wave_shards(root / "shards", {"waves": (["u"], (16, 16))}, n_train=4, n_valid=2, n_input=3)
+    shards = write_wave_shards(
+        root / "shards", {"waves": (["u"], (16, 16))}, n_train=4, n_valid=2, n_input=3
+    )
     ckpt = save_tokenizer(tiny_tokenizer(0, temporal_compression=2), root / "tok")
     other = save_tokenizer(tiny_tokenizer(1, temporal_compression=2), root / "other")
     tokens = encode_shards(ckpt, shards, root / "tokens", batch_size=4)
@@ -143,12 +166,19 @@ def test_token_layout_is_carried_in_the_token_manifest(encoded):
     root, _, ckpt, _, tokens = encoded
     manifest = Manifest.load(tokens)
     assert manifest.kind == TOKENS and manifest.fingerprint == fingerprint(ckpt)
-    assert manifest.tokenizer.checkpoint == str(ckpt) and manifest.tokenizer.temporal_compression == 2
-    # 3 + 1 frames at compression 2: frame 0, then groups {1, 2} and {3}; the context ends on a group
+    assert (
+        manifest.tokenizer.checkpoint == str(ckpt) and manifest.tokenizer.temporal_compression == 2
+    )
+    # 3 + 1 frames at compression 2: frame 0, then groups {1, 2} and {3}; the context ends on a
+    # group
     assert manifest.token_layout == TokenLayout(n_context_frames=2, n_frames=3, grid=(4, 4))
     assert manifest.datasets["waves"].token_grid == (3, 4, 4)
     decoded = Manifest.load(decode_shards(ckpt, tokens, root / "decoded", batch_size=4))
-    assert decoded.kind == "decoded" and decoded.token_layout is None and decoded.datasets["waves"].token_grid is None
+    assert (
+        decoded.kind == "decoded"
+        and decoded.token_layout is None
+        and decoded.datasets["waves"].token_grid is None
+    )
 
 
 def test_pretraining_takes_the_tokenizer_from_the_token_manifest(encoded, tmp_path):
@@ -167,10 +197,14 @@ def test_pretraining_takes_the_tokenizer_from_the_token_manifest(encoded, tmp_pa
     ]
     info = describe_tokens(load_pretrain_config("configs/pretrain/tiny.yaml", overrides))
     assert info["tokenizer"] == str(ckpt) and (info["n_context"], info["n_frames"]) == (2, 3)
-    same = describe_tokens(load_pretrain_config("configs/pretrain/tiny.yaml", [*overrides, f"tokenizer={ckpt}"]))
+    same = describe_tokens(
+        load_pretrain_config("configs/pretrain/tiny.yaml", [*overrides, f"tokenizer={ckpt}"])
+    )
     assert same["tokenizer"] == str(ckpt)
     wrong = load_pretrain_config("configs/pretrain/tiny.yaml", [*overrides, f"tokenizer={other}"])
-    with pytest.raises(ConfigError, match=r"tokenizer: .* is tokenizer \w+, but data.tokens .* were encoded by"):
+    with pytest.raises(
+        ConfigError, match=r"tokenizer: .* is tokenizer \w+, but data.tokens .* were encoded by"
+    ):
         describe_tokens(wrong)
     args = ["pretrain", "--config", "configs/pretrain/tiny.yaml", *overrides, f"tokenizer={other}"]
     assert main(args) == 2

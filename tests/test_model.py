@@ -1,5 +1,5 @@
-"""The autoregressive physics transformer: shapes, causality, caching, rotary factorisation, conditioning;
-activation checkpointing of the shared trunk (AR and diffusion)."""
+"""The autoregressive physics transformer: shapes, causality, caching, rotary factorisation,
+conditioning; activation checkpointing of the shared trunk (AR and diffusion)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,8 @@ def test_causality():
     assert not torch.allclose(a[0, k + 1], b[0, k + 1])
 
 
-@pytest.mark.parametrize("window", [None, 3])  # None: one pass (max_frames 4); 3: slides by one frame
+# None: one pass (max_frames 4); 3: slides by one frame
+@pytest.mark.parametrize("window", [None, 3])
 def test_cached_and_uncached_greedy_generation_agree(window):
     model = make_model(seed=3)
     torch.manual_seed(4)
@@ -117,7 +118,8 @@ def test_cached_and_uncached_greedy_generation_agree(window):
     assert cached.shape == (3, 2, 4, 4)
     assert torch.equal(cached, uncached)
     if window is None:
-        # The reference path agrees with teacher-forced forward(): its greedy picks are forward's argmax.
+        # The reference path agrees with teacher-forced forward(): its greedy picks are forward's
+        # argmax.
         seq = torch.cat([context, cached], 1).reshape(3, -1)
         logits, _ = model(seq, (4, 4), ds)
         assert torch.equal(logits[:, 32:].argmax(-1), cached.reshape(3, -1))
@@ -133,7 +135,9 @@ def test_kv_cache_allocated_once_per_generate_call(monkeypatch):
 
     monkeypatch.setattr(KVCache, "__init__", counting_init)
     model = make_model()
-    model.generate_frames(torch.randint(0, 50, (2, 2, 4, 4)), 3, torch.tensor([0, 0]), window_frames=3)
+    model.generate_frames(
+        torch.randint(0, 50, (2, 2, 4, 4)), 3, torch.tensor([0, 0]), window_frames=3
+    )
     assert len(made) == 1  # three windows (sliding), one allocation
 
 
@@ -142,12 +146,16 @@ def test_sampling_is_seeded_and_top1_is_greedy():
     context = torch.randint(0, 50, (2, 1, 4, 4))
     ds = torch.tensor([0, 1])
     runs = [
-        model.generate_frames(context, 1, ds, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+        model.generate_frames(
+            context, 1, ds, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7)
+        )
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
     greedy = model.generate_frames(context, 1, ds)
-    top1 = model.generate_frames(context, 1, ds, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(1))
+    top1 = model.generate_frames(
+        context, 1, ds, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.equal(greedy, top1)
 
 
@@ -167,8 +175,12 @@ def test_rope_factorisation():
         return (rotate(q, pq) * rotate(k, pk)).sum().item()
 
     # Scores depend only on the offset along each axis (relative position in time and space).
-    assert score([3, 1, 2, 0], [1, 0, 5, 0]) == pytest.approx(score([5, 4, 3, 2], [3, 3, 6, 2]), abs=1e-5)
-    assert score([3, 1, 2, 0], [1, 0, 5, 0]) != pytest.approx(score([3, 2, 2, 0], [1, 0, 5, 0]), abs=1e-4)
+    assert score([3, 1, 2, 0], [1, 0, 5, 0]) == pytest.approx(
+        score([5, 4, 3, 2], [3, 3, 6, 2]), abs=1e-5
+    )
+    assert score([3, 1, 2, 0], [1, 0, 5, 0]) != pytest.approx(
+        score([3, 2, 2, 0], [1, 0, 5, 0]), abs=1e-4
+    )
     # Moving along x rotates only x's pairs; the unused z axis (position 0) is the identity.
     moved = rotate(q, [2, 7, 1, 0]) - rotate(q, [2, 3, 1, 0])
     pair_changed = moved.view(-1, 2).abs().sum(-1) > 1e-6
@@ -177,7 +189,9 @@ def test_rope_factorisation():
     assert torch.allclose(rotate(q, [2, 3, 1, 0])[..., z_pairs], q[..., z_pairs])
     # A 2-D grid leaves z at 0; conditioning tokens sit before every frame.
     pos = token_positions(1, 2, (2, 3), 4)
-    assert pos.tolist()[:3] == [[-1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]] and (pos[:, 3] == 0).all()
+    assert (
+        pos.tolist()[:3] == [[-1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]] and (pos[:, 3] == 0).all()
+    )
 
 
 def test_conditioning_changes_output():
@@ -202,25 +216,33 @@ def _ar_loss(ckpt: bool) -> tuple[torch.nn.Module, torch.Tensor]:
 
 def _diffusion_loss(ckpt: bool) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(2)
-    cfg = small_config(kind="diffusion", max_frames=3, n_spatial_dims=2, activation_checkpointing=ckpt)
+    cfg = small_config(
+        kind="diffusion", max_frames=3, n_spatial_dims=2, activation_checkpointing=ckpt
+    )
     model = LatentFlowTransformer(cfg, DiffusionConfig(latent_dim=3)).train()
-    torch.nn.init.normal_(model.head.weight, std=0.1)  # the zero-init head would leave the blocks no gradient
+    # the zero-init head would leave the blocks no gradient
+    torch.nn.init.normal_(model.head.weight, std=0.1)
     latents = torch.rand(2, 3, 4, 4, 3, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    loss = model.loss(latents[:, :2], latents[:, 2:], torch.tensor([0, 1]), torch.Generator().manual_seed(4))
+    loss = model.loss(
+        latents[:, :2], latents[:, 2:], torch.tensor([0, 1]), torch.Generator().manual_seed(4)
+    )
     return model, loss
 
 
 @pytest.mark.parametrize("build", [_ar_loss, _diffusion_loss], ids=["ar", "diffusion"])
 def test_activation_checkpointing_gives_same_gradients(build):
-    """Same gradients with and without checkpointing, and checkpointing really recomputes: each block runs
-    once in forward and, only when checkpointed, once more during backward."""
+    """Same gradients with and without checkpointing, and checkpointing really recomputes: each
+    block runs once in forward and, only when checkpointed, once more during backward."""
     grads, recomputed = [], []
     for ckpt in (False, True):
         model, loss = build(ckpt)
-        # Count block calls with a *pre*-hook: recomputation stops early, once the last tensor that backward
-        # needs is back, so a block's forward (post-)hook does not fire during backward.
+        # Count block calls with a *pre*-hook: recomputation stops early, once the last tensor that
+        # backward needs is back, so a block's forward (post-)hook does not fire during backward.
         calls: list[torch.nn.Module] = []
-        handles = [b.register_forward_pre_hook(lambda m, _, calls=calls: calls.append(m)) for b in model.blocks]
+        handles = [
+            b.register_forward_pre_hook(lambda m, _, calls=calls: calls.append(m))
+            for b in model.blocks
+        ]
         loss.backward()
         for h in handles:
             h.remove()
@@ -267,12 +289,13 @@ def test_bfloat16_weights_keep_fp32_rotary_tables_and_clean_state_dict():
     assert frames.shape == (1, 1, 4, 4)
 
 
-# ----------------------------------------------------------------------------- next-frame prediction
+# ----------------------------------------------------------------------------- next-frame
+# prediction
 @pytest.mark.parametrize("window", [None, 3])
 @pytest.mark.parametrize("grid", [(16,), (4, 4)])
 def test_next_frame_cached_and_uncached_generation_agree(window, grid):
-    """One forward per frame with the KV cache = the whole window again per frame, greedy and sampled, also
-    when the rollout slides past the window (window=3 re-keys after every frame)."""
+    """One forward per frame with the KV cache = the whole window again per frame, greedy and
+    sampled, also when the rollout slides past the window (window=3 re-keys after every frame)."""
     model = make_model(prediction="next_frame", n_spatial_dims=len(grid), grid_shape=list(grid))
     ctx = torch.randint(0, 50, (3, 2, *grid))
     ds = torch.tensor([0, 1, 2])
@@ -283,13 +306,16 @@ def test_next_frame_cached_and_uncached_generation_agree(window, grid):
     for use_cache in (True, False):
         generator = torch.Generator().manual_seed(3)
         draws.append(
-            model.generate_frames(ctx, 3, ds, temperature=1.0, top_k=5, generator=generator, use_cache=use_cache)
+            model.generate_frames(
+                ctx, 3, ds, temperature=1.0, top_k=5, generator=generator, use_cache=use_cache
+            )
         )
     assert torch.equal(*draws)
 
 
 def test_next_frame_untrained_model_copies_the_last_frame():
-    """The output at (t, p) predicts (t+1, p), and the head starts as the embedding: copy-tokens at init."""
+    """The output at (t, p) predicts (t+1, p), and the head starts as the embedding: copy-tokens at
+    init."""
     model = make_model(seed=4, prediction="next_frame")
     ctx = torch.randint(0, 50, (4, 2, 4, 4))
     new = model.generate_frames(ctx, 2, torch.zeros(4, dtype=torch.long))
@@ -301,7 +327,8 @@ def test_next_frame_is_block_causal_and_learns_every_frame_after_the_first():
     T, ds = 16, torch.tensor([0, 1])
     idx = torch.randint(0, 50, (2, 3 * T))
     logits, loss = model(idx, (4, 4), ds, targets=idx)
-    assert logits.shape == (2, 2 * T, 50)  # frames 1 and 2 are predicted; frame 0 has nothing before it
+    # frames 1 and 2 are predicted; frame 0 has nothing before it
+    assert logits.shape == (2, 2 * T, 50)
     _, partial = model(idx, (4, 4), ds, targets=idx, return_logits=False)
     torch.testing.assert_close(loss, partial)
     changed = idx.clone()
@@ -312,6 +339,7 @@ def test_next_frame_is_block_causal_and_learns_every_frame_after_the_first():
     changed = idx.clone()
     changed[:, T + 15] = (changed[:, T + 15] + 1) % 50  # the last token of frame 1
     c, _ = model(changed, (4, 4), ds)
-    assert not torch.allclose(a[:, T], c[:, T])  # ... while frame 2's first token sees all of frame 1
+    # ... while frame 2's first token sees all of frame 1
+    assert not torch.allclose(a[:, T], c[:, T])
     with pytest.raises(ValueError, match="two"):
         model(idx[:, :T], (4, 4), ds)

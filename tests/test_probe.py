@@ -1,4 +1,5 @@
-"""Probes: grouped ridge cross-validation, the probe run end to end with its baselines, and the CLI."""
+"""Probes: grouped ridge cross-validation, the probe run end to end with its baselines, and the
+CLI."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from tests.steer_fixtures import export_tiny_model, make_param_tokens
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
-    return make_param_tokens(root / "tokens", nu_values=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)), export_tiny_model(root / "m")
+    return make_param_tokens(
+        root / "tokens", nu_values=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
+    ), export_tiny_model(root / "m")
 
 
 def test_group_folds_never_split_a_group():
@@ -39,7 +42,8 @@ def test_ridge_cross_validation_recovers_a_linear_signal_and_not_noise():
     good = cross_validate(X, y, groups)
     assert good["score"] > 0.9 and len(good["alphas"]) == 5
     noise = cross_validate(rng.normal(size=(240, 40)), y, groups)
-    assert noise["score"] < 0.1  # held-out R² of a probe on unrelated features stays near (or below) 0
+    # held-out R² of a probe on unrelated features stays near (or below) 0
+    assert noise["score"] < 0.1
     labels = np.sign(y - np.median(y))
     assert cross_validate(X, labels, groups, classify=True)["score"] > 0.85
     model = fit_final(X, y, groups)
@@ -50,7 +54,9 @@ def test_scale_and_groups():
     assert choose_scale(np.array([1e-3, 1e-2]), "auto") == "log"
     assert choose_scale(np.array([1.0, 2.0]), "auto") == "linear"
     metas = [{"split": "test", "source_file": "a.hdf5", "trajectory": t} for t in (0, 1)]
-    assert len(set(group_keys(metas, "trajectory"))) == 2 and len(set(group_keys(metas, "file"))) == 1
+    assert (
+        len(set(group_keys(metas, "trajectory"))) == 2 and len(set(group_keys(metas, "file"))) == 1
+    )
 
 
 def test_run_probe_writes_metrics_baselines_plot_and_a_loadable_probe(setup, tmp_path):
@@ -71,8 +77,11 @@ def test_run_probe_writes_metrics_baselines_plot_and_a_loadable_probe(setup, tmp
     store = ActivationStore(tmp_path / "probe" / "activations")
     pred = probe.predict(probe.best_point, store.load(probe.best_point).numpy())
     truth = np.array([x["params"]["nu"] for x in store.meta()])
-    assert pred.min() > 0 and np.corrcoef(np.log(pred), np.log(truth))[0, 1] > 0.7  # in ν's own units
-    with pytest.raises(DataError, match="no window has the simulation parameter .reynolds.*drag, nu"):
+    # in ν's own units
+    assert pred.min() > 0 and np.corrcoef(np.log(pred), np.log(truth))[0, 1] > 0.7
+    with pytest.raises(
+        DataError, match="no window has the simulation parameter .reynolds.*drag, nu"
+    ):
         run_probe(export, tokens, "reynolds", tmp_path / "bad", split="valid")
 
 

@@ -1,8 +1,9 @@
-"""The README's tour runs as written: every path a command reads was made by a command before it (or ships
-in configs/), the diffusion line gets a plain (non-conditional) tokenizer, the Python example opens a file the
-tour's simulate writes, and a direction's output is one ``physfm view`` lists.  The whole tour at tiny sizes
-takes far longer than a test may (22 commands, 22 min on 2 cores shared with other jobs), so it is checked
-piece by piece here and run end to end by hand: ``python -m tests.readme_tour DIR``."""
+"""The README's tour runs as written: every path a command reads was made by a command before it (or
+ships in configs/), the diffusion line gets a plain (non-conditional) tokenizer, the Python example
+opens a file the tour's simulate writes, and a direction's output is one ``physfm view`` lists.  The
+whole tour at tiny sizes takes far longer than a test may (22 commands, 22 min on 2 cores shared
+with other jobs), so it is checked piece by piece here and run end to end by hand: ``python -m
+tests.readme_tour DIR``."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def outputs_of(argv: list[str]) -> list[str]:
 
 
 def config_tree(argv: list[str]) -> dict:
-    """The command's YAML (includes resolved) with its key=value overrides, as plain data: what the typed
-    config would hold, read without importing the training code."""
+    """The command's YAML (includes resolved) with its key=value overrides, as plain data: what the
+    typed config would hold, read without importing the training code."""
     from data_pipelines.config import merge, parse_overrides, read_yaml, resolve_includes
 
     path = REPO / _option(argv, "--config")
@@ -35,7 +36,8 @@ def config_tree(argv: list[str]) -> dict:
 
 
 def inputs_of(argv: list[str]) -> list[str]:
-    """Paths a tour command reads: its input arguments, and for training verbs the config's data/tokenizer keys."""
+    """Paths a tour command reads: its input arguments, and for training verbs the config's
+    data/tokenizer keys."""
     from physfm.cli.main import build_parser
 
     args = build_parser().parse_args(argv)
@@ -60,19 +62,27 @@ def _made_by(path: str, made: list[str]) -> bool:
 def test_every_path_the_tour_reads_is_made_earlier_in_the_tour():
     made: list[str] = []
     for argv in tour_commands():
-        missing = [p for p in inputs_of(argv) if not _made_by(p, made) and not p.startswith("configs/")]
-        assert not missing, f"`physfm {' '.join(argv)}` reads {missing}, which no earlier tour command writes"
+        missing = [
+            p for p in inputs_of(argv) if not _made_by(p, made) and not p.startswith("configs/")
+        ]
+        assert not missing, (
+            f"`physfm {' '.join(argv)}` reads {missing}, which no earlier tour command writes"
+        )
         made += outputs_of(argv)
 
 
 def test_the_diffusion_line_uses_a_plain_tokenizer_the_tour_trains():
     commands = tour_commands()
     trained = {outputs_of(a)[0]: a for a in commands if a[:2] == ["tokenizer", "train"]}
-    diffusion = [a for a in commands if a[0] == "pretrain" and "diffusion" in (_option(a, "--config") or "")]
+    diffusion = [
+        a for a in commands if a[0] == "pretrain" and "diffusion" in (_option(a, "--config") or "")
+    ]
     assert len(diffusion) == 1, "the tour has one diffusion line"
     tokenizer = config_tree(diffusion[0])["tokenizer"]
     tok_argv = next(a for out, a in trained.items() if _made_by(tokenizer, [out]))
-    assert not config_tree(tok_argv)["model"].get("conditional"), "the diffusion model refuses conditional tokens"
+    assert not config_tree(tok_argv)["model"].get("conditional"), (
+        "the diffusion model refuses conditional tokens"
+    )
 
 
 def test_the_python_example_opens_a_file_the_tours_simulate_writes():
@@ -90,14 +100,17 @@ def test_the_python_example_opens_a_file_the_tours_simulate_writes():
             params = [argv[i + 1] for i, a in enumerate(argv) if a == "--param"]
             for p in parameter_grid(spec, parse_params(params, sweep) or None):
                 written.add(f"{_option(argv, '--out')}/data/train/{file_stem(spec.name, p)}.hdf5")
-    assert path in written, f"README's Python example reads {path}; the tour writes e.g. {sorted(written)[:2]}"
+    assert path in written, (
+        f"README's Python example reads {path}; the tour writes e.g. {sorted(written)[:2]}"
+    )
 
 
 def test_the_tours_direction_is_listed_by_the_viewer(tmp_path):
     from physfm.view.runs import find_directions
 
     argv = next(a for a in tour_commands() if a[:2] == ["steer", "direction"])
-    out = tmp_path / _option(argv, "--out")  # what `steer direction --out FILE` writes: FILE and FILE.json
+    # what `steer direction --out FILE` writes: FILE and FILE.json
+    out = tmp_path / _option(argv, "--out")
     out.parent.mkdir(parents=True)
     out.write_bytes(b"safetensors")
     out.with_name(out.name + ".json").write_text('{"format": "physfm-direction"}')

@@ -1,4 +1,5 @@
-"""PhysicsModel: cached = uncached greedy tokens, shapes and units, seeding, loading, evaluation windows."""
+"""PhysicsModel: cached = uncached greedy tokens, shapes and units, seeding, loading, evaluation
+windows."""
 
 import dataclasses
 
@@ -22,14 +23,17 @@ def tiny(tmp_path_factory):
 
 def first_batch(paths, horizon, dataset="waves", batch_size=6):
     return next(
-        b for b in evaluation_windows(paths["shards"], "test", horizon, batch_size=batch_size) if b.dataset == dataset
+        b
+        for b in evaluation_windows(paths["shards"], "test", horizon, batch_size=batch_size)
+        if b.dataset == dataset
     )
 
 
 def test_cached_and_uncached_greedy_rollouts_give_the_same_tokens(tiny):
     paths, pm = tiny
     batch = first_batch(paths, 3)
-    # 3 frames after 4 context frames outgrow the 5-frame training window: the cache slides and re-fills too.
+    # 3 frames after 4 context frames outgrow the 5-frame training window: the cache slides and
+    # re-fills too.
     cached, ids_cached = pm.rollout(batch.context, 3, "waves", return_tokens=True)
     plain, ids_plain = pm.rollout(batch.context, 3, "waves", return_tokens=True, use_cache=False)
     assert ids_cached.shape == (6, 3, 4, 4)
@@ -40,7 +44,8 @@ def test_cached_and_uncached_greedy_rollouts_give_the_same_tokens(tiny):
 def test_rollout_shapes_batching_and_context_checks(tiny):
     paths, pm = tiny
     batch = first_batch(paths, 2)
-    out = pm.rollout(batch.context, horizon=2, dataset="waves", batch_size=4)  # chunks of 4 + 2 windows
+    # chunks of 4 + 2 windows
+    out = pm.rollout(batch.context, horizon=2, dataset="waves", batch_size=4)
     assert out.shape == (6, 2, 3, 16, 16) and out.dtype == torch.float32
     one = pm.rollout(batch.context[1], horizon=2, dataset="waves")  # unbatched [T_in, C, *space]
     assert one.shape == (2, 3, 16, 16)
@@ -95,13 +100,18 @@ def test_from_pretrained_round_trip_and_tokenizer_check(tiny, tmp_path):
 
 
 def test_each_kind_takes_only_its_own_options(tiny):
-    """PhysicsModel.from_pretrained serves every kind: another kind's option is ignored when unset and
-    refused by name when set; rollout takes only its kind's options (rollout_options sorts them for evaluate)."""
+    """PhysicsModel.from_pretrained serves every kind: another kind's option is ignored when unset
+    and refused by name when set; rollout takes only its kind's options (rollout_options sorts them
+    for evaluate)."""
     paths, pm = tiny
     assert type(pm) is ARPhysicsModel and pm.method == "ar"
-    assert type(PhysicsModel.from_pretrained(paths["export"], sampling_steps=None, sampler=None)) is ARPhysicsModel
+    assert (
+        type(PhysicsModel.from_pretrained(paths["export"], sampling_steps=None, sampler=None))
+        is ARPhysicsModel
+    )
     with pytest.raises(
-        ValueError, match=r"sampling_steps \(--sampling-steps\) apply to diffusion models; this is an AR"
+        ValueError,
+        match=r"sampling_steps \(--sampling-steps\) apply to diffusion models; this is an AR",
     ):
         PhysicsModel.from_pretrained(paths["export"], sampling_steps=2)
     assert pm.rollout_options(temperature=1.0, top_k=None) == {"temperature": 1.0, "top_k": None}
@@ -113,7 +123,8 @@ def test_each_kind_takes_only_its_own_options(tiny):
 
 def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
     paths, _ = tiny
-    horizon = 5  # the shards hold 1 output frame: these windows are cut again, longer, from the clips
+    # the shards hold 1 output frame: these windows are cut again, longer, from the clips
+    horizon = 5
     batches = list(evaluation_windows(paths["shards"], "test", horizon, batch_size=8))
     waves = [b for b in batches if b.dataset == "waves"]
     n_windows = sum(len(b.meta) for b in waves)
@@ -122,11 +133,15 @@ def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
     with WellReader(src) as reader:
         for b in waves:
             for i, meta in enumerate(b.meta):
-                frames = reader.frames(meta["trajectory"], meta["start"], meta["start"] + 4 + horizon)
+                frames = reader.frames(
+                    meta["trajectory"], meta["start"], meta["start"] + 4 + horizon
+                )
                 assert np.array_equal(b.context[i].numpy(), frames[:4])
                 assert np.array_equal(b.truth[i].numpy(), frames[4:])
     # Horizon 1 fits the shards: the same windows come from them.
-    shard_batch = next(b for b in evaluation_windows(paths["shards"], "test", 1) if b.dataset == "waves")
+    shard_batch = next(
+        b for b in evaluation_windows(paths["shards"], "test", 1) if b.dataset == "waves"
+    )
     meta = shard_batch.meta[0]
     with WellReader(src) as reader:
         frames = reader.frames(meta["trajectory"], meta["start"], meta["start"] + 5)
@@ -134,7 +149,9 @@ def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
     # A cap keeps windows spread over every trajectory, not the first N of one.
     capped = [
         m
-        for b in evaluation_windows(paths["shards"], "test", horizon, max_windows=4, datasets=["waves"])
+        for b in evaluation_windows(
+            paths["shards"], "test", horizon, max_windows=4, datasets=["waves"]
+        )
         for m in b.meta
     ]
     assert len(capped) == 4 and {m["trajectory"] for m in capped} == {0, 1}
@@ -143,7 +160,8 @@ def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
 
 
 def test_long_evaluation_windows_need_no_source_files(tiny, tmp_path):
-    """Clip shards serve any window: with the source files gone, horizon-5 windows come out the same."""
+    """Clip shards serve any window: with the source files gone, horizon-5 windows come out the
+    same."""
     import shutil
 
     from data_pipelines.manifest import Manifest
@@ -153,7 +171,10 @@ def test_long_evaluation_windows_need_no_source_files(tiny, tmp_path):
     shutil.copytree(paths["shards"], copy)
     manifest = Manifest.load(copy)
     assert manifest.layout == "clips"
-    gone = {n: dataclasses.replace(e, source_dir="/nonexistent", source_files={}) for n, e in manifest.datasets.items()}
+    gone = {
+        n: dataclasses.replace(e, source_dir="/nonexistent", source_files={})
+        for n, e in manifest.datasets.items()
+    }
     manifest.replace(datasets=gone).write(copy)
     kept = list(evaluation_windows(paths["shards"], "test", 5, max_windows=3, datasets=["waves"]))
     cut = list(evaluation_windows(copy, "test", 5, max_windows=3, datasets=["waves"]))

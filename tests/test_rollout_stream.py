@@ -1,5 +1,6 @@
-"""The rollout that extends its KV cache (FrameStream): equal to re-keying and re-running the window whole,
-re-keys only when the trained window is full, and the model-level stream equals the full forward."""
+"""The rollout that extends its KV cache (FrameStream): equal to re-keying and re-running the window
+whole, re-keys only when the trained window is full, and the model-level stream equals the full
+forward."""
 
 import math
 
@@ -12,7 +13,8 @@ from tests.rollout_fixtures import build_tiny_model
 
 
 def conditional_model(root, n_output: int) -> PhysicsModel:
-    """A random conditional tokenizer + next-frame AR model trained (nominally) on 4 + n_output windows."""
+    """A random conditional tokenizer + next-frame AR model trained (nominally) on 4 + n_output
+    windows."""
     paths = build_tiny_model(root, conditional=True, prediction="next_frame", n_output=n_output)
     return PhysicsModel.from_pretrained(paths["export"])
 
@@ -43,7 +45,8 @@ def test_extending_rollout_equals_the_rekeying_reference_and_rekeys_once_per_win
         cached, ids_cached = pm.rollout(ctx, 9, "waves", return_tokens=True)
         n_cached = len(calls)
         calls.clear()
-        # Reference: every frame re-encodes the grown window from its key frame and re-runs it whole.
+        # Reference: every frame re-encodes the grown window from its key frame and re-runs it
+        # whole.
         plain, ids_plain = pm.rollout(ctx, 9, "waves", return_tokens=True, use_cache=False)
         n_plain = len(calls)
     finally:
@@ -83,8 +86,9 @@ def test_frame_stream_logits_equal_the_full_forward_and_refuse_a_full_window(lon
     for f in range(4, 7):
         stream.append(frames[:, f])
     assert stream.room == 0
-    # forward's next-frame logits [B, (F-1) T, V] come from frames 0..F-2: with an 8th frame appended (which
-    # the causal mask hides from them) the last T are the 7th frame's, the stream's after its last append.
+    # forward's next-frame logits [B, (F-1) T, V] come from frames 0..F-2: with an 8th frame
+    # appended (which the causal mask hides from them) the last T are the 7th frame's, the stream's
+    # after its last append.
     with torch.no_grad():
         full, _ = model(torch.cat([frames, frames[:, :1]], 1).reshape(2, -1), (4, 4), ds)
     assert torch.allclose(stream.logits(), full[:, -16:], atol=1e-4)
@@ -102,10 +106,13 @@ def test_refined_rollout_extends_the_cache_with_the_refined_frames_tokens(long_w
     try:
         ctx = torch.randn(2, 4, 3, 16, 16)
         cached, ids_cached = pm.rollout(ctx, 6, "waves", refine=True, return_tokens=True)
-        plain, ids_plain = pm.rollout(ctx, 6, "waves", refine=True, return_tokens=True, use_cache=False)
+        plain, ids_plain = pm.rollout(
+            ctx, 6, "waves", refine=True, return_tokens=True, use_cache=False
+        )
         raw, ids_raw = pm.rollout(ctx, 6, "waves", refine=False, return_tokens=True)
     finally:
         pm.refiner = None
     assert torch.equal(ids_cached, ids_plain) and torch.allclose(cached, plain, atol=1e-5)
-    # The refined frames went forward: the tokens appended after them are theirs, not the raw frames'.
+    # The refined frames went forward: the tokens appended after them are theirs, not the raw
+    # frames'.
     assert not torch.equal(ids_cached, ids_raw)

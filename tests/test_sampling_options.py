@@ -1,5 +1,5 @@
-"""Sampling options: one typed record per model kind (physfm.inference.sampling); a bad value or a name no
-kind takes is one clear error naming the option, from the library and from the CLI."""
+"""Sampling options: one typed record per model kind (physfm.inference.sampling); a bad value or a
+name no kind takes is one clear error naming the option, from the library and from the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from physfm.inference.sampling import ARSampling, DiffusionSampling, Sampling
         (lambda: ARSampling(temperature=-0.5), "temperature: must be >= 0, got -0.5"),
         (lambda: ARSampling(top_k=0), "top_k: must be >= 1 or unset, got 0"),
         (lambda: DiffusionSampling(sampling_steps=0), "sampling_steps: must be >= 1, got 0"),
-        (lambda: DiffusionSampling(sampler="rk4"), "sampler: expected one of euler, heun, got 'rk4'"),
+        (
+            lambda: DiffusionSampling(sampler="rk4"),
+            "sampler: expected one of euler, heun, got 'rk4'",
+        ),
     ],
 )
 def test_a_bad_value_names_its_option(build, message):
@@ -42,7 +45,14 @@ def test_options_by_name_go_to_their_kind_and_an_unknown_name_is_refused():
 def test_the_cli_refuses_a_bad_option_in_one_line_before_loading_anything(tmp_path, capsys):
     from physfm.cli import main
 
-    args = ["--ckpt", str(tmp_path / "none"), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    args = [
+        "--ckpt",
+        str(tmp_path / "none"),
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(["evaluate", *args, "--temperature", "-1"]) == 2
     err = capsys.readouterr().err
     assert "temperature: must be >= 0, got -1.0" in err and "Traceback" not in err

@@ -27,7 +27,9 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 def test_windows_match_source_frames(toy, tmp_path):
     out = tmp_path / "shards"
-    manifest = shard_datasets([toy], out, WindowSpec(n_input=3, n_output=2, stride=2), max_shard_mb=0.05)
+    manifest = shard_datasets(
+        [toy], out, WindowSpec(n_input=3, n_output=2, stride=2), max_shard_mb=0.05
+    )
     # 12 steps, window 5, stride 2 → starts 0,2,4,6 → 4 windows × 3 traj × 2 files per split
     assert manifest["splits"]["train"]["n_samples"] == 24
     assert len(manifest["splits"]["train"]["shards"]) > 1  # size bound respected
@@ -123,11 +125,14 @@ print(traced, grown, manifest["splits"]["train"]["n_samples"])
 
 @pytest.mark.slow
 def test_a_file_larger_than_the_memory_cap_shards_in_bounded_memory(tmp_path):
-    """Sharding (stats pass included) reads a clip at a time: peak memory stays far below the file's size."""
+    """Sharding (stats pass included) reads a clip at a time: peak memory stays far below the file's
+    size."""
     import subprocess
     import sys
 
-    ds = make_toy_dataset(tmp_path / "big", n_files=1, n_traj=2, n_steps=600, resolution=64, splits=("train",))
+    ds = make_toy_dataset(
+        tmp_path / "big", n_files=1, n_traj=2, n_steps=600, resolution=64, splits=("train",)
+    )
     raw = sum(p.stat().st_size for p in ds.rglob("*.hdf5"))
     cap = 20 << 20
     assert raw > 2.5 * cap  # ~56 MB of frames
@@ -143,18 +148,27 @@ def test_a_file_larger_than_the_memory_cap_shards_in_bounded_memory(tmp_path):
     traced, grown, n_windows = map(int, done.stdout.split())
     assert traced < cap and grown < cap, (traced, grown)
     assert n_windows == 2 * (600 - 4)
-    sample = next(s for s in iter_samples(tmp_path / "shards", "train") if s["meta"]["start"] == 590)
+    sample = next(
+        s for s in iter_samples(tmp_path / "shards", "train") if s["meta"]["start"] == 590
+    )
     with WellReader(ds / "data" / "train" / sample["meta"]["source_file"]) as reader:
-        np.testing.assert_array_equal(sample["input"], reader.frames(sample["meta"]["trajectory"], 590, 594))
+        np.testing.assert_array_equal(
+            sample["input"], reader.frames(sample["meta"]["trajectory"], 590, 594)
+        )
 
 
 def test_long_source_file_names_shard_with_unique_keys(tmp_path):
-    # Built-in systems with several parameters name files past the 100 bytes a tar member name holds.
+    # Built-in systems with several parameters name files past the 100 bytes a tar member name
+    # holds.
     data = make_toy_dataset(tmp_path / "long")
     for split in ("train", "valid", "test"):
         for i, path in enumerate(sorted((data / "data" / split).glob("*.hdf5"))):
-            path.rename(path.with_name(f"{'mobility_1_epsilon_1.5_mean_concentration_0.3_' * 2}{i}.hdf5"))
-    manifest = shard_datasets([data], tmp_path / "shards", WindowSpec(n_input=3, n_output=2, stride=2))
+            path.rename(
+                path.with_name(f"{'mobility_1_epsilon_1.5_mean_concentration_0.3_' * 2}{i}.hdf5")
+            )
+    manifest = shard_datasets(
+        [data], tmp_path / "shards", WindowSpec(n_input=3, n_output=2, stride=2)
+    )
     samples = list(iter_samples(tmp_path / "shards", "train"))
     assert len(samples) == manifest["splits"]["train"]["n_samples"] == 24
     assert len({s["__key__"] for s in samples}) == 24  # the two files' shortened stems still differ

@@ -1,9 +1,9 @@
-"""A stopped run never looks successful: SIGTERM (preemption, a time limit, ``kill``) and SIGINT (Ctrl-C)
-to ``physfm pretrain`` save a checkpoint after the current step, write metrics.json, say so and exit
-143 / 130 (SIGUSR1 keeps 75, tests/test_slurm.py); a second Ctrl-C aborts at once.
+"""A stopped run never looks successful: SIGTERM (preemption, a time limit, ``kill``) and SIGINT
+(Ctrl-C) to ``physfm pretrain`` save a checkpoint after the current step, write metrics.json, say so
+and exit 143 / 130 (SIGUSR1 keeps 75, tests/test_slurm.py); a second Ctrl-C aborts at once.
 
-Each run is a real process (the signal reaches the CLI as it would from a shell or a scheduler), slowed
-by tests/faults/inject.py so the signal lands in the middle of a step."""
+Each run is a real process (the signal reaches the CLI as it would from a shell or a scheduler),
+slowed by tests/faults/inject.py so the signal lands in the middle of a step."""
 
 from __future__ import annotations
 
@@ -27,12 +27,17 @@ TIMEOUT_S = 120
 
 
 def args_for(tokens: Path, out: Path) -> list[str]:
-    return pretrain_args(tokens, out, f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint_every=100")
+    return pretrain_args(
+        tokens, out, f"trainer.max_steps={MAX_STEPS}", "trainer.checkpoint_every=100"
+    )
 
 
-def run_signalled(args: list[str], signals: list[tuple[str, int]], step_sleep: float) -> tuple[int, str, float]:
-    """Run ``physfm ARGS`` with slow steps; each time the output shows a line containing ``text``, send
-    ``signum``, in order.  Returns (exit code, output, seconds from the last signal to the exit)."""
+def run_signalled(
+    args: list[str], signals: list[tuple[str, int]], step_sleep: float
+) -> tuple[int, str, float]:
+    """Run ``physfm ARGS`` with slow steps; each time the output shows a line containing ``text``,
+    send ``signum``, in order.  Returns (exit code, output, seconds from the last signal to the
+    exit)."""
     cmd = [sys.executable, str(INJECT), *args]
     proc = subprocess.Popen(
         cmd,
@@ -66,7 +71,9 @@ def run_signalled(args: list[str], signals: list[tuple[str, int]], step_sleep: f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"]
+)
 def test_a_stop_signal_checkpoints_says_so_and_exits_non_zero(
     tokens: Path, tmp_path: Path, signum: int, code: int, capsys: pytest.CaptureFixture
 ) -> None:
@@ -76,7 +83,9 @@ def test_a_stop_signal_checkpoints_says_so_and_exits_non_zero(
     name = signal.Signals(signum).name
     assert rc == code, text[-3000:]
     # The step under way when the signal came finishes (it is step 4), and is saved.
-    assert f"physfm: signal {name} received: stopping after step 4 and saving a checkpoint" in text, text[-3000:]
+    assert (
+        f"physfm: signal {name} received: stopping after step 4 and saving a checkpoint" in text
+    ), text[-3000:]
     assert f"physfm: stopped at step 4 on {name}; a checkpoint is in {out}/checkpoints" in text
     assert "Traceback" not in text
     assert is_complete(out / "checkpoints" / "step=0000004.ckpt")
@@ -85,7 +94,10 @@ def test_a_stop_signal_checkpoints_says_so_and_exits_non_zero(
 
     if signum == signal.SIGTERM:  # the same command continues from there (in this process: faster)
         assert main(args) == 0
-        assert f"resuming from {out / 'checkpoints' / 'step=0000004.ckpt'} (step 4)" in capsys.readouterr().out
+        assert (
+            f"resuming from {out / 'checkpoints' / 'step=0000004.ckpt'} (step 4)"
+            in capsys.readouterr().out
+        )
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["steps"] == MAX_STEPS and metrics["stopped_at_step"] is None
 
@@ -102,9 +114,11 @@ def test_a_second_ctrl_c_aborts_at_once(tokens: Path, tmp_path: Path) -> None:
     assert not list(out.glob("checkpoints/*.ckpt"))
 
 
-def test_a_run_stopped_inside_any_verb_exits_with_its_code(tmp_path: Path, monkeypatch, capsys) -> None:
-    """Verbs that train in-process (quickstart, finetune) end with the stop's code and one line, never a
-    traceback or 0."""
+def test_a_run_stopped_inside_any_verb_exits_with_its_code(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Verbs that train in-process (quickstart, finetune) end with the stop's code and one line,
+    never a traceback or 0."""
     from physfm.train.module import TrainingStopped
 
     def stopped(args) -> int:
@@ -113,10 +127,15 @@ def test_a_run_stopped_inside_any_verb_exits_with_its_code(tmp_path: Path, monke
     monkeypatch.setattr("physfm.cli.quickstart.run", stopped)
     assert main(["quickstart", "--out", str(tmp_path)]) == 143
     err = capsys.readouterr().err
-    assert f"physfm quickstart: stopped at step 7 on SIGTERM; a checkpoint is in {tmp_path}/checkpoints" in err
+    assert (
+        f"physfm quickstart: stopped at step 7 on SIGTERM; a checkpoint is in {tmp_path}/checkpoints"
+        in err
+    )
 
 
-def test_the_first_stop_signal_decides_and_a_second_ctrl_c_aborts_whatever_came_first(monkeypatch, capsys) -> None:
+def test_the_first_stop_signal_decides_and_a_second_ctrl_c_aborts_whatever_came_first(
+    monkeypatch, capsys
+) -> None:
     from physfm.train.callbacks import StopOnSignal
 
     def exit_now(code: int) -> None:

@@ -1,4 +1,5 @@
-"""Built-in simulators: each solver against known physics, determinism, The Well layout, moving data."""
+"""Built-in simulators: each solver against known physics, determinism, The Well layout, moving
+data."""
 
 import math
 
@@ -50,19 +51,24 @@ def test_navier_stokes_advection_term_matches_analytic():
 
 
 def test_navier_stokes_inviscid_invariants():
-    # without viscosity, drag and forcing the dealiased (Galerkin) system conserves energy and enstrophy
+    # without viscosity, drag and forcing the dealiased (Galerkin) system conserves energy and
+    # enstrophy
     grid = navier_stokes2d.SpectralGrid(32)
     w0 = navier_stokes2d.random_vorticity(np.random.default_rng(1), 2, grid)
-    w = navier_stokes2d.integrate(w0, grid, 0.0, 0.0, None, frame_dt=0.5, n_frames=4, cfl=0.25)  # ~1 turnover
+    # ~1 turnover
+    w = navier_stokes2d.integrate(w0, grid, 0.0, 0.0, None, frame_dt=0.5, n_frames=4, cfl=0.25)
 
     def energy_enstrophy(w):
         u_hat, v_hat = grid.velocity_hat(grid.fft(w))
-        return (grid.ifft(u_hat) ** 2 + grid.ifft(v_hat) ** 2).mean(axis=(-2, -1)), (w**2).mean(axis=(-2, -1))
+        return (grid.ifft(u_hat) ** 2 + grid.ifft(v_hat) ** 2).mean(axis=(-2, -1)), (w**2).mean(
+            axis=(-2, -1)
+        )
 
     e0, z0 = energy_enstrophy(grid.ifft(grid.fft(w0) * grid.dealias))
     e1, z1 = energy_enstrophy(w[:, -1])
     assert not np.allclose(w[:, -1], w0, atol=0.1)  # the flow did evolve
-    # RK4's own dissipation at this CFL is ~1e-7; a wrong sign or missing dealiasing breaks both by far more
+    # RK4's own dissipation at this CFL is ~1e-7; a wrong sign or missing dealiasing breaks both by
+    # far more
     np.testing.assert_allclose(e1, e0, rtol=1e-6)
     np.testing.assert_allclose(z1, z0, rtol=1e-6)
 
@@ -133,7 +139,13 @@ def test_gray_scott_uniform_state_follows_reaction_kinetics():
 
     ref = solve_ivp(kinetics, (0, t_end), [u0, v0], rtol=1e-10, atol=1e-12).y[:, -1]
     u, v = gray_scott2d.integrate(
-        np.full((1, 8, 8), u0), np.full((1, 8, 8), v0), feed, kill, n_frames=1, steps_per_frame=int(t_end / dt), dt=dt
+        np.full((1, 8, 8), u0),
+        np.full((1, 8, 8), v0),
+        feed,
+        kill,
+        n_frames=1,
+        steps_per_frame=int(t_end / dt),
+        dt=dt,
     )
     np.testing.assert_allclose([u[0, 0].mean(), v[0, 0].mean()], ref, rtol=2e-3)
     assert np.ptp(u) < 1e-12  # stays uniform: diffusion of a constant is zero
@@ -187,7 +199,11 @@ def test_wave_conserves_energy_and_satisfies_the_wave_equation():
 
 # rayleigh_benard2d spins up for hundreds of steps even at 3 frames: slow
 @pytest.mark.parametrize(
-    "system", [pytest.param(s, marks=pytest.mark.slow) if s == "rayleigh_benard2d" else s for s in sorted(SIMULATORS)]
+    "system",
+    [
+        pytest.param(s, marks=pytest.mark.slow) if s == "rayleigh_benard2d" else s
+        for s in sorted(SIMULATORS)
+    ],
 )
 def test_each_system_is_deterministic_for_a_seed(system):
     spec = SIMULATORS[system]
@@ -209,7 +225,9 @@ def test_parameter_grid_sweeps_and_errors():
     grid = parameter_grid(spec, {"k": [0.05, 0.06]})
     assert grid == [{"F": f, "k": k} for f in spec.default_params["F"] for k in (0.05, 0.06)]
     values = parse_sweep("log:1e-3:1e-2:16")
-    assert len(values) == 16 and values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(1e-2)
+    assert (
+        len(values) == 16 and values[0] == pytest.approx(1e-3) and values[-1] == pytest.approx(1e-2)
+    )
     assert np.allclose(np.diff(np.log(values)), np.log(10) / 15)
     assert parse_sweep("lin:0:1:3") == [0.0, 0.5, 1.0]
     with pytest.raises(DataError, match="unknown parameter.*viscosity"):
@@ -243,10 +261,16 @@ def test_simulate_dataset_writes_the_well_layout(tmp_path):
     counts = {"train": 3, "valid": 1, "test": 1}
     for split, n in counts.items():
         files = sorted((out / "data" / split).glob("*.hdf5"))
-        assert [f.name for f in files] == ["wave2d_c_0.5.hdf5", "wave2d_c_1.5.hdf5", "wave2d_c_1.hdf5"]
+        assert [f.name for f in files] == [
+            "wave2d_c_0.5.hdf5",
+            "wave2d_c_1.5.hdf5",
+            "wave2d_c_1.hdf5",
+        ]
         for f in files:
             data = read_well(f)
-            assert data.n_trajectories == n and data.n_steps == 11 and data.spatial_shape == (16, 16)
+            assert (
+                data.n_trajectories == n and data.n_steps == 11 and data.spatial_shape == (16, 16)
+            )
             assert data.channel_names == ["pressure", "velocity_x", "velocity_y"]
             assert data.simulation_parameters == {"c": float(f.stem.split("_")[-1])}
             assert {s.name for s in data.scalars} == {"c"}
@@ -254,8 +278,8 @@ def test_simulate_dataset_writes_the_well_layout(tmp_path):
                 "x_periodic": "PERIODIC",
                 "y_periodic": "PERIODIC",
             }
-    # trajectory i starts from the same pulses at every c: with v0 = 0 the pressure depends on c·t only,
-    # so frame 0 at c = 1 (c·t = 0.2) is frame 10 at c = 0.5 (c·t = 0.5 · (0.2 + 10 · 0.02))
+    # trajectory i starts from the same pulses at every c: with v0 = 0 the pressure depends on c·t
+    # only, so frame 0 at c = 1 (c·t = 0.2) is frame 10 at c = 0.5 (c·t = 0.5 · (0.2 + 10 · 0.02))
     slow = read_well(out / "data" / "train" / "wave2d_c_0.5.hdf5").frames
     fast = read_well(out / "data" / "train" / "wave2d_c_1.hdf5").frames
     for i in range(3):
@@ -269,7 +293,9 @@ def test_simulate_dataset_writes_the_well_layout(tmp_path):
     with pytest.raises(DataError, match="overwrite"):
         simulate_dataset("wave2d", out, n_traj=3, n_steps=4, resolution=16, params={"c": [2.0]})
     # ... unless asked, and then leaves only its own files
-    simulate_dataset("wave2d", out, n_traj=3, n_steps=4, resolution=16, params={"c": [2.0]}, overwrite=True)
+    simulate_dataset(
+        "wave2d", out, n_traj=3, n_steps=4, resolution=16, params={"c": [2.0]}, overwrite=True
+    )
     assert sorted(p.name for p in (out / "data").rglob("*.hdf5")) == ["wave2d_c_2.hdf5"] * 3
 
 
@@ -332,4 +358,8 @@ def test_default_regimes_keep_moving(system):
             vrmse = persistence_vrmse(frames)  # [C]
             assert 0.1 < vrmse.mean() < 0.8 and (vrmse > 0.05).all(), (system, params, i, vrmse)
             space = tuple(range(2, frames.ndim))
-            assert (frames.std(axis=space) > 1e-3 * np.abs(frames).max(axis=space)).all(), (system, params, i)
+            assert (frames.std(axis=space) > 1e-3 * np.abs(frames).max(axis=space)).all(), (
+                system,
+                params,
+                i,
+            )

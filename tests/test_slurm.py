@@ -1,11 +1,12 @@
 """The Slurm scripts on a real Slurm cluster started on this host (scripts/slurm/local_cluster.sh).
 
-One fake two-node cluster (n1, n2) serves every test: 1 node x 2 tasks (DeepSpeed ZeRO-2) and 2 nodes x
-1 task (ddp), in CPU mode (PHYSFM_DEVICE=cpu, gloo).  Outcomes are read from the job's own state
-(`scontrol show job` and the jobcomp log), never only from an exit code, and from what the runs wrote.
+One fake two-node cluster (n1, n2) serves every test: 1 node x 2 tasks (DeepSpeed ZeRO-2) and 2
+nodes x 1 task (ddp), in CPU mode (PHYSFM_DEVICE=cpu, gloo).  Outcomes are read from the job's own
+state (`scontrol show job` and the jobcomp log), never only from an exit code, and from what the
+runs wrote.
 
-Where Slurm cannot start: as root or with CI=true the tests fail loudly; a developer run without root
-skips them with the reason.
+Where Slurm cannot start: as root or with CI=true the tests fail loudly; a developer run without
+root skips them with the reason.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Cluster:
         return self.jobcomp_log.stat().st_size if self.jobcomp_log.exists() else 0
 
 
-def _cluster(action: str, *args: str, base: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def _cluster(
+    action: str, *args: str, base: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(LOCAL_CLUSTER), action, *args],
         capture_output=True,
@@ -82,10 +85,14 @@ def cluster() -> Cluster:
 # ----------------------------------------------------------------------------- jobs
 def job_env(**extra: str) -> dict[str, str]:
     """The environment sbatch hands to the job: the repo's interpreter as `physfm`, CPU mode."""
-    return worker_env({"PHYSFM": f"{sys.executable} -m physfm.cli", "PHYSFM_DEVICE": "cpu", **extra})
+    return worker_env(
+        {"PHYSFM": f"{sys.executable} -m physfm.cli", "PHYSFM_DEVICE": "cpu", **extra}
+    )
 
 
-def sbatch(script: str, *args: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None) -> int:
+def sbatch(
+    script: str, *args: str, options: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> int:
     proc = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={REPO_ROOT}", *options, str(SLURM_DIR / script), *args],
         capture_output=True,
@@ -99,10 +106,14 @@ def sbatch(script: str, *args: str, options: tuple[str, ...] = (), env: dict[str
 
 def job_records(job_id: int) -> list[dict[str, str]]:
     """`scontrol show job -o` as dicts (one per array task); empty once the job has aged out."""
-    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=30
+    )
     if proc.returncode != 0:
         return []
-    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in proc.stdout.splitlines() if line.strip()]
+    return [
+        dict(re.findall(r"(\w+)=(\S*)", line)) for line in proc.stdout.splitlines() if line.strip()
+    ]
 
 
 def wait_for_job(job_id: int, timeout: float, log: Path | None = None) -> list[dict[str, str]]:
@@ -114,16 +125,23 @@ def wait_for_job(job_id: int, timeout: float, log: Path | None = None) -> list[d
             return records
         time.sleep(0.5)
     subprocess.run(["scancel", str(job_id)], timeout=30)
-    pytest.fail(f"job {job_id} not finished after {timeout:.0f}s: {job_records(job_id)}\n{tail(log)}")
+    pytest.fail(
+        f"job {job_id} not finished after {timeout:.0f}s: {job_records(job_id)}\n{tail(log)}"
+    )
 
 
 def jobcomp_lines(cluster: Cluster, job_id: int, since: int = 0) -> list[dict[str, str]]:
-    """The jobcomp log's lines for a job, oldest first (a requeued job has one per attempt), from byte
-    offset ``since`` on (job ids restart if someone wipes the cluster's state but keeps its logs)."""
+    """The jobcomp log's lines for a job, oldest first (a requeued job has one per attempt), from
+    byte offset ``since`` on (job ids restart if someone wipes the cluster's state but keeps its
+    logs)."""
     with cluster.jobcomp_log.open("rb") as fh:
         fh.seek(since)
         lines = fh.read().decode(errors="replace").splitlines()
-    return [dict(re.findall(r"(\w+)=(\S*)", ln)) for ln in lines if re.search(rf"\bJobId={job_id}\b", ln)]
+    return [
+        dict(re.findall(r"(\w+)=(\S*)", ln))
+        for ln in lines
+        if re.search(rf"\bJobId={job_id}\b", ln)
+    ]
 
 
 def tail(log: Path | None, n: int = 40) -> str:
@@ -133,9 +151,12 @@ def tail(log: Path | None, n: int = 40) -> str:
 
 
 def assert_completed(cluster: Cluster, job_id: int, log: Path | None = None) -> dict[str, str]:
-    """The job's own record says COMPLETED with exit code 0:0, in scontrol and in the jobcomp log."""
+    """The job's own record says COMPLETED with exit code 0:0, in scontrol and in the jobcomp
+    log."""
     (record,) = job_records(job_id)
-    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), f"{record}\n{tail(log)}"
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), (
+        f"{record}\n{tail(log)}"
+    )
     lines = jobcomp_lines(cluster, job_id)
     assert lines, f"job {job_id} is missing from {cluster.jobcomp_log}"
     assert (lines[-1]["JobState"], lines[-1]["ExitCode"]) == ("COMPLETED", "0:0"), lines[-1]
@@ -143,10 +164,19 @@ def assert_completed(cluster: Cluster, job_id: int, log: Path | None = None) -> 
 
 
 def pretrain_args(tokens: Path, *extra: str) -> list[str]:
-    return ["--config", "configs/pretrain/tiny.yaml", *TINY, f"data.tokens=[{tokens}]", "trainer.val_every=0", *extra]
+    return [
+        "--config",
+        "configs/pretrain/tiny.yaml",
+        *TINY,
+        f"data.tokens=[{tokens}]",
+        "trainer.val_every=0",
+        *extra,
+    ]
 
 
-def submit_pretrain(tmp_path: Path, nodes: int, tasks_per_node: int, *args: str) -> tuple[int, Path, Path]:
+def submit_pretrain(
+    tmp_path: Path, nodes: int, tasks_per_node: int, *args: str
+) -> tuple[int, Path, Path]:
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = sbatch(
         "pretrain.sbatch",
@@ -183,11 +213,15 @@ def check_trained(run_dir: Path, steps: int) -> dict:
 @pytest.mark.parametrize(
     "nodes,tasks_per_node,strategy",
     [
-        pytest.param(1, 2, ["strategy.name=deepspeed", "strategy.zero_stage=2"], id="1node-2tasks-zero2"),
+        pytest.param(
+            1, 2, ["strategy.name=deepspeed", "strategy.zero_stage=2"], id="1node-2tasks-zero2"
+        ),
         pytest.param(2, 1, ["strategy.name=ddp"], id="2nodes-1task-ddp"),
     ],
 )
-def test_pretrain_sbatch_completes_and_learns(cluster, tokens, tmp_path, nodes, tasks_per_node, strategy):
+def test_pretrain_sbatch_completes_and_learns(
+    cluster, tokens, tmp_path, nodes, tasks_per_node, strategy
+):
     job, run_dir, log = submit_pretrain(
         tmp_path,
         nodes,
@@ -210,8 +244,12 @@ def test_pretrain_sbatch_completes_and_learns(cluster, tokens, tmp_path, nodes, 
     assert "MEMBER: 2/2" in text  # Lightning / DeepSpeed saw a world of two ranks
     assert "physfm launch: pretrain exited with code 0" in text
     check_trained(run_dir, steps=40)
-    if "strategy.name=deepspeed" in strategy:  # ZeRO checkpoints are directories with one shard per rank
-        assert len(list((run_dir / "checkpoints" / "step=0000040.ckpt").rglob("*optim_states.pt"))) == 2
+    # ZeRO checkpoints are directories with one shard per rank
+    if "strategy.name=deepspeed" in strategy:
+        assert (
+            len(list((run_dir / "checkpoints" / "step=0000040.ckpt").rglob("*optim_states.pt")))
+            == 2
+        )
 
 
 @pytest.mark.slow
@@ -235,13 +273,16 @@ def test_sigusr1_checkpoints_requeues_and_resumes(cluster, tokens, tmp_path):
         ),
     )
     deadline = time.monotonic() + 120
-    while not list((run_dir / "checkpoints").glob("step=*.ckpt")):  # training (and its handler) is up
+    # training (and its handler) is up
+    while not list((run_dir / "checkpoints").glob("step=*.ckpt")):
         state = (job_records(job) or [{}])[0].get("JobState")
-        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before training\n{tail(log)}"
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), (
+            f"job {job} is {state} before training\n{tail(log)}"
+        )
         assert time.monotonic() < deadline, f"no checkpoint after 120 s\n{tail(log)}"
         time.sleep(0.2)
-    # What `#SBATCH --signal=USR1@90` does near the time limit: SIGUSR1 to every task of the job's steps
-    # (not to the batch shell, which must survive to requeue).
+    # What `#SBATCH --signal=USR1@90` does near the time limit: SIGUSR1 to every task of the job's
+    # steps (not to the batch shell, which must survive to requeue).
     subprocess.run(["scancel", "--signal=USR1", str(job)], check=True, timeout=30)
     wait_for_job(job, timeout=150, log=log)
     record = assert_completed(cluster, job, log)
@@ -264,28 +305,38 @@ def test_sigusr1_checkpoints_requeues_and_resumes(cluster, tokens, tmp_path):
     assert logged == sorted(set(logged)), logged  # no step trained twice
     after = [s for s in logged if s > step]
     assert after and after[0] <= step + 5, logged  # logging went on right after the resume point
-    assert (run_dir / "checkpoints" / ckpt).is_file() and (run_dir / "checkpoints" / "step=0000200.ckpt").is_file()
+    assert (run_dir / "checkpoints" / ckpt).is_file() and (
+        run_dir / "checkpoints" / "step=0000200.ckpt"
+    ).is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_sigterm_to_the_tasks_checkpoints_and_fails_the_job(cluster, tokens, tmp_path):
-    """SIGTERM to every task of the job's steps (`scancel --signal=TERM`, a preemption's grace signal): the
-    run saves after its step and exits 143; the job ends FAILED with 143, never COMPLETED, and the log says
-    how to resume.  (At a hard time limit srun itself gets SIGTERM and SIGKILLs the tasks: launch.sh says
-    so, and the USR1@90 lead is what checkpoints ahead of the limit.)"""
+    """SIGTERM to every task of the job's steps (`scancel --signal=TERM`, a preemption's grace
+    signal): the run saves after its step and exits 143; the job ends FAILED with 143, never
+    COMPLETED, and the log says how to resume.  (At a hard time limit srun itself gets SIGTERM and
+    SIGKILLs the tasks: launch.sh says so, and the USR1@90 lead is what checkpoints ahead of the
+    limit.)"""
     job, run_dir, log = submit_pretrain(
         tmp_path,
         2,
         1,
         *pretrain_args(
-            tokens, "trainer.max_steps=400", "trainer.checkpoint_every=10", "trainer.keep_last=50", "strategy.name=ddp"
+            tokens,
+            "trainer.max_steps=400",
+            "trainer.checkpoint_every=10",
+            "trainer.keep_last=50",
+            "strategy.name=ddp",
         ),
     )
     deadline = time.monotonic() + 120
-    while not list((run_dir / "checkpoints").glob("step=*.ckpt")):  # training (and its handler) is up
+    # training (and its handler) is up
+    while not list((run_dir / "checkpoints").glob("step=*.ckpt")):
         state = (job_records(job) or [{}])[0].get("JobState")
-        assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {job} is {state} before training\n{tail(log)}"
+        assert state in ("PENDING", "RUNNING", "CONFIGURING"), (
+            f"job {job} is {state} before training\n{tail(log)}"
+        )
         assert time.monotonic() < deadline, f"no checkpoint after 120 s\n{tail(log)}"
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=TERM", str(job)], check=True, timeout=30)
@@ -296,7 +347,10 @@ def test_sigterm_to_the_tasks_checkpoints_and_fails_the_job(cluster, tokens, tmp
     stopped = re.search(r"signal SIGTERM received: stopping after step (\d+)", text)
     assert stopped, tail(log)
     step = int(stopped.group(1))
-    assert "physfm launch: pretrain stopped by SIGTERM (time limit or preemption) with exit code 143" in text
+    assert (
+        "physfm launch: pretrain stopped by SIGTERM (time limit or preemption) with exit code 143"
+        in text
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["stopped_at_step"], metrics["stopped_by"]) == (step, "SIGTERM")
     assert (run_dir / "checkpoints" / f"step={step:07d}.ckpt").is_file()
@@ -314,7 +368,9 @@ def test_array_sharding_matches_a_single_run(cluster, tmp_path):
     dataset, reference = make_toy_dataset(tmp_path / "toy"), make_toy_dataset(tmp_path / "toy_ref")
     shard_datasets([reference], tmp_path / "single", max_shard_mb=0.05)
     out = tmp_path / "shards"
-    env = job_env(SHARD_SBATCH_ARGS=f"--output={tmp_path}/%x-%j.out --cpus-per-task=1 --chdir={REPO_ROOT}")
+    env = job_env(
+        SHARD_SBATCH_ARGS=f"--output={tmp_path}/%x-%j.out --cpus-per-task=1 --chdir={REPO_ROOT}"
+    )
     proc = subprocess.run(
         [
             "bash",
@@ -349,13 +405,16 @@ def test_array_sharding_matches_a_single_run(cluster, tmp_path):
 
     assert normalised(read_manifest(out)) == normalised(read_manifest(tmp_path / "single"))
     shards = sorted(p.relative_to(out) for p in out.rglob("*.tar"))
-    assert shards == sorted(p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*.tar"))
+    assert shards == sorted(
+        p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*.tar")
+    )
     for rel in shards:
         assert (out / rel).read_bytes() == (tmp_path / "single" / rel).read_bytes(), rel
     assert not (out / "parts").exists()
 
 
-# ----------------------------------------------------------------------------- argument pass-through
+# ----------------------------------------------------------------------------- argument
+# pass-through
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
@@ -390,7 +449,8 @@ def test_finetune_sbatch_passes_arguments_through(cluster, tmp_path):
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_finetune_sbatch_runs_deepspeed_on_two_nodes(cluster, tmp_path):
-    """A real fine-tune job, 2 nodes x 1 task, ZeRO-2: rank 0 prepares data and tokenizer, both train."""
+    """A real fine-tune job, 2 nodes x 1 task, ZeRO-2: rank 0 prepares data and tokenizer, both
+    train."""
     from tests.datagen import make_toy_dataset
     from tests.rollout_fixtures import build_tiny_model
 
@@ -451,8 +511,12 @@ def launch(env: dict[str, str]) -> subprocess.CompletedProcess:
 def test_launch_refuses_a_bad_gpu_layout():
     proc = launch({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "8"})
     assert proc.returncode == 2 and "has no GPUs" in proc.stderr
-    proc = launch({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "4", "SLURM_GPUS_PER_NODE": "a100:8"})
-    assert proc.returncode == 2 and "one task per GPU: --ntasks-per-node=4 but 8 GPU(s)" in proc.stderr
+    proc = launch(
+        {"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "4", "SLURM_GPUS_PER_NODE": "a100:8"}
+    )
+    assert (
+        proc.returncode == 2 and "one task per GPU: --ntasks-per-node=4 but 8 GPU(s)" in proc.stderr
+    )
     proc = launch({"SLURM_JOB_ID": "7", "PHYSFM_DEVICE": "tpu"})
     assert proc.returncode == 2 and "PHYSFM_DEVICE must be gpu or cpu" in proc.stderr
     assert "not inside a Slurm job" in launch({}).stderr
@@ -460,8 +524,8 @@ def test_launch_refuses_a_bad_gpu_layout():
 
 @pytest.mark.slow
 def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
-    """The training-layer half of requeueing, in one process: SIGUSR1 → checkpoint → TrainingStopped;
-    the same config then resumes from that checkpoint and finishes."""
+    """The training-layer half of requeueing, in one process: SIGUSR1 → checkpoint →
+    TrainingStopped; the same config then resumes from that checkpoint and finishes."""
     import signal
 
     from physfm.train.module import STOPPED_EXIT_CODE, ARModule, TrainingStopped
@@ -498,7 +562,9 @@ def test_sigusr1_stops_after_a_step_with_a_checkpoint_and_resumes(tmp_path, monk
     assert signal.getsignal(signal.SIGUSR1) == handler_before  # handler restored after fit
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["stopped_at_step"] == 6
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step=0000006.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "step=0000006.ckpt"
+    ]
     run_pretrain(cfg())
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 12 and metrics["resumed_from"].endswith("step=0000006.ckpt")

@@ -6,7 +6,13 @@ import pytest
 import yaml
 
 from data_pipelines.errors import DataError
-from data_pipelines.stats import RunningMoments, channel_stats, compute_stats, read_stats, write_stats
+from data_pipelines.stats import (
+    RunningMoments,
+    channel_stats,
+    compute_stats,
+    read_stats,
+    write_stats,
+)
 from data_pipelines.synthetic import random_well_data
 from data_pipelines.well_io import WellReader, list_split_files, write_well
 
@@ -19,7 +25,8 @@ def make_dataset(root, n_files=3, n_dims=2, offset=0.0, **kwargs):
 
 
 def full_frames(root):
-    """Every trajectory of the split as one float64 array [N, T, C, *space] — the numpy reference."""
+    """Every trajectory of the split as one float64 array [N, T, C, *space] — the numpy
+    reference."""
     out = []
     for path in list_split_files(root, "train"):
         with WellReader(path) as r:
@@ -31,7 +38,13 @@ def full_frames(root):
 @pytest.mark.parametrize("n_dims,offset", [(1, 0.0), (2, 1000.0), (3, -5.0)])
 def test_stats_equal_numpy_on_full_array(tmp_path, n_dims, offset):
     root = make_dataset(
-        tmp_path, n_files=3, n_dims=n_dims, offset=offset, n_traj=2, n_steps=7, size=4 if n_dims == 3 else 6
+        tmp_path,
+        n_files=3,
+        n_dims=n_dims,
+        offset=offset,
+        n_traj=2,
+        n_steps=7,
+        size=4 if n_dims == 3 else 6,
     )
     # a tiny chunk forces many chunk merges and chunk borders inside each trajectory
     stats = compute_stats(root, max_chunk_values=50)
@@ -49,10 +62,16 @@ def test_stats_equal_numpy_on_full_array(tmp_path, n_dims, offset):
     }
     for key, value in want.items():
         # mean_delta is ~0: compare relative to the delta scale rather than to itself
-        scale = np.maximum(np.abs(value), want["std_delta" if key == "mean_delta" else "std"].max() * 1e-3)
+        scale = np.maximum(
+            np.abs(value), want["std_delta" if key == "mean_delta" else "std"].max() * 1e-3
+        )
         np.testing.assert_array_less(np.abs(got[key] - value) / scale, 1e-5, err_msg=key)
     # constant fields: zero deltas, absent from the *_delta keys as in The Well's files
-    assert "mask" not in stats["std_delta"] and "b" not in stats["mean_delta"] and "mask" in stats["std"]
+    assert (
+        "mask" not in stats["std_delta"]
+        and "b" not in stats["mean_delta"]
+        and "mask" in stats["std"]
+    )
 
 
 def test_stats_yaml_layout_matches_the_well(tmp_path):
@@ -86,13 +105,17 @@ def test_nonfinite_values_are_named(tmp_path):
     root = make_dataset(tmp_path, n_files=1, n_traj=2, n_steps=5, size=4)
     with h5py.File(root / "data" / "train" / "part0.hdf5", "r+") as f:
         f["t1_fields/v"][1, 3, 0, 0, 1] = np.nan
-    with pytest.raises(DataError, match=r"part0\.hdf5: t1_fields/v: NaN/Inf at trajectory 1, time index 3"):
+    with pytest.raises(
+        DataError, match=r"part0\.hdf5: t1_fields/v: NaN/Inf at trajectory 1, time index 3"
+    ):
         compute_stats(root, max_chunk_values=40)
 
 
 def test_files_with_different_fields_are_refused(tmp_path):
     root = make_dataset(tmp_path, n_files=1, n_steps=4, size=4)
-    write_well(root / "data" / "train" / "part1.hdf5", random_well_data(n_steps=4, size=4, orders=(0, 1)))
+    write_well(
+        root / "data" / "train" / "part1.hdf5", random_well_data(n_steps=4, size=4, orders=(0, 1))
+    )
     with pytest.raises(DataError, match=r"part1\.hdf5: fields .* differ from part0\.hdf5"):
         compute_stats(root)
 
@@ -104,7 +127,10 @@ def test_read_stats_errors_name_file_and_key(tmp_path):
     path.write_text("mean: [unclosed\n")
     with pytest.raises(DataError, match=r"stats\.yaml: not valid YAML"):
         read_stats(tmp_path)
-    good = {k: {"u": 1.0, "v": [1.0, 2.0]} for k in ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")}
+    good = {
+        k: {"u": 1.0, "v": [1.0, 2.0]}
+        for k in ("mean", "std", "rms", "mean_delta", "std_delta", "rms_delta")
+    }
     path.write_text(yaml.safe_dump({k: v for k, v in good.items() if k != "rms_delta"}))
     with pytest.raises(DataError, match=r"stats\.yaml: key 'rms_delta' missing"):
         read_stats(tmp_path)
@@ -124,9 +150,13 @@ def test_channel_stats_order_and_checks():
     for k in ("mean_delta", "std_delta", "rms_delta"):
         del stats[k]["const"]
     out = channel_stats(stats, [("vel", 1), ("p", 0), ("tau", 2), ("const", 0)], ["x", "y"])
-    np.testing.assert_array_equal(out["mean"], [1, 8, 2, 3, 4, 5, 6, 7])  # t0 fields first, then t1, t2
-    np.testing.assert_array_equal(out["std_delta"], [1, 0, 2, 3, 4, 5, 6, 7])  # constant field: zero delta
-    with pytest.raises(DataError, match=r"stats: mean\.vel has 2 values, expected 3 for a t1 field in 3D"):
+    # t0 fields first, then t1, t2
+    np.testing.assert_array_equal(out["mean"], [1, 8, 2, 3, 4, 5, 6, 7])
+    # constant field: zero delta
+    np.testing.assert_array_equal(out["std_delta"], [1, 0, 2, 3, 4, 5, 6, 7])
+    with pytest.raises(
+        DataError, match=r"stats: mean\.vel has 2 values, expected 3 for a t1 field in 3D"
+    ):
         channel_stats(stats, [("vel", 1)], ["x", "y", "z"])
     with pytest.raises(DataError, match=r"stats: mean\.rho missing"):
         channel_stats(stats, [("rho", 0)], ["x"])

@@ -1,10 +1,11 @@
-"""The launch layer: config validation, Trainer kwargs, and real 2-rank gloo training of a toy MLP with
-ddp and CPUDeepSpeedStrategy (ZeRO-2, ZeRO-3, bf16, offload): losses, checkpoints, resume, export.
+"""The launch layer: config validation, Trainer kwargs, and real 2-rank gloo training of a toy MLP
+with ddp and CPUDeepSpeedStrategy (ZeRO-2, ZeRO-3, bf16, offload): losses, checkpoints, resume,
+export.
 
-The distributed cases launch ``tests/strategies_worker.py`` through ``tests/harness.run_distributed``
-and assert on what the workers wrote.  Each run happens once per module (cached) and is shared by the
-tests that read it.  First DeepSpeed CPU use compiles ops (shm_comm ~27 s, cpu_adam ~45–180 s), cached
-in ~/.cache/torch_extensions.
+The distributed cases launch ``tests/strategies_worker.py`` through
+``tests/harness.run_distributed`` and assert on what the workers wrote.  Each run happens once per
+module (cached) and is shared by the tests that read it.  First DeepSpeed CPU use compiles ops
+(shm_comm ~27 s, cpu_adam ~45–180 s), cached in ~/.cache/torch_extensions.
 """
 
 from __future__ import annotations
@@ -38,21 +39,32 @@ from physfm.train.strategies import (
 from tests.harness import run_distributed
 
 WORKER = Path(__file__).with_name("strategies_worker.py")
-STEPS, CKPT_EVERY = 12, 6  # 6 steps per epoch in the worker: the mid-run checkpoint is an epoch boundary
+# 6 steps per epoch in the worker: the mid-run checkpoint is an epoch boundary
+STEPS, CKPT_EVERY = 12, 6
 
 
 # ----------------------------------------------------------------------------- config validation
 @pytest.mark.parametrize(
     ("fields", "key"),
     [
-        ({"name": "ddp", "zero_stage": 3}, "strategy.zero_stage"),  # ZeRO-3 with a strategy without it
+        # ZeRO-3 with a strategy without it
+        ({"name": "ddp", "zero_stage": 3}, "strategy.zero_stage"),
         ({"name": "auto", "offload_optimizer": True}, "strategy.offload_optimizer"),
         ({"name": "ddp", "offload_params": True}, "strategy.offload_params"),
-        ({"name": "single", "deepspeed_config": "configs/deepspeed/zero2.json"}, "strategy.deepspeed_config"),
+        (
+            {"name": "single", "deepspeed_config": "configs/deepspeed/zero2.json"},
+            "strategy.deepspeed_config",
+        ),
         ({"name": "deepspeed", "zero_stage": 2, "offload_params": True}, "strategy.offload_params"),
-        ({"name": "deepspeed", "zero_stage": 0, "offload_optimizer": True}, "strategy.offload_optimizer"),
+        (
+            {"name": "deepspeed", "zero_stage": 0, "offload_optimizer": True},
+            "strategy.offload_optimizer",
+        ),
         ({"name": "deepspeed", "zero_stage": 5}, "strategy.zero_stage"),
-        ({"name": "deepspeed", "deepspeed_config": "configs/deepspeed/nope.json"}, "strategy.deepspeed_config"),
+        (
+            {"name": "deepspeed", "deepspeed_config": "configs/deepspeed/nope.json"},
+            "strategy.deepspeed_config",
+        ),
         ({"name": "single", "devices": 2}, "strategy.devices"),
         ({"devices": "many"}, "strategy.devices"),
         ({"num_nodes": 0}, "strategy.num_nodes"),
@@ -81,18 +93,26 @@ def test_stock_deepspeed_jsons(json_name: str) -> None:
     cfg.validate()
     ds = build_deepspeed_config(cfg)
     assert ds["zero_optimization"]["stage"] == int(json_name[4])
-    assert "auto" not in json.dumps(ds) and not any(k.startswith("_") for k in ds)  # "auto" → Lightning fills
-    assert "gradient_accumulation_steps" not in ds  # Lightning refuses it: it comes from the Trainer
-    assert "optimizer" not in ds  # configure_optimizers supplies it (torch AdamW or DeepSpeedCPUAdam)
+    # "auto" → Lightning fills
+    assert "auto" not in json.dumps(ds) and not any(k.startswith("_") for k in ds)
+    # Lightning refuses it: it comes from the Trainer
+    assert "gradient_accumulation_steps" not in ds
+    # configure_optimizers supplies it (torch AdamW or DeepSpeedCPUAdam)
+    assert "optimizer" not in ds
     assert uses_cpu_adam(cfg) == json_name.endswith("offload")
 
 
 def test_deepspeed_overrides_and_default_json() -> None:
-    cfg = StrategyConfig(name="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
+    cfg = StrategyConfig(
+        name="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True
+    )
     assert cfg.deepspeed_config_path() == DEEPSPEED_CONFIG_DIR / "zero3_offload.json"
     ds = build_deepspeed_config(
         StrategyConfig(
-            name="deepspeed", deepspeed_config="configs/deepspeed/zero2.json", zero_stage=1, offload_optimizer=True
+            name="deepspeed",
+            deepspeed_config="configs/deepspeed/zero2.json",
+            zero_stage=1,
+            offload_optimizer=True,
         )
     )
     assert ds["zero_optimization"]["stage"] == 1
@@ -106,16 +126,24 @@ def test_trainer_kwargs_on_cpu() -> None:
     single = build_trainer_kwargs(StrategyConfig(name="single", accelerator="cpu"))
     assert (single["strategy"], single["devices"], single["num_nodes"]) == ("auto", 1, 1)
     assert single["precision"] == "32-true"  # auto precision on CPU
-    ddp = build_trainer_kwargs(StrategyConfig(name="ddp", accelerator="cpu", devices=2, precision="bf16-mixed"))
-    assert isinstance(ddp["strategy"], DDPStrategy) and ddp["strategy"].process_group_backend == "gloo"
+    ddp = build_trainer_kwargs(
+        StrategyConfig(name="ddp", accelerator="cpu", devices=2, precision="bf16-mixed")
+    )
+    assert (
+        isinstance(ddp["strategy"], DDPStrategy) and ddp["strategy"].process_group_backend == "gloo"
+    )
     assert (ddp["devices"], ddp["precision"]) == (2, "bf16-mixed")
     ds = build_trainer_kwargs(StrategyConfig(name="deepspeed", zero_stage=3, accelerator="cpu"))
-    assert isinstance(ds["strategy"], DeepSpeedStrategy) and type(ds["strategy"]).__name__ == "CPUDeepSpeedStrategy"
+    assert (
+        isinstance(ds["strategy"], DeepSpeedStrategy)
+        and type(ds["strategy"]).__name__ == "CPUDeepSpeedStrategy"
+    )
     assert ds["strategy"].zero_stage_3 and ds["strategy"].process_group_backend == "gloo"
 
 
 def test_slurm_environment_is_lightnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under srun, Lightning's own SLURMEnvironment supplies ranks; devices/num_nodes "auto" follow SLURM."""
+    """Under srun, Lightning's own SLURMEnvironment supplies ranks; devices/num_nodes "auto" follow
+    SLURM."""
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero
@@ -124,7 +152,14 @@ def test_slurm_environment_is_lightnings(monkeypatch: pytest.MonkeyPatch) -> Non
     # Building a Trainer as rank 3 sets Lightning's process-global rank; restore it for later tests.
     monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     monkeypatch.setattr(fabric_rank_zero, "rank", fabric_rank_zero.rank)
-    for var in ("TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+    for var in (
+        "TORCHELASTIC_RUN_ID",
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "GROUP_RANK",
+    ):
         monkeypatch.delenv(var, raising=False)
     slurm = {
         "SLURM_NTASKS": "4",
@@ -141,10 +176,17 @@ def test_slurm_environment_is_lightnings(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(k, v)
     kwargs = build_trainer_kwargs(StrategyConfig(name="ddp", accelerator="cpu"))
     assert (kwargs["devices"], kwargs["num_nodes"]) == (2, 2)
-    trainer = L.Trainer(**kwargs, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        **kwargs, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     env = trainer.strategy.cluster_environment
     assert isinstance(env, SLURMEnvironment)
-    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank, trainer.world_size) == (3, 1, 1, 4)
+    assert (trainer.global_rank, trainer.local_rank, trainer.node_rank, trainer.world_size) == (
+        3,
+        1,
+        1,
+        4,
+    )
 
 
 def test_activation_checkpointing_keeps_grads_and_keys() -> None:
@@ -166,9 +208,18 @@ def test_activation_checkpointing_keeps_grads_and_keys() -> None:
 # ----------------------------------------------------------------------------- 2-rank training
 RUNS: dict[str, tuple[dict, list[str]]] = {
     "ddp": ({"name": "ddp", "accelerator": "cpu"}, ["--ckpt-every", str(CKPT_EVERY)]),
-    "zero2": ({"name": "deepspeed", "zero_stage": 2, "accelerator": "cpu"}, ["--ckpt-every", str(CKPT_EVERY)]),
-    "zero3": ({"name": "deepspeed", "zero_stage": 3, "accelerator": "cpu"}, ["--ckpt-every", str(CKPT_EVERY)]),
-    "zero2_bf16": ({"name": "deepspeed", "zero_stage": 2, "accelerator": "cpu", "precision": "bf16-mixed"}, []),
+    "zero2": (
+        {"name": "deepspeed", "zero_stage": 2, "accelerator": "cpu"},
+        ["--ckpt-every", str(CKPT_EVERY)],
+    ),
+    "zero3": (
+        {"name": "deepspeed", "zero_stage": 3, "accelerator": "cpu"},
+        ["--ckpt-every", str(CKPT_EVERY)],
+    ),
+    "zero2_bf16": (
+        {"name": "deepspeed", "zero_stage": 2, "accelerator": "cpu", "precision": "bf16-mixed"},
+        [],
+    ),
     # optimizer + parameter offload (DeepSpeedCPUAdam) and activation checkpointing, all at once
     "zero3_offload": (
         {
@@ -187,8 +238,8 @@ RUNS: dict[str, tuple[dict, list[str]]] = {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``run("zero3")`` → the output dir of that 2-rank training (launched once per module);
-    ``run("zero3:resumed")`` resumes it from its mid-run checkpoint; ``run("zero3:validate")`` evaluates
-    its final checkpoint with a fresh Trainer."""
+    ``run("zero3:resumed")`` resumes it from its mid-run checkpoint; ``run("zero3:validate")``
+    evaluates its final checkpoint with a fresh Trainer."""
     done: dict[str, Path] = {}
 
     def launch(name: str) -> Path:
@@ -199,10 +250,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
             if variant == "resumed":  # continue the uninterrupted run from its mid-run checkpoint
                 ckpt = launch(base) / "ckpt" / f"step={CKPT_EVERY}.ckpt"
                 extra = ["--resume", str(ckpt), "--ckpt-dir", str(out / "ckpt")]
-            elif variant == "validate":  # a fresh Trainer evaluating the final checkpoint, outside fit
+            # a fresh Trainer evaluating the final checkpoint, outside fit
+            elif variant == "validate":
                 extra = ["--validate", str(launch(base) / "ckpt" / f"step={STEPS}.ckpt")]
             result = run_distributed(
-                [str(WORKER), "--strategy", json.dumps(strategy), "--out", str(out), "--steps", str(STEPS), *extra],
+                [
+                    str(WORKER),
+                    "--strategy",
+                    json.dumps(strategy),
+                    "--out",
+                    str(out),
+                    "--steps",
+                    str(STEPS),
+                    *extra,
+                ],
                 nproc=2,
                 timeout=400,
             )
@@ -255,7 +316,10 @@ def test_zero_losses_equal_ddp(run: Callable[[str], Path], name: str) -> None:
     assert record["strategy"] == "CPUDeepSpeedStrategy"
     for rank in (0, 1):
         for step in range(1, STEPS + 1):
-            assert zero[rank][step] == pytest.approx(ddp[rank][step], rel=1e-5, abs=1e-7), (rank, step)
+            assert zero[rank][step] == pytest.approx(ddp[rank][step], rel=1e-5, abs=1e-7), (
+                rank,
+                step,
+            )
     ckpt = find_latest_checkpoint(run(name) / "ckpt")
     assert ckpt is not None and ckpt.name == f"step={STEPS}.ckpt" and ckpt.is_dir()
     shards = sorted(p.name for p in (ckpt / "checkpoint").glob("*optim_states.pt"))
@@ -263,12 +327,14 @@ def test_zero_losses_equal_ddp(run: Callable[[str], Path], name: str) -> None:
 
 
 def test_freed_memory_goes_back_to_the_os() -> None:
-    """What a rank frees after DeepSpeed partitions its model leaves the process's resident memory."""
+    """What a rank frees after DeepSpeed partitions its model leaves the process's resident
+    memory."""
 
     def rss() -> int:
         return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
 
-    kept = [torch.ones(16_000) for _ in range(4000)]  # 64 KB each: heap memory, not separate mappings
+    # 64 KB each: heap memory, not separate mappings
+    kept = [torch.ones(16_000) for _ in range(4000)]
     held = rss()
     del kept
     assert return_freed_memory_to_os()
@@ -277,11 +343,17 @@ def test_freed_memory_goes_back_to_the_os() -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_deepspeed_checkpoints_report_their_write_and_read_seconds(run: Callable[[str], Path]) -> None:
+def test_deepspeed_checkpoints_report_their_write_and_read_seconds(
+    run: Callable[[str], Path],
+) -> None:
     written = (run("zero3") / "worker_output.txt").read_text()
-    assert re.search(r"physfm: checkpoint \S+step=\d+\.ckpt written in [\d.]+ s \([\d.]+ GiB, 2 ranks\)", written)
+    assert re.search(
+        r"physfm: checkpoint \S+step=\d+\.ckpt written in [\d.]+ s \([\d.]+ GiB, 2 ranks\)", written
+    )
     read = (run("zero3:resumed") / "worker_output.txt").read_text()
-    assert re.search(rf"physfm: checkpoint \S+step={CKPT_EVERY}\.ckpt loaded in [\d.]+ s", read), read[-2000:]
+    assert re.search(rf"physfm: checkpoint \S+step={CKPT_EVERY}\.ckpt loaded in [\d.]+ s", read), (
+        read[-2000:]
+    )
 
 
 @pytest.mark.slow
@@ -290,7 +362,8 @@ def test_deepspeed_checkpoints_report_their_write_and_read_seconds(run: Callable
 def test_resume_matches_uninterrupted(run: Callable[[str], Path], name: str) -> None:
     whole, resumed = losses(run(name)), losses(run(f"{name}:resumed"))
     for rank in (0, 1):
-        assert sorted(resumed[rank]) == list(range(CKPT_EVERY + 1, STEPS + 1))  # continued, not restarted
+        # continued, not restarted
+        assert sorted(resumed[rank]) == list(range(CKPT_EVERY + 1, STEPS + 1))
         for step in resumed[rank]:
             assert resumed[rank][step] == whole[rank][step], (rank, step)  # bit for bit on CPU
     a, b = final_weights(run(name)), final_weights(run(f"{name}:resumed"))
@@ -300,13 +373,16 @@ def test_resume_matches_uninterrupted(run: Callable[[str], Path], name: str) -> 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("name", ["ddp", "zero2", "zero3"])
-def test_checkpoint_consolidates_to_safetensors(run: Callable[[str], Path], name: str, tmp_path: Path) -> None:
+def test_checkpoint_consolidates_to_safetensors(
+    run: Callable[[str], Path], name: str, tmp_path: Path
+) -> None:
     ckpt = find_latest_checkpoint(run(name) / "ckpt")
     state = consolidate_state_dict(ckpt, strip_prefix="net.")
     export_safetensors(state, {"model": "toy-mlp", "d_in": 16}, tmp_path / "export")
     loaded, config = load_safetensors(tmp_path / "export")
     assert config == {"model": "toy-mlp", "d_in": 16}
-    expected = final_weights(run(name))  # rank 0's weights at the end of training (gathered under ZeRO-3)
+    # rank 0's weights at the end of training (gathered under ZeRO-3)
+    expected = final_weights(run(name))
     assert sorted(loaded) == sorted(expected)
     for key in expected:
         assert loaded[key].dtype == torch.float32
@@ -318,7 +394,8 @@ def test_checkpoint_consolidates_to_safetensors(run: Callable[[str], Path], name
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_validate_zero3_checkpoint_outside_fit(run: Callable[[str], Path]) -> None:
-    """trainer.validate(ckpt_path=ZeRO-3 dir) restores the full weights (DeepSpeed alone cannot: #7272)."""
+    """trainer.validate(ckpt_path=ZeRO-3 dir) restores the full weights (DeepSpeed alone cannot:
+    #7272)."""
     from torch import nn
 
     from tests.strategies_worker import BATCH_SIZE, D_HIDDEN, D_IN, D_OUT, make_dataset
@@ -372,4 +449,7 @@ def test_harness_timeout_kills_workers(tmp_path: Path) -> None:
     assert result.timed_out and not result.ok
     pids = [int((tmp_path / r).read_text()) for r in ("0", "1")]  # both workers started...
     for pid in pids:  # ...and are gone
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )

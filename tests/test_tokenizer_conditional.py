@@ -1,4 +1,5 @@
-"""Conditional (predictive) tokens: key frame + frames coded given the previous frame (model.conditional)."""
+"""Conditional (predictive) tokens: key frame + frames coded given the previous frame
+(model.conditional)."""
 
 import json
 
@@ -18,9 +19,12 @@ SHAPES = {1: (32,), 2: (16, 16)}
 
 
 def conditional(n_dims: int = 2, **kw) -> Tokenizer:
-    """A conditional tokenizer with non-trivial random weights (the zero-initialised convs would hide bugs)."""
+    """A conditional tokenizer with non-trivial random weights (the zero-initialised convs would
+    hide bugs)."""
     torch.manual_seed(0)
-    cfg = TokenizerConfig(n_spatial_dims=n_dims, width=8, max_width=16, temporal_kernel=1, conditional=True, **kw)
+    cfg = TokenizerConfig(
+        n_spatial_dims=n_dims, width=8, max_width=16, temporal_kernel=1, conditional=True, **kw
+    )
     tok = Tokenizer(cfg, {"a": DatasetSpec(["u", "v"])})
     with torch.no_grad():
         for p in tok.parameters():
@@ -28,7 +32,8 @@ def conditional(n_dims: int = 2, **kw) -> Tokenizer:
     return tok.eval()
 
 
-@pytest.mark.parametrize("patch_size", [4, 1])  # token-resolution trunk (tiny) and two strided levels
+# token-resolution trunk (tiny) and two strided levels
+@pytest.mark.parametrize("patch_size", [4, 1])
 def test_all_no_change_frame_decodes_to_the_previous_frame_exactly(patch_size):
     tok = conditional(patch_size=patch_size)
     assert tok.no_change_id == 4 + 8 * (2 + 5 * (2 + 5 * 2))  # digits [4, 2, 2, 2] of [8, 5, 5, 5]
@@ -37,7 +42,9 @@ def test_all_no_change_frame_decodes_to_the_previous_frame_exactly(patch_size):
     same = torch.full((3, 4, 4), tok.no_change_id)
     assert torch.equal(tok.decode_step(same, prev, "a"), prev)
     frames = tok.decode(torch.full((3, 4, 4, 4), tok.no_change_id), "a", prev=prev)
-    assert frames.shape == (3, 4, 2, 16, 16) and all(torch.equal(frames[:, t], prev) for t in range(4))
+    assert frames.shape == (3, 4, 2, 16, 16) and all(
+        torch.equal(frames[:, t], prev) for t in range(4)
+    )
     # One changed token changes the frame, locally and not to the key-frame output.
     one = same.clone()
     one[:, 1, 2] = 0
@@ -50,7 +57,12 @@ def test_encode_decode_shapes(n_dims):
     x = torch.randn(2, 5, 2, *SHAPES[n_dims])
     ids = tok.encode(x, "a")
     grid = tuple(s // 4 for s in SHAPES[n_dims])
-    assert ids.shape == (2, 5, *grid) and ids.dtype == torch.int64 and ids.min() >= 0 and ids.max() < 1000
+    assert (
+        ids.shape == (2, 5, *grid)
+        and ids.dtype == torch.int64
+        and ids.min() >= 0
+        and ids.max() < 1000
+    )
     assert tok.token_grid(5, SHAPES[n_dims]) == (5, *grid)
     assert tok.decode(ids, "a").shape == x.shape
     assert tok.decode(ids, "a", n_frames=3).shape == (2, 3, 2, *SHAPES[n_dims])
@@ -70,7 +82,8 @@ def test_open_loop_encode_and_closed_loop_decode_agree_given_the_true_previous_f
     assert torch.equal(tok.decode(ids[:, 1:2], "a", prev=x[:, 0])[:, 0], recon[:, 1])
     assert torch.equal(tok.decode_step(ids[:, 2], x[:, 1], "a"), recon[:, 2])
     assert torch.equal(tok.decode(ids, "a")[:, 0], recon[:, 0])  # the key frame needs no prev
-    # Closed-loop coding: frame t coded given the decoded frame t-1 (what decode(ids) will condition on).
+    # Closed-loop coding: frame t coded given the decoded frame t-1 (what decode(ids) will condition
+    # on).
     closed = tok.encode(x, "a", closed_loop=True)
     assert torch.equal(closed[:, 0], ids[:, 0]) and closed.shape == ids.shape
     frame0 = tok.decode_step(closed[:, 0], None, "a")
@@ -84,9 +97,12 @@ def test_open_loop_encode_and_closed_loop_decode_agree_given_the_true_previous_f
 
 
 def test_plain_tokenizer_is_unchanged():
-    """Same seed → same weights and reconstruction as on the base commit (145136a, before model.conditional)."""
+    """Same seed → same weights and reconstruction as on the base commit (145136a, before
+    model.conditional)."""
     torch.manual_seed(0)
-    tok = Tokenizer(TokenizerConfig(n_spatial_dims=2, patch_size=4, norm="none"), {"a": DatasetSpec(["u", "v"])})
+    tok = Tokenizer(
+        TokenizerConfig(n_spatial_dims=2, patch_size=4, norm="none"), {"a": DatasetSpec(["u", "v"])}
+    )
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 2, 16, 16, generator=g)
     with torch.no_grad():
@@ -96,7 +112,8 @@ def test_plain_tokenizer_is_unchanged():
         recon, ids = tok(x, "a")
     assert len(tok.state_dict()) == 32
     assert weight_sum == pytest.approx(5.459951024956354, abs=1e-9)
-    # float32 convolutions reduce in a thread-count-dependent order: equal to ~1e-7 relative, not bit for bit
+    # float32 convolutions reduce in a thread-count-dependent order: equal to ~1e-7 relative, not
+    # bit for bit
     assert float(recon.double().sum()) == pytest.approx(-61.26264055352658, rel=1e-5)
     assert float(recon.double().abs().sum()) == pytest.approx(600.7066645184532, rel=1e-5)
     assert int(ids.sum()) == 37305
@@ -109,7 +126,8 @@ def test_save_load_keeps_conditional_and_plain_identity_is_unchanged(tmp_path):
     save_tokenizer(tok, tmp_path / "cond")
     back = load_tokenizer(tmp_path / "cond")
     assert (
-        back.cfg.conditional and json.loads((tmp_path / "cond" / "tokenizer.json").read_text())["model"]["conditional"]
+        back.cfg.conditional
+        and json.loads((tmp_path / "cond" / "tokenizer.json").read_text())["model"]["conditional"]
     )
     x = torch.randn(1, 3, 2, 16, 16)
     assert torch.equal(back.encode(x, "a"), tok.encode(x, "a"))
@@ -118,7 +136,8 @@ def test_save_load_keeps_conditional_and_plain_identity_is_unchanged(tmp_path):
     plain = Tokenizer(TokenizerConfig(n_spatial_dims=2), {"a": DatasetSpec(["u"])})
     save_tokenizer(plain, tmp_path / "plain")
     meta = json.loads((tmp_path / "plain" / "tokenizer.json").read_text())
-    assert "conditional" not in meta["model"]  # so a plain file and fingerprint match one written without the option
+    # so a plain file and fingerprint match one written without the option
+    assert "conditional" not in meta["model"]
     assert not load_tokenizer(tmp_path / "plain").cfg.conditional
     assert fingerprint(plain) == fingerprint(tmp_path / "plain") == meta["fingerprint"]
 
@@ -135,7 +154,9 @@ def test_conditional_refuses_temporal_compression_and_kernel_and_one_frame_crops
             ["model.temporal_compression=2"],
         )
     with pytest.raises(ConfigError, match="data.train_frames"):
-        load_config(TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml", ["data.train_frames=1"])
+        load_config(
+            TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml", ["data.train_frames=1"]
+        )
     cfg = load_config(TokenizerTrainConfig, "configs/tokenizer/tiny_conditional.yaml")
     assert cfg.model.conditional and cfg.model.levels == [8, 5, 5, 5] and cfg.data.train_frames == 2
 
@@ -184,7 +205,8 @@ def test_token_shards_record_conditional_and_decode(trained, tmp_path):
     assert sample["tokens"].shape == (5, 4, 4)
     window = torch.from_numpy(next(iter_samples(shards, "valid"))["input"]).float()[None]
     assert torch.equal(
-        torch.from_numpy(sample["tokens"][:4]).long()[None], tok.encode(tok.normalize(window, "waves"), "waves")
+        torch.from_numpy(sample["tokens"][:4]).long()[None],
+        tok.encode(tok.normalize(window, "waves"), "waves"),
     )
     decoded = decode_shards(ckpt, tokens, tmp_path / "decoded")
     assert read_manifest(decoded)["n_input"] == 4

@@ -33,7 +33,8 @@ def test_straight_through_gradient_reaches_the_input():
     z = torch.randn(16, 4, requires_grad=True)
     codes, _ = fsq(z)
     codes.sum().backward()
-    assert z.grad is not None and (z.grad.abs() > 0).all()  # rounding alone would give zero gradient
+    # rounding alone would give zero gradient
+    assert z.grad is not None and (z.grad.abs() > 0).all()
 
 
 def test_out_of_range_ids_and_bad_levels_are_refused():

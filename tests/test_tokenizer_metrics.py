@@ -48,7 +48,9 @@ def test_vrmse_is_one_for_the_spatial_mean_and_zero_for_the_truth():
     mean = true.mean(dim=(-2, -1), keepdim=True).expand_as(true)
     n = 64 * 64
     assert torch.allclose(
-        vrmse(mean, true, 2), torch.full((2, 3), ((n - 1) / n) ** 0.5, dtype=torch.float64), atol=1e-6
+        vrmse(mean, true, 2),
+        torch.full((2, 3), ((n - 1) / n) ** 0.5, dtype=torch.float64),
+        atol=1e-6,
     )
     assert torch.all(vrmse(true, true, 2) == 0)
 
@@ -80,14 +82,22 @@ def test_vmse_loss_is_mean_squared_vrmse_with_eps_and_weights_fields_equally():
     torch.manual_seed(0)
     true = torch.randn(2, 3, 2, 16, 16, dtype=torch.float64)
     true[:, :, 1] *= 10  # field 1 has 100x the variance of field 0
-    pred = true + 0.1 * true.std(dim=(-2, -1), keepdim=True) * torch.randn_like(true)  # same relative error
+    # same relative error
+    pred = true + 0.1 * true.std(dim=(-2, -1), keepdim=True) * torch.randn_like(true)
     cfg = LossConfig(kind="vmse", vmse_eps=0.0)
     # With eps 0 the loss is the mean of VRMSE² (VRMSE's own eps aside).
-    assert torch.isclose(reconstruction_loss(pred, true, cfg, 2), (vrmse(pred, true, 2) ** 2).mean(), rtol=1e-4)
+    assert torch.isclose(
+        reconstruction_loss(pred, true, cfg, 2), (vrmse(pred, true, 2) ** 2).mean(), rtol=1e-4
+    )
     # Equal relative errors give equal per-field losses under vmse, but not under plain mse.
-    per_field = [reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], cfg, 2) for c in (0, 1)]
+    per_field = [
+        reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], cfg, 2) for c in (0, 1)
+    ]
     assert torch.isclose(per_field[0], per_field[1], rtol=0.1)
-    mse = [reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], LossConfig(kind="mse"), 2) for c in (0, 1)]
+    mse = [
+        reconstruction_loss(pred[:, :, c : c + 1], true[:, :, c : c + 1], LossConfig(kind="mse"), 2)
+        for c in (0, 1)
+    ]
     assert mse[1] > 50 * mse[0]
     # eps keeps a near-constant frame from dominating: the loss stays bounded.
     flat = torch.full_like(true, 3.0)
@@ -96,8 +106,8 @@ def test_vmse_loss_is_mean_squared_vrmse_with_eps_and_weights_fields_equally():
 
 
 def test_eval_max_batches_caps_each_dataset_so_every_dataset_is_scored(tmp_path):
-    """The loader yields one dataset's windows after the other's: a cap on the total scored the first dataset
-    only, and the headline vrmse_max (the quickstart's) left the others out."""
+    """The loader yields one dataset's windows after the other's: a cap on the total scored the
+    first dataset only, and the headline vrmse_max (the quickstart's) left the others out."""
     from data_pipelines.shards import read_manifest
     from tests.rollout_fixtures import build_tiny_model
     from tokenizer.evaluate import evaluate_tokenizer
@@ -105,9 +115,16 @@ def test_eval_max_batches_caps_each_dataset_so_every_dataset_is_scored(tmp_path)
     paths = build_tiny_model(tmp_path, datasets=("waves_a", "waves_b"))
     assert len(read_manifest(paths["shards"])["datasets"]) == 2
     metrics = evaluate_tokenizer(
-        paths["tokenizer"], paths["shards"], tmp_path / "eval", split="valid", batch_size=2, max_batches=1, n_plots=0
+        paths["tokenizer"],
+        paths["shards"],
+        tmp_path / "eval",
+        split="valid",
+        batch_size=2,
+        max_batches=1,
+        n_plots=0,
     )
     assert sorted(metrics["datasets"]) == ["waves_a", "waves_b"]
-    assert all(d["n_frames"] <= 2 * 5 for d in metrics["datasets"].values())  # one batch of 2 five-frame windows
+    # one batch of 2 five-frame windows
+    assert all(d["n_frames"] <= 2 * 5 for d in metrics["datasets"].values())
     worst = max(f["vrmse"] for d in metrics["datasets"].values() for f in d["fields"].values())
     assert metrics["overall"]["vrmse_max"] == worst

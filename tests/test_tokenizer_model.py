@@ -1,4 +1,5 @@
-"""Tokenizer model: 1D/2D/3D shapes, causality in time, per-dataset heads and frozen-trunk extension."""
+"""Tokenizer model: 1D/2D/3D shapes, causality in time, per-dataset heads and frozen-trunk
+extension."""
 
 import pytest
 import torch
@@ -20,7 +21,10 @@ SHAPES = {1: (32,), 2: (16, 16), 3: (8, 8, 8)}
 @pytest.mark.parametrize("ct", [1, 2, 4])
 def test_round_trip_shapes_1d_2d_3d(n_dims, ct):
     torch.manual_seed(0)
-    tok = Tokenizer(small(n_dims, temporal_compression=ct, spatial_compression=4), {"a": DatasetSpec(["u", "v", "w"])})
+    tok = Tokenizer(
+        small(n_dims, temporal_compression=ct, spatial_compression=4),
+        {"a": DatasetSpec(["u", "v", "w"])},
+    )
     x = torch.randn(2, 5, 3, *SHAPES[n_dims])
     recon, ids = tok(x, "a")
     assert recon.shape == x.shape
@@ -39,7 +43,9 @@ def test_window_length_not_aligned_with_temporal_compression():
     assert ids.shape == (1, 2, 4, 4) and recon.shape == x.shape
 
 
-@pytest.mark.parametrize("ct,frame,unchanged_groups", [(1, 4, 4), (1, 2, 2), (2, 3, 2), (4, 4, 1), (2, 1, 1)])
+@pytest.mark.parametrize(
+    "ct,frame,unchanged_groups", [(1, 4, 4), (1, 2, 2), (2, 3, 2), (4, 4, 1), (2, 1, 1)]
+)
 def test_codes_of_earlier_frames_ignore_later_frames(ct, frame, unchanged_groups):
     torch.manual_seed(1)
     tok = Tokenizer(small(temporal_compression=ct), {"a": DatasetSpec(["u", "v"])})
@@ -50,7 +56,8 @@ def test_codes_of_earlier_frames_ignore_later_frames(ct, frame, unchanged_groups
     codes2, ids2 = tok.encode_latent(later, "a")
     assert torch.equal(ids[:, :unchanged_groups], ids2[:, :unchanged_groups])
     assert torch.equal(codes[:, :unchanged_groups], codes2[:, :unchanged_groups])
-    assert not torch.equal(ids[:, unchanged_groups:], ids2[:, unchanged_groups:])  # the perturbation is seen
+    # the perturbation is seen
+    assert not torch.equal(ids[:, unchanged_groups:], ids2[:, unchanged_groups:])
     # The decoder is causal too: frames before the perturbed group decode identically.
     first_frame_of_group = 1 + ct * (unchanged_groups - 1)
     out, out2 = tok.decode(ids, "a", 5), tok.decode(ids2, "a", 5)
@@ -124,14 +131,19 @@ def test_new_dataset_trains_its_head_with_frozen_trunk_and_old_dataset_is_unchan
 def test_pooling_baselines_match_the_latent_size():
     from tokenizer.evaluate import pool_baseline, pool_shape_latent, pool_shape_tokens
 
-    # 2D, 3 fields, 64², 4x per axis, 4 FSQ values per token position: 16*16*4 floats per frame shared by
-    # 3 fields, i.e. about 18² per field; the token-grid baseline keeps 16² per field.
-    tok = Tokenizer(small(2, spatial_compression=4, levels=[8, 5, 5, 5]), {"a": DatasetSpec(["u", "v", "w"])})
+    # 2D, 3 fields, 64², 4x per axis, 4 FSQ values per token position: 16*16*4 floats per frame
+    # shared by 3 fields, i.e. about 18² per field; the token-grid baseline keeps 16² per field.
+    tok = Tokenizer(
+        small(2, spatial_compression=4, levels=[8, 5, 5, 5]), {"a": DatasetSpec(["u", "v", "w"])}
+    )
     assert pool_shape_tokens(tok, (64, 64)) == [16, 16]
     latent = pool_shape_latent(tok, 5, 3, (64, 64))
     assert latent == [18, 18] and abs(3 * 18 * 18 - 16 * 16 * 4) / (16 * 16 * 4) < 0.06
-    # One 1D field at 4x with 4 values per position: as many floats as the input, so the pooling is lossless.
-    tok1 = Tokenizer(small(1, spatial_compression=4, levels=[8, 5, 5, 5]), {"b": DatasetSpec(["u"])})
+    # One 1D field at 4x with 4 values per position: as many floats as the input, so the pooling is
+    # lossless.
+    tok1 = Tokenizer(
+        small(1, spatial_compression=4, levels=[8, 5, 5, 5]), {"b": DatasetSpec(["u"])}
+    )
     assert pool_shape_latent(tok1, 5, 1, (128,)) == [128]
     x = torch.randn(2, 5, 1, 128)
     assert torch.allclose(pool_baseline(x, [128]), x, atol=1e-6)

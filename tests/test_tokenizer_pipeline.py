@@ -1,4 +1,5 @@
-"""Train → checkpoint → eval → token shards → decode, through the library and the CLI, on tiny wave shards."""
+"""Train → checkpoint → eval → token shards → decode, through the library and the CLI, on tiny wave
+shards."""
 
 import json
 
@@ -29,9 +30,13 @@ TINY = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tok")
-    shards = write_wave_shards(root / "shards", {"waves": (["u", "v"], (16, 16)), "big": (["p"], (32, 32))})
+    shards = write_wave_shards(
+        root / "shards", {"waves": (["u", "v"], (16, 16)), "big": (["p"], (32, 32))}
+    )
     cfg = load_config(
-        TokenizerTrainConfig, "configs/tokenizer/tiny.yaml", [f"data.shards={shards}", f"out={root / 'run'}", *TINY]
+        TokenizerTrainConfig,
+        "configs/tokenizer/tiny.yaml",
+        [f"data.shards={shards}", f"out={root / 'run'}", *TINY],
     )
     ckpt = train_tokenizer(cfg)
     return root, shards, ckpt
@@ -41,23 +46,43 @@ def trained(tmp_path_factory):
 def test_training_writes_a_safetensors_checkpoint_that_reloads(trained):
     root, shards, ckpt = trained
     assert (ckpt / "tokenizer.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
-    assert (root / "run" / "config.yaml").is_file() and (root / "run" / "logs" / "metrics.csv").is_file()
+    assert (root / "run" / "config.yaml").is_file() and (
+        root / "run" / "logs" / "metrics.csv"
+    ).is_file()
     meta = json.loads((ckpt / "tokenizer.json").read_text())
     assert meta["train"]["step"] == 4 and set(meta["datasets"]) == {"waves", "big"}
     tok = load_tokenizer(root / "run")  # a run directory resolves to its checkpoint
     manifest = read_manifest(shards)
-    assert tok.datasets["waves"].mean == pytest.approx(manifest["datasets"]["waves"]["stats"]["mean"])
+    assert tok.datasets["waves"].mean == pytest.approx(
+        manifest["datasets"]["waves"]["stats"]["mean"]
+    )
     assert fingerprint(tok) == fingerprint(ckpt) == meta["fingerprint"]
 
 
 @pytest.mark.slow
 def test_eval_writes_metrics_report_and_pngs(trained, tmp_path):
     root, shards, ckpt = trained
-    assert physfm(["tokenizer", "eval", "--ckpt", str(ckpt), "--data", str(shards), "--out", str(tmp_path)]) == 0
+    assert (
+        physfm(
+            [
+                "tokenizer",
+                "eval",
+                "--ckpt",
+                str(ckpt),
+                "--data",
+                str(shards),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["datasets"]) == {"waves", "big"}
     fields = metrics["datasets"]["waves"]["fields"]
-    assert set(fields) == {"u", "v"} and all(f["vrmse"] > 0 and np.isfinite(f["psnr"]) for f in fields.values())
+    assert set(fields) == {"u", "v"} and all(
+        f["vrmse"] > 0 and np.isfinite(f["psnr"]) for f in fields.values()
+    )
     assert 0 < metrics["overall"]["code_usage"] <= 1 and metrics["overall"]["perplexity"] >= 1
     assert metrics["token_grid"]["big"] == [5, 8, 8]
     assert "| waves | u |" in (tmp_path / "report.md").read_text()
@@ -67,10 +92,14 @@ def test_eval_writes_metrics_report_and_pngs(trained, tmp_path):
 @pytest.mark.slow
 def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tmp_path):
     root, shards, ckpt = trained
-    tokens = encode_shards(ckpt, shards, tmp_path / "tokens", batch_size=3)  # batches straddle datasets
+    # batches straddle datasets
+    tokens = encode_shards(ckpt, shards, tmp_path / "tokens", batch_size=3)
     manifest = read_manifest(tokens)
     assert manifest["tokenizer_fingerprint"] == fingerprint(ckpt)
-    assert manifest["splits"]["valid"]["n_samples"] == read_manifest(shards)["splits"]["valid"]["n_samples"]
+    assert (
+        manifest["splits"]["valid"]["n_samples"]
+        == read_manifest(shards)["splits"]["valid"]["n_samples"]
+    )
     tok = load_tokenizer(ckpt)
     fields = {s["__key__"]: s for s in iter_samples(shards, "valid")}
     token_samples = list(read_token_shards(tokens, ckpt, "valid"))
@@ -87,7 +116,9 @@ def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tm
     for s in iter_samples(decoded, "valid"):
         tokens_of = next(t for t in token_samples if t["__key__"] == s["__key__"])
         name = s["meta"]["dataset"]
-        expect = tok.denormalize(tok.decode(torch.from_numpy(tokens_of["tokens"]).long()[None], name, 5), name)[0]
+        expect = tok.denormalize(
+            tok.decode(torch.from_numpy(tokens_of["tokens"]).long()[None], name, 5), name
+        )[0]
         assert s["input"].shape == fields[s["__key__"]]["input"].shape
         assert np.allclose(np.concatenate([s["input"], s["output"]]), expect.numpy(), atol=1e-5)
 
@@ -95,12 +126,25 @@ def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tm
     with torch.no_grad():
         tok.to_code.bias.add_(1e-3)
     other = save_tokenizer(tok, tmp_path / "other")
-    with pytest.raises(DataError, match="encoded by tokenizer .* decode with the tokenizer that encoded them"):
+    with pytest.raises(
+        DataError, match="encoded by tokenizer .* decode with the tokenizer that encoded them"
+    ):
         decode_shards(other, tokens, tmp_path / "decoded2")
     with pytest.raises(DataError, match="encoded by tokenizer"):
         next(read_token_shards(tokens, other, "train"))
     assert (
-        physfm(["tokenizer", "decode", "--ckpt", str(other), "--tokens", str(tokens), "--out", str(tmp_path / "d3")])
+        physfm(
+            [
+                "tokenizer",
+                "decode",
+                "--ckpt",
+                str(other),
+                "--tokens",
+                str(tokens),
+                "--out",
+                str(tmp_path / "d3"),
+            ]
+        )
         == 2
     )
 
@@ -109,7 +153,9 @@ def test_token_shards_round_trip_and_mismatched_tokenizer_is_refused(trained, tm
 def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
     root, shards, ckpt = trained
     new_shards = write_wave_shards(
-        tmp_path / "new", {"waves": (["u", "v"], (16, 16)), "heat": (["T", "rho"], (16, 16))}, seed=5
+        tmp_path / "new",
+        {"waves": (["u", "v"], (16, 16)), "heat": (["T", "rho"], (16, 16))},
+        seed=5,
     )
     cfg = load_config(
         TokenizerTrainConfig,
@@ -133,7 +179,9 @@ def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
         extended.decode(original.encode(window, "waves"), "waves"),
         original.decode(original.encode(window, "waves"), "waves"),
     )
-    assert all(torch.equal(a, b) for a, b in zip(extended.trunk_parameters(), original.trunk_parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(extended.trunk_parameters(), original.trunk_parameters())
+    )
 
 
 @pytest.mark.slow
@@ -168,7 +216,12 @@ def test_cli_train_and_encode(tmp_path, trained):
         ]
     )
     assert rc == 0 and list(read_manifest(tmp_path / "tokens")["splits"]) == ["valid"]
-    assert physfm(["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "model.levelz=[2]"]) == 2
+    assert (
+        physfm(
+            ["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", "model.levelz=[2]"]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -180,10 +233,15 @@ def test_one_clip_shard_set_serves_a_short_tokenizer_window_and_long_token_windo
     shards = tmp_path / "shards"
     shard_datasets([toy], shards, WindowSpec(4, 1, 1))
     overrides = [f"data.shards={shards}", f"out={tmp_path / 'run'}", *TINY, "data.window=[2,1]"]
-    ckpt = train_tokenizer(load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml", overrides))
-    tokens = encode_shards(ckpt, shards, tmp_path / "tokens", splits=["valid"], window=WindowSpec(8, 1, 1))
+    ckpt = train_tokenizer(
+        load_config(TokenizerTrainConfig, "configs/tokenizer/tiny.yaml", overrides)
+    )
+    tokens = encode_shards(
+        ckpt, shards, tmp_path / "tokens", splits=["valid"], window=WindowSpec(8, 1, 1)
+    )
     manifest = read_manifest(tokens)
     assert (manifest["n_input"], manifest["n_output"]) == (8, 1)
     samples = list(iter_samples(tokens, "valid"))
-    assert len(samples) == manifest["splits"]["valid"]["n_samples"] == 2 * 4  # 12 steps: starts 0..3
+    # 12 steps: starts 0..3
+    assert len(samples) == manifest["splits"]["valid"]["n_samples"] == 2 * 4
     assert {s["tokens"].shape[0] for s in samples} == {9}

@@ -60,7 +60,9 @@ def test_not_hdf5_and_truncated(tmp_path, good_file):
 def test_truncated_data_region_is_reported(tmp_path):
     """A file cut inside its data (header intact) must give a named problem, not a traceback."""
     path = tmp_path / "big.hdf5"
-    write_well(path, random_well_data(n_traj=2, n_steps=20, size=32, constant_fields=False, orders=(0,)))
+    write_well(
+        path, random_well_data(n_traj=2, n_steps=20, size=32, constant_fields=False, orders=(0,))
+    )
     cut = tmp_path / "cut.hdf5"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size - 20000])
     text = one_line(validate_paths([cut]))
@@ -86,7 +88,9 @@ def test_wrong_rank(good_file):
 
 
 def test_time_length_mismatch(good_file):
-    text = one_line(problems_after(good_file, lambda f: replace_dataset(f, "dimensions/time", np.arange(8.0))))
+    text = one_line(
+        problems_after(good_file, lambda f: replace_dataset(f, "dimensions/time", np.arange(8.0)))
+    )
     for field in ("t0_fields/u", "t1_fields/v", "t2_fields/s"):
         assert f"{field}: time length mismatch: 6 steps but dimensions/time has 8" in text
     assert "scalars/forcing: shape (6,), expected (8,)" in text
@@ -94,7 +98,10 @@ def test_time_length_mismatch(good_file):
 
 def test_inconsistent_n_trajectories(good_file):
     text = one_line(problems_after(good_file, lambda f: f.attrs.__setitem__("n_trajectories", 4)))
-    assert "t0_fields/u: first axis holds 3 trajectories but n_trajectories=4 (inconsistent n_trajectories)" in text
+    assert (
+        "t0_fields/u: first axis holds 3 trajectories but n_trajectories=4 (inconsistent n_trajectories)"
+        in text
+    )
 
 
 def test_nonfinite_values_named_with_trajectory_and_time(good_file):
@@ -115,8 +122,13 @@ def test_unknown_bc_type_and_coords_mismatch(good_file):
 
     text = one_line(problems_after(good_file, edit))
     assert "boundary_conditions/x_periodic: unknown bc_type 'SLIPPERY'" in text
-    assert "t0_fields/u: coords length mismatch: axis 2 (x) has size 5 but dimensions/x has 7" in text
-    assert "boundary_conditions/x_periodic/mask: shape (5,) does not match the coords lengths (7,)" in text
+    assert (
+        "t0_fields/u: coords length mismatch: axis 2 (x) has size 5 but dimensions/x has 7" in text
+    )
+    assert (
+        "boundary_conditions/x_periodic/mask: shape (5,) does not match the coords lengths (7,)"
+        in text
+    )
 
 
 def test_simulation_parameter_attr_missing(good_file):
@@ -129,7 +141,8 @@ def test_every_problem_is_reported(good_file):
         del f.attrs["grid_type"]
         f["boundary_conditions/x_periodic"].attrs["bc_type"] = "bogus"
         f["t2_fields/s"][0, 0, 0, 0, 0, 0] = np.nan
-        replace_dataset(f, "t0_fields/mask", np.zeros((2, 5, 6), "f4"))  # 2 trajectories, file says 3
+        # 2 trajectories, file says 3
+        replace_dataset(f, "t0_fields/mask", np.zeros((2, 5, 6), "f4"))
         del f["t1_fields/b"].attrs["dim_varying"]
         del f.attrs["nu"]
 
@@ -150,7 +163,8 @@ def test_every_problem_is_reported(good_file):
 def test_dataset_dir_checks_splits_consistency_and_stats(tmp_path):
     root = tmp_path / "ds"
     write_well(root / "data" / "train" / "a.hdf5", random_well_data(n_steps=4, size=4))
-    write_well(root / "data" / "valid" / "a.hdf5", random_well_data(n_steps=4, size=5))  # other resolution
+    # other resolution
+    write_well(root / "data" / "valid" / "a.hdf5", random_well_data(n_steps=4, size=5))
     write_stats(root, compute_stats(root))
     stats_text = (root / "stats.yaml").read_text()
     (root / "stats.yaml").write_text(stats_text.replace("  u:", "  u_renamed:"))

@@ -15,18 +15,23 @@ from data_pipelines.well_io import WellReader, list_split_files, read_well, writ
 
 @pytest.mark.parametrize("n_dims", [1, 2, 3])
 def test_round_trip_all_features(tmp_path, n_dims):
-    data = random_well_data(n_dims=n_dims, n_traj=2, n_steps=5, size=4 if n_dims == 3 else 6, seed=n_dims)
+    data = random_well_data(
+        n_dims=n_dims, n_traj=2, n_steps=5, size=4 if n_dims == 3 else 6, seed=n_dims
+    )
     path = tmp_path / "run.hdf5"
     write_well(path, data)
     back = read_well(path)
 
     assert back.dataset_name == data.dataset_name and back.spatial_dims == data.spatial_dims
-    assert back.n_trajectories == 2 and back.n_steps == 5 and back.spatial_shape == data.spatial_shape
+    assert (
+        back.n_trajectories == 2 and back.n_steps == 5 and back.spatial_shape == data.spatial_shape
+    )
     np.testing.assert_array_equal(back.time, data.time)
     for d in data.spatial_dims:
         np.testing.assert_array_equal(back.coords[d], data.coords[d])
     assert [(f.name, f.order, f.time_varying, f.sample_varying) for f in back.fields] == sorted(
-        [(f.name, f.order, f.time_varying, f.sample_varying) for f in data.fields], key=lambda t: t[1]
+        [(f.name, f.order, f.time_varying, f.sample_varying) for f in data.fields],
+        key=lambda t: t[1],
     )
     by_name = {f.name: f for f in back.fields}
     for f in data.fields:
@@ -38,11 +43,21 @@ def test_round_trip_all_features(tmp_path, n_dims):
     assert list(scalars) == ["forcing", "seed_energy", "nu", "Re"]
     for s in data.scalars:
         np.testing.assert_array_equal(scalars[s.name].data, s.data)
-        assert (scalars[s.name].time_varying, scalars[s.name].sample_varying) == (s.time_varying, s.sample_varying)
-    assert float(scalars["nu"].data) == data.simulation_parameters["nu"] and not scalars["nu"].time_varying
+        assert (scalars[s.name].time_varying, scalars[s.name].sample_varying) == (
+            s.time_varying,
+            s.sample_varying,
+        )
+    assert (
+        float(scalars["nu"].data) == data.simulation_parameters["nu"]
+        and not scalars["nu"].time_varying
+    )
     bcs = {bc.name: bc for bc in back.boundary_conditions}
     assert bcs["x_periodic"].bc_type == "PERIODIC" and bcs["x_periodic"].associated_dims == ["x"]
-    assert bcs["x_periodic"].mask[0] and bcs["x_periodic"].mask[-1] and not bcs["x_periodic"].mask[1:-1].any()
+    assert (
+        bcs["x_periodic"].mask[0]
+        and bcs["x_periodic"].mask[-1]
+        and not bcs["x_periodic"].mask[1:-1].any()
+    )
     wall = data.boundary_conditions[1]
     np.testing.assert_array_equal(bcs[wall.name].mask, wall.mask)
     assert bcs[wall.name].associated_fields == ["u"]
@@ -68,7 +83,18 @@ def test_reader_metadata_and_channel_layout(tmp_path):
     write_well(tmp_path / "f.hdf5", data)
     with WellReader(tmp_path / "f.hdf5") as r:
         assert r.fields == [("u", 0), ("mask", 0), ("v", 1), ("b", 1), ("s", 2)]
-        assert r.channel_names == ["u", "mask", "v_x", "v_y", "b_x", "b_y", "s_xx", "s_xy", "s_yx", "s_yy"]
+        assert r.channel_names == [
+            "u",
+            "mask",
+            "v_x",
+            "v_y",
+            "b_x",
+            "b_y",
+            "s_xx",
+            "s_xy",
+            "s_yx",
+            "s_yy",
+        ]
         assert (r.n_trajectories, r.n_steps, r.spatial_shape, r.n_spatial_dims) == (3, 7, (5, 6), 2)
         assert r.simulation_parameters == {"nu": 0.01, "Re": 100.0}
         x = r.frames(2, 2, 5)
@@ -79,7 +105,9 @@ def test_reader_metadata_and_channel_layout(tmp_path):
         s = data.fields[3].data
         np.testing.assert_array_equal(x[:, 7], s[2, 2:5, ..., 0, 1])
         np.testing.assert_array_equal(x[:, 1], np.broadcast_to(data.fields[1].data[2], (3, 5, 6)))
-        np.testing.assert_array_equal(x[:, 5], np.broadcast_to(data.fields[4].data[..., 1], (3, 5, 6)))
+        np.testing.assert_array_equal(
+            x[:, 5], np.broadcast_to(data.fields[4].data[..., 1], (3, 5, 6))
+        )
 
 
 def test_lazy_slices_equal_full_read(tmp_path):
@@ -114,12 +142,15 @@ def test_reader_reads_only_the_requested_slice(tmp_path, monkeypatch):
         r.frames(1, 3, 5)
     assert ("/t1_fields/v", (1, slice(3, 5))) in seen  # a hyperslab, not the whole dataset
     assert ("/t0_fields/mask", (1,)) in seen  # constant in time: one frame of trajectory 1
-    assert all(index != () for name, index in seen if name != "/t1_fields/b")  # only b is stored once
+    # only b is stored once
+    assert all(index != () for name, index in seen if name != "/t1_fields/b")
 
 
 def test_reader_broadcasts_fields_constant_along_a_dimension(tmp_path):
     """The Well may store a field with dim_varying False along an axis (size 1 on disk)."""
-    data = random_well_data(n_dims=2, n_traj=1, n_steps=3, size=4, constant_fields=False, orders=(0,))
+    data = random_well_data(
+        n_dims=2, n_traj=1, n_steps=3, size=4, constant_fields=False, orders=(0,)
+    )
     path = tmp_path / "f.hdf5"
     write_well(path, data)
     profile = np.arange(4, dtype=np.float32).reshape(1, 4, 1)  # [traj, x, y=1]: varies in x only
@@ -158,7 +189,9 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
 def test_write_rejects_inconsistent_shapes(tmp_path):
     data = random_well_data(n_traj=2, n_steps=4, size=4)
     data.fields.append(Field("w", 1, np.zeros((2, 3, 4, 5, 2), np.float32)))  # 3 steps, time has 4
-    with pytest.raises(DataError, match=r"t1_fields/w: shape \(2, 3, 4, 5, 2\), expected \(2, 4, 4, 5, 2\)"):
+    with pytest.raises(
+        DataError, match=r"t1_fields/w: shape \(2, 3, 4, 5, 2\), expected \(2, 4, 4, 5, 2\)"
+    ):
         write_well(tmp_path / "bad.hdf5", data)
     assert not (tmp_path / "bad.hdf5").exists()
 
@@ -178,10 +211,16 @@ def test_read_errors_name_file_and_location(tmp_path):
 
     for edit, pattern in [
         (lambda f: f.__delitem__("t1_fields"), r"t1_fields: missing"),
-        (lambda f: f["t2_fields/s"].attrs.__delitem__("time_varying"), r"t2_fields/s: attribute 'time_varying'"),
+        (
+            lambda f: f["t2_fields/s"].attrs.__delitem__("time_varying"),
+            r"t2_fields/s: attribute 'time_varying'",
+        ),
         (lambda f: f.attrs.__delitem__("n_trajectories"), r"/: attribute 'n_trajectories' missing"),
         (lambda f: f["dimensions"].__delitem__("y"), r"dimensions/y: missing"),
-        (lambda f: f["t1_fields/v"].attrs.__setitem__("sample_varying", False), r"t1_fields/v: shape \(2, 4, "),
+        (
+            lambda f: f["t1_fields/v"].attrs.__setitem__("sample_varying", False),
+            r"t1_fields/v: shape \(2, 4, ",
+        ),
     ]:
         broken = tmp_path / "broken.hdf5"
         broken.write_bytes(good.read_bytes())

@@ -1,4 +1,5 @@
-"""Tiny shard sets of smooth travelling waves for the tokenizer tests (written directly, in milliseconds)."""
+"""Tiny shard sets of smooth travelling waves for the tokenizer tests (written directly, in
+milliseconds)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import numpy as np
 from data_pipelines.shards import ShardWriter, write_manifest
 
 
-def wave_windows(n: int, n_frames: int, channels: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """[n, T, C, *shape] float32: per window and channel a random plane wave moving in time, plus an offset."""
+def wave_windows(
+    n: int, n_frames: int, channels: int, shape: tuple[int, ...], seed: int
+) -> np.ndarray:
+    """[n, T, C, *shape] float32: per window and channel a random plane wave moving in time, plus an
+    offset."""
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(0, 2 * np.pi, s, endpoint=False) for s in shape], indexing="ij")
+    grids = np.meshgrid(
+        *[np.linspace(0, 2 * np.pi, s, endpoint=False) for s in shape], indexing="ij"
+    )
     out = np.empty((n, n_frames, channels, *shape), dtype=np.float32)
     for i in range(n):
         for c in range(channels):
@@ -33,7 +39,8 @@ def write_wave_shards(
     n_output: int = 1,
     seed: int = 0,
 ) -> Path:
-    """Shards for ``{name: (channel_names, spatial_shape)}`` with train and valid splits + manifest."""
+    """Shards for ``{name: (channel_names, spatial_shape)}`` with train and valid splits +
+    manifest."""
     root = Path(root)
     manifest_datasets, splits = {}, {}
     per_split = {"train": n_train, "valid": n_valid}
@@ -63,16 +70,33 @@ def write_wave_shards(
         with ShardWriter(root / split) as writer:
             for name in datasets:
                 for i, window in enumerate(windows[name, split]):
-                    meta = {"dataset": name, "source_file": f"{name}.hdf5", "trajectory": i, "start": 0, "params": {}}
+                    meta = {
+                        "dataset": name,
+                        "source_file": f"{name}.hdf5",
+                        "trajectory": i,
+                        "start": 0,
+                        "params": {},
+                    }
                     writer.write(
                         f"{name}_{i:05d}",
-                        {"input.npy": window[:n_input], "output.npy": window[n_input:], "meta.json": meta},
+                        {
+                            "input.npy": window[:n_input],
+                            "output.npy": window[n_input:],
+                            "meta.json": meta,
+                        },
                         dataset=name,
                     )
         records = writer.records
         shards = [{**r, "path": f"{split}/{r['path']}"} for r in records]
         splits[split] = {"shards": shards, "n_samples": sum(r["n_samples"] for r in shards)}
     write_manifest(
-        root, {"n_input": n_input, "n_output": n_output, "stride": 1, "datasets": manifest_datasets, "splits": splits}
+        root,
+        {
+            "n_input": n_input,
+            "n_output": n_output,
+            "stride": 1,
+            "datasets": manifest_datasets,
+            "splits": splits,
+        },
     )
     return root

@@ -1,5 +1,5 @@
-"""Discrete physics tokenizer: FSQ quantiser, causal spatiotemporal conv encoder/decoder with per-dataset
-heads, training, metrics, evaluation and token-shard encode/decode.
+"""Discrete physics tokenizer: FSQ quantiser, causal spatiotemporal conv encoder/decoder with
+per-dataset heads, training, metrics, evaluation and token-shard encode/decode.
 
 Example::
 

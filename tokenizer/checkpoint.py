@@ -1,10 +1,11 @@
-"""Tokenizer checkpoints: ``tokenizer.safetensors`` (weights) + ``tokenizer.json`` (architecture, datasets).
+"""Tokenizer checkpoints: ``tokenizer.safetensors`` (weights) + ``tokenizer.json`` (architecture,
+datasets).
 
-A checkpoint is a directory; it is written whole into a hidden sibling and swapped in with renames, so a
-reader never sees weights from one save beside a config from another. Loading reads safetensors and JSON
-only — nothing is unpickled. The *fingerprint* is the sha256 of the weights file and the canonical JSON of
-everything that determines the tokens (architecture, datasets, normalisation stats); token shards record
-it, and decoding them with any other tokenizer is refused.
+A checkpoint is a directory; it is written whole into a hidden sibling and swapped in with renames,
+so a reader never sees weights from one save beside a config from another. Loading reads safetensors
+and JSON only — nothing is unpickled. The *fingerprint* is the sha256 of the weights file and the
+canonical JSON of everything that determines the tokens (architecture, datasets, normalisation
+stats); token shards record it, and decoding them with any other tokenizer is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ VERSION = 1
 
 
 def find_checkpoint(path: str | Path) -> Path | None:
-    """The checkpoint directory at ``path`` (itself, or a training run's ``checkpoint/``), or None."""
+    """The checkpoint directory at ``path`` (itself, or a training run's ``checkpoint/``), or
+    None."""
     path = Path(path)
     for candidate in (path, path / "checkpoint"):
         if (candidate / CONFIG).is_file() and (candidate / WEIGHTS).is_file():
@@ -64,7 +66,9 @@ def _fingerprint(weights: bytes, identity: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def save_tokenizer(model: Tokenizer, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_tokenizer(
+    model: Tokenizer, out_dir: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``out_dir/{tokenizer.safetensors, tokenizer.json}`` atomically; returns ``out_dir``."""
     from safetensors.torch import save
 
@@ -106,7 +110,8 @@ def read_tokenizer_spec(path: str | Path) -> tuple[TokenizerConfig, dict[str, Da
 
 
 def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -> Tokenizer:
-    """Rebuild a :class:`Tokenizer` from a checkpoint (or run) directory; weights via safetensors only."""
+    """Rebuild a :class:`Tokenizer` from a checkpoint (or run) directory; weights via safetensors
+    only."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -116,8 +121,11 @@ def load_tokenizer(path: str | Path, map_location: str | torch.device = "cpu") -
     try:
         state = load_file(str(ckpt / WEIGHTS), device=str(map_location))
         model.load_state_dict(state, strict=True)
-    except SafetensorError as err:  # not a safetensors file (a pickle, say): refused, never unpickled
-        raise DataError(f"{ckpt / WEIGHTS}: not a valid safetensors file, refused ({err})") from None
+    # not a safetensors file (a pickle, say): refused, never unpickled
+    except SafetensorError as err:
+        raise DataError(
+            f"{ckpt / WEIGHTS}: not a valid safetensors file, refused ({err})"
+        ) from None
     except (RuntimeError, OSError) as err:  # missing/unexpected keys, unreadable file
         first = str(err).strip().splitlines()[0]
         raise DataError(f"{ckpt / WEIGHTS}: weights do not match {CONFIG}: {first}") from None
@@ -134,4 +142,6 @@ def fingerprint(path_or_model: str | Path | Tokenizer) -> str:
         return _fingerprint(save(state), _identity(path_or_model))
     ckpt = resolve_checkpoint(path_or_model)
     meta = read_checkpoint_meta(ckpt)
-    return _fingerprint((ckpt / WEIGHTS).read_bytes(), {"model": meta["model"], "datasets": meta["datasets"]})
+    return _fingerprint(
+        (ckpt / WEIGHTS).read_bytes(), {"model": meta["model"], "datasets": meta["datasets"]}
+    )

@@ -1,14 +1,16 @@
-"""Finite Scalar Quantisation (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple").
+"""Finite Scalar Quantisation (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
+Simple").
 
 Each of the ``d = len(levels)`` latent channels is squashed to a bounded range and rounded to one of
-``levels[i]`` values; the code is the tuple of rounded values and its integer id is the mixed-radix number
-formed by them, so the implicit codebook has ``prod(levels)`` entries (``[8, 5, 5, 5]`` → 1,000 for the
-tiny tokenizer, ``[8, 8, 8, 5, 5, 5]`` → 64,000 as in Cosmos/PhysiX). There is no learned codebook, no
-commitment loss and no codebook collapse, which is why FSQ suits a tokenizer trained from scratch on a CPU.
+``levels[i]`` values; the code is the tuple of rounded values and its integer id is the mixed-radix
+number formed by them, so the implicit codebook has ``prod(levels)`` entries (``[8, 5, 5, 5]`` →
+1,000 for the tiny tokenizer, ``[8, 8, 8, 5, 5, 5]`` → 64,000 as in Cosmos/PhysiX). There is no
+learned codebook, no commitment loss and no codebook collapse, which is why FSQ suits a tokenizer
+trained from scratch on a CPU.
 
-Hand-written (~60 lines) rather than taken from ``vector-quantize-pytorch``: the maths is small and fixed,
-it keeps the dependency list short, and the index layout — which token shards persist — stays under
-this project's control rather than a third party's.
+Hand-written (~60 lines) rather than taken from ``vector-quantize-pytorch``: the maths is small and
+fixed, it keeps the dependency list short, and the index layout — which token shards persist — stays
+under this project's control rather than a third party's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def round_ste(z: torch.Tensor) -> torch.Tensor:
 
 
 class FSQ(nn.Module):
-    """Quantise the last axis of ``z`` (size ``len(levels)``) onto the FSQ grid; codes lie in [-1, 1]."""
+    """Quantise the last axis of ``z`` (size ``len(levels)``) onto the FSQ grid; codes lie in [-1,
+    1]."""
 
     def __init__(self, levels: list[int], eps: float = 1e-3):
         super().__init__()
@@ -50,7 +53,8 @@ class FSQ(nn.Module):
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squash ``z`` so that rounding yields exactly ``levels[i]`` values per channel.
 
-        Even level counts have no centre value, so they are shifted by half a step (the paper's offset).
+        Even level counts have no centre value, so they are shifted by half a step (the paper's
+        offset).
         """
         levels = self.levels.to(z.dtype)
         half_l = (levels - 1) * (1 + self.eps) / 2
@@ -59,9 +63,12 @@ class FSQ(nn.Module):
         return torch.tanh(z + shift) * half_l - offset
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z`` [..., d] → (codes [..., d] in [-1, 1] with straight-through gradients, ids [...] int64)."""
+        """``z`` [..., d] → (codes [..., d] in [-1, 1] with straight-through gradients, ids [...]
+        int64)."""
         if z.shape[-1] != self.dim:
-            raise ValueError(f"FSQ expects last axis of size {self.dim}, got shape {tuple(z.shape)}")
+            raise ValueError(
+                f"FSQ expects last axis of size {self.dim}, got shape {tuple(z.shape)}"
+            )
         # Quantise in float32: under bf16 autocast the rounding boundaries would shift.
         z32 = z.float()
         half_width = (self.levels // 2).to(z32.dtype)

@@ -1,14 +1,15 @@
 """The project's metrics, shared by tokenizer eval, physfm evaluate/fine-tune and the benches.
 
-Field metrics take tensors laid out ``[..., C, *space]`` (the shard layout) and reduce over space only,
-returning ``[..., C]`` — one value per sample (and frame) and field. Pass ``channel_axis=-1`` for The Well's
-channels-last layout ``[..., *space, C]``.
+Field metrics take tensors laid out ``[..., C, *space]`` (the shard layout) and reduce over space
+only, returning ``[..., C]`` — one value per sample (and frame) and field. Pass ``channel_axis=-1``
+for The Well's channels-last layout ``[..., *space, C]``.
 
-VRMSE is The Well's definition, matched bit-for-bit against ``the_well.benchmark.metrics.VRMSE`` in the
-tests: ``sqrt(mean_space((pred - true)^2) / (var_space(true) + eps))`` with the *unbiased* spatial variance
-(The Well computes it as ``torch.std(...) ** 2``) and ``eps = 1e-7``. VRMSE 1.0 is what predicting the
-spatial mean of each field scores. It is invariant to a per-field affine change of units, so z-scored and
-physical-unit tensors give the same value up to the eps term; report it in physical units anyway.
+VRMSE is The Well's definition, matched bit-for-bit against ``the_well.benchmark.metrics.VRMSE`` in
+the tests: ``sqrt(mean_space((pred - true)^2) / (var_space(true) + eps))`` with the *unbiased*
+spatial variance (The Well computes it as ``torch.std(...) ** 2``) and ``eps = 1e-7``. VRMSE 1.0 is
+what predicting the spatial mean of each field scores. It is invariant to a per-field affine change
+of units, so z-scored and physical-unit tensors give the same value up to the eps term; report it in
+physical units anyway.
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ import math
 import torch
 
 
-def _channels_before_space(x: torch.Tensor, n_spatial_dims: int, channel_axis: int | None) -> torch.Tensor:
+def _channels_before_space(
+    x: torch.Tensor, n_spatial_dims: int, channel_axis: int | None
+) -> torch.Tensor:
     if x.ndim < n_spatial_dims + 1:
-        raise ValueError(f"expected at least {n_spatial_dims + 1} axes [..., C, *space], got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"expected at least {n_spatial_dims + 1} axes [..., C, *space], got shape {tuple(x.shape)}"
+        )
     if channel_axis is None:
         return x
     return x.movedim(channel_axis, -(n_spatial_dims + 1))
 
 
-def _as_tensors(pred, true, n_spatial_dims: int, channel_axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_tensors(
+    pred, true, n_spatial_dims: int, channel_axis: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     pred, true = torch.as_tensor(pred), torch.as_tensor(true)
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != truth shape {tuple(true.shape)}")
@@ -45,20 +52,26 @@ def mse(pred, true, n_spatial_dims: int, channel_axis: int | None = None) -> tor
     return ((pred - true) ** 2).mean(dim=_space(n_spatial_dims))
 
 
-def vrmse(pred, true, n_spatial_dims: int, channel_axis: int | None = None, eps: float = 1e-7) -> torch.Tensor:
+def vrmse(
+    pred, true, n_spatial_dims: int, channel_axis: int | None = None, eps: float = 1e-7
+) -> torch.Tensor:
     """Variance-scaled RMSE per sample and field (The Well): [..., C, *space] → [..., C]."""
     pred, true = _as_tensors(pred, true, n_spatial_dims, channel_axis)
     space = _space(n_spatial_dims)
     err = ((pred - true) ** 2).mean(dim=space)
-    var = torch.std(true, dim=space) ** 2  # unbiased, exactly as the_well.benchmark.metrics.NMSE(norm_mode="std")
+    # unbiased, exactly as the_well.benchmark.metrics.NMSE(norm_mode="std")
+    var = torch.std(true, dim=space) ** 2
     return torch.sqrt(err / (var + eps))
 
 
-def psnr(pred, true, n_spatial_dims: int, channel_axis: int | None = None, eps: float = 1e-12) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per sample and field, the peak being the truth's spatial range.
+def psnr(
+    pred, true, n_spatial_dims: int, channel_axis: int | None = None, eps: float = 1e-12
+) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per sample and field, the peak being the truth's spatial
+    range.
 
-    ``10 log10(range(true)^2 / mse)``; fields of physics data have no fixed peak (unlike 8-bit images), so
-    each sample's own max - min over space is used. → [..., C].
+    ``10 log10(range(true)^2 / mse)``; fields of physics data have no fixed peak (unlike 8-bit
+    images), so each sample's own max - min over space is used. → [..., C].
     """
     pred, true = _as_tensors(pred, true, n_spatial_dims, channel_axis)
     space = _space(n_spatial_dims)
@@ -73,7 +86,9 @@ def code_counts(ids: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """Histogram of token ids (any shape) over the codebook → int64 [codebook_size]."""
     ids = torch.as_tensor(ids).reshape(-1).long()
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= codebook_size):
-        raise ValueError(f"token ids outside [0, {codebook_size}): range [{int(ids.min())}, {int(ids.max())}]")
+        raise ValueError(
+            f"token ids outside [0, {codebook_size}): range [{int(ids.min())}, {int(ids.max())}]"
+        )
     return torch.bincount(ids, minlength=codebook_size)
 
 

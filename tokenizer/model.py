@@ -1,62 +1,67 @@
-"""Spatiotemporal FSQ tokenizer: causal-in-time conv encoder → FSQ → conv decoder, for 1D, 2D and 3D fields.
+"""Spatiotemporal FSQ tokenizer: causal-in-time conv encoder → FSQ → conv decoder, for 1D, 2D and 3D
+fields.
 
-Layout. A window of ``T`` frames ``[B, T, C, *space]`` becomes a grid of integer tokens ``[B, T', *space']``
-with ``space' = space / spatial_compression`` per axis and, following Cosmos' causal video tokenizer,
-``T' = 1 + ceil((T - 1) / temporal_compression)``: frame 0 gets its own token group, then each group of
-``temporal_compression`` frames shares one (5 frames at 4x → 2 groups). Token group ``j`` depends only on
-frames ``<= j * temporal_compression`` (causal), so an autoregressive model over token groups never sees the
-future through the tokenizer. The decoder is causal in the same sense.
+Layout. A window of ``T`` frames ``[B, T, C, *space]`` becomes a grid of integer tokens ``[B, T',
+*space']`` with ``space' = space / spatial_compression`` per axis and, following Cosmos' causal
+video tokenizer, ``T' = 1 + ceil((T - 1) / temporal_compression)``: frame 0 gets its own token
+group, then each group of ``temporal_compression`` frames shares one (5 frames at 4x → 2 groups).
+Token group ``j`` depends only on frames ``<= j * temporal_compression`` (causal), so an
+autoregressive model over token groups never sees the future through the tokenizer. The decoder is
+causal in the same sense.
 
-One code path for 1D/2D/3D. Activations are kept frame-major, ``[(B T), C, *space]``, so every spatial
-operation is a plain ``ConvNd`` picked by ``n_spatial_dims`` with time folded into the batch. Mixing in
-time is a *causal temporal conv*: a pointwise ``ConvNd`` applied to the concatenation of the current frame
-and the ``k - 1`` previous frames (the first frame is replicated as left padding) — a (2+1)D factorised
-conv that needs no permutes and no Conv4d for 3D data. The stem first folds ``patch_size``^n pixel patches
-into channels (space-to-depth, as Cosmos patchifies), then strided convs halve the resolution until the
-spatial compression is reached; the tiny CPU model patchifies straight to the token grid. Optional
-normalisation is per frame (GroupNorm over one frame), since statistics pooled over time would leak
-future frames into the past.
+One code path for 1D/2D/3D. Activations are kept frame-major, ``[(B T), C, *space]``, so every
+spatial operation is a plain ``ConvNd`` picked by ``n_spatial_dims`` with time folded into the
+batch. Mixing in time is a *causal temporal conv*: a pointwise ``ConvNd`` applied to the
+concatenation of the current frame and the ``k - 1`` previous frames (the first frame is replicated
+as left padding) — a (2+1)D factorised conv that needs no permutes and no Conv4d for 3D data. The
+stem first folds ``patch_size``^n pixel patches into channels (space-to-depth, as Cosmos
+patchifies), then strided convs halve the resolution until the spatial compression is reached; the
+tiny CPU model patchifies straight to the token grid. Optional normalisation is per frame (GroupNorm
+over one frame), since statistics pooled over time would leak future frames into the past.
 
 Heterogeneous datasets: per-dataset stems and heads around one shared trunk (the PhysiX approach of
-per-dataset decoders, without its channel-union slots). Each dataset — a name plus its ordered channel
-names — gets its own input projection ``C_ds → width`` and output head ``width → C_ds``; the trunk
-(encoder body, FSQ projection, decoder body) and hence the token vocabulary are shared. We chose this over
-a channel-union input (PhysiX) because the union grows with every dataset and forces a retrain of the
-input layer, and over per-field embeddings (MPP/Walrus) because heads keep the trunk a plain conv net at
-any channel count. Adding a dataset later is ``add_dataset(name, channel_names)`` then training only its
-new stem/head with ``freeze_trunk()``: the other datasets' stems, heads and the trunk stay bit-identical,
-so their tokens and reconstructions are unchanged.
+per-dataset decoders, without its channel-union slots). Each dataset — a name plus its ordered
+channel names — gets its own input projection ``C_ds → width`` and output head ``width → C_ds``; the
+trunk (encoder body, FSQ projection, decoder body) and hence the token vocabulary are shared. We
+chose this over a channel-union input (PhysiX) because the union grows with every dataset and forces
+a retrain of the input layer, and over per-field embeddings (MPP/Walrus) because heads keep the
+trunk a plain conv net at any channel count. Adding a dataset later is ``add_dataset(name,
+channel_names)`` then training only its new stem/head with ``freeze_trunk()``: the other datasets'
+stems, heads and the trunk stay bit-identical, so their tokens and reconstructions are unchanged.
 
-Conditional (predictive) tokens, ``model.conditional: true`` (needs ``temporal_compression == 1`` and
-``temporal_kernel == 1``). Most of a physical frame is already known from the previous one, so a plain
-tokenizer that codes each frame whole spends its ~10 bits per token on what did not change. A conditional
-tokenizer codes frame ``t`` *given the previous frame* ``x_{t-1}`` in continuous space:
+Conditional (predictive) tokens, ``model.conditional: true`` (needs ``temporal_compression == 1``
+and ``temporal_kernel == 1``). Most of a physical frame is already known from the previous one, so a
+plain tokenizer that codes each frame whole spends its ~10 bits per token on what did not change. A
+conditional tokenizer codes frame ``t`` *given the previous frame* ``x_{t-1}`` in continuous space:
 
 * frame 0 of a window is a **key frame**, coded on its own: the same network with ``prev = 0`` and a
   key-frame indicator channel set to 1;
-* frame ``t > 0``: the encoder sees ``(x_t, x_{t-1})``; the decoder sees ``(codes_t, x_{t-1})`` and outputs
-  ``x_{t-1} + f(codes_t, x_{t-1}) - f(zero_codes, x_{t-1})``, where ``f`` is the decoder network and
-  ``zero_codes`` the FSQ code whose every value is 0 (id :attr:`Tokenizer.no_change_id`; for [8,5,5,5]
-  digits [4,2,2,2]). A frame of all "no change" tokens therefore decodes to ``x_{t-1}`` exactly: by the
-  subtraction (both terms are one batched pass over identical inputs) and, so that no backend's rounding
-  can break it, by an explicit check that returns ``prev`` itself for such frames. The subtraction also
-  gives a locally zero token the meaning "little change here", which the AR model can learn to use.
+* frame ``t > 0``: the encoder sees ``(x_t, x_{t-1})``; the decoder sees ``(codes_t, x_{t-1})`` and
+  outputs ``x_{t-1} + f(codes_t, x_{t-1}) - f(zero_codes, x_{t-1})``, where ``f`` is the decoder
+  network and ``zero_codes`` the FSQ code whose every value is 0 (id :attr:`Tokenizer.no_change_id`;
+  for [8,5,5,5] digits [4,2,2,2]). A frame of all "no change" tokens therefore decodes to
+  ``x_{t-1}`` exactly: by the subtraction (both terms are one batched pass over identical inputs)
+  and, so that no backend's rounding can break it, by an explicit check that returns ``prev`` itself
+  for such frames. The subtraction also gives a locally zero token the meaning "little change here",
+  which the AR model can learn to use.
 
-Frames are coded independently given their predecessor (no temporal mixing inside the codec), so one frame
-decodes from its tokens and the previous frame alone — what a rollout needs. Shapes (``grid`` = ``space /
-spatial_compression``; fields z-scored, see :meth:`Tokenizer.normalize`):
+Frames are coded independently given their predecessor (no temporal mixing inside the codec), so one
+frame decodes from its tokens and the previous frame alone — what a rollout needs. Shapes (``grid``
+= ``space / spatial_compression``; fields z-scored, see :meth:`Tokenizer.normalize`):
 
-* ``encode(x, ds)``: ``x [B, T, C, *space]`` → ids ``[B, T, *grid]``; frame 0 key-coded, frame ``t > 0``
-  coded given the TRUE ``x_{t-1}`` (open loop: each frame's tokens are the target of a one-step forecast
-  from the true state). ``encode(x, ds, closed_loop=True)`` codes frame ``t`` given the *decoded* frame
-  ``t-1`` instead, so ``decode(ids)`` of a whole window does not drift (token shards for re-decoding).
-* ``decode(ids, ds, prev=None)``: ids ``[B, T, *grid]`` → ``[B, T, C, *space]``. ``prev=None``: frame 0 is
-  decoded as a key frame; else ``prev [B, C, *space]`` is the last known frame and every frame is
-  conditional. Each decoded frame is the next frame's ``prev`` (closed loop).
-* ``decode_step(ids_t, prev, ds)``: ids ``[B, *grid]``, prev ``[B, C, *space]`` (``None`` = key frame) →
-  ``[B, C, *space]``.
-* ``forward(x, ds)``: teacher-forced reconstruction (frame ``t`` decoded given the true ``x_{t-1}``) and ids;
-  what training and ``tokenizer eval`` use — the ceiling of a forecaster that predicts one frame's tokens.
+* ``encode(x, ds)``: ``x [B, T, C, *space]`` → ids ``[B, T, *grid]``; frame 0 key-coded, frame ``t >
+  0`` coded given the TRUE ``x_{t-1}`` (open loop: each frame's tokens are the target of a one-step
+  forecast from the true state). ``encode(x, ds, closed_loop=True)`` codes frame ``t`` given the
+  *decoded* frame ``t-1`` instead, so ``decode(ids)`` of a whole window does not drift (token shards
+  for re-decoding).
+* ``decode(ids, ds, prev=None)``: ids ``[B, T, *grid]`` → ``[B, T, C, *space]``. ``prev=None``:
+  frame 0 is decoded as a key frame; else ``prev [B, C, *space]`` is the last known frame and every
+  frame is conditional. Each decoded frame is the next frame's ``prev`` (closed loop).
+* ``decode_step(ids_t, prev, ds)``: ids ``[B, *grid]``, prev ``[B, C, *space]`` (``None`` = key
+  frame) → ``[B, C, *space]``.
+* ``forward(x, ds)``: teacher-forced reconstruction (frame ``t`` decoded given the true ``x_{t-1}``)
+  and ids; what training and ``tokenizer eval`` use — the ceiling of a forecaster that predicts one
+  frame's tokens.
 """
 
 from __future__ import annotations
@@ -84,20 +89,26 @@ class TokenizerConfig:
     n_spatial_dims: int = 2  # 1, 2 or 3; 0 = take it from the training data
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # FSQ levels; codebook = prod
     spatial_compression: int = 4  # per axis: 4, 8 or 16 (any power of two >= 2 works)
-    patch_size: int = 4  # space-to-depth at the stem (Cosmos patchifies too): convs start at 1/patch res
+    # space-to-depth at the stem (Cosmos patchifies too): convs start at 1/patch res
+    patch_size: int = 4
     temporal_compression: int = 1  # 1, 2 or 4 (causal, Cosmos-style: 1 + (T-1)/c groups)
     width: int = 32  # channels at full resolution; doubled at each downsampling ...
     max_width: int = 128  # ... up to this cap
     blocks_per_level: int = 1  # residual blocks at each resolution, encoder and decoder each
     mid_blocks: int = 2  # residual blocks at the latent resolution
-    temporal_kernel: int = 3  # frames seen by each causal temporal conv; 1 = frames coded independently
+    # frames seen by each causal temporal conv; 1 = frames coded independently
+    temporal_kernel: int = 3
     padding: Literal["zeros", "circular", "replicate"] = "circular"  # spatial boundary handling
-    norm: Literal["group", "none"] = "group"  # per-frame GroupNorm (configs/tokenizer/tiny.yaml turns it off)
-    conditional: bool = False  # code frame t given frame t-1 (key frame first); see the module docstring
+    # per-frame GroupNorm (configs/tokenizer/tiny.yaml turns it off)
+    norm: Literal["group", "none"] = "group"
+    # code frame t given frame t-1 (key frame first); see the module docstring
+    conditional: bool = False
 
     def validate(self) -> None:
         if self.n_spatial_dims not in (0, 1, 2, 3):
-            raise ConfigError(f"model.n_spatial_dims: must be 1, 2, 3 (or 0 = from data), got {self.n_spatial_dims}")
+            raise ConfigError(
+                f"model.n_spatial_dims: must be 1, 2, 3 (or 0 = from data), got {self.n_spatial_dims}"
+            )
         if not self.levels or any(n < 2 for n in self.levels):
             raise ConfigError(f"model.levels: every FSQ level must be >= 2, got {self.levels}")
         for key in ("spatial_compression", "temporal_compression"):
@@ -117,15 +128,26 @@ class TokenizerConfig:
 
         if self.spatial_compression < 2:
             raise ConfigError("model.spatial_compression: must be >= 2")
-        if self.patch_size < 1 or self.patch_size & (self.patch_size - 1) or self.patch_size > self.spatial_compression:
-            raise ConfigError(f"model.patch_size: must be a power of two <= spatial_compression, got {self.patch_size}")
-        if self.temporal_compression > 1 and self.temporal_compression > self.spatial_compression // self.patch_size:
+        if (
+            self.patch_size < 1
+            or self.patch_size & (self.patch_size - 1)
+            or self.patch_size > self.spatial_compression
+        ):
+            raise ConfigError(
+                f"model.patch_size: must be a power of two <= spatial_compression, got {self.patch_size}"
+            )
+        if (
+            self.temporal_compression > 1
+            and self.temporal_compression > self.spatial_compression // self.patch_size
+        ):
             raise ConfigError(
                 "model.temporal_compression: needs as many strided levels as "
                 "log2(spatial_compression / patch_size); lower patch_size"
             )
         if self.width < 1 or self.max_width < self.width:
-            raise ConfigError(f"model.width/max_width: need 1 <= width <= max_width, got {self.width}/{self.max_width}")
+            raise ConfigError(
+                f"model.width/max_width: need 1 <= width <= max_width, got {self.width}/{self.max_width}"
+            )
         if self.temporal_kernel < 1:
             raise ConfigError(f"model.temporal_kernel: must be >= 1, got {self.temporal_kernel}")
 
@@ -142,9 +164,9 @@ class TokenizerConfig:
         return math.prod(self.levels)
 
 
-# ---------------------------------------------------------------------- field frames <-> token frames
-# The one place this arithmetic is written: every stage that maps a window between field frames and
-# token frames (pretraining layouts, rollouts, fine-tuning) calls these.
+# ---------------------------------------------------------------------- field frames <-> token
+# frames The one place this arithmetic is written: every stage that maps a window between field
+# frames and token frames (pretraining layouts, rollouts, fine-tuning) calls these.
 
 
 def token_frames(n_frames: int, temporal_compression: int) -> int:
@@ -158,7 +180,8 @@ def field_frames(n_token_frames: int, temporal_compression: int) -> int:
 
 
 def future_token_frames(horizon: int, temporal_compression: int) -> int:
-    """Token frames that code ``horizon`` field frames following a whole group (a rollout's new frames)."""
+    """Token frames that code ``horizon`` field frames following a whole group (a rollout's new
+    frames)."""
     return math.ceil(horizon / temporal_compression)
 
 
@@ -170,13 +193,16 @@ def window_token_layout(
     if (spec.n_input - 1) % temporal_compression:
         return None
     return TokenLayout(
-        token_frames(spec.n_input, temporal_compression), token_frames(spec.length, temporal_compression), grid
+        token_frames(spec.n_input, temporal_compression),
+        token_frames(spec.length, temporal_compression),
+        grid,
     )
 
 
 @dataclass
 class DatasetSpec:
-    """What the tokenizer knows of one dataset: its channel order and the z-score stats it was trained with."""
+    """What the tokenizer knows of one dataset: its channel order and the z-score stats it was
+    trained with."""
 
     channel_names: list[str]
     mean: list[float] | None = None  # per channel, physical units
@@ -194,11 +220,13 @@ def conv_nd(n_dims: int) -> type[nn.Module]:
 def group_norm(channels: int, kind: str) -> nn.Module:
     if kind == "none":
         return nn.Identity()
-    return nn.GroupNorm(math.gcd(8, channels), channels)  # per sample of [(B T), C, *space] = per frame
+    # per sample of [(B T), C, *space] = per frame
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
 class SpaceToDepth(nn.Module):
-    """[N, C, *space] → [N, C * p^n, *space / p]: each p^n patch becomes channels (lossless, no weights)."""
+    """[N, C, *space] → [N, C * p^n, *space / p]: each p^n patch becomes channels (lossless, no
+    weights)."""
 
     def __init__(self, n_dims: int, patch: int):
         super().__init__()
@@ -234,8 +262,8 @@ class DepthToSpace(nn.Module):
 class CausalTemporalConv(nn.Module):
     """y[t] = W · concat(x[t-k+1], ..., x[t]) with the first frame replicated as left padding.
 
-    Input and output are frame-major ``[(B T), C, *space]``. ``stride=2`` keeps frames 0, 2, 4, ... so
-    ``T → 1 + (T-1)/2`` and output ``j`` sees input frames ``<= 2j`` (needs odd ``T``).
+    Input and output are frame-major ``[(B T), C, *space]``. ``stride=2`` keeps frames 0, 2, 4, ...
+    so ``T → 1 + (T-1)/2`` and output ``j`` sees input frames ``<= 2j`` (needs odd ``T``).
     """
 
     def __init__(self, n_dims: int, c_in: int, c_out: int, kernel: int, stride: int = 1):
@@ -248,7 +276,8 @@ class CausalTemporalConv(nn.Module):
         pad = x[:, :1].expand(-1, self.kernel - 1, *x.shape[2:])
         xp = torch.cat([pad, x], dim=1)  # [B, T+k-1, C, *space]
         keep = slice(0, n_frames, self.stride)
-        taps = [xp[:, j : j + n_frames][:, keep] for j in range(self.kernel)]  # oldest → current frame
+        # oldest → current frame
+        taps = [xp[:, j : j + n_frames][:, keep] for j in range(self.kernel)]
         stacked = torch.cat(taps, dim=2)  # [B, T_out, k*C, *space]
         n_out = stacked.shape[1]
         return self.proj(stacked.flatten(0, 1)), n_out
@@ -263,11 +292,14 @@ class ResBlock(nn.Module):
         self.norm1 = group_norm(channels, cfg.norm)
         self.conv1 = conv(channels, channels, 3, padding=1, padding_mode=cfg.padding)
         self.temporal = (
-            CausalTemporalConv(n_dims, channels, channels, cfg.temporal_kernel) if cfg.temporal_kernel > 1 else None
+            CausalTemporalConv(n_dims, channels, channels, cfg.temporal_kernel)
+            if cfg.temporal_kernel > 1
+            else None
         )
         self.norm2 = group_norm(channels, cfg.norm)
         self.conv2 = conv(channels, channels, 3, padding=1, padding_mode=cfg.padding)
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable deep residual stacks
+        # each block starts as the identity: stable deep residual stacks
+        nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, h: torch.Tensor, n_frames: int) -> torch.Tensor:
@@ -284,7 +316,8 @@ def _dataset_key(name: str) -> str:
 
 
 class Tokenizer(nn.Module):
-    """Per-dataset stems/heads + shared causal encoder/decoder trunk + FSQ. See the module docstring."""
+    """Per-dataset stems/heads + shared causal encoder/decoder trunk + FSQ. See the module
+    docstring."""
 
     def __init__(self, cfg: TokenizerConfig, datasets: dict[str, DatasetSpec] | None = None):
         super().__init__()
@@ -306,10 +339,16 @@ class Tokenizer(nn.Module):
         self.enc_down = nn.ModuleList()
         self.enc_time_down = nn.ModuleDict()
         for i in range(cfg.n_levels):
-            self.enc_blocks.append(nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level)))
-            self.enc_down.append(conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=cfg.padding))
+            self.enc_blocks.append(
+                nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level))
+            )
+            self.enc_down.append(
+                conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=cfg.padding)
+            )
             if i in self.time_levels:
-                self.enc_time_down[str(i)] = CausalTemporalConv(n, widths[i + 1], widths[i + 1], 3, stride=2)
+                self.enc_time_down[str(i)] = CausalTemporalConv(
+                    n, widths[i + 1], widths[i + 1], 3, stride=2
+                )
         self.enc_mid = nn.ModuleList(ResBlock(cfg, n, widths[-1]) for _ in range(cfg.mid_blocks))
         self.enc_norm = group_norm(widths[-1], cfg.norm)
         self.to_code = conv(widths[-1], len(cfg.levels), 1)
@@ -323,12 +362,18 @@ class Tokenizer(nn.Module):
         for i in reversed(range(cfg.n_levels)):
             if i in self.time_levels:
                 self.dec_time_up[str(i)] = CausalTemporalConv(n, widths[i + 1], widths[i + 1], 3)
-            self.dec_up.append(conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=cfg.padding))
-            self.dec_blocks.append(nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level)))
+            self.dec_up.append(
+                conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=cfg.padding)
+            )
+            self.dec_blocks.append(
+                nn.ModuleList(ResBlock(cfg, n, widths[i]) for _ in range(cfg.blocks_per_level))
+            )
         # ---- conditional models: the previous frame's features for the decoder ----
         if cfg.conditional:
-            self.cond_stems = nn.ModuleDict()  # per dataset: (prev, key flag) → widths[0] at the stem resolution
-            self.cond_down = nn.ModuleList(  # shared: down to the token grid, where they join the codes
+            # per dataset: (prev, key flag) → widths[0] at the stem resolution
+            self.cond_stems = nn.ModuleDict()
+            # shared: down to the token grid, where they join the codes
+            self.cond_down = nn.ModuleList(
                 conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=cfg.padding)
                 for i in range(cfg.n_levels)
             )
@@ -338,19 +383,27 @@ class Tokenizer(nn.Module):
 
     # ------------------------------------------------------------------ datasets and freezing
     def add_dataset(
-        self, name: str, channel_names: list[str], mean: list[float] | None = None, std: list[float] | None = None
+        self,
+        name: str,
+        channel_names: list[str],
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ) -> None:
         """Register a dataset: a fresh stem and head sized to its channels (trunk untouched)."""
         key = _dataset_key(name)
         if name in self.datasets:
             raise DataError(f"dataset {name!r} is already registered with this tokenizer")
         if key in self.stems:
-            raise DataError(f"dataset name {name!r} collides with another registered name after sanitising")
+            raise DataError(
+                f"dataset name {name!r} collides with another registered name after sanitising"
+            )
         if not channel_names:
             raise DataError(f"dataset {name!r}: needs at least one channel")
         for label, stats in (("mean", mean), ("std", std)):
             if stats is not None and len(stats) != len(channel_names):
-                raise DataError(f"dataset {name!r}: {label} has {len(stats)} values for {len(channel_names)} channels")
+                raise DataError(
+                    f"dataset {name!r}: {label} has {len(stats)} values for {len(channel_names)} channels"
+                )
         cfg, n, w0 = self.cfg, self.cfg.n_spatial_dims, self.cfg.widths[0]
         conv, c_patch = conv_nd(n), len(channel_names) * cfg.patch_size**n
         device = self.to_code.weight.device
@@ -368,10 +421,13 @@ class Tokenizer(nn.Module):
         if cfg.conditional:
             c_cond = (len(channel_names) + 1) * cfg.patch_size**n  # (x_{t-1}, key flag)
             self.cond_stems[key] = nn.Sequential(
-                SpaceToDepth(n, cfg.patch_size), conv(c_cond, w0, 3, padding=1, padding_mode=cfg.padding)
+                SpaceToDepth(n, cfg.patch_size),
+                conv(c_cond, w0, 3, padding=1, padding_mode=cfg.padding),
             ).to(device)
         self.datasets[name] = DatasetSpec(
-            list(channel_names), None if mean is None else list(mean), None if std is None else list(std)
+            list(channel_names),
+            None if mean is None else list(mean),
+            None if std is None else list(std),
         )
 
     def dataset_parameters(self, name: str) -> list[nn.Parameter]:
@@ -385,7 +441,8 @@ class Tokenizer(nn.Module):
         return [p for p in self.parameters() if id(p) not in per_dataset]
 
     def freeze_trunk(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradients to the shared trunk; per-dataset stems/heads stay trainable."""
+        """Stop (or restart) gradients to the shared trunk; per-dataset stems/heads stay
+        trainable."""
         for p in self.trunk_parameters():
             p.requires_grad_(not frozen)
 
@@ -407,13 +464,20 @@ class Tokenizer(nn.Module):
     def token_grid(self, n_frames: int, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Token grid [T', *space'] for a window of ``n_frames`` frames of ``spatial_shape``."""
         cs = self.cfg.spatial_compression
-        return (token_frames(n_frames, self.cfg.temporal_compression), *(s // cs for s in spatial_shape))
+        return (
+            token_frames(n_frames, self.cfg.temporal_compression),
+            *(s // cs for s in spatial_shape),
+        )
 
-    def token_layout(self, spec: WindowSpec, spatial_shapes: list[tuple[int, ...]]) -> TokenLayout | None:
-        """The token layout of ``spec`` windows over datasets of these grids (see :func:`window_token_layout`);
-        its spatial grid is set when every dataset shares one."""
+    def token_layout(
+        self, spec: WindowSpec, spatial_shapes: list[tuple[int, ...]]
+    ) -> TokenLayout | None:
+        """The token layout of ``spec`` windows over datasets of these grids (see
+        :func:`window_token_layout`); its spatial grid is set when every dataset shares one."""
         grids = {self.token_grid(spec.length, shape)[1:] for shape in spatial_shapes}
-        return window_token_layout(spec, self.cfg.temporal_compression, grids.pop() if len(grids) == 1 else None)
+        return window_token_layout(
+            spec, self.cfg.temporal_compression, grids.pop() if len(grids) == 1 else None
+        )
 
     def n_frames_decoded(self, n_groups: int) -> int:
         return field_frames(n_groups, self.cfg.temporal_compression)
@@ -438,16 +502,19 @@ class Tokenizer(nn.Module):
 
     # ------------------------------------------------------------------ encode / decode
     def encode_latent(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, C, *space] (z-scored) → (codes [B, T', *space', d] with STE grads, ids [B, T', *space'])."""
+        """x [B, T, C, *space] (z-scored) → (codes [B, T', *space', d] with STE grads, ids [B, T',
+        *space'])."""
         self._check_input(x, dataset)
         if self.cfg.conditional:
             return self._encode_conditional(x, dataset)
         B, T = x.shape[:2]
         ct = self.cfg.temporal_compression
         t_pad = field_frames(token_frames(T, ct), ct)
-        if t_pad > T:  # pad at the end (replicating the last frame) so that (T-1) divides; stays causal
+        # pad at the end (replicating the last frame) so that (T-1) divides; stays causal
+        if t_pad > T:
             x = torch.cat([x, x[:, -1:].expand(-1, t_pad - T, *x.shape[2:])], dim=1)
-        h, n_frames = self.stems[_dataset_key(dataset)](x.flatten(0, 1)), t_pad  # [(B T), w0, *space]
+        # [(B T), w0, *space]
+        h, n_frames = self.stems[_dataset_key(dataset)](x.flatten(0, 1)), t_pad
         for i in range(self.cfg.n_levels):
             for block in self.enc_blocks[i]:
                 h = block(h, n_frames)
@@ -460,14 +527,19 @@ class Tokenizer(nn.Module):
         codes, ids = self.fsq(z.movedim(1, -1))
         return codes.unflatten(0, (B, n_frames)), ids.unflatten(0, (B, n_frames))
 
-    def decode_codes(self, codes: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
-        """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct (T'-1).
+    def decode_codes(
+        self, codes: torch.Tensor, dataset: str, n_frames: int | None = None
+    ) -> torch.Tensor:
+        """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct
+        (T'-1).
 
         Plain tokenizers only: a conditional one needs the previous frames (:meth:`decode_frames`).
         """
         key = self._key(dataset)
         if self.cfg.conditional:
-            raise ValueError("a conditional tokenizer decodes given the previous frame: use decode_frames()/decode()")
+            raise ValueError(
+                "a conditional tokenizer decodes given the previous frame: use decode_frames()/decode()"
+            )
         B, n_groups = codes.shape[:2]
         h = self.from_code(codes.flatten(0, 1).movedim(-1, 1))  # [(B T'), w, *space']
         t = n_groups
@@ -490,35 +562,47 @@ class Tokenizer(nn.Module):
     def encode(self, x: torch.Tensor, dataset: str, closed_loop: bool = False) -> torch.Tensor:
         """x [B, T, C, *space] (z-scored) → token ids [B, T', *space'] (int64).
 
-        Conditional: T' = T, frame 0 key-coded, frame t > 0 coded given the true x_{t-1} (open loop), or,
-        with ``closed_loop``, given the *decoded* frame t-1 (as a video codec does), so the tokens also
-        correct the error decoding has accumulated and ``decode(ids)`` does not drift.
+        Conditional: T' = T, frame 0 key-coded, frame t > 0 coded given the true x_{t-1} (open
+        loop), or, with ``closed_loop``, given the *decoded* frame t-1 (as a video codec does), so
+        the tokens also correct the error decoding has accumulated and ``decode(ids)`` does not
+        drift.
         """
         if not closed_loop:
             return self.encode_latent(x, dataset)[1]
         if not self.cfg.conditional:
-            raise ValueError("closed_loop= is for conditional tokenizers (model.conditional); this one is plain")
+            raise ValueError(
+                "closed_loop= is for conditional tokenizers (model.conditional); this one is plain"
+            )
         self._check_input(x, dataset)
         ids, prev = [], None
         for t in range(x.shape[1]):
             key = torch.full((x.shape[0],), prev is None, dtype=torch.bool, device=x.device)
-            ids_t = self._encode_frames(x[:, t], torch.zeros_like(x[:, t]) if prev is None else prev, key, dataset)[1]
+            ids_t = self._encode_frames(
+                x[:, t], torch.zeros_like(x[:, t]) if prev is None else prev, key, dataset
+            )[1]
             prev = self.decode_step(ids_t, prev, dataset)
             ids.append(ids_t)
         return torch.stack(ids, dim=1)
 
     @torch.no_grad()
     def decode(
-        self, ids: torch.Tensor, dataset: str, n_frames: int | None = None, prev: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        dataset: str,
+        n_frames: int | None = None,
+        prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token ids [B, T', *space'] → fields [B, T, C, *space] (z-scored).
 
-        Conditional (closed loop): ``prev`` None → frame 0 decoded as a key frame; else ``prev [B, C, *space]``
-        is the last known frame and every frame is conditional. Each output frame is the next one's prev.
+        Conditional (closed loop): ``prev`` None → frame 0 decoded as a key frame; else ``prev [B,
+        C, *space]`` is the last known frame and every frame is conditional. Each output frame is
+        the next one's prev.
         """
         if not self.cfg.conditional:
             if prev is not None:
-                raise ValueError("prev= is for conditional tokenizers (model.conditional); this one is plain")
+                raise ValueError(
+                    "prev= is for conditional tokenizers (model.conditional); this one is plain"
+                )
             codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
             return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames)
         frames = []
@@ -528,16 +612,26 @@ class Tokenizer(nn.Module):
         return torch.stack(frames, dim=1)
 
     @torch.no_grad()
-    def decode_step(self, ids_t: torch.Tensor, prev: torch.Tensor | None, dataset: str) -> torch.Tensor:
-        """Conditional tokenizers: one frame. ids_t [B, *grid], prev [B, C, *space] (None = key frame) → [B, C, *space]."""
+    def decode_step(
+        self, ids_t: torch.Tensor, prev: torch.Tensor | None, dataset: str
+    ) -> torch.Tensor:
+        """Conditional tokenizers: one frame. ids_t [B, *grid], prev [B, C, *space] (None = key
+        frame) → [B, C, *space]."""
         if not self.cfg.conditional:
-            raise ValueError("decode_step is for conditional tokenizers (model.conditional); use decode()")
+            raise ValueError(
+                "decode_step is for conditional tokenizers (model.conditional); use decode()"
+            )
         device, dtype = self.to_code.weight.device, self.to_code.weight.dtype
         codes = self.fsq.indices_to_codes(ids_t.to(device)).to(dtype)
-        B, space = codes.shape[0], tuple(s * self.cfg.spatial_compression for s in codes.shape[1:-1])
+        B, space = (
+            codes.shape[0],
+            tuple(s * self.cfg.spatial_compression for s in codes.shape[1:-1]),
+        )
         key = torch.full((B,), prev is None, dtype=torch.bool, device=device)
         if prev is None:
-            prev = torch.zeros(B, self.datasets[dataset].n_channels, *space, dtype=dtype, device=device)
+            prev = torch.zeros(
+                B, self.datasets[dataset].n_channels, *space, dtype=dtype, device=device
+            )
         elif prev.shape != (B, self.datasets[dataset].n_channels, *space):
             raise ValueError(
                 f"dataset {dataset!r}: prev must be [B, C, *space] = {(B, self.datasets[dataset].n_channels, *space)}, "
@@ -546,18 +640,26 @@ class Tokenizer(nn.Module):
         return self.decode_frames(codes, prev.to(device, dtype), key, dataset)
 
     @torch.no_grad()
-    def encode_step(self, x_t: torch.Tensor, prev: torch.Tensor | None, dataset: str) -> torch.Tensor:
-        """Conditional tokenizers: one frame's ids. x_t, prev [B, C, *space] z-scored (prev None = key frame)
-        → [B, *grid]; the same ids as frame t of :meth:`encode` on a window holding prev, x_t (open loop)."""
+    def encode_step(
+        self, x_t: torch.Tensor, prev: torch.Tensor | None, dataset: str
+    ) -> torch.Tensor:
+        """Conditional tokenizers: one frame's ids. x_t, prev [B, C, *space] z-scored (prev None =
+        key frame) → [B, *grid]; the same ids as frame t of :meth:`encode` on a window holding prev,
+        x_t (open loop)."""
         if not self.cfg.conditional:
-            raise ValueError("encode_step is for conditional tokenizers (model.conditional); use encode()")
+            raise ValueError(
+                "encode_step is for conditional tokenizers (model.conditional); use encode()"
+            )
         self._check_input(x_t[:, None], dataset)
         key = torch.full((x_t.shape[0],), prev is None, dtype=torch.bool, device=x_t.device)
-        return self._encode_frames(x_t, torch.zeros_like(x_t) if prev is None else prev, key, dataset)[1]
+        return self._encode_frames(
+            x_t, torch.zeros_like(x_t) if prev is None else prev, key, dataset
+        )[1]
 
     @property
     def no_change_id(self) -> int:
-        """Id of the FSQ code whose values are all 0: for a conditional tokenizer, "no change" at that token."""
+        """Id of the FSQ code whose values are all 0: for a conditional tokenizer, "no change" at
+        that token."""
         return int((self.fsq.levels // 2 * self.fsq.basis).sum())
 
     def forward(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -569,14 +671,17 @@ class Tokenizer(nn.Module):
         if self.cfg.conditional:
             B, T = x.shape[:2]
             prev, key = self._previous(x)
-            recon = self.decode_frames(codes.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+            recon = self.decode_frames(
+                codes.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset
+            )
             return recon.unflatten(0, (B, T)), ids
         return self.decode_codes(codes, dataset, n_frames=x.shape[1]), ids
 
     # ------------------------------------------------------------------ conditional coding
     @staticmethod
     def _previous(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, C, *space] → (prev [B, T, C, *space] with zeros for frame 0, key-frame mask [B, T])."""
+        """x [B, T, C, *space] → (prev [B, T, C, *space] with zeros for frame 0, key-frame mask [B,
+        T])."""
         prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
         key = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         key[:, 0] = True
@@ -584,20 +689,27 @@ class Tokenizer(nn.Module):
 
     @staticmethod
     def _flag(key: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Key-frame mask [N] → indicator channel [N, 1, *space] shaped like ``like`` [N, C, *space]."""
+        """Key-frame mask [N] → indicator channel [N, 1, *space] shaped like ``like`` [N, C,
+        *space]."""
         return key.to(like.dtype).view(-1, *([1] * (like.ndim - 1))).expand(-1, 1, *like.shape[2:])
 
-    def _encode_conditional(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each frame from (x_t, x_{t-1}, key flag), frames independent of each other given that pair."""
+    def _encode_conditional(
+        self, x: torch.Tensor, dataset: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame from (x_t, x_{t-1}, key flag), frames independent of each other given that
+        pair."""
         B, T = x.shape[:2]
         prev, key = self._previous(x)
-        codes, ids = self._encode_frames(x.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+        codes, ids = self._encode_frames(
+            x.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset
+        )
         return codes.unflatten(0, (B, T)), ids.unflatten(0, (B, T))
 
     def _encode_frames(
         self, cur: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Independent frames cur, prev [N, C, *space] (prev = 0 where key [N]) → (codes [N, *grid, d], ids [N, *grid])."""
+        """Independent frames cur, prev [N, C, *space] (prev = 0 where key [N]) → (codes [N, *grid,
+        d], ids [N, *grid])."""
         h = self.stems[_dataset_key(dataset)](torch.cat([cur, prev, self._flag(key, cur)], dim=1))
         for i in range(self.cfg.n_levels):
             for block in self.enc_blocks[i]:
@@ -608,14 +720,19 @@ class Tokenizer(nn.Module):
         z = self.to_code(F.silu(self.enc_norm(h)))
         return self.fsq(z.movedim(1, -1))
 
-    def _decode_net(self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str) -> torch.Tensor:
-        """The decoder network f(codes, prev, key flag): codes [N, *grid, d], prev [N, C, *space] → [N, C, *space]."""
+    def _decode_net(
+        self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
+    ) -> torch.Tensor:
+        """The decoder network f(codes, prev, key flag): codes [N, *grid, d], prev [N, C, *space] →
+        [N, C, *space]."""
         k = self._key(dataset)
-        c = self.cond_stems[k](torch.cat([prev, self._flag(key, prev)], dim=1))  # [N, w0, *space / patch]
+        # [N, w0, *space / patch]
+        c = self.cond_stems[k](torch.cat([prev, self._flag(key, prev)], dim=1))
         skip = c
         for down in self.cond_down:
             c = down(F.silu(c))
-        h = self.from_code(codes.movedim(-1, 1)) + c  # the previous frame joins the codes at the token grid
+        # the previous frame joins the codes at the token grid
+        h = self.from_code(codes.movedim(-1, 1)) + c
         for block in self.dec_mid:
             h = block(h, 1)
         for step, _ in enumerate(reversed(range(self.cfg.n_levels))):
@@ -627,15 +744,21 @@ class Tokenizer(nn.Module):
                 h = block(h, 1)
         return self.heads[k](h)
 
-    def decode_frames(self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str) -> torch.Tensor:
-        """Conditional decode of independent frames: codes [N, *grid, d], prev [N, C, *space], key [N] bool → [N, C, *space].
+    def decode_frames(
+        self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
+    ) -> torch.Tensor:
+        """Conditional decode of independent frames: codes [N, *grid, d], prev [N, C, *space], key
+        [N] bool → [N, C, *space].
 
-        Key frames: f(codes, 0, 1). Others: prev + f(codes, prev, 0) - f(zero_codes, prev, 0), computed in one
-        batched pass; frames whose codes are all zero return ``prev`` itself (exact "no change").
+        Key frames: f(codes, 0, 1). Others: prev + f(codes, prev, 0) - f(zero_codes, prev, 0),
+        computed in one batched pass; frames whose codes are all zero return ``prev`` itself (exact
+        "no change").
         """
         key = key.to(codes.device)
         cond = ~key
-        prev = torch.where(self._flag(key, prev).bool().expand_as(prev), torch.zeros_like(prev), prev)
+        prev = torch.where(
+            self._flag(key, prev).bool().expand_as(prev), torch.zeros_like(prev), prev
+        )
         n_cond = int(cond.sum())
         out = self._decode_net(
             torch.cat([codes, torch.zeros_like(codes[cond])]),
@@ -664,7 +787,8 @@ class Tokenizer(nn.Module):
         return mean, std.clamp_min(1e-12)
 
     def normalize(self, x: torch.Tensor, dataset: str) -> torch.Tensor:
-        """Physical units → z-scores with the stats this tokenizer was trained with. x [..., C, *space]."""
+        """Physical units → z-scores with the stats this tokenizer was trained with. x [..., C,
+        *space]."""
         mean, std = self._stats(dataset, x)
         return (x - mean) / std
 

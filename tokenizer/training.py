@@ -1,19 +1,20 @@
-"""Tokenizer training: a LightningModule over the shard loader, and ``train_tokenizer(config) -> Path``.
+"""Tokenizer training: a LightningModule over the shard loader, and ``train_tokenizer(config) ->
+Path``.
 
-Loss: reconstruction error on z-scored fields (the loader normalises per channel with the manifest stats):
-``mse`` (plain), or ``vmse`` (MSE divided by each sample-frame-field's spatial variance, i.e. VRMSE²,
-the metric we report), plus optional gradient (finite-difference) and spectral (FFT amplitude) terms.
-A conditional tokenizer (``model.conditional``) is trained teacher-forced on crops of >= 2 frames: the
-crop's first frame as a key frame, each later frame coded and decoded given the true previous frame, all
-in the same loss.
-AdamW with linear warm-up then cosine decay; when ``trainer.max_time_s`` is set the schedule follows
-whichever of steps or wall-clock is further along, so a time-boxed run (quickstart, bench) still anneals.
-Logs go to CSV and to wandb in offline mode. The checkpoint (safetensors + JSON, see ``checkpoint.py``)
-is written at the end and every ``trainer.ckpt_every`` steps; Lightning's own pickled checkpoints are off.
+Loss: reconstruction error on z-scored fields (the loader normalises per channel with the manifest
+stats): ``mse`` (plain), or ``vmse`` (MSE divided by each sample-frame-field's spatial variance,
+i.e. VRMSE², the metric we report), plus optional gradient (finite-difference) and spectral (FFT
+amplitude) terms. A conditional tokenizer (``model.conditional``) is trained teacher-forced on crops
+of >= 2 frames: the crop's first frame as a key frame, each later frame coded and decoded given the
+true previous frame, all in the same loss. AdamW with linear warm-up then cosine decay; when
+``trainer.max_time_s`` is set the schedule follows whichever of steps or wall-clock is further
+along, so a time-boxed run (quickstart, bench) still anneals. Logs go to CSV and to wandb in offline
+mode. The checkpoint (safetensors + JSON, see ``checkpoint.py``) is written at the end and every
+``trainer.ckpt_every`` steps; Lightning's own pickled checkpoints are off.
 
-Adding a dataset to a trained tokenizer: ``init.from_ckpt=RUN`` loads it, registers datasets of the new
-shards it lacks, and with ``init.freeze_trunk=true init.freeze_known_datasets=true`` trains only the new
-stems/heads, leaving every earlier dataset's tokens and reconstructions unchanged.
+Adding a dataset to a trained tokenizer: ``init.from_ckpt=RUN`` loads it, registers datasets of the
+new shards it lacks, and with ``init.freeze_trunk=true init.freeze_known_datasets=true`` trains only
+the new stems/heads, leaving every earlier dataset's tokens and reconstructions unchanged.
 """
 
 from __future__ import annotations
@@ -46,16 +47,19 @@ class DataConfig:
     dataset_weights: dict[str, float] | None = None  # default: proportional to sample counts
     val_batches: int = 4  # validation batches per check (0 = no validation)
     # Train on a random run of this many consecutive frames of each window (0 = the whole window):
-    # neighbouring frames are nearly redundant, so short crops of more windows learn faster per CPU-second.
+    # neighbouring frames are nearly redundant, so short crops of more windows learn faster per
+    # CPU-second.
     train_frames: int = 0
-    # Windows cut from clip shards: [n_input, n_output] or [n_input, n_output, stride]; [] = the shards' default.
+    # Windows cut from clip shards: [n_input, n_output] or [n_input, n_output, stride]; [] = the
+    # shards' default.
     window: list[int] = field(default_factory=list)
 
 
 @dataclass
 class LossConfig:
     kind: Literal["mse", "vmse"] = "mse"
-    vmse_eps: float = 1e-2  # added to the (z-scored) variance: near-uniform frames must not dominate
+    # added to the (z-scored) variance: near-uniform frames must not dominate
+    vmse_eps: float = 1e-2
     gradient_weight: float = 0.0  # weight of the MSE between spatial finite differences
     spectral_weight: float = 0.0  # weight of the MSE between FFT amplitudes (per frame, per field)
 
@@ -115,8 +119,11 @@ class TokenizerTrainConfig:
             )
 
 
-# ---------------------------------------------------------------------------------------------- loss
-def reconstruction_loss(recon: torch.Tensor, true: torch.Tensor, cfg: LossConfig, n_spatial_dims: int) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------------
+# loss
+def reconstruction_loss(
+    recon: torch.Tensor, true: torch.Tensor, cfg: LossConfig, n_spatial_dims: int
+) -> torch.Tensor:
     """recon, true: [B, T, C, *space] (z-scored) → scalar loss."""
     space = tuple(range(-n_spatial_dims, 0))
     err = (recon - true) ** 2
@@ -127,7 +134,10 @@ def reconstruction_loss(recon: torch.Tensor, true: torch.Tensor, cfg: LossConfig
         loss = err.mean()
     if cfg.gradient_weight > 0:
         for axis in space:
-            loss = loss + cfg.gradient_weight * ((recon.diff(dim=axis) - true.diff(dim=axis)) ** 2).mean()
+            loss = (
+                loss
+                + cfg.gradient_weight * ((recon.diff(dim=axis) - true.diff(dim=axis)) ** 2).mean()
+            )
     if cfg.spectral_weight > 0:
         amp_r = torch.fft.rfftn(recon.float(), dim=space, norm="ortho").abs()
         amp_t = torch.fft.rfftn(true.float(), dim=space, norm="ortho").abs()
@@ -136,7 +146,8 @@ def reconstruction_loss(recon: torch.Tensor, true: torch.Tensor, cfg: LossConfig
 
 
 def lr_factor(step: int, elapsed_s: float, cfg: TrainerConfig) -> float:
-    """Linear warm-up, then cosine to ``min_lr_ratio``; progress = max(step fraction, time fraction)."""
+    """Linear warm-up, then cosine to ``min_lr_ratio``; progress = max(step fraction, time
+    fraction)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
@@ -146,7 +157,8 @@ def lr_factor(step: int, elapsed_s: float, cfg: TrainerConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# ---------------------------------------------------------------------------------------------- module
+# ----------------------------------------------------------------------------------------------
+# module
 def _lightning():
     import lightning.pytorch as pl
 
@@ -154,7 +166,8 @@ def _lightning():
 
 
 class TokenizerModule(_lightning().LightningModule):
-    """Trains a :class:`Tokenizer` on batches ``{"input", "output", "dataset"}`` from ``make_loader``."""
+    """Trains a :class:`Tokenizer` on batches ``{"input", "output", "dataset"}`` from
+    ``make_loader``."""
 
     def __init__(self, model: Tokenizer, cfg: TokenizerTrainConfig):
         super().__init__()
@@ -177,7 +190,11 @@ class TokenizerModule(_lightning().LightningModule):
         loss = reconstruction_loss(recon, x, self.cfg.loss, self.model.cfg.n_spatial_dims)
         usage = ids.unique().numel() / self.model.fsq.codebook_size
         self.log_dict(
-            {"train/loss": loss, "train/batch_code_usage": usage, f"train/loss_{batch['dataset']}": loss},
+            {
+                "train/loss": loss,
+                "train/batch_code_usage": usage,
+                f"train/loss_{batch['dataset']}": loss,
+            },
             batch_size=x.shape[0],
         )
         return loss
@@ -208,11 +225,16 @@ class TokenizerModule(_lightning().LightningModule):
         no_decay = [p for p in params if p.ndim <= 1]
         tcfg = self.cfg.trainer
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": tcfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=tcfg.lr,
             betas=(0.9, 0.99),
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, time.monotonic() - self._t0, tcfg))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, time.monotonic() - self._t0, tcfg)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_start(self) -> None:
@@ -248,9 +270,11 @@ def _save(model: Tokenizer, ckpt_dir: Path, cfg: TokenizerTrainConfig, step: int
     return save_tokenizer(model, ckpt_dir, extra={"step": step, "config": to_dict(cfg)})
 
 
-# ---------------------------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------------------------
+# entry point
 def mixed_dims_message(dims: dict[str, int]) -> str:
-    """Why a shard set of several dimensionalities cannot train one tokenizer, and what to train on."""
+    """Why a shard set of several dimensionalities cannot train one tokenizer, and what to train
+    on."""
     by_dim = {d: sorted(n for n, k in dims.items() if k == d) for d in sorted(set(dims.values()))}
     listed = "; ".join(f"{d}D: {', '.join(names)}" for d, names in by_dim.items())
     return (
@@ -261,7 +285,8 @@ def mixed_dims_message(dims: dict[str, int]) -> str:
 
 
 def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest) -> Tokenizer:
-    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in ``manifest``."""
+    """A fresh or checkpoint-initialised tokenizer with a stem/head for every dataset in
+    ``manifest``."""
     datasets = manifest.datasets
     dims = {name: len(entry.spatial_shape or ()) for name, entry in datasets.items()}
     model_cfg = cfg.model
@@ -320,7 +345,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
     try:
         return _train(cfg, out, ckpt_dir)
     finally:
-        torch.set_num_threads(threads_before)  # a library call should not leave the process single-threaded
+        # a library call should not leave the process single-threaded
+        torch.set_num_threads(threads_before)
 
 
 def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
@@ -348,7 +374,11 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
         window=window_option(cfg.data.window, "data.window"),
     )
     train_loader = make_loader(
-        cfg.data.shards, "train", cfg.data.batch_size, batches_per_epoch=cfg.trainer.max_steps, **common
+        cfg.data.shards,
+        "train",
+        cfg.data.batch_size,
+        batches_per_epoch=cfg.trainer.max_steps,
+        **common,
     )
     val_loader = None
     if cfg.data.val_batches > 0 and "valid" in manifest.splits and manifest.splits["valid"].shards:
@@ -367,7 +397,11 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
         os.environ.setdefault("WANDB_SILENT", "true")
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project="physfm-tokenizer", save_dir=str(out), offline=True, config=to_dict(cfg)))
+        loggers.append(
+            WandbLogger(
+                project="physfm-tokenizer", save_dir=str(out), offline=True, config=to_dict(cfg)
+            )
+        )
     module = TokenizerModule(model, cfg)
     tcfg = cfg.trainer
     with _quiet_lightning():
@@ -381,7 +415,9 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
             gradient_clip_val=tcfg.grad_clip or None,
             logger=loggers,
             log_every_n_steps=tcfg.log_every,
-            val_check_interval=tcfg.val_every if (val_loader is not None and tcfg.val_every) else None,
+            val_check_interval=tcfg.val_every
+            if (val_loader is not None and tcfg.val_every)
+            else None,
             check_val_every_n_epoch=None if (val_loader is not None and tcfg.val_every) else 1,
             limit_val_batches=cfg.data.val_batches if val_loader is not None else 0,
             num_sanity_val_steps=0,
@@ -402,7 +438,8 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning warnings that are expected here (streaming loader, no val loader, srun on PATH)."""
+    """Silence Lightning warnings that are expected here (streaming loader, no val loader, srun on
+    PATH)."""
     with warnings.catch_warnings():
         for message in (
             ".*does not have many workers.*",

@@ -6,12 +6,12 @@ module docstring) and is registered here as a :class:`SystemSpec`::
     from data_pipelines.simulators import SIMULATORS, parse_sweep, simulate_dataset
     simulate_dataset("navier_stokes2d", "data/ns", params={"nu": parse_sweep("log:1e-3:1e-2:16")})
 
-``simulate_dataset`` runs every combination (cartesian product) of the parameter values, one The Well
-file per combination and split — ``DIR/data/{train,valid,test}/SYSTEM_NAME_VALUE....hdf5`` — then
-writes ``DIR/stats.yaml``.  Trajectories differ in their random initial conditions; for a given seed
-trajectory i starts from the same initial condition at every parameter value, so the parameter is the
-only difference between files (what probing and steering want), and trajectory i falls in the same
-split everywhere (no initial condition of the test split is ever seen in training).
+``simulate_dataset`` runs every combination (cartesian product) of the parameter values, one The
+Well file per combination and split — ``DIR/data/{train,valid,test}/SYSTEM_NAME_VALUE....hdf5`` —
+then writes ``DIR/stats.yaml``.  Trajectories differ in their random initial conditions; for a given
+seed trajectory i starts from the same initial condition at every parameter value, so the parameter
+is the only difference between files (what probing and steering want), and trajectory i falls in the
+same split everywhere (no initial condition of the test split is ever seen in training).
 """
 
 from __future__ import annotations
@@ -103,8 +103,11 @@ def parse_sweep(text: str) -> list[float]:
     return np.linspace(lo, hi, n).tolist()
 
 
-def parameter_grid(spec: SystemSpec, params: dict[str, list[float]] | None) -> list[dict[str, float]]:
-    """Every combination of the given values; parameters not given take their default value lists."""
+def parameter_grid(
+    spec: SystemSpec, params: dict[str, list[float]] | None
+) -> list[dict[str, float]]:
+    """Every combination of the given values; parameters not given take their default value
+    lists."""
     params = dict(params or {})
     unknown = sorted(set(params) - set(spec.default_params))
     if unknown:
@@ -125,17 +128,24 @@ def parameter_grid(spec: SystemSpec, params: dict[str, list[float]] | None) -> l
 
 
 def split_counts(n_traj: int, fractions: tuple[float, float, float]) -> dict[str, int]:
-    """Trajectories per split: valid and test get round(n·f) but at least 1, train the rest (≥ 1)."""
+    """Trajectories per split: valid and test get round(n·f) but at least 1, train the rest (≥
+    1)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise DataError(f"split_fractions {fractions}: need three non-negative fractions (train, valid, test)")
+        raise DataError(
+            f"split_fractions {fractions}: need three non-negative fractions (train, valid, test)"
+        )
     if n_traj < 3:
-        raise DataError(f"n_traj={n_traj}: need at least 3 trajectories (one each for train, valid, test)")
+        raise DataError(
+            f"n_traj={n_traj}: need at least 3 trajectories (one each for train, valid, test)"
+        )
     total = sum(fractions)
     n_valid = max(1, round(n_traj * fractions[1] / total))
     n_test = max(1, round(n_traj * fractions[2] / total))
     n_train = n_traj - n_valid - n_test
     if n_train < 1:
-        raise DataError(f"n_traj={n_traj} with split_fractions {fractions} leaves no training trajectory")
+        raise DataError(
+            f"n_traj={n_traj} with split_fractions {fractions} leaves no training trajectory"
+        )
     return {"train": n_train, "valid": n_valid, "test": n_test}
 
 
@@ -151,18 +161,31 @@ def concat_trajectories(parts: list[WellData]) -> WellData:
         dataclasses.replace(f, data=np.concatenate([p.fields[i].data for p in parts]))
         for i, f in enumerate(parts[0].fields)
     ]
-    return dataclasses.replace(parts[0], fields=fields, n_trajectories=sum(p.n_trajectories for p in parts))
+    return dataclasses.replace(
+        parts[0], fields=fields, n_trajectories=sum(p.n_trajectories for p in parts)
+    )
 
 
 def select_trajectories(data: WellData, start: int, stop: int) -> WellData:
     """Trajectories ``[start, stop)`` of ``data`` (sample-varying fields and scalars are sliced)."""
-    fields = [dataclasses.replace(f, data=f.data[start:stop]) if f.sample_varying else f for f in data.fields]
-    scalars = [dataclasses.replace(s, data=s.data[start:stop]) if s.sample_varying else s for s in data.scalars]
+    fields = [
+        dataclasses.replace(f, data=f.data[start:stop]) if f.sample_varying else f
+        for f in data.fields
+    ]
+    scalars = [
+        dataclasses.replace(s, data=s.data[start:stop]) if s.sample_varying else s
+        for s in data.scalars
+    ]
     return dataclasses.replace(data, fields=fields, scalars=scalars, n_trajectories=stop - start)
 
 
 def simulate_trajectories(
-    spec: SystemSpec, n_traj: int, n_steps: int, resolution: int, params: dict[str, float], seed: int
+    spec: SystemSpec,
+    n_traj: int,
+    n_steps: int,
+    resolution: int,
+    params: dict[str, float],
+    seed: int,
 ) -> WellData:
     """``n_traj`` trajectories of one parameter set, in chunks of MAX_BATCH; chunk c is seeded by
     (seed, c), so trajectory i has the same initial condition at every parameter value."""
@@ -197,12 +220,14 @@ def simulate_dataset(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Simulate ``system`` for every parameter combination and write a The Well dataset at ``out_dir``.
+    """Simulate ``system`` for every parameter combination and write a The Well dataset at
+    ``out_dir``.
 
     ``n_traj`` trajectories per combination are split over train/valid/test by ``split_fractions``
-    (each split gets ≥ 1).  Sizes default to the system's.  Existing ``.hdf5`` files in the splits that
-    this run would not rewrite are refused unless ``overwrite`` (then they are deleted), so stats.yaml
-    never mixes two runs.  ``log`` receives one summary line per file written.  Returns ``out_dir``.
+    (each split gets ≥ 1).  Sizes default to the system's.  Existing ``.hdf5`` files in the splits
+    that this run would not rewrite are refused unless ``overwrite`` (then they are deleted), so
+    stats.yaml never mixes two runs.  ``log`` receives one summary line per file written.  Returns
+    ``out_dir``.
     """
     from data_pipelines.stats import compute_stats, write_stats
     from data_pipelines.well_io import write_well
@@ -221,11 +246,18 @@ def simulate_dataset(
     grid = parameter_grid(spec, params)
     stems = [file_stem(spec.name, p) for p in grid]
     if len(set(stems)) != len(stems):
-        raise DataError(f"{spec.name}: parameter values too close to tell apart in file names (6 digits)")
+        raise DataError(
+            f"{spec.name}: parameter values too close to tell apart in file names (6 digits)"
+        )
 
     out_dir = Path(out_dir)
     planned = {out_dir / "data" / split / f"{stem}.hdf5" for split in SPLITS for stem in stems}
-    stale = [p for split in SPLITS for p in sorted((out_dir / "data" / split).glob("*.hdf5")) if p not in planned]
+    stale = [
+        p
+        for split in SPLITS
+        for p in sorted((out_dir / "data" / split).glob("*.hdf5"))
+        if p not in planned
+    ]
     if stale and not overwrite:
         raise DataError(
             f"{out_dir}: holds {len(stale)} other .hdf5 file(s) (e.g. {stale[0]}); "

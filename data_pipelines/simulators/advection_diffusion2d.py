@@ -99,7 +99,9 @@ class AdvectionDiffusion:
         self.k2 = self.kx**2 + self.ky**2
         k_max = n // 2 * (2 * math.pi / LENGTH)
         self.k_max = 2 / 3 * k_max
-        self.dealias = ((np.abs(self.kx) < self.k_max) & (np.abs(self.ky) < self.k_max)).astype(np.float64)
+        self.dealias = ((np.abs(self.kx) < self.k_max) & (np.abs(self.ky) < self.k_max)).astype(
+            np.float64
+        )
         self.source_hat = None if source is None else self.fft(source) * self.dealias
         # a translated field S(x − V t) has Fourier modes Ŝ(k) e^{−i k·V t}: exact at any stage time
         drift = np.zeros(2) if drift is None else np.asarray(drift, dtype=np.float64)
@@ -124,8 +126,8 @@ class AdvectionDiffusion:
     def integrate(
         self, c: np.ndarray, frame_dt: float, n_frames: int, n_discard: int = 0, cfl: float = CFL
     ) -> np.ndarray:
-        """Advance c [B, n, n] by n_discard + n_frames frames of frame_dt from t = 0; return the last
-        n_frames: [B, T, n, n]."""
+        """Advance c [B, n, n] by n_discard + n_frames frames of frame_dt from t = 0; return the
+        last n_frames: [B, T, n, n]."""
         # |u| + |v| = U max(|sin(a + b)|, |sin(a − b)|) ≤ U everywhere, at every t
         max_speed = self.flow.speed
         n_sub = max(1, math.ceil(frame_dt * max_speed * self.k_max / cfl))
@@ -144,7 +146,8 @@ class AdvectionDiffusion:
 
 
 def random_scalar(rng: np.random.Generator, n_traj: int, n: int) -> np.ndarray:
-    """Random smooth field of the modes |k| ≤ N_MODES (equal amplitudes, random phases), unit rms."""
+    """Random smooth field of the modes |k| ≤ N_MODES (equal amplitudes, random phases), unit
+    rms."""
     kx = wavenumbers(n, LENGTH)[:, None]
     ky = wavenumbers(n, LENGTH, real=True)[None, :]
     band = ((kx**2 + ky**2) <= N_MODES**2) & ((kx**2 + ky**2) > 0)
@@ -164,7 +167,9 @@ def check_params(params: dict[str, float]) -> None:
         )
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     check_params(params)
     kappa = FLOW_SPEED / (FLOW_WAVENUMBER * params["peclet"])
     equilibrium = random_scalar(rng, n_traj, resolution)  # c_eq, also the initial condition
@@ -172,7 +177,12 @@ def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rn
     drift = DRIFT_SPEED * FLOW_SPEED * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
     flow = CellularFlow(resolution, params["oscillation"])
     solver = AdvectionDiffusion(
-        resolution, kappa, flow, source=equilibrium / RELAXATION_TIME, damping=1 / RELAXATION_TIME, drift=drift
+        resolution,
+        kappa,
+        flow,
+        source=equilibrium / RELAXATION_TIME,
+        damping=1 / RELAXATION_TIME,
+        drift=drift,
     )
     n_spin = round(SPIN_UP_TIME / SPEC.dt)
     c = solver.integrate(equilibrium, SPEC.dt, n_steps, n_discard=n_spin)  # [B, T, n, n]
@@ -193,5 +203,9 @@ SPEC = SystemSpec(
     run=run,
     field_names=("concentration",),
     min_resolution=32,
-    regimes=("diffusive, cell-shaped scalar", "thin filaments", "trapped in cells vs stirred across them"),
+    regimes=(
+        "diffusive, cell-shaped scalar",
+        "thin filaments",
+        "trapped in cells vs stirred across them",
+    ),
 )

@@ -4,22 +4,23 @@ Equation::
 
     ∂t u + ∂x(u²/2) = ν ∂xx u + δ(t, x),   δ = Σ_{j=1..5} A_j sin(ω_j t + l_j x + φ_j)
 
-with A_j ~ U(−0.5, 0.5), ω_j ~ U(−0.4, 0.4), l_j ∈ {1, 2, 3}, φ_j ~ U(0, 2π) drawn per trajectory and
-u(0, x) = δ(0, x) — the forced-Burgers family of Brandstetter et al. (2022, "Message passing neural PDE
-solvers") on a 2π box.  The zero-mean forcing keeps injecting energy, so the flow never decays to rest.
+with A_j ~ U(−0.5, 0.5), ω_j ~ U(−0.4, 0.4), l_j ∈ {1, 2, 3}, φ_j ~ U(0, 2π) drawn per trajectory
+and u(0, x) = δ(0, x) — the forced-Burgers family of Brandstetter et al. (2022, "Message passing
+neural PDE solvers") on a 2π box.  The zero-mean forcing keeps injecting energy, so the flow never
+decays to rest.
 
 Method: Strang splitting of a conservative finite-volume advection step and an exact diffusion step.
-Advection + forcing: MUSCL reconstruction with the minmod limiter, the exact Godunov flux of the convex
-flux u²/2, and SSP-RK2 (Heun), with the step set by an advective CFL of 0.5.  Diffusion: the exact
-solution of the semi-discrete heat equation with the 3-point Laplacian, applied in Fourier space as
-exp(−ν h (4/dx²) sin²(k dx/2)) — unconditionally stable and a positive kernel, so no new extrema.
-Both parts conserve ∫u exactly, which the tests check; the scheme is second order on smooth solutions
-(checked against the Cole–Hopf solution).
+Advection + forcing: MUSCL reconstruction with the minmod limiter, the exact Godunov flux of the
+convex flux u²/2, and SSP-RK2 (Heun), with the step set by an advective CFL of 0.5.  Diffusion: the
+exact solution of the semi-discrete heat equation with the 3-point Laplacian, applied in Fourier
+space as exp(−ν h (4/dx²) sin²(k dx/2)) — unconditionally stable and a positive kernel, so no new
+extrema. Both parts conserve ∫u exactly, which the tests check; the scheme is second order on smooth
+solutions (checked against the Cole–Hopf solution).
 
 Defaults: 128 cells (dx ≈ 0.05).  Regimes by viscosity: ν = 0.01 forms shocks thinner than a cell
-(captured by the limiter), ν = 0.1 keeps fronts a few cells wide and smooth.  The forcing varies slowly
-(periods ≥ 15), so the frame interval is 0.5: next-frame persistence VRMSE ≈ 0.28 (ν = 0.01) and
-≈ 0.18 (ν = 0.1); at 0.1 it was below 0.1, too still to learn from.  The first 2 time units are
+(captured by the limiter), ν = 0.1 keeps fronts a few cells wide and smooth.  The forcing varies
+slowly (periods ≥ 15), so the frame interval is 0.5: next-frame persistence VRMSE ≈ 0.28 (ν = 0.01)
+and ≈ 0.18 (ν = 0.1); at 0.1 it was below 0.1, too still to learn from.  The first 2 time units are
 discarded so the initial condition is forgotten and fronts have formed.
 """
 
@@ -63,7 +64,9 @@ class Forcing:
         shape = (n_traj, N_MODES, 1)
         self.amplitude = rng.uniform(-0.5, 0.5, shape)
         self.frequency = rng.uniform(-0.4, 0.4, shape)
-        self.phase = rng.uniform(0, 2 * math.pi, shape) + rng.integers(1, 4, shape) * x[None, None, :]
+        self.phase = (
+            rng.uniform(0, 2 * math.pi, shape) + rng.integers(1, 4, shape) * x[None, None, :]
+        )
 
     def __call__(self, t: float) -> np.ndarray:  # → [B, n]
         return (self.amplitude * np.sin(self.frequency * t + self.phase)).sum(axis=1)
@@ -79,11 +82,13 @@ def integrate(
     t0: float = 0.0,
     cfl: float = CFL,
 ) -> np.ndarray:
-    """Advance u [B, n] by n_discard + n_frames steps of frame_dt; return the last n_frames: [B, T, n]."""
+    """Advance u [B, n] by n_discard + n_frames steps of frame_dt; return the last n_frames: [B, T,
+    n]."""
     n = u.shape[-1]
     dx = LENGTH / n
-    # symbol of the 3-point Laplacian, −(4/dx²) sin²(k dx/2): exp(h ν Δ_dx) is then a positive kernel
-    # (Δ_dx has non-negative off-diagonals), unlike the spectral symbol −k², which rings at shocks
+    # symbol of the 3-point Laplacian, −(4/dx²) sin²(k dx/2): exp(h ν Δ_dx) is then a positive
+    # kernel (Δ_dx has non-negative off-diagonals), unlike the spectral symbol −k², which rings at
+    # shocks
     k2 = (4 / dx**2) * np.sin(wavenumbers(n, LENGTH, real=True) * dx / 2) ** 2
     u, t = u.copy(), t0
 
@@ -103,23 +108,31 @@ def integrate(
             u1 = u + h * tendency(u, t)
             u = 0.5 * (u + u1 + h * tendency(u1, t + h))  # SSP-RK2 (Heun)
             t += h
-            u = np.fft.irfft(np.fft.rfft(u) * (diffusion if step < n_sub - 1 else np.sqrt(diffusion)), n)
+            u = np.fft.irfft(
+                np.fft.rfft(u) * (diffusion if step < n_sub - 1 else np.sqrt(diffusion)), n
+            )
         if i >= 0:
             frames[:, i] = u
     return frames
 
 
-def cole_hopf_solution(x: np.ndarray, t: float, nu: float, a: float = 2.0, b: float = 1.0) -> np.ndarray:
-    """Exact unforced solution u = −2ν ∂x log φ with φ = a + b e^{−νt} cos x solving the heat equation."""
+def cole_hopf_solution(
+    x: np.ndarray, t: float, nu: float, a: float = 2.0, b: float = 1.0
+) -> np.ndarray:
+    """Exact unforced solution u = −2ν ∂x log φ with φ = a + b e^{−νt} cos x solving the heat
+    equation."""
     decay = b * math.exp(-nu * t)
     return 2 * nu * decay * np.sin(x) / (a + decay * np.cos(x))
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     x = periodic_grid(resolution, LENGTH)
     forcing = Forcing(rng, n_traj, x)
     n_spin = math.ceil(SPIN_UP_TIME / SPEC.dt)
-    u = integrate(forcing(0.0), params["nu"], SPEC.dt, n_steps, forcing, n_discard=n_spin)  # [B, T, n]
+    # [B, T, n]
+    u = integrate(forcing(0.0), params["nu"], SPEC.dt, n_steps, forcing, n_discard=n_spin)
     time = SPEC.dt * np.arange(n_steps)
     return make_well_data(SPEC.name, ["x"], LENGTH, resolution, time, [Field("u", 0, u)], params)
 

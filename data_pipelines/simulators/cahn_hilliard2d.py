@@ -26,20 +26,21 @@ fastest linear growth time is 4 ε²/M). Hand-written, for the reasons given in 
 scheme is a few lines of numpy once the Fourier symbols exist, and a finite-difference library would
 need explicit steps ~ dx⁴ or an implicit solve for the fourth-order operator.
 
-Defaults: 64² (dx = 1), M = 1, T = 0 (deterministic; T = 0.03 is the noisy variant measured below).  Mobility only rescales time (t → M t), so the default
-sweep keeps one value and spans the geometry instead: ε ∈ {1, 1.5} (fine or coarse domains; the
-interface √2 ε spans 1.4–2 cells) × mean concentration c̄ ∈ {0, 0.3} (critical quench: a
-bicontinuous labyrinth; off-critical: droplets of the minority phase that ripen).  Deterministic
-coarsening slows down: the interfaces move as t^{-2/3}, and the next-frame persistence VRMSE
-depends on the frame interval over the time reached (Δ/t) only, so with uniform frames the last of
-a window of N frames moves by about f(1/N) whatever Δ is (measured at T = 0: ≈ 0.02 at N = 64,
-0.023–0.031 (minimum) at N = 32; even N = 16 leaves droplets at 0.04).  With T > 0 thermal noise keeps the
-interfaces fluctuating (capillary waves) while they coarsen; comparing lag 1 with lag 4, about half
-of the last frames' change is that jitter and half the coarsening.  A trajectory is 32 frames 25
-time units apart after a 50-unit spin-up (spinodal decomposition complete).
-Measured (4 trajectories per corner, minimum over the last 8 frame pairs, T = 0 → 0.03):
-(ε, c̄) = (1, 0) 0.031 → 0.078, (1, 0.3) 0.027 → 0.083, (1.5, 0) 0.031 → 0.055, (1.5, 0.3)
-0.023 → 0.064; lag-4 over lag-1 persistence 1.9–2.5 (coherent drift alone gives ≈ 4, jitter ≈ 1).
+Defaults: 64² (dx = 1), M = 1, T = 0 (deterministic; T = 0.03 is the noisy variant measured below).
+Mobility only rescales time (t → M t), so the default sweep keeps one value and spans the geometry
+instead: ε ∈ {1, 1.5} (fine or coarse domains; the interface √2 ε spans 1.4–2 cells) × mean
+concentration c̄ ∈ {0, 0.3} (critical quench: a bicontinuous labyrinth; off-critical: droplets of
+the minority phase that ripen).  Deterministic coarsening slows down: the interfaces move as
+t^{-2/3}, and the next-frame persistence VRMSE depends on the frame interval over the time reached
+(Δ/t) only, so with uniform frames the last of a window of N frames moves by about f(1/N) whatever Δ
+is (measured at T = 0: ≈ 0.02 at N = 64, 0.023–0.031 (minimum) at N = 32; even N = 16 leaves
+droplets at 0.04).  With T > 0 thermal noise keeps the interfaces fluctuating (capillary waves)
+while they coarsen; comparing lag 1 with lag 4, about half of the last frames' change is that jitter
+and half the coarsening.  A trajectory is 32 frames 25 time units apart after a 50-unit spin-up
+(spinodal decomposition complete). Measured (4 trajectories per corner, minimum over the last 8
+frame pairs, T = 0 → 0.03): (ε, c̄) = (1, 0) 0.031 → 0.078, (1, 0.3) 0.027 → 0.083, (1.5, 0) 0.031 →
+0.055, (1.5, 0.3) 0.023 → 0.064; lag-4 over lag-1 persistence 1.9–2.5 (coherent drift alone gives ≈
+4, jitter ≈ 1).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from data_pipelines.simulators.common import SystemSpec, make_well_data, wavenum
 from data_pipelines.well_format import Field, WellData
 
 LENGTH = 64.0
-STABILISATION = 2.0  # S ≥ max f''(c)/2 = 1 on |c| ≤ 1 (Shen & Yang); 2 leaves room for overshoot past ±1
+# S ≥ max f''(c)/2 = 1 on |c| ≤ 1 (Shen & Yang); 2 leaves room for overshoot past ±1
+STABILISATION = 2.0
 STEP_IN_EPS2_OVER_M = 0.5  # h = 0.5 ε²/M
 SPIN_UP_TIME = 50.0
 NOISE = 0.05  # amplitude of the initial fluctuations around c̄
@@ -99,7 +101,9 @@ class CahnHilliard:
         noises, drawn from rng): a divergence has no k = 0 mode, so the mass stays exact."""
         if temperature > 0 and rng is None:
             raise ValueError("temperature > 0 needs an rng for the noise")
-        n_sub = max(1, math.ceil(frame_dt * self.mobility / (STEP_IN_EPS2_OVER_M * self.epsilon**2)))
+        n_sub = max(
+            1, math.ceil(frame_dt * self.mobility / (STEP_IN_EPS2_OVER_M * self.epsilon**2))
+        )
         h = frame_dt / n_sub
         mk2h = h * self.mobility * self.k2
         explicit = 1 + mk2h * STABILISATION
@@ -113,7 +117,9 @@ class CahnHilliard:
                 c = self.ifft(c_hat)
                 update = explicit * c_hat - mk2h * self.fft(c**3 - c)
                 if temperature > 0:  # Euler–Maruyama: the noise enters the explicit side
-                    flux_x, flux_y = (self.fft(kick * rng.standard_normal(c.shape, np.float32)) for _ in range(2))
+                    flux_x, flux_y = (
+                        self.fft(kick * rng.standard_normal(c.shape, np.float32)) for _ in range(2)
+                    )
                     update += 1j * (self.kx * flux_x + self.ky * flux_y)
                 c_hat = update * implicit
             if i >= 0:
@@ -123,7 +129,9 @@ class CahnHilliard:
 
 def check_params(params: dict[str, float]) -> None:
     if params["temperature"] < 0:
-        raise DataError(f"cahn_hilliard2d: parameter temperature={params['temperature']:g} must be >= 0")
+        raise DataError(
+            f"cahn_hilliard2d: parameter temperature={params['temperature']:g} must be >= 0"
+        )
     for name in ("mobility", "epsilon"):
         if params[name] <= 0:
             raise DataError(f"cahn_hilliard2d: parameter {name}={params[name]:g} must be > 0")
@@ -134,7 +142,9 @@ def check_params(params: dict[str, float]) -> None:
         )
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     check_params(params)
     dx = LENGTH / resolution
     if params["epsilon"] < 0.5 * dx:
@@ -147,7 +157,8 @@ def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rn
     c0 += params["mean_concentration"] - c0.mean(axis=(-2, -1), keepdims=True)  # exact mean c̄
     n_spin = round(SPIN_UP_TIME / SPEC.dt)
     temperature = params["temperature"]
-    c = solver.integrate(c0, SPEC.dt, n_steps, n_spin, temperature=temperature, rng=rng)  # [B, T, n, n]
+    # [B, T, n, n]
+    c = solver.integrate(c0, SPEC.dt, n_steps, n_spin, temperature=temperature, rng=rng)
     time = SPEC.dt * np.arange(n_steps)
     fields = [Field("concentration", 0, c)]
     return make_well_data(SPEC.name, ["x", "y"], LENGTH, resolution, time, fields, params)

@@ -1,7 +1,7 @@
-"""Pieces every built-in simulator shares: the :class:`SystemSpec` registry entry, periodic grids and
-boundary conditions, assembling a :class:`WellData`, the integrating-factor RK4 frame loop of the
-pseudo-spectral fluids, and the persistence VRMSE used to check that a dataset keeps moving (a model
-can only learn dynamics that change from frame to frame)."""
+"""Pieces every built-in simulator shares: the :class:`SystemSpec` registry entry, periodic grids
+and boundary conditions, assembling a :class:`WellData`, the integrating-factor RK4 frame loop of
+the pseudo-spectral fluids, and the persistence VRMSE used to check that a dataset keeps moving (a
+model can only learn dynamics that change from frame to frame)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class SystemSpec:
 
     name: str
     n_spatial_dims: int
-    default_params: dict[str, list[float]]  # regime values a default dataset covers (cartesian product)
+    # regime values a default dataset covers (cartesian product)
+    default_params: dict[str, list[float]]
     resolution: int  # grid points per spatial dimension
     n_steps: int  # saved frames per trajectory (after the discarded spin-up)
     dt: float  # physical time between saved frames
@@ -33,7 +34,8 @@ class SystemSpec:
     n_traj: int = 10  # trajectories per parameter set in a default dataset (split 8/1/1)
     field_names: tuple[str, ...] = ()  # channel names of the frames, for --list and docs
     min_resolution: int = 8  # coarser grids lose the dynamics
-    regimes: tuple[str, ...] = ()  # the visibly different regimes the default sweep spans, for --list
+    # the visibly different regimes the default sweep spans, for --list
+    regimes: tuple[str, ...] = ()
 
     def complete_params(self, params: dict[str, float]) -> dict[str, float]:
         """Fill missing parameters with their first default value (for calling ``run`` directly);
@@ -51,23 +53,31 @@ def periodic_grid(n: int, length: float) -> np.ndarray:
     return np.arange(n, dtype=np.float64) * (length / n)
 
 
-def periodic_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
+def periodic_bcs(
+    spatial_dims: list[str], n: int, field_names: list[str]
+) -> list[BoundaryCondition]:
     """Periodic boundaries on every axis, as The Well stores them: a mask true at both ends."""
     return edge_bcs("PERIODIC", spatial_dims, n, field_names)
 
 
 def wall_bcs(spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
-    """Walls on the given axes (The Well's ``WALL``): a mask true at the two boundary grid points."""
+    """Walls on the given axes (The Well's ``WALL``): a mask true at the two boundary grid
+    points."""
     return edge_bcs("WALL", spatial_dims, n, field_names)
 
 
-def edge_bcs(bc_type: str, spatial_dims: list[str], n: int, field_names: list[str]) -> list[BoundaryCondition]:
-    """One ``bc_type`` boundary per axis, named ``{dim}_{bc_type.lower()}``, masking both end points."""
+def edge_bcs(
+    bc_type: str, spatial_dims: list[str], n: int, field_names: list[str]
+) -> list[BoundaryCondition]:
+    """One ``bc_type`` boundary per axis, named ``{dim}_{bc_type.lower()}``, masking both end
+    points."""
     bcs = []
     for dim in spatial_dims:
         mask = np.zeros(n, dtype=bool)
         mask[[0, -1]] = True
-        bcs.append(BoundaryCondition(f"{dim}_{bc_type.lower()}", bc_type, [dim], list(field_names), mask))
+        bcs.append(
+            BoundaryCondition(f"{dim}_{bc_type.lower()}", bc_type, [dim], list(field_names), mask)
+        )
     return bcs
 
 
@@ -84,12 +94,15 @@ def make_well_data(
 ) -> WellData:
     """A :class:`WellData` with the simulation parameters as root attrs and scalars.
 
-    Every axis is periodic (grid ``j L / n``) except those in ``wall_dims``, whose grids run from one
-    wall to the other, both included (``linspace(0, L, n)``).  ``lengths`` overrides ``length`` per axis.
+    Every axis is periodic (grid ``j L / n``) except those in ``wall_dims``, whose grids run from
+    one wall to the other, both included (``linspace(0, L, n)``).  ``lengths`` overrides ``length``
+    per axis.
     """
     lengths = {d: (lengths or {}).get(d, length) for d in spatial_dims}
     coords = {
-        d: (np.linspace(0, lengths[d], n) if d in wall_dims else periodic_grid(n, lengths[d])).astype(np.float32)
+        d: (
+            np.linspace(0, lengths[d], n) if d in wall_dims else periodic_grid(n, lengths[d])
+        ).astype(np.float32)
         for d in spatial_dims
     }
     scalars = [Scalar(k, np.asarray(v, dtype=np.float64)) for k, v in params.items()]
@@ -119,8 +132,9 @@ def require_positive(system: str, params: dict[str, float], *names: str) -> None
 def persistence_vrmse(frames: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """VRMSE of predicting frame ``t`` by frame ``t-1``, per channel, averaged over time.
 
-    frames: [T, C, *space] → [C].  VRMSE = sqrt(mean_space((pred - true)^2) / (var_space(true) + eps)),
-    The Well's definition; 1.0 means as bad as predicting the spatial mean, 0 means frozen dynamics.
+    frames: [T, C, *space] → [C].  VRMSE = sqrt(mean_space((pred - true)^2) / (var_space(true) +
+    eps)), The Well's definition; 1.0 means as bad as predicting the spatial mean, 0 means frozen
+    dynamics.
     """
     true, pred = frames[1:].astype(np.float64), frames[:-1].astype(np.float64)
     space = tuple(range(2, frames.ndim))
@@ -148,10 +162,11 @@ def if_rk4_integrate(
     cfl: float,
     dx: float,
 ) -> np.ndarray:
-    """Integrating-factor RK4 for ``dv/dt = linear·v + rhs(v)`` per Fourier mode (the linear part exact).
+    """Integrating-factor RK4 for ``dv/dt = linear·v + rhs(v)`` per Fourier mode (the linear part
+    exact).
 
-    Runs ``n_discard + n_frames`` frames of ``frame_dt`` (n_frames = ``frames.shape[1]``), each in the
-    fewest equal substeps that keep ``speed(v) · h ≤ cfl · dx``, and fills ``frames[:, t]`` with
+    Runs ``n_discard + n_frames`` frames of ``frame_dt`` (n_frames = ``frames.shape[1]``), each in
+    the fewest equal substeps that keep ``speed(v) · h ≤ cfl · dx``, and fills ``frames[:, t]`` with
     ``to_frame(v_hat)`` after each of the last n_frames.  The step is cast to ``frames.dtype`` so
     float32 runs stay in float32."""
     for t in range(-n_discard, frames.shape[1]):

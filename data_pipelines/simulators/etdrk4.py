@@ -1,10 +1,11 @@
-"""ETDRK4 — exponential time differencing with a fourth-order Runge–Kutta stage scheme (Cox & Matthews
+"""ETDRK4 — exponential time differencing with a fourth-order Runge–Kutta stage scheme (Cox &
+Matthews
 2002) for semilinear equations written per Fourier mode as ``dv/dt = L v + N(v, t)`` with a diagonal
 linear symbol ``L`` (``kdv1d``, ``swift_hohenberg2d``, ``advection_diffusion2d``).
 
 The linear part is integrated exactly, so stiff dispersion or hyperdiffusion (k³, k⁴) sets no step
-limit and a small linear mode grows or decays at exactly ``exp(L t)``; the step is limited only by the
-nonlinear term.  The coefficients φ(hL) are evaluated by the contour-integral mean of Kassam &
+limit and a small linear mode grows or decays at exactly ``exp(L t)``; the step is limited only by
+the nonlinear term.  The coefficients φ(hL) are evaluated by the contour-integral mean of Kassam &
 Trefethen (2005, SIAM J. Sci. Comput. 26:1214), which avoids the cancellation of the closed forms
 near hL = 0.  Hand-written (≈ 40 lines of numpy) because the PDE libraries on the registry either
 discretise in finite differences and JIT-compile through numba (py-pde: a k³ or k⁴ term is then
@@ -39,7 +40,9 @@ class ETDRK4:
         self.f2 = h * mean((2 + lr + ex * (lr - 2)) / lr**3)
         self.f3 = h * mean((-4 - 3 * lr - lr**2 + ex * (4 - lr)) / lr**3)
 
-    def step(self, v: np.ndarray, t: float, nonlinear: Callable[[np.ndarray, float], np.ndarray]) -> np.ndarray:
+    def step(
+        self, v: np.ndarray, t: float, nonlinear: Callable[[np.ndarray, float], np.ndarray]
+    ) -> np.ndarray:
         """One step of the spectral state ``v`` from time ``t``; ``nonlinear(v, t)`` returns N̂."""
         h = self.h
         nv = nonlinear(v, t)

@@ -1,4 +1,5 @@
-"""2D compressible Euler equations: Riemann problems with four constant quadrants, periodic unit square.
+"""2D compressible Euler equations: Riemann problems with four constant quadrants, periodic unit
+square.
 
 Equations (density ρ, momentum m = ρu, total energy E, ideal gas of ratio of specific heats γ)::
 
@@ -35,7 +36,12 @@ import math
 import numpy as np
 
 from data_pipelines.errors import DataError
-from data_pipelines.simulators.common import SystemSpec, make_well_data, periodic_grid, require_positive
+from data_pipelines.simulators.common import (
+    SystemSpec,
+    make_well_data,
+    periodic_grid,
+    require_positive,
+)
 from data_pipelines.well_format import Field, WellData
 
 LENGTH = 1.0
@@ -55,7 +61,8 @@ def conserved(w: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def hllc_flux(wl: np.ndarray, wr: np.ndarray, gamma: float) -> np.ndarray:
-    """HLLC flux along the first velocity component; wl, wr: (ρ, u_normal, u_tangent, p) on axis 0."""
+    """HLLC flux along the first velocity component; wl, wr: (ρ, u_normal, u_tangent, p) on axis
+    0."""
     (rl, ul, vl, pl), (rr, ur, vr, pr) = wl, wr
     el = pl / (gamma - 1) + 0.5 * rl * (ul**2 + vl**2)
     er = pr / (gamma - 1) + 0.5 * rr * (ur**2 + vr**2)
@@ -69,12 +76,16 @@ def hllc_flux(wl: np.ndarray, wr: np.ndarray, gamma: float) -> np.ndarray:
     def star_flux(flux, rho, u, v, p, energy, s, m):
         factor = m / (s - s_star)  # ρ_K (S_K − u_K)/(S_K − S*)
         q = np.stack([rho, rho * u, rho * v, energy])
-        q_star = factor * np.stack([np.ones_like(rho), s_star, v, energy / rho + (s_star - u) * (s_star + p / m)])
+        q_star = factor * np.stack(
+            [np.ones_like(rho), s_star, v, energy / rho + (s_star - u) * (s_star + p / m)]
+        )
         return flux + s * (q_star - q)
 
     fl_star = star_flux(flux_l, rl, ul, vl, pl, el, sl, ml)
     fr_star = star_flux(flux_r, rr, ur, vr, pr, er, sr, mr)
-    return np.where(sl >= 0, flux_l, np.where(s_star >= 0, fl_star, np.where(sr > 0, fr_star, flux_r)))
+    return np.where(
+        sl >= 0, flux_l, np.where(s_star >= 0, fl_star, np.where(sr > 0, fr_star, flux_r))
+    )
 
 
 def minmod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,7 +104,9 @@ def face_fluxes(w: np.ndarray, axis: int, gamma: float, boundary: str) -> np.nda
     left = take(centre + 0.5 * slope, 0, n + 1)  # state left of faces −½ .. n−½
     right = take(centre - 0.5 * slope, 1, n + 2)
     first_left, first_right = take(centre, 0, n + 1), take(centre, 1, n + 2)
-    bad = (left[:, [0, 3]] <= 0).any(axis=1, keepdims=True) | (right[:, [0, 3]] <= 0).any(axis=1, keepdims=True)
+    bad = (left[:, [0, 3]] <= 0).any(axis=1, keepdims=True) | (right[:, [0, 3]] <= 0).any(
+        axis=1, keepdims=True
+    )
     left, right = np.where(bad, first_left, left), np.where(bad, first_right, right)
     order = [0, 1, 2, 3] if axis == -2 else [0, 2, 1, 3]  # the normal velocity goes second
     flux = hllc_flux(np.moveaxis(left[:, order], 1, 0), np.moveaxis(right[:, order], 1, 0), gamma)
@@ -113,9 +126,12 @@ def stable_dt(q: np.ndarray, gamma: float, dx: float, dy: float) -> float:
     return CFL / float(np.max((np.abs(u) + c) / dx + (np.abs(v) + c) / dy))
 
 
-def integrate(q: np.ndarray, gamma: float, frame_dt: float, n_frames: int, boundary: str = "periodic") -> np.ndarray:
-    """Advance conserved q [B, 4, nx, ny] on the unit square (cells 1/nx × 1/ny) by n_frames × frame_dt
-    (SSP-RK2, adaptive steps landing on every frame time); return each frame: [B, n_frames, 4, nx, ny]."""
+def integrate(
+    q: np.ndarray, gamma: float, frame_dt: float, n_frames: int, boundary: str = "periodic"
+) -> np.ndarray:
+    """Advance conserved q [B, 4, nx, ny] on the unit square (cells 1/nx × 1/ny) by n_frames ×
+    frame_dt (SSP-RK2, adaptive steps landing on every frame time); return each frame: [B, n_frames,
+    4, nx, ny]."""
     if boundary not in ("periodic", "transmissive"):
         raise DataError(f"euler2d: boundary {boundary!r}: expected periodic or transmissive")
     dx, dy = LENGTH / q.shape[-2], LENGTH / q.shape[-1]
@@ -133,13 +149,16 @@ def integrate(q: np.ndarray, gamma: float, frame_dt: float, n_frames: int, bound
     return frames
 
 
-def random_quadrants(rng: np.random.Generator, n_traj: int, n: int, pressure_jump: float) -> np.ndarray:
+def random_quadrants(
+    rng: np.random.Generator, n_traj: int, n: int, pressure_jump: float
+) -> np.ndarray:
     """Primitive (ρ, u, v, p) of random four-quadrant states: [n_traj, 4, n, n]."""
     x = periodic_grid(n, LENGTH)  # cell centres
     w = np.empty((n_traj, 4, n, n))
     for b in range(n_traj):
         x0, y0 = rng.uniform(0.3, 0.7, size=2)
-        quadrant = (x[:, None] >= x0).astype(int) + 2 * (x[None, :] >= y0).astype(int)  # [n, n] in 0..3
+        # [n, n] in 0..3
+        quadrant = (x[:, None] >= x0).astype(int) + 2 * (x[None, :] >= y0).astype(int)
         rho = rng.uniform(0.2, 2.0, 4)
         p = 10 ** rng.uniform(0, math.log10(pressure_jump), 4)
         u, v = rng.uniform(-0.5, 0.5, (2, 4))
@@ -157,7 +176,9 @@ def exact_riemann(left: tuple, right: tuple, gamma: float, xi: np.ndarray) -> np
     def f(p, rk, pk, ck):  # velocity change across the left/right wave, and its derivative
         if p > pk:  # shock
             a, b = 2 / ((gamma + 1) * rk), (gamma - 1) / (gamma + 1) * pk
-            return (p - pk) * math.sqrt(a / (p + b)), math.sqrt(a / (p + b)) * (1 - (p - pk) / (2 * (b + p)))
+            return (p - pk) * math.sqrt(a / (p + b)), math.sqrt(a / (p + b)) * (
+                1 - (p - pk) / (2 * (b + p))
+            )
         return 2 * ck / (gamma - 1) * ((p / pk) ** g1 - 1), (p / pk) ** (-g2) / (rk * ck)
 
     p = max(1e-8, 0.5 * (pl + pr))
@@ -191,13 +212,17 @@ def exact_riemann(left: tuple, right: tuple, gamma: float, xi: np.ndarray) -> np
     return out
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     gamma, jump = params["gamma"], params["pressure_jump"]
     if not gamma > 1:
         raise DataError(f"euler2d: parameter gamma={gamma:g} must be > 1 (an ideal gas)")
     require_positive(SPEC.name, params, "pressure_jump")
     if jump < 1:
-        raise DataError(f"euler2d: parameter pressure_jump={jump:g} must be ≥ 1 (the largest/smallest pressure)")
+        raise DataError(
+            f"euler2d: parameter pressure_jump={jump:g} must be ≥ 1 (the largest/smallest pressure)"
+        )
     q0 = conserved(random_quadrants(rng, n_traj, resolution, jump), gamma)
     q = integrate(q0, gamma, SPEC.dt, n_steps)  # [B, T, 4, n, n]
     pressure = primitives(q, gamma)[:, :, 3]

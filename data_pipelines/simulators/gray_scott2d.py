@@ -8,19 +8,19 @@ Equations (u: substrate A, v: autocatalyst B)::
 Method: second-order five-point Laplacian with periodic wrap, forward Euler, vectorised over
 trajectories (the same functions, with the seven-point Laplacian, serve ``gray_scott3d``).  The step
 is Δt = 1 where stable (the diffusive limit is dx²/(4 Du) = 1.25 at dx = 1; the reaction rates are
-O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the
-default.  The box stays 64 units wide at every resolution: the pattern's own length scale is about 10
-units, and boxes much smaller than 48 units let it die out.  Below 32² (dx = 2) it dies for lack of
-resolution, so 32 is the smallest grid allowed.  Initial condition: the trivial state u = 1, v = 0 with
-six random 6×6-unit squares set to u = 0.5, v = 0.25, plus 1 % noise, as in Pearson (1993, Science 261:189).
+O(0.1)) and shrinks as dx² on finer grids, so --resolution 128 costs 16× the default.  The box stays
+64 units wide at every resolution: the pattern's own length scale is about 10 units, and boxes much
+smaller than 48 units let it die out.  Below 32² (dx = 2) it dies for lack of resolution, so 32 is
+the smallest grid allowed.  Initial condition: the trivial state u = 1, v = 0 with six random
+6×6-unit squares set to u = 0.5, v = 0.25, plus 1 % noise, as in Pearson (1993, Science 261:189).
 
 Defaults: Du = 0.2, Dv = 0.1 (Pearson's ratio 2), 64² (dx = 1), 30 time units per saved frame.
 Regimes by (F, k) — only those that keep moving, since a model learns nothing from a frozen pattern:
-(0.018, 0.051) spiral waves and (0.014, 0.054) moving spots ("gliders"); all four combinations of these
-values keep moving.  Seen on a prototype here: (0.037, 0.060) spots freeze and (0.026, 0.051) oscillates
-uniformly or dies, so those are not defaults (any (F, k) can still be asked for).  The first 1500 time
-units are discarded (persistence is steady after ≈ 750) so the seeded patches have grown into the
-pattern; the persistence VRMSE between frames is then ≈ 0.2–0.4.
+(0.018, 0.051) spiral waves and (0.014, 0.054) moving spots ("gliders"); all four combinations of
+these values keep moving.  Seen on a prototype here: (0.037, 0.060) spots freeze and (0.026, 0.051)
+oscillates uniformly or dies, so those are not defaults (any (F, k) can still be asked for).  The
+first 1500 time units are discarded (persistence is steady after ≈ 750) so the seeded patches have
+grown into the pattern; the persistence VRMSE between frames is then ≈ 0.2–0.4.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ MIN_RESOLUTION = 32
 
 
 def laplacian(a: np.ndarray, n_dims: int = 2) -> np.ndarray:
-    """(2·n_dims + 1)-point periodic Laplacian for grid spacing 1 over the last ``n_dims`` axes (divide
-    by dx²): the five-point stencil in 2D, seven-point in 3D (``gray_scott3d``).  The sum runs axis by
-    axis in a fixed order, so the 2D sum is the five-point formula's, bit for bit."""
+    """(2·n_dims + 1)-point periodic Laplacian for grid spacing 1 over the last ``n_dims`` axes
+    (divide by dx²): the five-point stencil in 2D, seven-point in 3D (``gray_scott3d``).  The sum
+    runs axis by axis in a fixed order, so the 2D sum is the five-point formula's, bit for bit."""
     total = np.roll(a, 1, -n_dims) + np.roll(a, -1, -n_dims)
     for axis in range(-n_dims + 1, 0):
         total = total + np.roll(a, 1, axis) + np.roll(a, -1, axis)
@@ -54,7 +54,8 @@ def laplacian(a: np.ndarray, n_dims: int = 2) -> np.ndarray:
 
 
 def time_step(dx: float, n_dims: int = 2, frame_time: float = FRAME_TIME) -> tuple[float, int]:
-    """Euler step and steps per frame: Δt = 1 or less, within 80 % of the limit dx²/(2 n_dims Du)."""
+    """Euler step and steps per frame: Δt = 1 or less, within 80 % of the limit dx²/(2 n_dims
+    Du)."""
     steps = math.ceil(frame_time / min(1.0, 0.8 * dx**2 / (2 * n_dims * DIFFUSION_U)))
     return frame_time / steps, steps
 
@@ -99,8 +100,8 @@ def integrate(
 def random_patches(
     rng: np.random.Generator, n_traj: int, n: int, n_dims: int = 2, length: float = LENGTH
 ) -> tuple[np.ndarray, np.ndarray]:
-    """u = 1, v = 0 with N_PATCHES random squares (cubes in 3D), PATCH_SIZE wide, at u = 0.5, v = 0.25,
-    plus 1 % noise.  [n_traj, n, ...] each."""
+    """u = 1, v = 0 with N_PATCHES random squares (cubes in 3D), PATCH_SIZE wide, at u = 0.5, v =
+    0.25, plus 1 % noise.  [n_traj, n, ...] each."""
     shape = (n_traj,) + (n,) * n_dims
     u, v = np.ones(shape), np.zeros(shape)
     side = max(2, round(PATCH_SIZE * n / length))
@@ -114,7 +115,9 @@ def random_patches(
     return u, v
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     return simulate(SPEC, LENGTH, SPIN_UP_TIME, n_traj, n_steps, resolution, params, rng)
 
 
@@ -129,7 +132,8 @@ def simulate(
     rng: np.random.Generator,
 ) -> WellData:
     """Gray–Scott in ``spec.n_spatial_dims`` dimensions (``gray_scott3d`` too) on a periodic box
-    ``length`` wide: random patches, ``spin_up_time`` discarded, then ``n_steps`` frames ``spec.dt`` apart."""
+    ``length`` wide: random patches, ``spin_up_time`` discarded, then ``n_steps`` frames ``spec.dt``
+    apart."""
     if resolution < spec.min_resolution:
         raise DataError(
             f"{spec.name}: resolution {resolution} < {spec.min_resolution}; the pattern dies on coarser grids"
@@ -138,7 +142,8 @@ def simulate(
     dx = length / resolution
     dt, steps_per_frame = time_step(dx, n_dims=n_dims, frame_time=spec.dt)
     u0, v0 = random_patches(rng, n_traj, resolution, n_dims=n_dims, length=length)
-    # float32 state halves the memory traffic of this bandwidth-bound stencil; Euler's own error is larger
+    # float32 state halves the memory traffic of this bandwidth-bound stencil; Euler's own error is
+    # larger
     u, v = integrate(
         u0.astype(np.float32),
         v0.astype(np.float32),
@@ -152,7 +157,9 @@ def simulate(
     )  # [B, T, *space] each
     time = spec.dt * np.arange(n_steps)
     fields = [Field("A", 0, u), Field("B", 0, v)]
-    return make_well_data(spec.name, ["x", "y", "z"][:n_dims], length, resolution, time, fields, params)
+    return make_well_data(
+        spec.name, ["x", "y", "z"][:n_dims], length, resolution, time, fields, params
+    )
 
 
 SPEC = SystemSpec(

@@ -40,7 +40,9 @@ def check_params(params: dict[str, float]) -> None:
             )
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     check_params(params)
     return simulate(SPEC, LENGTH, SPIN_UP_TIME, n_traj, n_steps, resolution, params, rng)
 

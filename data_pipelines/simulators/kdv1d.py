@@ -45,11 +45,15 @@ SPIN_UP_TIME = 0.3
 # on h · 6 max|u| · k_max.  ETDRK4 is stable to ≈ 2.8, but at 1 it loses 4e-5 of ∫u² per 0.5 time
 # units on the default solitons; at 0.5 it loses 1.5e-6 (order ≈ 4.6) for a 1D run that stays cheap
 CFL = 0.5
-MIN_POINTS_PER_WIDTH = 2.0  # grid points per soliton width δ√(2/a) at the tallest expected amplitude
+# grid points per soliton width δ√(2/a) at the tallest expected amplitude
+MIN_POINTS_PER_WIDTH = 2.0
 
 
-def soliton(x: np.ndarray, t: float, amplitude: float, dispersion: float, x0: float = 0.0) -> np.ndarray:
-    """Exact periodic-box soliton (tails wrapped) of the given amplitude, centred at x0 + 2·amplitude·t."""
+def soliton(
+    x: np.ndarray, t: float, amplitude: float, dispersion: float, x0: float = 0.0
+) -> np.ndarray:
+    """Exact periodic-box soliton (tails wrapped) of the given amplitude, centred at x0 +
+    2·amplitude·t."""
     centre = x0 + 2 * amplitude * t
     shift = (x - centre + LENGTH / 2) % LENGTH - LENGTH / 2  # nearest image of the centre
     return amplitude / np.cosh(math.sqrt(amplitude / 2) * shift / dispersion) ** 2
@@ -72,9 +76,15 @@ class KdVSolver:
 
 
 def integrate(
-    u: np.ndarray, dispersion: float, frame_dt: float, n_frames: int, n_discard: int = 0, cfl: float = CFL
+    u: np.ndarray,
+    dispersion: float,
+    frame_dt: float,
+    n_frames: int,
+    n_discard: int = 0,
+    cfl: float = CFL,
 ) -> np.ndarray:
-    """Advance u [B, n] by n_discard + n_frames steps of frame_dt; return the last n_frames: [B, T, n]."""
+    """Advance u [B, n] by n_discard + n_frames steps of frame_dt; return the last n_frames: [B, T,
+    n]."""
     solver = KdVSolver(u.shape[-1], dispersion)
     u_hat = np.fft.rfft(u) * solver.dealias
     frames = np.empty((u.shape[0], n_frames, u.shape[-1]))
@@ -92,8 +102,11 @@ def integrate(
     return frames
 
 
-def random_initial_condition(rng: np.random.Generator, n_traj: int, n: int, amplitude: float) -> np.ndarray:
-    """Zero-mean sum of modes 1..N_MODES (amplitude ∝ 1/l, random phases) with maximum ``amplitude``."""
+def random_initial_condition(
+    rng: np.random.Generator, n_traj: int, n: int, amplitude: float
+) -> np.ndarray:
+    """Zero-mean sum of modes 1..N_MODES (amplitude ∝ 1/l, random phases) with maximum
+    ``amplitude``."""
     x = periodic_grid(n, LENGTH)
     modes = np.arange(1, N_MODES + 1)[None, :, None]
     coef = rng.standard_normal((n_traj, N_MODES, 1)) / modes
@@ -117,7 +130,9 @@ def check_params(params: dict[str, float], resolution: int) -> None:
         )
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     check_params(params, resolution)
     u0 = random_initial_condition(rng, n_traj, resolution, params["amplitude"])
     n_spin = round(SPIN_UP_TIME / SPEC.dt)

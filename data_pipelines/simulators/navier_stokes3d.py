@@ -14,12 +14,12 @@ from Δp = −∂i∂j(ui uj) (the forcing is divergence-free), with zero mean.
 
 Forcing and regimes (after Borue & Orszag 1996, JFM 306:293, 3D Kolmogorov flow): k_f = 2, F = 0.5,
 so the laminar flow u = F/(ν k_f²) sin(k_f y) x̂ has Reynolds number F/(ν² k_f³): 69 at ν = 0.03
-(the laminar profile is unstable; large meandering structures, weakly turbulent) and 434 at
-ν = 0.012 (3D turbulence with small vortex tubes; at 32³ the dissipation range is marginally
-resolved, k_max η ≈ 0.4 for a dissipation rate of order 1, and the 2/3 rule keeps it stable).
-Initial condition: random-phase divergence-free velocity with energy near |k| = 3 and rms 1; the first
-3 time units are discarded.  Frames are 0.3 apart.  Saved fields: pressure (t0), velocity (t1),
-arrays indexed [x, y, z].
+(the laminar profile is unstable; large meandering structures, weakly turbulent) and 434 at ν =
+0.012 (3D turbulence with small vortex tubes; at 32³ the dissipation range is marginally resolved,
+k_max η ≈ 0.4 for a dissipation rate of order 1, and the 2/3 rule keeps it stable). Initial
+condition: random-phase divergence-free velocity with energy near |k| = 3 and rms 1; the first 3
+time units are discarded.  Frames are 0.3 apart.  Saved fields: pressure (t0), velocity (t1), arrays
+indexed [x, y, z].
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ class SpectralGrid3D:
         self.k2 = k2.astype(self.dtype)
         self.inv_k2 = np.where(k2 > 0, 1.0 / np.where(k2 > 0, k2, 1.0), 0.0).astype(self.dtype)
         k_max = n // 2
-        dealias = (np.abs(kx) < 2 / 3 * k_max) & (np.abs(ky) < 2 / 3 * k_max) & (np.abs(kz) < 2 / 3 * k_max)
+        dealias = (
+            (np.abs(kx) < 2 / 3 * k_max)
+            & (np.abs(ky) < 2 / 3 * k_max)
+            & (np.abs(kz) < 2 / 3 * k_max)
+        )
         self.dealias = dealias.astype(self.dtype)
         self.ik = [(1j * a).astype(complex_dtype) for a in self.k]
 
@@ -81,7 +85,9 @@ class SpectralGrid3D:
 
     def nonlinear_hat(self, u_hat: np.ndarray) -> np.ndarray:
         """P[(u × ω)^], dealiased: the advection term with the pressure gradient absorbed."""
-        u, w = np.split(self.ifft(np.concatenate([u_hat, self.curl_hat(u_hat)], axis=-4)), 2, axis=-4)
+        u, w = np.split(
+            self.ifft(np.concatenate([u_hat, self.curl_hat(u_hat)], axis=-4)), 2, axis=-4
+        )
         cross = np.stack(
             [
                 u[..., 1, :, :, :] * w[..., 2, :, :, :] - u[..., 2, :, :, :] * w[..., 1, :, :, :],
@@ -98,7 +104,9 @@ class SpectralGrid3D:
         for i in range(3):
             for j in range(i, 3):
                 weight = 1 if i == j else 2
-                p_hat = p_hat + weight * self.k[i] * self.k[j] * self.fft(u[..., i, :, :, :] * u[..., j, :, :, :])
+                p_hat = p_hat + weight * self.k[i] * self.k[j] * self.fft(
+                    u[..., i, :, :, :] * u[..., j, :, :, :]
+                )
         return self.ifft(-p_hat * self.inv_k2 * self.dealias)
 
 
@@ -112,8 +120,8 @@ def integrate(
     n_discard: int = 0,
     cfl: float = CFL,
 ) -> np.ndarray:
-    """Advance velocity u [B, 3, n, n, n] by n_discard + n_frames steps of frame_dt; return the states
-    after the last n_frames of them: [B, n_frames, 3, n, n, n]."""
+    """Advance velocity u [B, 3, n, n, n] by n_discard + n_frames steps of frame_dt; return the
+    states after the last n_frames of them: [B, n_frames, 3, n, n, n]."""
     f_hat = 0.0 if forcing is None else grid.project(grid.fft(forcing) * grid.dealias)
     u_hat = grid.project(grid.fft(u) * grid.dealias)
     dx = LENGTH / grid.n
@@ -122,12 +130,24 @@ def integrate(
     speed = lambda a_hat: np.abs(grid.ifft(a_hat)).sum(axis=-4).max()
     lin = -nu * grid.k2
     return if_rk4_integrate(
-        u_hat, lin, rhs, speed, frames, grid.ifft, frame_dt=frame_dt, n_discard=n_discard, cfl=cfl, dx=dx
+        u_hat,
+        lin,
+        rhs,
+        speed,
+        frames,
+        grid.ifft,
+        frame_dt=frame_dt,
+        n_discard=n_discard,
+        cfl=cfl,
+        dx=dx,
     )
 
 
-def random_velocity(rng: np.random.Generator, n_traj: int, grid: SpectralGrid3D, k_peak: float = 3.0) -> np.ndarray:
-    """Random-phase divergence-free velocity, energy near |k| = k_peak, rms 1: [n_traj, 3, n, n, n]."""
+def random_velocity(
+    rng: np.random.Generator, n_traj: int, grid: SpectralGrid3D, k_peak: float = 3.0
+) -> np.ndarray:
+    """Random-phase divergence-free velocity, energy near |k| = k_peak, rms 1: [n_traj, 3, n, n,
+    n]."""
     k = np.sqrt(grid.k2)
     amplitude = k**2 * np.exp(-((k / k_peak) ** 2))
     shape = (n_traj, 3, *grid.k2.shape)
@@ -144,7 +164,9 @@ def kolmogorov_forcing(n: int) -> np.ndarray:
     return f
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     require_positive(SPEC.name, params, "nu")
     grid = SpectralGrid3D(resolution, dtype=np.float32)
     u0 = random_velocity(rng, n_traj, grid)

@@ -1,4 +1,5 @@
-"""2D Rayleigh–Bénard convection (Boussinesq) between no-slip plates, periodic in x: [0, 2) × [0, 1].
+"""2D Rayleigh–Bénard convection (Boussinesq) between no-slip plates, periodic in x: [0, 2) × [0,
+1].
 
 Equations (as The Well's ``rayleigh_benard``: buoyancy b, velocity u = (u, w), pressure p)::
 
@@ -9,13 +10,14 @@ with b = 1 on the bottom plate, b = 0 on the top one, and u = 0 on both (no slip
 
 Method: vorticity–stream-function form (ω = ∂x w − ∂z u, Δψ = −ω, u = ∂zψ, w = −∂xψ): Fourier in x
 (dealiased by the 2/3 rule: ω, b and every tendency keep only the x-modes below 2/3 of the Nyquist
-one, which removes the products' aliases; a grid-scale filter is not needed), second-order finite differences in z on the grid z_j = j/(n−1) that
-includes both plates; ψ from one precomputed tridiagonal-system inverse per x-wavenumber, no-slip
-through Thom's wall vorticity ω_wall = −2ψ₁/Δz²; three-stage SSP Runge–Kutta, explicit, with the
-step set by advection and diffusion.  The discrete velocity is divergence-free to round-off.  The
-pressure of each saved frame solves Δp = ∂z b − ∂i uj ∂j ui with the Neumann condition
-∂z p = b + ν ∂x ω at the plates (the z-momentum equation there), zero mean.  Hand-written because
-Dedalus (The Well's solver) has no wheel here and needs MPI/FFTW builds.
+one, which removes the products' aliases; a grid-scale filter is not needed), second-order finite
+differences in z on the grid z_j = j/(n−1) that includes both plates; ψ from one precomputed
+tridiagonal-system inverse per x-wavenumber, no-slip through Thom's wall vorticity ω_wall =
+−2ψ₁/Δz²; three-stage SSP Runge–Kutta, explicit, with the step set by advection and diffusion.  The
+discrete velocity is divergence-free to round-off.  The pressure of each saved frame solves Δp = ∂z
+b − ∂i uj ∂j ui with the Neumann condition ∂z p = b + ν ∂x ω at the plates (the z-momentum equation
+there), zero mean.  Hand-written because Dedalus (The Well's solver) has no wheel here and needs
+MPI/FFTW builds.
 
 Initial condition: the conduction profile b = 1 − z plus random noise ∝ z(1 − z) (as The Well), at
 rest; the first 20 time units (onset and the first plumes) are discarded.
@@ -36,7 +38,12 @@ import math
 import numpy as np
 
 from data_pipelines.errors import DataError
-from data_pipelines.simulators.common import SystemSpec, make_well_data, require_positive, wavenumbers
+from data_pipelines.simulators.common import (
+    SystemSpec,
+    make_well_data,
+    require_positive,
+    wavenumbers,
+)
 from data_pipelines.well_format import Field, WellData
 
 WIDTH = 2.0  # Lx: one pair of rolls at the critical wavenumber π fits the box
@@ -52,9 +59,13 @@ class WallGrid:
         self.n = n
         self.dz = DEPTH / (n - 1)
         self.kx = wavenumbers(n, WIDTH, real=True)[:, None]  # [n//2+1, 1]
-        self.dealias = (np.abs(self.kx) < 2 / 3 * (n // 2) * (2 * math.pi / WIDTH)).astype(np.float64)
+        self.dealias = (np.abs(self.kx) < 2 / 3 * (n // 2) * (2 * math.pi / WIDTH)).astype(
+            np.float64
+        )
         m = n - 2  # interior nodes
-        d2 = (np.diag(np.full(m, -2.0)) + np.diag(np.ones(m - 1), 1) + np.diag(np.ones(m - 1), -1)) / self.dz**2
+        d2 = (
+            np.diag(np.full(m, -2.0)) + np.diag(np.ones(m - 1), 1) + np.diag(np.ones(m - 1), -1)
+        ) / self.dz**2
         # ψ̂ = (D2 − kx²)⁻¹ (−ω̂) on the interior, ψ = 0 on the plates: [n//2+1, m, m]
         self.poisson_inverse = np.linalg.inv(d2[None] - self.kx[:, :, None] ** 2 * np.eye(m)[None])
         self.neumann_inverse = self._neumann_inverse()
@@ -62,7 +73,9 @@ class WallGrid:
     def _neumann_inverse(self) -> np.ndarray:
         """(D2 − kx²)⁻¹ on all n nodes with ghost-point Neumann rows, for kx ≠ 0: [n//2+1, n, n]."""
         n, dz = self.n, self.dz
-        d2 = (np.diag(np.full(n, -2.0)) + np.diag(np.ones(n - 1), 1) + np.diag(np.ones(n - 1), -1)) / dz**2
+        d2 = (
+            np.diag(np.full(n, -2.0)) + np.diag(np.ones(n - 1), 1) + np.diag(np.ones(n - 1), -1)
+        ) / dz**2
         d2[0, 1] = d2[-1, -2] = 2 / dz**2
         ops = d2[None] - self.kx[:, :, None] ** 2 * np.eye(n)[None]
         ops[0] = np.eye(n)  # kx = 0 is singular; handled by integrating the mean z-momentum balance
@@ -118,9 +131,10 @@ def tendencies(w: np.ndarray, b: np.ndarray, grid: WallGrid, nu: float, kappa: f
     adv_b = u * grid.ddx(b) + vert * grid.ddz(b)
     dw = -adv_w[..., 1:-1] + nu * grid.laplacian_interior(w) + grid.ddx(b)[..., 1:-1]
     db = -adv_b[..., 1:-1] + kappa * grid.laplacian_interior(b)
-    # 2/3 rule: ω and b live on the x-modes below the cutoff, so u·∇ of them reaches at most 4/3 of it and
-    # its aliases land above the cutoff, where this projection removes them.  Without it the products'
-    # aliases pile up in the top third of x-modes, which no diffusion damps: grid-scale vertical stripes.
+    # 2/3 rule: ω and b live on the x-modes below the cutoff, so u·∇ of them reaches at most 4/3 of
+    # it and its aliases land above the cutoff, where this projection removes them.  Without it the
+    # products' aliases pile up in the top third of x-modes, which no diffusion damps: grid-scale
+    # vertical stripes.
     return grid.project(dw), grid.project(db), u, vert
 
 
@@ -134,12 +148,13 @@ def integrate(
     n_frames: int,
     n_discard: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Advance (ω, b) [B, n, n] (b on the plates stays as given) by n_discard + n_frames frames; return
-    the last n_frames of each: [B, n_frames, n, n]."""
+    """Advance (ω, b) [B, n, n] (b on the plates stays as given) by n_discard + n_frames frames;
+    return the last n_frames of each: [B, n_frames, n, n]."""
     w, b = grid.project(w), grid.project(b)  # start on the dealiased x-modes (see tendencies)
     dx = WIDTH / grid.n
     k_max = 2 / 3 * (grid.n // 2) * (2 * math.pi / WIDTH)
-    diffusive_dt = 1.0 / (max(nu, kappa) * (4 / grid.dz**2 + k_max**2))  # SSP-RK3 is stable to ≈ 2.5
+    # SSP-RK3 is stable to ≈ 2.5
+    diffusive_dt = 1.0 / (max(nu, kappa) * (4 / grid.dz**2 + k_max**2))
     frames_w = np.empty((w.shape[0], n_frames, grid.n, grid.n))
     frames_b = np.empty_like(frames_w)
 
@@ -177,13 +192,18 @@ def pressure(w: np.ndarray, b: np.ndarray, grid: WallGrid, nu: float) -> np.ndar
     # kx = 0: ∂z p̄ = b̄ − ∂z (w²)‾, integrated by the trapezoidal rule
     b_mean, w2_mean = b.mean(axis=-2), (vert**2).mean(axis=-2)
     steps = 0.5 * (b_mean[..., 1:] + b_mean[..., :-1]) * grid.dz
-    p_mean = np.concatenate([np.zeros_like(b_mean[..., :1]), np.cumsum(steps, axis=-1)], axis=-1) - w2_mean
+    p_mean = (
+        np.concatenate([np.zeros_like(b_mean[..., :1]), np.cumsum(steps, axis=-1)], axis=-1)
+        - w2_mean
+    )
     p_hat[..., 0, :] = p_mean * grid.n  # rfft's zero mode is the sum over x
     p = grid.ifft(p_hat)
     return p - p.mean(axis=(-2, -1), keepdims=True)
 
 
-def conduction_with_noise(rng: np.random.Generator, n_traj: int, grid: WallGrid) -> tuple[np.ndarray, np.ndarray]:
+def conduction_with_noise(
+    rng: np.random.Generator, n_traj: int, grid: WallGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """b = 1 − z + 1e-3 · noise · z(1 − z), at rest: (ω, b) [n_traj, n, n] each."""
     z = np.linspace(0, DEPTH, grid.n)[None, None, :]
     b = (1 - z) + 1e-3 * rng.standard_normal((n_traj, grid.n, grid.n)) * z * (1 - z)
@@ -196,7 +216,9 @@ def diffusivities(params: dict[str, float]) -> tuple[float, float]:
     return (ra / pr) ** -0.5, (ra * pr) ** -0.5
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     require_positive(SPEC.name, params, "Rayleigh", "Prandtl")
     nu, kappa = diffusivities(params)
     grid = WallGrid(resolution)
@@ -209,10 +231,16 @@ def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rn
             "the boundary layers are not resolved; use a finer --resolution or a smaller Rayleigh number"
         )
     velocity = np.stack(grid.velocity(grid.streamfunction(w)), axis=-1)
-    fields = [Field("buoyancy", 0, b), Field("pressure", 0, pressure(w, b, grid, nu)), Field("velocity", 1, velocity)]
+    fields = [
+        Field("buoyancy", 0, b),
+        Field("pressure", 0, pressure(w, b, grid, nu)),
+        Field("velocity", 1, velocity),
+    ]
     time = SPEC.dt * np.arange(n_steps)
     lengths = {"x": WIDTH, "z": DEPTH}
-    return make_well_data(SPEC.name, ["x", "z"], DEPTH, resolution, time, fields, params, ("z",), lengths)
+    return make_well_data(
+        SPEC.name, ["x", "z"], DEPTH, resolution, time, fields, params, ("z",), lengths
+    )
 
 
 SPEC = SystemSpec(

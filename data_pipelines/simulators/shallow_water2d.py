@@ -15,14 +15,14 @@ steepen into bores, so a hyperviscosity ν₄ Δ² on the velocity (damping rate
 mass ∫h untouched (to round-off) and the k < 5 modes almost so.  A numpy solver because the
 shallow-water packages on PyPI target the sphere or need compiled MPI builds.
 
-Initial condition: at rest with a random smooth height field (random-phase, energy near |k| = 3,
-rms 0.1 H), so the flow starts by geostrophic adjustment: part of the bump radiates as gravity waves,
+Initial condition: at rest with a random smooth height field (random-phase, energy near |k| = 3, rms
+0.1 H), so the flow starts by geostrophic adjustment: part of the bump radiates as gravity waves,
 and, when the deformation radius L_d = c/f is below the bump size, part stays as balanced vortices.
-Regimes: f = 1 (L_d = c/f ≥ 0.5: mostly radiating gravity waves that interfere and steepen) and
-f = 3 (L_d ≤ 0.33: balanced vortices that drift, inertial oscillations and waves riding on them);
-c = 0.5 and 1 set how fast (c = 2 moves too far between frames: persistence VRMSE ≈ 0.95).
-Frames are 0.1 apart after 1 time unit of spin-up.
-Saved fields: height (t0) and velocity (t1), arrays indexed [x, y].
+Regimes: f = 1 (L_d = c/f ≥ 0.5: mostly radiating gravity waves that interfere and steepen) and f =
+3 (L_d ≤ 0.33: balanced vortices that drift, inertial oscillations and waves riding on them); c =
+0.5 and 1 set how fast (c = 2 moves too far between frames: persistence VRMSE ≈ 0.95). Frames are
+0.1 apart after 1 time unit of spin-up. Saved fields: height (t0) and velocity (t1), arrays indexed
+[x, y].
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, if_rk4_integrate, make_well_data, require_positive
+from data_pipelines.simulators.common import (
+    SystemSpec,
+    if_rk4_integrate,
+    make_well_data,
+    require_positive,
+)
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
 from data_pipelines.well_format import Field, WellData
 
@@ -67,7 +72,9 @@ def integrate(
 
     def rhs(a_hat: np.ndarray) -> np.ndarray:
         h_hat, u_hat, v_hat = a_hat
-        grids = grid.ifft(np.stack([h_hat, u_hat, v_hat, grid.ddx * u_hat, grid.ddy * u_hat, grid.ddx * v_hat]))
+        grids = grid.ifft(
+            np.stack([h_hat, u_hat, v_hat, grid.ddx * u_hat, grid.ddy * u_hat, grid.ddx * v_hat])
+        )
         h, u, v, ux, uy, vx = grids
         vy = grid.ifft(grid.ddy * v_hat)
         flux = grid.fft(np.stack([h * u, h * v, u * ux + v * uy, u * vx + v * vy])) * grid.dealias
@@ -81,7 +88,16 @@ def integrate(
     speed = lambda a_hat: np.max(np.abs(grid.ifft(a_hat[1])) + np.abs(grid.ifft(a_hat[2]))) + 2 * c
     to_frame = lambda a_hat: np.moveaxis(grid.ifft(a_hat), 0, 1)
     return if_rk4_integrate(
-        s_hat, lin, rhs, speed, frames, to_frame, frame_dt=frame_dt, n_discard=n_discard, cfl=CFL, dx=dx
+        s_hat,
+        lin,
+        rhs,
+        speed,
+        frames,
+        to_frame,
+        frame_dt=frame_dt,
+        n_discard=n_discard,
+        cfl=CFL,
+        dx=dx,
     )
 
 
@@ -92,23 +108,33 @@ def total_energy(state: np.ndarray, c: float) -> np.ndarray:
     return 0.5 * (h * (u**2 + v**2) + g * h**2).mean(axis=(-2, -1)) * LENGTH**2
 
 
-def random_height(rng: np.random.Generator, n_traj: int, grid: SpectralGrid, k_peak: float = 3.0) -> np.ndarray:
+def random_height(
+    rng: np.random.Generator, n_traj: int, grid: SpectralGrid, k_peak: float = 3.0
+) -> np.ndarray:
     """Fluid at rest on a random smooth height field (rms 0.1 H): state [n_traj, 3, n, n]."""
     k = np.sqrt(grid.k2)
     amplitude = k * np.exp(-((k / k_peak) ** 2))
     shape = (n_traj, *grid.k2.shape)
-    eta = grid.ifft(amplitude * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * grid.dealias)
+    eta = grid.ifft(
+        amplitude * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * grid.dealias
+    )
     eta *= 0.1 * MEAN_DEPTH / eta.std(axis=(-2, -1), keepdims=True)
     return np.stack([MEAN_DEPTH + eta, np.zeros_like(eta), np.zeros_like(eta)], axis=1)
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     require_positive(SPEC.name, params, "c")  # any finite f is valid (f < 0: southern hemisphere)
     grid = SpectralGrid(resolution, length=LENGTH, dtype=np.float32)
     state0 = random_height(rng, n_traj, grid)
     n_spin = math.ceil(SPIN_UP_TIME / SPEC.dt)
-    frames = integrate(state0, grid, params["c"], params["f"], SPEC.dt, n_steps, n_spin)  # [B, T, 3, n, n]
-    fields = [Field("height", 0, frames[:, :, 0]), Field("velocity", 1, np.moveaxis(frames[:, :, 1:], 2, -1))]
+    # [B, T, 3, n, n]
+    frames = integrate(state0, grid, params["c"], params["f"], SPEC.dt, n_steps, n_spin)
+    fields = [
+        Field("height", 0, frames[:, :, 0]),
+        Field("velocity", 1, np.moveaxis(frames[:, :, 1:], 2, -1)),
+    ]
     time = SPEC.dt * np.arange(n_steps)
     return make_well_data(SPEC.name, ["x", "y"], LENGTH, resolution, time, fields, params)
 

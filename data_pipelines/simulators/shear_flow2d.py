@@ -33,7 +33,12 @@ import math
 
 import numpy as np
 
-from data_pipelines.simulators.common import SystemSpec, make_well_data, periodic_grid, require_positive
+from data_pipelines.simulators.common import (
+    SystemSpec,
+    make_well_data,
+    periodic_grid,
+    require_positive,
+)
 from data_pipelines.simulators.navier_stokes2d import SpectralGrid
 from data_pipelines.well_format import Field, WellData
 
@@ -68,7 +73,9 @@ def integrate(
 
     def nonlinear(a_hat: np.ndarray, b_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # one batched inverse FFT: u, v, ∂xω, ∂yω, ∂xs, ∂ys
-        stacked = np.stack([grid.to_u * a_hat, grid.to_v * a_hat, grid.ddx * a_hat, grid.ddy * a_hat])
+        stacked = np.stack(
+            [grid.to_u * a_hat, grid.to_v * a_hat, grid.ddx * a_hat, grid.ddy * a_hat]
+        )
         stacked = np.concatenate([stacked, np.stack([grid.ddx * b_hat, grid.ddy * b_hat])])
         u, v, wx, wy, sx, sy = grid.ifft(stacked)
         return -grid.fft(u * wx + v * wy) * grid.dealias, -grid.fft(u * sx + v * sy) * grid.dealias
@@ -94,7 +101,9 @@ def integrate(
     return frames_w, frames_s
 
 
-def shear_layers(rng: np.random.Generator, n_traj: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def shear_layers(
+    rng: np.random.Generator, n_traj: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two perturbed tanh shear layers per trajectory, drifting together at a random speed:
     (u, v, tracer) [n_traj, n, n] each, the tracer starting as the shear profile.  The perturbation
     is a stream function ψ' = A sin(2π m x + φ) exp(−((y − y_k)/0.1)²) per layer, so all of it is
@@ -123,7 +132,9 @@ def vorticity_from_velocity(grid: SpectralGrid, u: np.ndarray, v: np.ndarray) ->
     return grid.ifft(grid.ddx * grid.fft(v) - grid.ddy * grid.fft(u))
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     require_positive(SPEC.name, params, "Reynolds", "Schmidt")
     nu = 1.0 / params["Reynolds"]
     grid = SpectralGrid(resolution, length=LENGTH, dtype=np.float32)
@@ -134,7 +145,11 @@ def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rn
     w_hat = grid.fft(w)
     u, v = grid.ifft(grid.to_u * w_hat), grid.ifft(grid.to_v * w_hat)  # [B, T, n, n]
     p = grid.ifft(pressure_hat(grid, u, v))
-    fields = [Field("tracer", 0, s), Field("pressure", 0, p), Field("velocity", 1, np.stack([u, v], axis=-1))]
+    fields = [
+        Field("tracer", 0, s),
+        Field("pressure", 0, p),
+        Field("velocity", 1, np.stack([u, v], axis=-1)),
+    ]
     time = SPEC.dt * np.arange(n_steps)
     return make_well_data(SPEC.name, ["x", "y"], LENGTH, resolution, time, fields, params)
 

@@ -19,8 +19,8 @@ each step (Euler–Maruyama, dealiased), and its amplitude is checked against th
 variance of the linear (r < 0) equation.  Hand-written rather than taken from a library for the
 reason given in :mod:`.etdrk4`.
 
-Initial condition: grid-scale random noise of amplitude 1e-3 (a quench from the uniform state),
-from which the pattern grows at ≈ r, selects its wavenumber and orders, with grain boundaries,
+Initial condition: grid-scale random noise of amplitude 1e-3 (a quench from the uniform state), from
+which the pattern grows at ≈ r, selects its wavenumber and orders, with grain boundaries,
 dislocations and penta–hepta defects moving and annihilating.  Without noise the pattern then
 freezes (a gradient system settles), faster the larger r: at T = 0 the next-frame persistence VRMSE
 of the last 8 frames fell to ≈ 0.02 at r = 0.2, in a 128² box too, and no uniform frame spacing
@@ -28,13 +28,13 @@ keeps both r = 0.1 (still growing) and r = 0.2 (already frozen) in their active 
 keeps the pattern fluctuating and its defects wandering to the end of the window, but most of that
 frame-to-frame change is thermal jitter, not predictable motion (lag 1 against lag 4 puts the
 coherent part at ≈ 0.02–0.04 of the ≈ 0.08–0.20 persistence), so the default is T = 0: the
-deterministic dataset, slow but never frozen at the end of its window.  Defaults: 64² (8 points per wavelength; the dealiased band |k| < 2.67
-holds the hexagons' harmonics at 2k_c).  Regimes by (r, g): g = 0 stripes ordering into a
-labyrinth, g = 1 hexagonal spots; r = 0.1 slow, r = 0.2 twice as fast.  32 frames 2.5 time units
-apart after a spin-up of 10.
-Measured (4 trajectories per corner, minimum over the last 8 frame pairs, before → after the
-noise): (r, g) = (0.1, 0) 0.034 → 0.190, (0.1, 1) 0.043 → 0.090, (0.2, 0) 0.022 → 0.120,
-(0.2, 1) 0.017 → 0.080; lag-4 over lag-1 persistence 1.3–1.4 (coherent drift alone gives ≈ 4).
+deterministic dataset, slow but never frozen at the end of its window.  Defaults: 64² (8 points per
+wavelength; the dealiased band |k| < 2.67 holds the hexagons' harmonics at 2k_c).  Regimes by (r,
+g): g = 0 stripes ordering into a labyrinth, g = 1 hexagonal spots; r = 0.1 slow, r = 0.2 twice as
+fast.  32 frames 2.5 time units apart after a spin-up of 10. Measured (4 trajectories per corner,
+minimum over the last 8 frame pairs, before → after the noise): (r, g) = (0.1, 0) 0.034 → 0.190,
+(0.1, 1) 0.043 → 0.090, (0.2, 0) 0.022 → 0.120, (0.2, 1) 0.017 → 0.080; lag-4 over lag-1 persistence
+1.3–1.4 (coherent drift alone gives ≈ 4).
 """
 
 from __future__ import annotations
@@ -53,12 +53,14 @@ STEP = 0.5
 SPIN_UP_TIME = 10.0
 NOISE = 1e-3
 # Deterministic by default: with T = 1e-3 the pattern keeps moving, but ~94 % of the frame-to-frame
-# change is then thermal jitter that no forecaster can predict (--param temperature=1e-3 turns it on).
+# change is then thermal jitter that no forecaster can predict (--param temperature=1e-3 turns it
+# on).
 TEMPERATURE = 0.0
 
 
 class SwiftHohenberg:
-    """Spectral symbols of an n² grid: the linear operator, dealiasing, and the Lyapunov functional."""
+    """Spectral symbols of an n² grid: the linear operator, dealiasing, and the Lyapunov
+    functional."""
 
     def __init__(self, n: int, r: float, g: float):
         self.n, self.r, self.g = n, r, g
@@ -66,7 +68,9 @@ class SwiftHohenberg:
         ky = wavenumbers(n, LENGTH, real=True)[None, :]
         self.k2 = kx**2 + ky**2
         k_max = n // 2 * (2 * math.pi / LENGTH)
-        self.dealias = ((np.abs(kx) < 2 / 3 * k_max) & (np.abs(ky) < 2 / 3 * k_max)).astype(np.float64)
+        self.dealias = ((np.abs(kx) < 2 / 3 * k_max) & (np.abs(ky) < 2 / 3 * k_max)).astype(
+            np.float64
+        )
         self.linear = r - (1 - self.k2) ** 2
 
     def fft(self, a: np.ndarray) -> np.ndarray:
@@ -119,7 +123,9 @@ class SwiftHohenberg:
 
 def check_params(params: dict[str, float]) -> None:
     if params["temperature"] < 0:
-        raise DataError(f"swift_hohenberg2d: parameter temperature={params['temperature']:g} must be >= 0")
+        raise DataError(
+            f"swift_hohenberg2d: parameter temperature={params['temperature']:g} must be >= 0"
+        )
     r = params["r"]
     if not 0 < r <= 1:
         raise DataError(
@@ -128,14 +134,19 @@ def check_params(params: dict[str, float]) -> None:
         )
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     check_params(params)
     solver = SwiftHohenberg(resolution, params["r"], params["g"])
     u0 = NOISE * rng.standard_normal((n_traj, resolution, resolution))
     n_spin = round(SPIN_UP_TIME / SPEC.dt)
-    u = solver.integrate(u0, SPEC.dt, n_steps, n_spin, temperature=params["temperature"], rng=rng)  # [B, T, n, n]
+    # [B, T, n, n]
+    u = solver.integrate(u0, SPEC.dt, n_steps, n_spin, temperature=params["temperature"], rng=rng)
     time = SPEC.dt * np.arange(n_steps)
-    return make_well_data(SPEC.name, ["x", "y"], LENGTH, resolution, time, [Field("u", 0, u)], params)
+    return make_well_data(
+        SPEC.name, ["x", "y"], LENGTH, resolution, time, [Field("u", 0, u)], params
+    )
 
 
 SPEC = SystemSpec(

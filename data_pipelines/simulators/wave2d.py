@@ -4,18 +4,18 @@ Equations (unit density; pressure p, particle velocity v, sound speed c)::
 
     ∂t p + c² ∇·v = 0,    ∂t v + ∇p = 0      ⇒   ∂tt p = c² Δp
 
-Method: exact in time and spectral in space.  Per Fourier mode k the longitudinal velocity
-a = k̂·v̂ and p̂ form a harmonic oscillator of frequency ω = c|k|:
-p̂(t) = p̂₀ cos ωt − i c a₀ sin ωt,  a(t) = a₀ cos ωt − i (p̂₀/c) sin ωt;  the transverse (curl) part of
-v̂ and the k = 0 mode do not change.  No time step, so no CFL limit and no numerical dispersion: the
-travelling plane wave p = cos(k·x − ωt), v = k̂ p / c is reproduced to round-off, and the acoustic
-energy ½∫(p²/c² + |v|²) is conserved (both checked by the tests).
+Method: exact in time and spectral in space.  Per Fourier mode k the longitudinal velocity a = k̂·v̂
+and p̂ form a harmonic oscillator of frequency ω = c|k|: p̂(t) = p̂₀ cos ωt − i c a₀ sin ωt,  a(t) =
+a₀ cos ωt − i (p̂₀/c) sin ωt;  the transverse (curl) part of v̂ and the k = 0 mode do not change.
+No time step, so no CFL limit and no numerical dispersion: the travelling plane wave p = cos(k·x −
+ωt), v = k̂ p / c is reproduced to round-off, and the acoustic energy ½∫(p²/c² + |v|²) is conserved
+(both checked by the tests).
 
 Initial condition: four Gaussian pressure pulses (random centres, signs, widths σ ∈ [0.03, 0.06]) at
-rest; each radiates a ring that crosses the periodic box and interferes with the others, so the field
-keeps moving forever.  Regimes by sound speed: c = 0.5 (slow rings, persistence VRMSE ≈ 0.2) and c = 1
-(fast, ≈ 0.45) at the frame interval Δt = 0.02; the first 0.2 time units are skipped so the pulses have
-already split into rings.
+rest; each radiates a ring that crosses the periodic box and interferes with the others, so the
+field keeps moving forever.  Regimes by sound speed: c = 0.5 (slow rings, persistence VRMSE ≈ 0.2)
+and c = 1 (fast, ≈ 0.45) at the frame interval Δt = 0.02; the first 0.2 time units are skipped so
+the pulses have already split into rings.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ N_PULSES = 4
 SPIN_UP_TIME = 0.2
 
 
-def propagate(p0: np.ndarray, v0: np.ndarray, c: float, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact solution at the given times.  p0: [B, n, n], v0: [B, n, n, 2] → p [B, T, n, n], v [B, T, n, n, 2]."""
+def propagate(
+    p0: np.ndarray, v0: np.ndarray, c: float, times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact solution at the given times.  p0: [B, n, n], v0: [B, n, n, 2] → p [B, T, n, n], v [B,
+    T, n, n, 2]."""
     n = p0.shape[-1]
     kx = wavenumbers(n, LENGTH)[:, None]  # [n, 1]
     ky = wavenumbers(n, LENGTH, real=True)[None, :]  # [1, n//2+1]
@@ -48,7 +51,9 @@ def propagate(p0: np.ndarray, v0: np.ndarray, c: float, times: np.ndarray) -> tu
     p_t = p_hat * cos - 1j * c * a_hat * sin
     a_t = a_hat * cos - 1j * (p_hat / c) * sin
     ifft = lambda a: np.fft.irfft2(a, s=(n, n), axes=(-2, -1))
-    v_t = np.stack([ifft(unit_x * a_t + tx_hat[:, None]), ifft(unit_y * a_t + ty_hat[:, None])], axis=-1)
+    v_t = np.stack(
+        [ifft(unit_x * a_t + tx_hat[:, None]), ifft(unit_y * a_t + ty_hat[:, None])], axis=-1
+    )
     return ifft(p_t), v_t
 
 
@@ -68,7 +73,9 @@ def random_pulses(rng: np.random.Generator, n_traj: int, n: int) -> np.ndarray:
     return (signs * bumps).sum(axis=1)
 
 
-def run(n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator) -> WellData:
+def run(
+    n_traj: int, n_steps: int, resolution: int, params: dict[str, float], rng: np.random.Generator
+) -> WellData:
     c = params["c"]
     p0 = random_pulses(rng, n_traj, resolution)
     v0 = np.zeros((*p0.shape, 2))

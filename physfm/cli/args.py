@@ -15,15 +15,20 @@ def parse_splits(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected split names, e.g. valid,test")
     unknown = [s for s in names if s not in SPLITS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown split {unknown[0]!r} (splits: {', '.join(SPLITS)})")
+        raise argparse.ArgumentTypeError(
+            f"unknown split {unknown[0]!r} (splits: {', '.join(SPLITS)})"
+        )
     return names
 
 
 class _SplitAction(argparse.Action):
-    """``--split valid,test`` or ``--split valid --split test`` (the repeated form kept for older scripts):
-    the first use replaces the default, later ones add to it; duplicates are dropped, order kept."""
+    """``--split valid,test`` or ``--split valid --split test`` (the repeated form kept for older
+    scripts): the first use replaces the default, later ones add to it; duplicates are dropped,
+    order kept."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, single: bool = False, **kwargs) -> None:
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, single: bool = False, **kwargs
+    ) -> None:
         self.single = single
         super().__init__(option_strings, dest, **kwargs)
 
@@ -37,11 +42,15 @@ class _SplitAction(argparse.Action):
 
 
 def add_split_argument(
-    parser: argparse.ArgumentParser, default: str | None, *, single: bool = False, help: str | None = None
+    parser: argparse.ArgumentParser,
+    default: str | None,
+    *,
+    single: bool = False,
+    help: str | None = None,
 ) -> None:
-    """Add ``--split`` to ``parser``: a comma-separated list of train/valid/test (the flag may be repeated).
-    ``args.split`` is a list of names, or ``None`` when ``default`` is ``None`` and the flag is not given.
-    ``single``: the verb reads one split; two are a one-line usage error."""
+    """Add ``--split`` to ``parser``: a comma-separated list of train/valid/test (the flag may be
+    repeated). ``args.split`` is a list of names, or ``None`` when ``default`` is ``None`` and the
+    flag is not given. ``single``: the verb reads one split; two are a one-line usage error."""
     what = "split to read" if single else "split(s) to read, comma-separated"
     shown = default if default is not None else "all"
     parser.add_argument(
@@ -56,8 +65,8 @@ def add_split_argument(
 
 
 def positive_int(text: str) -> int:
-    """argparse ``type`` for counts and sizes: an integer >= 1.  Checked at parsing, so a 0 is refused
-    like a -2 and never reaches code where it could read as "not given"."""
+    """argparse ``type`` for counts and sizes: an integer >= 1.  Checked at parsing, so a 0 is
+    refused like a -2 and never reaches code where it could read as "not given"."""
     try:
         value = int(text)
     except ValueError:

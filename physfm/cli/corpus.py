@@ -1,5 +1,5 @@
-"""``physfm corpus --out DIR`` — simulate, validate and shard every built-in system into one pretraining set,
-resumable (a rerun keeps the systems an interrupted run finished)."""
+"""``physfm corpus --out DIR`` — simulate, validate and shard every built-in system into one
+pretraining set, resumable (a rerun keeps the systems an interrupted run finished)."""
 
 from __future__ import annotations
 
@@ -25,17 +25,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  physfm corpus --out runs/corpus-2d --exclude burgers1d",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (created; reused on a rerun)")
     p.add_argument(
-        "--systems", default="", metavar="A,B", help="systems to build (default: all; see physfm simulate --list)"
+        "--out", required=True, metavar="DIR", help="corpus folder (created; reused on a rerun)"
+    )
+    p.add_argument(
+        "--systems",
+        default="",
+        metavar="A,B",
+        help="systems to build (default: all; see physfm simulate --list)",
     )
     p.add_argument("--exclude", default="", metavar="C,D", help="systems to leave out")
-    p.add_argument("--size", default="default", help="tiny | small | default | large (default: default)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of every system's initial conditions (same seed, same corpus)"
+        "--size", default="default", help="tiny | small | default | large (default: default)"
     )
     p.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes (default: cores, ≤ 4)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every system's initial conditions (same seed, same corpus)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="parallel processes (default: cores, ≤ 4)",
     )
     p.set_defaults(func=run)
 

@@ -1,4 +1,5 @@
-"""``physfm data validate|stats|shard|merge|bench`` — dataset checks, statistics, sharding, loader speed."""
+"""``physfm data validate|stats|shard|merge|bench`` — dataset checks, statistics, sharding, loader
+speed."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = parser.add_subparsers(dest="data_verb", metavar="ACTION")
     verbs.required = True
 
-    p = verbs.add_parser("validate", help="check files or dataset dirs against The Well schema (exit 1 on any problem)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="HDF5 file, split folder or dataset folder")
+    p = verbs.add_parser(
+        "validate",
+        help="check files or dataset dirs against The Well schema (exit 1 on any problem)",
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="HDF5 file, split folder or dataset folder"
+    )
     p.set_defaults(func=run_validate)
 
     p = verbs.add_parser("stats", help="(re)compute DIR/stats.yaml in one streaming pass")
@@ -24,36 +30,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_split_argument(p, "train", single=True)
     p.set_defaults(func=run_stats)
 
-    p = verbs.add_parser("shard", help="cut datasets into clips and write webdataset shards + manifest")
-    p.add_argument("datasets", nargs="+", metavar="DIR", help="one or more The Well dataset folders")
-    p.add_argument(
-        "--out", required=True, metavar="SHARDS", help="shard folder to write (SPLIT/shard-*.tar + manifest)"
+    p = verbs.add_parser(
+        "shard", help="cut datasets into clips and write webdataset shards + manifest"
     )
-    p.add_argument("--n-input", type=positive_int, default=4, help="default window: context frames (default 4)")
-    p.add_argument("--n-output", type=positive_int, default=1, help="default window: target frames (default 1)")
-    p.add_argument("--stride", type=positive_int, default=1, help="default window: steps between starts (default 1)")
-    p.add_argument("--clip-frames", type=positive_int, default=32, help="frames per stored clip (default 32; ≤ 64 MiB)")
-    p.add_argument("--max-shard-mb", type=float, default=256, help="start a new shard past this size in MiB")
+    p.add_argument(
+        "datasets", nargs="+", metavar="DIR", help="one or more The Well dataset folders"
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="SHARDS",
+        help="shard folder to write (SPLIT/shard-*.tar + manifest)",
+    )
+    p.add_argument(
+        "--n-input", type=positive_int, default=4, help="default window: context frames (default 4)"
+    )
+    p.add_argument(
+        "--n-output", type=positive_int, default=1, help="default window: target frames (default 1)"
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        default=1,
+        help="default window: steps between starts (default 1)",
+    )
+    p.add_argument(
+        "--clip-frames",
+        type=positive_int,
+        default=32,
+        help="frames per stored clip (default 32; ≤ 64 MiB)",
+    )
+    p.add_argument(
+        "--max-shard-mb", type=float, default=256, help="start a new shard past this size in MiB"
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=min(4, os.cpu_count() or 1),
         help="processes reading the HDF5 files (0 or 1: this process); the shards are identical either way",
     )
-    p.add_argument("--num-parts", type=positive_int, default=1, help="split the work into N parts (Slurm array)")
+    p.add_argument(
+        "--num-parts",
+        type=positive_int,
+        default=1,
+        help="split the work into N parts (Slurm array)",
+    )
     p.add_argument("--part", type=int, default=0, help="which part this run writes (0-based)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
     p.set_defaults(func=run_shard)
 
-    p = verbs.add_parser("merge", help="merge the parts of an array-sharded set (after all --part runs)")
+    p = verbs.add_parser(
+        "merge", help="merge the parts of an array-sharded set (after all --part runs)"
+    )
     p.add_argument("shards", metavar="SHARDS", help="the --out folder the parts were written to")
-    p.add_argument("--num-parts", type=positive_int, default=None, help="expected number of parts (checked)")
+    p.add_argument(
+        "--num-parts", type=positive_int, default=None, help="expected number of parts (checked)"
+    )
     p.set_defaults(func=run_merge)
 
-    p = verbs.add_parser("bench", help="loader samples/s (ours vs the_well WellDataset on the same data)")
-    p.add_argument("shards", metavar="SHARDS", help="field shards to read (physfm data shard --out)")
+    p = verbs.add_parser(
+        "bench", help="loader samples/s (ours vs the_well WellDataset on the same data)"
+    )
+    p.add_argument(
+        "shards", metavar="SHARDS", help="field shards to read (physfm data shard --out)"
+    )
     p.add_argument("--batch-size", type=positive_int, default=16, help="samples per batch")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes (0: this process)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="loader worker processes (0: this process)"
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="time budget per loader")
     p.set_defaults(func=run_bench)
 
@@ -131,6 +175,8 @@ def print_manifest_summary(out: str, written: dict) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from data_pipelines.bench import bench_loaders
 
-    result = bench_loaders(args.shards, batch_size=args.batch_size, workers=args.workers, seconds=args.seconds)
+    result = bench_loaders(
+        args.shards, batch_size=args.batch_size, workers=args.workers, seconds=args.seconds
+    )
     print(json.dumps(result))
     return 0

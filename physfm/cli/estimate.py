@@ -25,25 +25,36 @@ def register(subparsers) -> None:
         help="model YAML (configs/model/*.yaml), or a YAML with a 'model:' section",
     )
     parser.add_argument("--nodes", type=positive_int, default=1, help="machines")
-    parser.add_argument("--gpus-per-node", type=positive_int, default=8, help="GPUs on each machine")
+    parser.add_argument(
+        "--gpus-per-node", type=positive_int, default=8, help="GPUs on each machine"
+    )
     parser.add_argument(
         "--seq-len",
         type=positive_int,
         default=None,
         help="tokens per sample (default: the config's window, conditioning + max_frames frames)",
     )
-    parser.add_argument("--micro-batch", type=positive_int, default=1, help="samples per GPU per step")
+    parser.add_argument(
+        "--micro-batch", type=positive_int, default=1, help="samples per GPU per step"
+    )
     parser.add_argument(
         "--predicted-frames",
         type=positive_int,
         default=None,
         help="frames that carry the loss (sets the logits' size; default: all)",
     )
-    parser.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation to assume (0-1)")
     parser.add_argument(
-        "--peak-tflops", type=float, default=989.0, help="peak bf16 dense TFLOP/s per GPU (H100 SXM: 989)"
+        "--mfu", type=float, default=0.4, help="model-FLOPs utilisation to assume (0-1)"
     )
-    parser.add_argument("--gpu-mem-gib", type=float, default=80.0, help="GPU memory for the 'fits' column")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="peak bf16 dense TFLOP/s per GPU (H100 SXM: 989)",
+    )
+    parser.add_argument(
+        "--gpu-mem-gib", type=float, default=80.0, help="GPU memory for the 'fits' column"
+    )
     parser.add_argument(
         "--device",
         choices=("gpu", "cpu"),
@@ -58,7 +69,9 @@ def register(subparsers) -> None:
         help="with --device cpu: params and grads in fp32 (precision 32-true, the CPU default) or bf16 "
         "(precision bf16-mixed)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="model config overrides")
     parser.set_defaults(func=run)
 

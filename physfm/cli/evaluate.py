@@ -1,4 +1,5 @@
-"""``physfm evaluate --ckpt CKPT --data SHARDS --horizons 1,4,8 --out DIR`` — VRMSE beside the baselines."""
+"""``physfm evaluate --ckpt CKPT --data SHARDS --horizons 1,4,8 --out DIR`` — VRMSE beside the
+baselines."""
 
 from __future__ import annotations
 
@@ -26,8 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "copy-tokens and tokenizer-ceiling baselines; metrics.json, report.md, PNGs",
     )
     add_model_args(p, "default: scored with and without it when the model has one")
-    p.add_argument("--horizons", type=horizons, default=[1, 4, 8], help="comma-separated (default: 1,4,8)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/evaluate-<time>)")
+    p.add_argument(
+        "--horizons", type=horizons, default=[1, 4, 8], help="comma-separated (default: 1,4,8)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory (default: runs/evaluate-<time>)",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_run_dir("evaluate")
     metrics = evaluate(args.ckpt, args.data, args.horizons, out, **model_kwargs(args))
     overall = metrics["overall"]
-    print("mean VRMSE (1.0 = spatial mean)   " + "  ".join(f"h={h:<4}" for h in metrics["horizons"]))
+    print(
+        "mean VRMSE (1.0 = spatial mean)   " + "  ".join(f"h={h:<4}" for h in metrics["horizons"])
+    )
     for method, per in overall.items():
         print(f"  {method:<32}" + "  ".join(f"{per[str(h)]:.3f} " for h in metrics["horizons"]))
     print(f"→ {out} (metrics.json, report.md, PNGs)")

@@ -6,8 +6,14 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="consolidate a checkpoint (any strategy) into safetensors + config")
-    p.add_argument("--ckpt", required=True, help="checkpoint file, DeepSpeed checkpoint dir, or run dir (newest)")
+    p = subparsers.add_parser(
+        "export", help="consolidate a checkpoint (any strategy) into safetensors + config"
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint file, DeepSpeed checkpoint dir, or run dir (newest)",
+    )
     p.add_argument(
         "--out",
         required=True,

@@ -1,4 +1,5 @@
-"""``physfm finetune --config YAML --ckpt CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the sbatch entry)."""
+"""``physfm finetune --config YAML --ckpt CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the
+sbatch entry)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune a pretrained model on a new simulation (new fields, "
         "resolution, 1D or 2D): tokenizer adaptation, full/freeze/LoRA, before/after report",
     )
-    p.add_argument("--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml")
+    p.add_argument(
+        "--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml"
+    )
     p.add_argument(
         "--ckpt",
         "--from",  # the flag's former name, still accepted
@@ -28,9 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (same as out=...)")
     p.add_argument(
-        "--compare-scratch", action="store_true", help="also train the same budget from random init and compare"
+        "--compare-scratch",
+        action="store_true",
+        help="also train the same budget from random init and compare",
     )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.max_steps=20")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. trainer.max_steps=20",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_finetune_config(args.config, overrides)
     try:
         out = run_finetune(cfg)
-    except TrainingStopped as stopped:  # a signal asked for a checkpoint and an early exit (Slurm requeues on 75)
+    # a signal asked for a checkpoint and an early exit (Slurm requeues on 75)
+    except TrainingStopped as stopped:
         return finish(stopped.out, stopped.exit_code, note=str(stopped))
-    except PhysfmError as err:  # one line, also from a worker of a multi-process launch (clean_exit)
+    # one line, also from a worker of a multi-process launch (clean_exit)
+    except PhysfmError as err:
         return fail(err, "finetune")
     except NonFiniteLoss as err:
         return fail(err, "finetune", code=1)

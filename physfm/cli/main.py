@@ -1,6 +1,6 @@
-"""The ``physfm`` command line: the parser and ``main``; one module per verb beside this one, each a thin
-layer over library functions.  Every verb module exposes ``register(subparsers)``; heavy imports stay inside
-the verb's function so ``physfm --help`` is instant."""
+"""The ``physfm`` command line: the parser and ``main``; one module per verb beside this one, each a
+thin layer over library functions.  Every verb module exposes ``register(subparsers)``; heavy
+imports stay inside the verb's function so ``physfm --help`` is instant."""
 
 from __future__ import annotations
 
@@ -32,18 +32,19 @@ VERB_MODULES = [
 ]
 
 
-# Exit code of an error in the user's input or environment (argparse uses the same for bad arguments).
+# Exit code of an error in the user's input or environment (argparse uses the same for bad
+# arguments).
 USER_ERROR_EXIT_CODE = 2
 
 
 class UserError(PhysfmError):
-    """An error in a verb's arguments found by the CLI itself; like every :class:`PhysfmError`, printed as one
-    line with exit code 2 (no traceback)."""
+    """An error in a verb's arguments found by the CLI itself; like every :class:`PhysfmError`,
+    printed as one line with exit code 2 (no traceback)."""
 
 
 class ShowDefaults(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help when the text does not give its default already; an
-    option whose default is None/False (not given, off) or that is required shows none."""
+    """Appends "(default: X)" to an option's help when the text does not give its default already;
+    an option whose default is None/False (not given, off) or that is required shows none."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -51,13 +52,16 @@ class ShowDefaults(argparse.HelpFormatter):
         unset = default is None or default is False or default is argparse.SUPPRESS or default == []
         shown = not unset and not action.required
         if shown and action.option_strings and "default" not in text and "%(default)" not in text:
-            value = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+            value = (
+                ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+            )
             text = f"{text} (default: {value})" if text else f"(default: {value})"
         return text
 
 
 class ShowDefaultsRawDescription(ShowDefaults, argparse.RawDescriptionHelpFormatter):
-    """:class:`ShowDefaults` for a verb whose description or epilog is laid out by hand (examples)."""
+    """:class:`ShowDefaults` for a verb whose description or epilog is laid out by hand
+    (examples)."""
 
 
 def every_parser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -86,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_known_warnings() -> None:
-    """Silence library warnings that say nothing about the user's run (they hide the ones that do)."""
+    """Silence library warnings that say nothing about the user's run (they hide the ones that
+    do)."""
     import warnings
 
     # Lightning's hint when a machine has Slurm installed but the command was not started by srun.
@@ -96,7 +101,10 @@ def quiet_known_warnings() -> None:
 
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a multi-line message keeps its lines, joined by '; ')."""
-    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return (
+        "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        or type(err).__name__
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except PhysfmError as err:  # the user's input or environment; any other exception is a bug: traceback
+    # the user's input or environment; any other exception is a bug: traceback
+    except PhysfmError as err:
         print(f"physfm {args.verb}: error: {one_line(err)}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
     except RunStopped as stopped:  # a signal stopped an in-process training stage (quickstart, ...)

@@ -1,5 +1,6 @@
-"""``physfm probe --ckpt CKPT --data SHARDS --target PARAM --out DIR`` — linear probes per layer for a simulation
-parameter, held-out R² and regime accuracy beside code-histogram and embedding baselines."""
+"""``physfm probe --ckpt CKPT --data SHARDS --target PARAM --out DIR`` — linear probes per layer for
+a simulation parameter, held-out R² and regime accuracy beside code-histogram and embedding
+baselines."""
 
 from __future__ import annotations
 
@@ -14,14 +15,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ridge probes per layer for a simulation parameter (held-out R², "
         "regime accuracy, baselines); metrics.json, report.md, r2_per_layer.png",
     )
-    p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
-    p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards: encoded on the fly)")
-    p.add_argument("--target", required=True, metavar="PARAM", help="simulation parameter to predict, e.g. nu")
-    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/probe-<time>)")
-    add_split_argument(p, "valid,test")
-    p.add_argument("--select", default=None, metavar="EXPR", help="only windows matching, e.g. \"dataset=='ns'\"")
     p.add_argument(
-        "--points", default=None, help="comma-separated hook points (default: embedding + every blocks.i.resid)"
+        "--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="SHARDS",
+        help="token shards (or field shards: encoded on the fly)",
+    )
+    p.add_argument(
+        "--target", required=True, metavar="PARAM", help="simulation parameter to predict, e.g. nu"
+    )
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: runs/probe-<time>)"
+    )
+    add_split_argument(p, "valid,test")
+    p.add_argument(
+        "--select",
+        default=None,
+        metavar="EXPR",
+        help="only windows matching, e.g. \"dataset=='ns'\"",
+    )
+    p.add_argument(
+        "--points",
+        default=None,
+        help="comma-separated hook points (default: embedding + every blocks.i.resid)",
     )
     p.add_argument(
         "--scale",
@@ -29,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="target scale (auto: log when positive and spanning >= 5x)",
     )
-    p.add_argument("--threshold", type=float, default=None, help="regime threshold (default: the median)")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="regime threshold (default: the median)"
+    )
     p.add_argument(
         "--group-by",
         choices=("trajectory", "file"),
@@ -38,7 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (held-out groups)")
     p.add_argument(
-        "--max-windows", type=positive_int, default=None, metavar="N", help="windows, spread evenly (default: all)"
+        "--max-windows",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="windows, spread evenly (default: all)",
     )
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
@@ -71,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     for point, v in m["layers"].items():
         print(f"{point:<24} {v['r2']:>7.3f} {v['accuracy']:>9.3f}")
     if m["probe_r2_code_histogram"] is not None:
-        print(f"{'code histogram':<24} {m['probe_r2_code_histogram']:>7.3f} {m['probe_accuracy_code_histogram']:>9.3f}")
+        print(
+            f"{'code histogram':<24} {m['probe_r2_code_histogram']:>7.3f} {m['probe_accuracy_code_histogram']:>9.3f}"
+        )
     print(
         f"best layer {m['best_layer']} (R² {m['probe_r2']:.3f}); {m['n_windows']} windows → {out} "
         "(metrics.json, report.md, r2_per_layer.png, probe.safetensors)"

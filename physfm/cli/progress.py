@@ -1,5 +1,5 @@
-"""A small progress display (rich) that degrades to periodic plain lines when output is not a terminal
-(CI logs, Slurm output files), so logs stay readable."""
+"""A small progress display (rich) that degrades to periodic plain lines when output is not a
+terminal (CI logs, Slurm output files), so logs stay readable."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ class Progress:
 
     def update(self, done: int, total: int | None = None, note: str = "") -> None:
         if self._rich is not None:
-            self._rich.update(self._task, completed=done, total=total, description=f"{self.description} {note}")
+            self._rich.update(
+                self._task, completed=done, total=total, description=f"{self.description} {note}"
+            )
             return
         now = time.perf_counter()
         if now - self._last_print >= self.every_s or (total is not None and done >= total):

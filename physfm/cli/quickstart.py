@@ -9,9 +9,15 @@ from physfm.quickstart import STAGE_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("quickstart", help="run the whole pipeline on built-in data (CPU, minutes)")
-    p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="folder for every stage's outputs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and every training run")
+    p = subparsers.add_parser(
+        "quickstart", help="run the whole pipeline on built-in data (CPU, minutes)"
+    )
+    p.add_argument(
+        "--out", default="runs/quickstart", metavar="DIR", help="folder for every stage's outputs"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the simulations and every training run"
+    )
     p.add_argument(
         "--stages",
         default=None,
@@ -27,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from physfm.cli import UserError
     from physfm.quickstart.pipeline import STAGES, run_quickstart, view_command
 
-    stages = None if args.stages is None else [n.strip() for n in args.stages.split(",") if n.strip()]
+    stages = (
+        None if args.stages is None else [n.strip() for n in args.stages.split(",") if n.strip()]
+    )
     known = [name for name, _ in STAGES]
     if stages == []:  # an empty list must not read as "all stages"
         raise UserError(f"--stages: no stage named (stages: {', '.join(known)})")
@@ -41,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
     results = run_quickstart(args.out, seed=args.seed, stages=stages, on_stage=announce)
     for name, info in results["stages"].items():
         print(f"{name:>14}: {info['seconds']:6.1f} s")
-    print(f"total {results['total_seconds']:.1f} s — report: {args.out}/report.md, metrics: {args.out}/metrics.json")
+    print(
+        f"total {results['total_seconds']:.1f} s — report: {args.out}/report.md, metrics: {args.out}/metrics.json"
+    )
     print(f"look at it in a browser: {view_command(args.out, invoked_as())}")
     return 0
 
 
 def invoked_as() -> str:
-    """How to run physfm again the way it was started (``.venv/bin/physfm`` from ``make quickstart``)."""
+    """How to run physfm again the way it was started (``.venv/bin/physfm`` from ``make
+    quickstart``)."""
     import os
 
     program = sys.argv[0] if sys.argv else ""

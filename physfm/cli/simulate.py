@@ -24,9 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
-    p.add_argument("-h", "--help", action=HelpWithSystems, help="show this help, with every system's defaults")
+    p.add_argument(
+        "-h", "--help", action=HelpWithSystems, help="show this help, with every system's defaults"
+    )
     p.add_argument("system", nargs="?", metavar="SYSTEM", help="built-in system (see --list)")
-    p.add_argument("--list", action="store_true", help="print the systems and their defaults, then exit")
+    p.add_argument(
+        "--list", action="store_true", help="print the systems and their defaults, then exit"
+    )
     p.add_argument("--out", metavar="DIR", help="dataset folder to write (required unless --list)")
     p.add_argument(
         "--n-traj",
@@ -35,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="trajectories per parameter set, split 80/10/10 (default: the system's, see --list)",
     )
     p.add_argument(
-        "--n-steps", type=positive_int, default=None, help="saved frames per trajectory (default: the system's)"
+        "--n-steps",
+        type=positive_int,
+        default=None,
+        help="saved frames per trajectory (default: the system's)",
     )
     p.add_argument(
         "--resolution",
@@ -58,13 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="N values of one parameter, log- or linearly spaced, ends included (repeatable)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial conditions")
-    p.add_argument("--overwrite", action="store_true", help="delete other .hdf5 files already in DIR/data")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete other .hdf5 files already in DIR/data"
+    )
     p.set_defaults(func=run)
 
 
 class HelpWithSystems(argparse.Action):
-    """``--help`` that appends the systems table (built only when asked: it imports the simulators, and
-    ``physfm --help`` should stay instant)."""
+    """``--help`` that appends the systems table (built only when asked: it imports the simulators,
+    and ``physfm --help`` should stay instant)."""
 
     def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
         super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
@@ -76,7 +85,8 @@ class HelpWithSystems(argparse.Action):
 
 
 def parse_params(param_args: list[str], sweep_args: list[str]) -> dict[str, list[float]]:
-    """``["nu=0.01,0.1"]`` and ``["nu=log:1e-3:1e-2:16"]`` → ``{"nu": [...]}``; each name at most once."""
+    """``["nu=0.01,0.1"]`` and ``["nu=log:1e-3:1e-2:16"]`` → ``{"nu": [...]}``; each name at most
+    once."""
     from data_pipelines.simulators import parse_sweep
     from physfm.cli import UserError
 
@@ -95,12 +105,15 @@ def parse_params(param_args: list[str], sweep_args: list[str]) -> dict[str, list
             try:
                 params[name] = [float(v) for v in value.split(",")]
             except ValueError:
-                raise UserError(f"--param {text!r}: values must be numbers separated by commas") from None
+                raise UserError(
+                    f"--param {text!r}: values must be numbers separated by commas"
+                ) from None
     return params
 
 
 def list_systems() -> str:
-    """One aligned row per built-in system (dimensions, fields, default size, sweep), its regimes below."""
+    """One aligned row per built-in system (dimensions, fields, default size, sweep), its regimes
+    below."""
     from data_pipelines.simulators import SIMULATORS
 
     rows = [("SYSTEM", "DIM", "FIELDS", "DEFAULT SIZE", "SWEEP (cartesian product)")]
@@ -108,7 +121,9 @@ def list_systems() -> str:
     for spec in SIMULATORS.values():
         grid = "x".join([str(spec.resolution)] * spec.n_spatial_dims)
         size = f"{spec.n_traj} traj x {spec.n_steps} frames x {grid} (dt {spec.dt:g})"
-        sweep = "  ".join(f"{k}={','.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items())
+        sweep = "  ".join(
+            f"{k}={','.join(f'{v:g}' for v in vals)}" for k, vals in spec.default_params.items()
+        )
         rows.append((spec.name, f"{spec.n_spatial_dims}D", ",".join(spec.field_names), size, sweep))
         regimes.append((spec.description, spec.regimes))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -150,5 +165,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         log=lambda line: print(line, flush=True),
     )
-    print(f"{args.system}: wrote {out} (stats.yaml included) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(
+        f"{args.system}: wrote {out} (stats.yaml included) in {time.perf_counter() - start:.1f} s",
+        file=sys.stderr,
+    )
     return 0

@@ -1,5 +1,5 @@
-"""``physfm steer direction|rollout`` — concept directions between two regimes, and rollouts steered along them
-with a measured dose–response."""
+"""``physfm steer direction|rollout`` — concept directions between two regimes, and rollouts steered
+along them with a measured dose–response."""
 
 from __future__ import annotations
 
@@ -10,16 +10,25 @@ from physfm.cli.args import add_split_argument, positive_int
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "steer", help="concept directions (direction) and steered rollouts with a dose-response (rollout)"
+        "steer",
+        help="concept directions (direction) and steered rollouts with a dose-response (rollout)",
     )
     verbs = parser.add_subparsers(dest="steer_verb", metavar="ACTION")
     verbs.required = True
 
-    p = verbs.add_parser("direction", help="Δ = mean(feature) − mean(control) of z-scored activations per layer")
-    p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
+    p = verbs.add_parser(
+        "direction", help="Δ = mean(feature) − mean(control) of z-scored activations per layer"
+    )
+    p.add_argument(
+        "--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory"
+    )
     p.add_argument("--data", required=True, metavar="SHARDS", help="token shards (or field shards)")
-    p.add_argument("--feature", required=True, metavar="EXPR", help='windows of the concept, e.g. "nu>=0.01"')
-    p.add_argument("--control", required=True, metavar="EXPR", help='windows without it, e.g. "nu<0.003"')
+    p.add_argument(
+        "--feature", required=True, metavar="EXPR", help='windows of the concept, e.g. "nu>=0.01"'
+    )
+    p.add_argument(
+        "--control", required=True, metavar="EXPR", help='windows without it, e.g. "nu<0.003"'
+    )
     p.add_argument(
         "--layer",
         action="append",
@@ -34,18 +43,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mean-diff: Δ of the regime means (default); pca: first principal axis of paired differences",
     )
     add_split_argument(p, "train")
-    p.add_argument("--max-windows", type=positive_int, default=256, metavar="N", help="per selection, spread evenly")
+    p.add_argument(
+        "--max-windows",
+        type=positive_int,
+        default=256,
+        metavar="N",
+        help="per selection, spread evenly",
+    )
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the pairing of feature and control windows (--method pca)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the pairing of feature and control windows (--method pca)",
     )
-    p.add_argument("--out", required=True, metavar="FILE", help="direction file (.safetensors; FILE.json beside)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="direction file (.safetensors; FILE.json beside)",
+    )
     p.set_defaults(func=run_direction)
 
-    p = verbs.add_parser("rollout", help="roll out with the direction added at each α; dose-response curves")
-    p.add_argument("--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory")
-    p.add_argument("--data", required=True, metavar="SHARDS", help="windows whose context is rolled out")
-    p.add_argument("--direction", required=True, metavar="FILE", help="a `physfm steer direction --out` file")
+    p = verbs.add_parser(
+        "rollout", help="roll out with the direction added at each α; dose-response curves"
+    )
+    p.add_argument(
+        "--ckpt", required=True, help="pretrain run directory, checkpoint, or export directory"
+    )
+    p.add_argument(
+        "--data", required=True, metavar="SHARDS", help="windows whose context is rolled out"
+    )
+    p.add_argument(
+        "--direction", required=True, metavar="FILE", help="a `physfm steer direction --out` file"
+    )
     p.add_argument(
         "--alpha",
         default="-1,-0.5,0,0.5,1",
@@ -66,23 +97,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="token frames to generate (default: the model's window length)",
     )
     add_split_argument(p, "test")
-    p.add_argument("--select", default=None, metavar="EXPR", help="only contexts matching this selection")
     p.add_argument(
-        "--max-windows", type=positive_int, default=8, metavar="N", help="contexts, spread evenly (default: 8)"
+        "--select", default=None, metavar="EXPR", help="only contexts matching this selection"
     )
     p.add_argument(
-        "--probe", default=None, metavar="DIR", help="a `physfm probe` output (default: fit one into OUT/probe)"
+        "--max-windows",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="contexts, spread evenly (default: 8)",
     )
-    p.add_argument("--target", default=None, metavar="PARAM", help="steered parameter (default: from the direction)")
+    p.add_argument(
+        "--probe",
+        default=None,
+        metavar="DIR",
+        help="a `physfm probe` output (default: fit one into OUT/probe)",
+    )
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="PARAM",
+        help="steered parameter (default: from the direction)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probe fitted when --probe is not given")
-    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: runs/steer-<time>)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the probe fitted when --probe is not given"
+    )
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: runs/steer-<time>)"
+    )
     p.set_defaults(func=run_rollout)
 
 
 def layer_points(layers: list[str]) -> list[str]:
     """ "2" → "blocks.2.resid"; hook point names pass through."""
-    return [f"blocks.{layer}.resid" if layer.strip().isdigit() else layer.strip() for layer in layers]
+    return [
+        f"blocks.{layer}.resid" if layer.strip().isdigit() else layer.strip() for layer in layers
+    ]
 
 
 def run_direction(args: argparse.Namespace) -> int:
@@ -134,5 +185,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     for i, alpha in enumerate(m["alphas"]):
         print(f"{alpha:>6g} " + " ".join(f"{m['curves'][n]['mean'][i]:>22.4g}" for n in names))
     print(f"{'rho':>6} " + " ".join(f"{m['curves'][n]['spearman']:>22.3f}" for n in names))
-    print(f"α=0 identical to unsteered: {m['alpha0_identical']} → {out} (metrics.json, report.md, dose_response.png)")
+    print(
+        f"α=0 identical to unsteered: {m['alpha0_identical']} → {out} (metrics.json, report.md, dose_response.png)"
+    )
     return 0

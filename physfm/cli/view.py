@@ -1,5 +1,5 @@
-"""``physfm view`` — a local web page over every run under a folder: run list and reports, rollout viewer,
-steering panel with an α slider, tokenizer reconstructions, probe R² per layer."""
+"""``physfm view`` — a local web page over every run under a folder: run list and reports, rollout
+viewer, steering panel with an α slider, tokenizer reconstructions, probe R² per layer."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="example: physfm view runs/quickstart   (then open http://127.0.0.1:8765)",
     )
-    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="folder of runs (default: runs)")
+    p.add_argument(
+        "runs_dir",
+        nargs="?",
+        default="runs",
+        metavar="RUNS_DIR",
+        help="folder of runs (default: runs)",
+    )
     p.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765)")
     p.add_argument(
         "--host",
@@ -31,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="address to bind (default: 127.0.0.1, this machine only; any other address serves your runs to "
         "the network, with a warning)",
     )
-    p.add_argument("--device", default="cpu", help="torch device for rollouts and steering (default: cpu)")
+    p.add_argument(
+        "--device", default="cpu", help="torch device for rollouts and steering (default: cpu)"
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -73,22 +81,28 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request hides the ones that matter
+    # one line per request hides the ones that matter
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     bench = Workbench(root, device=args.device)
     app = create_app(root, bench)
     threading.Thread(target=prefetch, args=(root.resolve(), bench), daemon=True).start()
-    print(f"physfm view: {root.resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    print(
+        f"physfm view: {root.resolve()} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         app.run(host=args.host, port=args.port, debug=False)
     except OSError as err:  # taken between the check and now
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+        raise UserError(
+            f"cannot listen on {args.host}:{args.port}: {err.strerror or err}"
+        ) from None
     return 0
 
 
 def check_can_listen(host: str, port: int) -> None:
-    """Bind ``host:port`` the way the server will (address reuse on, as werkzeug sets it) and let it go, so
-    a busy port or a foreign address is one line and exit 2 here; otherwise werkzeug prints its own
-    message after ours has announced the page, and exits 1."""
+    """Bind ``host:port`` the way the server will (address reuse on, as werkzeug sets it) and let it
+    go, so a busy port or a foreign address is one line and exit 2 here; otherwise werkzeug prints
+    its own message after ours has announced the page, and exits 1."""
     import errno
     import socket
 

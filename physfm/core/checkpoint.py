@@ -1,10 +1,12 @@
-"""Checkpoints: atomic writes (data_pipelines.atomic's), completeness, keep-last-k, ZeRO consolidation, safetensors export.
+"""Checkpoints: atomic writes (data_pipelines.atomic's), completeness, keep-last-k, ZeRO
+consolidation, safetensors export.
 
 What "complete" means (so a half-written checkpoint is never taken for whole):
 - a directory checkpoint (DeepSpeed: one shard per rank) is complete when its ``COMPLETE`` marker,
   written after every rank's shards, exists.  It is staged as ``NAME.tmp`` and renamed into place;
-- a file checkpoint (``.ckpt`` from ddp/single) is written to a temporary name and ``os.replace``d, so a
-  file at its final name is whole; torch's zip format also writes its end record last, which we check.
+- a file checkpoint (``.ckpt`` from ddp/single) is written to a temporary name and ``os.replace``d,
+  so a file at its final name is whole; torch's zip format also writes its end record last, which we
+  check.
 Nothing here unpickles code: every ``torch.load`` uses ``weights_only=True``, and DeepSpeed shards
 (which DeepSpeed itself loads with ``weights_only=False``) are vetted with it first.
 """
@@ -56,9 +58,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     with atomic_file(path) as tmp:
         try:
-            with open(tmp, "wb") as fh:  # through a Python file: a failed write raises OSError (errno kept)
+            # through a Python file: a failed write raises OSError (errno kept)
+            with open(tmp, "wb") as fh:
                 torch.save(obj, fh)
-        except RuntimeError as err:  # torch wraps it as an opaque "enforce fail"; surface the OSError
+        # torch wraps it as an opaque "enforce fail"; surface the OSError
+        except RuntimeError as err:
             if isinstance(err.__context__, OSError):
                 raise err.__context__ from None
             raise
@@ -66,8 +70,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """:func:`~data_pipelines.atomic.atomic_dir` for a directory checkpoint: the ``COMPLETE`` marker is
-    written last, before the rename."""
+    """:func:`~data_pipelines.atomic.atomic_dir` for a directory checkpoint: the ``COMPLETE`` marker
+    is written last, before the rename."""
     with atomic.atomic_dir(final) as staging:
         yield staging
         write_complete_marker(staging)
@@ -86,11 +90,13 @@ def is_complete(path: str | Path) -> bool:
         return False
     if path.is_dir():
         return (path / COMPLETE_MARKER).is_file()
-    return path.is_file() and zipfile.is_zipfile(path)  # a truncated torch file has no zip end record
+    # a truncated torch file has no zip end record
+    return path.is_file() and zipfile.is_zipfile(path)
 
 
 def checkpoint_step(path: str | Path) -> int:
-    """Training step of a checkpoint, from its name (``...step=120...``) or its marker; -1 if unknown."""
+    """Training step of a checkpoint, from its name (``...step=120...``) or its marker; -1 if
+    unknown."""
     path = Path(path)
     match = _STEP_RE.search(path.name)
     if match:
@@ -113,19 +119,23 @@ def list_checkpoints(directory: str | Path, pattern: str = "*.ckpt") -> list[Pat
 
 
 def find_latest_checkpoint(directory: str | Path, pattern: str = "*.ckpt") -> Path | None:
-    """The newest complete checkpoint in ``directory`` (None if there is none): what a resume uses."""
+    """The newest complete checkpoint in ``directory`` (None if there is none): what a resume
+    uses."""
     found = list_checkpoints(directory, pattern)
     return found[-1] if found else None
 
 
 def prune_checkpoints(directory: str | Path, keep_last: int, pattern: str = "*.ckpt") -> list[Path]:
-    """Keep the newest ``keep_last`` complete checkpoints; remove older ones and leftovers of crashed
-    saves (``*.tmp``, ``*.old``).  Call it from one rank, after a save finished.  Returns what was removed."""
+    """Keep the newest ``keep_last`` complete checkpoints; remove older ones and leftovers of
+    crashed saves (``*.tmp``, ``*.old``).  Call it from one rank, after a save finished.  Returns
+    what was removed."""
     if keep_last < 1:
         raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
     directory = Path(directory)
     complete = list_checkpoints(directory, pattern)
-    leftovers = sorted({*directory.glob("*.tmp"), *directory.glob(".*.tmp"), *directory.glob("*.old")})
+    leftovers = sorted(
+        {*directory.glob("*.tmp"), *directory.glob(".*.tmp"), *directory.glob("*.old")}
+    )
     doomed = complete[:-keep_last] + leftovers
     for path in doomed:
         remove_path(path)
@@ -161,13 +171,19 @@ def safe_torch_load(path: str | Path, mmap: bool = False) -> Any:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        lines = [
+            ln.strip()
+            for ln in str(err).splitlines()
+            if "Unsupported" in ln or "global" in ln.lower()
+        ]
         why = lines[0] if lines else type(err).__name__
         raise CheckpointError(
             f"{path}: refused, holds more than tensors and plain data (loading it would run pickled code): {why}"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def assert_checkpoint_safe(path: str | Path) -> None:
@@ -175,7 +191,11 @@ def assert_checkpoint_safe(path: str | Path) -> None:
     (memory-mapped, so tensors are not read) before a library that unpickles freely touches it."""
     path = Path(path)
     if path.is_dir():
-        files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix in (".pt", ".ckpt", ".bin")]
+        files = [
+            p
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and p.suffix in (".pt", ".ckpt", ".bin")
+        ]
         if not files:
             raise CheckpointError(f"{path}: no checkpoint files inside")
     else:
@@ -199,22 +219,28 @@ def consolidate_state_dict(
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.is_dir():
         if require_complete and not is_complete(path):
-            raise CheckpointError(f"{path}: incomplete checkpoint directory (no {COMPLETE_MARKER} marker)")
+            raise CheckpointError(
+                f"{path}: incomplete checkpoint directory (no {COMPLETE_MARKER} marker)"
+            )
         assert_checkpoint_safe(path)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(path))
-        # DeepSpeed names shards by named_parameters(), which include wrappers that state_dict() hides:
-        # Lightning's "_forward_module." and activation checkpointing's "_checkpoint_wrapped_module.".
+        # DeepSpeed names shards by named_parameters(), which include wrappers that state_dict()
+        # hides: Lightning's "_forward_module." and activation checkpointing's
+        # "_checkpoint_wrapped_module.".
         state = {
-            k.removeprefix("_forward_module.").replace("_checkpoint_wrapped_module.", ""): v for k, v in state.items()
+            k.removeprefix("_forward_module.").replace("_checkpoint_wrapped_module.", ""): v
+            for k, v in state.items()
         }
     else:
         if not is_complete(path):
             raise CheckpointError(f"{path}: incomplete or corrupt checkpoint file")
         loaded = safe_torch_load(path)
         if not isinstance(loaded, dict):
-            raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(loaded).__name__}")
+            raise CheckpointError(
+                f"{path}: expected a dict checkpoint, got {type(loaded).__name__}"
+            )
         state = loaded.get("state_dict", loaded)
     if strip_prefix:
         state = {k[len(strip_prefix) :]: v for k, v in state.items() if k.startswith(strip_prefix)}
@@ -247,8 +273,8 @@ _DEEPSPEED_KEYS = {
 
 
 def deepspeed_client_state(path: str | Path) -> dict[str, Any]:
-    """The Lightning state (loops, callbacks, hyper-parameters, ...) saved inside a DeepSpeed checkpoint
-    directory, read from rank 0's model-state file without unpickling code."""
+    """The Lightning state (loops, callbacks, hyper-parameters, ...) saved inside a DeepSpeed
+    checkpoint directory, read from rank 0's model-state file without unpickling code."""
     path = Path(path)
     latest = path / "latest"
     tag = latest.read_text().strip() if latest.is_file() else "checkpoint"
@@ -260,15 +286,21 @@ def deepspeed_client_state(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- export
-def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` to ``out_dir`` atomically (staged, then renamed).
-    Refuses to replace a directory that holds anything else."""
+def export_safetensors(
+    state_dict: dict[str, torch.Tensor], config_dict: dict[str, Any], out_dir: str | Path
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` to ``out_dir`` atomically (staged, then
+    renamed). Refuses to replace a directory that holds anything else."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     if out_dir.exists():
-        extra = sorted(p.name for p in out_dir.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, COMPLETE_MARKER))
+        extra = sorted(
+            p.name
+            for p in out_dir.iterdir()
+            if p.name not in (WEIGHTS_NAME, CONFIG_NAME, COMPLETE_MARKER)
+        )
         if extra:
             raise CheckpointError(
                 f"{out_dir}: exists and holds other files ({', '.join(extra[:3])}); choose an empty or new directory"
@@ -276,31 +308,39 @@ def export_safetensors(state_dict: dict[str, torch.Tensor], config_dict: dict[st
     tensors, seen = {}, set()
     for name, tensor in state_dict.items():
         tensor = tensor.detach().cpu().contiguous()
-        if tensor.untyped_storage().data_ptr() in seen:  # tied weights: safetensors refuses shared memory
+        # tied weights: safetensors refuses shared memory
+        if tensor.untyped_storage().data_ptr() in seen:
             tensor = tensor.clone()
         seen.add(tensor.untyped_storage().data_ptr())
         tensors[name] = tensor
     try:
         with atomic_dir(out_dir) as staging:
             save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
-            os.chmod(staging / WEIGHTS_NAME, file_mode())  # safetensors creates it 0600; exports are shared
+            # safetensors creates it 0600; exports are shared
+            os.chmod(staging / WEIGHTS_NAME, file_mode())
             config_text = json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n"
             (staging / CONFIG_NAME).write_text(config_text)
-    except SafetensorError as err:  # safetensors writes in Rust: its I/O error is text with the OS code
+    # safetensors writes in Rust: its I/O error is text with the OS code
+    except SafetensorError as err:
         code = re.search(r"(?:code: |os error )(\d+)", str(err))
         if code is None:
             raise CheckpointError(f"{out_dir}: not written ({err})") from None
-        raise disk_full_or_os_error(out_dir, OSError(int(code[1]), os.strerror(int(code[1])))) from None
+        raise disk_full_or_os_error(
+            out_dir, OSError(int(code[1]), os.strerror(int(code[1])))
+        ) from None
     except OSError as err:
         raise disk_full_or_os_error(out_dir, err) from None
     return out_dir
 
 
 def disk_full_or_os_error(target: Path, err: OSError) -> CheckpointError:
-    """A failed write to ``target`` as one CheckpointError: the disk-full wording where it ran out of room."""
+    """A failed write to ``target`` as one CheckpointError: the disk-full wording where it ran out
+    of room."""
     if is_disk_full(err):
         return disk_full_error(target, err, CheckpointError)  # type: ignore[return-value]
-    return CheckpointError(f"{target}: not written, {err.strerror or err}; the previous version, if any, is intact")
+    return CheckpointError(
+        f"{target}: not written, {err.strerror or err}; the previous version, if any, is intact"
+    )
 
 
 def load_safetensors(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -324,19 +364,24 @@ def load_safetensors(out_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     return state, config_dict
 
 
-# ----------------------------------------------------------------------------- Lightning checkpoint IO
+# ----------------------------------------------------------------------------- Lightning checkpoint
+# IO
 def atomic_checkpoint_io() -> Any:
     """A Lightning ``CheckpointIO`` for file checkpoints (ddp/single): writes atomically, loads with
     ``weights_only=True``.  (DeepSpeed directories are handled by CPUDeepSpeedStrategy.)"""
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        def save_checkpoint(
+            self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+        ) -> None:
             if storage_options is not None:
                 raise TypeError("AtomicCheckpointIO takes no storage_options")
             atomic_torch_save(checkpoint, path)
 
-        def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        def load_checkpoint(
+            self, path: Any, map_location: Any = None, weights_only: bool | None = None
+        ) -> dict:
             if not is_complete(path):
                 raise CheckpointError(f"{path}: incomplete or corrupt checkpoint file")
             return safe_torch_load(path)

@@ -1,6 +1,7 @@
 """``run.json``: what a run directory records so that a checkpoint becomes a usable model (export,
-rollout, evaluate, fine-tune, probe). One dataclass writes and reads it for every model kind, and its
-reader and writer are the only places its model sections turn from JSON into the typed configs and back."""
+rollout, evaluate, fine-tune, probe). One dataclass writes and reads it for every model kind, and
+its reader and writer are the only places its model sections turn from JSON into the typed configs
+and back."""
 
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ class RunInfo:
     tokenizer: str  # the tokenizer checkpoint the model reads and writes through
     tokenizer_fingerprint: str
     tokens: list[str] = field(default_factory=list)  # token shard sets trained on (kind "ar")
-    shards: list[str] = field(default_factory=list)  # field shard sets trained on (kind "diffusion")
+    # field shard sets trained on (kind "diffusion")
+    shards: list[str] = field(default_factory=list)
     diffusion: DiffusionConfig | None = None  # kind "diffusion" only
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
-            raise CheckpointError(f"{RUN_INFO}: kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}")
+            raise CheckpointError(
+                f"{RUN_INFO}: kind {self.kind!r} is not one of {', '.join(MODEL_KINDS)}"
+            )
         if not 0 < self.n_context_frames < self.n_frames:
             raise CheckpointError(
                 f"{RUN_INFO}: n_context_frames={self.n_context_frames} must be in [1, n_frames={self.n_frames})"
@@ -56,15 +60,18 @@ class RunInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path = RUN_INFO) -> RunInfo:
-        """The run record in ``data`` (a run.json, or an export's config.json: keys it does not know are
-        left out). Options a model section lacks take their defaults: runs written before them still load."""
+        """The run record in ``data`` (a run.json, or an export's config.json: keys it does not know
+        are left out). Options a model section lacks take their defaults: runs written before them
+        still load."""
         names = {f.name for f in dataclasses.fields(cls)}
         data = {"kind": "ar", **data}
         fields = {k: v for k, v in data.items() if k in names}
         if "model" in fields:
             fields["model"] = _section(ModelConfig, fields["model"], "model", source)
         if fields.get("diffusion") is not None:
-            fields["diffusion"] = _section(DiffusionConfig, fields["diffusion"], "diffusion", source)
+            fields["diffusion"] = _section(
+                DiffusionConfig, fields["diffusion"], "diffusion", source
+            )
         try:
             return cls(**fields)
         except TypeError as err:  # a missing field
@@ -83,9 +90,9 @@ class RunInfo:
 
 
 def _section(config: type[Section], data: Any, key: str, source: str | Path) -> Section:
-    """The JSON object under ``key`` as its config dataclass, each value checked against its type and the
-    whole validated by the config loader's own converter: an unknown option (a run.json from a newer
-    physfm, or an edited one) or a bad value is one error naming the file and the key."""
+    """The JSON object under ``key`` as its config dataclass, each value checked against its type
+    and the whole validated by the config loader's own converter: an unknown option (a run.json from
+    a newer physfm, or an edited one) or a bad value is one error naming the file and the key."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: '{key}' must be a JSON object, got {type(data).__name__}")
     try:

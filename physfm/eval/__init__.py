@@ -1,1 +1,2 @@
-"""Evaluation: held-out windows, scoring against the baselines (VRMSE), figures, physical statistics."""
+"""Evaluation: held-out windows, scoring against the baselines (VRMSE), figures, physical
+statistics."""

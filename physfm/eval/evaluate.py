@@ -1,19 +1,22 @@
-"""``physfm evaluate`` and ``physfm rollout``: roll the model out on held-out windows, score it with The Well's
-VRMSE per dataset, field and horizon, always beside the baselines, and write metrics, report and plots.
+"""``physfm evaluate`` and ``physfm rollout``: roll the model out on held-out windows, score it with
+The Well's VRMSE per dataset, field and horizon, always beside the baselines, and write metrics,
+report and plots.
 
 Methods scored on the same windows (the first four need only the tokenizer and the data):
 
 * ``persistence``: repeat the last context frame (the floor any forecaster must clear);
-* ``copy_tokens``: the last context token frame repeated and decoded (persistence through the tokenizer);
+* ``copy_tokens``: the last context token frame repeated and decoded (persistence through the
+  tokenizer);
 * ``tokenizer_ceiling``: the true future's own tokens decoded (no token model can do better);
 * ``ar``: the transformer's rollout (greedy unless a temperature is given), decoded;
 * ``ar_refined``: the same with the refinement U-Net, when the model has one;
-* ``diffusion``: in place of ``ar`` for a diffusion checkpoint (``physfm/inference/diffusion_model.py``): latents
-  sampled with ``sampling_steps`` ODE steps from noise seeded by ``seed``, decoded.
+* ``diffusion``: in place of ``ar`` for a diffusion checkpoint
+  (``physfm/inference/diffusion_model.py``): latents sampled with ``sampling_steps`` ODE steps from
+  noise seeded by ``seed``, decoded.
 
-VRMSE at horizon k is the k-th predicted frame's, averaged over windows: ``tokenizer.metrics.vrmse`` per
-window and field, in physical units (it equals ``the_well.benchmark.metrics.VRMSE``). 1.0 is what the
-spatial mean of the true frame scores.
+VRMSE at horizon k is the k-th predicted frame's, averaged over windows: ``tokenizer.metrics.vrmse``
+per window and field, in physical units (it equals ``the_well.benchmark.metrics.VRMSE``). 1.0 is
+what the spatial mean of the true frame scores.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from physfm.inference.sampling import Sampling
 from tokenizer.metrics import vrmse
 
 BASELINES = ("persistence", "copy_tokens", "tokenizer_ceiling")
-MODEL_METHODS = ("ar", "ar_refined", "diffusion")  # predictions made by pm.rollout; pm.method names the first
+# predictions made by pm.rollout; pm.method names the first
+MODEL_METHODS = ("ar", "ar_refined", "diffusion")
 
 
 @dataclass
@@ -47,11 +51,14 @@ class DatasetScores:
     n_windows: int = 0
     vrmse_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     token_hits: dict[str, torch.Tensor] = field(default_factory=dict)
-    example: dict[str, torch.Tensor] = field(default_factory=dict)  # first window: truth + each prediction
+    # first window: truth + each prediction
+    example: dict[str, torch.Tensor] = field(default_factory=dict)
     predictions: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, method: str, pred: torch.Tensor, truth: torch.Tensor, n_spatial_dims: int) -> None:
+    def add(
+        self, method: str, pred: torch.Tensor, truth: torch.Tensor, n_spatial_dims: int
+    ) -> None:
         per_window = vrmse(pred.float(), truth.float(), n_spatial_dims).double()  # [B, H, C]
         self.vrmse_sum[method] = self.vrmse_sum.get(method, 0) + per_window.sum(0)
 
@@ -73,23 +80,30 @@ def score_windows(
     keep_predictions: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, DatasetScores], dict[str, float]]:
-    """Roll out and score every method on the split's windows of ``horizon`` → (scores per dataset, seconds
-    per method). ``extra`` maps more method names to ``fn(context, horizon, dataset) -> prediction``."""
+    """Roll out and score every method on the split's windows of ``horizon`` → (scores per dataset,
+    seconds per method). ``extra`` maps more method names to ``fn(context, horizon, dataset) ->
+    prediction``."""
     n = pm.n_spatial_dims
     # Per-call sampling options (an AR model's), refused by name up front when set for another kind.
     options = pm.rollout_options(**(sampling or Sampling()).options("rollout"))
     scores: dict[str, DatasetScores] = {}
     seconds = {m: 0.0 for m in (*methods, *(extra or {}))}
     for batch in evaluation_windows(
-        shards, split, horizon, batch_size=batch_size, max_windows=max_windows, datasets=[d for d in pm.dataset_names]
+        shards,
+        split,
+        horizon,
+        batch_size=batch_size,
+        max_windows=max_windows,
+        datasets=[d for d in pm.dataset_names],
     ):
         name, ctx, truth = batch.dataset, batch.context, batch.truth
         s = scores.setdefault(name, DatasetScores(pm.channel_names(name)))
         preds: dict[str, torch.Tensor] = {}
         window_ids = truth_ids = None
         if any(m in methods for m in ("tokenizer_ceiling", "copy_tokens", *MODEL_METHODS)):
-            # One encode of context + truth serves the ceiling, copy-tokens and token accuracy (the tokenizer
-            # is causal: the context's token frames are those of the context encoded alone).
+            # One encode of context + truth serves the ceiling, copy-tokens and token accuracy (the
+            # tokenizer is causal: the context's token frames are those of the context encoded
+            # alone).
             start = time.perf_counter()
             window_ids = pm.encode(torch.cat([ctx, truth], 1), name)  # [B, T', *grid]
             truth_ids = window_ids[:, pm.n_context_tokens :]
@@ -101,21 +115,38 @@ def score_windows(
                 preds[method] = ctx[:, -1:].expand_as(truth)
             elif method == "copy_tokens":
                 ids = window_ids[:, pm.n_context_tokens - 1 : pm.n_context_tokens]
-                preds[method] = pm.copy_tokens(ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens])
+                preds[method] = pm.copy_tokens(
+                    ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens]
+                )
             elif method == "tokenizer_ceiling":
                 preds[method] = pm.tokenizer_ceiling(ctx, truth, name, window_ids=window_ids).cpu()
             elif method in MODEL_METHODS:
-                # "ar" is the raw model even when it has a refiner (which rollout would use by default)
-                refine = {"refine": method == "ar_refined"} if getattr(pm, "refiner", None) is not None else {}
+                # "ar" is the raw model even when it has a refiner (which rollout would use by
+                # default)
+                refine = (
+                    {"refine": method == "ar_refined"}
+                    if getattr(pm, "refiner", None) is not None
+                    else {}
+                )
                 preds[method], ids = pm.rollout(
-                    ctx, horizon, name, seed=seed, batch_size=batch_size, return_tokens=True, **options, **refine
+                    ctx,
+                    horizon,
+                    name,
+                    seed=seed,
+                    batch_size=batch_size,
+                    return_tokens=True,
+                    **options,
+                    **refine,
                 )
             else:
                 raise ValueError(f"unknown method {method!r}")
             seconds[method] += time.perf_counter() - start
-            if ids is not None and truth_ids is not None:  # fraction of tokens equal to the truth's own
-                ref = truth_ids if method == "copy_tokens" else truth_ids[:, : ids.shape[1]]  # copy broadcasts
-                hits = (ids.to(ref.device) == ref).flatten(2).float().mean(-1).sum(0).double().cpu()  # [frames]
+            # fraction of tokens equal to the truth's own
+            if ids is not None and truth_ids is not None:
+                # copy broadcasts
+                ref = truth_ids if method == "copy_tokens" else truth_ids[:, : ids.shape[1]]
+                # [frames]
+                hits = (ids.to(ref.device) == ref).flatten(2).float().mean(-1).sum(0).double().cpu()
                 s.token_hits[method] = s.token_hits.get(method, 0) + hits
         for method, fn in (extra or {}).items():
             start = time.perf_counter()
@@ -138,8 +169,15 @@ def score_windows(
 
 
 def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str, Any]:
-    """Per dataset, field, method and horizon (VRMSE of that step's frame); overall = mean of datasets×fields."""
-    out: dict[str, Any] = {"n_windows": {}, "vrmse": {}, "curves": {}, "token_accuracy": {}, "overall": {}}
+    """Per dataset, field, method and horizon (VRMSE of that step's frame); overall = mean of
+    datasets×fields."""
+    out: dict[str, Any] = {
+        "n_windows": {},
+        "vrmse": {},
+        "curves": {},
+        "token_accuracy": {},
+        "overall": {},
+    }
     every: dict[str, dict[str, list[float]]] = {}
     for name, s in sorted(scores.items()):
         out["n_windows"][name] = s.n_windows
@@ -153,10 +191,13 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
             mean[method] = {str(h): float(m[h - 1].mean()) for h in horizons}
             out["curves"][name][method] = [float(v) for v in m.mean(1)]
             for h in horizons:
-                every.setdefault(method, {}).setdefault(str(h), []).extend(float(v) for v in m[h - 1])
+                every.setdefault(method, {}).setdefault(str(h), []).extend(
+                    float(v) for v in m[h - 1]
+                )
         out["vrmse"][name] = {"fields": fields, "mean": mean}
         out["token_accuracy"][name] = {
-            method: [float(v) for v in hits / max(s.n_windows, 1)] for method, hits in s.token_hits.items()
+            method: [float(v) for v in hits / max(s.n_windows, 1)]
+            for method, hits in s.token_hits.items()
         }
     out["overall"] = {m: {h: sum(v) / len(v) for h, v in hs.items()} for m, hs in every.items()}
     out["persistence_above_1"] = sorted(
@@ -170,8 +211,11 @@ def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str
     return out
 
 
-# ---------------------------------------------------------------------------------------------- evaluate
-def _load(location, refine: bool | None, tokenizer, device: str, sampling: Sampling) -> PhysicsModel:
+# ----------------------------------------------------------------------------------------------
+# evaluate
+def _load(
+    location, refine: bool | None, tokenizer, device: str, sampling: Sampling
+) -> PhysicsModel:
     """The model evaluate and rollout score; ``refine=True`` requires a refiner."""
     options = sampling.options("load")
     pm = PhysicsModel.from_pretrained(location, tokenizer=tokenizer, device=device, **options)
@@ -199,10 +243,12 @@ def evaluate(
     device: str = "cpu",
     model=None,
 ) -> dict[str, Any]:
-    """Score the model and the baselines; write metrics.json, report.md, strips and the horizon plot.
+    """Score the model and the baselines; write metrics.json, report.md, strips and the horizon
+    plot.
 
     ``refine``: None = with and without the refiner when the model has one; True = require one.
-    ``sampling``: each model kind's options (temperature and refiner for AR, ODE steps for diffusion)."""
+    ``sampling``: each model kind's options (temperature and refiner for AR, ODE steps for
+    diffusion)."""
     horizons = sorted({int(h) for h in horizons})
     if not horizons or horizons[0] < 1:
         raise InputError(f"horizons: need positive integers, got {horizons}")
@@ -230,17 +276,24 @@ def evaluate(
         "split": split,
         "horizons": horizons,
         "methods": list(methods),
-        # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run has a refiner
-        # that helped on held-out windows when it was fit.
+        # What a user gets by default (PhysicsModel.rollout / physfm rollout): refined when the run
+        # has a refiner that helped on held-out windows when it was fit.
         "default_method": refined[0] if refined and pm.refines_by_default else methods[0],
         "temperature": sampling.ar.temperature,
         "top_k": sampling.ar.top_k,
         "seed": seed,
         "model": pm.describe(),
         **summarize(scores, horizons),
-        "seconds": {**{m: round(v, 2) for m, v in seconds.items()}, "total": round(time.perf_counter() - start, 2)},
+        "seconds": {
+            **{m: round(v, 2) for m, v in seconds.items()},
+            "total": round(time.perf_counter() - start, 2),
+        },
     }
-    figures = [vrmse_vs_horizon(metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{split} split").name]
+    figures = [
+        vrmse_vs_horizon(
+            metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{split} split"
+        ).name
+    ]
     for name, s in scores.items():
         preds = {m: s.example[m] for m in methods if m in MODEL_METHODS}
         figures.append(
@@ -266,7 +319,11 @@ def _decoding(metrics: dict[str, Any]) -> str:
     model = metrics.get("model") or {}
     if model.get("kind") == "diffusion":
         return f"{model['sampling_steps']} {model['sampler']} sampling step(s), noise seed {metrics.get('seed', 0)}"
-    return "greedy decoding" if not metrics.get("temperature") else f"temperature {metrics['temperature']}"
+    return (
+        "greedy decoding"
+        if not metrics.get("temperature")
+        else f"temperature {metrics['temperature']}"
+    )
 
 
 def render_report(metrics: dict[str, Any]) -> str:
@@ -293,7 +350,11 @@ def render_report(metrics: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(methods),
     ]
     for h in metrics["horizons"]:
-        lines.append(f"| {h} | " + " | ".join(_fmt(metrics["overall"].get(m, {}).get(str(h))) for m in methods) + " |")
+        lines.append(
+            f"| {h} | "
+            + " | ".join(_fmt(metrics["overall"].get(m, {}).get(str(h))) for m in methods)
+            + " |"
+        )
     for h in metrics["horizons"]:
         lines += [
             "",
@@ -307,12 +368,20 @@ def render_report(metrics: dict[str, Any]) -> str:
                 vals = {m: f.get(m, {}).get(str(h)) for m in methods}
                 p = vals.get("persistence")
                 verdict = (
-                    ", ".join(m for m in model_methods if vals.get(m) is not None and p is not None and vals[m] < p)
+                    ", ".join(
+                        m
+                        for m in model_methods
+                        if vals.get(m) is not None and p is not None and vals[m] < p
+                    )
                     or "no"
                 )
                 if p is not None and p > 1.0:
                     verdict += " (persistence > 1: not meaningful)"
-                lines.append(f"| {name} | {c} | " + " | ".join(_fmt(vals[m]) for m in methods) + f" | {verdict} |")
+                lines.append(
+                    f"| {name} | {c} | "
+                    + " | ".join(_fmt(vals[m]) for m in methods)
+                    + f" | {verdict} |"
+                )
     if metrics.get("persistence_above_1"):
         lines += [
             "",
@@ -343,7 +412,8 @@ def _write(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-# ---------------------------------------------------------------------------------------------- rollout
+# ----------------------------------------------------------------------------------------------
+# rollout
 def rollout_to_files(
     location: str | Path,
     shards: str | Path,
@@ -359,8 +429,9 @@ def rollout_to_files(
     tokenizer: str | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json, report.md.
-    ``refine``: None = refined when the model has a refiner (what a user gets by default), True = require one."""
+    """Roll out on every window; write predictions (safetensors per dataset), strips, metrics.json,
+    report.md. ``refine``: None = refined when the model has a refiner (what a user gets by
+    default), True = require one."""
     sampling = sampling or Sampling()
     pm = _load(location, refine, tokenizer, device, sampling)
     if refine is None:
@@ -402,12 +473,15 @@ def rollout_to_files(
 
 
 def _write_predictions(scores: dict[str, DatasetScores], method: str, out: Path) -> list[str]:
-    """Each dataset's windows (context, truth, prediction) as safetensors, and its strip; → the files."""
+    """Each dataset's windows (context, truth, prediction) as safetensors, and its strip; → the
+    files."""
     files = []
     for name, s in scores.items():
         tensors = {k: torch.cat(v) for k, v in s.predictions.items() if k != "persistence"}
         tensors["prediction"] = tensors.pop(method)
-        files.append(str(save_predictions(out / "predictions" / f"{name}.safetensors", tensors, s.meta)))
+        files.append(
+            str(save_predictions(out / "predictions" / f"{name}.safetensors", tensors, s.meta))
+        )
         rollout_strip(
             s.example["truth"],
             {method: s.example[method]},
@@ -440,12 +514,18 @@ def render_rollout_report(metrics: dict[str, Any], datasets: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_predictions(path: str | Path, tensors: dict[str, torch.Tensor], meta: list[dict[str, Any]]) -> Path:
-    """Write ``tensors`` (e.g. context, truth, prediction) as safetensors with the windows' meta as JSON."""
+def save_predictions(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: list[dict[str, Any]]
+) -> Path:
+    """Write ``tensors`` (e.g. context, truth, prediction) as safetensors with the windows' meta as
+    JSON."""
     from safetensors.torch import save
 
     path = Path(path)
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"windows": json.dumps(meta)})
+    data = save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={"windows": json.dumps(meta)},
+    )
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path

@@ -1,14 +1,16 @@
 """Physical statistics of generated fields, the quantities a steered concept should move.
 
-All functions take frames with the spatial axes last (``[..., n, n]`` for 2D, ``[..., n]`` for 1D) on a
-periodic box, and work in grid units unless a box ``length`` is given (wavenumbers in units of 2π/L, so a
-mode ``sin(m x)`` on [0, 2π) sits at k = m). What each dataset's statistic is, and why:
+All functions take frames with the spatial axes last (``[..., n, n]`` for 2D, ``[..., n]`` for 1D)
+on a periodic box, and work in grid units unless a box ``length`` is given (wavenumbers in units of
+2π/L, so a mode ``sin(m x)`` on [0, 2π) sits at k = m). What each dataset's statistic is, and why:
 
-* ``navier_stokes2d`` — enstrophy ½⟨ω²⟩: lower viscosity leaves more small-scale vorticity (with the linear
-  drag holding the energy, the enstrophy grows as ν falls); the energy-spectrum slope is reported beside it;
+* ``navier_stokes2d`` — enstrophy ½⟨ω²⟩: lower viscosity leaves more small-scale vorticity (with the
+  linear drag holding the energy, the enstrophy grows as ν falls); the energy-spectrum slope is
+  reported beside it;
 * ``gray_scott2d`` — pattern wavelength L / k̄, with k̄ the power-weighted mean wavenumber of the
   (mean-removed) v field: spots and stripes of the (F, k) regimes differ in spacing;
-* anything else — the spectral centroid wavelength of the first channel (a generic "how fine" measure).
+* anything else — the spectral centroid wavelength of the first channel (a generic "how fine"
+  measure).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def kinetic_energy_spectrum(velocity: np.ndarray, n_dims: int = 2) -> tuple[np.n
     return k, 0.5 * e.sum(axis=-2)
 
 
-def spectral_slope(k: np.ndarray, spectrum: np.ndarray, k_min: float = 2.0, k_max: float | None = None) -> np.ndarray:
-    """Least-squares slope of log E vs log k over k_min ≤ k ≤ k_max (default: the upper third is left out,
-    where the 2/3 dealiasing and the tokenizer's resolution cut the spectrum): [..., K] → [...]."""
+def spectral_slope(
+    k: np.ndarray, spectrum: np.ndarray, k_min: float = 2.0, k_max: float | None = None
+) -> np.ndarray:
+    """Least-squares slope of log E vs log k over k_min ≤ k ≤ k_max (default: the upper third is
+    left out, where the 2/3 dealiasing and the tokenizer's resolution cut the spectrum): [..., K] →
+    [...]."""
     k_max = k_max if k_max is not None else 2 * k[-1] / 3
     keep = (k >= k_min) & (k <= k_max)
     if keep.sum() < 2:
@@ -61,33 +66,41 @@ def spectral_slope(k: np.ndarray, spectrum: np.ndarray, k_min: float = 2.0, k_ma
     return ((y - y.mean(-1, keepdims=True)) * x_c).sum(-1) / (x_c**2).sum()
 
 
-def dominant_wavelength(field: np.ndarray, n_dims: int = 2, length: float | None = None) -> np.ndarray:
+def dominant_wavelength(
+    field: np.ndarray, n_dims: int = 2, length: float | None = None
+) -> np.ndarray:
     """L / k̄ with k̄ = Σ k E(k) / Σ E(k) of the mean-removed field: [..., *space] → [...].
 
-    In grid cells when ``length`` is None (L = the grid size). A centroid rather than the argmax peak so the
-    statistic moves continuously as a pattern coarsens."""
+    In grid cells when ``length`` is None (L = the grid size). A centroid rather than the argmax
+    peak so the statistic moves continuously as a pattern coarsens."""
     k, e = radial_spectrum(field, n_dims)
     k_mean = (e * k).sum(-1) / np.maximum(e.sum(-1), 1e-300)
     size = np.asarray(field).shape[-1] if length is None else length
     return size / np.maximum(k_mean, 1e-12)
 
 
-# ------------------------------------------------------------------------------------------- per dataset
-# fn(frames [..., C, *space], channel_names, n_dims) -> {statistic: values [...]}; the first key is the headline.
+# ------------------------------------------------------------------------------------------- per
+# dataset fn(frames [..., C, *space], channel_names, n_dims) -> {statistic: values [...]}; the first
+# key is the headline.
 StatFn = Callable[[np.ndarray, list[str], int], dict[str, np.ndarray]]
 
 
 class MissingChannel(ValueError):
-    """The frames lack a channel a dataset's statistic reads (e.g. a custom dataset under a built-in name)."""
+    """The frames lack a channel a dataset's statistic reads (e.g. a custom dataset under a built-in
+    name)."""
 
 
 def _channel(frames: np.ndarray, channel_names: list[str], name: str) -> np.ndarray:
     if name not in channel_names:
-        raise MissingChannel(f"physics statistic needs channel {name!r}; the frames have {channel_names}")
+        raise MissingChannel(
+            f"physics statistic needs channel {name!r}; the frames have {channel_names}"
+        )
     return frames[..., channel_names.index(name), :, :]
 
 
-def navier_stokes_stats(frames: np.ndarray, channel_names: list[str], n_dims: int = 2) -> dict[str, np.ndarray]:
+def navier_stokes_stats(
+    frames: np.ndarray, channel_names: list[str], n_dims: int = 2
+) -> dict[str, np.ndarray]:
     w = _channel(frames, channel_names, "vorticity")
     vel_idx = [channel_names.index(c) for c in ("velocity_x", "velocity_y") if c in channel_names]
     out = {"enstrophy": enstrophy(w)}
@@ -97,12 +110,16 @@ def navier_stokes_stats(frames: np.ndarray, channel_names: list[str], n_dims: in
     return out
 
 
-def gray_scott_stats(frames: np.ndarray, channel_names: list[str], n_dims: int = 2) -> dict[str, np.ndarray]:
+def gray_scott_stats(
+    frames: np.ndarray, channel_names: list[str], n_dims: int = 2
+) -> dict[str, np.ndarray]:
     v = _channel(frames, channel_names, "v" if "v" in channel_names else channel_names[-1])
     return {"pattern_wavelength": dominant_wavelength(v), "v_mean": v.mean(axis=(-2, -1))}
 
 
-def generic_stats(frames: np.ndarray, channel_names: list[str], n_dims: int = 2) -> dict[str, np.ndarray]:
+def generic_stats(
+    frames: np.ndarray, channel_names: list[str], n_dims: int = 2
+) -> dict[str, np.ndarray]:
     first = frames[(..., 0) + (slice(None),) * n_dims]  # [..., *space]
     return {
         "spectral_wavelength": dominant_wavelength(first, n_dims),
@@ -110,13 +127,17 @@ def generic_stats(frames: np.ndarray, channel_names: list[str], n_dims: int = 2)
     }
 
 
-STATISTICS: dict[str, StatFn] = {"navier_stokes2d": navier_stokes_stats, "gray_scott2d": gray_scott_stats}
+STATISTICS: dict[str, StatFn] = {
+    "navier_stokes2d": navier_stokes_stats,
+    "gray_scott2d": gray_scott_stats,
+}
 
 
 def physics_statistics(
     dataset: str, frames: np.ndarray, channel_names: list[str], n_dims: int = 2
 ) -> dict[str, np.ndarray]:
-    """The dataset's statistics of frames [..., C, *space] (physical units) → {name: [...]}; headline first."""
+    """The dataset's statistics of frames [..., C, *space] (physical units) → {name: [...]};
+    headline first."""
     fn = STATISTICS.get(dataset, generic_stats) if n_dims == 2 else generic_stats
     try:
         return fn(np.asarray(frames), list(channel_names), n_dims)

@@ -1,9 +1,11 @@
-"""The figures users look at after a rollout or evaluation (matplotlib, Agg backend, PNG, written atomically).
+"""The figures users look at after a rollout or evaluation (matplotlib, Agg backend, PNG, written
+atomically).
 
-* rollout strip: one panel per field, columns truth | each method | each method's error, rows the rollout
-  steps; one colour scale per field and one zero-centred diverging scale for the errors, each with its colour
-  bar; 1D fields as curves, 3D fields as their middle slice;
-* VRMSE vs horizon: one panel per dataset, one line per method, the spatial-mean predictor (1.0) dashed.
+* rollout strip: one panel per field, columns truth | each method | each method's error, rows the
+  rollout steps; one colour scale per field and one zero-centred diverging scale for the errors,
+  each with its colour bar; 1D fields as curves, 3D fields as their middle slice;
+* VRMSE vs horizon: one panel per dataset, one line per method, the spatial-mean predictor (1.0)
+  dashed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ METHOD_STYLE = {  # method → (label, colour, line style)
 
 
 def _slice(frame: np.ndarray) -> np.ndarray:
-    """One field's frame [*space] → something to draw: 1D stays 1D, 2D as is, 3D its middle slice."""
+    """One field's frame [*space] → something to draw: 1D stays 1D, 2D as is, 3D its middle
+    slice."""
     return frame[frame.shape[0] // 2] if frame.ndim == 3 else frame
 
 
@@ -44,22 +47,28 @@ def rollout_strip(
 ) -> Path:
     """truth [H, C, *space] and predictions {method: [H, C, *space]} of one window → PNG.
 
-    One panel per field, read as a table: columns truth | each method | each method's error, rows the
-    rollout steps (at most ``max_rows``, spread from the first to the last). Truth and predictions share one
-    colour scale per field (viridis, with its colour bar); errors share one diverging scale centred on zero
-    (RdBu, with its colour bar), so steps and methods compare by eye. 1D fields are curves (the truth in
-    grey under each prediction), 3D fields their middle slice."""
+    One panel per field, read as a table: columns truth | each method | each method's error, rows
+    the rollout steps (at most ``max_rows``, spread from the first to the last). Truth and
+    predictions share one colour scale per field (viridis, with its colour bar); errors share one
+    diverging scale centred on zero (RdBu, with its colour bar), so steps and methods compare by
+    eye. 1D fields are curves (the truth in grey under each prediction), 3D fields their middle
+    slice."""
     plt = pyplot()
     truth_np = truth.detach().cpu().float().numpy()
     preds = {k: v.detach().cpu().float().numpy() for k, v in predictions.items()}
     H, methods = truth_np.shape[0], list(preds)
     steps = sorted({int(round(s)) for s in np.linspace(0, H - 1, min(H, max_rows))})
-    columns = [("truth", None)] + [("prediction", m) for m in methods] + [("error", m) for m in methods]
+    columns = (
+        [("truth", None)] + [("prediction", m) for m in methods] + [("error", m) for m in methods]
+    )
     n_rows, n_cols, n_fields = len(steps), len(columns), len(channel_names)
     one_d = truth_np[0, 0].ndim == 1
     cell = (2.2, 1.3) if one_d else (1.55, 1.55)
     fig = plt.figure(
-        figsize=(cell[0] * n_cols + 1.6, n_fields * (cell[1] * n_rows + 0.45) + (0.35 if title else 0)),
+        figsize=(
+            cell[0] * n_cols + 1.6,
+            n_fields * (cell[1] * n_rows + 0.45) + (0.35 if title else 0),
+        ),
         layout="constrained",
     )
     panels = fig.subfigures(n_fields, 1, squeeze=False)[:, 0]
@@ -74,7 +83,11 @@ def rollout_strip(
             for col, (kind, method) in enumerate(columns):
                 ax = axes[r, col]
                 img = _slice(
-                    t[k] if kind == "truth" else preds[method][k, c] if kind == "prediction" else errors[method][k]
+                    t[k]
+                    if kind == "truth"
+                    else preds[method][k, c]
+                    if kind == "prediction"
+                    else errors[method][k]
                 )
                 if img.ndim == 1:
                     if kind == "prediction":
@@ -109,7 +122,9 @@ def rollout_strip(
     return save_figure(fig, path, dpi=100)
 
 
-def vrmse_vs_horizon(curves: dict[str, dict[str, list[float]]], path: Path, title: str = "") -> Path:
+def vrmse_vs_horizon(
+    curves: dict[str, dict[str, list[float]]], path: Path, title: str = ""
+) -> Path:
     """curves {dataset: {method: [VRMSE at step 1..H]}} → one panel per dataset."""
     plt = pyplot()
     names = sorted(curves)
@@ -122,7 +137,9 @@ def vrmse_vs_horizon(curves: dict[str, dict[str, list[float]]], path: Path, titl
         ax.axhline(1.0, color="0.5", lw=0.8, ls=(0, (1, 3)))
         ax.text(1, 1.0, " spatial mean", fontsize=7, color="0.4", va="bottom")
         ax.set_xlabel("rollout step")
-        ax.set_xticks(steps if len(steps) <= 12 else np.linspace(1, len(steps), 7).round().astype(int))
+        ax.set_xticks(
+            steps if len(steps) <= 12 else np.linspace(1, len(steps), 7).round().astype(int)
+        )
         ax.set_ylabel("VRMSE (mean over fields)")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(bottom=0)

@@ -1,15 +1,17 @@
 """Evaluation windows of horizon H: ``n_input`` context frames and the next ``H`` true frames.
 
-Shards are cut with a default ``n_output`` (usually 1: the training target). When ``n_output >= H`` the
-shard windows are used as they are. A rollout of H frames needs H true frames after the context, so when
-``n_output < H`` the longer windows are cut again: from clip shards (any window can be cut from them),
-or, for window shards (version 1), which hold fixed windows only, from the dataset files the shards were
-made from (the manifest records each dataset's ``source_dir`` and its ``source_files`` per split), read
-with the same reader the sharder used. Every path gives the same thing: batches of one dataset each, in
-physical units, plus each window's meta (dataset, source file, trajectory, start index, parameters).
+Shards are cut with a default ``n_output`` (usually 1: the training target). When ``n_output >= H``
+the shard windows are used as they are. A rollout of H frames needs H true frames after the context,
+so when ``n_output < H`` the longer windows are cut again: from clip shards (any window can be cut
+from them), or, for window shards (version 1), which hold fixed windows only, from the dataset files
+the shards were made from (the manifest records each dataset's ``source_dir`` and its
+``source_files`` per split), read with the same reader the sharder used. Every path gives the same
+thing: batches of one dataset each, in physical units, plus each window's meta (dataset, source
+file, trajectory, start index, parameters).
 
 With ``max_windows`` each dataset keeps that many windows spread evenly over all of its windows (not
-the first N, which would all come from one trajectory), so a capped evaluation still sees every file.
+the first N, which would all come from one trajectory), so a capped evaluation still sees every
+file.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class EvalBatch:
 
 
 def evenly_spaced(n_total: int, n_keep: int | None) -> list[int]:
-    """Indices of ``n_keep`` items spread evenly over ``range(n_total)`` (all of them when n_keep is None)."""
+    """Indices of ``n_keep`` items spread evenly over ``range(n_total)`` (all of them when n_keep is
+    None)."""
     if n_keep is None or n_keep >= n_total:
         return list(range(n_total))
     return sorted({int(i) for i in np.linspace(0, n_total - 1, n_keep).round()})
@@ -58,13 +61,15 @@ def evaluation_windows(
 ) -> Iterator[EvalBatch]:
     """Batches of (context, next ``horizon`` true frames) for every dataset of a shard set's split.
 
-    ``max_windows`` caps windows per dataset; ``stride`` (windows longer than the shards') defaults to the
-    manifest's; ``datasets`` restricts to these names."""
+    ``max_windows`` caps windows per dataset; ``stride`` (windows longer than the shards') defaults
+    to the manifest's; ``datasets`` restricts to these names."""
     if horizon < 1:
         raise DataError(f"horizon must be >= 1, got {horizon}")
     manifest = Manifest.load(shards)
     if manifest.is_tokens:
-        raise DataError(f"{shards}: a token shard set; evaluation needs the field shards (physfm data shard)")
+        raise DataError(
+            f"{shards}: a token shard set; evaluation needs the field shards (physfm data shard)"
+        )
     names = sorted(manifest.datasets)
     for name in datasets or []:
         if name not in names:
@@ -81,18 +86,27 @@ def evaluation_windows(
             yield from _source_windows(shards, manifest, name, split, spec, batch_size, max_windows)
 
 
-def _shard_windows(shards, manifest, split, horizon, batch_size, max_windows, names) -> Iterator[EvalBatch]:
+def _shard_windows(
+    shards, manifest, split, horizon, batch_size, max_windows, names
+) -> Iterator[EvalBatch]:
     seen = {name: 0 for name in names}
     for batch in make_loader(str(shards), split, batch_size, shuffle=False, normalize=False):
         name = batch["dataset"]
         if name not in seen:
             continue
-        keep = len(batch["meta"]) if max_windows is None else min(len(batch["meta"]), max_windows - seen[name])
+        keep = (
+            len(batch["meta"])
+            if max_windows is None
+            else min(len(batch["meta"]), max_windows - seen[name])
+        )
         if keep <= 0:
             continue
         seen[name] += keep
         yield EvalBatch(
-            name, batch["input"][:keep].float(), batch["output"][:keep, :horizon].float(), list(batch["meta"][:keep])
+            name,
+            batch["input"][:keep].float(),
+            batch["output"][:keep, :horizon].float(),
+            list(batch["meta"][:keep]),
         )
 
 
@@ -103,7 +117,9 @@ def _too_short(shards, name: str, split: str, spec: WindowSpec) -> DataError:
     )
 
 
-def _batched(name: str, windows: Iterator[tuple[np.ndarray, dict[str, Any]]], n_input: int, batch_size: int):
+def _batched(
+    name: str, windows: Iterator[tuple[np.ndarray, dict[str, Any]]], n_input: int, batch_size: int
+):
     """(window frames, meta) pairs → EvalBatches of ``batch_size`` (the last one may be smaller)."""
     frames, metas = [], []
     for window, meta in windows:
@@ -118,8 +134,11 @@ def _batched(name: str, windows: Iterator[tuple[np.ndarray, dict[str, Any]]], n_
         yield EvalBatch(name, stacked[:, :n_input], stacked[:, n_input:], metas)
 
 
-def _clip_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows):
-    """Dataset ``name``'s ``spec`` windows cut from clip shards; only shards holding a chosen one are read."""
+def _clip_windows(
+    shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows
+):
+    """Dataset ``name``'s ``spec`` windows cut from clip shards; only shards holding a chosen one
+    are read."""
     records = shard_records(manifest, split, shards, spec)
     counts = [rec["datasets"].get(name, 0) for rec in records]
     if not sum(counts):
@@ -132,7 +151,9 @@ def _clip_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, bat
             index, first = first, first + count
             if not any(i in chosen for i in range(index, first)):
                 continue
-            for window in clip_shard_windows(rec, spec, ("frames",), lambda s: decode_sample(s, copy=False)):
+            for window in clip_shard_windows(
+                rec, spec, ("frames",), lambda s: decode_sample(s, copy=False)
+            ):
                 if window["meta"]["dataset"] != name:
                     continue
                 if index in chosen:
@@ -162,9 +183,9 @@ def _source_files(shards, manifest: Manifest, name: str, split: str) -> list[Pat
 
 
 def _locate_source_dir(source_dir: str, shards: str | Path) -> Path:
-    """The manifest's ``source_dir``; a relative one that is not there from the working directory (it was
-    recorded from wherever ``physfm data shard`` ran, e.g. "runs/quickstart/data/x") is tried from each of the
-    shard folder's ancestors."""
+    """The manifest's ``source_dir``; a relative one that is not there from the working directory
+    (it was recorded from wherever ``physfm data shard`` ran, e.g. "runs/quickstart/data/x") is
+    tried from each of the shard folder's ancestors."""
     path = Path(source_dir)
     if path.is_absolute() or path.exists():
         return path
@@ -174,10 +195,14 @@ def _locate_source_dir(source_dir: str, shards: str | Path) -> Path:
     return path
 
 
-def _source_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows):
-    """Dataset ``name``'s ``spec`` windows cut from its source files (window shards cannot serve them)."""
+def _source_windows(
+    shards, manifest: Manifest, name, split, spec: WindowSpec, batch_size, max_windows
+):
+    """Dataset ``name``'s ``spec`` windows cut from its source files (window shards cannot serve
+    them)."""
     entry = manifest.datasets[name]
-    # Enumerate every window first (metadata only), then read the chosen ones trajectory by trajectory.
+    # Enumerate every window first (metadata only), then read the chosen ones trajectory by
+    # trajectory.
     index: list[tuple[Path, int, int]] = []
     for path in _source_files(shards, manifest, name, split):
         with WellReader(path) as reader:
@@ -191,7 +216,9 @@ def _source_windows(shards, manifest: Manifest, name, split, spec: WindowSpec, b
     if not index:
         raise _too_short(shards, name, split, spec)
     chosen = [index[i] for i in evenly_spaced(len(index), max_windows)]
-    yield from _batched(name, _read_source_windows(name, chosen, spec.length), spec.n_input, batch_size)
+    yield from _batched(
+        name, _read_source_windows(name, chosen, spec.length), spec.n_input, batch_size
+    )
 
 
 def _read_source_windows(name: str, chosen: list[tuple[Path, int, int]], length: int):
@@ -207,7 +234,9 @@ def _read_source_windows(name: str, chosen: list[tuple[Path, int, int]], length:
                 frames, current = reader.frames(traj, 0, reader.n_steps), (path, traj)
             window = frames[start : start + length]
             if not np.isfinite(window).all():
-                raise DataError(f"{path}: trajectory {traj}: non-finite values in frames {start}:{start + length}")
+                raise DataError(
+                    f"{path}: trajectory {traj}: non-finite values in frames {start}:{start + length}"
+                )
             meta = {
                 "dataset": name,
                 "source_file": os.path.basename(path),

@@ -1,5 +1,5 @@
-"""``PhysicsModel`` and its loaders: what users, and every later stage, call to turn a run, checkpoint
-or export into a model that rolls out in physical units.
+"""``PhysicsModel`` and its loaders: what users, and every later stage, call to turn a run,
+checkpoint or export into a model that rolls out in physical units.
 
     from physfm.inference import PhysicsModel
     model = PhysicsModel.from_pretrained("runs/quickstart/pretrain")   # AR or diffusion, by run.json kind

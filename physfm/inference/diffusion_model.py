@@ -1,19 +1,23 @@
-"""Rollout of the diffusion variant: ``PhysicsModel.from_pretrained`` returns a :class:`DiffusionPhysicsModel`
-for a run, checkpoint or export whose run.json says ``"kind": "diffusion"``.
+"""Rollout of the diffusion variant: ``PhysicsModel.from_pretrained`` returns a
+:class:`DiffusionPhysicsModel` for a run, checkpoint or export whose run.json says ``"kind":
+"diffusion"``.
 
-Same interface and outputs as the AR model (physical units in and out, batched windows, the tokenizer's
-baselines), with a different inside:
+Same interface and outputs as the AR model (physical units in and out, batched windows, the
+tokenizer's baselines), with a different inside:
 
-1. z-score the context and encode it into continuous latents (``physfm/models/latents.py``, no rounding);
-2. sample the next latent frame(s) with the flow-matching ODE (``sampling_steps`` Euler or Heun steps
-   from noise seeded by ``seed``), sliding over the trained context length;
-3. decode context + new latents with the tokenizer's decoder (causal in time) and keep the new frames.
+1. z-score the context and encode it into continuous latents (``physfm/models/latents.py``, no
+   rounding);
+2. sample the next latent frame(s) with the flow-matching ODE (``sampling_steps`` Euler or Heun
+   steps from noise seeded by ``seed``), sliding over the trained context length;
+3. decode context + new latents with the tokenizer's decoder (causal in time) and keep the new
+   frames.
 
-``return_tokens`` gives the token ids the sampled latents round to, so evaluate's token accuracy means
-the same as for the AR model. Temperature, top-k, the KV-cache switch and the refiner are AR notions: this
-class takes none of them (``PhysicsModel.from_pretrained`` and ``rollout_options`` refuse them by name).
-``generate_tokens`` (ids in, ids out) and ``LatentFlowTransformer.forward_window`` give the steering and
-probing tools, which work on token windows, the same entry points as the AR model's.
+``return_tokens`` gives the token ids the sampled latents round to, so evaluate's token accuracy
+means the same as for the AR model. Temperature, top-k, the KV-cache switch and the refiner are AR
+notions: this class takes none of them (``PhysicsModel.from_pretrained`` and ``rollout_options``
+refuse them by name). ``generate_tokens`` (ids in, ids out) and
+``LatentFlowTransformer.forward_window`` give the steering and probing tools, which work on token
+windows, the same entry points as the AR model's.
 """
 
 from __future__ import annotations
@@ -74,27 +78,42 @@ class DiffusionPhysicsModel(PhysicsModel):
         model, info, _, tok_path = load_with_tokenizer(load_diffusion_model, location, tokenizer)
         info = {**info, "location": str(location), "tokenizer_path": str(tok_path)}
         o = options
-        return cls(model, load_tokenizer(tok_path), info, o.sampling_steps, o.sampler, o.snap_to_codes).to(device)
+        return cls(
+            model, load_tokenizer(tok_path), info, o.sampling_steps, o.sampler, o.snap_to_codes
+        ).to(device)
 
     # ------------------------------------------------------------------------------ latents
     @torch.no_grad()
     def encode_latents(self, frames: torch.Tensor, dataset: str) -> torch.Tensor:
-        """Physical-unit frames [B, T, C, *space] → continuous latents [B, T', *grid, D] (code units)."""
+        """Physical-unit frames [B, T, C, *space] → continuous latents [B, T', *grid, D] (code
+        units)."""
         tok = self.tokenizer
-        return continuous_latents(tok, tok.normalize(frames.to(self.device).float(), dataset), dataset)
+        return continuous_latents(
+            tok, tok.normalize(frames.to(self.device).float(), dataset), dataset
+        )
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, dataset: str, n_frames: int | None = None) -> torch.Tensor:
-        """Latents [B, T', *grid, D] → physical-unit frames [B, T, C, *space] (rounded first if snap_to_codes)."""
+    def decode_latents(
+        self, latents: torch.Tensor, dataset: str, n_frames: int | None = None
+    ) -> torch.Tensor:
+        """Latents [B, T', *grid, D] → physical-unit frames [B, T, C, *space] (rounded first if
+        snap_to_codes)."""
         tok = self.tokenizer
         codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
-        return tok.denormalize(tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset)
+        return tok.denormalize(
+            tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset
+        )
 
     @torch.no_grad()
     def generate_latents(
-        self, context: torch.Tensor, n_frames: int, dataset: str, generator: torch.Generator | None = None
+        self,
+        context: torch.Tensor,
+        n_frames: int,
+        dataset: str,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Context latents [B, F, *grid, D] → the next ``n_frames`` latent frames [B, n, *grid, D]."""
+        """Context latents [B, F, *grid, D] → the next ``n_frames`` latent frames [B, n, *grid,
+        D]."""
         ids = torch.full((context.shape[0],), self.dataset_names.index(dataset), device=self.device)
         return self.model.sample_frames(
             context.to(self.device),
@@ -109,15 +128,23 @@ class DiffusionPhysicsModel(PhysicsModel):
 
     @torch.no_grad()
     def generate_tokens(
-        self, context_ids: torch.Tensor, n_token_frames: int, dataset: str, *, generator: torch.Generator | None = None
+        self,
+        context_ids: torch.Tensor,
+        n_token_frames: int,
+        dataset: str,
+        *,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Token-space interface (steering, probing tools): context ids [B, F, *grid] read as their codes →
-        the ids the next ``n_token_frames`` sampled latents round to. Without a generator the noise is seeded
-        with 0, so repeated calls agree (a steered rollout differs from the unsteered one only by the steering).
-        The rounded context loses the continuous latents' precision; :meth:`rollout` keeps it."""
+        """Token-space interface (steering, probing tools): context ids [B, F, *grid] read as their
+        codes → the ids the next ``n_token_frames`` sampled latents round to. Without a generator
+        the noise is seeded with 0, so repeated calls agree (a steered rollout differs from the
+        unsteered one only by the steering). The rounded context loses the continuous latents'
+        precision; :meth:`rollout` keeps it."""
         generator = generator or torch.Generator(device=self.device).manual_seed(0)
         codes = self.tokenizer.fsq.indices_to_codes(context_ids.to(self.device))
-        return latent_ids(self.tokenizer, self.generate_latents(codes, n_token_frames, dataset, generator))
+        return latent_ids(
+            self.tokenizer, self.generate_latents(codes, n_token_frames, dataset, generator)
+        )
 
     # ------------------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -131,19 +158,27 @@ class DiffusionPhysicsModel(PhysicsModel):
         batch_size: int = 64,
         return_tokens: bool = False,
     ):
-        """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with ``seed``, so
-        the same seed (and batch_size) gives the same prediction."""
-        return super().rollout(context, horizon, dataset, seed=seed, batch_size=batch_size, return_tokens=return_tokens)
+        """As :meth:`PhysicsModel.rollout`; the initial noise comes from a generator seeded with
+        ``seed``, so the same seed (and batch_size) gives the same prediction."""
+        return super().rollout(
+            context, horizon, dataset, seed=seed, batch_size=batch_size, return_tokens=return_tokens
+        )
 
     def _rollout_step(self, seed: int) -> RolloutStep:
-        generator = torch.Generator(device=self.device).manual_seed(seed)  # one stream across the batches
+        # one stream across the batches
+        generator = torch.Generator(device=self.device).manual_seed(seed)
 
-        def step(ctx: torch.Tensor, horizon: int, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
-            """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n, *grid])."""
+        def step(
+            ctx: torch.Tensor, horizon: int, dataset: str
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n,
+            *grid])."""
             c, n_in = self.temporal_compression, ctx.shape[1]
             z_ctx = self.encode_latents(ctx, dataset)
             new = self.generate_latents(z_ctx, future_token_frames(horizon, c), dataset, generator)
-            decoded = self.decode_latents(torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1])
+            decoded = self.decode_latents(
+                torch.cat([z_ctx, new], 1), dataset, n_frames=n_in + c * new.shape[1]
+            )
             return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
 
         return step

@@ -1,7 +1,7 @@
-"""Turn any model location into a model: a run directory (its newest complete checkpoint), a checkpoint
-(a Lightning ``.ckpt`` file or a DeepSpeed ZeRO directory, whose shards are consolidated), or an export
-directory (safetensors weights + a JSON config). Loading never unpickles code: safetensors, or
-``torch.load(weights_only=True)`` after vetting.
+"""Turn any model location into a model: a run directory (its newest complete checkpoint), a
+checkpoint (a Lightning ``.ckpt`` file or a DeepSpeed ZeRO directory, whose shards are
+consolidated), or an export directory (safetensors weights + a JSON config). Loading never unpickles
+code: safetensors, or ``torch.load(weights_only=True)`` after vetting.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def resolve_checkpoint(location: str | Path) -> tuple[Path, Path]:
         broken = newer_incomplete_checkpoints(path / "checkpoints", newest)
         if newest is None:
             also = f" ({', '.join(p.name for p in broken)} incomplete or corrupt)" if broken else ""
-            raise CheckpointError(f"{path}: run directory has no complete checkpoint in checkpoints/{also}")
+            raise CheckpointError(
+                f"{path}: run directory has no complete checkpoint in checkpoints/{also}"
+            )
         if broken:  # a crash mid-save, a partial copy: say which weights are used, never silently
             print(
                 f"physfm: warning: {broken[-1]} is incomplete or corrupt; using {newest} "
@@ -56,17 +58,21 @@ def resolve_checkpoint(location: str | Path) -> tuple[Path, Path]:
         return newest, path
     run_dir = path.parent.parent  # RUN/checkpoints/step=N.ckpt
     if not (run_dir / RUN_INFO).is_file():
-        raise CheckpointError(f"{path}: cannot find the run's {RUN_INFO} next to its checkpoints/ folder")
+        raise CheckpointError(
+            f"{path}: cannot find the run's {RUN_INFO} next to its checkpoints/ folder"
+        )
     return path, run_dir
 
 
 def newer_incomplete_checkpoints(directory: Path, newest: Path | None) -> list[Path]:
-    """Checkpoints in ``directory`` past ``newest`` (the newest complete one) that are not complete, oldest
-    first: a run whose last save was cut off, or a partial copy."""
+    """Checkpoints in ``directory`` past ``newest`` (the newest complete one) that are not complete,
+    oldest first: a run whose last save was cut off, or a partial copy."""
     if not directory.is_dir():
         return []
     after = checkpoint_step(newest) if newest is not None else -1
-    found = [p for p in directory.glob("*.ckpt") if checkpoint_step(p) > after and not is_complete(p)]
+    found = [
+        p for p in directory.glob("*.ckpt") if checkpoint_step(p) > after and not is_complete(p)
+    ]
     return sorted(found, key=checkpoint_step)
 
 
@@ -81,7 +87,8 @@ def load_model_state(location: str | Path) -> tuple[dict[str, Any], dict[str, An
 
 
 def model_kind(location: str | Path) -> str:
-    """ "ar" or "diffusion": the kind in the run's run.json (an export's config.json), weights unread."""
+    """ "ar" or "diffusion": the kind in the run's run.json (an export's config.json), weights
+    unread."""
     path, run_dir = resolve_checkpoint(location)
     meta = path / CONFIG_NAME if (path / WEIGHTS_NAME).is_file() else run_dir / RUN_INFO
     try:
@@ -91,8 +98,8 @@ def model_kind(location: str | Path) -> str:
 
 
 def load_model(location: str | Path, kind: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """(transformer in eval mode, run info) for any location, built for the run's kind; with ``kind`` the
-    run must be of that kind (an AR-only tool refuses a diffusion model by name)."""
+    """(transformer in eval mode, run info) for any location, built for the run's kind; with
+    ``kind`` the run must be of that kind (an AR-only tool refuses a diffusion model by name)."""
     state, info = load_model_state(location)
     run = RunInfo.from_dict(info, location)
     found = run.kind
@@ -142,10 +149,13 @@ def _tokenizer_location(info: dict[str, Any], run_dir: Path) -> Path:
 
 
 def load_with_tokenizer(
-    load: Callable[[Path], tuple[nn.Module, dict[str, Any]]], location: Path, tokenizer: str | Path | None
+    load: Callable[[Path], tuple[nn.Module, dict[str, Any]]],
+    location: Path,
+    tokenizer: str | Path | None,
 ) -> tuple[nn.Module, dict[str, Any], Path, Path]:
-    """``load(location)`` → (model, info), plus the run directory and the tokenizer path: the given one, else
-    the one the run names; refused when its fingerprint differs from the one the run recorded."""
+    """``load(location)`` → (model, info), plus the run directory and the tokenizer path: the given
+    one, else the one the run names; refused when its fingerprint differs from the one the run
+    recorded."""
     try:
         model, info = load(location)
         _, run_dir = resolve_checkpoint(location)

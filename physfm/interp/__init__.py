@@ -1,1 +1,2 @@
-"""Interpretability: hook points, activation capture, linear probes, concept directions and steering."""
+"""Interpretability: hook points, activation capture, linear probes, concept directions and
+steering."""

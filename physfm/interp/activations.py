@@ -5,20 +5,22 @@
                             split="test", selection="nu<0.003", pool="mean")
     X = store.load("blocks.1.resid")            # [N, d]; store.meta() holds each window's params
 
-A window's tokens ``[F, *grid]`` run through the model once (teacher-forced, as in training); at each hook
-point (``physfm.interp.hooks``) the frame tokens' outputs ``[F, *grid, d]`` are pooled inside the hook, so only
-pooled tensors leave the forward pass:
+A window's tokens ``[F, *grid]`` run through the model once (teacher-forced, as in training); at
+each hook point (``physfm.interp.hooks``) the frame tokens' outputs ``[F, *grid, d]`` are pooled
+inside the hook, so only pooled tensors leave the forward pass:
 
 * ``mean``            → [d]          mean over every token of every frame;
 * ``frames``          → [F, d]       mean over each frame's tokens;
 * ``spatial``         → [*grid, d]   mean over frames, the spatial map kept;
-* ``zscore_spatial``  → [*grid, d]   each frame z-scored over (space, channels), then the mean over frames
+* ``zscore_spatial``  → [*grid, d]   each frame z-scored over (space, channels), then the mean over
+  frames
                                      (the steering reference method's per-sample normalisation).
 
-Samples are written ``chunk_size`` at a time to ``chunk-NNNNNN.safetensors`` (one tensor per hook point,
-the windows' meta as JSON in the file's metadata) and ``index.json`` last, so memory holds at most one chunk
-plus one batch whatever the selection's size. ``--data`` may be token shards (checked against the model's
-tokenizer fingerprint) or field shards (encoded on the fly with the model's tokenizer).
+Samples are written ``chunk_size`` at a time to ``chunk-NNNNNN.safetensors`` (one tensor per hook
+point, the windows' meta as JSON in the file's metadata) and ``index.json`` last, so memory holds at
+most one chunk plus one batch whatever the selection's size. ``--data`` may be token shards (checked
+against the model's tokenizer fingerprint) or field shards (encoded on the fly with the model's
+tokenizer).
 """
 
 from __future__ import annotations
@@ -59,14 +61,17 @@ class WindowBatch:
     meta: list[dict[str, Any]]
 
 
-# --------------------------------------------------------------------------------------------- windows
+# ---------------------------------------------------------------------------------------------
+# windows
 def _split_list(split: str | list[str]) -> list[str]:
     return [s for s in split.split(",") if s] if isinstance(split, str) else list(split)
 
 
-def _field_encoder(info: dict[str, Any], manifest: Manifest, data: str | Path) -> Callable[[Tensor, str], Tensor]:
-    """Physical-unit windows [B, T, C, *space] of ``data`` → tokens, with the tokenizer the model was trained
-    on (which must know ``data``'s datasets, their channels and dimensions)."""
+def _field_encoder(
+    info: dict[str, Any], manifest: Manifest, data: str | Path
+) -> Callable[[Tensor, str], Tensor]:
+    """Physical-unit windows [B, T, C, *space] of ``data`` → tokens, with the tokenizer the model
+    was trained on (which must know ``data``'s datasets, their channels and dimensions)."""
     location = info.get("location")
     if not location:
         raise DataError(
@@ -88,12 +93,13 @@ def iter_windows(
     tokenizer_fingerprint: str | None = None,
     encoder: Callable[[Tensor, str], Tensor] | None = None,
 ) -> Iterator[WindowBatch]:
-    """Token windows of ``data``'s split(s) that match ``selection``, in batches of one dataset each.
+    """Token windows of ``data``'s split(s) that match ``selection``, in batches of one dataset
+    each.
 
-    ``max_windows`` keeps that many matching windows spread evenly over all of them (a first pass over the
-    split counts them), not the first N — those would all come from one trajectory. Each meta gets
-    ``split``. Token shards must carry ``tokenizer_fingerprint`` when one is given; field shards need
-    ``encoder(frames [B, T, C, *space], dataset) -> tokens [B, F, *grid]``."""
+    ``max_windows`` keeps that many matching windows spread evenly over all of them (a first pass
+    over the split counts them), not the first N — those would all come from one trajectory. Each
+    meta gets ``split``. Token shards must carry ``tokenizer_fingerprint`` when one is given; field
+    shards need ``encoder(frames [B, T, C, *space], dataset) -> tokens [B, F, *grid]``."""
     select = selection if isinstance(selection, Selection) else parse_selection(selection)
     manifest = Manifest.load(data)
     is_tokens = manifest.is_tokens
@@ -103,7 +109,9 @@ def iter_windows(
             f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer"
         )
     if not is_tokens and encoder is None:
-        raise DataError(f"{data}: field shards need an encoder (the model's tokenizer); pass token shards instead")
+        raise DataError(
+            f"{data}: field shards need an encoder (the model's tokenizer); pass token shards instead"
+        )
     splits = _split_list(split)
     found, seen_names = 0, set()
 
@@ -135,7 +143,11 @@ def iter_windows(
     for i, sample, meta in matching():
         if keep is not None and i not in keep:
             continue
-        x = sample["tokens"] if is_tokens else np.concatenate([sample["input"], sample["output"]], axis=0)
+        x = (
+            sample["tokens"]
+            if is_tokens
+            else np.concatenate([sample["input"], sample["output"]], axis=0)
+        )
         if batch and (meta["dataset"] != batch[0][1]["dataset"] or len(batch) == batch_size):
             yield flush()
             batch = []
@@ -151,12 +163,16 @@ def iter_windows(
                 f"{data}: selection {str(select)!r}: no window has {', '.join(map(repr, unknown))} "
                 f"(windows have: {', '.join(known)}; quote string values, e.g. dataset=='ns')"
             )
-        raise DataError(f"{data}: no window of split(s) {','.join(splits)} matches selection {str(select)!r}")
+        raise DataError(
+            f"{data}: no window of split(s) {','.join(splits)} matches selection {str(select)!r}"
+        )
 
 
-# --------------------------------------------------------------------------------------------- pooling
+# ---------------------------------------------------------------------------------------------
+# pooling
 def pool_frames(h: Tensor, n_frames: int, grid: tuple[int, ...], pool: Pool) -> Tensor:
-    """Frame-token activations h [B, ≥F*T, d] (leading conditioning positions are dropped) → pooled."""
+    """Frame-token activations h [B, ≥F*T, d] (leading conditioning positions are dropped) →
+    pooled."""
     T = math.prod(grid)
     h = h[:, h.shape[1] - n_frames * T :].float()
     h = h.reshape(h.shape[0], n_frames, *grid, h.shape[-1])  # [B, F, *grid, d]
@@ -182,7 +198,8 @@ def pooled_activations(
     points: list[str],
     pool: Pool = "mean",
 ) -> dict[str, Tensor]:
-    """One teacher-forced forward over windows tokens [B, F, *grid] → {point: pooled [B, ...]} (CPU, float32)."""
+    """One teacher-forced forward over windows tokens [B, F, *grid] → {point: pooled [B, ...]} (CPU,
+    float32)."""
     if model.config.n_cond_tokens > 1:
         raise InputError(
             "activations: models conditioned on parameter tokens are not supported here "
@@ -200,12 +217,17 @@ def pooled_activations(
     return {name: store[name][0] for name in points}
 
 
-# --------------------------------------------------------------------------------------------- on disk
+# --------------------------------------------------------------------------------------------- on
+# disk
 class ActivationWriter:
     """Buffers pooled activations and writes them ``chunk_size`` samples per safetensors file."""
 
     def __init__(
-        self, out_dir: str | Path, points: list[str], chunk_size: int = 256, header: dict[str, Any] | None = None
+        self,
+        out_dir: str | Path,
+        points: list[str],
+        chunk_size: int = 256,
+        header: dict[str, Any] | None = None,
     ):
         if chunk_size < 1:
             raise InputError(f"chunk_size: must be >= 1, got {chunk_size}")
@@ -228,7 +250,9 @@ class ActivationWriter:
     def add(self, acts: dict[str, Tensor], meta: list[dict[str, Any]]) -> None:
         for p in self.points:
             if acts[p].shape[0] != len(meta):
-                raise ValueError(f"activations of {p}: {acts[p].shape[0]} samples for {len(meta)} metas")
+                raise ValueError(
+                    f"activations of {p}: {acts[p].shape[0]} samples for {len(meta)} metas"
+                )
             self._buffer[p].append(acts[p].detach().cpu().float())
             self.shapes.setdefault(p, list(acts[p].shape[1:]))
         self._meta += meta
@@ -251,7 +275,8 @@ class ActivationWriter:
         self.chunks.append({"path": path.name, "n_samples": n})
 
     def close(self) -> dict[str, Any]:
-        """Write the last partial chunk, then ``index.json`` (its presence marks a complete capture)."""
+        """Write the last partial chunk, then ``index.json`` (its presence marks a complete
+        capture)."""
         if self.n_buffered:
             self._write(self.n_buffered)
         index = {
@@ -286,7 +311,9 @@ class ActivationStore:
 
     def _check(self, point: str) -> None:
         if point not in self.points:
-            raise DataError(f"{self.dir}: hook point {point!r} was not captured (have: {', '.join(self.points)})")
+            raise DataError(
+                f"{self.dir}: hook point {point!r} was not captured (have: {', '.join(self.points)})"
+            )
 
     def iter_chunks(self, point: str) -> Iterator[tuple[Tensor, list[dict[str, Any]]]]:
         """(activations [n, ...], metas) per chunk file, reading only this point's tensor."""
@@ -316,13 +343,17 @@ def model_fingerprint(model) -> str:
 
 
 def code_histogram(tokens: Tensor, vocab_size: int) -> Tensor:
-    """Fraction of each code in each window: tokens [B, F, *grid] → [B, vocab_size] (a probing baseline)."""
+    """Fraction of each code in each window: tokens [B, F, *grid] → [B, vocab_size] (a probing
+    baseline)."""
     flat = tokens.reshape(tokens.shape[0], -1).long()
-    counts = torch.zeros(flat.shape[0], vocab_size).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
+    counts = torch.zeros(flat.shape[0], vocab_size).scatter_add_(
+        1, flat, torch.ones_like(flat, dtype=torch.float)
+    )
     return counts / flat.shape[1]
 
 
-HISTOGRAM = "code_histogram"  # pseudo hook point: the window's code histogram, captured beside the layers
+# pseudo hook point: the window's code histogram, captured beside the layers
+HISTOGRAM = "code_histogram"
 
 
 def capture_windows(
@@ -338,7 +369,8 @@ def capture_windows(
     with_histogram: bool = False,
     header: dict[str, Any] | None = None,
 ) -> ActivationStore:
-    """Stream ``windows`` through ``model`` and write pooled activations at ``points`` to ``out_dir``.
+    """Stream ``windows`` through ``model`` and write pooled activations at ``points`` to
+    ``out_dir``.
 
     ``n_frames`` keeps each window's first frames only (e.g. the context); None keeps all.
     ``with_histogram`` also stores each window's code histogram as the point ``code_histogram``."""
@@ -354,7 +386,9 @@ def capture_windows(
     writer = ActivationWriter(out_dir, names, chunk_size, {"pool": pool, **(header or {})})
     for batch in windows:
         if batch.dataset not in dataset_names:
-            raise DataError(f"dataset {batch.dataset!r} is unknown to the model (knows: {', '.join(dataset_names)})")
+            raise DataError(
+                f"dataset {batch.dataset!r} is unknown to the model (knows: {', '.join(dataset_names)})"
+            )
         tokens = batch.tokens[:, :n_frames] if n_frames else batch.tokens
         check_token_ids(tokens, model.config.vocab_size, str((header or {}).get("data", "windows")))
         ids = torch.full((tokens.shape[0],), dataset_names.index(batch.dataset))
@@ -382,8 +416,8 @@ def capture_to_disk(
     context_only: bool = False,
     with_histogram: bool = False,
 ) -> ActivationStore:
-    """Select windows of ``data`` and capture them (see :func:`capture_windows`); ``info`` is the run info
-    (``load_ar_model``'s): dataset names, tokenizer fingerprint, window layout."""
+    """Select windows of ``data`` and capture them (see :func:`capture_windows`); ``info`` is the
+    run info (``load_ar_model``'s): dataset names, tokenizer fingerprint, window layout."""
     encoder = None
     manifest = Manifest.load(data)
     if manifest.is_tokens:

@@ -9,9 +9,9 @@ module names from outside. Hook points::
     blocks.{i}.mlp_out   MLP output of block i           [B, n_cond + L, d]   (before the residual add)
 
 Block-level points include the ``model.n_cond_tokens`` leading conditioning positions. During cached
-generation every call sees one token (L = 1). ``model.current_positions`` [L_chunk, 1 + n_spatial_dims]
-holds each position's (t, x, y, z) (t = -1 for conditioning tokens) so an intervention can depend on
-where a token sits in the grid.
+generation every call sees one token (L = 1). ``model.current_positions`` [L_chunk, 1 +
+n_spatial_dims] holds each position's (t, x, y, z) (t = -1 for conditioning tokens) so an
+intervention can depend on where a token sits in the grid.
 
 Example::
 
@@ -56,12 +56,16 @@ def _resolve(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
 
 @contextmanager
 def capture(
-    model: nn.Module, names: list[str], transform: Callable[[Tensor], Tensor] | None = None, device: str | None = "cpu"
+    model: nn.Module,
+    names: list[str],
+    transform: Callable[[Tensor], Tensor] | None = None,
+    device: str | None = "cpu",
 ) -> Iterator[dict[str, list[Tensor]]]:
     """Record the outputs at ``names`` while the block runs: name -> one tensor per forward call.
 
-    ``transform`` (e.g. mean-pooling over positions) is applied before storing, which bounds memory when
-    streaming many batches; stored tensors are detached and moved to ``device`` (None: leave in place)."""
+    ``transform`` (e.g. mean-pooling over positions) is applied before storing, which bounds memory
+    when streaming many batches; stored tensors are detached and moved to ``device`` (None: leave in
+    place)."""
     store: dict[str, list[Tensor]] = {name: [] for name in names}
     handles = []
     for name, module in _resolve(model, names).items():
@@ -80,18 +84,24 @@ def capture(
 
 
 @contextmanager
-def add_to(model: nn.Module, name: str, fn: Callable[[Tensor, Tensor | None], Tensor]) -> Iterator[None]:
+def add_to(
+    model: nn.Module, name: str, fn: Callable[[Tensor, Tensor | None], Tensor]
+) -> Iterator[None]:
     """Intervene at hook point ``name``: its output h becomes h + fn(h, positions) for every call.
 
-    ``positions`` is ``model.current_positions`` for the chunk being processed, [L_out, 1 + n_spatial_dims]
-    (at 'embedding' only the frame tokens' rows); fn must return something broadcastable to h."""
+    ``positions`` is ``model.current_positions`` for the chunk being processed, [L_out, 1 +
+    n_spatial_dims] (at 'embedding' only the frame tokens' rows); fn must return something
+    broadcastable to h."""
     module = _resolve(model, [name])[name]
 
     def hook(_module, _inputs, output):
         positions = model.current_positions
         if name == "embedding" and positions is not None:
-            positions = positions[positions.shape[0] - output.shape[1] :]  # frame tokens: after the cond ones
-        delta = fn(output, positions)  # in the model's dtype: a float32 direction must not promote a bf16 stream
+            # frame tokens: after the cond ones
+            positions = positions[positions.shape[0] - output.shape[1] :]
+        delta = fn(
+            output, positions
+        )  # in the model's dtype: a float32 direction must not promote a bf16 stream
         return output + (delta.to(output.dtype) if isinstance(delta, Tensor) else delta)
 
     handle = module.register_forward_hook(hook)

@@ -1,4 +1,5 @@
-"""Figures of probing and steering: probe R² (and regime accuracy) per layer, steering dose–response."""
+"""Figures of probing and steering: probe R² (and regime accuracy) per layer, steering
+dose–response."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def plot_probe_layers(
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     x = range(len(layers))
     labels = [name.replace("blocks.", "b").replace(".resid", "") for name in layers]
-    for ax, values, key, ylabel in ((axes[0], r2, "r2", "held-out R²"), (axes[1], accuracy, "accuracy", "accuracy")):
+    for ax, values, key, ylabel in (
+        (axes[0], r2, "r2", "held-out R²"),
+        (axes[1], accuracy, "accuracy", "accuracy"),
+    ):
         ax.plot(x, values, "o-", color="C0", label="model layer")
         for i, (name, base) in enumerate(baselines.items()):
             if key in base:
@@ -42,9 +46,11 @@ def plot_probe_layers(
 def plot_dose_response(
     alphas: list[float], curves: dict[str, dict[str, Any]], path: str | Path, title: str = ""
 ) -> Path:
-    """One panel per measured quantity: mean ± std over windows vs α, with Spearman ρ in the panel title.
+    """One panel per measured quantity: mean ± std over windows vs α, with Spearman ρ in the panel
+    title.
 
-    ``curves``: name → {"mean": [per α], "std": [per α], "spearman": ρ, "reference": optional value}."""
+    ``curves``: name → {"mean": [per α], "std": [per α], "spearman": ρ, "reference": optional
+    value}."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.3), squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):
@@ -65,9 +71,9 @@ def plot_dose_response(
 def plot_steered_frames(
     examples: dict[float, Any], channel_names: list[str], path: str | Path, title: str = ""
 ) -> Path:
-    """The first channel of one window's last generated frame for each α ({α: [C, *space]}): a row of frames on
-    one colour scale (viridis, colour bar) and, when α = 0 is among them, a row of steered − unsteered on a
-    zero-centred diverging scale (colour bar)."""
+    """The first channel of one window's last generated frame for each α ({α: [C, *space]}): a row
+    of frames on one colour scale (viridis, colour bar) and, when α = 0 is among them, a row of
+    steered − unsteered on a zero-centred diverging scale (colour bar)."""
     import numpy as np
 
     plt = pyplot()
@@ -77,9 +83,15 @@ def plot_steered_frames(
     base = frames[alphas.index(0.0)] if 0.0 in alphas else None
     rows = 1 if base is None else 2
     lo, hi = min(float(f.min()) for f in frames), max(float(f.max()) for f in frames)
-    lim = max([float(np.abs(f - base).max()) for f in frames] + [1e-12]) if base is not None else 1.0
+    lim = (
+        max([float(np.abs(f - base).max()) for f in frames] + [1e-12]) if base is not None else 1.0
+    )
     fig, axes = plt.subplots(
-        rows, len(alphas), figsize=(1.9 * len(alphas) + 1.2, 2.1 * rows + 0.4), squeeze=False, layout="constrained"
+        rows,
+        len(alphas),
+        figsize=(1.9 * len(alphas) + 1.2, 2.1 * rows + 0.4),
+        squeeze=False,
+        layout="constrained",
     )
     name = channel_names[0]
     for col, (alpha, frame) in enumerate(zip(alphas, frames)):
@@ -95,7 +107,9 @@ def plot_steered_frames(
                 ax.set_xticks([]), ax.set_yticks([])
         axes[0, col].set_title(f"α = {alpha:g}", fontsize=9)
     if frames[0].ndim == 2:
-        fig.colorbar(axes[0, -1].get_images()[0], ax=axes[0, :], shrink=0.9).set_label(name, fontsize=8)
+        fig.colorbar(axes[0, -1].get_images()[0], ax=axes[0, :], shrink=0.9).set_label(
+            name, fontsize=8
+        )
         if base is not None:
             bar = fig.colorbar(axes[1, -1].get_images()[0], ax=axes[1, :], shrink=0.9)
             bar.set_label(f"{name}: steered − α=0", fontsize=8)

@@ -1,13 +1,15 @@
-"""``physfm probe``: linear probes per layer that read a simulation parameter out of pooled activations.
+"""``physfm probe``: linear probes per layer that read a simulation parameter out of pooled
+activations.
 
 For every hook point (the embedding and each block's residual stream by default) a ridge regression
 predicts the parameter (log scale for parameters spanning decades) from each window's mean-pooled
-activations, and a ridge classifier predicts the regime (above/below a threshold, the median by default).
-Scores are out-of-fold over grouped folds: whole trajectories (or files) are held out, never single windows.
+activations, and a ridge classifier predicts the regime (above/below a threshold, the median by
+default). Scores are out-of-fold over grouped folds: whole trajectories (or files) are held out,
+never single windows.
 
-Two baselines sit beside the layers, because a concept that a histogram of the tokenizer's codes already
-separates says nothing about the transformer: a probe on the window's code histogram, and one on the
-embedding layer (the mean token embedding, a linear image of that histogram).
+Two baselines sit beside the layers, because a concept that a histogram of the tokenizer's codes
+already separates says nothing about the transformer: a probe on the window's code histogram, and
+one on the embedding layer (the mean token embedding, a linear image of that histogram).
 
     from physfm.interp.probe import run_probe, Probe
     metrics = run_probe("runs/pretrain", "runs/tokens", "nu", "runs/probe")
@@ -41,8 +43,9 @@ def default_points(n_layer: int) -> list[str]:
 
 
 def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values of ``target`` [n_with], mask [N] of the windows that have it); windows of other datasets in a
-    mixed shard set simply lack the parameter and are left out, but some window must have it."""
+    """(values of ``target`` [n_with], mask [N] of the windows that have it); windows of other
+    datasets in a mixed shard set simply lack the parameter and are left out, but some window must
+    have it."""
     has = np.array([target in (m.get("params") or {}) for m in metas], dtype=bool)
     if not has.any():
         known = sorted({k for m in metas for k in (m.get("params") or {})})
@@ -53,8 +56,8 @@ def target_values(metas: list[dict[str, Any]], target: str) -> tuple[np.ndarray,
 
 
 def check_target_present(data: str | Path, split: str, target: str) -> None:
-    """Refuse a ``target`` no window of ``data``'s split(s) carries, before any model work: a pass over the
-    windows' metadata (it stops at the first window that has it)."""
+    """Refuse a ``target`` no window of ``data``'s split(s) carries, before any model work: a pass
+    over the windows' metadata (it stops at the first window that has it)."""
     known: set[str] = set()
     for name in [s.strip() for s in split.split(",") if s.strip()]:
         for sample in iter_samples(data, name):
@@ -146,15 +149,24 @@ class Probe:
                 )
                 for p in json.loads(meta["points"])
             }
-        return cls(meta["target"], meta["scale"], models, meta["best_point"], meta.get("pool", "mean"))
+        return cls(
+            meta["target"], meta["scale"], models, meta["best_point"], meta.get("pool", "mean")
+        )
 
 
 def probe_features(
     X: np.ndarray, y: np.ndarray, labels: np.ndarray, groups: list[str], n_folds: int, seed: int
 ) -> dict[str, Any]:
     """Held-out R² of the parameter and accuracy of the regime, from the same folds (and SVDs)."""
-    reg, cls = cross_validate_targets(X, np.stack([y, labels], 1), groups, [False, True], n_folds=n_folds, seed=seed)
-    return {"r2": reg["score"], "accuracy": cls["score"], "alphas": reg["alphas"], "pred": reg["pred"]}
+    reg, cls = cross_validate_targets(
+        X, np.stack([y, labels], 1), groups, [False, True], n_folds=n_folds, seed=seed
+    )
+    return {
+        "r2": reg["score"],
+        "accuracy": cls["score"],
+        "alphas": reg["alphas"],
+        "pred": reg["pred"],
+    }
 
 
 def run_probe(
@@ -175,9 +187,11 @@ def run_probe(
     seed: int = 0,
     store: ActivationStore | None = None,
 ) -> dict[str, Any]:
-    """Capture, probe every point and both baselines, save probes, metrics.json, report.md, r2_per_layer.png.
+    """Capture, probe every point and both baselines, save probes, metrics.json, report.md,
+    r2_per_layer.png.
 
-    ``store``: an existing capture (pool "mean", with the code histogram) instead of capturing again."""
+    ``store``: an existing capture (pool "mean", with the code histogram) instead of capturing
+    again."""
     out = Path(out)
     if store is None:
         check_target_present(data, split, target)
@@ -217,7 +231,11 @@ def run_probe(
         "n_windows_without_target": int((~has).sum()),
         "target_values": sorted({round(float(v), 8) for v in raw}),
         "layers": {
-            p: {"r2": round(v["r2"], 4), "accuracy": round(v["accuracy"], 4), "alpha_rel": v["alphas"]}
+            p: {
+                "r2": round(v["r2"], 4),
+                "accuracy": round(v["accuracy"], 4),
+                "alpha_rel": v["alphas"],
+            }
             for p, v in layers.items()
         },
         "best_layer": best,
@@ -225,7 +243,9 @@ def run_probe(
         "probe_accuracy": round(layers[best]["accuracy"], 4),
         "probe_r2_code_histogram": round(hist["r2"], 4) if hist else None,
         "probe_accuracy_code_histogram": round(hist["accuracy"], 4) if hist else None,
-        "probe_r2_embedding": round(layers["embedding"]["r2"], 4) if "embedding" in layers else None,
+        "probe_r2_embedding": round(layers["embedding"]["r2"], 4)
+        if "embedding" in layers
+        else None,
         "majority_accuracy": round(majority, 4),
         "model_fingerprint": store.index.get("model_fingerprint"),
     }
@@ -235,15 +255,22 @@ def run_probe(
     return metrics
 
 
-def _targets(store: ActivationStore, data, target: str, scale: str, threshold: float | None, group_by: str):
-    """(the target's values, which windows have it, the scale chosen, the regime threshold on that scale,
-    each window's held-out group); refused when there are fewer than two groups or regimes."""
+def _targets(
+    store: ActivationStore, data, target: str, scale: str, threshold: float | None, group_by: str
+):
+    """(the target's values, which windows have it, the scale chosen, the regime threshold on that
+    scale, each window's held-out group); refused when there are fewer than two groups or
+    regimes."""
     metas = store.meta()
     raw, has = target_values(metas, target)
     metas = [m for m, h in zip(metas, has) if h]
     scale = choose_scale(raw, scale)
     y = np.log(raw) if scale == "log" else raw
-    cut = float(np.median(y)) if threshold is None else (math.log(threshold) if scale == "log" else threshold)
+    cut = (
+        float(np.median(y))
+        if threshold is None
+        else (math.log(threshold) if scale == "log" else threshold)
+    )
     groups = group_keys(metas, group_by)
     if len(set(groups)) < 2:
         raise DataError(
@@ -257,7 +284,9 @@ def _targets(store: ActivationStore, data, target: str, scale: str, threshold: f
     return raw, has, scale, cut, groups
 
 
-def _capture(location, data, out: Path, split, points, selection, max_windows, batch_size) -> ActivationStore:
+def _capture(
+    location, data, out: Path, split, points, selection, max_windows, batch_size
+) -> ActivationStore:
     """Mean-pooled activations at ``points`` (default: the embedding and every block) and the code
     histogram of each selected window, captured to ``out/activations``."""
     model, info = load_model(location)  # AR or diffusion (run.json kind)
@@ -278,12 +307,21 @@ def _capture(location, data, out: Path, split, points, selection, max_windows, b
 
 
 def _plot(
-    out: Path, metrics: dict[str, Any], points: list[str], layers: dict, hist: dict | None, majority: float
+    out: Path,
+    metrics: dict[str, Any],
+    points: list[str],
+    layers: dict,
+    hist: dict | None,
+    majority: float,
 ) -> None:
-    """R² and accuracy per layer, with the code-histogram, embedding and majority-class baselines."""
+    """R² and accuracy per layer, with the code-histogram, embedding and majority-class
+    baselines."""
     baselines = {"code histogram": {"r2": hist["r2"], "accuracy": hist["accuracy"]}} if hist else {}
     if "embedding" in layers:
-        baselines["embedding layer"] = {"r2": layers["embedding"]["r2"], "accuracy": layers["embedding"]["accuracy"]}
+        baselines["embedding layer"] = {
+            "r2": layers["embedding"]["r2"],
+            "accuracy": layers["embedding"]["accuracy"],
+        }
     baselines["majority class"] = {"accuracy": majority}
     scale, group_by = metrics["scale"], metrics["group_by"]
     plot_probe_layers(
@@ -315,7 +353,9 @@ def render_report(m: dict[str, Any]) -> str:
         "|---|---:|---:|",
     ]
     for p, v in m["layers"].items():
-        lines.append(f"| {p}{' (best)' if p == m['best_layer'] else ''} | {v['r2']:.3f} | {v['accuracy']:.3f} |")
+        lines.append(
+            f"| {p}{' (best)' if p == m['best_layer'] else ''} | {v['r2']:.3f} | {v['accuracy']:.3f} |"
+        )
     lines += [
         f"| code histogram (baseline) | {fmt(m['probe_r2_code_histogram'])} | "
         f"{fmt(m['probe_accuracy_code_histogram'])} |",
@@ -323,7 +363,11 @@ def render_report(m: dict[str, Any]) -> str:
         "",
     ]
     best, hist, emb = m["probe_r2"], m["probe_r2_code_histogram"], m["probe_r2_embedding"]
-    above = [name for name, v in (("code histogram", hist), ("embedding", emb)) if v is not None and best > v]
+    above = [
+        name
+        for name, v in (("code histogram", hist), ("embedding", emb))
+        if v is not None and best > v
+    ]
     lines.append(
         f"Best layer {m['best_layer']}: R² {best:.3f}"
         + (

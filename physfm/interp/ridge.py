@@ -1,11 +1,11 @@
 """Closed-form ridge regression with grouped, nested cross-validation (numpy, float64).
 
-Probes must be scored on windows whose whole trajectory (or file) the probe never saw: windows of one
-trajectory are near-copies of each other, so a window-level split would score memory, not a concept.
-The regularisation strength is chosen inside each outer training fold by an inner grouped CV over a
-scale-free grid (alpha relative to the largest squared singular value of the standardised features), so
-the held-out folds never inform the choice. Several targets (e.g. a parameter and its regime labels) share
-each fold's SVD.
+Probes must be scored on windows whose whole trajectory (or file) the probe never saw: windows of
+one trajectory are near-copies of each other, so a window-level split would score memory, not a
+concept. The regularisation strength is chosen inside each outer training fold by an inner grouped
+CV over a scale-free grid (alpha relative to the largest squared singular value of the standardised
+features), so the held-out folds never inform the choice. Several targets (e.g. a parameter and its
+regime labels) share each fold's SVD.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def _standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _thin_svd(Xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """U, S, Vt of Xs [n, D] through the eigendecomposition of the smaller Gram matrix: 4x faster than
-    ``np.linalg.svd`` at n = 1500, D = 1000 (a code histogram), and exact enough for ridge, whose smallest
-    alpha (1e-6 s_max²) keeps far above the squared condition number's round-off."""
+    """U, S, Vt of Xs [n, D] through the eigendecomposition of the smaller Gram matrix: 4x faster
+    than ``np.linalg.svd`` at n = 1500, D = 1000 (a code histogram), and exact enough for ridge,
+    whose smallest alpha (1e-6 s_max²) keeps far above the squared condition number's round-off."""
     small_d = Xs.shape[1] <= Xs.shape[0]
     eigval, eigvec = np.linalg.eigh(Xs.T @ Xs if small_d else Xs @ Xs.T)
     keep = eigval > eigval.max(initial=0.0) * 1e-12
@@ -64,7 +64,9 @@ def _scale(S: np.ndarray) -> float:
     return float(S[0] ** 2) if len(S) and S[0] > 0 else 1.0
 
 
-def ridge_path(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, rel_alphas: np.ndarray) -> np.ndarray:
+def ridge_path(
+    X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, rel_alphas: np.ndarray
+) -> np.ndarray:
     """Test predictions [A, n_test, K] for every alpha and target from one SVD; Y_train [n, K]."""
     mean, std, U, S, Vt, y_mean = _svd_fit(np.asarray(X_train, np.float64), Y_train)
     shrink = S[None, :] / (S[None, :] ** 2 + rel_alphas[:, None] * _scale(S))  # [A, r]
@@ -74,7 +76,9 @@ def ridge_path(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray, rel
 
 
 def fit_ridge(X: np.ndarray, y: np.ndarray, rel_alpha: float) -> RidgeModel:
-    mean, std, U, S, Vt, y_mean = _svd_fit(np.asarray(X, np.float64), np.asarray(y, np.float64)[:, None])
+    mean, std, U, S, Vt, y_mean = _svd_fit(
+        np.asarray(X, np.float64), np.asarray(y, np.float64)[:, None]
+    )
     w = Vt.T @ (S / (S**2 + rel_alpha * _scale(S)) * (U.T @ (y - y_mean[0])))
     return RidgeModel(mean, std, w, float(y_mean[0]), float(rel_alpha))
 
@@ -83,7 +87,9 @@ def group_folds(groups: list, n_folds: int, seed: int = 0) -> list[tuple[np.ndar
     """(train, test) index pairs; every group's samples fall in exactly one test fold."""
     unique = sorted(set(groups), key=str)
     if len(unique) < 2:
-        raise DataError(f"grouped cross-validation needs at least 2 groups (trajectories/files), got {len(unique)}")
+        raise DataError(
+            f"grouped cross-validation needs at least 2 groups (trajectories/files), got {len(unique)}"
+        )
     order = np.random.default_rng(seed).permutation(len(unique))
     n_folds = min(n_folds, len(unique))
     fold_of = {unique[g]: i % n_folds for i, g in enumerate(order)}
@@ -99,29 +105,42 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
 def choose_alphas(
     X: np.ndarray, Y: np.ndarray, groups: list, n_folds: int, seed: int, classify: list[bool]
 ) -> list[float]:
-    """Per target, the relative alpha with the best inner grouped-CV loss: MSE, or the sign's error rate
-    for a classification target (ties → the smallest alpha that reaches it)."""
+    """Per target, the relative alpha with the best inner grouped-CV loss: MSE, or the sign's error
+    rate for a classification target (ties → the smallest alpha that reaches it)."""
     if min(n_folds, len(set(groups))) < 2:
         return [1e-3] * Y.shape[1]
     loss = np.zeros((len(ALPHA_GRID), Y.shape[1]))
     for train, test in group_folds(groups, n_folds, seed + 1):
         pred = ridge_path(X[train], Y[train], X[test], ALPHA_GRID)  # [A, n_test, K]
         for k, is_cls in enumerate(classify):
-            err = (np.sign(pred[..., k]) != np.sign(Y[test, k])) if is_cls else (pred[..., k] - Y[test, k]) ** 2
+            err = (
+                (np.sign(pred[..., k]) != np.sign(Y[test, k]))
+                if is_cls
+                else (pred[..., k] - Y[test, k]) ** 2
+            )
             loss[:, k] += err.sum(1)
     return [float(ALPHA_GRID[i]) for i in loss.argmin(0)]
 
 
 def cross_validate_targets(
-    X: np.ndarray, Y: np.ndarray, groups: list, classify: list[bool], *, n_folds: int = 5, seed: int = 0
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: list,
+    classify: list[bool],
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
 ) -> list[dict]:
-    """Nested grouped CV of several targets Y [N, K] → per target {"pred", "score", "alphas"}: out-of-fold
-    predictions, R² (regression) or accuracy (classification: ±1 labels, the sign of a ridge fit to them)."""
+    """Nested grouped CV of several targets Y [N, K] → per target {"pred", "score", "alphas"}:
+    out-of-fold predictions, R² (regression) or accuracy (classification: ±1 labels, the sign of a
+    ridge fit to them)."""
     X = np.asarray(X, np.float64).reshape(len(Y), -1)
     Y = np.asarray(Y, np.float64).reshape(len(Y), -1)
     pred, alphas = np.zeros_like(Y), []
     for train, test in group_folds(groups, n_folds, seed):
-        chosen = choose_alphas(X[train], Y[train], [groups[i] for i in train], n_folds, seed, classify)
+        chosen = choose_alphas(
+            X[train], Y[train], [groups[i] for i in train], n_folds, seed, classify
+        )
         alphas.append(chosen)
         mean, std, U, S, Vt, y_mean = _svd_fit(X[train], Y[train])
         Xt = ((X[test] - mean) / std) @ Vt.T
@@ -137,13 +156,24 @@ def cross_validate_targets(
 
 
 def cross_validate(
-    X: np.ndarray, y: np.ndarray, groups: list, *, n_folds: int = 5, seed: int = 0, classify: bool = False
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: list,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    classify: bool = False,
 ) -> dict:
-    """One target: {"pred": out-of-fold predictions [N], "score": R² (or accuracy), "alphas": per fold}."""
-    return cross_validate_targets(X, np.asarray(y)[:, None], groups, [classify], n_folds=n_folds, seed=seed)[0]
+    """One target: {"pred": out-of-fold predictions [N], "score": R² (or accuracy), "alphas": per
+    fold}."""
+    return cross_validate_targets(
+        X, np.asarray(y)[:, None], groups, [classify], n_folds=n_folds, seed=seed
+    )[0]
 
 
-def fit_final(X: np.ndarray, y: np.ndarray, groups: list, *, n_folds: int = 5, seed: int = 0) -> RidgeModel:
+def fit_final(
+    X: np.ndarray, y: np.ndarray, groups: list, *, n_folds: int = 5, seed: int = 0
+) -> RidgeModel:
     """The probe to keep: alpha by grouped CV on all the data, then one fit on all of it."""
     X, y = np.asarray(X, np.float64).reshape(len(y), -1), np.asarray(y, np.float64)
     return fit_ridge(X, y, choose_alphas(X, y[:, None], groups, n_folds, seed, [False])[0])

@@ -10,10 +10,11 @@ A small recursive-descent parser (never ``eval``)::
     OP         := < <= > >= == != (= is read as ==)
 
 A NAME is looked up in the window's ``meta["params"]`` (the simulation parameters), then in the meta
-itself (``dataset``, ``source_file``, ``trajectory``, ``start``, ``split``). A window lacking a name the
-expression reads is not selected (so ``"nu<0.003"`` on a shard set mixing Navier–Stokes and Gray–Scott picks
-Navier–Stokes windows); :func:`physfm.interp.activations.iter_windows` reports a name that no window has. Numbers
-compare with a relative tolerance of 1e-6 for ``==``/``!=`` (file names keep 6 significant digits).
+itself (``dataset``, ``source_file``, ``trajectory``, ``start``, ``split``). A window lacking a name
+the expression reads is not selected (so ``"nu<0.003"`` on a shard set mixing Navier–Stokes and
+Gray–Scott picks Navier–Stokes windows); :func:`physfm.interp.activations.iter_windows` reports a
+name that no window has. Numbers compare with a relative tolerance of 1e-6 for ``==``/``!=`` (file
+names keep 6 significant digits).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise SelectionError(f"selection {text!r}: cannot read {text[pos:].strip()!r} (at character {pos})")
+            raise SelectionError(
+                f"selection {text!r}: cannot read {text[pos:].strip()!r} (at character {pos})"
+            )
         kind = m.lastgroup
         value = m.group(kind)
         if kind == "number":
@@ -95,7 +98,8 @@ class _Parser:
         return self.left_assoc("and", self.not_expr)
 
     def left_assoc(self, keyword: str, operand):
-        """``operand (keyword operand)*``, grouped from the left: ``a or b or c`` → ((a or b) or c)."""
+        """``operand (keyword operand)*``, grouped from the left: ``a or b or c`` → ((a or b) or
+        c)."""
         node = operand()
         while self.peek() == ("kw", keyword):
             self.take()
@@ -118,7 +122,9 @@ class _Parser:
     def operand(self):
         kind, value = self.take()
         if kind not in ("name", "value"):
-            raise SelectionError(f"selection {self.text!r}: expected a name or a value, got {value!r}")
+            raise SelectionError(
+                f"selection {self.text!r}: expected a name or a value, got {value!r}"
+            )
         return (kind, value)
 
     def comparison(self):
@@ -146,7 +152,8 @@ def _compare(a: Any, op: str, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class Selection:
-    """A parsed selection; call it on a window's meta. ``Selection.everything()`` keeps all windows."""
+    """A parsed selection; call it on a window's meta. ``Selection.everything()`` keeps all
+    windows."""
 
     text: str
     tree: tuple | None
@@ -190,7 +197,9 @@ class Selection:
             return params[value]
         if value in meta and value != "params":
             return meta[value]
-        known = sorted(params) + [k for k in ("dataset", "source_file", "trajectory", "start", "split") if k in meta]
+        known = sorted(params) + [
+            k for k in ("dataset", "source_file", "trajectory", "start", "split") if k in meta
+        ]
         raise SelectionError(
             f"selection {self.text!r}: window of {meta.get('dataset', '?')!r} has no parameter "
             f"{value!r} (has: {', '.join(known)}); quote string values, e.g. dataset=='ns'"

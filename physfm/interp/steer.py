@@ -1,11 +1,12 @@
 """Concept directions in the residual stream and the hooks that steer a rollout along them.
 
-Reference method (Fear et al. 2025, "Physics Steering"): capture a layer's activations over windows of two
-regimes, z-score each window's activations over (space, channels) per frame, average per regime and take
-Δ = mean(feature) − mean(control) — a spatial map [*grid, d]. At rollout, every step adds
-α · Δ_tok · ‖h_tok‖ / ‖Δ_tok‖ to each frame token's activation h_tok at that layer (Δ_tok: Δ at the token's
-grid position with ``spatial_mode="as-is"``, Δ averaged over space with ``"mean"``), so α is a fraction of
-the activation's own norm whatever the layer's scale. Conditioning tokens are left alone.
+Reference method (Fear et al. 2025, "Physics Steering"): capture a layer's activations over windows
+of two regimes, z-score each window's activations over (space, channels) per frame, average per
+regime and take Δ = mean(feature) − mean(control) — a spatial map [*grid, d]. At rollout, every step
+adds α · Δ_tok · ‖h_tok‖ / ‖Δ_tok‖ to each frame token's activation h_tok at that layer (Δ_tok: Δ at
+the token's grid position with ``spatial_mode="as-is"``, Δ averaged over space with ``"mean"``), so
+α is a fraction of the activation's own norm whatever the layer's scale. Conditioning tokens are
+left alone.
 
 ``method="pca"``: the first principal axis of paired differences (feature_i − control_i over random
 pairs, not centred, so a consistent shift dominates), signed and scaled to agree with the mean
@@ -41,11 +42,16 @@ DIRECTION_FORMAT = "physfm-direction"
 Method = Literal["mean-diff", "pca"]
 
 
-# --------------------------------------------------------------------------------------------- arithmetic
-def direction_from_samples(feature: Tensor, control: Tensor, method: Method = "mean-diff", seed: int = 0) -> Tensor:
+# ---------------------------------------------------------------------------------------------
+# arithmetic
+def direction_from_samples(
+    feature: Tensor, control: Tensor, method: Method = "mean-diff", seed: int = 0
+) -> Tensor:
     """Per-window activations feature [Nf, *S], control [Nc, *S] (already z-scored) → Δ [*S]."""
     if feature.shape[1:] != control.shape[1:]:
-        raise ValueError(f"feature {tuple(feature.shape[1:])} and control {tuple(control.shape[1:])} shapes differ")
+        raise ValueError(
+            f"feature {tuple(feature.shape[1:])} and control {tuple(control.shape[1:])} shapes differ"
+        )
     mean_diff = feature.double().mean(0) - control.double().mean(0)
     if method == "mean-diff":
         return mean_diff.float()
@@ -57,9 +63,11 @@ def direction_from_samples(feature: Tensor, control: Tensor, method: Method = "m
         feature[torch.randperm(len(feature), generator=g)[:n]].double()
         - control[torch.randperm(len(control), generator=g)[:n]].double()
     ).reshape(n, -1)
-    axis = torch.linalg.svd(pairs, full_matrices=False).Vh[0]  # [prod(S)] first right singular vector
+    # [prod(S)] first right singular vector
+    axis = torch.linalg.svd(pairs, full_matrices=False).Vh[0]
     projection = float(axis @ mean_diff.reshape(-1))
-    return (axis * projection).reshape(mean_diff.shape).float()  # sign and length from the mean difference
+    # sign and length from the mean difference
+    return (axis * projection).reshape(mean_diff.shape).float()
 
 
 def compute_direction(
@@ -76,7 +84,8 @@ def compute_direction(
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Capture both selections (z-scored spatial maps), compute Δ per point, save FILE (+ FILE.json)."""
+    """Capture both selections (z-scored spatial maps), compute Δ per point, save FILE (+
+    FILE.json)."""
     parse_selection(feature), parse_selection(control)  # syntax errors before any work
     model, info = load_model(location)  # AR or diffusion (run.json kind)
     info = {**info, "location": str(location)}
@@ -139,7 +148,8 @@ def _streaming_mean(store, point: str) -> Tensor:
     return total / n
 
 
-# --------------------------------------------------------------------------------------------- files
+# ---------------------------------------------------------------------------------------------
+# files
 @dataclass
 class Direction:
     vectors: dict[str, Tensor]  # point → Δ [*grid, d]
@@ -151,12 +161,17 @@ class Direction:
 
 
 def save_direction(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-    """FILE (safetensors, metadata inside) and FILE.json beside it (the same metadata, for people)."""
+    """FILE (safetensors, metadata inside) and FILE.json beside it (the same metadata, for
+    people)."""
     from safetensors.torch import save
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata={"meta": json.dumps(meta)}))
+        tmp.write_bytes(
+            save(
+                {k: v.contiguous() for k, v in tensors.items()}, metadata={"meta": json.dumps(meta)}
+            )
+        )
     atomic_write_text(path.with_name(path.name + ".json"), json.dumps(meta, indent=1))
     return path
 
@@ -178,9 +193,11 @@ def load_direction(path: str | Path) -> Direction:
     return Direction({p: vectors[p] for p in meta["points"]}, meta)
 
 
-# --------------------------------------------------------------------------------------------- steering
+# ---------------------------------------------------------------------------------------------
+# steering
 def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mean"] = "as-is"):
-    """fn(h, positions) for ``hooks.add_to``: α · Δ_tok · ‖h_tok‖ / ‖Δ_tok‖ on frame tokens, 0 elsewhere.
+    """fn(h, positions) for ``hooks.add_to``: α · Δ_tok · ‖h_tok‖ / ‖Δ_tok‖ on frame tokens, 0
+    elsewhere.
 
     delta [*grid, d]; positions [L, 1 + n_axes] (t, x, y, z), t = -1 on conditioning tokens."""
     grid = tuple(delta.shape[:-1])
@@ -209,7 +226,9 @@ def steering_fn(delta: Tensor, alpha: float, spatial_mode: Literal["as-is", "mea
                 idx = idx * n + coord.clamp(min=0)
             d_tok = flat.to(h.device)[idx]  # [L, d]
         frame = (positions[:, 0] >= 0).to(h.device, h.dtype)[None, :, None]  # [1, L, 1]
-        scale = h.float().norm(dim=-1, keepdim=True) / d_tok.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        scale = h.float().norm(dim=-1, keepdim=True) / d_tok.norm(dim=-1, keepdim=True).clamp_min(
+            1e-12
+        )
         return (alpha * frame * scale * d_tok[None]).to(h.dtype)
 
     return fn
@@ -226,5 +245,7 @@ def steering(
     """Every forward of ``model`` inside the block is steered at each of the direction's points."""
     with ExitStack() as stack:
         for point in points or direction.points:
-            stack.enter_context(add_to(model, point, steering_fn(direction.vectors[point], alpha, spatial_mode)))
+            stack.enter_context(
+                add_to(model, point, steering_fn(direction.vectors[point], alpha, spatial_mode))
+            )
         yield

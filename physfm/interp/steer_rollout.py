@@ -1,14 +1,18 @@
-"""``physfm steer rollout``: roll out with a concept direction injected, for each α, and measure the dose–response.
+"""``physfm steer rollout``: roll out with a concept direction injected, for each α, and measure the
+dose–response.
 
-For every α the same context windows are rolled out (greedy) with the direction added at its layer(s) at
-every step (``physfm.interp.steer.steering``). Two measurements per α, averaged over windows:
+For every α the same context windows are rolled out (greedy) with the direction added at its
+layer(s) at every step (``physfm.interp.steer.steering``). Two measurements per α, averaged over
+windows:
 
-(a) the probe's reading of the steered parameter on the generated frames: the last window-length of token
+(a) the probe's reading of the steered parameter on the generated frames: the last window-length of
+token
     frames (context tail + generated) is read by the *unsteered* model, pooled as in ``physfm probe``, and
     the probe at its best layer predicts the parameter — does the model now see the other regime? With
     conditional tokens the rollout runs in field space as the model's own does (each window re-keyed) and
     the probe's window is the last frames re-encoded, its first frame a key frame.
-(b) a physical statistic of the decoded generated fields (``physfm.eval.physics_stats``: enstrophy and the
+(b) a physical statistic of the decoded generated fields (``physfm.eval.physics_stats``: enstrophy
+and the
     energy-spectrum slope for Navier–Stokes, pattern wavelength for Gray–Scott) — did the physics move?
 
 Each curve is scored by Spearman's ρ between α and its per-α mean. α = 0 runs the hooks with a zero
@@ -45,10 +49,16 @@ def dose_response(alphas: list[float], values: np.ndarray) -> dict[str, Any]:
 
     values = np.asarray(values, np.float64)
     if values.shape[0] != len(alphas):
-        raise ValueError(f"dose_response: {values.shape[0]} rows of values for {len(alphas)} alphas")
+        raise ValueError(
+            f"dose_response: {values.shape[0]} rows of values for {len(alphas)} alphas"
+        )
     mean = values.reshape(len(alphas), -1).mean(1)
     std = values.reshape(len(alphas), -1).std(1)
-    rho = float(spearmanr(alphas, mean).statistic) if len(alphas) > 2 and np.ptp(mean) > 0 else float("nan")
+    rho = (
+        float(spearmanr(alphas, mean).statistic)
+        if len(alphas) > 2 and np.ptp(mean) > 0
+        else float("nan")
+    )
     return {"mean": mean.tolist(), "std": std.tolist(), "spearman": rho}
 
 
@@ -56,14 +66,19 @@ def parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
-        raise DataError(f"--alpha {text!r}: expected comma-separated numbers, e.g. -1,-0.5,0,0.5,1") from None
+        raise DataError(
+            f"--alpha {text!r}: expected comma-separated numbers, e.g. -1,-0.5,0,0.5,1"
+        ) from None
     if not alphas or len(set(alphas)) != len(alphas):
         raise DataError(f"--alpha {text!r}: give distinct values")
     return alphas
 
 
 def infer_target(direction_meta: dict[str, Any]) -> str:
-    names = parse_selection(direction_meta["feature"]).names | parse_selection(direction_meta["control"]).names
+    names = (
+        parse_selection(direction_meta["feature"]).names
+        | parse_selection(direction_meta["control"]).names
+    )
     names -= {"dataset", "source_file", "trajectory", "start", "split"}
     if len(names) != 1:
         raise DataError(
@@ -74,13 +89,16 @@ def infer_target(direction_meta: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def _generate(pm: PhysicsModel, ctx: torch.Tensor, n_in: int, n_win: int, horizon: int, dataset: str):
-    """Context token frames → (generated token frames, the last window of token frames for the probe, the
-    generated fields [B, H, C, *space] as numpy, physical units)."""
+def _generate(
+    pm: PhysicsModel, ctx: torch.Tensor, n_in: int, n_win: int, horizon: int, dataset: str
+):
+    """Context token frames → (generated token frames, the last window of token frames for the
+    probe, the generated fields [B, H, C, *space] as numpy, physical units)."""
     if pm.conditional:
-        # Conditional tokens roll out in field space, each window re-keyed as in training (the model's own
-        # rollout); the probe reads the last window re-encoded, its first frame a key frame like every window
-        # it was fit on (sliding in token space would hand it windows of changes with no key frame).
+        # Conditional tokens roll out in field space, each window re-keyed as in training (the
+        # model's own rollout); the probe reads the last window re-encoded, its first frame a key
+        # frame like every window it was fit on (sliding in token space would hand it windows of
+        # changes with no key frame).
         context = pm.decode(ctx, dataset, n_frames=n_in)
         fields, new = pm.rollout(context, horizon, dataset, refine=False, return_tokens=True)
         frames = torch.cat([context.to(fields.device), fields], 1)
@@ -110,7 +128,8 @@ def steer_rollout(
     batch_size: int = 16,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Steered rollouts for each α; metrics.json, report.md, dose_response.png, steered_frames.png."""
+    """Steered rollouts for each α; metrics.json, report.md, dose_response.png,
+    steered_frames.png."""
     if horizon is not None and horizon < 1:  # before any work (a probe may be fitted first)
         raise DataError(f"--horizon must be >= 1, got {horizon}")
     out = Path(out)
@@ -123,7 +142,8 @@ def steer_rollout(
     if reader.target != target:
         raise DataError(f"{probe}: probes {reader.target!r}, the direction steers {target!r}")
     horizon = pm.n_window_tokens if horizon is None else horizon
-    if selection is None and len(direc.meta.get("datasets") or []) == 1:  # contexts of the concept's own system
+    # contexts of the concept's own system
+    if selection is None and len(direc.meta.get("datasets") or []) == 1:
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
     batches = _contexts(pm, data, split, selection, max_windows, batch_size)
     datasets = sorted({b.dataset for b in batches})
@@ -185,8 +205,11 @@ def _model_and_direction(location: str | Path, direction: str | Path):
     return pm, direc
 
 
-def _contexts(pm: PhysicsModel, data, split: str, selection: str | None, max_windows: int, batch_size: int):
-    """The context windows as token batches (field shards are encoded with the model's tokenizer)."""
+def _contexts(
+    pm: PhysicsModel, data, split: str, selection: str | None, max_windows: int, batch_size: int
+):
+    """The context windows as token batches (field shards are encoded with the model's
+    tokenizer)."""
     encoder = None
     if not read_manifest(data).get("tokenizer_fingerprint"):
         encoder = lambda frames, ds: pm.encode(frames, ds).cpu()
@@ -205,8 +228,8 @@ def _contexts(pm: PhysicsModel, data, split: str, selection: str | None, max_win
 
 @dataclass
 class Measured:
-    """Per α and window: the probe's readings [A, N] and each physical statistic [A, N]; the α = 0 check,
-    the first window's last generated frame per α, the windows' meta."""
+    """Per α and window: the probe's readings [A, N] and each physical statistic [A, N]; the α = 0
+    check, the first window's last generated frame per α, the windows' meta."""
 
     probe_values: np.ndarray
     stats: dict[str, np.ndarray] = field(default_factory=dict)
@@ -215,8 +238,17 @@ class Measured:
     metas: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _measure(pm: PhysicsModel, reader: Probe, direc, batches: list, alphas: list[float], horizon: int, spatial_mode):
-    """Roll every batch out unsteered, then steered at each α, and read the probe and the statistics."""
+def _measure(
+    pm: PhysicsModel,
+    reader: Probe,
+    direc,
+    batches: list,
+    alphas: list[float],
+    horizon: int,
+    spatial_mode,
+):
+    """Roll every batch out unsteered, then steered at each α, and read the probe and the
+    statistics."""
     m = Measured(np.zeros((len(alphas), 0)))
     model, n_ctx, n_win = pm.model, pm.n_context_tokens, pm.n_window_tokens
     n_in = 1 + pm.temporal_compression * (n_ctx - 1)
@@ -231,21 +263,31 @@ def _measure(pm: PhysicsModel, reader: Probe, direc, batches: list, alphas: list
             if alpha == 0:
                 same = bool(torch.equal(new, base))
                 m.identical = same if m.identical is None else m.identical and same
-            acts = pooled_activations(model, window, ids, [reader.best_point], reader.pool)  # read unsteered
-            per_alpha_probe.append(reader.predict(reader.best_point, acts[reader.best_point].numpy()))
-            s = physics_statistics(batch.dataset, fields, pm.channel_names(batch.dataset), pm.n_spatial_dims)
-            per_alpha_stats.append({k: v.mean(axis=1) for k, v in s.items()})  # mean over generated frames
+            # read unsteered
+            acts = pooled_activations(model, window, ids, [reader.best_point], reader.pool)
+            per_alpha_probe.append(
+                reader.predict(reader.best_point, acts[reader.best_point].numpy())
+            )
+            s = physics_statistics(
+                batch.dataset, fields, pm.channel_names(batch.dataset), pm.n_spatial_dims
+            )
+            # mean over generated frames
+            per_alpha_stats.append({k: v.mean(axis=1) for k, v in s.items()})
             if batch is batches[0]:
                 m.examples[alpha] = fields[0, -1]
         m.probe_values = np.concatenate([m.probe_values, np.stack(per_alpha_probe)], axis=1)
         for key in per_alpha_stats[0]:
             block = np.stack([s[key] for s in per_alpha_stats])
-            m.stats[key] = block if key not in m.stats else np.concatenate([m.stats[key], block], axis=1)
+            m.stats[key] = (
+                block if key not in m.stats else np.concatenate([m.stats[key], block], axis=1)
+            )
         m.metas += batch.meta
     return m
 
 
-def _write(out: Path, metrics: dict[str, Any], examples: dict[float, np.ndarray], channels: list[str]) -> None:
+def _write(
+    out: Path, metrics: dict[str, Any], examples: dict[float, np.ndarray], channels: list[str]
+) -> None:
     plot_dose_response(
         metrics["alphas"],
         metrics["curves"],
@@ -254,7 +296,9 @@ def _write(out: Path, metrics: dict[str, Any], examples: dict[float, np.ndarray]
         f"{metrics['n_windows']} windows, {metrics['spatial_mode']}",
     )
     dataset = metrics["datasets"][0]
-    plot_steered_frames(examples, channels, out / "steered_frames.png", title=f"last generated frame, {dataset}")
+    plot_steered_frames(
+        examples, channels, out / "steered_frames.png", title=f"last generated frame, {dataset}"
+    )
     write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
 
@@ -277,7 +321,9 @@ def render_report(m: dict[str, Any]) -> str:
             + " | ".join(f"{c['mean'][i]:.4g} ± {c['std'][i]:.2g}" for c in m["curves"].values())
             + " |"
         )
-    lines.append("| Spearman ρ | " + " | ".join(f"{c['spearman']:.3f}" for c in m["curves"].values()) + " |")
+    lines.append(
+        "| Spearman ρ | " + " | ".join(f"{c['spearman']:.3f}" for c in m["curves"].values()) + " |"
+    )
     lines += [
         "",
         f"α = 0 reproduces the unsteered rollout exactly: {m['alpha0_identical']}.",

@@ -1,18 +1,19 @@
 """The FSQ code's structure in the AR model's input and output (``model.head=digits``).
 
-A token id is an FSQ code: ``d = len(levels)`` ordinal digits (mixed radix, digit 0 least significant, as
-``tokenizer/fsq.py`` numbers them), e.g. levels [8, 5, 5, 5] → 4 digits, 1,000 ids. Treating the ids as
-1,000 unrelated classes makes the model learn separately that code 517 is next to 518; here
+A token id is an FSQ code: ``d = len(levels)`` ordinal digits (mixed radix, digit 0 least
+significant, as ``tokenizer/fsq.py`` numbers them), e.g. levels [8, 5, 5, 5] → 4 digits, 1,000 ids.
+Treating the ids as 1,000 unrelated classes makes the model learn separately that code 517 is next
+to 518; here
 
-* the input embedding is the sum of one small table per digit (plus, with ``model.id_embedding``, a per-id
-  table), so codes that share digits share their embedding;
-* the head predicts each digit with its own softmax (sum(levels) = 23 logits instead of 1,000) and adds a
-  copy bias ``-copy_gain * (k - k_in)^2`` that favours the input token's digit and its neighbours. The
-  head's weights start at zero, so the untrained model predicts copy-tokens exactly and training moves the
-  digits it learns to change;
-* greedy decoding can take each digit's *expected* value under its softmax, rounded to the nearest level
-  (``model.greedy=mean``): the MSE-optimal point forecast of each code value, kept on the code grid so a
-  rollout still feeds ids back.
+* the input embedding is the sum of one small table per digit (plus, with ``model.id_embedding``, a
+  per-id table), so codes that share digits share their embedding;
+* the head predicts each digit with its own softmax (sum(levels) = 23 logits instead of 1,000) and
+  adds a copy bias ``-copy_gain * (k - k_in)^2`` that favours the input token's digit and its
+  neighbours. The head's weights start at zero, so the untrained model predicts copy-tokens exactly
+  and training moves the digits it learns to change;
+* greedy decoding can take each digit's *expected* value under its softmax, rounded to the nearest
+  level (``model.greedy=mean``): the MSE-optimal point forecast of each code value, kept on the code
+  grid so a rollout still feeds ids back.
 
 Hand-written: no library offers FSQ-factorised heads; the maths is a few lines.
 """
@@ -43,23 +44,29 @@ def digits_to_ids(digits: Tensor, levels: list[int]) -> Tensor:
 
 
 def expected_digits(probs: list[Tensor]) -> Tensor:
-    """Per-digit distributions (one [..., L_i] each) → each digit's expectation rounded to the nearest
-    level [..., d]. The FSQ code value is affine in the digit, so this is the expected code, on the grid."""
+    """Per-digit distributions (one [..., L_i] each) → each digit's expectation rounded to the
+    nearest level [..., d]. The FSQ code value is affine in the digit, so this is the expected code,
+    on the grid."""
     means = [(p * torch.arange(p.shape[-1], device=p.device, dtype=p.dtype)).sum(-1) for p in probs]
-    return torch.stack([m.round().long().clamp(0, p.shape[-1] - 1) for m, p in zip(means, probs)], -1)
+    return torch.stack(
+        [m.round().long().clamp(0, p.shape[-1] - 1) for m, p in zip(means, probs)], -1
+    )
 
 
 def vocab_expected_ids(logits: Tensor, levels: list[int]) -> Tensor:
-    """The one-softmax head's logits [N, V] → ids [N] of the expected code (each digit's mean, rounded)."""
+    """The one-softmax head's logits [N, V] → ids [N] of the expected code (each digit's mean,
+    rounded)."""
     probs = logits.float().softmax(-1)
-    digits = ids_to_digits(torch.arange(logits.shape[-1], device=logits.device), levels).float()  # [V, d]
+    # [V, d]
+    digits = ids_to_digits(torch.arange(logits.shape[-1], device=logits.device), levels).float()
     means = probs @ digits  # [N, d]
     top = torch.tensor(levels, device=logits.device) - 1
     return digits_to_ids(torch.minimum(means.round().long().clamp(min=0), top), levels)
 
 
 class CodeEmbedding(nn.Module):
-    """ids [...] → [..., d_model]: the sum of one table per FSQ digit, plus a per-id table if asked."""
+    """ids [...] → [..., d_model]: the sum of one table per FSQ digit, plus a per-id table if
+    asked."""
 
     def __init__(self, levels: list[int], d_model: int, id_table: bool):
         super().__init__()
@@ -104,8 +111,8 @@ class DigitHead(nn.Module):
         return torch.cat(parts, -1)
 
     def loss(self, logits: Tensor, targets: Tensor, code_weight: float = 0.0) -> Tensor:
-        """Mean over tokens of the summed per-digit cross-entropy; ``code_weight`` adds the squared error of
-        the expected code (each digit's mean, scaled to the FSQ code range [-1, 1])."""
+        """Mean over tokens of the summed per-digit cross-entropy; ``code_weight`` adds the squared
+        error of the expected code (each digit's mean, scaled to the FSQ code range [-1, 1])."""
         digits = ids_to_digits(targets, self.levels)
         parts = self.split(logits.float())
         loss = sum(F.cross_entropy(p, digits[:, i]) for i, p in enumerate(parts))
@@ -123,8 +130,8 @@ class DigitHead(nn.Module):
         generator: torch.Generator | None,
         greedy: str = "mode",
     ) -> Tensor:
-        """logits [N, sum(levels)] → ids [N]: per digit, greedy (``mode`` argmax or ``mean`` expected
-        level) at temperature 0, else softmax sampling (top-k per digit, optional)."""
+        """logits [N, sum(levels)] → ids [N]: per digit, greedy (``mode`` argmax or ``mean``
+        expected level) at temperature 0, else softmax sampling (top-k per digit, optional)."""
         parts = [p.float() for p in self.split(logits)]
         if temperature <= 0:
             if greedy == "mean":

@@ -1,18 +1,19 @@
-"""Refinement module (PhysiX): a small conv U-Net that corrects the frames decoded from predicted tokens.
+"""Refinement module (PhysiX): a small conv U-Net that corrects the frames decoded from predicted
+tokens.
 
 A token model's frame is at best the tokenizer's reconstruction of the truth (the "ceiling"), and in
 practice a decoded guess with quantisation blur and token errors. The refiner sees the decoded
 prediction beside the last ``context_frames`` frames before it (all z-scored with the tokenizer's
-stats) and regresses the true frame as a *residual*: ``refined = prediction + U-Net(...)``. Its output
-head starts at zero, so an untrained refiner is the identity and refinement can only be trained toward
-better, never start worse.
+stats) and regresses the true frame as a *residual*: ``refined = prediction + U-Net(...)``. Its
+output head starts at zero, so an untrained refiner is the identity and refinement can only be
+trained toward better, never start worse.
 
 One code path for 1D/2D/3D (``ConvNd`` by ``n_spatial_dims``), per-dataset stems and heads around a
 shared trunk (the tokenizer's layout: datasets differ in channel count). Training lives in
 ``physfm/train/refine.py``; rollout uses it through ``PhysicsModel.rollout(..., refine=True)``.
 
-Files: ``refiner.safetensors`` (weights) and ``refiner.json`` (architecture, datasets, the sha256 of the
-weights, and which AR model and tokenizer it was trained against). The JSON is written last.
+Files: ``refiner.safetensors`` (weights) and ``refiner.json`` (architecture, datasets, the sha256 of
+the weights, and which AR model and tokenizer it was trained against). The JSON is written last.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ class RefinerConfig:
 
     width: int = 32  # channels at full resolution; doubled per level
     levels: int = 2  # down-sampling steps (the spatial shape must be divisible by 2**levels)
-    context_frames: int = 2  # frames before the prediction fed beside it (gives the local time derivative)
-    padding: Literal["zeros", "circular", "replicate"] = "circular"  # the built-in systems are periodic
-    # The rollout step as one more input channel (1 / step, step 1 = the first predicted frame): errors grow
-    # with the step, and a refiner fit to a mix of steps without knowing which one it sees corrects the
-    # first frame as hard as the fourth. Refiners saved before this option load with it off.
+    # frames before the prediction fed beside it (gives the local time derivative)
+    context_frames: int = 2
+    # the built-in systems are periodic
+    padding: Literal["zeros", "circular", "replicate"] = "circular"
+    # The rollout step as one more input channel (1 / step, step 1 = the first predicted frame):
+    # errors grow with the step, and a refiner fit to a mix of steps without knowing which one it
+    # sees corrects the first frame as hard as the fourth. Refiners saved before this option load
+    # with it off.
     step_input: bool = True
 
     def validate(self) -> None:
@@ -82,7 +86,8 @@ class ResBlock(nn.Module):
 
 
 class Refiner(nn.Module):
-    """(prediction [B, C, *space], context [B, K, C, *space]) → refined frame [B, C, *space] (z-scored)."""
+    """(prediction [B, C, *space], context [B, K, C, *space]) → refined frame [B, C, *space]
+    (z-scored)."""
 
     def __init__(self, cfg: RefinerConfig, n_spatial_dims: int, datasets: dict[str, list[str]]):
         super().__init__()
@@ -96,26 +101,38 @@ class Refiner(nn.Module):
         self.stems = nn.ModuleDict(
             {
                 _key(name): conv(
-                    (cfg.context_frames + 1) * len(ch) + cfg.step_input, widths[0], 3, padding=1, padding_mode=pad
+                    (cfg.context_frames + 1) * len(ch) + cfg.step_input,
+                    widths[0],
+                    3,
+                    padding=1,
+                    padding_mode=pad,
                 )
                 for name, ch in self.datasets.items()
             }
         )
         self.heads = nn.ModuleDict(
-            {_key(name): conv(widths[0], len(ch), 3, padding=1, padding_mode=pad) for name, ch in self.datasets.items()}
+            {
+                _key(name): conv(widths[0], len(ch), 3, padding=1, padding_mode=pad)
+                for name, ch in self.datasets.items()
+            }
         )
-        for head in self.heads.values():  # zero residual at init: the untrained refiner is the identity
+        # zero residual at init: the untrained refiner is the identity
+        for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.enc = nn.ModuleList(ResBlock(n, w, pad) for w in widths[:-1])
         self.down = nn.ModuleList(
-            conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=pad) for i in range(cfg.levels)
+            conv(widths[i], widths[i + 1], 4, stride=2, padding=1, padding_mode=pad)
+            for i in range(cfg.levels)
         )
         self.mid = ResBlock(n, widths[-1], pad)
         self.up = nn.ModuleList(
-            conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=pad) for i in reversed(range(cfg.levels))
+            conv(widths[i + 1], widths[i], 3, padding=1, padding_mode=pad)
+            for i in reversed(range(cfg.levels))
         )
-        self.merge = nn.ModuleList(conv(2 * widths[i], widths[i], 1) for i in reversed(range(cfg.levels)))
+        self.merge = nn.ModuleList(
+            conv(2 * widths[i], widths[i], 1) for i in reversed(range(cfg.levels))
+        )
         self.dec = nn.ModuleList(ResBlock(n, widths[i], pad) for i in reversed(range(cfg.levels)))
         self.out_norm = nn.GroupNorm(8, widths[0])
 
@@ -131,7 +148,9 @@ class Refiner(nn.Module):
                 f"got {tuple(pred.shape)}"
             )
         if context.shape[0] != pred.shape[0] or context.shape[2:] != pred.shape[1:]:
-            raise ValueError(f"refiner: context {tuple(context.shape)} does not match prediction {tuple(pred.shape)}")
+            raise ValueError(
+                f"refiner: context {tuple(context.shape)} does not match prediction {tuple(pred.shape)}"
+            )
         bad = [s for s in pred.shape[2:] if s % 2**self.cfg.levels]
         if bad:
             raise DataError(
@@ -141,15 +160,19 @@ class Refiner(nn.Module):
     def forward(
         self, pred: torch.Tensor, context: torch.Tensor, dataset: str, step: torch.Tensor | int = 1
     ) -> torch.Tensor:
-        """``step``: which rollout step ``pred`` is (1 = the first predicted frame), an int or [B] per sample;
-        read only with ``step_input``."""
+        """``step``: which rollout step ``pred`` is (1 = the first predicted frame), an int or [B]
+        per sample; read only with ``step_input``."""
         self._check(pred, context, dataset)
         K = self.cfg.context_frames
         if K:
             if context.shape[1] == 0:  # no history at all: the prediction stands in for it
                 context = pred[:, None]
-            if context.shape[1] < K:  # short history: repeat its oldest frame (as the causal tokenizer pads)
-                context = torch.cat([context[:, :1].expand(-1, K - context.shape[1], *context.shape[2:]), context], 1)
+            # short history: repeat its oldest frame (as the causal tokenizer pads)
+            if context.shape[1] < K:
+                context = torch.cat(
+                    [context[:, :1].expand(-1, K - context.shape[1], *context.shape[2:]), context],
+                    1,
+                )
             x = torch.cat([pred, context[:, -K:].flatten(1, 2)], dim=1)  # [B, (K+1) C, *space]
         else:
             x = pred
@@ -157,7 +180,10 @@ class Refiner(nn.Module):
             step = torch.as_tensor(step, dtype=pred.dtype, device=pred.device).expand(pred.shape[0])
             if bool((step < 1).any()):
                 raise ValueError(f"refiner: rollout steps count from 1, got {step.min().item()}")
-            x = torch.cat([x, (1.0 / step).view(-1, 1, *([1] * self.n_spatial_dims)).expand_as(pred[:, :1])], 1)
+            x = torch.cat(
+                [x, (1.0 / step).view(-1, 1, *([1] * self.n_spatial_dims)).expand_as(pred[:, :1])],
+                1,
+            )
         h = self.stems[_key(dataset)](x)
         skips = []
         for block, down in zip(self.enc, self.down):
@@ -173,15 +199,19 @@ class Refiner(nn.Module):
 
 # ------------------------------------------------------------------------------------------ files
 def state_sha256(module: nn.Module) -> str:
-    """sha256 of a module's weights (safetensors bytes): identifies the exact model a refiner was fit to."""
+    """sha256 of a module's weights (safetensors bytes): identifies the exact model a refiner was
+    fit to."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     return hashlib.sha256(save(state)).hexdigest()
 
 
-def save_refiner(refiner: Refiner, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``refiner.safetensors`` then ``refiner.json`` (atomic each; the JSON holds the weights' sha256)."""
+def save_refiner(
+    refiner: Refiner, out_dir: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``refiner.safetensors`` then ``refiner.json`` (atomic each; the JSON holds the weights'
+    sha256)."""
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
@@ -223,9 +253,12 @@ def load_refiner(path: str | Path) -> tuple[Refiner, dict[str, Any]]:
         raise DataError(f"{path / CONFIG}: not a physfm refiner config (format != {FORMAT!r})")
     weights = (path / WEIGHTS).read_bytes()
     if hashlib.sha256(weights).hexdigest() != meta.get("weights_sha256"):
-        raise DataError(f"{path / WEIGHTS}: does not match {CONFIG} (interrupted save?); run `physfm refine` again")
+        raise DataError(
+            f"{path / WEIGHTS}: does not match {CONFIG} (interrupted save?); run `physfm refine` again"
+        )
     fields = {f.name for f in dataclasses.fields(RefinerConfig)}
-    saved = {"step_input": False, **meta["model"]}  # refiners saved before the option had no step channel
+    # refiners saved before the option had no step channel
+    saved = {"step_input": False, **meta["model"]}
     refiner = Refiner(
         RefinerConfig(**{k: v for k, v in saved.items() if k in fields}),
         int(meta["n_spatial_dims"]),
@@ -234,5 +267,7 @@ def load_refiner(path: str | Path) -> tuple[Refiner, dict[str, Any]]:
     try:
         refiner.load_state_dict(load(weights), strict=True)
     except RuntimeError as err:
-        raise DataError(f"{path / WEIGHTS}: weights do not match {CONFIG}: {str(err).splitlines()[0]}") from None
+        raise DataError(
+            f"{path / WEIGHTS}: weights do not match {CONFIG}: {str(err).splitlines()[0]}"
+        ) from None
     return refiner.eval(), meta

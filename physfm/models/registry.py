@@ -23,5 +23,7 @@ MODEL_BUILDERS: dict[str, Callable[[RunInfo], nn.Module]] = {
 def build_model(info: RunInfo) -> nn.Module:
     """The untrained network of the run's kind with the sizes its record gives."""
     if info.kind not in MODEL_BUILDERS:
-        raise CheckpointError(f"model kind {info.kind!r}: expected one of {', '.join(MODEL_BUILDERS)}")
+        raise CheckpointError(
+            f"model kind {info.kind!r}: expected one of {', '.join(MODEL_BUILDERS)}"
+        )
     return MODEL_BUILDERS[info.kind](info)

@@ -1,7 +1,8 @@
-"""The transformer trunk the AR and diffusion models share: rotary embeddings factorised over
-(time, x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks, and
-:class:`Trunk`, the base class that owns the blocks and everything about them (init, size, cost, optimizer,
-activation checkpointing, KV cache). The models add only their embeddings, heads, loss and generation."""
+"""The transformer trunk the AR and diffusion models share: rotary embeddings factorised over (time,
+x, y, z), grouped-query attention with a preallocated KV cache, SwiGLU, pre-norm blocks, and
+:class:`Trunk`, the base class that owns the blocks and everything about them (init, size, cost,
+optimizer, activation checkpointing, KV cache). The models add only their embeddings, heads, loss
+and generation."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-# The config lives in physfm/core so that run.json's reader can carry it typed; models import it here.
+# The config lives in physfm/core so that run.json's reader can carry it typed; models import it
+# here.
 from physfm.core.model_config import ModelConfig
 
 
 def rope_pair_axes(cfg: ModelConfig) -> Tensor:
-    """Which axis (0 = time, 1.. = space) each rotary pair of a head rotates with: [head_dim // 2]."""
+    """Which axis (0 = time, 1.. = space) each rotary pair of a head rotates with: [head_dim //
+    2]."""
     n_pairs, n_axes = cfg.head_dim // 2, 1 + cfg.n_spatial_dims
     per_axis = [n_pairs // n_axes] * n_axes
     per_axis[0] += n_pairs - sum(per_axis)  # time gets the remainder
@@ -26,7 +29,8 @@ def rope_pair_axes(cfg: ModelConfig) -> Tensor:
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """Per-pair inverse frequencies; each axis gets the full theta^(-m/n) ladder over its own pairs."""
+    """Per-pair inverse frequencies; each axis gets the full theta^(-m/n) ladder over its own
+    pairs."""
     axes = rope_pair_axes(cfg)
     freqs = []
     for axis in range(1 + cfg.n_spatial_dims):
@@ -56,14 +60,22 @@ class RotaryTables:
         return angles.cos(), angles.sin()
 
 
-def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int, device=None) -> Tensor:
-    """Positions (t, x, y, z)[:n_axes] of the sequence [cond tokens, frames]: [n_cond + F*T, n_axes] long.
+def token_positions(
+    n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_axes: int, device=None
+) -> Tensor:
+    """Positions (t, x, y, z)[:n_axes] of the sequence [cond tokens, frames]: [n_cond + F*T, n_axes]
+    long.
 
-    Conditioning tokens sit at time -1, space 0 (before every frame); frame tokens at (f, *grid index)."""
+    Conditioning tokens sit at time -1, space 0 (before every frame); frame tokens at (f, *grid
+    index)."""
     grids = torch.meshgrid(
-        torch.arange(n_frames, device=device), *[torch.arange(n, device=device) for n in grid_shape], indexing="ij"
+        torch.arange(n_frames, device=device),
+        *[torch.arange(n, device=device) for n in grid_shape],
+        indexing="ij",
     )
-    pos = torch.zeros(n_cond + n_frames * math.prod(grid_shape), n_axes, dtype=torch.long, device=device)
+    pos = torch.zeros(
+        n_cond + n_frames * math.prod(grid_shape), n_axes, dtype=torch.long, device=device
+    )
     pos[:n_cond, 0] = -1
     for axis, g in enumerate(grids):
         pos[n_cond:, axis] = g.reshape(-1)
@@ -71,7 +83,8 @@ def token_positions(n_cond: int, n_frames: int, grid_shape: tuple[int, ...], n_a
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs of x [B, H, L, head_dim] by angles with cos/sin [L, head_dim // 2]."""
+    """Rotate consecutive pairs of x [B, H, L, head_dim] by angles with cos/sin [L, head_dim //
+    2]."""
     x_pairs = x.float().unflatten(-1, (-1, 2))
     x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -83,8 +96,11 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.dropout = cfg.dropout
-        # One fused projection for q, k, v: one matmul instead of three (k, v are narrower under GQA).
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
+        # One fused projection for q, k, v: one matmul instead of three (k, v are narrower under
+        # GQA).
+        self.wqkv = nn.Linear(
+            cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False
+        )
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else nn.Identity()
@@ -102,16 +118,23 @@ class Attention(nn.Module):
         diffusion variant uses it for frame-causal attention (physfm/models/diffusion.py)."""
         B, L, _ = x.shape
         q, k, v = self.wqkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+            [
+                self.n_head * self.head_dim,
+                self.n_kv_head * self.head_dim,
+                self.n_kv_head * self.head_dim,
+            ],
+            dim=-1,
         )
-        # Normalise q and k per head before the transpose: RMSNorm reads a contiguous [B, L, H, hd] (on the
-        # transposed view it ran ~20% slower on CPU); the values are the same either way.
+        # Normalise q and k per head before the transpose: RMSNorm reads a contiguous [B, L, H, hd]
+        # (on the transposed view it ran ~20% slower on CPU); the values are the same either way.
         q = self.q_norm(q.view(B, L, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, L, hd]
-        k = self.k_norm(k.view(B, L, self.n_kv_head, self.head_dim)).transpose(1, 2)  # [B, Hkv, L, hd]
+        # [B, Hkv, L, hd]
+        k = self.k_norm(k.view(B, L, self.n_kv_head, self.head_dim)).transpose(1, 2)
         v = v.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
-            # Preallocated cache [B, Hkv, max_len, hd]: write in place, attend over the filled prefix.
+            # Preallocated cache [B, Hkv, max_len, hd]: write in place, attend over the filled
+            # prefix.
             k_cache, v_cache = kv
             if cache_pos > 0 and L > 1 and attn_mask is None:
                 raise ValueError("KV cache: a multi-token chunk must start at position 0 (prefill)")
@@ -183,15 +206,18 @@ class KVCache:
 
 
 class Trunk(nn.Module):
-    """Base of the AR and diffusion models: ``blocks``, the final ``norm``, the rotary tables and the hook
-    support (``current_positions``). Parameter names are the models' own (``blocks.{i}…``, ``norm``), so
-    checkpoints and the hook points of ``physfm/interp/hooks.py`` do not see the base class.
+    """Base of the AR and diffusion models: ``blocks``, the final ``norm``, the rotary tables and
+    the hook support (``current_positions``). Parameter names are the models' own (``blocks.{i}…``,
+    ``norm``), so checkpoints and the hook points of ``physfm/interp/hooks.py`` do not see the base
+    class.
 
-    A subclass calls ``super().__init__(cfg)``, registers its input embeddings, calls :meth:`_build_trunk`,
-    registers its head and calls :meth:`init_weights`: registration order is init order, so a model built
-    with the same torch seed gets the same weights (and checkpoints list keys in the same order)."""
+    A subclass calls ``super().__init__(cfg)``, registers its input embeddings, calls
+    :meth:`_build_trunk`, registers its head and calls :meth:`init_weights`: registration order is
+    init order, so a model built with the same torch seed gets the same weights (and checkpoints
+    list keys in the same order)."""
 
-    # Input lookup tables, by attribute name: no matmul FLOPs, so ``num_params(non_embedding=True)`` drops them.
+    # Input lookup tables, by attribute name: no matmul FLOPs, so ``num_params(non_embedding=True)``
+    # drops them.
     embedding_tables: tuple[str, ...] = ()
 
     def __init__(self, cfg: ModelConfig):
@@ -204,14 +230,16 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self._rope = RotaryTables(cfg)
-        # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware hooks:
-        # [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see physfm/interp/hooks.py).
+        # Positions (t, x, y, z) of the tokens in the latest forward chunk, for position-aware
+        # hooks: [L_chunk, 1 + n_spatial_dims], time -1 marks conditioning tokens (see
+        # physfm/interp/hooks.py).
         self.current_positions: Tensor | None = None
 
     def init_weights(self) -> None:
-        """GPT-2/Llama init: N(0, init_std) everywhere, biases at zero, and the two projections that write into
-        the residual stream (attn.wo, mlp.w_down) scaled by 1/sqrt(2 n_layer) so the stream's variance does not
-        grow with depth (each block adds two such terms). Call again after ``to_empty`` from the meta device."""
+        """GPT-2/Llama init: N(0, init_std) everywhere, biases at zero, and the two projections that
+        write into the residual stream (attn.wo, mlp.w_down) scaled by 1/sqrt(2 n_layer) so the
+        stream's variance does not grow with depth (each block adds two such terms). Call again
+        after ``to_empty`` from the meta device."""
         std, n_layer = self.config.init_std, self.config.n_layer
         for name, p in self.named_parameters():
             if name.endswith("bias"):
@@ -225,9 +253,11 @@ class Trunk(nn.Module):
 
     # -- sizes and cost ---------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count; ``non_embedding`` drops the input lookup tables (they cost no matmul FLOPs)."""
+        """Parameter count; ``non_embedding`` drops the input lookup tables (they cost no matmul
+        FLOPs)."""
 
-        # ZeRO-3 leaves each rank a shard and records the full size as ds_numel; count that when present.
+        # ZeRO-3 leaves each rank a shard and records the full size as ds_numel; count that when
+        # present.
         def numel(p: Tensor) -> int:
             return getattr(p, "ds_numel", p.numel())
 
@@ -239,19 +269,29 @@ class Trunk(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N for the matmuls plus the attention term
-        12 * n_layer * n_head * head_dim * seq_len (nanoGPT / PaLM appendix B; causal masking not discounted)."""
+        12 * n_layer * n_head * head_dim * seq_len (nanoGPT / PaLM appendix B; causal masking not
+        discounted)."""
         cfg, seq_len = self.config, seq_len or self.config.max_seq_len
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+        return (
+            6 * self.num_params(non_embedding=True)
+            + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+        )
 
-    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, seq_len: int | None = None) -> float:
+    def estimate_mfu(
+        self, tokens_per_s: float, peak_flops: float, seq_len: int | None = None
+    ) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
         return self.flops_per_token(seq_len) * tokens_per_s / peak_flops
 
     def configure_optimizer(
-        self, weight_decay: float, lr: float, betas: tuple[float, float], device_type: str | None = None
+        self,
+        weight_decay: float,
+        lr: float,
+        betas: tuple[float, float],
+        device_type: str | None = None,
     ) -> torch.optim.AdamW:
-        """AdamW decaying only 2-D weights (matmuls, embeddings); gains and biases are not decayed (decay
-        toward 0 would fight the normalisation's scale)."""
+        """AdamW decaying only 2-D weights (matmuls, embeddings); gains and biases are not decayed
+        (decay toward 0 would fight the normalisation's scale)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -259,12 +299,16 @@ class Trunk(nn.Module):
         ]
         device_type = device_type or next(self.parameters()).device.type
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {}))
+        return torch.optim.AdamW(
+            groups, lr=lr, betas=tuple(betas), **({"fused": True} if fused else {})
+        )
 
-    # -- running the blocks -------------------------------------------------------------------------
+    # -- running the blocks
+    # -------------------------------------------------------------------------
     def new_kv_cache(self, batch: int, max_len: int, device: torch.device | str) -> KVCache:
-        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens. Under autocast (bf16 on GPU)
-        k/v come out in the autocast dtype, not the weights' dtype, so the cache takes that one."""
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens. Under autocast (bf16
+        on GPU) k/v come out in the autocast dtype, not the weights' dtype, so the cache takes that
+        one."""
         device_type = torch.device(device).type
         dtype = (
             torch.get_autocast_dtype(device_type)
@@ -281,11 +325,13 @@ class Trunk(nn.Module):
         cache_pos: int = 0,
         mask: Tensor | None = None,
     ) -> Tensor:
-        """Every block, then the final norm, on the chunk x [B, L, d] at ``positions`` [L, axes]. ``mask``
-        [L, cache_pos + L] bool (True = attend) replaces token-causal attention."""
+        """Every block, then the final norm, on the chunk x [B, L, d] at ``positions`` [L, axes].
+        ``mask`` [L, cache_pos + L] bool (True = attend) replaces token-causal attention."""
         self.current_positions = positions
         cos, sin = self._rope(positions)
-        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        recompute = (
+            self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        )
         for i, block in enumerate(self.blocks):
             kv = cache.layer(i) if cache is not None else None
             if recompute:  # keep only each block's input; recompute its inside during backward
@@ -296,6 +342,6 @@ class Trunk(nn.Module):
 
 
 def frame_causal_mask(frame_index: Tensor) -> Tensor:
-    """frame_index [L] (-1 for conditioning tokens) → bool [L, L]: query q may attend key k iff k's frame
-    is not later than q's (bidirectional inside a frame, causal across frames)."""
+    """frame_index [L] (-1 for conditioning tokens) → bool [L, L]: query q may attend key k iff k's
+    frame is not later than q's (bidirectional inside a frame, causal across frames)."""
     return frame_index[None, :] <= frame_index[:, None]

@@ -1,10 +1,10 @@
-"""The quickstart's refine and evaluate stages (after pretrain): a small refiner, then the model, the refined
-model and the baselines on capped test windows, with the report's plots.
+"""The quickstart's refine and evaluate stages (after pretrain): a small refiner, then the model,
+the refined model and the baselines on capped test windows, with the report's plots.
 
-Sizes are set by time, not by the data: the stages cap windows per dataset and the horizon to stay within
-about a minute each; `physfm evaluate` on the run gives the full picture. The refiner trains on the AR
-model's own rollouts (PhysiX's recipe), and what a user gets by default (``default_method``: the refined
-rollout) is what the report compares with persistence.
+Sizes are set by time, not by the data: the stages cap windows per dataset and the horizon to stay
+within about a minute each; `physfm evaluate` on the run gives the full picture. The refiner trains
+on the AR model's own rollouts (PhysiX's recipe), and what a user gets by default
+(``default_method``: the refined rollout) is what the report compares with persistence.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ REFINE_OVERRIDES = [
     "data.val_windows=4",
     "data.batch_size=8",
     "model.width=16",
-    "data.gate_windows=4",  # the default-on gate's held-out rollout: 4 windows x 8 frames per dataset
+    # the default-on gate's held-out rollout: 4 windows x 8 frames per dataset
+    "data.gate_windows=4",
 ]
 EVAL_HORIZONS = [1, 2]
 EVAL_MAX_WINDOWS = 4  # per dataset
@@ -56,7 +57,10 @@ def stage_refine(ctx) -> dict[str, Any]:
     metrics = json.loads((out / "metrics.json").read_text())
     split = "valid" if "valid" in metrics["vrmse_next_step"] else "train"
     scores = metrics["vrmse_next_step"][split]
-    mean = {k: sum(v[k] for v in scores.values()) / len(scores) for k in ("input", "refined", "persistence")}
+    mean = {
+        k: sum(v[k] for v in scores.values()) / len(scores)
+        for k in ("input", "refined", "persistence")
+    }
     return {
         "steps": cfg.train.steps,
         "loss_first": round(metrics["loss_history"][0][1], 4),
@@ -68,7 +72,8 @@ def stage_refine(ctx) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx) -> dict[str, Any]:
-    """VRMSE per dataset, field and horizon beside persistence, copy-tokens and the tokenizer ceiling."""
+    """VRMSE per dataset, field and horizon beside persistence, copy-tokens and the tokenizer
+    ceiling."""
     _needs(ctx, "ar_run", "shards")
     out = ctx.out / "evaluate"
     metrics = evaluate(
@@ -84,10 +89,15 @@ def stage_evaluate(ctx) -> dict[str, Any]:
     ctx.state["evaluate"] = str(out)
     rel = out.relative_to(ctx.out)
     ctx.figures.append(
-        ("VRMSE vs rollout step (test windows; 1.0 = the spatial mean)", str(rel / "vrmse_vs_horizon.png"))
+        (
+            "VRMSE vs rollout step (test windows; 1.0 = the spatial mean)",
+            str(rel / "vrmse_vs_horizon.png"),
+        )
     )
     for name in metrics["vrmse"]:
-        ctx.figures.append((f"Rollout {name}: truth | prediction | error", str(rel / f"rollout_{name}.png")))
+        ctx.figures.append(
+            (f"Rollout {name}: truth | prediction | error", str(rel / f"rollout_{name}.png"))
+        )
     result: dict[str, Any] = {"windows": sum(metrics["n_windows"].values())}
     for method, per in metrics["overall"].items():
         for h in (str(EVAL_HORIZONS[0]), str(EVAL_HORIZONS[-1])):
@@ -96,19 +106,30 @@ def stage_evaluate(ctx) -> dict[str, Any]:
     result["default_method"] = default
     versus, learned = [], []
     for name, d in metrics["vrmse"].items():
-        # The transformer alone (raw) against copy-tokens, its initialisation: has it learned anything?
-        raw, copy, dflt = (d["mean"][m][h1] for m in (metrics["methods"][0], "copy_tokens", default))
-        result.update({f"{name}_raw_{h1}": round(raw, 4), f"{name}_copy_tokens_{h1}": round(copy, 4)})
+        # The transformer alone (raw) against copy-tokens, its initialisation: has it learned
+        # anything?
+        raw, copy, dflt = (
+            d["mean"][m][h1] for m in (metrics["methods"][0], "copy_tokens", default)
+        )
+        result.update(
+            {f"{name}_raw_{h1}": round(raw, 4), f"{name}_copy_tokens_{h1}": round(copy, 4)}
+        )
         result[f"{name}_default_{h1}"] = round(dflt, 4)
-        learned.append(f"{name}: raw {raw:.3f}, copy-tokens {copy:.3f} ({raw / copy:.2f}x), default {dflt:.3f}")
+        learned.append(
+            f"{name}: raw {raw:.3f}, copy-tokens {copy:.3f} ({raw / copy:.2f}x), default {dflt:.3f}"
+        )
         ours, floor = d["mean"][default][h1], d["mean"]["persistence"][h1]
         result[f"{name}_vs_persistence_{h1}"] = round(ours / floor, 3)
         verdict = "beats" if ours < floor else "does not beat"
-        versus.append(f"{name}: {ours:.3f} vs {floor:.3f}, {verdict} it ({100 * (1 - ours / floor):+.0f} %)")
+        versus.append(
+            f"{name}: {ours:.3f} vs {floor:.3f}, {verdict} it ({100 * (1 - ours / floor):+.0f} %)"
+        )
     ctx.notes.append(
         "Evaluate: VRMSE 1.0 is the spatial-mean predictor; persistence (repeat the last frame) is the floor a "
         "forecaster must clear, and beating it means nothing once persistence itself is above 1. The model as a "
-        f"user gets it ({default}) against persistence at the next step — " + "; ".join(versus) + f" (details: "
+        f"user gets it ({default}) against persistence at the next step — "
+        + "; ".join(versus)
+        + f" (details: "
         f"{rel}/report.md)."
     )
     ctx.notes.append(

@@ -1,6 +1,7 @@
-"""The quickstart's fine-tune stage: the pretrained model (gray_scott2d + navier_stokes2d) adapted to a held-out
-system, burgers1d — new field, new resolution, 1D (lifted onto the 2D tokenizer) — beside the same budget
-from scratch. Sized for well under a minute on 2 cores (16 tokens per frame)."""
+"""The quickstart's fine-tune stage: the pretrained model (gray_scott2d + navier_stokes2d) adapted
+to a held-out system, burgers1d — new field, new resolution, 1D (lifted onto the 2D tokenizer) —
+beside the same budget from scratch. Sized for well under a minute on 2 cores (16 tokens per
+frame)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def stage_finetune(ctx) -> dict[str, Any]:
     if "ar_run" not in ctx.state:
         raise RuntimeError("quickstart: the fine-tune stage needs ar_run from the pretrain stage")
     system, sizes = HELD_OUT
-    data = simulate_dataset(system, ctx.out / "data" / system, seed=ctx.seed, overwrite=True, **sizes)
+    data = simulate_dataset(
+        system, ctx.out / "data" / system, seed=ctx.seed, overwrite=True, **sizes
+    )
     cfg = load_finetune_config(
         "configs/finetune/tiny.yaml",
         [
@@ -40,7 +43,12 @@ def stage_finetune(ctx) -> dict[str, Any]:
 
     m = json.loads((out / "metrics.json").read_text())
     rel = out.relative_to(ctx.out)
-    ctx.figures.append((f"Fine-tune on held-out {system}: VRMSE vs rollout step", str(rel / "vrmse_vs_horizon.png")))
+    ctx.figures.append(
+        (
+            f"Fine-tune on held-out {system}: VRMSE vs rollout step",
+            str(rel / "vrmse_vs_horizon.png"),
+        )
+    )
     result = {"held_out": system, "steps": m["steps"]}
     for method, per in m["overall"].items():
         for h, v in per.items():

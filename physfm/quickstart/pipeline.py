@@ -1,9 +1,9 @@
 """The quickstart: the whole pipeline on built-in data, on a CPU, with a report.
 
 Each stage is a function ``stage(ctx) -> dict`` of metrics that reads and extends ``ctx.state``
-(paths to the data, shards, checkpoints made by earlier stages).  Stages run in order; each one's wall
-time, metrics and figures go into ``metrics.json`` and ``report.md`` in the run directory.  Capabilities
-add their stage to :data:`STAGES`.
+(paths to the data, shards, checkpoints made by earlier stages).  Stages run in order; each one's
+wall time, metrics and figures go into ``metrics.json`` and ``report.md`` in the run directory.
+Capabilities add their stage to :data:`STAGES`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Context:
 def stage_simulate(ctx: Context) -> dict:
     datasets = {}
     for system, sizes in QUICKSTART_SYSTEMS.items():
-        datasets[system] = str(simulate_dataset(system, ctx.out / "data" / system, seed=ctx.seed, **sizes))
+        datasets[system] = str(
+            simulate_dataset(system, ctx.out / "data" / system, seed=ctx.seed, **sizes)
+        )
     ctx.state["datasets"] = datasets
     return {"systems": list(datasets)}
 
@@ -61,7 +63,9 @@ def stage_validate(ctx: Context) -> dict:
 
 def stage_shard(ctx: Context) -> dict:
     out = ctx.out / "shards"
-    shard_datasets(list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True, workers=2)
+    shard_datasets(
+        list(ctx.state["datasets"].values()), out, WindowSpec(4, 1, 1), overwrite=True, workers=2
+    )
     ctx.state["shards"] = str(out)
     return {f"windows_{split}": info.n_samples for split, info in Manifest.load(out).splits.items()}
 
@@ -97,12 +101,16 @@ def run_quickstart(
     stages: list[str] | None = None,
     on_stage: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Run the stages (all, or the named ones in order) and write ``metrics.json`` + ``report.md``."""
+    """Run the stages (all, or the named ones in order) and write ``metrics.json`` +
+    ``report.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=out, seed=seed)
     chosen = [(n, f) for n, f in STAGES if stages is None or n in stages]
-    results: dict[str, Any] = {"stages": {}, "machine": f"{platform.platform()}, {platform.processor()}"}
+    results: dict[str, Any] = {
+        "stages": {},
+        "machine": f"{platform.platform()}, {platform.processor()}",
+    }
     total_start = time.perf_counter()
     for i, (name, fn) in enumerate(chosen):
         if on_stage:
@@ -137,5 +145,8 @@ def render_report(results: dict, ctx: Context) -> str:
         lines += ["", f"## {caption}", "", f"![{caption}]({path})"]
     for note in ctx.notes:
         lines += ["", note]
-    lines += ["", f"Look at this run in a browser: `{view_command(ctx.out)}` (then http://127.0.0.1:8765)."]
+    lines += [
+        "",
+        f"Look at this run in a browser: `{view_command(ctx.out)}` (then http://127.0.0.1:8765).",
+    ]
     return "\n".join(lines) + "\n"

@@ -1,11 +1,12 @@
-"""The quickstart's probe + steer stage (after pretrain): probe the quickstart model for Navier–Stokes viscosity,
-take the high-ν − low-ν direction at a middle layer, and roll out steered along it.
+"""The quickstart's probe + steer stage (after pretrain): probe the quickstart model for
+Navier–Stokes viscosity, take the high-ν − low-ν direction at a middle layer, and roll out steered
+along it.
 
-The quickstart simulates two ν values (1e-3, 1e-2), so the probe's R² is close to a two-class separation;
-``bench/steering.py`` is the measurement with ν swept over a decade. Sizes are set by time (≈ 30 s on 2
-cores for the tiny model's 16×16-token frames; a generated frame is 256 decode steps): 16 validation + test
-windows for the probe, 8 training windows per regime for the direction, 3 test contexts × 1 generated frame ×
-3 strengths (+ the unsteered reference) for the rollout.
+The quickstart simulates two ν values (1e-3, 1e-2), so the probe's R² is close to a two-class
+separation; ``bench/steering.py`` is the measurement with ν swept over a decade. Sizes are set by
+time (≈ 30 s on 2 cores for the tiny model's 16×16-token frames; a generated frame is 256 decode
+steps): 16 validation + test windows for the probe, 8 training windows per regime for the direction,
+3 test contexts × 1 generated frame × 3 strengths (+ the unsteered reference) for the rollout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CONTROL = f"dataset=='{SYSTEM}' and nu<0.005"  # the ν = 1e-3 regime (turbulent
 
 
 def stage_probe_steer(ctx) -> dict[str, Any]:
-    """Probe ν per layer, a steering direction at the middle layer, and a steered rollout with its dose–response."""
+    """Probe ν per layer, a steering direction at the middle layer, and a steered rollout with its
+    dose–response."""
     missing = [k for k in ("ar_run",) if k not in ctx.state] + (
         [] if ctx.state.get("tokens") or ctx.state.get("shards") else ["tokens"]
     )
@@ -51,7 +53,9 @@ def stage_probe_steer(ctx) -> dict[str, Any]:
     )
     layer = f"blocks.{model.config.n_layer // 2}.resid"
     direction = out / "nu_direction.safetensors"
-    compute_direction(run, data, FEATURE, CONTROL, [layer], direction, split="train", max_windows=8, seed=ctx.seed)
+    compute_direction(
+        run, data, FEATURE, CONTROL, [layer], direction, split="train", max_windows=8, seed=ctx.seed
+    )
     steered = steer_rollout(
         run,
         data,
@@ -66,12 +70,23 @@ def stage_probe_steer(ctx) -> dict[str, Any]:
     )
     rel = out.relative_to(ctx.out)
     ctx.figures.append(
-        (f"Probe of ν per layer ({SYSTEM}; held-out trajectories)", str(rel / "probe" / "r2_per_layer.png"))
+        (
+            f"Probe of ν per layer ({SYSTEM}; held-out trajectories)",
+            str(rel / "probe" / "r2_per_layer.png"),
+        )
     )
     ctx.figures.append(
-        (f"Steering along high-ν − low-ν at {layer}: dose–response", str(rel / "rollout" / "dose_response.png"))
+        (
+            f"Steering along high-ν − low-ν at {layer}: dose–response",
+            str(rel / "rollout" / "dose_response.png"),
+        )
     )
-    ctx.figures.append(("Steered rollouts: last generated frame per α", str(rel / "rollout" / "steered_frames.png")))
+    ctx.figures.append(
+        (
+            "Steered rollouts: last generated frame per α",
+            str(rel / "rollout" / "steered_frames.png"),
+        )
+    )
     ctx.notes.append(
         f"Probe + steer: best layer {probe['best_layer']} reads ν with held-out R² {probe['probe_r2']:.2f} "
         f"(code histogram {probe['probe_r2_code_histogram']:.2f}, embedding {probe['probe_r2_embedding']:.2f}); "

@@ -1,7 +1,8 @@
-"""The quickstart's training stages: the tiny tokenizer (train, evaluate, encode) and the tiny AR model.
+"""The quickstart's training stages: the tiny tokenizer (train, evaluate, encode) and the tiny AR
+model.
 
-Both are capped by wall-clock time as well as steps, so the whole quickstart stays within its budget on
-a slow or busy machine; the reports say how many steps each one reached.
+Both are capped by wall-clock time as well as steps, so the whole quickstart stays within its budget
+on a slow or busy machine; the reports say how many steps each one reached.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # works from any work
 
 TOKENIZER_SECONDS = 100  # tokenizer training budget
 PRETRAIN_SECONDS = 150  # AR pretraining budget
-# Conditional tokens (each frame coded given the previous one): the forecasting default bench/forecast.py
-# measured against plain tokens. The AR model's next-frame prediction comes with configs/model/tiny.yaml.
+# Conditional tokens (each frame coded given the previous one): the forecasting default
+# bench/forecast.py measured against plain tokens. The AR model's next-frame prediction comes with
+# configs/model/tiny.yaml.
 TOKENIZER_CONFIG = "tiny_conditional.yaml"
 
 
 def stage_tokenizer(ctx) -> dict[str, Any]:
-    """Train the tiny FSQ tokenizer on the quickstart shards, evaluate it, and encode token shards."""
+    """Train the tiny FSQ tokenizer on the quickstart shards, evaluate it, and encode token
+    shards."""
     cfg = load_config(
         TokenizerTrainConfig,
         CONFIGS / "tokenizer" / TOKENIZER_CONFIG,
@@ -43,24 +46,37 @@ def stage_tokenizer(ctx) -> dict[str, Any]:
     try:
         ckpt = train_tokenizer(cfg)
     finally:
-        torch.set_num_threads(threads)  # the tiny tokenizer trains single-threaded; later stages use all cores
-    # 4 batches of each dataset (the cap is per dataset), so the headline vrmse_max covers every system.
+        # the tiny tokenizer trains single-threaded; later stages use all cores
+        torch.set_num_threads(threads)
+    # 4 batches of each dataset (the cap is per dataset), so the headline vrmse_max covers every
+    # system.
     metrics = evaluate_tokenizer(
-        ckpt, ctx.state["shards"], ctx.out / "tokenizer-eval", split="valid", max_batches=4, n_plots=1
+        ckpt,
+        ctx.state["shards"],
+        ctx.out / "tokenizer-eval",
+        split="valid",
+        max_batches=4,
+        n_plots=1,
     )
     tokens = encode_shards(ckpt, ctx.state["shards"], ctx.out / "tokens")
     ctx.state.update(tokenizer=str(ckpt), tokens=str(tokens))
     for png in sorted((ctx.out / "tokenizer-eval").glob("*.png"))[:2]:
         ctx.figures.append(
-            (f"Tokenizer reconstruction ({png.stem}): original | reconstruction | error", str(png.relative_to(ctx.out)))
+            (
+                f"Tokenizer reconstruction ({png.stem}): original | reconstruction | error",
+                str(png.relative_to(ctx.out)),
+            )
         )
     summary = {"checkpoint": str(ckpt.relative_to(ctx.out))}
     overall = metrics.get("overall", {})
     for key in ("vrmse_max", "baseline_vrmse_max", "code_usage", "perplexity"):
         if key in overall:
             summary[key] = round(float(overall[key]), 4)
-    for name, entry in metrics["datasets"].items():  # each system's own worst field beside the headline
-        summary[f"vrmse_max_{name}"] = round(max(field["vrmse"] for field in entry["fields"].values()), 4)
+    # each system's own worst field beside the headline
+    for name, entry in metrics["datasets"].items():
+        summary[f"vrmse_max_{name}"] = round(
+            max(field["vrmse"] for field in entry["fields"].values()), 4
+        )
     return summary
 
 

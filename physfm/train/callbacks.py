@@ -20,19 +20,32 @@ from physfm.train.module import STOP_SIGNALS, stop_exit_code
 class ThroughputMonitor(L.Callback):
     """Logs tokens/s, achieved TFLOP/s and MFU every ``every`` optimiser steps (rank 0).
 
-    Tokens are counted from the batches trained on (``pl_module.batch_tokens``), not from the config: the
-    model positions tokens by each batch's own grid, so a token set whose grid differs from
-    ``model.grid_shape`` (or a mix of grids) trains fine, and only its real tokens may count.  FLOPs per
-    token follow each batch's sequence length (the attention term).  Rank 0's count is scaled by ``world``
-    (the ranks read same-sized batches; an all-reduce here would add a collective to every step)."""
+    Tokens are counted from the batches trained on (``pl_module.batch_tokens``), not from the
+    config: the model positions tokens by each batch's own grid, so a token set whose grid differs
+    from ``model.grid_shape`` (or a mix of grids) trains fine, and only its real tokens may count.
+    FLOPs per token follow each batch's sequence length (the attention term).  Rank 0's count is
+    scaled by ``world`` (the ranks read same-sized batches; an all-reduce here would add a
+    collective to every step)."""
 
-    def __init__(self, flops_per_token: Callable[[int], float], peak_flops: float, world: int = 1, every: int = 10):
-        self.flops_per_token, self.peak_flops, self.world, self.every = flops_per_token, peak_flops, world, every
+    def __init__(
+        self,
+        flops_per_token: Callable[[int], float],
+        peak_flops: float,
+        world: int = 1,
+        every: int = 10,
+    ):
+        self.flops_per_token, self.peak_flops, self.world, self.every = (
+            flops_per_token,
+            peak_flops,
+            world,
+            every,
+        )
         self._t0: float | None = None
         self._step0 = 0
         self._tokens = 0.0
         self._flops = 0.0
-        self.tokens_trained = 0  # every batch of this process's run segment, the first step's included
+        # every batch of this process's run segment, the first step's included
+        self.tokens_trained = 0
         self.last: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -56,7 +69,9 @@ class ThroughputMonitor(L.Callback):
             self._t0, self._step0, self._tokens, self._flops = time.perf_counter(), step, 0.0, 0.0
 
 
-def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5
+) -> float:
     """Achievable matmul FLOP/s on this CPU (the MFU denominator when no peak is configured)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
@@ -68,17 +83,18 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, secon
 
 
 class StopOnSignal(L.Callback):
-    """Stop cleanly after the current optimiser step on SIGUSR1, SIGTERM or SIGINT; the checkpoint callback
-    then saves the final step at train end, into the directory a resume searches, and the run raises
-    :class:`physfm.train.module.TrainingStopped` with the signal's exit code (:func:`stop_exit_code`).
-    A second SIGINT aborts at once (exit 130, no checkpoint): Ctrl-C twice is how a user says "now".
+    """Stop cleanly after the current optimiser step on SIGUSR1, SIGTERM or SIGINT; the checkpoint
+    callback then saves the final step at train end, into the directory a resume searches, and the
+    run raises :class:`physfm.train.module.TrainingStopped` with the signal's exit code
+    (:func:`stop_exit_code`). A second SIGINT aborts at once (exit 130, no checkpoint): Ctrl-C twice
+    is how a user says "now".
 
-    The handlers only set a flag.  Saving from inside a handler (Lightning's SLURM auto-requeue does) can
-    run collectives while other ranks are mid-step, and writes ``hpc_ckpt_*.ckpt`` where our resume does
-    not look.  Lightning's own SIGTERM handler is replaced too: it ends the run at the next batch with a
-    ``SystemExit`` of code 0 and no checkpoint, so a preempted job looked successful.  Ranks agree on the
-    flag with a max all-reduce at each optimiser-step boundary, so all stop after the same step even if
-    only some received the signal.
+    The handlers only set a flag.  Saving from inside a handler (Lightning's SLURM auto-requeue
+    does) can run collectives while other ranks are mid-step, and writes ``hpc_ckpt_*.ckpt`` where
+    our resume does not look.  Lightning's own SIGTERM handler is replaced too: it ends the run at
+    the next batch with a ``SystemExit`` of code 0 and no checkpoint, so a preempted job looked
+    successful.  Ranks agree on the flag with a max all-reduce at each optimiser-step boundary, so
+    all stop after the same step even if only some received the signal.
     """
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
@@ -104,21 +120,25 @@ class StopOnSignal(L.Callback):
         if signum == signal.SIGINT:
             self._interrupts += 1
         if self._interrupts >= 2:
-            # The user pressed Ctrl-C twice: leave now.  os._exit skips Lightning's KeyboardInterrupt path
-            # (it exits 1 after a teardown that can block on loader workers); checkpoints are written
-            # atomically, so one cut off here leaves the previous one intact.
+            # The user pressed Ctrl-C twice: leave now.  os._exit skips Lightning's
+            # KeyboardInterrupt path (it exits 1 after a teardown that can block on loader workers);
+            # checkpoints are written atomically, so one cut off here leaves the previous one
+            # intact.
             sys.stderr.write("physfm: second interrupt: aborting at once, no checkpoint saved\n")
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(stop_exit_code(signal.SIGINT))
         if signum == signal.SIGINT:
-            sys.stderr.write("physfm: interrupt received: saving a checkpoint after this step (Ctrl-C again aborts)\n")
+            sys.stderr.write(
+                "physfm: interrupt received: saving a checkpoint after this step (Ctrl-C again aborts)\n"
+            )
             sys.stderr.flush()
         if self.signum is None:
             self.signum = signum
 
     def _install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
+        # Python allows handlers only there
+        if threading.current_thread() is not threading.main_thread():
             return
         self._pid = os.getpid()
         for signum in self.signals:
@@ -129,14 +149,15 @@ class StopOnSignal(L.Callback):
         self._install()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning registers its own SIGTERM handler after the setup hooks (and restores ours at its
-        # teardown): take the signals back before the first step.
+        # Lightning registers its own SIGTERM handler after the setup hooks (and restores ours at
+        # its teardown): take the signals back before the first step.
         self._install()
         self._checked_step = trainer.global_step
 
     def restore(self) -> None:
         """Put back the handlers found at setup (idempotent).  The caller of ``fit`` calls it in a
-        ``finally``: after an exception Lightning's teardown re-installs the handlers it found, ours."""
+        ``finally``: after an exception Lightning's teardown re-installs the handlers it found,
+        ours."""
         if threading.current_thread() is threading.main_thread():
             for signum, previous in self._previous.items():
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
@@ -149,7 +170,8 @@ class StopOnSignal(L.Callback):
         if trainer.global_step == self._checked_step:
             return  # mid gradient accumulation: a checkpoint here could not be resumed exactly
         self._checked_step = trainer.global_step
-        # Which signal, not only whether: ranks that got different ones still agree on one exit code.
+        # Which signal, not only whether: ranks that got different ones still agree on one exit
+        # code.
         code = float(self.signals.index(self.signum) + 1) if self.signum is not None else 0.0
         flag = torch.tensor([code], device=pl_module.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -167,17 +189,19 @@ class StopOnSignal(L.Callback):
 
 
 def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Callback:
-    """Save every ``every_n_steps`` optimiser steps (and at the last step), keep the newest ``keep_last``.
+    """Save every ``every_n_steps`` optimiser steps (and at the last step), keep the newest
+    ``keep_last``.
 
-    Lightning's own top-k needs a monitored metric and then defers the last step's save to a validation
-    run that may never come; here the step is the order, and pruning leaves only complete checkpoints.
+    Lightning's own top-k needs a monitored metric and then defers the last step's save to a
+    validation run that may never come; here the step is the order, and pruning leaves only complete
+    checkpoints.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class KeepLast(ModelCheckpoint):
         def file_exists(self, filepath, trainer) -> bool:
-            # A half-written file under this name (a crashed non-atomic copy; ours are atomic) is replaced,
-            # not dodged with a "-v1" twin while the broken one stays beside it.
+            # A half-written file under this name (a crashed non-atomic copy; ours are atomic) is
+            # replaced, not dodged with a "-v1" twin while the broken one stays beside it.
             local = trainer.is_global_zero and self._fs.exists(filepath) and is_complete(filepath)
             return trainer.strategy.reduce_boolean_decision(local, all=False)
 
@@ -189,7 +213,10 @@ def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Call
         def on_train_end(self, trainer, pl_module) -> None:
             if trainer.global_step and not self._should_skip_saving_checkpoint(trainer):
                 self._save_checkpoint(
-                    trainer, self._get_metric_interpolated_filepath_name(self._monitor_candidates(trainer), trainer)
+                    trainer,
+                    self._get_metric_interpolated_filepath_name(
+                        self._monitor_candidates(trainer), trainer
+                    ),
                 )
                 self._last_global_step_saved = trainer.global_step
 

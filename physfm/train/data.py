@@ -1,4 +1,5 @@
-"""What a run trains on: the shard manifests read into a window layout, and the loaders over them."""
+"""What a run trains on: the shard manifests read into a window layout, and the loaders over
+them."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ FIELD_BUFFER_BYTES = 128 * 2**20
 
 
 def token_layout(manifest: Manifest) -> TokenLayout:
-    """The token layout of each window of a token shard set: the one its tokenizer recorded, or for sets
-    encoded before the manifest carried it, the one the tokenizer arithmetic gives for its window."""
+    """The token layout of each window of a token shard set: the one its tokenizer recorded, or for
+    sets encoded before the manifest carried it, the one the tokenizer arithmetic gives for its
+    window."""
     tokenizer = manifest.tokenizer
     compression = tokenizer.temporal_compression if tokenizer is not None else 1
     layout = manifest.token_layout or window_token_layout(manifest.window, compression)
@@ -35,8 +37,8 @@ def token_layout(manifest: Manifest) -> TokenLayout:
 
 
 def token_tokenizer(cfg: PretrainConfig, manifest: Manifest) -> str:
-    """The tokenizer checkpoint of a run on these tokens: the one the token manifest names; a ``tokenizer=``
-    given as well must be that tokenizer (same fingerprint)."""
+    """The tokenizer checkpoint of a run on these tokens: the one the token manifest names; a
+    ``tokenizer=`` given as well must be that tokenizer (same fingerprint)."""
     recorded = manifest.tokenizer.checkpoint if manifest.tokenizer is not None else None
     if not cfg.tokenizer:
         return recorded or ""
@@ -66,7 +68,8 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         conditional = conditional or manifest.tokenizer.conditional
         levels = manifest.tokenizer.levels
         if levels and math.prod(levels) == cfg.model.vocab_size:
-            # The tokenizer's code structure is the truth: set here, so run.json records it for loading.
+            # The tokenizer's code structure is the truth: set here, so run.json records it for
+            # loading.
             cfg.model.fsq_levels = [int(n) for n in levels]
         layout = token_layout(manifest)
         layouts.add((layout.n_context_frames, layout.n_frames))
@@ -74,23 +77,28 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
     if len(fingerprints) > 1:
         raise ConfigError("data.tokens: the token shard sets were made by different tokenizers")
     if len(layouts) > 1:
-        raise ConfigError(f"data.tokens: token shard sets have different window layouts {sorted(layouts)}")
+        raise ConfigError(
+            f"data.tokens: token shard sets have different window layouts {sorted(layouts)}"
+        )
     n_context, n_total = layouts.pop()
     if n_total > cfg.model.max_frames:
-        raise ConfigError(f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame token windows")
+        raise ConfigError(
+            f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame token windows"
+        )
     return {
         "dataset_names": sorted(names),
         "n_context": n_context,
         "n_frames": n_total,
         "tokenizer": token_tokenizer(cfg, manifests[0]),
         "tokenizer_fingerprint": fingerprints.pop(),
-        "conditional_tokens": conditional,  # one tokenizer (one fingerprint), so one answer for every set
+        # one tokenizer (one fingerprint), so one answer for every set
+        "conditional_tokens": conditional,
     }
 
 
 class TokenDataModule:
-    """Builds the train/validation loaders over token shards (``data.tokens``); the train stream skips the
-    batches already consumed on resume."""
+    """Builds the train/validation loaders over token shards (``data.tokens``); the train stream
+    skips the batches already consumed on resume."""
 
     keys: tuple[str, ...] = ("tokens",)  # sample members each batch carries
 
@@ -136,7 +144,8 @@ class TokenDataModule:
 
 
 def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
-    """Read the field-shard manifests and the tokenizer: datasets, latent window layout, latent size."""
+    """Read the field-shard manifests and the tokenizer: datasets, latent window layout, latent
+    size."""
     meta = read_checkpoint_meta(cfg.tokenizer)
     if meta["model"].get("conditional"):
         raise ConfigError(
@@ -185,10 +194,14 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
             )
         layouts.add((layout.n_context_frames, layout.n_frames))
     if len(layouts) > 1:
-        raise ConfigError(f"data.shards: shard sets have different window layouts {sorted(layouts)}")
+        raise ConfigError(
+            f"data.shards: shard sets have different window layouts {sorted(layouts)}"
+        )
     n_context, n_total = layouts.pop()
     if n_total > cfg.model.max_frames:
-        raise ConfigError(f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame latent windows")
+        raise ConfigError(
+            f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame latent windows"
+        )
     return {
         "dataset_names": sorted(names),
         "n_context": n_context,
@@ -200,8 +213,8 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 class FieldDataModule(TokenDataModule):
-    """Loaders over field shards (``data.shards``: input and output frames in physical units; the tokenizer
-    z-scores them)."""
+    """Loaders over field shards (``data.shards``: input and output frames in physical units; the
+    tokenizer z-scores them)."""
 
     keys = ("input", "output")
 
@@ -211,8 +224,8 @@ class FieldDataModule(TokenDataModule):
 
     @property
     def shuffle_buffer(self) -> int:
-        """``data.shuffle_buffer`` capped at FIELD_BUFFER_BYTES of windows per stream: a 64² window of 5
-        frames and 3 fields is 245 KB, 2,048 of them half a GB per dataset and worker."""
+        """``data.shuffle_buffer`` capped at FIELD_BUFFER_BYTES of windows per stream: a 64² window
+        of 5 frames and 3 fields is 245 KB, 2,048 of them half a GB per dataset and worker."""
         window_bytes = max(self._window_bytes(), 1)
         return max(1, min(self.cfg.data.shuffle_buffer, FIELD_BUFFER_BYTES // window_bytes))
 

@@ -1,9 +1,9 @@
 """``CPUDeepSpeedStrategy``: Lightning's DeepSpeed strategy, made to run on a CPU (gloo) as well.
 
-This module imports Lightning at the top; :mod:`physfm.train.strategies` (the config side) does not import
-it, so reading a config (``physfm evaluate``, ``physfm estimate``) never pays Lightning's import time. Only
-:mod:`physfm.train.launch`, which builds a Trainer's strategy, imports this class. DeepSpeed itself is
-imported inside the methods: it picks its accelerator once, at first import, and
+This module imports Lightning at the top; :mod:`physfm.train.strategies` (the config side) does not
+import it, so reading a config (``physfm evaluate``, ``physfm estimate``) never pays Lightning's
+import time. Only :mod:`physfm.train.launch`, which builds a Trainer's strategy, imports this class.
+DeepSpeed itself is imported inside the methods: it picks its accelerator once, at first import, and
 :func:`physfm.train.launch.build_trainer_kwargs` sets ``DS_ACCELERATOR=cpu`` before that happens.
 """
 
@@ -30,16 +30,17 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 
     Overrides, each because the parent assumes CUDA:
     - ``setup_environment``: the parent refuses any non-CUDA accelerator outright.
-    - ``setup_distributed``: the parent checks device indices equal local ranks; CPU devices have none.
+    - ``setup_distributed``: the parent checks device indices equal local ranks; CPU devices have
+      none.
     - ``_device_rank`` in ``deepspeed.initialize``: the parent passes ``root_device.index`` (None on
       CPU, which DeepSpeed cannot compare with 0); DeepSpeed needs ``local_rank`` to take the
       distributed world size.
     On CUDA all three defer to the parent, so GPU runs are stock Lightning.  Also, on any device:
-    - ``save_checkpoint``: shards go to ``PATH.tmp``, then a ``COMPLETE`` marker, then a rename, so a
-      crash mid-save never leaves a directory that looks whole;
-    - ``load_checkpoint``: every shard is vetted with ``weights_only=True`` first (DeepSpeed unpickles
-      freely); outside fit, ZeRO-3 shards are merged to full weights because DeepSpeed cannot load
-      them into an optimizer-less engine (deepspeed#7272).
+    - ``save_checkpoint``: shards go to ``PATH.tmp``, then a ``COMPLETE`` marker, then a rename, so
+      a crash mid-save never leaves a directory that looks whole;
+    - ``load_checkpoint``: every shard is vetted with ``weights_only=True`` first (DeepSpeed
+      unpickles freely); outside fit, ZeRO-3 shards are merged to full weights because DeepSpeed
+      cannot load them into an optimizer-less engine (deepspeed#7272).
     """
 
     strategy_name = "deepspeed_cpu"
@@ -98,7 +99,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             if key in self.config:
                 inference_config[key] = self.config[key]
         if self.zero_stage_3:
-            inference_config["zero_allow_untested_optimizer"] = self.config["zero_allow_untested_optimizer"]
+            inference_config["zero_allow_untested_optimizer"] = self.config[
+                "zero_allow_untested_optimizer"
+            ]
             inference_config["zero_optimization"] = self.config["zero_optimization"]
         remove_module_hooks(model)
         self.model, _, _, _ = deepspeed.initialize(
@@ -121,7 +124,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier("deepspeed_save_written")  # every rank's shards are on disk
         if self.is_global_zero:
-            ckpt_io.write_complete_marker(staging, step=checkpoint.get("global_step"), world_size=self.world_size)
+            ckpt_io.write_complete_marker(
+                staging, step=checkpoint.get("global_step"), world_size=self.world_size
+            )
             publish_dir(staging, final)
             size = sum(p.stat().st_size for p in Path(final).rglob("*") if p.is_file())
             print(
@@ -131,12 +136,17 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             )
         self.barrier("deepspeed_save_published")
 
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, checkpoint_path: Any, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # DeepSpeed itself unpickles with weights_only=False; refuse code-carrying files first.
         ckpt_io.assert_checkpoint_safe(checkpoint_path)
         fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
         self._merged_zero3 = (
-            self.zero_stage_3 and not fitting and not self.load_full_weights and os.path.isdir(checkpoint_path)
+            self.zero_stage_3
+            and not fitting
+            and not self.load_full_weights
+            and os.path.isdir(checkpoint_path)
         )
         if not self._merged_zero3:
             start = time.perf_counter()
@@ -147,10 +157,15 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
                     flush=True,
                 )
             return loaded
-        # validate/test/predict: DeepSpeed cannot restore ZeRO-3 shards into an engine built without an
-        # optimizer (deepspeed#7272, also on GPU).  Merge the shards into full weights on rank 0 and let
-        # load_model_state_dict copy them in layer by layer (the parent's full-weights path).
-        state = ckpt_io.consolidate_state_dict(checkpoint_path, require_complete=False) if self.is_global_zero else {}
+        # validate/test/predict: DeepSpeed cannot restore ZeRO-3 shards into an engine built without
+        # an optimizer (deepspeed#7272, also on GPU).  Merge the shards into full weights on rank 0
+        # and let load_model_state_dict copy them in layer by layer (the parent's full-weights
+        # path).
+        state = (
+            ckpt_io.consolidate_state_dict(checkpoint_path, require_complete=False)
+            if self.is_global_zero
+            else {}
+        )
         return {**ckpt_io.deepspeed_client_state(checkpoint_path), "state_dict": state}
 
     def load_model_state_dict(self, checkpoint: Any, strict: bool = True) -> None:

@@ -1,18 +1,21 @@
-"""Training the diffusion variant (``model.kind=diffusion``) with the AR model's loop, strategies and checkpoints.
+"""Training the diffusion variant (``model.kind=diffusion``) with the AR model's loop, strategies
+and checkpoints.
 
-``physfm pretrain`` dispatches here for the data description, the LightningModule, the loaders and the
-run.json entry; everything else (Trainer, ddp/DeepSpeed, precision, the non-finite guard, RNG in
+``physfm pretrain`` dispatches here for the data description, the LightningModule, the loaders and
+the run.json entry; everything else (Trainer, ddp/DeepSpeed, precision, the non-finite guard, RNG in
 checkpoints, throughput, signal-driven stop, resume) is the AR path unchanged.
 
-Data: field shards (``data.shards``), encoded on the fly by the frozen tokenizer (``tokenizer``) into
-continuous latents (``physfm/models/latents.py``). Chosen over pre-encoded latent shards because
-- the tiny tokenizer's encoder costs a small fraction of the transformer's forward + backward (a conv
-  net on the same grid, no backward), so a second copy of the data would buy little;
-- no new on-disk format and no stale-latent risk: a run can only ever see latents of the tokenizer it
-  names (its fingerprint goes into run.json, as for token shards);
+Data: field shards (``data.shards``), encoded on the fly by the frozen tokenizer (``tokenizer``)
+into continuous latents (``physfm/models/latents.py``). Chosen over pre-encoded latent shards
+because
+- the tiny tokenizer's encoder costs a small fraction of the transformer's forward + backward (a
+  conv net on the same grid, no backward), so a second copy of the data would buy little;
+- no new on-disk format and no stale-latent risk: a run can only ever see latents of the tokenizer
+  it names (its fingerprint goes into run.json, as for token shards);
 - the latents of a window are computed from that window's own frames, exactly as at rollout.
 The tokenizer is kept *out* of the module tree: it is not trained, not in the checkpoints, and not
-sharded or cast to bf16 by DeepSpeed; it runs in fp32 with autocast off (FSQ's bound is not bf16-exact).
+sharded or cast to bf16 by DeepSpeed; it runs in fp32 with autocast off (FSQ's bound is not
+bf16-exact).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from tokenizer.model import token_frames
 
 
 class DiffusionModule(ARModule):
-    """The flow-matching transformer under Lightning: the AR module's optimiser, schedule, guard and RNG
-    checkpointing, with the loss computed on latents the frozen tokenizer makes from each field batch."""
+    """The flow-matching transformer under Lightning: the AR module's optimiser, schedule, guard and
+    RNG checkpointing, with the loss computed on latents the frozen tokenizer makes from each field
+    batch."""
 
     def __init__(
         self,
@@ -47,9 +51,12 @@ class DiffusionModule(ARModule):
         diffusion: DiffusionConfig | None = None,
         tokenizer: str = "",
     ):
-        # Typed for build_model, which ARModule.__init__ calls; the hparams get a plain copy, as for the model.
+        # Typed for build_model, which ARModule.__init__ calls; the hparams get a plain copy, as for
+        # the model.
         object.__setattr__(self, "diffusion_config", diffusion or DiffusionConfig())
-        super().__init__(model, optim, dataset_names, n_context_frames, max_steps, nonfinite_loss, strategy)
+        super().__init__(
+            model, optim, dataset_names, n_context_frames, max_steps, nonfinite_loss, strategy
+        )
         self.hparams["diffusion"] = dataclasses.asdict(self.diffusion_config)
 
         tok = load_tokenizer(tokenizer).eval().requires_grad_(False)
@@ -60,7 +67,8 @@ class DiffusionModule(ARModule):
 
     @torch.no_grad()
     def latents(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Field batch → (context latents [B, F_ctx, *grid, D], target latents [B, F_tgt, *grid, D])."""
+        """Field batch → (context latents [B, F_ctx, *grid, D], target latents [B, F_tgt, *grid,
+        D])."""
         tok, name = self.tokenizer, batch["dataset"]
         if tok.to_code.weight.device != self.device:
             tok.to(self.device)
@@ -70,7 +78,8 @@ class DiffusionModule(ARModule):
         return z[:, : self.n_context_frames], z[:, self.n_context_frames :]
 
     def batch_tokens(self, batch: dict[str, Any]) -> tuple[int, int]:
-        """As :meth:`ARModule.batch_tokens`, for the latent grid the tokenizer makes of this field batch."""
+        """As :meth:`ARModule.batch_tokens`, for the latent grid the tokenizer makes of this field
+        batch."""
         fields = batch["input"]  # [B, T_in, C, *space]; the output frames follow in time
         n_fields = fields.shape[1] + batch["output"].shape[1]
         cfg = self.tokenizer.cfg
@@ -85,9 +94,11 @@ class DiffusionModule(ARModule):
         return self.model.loss(context, target, ids, generator=generator)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        # Fixed noise and times per validation batch: checks are comparable, and the global RNG (which
-        # the checkpoints carry for exact resume) is untouched.
+        # Fixed noise and times per validation batch: checks are comparable, and the global RNG
+        # (which the checkpoints carry for exact resume) is untouched.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         loss = self.loss(batch, generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input"].shape[0])
+        self.log(
+            "val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input"].shape[0]
+        )
         return loss

@@ -1,10 +1,10 @@
 """Process-level helpers for multi-process runs: a clean worker exit, rank-zero guards, a free port.
 
-Why ``clean_exit`` exists: on these machines 10–30% of multi-process gloo runs abort *after* the work
-finished (``terminate called without an active exception`` → SIGABRT), because gloo's background thread
-races interpreter shutdown.  Tearing the process group down, flushing, then ``os._exit`` skips the racy
-interpreter teardown (0 aborts in 50 runs).  Call it at the end of every worker entry point, never in a
-process that must keep running (pytest, a notebook).
+Why ``clean_exit`` exists: on these machines 10–30% of multi-process gloo runs abort *after* the
+work finished (``terminate called without an active exception`` → SIGABRT), because gloo's
+background thread races interpreter shutdown.  Tearing the process group down, flushing, then
+``os._exit`` skips the racy interpreter teardown (0 aborts in 50 runs).  Call it at the end of every
+worker entry point, never in a process that must keep running (pytest, a notebook).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def world_size() -> int:
-    """Processes in the job: the initialised process group's size, else the launcher's ``WORLD_SIZE``."""
+    """Processes in the job: the initialised process group's size, else the launcher's
+    ``WORLD_SIZE``."""
     try:
         import torch.distributed as dist
 
@@ -34,7 +35,8 @@ def world_size() -> int:
 
 
 def global_rank() -> int:
-    """This process's rank: the process group's, else the one a launcher (torchrun, SLURM) exported."""
+    """This process's rank: the process group's, else the one a launcher (torchrun, SLURM)
+    exported."""
     try:
         import torch.distributed as dist
 
@@ -81,7 +83,8 @@ LAUNCHER_NAMES = (
 
 def launch_id() -> str:
     """The same string on every rank of one launch, different for the next launch (a requeue, a new
-    torchrun): for telling a handshake file of this launch from one an earlier launch left behind."""
+    torchrun): for telling a handshake file of this launch from one an earlier launch left
+    behind."""
     keys = (
         "SLURM_JOB_ID",
         "SLURM_STEP_ID",
@@ -98,7 +101,11 @@ def launch_id() -> str:
 def single_process_env() -> Iterator[None]:
     """Hide the launcher's variables while one rank does single-process work that builds its own
     Lightning Trainer (it would otherwise detect torchrun/Slurm and wait for the other ranks)."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith(LAUNCHER_PREFIXES) or k in LAUNCHER_NAMES}
+    saved = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(LAUNCHER_PREFIXES) or k in LAUNCHER_NAMES
+    }
     for key in saved:
         del os.environ[key]
     try:
@@ -117,7 +124,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _flush_all() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # closed or broken pipe: nothing left to save
+        # closed or broken pipe: nothing left to save
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)

@@ -1,17 +1,20 @@
-"""Per-GPU memory and throughput estimates for a model config on a cluster layout (``physfm estimate``).
+"""Per-GPU memory and throughput estimates for a model config on a cluster layout (``physfm
+estimate``).
 
-Model states follow mixed-precision Adam as DeepSpeed allocates it (ZeRO paper, Rajbhandari et al. 2020,
-plus the fp32 gradient partition DeepSpeed keeps for the optimizer step), in bytes per parameter::
+Model states follow mixed-precision Adam as DeepSpeed allocates it (ZeRO paper, Rajbhandari et al.
+2020, plus the fp32 gradient partition DeepSpeed keeps for the optimizer step), in bytes per
+parameter::
 
     bf16 params 2 | bf16 grads 2 | fp32 grad partition 4 | fp32 master params 4 | Adam m, v 8
 
-ZeRO-1 partitions the fp32 states over the N data-parallel GPUs, ZeRO-2 also the gradients, ZeRO-3 also
-the bf16 params (each GPU then gathers one layer at a time: 4 bytes/param of the largest layer, params +
-grads, as DeepSpeed's estimators assume). ZeRO-3 keeps its gradient partition in the accumulation dtype:
-fp32 (``"data_types": {"grad_accum_dtype": "fp32"}``, the numerically safe choice with bf16) is counted, so
-the bf16 gradient term is not (with bf16 accumulation it is 2 bytes/param plus an fp32 copy of one optimiser
-sub-group at step time). CPU offload moves the fp32 states (and, for ZeRO-3, the params) to host memory.
-These figures match ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``
+ZeRO-1 partitions the fp32 states over the N data-parallel GPUs, ZeRO-2 also the gradients, ZeRO-3
+also the bf16 params (each GPU then gathers one layer at a time: 4 bytes/param of the largest layer,
+params + grads, as DeepSpeed's estimators assume). ZeRO-3 keeps its gradient partition in the
+accumulation dtype: fp32 (``"data_types": {"grad_accum_dtype": "fp32"}``, the numerically safe
+choice with bf16) is counted, so the bf16 gradient term is not (with bf16 accumulation it is 2
+bytes/param plus an fp32 copy of one optimiser sub-group at step time). CPU offload moves the fp32
+states (and, for ZeRO-3, the params) to host memory. These figures match
+``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``
 (tests/test_estimate.py).
 
 Communication buckets (``buffers``) are sized from the stock configs/deepspeed/zero*.json (see
@@ -19,26 +22,29 @@ Communication buckets (``buffers``) are sized from the stock configs/deepspeed/z
 
 Activations count the tensors autograd keeps per token and layer under bf16 with flash attention (no
 L x L scores): 8 d + 4 kv + 4 ffn elements (norm inputs/outputs, q/k/v before and after rotary, the
-attention output, the four SwiGLU tensors); with per-block checkpointing only each block's input (d) plus
-one block's full set during its recompute. The logits add ~10 bytes per predicted token per vocabulary
-entry (bf16 logits, fp32 log-softmax kept for backward, fp32 gradient). Not counted: the CUDA context (~0.5-1 GiB) and allocator fragmentation, so leave ~10-20 % headroom.
+attention output, the four SwiGLU tensors); with per-block checkpointing only each block's input (d)
+plus one block's full set during its recompute. The logits add ~10 bytes per predicted token per
+vocabulary entry (bf16 logits, fp32 log-softmax kept for backward, fp32 gradient). Not counted: the
+CUDA context (~0.5-1 GiB) and allocator fragmentation, so leave ~10-20 % headroom.
 
 ``device="cpu"`` (``physfm estimate --device cpu [--dtype fp32|bf16]``) is training on CPUs, as this
-project's CPU machines do: the same terms with params, grads and activations in ``dtype`` (fp32 by default;
-bf16 for bf16-mixed), and host memory is the device's, so offloaded states count in each rank's figure (no 1.5x
-pinned-buffer factor: nothing is pinned on a CPU). What DeepSpeed 0.19 allocates there
-(runtime/zero/stage_1_and_2.py, stage3.py), counted so:
+project's CPU machines do: the same terms with params, grads and activations in ``dtype`` (fp32 by
+default; bf16 for bf16-mixed), and host memory is the device's, so offloaded states count in each
+rank's figure (no 1.5x pinned-buffer factor: nothing is pinned on a CPU). What DeepSpeed 0.19
+allocates there (runtime/zero/stage_1_and_2.py, stage3.py), counted so:
 
-* every stage keeps an fp32 master partition (4 bytes/param / N) beside Adam's (8 / N), even of fp32 params
-  (ZeRO-3's "already fp32 on this device" shortcut compares a torch.device with a string, so never applies);
-* ZeRO-1/2 flatten the gradient partition to fp32 at the step (4 / N); with the optimizer offloaded they also
-  keep a param-dtype copy-back buffer of the partition (``dtype`` / N);
-* ZeRO-3 holds gathered parameters up to stage3_max_live_parameters (at least the layer in use), and only
-  the layer in use's whole gradient;
-* ZeRO-3 flattens one sub-group's gradients to fp32 at the step, and torch's AdamW takes the square root of
-  one sub-group's second moment into a new tensor: ``step_scratch`` = 8 bytes x min(sub_group_size, P / N),
-  sub_group_size as configs/deepspeed/zero3*.json set it; torch's AdamW under ZeRO-1/2 makes the same
-  temporary of the whole partition (4 / N); DeepSpeedCPUAdam (offload) makes none.
+* every stage keeps an fp32 master partition (4 bytes/param / N) beside Adam's (8 / N), even of fp32
+  params (ZeRO-3's "already fp32 on this device" shortcut compares a torch.device with a string, so
+  never applies);
+* ZeRO-1/2 flatten the gradient partition to fp32 at the step (4 / N); with the optimizer offloaded
+  they also keep a param-dtype copy-back buffer of the partition (``dtype`` / N);
+* ZeRO-3 holds gathered parameters up to stage3_max_live_parameters (at least the layer in use), and
+  only the layer in use's whole gradient;
+* ZeRO-3 flattens one sub-group's gradients to fp32 at the step, and torch's AdamW takes the square
+  root of one sub-group's second moment into a new tensor: ``step_scratch`` = 8 bytes x
+  min(sub_group_size, P / N), sub_group_size as configs/deepspeed/zero3*.json set it; torch's AdamW
+  under ZeRO-1/2 makes the same temporary of the whole partition (4 / N); DeepSpeedCPUAdam (offload)
+  makes none.
 bench/scale.py measures these figures against the resident memory of real 2-rank runs.
 """
 
@@ -56,14 +62,16 @@ OFFLOAD_CPU_BUFFER = 1.5  # DeepSpeed's additional_buffer_factor for pinned host
 SUB_GROUP_SIZE = 100_000_000  # zero_optimization.sub_group_size of configs/deepspeed/zero3*.json
 MAX_LIVE_PARAMETERS = 100_000_000  # zero_optimization.stage3_max_live_parameters of the same files
 DEVICES = ("gpu", "cpu")
-DTYPE_BYTES = {"fp32": 4, "bf16": 2}  # params and grads on CPU (bf16: bf16-mixed, fp32 master weights)
+# params and grads on CPU (bf16: bf16-mixed, fp32 master weights)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 
 
 @dataclass
 class ParamCounts:
     total: int
     non_embedding: int  # without the input lookup tables (they cost no matmul FLOPs)
-    largest_layer: int  # most parameters owned directly by one module (ZeRO-3 gathers one at a time)
+    # most parameters owned directly by one module (ZeRO-3 gathers one at a time)
+    largest_layer: int
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
@@ -72,13 +80,16 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     wqkv, wo, ffn = d * (d + 2 * kv), d * d, d * f
     per_layer = wqkv + wo + 3 * ffn + 2 * d + (2 * hd if cfg.qk_norm else 0)
     if cfg.head == "digits":  # per-digit tables (+ per-id table) in, one softmax per digit out
-        digit_tables = [n * d for n in cfg.fsq_levels] + ([cfg.vocab_size * d] if cfg.id_embedding else [])
+        digit_tables = [n * d for n in cfg.fsq_levels] + (
+            [cfg.vocab_size * d] if cfg.id_embedding else []
+        )
         tables = [sum(digit_tables), cfg.n_datasets * d]
         lm_head, copy_gain = sum(cfg.fsq_levels) * d, len(cfg.fsq_levels)
     else:
         tables = [cfg.vocab_size * d, cfg.n_datasets * d]
         lm_head = cfg.vocab_size * d
-        copy_gain = 1 if cfg.prediction == "next_frame" else 0  # the learned logit of the input token
+        # the learned logit of the input token
+        copy_gain = 1 if cfg.prediction == "next_frame" else 0
     if cfg.n_cond_tokens > 1:
         tables.append(cfg.n_cond_params * cfg.n_param_buckets * d)
     non_embedding = cfg.n_layer * per_layer + d + lm_head + copy_gain
@@ -90,8 +101,11 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N + 12 n_layer d_attn L (as ``PhysicsTransformer.flops_per_token``)."""
-    return 6 * count_params(cfg).non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+    """Training FLOPs per token: 6 N + 12 n_layer d_attn L (as
+    ``PhysicsTransformer.flops_per_token``)."""
+    return (
+        6 * count_params(cfg).non_embedding + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+    )
 
 
 def activation_bytes(
@@ -124,8 +138,10 @@ class MemoryRow:
     optimizer: int
     activations: int
     activations_ckpt: int
-    cpu_per_node: int  # host memory for offloaded states, per node (x1.5 buffer as DeepSpeed assumes)
-    step_scratch: int = 0  # temporaries of the optimizer step (counted on CPU; see the module docstring)
+    # host memory for offloaded states, per node (x1.5 buffer as DeepSpeed assumes)
+    cpu_per_node: int
+    # temporaries of the optimizer step (counted on CPU; see the module docstring)
+    step_scratch: int = 0
     buffers: int = 0  # DeepSpeed's communication buckets, sized by configs/deepspeed/zero*.json
 
     @property
@@ -141,7 +157,9 @@ class MemoryRow:
         return self.model_states + self.step_scratch + self.buffers + self.activations_ckpt
 
 
-def model_state_bytes(n_params: int, largest_layer: int, n_gpus: int, stage: int, offload: str) -> tuple[int, int, int]:
+def model_state_bytes(
+    n_params: int, largest_layer: int, n_gpus: int, stage: int, offload: str
+) -> tuple[int, int, int]:
     """(params, grads, optimizer) bytes per GPU for one ZeRO stage and offload choice."""
     P, N = n_params, n_gpus
     fp32_states = BYTES_FP32_MASTER + BYTES_ADAM
@@ -150,12 +168,18 @@ def model_state_bytes(n_params: int, largest_layer: int, n_gpus: int, stage: int
         if offload == "none":
             bf16_grads = BYTES_BF16_GRAD * P if stage == 1 else BYTES_BF16_GRAD * P // N
             return params, bf16_grads + BYTES_FP32_GRAD * P // N, fp32_states * P // N
-        # Offloaded: gradient partitions stream to host buffers; ZeRO-1 still accumulates full bf16 grads.
+        # Offloaded: gradient partitions stream to host buffers; ZeRO-1 still accumulates full bf16
+        # grads.
         return params, (BYTES_BF16_GRAD * P if stage == 1 else 0), 0
     if stage == 3:
-        live = BYTES_BF16_PARAM * largest_layer, BYTES_BF16_GRAD * largest_layer  # the gathered layer
+        # the gathered layer
+        live = BYTES_BF16_PARAM * largest_layer, BYTES_BF16_GRAD * largest_layer
         if offload == "none":
-            return BYTES_BF16_PARAM * P // N + live[0], BYTES_FP32_GRAD * P // N + live[1], fp32_states * P // N
+            return (
+                BYTES_BF16_PARAM * P // N + live[0],
+                BYTES_FP32_GRAD * P // N + live[1],
+                fp32_states * P // N,
+            )
         if offload == "optimizer":
             return BYTES_BF16_PARAM * P // N + live[0], live[1], 0
         if offload == "optimizer+params":
@@ -173,21 +197,26 @@ def cpu_model_state_bytes(
     sub_group_size: int = SUB_GROUP_SIZE,
     max_live_parameters: int = MAX_LIVE_PARAMETERS,
 ) -> tuple[int, int, int, int]:
-    """(params, grads, optimizer, step scratch) bytes per rank training on CPUs, host memory included, with
-    params and grads of ``param_bytes`` (4: fp32, 2: bf16-mixed); see the module docstring."""
+    """(params, grads, optimizer, step scratch) bytes per rank training on CPUs, host memory
+    included, with params and grads of ``param_bytes`` (4: fp32, 2: bf16-mixed); see the module
+    docstring."""
     P, N, L, e = n_params, n_ranks, largest_layer, param_bytes
-    fp32_states = (BYTES_FP32_MASTER + BYTES_ADAM) * P // N  # DeepSpeed keeps the fp32 master copy even of fp32
+    # DeepSpeed keeps the fp32 master copy even of fp32
+    fp32_states = (BYTES_FP32_MASTER + BYTES_ADAM) * P // N
     fp32_partition = 4 * P // N
     if stage in (1, 2):
         full_grads = e * P if stage == 1 else 0  # ZeRO-1 keeps whole gradients until the step
-        if offload == "none":  # the partition, then its flat fp32 copy at the step; torch AdamW's sqrt temporary
+        # the partition, then its flat fp32 copy at the step; torch AdamW's sqrt temporary
+        if offload == "none":
             return e * P, (full_grads or e * P // N) + fp32_partition, fp32_states, fp32_partition
         copy_back = e * P // N  # param-dtype buffer the updated partition is copied back through
         return e * P, full_grads + fp32_partition, fp32_states + copy_back, 0
     if stage == 3:
-        # Gathered params: at least the layer in use, up to stage3_max_live_parameters (its whole gradient, in grads)
+        # Gathered params: at least the layer in use, up to stage3_max_live_parameters (its whole
+        # gradient, in grads)
         gathered = e * max(L, min(P, max_live_parameters))
-        if offload == "none":  # one sub-group's gradients flattened to fp32 + AdamW's sqrt temporary of it
+        # one sub-group's gradients flattened to fp32 + AdamW's sqrt temporary of it
+        if offload == "none":
             scratch = 2 * 4 * min(sub_group_size, -(-P // N))
             return e * P // N + gathered, e * P // N + e * L, fp32_states, scratch
         if offload in ("optimizer", "optimizer+params"):  # DeepSpeedCPUAdam: no temporaries
@@ -196,10 +225,10 @@ def cpu_model_state_bytes(
 
 
 def bucket_bytes(stage: int, offload: str, element_bytes: int) -> int:
-    """Bytes of DeepSpeed's communication buckets per rank with the stock JSON of this stage and offload
-    (configs/deepspeed/zero*.json; DeepSpeed's defaults where it is silent). ZeRO-1/2: the contiguous
-    gradient bucket (two with overlap_comm, which alternate) and the parameter all-gather bucket; ZeRO-3:
-    the gradient reduce bucket and the parameter prefetch bucket."""
+    """Bytes of DeepSpeed's communication buckets per rank with the stock JSON of this stage and
+    offload (configs/deepspeed/zero*.json; DeepSpeed's defaults where it is silent). ZeRO-1/2: the
+    contiguous gradient bucket (two with overlap_comm, which alternate) and the parameter all-gather
+    bucket; ZeRO-3: the gradient reduce bucket and the parameter prefetch bucket."""
     strategy = StrategyConfig(
         name="deepspeed",
         zero_stage=stage,
@@ -211,7 +240,11 @@ def bucket_bytes(stage: int, offload: str, element_bytes: int) -> int:
     if stage == 3:
         elements = reduce + int(zero.get("stage3_prefetch_bucket_size", 50_000_000))
     else:
-        n_grad_buckets = (2 if zero.get("overlap_comm", False) else 1) if zero.get("contiguous_gradients", True) else 0
+        n_grad_buckets = (
+            (2 if zero.get("overlap_comm", False) else 1)
+            if zero.get("contiguous_gradients", True)
+            else 0
+        )
         elements = n_grad_buckets * reduce + int(zero.get("allgather_bucket_size", 500_000_000))
     return element_bytes * elements
 
@@ -248,7 +281,8 @@ class Estimate:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["rows"] = [
-            dict(asdict(r), model_states=r.model_states, total=r.total, total_ckpt=r.total_ckpt) for r in self.rows
+            dict(asdict(r), model_states=r.model_states, total=r.total, total_ckpt=r.total_ckpt)
+            for r in self.rows
         ]
         return out
 
@@ -267,10 +301,11 @@ def estimate(
 ) -> Estimate:
     """Memory per GPU for every ZeRO stage/offload choice and tokens/s at the stated MFU.
 
-    ``seq_len`` defaults to the config's window (conditioning + max_frames frames); ``predicted_frames``
-    (default: all) is how many frames carry the loss, which sets the size of the logits. ``device="cpu"``:
-    per rank (process) training on CPUs, host memory included (``gpus_per_node`` = ranks per node), with params
-    and grads in ``dtype`` ("fp32", or "bf16" for bf16-mixed; a GPU run is always bf16-mixed)."""
+    ``seq_len`` defaults to the config's window (conditioning + max_frames frames);
+    ``predicted_frames`` (default: all) is how many frames carry the loss, which sets the size of
+    the logits. ``device="cpu"``: per rank (process) training on CPUs, host memory included
+    (``gpus_per_node`` = ranks per node), with params and grads in ``dtype`` ("fp32", or "bf16" for
+    bf16-mixed; a GPU run is always bf16-mixed)."""
     if nodes < 1 or gpus_per_node < 1 or micro_batch < 1:
         raise InputError("nodes, gpus-per-node and micro-batch must be >= 1")
     if not 0 < mfu <= 1:
@@ -282,26 +317,51 @@ def estimate(
     seq_len = cfg.max_seq_len if seq_len is None else seq_len
     if seq_len < 1:
         raise InputError(f"seq-len must be >= 1, got {seq_len}")
-    predicted = seq_len if predicted_frames is None else min(seq_len, predicted_frames * cfg.tokens_per_frame)
+    predicted = (
+        seq_len
+        if predicted_frames is None
+        else min(seq_len, predicted_frames * cfg.tokens_per_frame)
+    )
     counts, n_gpus = count_params(cfg), nodes * gpus_per_node
     element = DTYPE_BYTES[dtype] if device == "cpu" else 2
-    act = activation_bytes(cfg, seq_len, micro_batch, predicted, checkpointing=False, element_bytes=element)
-    act_ckpt = activation_bytes(cfg, seq_len, micro_batch, predicted, checkpointing=True, element_bytes=element)
+    act = activation_bytes(
+        cfg, seq_len, micro_batch, predicted, checkpointing=False, element_bytes=element
+    )
+    act_ckpt = activation_bytes(
+        cfg, seq_len, micro_batch, predicted, checkpointing=True, element_bytes=element
+    )
     rows = []
     for stage, offload in LAYOUTS:
         buffers = bucket_bytes(stage, offload, element)
         if device == "cpu":
-            parts = cpu_model_state_bytes(counts.total, counts.largest_layer, n_gpus, stage, offload, element)
-            rows.append(MemoryRow(stage, offload, *parts[:3], act, act_ckpt, 0, step_scratch=parts[3], buffers=buffers))
+            parts = cpu_model_state_bytes(
+                counts.total, counts.largest_layer, n_gpus, stage, offload, element
+            )
+            rows.append(
+                MemoryRow(
+                    stage,
+                    offload,
+                    *parts[:3],
+                    act,
+                    act_ckpt,
+                    0,
+                    step_scratch=parts[3],
+                    buffers=buffers,
+                )
+            )
             continue
-        params, grads, optimizer = model_state_bytes(counts.total, counts.largest_layer, n_gpus, stage, offload)
+        params, grads, optimizer = model_state_bytes(
+            counts.total, counts.largest_layer, n_gpus, stage, offload
+        )
         host_bytes_per_param = {
             "none": 0,
             "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
             "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM + BYTES_BF16_PARAM,
         }[offload]
         cpu = int(host_bytes_per_param * counts.total / nodes * OFFLOAD_CPU_BUFFER)
-        rows.append(MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu, buffers=buffers))
+        rows.append(
+            MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu, buffers=buffers)
+        )
     fpt = flops_per_token(cfg, seq_len)
     per_gpu = mfu * peak_tflops * 1e12 / fpt
     return Estimate(
@@ -345,7 +405,11 @@ def format_table(est: Estimate, name: str = "model", gpu_mem_gib: float = 80.0) 
         + (f" fits {gpu_mem_gib:g} GiB" if cpu else f"{'CPU/node':>8}  fits {gpu_mem_gib:g} GiB"),
     ]
     for r in est.rows:
-        fits = "yes" if r.total <= gpu_mem_gib * GiB else ("with ckpt" if r.total_ckpt <= gpu_mem_gib * GiB else "no")
+        fits = (
+            "yes"
+            if r.total <= gpu_mem_gib * GiB
+            else ("with ckpt" if r.total_ckpt <= gpu_mem_gib * GiB else "no")
+        )
         lines.append(
             f"{r.stage:>4} {r.offload:<16} {r.params / GiB:7.2f} {r.grads / GiB:7.2f} {r.optimizer / GiB:7.2f} "
             + (f"{r.step_scratch / GiB:7.2f} " if cpu else "")

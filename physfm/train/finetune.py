@@ -1,22 +1,25 @@
-"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D or 2D).
+"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D
+or 2D).
 
 Steps, each skipped when an earlier segment of the same run already finished it (so a requeued or
 resumed run continues where it stopped, and the AR stage resumes bit for bit via ``resume: auto``):
 
-1. data: a raw The Well directory is validated and sharded into ``RUN/shards`` (``physfm/train/finetune_data.py``);
-2. tokenizer: datasets the pretrained tokenizer lacks get a new stem/head, trained with the shared trunk
-   and every known dataset frozen (``tokenizer.training``, ``init.freeze_*``) → ``RUN/tokenizer``;
-   the windows are encoded with it → ``RUN/tokens``;
-3. AR model: :func:`physfm.train.pretrain.run_pretrain` from the pretrained weights (same strategies: ddp,
-   DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode`` = full, freeze (all but
-   the last k blocks) or lora (``physfm/models/lora.py``);
+1. data: a raw The Well directory is validated and sharded into ``RUN/shards``
+   (``physfm/train/finetune_data.py``);
+2. tokenizer: datasets the pretrained tokenizer lacks get a new stem/head, trained with the shared
+   trunk and every known dataset frozen (``tokenizer.training``, ``init.freeze_*``) →
+   ``RUN/tokenizer``; the windows are encoded with it → ``RUN/tokens``;
+3. AR model: :func:`physfm.train.pretrain.run_pretrain` from the pretrained weights (same
+   strategies: ddp, DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode``
+   = full, freeze (all but the last k blocks) or lora (``physfm/models/lora.py``);
 4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
-   persistence and, with ``compare_scratch``, the same budget trained from random init → ``report.md``,
-   ``metrics.json``, ``vrmse_vs_horizon.png``.
+   persistence and, with ``compare_scratch``, the same budget trained from random init →
+   ``report.md``, ``metrics.json``, ``vrmse_vs_horizon.png``.
 
-In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone. No
-process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's handshake
-file ``RUN/.prepared.json`` (the run directory is on a filesystem every rank sees, as for checkpoints).
+In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone.
+No process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's
+handshake file ``RUN/.prepared.json`` (the run directory is on a filesystem every rank sees, as for
+checkpoints).
 """
 
 from __future__ import annotations
@@ -59,14 +62,16 @@ class FinetuneSection:
     init: str = ""  # the pretrained model: run directory, checkpoint or export (--ckpt)
     data: str = ""  # raw The Well dataset directory or field shard directory (--data)
     mode: Literal["full", "freeze", "lora"] = "full"
-    train_last_blocks: int = 1  # mode=freeze: blocks trained (plus final norm, output head, dataset embedding)
+    # mode=freeze: blocks trained (plus final norm, output head, dataset embedding)
+    train_last_blocks: int = 1
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     tokenizer_steps: int = 150  # new stem/head training steps (trunk frozen)
     tokenizer_lr: float = 3e-3
     tokenizer_batch_size: int = 8
-    lift: int = 0  # 1D data on a 2D tokenizer: cells of the added axis (0 = the tokenizer's spatial compression)
+    # 1D data on a 2D tokenizer: cells of the added axis (0 = the tokenizer's spatial compression)
+    lift: int = 0
     eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     eval_max_windows: int = 16  # test windows per dataset
     compare_scratch: bool = False  # also train the same budget from random init
@@ -77,12 +82,15 @@ class FinetuneSection:
         if self.lora_rank < 1:
             raise ConfigError(f"finetune.lora_rank: must be >= 1, got {self.lora_rank}")
         if not self.eval_horizons or min(self.eval_horizons) < 1:
-            raise ConfigError(f"finetune.eval_horizons: need positive integers, got {self.eval_horizons}")
+            raise ConfigError(
+                f"finetune.eval_horizons: need positive integers, got {self.eval_horizons}"
+            )
 
 
 @dataclass
 class FinetuneDataConfig(TokenDataConfig):
-    """``data``: as pretraining's, but ``tokens`` is made by the fine-tune itself (``RUN/tokens``)."""
+    """``data``: as pretraining's, but ``tokens`` is made by the fine-tune itself
+    (``RUN/tokens``)."""
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -98,15 +106,16 @@ class FinetuneConfig(PretrainConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        """Nothing across sections: unlike pretraining, ``data.tokens`` and ``tokenizer`` are made here.
-        (Each section validates itself: data_pipelines.config.validate_tree.)"""
+        """Nothing across sections: unlike pretraining, ``data.tokens`` and ``tokenizer`` are made
+        here. (Each section validates itself: data_pipelines.config.validate_tree.)"""
 
 
 def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:
     return load_config(FinetuneConfig, path, overrides)
 
 
-# ---------------------------------------------------------------------------------------------- steps
+# ----------------------------------------------------------------------------------------------
+# steps
 def pretrained_tokenizer_path(info: dict[str, Any], run_dir: Path) -> Path:
     return _tokenizer_location(info, run_dir)
 
@@ -120,8 +129,8 @@ def adapt_tokenizer(
     out: Path,
 ) -> Path:
     """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads.
-    ``known``: the pretrained tokenizer's datasets (read from its config; its weights are loaded once,
-    by whichever step uses them)."""
+    ``known``: the pretrained tokenizer's datasets (read from its config; its weights are loaded
+    once, by whichever step uses them)."""
     new = [n for n in manifest.datasets if n not in known]
     for name, entry in manifest.datasets.items():
         if name in known and known[name].channel_names != entry.channel_names:
@@ -137,8 +146,16 @@ def adapt_tokenizer(
         return earlier
     f = cfg.finetune
     tcfg = TokenizerTrainConfig()
-    tcfg.data.shards, tcfg.data.batch_size, tcfg.data.val_batches = str(shards), f.tokenizer_batch_size, 0
-    tcfg.init.from_ckpt, tcfg.init.freeze_trunk, tcfg.init.freeze_known_datasets = str(base_tokenizer), True, True
+    tcfg.data.shards, tcfg.data.batch_size, tcfg.data.val_batches = (
+        str(shards),
+        f.tokenizer_batch_size,
+        0,
+    )
+    tcfg.init.from_ckpt, tcfg.init.freeze_trunk, tcfg.init.freeze_known_datasets = (
+        str(base_tokenizer),
+        True,
+        True,
+    )
     tcfg.trainer.max_steps, tcfg.trainer.lr = f.tokenizer_steps, f.tokenizer_lr
     tcfg.trainer.warmup_steps = min(10, f.tokenizer_steps)
     tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
@@ -147,18 +164,24 @@ def adapt_tokenizer(
 
 
 def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
-    """``RUN/tokens`` encoded by ``tokenizer`` (kept when an earlier segment encoded them with it)."""
+    """``RUN/tokens`` encoded by ``tokenizer`` (kept when an earlier segment encoded them with
+    it)."""
     tokens = out / "tokens"
-    if (tokens / "manifest.json").is_file() and Manifest.load(tokens).fingerprint == fingerprint(tokenizer):
+    if (tokens / "manifest.json").is_file() and Manifest.load(tokens).fingerprint == fingerprint(
+        tokenizer
+    ):
         return tokens
     return encode_shards(tokenizer, shards, tokens)
 
 
 def init_dataset_rows(state: dict[str, Any], n_known: int, n_total: int) -> dict[str, Any]:
-    """New datasets' conditioning rows start at the mean of the pretrained ones (a "typical dataset")."""
+    """New datasets' conditioning rows start at the mean of the pretrained ones (a "typical
+    dataset")."""
     table = state["dataset_embedding.weight"].clone()
     if n_total > table.shape[0]:
-        raise ConfigError(f"model.n_datasets={table.shape[0]} has no free id for {n_total} datasets")
+        raise ConfigError(
+            f"model.n_datasets={table.shape[0]} has no free id for {n_total} datasets"
+        )
     table[n_known:n_total] = table[:n_known].mean(0, keepdim=True)
     return {**state, "dataset_embedding.weight": table}
 
@@ -182,13 +205,22 @@ def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
 
 
 def _training_config(
-    cfg: FinetuneConfig, model: ModelConfig, tokenizer: Path, tokens: Path, out: Path, max_steps: int | None = None
+    cfg: FinetuneConfig,
+    model: ModelConfig,
+    tokenizer: Path,
+    tokens: Path,
+    out: Path,
+    max_steps: int | None = None,
 ) -> PretrainConfig:
     manifest = Manifest.load(tokens)
     layout = token_layout(manifest)
     grid = layout.grid or next(iter(manifest.datasets.values())).token_grid[1:]
-    model_cfg = dataclasses.replace(model, grid_shape=list(grid), max_frames=max(model.max_frames, layout.n_frames))
-    base = {k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")}
+    model_cfg = dataclasses.replace(
+        model, grid_shape=list(grid), max_frames=max(model.max_frames, layout.n_frames)
+    )
+    base = {
+        k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")
+    }
     train = PretrainConfig(
         **base,
         out=str(out),
@@ -201,7 +233,8 @@ def _training_config(
     return train
 
 
-# ---------------------------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------------------------
+# entry point
 @dataclass
 class Pretrained:
     """The model a fine-tune starts from, and its tokenizer's config and datasets (its weights are
@@ -217,7 +250,9 @@ class Pretrained:
     def load(cls, init: str) -> Pretrained:
         state, info = load_model_state(init)
         if info.get("kind", "ar") != "ar":
-            raise ConfigError(f"--ckpt {init}: a {info['kind']!r} model; fine-tuning supports AR models")
+            raise ConfigError(
+                f"--ckpt {init}: a {info['kind']!r} model; fine-tuning supports AR models"
+            )
         _, run_dir = resolve_checkpoint(init)
         path = pretrained_tokenizer_path(info, run_dir)
         return cls(state, info, path, *read_tokenizer_spec(path))
@@ -229,17 +264,26 @@ class Pretrained:
         return n_input, field_frames(int(self.info["n_frames"]), c) - n_input
 
 
-def prepare_data(cfg: FinetuneConfig, out: Path, base: Pretrained, timings: dict[str, float]) -> dict[str, Any]:
+def prepare_data(
+    cfg: FinetuneConfig, out: Path, base: Pretrained, timings: dict[str, float]
+) -> dict[str, Any]:
     """Steps 1-2 (rank 0): field shards of ``--data``, the adapted tokenizer, the tokens."""
     f, tok_cfg = cfg.finetune, base.tokenizer_cfg
     n_input, n_output = base.window()
     start = time.perf_counter()
     shards, manifest = prepare_shards(
-        f.data, out, n_input, max(1, n_output), tok_cfg.n_spatial_dims, f.lift or tok_cfg.spatial_compression
+        f.data,
+        out,
+        n_input,
+        max(1, n_output),
+        tok_cfg.n_spatial_dims,
+        f.lift or tok_cfg.spatial_compression,
     )
     timings["data_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    tokenizer = adapt_tokenizer(cfg, base.tokenizer_path, base.tokenizer_datasets, shards, manifest, out)
+    tokenizer = adapt_tokenizer(
+        cfg, base.tokenizer_path, base.tokenizer_datasets, shards, manifest, out
+    )
     tokens = encode_tokens(tokenizer, shards, out)
     timings["tokenizer_s"] = time.perf_counter() - start
     return {
@@ -259,7 +303,11 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     base = Pretrained.load(f.init)
     timings: dict[str, float] = {}
     prepared = prepare_on_rank_zero(out, lambda: prepare_data(cfg, out, base, timings))
-    shards, tokenizer, tokens = Path(prepared["shards"]), Path(prepared["tokenizer"]), Path(prepared["tokens"])
+    shards, tokenizer, tokens = (
+        Path(prepared["shards"]),
+        Path(prepared["tokenizer"]),
+        Path(prepared["tokens"]),
+    )
     new_data = prepared["datasets"]  # the datasets of --data
 
     old_names = list(base.info["dataset_names"])
@@ -268,7 +316,10 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     pretrained = RunInfo.from_dict(base.info, f.init).model
     train_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out)
     start = time.perf_counter()
-    run_pretrain(train_cfg, init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)})
+    run_pretrain(
+        train_cfg,
+        init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)},
+    )
     timings["finetune_s"] = time.perf_counter() - start
     if f.compare_scratch:  # every rank trains; rank 0 scores below
         scratch_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out / "scratch")
@@ -277,7 +328,13 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         timings["scratch_s"] = time.perf_counter() - start
     if not is_rank_zero():
         return out
-    report = {"shards": shards, "tokenizer": tokenizer, "names": names, "new_data": new_data, "timings": timings}
+    report = {
+        "shards": shards,
+        "tokenizer": tokenizer,
+        "names": names,
+        "new_data": new_data,
+        "timings": timings,
+    }
     report["model"] = pretrained
     evaluate_and_report(cfg, out, state, base.info, report)
     return out
@@ -286,7 +343,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 def evaluate_and_report(
     cfg: FinetuneConfig, out: Path, state: dict[str, Any], info: dict[str, Any], run: dict[str, Any]
 ) -> None:
-    """Step 4 (rank 0): score fine-tuned, pretrained (and scratch) models on the new data; write the report."""
+    """Step 4 (rank 0): score fine-tuned, pretrained (and scratch) models on the new data; write the
+    report."""
     f, names = cfg.finetune, run["names"]
     summary = json.loads((out / "metrics.json").read_text())
     before_info = RunInfo.read(out).to_dict()
@@ -322,10 +380,11 @@ PREPARED = ".prepared.json"
 
 
 def prepare_on_rank_zero(out: Path, prepare, timeout_s: float | None = None) -> dict[str, Any]:
-    """Rank 0 runs ``prepare()`` (single-process) and publishes its JSON-able result in ``out/.prepared.json``;
-    every other rank waits for that file from this launch and returns the same result. A failure on rank
-    0 is published too, so the others stop with a named error instead of waiting out the timeout
-    (``PHYSFM_PREPARE_TIMEOUT_S``, default 2 h: adapting a large tokenizer takes a while)."""
+    """Rank 0 runs ``prepare()`` (single-process) and publishes its JSON-able result in
+    ``out/.prepared.json``; every other rank waits for that file from this launch and returns the
+    same result. A failure on rank 0 is published too, so the others stop with a named error instead
+    of waiting out the timeout (``PHYSFM_PREPARE_TIMEOUT_S``, default 2 h: adapting a large
+    tokenizer takes a while)."""
     marker, launch = out / PREPARED, launch_id()
     if global_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -333,20 +392,27 @@ def prepare_on_rank_zero(out: Path, prepare, timeout_s: float | None = None) -> 
             with single_process_env():
                 result = prepare()
         except BaseException as err:
-            atomic_write_text(marker, json.dumps({"launch": launch, "error": f"{type(err).__name__}: {err}"}))
+            atomic_write_text(
+                marker, json.dumps({"launch": launch, "error": f"{type(err).__name__}: {err}"})
+            )
             raise
         atomic_write_text(marker, json.dumps({"launch": launch, "result": result}))
         return result
-    timeout_s = float(os.environ.get("PHYSFM_PREPARE_TIMEOUT_S", 7200)) if timeout_s is None else timeout_s
+    timeout_s = (
+        float(os.environ.get("PHYSFM_PREPARE_TIMEOUT_S", 7200)) if timeout_s is None else timeout_s
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             data = json.loads(marker.read_text())
-        except (OSError, ValueError):  # not written yet (the rename makes a partial read impossible)
+        # not written yet (the rename makes a partial read impossible)
+        except (OSError, ValueError):
             data = None
         if data is not None and data.get("launch") == launch:
             if "error" in data:
-                raise DataError(f"{out}: rank 0 failed to prepare the fine-tune data: {data['error']}")
+                raise DataError(
+                    f"{out}: rank 0 failed to prepare the fine-tune data: {data['error']}"
+                )
             return data["result"]
         time.sleep(0.5)
     raise DataError(

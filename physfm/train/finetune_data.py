@@ -1,14 +1,16 @@
-"""Fine-tuning input: a raw The Well dataset directory (validated, then sharded into the run) or a shard set.
+"""Fine-tuning input: a raw The Well dataset directory (validated, then sharded into the run) or a
+shard set.
 
-Validation happens before any compute: a wrong layout, a missing train split or non-finite field values
-raise :class:`DataError` naming the file (and, for values, the field and trajectory).
+Validation happens before any compute: a wrong layout, a missing train split or non-finite field
+values raise :class:`DataError` naming the file (and, for values, the field and trajectory).
 
-Dimensionality. The tokenizer's shared trunk is a stack of ``ConvNd`` of one dimensionality. A 1D dataset
-on a 2D pretrained tokenizer is *lifted*: each 1D field ``u(x)`` becomes ``u(x, y)`` constant over a
-``y`` axis of ``lift`` cells (the tokenizer's spatial compression, so it codes to one token row). The
-pretrained trunk then reads it unchanged and the AR model sees a ``[N / c, 1]`` token grid; VRMSE on the
-lifted fields equals the 1D one up to the unbiased-variance factor (N - 1) / (N·lift - 1).
-Vector/tensor fields are lifted component by component as scalar fields with the same channel names.
+Dimensionality. The tokenizer's shared trunk is a stack of ``ConvNd`` of one dimensionality. A 1D
+dataset on a 2D pretrained tokenizer is *lifted*: each 1D field ``u(x)`` becomes ``u(x, y)``
+constant over a ``y`` axis of ``lift`` cells (the tokenizer's spatial compression, so it codes to
+one token row). The pretrained trunk then reads it unchanged and the AR model sees a ``[N / c, 1]``
+token grid; VRMSE on the lifted fields equals the 1D one up to the unbiased-variance factor (N - 1)
+/ (N·lift - 1). Vector/tensor fields are lifted component by component as scalar fields with the
+same channel names.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def is_shard_dir(path: Path) -> bool:
 
 
 def validate_raw_dataset(path: Path) -> None:
-    """Raise DataError for anything a fine-tune cannot use, before compute; the train split is checked first."""
+    """Raise DataError for anything a fine-tune cannot use, before compute; the train split is
+    checked first."""
     if not path.exists():
         raise DataError(f"{path}: no such dataset directory")
     if not (path / "data").is_dir():
@@ -41,10 +44,16 @@ def validate_raw_dataset(path: Path) -> None:
         )
     train = path / "data" / "train"
     if not train.is_dir() or not any(p.suffix in (".hdf5", ".h5") for p in train.iterdir()):
-        raise DataError(f"{path}: no train split (expected .hdf5 files in {train}); fine-tuning needs one")
+        raise DataError(
+            f"{path}: no train split (expected .hdf5 files in {train}); fine-tuning needs one"
+        )
     problems = validate_paths([path])
     if problems:
-        more = f" (and {len(problems) - 1} more; see `physfm data validate {path}`)" if len(problems) > 1 else ""
+        more = (
+            f" (and {len(problems) - 1} more; see `physfm data validate {path}`)"
+            if len(problems) > 1
+            else ""
+        )
         raise DataError(f"{problems[0]}{more}")
 
 
@@ -55,20 +64,29 @@ def raw_spatial_dims(path: Path) -> int:
 
 
 def lift_dataset_1d_to_2d(src: Path, dst: Path, lift: int) -> Path:
-    """Write ``dst``: every file of ``src`` with its fields tiled over a new ``y`` axis of ``lift`` cells."""
+    """Write ``dst``: every file of ``src`` with its fields tiled over a new ``y`` axis of ``lift``
+    cells."""
     if (dst / "stats.yaml").is_file():
         return dst  # lifted by an earlier segment of this run
     for split_dir in sorted((src / "data").iterdir()):
         for path in sorted(split_dir.glob("*.hdf5")):
             data = read_well(path)
             if data.n_spatial_dims != 1:
-                raise DataError(f"{path}: expected a 1D dataset to lift, got {data.n_spatial_dims}D")
+                raise DataError(
+                    f"{path}: expected a 1D dataset to lift, got {data.n_spatial_dims}D"
+                )
             fields = []
             for f in data.fields:
-                names = [f.name] if f.order == 0 else [f"{f.name}_{'x' * f.order}"]  # 1D: one component
-                comp = f.data.reshape(*f.data.shape[: f.data.ndim - f.order])  # drop size-1 component axes
+                # 1D: one component
+                names = [f.name] if f.order == 0 else [f"{f.name}_{'x' * f.order}"]
+                # drop size-1 component axes
+                comp = f.data.reshape(*f.data.shape[: f.data.ndim - f.order])
                 tiled = np.repeat(comp[..., None], lift, axis=-1)  # [..., x, y]
-                fields.append(Field(names[0], 0, np.ascontiguousarray(tiled), f.time_varying, f.sample_varying))
+                fields.append(
+                    Field(
+                        names[0], 0, np.ascontiguousarray(tiled), f.time_varying, f.sample_varying
+                    )
+                )
             x = data.coords[data.spatial_dims[0]]
             dy = float(x[1] - x[0]) if len(x) > 1 else 1.0
             lifted = WellData(
@@ -89,16 +107,21 @@ def lift_dataset_1d_to_2d(src: Path, dst: Path, lift: int) -> Path:
 def prepare_shards(
     data: str, out: Path, n_input: int, n_output: int, tokenizer_dims: int, lift: int
 ) -> tuple[Path, Manifest]:
-    """(field shard dir, its manifest) for ``data``: a shard set as is, or a raw dataset validated and
-    sharded (lifted 1D→2D when the tokenizer is 2D) into ``out/shards``. Reused when already there."""
+    """(field shard dir, its manifest) for ``data``: a shard set as is, or a raw dataset validated
+    and sharded (lifted 1D→2D when the tokenizer is 2D) into ``out/shards``. Reused when already
+    there."""
     path = Path(data)
     if is_shard_dir(path):
         manifest = Manifest.load(path)
         if manifest.is_tokens:
-            raise DataError(f"{path}: a token shard set; fine-tuning needs field shards or a raw dataset directory")
+            raise DataError(
+                f"{path}: a token shard set; fine-tuning needs field shards or a raw dataset directory"
+            )
         _check_dims(path, manifest, tokenizer_dims, lifted_hint=True)
         if "test" not in manifest.splits or "train" not in manifest.splits:
-            raise DataError(f"{path}: the shard set needs train and test splits (has {sorted(manifest.splits)})")
+            raise DataError(
+                f"{path}: the shard set needs train and test splits (has {sorted(manifest.splits)})"
+            )
         return path, manifest
     shards = out / "shards"
     if is_shard_dir(shards):
@@ -120,5 +143,11 @@ def _check_dims(path: Path, manifest: Manifest, tokenizer_dims: int, lifted_hint
     for name, entry in manifest.datasets.items():
         dims = len(entry.spatial_shape or ())
         if dims != tokenizer_dims:
-            hint = " pass the raw dataset directory instead: a 1D one is lifted to 2D" if lifted_hint else ""
-            raise DataError(f"{path}: dataset {name!r} is {dims}D, the pretrained tokenizer {tokenizer_dims}D;{hint}")
+            hint = (
+                " pass the raw dataset directory instead: a 1D one is lifted to 2D"
+                if lifted_hint
+                else ""
+            )
+            raise DataError(
+                f"{path}: dataset {name!r} is {dims}D, the pretrained tokenizer {tokenizer_dims}D;{hint}"
+            )

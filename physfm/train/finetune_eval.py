@@ -1,9 +1,10 @@
 """Before/after scoring of a fine-tune on the new data's test split, and its report.
 
-Every model is rolled out greedily from the same test windows (``physfm.eval.windows.evaluation_windows``)
-and scored with The Well's VRMSE (``tokenizer.metrics.vrmse``) per horizon, mean over fields; persistence
-(repeat the last context frame) and the tokenizer ceiling (the true future's own tokens decoded with the
-first model's tokenizer: no token model with that tokenizer can do better) are scored on the same windows.
+Every model is rolled out greedily from the same test windows
+(``physfm.eval.windows.evaluation_windows``) and scored with The Well's VRMSE
+(``tokenizer.metrics.vrmse``) per horizon, mean over fields; persistence (repeat the last context
+frame) and the tokenizer ceiling (the true future's own tokens decoded with the first model's
+tokenizer: no token model with that tokenizer can do better) are scored on the same windows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def evaluate_models(
     split: str = "test",
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """{"vrmse": {dataset: {method: {h: v}}}, "curves": {dataset: {method: [v per step]}}, "overall": ...}."""
+    """{"vrmse": {dataset: {method: {h: v}}}, "curves": {dataset: {method: [v per step]}},
+    "overall": ...}."""
     horizon = max(horizons)
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts: dict[str, int] = {}
@@ -38,23 +40,39 @@ def evaluate_models(
         pm = PhysicsModel.from_pretrained(location, refiner=False)
         n = pm.n_spatial_dims
         for batch in evaluation_windows(
-            shards, split, horizon, batch_size=batch_size, max_windows=max_windows, datasets=datasets
+            shards,
+            split,
+            horizon,
+            batch_size=batch_size,
+            max_windows=max_windows,
+            datasets=datasets,
         ):
             per = sums.setdefault(batch.dataset, {})
             pred = pm.rollout(batch.context, horizon, batch.dataset)
             per[method] = per.get(method, 0) + vrmse(pred, batch.truth, n).mean(-1).sum(0)  # [H]
             if method == next(iter(models)):
                 persistence = batch.context[:, -1:].expand_as(batch.truth)
-                per["persistence"] = per.get("persistence", 0) + vrmse(persistence, batch.truth, n).mean(-1).sum(0)
+                per["persistence"] = per.get("persistence", 0) + vrmse(
+                    persistence, batch.truth, n
+                ).mean(-1).sum(0)
                 ceiling = pm.tokenizer_ceiling(batch.context, batch.truth, batch.dataset)
-                per["tokenizer_ceiling"] = per.get("tokenizer_ceiling", 0) + vrmse(ceiling, batch.truth, n).mean(
-                    -1
-                ).sum(0)
+                per["tokenizer_ceiling"] = per.get("tokenizer_ceiling", 0) + vrmse(
+                    ceiling, batch.truth, n
+                ).mean(-1).sum(0)
                 counts[batch.dataset] = counts.get(batch.dataset, 0) + batch.context.shape[0]
-    curves = {name: {m: [float(v) for v in s / counts[name]] for m, s in per.items()} for name, per in sums.items()}
-    table = {name: {m: {str(h): c[h - 1] for h in horizons} for m, c in per.items()} for name, per in curves.items()}
+    curves = {
+        name: {m: [float(v) for v in s / counts[name]] for m, s in per.items()}
+        for name, per in sums.items()
+    }
+    table = {
+        name: {m: {str(h): c[h - 1] for h in horizons} for m, c in per.items()}
+        for name, per in curves.items()
+    }
     methods = list(next(iter(curves.values())))
-    overall = {m: {str(h): sum(table[d][m][str(h)] for d in table) / len(table) for h in horizons} for m in methods}
+    overall = {
+        m: {str(h): sum(table[d][m][str(h)] for d in table) / len(table) for h in horizons}
+        for m in methods
+    }
     return {
         "split": split,
         "horizons": horizons,
@@ -75,13 +93,16 @@ METHOD_LABELS = {
 
 
 def write_report(out: Path, metrics: dict[str, Any]) -> None:
-    """metrics.json, report.md and vrmse_vs_horizon.png in ``out`` (the training summary stays inside)."""
+    """metrics.json, report.md and vrmse_vs_horizon.png in ``out`` (the training summary stays
+    inside)."""
     METHOD_STYLE.setdefault("finetuned", ("pretrained + fine-tuned", "C0", "-"))
     METHOD_STYLE.setdefault("pretrained", ("pretrained (before)", "C7", ":"))
     METHOD_STYLE.setdefault("scratch", ("scratch (same steps)", "C3", "-"))
     metrics["figures"] = [
         vrmse_vs_horizon(
-            metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{metrics['split']} split after fine-tuning"
+            metrics["curves"],
+            out / "vrmse_vs_horizon.png",
+            title=f"{metrics['split']} split after fine-tuning",
         ).name
     ]
     write_metrics(out / "metrics.json", metrics)
@@ -103,7 +124,9 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
     ]
     for method, per in metrics["overall"].items():
         lines.append(
-            f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(f"{per[str(h)]:.4f}" for h in horizons) + " |"
+            f"| {METHOD_LABELS.get(method, method)} | "
+            + " | ".join(f"{per[str(h)]:.4f}" for h in horizons)
+            + " |"
         )
     lines += [
         "",

@@ -1,6 +1,6 @@
 """A ``StrategyConfig`` → ``lightning.Trainer`` keyword arguments (strategy, accelerator, devices,
-precision, plugins).  The Lightning side of the launch layer: it imports Lightning, so the config side
-(:mod:`physfm.train.strategies`) stays light to import.
+precision, plugins).  The Lightning side of the launch layer: it imports Lightning, so the config
+side (:mod:`physfm.train.strategies`) stays light to import.
 
     cfg = StrategyConfig(name="deepspeed", zero_stage=3)
     trainer = lightning.Trainer(**build_trainer_kwargs(cfg), max_steps=100)
@@ -32,16 +32,23 @@ def _launcher_layout() -> tuple[int | None, int | None]:
 
 
 def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
-    """``Trainer`` kwargs (strategy, accelerator, devices, num_nodes, precision, plugins) for ``cfg``.
-    Checkpoints from every strategy are written atomically (see :mod:`physfm.core.checkpoint`)."""
+    """``Trainer`` kwargs (strategy, accelerator, devices, num_nodes, precision, plugins) for
+    ``cfg``. Checkpoints from every strategy are written atomically (see
+    :mod:`physfm.core.checkpoint`)."""
     cfg.validate()
     accelerator = resolve_accelerator(cfg)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    precision = (
+        cfg.precision
+        if cfg.precision != "auto"
+        else ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    )
     backend = cfg.process_group_backend
     if backend == "auto":
         backend = "nccl" if accelerator == "gpu" else "gloo"
     elif backend == "nccl" and accelerator == "cpu":
-        raise ConfigError("strategy.process_group_backend: nccl needs GPUs but none is visible (use gloo)")
+        raise ConfigError(
+            "strategy.process_group_backend: nccl needs GPUs but none is visible (use gloo)"
+        )
     per_node, nodes = _launcher_layout()
     devices: int | str = cfg.devices if cfg.devices != "auto" else (per_node or "auto")
     num_nodes = cfg.num_nodes if cfg.num_nodes != "auto" else (nodes or 1)
@@ -50,7 +57,8 @@ def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
     plugins: list[Any] = []
     if cfg.name in ("auto", "single"):
         strategy = "auto"
-        plugins.append(atomic_checkpoint_io())  # file checkpoints written atomically, loaded without pickle
+        # file checkpoints written atomically, loaded without pickle
+        plugins.append(atomic_checkpoint_io())
         if cfg.name == "single":
             devices, num_nodes = 1, 1  # one device → Lightning's SingleDeviceStrategy
     elif cfg.name == "ddp":
@@ -61,7 +69,9 @@ def build_trainer_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
         if accelerator == "cpu":
             # DeepSpeed picks its accelerator once, at first use; make CPU explicit before it does.
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        strategy = CPUDeepSpeedStrategy(config=build_deepspeed_config(cfg), process_group_backend=backend)
+        strategy = CPUDeepSpeedStrategy(
+            config=build_deepspeed_config(cfg), process_group_backend=backend
+        )
     return {
         "strategy": strategy,
         "accelerator": accelerator,

@@ -1,15 +1,15 @@
 """Training layer for the AR physics transformer: LightningModule, token data module, callbacks.
 
-The model (``physfm.models.ar``) is plain PyTorch; this module wraps it for Lightning.  Parallelism and
-precision come from ``physfm.train.strategies`` by config.  What lives here:
+The model (``physfm.models.ar``) is plain PyTorch; this module wraps it for Lightning.  Parallelism
+and precision come from ``physfm.train.strategies`` by config.  What lives here:
 
 * next-token loss over the target frames of each token window (context frames carry no loss);
 * AdamW (decay on 2-D weights only) with linear warmup then cosine decay to ``min_lr_ratio``;
 * the non-finite-loss guard: the flag is all-reduced so every rank takes the same decision; ``stop``
   raises :class:`NonFiniteLoss` (no checkpoint is written from a poisoned state), ``skip`` runs a
   zero-gradient step at learning rate 0 for that batch — weights are untouched — and counts it;
-* the count of corrupt samples the loaders skipped (``data.on_error=skip``), summed over ranks in the
-  guard's all-reduce and logged as ``data/skipped_samples`` (so it reaches metrics.json);
+* the count of corrupt samples the loaders skipped (``data.on_error=skip``), summed over ranks in
+  the guard's all-reduce and logged as ``data/skipped_samples`` (so it reaches metrics.json);
 * RNG state in checkpoints and the data position (batches consumed) so a resumed run continues the
   uninterrupted run's stream bit for bit on CPU;
 * throughput logging: tokens/s, achieved TFLOP/s and MFU against a configured (or measured) peak.
@@ -43,23 +43,27 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/Inf loss and the guard is set to stop."""
 
 
-# EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again continues.
-# The Slurm scripts requeue the job on this exit code (what SIGUSR1, sent ahead of the time limit, ends in).
+# EX_TEMPFAIL (sysexits.h): the run stopped early on purpose with a checkpoint; running it again
+# continues. The Slurm scripts requeue the job on this exit code (what SIGUSR1, sent ahead of the
+# time limit, ends in).
 STOPPED_EXIT_CODE = 75
 # The signals that stop a run after the current optimiser step with a checkpoint: SIGUSR1 (Slurm's
-# ``--signal=USR1@90``), SIGTERM (a scheduler's preemption or time limit, ``kill``) and SIGINT (Ctrl-C).
+# ``--signal=USR1@90``), SIGTERM (a scheduler's preemption or time limit, ``kill``) and SIGINT
+# (Ctrl-C).
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 def stop_exit_code(signum: int) -> int:
-    """75 for SIGUSR1 (requeue); 128 + the signal's number otherwise (143 SIGTERM, 130 SIGINT), what a
-    shell reports for a process that signal ended, so no caller can take a stopped run for a finished one."""
+    """75 for SIGUSR1 (requeue); 128 + the signal's number otherwise (143 SIGTERM, 130 SIGINT), what
+    a shell reports for a process that signal ended, so no caller can take a stopped run for a
+    finished one."""
     return STOPPED_EXIT_CODE if signum == signal.SIGUSR1 else 128 + int(signum)
 
 
 class TrainingStopped(RunStopped, RuntimeError):
-    """Training stopped early on a signal (:data:`STOP_SIGNALS`) after writing a checkpoint at ``step``;
-    the same command resumes from it (``resume: auto``).  ``exit_code`` says which signal."""
+    """Training stopped early on a signal (:data:`STOP_SIGNALS`) after writing a checkpoint at
+    ``step``; the same command resumes from it (``resume: auto``).  ``exit_code`` says which
+    signal."""
 
     def __init__(self, out: Any, step: int, signum: int):
         name = signal.Signals(signum).name
@@ -71,8 +75,11 @@ class TrainingStopped(RunStopped, RuntimeError):
         self.exit_code = stop_exit_code(signum)
 
 
-def window_to_sequence(tokens: torch.Tensor, n_context: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    """tokens [B, F, *grid] → (idx [B, F*T], targets [B, F*T] with the context frames ignored, grid)."""
+def window_to_sequence(
+    tokens: torch.Tensor, n_context: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """tokens [B, F, *grid] → (idx [B, F*T], targets [B, F*T] with the context frames ignored,
+    grid)."""
     B, F = tokens.shape[:2]
     grid = tuple(tokens.shape[2:])
     idx = tokens.reshape(B, -1).long()
@@ -96,12 +103,13 @@ class ARModule(L.LightningModule):
         conditional_tokens: bool = False,
         stability: dict[str, Any] | None = None,
     ):
-        """``conditional_tokens``: the token windows open with a key frame coded on its own, the later frames
-        as changes given the frame before (a conditional tokenizer). ``stability``: the rollout-training
-        options (:class:`StabilityConfig`; next-frame prediction only)."""
+        """``conditional_tokens``: the token windows open with a key frame coded on its own, the
+        later frames as changes given the frame before (a conditional tokenizer). ``stability``: the
+        rollout-training options (:class:`StabilityConfig`; next-frame prediction only)."""
         super().__init__()
-        # The model config stays typed here; the hparams (hparams.yaml, W&B, checkpoints) get a plain-data
-        # copy of it for loggers, never read back (run.json is the record a run is rebuilt from).
+        # The model config stays typed here; the hparams (hparams.yaml, W&B, checkpoints) get a
+        # plain-data copy of it for loggers, never read back (run.json is the record a run is
+        # rebuilt from).
         self.save_hyperparameters(ignore=["model"])
         self.model_config = model
         self.hparams["model"] = dataclasses.asdict(self.model_config)
@@ -112,44 +120,55 @@ class ARModule(L.LightningModule):
         self.conditional_tokens = conditional_tokens
         self.stability = StabilityConfig(**(stability or {}))
         self.skipped_batches = 0
-        self.skipped_samples = 0  # corrupt samples the loaders skipped (data.on_error=skip), all ranks
+        # corrupt samples the loaders skipped (data.on_error=skip), all ranks
+        self.skipped_samples = 0
 
     def build_model(self) -> torch.nn.Module:
-        """The network trained here; subclasses train others with the same loop (physfm/train/diffusion.py)."""
+        """The network trained here; subclasses train others with the same loop
+        (physfm/train/diffusion.py)."""
         return PhysicsTransformer(self.model_config)
 
     def dataset_ids(self, names: list[str] | str, batch_size: int) -> torch.Tensor:
         names = [names] * batch_size if isinstance(names, str) else names
         unknown = [n for n in names if n not in self.dataset_names]
         if unknown:
-            raise DataError(f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})")
+            raise DataError(
+                f"dataset {unknown[0]!r} is unknown to this model (knows: {self.dataset_names})"
+            )
         return torch.tensor([self.dataset_names.index(n) for n in names], device=self.device)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # On the host, before the batch moves to the accelerator (where a bad id is a device assert).
+        # On the host, before the batch moves to the accelerator (where a bad id is a device
+        # assert).
         if isinstance(batch, dict) and "tokens" in batch:
             check_token_ids(
-                batch["tokens"], self.model_config.vocab_size, f"data.tokens (dataset {batch['dataset']!r})"
+                batch["tokens"],
+                self.model_config.vocab_size,
+                f"data.tokens (dataset {batch['dataset']!r})",
             )
         return batch
 
     def batch_tokens(self, batch: dict[str, Any]) -> tuple[int, int]:
-        """(frame tokens in ``batch``, sequence length of one sample with its conditioning tokens): what a
-        step trained on, for the throughput and MFU figures (each batch carries its own grid)."""
+        """(frame tokens in ``batch``, sequence length of one sample with its conditioning tokens):
+        what a step trained on, for the throughput and MFU figures (each batch carries its own
+        grid)."""
         tokens = batch["tokens"]  # [B, F, *grid]
         per_sample = tokens[0].numel()
         return tokens.shape[0] * per_sample, per_sample + self.model.n_cond_tokens
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         tokens = batch["tokens"]
-        # Raster mode learns the target frames only; next-frame mode learns every frame after the first
-        # (each frame is a training example for the same one-step map, at no extra cost). With conditional
-        # tokens and a context of two or more frames it skips the second frame too: that frame's change tokens
-        # follow the key frame's absolute ones, a step no rollout then takes (rollouts predict from a full
-        # context, whose last frame is a change) and one whose "copy the token before" prior is wrong, so
-        # learning it fights the copy-token start. With one context frame every rollout step is that step.
+        # Raster mode learns the target frames only; next-frame mode learns every frame after the
+        # first (each frame is a training example for the same one-step map, at no extra cost). With
+        # conditional tokens and a context of two or more frames it skips the second frame too: that
+        # frame's change tokens follow the key frame's absolute ones, a step no rollout then takes
+        # (rollouts predict from a full context, whose last frame is a change) and one whose "copy
+        # the token before" prior is wrong, so learning it fights the copy-token start. With one
+        # context frame every rollout step is that step.
         if self.model_config.prediction == "next_frame":
-            skip_key_step = self.conditional_tokens and self.n_context_frames >= 2 and tokens.shape[1] > 2
+            skip_key_step = (
+                self.conditional_tokens and self.n_context_frames >= 2 and tokens.shape[1] > 2
+            )
             n_unsupervised = 2 if skip_key_step else 1
         else:
             n_unsupervised = self.n_context_frames
@@ -157,7 +176,9 @@ class ARModule(L.LightningModule):
         if self.training and self.model_config.prediction == "next_frame":
             tokens = tokens.long()
             if self.stability.shift:
-                tokens = shift_tokens(tokens.cpu(), self.stability.shift, self._stability_rng()).to(tokens.device)
+                tokens = shift_tokens(tokens.cpu(), self.stability.shift, self._stability_rng()).to(
+                    tokens.device
+                )
             idx, targets, grid = window_to_sequence(tokens, n_unsupervised)
             idx = self._rollout_like_inputs(idx, grid, ids, n_unsupervised)
         else:
@@ -165,26 +186,33 @@ class ARModule(L.LightningModule):
         _, loss = self.model(idx, grid, ids, targets=targets, return_logits=False)
         return loss
 
-    def _rollout_like_inputs(self, idx: torch.Tensor, grid: tuple[int, ...], ids: torch.Tensor, first: int):
-        """The ``stability`` options on a training batch's inputs (targets were taken before): frames from
-        ``first`` (the first supervised frame) on become the model's own predictions in a ``pushforward``
-        fraction of the windows; ``code_noise`` perturbs tokens after the key frame."""
+    def _rollout_like_inputs(
+        self, idx: torch.Tensor, grid: tuple[int, ...], ids: torch.Tensor, first: int
+    ):
+        """The ``stability`` options on a training batch's inputs (targets were taken before):
+        frames from ``first`` (the first supervised frame) on become the model's own predictions in
+        a ``pushforward`` fraction of the windows; ``code_noise`` perturbs tokens after the key
+        frame."""
         stab, T = self.stability, math.prod(grid)
         if stab.pushforward > 0 and idx.shape[1] // T > first:
             rows = torch.rand(idx.shape[0], generator=self._stability_rng()) < stab.pushforward
             idx = pushforward_inputs(self.model, idx, grid, ids, first, rows.to(idx.device))
         if stab.code_noise > 0:
-            idx = code_noise(idx.cpu(), self.model_config.fsq_levels, stab.code_noise, T, self._stability_rng())
+            idx = code_noise(
+                idx.cpu(), self.model_config.fsq_levels, stab.code_noise, T, self._stability_rng()
+            )
         return idx.to(ids.device)
 
     def _stability_rng(self) -> torch.Generator:
         """The stability draws' own generator, seeded by the step: a resumed run draws what the
         uninterrupted one drew, whatever else consumed the global RNG."""
-        return torch.Generator().manual_seed(1_000_003 * (self.global_step + 1) + torch.initial_seed() % 1_000_003)
+        return torch.Generator().manual_seed(
+            1_000_003 * (self.global_step + 1) + torch.initial_seed() % 1_000_003
+        )
 
     def _all_finite(self, loss: torch.Tensor, new_skipped_samples: int = 0) -> bool:
-        """Whether the loss is finite on every rank.  The same all-reduce sums the samples the loaders
-        skipped since the last step (``batch["skipped_new"]``) into ``skipped_samples``."""
+        """Whether the loss is finite on every rank.  The same all-reduce sums the samples the
+        loaders skipped since the last step (``batch["skipped_new"]``) into ``skipped_samples``."""
         flags = torch.stack(
             [
                 (~torch.isfinite(loss.detach())).float().reshape(()),
@@ -192,7 +220,8 @@ class ARModule(L.LightningModule):
             ]
         )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flags)  # every rank must take the same branch, or DDP hangs
+            # every rank must take the same branch, or DDP hangs
+            torch.distributed.all_reduce(flags)
         bad, new = flags.tolist()
         if new:
             self.skipped_samples += int(new)
@@ -218,7 +247,8 @@ class ARModule(L.LightningModule):
             self.skipped_batches += 1
             for opt in self.trainer.optimizers:
                 for group in opt.param_groups:
-                    group["lr"] = 0.0  # the scheduler restores the schedule's value at the next step
+                    # the scheduler restores the schedule's value at the next step
+                    group["lr"] = 0.0
             # Zero gradients that never touch the poisoned activations: keeps collectives in step.
             loss = sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
             self.log("train/skipped_batches", float(self.skipped_batches), rank_zero_only=True)
@@ -228,26 +258,36 @@ class ARModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["tokens"].shape[0])
+        self.log(
+            "val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["tokens"].shape[0]
+        )
         return loss
 
     def configure_optimizers(self):
         cfg = self.optim_config
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         strategy = StrategyConfig(**(self.hparams.strategy or {}))
         optimizer = build_optimizer(strategy, groups, lr=cfg.lr, betas=tuple(cfg.betas))
         max_steps = self.hparams.max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for name, p in self.named_parameters():
             if p.numel() and not torch.isfinite(p.detach()).all():
-                raise NonFiniteLoss(f"refusing to write a checkpoint: parameter {name} holds NaN/Inf")
+                raise NonFiniteLoss(
+                    f"refusing to write a checkpoint: parameter {name} holds NaN/Inf"
+                )
         checkpoint["physfm"] = {
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -268,7 +308,9 @@ class ARModule(L.LightningModule):
         self.skipped_samples = int(state.get("skipped_samples", 0))
         rng = state["rng"]
         torch.set_rng_state(torch.as_tensor(rng["torch"], dtype=torch.uint8))
-        np.random.set_state(("MT19937", np.asarray(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+        np.random.set_state(
+            ("MT19937", np.asarray(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0)
+        )
 
         version, internal, gauss = ast.literal_eval(rng["python"])
         random.setstate((version, tuple(internal), gauss))

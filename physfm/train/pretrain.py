@@ -1,7 +1,8 @@
-"""``physfm pretrain``: typed config → token loaders → Lightning Trainer → checkpoints, metrics, report.
+"""``physfm pretrain``: typed config → token loaders → Lightning Trainer → checkpoints, metrics,
+report.
 
-The same function serves ``physfm pretrain`` on a laptop, ``torchrun``, and the Slurm scripts (Lightning
-detects the launcher); ``physfm finetune`` reuses it with a different starting point.
+The same function serves ``physfm pretrain`` on a laptop, ``torchrun``, and the Slurm scripts
+(Lightning detects the launcher); ``physfm finetune`` reuses it with a different starting point.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from data_pipelines.atomic import atomic_write_text
 from data_pipelines.config import ConfigError, to_dict
 from data_pipelines.run_record import write_metrics
 from physfm.core.checkpoint import checkpoint_step, find_latest_checkpoint
-from physfm.train.callbacks import StopOnSignal, ThroughputMonitor, keep_last_checkpoints, measure_matmul_peak
+from physfm.train.callbacks import (
+    StopOnSignal,
+    ThroughputMonitor,
+    keep_last_checkpoints,
+    measure_matmul_peak,
+)
 from physfm.train.config import PretrainConfig, default_run_dir, load_pretrain_config
 from physfm.train.launch import build_trainer_kwargs
 from physfm.train.module import TrainingStopped
@@ -26,7 +32,8 @@ __all__ = ["PretrainConfig", "load_pretrain_config", "run_pretrain"]  # the verb
 
 
 def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
-    """The checkpoint a run continues from: the newest complete one (auto), none, or the one named."""
+    """The checkpoint a run continues from: the newest complete one (auto), none, or the one
+    named."""
     if cfg.resume == "auto":
         return find_latest_checkpoint(out / "checkpoints")
     if cfg.resume == "none":
@@ -43,12 +50,17 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
 
     kwargs = build_trainer_kwargs(cfg.strategy)
     kwargs["plugins"] = [*kwargs["plugins"], *_slurm_environment()]
-    if cfg.strategy.name == "deepspeed":  # our loader batches by itself: no batch_sampler for Lightning to read
+    # our loader batches by itself: no batch_sampler for Lightning to read
+    if cfg.strategy.name == "deepspeed":
         kwargs["strategy"].config.setdefault("train_micro_batch_size_per_gpu", cfg.data.batch_size)
     world = _world_size(kwargs)
     peak = cfg.trainer.peak_tflops * 1e12 if cfg.trainer.peak_tflops else measure_matmul_peak()
-    throughput = ThroughputMonitor(module.model.flops_per_token, peak * world, world=world, every=cfg.trainer.log_every)
-    checkpointing = keep_last_checkpoints(out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last)
+    throughput = ThroughputMonitor(
+        module.model.flops_per_token, peak * world, world=world, every=cfg.trainer.log_every
+    )
+    checkpointing = keep_last_checkpoints(
+        out / "checkpoints", cfg.trainer.checkpoint_every, cfg.trainer.keep_last
+    )
     # SIGUSR1/SIGTERM/SIGINT → checkpoint, exit 75/143/130; the Slurm scripts requeue on 75
     stop_on_signal = StopOnSignal()
     trainer = L.Trainer(
@@ -58,7 +70,9 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None,
         # Validate every val_every steps, and at least once (at the end) in any run.
-        val_check_interval=min(cfg.trainer.val_every or cfg.trainer.max_steps, cfg.trainer.max_steps)
+        val_check_interval=min(
+            cfg.trainer.val_every or cfg.trainer.max_steps, cfg.trainer.max_steps
+        )
         * cfg.trainer.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.data.val_batches,
@@ -84,17 +98,23 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
     recipe = recipe_for(cfg)
     info = recipe.describe(cfg)
     if init_weights is not None and init_weights.get("dataset_names"):
-        # Fine-tuning keeps the pretrained dataset ids and appends new names (physfm/train/finetune.py).
+        # Fine-tuning keeps the pretrained dataset ids and appends new names
+        # (physfm/train/finetune.py).
         missing = sorted(set(info["dataset_names"]) - set(init_weights["dataset_names"]))
         if missing:
-            raise ConfigError(f"data.tokens: datasets {missing} are not in the run's dataset vocabulary")
+            raise ConfigError(
+                f"data.tokens: datasets {missing} are not in the run's dataset vocabulary"
+            )
         info["dataset_names"] = list(init_weights["dataset_names"])
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = recipe.build_module(cfg, info)
     if init_weights is not None:
         if init_weights.get("state_dict") is not None:
-            module.model.load_state_dict(init_weights["state_dict"], strict=init_weights.get("strict", True))
-        if init_weights.get("prepare") is not None:  # e.g. freeze blocks or add LoRA adapters before training
+            module.model.load_state_dict(
+                init_weights["state_dict"], strict=init_weights.get("strict", True)
+            )
+        # e.g. freeze blocks or add LoRA adapters before training
+        if init_weights.get("prepare") is not None:
             init_weights["prepare"](module.model)
 
     resume = resolve_resume(cfg, out)
@@ -123,16 +143,18 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
     stopped_by = stop_on_signal.signal_name if stopped_at is not None else None
     if trainer.is_global_zero:
         seconds = time.perf_counter() - start
-        write_run_summary(out, cfg, info, trainer, throughput, seconds, resume, stopped_at, stopped_by)
+        write_run_summary(
+            out, cfg, info, trainer, throughput, seconds, resume, stopped_at, stopped_by
+        )
     if stopped_at is not None:
         raise TrainingStopped(out, stopped_at, stop_on_signal.signum)
     return out
 
 
 def _slurm_environment() -> list[Any]:
-    """Under Slurm, Lightning's SLURM environment with its auto-requeue off: its SIGUSR1 handler saves
-    from inside the signal handler (ranks may be mid-collective) to a path our resume does not search.
-    :class:`physfm.train.module.StopOnSignal` handles the signal instead."""
+    """Under Slurm, Lightning's SLURM environment with its auto-requeue off: its SIGUSR1 handler
+    saves from inside the signal handler (ranks may be mid-collective) to a path our resume does not
+    search. :class:`physfm.train.module.StopOnSignal` handles the signal instead."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
@@ -151,7 +173,8 @@ def _logger(cfg: PretrainConfig, out: Path, first_step: int = 0):
 
     loggers: list[Any] = []
     if cfg.trainer.logger != "none":
-        # One CSV per run segment: Lightning's CSV logger empties an existing file when a run resumes.
+        # One CSV per run segment: Lightning's CSV logger empties an existing file when a run
+        # resumes.
         loggers.append(CSVLogger(str(out), name="logs", version=f"from-step-{first_step:07d}"))
     if cfg.trainer.logger == "wandb":
         os.environ.setdefault("WANDB_MODE", "offline")
@@ -173,17 +196,23 @@ def write_run_summary(
     stopped_at_step: int | None = None,
     stopped_by: str | None = None,
 ) -> None:
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if getattr(v, "numel", lambda: 1)() == 1
+    }
     summary = {
         "steps": trainer.global_step,
         "seconds": round(seconds, 2),
         "datasets": info["dataset_names"],
         "resumed_from": str(resumed_from) if resumed_from else None,
-        "stopped_at_step": stopped_at_step,  # set when a signal stopped the run early (it resumes from there)
+        # set when a signal stopped the run early (it resumes from there)
+        "stopped_at_step": stopped_at_step,
         "stopped_by": stopped_by,  # that signal's name
         "last_checkpoint": str(find_latest_checkpoint(out / "checkpoints") or ""),
         "n_params": trainer.lightning_module.model.num_params(),
-        "tokens_trained": throughput.tokens_trained,  # this run segment's (a resumed run counts from the resume)
+        # this run segment's (a resumed run counts from the resume)
+        "tokens_trained": throughput.tokens_trained,
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
         "loss_history": read_loss_history(out),
     }
@@ -223,8 +252,8 @@ def write_run_summary(
 
 
 def read_loss_history(out: Path) -> list[tuple[int, float]]:
-    """(step, train loss) pairs from the CSV logs of every run segment (empty when CSV logging is off);
-    where a resumed segment repeats steps, its values win."""
+    """(step, train loss) pairs from the CSV logs of every run segment (empty when CSV logging is
+    off); where a resumed segment repeats steps, its values win."""
     history: dict[int, float] = {}
     for path in sorted((out / "logs").glob("from-step-*/metrics.csv")):
         with path.open() as fh:

@@ -1,5 +1,6 @@
-"""Per model kind, what differs in a training run: the data it reads, the LightningModule it trains, and
-the run.json it leaves. ``physfm pretrain`` looks the kind up here instead of branching on it."""
+"""Per model kind, what differs in a training run: the data it reads, the LightningModule it trains,
+and the run.json it leaves. ``physfm pretrain`` looks the kind up here instead of branching on
+it."""
 
 from __future__ import annotations
 
@@ -19,16 +20,17 @@ from physfm.train.module import ARModule
 
 @dataclass(frozen=True)
 class Recipe:
-    describe: Callable[[PretrainConfig], dict[str, Any]]  # manifests + tokenizer → datasets, window layout
+    # manifests + tokenizer → datasets, window layout
+    describe: Callable[[PretrainConfig], dict[str, Any]]
     data_module: type[TokenDataModule]
     build_module: Callable[[PretrainConfig, dict[str, Any]], ARModule]
     run_info: Callable[[PretrainConfig, dict[str, Any]], RunInfo]
 
 
 def built_model_config(cfg: PretrainConfig) -> ModelConfig:
-    """The model config the run builds: the ``model:`` section with the training layer's choice folded in
-    before the build (``strategy.activation_checkpointing`` recomputes each block in backward), so the
-    built model never has its config changed afterwards."""
+    """The model config the run builds: the ``model:`` section with the training layer's choice
+    folded in before the build (``strategy.activation_checkpointing`` recomputes each block in
+    backward), so the built model never has its config changed afterwards."""
     checkpointing = cfg.model.activation_checkpointing or cfg.strategy.activation_checkpointing
     return dataclasses.replace(cfg.model, activation_checkpointing=checkpointing)
 
@@ -60,14 +62,18 @@ def _run_info(cfg: PretrainConfig, info: dict[str, Any], **kind_fields: Any) -> 
 
 def diffusion_section(cfg: PretrainConfig, info: dict[str, Any]) -> DiffusionConfig:
     """The ``diffusion:`` config with the latent size and FSQ levels resolved from the tokenizer."""
-    return dataclasses.replace(cfg.diffusion, latent_dim=info["latent_dim"], fsq_levels=info["fsq_levels"])
+    return dataclasses.replace(
+        cfg.diffusion, latent_dim=info["latent_dim"], fsq_levels=info["fsq_levels"]
+    )
 
 
 AR = Recipe(
     describe=describe_tokens,
     data_module=TokenDataModule,
     build_module=lambda cfg, info: ARModule(
-        **_module_args(cfg, info), conditional_tokens=info["conditional_tokens"], stability=to_dict(cfg.stability)
+        **_module_args(cfg, info),
+        conditional_tokens=info["conditional_tokens"],
+        stability=to_dict(cfg.stability),
     ),
     run_info=lambda cfg, info: _run_info(cfg, info, tokens=list(cfg.data.tokens)),
 )

@@ -1,15 +1,17 @@
-"""``physfm refine``: fit the refinement U-Net (``physfm/models/refiner.py``) to a trained AR model's predictions.
+"""``physfm refine``: fit the refinement U-Net (``physfm/models/refiner.py``) to a trained AR
+model's predictions.
 
-The AR model is frozen. Its one-step greedy prediction is computed once for a fixed, evenly spread set
-of training windows per dataset (generation is the expensive part on a CPU; a few hundred windows take
-about as long as the whole fit), then the refiner trains for ``train.steps`` steps on those
-(prediction, context) → truth pairs, z-scored with the tokenizer's stats, MSE loss, AdamW with warmup
-and cosine decay. Validation windows (the ``valid`` split when the shards have one) give the VRMSE of
-the raw AR prediction and of the refined one, side by side, in ``metrics.json`` and ``report.md``.
+The AR model is frozen. Its one-step greedy prediction is computed once for a fixed, evenly spread
+set of training windows per dataset (generation is the expensive part on a CPU; a few hundred
+windows take about as long as the whole fit), then the refiner trains for ``train.steps`` steps on
+those (prediction, context) → truth pairs, z-scored with the tokenizer's stats, MSE loss, AdamW with
+warmup and cosine decay. Validation windows (the ``valid`` split when the shards have one) give the
+VRMSE of the raw AR prediction and of the refined one, side by side, in ``metrics.json`` and
+``report.md``.
 
-Outputs: ``OUT/refiner.safetensors`` + ``OUT/refiner.json`` (see ``physfm/models/refiner.py``), ``metrics.json``,
-``report.md``. ``OUT`` defaults to ``CKPT/refiner`` for a run or export directory, where
-``PhysicsModel.from_pretrained(CKPT)`` finds it.
+Outputs: ``OUT/refiner.safetensors`` + ``OUT/refiner.json`` (see ``physfm/models/refiner.py``),
+``metrics.json``, ``report.md``. ``OUT`` defaults to ``CKPT/refiner`` for a run or export directory,
+where ``PhysicsModel.from_pretrained(CKPT)`` finds it.
 """
 
 from __future__ import annotations
@@ -39,15 +41,16 @@ class RefineDataConfig:
     shards: str = ""  # field shards the AR model's tokens were made from (physfm data shard --out)
     split: str = "train"
     n_windows: int = 128  # training windows per dataset (AR predictions computed once for each)
-    # Steps of the AR model's own rollout each window contributes (PhysiX trains on saved rollouts): step k's
-    # pair is (decoded prediction k, the last context frames of true context + raw predictions before it,
-    # true frame k), so the refiner sees the compounding error it must correct. 1 = one-step predictions
-    # from true context only (teacher forcing).
+    # Steps of the AR model's own rollout each window contributes (PhysiX trains on saved rollouts):
+    # step k's pair is (decoded prediction k, the last context frames of true context + raw
+    # predictions before it, true frame k), so the refiner sees the compounding error it must
+    # correct. 1 = one-step predictions from true context only (teacher forcing).
     rollout_steps: int = 4
     val_split: str = "valid"  # "" = no validation
     val_windows: int = 32  # per dataset
-    # The default-on gate also rolls out this many frames on held-out windows (gate_windows per dataset)
-    # with and without the refiner: a refiner that helps the first step can hurt every later one (Burgers).
+    # The default-on gate also rolls out this many frames on held-out windows (gate_windows per
+    # dataset) with and without the refiner: a refiner that helps the first step can hurt every
+    # later one (Burgers).
     gate_horizon: int = 8  # 0 = the one-step check alone
     gate_windows: int = 8
     batch_size: int = 8
@@ -95,8 +98,8 @@ def load_refine_config(path: str | None, overrides: list[str] | None = None) -> 
 
 @dataclass
 class Pairs:
-    """Z-scored training pairs of one dataset: pred [N, C, *s], context [N, T_in, C, *s], truth [N, C, *s], and
-    the rollout step of each prediction [N] (1 = the first predicted frame)."""
+    """Z-scored training pairs of one dataset: pred [N, C, *s], context [N, T_in, C, *s], truth [N,
+    C, *s], and the rollout step of each prediction [N] (1 = the first predicted frame)."""
 
     pred: torch.Tensor
     context: torch.Tensor
@@ -117,19 +120,26 @@ def collect_pairs(
     source: str = "ar",
     rollout_steps: int = 1,
 ) -> dict[str, Pairs]:
-    """(input, context, truth) pairs per window and rollout step, z-scored. ``source`` "ar" = the AR model's
-    decoded greedy rollout of ``rollout_steps`` frames (raw, unrefined), each step paired with the frames
-    before it (true context, then the model's own predictions); "persistence" = the last context frame
-    repeated (an ablation: the refiner alone as a forecaster)."""
+    """(input, context, truth) pairs per window and rollout step, z-scored. ``source`` "ar" = the AR
+    model's decoded greedy rollout of ``rollout_steps`` frames (raw, unrefined), each step paired
+    with the frames before it (true context, then the model's own predictions); "persistence" = the
+    last context frame repeated (an ablation: the refiner alone as a forecaster)."""
     parts: dict[str, list[tuple[torch.Tensor, ...]]] = {}
     tok = pm.tokenizer
     windows = evaluation_windows(
-        shards, split, rollout_steps, batch_size=batch_size, max_windows=n_windows, datasets=pm.dataset_names
+        shards,
+        split,
+        rollout_steps,
+        batch_size=batch_size,
+        max_windows=n_windows,
+        datasets=pm.dataset_names,
     )
     for batch in windows:
         name, n_in = batch.dataset, batch.context.shape[1]
         if source == "ar":
-            preds = pm.rollout(batch.context, rollout_steps, name, batch_size=batch_size, refine=False)
+            preds = pm.rollout(
+                batch.context, rollout_steps, name, batch_size=batch_size, refine=False
+            )
         else:
             preds = batch.context[:, -1:].expand(-1, rollout_steps, *batch.context.shape[2:])
         history = torch.cat([batch.context, preds.to(batch.context.dtype)], dim=1)
@@ -166,7 +176,11 @@ def fit_refiner(
     decay = [p for p in refiner.parameters() if p.dim() > 1]
     no_decay = [p for p in refiner.parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
     )
     refiner.train()
     history, running = [], []
@@ -196,7 +210,8 @@ def fit_refiner(
 def pair_vrmse(
     refiner: Refiner, pairs: dict[str, Pairs], tokenizer, batch_size: int = 32
 ) -> dict[str, dict[str, float]]:
-    """Mean VRMSE (physical units, over windows and fields) of the input, the refined frame and persistence."""
+    """Mean VRMSE (physical units, over windows and fields) of the input, the refined frame and
+    persistence."""
     refiner.eval()
     out = {}
     for name, p in pairs.items():
@@ -217,29 +232,37 @@ def pair_vrmse(
 
 
 def refiner_improves(scores: dict[str, dict[str, float]]) -> bool:
-    """Whether refining lowers the VRMSE on held-out windows of every dataset in ``scores`` (:func:`pair_vrmse`):
-    rollouts use a refiner by default only then (``refiner.json`` ``improves``). Every dataset, not the mean:
-    a refiner fit on a few windows can help one system and hurt another (the quickstart's did), and the
-    default must not make any dataset's forecast worse."""
+    """Whether refining lowers the VRMSE on held-out windows of every dataset in ``scores``
+    (:func:`pair_vrmse`): rollouts use a refiner by default only then (``refiner.json``
+    ``improves``). Every dataset, not the mean: a refiner fit on a few windows can help one system
+    and hurt another (the quickstart's did), and the default must not make any dataset's forecast
+    worse."""
     return all(v["refined"] < v["input"] for v in scores.values())
 
 
 @torch.no_grad()
-def rollout_gate_vrmse(pm, refiner: Refiner, shards: str | Path, split: str, n_windows: int, horizon: int):
-    """{dataset: {"input": raw, "refined": refined}}: VRMSE (physical units, mean over fields, windows and
-    the ``horizon`` frames) of greedy rollouts without and with ``refiner`` on ``split``'s windows."""
+def rollout_gate_vrmse(
+    pm, refiner: Refiner, shards: str | Path, split: str, n_windows: int, horizon: int
+):
+    """{dataset: {"input": raw, "refined": refined}}: VRMSE (physical units, mean over fields,
+    windows and the ``horizon`` frames) of greedy rollouts without and with ``refiner`` on
+    ``split``'s windows."""
     saved = pm.refiner
     pm.refiner = refiner.eval()
     sums: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     try:
-        windows = evaluation_windows(shards, split, horizon, max_windows=n_windows, datasets=pm.dataset_names)
+        windows = evaluation_windows(
+            shards, split, horizon, max_windows=n_windows, datasets=pm.dataset_names
+        )
         for batch in windows:
             name, n = batch.dataset, pm.n_spatial_dims
             acc = sums.setdefault(name, {"input": 0.0, "refined": 0.0})
             for key, refine in (("input", False), ("refined", True)):
                 pred = pm.rollout(batch.context, horizon, name, refine=refine)
-                acc[key] += float(vrmse(pred.float(), batch.truth.float(), n).mean(dim=(-1, -2)).sum())
+                acc[key] += float(
+                    vrmse(pred.float(), batch.truth.float(), n).mean(dim=(-1, -2)).sum()
+                )
             counts[name] = counts.get(name, 0) + len(batch.context)
     finally:
         pm.refiner = saved
@@ -248,20 +271,31 @@ def rollout_gate_vrmse(pm, refiner: Refiner, shards: str | Path, split: str, n_w
 
 def default_out(ckpt: str | Path) -> Path:
     path = Path(ckpt)
-    return path / "refiner" if path.is_dir() else Path(f"runs/refine-{time.strftime('%Y%m%d-%H%M%S')}")
+    return (
+        path / "refiner" if path.is_dir() else Path(f"runs/refine-{time.strftime('%Y%m%d-%H%M%S')}")
+    )
 
 
 def run_refine(cfg: RefineRunConfig, log: Callable[[str], None] | None = print) -> Path:
-    """Fit a refiner to ``cfg.ckpt``; returns the refiner directory (weights, config, metrics, report)."""
+    """Fit a refiner to ``cfg.ckpt``; returns the refiner directory (weights, config, metrics,
+    report)."""
     validate_tree(cfg)  # a config built in code skipped load_config's validation
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out) if cfg.out else default_out(cfg.ckpt)
     pm = PhysicsModel.from_pretrained(cfg.ckpt, tokenizer=cfg.tokenizer or None, refiner=False)
     start = time.perf_counter()
-    pairs = collect_pairs(pm, cfg.data.shards, cfg.data.split, cfg.data.n_windows, rollout_steps=cfg.data.rollout_steps)
+    pairs = collect_pairs(
+        pm,
+        cfg.data.shards,
+        cfg.data.split,
+        cfg.data.n_windows,
+        rollout_steps=cfg.data.rollout_steps,
+    )
     t_pairs = time.perf_counter() - start
     if log:
-        log(f"refine: AR predictions for {sum(len(p) for p in pairs.values())} training windows in {t_pairs:.0f} s")
+        log(
+            f"refine: AR predictions for {sum(len(p) for p in pairs.values())} training windows in {t_pairs:.0f} s"
+        )
     val = {}
     if cfg.data.val_split and cfg.data.val_split in Manifest.load(cfg.data.shards).splits:
         val = collect_pairs(pm, cfg.data.shards, cfg.data.val_split, cfg.data.val_windows)

@@ -1,10 +1,11 @@
 """The ``physfm view`` page: a Dash app over every run under RUNS_DIR.
 
-Dash (Plotly's framework for analytical web apps) serves its JavaScript and CSS itself (``serve_locally``), so
-the page works with no network; its callbacks run on the server, where the models are. Sections: the run list
-(kind, date, headline figures, report.md), the rollout viewer, the steering panel, the tokenizer panel and the
-probe's R² per layer. Files of the runs (the reports' figures) come from ``/files/<path>``, which serves only
-regular files under RUNS_DIR and answers 404 (logged) to anything else.
+Dash (Plotly's framework for analytical web apps) serves its JavaScript and CSS itself
+(``serve_locally``), so the page works with no network; its callbacks run on the server, where the
+models are. Sections: the run list (kind, date, headline figures, report.md), the rollout viewer,
+the steering panel, the tokenizer panel and the probe's R² per layer. Files of the runs (the
+reports' figures) come from ``/files/<path>``, which serves only regular files under RUNS_DIR and
+answers 404 (logged) to anything else.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ def create_app(root: str | Path, workbench: Workbench | None = None) -> Dash:
 
 
 def serve_file(root: Path):
-    """/files/<path under the root>. A hook rather than a route: a route's path converter does not match
-    "/files//etc/passwd", which would then fall through to Dash's catch-all page instead of a 404."""
-    if ".." in request.path.split("/") or request.path.startswith("//"):  # Dash would answer with its page
+    """/files/<path under the root>. A hook rather than a route: a route's path converter does not
+    match "/files//etc/passwd", which would then fall through to Dash's catch-all page instead of a
+    404."""
+    # Dash would answer with its page
+    if ".." in request.path.split("/") or request.path.startswith("//"):
         log.warning("refused %s: climbs out of the site", request.path)
         abort(404)
     if not request.path.startswith(FILES):
@@ -74,10 +77,13 @@ def serve_file(root: Path):
 
 
 def prefetch(root: Path, bench: Workbench) -> None:
-    """Compute what the page opens with (the first rollout run's first window), so a browser opened a few
-    seconds after the server starts finds the model loaded. Failures are left for the page to show."""
+    """Compute what the page opens with (the first rollout run's first window), so a browser opened
+    a few seconds after the server starts finds the model loaded. Failures are left for the page to
+    show."""
     try:
-        run = next((r for r in discover_runs(root) if r.kind in ROLLOUT_KINDS and not r.error), None)
+        run = next(
+            (r for r in discover_runs(root) if r.kind in ROLLOUT_KINDS and not r.error), None
+        )
         datasets = sorted(run.metrics.get("n_windows") or {}) if run else []
         if run and datasets:
             bench.rollout(run.path, run.metrics, datasets[0], 0)

@@ -1,10 +1,10 @@
-"""The server-side work behind the page: rollouts of one window, tokenizer reconstructions and steered rollouts
-at one α, each computed once and cached.
+"""The server-side work behind the page: rollouts of one window, tokenizer reconstructions and
+steered rollouts at one α, each computed once and cached.
 
-Models load only through the project's loaders (``PhysicsModel.from_pretrained``, ``load_tokenizer``,
-``load_direction``, ``Probe.load``: safetensors or weights-only). One lock serialises the torch work: the page
-may fire several callbacks at once, and on a 2-core machine two rollouts side by side are each slower than
-one after the other.
+Models load only through the project's loaders (``PhysicsModel.from_pretrained``,
+``load_tokenizer``, ``load_direction``, ``Probe.load``: safetensors or weights-only). One lock
+serialises the torch work: the page may fire several callbacks at once, and on a 2-core machine two
+rollouts side by side are each slower than one after the other.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from tokenizer.evaluate import reconstruct
 from tokenizer.metrics import vrmse
 from tokenizer.model import Tokenizer
 
-STEER_WINDOWS = 8  # contexts offered by the steering panel (spread evenly over the split's matching windows)
+# contexts offered by the steering panel (spread evenly over the split's matching windows)
+STEER_WINDOWS = 8
 
 
 class LRU(OrderedDict):
@@ -106,7 +107,8 @@ class SteerResult:
 
 
 def model_tokenizer(location: Path, root: Path) -> Path | None:
-    """The tokenizer a model run or export names, found from wherever the viewer runs (None: let the loader try)."""
+    """The tokenizer a model run or export names, found from wherever the viewer runs (None: let the
+    loader try)."""
     path, run_dir = resolve_checkpoint(location)
     meta_file = path / CONFIG_NAME if (path / WEIGHTS_NAME).is_file() else run_dir / RUN_INFO
     try:
@@ -130,9 +132,12 @@ class Workbench:
         self.steer_setups: LRU = LRU(8)
 
     # ------------------------------------------------------------------------------ loading
-    def model(self, location: Path, refiner: Path | None = None, *, any_refiner: bool = False) -> PhysicsModel:
-        """The model, with ``refiner`` (default: the one its run names, when found). ``any_refiner``: a model
-        of this location already loaded will do (steering only generates tokens: the refiner is unused)."""
+    def model(
+        self, location: Path, refiner: Path | None = None, *, any_refiner: bool = False
+    ) -> PhysicsModel:
+        """The model, with ``refiner`` (default: the one its run names, when found).
+        ``any_refiner``: a model of this location already loaded will do (steering only generates
+        tokens: the refiner is unused)."""
         if any_refiner:
             for (loaded, _), pm in self.models.items():
                 if loaded == str(location):
@@ -151,25 +156,40 @@ class Workbench:
 
     # ------------------------------------------------------------------------------ rollout viewer
     def rollout(self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int) -> Rollout:
-        """Window ``window`` of ``dataset`` among those the evaluate run scored, rolled out to its longest
-        horizon by persistence, the model and (when the run had one) the model + refiner."""
+        """Window ``window`` of ``dataset`` among those the evaluate run scored, rolled out to its
+        longest horizon by persistence, the model and (when the run had one) the model + refiner."""
         key = (str(run_dir), dataset, window)
         with self.lock:
-            return self.rollouts.get_or(key, lambda: self._rollout(run_dir, metrics, dataset, window))
+            return self.rollouts.get_or(
+                key, lambda: self._rollout(run_dir, metrics, dataset, window)
+            )
 
-    def _rollout(self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int) -> Rollout:
+    def _rollout(
+        self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int
+    ) -> Rollout:
         start = time.perf_counter()
         recorded = metrics.get("model") or {}
-        location = self._recorded(recorded.get("location") or metrics.get("checkpoint"), run_dir, "model")
+        location = self._recorded(
+            recorded.get("location") or metrics.get("checkpoint"), run_dir, "model"
+        )
         shards = self._recorded(metrics.get("shards"), run_dir, "shards")
-        methods = [m for m in metrics.get("methods", []) if m in ("persistence", "ar", "ar_refined", "diffusion")]
+        methods = [
+            m
+            for m in metrics.get("methods", [])
+            if m in ("persistence", "ar", "ar_refined", "diffusion")
+        ]
         refiner = resolve_recorded(recorded.get("refiner") or "", run_dir, self.root)
         pm = self.model(location, refiner)
         horizon = max(metrics.get("horizons") or [metrics.get("horizon", 1)])
         n_windows = int((metrics.get("n_windows") or {}).get(dataset, window + 1))
         batch = _nth(
             evaluation_windows(
-                shards, metrics.get("split", "test"), horizon, batch_size=1, max_windows=n_windows, datasets=[dataset]
+                shards,
+                metrics.get("split", "test"),
+                horizon,
+                batch_size=1,
+                max_windows=n_windows,
+                datasets=[dataset],
             ),
             window,
             f"{shards}: {dataset} has no window {window}",
@@ -177,20 +197,28 @@ class Workbench:
         context, truth = batch.context, batch.truth
         predictions = {}
         if not methods:  # a `physfm rollout` run: persistence and what it rolled out
-            methods = ["persistence", "ar_refined" if metrics.get("refine") and pm.refiner is not None else pm.method]
+            methods = [
+                "persistence",
+                "ar_refined" if metrics.get("refine") and pm.refiner is not None else pm.method,
+            ]
         for method in methods:
             if method == "persistence":
                 predictions[method] = context[:, -1:].expand_as(truth)
             elif method != "ar_refined" or pm.refiner is not None:
                 refine = {"refine": method == "ar_refined"} if pm.refiner is not None else {}
-                predictions[method] = pm.rollout(context, horizon, dataset, seed=int(metrics.get("seed", 0)), **refine)
+                predictions[method] = pm.rollout(
+                    context, horizon, dataset, seed=int(metrics.get("seed", 0)), **refine
+                )
         n = pm.n_spatial_dims
         return Rollout(
             dataset=dataset,
             channel_names=pm.channel_names(dataset),
             truth=truth[0].numpy(),
             predictions={m: p[0].float().cpu().numpy() for m, p in predictions.items()},
-            vrmse={m: vrmse(p.float().cpu(), truth.float(), n)[0].numpy() for m, p in predictions.items()},
+            vrmse={
+                m: vrmse(p.float().cpu(), truth.float(), n)[0].numpy()
+                for m, p in predictions.items()
+            },
             meta=batch.meta[0],
             seconds=time.perf_counter() - start,
         )
@@ -198,22 +226,37 @@ class Workbench:
     def _recorded(self, value: Any, run_dir: Path, what: str) -> Path:
         path = resolve_recorded(str(value or ""), run_dir, self.root)
         if path is None:
-            raise DataError(f"{run_dir / 'metrics.json'}: its {what} {value!r} is not found from {self.root}")
+            raise DataError(
+                f"{run_dir / 'metrics.json'}: its {what} {value!r} is not found from {self.root}"
+            )
         return path
 
     # ------------------------------------------------------------------------------ tokenizer panel
-    def reconstruction(self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int) -> Reconstruction:
+    def reconstruction(
+        self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int
+    ) -> Reconstruction:
         key = (str(run_dir), dataset, window)
         with self.lock:
-            return self.reconstructions.get_or(key, lambda: self._reconstruction(run_dir, metrics, dataset, window))
+            return self.reconstructions.get_or(
+                key, lambda: self._reconstruction(run_dir, metrics, dataset, window)
+            )
 
-    def _reconstruction(self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int) -> Reconstruction:
-        tok = self.tokenizer(self._recorded(metrics.get("checkpoint"), run_dir, "tokenizer checkpoint"))
+    def _reconstruction(
+        self, run_dir: Path, metrics: dict[str, Any], dataset: str, window: int
+    ) -> Reconstruction:
+        tok = self.tokenizer(
+            self._recorded(metrics.get("checkpoint"), run_dir, "tokenizer checkpoint")
+        )
         shards = self._recorded(metrics.get("shards"), run_dir, "shards")
         horizon = max(1, Manifest.load(shards).window.n_output)
         batch = _nth(
             evaluation_windows(
-                shards, metrics.get("split", "valid"), horizon, batch_size=1, max_windows=16, datasets=[dataset]
+                shards,
+                metrics.get("split", "valid"),
+                horizon,
+                batch_size=1,
+                max_windows=16,
+                datasets=[dataset],
             ),
             window,
             f"{shards}: {dataset} has no window {window}",
@@ -233,12 +276,18 @@ class Workbench:
         )
 
     # ------------------------------------------------------------------------------ steering panel
-    def steer_setup(self, model: Path, direction: Path, probe: Path | None, window: int, horizon: int) -> SteerSetup:
+    def steer_setup(
+        self, model: Path, direction: Path, probe: Path | None, window: int, horizon: int
+    ) -> SteerSetup:
         key = (str(model), str(direction), str(probe), window, horizon)
         with self.lock:
-            return self.steer_setups.get_or(key, lambda: self._steer_setup(model, direction, probe, window, horizon))
+            return self.steer_setups.get_or(
+                key, lambda: self._steer_setup(model, direction, probe, window, horizon)
+            )
 
-    def _steer_setup(self, model: Path, direction: Path, probe: Path | None, window: int, horizon: int) -> SteerSetup:
+    def _steer_setup(
+        self, model: Path, direction: Path, probe: Path | None, window: int, horizon: int
+    ) -> SteerSetup:
         direc = load_direction(direction)
         pm = self.model(model, any_refiner=True)
         if direc.meta.get("model_fingerprint") != model_fingerprint(pm.model):
@@ -249,7 +298,9 @@ class Workbench:
         reader = Probe.load(probe) if probe is not None else None
         data = resolve_recorded(direc.meta.get("data", ""), direction.parent, self.root)
         if data is None:
-            raise DataError(f"{direction}.json: its data {direc.meta.get('data')!r} is not found from {self.root}")
+            raise DataError(
+                f"{direction}.json: its data {direc.meta.get('data')!r} is not found from {self.root}"
+            )
         datasets = direc.meta.get("datasets") or []
         selection = f"dataset=='{datasets[0]}'" if len(datasets) == 1 else None
         encoder = None
@@ -285,13 +336,15 @@ class Workbench:
         )
 
     def steer(self, setup: SteerSetup, alpha: float) -> SteerResult:
-        """The context rolled out ``setup.horizon`` token frames with the direction added at strength ``alpha``,
-        decoded and read out (cached per α)."""
+        """The context rolled out ``setup.horizon`` token frames with the direction added at
+        strength ``alpha``, decoded and read out (cached per α)."""
         alpha = round(float(alpha), 6)
         with self.lock:
             if alpha in setup.results:
                 cached = setup.results[alpha]
-                return SteerResult(cached.alpha, cached.frames, cached.probe_value, cached.statistics, 0.0)
+                return SteerResult(
+                    cached.alpha, cached.frames, cached.probe_value, cached.statistics, 0.0
+                )
             result = setup.results[alpha] = self._steer(setup, alpha)
             return result
 
@@ -304,13 +357,21 @@ class Workbench:
         seq = torch.cat([s.context.to(new.device), new], 1)
         c = pm.temporal_compression
         n_in = 1 + c * (pm.n_context_tokens - 1)
-        frames = pm.decode(seq, s.dataset, n_frames=n_in + c * s.horizon)[:, n_in:].float().cpu().numpy()
+        frames = (
+            pm.decode(seq, s.dataset, n_frames=n_in + c * s.horizon)[:, n_in:].float().cpu().numpy()
+        )
         probe_value = None
         if s.probe is not None:  # read by the unsteered model, as `physfm steer rollout` does
             ids = torch.full((1,), pm.dataset_names.index(s.dataset))
-            acts = pooled_activations(pm.model, seq[:, -pm.n_window_tokens :], ids, [s.probe.best_point], s.probe.pool)
-            probe_value = float(s.probe.predict(s.probe.best_point, acts[s.probe.best_point].numpy())[0])
-        stats = physics_statistics(s.dataset, frames, pm.channel_names(s.dataset), pm.n_spatial_dims)
+            acts = pooled_activations(
+                pm.model, seq[:, -pm.n_window_tokens :], ids, [s.probe.best_point], s.probe.pool
+            )
+            probe_value = float(
+                s.probe.predict(s.probe.best_point, acts[s.probe.best_point].numpy())[0]
+            )
+        stats = physics_statistics(
+            s.dataset, frames, pm.channel_names(s.dataset), pm.n_spatial_dims
+        )
         return SteerResult(
             alpha=alpha,
             frames=frames[0],

@@ -1,5 +1,6 @@
-"""The ``physfm view`` page's building blocks: its style, the controls and cards every panel uses, and the
-settings the panels share (each panel's own controls and callbacks are in ``physfm.view.panels``)."""
+"""The ``physfm view`` page's building blocks: its style, the controls and cards every panel uses,
+and the settings the panels share (each panel's own controls and callbacks are in
+``physfm.view.panels``)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ INDEX = (
 )
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------------
+# helpers
 def error_card(message: str) -> html.Div:
     return html.Div(message, className="error-card")
 
@@ -90,11 +92,20 @@ def run_card(run: Run) -> html.Component:
             html.Span(run.kind, className="kind"),
             html.Span(run.rel, className="rel"),
             html.Span(run.date, className="date"),
-            html.Span([html.Span(f"{label} {value}") for label, value in run.headline], className="headline"),
+            html.Span(
+                [html.Span(f"{label} {value}") for label, value in run.headline],
+                className="headline",
+            ),
         ]
     )
-    body = dcc.Markdown(link_figures(run.report, run.rel)) if run.report else html.Div("(no report.md)")
-    return html.Details([summary, html.Div(body, className="report")], className="run", id=f"run-{run.rel}")
+    body = (
+        dcc.Markdown(link_figures(run.report, run.rel))
+        if run.report
+        else html.Div("(no report.md)")
+    )
+    return html.Details(
+        [summary, html.Div(body, className="report")], className="run", id=f"run-{run.rel}"
+    )
 
 
 def dropdown(id_: str, values: list[str], labels: list[str] | None = None, none: str | None = None):

@@ -1,9 +1,10 @@
 """Find the run directories under a root and say what each one is, from the files it holds.
 
-A run is a directory with a ``metrics.json``, a ``run.json`` or a ``report.md``; its kind comes from those
-files' keys (no registry to keep in sync with the verbs). Folders that only hold a run's inputs or byproducts
-(data, shards, checkpoints, logs, …) are not searched. A directory whose files cannot be read becomes a
-:class:`Run` with ``error`` set, so the page shows a card for it and everything else still works.
+A run is a directory with a ``metrics.json``, a ``run.json`` or a ``report.md``; its kind comes from
+those files' keys (no registry to keep in sync with the verbs). Folders that only hold a run's
+inputs or byproducts (data, shards, checkpoints, logs, …) are not searched. A directory whose files
+cannot be read becomes a :class:`Run` with ``error`` set, so the page shows a card for it and
+everything else still works.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ MAX_DEPTH = 4  # quickstart/steer/probe is three levels down; deeper trees are d
 class Run:
     path: Path  # absolute
     rel: str  # relative to the root, "/"-separated ("." for the root itself)
-    kind: str  # quickstart, pretrain, finetune, export, tokenizer, tokenizer-eval, evaluate, rollout, …
-    date: str  # when it finished, "YYYY-MM-DD HH:MM" local time: metrics.json's finished_at, else file times
+    # quickstart, pretrain, finetune, export, tokenizer, tokenizer-eval, evaluate, rollout, …
+    kind: str
+    # when it finished, "YYYY-MM-DD HH:MM" local time: metrics.json's finished_at, else file times
+    date: str
     metrics: dict[str, Any] = field(default_factory=dict)
     run_info: dict[str, Any] = field(default_factory=dict)
     report: str = ""
@@ -70,7 +73,9 @@ def run_kind(path: Path, metrics: dict[str, Any], run_info: dict[str, Any]) -> s
     if "stages" in metrics:
         return "quickstart"
     if run_info:
-        return "finetune" if "held_out" in metrics or (path / "model_before").is_dir() else "pretrain"
+        return (
+            "finetune" if "held_out" in metrics or (path / "model_before").is_dir() else "pretrain"
+        )
     if (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
         return "export"
     if (path / "checkpoint" / "tokenizer.json").is_file():
@@ -92,7 +97,9 @@ def read_run(path: Path, root: Path) -> Run:
     try:
         run.metrics = _read_json(path / METRICS) if (path / METRICS).is_file() else {}
         run.run_info = _read_json(path / RUN_INFO) if (path / RUN_INFO).is_file() else {}
-        run.report = (path / REPORT).read_text(errors="replace") if (path / REPORT).is_file() else ""
+        run.report = (
+            (path / REPORT).read_text(errors="replace") if (path / REPORT).is_file() else ""
+        )
     except (ValueError, OSError) as err:
         run.error = str(err)
     run.kind = run_kind(path, run.metrics, run.run_info)
@@ -101,8 +108,9 @@ def read_run(path: Path, root: Path) -> Run:
 
 
 def run_date(path: Path, metrics: dict[str, Any]) -> str:
-    """When the run finished: the time its metrics.json records (a copy keeps it), else — a run written before
-    physfm recorded it — the newest modification time of its files, marked "(file time)"."""
+    """When the run finished: the time its metrics.json records (a copy keeps it), else — a run
+    written before physfm recorded it — the newest modification time of its files, marked "(file
+    time)"."""
     recorded = recorded_finish(metrics)
     if recorded is not None:
         return recorded.astimezone().strftime("%Y-%m-%d %H:%M")
@@ -124,7 +132,9 @@ def discover_runs(root: str | Path) -> list[Run]:
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
         here = Path(dirpath)
         depth = len(here.relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if d not in NOT_RUNS and not d.startswith(".") and depth < MAX_DEPTH)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in NOT_RUNS and not d.startswith(".") and depth < MAX_DEPTH
+        )
         if is_run_dir(here) or (here / "checkpoint" / "tokenizer.json").is_file():
             runs.append(read_run(here, root))
     return runs
@@ -154,7 +164,11 @@ def headline(run: Run) -> list[tuple[str, str]]:
         o = m.get("overall", {})
         out += [("VRMSE max", _fmt(o.get("vrmse_max"))), ("code usage", _fmt(o.get("code_usage")))]
     elif run.kind == "probe":
-        out += [("target", _fmt(m.get("target"))), ("best", _fmt(m.get("best_layer"))), ("R²", _fmt(m.get("probe_r2")))]
+        out += [
+            ("target", _fmt(m.get("target"))),
+            ("best", _fmt(m.get("best_layer"))),
+            ("R²", _fmt(m.get("probe_r2"))),
+        ]
     elif run.kind == "steer":
         out += [
             ("ρ probe", _fmt(m.get("spearman_probe"))),
@@ -172,22 +186,25 @@ def headline(run: Run) -> list[tuple[str, str]]:
 
 
 def resolve_recorded(recorded: str | Path, run_dir: Path, root: Path) -> Path | None:
-    """A path a run recorded (absolute, or relative to wherever the command ran, e.g. "runs/quickstart/shards")
-    → the existing path it names: as is, then from the run directory and each of its ancestors (the viewer may
-    run from anywhere; what it finds is only ever loaded through the safe loaders, never served)."""
+    """A path a run recorded (absolute, or relative to wherever the command ran, e.g.
+    "runs/quickstart/shards") → the existing path it names: as is, then from the run directory and
+    each of its ancestors (the viewer may run from anywhere; what it finds is only ever loaded
+    through the safe loaders, never served)."""
     if not recorded:
         return None
     recorded = Path(recorded)
     if recorded.is_absolute():
         return recorded if recorded.exists() else None
     run_dir = run_dir.resolve()
-    candidates = [Path.cwd() / recorded, run_dir / recorded] + [a / recorded for a in run_dir.parents]
+    candidates = [Path.cwd() / recorded, run_dir / recorded] + [
+        a / recorded for a in run_dir.parents
+    ]
     return next((c for c in candidates if c.exists()), None)
 
 
 def safe_file(root: Path, rel: str) -> Path | None:
-    """The regular file ``rel`` names under ``root``, or None when it is absolute, climbs out (``..``, a link
-    leading outside) or does not exist."""
+    """The regular file ``rel`` names under ``root``, or None when it is absolute, climbs out
+    (``..``, a link leading outside) or does not exist."""
     if not rel or rel.startswith(("/", "\\")) or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return None
     root = root.resolve()
@@ -198,15 +215,17 @@ def safe_file(root: Path, rel: str) -> Path | None:
 
 
 def find_directions(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(direction file, its metadata) for every ``physfm steer direction`` output under ``root``: a file FILE
-    (any name: ``--out runs/nu.direction`` as well as ``nu.safetensors``) with FILE.json beside it whose
-    ``format`` is ``physfm-direction``.  Only a JSON file with a file of its own name minus ".json" beside it
-    is read, so metrics.json and the like cost nothing."""
+    """(direction file, its metadata) for every ``physfm steer direction`` output under ``root``: a
+    file FILE (any name: ``--out runs/nu.direction`` as well as ``nu.safetensors``) with FILE.json
+    beside it whose ``format`` is ``physfm-direction``.  Only a JSON file with a file of its own
+    name minus ".json" beside it is read, so metrics.json and the like cost nothing."""
     root = Path(root).resolve()
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         depth = len(Path(dirpath).relative_to(root).parts)
-        dirnames[:] = sorted(d for d in dirnames if d not in NOT_RUNS and not d.startswith(".") and depth < MAX_DEPTH)
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in NOT_RUNS and not d.startswith(".") and depth < MAX_DEPTH
+        )
         names = set(filenames)
         for name in sorted(filenames):
             if not name.endswith(".json") or name[: -len(".json")] not in names:
@@ -214,8 +233,12 @@ def find_directions(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
             weights = Path(dirpath) / name[: -len(".json")]
             try:
                 meta = _read_json(Path(dirpath) / name)
-            except ValueError as err:  # a direction's (by its usual name) is still listed: picking it shows why
-                meta = {"format": "physfm-direction" if name.endswith(".safetensors.json") else "", "error": str(err)}
+            # a direction's (by its usual name) is still listed: picking it shows why
+            except ValueError as err:
+                meta = {
+                    "format": "physfm-direction" if name.endswith(".safetensors.json") else "",
+                    "error": str(err),
+                }
             if meta.get("format") == "physfm-direction" and weights.is_file():
                 found.append((weights, meta))
     return found

@@ -1,5 +1,5 @@
-"""Shared fixtures of the fault-injection suite: tiny token shards, a toy The Well dataset, CLI launchers
-(single process and 2-rank torchrun, blocking or watched-and-killed) and a small disk."""
+"""Shared fixtures of the fault-injection suite: tiny token shards, a toy The Well dataset, CLI
+launchers (single process and 2-rank torchrun, blocking or watched-and-killed) and a small disk."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ CLI_TIMEOUT = 150.0  # seconds; a hang is a failure, never a stuck CI job
 
 
 def pretrain_args(tokens: Path, out: Path, *extra: str) -> list[str]:
-    """``physfm pretrain`` arguments for the tiny model on ``tokens`` (quiet, CSV logs, fixed MFU peak)."""
+    """``physfm pretrain`` arguments for the tiny model on ``tokens`` (quiet, CSV logs, fixed MFU
+    peak)."""
     return [
         "pretrain",
         "--config",
@@ -41,8 +42,8 @@ def pretrain_args(tokens: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Token shards with uneven shard counts and sizes: 3 train shards (22, 22, 1 windows) and 3 valid
-    shards (5, 5, 1) for 2 ranks."""
+    """Token shards with uneven shard counts and sizes: 3 train shards (22, 22, 1 windows) and 3
+    valid shards (5, 5, 1) for 2 ranks."""
     return make_token_shards(tmp_path_factory.mktemp("faults") / "tokens", n_windows=45, n_shards=2)
 
 
@@ -53,9 +54,14 @@ def toy_dataset(tmp_path: Path) -> Path:
 
 
 def run_cli(
-    args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False, timeout: float = CLI_TIMEOUT
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    inject: bool = False,
+    timeout: float = CLI_TIMEOUT,
 ) -> CompletedResult:
-    """``python -m physfm.cli ARGS`` (or the fault-injecting entry) as one process, with a timeout."""
+    """``python -m physfm.cli ARGS`` (or the fault-injecting entry) as one process, with a
+    timeout."""
     entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
     cmd = [sys.executable, *entry, *map(str, args)]
     start = time.monotonic()
@@ -75,15 +81,22 @@ def run_cli(
         kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
         timed_out = True
-    except BaseException:  # Ctrl-C or another error in pytest itself: leave no process behind, re-raise
+    # Ctrl-C or another error in pytest itself: leave no process behind, re-raise
+    except BaseException:
         kill_tree(proc.pid)
         proc.wait()
         raise
-    return CompletedResult(cmd, proc.returncode, stdout, stderr, time.monotonic() - start, timed_out)
+    return CompletedResult(
+        cmd, proc.returncode, stdout, stderr, time.monotonic() - start, timed_out
+    )
 
 
 def run_cli_distributed(
-    args: Sequence[str], *, env: dict[str, str] | None = None, inject: bool = False, timeout: float = CLI_TIMEOUT
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    inject: bool = False,
+    timeout: float = CLI_TIMEOUT,
 ) -> CompletedResult:
     """``physfm ARGS`` on 2 gloo ranks under ``torch.distributed.run`` (tests/harness.py)."""
     entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
@@ -91,10 +104,15 @@ def run_cli_distributed(
 
 
 def run_distributed_until(
-    args: Sequence[str], done: Callable[[], bool], *, timeout: float = CLI_TIMEOUT, poll: float = 0.02
+    args: Sequence[str],
+    done: Callable[[], bool],
+    *,
+    timeout: float = CLI_TIMEOUT,
+    poll: float = 0.02,
 ) -> tuple[bool, str]:
-    """Start ``physfm ARGS`` on 2 ranks, wait until ``done()`` holds, then SIGKILL the launcher and every
-    worker at once (``kill -9`` of the whole job).  Returns (killed while running, output so far)."""
+    """Start ``physfm ARGS`` on 2 ranks, wait until ``done()`` holds, then SIGKILL the launcher and
+    every worker at once (``kill -9`` of the whole job).  Returns (killed while running, output so
+    far)."""
     from physfm.train.distributed import free_port
 
     cmd = [
@@ -113,10 +131,18 @@ def run_distributed_until(
         "physfm.cli",
         *map(str, args),
     ]
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"faults-kill-{os.getpid()}-{time.monotonic_ns()}.log"
+    log = (
+        Path(os.environ.get("TMPDIR", "/tmp"))
+        / f"faults-kill-{os.getpid()}-{time.monotonic_ns()}.log"
+    )
     with log.open("w+") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=worker_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=REPO_ROOT,
+            env=worker_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         killed = False
@@ -153,7 +179,9 @@ def tmpfs(mountpoint: Path, size_kb: int) -> Iterator[Path]:
     """A real small filesystem (needs root): writes past ``size_kb`` fail with ENOSPC."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mountpoint)], check=True, capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mountpoint)],
+        check=True,
+        capture_output=True,
     )
     try:
         yield mountpoint
@@ -178,8 +206,9 @@ def can_mount_tmpfs(tmp_path: Path) -> bool:
 
 @contextlib.contextmanager
 def file_size_limit(max_bytes: int) -> Iterator[None]:
-    """A size-limited file in this process (RLIMIT_FSIZE): writes past ``max_bytes`` in any file fail with
-    EFBIG, as a full disk fails a write (SIGXFSZ ignored so the write returns an error instead)."""
+    """A size-limited file in this process (RLIMIT_FSIZE): writes past ``max_bytes`` in any file
+    fail with EFBIG, as a full disk fails a write (SIGXFSZ ignored so the write returns an error
+    instead)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
@@ -191,11 +220,12 @@ def file_size_limit(max_bytes: int) -> Iterator[None]:
 
 
 class SmallDisk:
-    """A directory ``root`` whose free space a test can take away: ``with disk.full(free_kb):`` makes
-    writes under ``root`` fail once about ``free_kb`` more KiB are written.
+    """A directory ``root`` whose free space a test can take away: ``with disk.full(free_kb):``
+    makes writes under ``root`` fail once about ``free_kb`` more KiB are written.
 
-    ``tmpfs`` mode: ``root`` is a real 32 MiB tmpfs (root only), filled up to ``free_kb`` left → ENOSPC.
-    ``rlimit`` mode: ``root`` is an ordinary directory and ``full`` sets a per-file size limit → EFBIG."""
+    ``tmpfs`` mode: ``root`` is a real 32 MiB tmpfs (root only), filled up to ``free_kb`` left →
+    ENOSPC. ``rlimit`` mode: ``root`` is an ordinary directory and ``full`` sets a per-file size
+    limit → EFBIG."""
 
     def __init__(self, mode: str, root: Path):
         self.mode, self.root = mode, root

@@ -1,14 +1,16 @@
-"""``python tests/faults/inject.py VERB ARGS...``: ``physfm VERB ARGS...`` with faults planted first.
+"""``python tests/faults/inject.py VERB ARGS...``: ``physfm VERB ARGS...`` with faults planted
+first.
 
 The faults come from environment variables so the same entry point serves single-process runs and
 ``torchrun`` workers (each rank reads them):
 
-* ``FAULT_NAN_AT_STEP=S`` (and ``FAULT_NAN_RANK=R``, default every rank): the training loss becomes NaN at
-  optimiser step S on rank R only — the guard must make every rank take the same decision;
-* ``FAULT_STEP_SLEEP=S``: every training step prints ``inject: step N`` (N = optimiser steps done) and
-  then sleeps S seconds, so a test can send a signal while a step is under way;
-* ``FAULT_KILL_IN_SAVE=NAME``: while ``torch.save`` writes a checkpoint whose path contains NAME, write half
-  of its bytes, flush them to disk, then SIGKILL this process — a crash in the middle of a save.
+* ``FAULT_NAN_AT_STEP=S`` (and ``FAULT_NAN_RANK=R``, default every rank): the training loss becomes
+  NaN at optimiser step S on rank R only — the guard must make every rank take the same decision;
+* ``FAULT_STEP_SLEEP=S``: every training step prints ``inject: step N`` (N = optimiser steps done)
+  and then sleeps S seconds, so a test can send a signal while a step is under way;
+* ``FAULT_KILL_IN_SAVE=NAME``: while ``torch.save`` writes a checkpoint whose path contains NAME,
+  write half of its bytes, flush them to disk, then SIGKILL this process — a crash in the middle of
+  a save.
 """
 
 from __future__ import annotations

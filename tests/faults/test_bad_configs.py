@@ -1,7 +1,7 @@
 """Case 8: a bad config is one line naming the key, exit 2, before any compute (no run directory).
 
-Every case runs through ``physfm.cli.main`` in-process (fast); one runs as a real process too, to prove
-what a user sees: exit status 1, a single stderr line, no traceback."""
+Every case runs through ``physfm.cli.main`` in-process (fast); one runs as a real process too, to
+prove what a user sees: exit status 1, a single stderr line, no traceback."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def one_error_line(stderr: str, key: str) -> str:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_override_is_one_line_naming_the_key(name: str, tokens: Path, tmp_path: Path, capsys) -> None:
+def test_bad_override_is_one_line_naming_the_key(
+    name: str, tokens: Path, tmp_path: Path, capsys
+) -> None:
     overrides, key = CASES[name]
     out = tmp_path / "run"
     assert main(pretrain_args(tokens, out, *overrides)) == 2
@@ -57,9 +59,13 @@ def test_bad_yaml_file_names_the_key_and_the_file(tokens: Path, tmp_path: Path, 
 
 
 @pytest.mark.slow
-def test_a_real_process_exits_2_with_one_line_and_no_traceback(tokens: Path, tmp_path: Path) -> None:
+def test_a_real_process_exits_2_with_one_line_and_no_traceback(
+    tokens: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
-    result = run_cli(pretrain_args(tokens, out, "strategy.name=ddp", "strategy.zero_stage=3"), timeout=60)
+    result = run_cli(
+        pretrain_args(tokens, out, "strategy.name=ddp", "strategy.zero_stage=3"), timeout=60
+    )
     assert result.returncode == 2, result.describe()
     one_error_line(result.stderr, "strategy.zero_stage")
     assert "Traceback" not in result.stdout + result.stderr and not out.exists()

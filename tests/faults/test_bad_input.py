@@ -1,7 +1,7 @@
 """Bad input reaches the user as one line and exit 2, and a refused command leaves nothing behind:
-token ids beyond the model's vocabulary (pretrain, probe), a dataset whose dimensionality disagrees with
-the tokenizer's record for its name (tokenizer encode/eval, probe), a damaged shard met mid-encode, and a
-probe target no window carries (refused before any activation is captured)."""
+token ids beyond the model's vocabulary (pretrain, probe), a dataset whose dimensionality disagrees
+with the tokenizer's record for its name (tokenizer encode/eval, probe), a damaged shard met
+mid-encode, and a probe target no window carries (refused before any activation is captured)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def waves_3d(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("waves3d")
     rng = np.random.default_rng(0)
     for split in ("train", "valid", "test"):
-        fields = [Field(c, 0, rng.normal(size=(1, 6, 4, 4, 4)).astype(np.float32)) for c in channels]
+        fields = [
+            Field(c, 0, rng.normal(size=(1, 6, 4, 4, 4)).astype(np.float32)) for c in channels
+        ]
         data = WellData(
             dataset_name="waves",
             spatial_dims=["x", "y", "z"],
@@ -74,37 +76,96 @@ def test_pretrain_refuses_token_ids_beyond_the_vocabulary(tmp_path: Path, capsys
 
 def test_probe_refuses_token_ids_beyond_the_vocabulary(tmp_path: Path, capsys, monkeypatch) -> None:
     export = steer_fixtures.export_tiny_model(tmp_path / "m")
-    monkeypatch.setattr(steer_fixtures, "VOCAB", 4 * steer_fixtures.VOCAB)  # the tokens', not the model's
+    # the tokens', not the model's
+    monkeypatch.setattr(steer_fixtures, "VOCAB", 4 * steer_fixtures.VOCAB)
     tokens = steer_fixtures.make_param_tokens(tmp_path / "tokens")
-    rc = main(["probe", "--ckpt", str(export), "--data", str(tokens), "--target", "nu", "--out", str(tmp_path / "p")])
+    rc = main(
+        [
+            "probe",
+            "--ckpt",
+            str(export),
+            "--data",
+            str(tokens),
+            "--target",
+            "nu",
+            "--out",
+            str(tmp_path / "p"),
+        ]
+    )
     line = one_error_line(capsys, "probe")
-    assert rc == 2 and f"{tokens}: token id" in line and "outside the model's vocabulary" in line, line
+    assert rc == 2 and f"{tokens}: token id" in line and "outside the model's vocabulary" in line, (
+        line
+    )
 
 
 def test_probe_refuses_an_unknown_target_before_any_work(tmp_path: Path, capsys) -> None:
     tokens = steer_fixtures.make_param_tokens(tmp_path / "tokens")
     export = steer_fixtures.export_tiny_model(tmp_path / "m")
     out = tmp_path / "p"
-    rc = main(["probe", "--ckpt", str(export), "--data", str(tokens), "--target", "viscosity", "--out", str(out)])
+    rc = main(
+        [
+            "probe",
+            "--ckpt",
+            str(export),
+            "--data",
+            str(tokens),
+            "--target",
+            "viscosity",
+            "--out",
+            str(out),
+        ]
+    )
     line = one_error_line(capsys, "probe")
-    assert rc == 2 and "no window has the simulation parameter 'viscosity' in split 'valid,test'" in line, line
+    assert (
+        rc == 2
+        and "no window has the simulation parameter 'viscosity' in split 'valid,test'" in line
+    ), line
     assert "(the windows have: drag, nu)" in line
     assert not out.exists()  # no activations captured
 
 
 @pytest.mark.parametrize("verb", ["encode", "eval"])
-def test_tokenizer_refuses_a_dataset_of_other_dimensionality(tiny, waves_3d, tmp_path, capsys, verb) -> None:
+def test_tokenizer_refuses_a_dataset_of_other_dimensionality(
+    tiny, waves_3d, tmp_path, capsys, verb
+) -> None:
     out = tmp_path / "out"
-    rc = main(["tokenizer", verb, "--ckpt", str(tiny["tokenizer"]), "--data", str(waves_3d), "--out", str(out)])
+    rc = main(
+        [
+            "tokenizer",
+            verb,
+            "--ckpt",
+            str(tiny["tokenizer"]),
+            "--data",
+            str(waves_3d),
+            "--out",
+            str(out),
+        ]
+    )
     line = one_error_line(capsys, "tokenizer")
-    assert rc == 2 and "dataset 'waves' is 3D (grid [4, 4, 4]), the tokenizer codes 2D fields" in line, line
+    assert (
+        rc == 2 and "dataset 'waves' is 3D (grid [4, 4, 4]), the tokenizer codes 2D fields" in line
+    ), line
     if verb == "encode":
         assert not out.exists()
 
 
-def test_probe_refuses_field_shards_of_other_dimensionality(tiny, waves_3d, tmp_path, capsys) -> None:
+def test_probe_refuses_field_shards_of_other_dimensionality(
+    tiny, waves_3d, tmp_path, capsys
+) -> None:
     out = tmp_path / "p"
-    rc = main(["probe", "--ckpt", str(tiny["export"]), "--data", str(waves_3d), "--target", "speed", "--out", str(out)])
+    rc = main(
+        [
+            "probe",
+            "--ckpt",
+            str(tiny["export"]),
+            "--data",
+            str(waves_3d),
+            "--target",
+            "speed",
+            "--out",
+            str(out),
+        ]
+    )
     line = one_error_line(capsys, "probe")
     assert rc == 2 and "dataset 'waves' is 3D" in line, line
 
@@ -115,7 +176,18 @@ def test_a_refused_encode_leaves_no_split_folders(tiny, tmp_path: Path, capsys) 
     (test_shard,) = sorted((shards / "test").glob("*.tar"))[:1]
     truncate(test_shard)  # train and valid encode, then the test split fails
     out = tmp_path / "tokens"
-    rc = main(["tokenizer", "encode", "--ckpt", str(tiny["tokenizer"]), "--data", str(shards), "--out", str(out)])
+    rc = main(
+        [
+            "tokenizer",
+            "encode",
+            "--ckpt",
+            str(tiny["tokenizer"]),
+            "--data",
+            str(shards),
+            "--out",
+            str(out),
+        ]
+    )
     line = one_error_line(capsys, "tokenizer")
     assert rc == 2 and str(test_shard) in line, line
     assert not out.exists(), sorted(p.relative_to(out) for p in out.rglob("*"))

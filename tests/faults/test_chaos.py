@@ -1,9 +1,10 @@
-"""Chaos: ``kill -9`` at random moments of ``data shard``, ``tokenizer train``, ``pretrain`` and ``export``,
-a few trials each.  Each kill waits for a sign that the work is under way (a staging folder, the run
-folder, the k-th checkpoint) and then a random delay, both drawn from a fixed seed, so the kills land in
-the work rather than in the interpreter's start-up on a fast or a slow machine.  After each kill: nothing
-corrupt (an output is absent or whole); the same command then completes, no staging is left, and
-pretraining's exported weights equal an uninterrupted run's bit for bit.  Outcomes are printed (-s)."""
+"""Chaos: ``kill -9`` at random moments of ``data shard``, ``tokenizer train``, ``pretrain`` and
+``export``, a few trials each.  Each kill waits for a sign that the work is under way (a staging
+folder, the run folder, the k-th checkpoint) and then a random delay, both drawn from a fixed seed,
+so the kills land in the work rather than in the interpreter's start-up on a fast or a slow machine.
+After each kill: nothing corrupt (an output is absent or whole); the same command then completes, no
+staging is left, and pretraining's exported weights equal an uninterrupted run's bit for bit.
+Outcomes are printed (-s)."""
 
 from __future__ import annotations
 
@@ -55,14 +56,19 @@ def physfm_process(args: list[str]) -> subprocess.Popen:
     )
 
 
-def killed_at(args: list[str], ready: Callable[[], bool], delay: float, poll: float = 0.01) -> tuple[bool, float]:
-    """Start ``physfm ARGS``; once ``ready()`` holds, wait ``delay`` seconds more, then SIGKILL it and all it
-    started.  Returns (whether it was still running then, seconds from the start to the kill)."""
+def killed_at(
+    args: list[str], ready: Callable[[], bool], delay: float, poll: float = 0.01
+) -> tuple[bool, float]:
+    """Start ``physfm ARGS``; once ``ready()`` holds, wait ``delay`` seconds more, then SIGKILL it
+    and all it started.  Returns (whether it was still running then, seconds from the start to the
+    kill)."""
     proc = physfm_process(args)
     start = time.monotonic()
     try:
         while not ready() and proc.poll() is None:
-            assert time.monotonic() - start < CLI_TIMEOUT, f"no sign of work after {CLI_TIMEOUT:.0f} s: {args}"
+            assert time.monotonic() - start < CLI_TIMEOUT, (
+                f"no sign of work after {CLI_TIMEOUT:.0f} s: {args}"
+            )
             time.sleep(poll)
         try:
             proc.wait(timeout=delay)
@@ -101,7 +107,11 @@ def report(verb: str, outcomes: list[str]) -> None:
 def shard_is_whole(out: Path, n_samples: dict[str, int]) -> None:
     manifest = read_manifest(out)
     for split, count in n_samples.items():
-        assert sum(1 for _ in iter_samples(out, split)) == count == manifest["splits"][split]["n_samples"]
+        assert (
+            sum(1 for _ in iter_samples(out, split))
+            == count
+            == manifest["splits"][split]["n_samples"]
+        )
 
 
 def tars(out: Path) -> dict[str, bytes]:
@@ -110,7 +120,17 @@ def tars(out: Path) -> dict[str, bytes]:
 
 def test_kill_9_during_data_shard(toy_dataset: Path, tmp_path: Path) -> None:
     def args(out: Path) -> list[str]:
-        return ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1", "--max-shard-mb", "0.05"]
+        return [
+            "data",
+            "shard",
+            str(toy_dataset),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--max-shard-mb",
+            "0.05",
+        ]
 
     reference = tmp_path / "reference"
     assert main(args(reference)) == 0
@@ -125,7 +145,9 @@ def test_kill_9_during_data_shard(toy_dataset: Path, tmp_path: Path) -> None:
         shard_is_whole(out, counts)
         assert tars(out) == tars(reference)
         assert not staging_left(tmp_path), staging_left(tmp_path)
-        outcomes.append(f"{'killed' if killed else 'finished'} {delay:.2f}s into staging ({at:.1f}s), re-run ok")
+        outcomes.append(
+            f"{'killed' if killed else 'finished'} {delay:.2f}s into staging ({at:.1f}s), re-run ok"
+        )
     report("data shard", outcomes)
 
 
@@ -133,7 +155,13 @@ def test_kill_9_during_tokenizer_train(tokens_fields: Path, tmp_path: Path) -> N
     from tokenizer.checkpoint import load_tokenizer
 
     def args(run: Path) -> list[str]:
-        return ["tokenizer", "train", "--config", "configs/tokenizer/tiny.yaml", f"data.shards={tokens_fields}"] + [
+        return [
+            "tokenizer",
+            "train",
+            "--config",
+            "configs/tokenizer/tiny.yaml",
+            f"data.shards={tokens_fields}",
+        ] + [
             f"out={run}",
             *TOKENIZER_TINY,
         ]
@@ -148,7 +176,9 @@ def test_kill_9_during_tokenizer_train(tokens_fields: Path, tmp_path: Path) -> N
         assert main(args(run)) == 0
         load_tokenizer(run)
         assert not staging_left(run), staging_left(run)
-        outcomes.append(f"{'killed' if killed else 'finished'} {delay:.2f}s into the run ({at:.1f}s), re-run ok")
+        outcomes.append(
+            f"{'killed' if killed else 'finished'} {delay:.2f}s into the run ({at:.1f}s), re-run ok"
+        )
     report("tokenizer train", outcomes)
 
 
@@ -161,7 +191,9 @@ def pretrained(tokens: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return root / "run", load_safetensors(root / "export")[0]
 
 
-def test_kill_9_during_pretrain_resumes_to_the_same_weights(pretrained, tokens: Path, tmp_path: Path) -> None:
+def test_kill_9_during_pretrain_resumes_to_the_same_weights(
+    pretrained, tokens: Path, tmp_path: Path
+) -> None:
     _, expected = pretrained
     outcomes = []
     rng = np.random.default_rng(SEED)
@@ -170,8 +202,11 @@ def test_kill_9_during_pretrain_resumes_to_the_same_weights(pretrained, tokens: 
         args = pretrain_args(tokens, run, *PRETRAIN)
         after = int(rng.integers(1, 5))  # the k-th checkpoint (steps 2, 4, ...), then the delay
         killed, at = killed_at(args, saved_at_least(run, after), delay)
-        saved = sorted((run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").exists() else []
-        assert all(is_complete(p) for p in saved), saved  # a save cut off never leaves a whole-looking file
+        saved = (
+            sorted((run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").exists() else []
+        )
+        # a save cut off never leaves a whole-looking file
+        assert all(is_complete(p) for p in saved), saved
         assert main(args) == 0
         assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / f"export{i}")]) == 0
         got, _ = load_safetensors(tmp_path / f"export{i}")
@@ -189,7 +224,8 @@ def test_kill_9_during_pretrain_resumes_to_the_same_weights(pretrained, tokens: 
 def test_kill_9_during_export(pretrained, tmp_path: Path) -> None:
     run, expected = pretrained
     outcomes = []
-    # The tiny model's write takes milliseconds: poll fast and kill within a few of the staging's birth.
+    # The tiny model's write takes milliseconds: poll fast and kill within a few of the staging's
+    # birth.
     for i, delay in enumerate(draws("export", 2, 0.003)):
         out = tmp_path / f"trial{i}"
         args = ["export", "--ckpt", str(run), "--out", str(out)]

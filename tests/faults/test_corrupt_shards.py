@@ -1,6 +1,6 @@
 """Case 4: a corrupt or truncated tar shard mid-epoch → the loader names the shard; with
-``on_error="skip"`` (``data.on_error=skip`` in a training config) it skips, and the skipped samples are
-counted in the batches, the logs and the run's metrics.json — never silently."""
+``on_error="skip"`` (``data.on_error=skip`` in a training config) it skips, and the skipped samples
+are counted in the batches, the logs and the run's metrics.json — never silently."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def test_truncated_shard_is_named(damaged: Path) -> None:
 def test_skip_counts_and_logs_the_skipped_shard(damaged: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="data_pipelines.loader"):
         batches = list(train_stream(damaged, "skip"))
-    assert len(batches) == 12 and all(b["tokens"].shape[0] == 4 for b in batches)  # full batches still
+    # full batches still
+    assert len(batches) == 12 and all(b["tokens"].shape[0] == 4 for b in batches)
     assert batches[-1]["skipped_samples"] > 0
     assert sum(b["skipped_new"] for b in batches) == batches[-1]["skipped_samples"]
     warned = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
@@ -69,7 +70,9 @@ def test_corrupt_member_in_a_whole_tar(on_error: str, tokens: Path, tmp_path: Pa
     shutil.copytree(tokens, copy)
     shard = copy / "valid" / "shard-000001.tar"
     name = replace_member(shard, "tokens.npy", b"\x93NUMPY garbage")
-    loader = make_loader(str(copy), "valid", 2, shuffle=False, keys=("tokens",), normalize=False, on_error=on_error)
+    loader = make_loader(
+        str(copy), "valid", 2, shuffle=False, keys=("tokens",), normalize=False, on_error=on_error
+    )
     if on_error == "raise":
         with pytest.raises(DataError, match=rf"{shard}: member {name} is corrupt"):
             list(loader)
@@ -81,7 +84,9 @@ def test_corrupt_member_in_a_whole_tar(on_error: str, tokens: Path, tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-def test_skip_with_every_shard_unreadable_fails_instead_of_spinning(tokens: Path, tmp_path: Path) -> None:
+def test_skip_with_every_shard_unreadable_fails_instead_of_spinning(
+    tokens: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "tokens"
     shutil.copytree(tokens, copy)
     for shard in (copy / "train").glob("*.tar"):
@@ -91,7 +96,9 @@ def test_skip_with_every_shard_unreadable_fails_instead_of_spinning(tokens: Path
 
 
 @pytest.mark.slow
-def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Path, capsys, caplog) -> None:
+def test_training_with_skip_reports_skipped_samples(
+    damaged: Path, tmp_path: Path, capsys, caplog
+) -> None:
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="data_pipelines.loader"):
         assert (
@@ -112,13 +119,23 @@ def test_training_with_skip_reports_skipped_samples(damaged: Path, tmp_path: Pat
     rows = list(csv.DictReader((out / "logs" / "from-step-0000000" / "metrics.csv").open()))
     logged = [float(r["data/skipped_samples"]) for r in rows if r.get("data/skipped_samples")]
     assert logged and logged[-1] == metrics["data_skipped_samples"]
-    assert any("train/shard-00000" in r.getMessage() for r in caplog.records)  # the log names each shard
+    # the log names each shard
+    assert any("train/shard-00000" in r.getMessage() for r in caplog.records)
     assert "corrupt sample(s) skipped so far" in capsys.readouterr().err
     assert "Skipped" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
-def test_training_without_skip_stops_naming_the_shard(damaged: Path, tmp_path: Path, capsys) -> None:
-    assert main(pretrain_args(damaged, tmp_path / "run", "trainer.max_steps=6", "data.val_batches=0")) == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("physfm pretrain: error:")]
+def test_training_without_skip_stops_naming_the_shard(
+    damaged: Path, tmp_path: Path, capsys
+) -> None:
+    assert (
+        main(pretrain_args(damaged, tmp_path / "run", "trainer.max_steps=6", "data.val_batches=0"))
+        == 2
+    )
+    lines = [
+        ln
+        for ln in capsys.readouterr().err.splitlines()
+        if ln.startswith("physfm pretrain: error:")
+    ]
     assert len(lines) == 1 and "train/shard-00000" in lines[0], lines

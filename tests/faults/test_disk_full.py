@@ -1,5 +1,6 @@
-"""Case 9: the disk fills up while sharding or checkpointing → a clear one-line error, exit 2, and the
-previous outputs (shard set, checkpoints) intact; no temporary file is left to be taken for whole.
+"""Case 9: the disk fills up while sharding or checkpointing → a clear one-line error, exit 2, and
+the previous outputs (shard set, checkpoints) intact; no temporary file is left to be taken for
+whole.
 
 Two ways to run out of space (``small_disk`` in conftest.py): a real 32 MiB tmpfs filled up (ENOSPC;
 needs root) and a per-file size limit (RLIMIT_FSIZE → EFBIG; works anywhere)."""
@@ -26,7 +27,17 @@ def error_line(stderr: str, verb: str) -> str:
 
 def test_sharding_on_a_full_disk(small_disk, toy_dataset: Path, capsys) -> None:
     out = small_disk.root / "shards"
-    args = ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1", "--max-shard-mb", "0.05"]
+    args = [
+        "data",
+        "shard",
+        str(toy_dataset),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--max-shard-mb",
+        "0.05",
+    ]
     assert main(args) == 0
     before = digest(out)
     capsys.readouterr()
@@ -52,6 +63,7 @@ def test_checkpointing_on_a_full_disk(small_disk, tokens: Path, capsys) -> None:
     assert code == 2
     line = error_line(capsys.readouterr().err, "pretrain")
     assert "step=0000008.ckpt" in line
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [previous.name]  # no partial file
+    # no partial file
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [previous.name]
     assert digest(previous) == before and find_latest_checkpoint(out / "checkpoints") == previous
     assert safe_torch_load(previous)["global_step"] == 4

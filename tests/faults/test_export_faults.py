@@ -1,7 +1,7 @@
-"""Export and model loading under faults: a full disk during ``export`` is one line and exit 2 with the
-previous export intact and no staging left; a run whose newest checkpoint is truncated is loaded from the
-one before with a warning naming both (export, rollout), and a truncated checkpoint named by the user is
-refused."""
+"""Export and model loading under faults: a full disk during ``export`` is one line and exit 2 with
+the previous export intact and no staging left; a run whose newest checkpoint is truncated is loaded
+from the one before with a warning naming both (export, rollout), and a truncated checkpoint named
+by the user is refused."""
 
 from __future__ import annotations
 
@@ -25,13 +25,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def make_run(tiny: dict[str, Path], run: Path) -> dict[int, dict[str, torch.Tensor]]:
-    """A run directory with checkpoints at steps 4 and 8 (different weights); returns each one's weights."""
+    """A run directory with checkpoints at steps 4 and 8 (different weights); returns each one's
+    weights."""
     state, config = load_safetensors(tiny["export"])
     RunInfo.from_dict(config).write(run)
     weights = {}
     for step in (4, 8):
         weights[step] = {k: v + step for k, v in state.items()}
-        ckpt = {"state_dict": {f"model.{k}": v for k, v in weights[step].items()}, "global_step": step}
+        ckpt = {
+            "state_dict": {f"model.{k}": v for k, v in weights[step].items()},
+            "global_step": step,
+        }
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         torch.save(ckpt, run / "checkpoints" / f"step={step:07d}.ckpt")
     return weights
@@ -51,7 +55,9 @@ def test_export_on_a_full_disk(small_disk, tiny, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_a_truncated_newest_checkpoint_is_named_and_the_one_before_used(tiny, tmp_path, capsys) -> None:
+def test_a_truncated_newest_checkpoint_is_named_and_the_one_before_used(
+    tiny, tmp_path, capsys
+) -> None:
     run = tmp_path / "run"
     weights = make_run(tiny, run)
     newest = run / "checkpoints" / "step=0000008.ckpt"

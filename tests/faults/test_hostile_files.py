@@ -1,8 +1,9 @@
 """Case 7: files that carry a pickle payload (or YAML python tags) are refused and nothing executes.
 
-The payload, if ever unpickled, would create a marker file (``exec`` of one line).  Each test checks the
-marker is absent after the refusal; ``test_the_payload_is_live`` proves the marker would appear if the
-same bytes were loaded the unsafe way, so an absent marker means "refused", not "payload broken"."""
+The payload, if ever unpickled, would create a marker file (``exec`` of one line).  Each test checks
+the marker is absent after the refusal; ``test_the_payload_is_live`` proves the marker would appear
+if the same bytes were loaded the unsafe way, so an absent marker means "refused", not "payload
+broken"."""
 
 from __future__ import annotations
 
@@ -42,7 +43,13 @@ def hostile_checkpoint(path: Path, marker: Path) -> Path:
     """A Lightning-looking checkpoint (a torch zip) whose pickle runs code."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"state_dict": {"model.w": torch.zeros(2)}, "global_step": 4, "epoch": 0, "loops": Payload(marker)}, path
+        {
+            "state_dict": {"model.w": torch.zeros(2)},
+            "global_step": 4,
+            "epoch": 0,
+            "loops": Payload(marker),
+        },
+        path,
     )
     return path
 
@@ -54,7 +61,9 @@ def test_the_payload_is_live(tmp_path: Path, marker: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Path, marker: Path, capsys) -> None:
+def test_lightning_resume_refuses_a_pickle_checkpoint(
+    tokens: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
     out = tmp_path / "run"
     evil = hostile_checkpoint(out / "checkpoints" / "step=0000004.ckpt", marker)
     code = main(pretrain_args(tokens, out, "trainer.max_steps=8", "trainer.logger=none"))
@@ -65,7 +74,9 @@ def test_lightning_resume_refuses_a_pickle_checkpoint(tokens: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("layout", ["file", "deepspeed_dir"])
-def test_export_refuses_a_pickle_checkpoint(layout: str, tmp_path: Path, marker: Path, capsys) -> None:
+def test_export_refuses_a_pickle_checkpoint(
+    layout: str, tmp_path: Path, marker: Path, capsys
+) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     RunInfo(
@@ -94,7 +105,9 @@ def test_tokenizer_checkpoint_with_pickled_weights_is_refused(tmp_path: Path, ma
     from tokenizer.checkpoint import CONFIG, WEIGHTS, load_tokenizer, save_tokenizer
     from tokenizer.model import DatasetSpec, Tokenizer, TokenizerConfig
 
-    ckpt = save_tokenizer(Tokenizer(TokenizerConfig(), {"toy": DatasetSpec(channel_names=["u"])}), tmp_path / "tok")
+    ckpt = save_tokenizer(
+        Tokenizer(TokenizerConfig(), {"toy": DatasetSpec(channel_names=["u"])}), tmp_path / "tok"
+    )
     assert (ckpt / CONFIG).is_file()
     hostile_checkpoint(ckpt / WEIGHTS, marker)  # the weights file replaced by a pickle
     with pytest.raises(DataError, match=WEIGHTS):
@@ -109,7 +122,8 @@ def object_array_member(marker: Path) -> bytes:
 
 
 def replace_member(shard: Path, member_suffix: str, data: bytes) -> str:
-    """Rewrite ``shard`` with the first member ending in ``member_suffix`` replaced; returns its name."""
+    """Rewrite ``shard`` with the first member ending in ``member_suffix`` replaced; returns its
+    name."""
     with tarfile.open(shard) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     name = next(m.name for m, _ in members if m.name.endswith(member_suffix))
@@ -131,7 +145,9 @@ def test_shard_member_with_an_object_array_is_refused(
     shutil.copytree(tokens, copy)
     shard = copy / "valid" / "shard-000000.tar"
     name = replace_member(shard, "tokens.npy", object_array_member(marker))
-    loader = make_loader(str(copy), "valid", 2, shuffle=False, keys=("tokens",), normalize=False, on_error=on_error)
+    loader = make_loader(
+        str(copy), "valid", 2, shuffle=False, keys=("tokens",), normalize=False, on_error=on_error
+    )
     if on_error == "raise":
         with pytest.raises(DataError, match=rf"{shard}.*{name}"):
             list(loader)
@@ -141,11 +157,15 @@ def test_shard_member_with_an_object_array_is_refused(
     assert not marker.exists()
 
 
-def test_yaml_with_python_tags_is_refused(tokens: Path, tmp_path: Path, marker: Path, capsys) -> None:
+def test_yaml_with_python_tags_is_refused(
+    tokens: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
     from physfm.train.config import PretrainConfig
 
     evil = tmp_path / "evil.yaml"
-    evil.write_text(f"seed: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n")
+    evil.write_text(
+        f"seed: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n"
+    )
     with pytest.raises(ConfigError, match="not a safe YAML config"):
         load_config(PretrainConfig, evil)
     included = tmp_path / "includes_evil.yaml"
@@ -158,7 +178,9 @@ def test_yaml_with_python_tags_is_refused(tokens: Path, tmp_path: Path, marker: 
     assert not marker.exists() and not out.exists()
 
 
-def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Path, marker: Path, capsys) -> None:
+def test_stats_yaml_with_python_tags_is_refused(
+    toy_dataset: Path, tmp_path: Path, marker: Path, capsys
+) -> None:
     (toy_dataset / "stats.yaml").write_text(
         f"mean: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n"
     )
@@ -173,15 +195,18 @@ def test_stats_yaml_with_python_tags_is_refused(toy_dataset: Path, tmp_path: Pat
 def test_a_bad_member_read_in_a_loader_worker_reaches_the_user_as_one_line(
     tokens: Path, tmp_path: Path, marker: Path, capsys
 ) -> None:
-    """The DataError raised inside a DataLoader worker reaches the main process as itself (not wrapped in
-    torch's worker traceback), so ``physfm data bench`` prints one line naming the shard and member."""
+    """The DataError raised inside a DataLoader worker reaches the main process as itself (not
+    wrapped in torch's worker traceback), so ``physfm data bench`` prints one line naming the shard
+    and member."""
     from data_pipelines.loader import make_loader
 
     copy = tmp_path / "tokens"
     shutil.copytree(tokens, copy)
     shard = copy / "train" / "shard-000000.tar"
     name = replace_member(shard, "tokens.npy", object_array_member(marker))
-    loader = make_loader(str(copy), "train", 2, num_workers=1, shuffle=False, keys=("tokens",), normalize=False)
+    loader = make_loader(
+        str(copy), "train", 2, num_workers=1, shuffle=False, keys=("tokens",), normalize=False
+    )
     with pytest.raises(DataError) as caught:
         list(loader)
     assert str(shard) in str(caught.value) and name in str(caught.value)
@@ -196,7 +221,8 @@ def test_data_bench_on_a_shard_with_a_pickled_member_prints_one_line(
 ) -> None:
     shards = tmp_path / "shards"
     assert main(["data", "shard", str(toy_dataset), "--out", str(shards), "--workers", "1"]) == 0
-    for shard in sorted((shards / "train").glob("*.tar")):  # every train shard: the bench reads any of them
+    # every train shard: the bench reads any of them
+    for shard in sorted((shards / "train").glob("*.tar")):
         replace_member(shard, ".npy", object_array_member(marker))
     capsys.readouterr()
     assert main(["data", "bench", str(shards), "--workers", "1", "--seconds", "0.1"]) == 2

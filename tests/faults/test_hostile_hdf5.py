@@ -1,5 +1,6 @@
-"""Case 3: damaged The Well files → ``physfm data validate`` and ``physfm data shard`` name the file,
-trajectory, field (and time index for NaN/Inf), exit non-zero, and leave nothing partial behind."""
+"""Case 3: damaged The Well files → ``physfm data validate`` and ``physfm data shard`` name the
+file, trajectory, field (and time index for NaN/Inf), exit non-zero, and leave nothing partial
+behind."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def wrong_rank(path: Path) -> None:
         attrs = dict(f["t0_fields/u"].attrs)
         data = f["t0_fields/u"][()]
         del f["t0_fields/u"]
-        f.create_dataset("t0_fields/u", data=data[..., 0]).attrs.update(attrs)  # [traj, t, x]: a y axis lost
+        # [traj, t, x]: a y axis lost
+        f.create_dataset("t0_fields/u", data=data[..., 0]).attrs.update(attrs)
 
 
 def nan_value(path: Path) -> None:
@@ -88,12 +90,23 @@ def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
 ) -> None:
     edit, _, expected = DAMAGE[damage]
     out = tmp_path / "shards"
-    if with_stats:  # a previous good shard set and stats.yaml exist: a failed re-shard must not touch them
+    # a previous good shard set and stats.yaml exist: a failed re-shard must not touch them
+    if with_stats:
         assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]) == 0
         before = digest(out)
         stats_before = (toy_dataset / "stats.yaml").read_bytes()
     edit(toy_dataset / VICTIM)
-    args = ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1", "--max-shard-mb", "0.01"]
+    args = [
+        "data",
+        "shard",
+        str(toy_dataset),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--max-shard-mb",
+        "0.01",
+    ]
     assert main(args + (["--overwrite"] if with_stats else [])) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("physfm data: error:")]
@@ -109,7 +122,9 @@ def test_shard_fails_naming_the_problem_and_leaves_nothing_partial(
 
 
 @pytest.mark.slow
-def test_parallel_shard_failure_leaves_nothing_partial(toy_dataset: Path, tmp_path: Path, capsys) -> None:
+def test_parallel_shard_failure_leaves_nothing_partial(
+    toy_dataset: Path, tmp_path: Path, capsys
+) -> None:
     nan_value(toy_dataset / VICTIM)
     out = tmp_path / "shards"
     assert main(["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "2"]) == 2

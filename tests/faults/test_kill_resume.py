@@ -1,8 +1,9 @@
-"""Cases 1, 2 and 5: a job killed with SIGKILL resumes bit for bit; a crash in the middle of a checkpoint
-save leaves the previous checkpoint whole and resumed; uneven shard counts over 2 ranks never hang.
+"""Cases 1, 2 and 5: a job killed with SIGKILL resumes bit for bit; a crash in the middle of a
+checkpoint save leaves the previous checkpoint whole and resumed; uneven shard counts over 2 ranks
+never hang.
 
-The 2-rank runs are real ``torch.distributed.run`` launches of ``physfm pretrain`` (DDP on gloo), on token
-shards with 3 train shards of 22, 22 and 1 windows (conftest.py ``tokens``)."""
+The 2-rank runs are real ``torch.distributed.run`` launches of ``physfm pretrain`` (DDP on gloo), on
+token shards with 3 train shards of 22, 22 and 1 windows (conftest.py ``tokens``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 import torch
 
 from physfm.cli import main
-from physfm.core.checkpoint import consolidate_state_dict, find_latest_checkpoint, is_complete, safe_torch_load
+from physfm.core.checkpoint import (
+    consolidate_state_dict,
+    find_latest_checkpoint,
+    is_complete,
+    safe_torch_load,
+)
 from physfm.inference.loading import load_model_state
 from tests.faults.conftest import pretrain_args, run_cli, run_cli_distributed, run_distributed_until
 
@@ -44,7 +50,8 @@ def test_uneven_shards_over_two_ranks_finish_without_hanging(uninterrupted) -> N
     result, out = uninterrupted
     assert result.ok and result.seconds < HANG_BOUND_S, result.describe()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == MAX_STEPS and "val_loss" in metrics  # training and validation both finished
+    # training and validation both finished
+    assert metrics["steps"] == MAX_STEPS and "val_loss" in metrics
     assert is_complete(ckpt(out, MAX_STEPS))
 
 
@@ -75,7 +82,9 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_bit_for_bit(
 
 
 @pytest.mark.slow
-def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tokens: Path, tmp_path: Path, capsys) -> None:
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(
+    tokens: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "run"
     args = pretrain_args(
         tokens,
@@ -87,12 +96,16 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(tokens: 
         "trainer.logger=none",
     )
     crashed = run_cli(args, inject=True, env={"FAULT_KILL_IN_SAVE": "step=0000008"})
-    assert crashed.returncode == -9 and "halfway through writing" in crashed.stdout, crashed.describe()
+    assert crashed.returncode == -9 and "halfway through writing" in crashed.stdout, (
+        crashed.describe()
+    )
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     half = [n for n in names if n.startswith(".step=0000008.ckpt.") and n.endswith(".tmp")]
-    assert half and names == sorted(["step=0000004.ckpt", *half]), names  # the half file is only a temp
+    # the half file is only a temp
+    assert half and names == sorted(["step=0000004.ckpt", *half]), names
     assert not is_complete(out / "checkpoints" / half[0])
-    # A half-written file under a final name (a non-atomic copy, another tool) is not taken for whole either.
+    # A half-written file under a final name (a non-atomic copy, another tool) is not taken for
+    # whole either.
     whole = ckpt(out, 4).read_bytes()
     ckpt(out, 12).write_bytes(whole[: len(whole) // 2])
     assert find_latest_checkpoint(out / "checkpoints") == ckpt(out, 4)

@@ -1,6 +1,6 @@
 """Nothing left behind: the hidden ``.NAME.*.tmp`` staging of a ``data shard`` or ``export`` killed
-mid-write is removed by the next write to the same place, and the staging of a writer still running is
-not touched."""
+mid-write is removed by the next write to the same place, and the staging of a writer still running
+is not touched."""
 
 from __future__ import annotations
 
@@ -18,10 +18,16 @@ from tests.rollout_fixtures import build_tiny_model
 
 
 def killed_mid_write(patch: str, verb_args: list[str]) -> subprocess.CompletedProcess:
-    """Run ``physfm VERB_ARGS`` in a child whose ``patch`` (Python) makes it SIGKILL itself mid-write."""
+    """Run ``physfm VERB_ARGS`` in a child whose ``patch`` (Python) makes it SIGKILL itself
+    mid-write."""
     code = textwrap.dedent(patch) + f"\nfrom physfm.cli import main\nmain({verb_args!r})\n"
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=worker_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -54,7 +60,9 @@ safetensors.torch.save_file = save_file
 
 
 @pytest.mark.slow
-def test_a_killed_shard_run_leaves_staging_that_the_next_one_removes(toy_dataset: Path, tmp_path: Path) -> None:
+def test_a_killed_shard_run_leaves_staging_that_the_next_one_removes(
+    toy_dataset: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "shards"
     args = ["data", "shard", str(toy_dataset), "--out", str(out), "--workers", "1"]
     killed = killed_mid_write(KILL_BEFORE_PUBLISH, args)
@@ -83,7 +91,11 @@ def test_a_running_writers_staging_is_left_alone(tmp_path: Path) -> None:
         f"print(make_staging_dir({str(tmp_path / 'out')!r}), flush=True)\ntime.sleep(60)\n"
     )
     writer = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert writer.stdout is not None
@@ -91,7 +103,8 @@ def test_a_running_writers_staging_is_left_alone(tmp_path: Path) -> None:
         assert theirs.is_dir()
         mine = make_staging_dir(tmp_path / "out")
         atomic_write_text(tmp_path / "out", "x")  # a file write to the same place cleans up too
-        assert theirs.is_dir() and mine.is_dir()  # a live writer's staging, and this process's own, stay
+        # a live writer's staging, and this process's own, stay
+        assert theirs.is_dir() and mine.is_dir()
     finally:
         writer.kill()
         writer.wait()

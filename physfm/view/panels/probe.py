@@ -14,7 +14,9 @@ def layout(runs: list[Run]) -> list:
     rels = [r.rel for r in runs if r.kind == "probe" and not r.error]
     return [
         html.H2("Probe: R² per layer"),
-        html.Div([control("probe run", dropdown("probe-run", rels), wide=True)], className="controls"),
+        html.Div(
+            [control("probe run", dropdown("probe-run", rels), wide=True)], className="controls"
+        ),
         dcc.Graph(id="probe-r2", config={"displaylogo": False}),
     ]
 

@@ -1,12 +1,19 @@
-"""The rollout panel: an evaluate run's windows, truth | prediction | error per step, the VRMSE curve per
-horizon, and a play button that steps through the rollout."""
+"""The rollout panel: an evaluate run's windows, truth | prediction | error per step, the VRMSE
+curve per horizon, and a play button that steps through the rollout."""
 
 from __future__ import annotations
 
 from dash import Input, Output, State, callback_context, dcc, html
 
 from physfm.view import figures
-from physfm.view.layout import PLAY_INTERVAL_MS, ROLLOUT_KINDS, control, dropdown, options, step_marks
+from physfm.view.layout import (
+    PLAY_INTERVAL_MS,
+    ROLLOUT_KINDS,
+    control,
+    dropdown,
+    options,
+    step_marks,
+)
 from physfm.view.panels.site import ERROR, FIGURE, Site, callback, guarded
 from physfm.view.runs import Run
 
@@ -28,8 +35,12 @@ def layout(runs: list[Run]) -> list:
         html.Div(id="rollout-msg"),
         html.Div(
             [
-                html.Div(dcc.Graph(id="rollout-frames", config={"displaylogo": False}), className="grow"),
-                html.Div(dcc.Graph(id="rollout-curve", config={"displaylogo": False}), className="side"),
+                html.Div(
+                    dcc.Graph(id="rollout-frames", config={"displaylogo": False}), className="grow"
+                ),
+                html.Div(
+                    dcc.Graph(id="rollout-curve", config={"displaylogo": False}), className="side"
+                ),
             ],
             className="row",
         ),
@@ -37,7 +48,9 @@ def layout(runs: list[Run]) -> list:
             [
                 html.Button("▶ play", id="rollout-play", n_clicks=0),
                 html.Div(
-                    dcc.Slider(id="rollout-frame", min=1, max=1, step=1, value=1, updatemode="drag"),
+                    dcc.Slider(
+                        id="rollout-frame", min=1, max=1, step=1, value=1, updatemode="drag"
+                    ),
                     style={"flex": "1"},
                 ),
             ],
@@ -97,19 +110,25 @@ class RolloutPanel:
         run = self.site.run_at(rel)
         r = self.site.bench.rollout(run.path, run.metrics, dataset, int(window))
         methods = [m for m in r.predictions if m != "persistence"] + ["persistence"]
-        # A run's first view shows what a user gets by default (evaluate's default_method, e.g. the refined
-        # model); a method picked by hand stays picked across windows.
+        # A run's first view shows what a user gets by default (evaluate's default_method, e.g. the
+        # refined model); a method picked by hand stays picked across windows.
         default = run.metrics.get("default_method")
         first = default if default in methods else methods[0]
         H = r.truth.shape[0]
-        where = ", ".join(f"{k}={v}" for k, v in r.meta.items() if k in ("source_file", "trajectory", "start"))
-        msg = html.Span(f"{dataset} window {window} ({where}); computed in {r.seconds:.2f} s", className="note")
+        where = ", ".join(
+            f"{k}={v}" for k, v in r.meta.items() if k in ("source_file", "trajectory", "start")
+        )
+        msg = html.Span(
+            f"{dataset} window {window} ({where}); computed in {r.seconds:.2f} s", className="note"
+        )
         return (
             {"run": rel, "dataset": dataset, "window": int(window)},
             options(r.channel_names),
             field if field in r.channel_names else r.channel_names[0],
             [{"label": figures.METHOD_LABELS.get(m, m), "value": m} for m in methods],
-            method if method in methods and callback_context.triggered_id != "rollout-run" else first,
+            method
+            if method in methods and callback_context.triggered_id != "rollout-run"
+            else first,
             H,
             step_marks(H),
             1,
@@ -130,19 +149,26 @@ class RolloutPanel:
             return figures.empty("pick an evaluate run"), figures.empty()
         run = self.site.run_at(state["run"])
         r = self.site.bench.rollout(run.path, run.metrics, state["dataset"], state["window"])
-        c, k = r.channel_names.index(field), min(max(int(frame or 1), 1), r.truth.shape[0]) - 1  # step → index
+        # step → index
+        c, k = r.channel_names.index(field), min(max(int(frame or 1), 1), r.truth.shape[0]) - 1
         truth, pred = r.truth[:, c], r.predictions[method][:, c]
         errors = [p[:, c] - truth for p in r.predictions.values()]
         frames = figures.triptych(
-            [(f"truth t+{k + 1}", truth[k]), (f"{figures.METHOD_LABELS.get(method, method)} t+{k + 1}", pred[k])],
+            [
+                (f"truth t+{k + 1}", truth[k]),
+                (f"{figures.METHOD_LABELS.get(method, method)} t+{k + 1}", pred[k]),
+            ],
             ("prediction − truth", pred[k] - truth[k]),
             (float(truth.min()), float(truth.max())),
-            figures.symmetric_limit(*errors),  # one error scale for every method and step: comparable by eye
+            # one error scale for every method and step: comparable by eye
+            figures.symmetric_limit(*errors),
             field,
         )
         per_window = {m: v[:, c] for m, v in r.vrmse.items()}
         fields = ((run.metrics.get("vrmse") or {}).get(state["dataset"]) or {}).get("fields") or {}
-        run_mean = {m: {int(h): v for h, v in by_h.items()} for m, by_h in fields.get(field, {}).items()}
+        run_mean = {
+            m: {int(h): v for h, v in by_h.items()} for m, by_h in fields.get(field, {}).items()
+        }
         return frames, figures.horizon_curve(per_window, run_mean, k, field)
 
     @callback(

@@ -1,5 +1,5 @@
-"""The run list: every run under the folder with its kind, date and headline figures, its report.md folded
-under it (a run that cannot be read shows as an error card)."""
+"""The run list: every run under the folder with its kind, date and headline figures, its report.md
+folded under it (a run that cannot be read shows as an error card)."""
 
 from __future__ import annotations
 
@@ -16,5 +16,8 @@ def layout(runs: list[Run], root: Path) -> list:
         html.H1("physfm view"),
         html.Div(f"{root} · {len(runs)} runs", className="note"),
         html.H2("Runs"),
-        html.Div([run_card(r) for r in runs] or [html.Div("no runs here", className="note")], id="run-list"),
+        html.Div(
+            [run_card(r) for r in runs] or [html.Div("no runs here", className="note")],
+            id="run-list",
+        ),
     ]

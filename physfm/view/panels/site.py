@@ -1,6 +1,6 @@
-"""What every panel's callbacks share: the runs folder they may read (:class:`Site`), the error guard that
-keeps one bad run from breaking the page (:func:`guarded`), and the marker that names a method's Dash
-inputs and outputs next to it (:func:`callback`)."""
+"""What every panel's callbacks share: the runs folder they may read (:class:`Site`), the error
+guard that keeps one bad run from breaking the page (:func:`guarded`), and the marker that names a
+method's Dash inputs and outputs next to it (:func:`callback`)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ class Site:
 
 
 def guarded(*fallback: Any):
-    """Run a callback; on an exception, log it and return ``fallback`` with every ``ERROR`` slot replaced by an
-    error card naming the problem, so one bad run leaves the rest of the page working."""
+    """Run a callback; on an exception, log it and return ``fallback`` with every ``ERROR`` slot
+    replaced by an error card naming the problem, so one bad run leaves the rest of the page
+    working."""
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -63,15 +64,18 @@ def guarded(*fallback: Any):
             start = time.perf_counter()
             try:
                 result = fn(*args)
-                if time.perf_counter() - start > SLOW_CALLBACK_S:  # where a slow page spends its time
+                # where a slow page spends its time
+                if time.perf_counter() - start > SLOW_CALLBACK_S:
                     log.info("%s: %.2f s", fn.__name__, time.perf_counter() - start)
                 return result
             except Exception as err:  # shown to the user; the traceback goes to the log
-                expected = isinstance(err, (PhysfmError, ValueError, OSError))  # bad input, not a bug: no traceback
+                # bad input, not a bug: no traceback
+                expected = isinstance(err, (PhysfmError, ValueError, OSError))
                 log.warning("%s: %s", fn.__name__, err, exc_info=not expected)
                 card = error_card(f"{type(err).__name__}: {err}")
                 out = tuple(
-                    card if v is ERROR else figures.empty(str(err)[:120]) if v is FIGURE else v for v in fallback
+                    card if v is ERROR else figures.empty(str(err)[:120]) if v is FIGURE else v
+                    for v in fallback
                 )
                 return out if len(out) > 1 else out[0]
 
@@ -81,8 +85,9 @@ def guarded(*fallback: Any):
 
 
 def callback(*dependencies: Any, **options: Any):
-    """Mark a panel method as a Dash callback on ``dependencies`` (Outputs, Inputs, States); :func:`register`
-    hands it to the app bound to its panel, so the wiring reads next to the code it drives."""
+    """Mark a panel method as a Dash callback on ``dependencies`` (Outputs, Inputs, States);
+    :func:`register` hands it to the app bound to its panel, so the wiring reads next to the code it
+    drives."""
 
     def mark(fn):
         fn.dash_callback = (dependencies, options)

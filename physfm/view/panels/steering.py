@@ -1,5 +1,6 @@
-"""The steering panel: a direction added to a model's activations at a strength α, the steered frame beside
-the unsteered one, the probe's readout and the dose-response curve over the α values tried."""
+"""The steering panel: a direction added to a model's activations at a strength α, the steered frame
+beside the unsteered one, the probe's readout and the dose-response curve over the α values
+tried."""
 
 from __future__ import annotations
 
@@ -32,18 +33,34 @@ def _controls(runs: list[Run], root: Path) -> html.Div:
     directions = find_directions(root)
     direction_rels = [rel_in(p, root) for p, _ in directions]
     direction_labels = [
-        f"{rel} ({m.get('feature', '?')} − {m.get('control', '?')})" for rel, (_, m) in zip(direction_rels, directions)
+        f"{rel} ({m.get('feature', '?')} − {m.get('control', '?')})"
+        for rel, (_, m) in zip(direction_rels, directions)
     ]
     model_rels = [r.rel for r in runs if r.kind in MODEL_KINDS and not r.error]
     probe_rels = [r.rel for r in runs if r.kind == "probe" and not r.error]
     windows = [{"label": f"test window {i}", "value": i} for i in range(STEER_WINDOWS)]
-    horizon = dcc.Input(id="steer-horizon", type="number", min=1, max=MAX_STEER_FRAMES, step=1, value=1, debounce=True)
+    horizon = dcc.Input(
+        id="steer-horizon",
+        type="number",
+        min=1,
+        max=MAX_STEER_FRAMES,
+        step=1,
+        value=1,
+        debounce=True,
+    )
     return html.Div(
         [
-            control("direction", dropdown("steer-direction", direction_rels, direction_labels), wide=True),
+            control(
+                "direction",
+                dropdown("steer-direction", direction_rels, direction_labels),
+                wide=True,
+            ),
             control("model", dropdown("steer-model", model_rels), wide=True),
             control("probe (readout)", dropdown("steer-probe", probe_rels, none="none")),
-            control("context", dcc.Dropdown(id="steer-window", options=windows, value=0, clearable=False)),
+            control(
+                "context",
+                dcc.Dropdown(id="steer-window", options=windows, value=0, clearable=False),
+            ),
             control("token frames", horizon),
             control("field", dcc.Dropdown(id="steer-field", clearable=False)),
         ],
@@ -72,8 +89,12 @@ def layout(runs: list[Run], root: Path) -> list:
         html.Div(id="steer-readout", className="readout"),
         html.Div(
             [
-                html.Div(dcc.Graph(id="steer-frames", config={"displaylogo": False}), className="grow"),
-                html.Div(dcc.Graph(id="steer-dose", config={"displaylogo": False}), className="side"),
+                html.Div(
+                    dcc.Graph(id="steer-frames", config={"displaylogo": False}), className="grow"
+                ),
+                html.Div(
+                    dcc.Graph(id="steer-dose", config={"displaylogo": False}), className="side"
+                ),
             ],
             className="row",
         ),
@@ -104,14 +125,18 @@ class SteeringPanel:
         models = [o["value"] for o in model_options or []]
         try:
             target = infer_target(meta)
-        except (PhysfmError, KeyError):  # selections that name no single parameter: any probe of the model
+        # selections that name no single parameter: any probe of the model
+        except (PhysfmError, KeyError):
             target = None
         probe_rel = "none"
         for o in probe_options or []:
             if o["value"] == "none":
                 continue
             m = self.site.run_at(o["value"]).metrics
-            same = rel_in(resolve_recorded(m.get("checkpoint", ""), root / o["value"], root), root) == model_rel
+            same = (
+                rel_in(resolve_recorded(m.get("checkpoint", ""), root / o["value"], root), root)
+                == model_rel
+            )
             if same and target in (None, m.get("target")):
                 probe_rel = o["value"]
                 break
@@ -143,7 +168,9 @@ class SteeringPanel:
         setup = self._setup(state)
         names = setup.pm.channel_names(setup.dataset)
         d = setup.direction.meta
-        where = ", ".join(f"{k}={v}" for k, v in setup.meta.items() if k in ("source_file", "trajectory", "start"))
+        where = ", ".join(
+            f"{k}={v}" for k, v in setup.meta.items() if k in ("source_file", "trajectory", "start")
+        )
         msg = html.Span(
             f"{d.get('feature')} − {d.get('control')} at {', '.join(setup.direction.points)} "
             f"({setup.spatial_mode}); context {setup.dataset} {where}; {setup.horizon} generated token frame(s) per α",
@@ -203,7 +230,8 @@ class SteeringPanel:
 
 
 def _readout(alpha: float, target: str, base, now) -> str:
-    """One line: α, the probe's value and each statistic beside their unsteered values, where it came from."""
+    """One line: α, the probe's value and each statistic beside their unsteered values, where it
+    came from."""
     parts = [f"α = {alpha:g}"]
     if now.probe_value is not None:
         parts.append(f"probe {target} = {now.probe_value:.4g} (α=0: {base.probe_value:.4g})")

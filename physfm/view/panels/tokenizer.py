@@ -1,5 +1,5 @@
-"""The tokenizer panel: a tokenizer evaluation's windows, original | reconstruction | error per frame, and
-the codebook's usage."""
+"""The tokenizer panel: a tokenizer evaluation's windows, original | reconstruction | error per
+frame, and the codebook's usage."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ def layout(runs: list[Run]) -> list:
             [
                 control("tokenizer evaluation", dropdown("tok-run", rels), wide=True),
                 control("dataset", dcc.Dropdown(id="tok-dataset", clearable=False)),
-                control("window", dcc.Dropdown(id="tok-window", options=windows, value=0, clearable=False)),
+                control(
+                    "window",
+                    dcc.Dropdown(id="tok-window", options=windows, value=0, clearable=False),
+                ),
                 control("field", dcc.Dropdown(id="tok-field", clearable=False)),
             ],
             className="controls",
@@ -33,11 +36,15 @@ def layout(runs: list[Run]) -> list:
                 html.Div(
                     [
                         dcc.Graph(id="tok-frames", config={"displaylogo": False}),
-                        dcc.Slider(id="tok-frame", min=0, max=0, step=1, value=0, updatemode="drag"),
+                        dcc.Slider(
+                            id="tok-frame", min=0, max=0, step=1, value=0, updatemode="drag"
+                        ),
                     ],
                     className="grow",
                 ),
-                html.Div(dcc.Graph(id="tok-usage", config={"displaylogo": False}), className="side"),
+                html.Div(
+                    dcc.Graph(id="tok-usage", config={"displaylogo": False}), className="side"
+                ),
             ],
             className="row",
         ),
