@@ -36,6 +36,21 @@ def token_layout(manifest: Manifest) -> TokenLayout:
     return layout
 
 
+def one_layout(
+    layouts: set[tuple[int, int]], sets: str, cfg: PretrainConfig, what: str
+) -> tuple[int, int]:
+    """The (context, total) frames every shard set shares, which must fit ``model.max_frames``."""
+    if len(layouts) > 1:
+        raise ConfigError(f"{sets} have different window layouts {sorted(layouts)}")
+    n_context, n_total = next(iter(layouts))
+    if n_total > cfg.model.max_frames:
+        raise ConfigError(
+            f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame {what} "
+            "windows"
+        )
+    return n_context, n_total
+
+
 def token_tokenizer(cfg: PretrainConfig, manifest: Manifest) -> str:
     """The tokenizer checkpoint of a run on these tokens: the one the token manifest names; a
     ``tokenizer=`` given as well must be that tokenizer (same fingerprint)."""
@@ -76,15 +91,7 @@ def describe_tokens(cfg: PretrainConfig) -> dict[str, Any]:
         names += list(manifest.datasets)
     if len(fingerprints) > 1:
         raise ConfigError("data.tokens: the token shard sets were made by different tokenizers")
-    if len(layouts) > 1:
-        raise ConfigError(
-            f"data.tokens: token shard sets have different window layouts {sorted(layouts)}"
-        )
-    n_context, n_total = layouts.pop()
-    if n_total > cfg.model.max_frames:
-        raise ConfigError(
-            f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame token windows"
-        )
+    n_context, n_total = one_layout(layouts, "data.tokens: token shard sets", cfg, "token")
     return {
         "dataset_names": sorted(names),
         "n_context": n_context,
@@ -193,15 +200,7 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
                 f"boundary (compression {c} needs n_input = 1 + k*{c}); choose another data.window"
             )
         layouts.add((layout.n_context_frames, layout.n_frames))
-    if len(layouts) > 1:
-        raise ConfigError(
-            f"data.shards: shard sets have different window layouts {sorted(layouts)}"
-        )
-    n_context, n_total = layouts.pop()
-    if n_total > cfg.model.max_frames:
-        raise ConfigError(
-            f"model.max_frames={cfg.model.max_frames} is shorter than the {n_total}-frame latent windows"
-        )
+    n_context, n_total = one_layout(layouts, "data.shards: shard sets", cfg, "latent")
     return {
         "dataset_names": sorted(names),
         "n_context": n_context,
