@@ -167,6 +167,19 @@ class WindowStream(IterableDataset):
         self._rank, self._world = rank, world_size
         if window is not None and not isinstance(window, WindowSpec):
             window = WindowSpec(*window)
+        self._load_shard_sets(shards, split, window, normalize)
+        self._count_windows(shards, split)
+        self._resolve_weights(dataset_weights)
+
+    def _load_shard_sets(
+        self,
+        shards: str | list[str],
+        split: str,
+        window: WindowSpec | None,
+        normalize: bool,
+    ) -> None:
+        """Read every shard set's manifest: its normalizers, and one record per shard of ``split``
+        (tagged with the set's layout and resolved window)."""
         self.manifests: list[Manifest] = []
         self.records: list[dict[str, Any]] = []
         self.normalizers: dict[str, Normalizer | None] = {}
@@ -188,6 +201,10 @@ class WindowStream(IterableDataset):
         self.window = specs[0]
         if not self.records:
             raise DataError(f"{shards}: the {split!r} split has no shards")
+
+    def _count_windows(self, shards: str | list[str], split: str) -> None:
+        """``dataset_sizes``: windows per dataset over the split's shards; none at all is an
+        error."""
         self.dataset_sizes: dict[str, int] = {}
         for rec in self.records:
             for name, n in rec["datasets"].items():
@@ -198,6 +215,10 @@ class WindowStream(IterableDataset):
                 f"{shards}: the {split!r} split has no {w.n_input}+{w.n_output} windows (stride {w.stride}): "
                 f"its trajectories are shorter than {w.length} frames"
             )
+
+    def _resolve_weights(self, dataset_weights: dict[str, float] | None) -> None:
+        """``dataset_weights``: the caller's, else the manifests' (see ``manifest_weights``), one
+        per dataset with windows; unknown names and all-zero weights are errors."""
         weights = dataset_weights or manifest_weights(self.manifests, self.dataset_sizes)
         unknown = set(weights) - set(self.dataset_sizes)
         if unknown:

@@ -352,10 +352,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> Path:
 def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
     """The body of :func:`train_tokenizer` (thread count already set)."""
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
 
     from data_pipelines.config import to_dict
-    from data_pipelines.loader import make_loader
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -366,42 +364,8 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
     model = build_tokenizer(cfg, manifest)
     _write_yaml(out / "config.yaml", to_dict(cfg))
 
-    common = dict(
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        resampled=True,
-        dataset_weights=cfg.data.dataset_weights,
-        window=window_option(cfg.data.window, "data.window"),
-    )
-    train_loader = make_loader(
-        cfg.data.shards,
-        "train",
-        cfg.data.batch_size,
-        batches_per_epoch=cfg.trainer.max_steps,
-        **common,
-    )
-    val_loader = None
-    if cfg.data.val_batches > 0 and "valid" in manifest.splits and manifest.splits["valid"].shards:
-        # A fixed resampled draw mixes every dataset and is the same at each check.
-        val_loader = make_loader(
-            cfg.data.shards,
-            "valid",
-            cfg.data.batch_size,
-            batches_per_epoch=cfg.data.val_batches,
-            **{**common, "seed": cfg.seed + 1},
-        )
-
-    loggers: list[Any] = [CSVLogger(str(out), name="logs", version="")]
-    if cfg.trainer.wandb:
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_SILENT", "true")
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(
-            WandbLogger(
-                project="physfm-tokenizer", save_dir=str(out), offline=True, config=to_dict(cfg)
-            )
-        )
+    train_loader, val_loader = _loaders(cfg, manifest)
+    loggers = _loggers(cfg, out)
     module = TokenizerModule(model, cfg)
     tcfg = cfg.trainer
     with _quiet_lightning():
@@ -434,6 +398,57 @@ def _train(cfg: TokenizerTrainConfig, out: Path, ckpt_dir: Path) -> Path:
 
         wandb.finish()
     return path
+
+
+def _loaders(cfg: TokenizerTrainConfig, manifest: Manifest):
+    """The resampled train loader, and the valid one (None without valid shards or batches)."""
+    from data_pipelines.loader import make_loader
+
+    common = dict(
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        resampled=True,
+        dataset_weights=cfg.data.dataset_weights,
+        window=window_option(cfg.data.window, "data.window"),
+    )
+    train_loader = make_loader(
+        cfg.data.shards,
+        "train",
+        cfg.data.batch_size,
+        batches_per_epoch=cfg.trainer.max_steps,
+        **common,
+    )
+    val_loader = None
+    if cfg.data.val_batches > 0 and "valid" in manifest.splits and manifest.splits["valid"].shards:
+        # A fixed resampled draw mixes every dataset and is the same at each check.
+        val_loader = make_loader(
+            cfg.data.shards,
+            "valid",
+            cfg.data.batch_size,
+            batches_per_epoch=cfg.data.val_batches,
+            **{**common, "seed": cfg.seed + 1},
+        )
+    return train_loader, val_loader
+
+
+def _loggers(cfg: TokenizerTrainConfig, out: Path) -> list[Any]:
+    """CSV logs under ``out/logs``, and an offline wandb run when asked for."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from data_pipelines.config import to_dict
+
+    loggers: list[Any] = [CSVLogger(str(out), name="logs", version="")]
+    if cfg.trainer.wandb:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(
+            WandbLogger(
+                project="physfm-tokenizer", save_dir=str(out), offline=True, config=to_dict(cfg)
+            )
+        )
+    return loggers
 
 
 @contextlib.contextmanager

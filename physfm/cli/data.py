@@ -15,7 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="validate, describe and shard The Well datasets")
     verbs = parser.add_subparsers(dest="data_verb", metavar="ACTION")
     verbs.required = True
+    _add_validate_parser(verbs)
+    _add_stats_parser(verbs)
+    _add_shard_parser(verbs)
+    _add_merge_parser(verbs)
+    _add_bench_parser(verbs)
 
+
+def _add_validate_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "validate",
         help="check files or dataset dirs against The Well schema (exit 1 on any problem)",
@@ -25,11 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_validate)
 
+
+def _add_stats_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("stats", help="(re)compute DIR/stats.yaml in one streaming pass")
     p.add_argument("dataset", metavar="DIR", help="The Well dataset folder (DIR/data/SPLIT/*.hdf5)")
     add_split_argument(p, "train", single=True)
     p.set_defaults(func=run_stats)
 
+
+def _add_shard_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "shard", help="cut datasets into clips and write webdataset shards + manifest"
     )
@@ -79,6 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing shard set")
     p.set_defaults(func=run_shard)
 
+
+def _add_merge_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "merge", help="merge the parts of an array-sharded set (after all --part runs)"
     )
@@ -88,6 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_merge)
 
+
+def _add_bench_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "bench", help="loader samples/s (ours vs the_well WellDataset on the same data)"
     )

@@ -15,7 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verbs = parser.add_subparsers(dest="steer_verb", metavar="ACTION")
     verbs.required = True
+    _add_direction_parser(verbs)
+    _add_rollout_parser(verbs)
 
+
+def _add_direction_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "direction", help="Δ = mean(feature) − mean(control) of z-scored activations per layer"
     )
@@ -65,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_direction)
 
+
+def _add_rollout_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "rollout", help="roll out with the direction added at each α; dose-response curves"
     )

@@ -16,7 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verbs = parser.add_subparsers(dest="tokenizer_verb", metavar="ACTION")
     verbs.required = True
+    _add_train_parser(verbs)
+    _add_eval_parser(verbs)
+    _add_encode_parser(verbs)
+    _add_decode_parser(verbs)
 
+
+def _add_train_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "train", help="train a tokenizer from a YAML config (+ dotted key=value overrides)"
     )
@@ -32,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_train)
 
+
+def _add_eval_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "eval", help="per-field VRMSE/PSNR, code usage, perplexity, reconstruction PNGs"
     )
@@ -57,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=run_eval)
 
+
+def _add_encode_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser(
         "encode", help="field shards → token shards (with the tokenizer's fingerprint)"
     )
@@ -92,6 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_split_argument(p, None)
     p.set_defaults(func=run_encode)
 
+
+def _add_decode_parser(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("decode", help="token shards → field shards in physical units")
     p.add_argument(
         "--ckpt", required=True, metavar="CKPT", help="the tokenizer that encoded the tokens"

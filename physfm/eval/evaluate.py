@@ -96,76 +96,112 @@ def score_windows(
         max_windows=max_windows,
         datasets=[d for d in pm.dataset_names],
     ):
-        name, ctx, truth = batch.dataset, batch.context, batch.truth
+        name, ctx = batch.dataset, batch.context
         s = scores.setdefault(name, DatasetScores(pm.channel_names(name)))
+        window_ids, truth_ids = _encode_windows(pm, batch, methods, seconds)
         preds: dict[str, torch.Tensor] = {}
-        window_ids = truth_ids = None
-        if any(m in methods for m in ("tokenizer_ceiling", "copy_tokens", *MODEL_METHODS)):
-            # One encode of context + truth serves the ceiling, copy-tokens and token accuracy (the
-            # tokenizer is causal: the context's token frames are those of the context encoded
-            # alone).
-            start = time.perf_counter()
-            window_ids = pm.encode(torch.cat([ctx, truth], 1), name)  # [B, T', *grid]
-            truth_ids = window_ids[:, pm.n_context_tokens :]
-            seconds["encode"] = seconds.get("encode", 0.0) + time.perf_counter() - start
         for method in methods:
             start = time.perf_counter()
-            ids = None
-            if method == "persistence":
-                preds[method] = ctx[:, -1:].expand_as(truth)
-            elif method == "copy_tokens":
-                ids = window_ids[:, pm.n_context_tokens - 1 : pm.n_context_tokens]
-                preds[method] = pm.copy_tokens(
-                    ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens]
-                )
-            elif method == "tokenizer_ceiling":
-                preds[method] = pm.tokenizer_ceiling(ctx, truth, name, window_ids=window_ids).cpu()
-            elif method in MODEL_METHODS:
-                # "ar" is the raw model even when it has a refiner (which rollout would use by
-                # default)
-                refine = (
-                    {"refine": method == "ar_refined"}
-                    if getattr(pm, "refiner", None) is not None
-                    else {}
-                )
-                preds[method], ids = pm.rollout(
-                    ctx,
-                    horizon,
-                    name,
-                    seed=seed,
-                    batch_size=batch_size,
-                    return_tokens=True,
-                    **options,
-                    **refine,
-                )
-            else:
-                raise ValueError(f"unknown method {method!r}")
+            preds[method], ids = _predict(
+                pm, method, batch, horizon, window_ids, seed, batch_size, options
+            )
             seconds[method] += time.perf_counter() - start
             # fraction of tokens equal to the truth's own
             if ids is not None and truth_ids is not None:
-                # copy broadcasts
-                ref = truth_ids if method == "copy_tokens" else truth_ids[:, : ids.shape[1]]
-                # [frames]
-                hits = (ids.to(ref.device) == ref).flatten(2).float().mean(-1).sum(0).double().cpu()
+                hits = _token_hits(ids, truth_ids, copied=method == "copy_tokens")
                 s.token_hits[method] = s.token_hits.get(method, 0) + hits
         for method, fn in (extra or {}).items():
             start = time.perf_counter()
             preds[method] = fn(ctx, horizon, name)
             seconds[method] += time.perf_counter() - start
-        for method, pred in preds.items():
-            s.add(method, pred, truth, n)
-        if not s.example:
-            s.example = {"truth": truth[0], **{m: p[0] for m, p in preds.items()}}
-        if keep_predictions:
-            for key, value in {"context": ctx, "truth": truth, **preds}.items():
-                s.predictions.setdefault(key, []).append(value.cpu())
-            s.meta += batch.meta
-        s.n_windows += ctx.shape[0]
+        _record_batch(s, batch, preds, n, keep_predictions)
     if not scores:
         raise DataError(
             f"{shards}: the {split!r} split gave no windows for the model's datasets ({', '.join(pm.dataset_names)})"
         )
     return scores, seconds
+
+
+def _encode_windows(
+    pm, batch, methods: tuple[str, ...], seconds: dict[str, float]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(token ids of context + truth, the truth's part), or (None, None) when no method needs
+    tokens; the time is added to ``seconds["encode"]``."""
+    if not any(m in methods for m in ("tokenizer_ceiling", "copy_tokens", *MODEL_METHODS)):
+        return None, None
+    # One encode of context + truth serves the ceiling, copy-tokens and token accuracy (the
+    # tokenizer is causal: the context's token frames are those of the context encoded alone).
+    start = time.perf_counter()
+    window_ids = pm.encode(torch.cat([batch.context, batch.truth], 1), batch.dataset)
+    truth_ids = window_ids[:, pm.n_context_tokens :]  # window_ids: [B, T', *grid]
+    seconds["encode"] = seconds.get("encode", 0.0) + time.perf_counter() - start
+    return window_ids, truth_ids
+
+
+def _predict(
+    pm,
+    method: str,
+    batch,
+    horizon: int,
+    window_ids: torch.Tensor | None,
+    seed: int,
+    batch_size: int,
+    options: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One method's prediction of the batch's next ``horizon`` frames → (fields, token ids or
+    None)."""
+    name, ctx, truth = batch.dataset, batch.context, batch.truth
+    if method == "persistence":
+        return ctx[:, -1:].expand_as(truth), None
+    if method == "copy_tokens":
+        ids = window_ids[:, pm.n_context_tokens - 1 : pm.n_context_tokens]
+        pred = pm.copy_tokens(ctx, horizon, name, context_ids=window_ids[:, : pm.n_context_tokens])
+        return pred, ids
+    if method == "tokenizer_ceiling":
+        return pm.tokenizer_ceiling(ctx, truth, name, window_ids=window_ids).cpu(), None
+    if method in MODEL_METHODS:
+        # "ar" is the raw model even when it has a refiner (which rollout would use by default)
+        refine = (
+            {"refine": method == "ar_refined"} if getattr(pm, "refiner", None) is not None else {}
+        )
+        return pm.rollout(
+            ctx,
+            horizon,
+            name,
+            seed=seed,
+            batch_size=batch_size,
+            return_tokens=True,
+            **options,
+            **refine,
+        )
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _token_hits(ids: torch.Tensor, truth_ids: torch.Tensor, *, copied: bool) -> torch.Tensor:
+    """Tokens equal to the truth's, per predicted frame, summed over the batch: [frames]."""
+    # a copied frame broadcasts against every truth frame
+    ref = truth_ids if copied else truth_ids[:, : ids.shape[1]]
+    return (ids.to(ref.device) == ref).flatten(2).float().mean(-1).sum(0).double().cpu()
+
+
+def _record_batch(
+    s: DatasetScores,
+    batch,
+    preds: dict[str, torch.Tensor],
+    n_spatial_dims: int,
+    keep_predictions: bool,
+) -> None:
+    """Add one batch's predictions to its dataset's running scores (and its first example)."""
+    ctx, truth = batch.context, batch.truth
+    for method, pred in preds.items():
+        s.add(method, pred, truth, n_spatial_dims)
+    if not s.example:
+        s.example = {"truth": truth[0], **{m: p[0] for m, p in preds.items()}}
+    if keep_predictions:
+        for key, value in {"context": ctx, "truth": truth, **preds}.items():
+            s.predictions.setdefault(key, []).append(value.cpu())
+        s.meta += batch.meta
+    s.n_windows += ctx.shape[0]
 
 
 def summarize(scores: dict[str, DatasetScores], horizons: list[int]) -> dict[str, Any]:
@@ -289,6 +325,20 @@ def evaluate(
             "total": round(time.perf_counter() - start, 2),
         },
     }
+    metrics["figures"] = _write_figures(metrics, scores, methods, out, split)
+    write_metrics(out / "metrics.json", metrics)
+    _write(out / "report.md", render_report(metrics))
+    return metrics
+
+
+def _write_figures(
+    metrics: dict[str, Any],
+    scores: dict[str, DatasetScores],
+    methods: tuple[str, ...],
+    out: Path,
+    split: str,
+) -> list[str]:
+    """The VRMSE-vs-horizon plot and one rollout strip per dataset → their file names."""
     figures = [
         vrmse_vs_horizon(
             metrics["curves"], out / "vrmse_vs_horizon.png", title=f"{split} split"
@@ -305,10 +355,7 @@ def evaluate(
                 title=f"{name}: truth | prediction | error",
             ).name
         )
-    metrics["figures"] = figures
-    write_metrics(out / "metrics.json", metrics)
-    _write(out / "report.md", render_report(metrics))
-    return metrics
+    return figures
 
 
 def _fmt(v: float | None) -> str:

@@ -73,53 +73,68 @@ def rollout_strip(
     )
     panels = fig.subfigures(n_fields, 1, squeeze=False)[:, 0]
     for c, (panel, name) in enumerate(zip(panels, channel_names)):
-        t = truth_np[:, c]
-        lo, hi = float(t.min()), float(t.max())
-        errors = {m: preds[m][:, c] - t for m in methods}
-        err_lim = max([float(np.abs(e).max()) for e in errors.values()] + [1e-12])
-        axes = panel.subplots(n_rows, n_cols, squeeze=False, sharex=one_d)
-        value_image = error_image = None
-        for r, k in enumerate(steps):
-            for col, (kind, method) in enumerate(columns):
-                ax = axes[r, col]
-                img = _slice(
-                    t[k]
-                    if kind == "truth"
-                    else preds[method][k, c]
-                    if kind == "prediction"
-                    else errors[method][k]
-                )
-                if img.ndim == 1:
-                    if kind == "prediction":
-                        ax.plot(_slice(t[k]), color="0.65", lw=0.9)
-                    ax.plot(img, lw=1.0, color="C3" if kind == "error" else "C0")
-                    ax.set_ylim(*((-err_lim, err_lim) if kind == "error" else (lo, hi)))
-                    ax.tick_params(labelsize=7)
-                    if col not in (0, 1 + len(methods)):
-                        ax.tick_params(labelleft=False)
-                elif kind == "error":
-                    error_image = ax.imshow(img, cmap="RdBu_r", vmin=-err_lim, vmax=err_lim)
-                else:
-                    value_image = ax.imshow(img, cmap="viridis", vmin=lo, vmax=hi)
-                if img.ndim != 1:
-                    ax.set_xticks([]), ax.set_yticks([])
-                if r == 0:
-                    label = "truth" if kind == "truth" else _method_label(method)
-                    ax.set_title(f"error: {label}" if kind == "error" else label, fontsize=9)
-                if col == 0:
-                    ax.set_ylabel(f"t+{k + 1}", fontsize=9, rotation=0, ha="right", va="center")
-        if value_image is not None:
-            bar = panel.colorbar(value_image, ax=axes[:, : 1 + len(methods)], shrink=0.9, pad=0.01)
-            bar.ax.tick_params(labelsize=7)
-            bar.set_label(name, fontsize=8)
-        if error_image is not None:
-            bar = panel.colorbar(error_image, ax=axes[:, 1 + len(methods) :], shrink=0.9, pad=0.01)
-            bar.ax.tick_params(labelsize=7)
-            bar.set_label(f"{name} error", fontsize=8)
-        panel.suptitle(name, fontsize=10, fontweight="bold")
+        _field_panel(panel, name, truth_np[:, c], preds, c, steps, columns, one_d)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)
+
+
+def _field_panel(
+    panel,
+    name: str,
+    t: np.ndarray,
+    preds: dict[str, np.ndarray],
+    c: int,
+    steps: list[int],
+    columns: list[tuple[str, str | None]],
+    one_d: bool,
+) -> None:
+    """One field's table of ``rollout_strip``: truth ``t`` [H, *space] and channel ``c`` of each
+    prediction, at each step, with the value and error colour bars."""
+    methods = list(preds)
+    lo, hi = float(t.min()), float(t.max())
+    errors = {m: preds[m][:, c] - t for m in methods}
+    err_lim = max([float(np.abs(e).max()) for e in errors.values()] + [1e-12])
+    axes = panel.subplots(len(steps), len(columns), squeeze=False, sharex=one_d)
+    value_image = error_image = None
+    for r, k in enumerate(steps):
+        for col, (kind, method) in enumerate(columns):
+            ax = axes[r, col]
+            img = _slice(
+                t[k]
+                if kind == "truth"
+                else preds[method][k, c]
+                if kind == "prediction"
+                else errors[method][k]
+            )
+            if img.ndim == 1:
+                if kind == "prediction":
+                    ax.plot(_slice(t[k]), color="0.65", lw=0.9)
+                ax.plot(img, lw=1.0, color="C3" if kind == "error" else "C0")
+                ax.set_ylim(*((-err_lim, err_lim) if kind == "error" else (lo, hi)))
+                ax.tick_params(labelsize=7)
+                if col not in (0, 1 + len(methods)):
+                    ax.tick_params(labelleft=False)
+            elif kind == "error":
+                error_image = ax.imshow(img, cmap="RdBu_r", vmin=-err_lim, vmax=err_lim)
+            else:
+                value_image = ax.imshow(img, cmap="viridis", vmin=lo, vmax=hi)
+            if img.ndim != 1:
+                ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                label = "truth" if kind == "truth" else _method_label(method)
+                ax.set_title(f"error: {label}" if kind == "error" else label, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"t+{k + 1}", fontsize=9, rotation=0, ha="right", va="center")
+    if value_image is not None:
+        bar = panel.colorbar(value_image, ax=axes[:, : 1 + len(methods)], shrink=0.9, pad=0.01)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(name, fontsize=8)
+    if error_image is not None:
+        bar = panel.colorbar(error_image, ax=axes[:, 1 + len(methods) :], shrink=0.9, pad=0.01)
+        bar.ax.tick_params(labelsize=7)
+        bar.set_label(f"{name} error", fontsize=8)
+    panel.suptitle(name, fontsize=10, fontweight="bold")
 
 
 def vrmse_vs_horizon(

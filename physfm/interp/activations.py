@@ -103,15 +103,7 @@ def iter_windows(
     select = selection if isinstance(selection, Selection) else parse_selection(selection)
     manifest = Manifest.load(data)
     is_tokens = manifest.is_tokens
-    if is_tokens and tokenizer_fingerprint and manifest.fingerprint != tokenizer_fingerprint:
-        raise DataError(
-            f"{data}: tokens were made by tokenizer {(manifest.fingerprint or '')[:12]}, the model "
-            f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer"
-        )
-    if not is_tokens and encoder is None:
-        raise DataError(
-            f"{data}: field shards need an encoder (the model's tokenizer); pass token shards instead"
-        )
+    _check_source(data, manifest, tokenizer_fingerprint, encoder)
     splits = _split_list(split)
     found, seen_names = 0, set()
 
@@ -156,16 +148,45 @@ def iter_windows(
     if batch:
         yield flush()
     if found == 0:
-        unknown = sorted(select.names - seen_names)
-        if unknown:
-            known = sorted(seen_names - {"params", "n_frames", "__key__"})
-            raise DataError(
-                f"{data}: selection {str(select)!r}: no window has {', '.join(map(repr, unknown))} "
-                f"(windows have: {', '.join(known)}; quote string values, e.g. dataset=='ns')"
-            )
+        raise _no_match_error(data, select, seen_names, splits)
+
+
+def _check_source(
+    data: str | Path,
+    manifest: Manifest,
+    tokenizer_fingerprint: str | None,
+    encoder: Callable[[Tensor, str], Tensor] | None,
+) -> None:
+    """Token shards must come from the model's tokenizer; field shards need an encoder."""
+    if (
+        manifest.is_tokens
+        and tokenizer_fingerprint
+        and manifest.fingerprint != tokenizer_fingerprint
+    ):
         raise DataError(
-            f"{data}: no window of split(s) {','.join(splits)} matches selection {str(select)!r}"
+            f"{data}: tokens were made by tokenizer {(manifest.fingerprint or '')[:12]}, the model "
+            f"was trained on tokenizer {tokenizer_fingerprint[:12]}'s; encode the shards with its tokenizer"
         )
+    if not manifest.is_tokens and encoder is None:
+        raise DataError(
+            f"{data}: field shards need an encoder (the model's tokenizer); pass token shards instead"
+        )
+
+
+def _no_match_error(
+    data: str | Path, select: Selection, seen_names: set[str], splits: list[str]
+) -> DataError:
+    """Why no window matched: a name no window has (a typo, or an unquoted string), or none."""
+    unknown = sorted(select.names - seen_names)
+    if unknown:
+        known = sorted(seen_names - {"params", "n_frames", "__key__"})
+        return DataError(
+            f"{data}: selection {str(select)!r}: no window has {', '.join(map(repr, unknown))} "
+            f"(windows have: {', '.join(known)}; quote string values, e.g. dataset=='ns')"
+        )
+    return DataError(
+        f"{data}: no window of split(s) {','.join(splits)} matches selection {str(select)!r}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

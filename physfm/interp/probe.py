@@ -200,16 +200,7 @@ def run_probe(
     raw, has, scale, cut, groups = _targets(store, data, target, scale, threshold, group_by)
     y = np.log(raw) if scale == "log" else raw
     labels = np.where(y > cut, 1.0, -1.0)
-    layers, models = {}, {}
-    for point in points:
-        X = store.load(point).numpy()[has]
-        layers[point] = probe_features(X, y, labels, groups, n_folds, seed)
-        models[point] = fit_final(X, y, groups, n_folds=n_folds, seed=seed)
-    hist = (
-        probe_features(store.load(HISTOGRAM).numpy()[has], y, labels, groups, n_folds, seed)
-        if HISTOGRAM in store.points
-        else None
-    )
+    layers, models, hist = _probe_points(store, points, has, y, labels, groups, n_folds, seed)
     block_points = [p for p in points if p != "embedding"] or points
     best = max(block_points, key=lambda p: layers[p]["r2"])
     probe = Probe(target, scale, models, best)
@@ -253,6 +244,31 @@ def run_probe(
     write_metrics(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", render_report(metrics))
     return metrics
+
+
+def _probe_points(
+    store: ActivationStore,
+    points: list[str],
+    has: np.ndarray,
+    y: np.ndarray,
+    labels: np.ndarray,
+    groups,
+    n_folds: int,
+    seed: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """Cross-validated scores and the final probe of every point, and the code-histogram baseline's
+    scores (None when the capture has no histogram) → (layers, models, hist)."""
+    layers, models = {}, {}
+    for point in points:
+        X = store.load(point).numpy()[has]
+        layers[point] = probe_features(X, y, labels, groups, n_folds, seed)
+        models[point] = fit_final(X, y, groups, n_folds=n_folds, seed=seed)
+    hist = (
+        probe_features(store.load(HISTOGRAM).numpy()[has], y, labels, groups, n_folds, seed)
+        if HISTOGRAM in store.points
+        else None
+    )
+    return layers, models, hist
 
 
 def _targets(

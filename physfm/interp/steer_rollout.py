@@ -146,18 +146,7 @@ def steer_rollout(
     if selection is None and len(direc.meta.get("datasets") or []) == 1:
         selection = f"dataset=='{direc.meta['datasets'][0]}'"
     batches = _contexts(pm, data, split, selection, max_windows, batch_size)
-    datasets = sorted({b.dataset for b in batches})
-    if len(datasets) > 1:  # each system has its own physical statistic: one system per run
-        raise DataError(
-            f"{data}: the contexts come from {', '.join(datasets)}; pick one system with --select, "
-            f"e.g. \"dataset=='{datasets[0]}'\""
-        )
-    grids = {tuple(b.tokens.shape[2:]) for b in batches}
-    if spatial_mode == "as-is" and grids != {tuple(direc.meta.get("grid", ()))}:
-        raise DataError(
-            f"{direction}: a direction over the token grid {direc.meta.get('grid')} cannot be added "
-            f"as is to rollouts on {sorted(grids)}; use --spatial-mode mean"
-        )
+    datasets = _check_contexts(batches, data, direction, direc.meta, spatial_mode)
     m = _measure(pm, reader, direc, batches, alphas, horizon, spatial_mode)
     truth = np.array([float((meta.get("params") or {}).get(target, math.nan)) for meta in m.metas])
     curves = {f"probe {target}": dose_response(alphas, m.probe_values)}
@@ -191,6 +180,26 @@ def steer_rollout(
     }
     _write(out, metrics, m.examples, pm.channel_names(datasets[0]))
     return metrics
+
+
+def _check_contexts(
+    batches: list, data: str | Path, direction: str | Path, meta: dict[str, Any], spatial_mode: str
+) -> list[str]:
+    """The contexts' datasets (exactly one), refused when the direction's token grid cannot be
+    added to theirs as is."""
+    datasets = sorted({b.dataset for b in batches})
+    if len(datasets) > 1:  # each system has its own physical statistic: one system per run
+        raise DataError(
+            f"{data}: the contexts come from {', '.join(datasets)}; pick one system with --select, "
+            f"e.g. \"dataset=='{datasets[0]}'\""
+        )
+    grids = {tuple(b.tokens.shape[2:]) for b in batches}
+    if spatial_mode == "as-is" and grids != {tuple(meta.get("grid", ()))}:
+        raise DataError(
+            f"{direction}: a direction over the token grid {meta.get('grid')} cannot be added "
+            f"as is to rollouts on {sorted(grids)}; use --spatial-mode mean"
+        )
+    return datasets
 
 
 def _model_and_direction(location: str | Path, direction: str | Path):

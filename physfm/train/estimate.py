@@ -306,14 +306,7 @@ def estimate(
     the logits. ``device="cpu"``: per rank (process) training on CPUs, host memory included
     (``gpus_per_node`` = ranks per node), with params and grads in ``dtype`` ("fp32", or "bf16" for
     bf16-mixed; a GPU run is always bf16-mixed)."""
-    if nodes < 1 or gpus_per_node < 1 or micro_batch < 1:
-        raise InputError("nodes, gpus-per-node and micro-batch must be >= 1")
-    if not 0 < mfu <= 1:
-        raise InputError(f"mfu must be in (0, 1], got {mfu}")
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {DEVICES}, got {device!r}")
-    if dtype not in DTYPE_BYTES:
-        raise InputError(f"dtype must be one of {tuple(DTYPE_BYTES)}, got {dtype!r}")
+    _check_inputs(nodes, gpus_per_node, micro_batch, mfu, device, dtype)
     seq_len = cfg.max_seq_len if seq_len is None else seq_len
     if seq_len < 1:
         raise InputError(f"seq-len must be >= 1, got {seq_len}")
@@ -330,38 +323,10 @@ def estimate(
     act_ckpt = activation_bytes(
         cfg, seq_len, micro_batch, predicted, checkpointing=True, element_bytes=element
     )
-    rows = []
-    for stage, offload in LAYOUTS:
-        buffers = bucket_bytes(stage, offload, element)
-        if device == "cpu":
-            parts = cpu_model_state_bytes(
-                counts.total, counts.largest_layer, n_gpus, stage, offload, element
-            )
-            rows.append(
-                MemoryRow(
-                    stage,
-                    offload,
-                    *parts[:3],
-                    act,
-                    act_ckpt,
-                    0,
-                    step_scratch=parts[3],
-                    buffers=buffers,
-                )
-            )
-            continue
-        params, grads, optimizer = model_state_bytes(
-            counts.total, counts.largest_layer, n_gpus, stage, offload
-        )
-        host_bytes_per_param = {
-            "none": 0,
-            "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
-            "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM + BYTES_BF16_PARAM,
-        }[offload]
-        cpu = int(host_bytes_per_param * counts.total / nodes * OFFLOAD_CPU_BUFFER)
-        rows.append(
-            MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu, buffers=buffers)
-        )
+    rows = [
+        _memory_row(stage, offload, counts, nodes, n_gpus, device, element, act, act_ckpt)
+        for stage, offload in LAYOUTS
+    ]
     fpt = flops_per_token(cfg, seq_len)
     per_gpu = mfu * peak_tflops * 1e12 / fpt
     return Estimate(
@@ -381,6 +346,58 @@ def estimate(
         device,
         dtype if device == "cpu" else "bf16",
     )
+
+
+def _check_inputs(
+    nodes: int, gpus_per_node: int, micro_batch: int, mfu: float, device: str, dtype: str
+) -> None:
+    if nodes < 1 or gpus_per_node < 1 or micro_batch < 1:
+        raise InputError("nodes, gpus-per-node and micro-batch must be >= 1")
+    if not 0 < mfu <= 1:
+        raise InputError(f"mfu must be in (0, 1], got {mfu}")
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {DEVICES}, got {device!r}")
+    if dtype not in DTYPE_BYTES:
+        raise InputError(f"dtype must be one of {tuple(DTYPE_BYTES)}, got {dtype!r}")
+
+
+def _memory_row(
+    stage: int,
+    offload: str,
+    counts: ParamCounts,
+    nodes: int,
+    n_gpus: int,
+    device: str,
+    element: int,
+    act: int,
+    act_ckpt: int,
+) -> MemoryRow:
+    """Memory per rank of one ZeRO stage/offload layout."""
+    buffers = bucket_bytes(stage, offload, element)
+    if device == "cpu":
+        parts = cpu_model_state_bytes(
+            counts.total, counts.largest_layer, n_gpus, stage, offload, element
+        )
+        return MemoryRow(
+            stage,
+            offload,
+            *parts[:3],
+            act,
+            act_ckpt,
+            0,
+            step_scratch=parts[3],
+            buffers=buffers,
+        )
+    params, grads, optimizer = model_state_bytes(
+        counts.total, counts.largest_layer, n_gpus, stage, offload
+    )
+    host_bytes_per_param = {
+        "none": 0,
+        "optimizer": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM,
+        "optimizer+params": BYTES_FP32_GRAD + BYTES_FP32_MASTER + BYTES_ADAM + BYTES_BF16_PARAM,
+    }[offload]
+    cpu = int(host_bytes_per_param * counts.total / nodes * OFFLOAD_CPU_BUFFER)
+    return MemoryRow(stage, offload, params, grads, optimizer, act, act_ckpt, cpu, buffers=buffers)
 
 
 def format_table(est: Estimate, name: str = "model", gpu_mem_gib: float = 80.0) -> str:
