@@ -3,6 +3,7 @@ them."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -221,10 +222,11 @@ class FieldDataModule(TokenDataModule):
     def locations(self) -> list[str]:
         return self.cfg.data.shards
 
-    @property
+    @functools.cached_property
     def shuffle_buffer(self) -> int:
         """``data.shuffle_buffer`` capped at FIELD_BUFFER_BYTES of windows per stream: a 64² window
-        of 5 frames and 3 fields is 245 KB, 2,048 of them half a GB per dataset and worker."""
+        of 5 frames and 3 fields is 245 KB, 2,048 of them half a GB per dataset and worker. Cached:
+        the train and validation loaders share it, and it reads every shard set's manifest."""
         window_bytes = max(self._window_bytes(), 1)
         return max(1, min(self.cfg.data.shuffle_buffer, FIELD_BUFFER_BYTES // window_bytes))
 
