@@ -1,5 +1,5 @@
-"""physfm finetune: unseen fields end to end (1D lifted onto a 2D tokenizer, and 2D), exact resume,
-bad input."""
+"""physfm finetune: unseen fields end to end (1D lifted onto a 2D tokenizer, 2D, and 3D on the 2D
+tokenizer inflated), exact resume, bad input."""
 
 from __future__ import annotations
 
@@ -88,6 +88,30 @@ def test_1d_dataset_on_2d_model_is_lifted(pretrained, tmp_path):
 
 
 @pytest.mark.slow
+def test_3d_dataset_on_2d_model_inflates_the_tokenizer(pretrained, tmp_path):
+    data = write_wave_dataset(tmp_path / "w3", "waves3d", n_dims=3, resolution=8)
+    out = run_finetune(config(pretrained, data, tmp_path / "run"))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["datasets"] == ["waves3d"] and m["n_windows"]["waves3d"] > 0
+    scores = m["vrmse"]["waves3d"]
+    assert all(np.isfinite(v) and v > 0 for v in scores["finetuned"].values())
+    assert np.isfinite(scores["pretrained"]["1"]) and np.isfinite(scores["tokenizer_ceiling"]["1"])
+    # the AR model reads the 3D token grid (8^3 cells at 4x); its rotary gained the z axis
+    model = json.loads((out / "run.json").read_text())["model"]
+    assert model["grid_shape"] == [2, 2, 2] and model["n_spatial_dims"] == 3
+    # the new stem/head sit on the 2D trunk inflated to 3D, which stayed frozen
+    from tokenizer.checkpoint import load_tokenizer
+    from tokenizer.inflate import inflate_tokenizer
+
+    adapted = load_tokenizer(out / "tokenizer")
+    assert adapted.cfg.n_spatial_dims == 3 and set(adapted.datasets) == {"waves", "waves3d"}
+    base = load_tokenizer(json.loads((pretrained / "config.json").read_text())["tokenizer"])
+    inflated = inflate_tokenizer(base, 3).state_dict()
+    for key, value in inflated.items():
+        assert torch.equal(value, adapted.state_dict()[key]), key
+
+
+@pytest.mark.slow
 def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     full = run_finetune(config(pretrained, data, tmp_path / "full", "finetune.mode=lora"))
@@ -173,6 +197,19 @@ def test_rank_one_stops_with_rank_zeros_error(tmp_path, monkeypatch):
     )
     assert result == {"ok": True} and seen == {"ws": False}  # rank 0 prepares as a single process
     assert os.environ["WORLD_SIZE"] == "2"  # and the launcher's variables come back
+
+
+def test_data_with_fewer_axes_than_the_tokenizer_is_a_named_error(tmp_path):
+    from physfm.train.finetune_data import prepare_shards
+
+    data = write_wave_dataset(tmp_path / "w2", "waves", n_dims=2, resolution=8)
+    with pytest.raises(DataError, match=r"w2: a 2D dataset; the pretrained tokenizer is 3D"):
+        prepare_shards(str(data), tmp_path / "run", 2, 1, tokenizer_dims=3, lift=4)
+    shards, manifest = prepare_shards(str(data), tmp_path / "run", 2, 1, tokenizer_dims=1, lift=4)
+    assert tuple(manifest.datasets["waves"].spatial_shape) == (
+        8,
+        8,
+    )  # kept 2D: the 1D tokenizer inflates
 
 
 def test_wrong_layout_is_a_named_error(pretrained, tmp_path):

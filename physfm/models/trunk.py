@@ -6,6 +6,7 @@ and generation."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -26,6 +27,25 @@ def rope_pair_axes(cfg: ModelConfig) -> Tensor:
     per_axis = [n_pairs // n_axes] * n_axes
     per_axis[0] += n_pairs - sum(per_axis)  # time gets the remainder
     return torch.cat([torch.full((n,), axis) for axis, n in enumerate(per_axis)])
+
+
+def with_spatial_axes(cfg: ModelConfig, n_axes: int) -> ModelConfig:
+    """``cfg``, able to read token grids of ``n_axes`` spatial axes (e.g. a 2D-pretrained model
+    fine-tuned on 3D data).
+
+    What carries over. Rotary embeddings have no weights, so every weight loads either way; what
+    can change is which rotary pair turns with which axis. The shipped model configs give every
+    model three spatial axes (``model.n_spatial_dims: 3``) whatever its data, and a 2D grid leaves
+    z at position 0: its pairs never turned in pretraining (content-only channels). On a 3D grid
+    the time, x and y pairs turn exactly as they did, and the z pairs start turning with depth;
+    ``cfg`` is returned unchanged. A model built with fewer axes than the grid has no pair for the
+    new one, so its ``n_spatial_dims`` is raised: :func:`rope_pair_axes` then deals the pairs among
+    one more axis, and most pairs change axis or frequency. The weights still load, but positions
+    read differently and fine-tuning has to relearn them.
+    """
+    if n_axes <= cfg.n_spatial_dims:
+        return cfg
+    return dataclasses.replace(cfg, n_spatial_dims=n_axes)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:

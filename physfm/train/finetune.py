@@ -1,5 +1,5 @@
-"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D
-or 2D).
+"""``physfm finetune``: adapt a pretrained AR model to a new simulation (new fields, resolution, 1D,
+2D or 3D; a 3D dataset on a 2D-pretrained model gets the tokenizer inflated to 3D).
 
 Steps, each skipped when an earlier segment of the same run already finished it (so a requeued or
 resumed run continues where it stopped, and the AR stage resumes bit for bit via ``resume: auto``):
@@ -42,17 +42,18 @@ from physfm.inference.loading import _tokenizer_location, load_model_state, reso
 from physfm.models import lora
 from physfm.models.ar import PhysicsTransformer
 from physfm.models.lora import count_trainable, merge_lora_state
-from physfm.models.trunk import ModelConfig
+from physfm.models.trunk import ModelConfig, with_spatial_axes
 from physfm.train.config import PretrainConfig, TokenDataConfig, default_run_dir
 from physfm.train.data import token_layout
 from physfm.train.distributed import global_rank, is_rank_zero, launch_id, single_process_env
-from physfm.train.finetune_data import prepare_shards
+from physfm.train.finetune_data import data_spatial_dims, prepare_shards
 from physfm.train.finetune_eval import evaluate_models, write_report
 from physfm.train.pretrain import run_pretrain
 from tokenizer.checkpoint import find_checkpoint as find_tokenizer_checkpoint
 from tokenizer.checkpoint import fingerprint, read_tokenizer_spec
 from tokenizer.checkpoint import resolve_checkpoint as resolve_tokenizer_checkpoint
 from tokenizer.encode import encode_shards
+from tokenizer.inflate import inflate_checkpoint
 from tokenizer.model import DatasetSpec, TokenizerConfig, field_frames
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
@@ -72,6 +73,9 @@ class FinetuneSection:
     tokenizer_batch_size: int = 8
     # 1D data on a 2D tokenizer: cells of the added axis (0 = the tokenizer's spatial compression)
     lift: int = 0
+    # also train the tokenizer's shared trunk with the new stems/heads (e.g. an inflated 2D trunk on
+    # 3D data); the pretrained datasets' tokens then change
+    tokenizer_train_trunk: bool = False
     eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     eval_max_windows: int = 16  # test windows per dataset
     compare_scratch: bool = False  # also train the same budget from random init
@@ -130,7 +134,10 @@ def adapt_tokenizer(
 ) -> Path:
     """The pretrained tokenizer itself when it knows every dataset; else one with new stems/heads.
     ``known``: the pretrained tokenizer's datasets (read from its config; its weights are loaded
-    once, by whichever step uses them)."""
+    once, by whichever step uses them). Data with more spatial axes than the tokenizer first gets
+    the tokenizer inflated to them (``tokenizer/inflate.py``) → ``RUN/tokenizer_inflated``; the new
+    stems/heads are then trained on the inflated trunk."""
+    base_tokenizer = inflate_for_data(base_tokenizer, shards, manifest, out)
     new = [n for n in manifest.datasets if n not in known]
     for name, entry in manifest.datasets.items():
         if name in known and known[name].channel_names != entry.channel_names:
@@ -153,7 +160,7 @@ def adapt_tokenizer(
     )
     tcfg.init.from_ckpt, tcfg.init.freeze_trunk, tcfg.init.freeze_known_datasets = (
         str(base_tokenizer),
-        True,
+        not f.tokenizer_train_trunk,
         True,
     )
     tcfg.trainer.max_steps, tcfg.trainer.lr = f.tokenizer_steps, f.tokenizer_lr
@@ -161,6 +168,20 @@ def adapt_tokenizer(
     tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
     tcfg.out = str(target)
     return train_tokenizer(tcfg)
+
+
+def inflate_for_data(base_tokenizer: Path, shards: Path, manifest: Manifest, out: Path) -> Path:
+    """``base_tokenizer``, or its inflation to the data's spatial axes when the data has more
+    (kept from an earlier segment of this run when already written)."""
+    tok_dims = read_tokenizer_spec(base_tokenizer)[0].n_spatial_dims
+    dims = data_spatial_dims(shards, manifest)
+    if dims <= tok_dims:
+        return base_tokenizer
+    target = out / "tokenizer_inflated"
+    earlier = find_tokenizer_checkpoint(target)
+    if earlier is not None and read_tokenizer_spec(earlier)[0].n_spatial_dims == dims:
+        return earlier
+    return inflate_checkpoint(base_tokenizer, target, dims)
 
 
 def encode_tokens(tokenizer: Path, shards: Path, out: Path) -> Path:
@@ -216,7 +237,9 @@ def _training_config(
     layout = token_layout(manifest)
     grid = layout.grid or next(iter(manifest.datasets.values())).token_grid[1:]
     model_cfg = dataclasses.replace(
-        model, grid_shape=list(grid), max_frames=max(model.max_frames, layout.n_frames)
+        with_spatial_axes(model, len(grid)),
+        grid_shape=list(grid),
+        max_frames=max(model.max_frames, layout.n_frames),
     )
     base = {
         k: getattr(cfg, k) for k in ("seed", "resume", "optim", "trainer", "strategy", "diffusion")

@@ -11,6 +11,10 @@ one token row). The pretrained trunk then reads it unchanged and the AR model se
 token grid; VRMSE on the lifted fields equals the 1D one up to the unbiased-variance factor (N - 1)
 / (N·lift - 1). Vector/tensor fields are lifted component by component as scalar fields with the
 same channel names.
+
+Data with more spatial axes than the tokenizer (3D on a 2D one, 2D or 3D on a 1D one) is sharded as
+it is: the fine-tune inflates the tokenizer to the data's dimensionality (``tokenizer/inflate.py``).
+A tokenizer is never deflated: data with fewer axes (other than 1D on 2D) is refused.
 """
 
 from __future__ import annotations
@@ -108,8 +112,8 @@ def prepare_shards(
     data: str, out: Path, n_input: int, n_output: int, tokenizer_dims: int, lift: int
 ) -> tuple[Path, Manifest]:
     """(field shard dir, its manifest) for ``data``: a shard set as is, or a raw dataset validated
-    and sharded (lifted 1D→2D when the tokenizer is 2D) into ``out/shards``. Reused when already
-    there."""
+    and sharded (lifted 1D→2D when the tokenizer is 2D; kept as is when it has more axes than the
+    tokenizer, which the fine-tune then inflates) into ``out/shards``. Reused when already there."""
     path = Path(data)
     if is_shard_dir(path):
         manifest = Manifest.load(path)
@@ -130,24 +134,36 @@ def prepare_shards(
     dims = raw_spatial_dims(path)
     if dims == 1 and tokenizer_dims == 2:
         path = lift_dataset_1d_to_2d(path, out / "lifted" / path.name, lift)
-    elif dims != tokenizer_dims:
+    elif dims < tokenizer_dims:
         raise DataError(
-            f"{data}: a {dims}D dataset; the pretrained tokenizer is {tokenizer_dims}D "
-            "(only 1D data on a 2D tokenizer can be lifted)"
+            f"{data}: a {dims}D dataset; the pretrained tokenizer is {tokenizer_dims}D (1D data is "
+            "lifted onto a 2D tokenizer, and a tokenizer is inflated to more axes, never fewer)"
         )
+    # dims > tokenizer_dims: sharded as is; the fine-tune inflates the tokenizer to match
     shard_datasets([path], shards, WindowSpec(n_input, n_output, 1), overwrite=True)
     return shards, Manifest.load(shards)
 
 
+def data_spatial_dims(path: Path, manifest: Manifest) -> int:
+    """The one spatial dimensionality of a shard set's datasets (a tokenizer has one)."""
+    dims = {name: len(entry.spatial_shape or ()) for name, entry in manifest.datasets.items()}
+    if len(set(dims.values())) != 1:
+        raise DataError(
+            f"{path}: datasets of different dimensionality {dims}; fine-tune on one at a time"
+        )
+    return next(iter(dims.values()))
+
+
 def _check_dims(path: Path, manifest: Manifest, tokenizer_dims: int, lifted_hint: bool) -> None:
-    for name, entry in manifest.datasets.items():
-        dims = len(entry.spatial_shape or ())
-        if dims != tokenizer_dims:
-            hint = (
-                " pass the raw dataset directory instead: a 1D one is lifted to 2D"
-                if lifted_hint
-                else ""
-            )
-            raise DataError(
-                f"{path}: dataset {name!r} is {dims}D, the pretrained tokenizer {tokenizer_dims}D;{hint}"
-            )
+    """More axes than the tokenizer is fine (it is inflated), fewer is not."""
+    dims = data_spatial_dims(path, manifest)
+    if dims < tokenizer_dims:
+        name = next(iter(manifest.datasets))
+        hint = (
+            " pass the raw dataset directory instead: a 1D one is lifted to 2D"
+            if lifted_hint and dims == 1 and tokenizer_dims == 2
+            else ""
+        )
+        raise DataError(
+            f"{path}: dataset {name!r} is {dims}D, the pretrained tokenizer {tokenizer_dims}D;{hint}"
+        )
