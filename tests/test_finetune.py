@@ -199,6 +199,23 @@ def test_rank_one_stops_with_rank_zeros_error(tmp_path, monkeypatch):
     assert os.environ["WORLD_SIZE"] == "2"  # and the launcher's variables come back
 
 
+def test_a_three_axis_model_reads_a_3d_grid_as_its_2d_one_plus_depth():
+    """What the rotary carries from 2D to 3D (physfm.models.trunk.with_spatial_axes): a model with
+    three rotary axes scores a 2D grid as the same grid one cell deep, so the time/x/y pairs mean on
+    a 3D grid what they meant in 2D pretraining; a model with two axes gains the third."""
+    from physfm.models.trunk import rope_pair_axes, with_spatial_axes
+    from tests.tiny_model import tiny_ar_model, tiny_model_config
+
+    model = tiny_ar_model(n_spatial_dims=3)
+    assert with_spatial_axes(model.config, 3) is model.config
+    idx, ds = torch.randint(0, 16, (2, 3 * 16)), torch.zeros(2, dtype=torch.long)
+    flat, _ = model(idx, (4, 4), ds)
+    deep, _ = model(idx, (4, 4, 1), ds)
+    torch.testing.assert_close(flat, deep)
+    grown = with_spatial_axes(tiny_model_config(n_spatial_dims=2), 3)
+    assert grown.n_spatial_dims == 3 and set(rope_pair_axes(grown).tolist()) == {0, 1, 2, 3}
+
+
 def test_data_with_fewer_axes_than_the_tokenizer_is_a_named_error(tmp_path):
     from physfm.train.finetune_data import prepare_shards
 
