@@ -65,10 +65,12 @@ def build_tiny_model(
     seed: int = 0,
     conditional: bool = False,
     prediction: str = "raster",
+    n_dims: int = 2,
 ) -> dict[str, Path]:
     """Datasets, shards, a random tokenizer and a random AR export under ``root``; returns their
     paths. ``conditional``: a conditional tokenizer (key frame + frames coded given the previous
-    one); ``prediction``: the AR model's mode ("raster" or "next_frame")."""
+    one); ``prediction``: the AR model's mode ("raster" or "next_frame"); ``n_dims``: spatial axes
+    of the data, tokenizer and model."""
     from data_pipelines.sharding import WindowSpec, shard_datasets
     from data_pipelines.shards import read_manifest
     from physfm.models.ar import PhysicsTransformer
@@ -77,7 +79,7 @@ def build_tiny_model(
 
     torch.manual_seed(seed)
     dirs = [
-        write_wave_dataset(root / "data" / name, name, seed=seed + i)
+        write_wave_dataset(root / "data" / name, name, seed=seed + i, n_dims=n_dims)
         for i, name in enumerate(datasets)
     ]
     shards = root / "shards"
@@ -92,7 +94,7 @@ def build_tiny_model(
         for name, entry in manifest["datasets"].items()
     }
     tok_cfg = TokenizerConfig(
-        n_spatial_dims=2,
+        n_spatial_dims=n_dims,
         levels=[4, 4],
         spatial_compression=4,
         patch_size=2,
@@ -103,7 +105,12 @@ def build_tiny_model(
     )
     tok_dir = save_tokenizer(Tokenizer(tok_cfg, specs), root / "tokenizer")
     model = PhysicsTransformer(
-        tiny_model_config(max_frames=n_input + n_output, n_datasets=4, prediction=prediction)
+        tiny_model_config(
+            max_frames=n_input + n_output,
+            n_datasets=4,
+            prediction=prediction,
+            **({} if n_dims == 2 else {"grid_shape": [4] * n_dims, "n_spatial_dims": n_dims}),
+        )
     )
     export = export_ar_model(
         model,

@@ -112,6 +112,23 @@ def test_3d_dataset_on_2d_model_inflates_the_tokenizer(pretrained, tmp_path):
 
 
 @pytest.mark.slow
+def test_2d_dataset_on_1d_model_inflates_the_tokenizer(tmp_path):
+    pretrained_1d = build_tiny_model(tmp_path / "pre1d", n_dims=1)["export"]
+    data = write_wave_dataset(tmp_path / "w2", "waves2d", n_dims=2, resolution=8)
+    out = run_finetune(config(pretrained_1d, data, tmp_path / "run"))
+    scores = json.loads((out / "metrics.json").read_text())["vrmse"]["waves2d"]
+    assert all(np.isfinite(v) and v > 0 for v in scores["finetuned"].values())
+    model = json.loads((out / "run.json").read_text())["model"]
+    assert model["grid_shape"] == [2, 2] and model["n_spatial_dims"] == 2
+    assert (
+        json.loads((out / "tokenizer_inflated" / "tokenizer.json").read_text())["model"][
+            "n_spatial_dims"
+        ]
+        == 2
+    )
+
+
+@pytest.mark.slow
 def test_resumed_lora_finetune_matches_uninterrupted(pretrained, tmp_path):
     data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
     full = run_finetune(config(pretrained, data, tmp_path / "full", "finetune.mode=lora"))
