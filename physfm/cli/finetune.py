@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a pretrained model on a new simulation (new fields, "
-        "resolution, 1D or 2D): tokenizer adaptation, full/freeze/LoRA, before/after report",
+        "resolution, 1D, 2D or 3D: a tokenizer of fewer axes is inflated): tokenizer adaptation, "
+        "full/freeze/LoRA, before/after report",
     )
     p.add_argument(
         "--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml"
