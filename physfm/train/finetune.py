@@ -11,10 +11,13 @@ resumed run continues where it stopped, and the AR stage resumes bit for bit via
    ``RUN/tokenizer``; the windows are encoded with it → ``RUN/tokens``;
 3. AR model: :func:`physfm.train.pretrain.run_pretrain` from the pretrained weights (same
    strategies: ddp, DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode``
-   = full, freeze (all but the last k blocks) or lora (``physfm/models/lora.py``);
-4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
-   persistence and, with ``compare_scratch``, the same budget trained from random init →
-   ``report.md``, ``metrics.json``, ``vrmse_vs_horizon.png``.
+   = full, freeze (all but the last k blocks) or lora (``physfm/models/lora.py``); per-part
+   learning rates and a frozen-trunk warm-up (``physfm/train/param_groups.py``), the
+   lowest-validation-loss checkpoint and early stopping (``physfm/train/finetune_select.py``);
+4. selection and evaluation: ``RUN/model`` = the better of fine-tuned and zero-shot on the valid
+   split (``finetune.keep_better``); on the test split: it, the pretrained weights before
+   fine-tuning, persistence and, with ``compare_scratch``, the same budget trained from random
+   init → ``report.md``, ``metrics.json``, ``vrmse_vs_horizon.png``.
 
 In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone.
 No process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's
