@@ -1,9 +1,13 @@
-"""``physfm finetune --config YAML --ckpt CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the
+"""``physfm finetune [--config YAML] --ckpt CKPT --data DIR_OR_SHARDS [key=value ...]`` (also the
 sbatch entry)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+# the repository's configs/, wherever the command runs from
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "finetune" / "recipe.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "full/freeze/LoRA, before/after report",
     )
     p.add_argument(
-        "--config", required=True, metavar="YAML", help="e.g. configs/finetune/tiny.yaml"
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        metavar="YAML",
+        help="default: configs/finetune/recipe.yaml, the measured recipe (per-part learning rates, "
+        "frozen trunk warm-up, early stopping, keep the better of fine-tuned and zero-shot)",
     )
     p.add_argument(
         "--ckpt",

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from data_pipelines.simulators import simulate_dataset
+from physfm.quickstart.train import CONFIGS
 from physfm.train.finetune import load_finetune_config, run_finetune
 
 HELD_OUT = ("burgers1d", dict(n_traj=6, n_steps=24, resolution=32))
@@ -30,7 +31,7 @@ def stage_finetune(ctx) -> dict[str, Any]:
         system, ctx.out / "data" / system, seed=ctx.seed, overwrite=True, **sizes
     )
     cfg = load_finetune_config(
-        "configs/finetune/tiny.yaml",
+        CONFIGS / "finetune" / "recipe.yaml",
         [
             f"finetune.init={ctx.state['ar_run']}",
             f"finetune.data={data}",
@@ -49,12 +50,35 @@ def stage_finetune(ctx) -> dict[str, Any]:
             str(rel / "vrmse_vs_horizon.png"),
         )
     )
-    result = {"held_out": system, "steps": m["steps"]}
+    result = {"held_out": system, "steps": m["steps"], "kept": m["kept"]}
     for method, per in m["overall"].items():
         for h, v in per.items():
             result[f"{method}_{h}"] = round(v, 4)
     ctx.notes.append(
         f"Fine-tune: {system} was never seen in pretraining; the tokenizer got a new stem/head "
-        f"(trunk frozen) and the AR model {m['steps']} steps; see {rel}/report.md."
+        f"(trunk frozen) and the AR model up to {m['steps']} steps of the recipe "
+        f"(configs/finetune/recipe.yaml); kept: {m['kept']}; see {rel}/report.md.\n\n"
+        + comparison_table(m)
     )
     return result
+
+
+def comparison_table(m: dict[str, Any]) -> str:
+    """Per held-out dataset, test VRMSE of fine-tuned, zero-shot, scratch and persistence."""
+    horizons = [str(h) for h in m["horizons"]]
+    methods = [
+        k for k in ("finetuned", "pretrained", "scratch", "persistence") if k in m["overall"]
+    ]
+    label = {"pretrained": "zero-shot", "finetuned": "fine-tuned"}
+    lines = [
+        "| held out | model | " + " | ".join(f"h={h}" for h in horizons) + " |",
+        "|---|---|" + "---:|" * len(horizons),
+    ]
+    for dataset, per in m["vrmse"].items():
+        for method in methods:
+            lines.append(
+                f"| {dataset} | {label.get(method, method)} | "
+                + " | ".join(f"{per[method][h]:.4f}" for h in horizons)
+                + " |"
+            )
+    return "\n".join(lines)

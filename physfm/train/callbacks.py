@@ -229,3 +229,36 @@ def keep_last_checkpoints(dirpath, every_n_steps: int, keep_last: int) -> L.Call
         monitor=None,
         save_last=False,
     )
+
+
+def keep_best_checkpoint(dirpath, monitor: str = "val/loss") -> L.Callback:
+    """After each validation run, keep the one checkpoint with the lowest ``monitor`` in
+    ``dirpath`` (a fine-tune exports it, not the last step's). Lightning's own top-1: it records the
+    best score and path in every checkpoint, so a resumed run keeps comparing against it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=dirpath,
+        filename="step={step:07d}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=False,
+        save_on_train_epoch_end=False,
+    )
+
+
+def early_stopping(patience: int, monitor: str = "val/loss") -> L.Callback:
+    """Stop after ``patience`` validation runs without a lower ``monitor`` (its count is saved in
+    checkpoints, so a resumed run carries on counting)."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    return EarlyStopping(
+        monitor=monitor,
+        mode="min",
+        patience=patience,
+        min_delta=0.0,
+        check_on_train_epoch_end=False,
+        verbose=False,
+    )

@@ -11,10 +11,13 @@ resumed run continues where it stopped, and the AR stage resumes bit for bit via
    ``RUN/tokenizer``; the windows are encoded with it → ``RUN/tokens``;
 3. AR model: :func:`physfm.train.pretrain.run_pretrain` from the pretrained weights (same
    strategies: ddp, DeepSpeed), dataset vocabulary = pretrained names + new names; ``finetune.mode``
-   = full, freeze (all but the last k blocks) or lora (``physfm/models/lora.py``);
-4. evaluation on the new data's test split: fine-tuned, the pretrained weights before fine-tuning,
-   persistence and, with ``compare_scratch``, the same budget trained from random init →
-   ``report.md``, ``metrics.json``, ``vrmse_vs_horizon.png``.
+   = full, freeze (all but the last k blocks) or lora (``physfm/models/lora.py``); per-part
+   learning rates and a frozen-trunk warm-up (``physfm/train/param_groups.py``), the
+   lowest-validation-loss checkpoint and early stopping (``physfm/train/finetune_select.py``);
+4. selection and evaluation: ``RUN/model`` = the better of fine-tuned and zero-shot on the valid
+   split (``finetune.keep_better``); on the test split: it, the pretrained weights before
+   fine-tuning, persistence and, with ``compare_scratch``, the same budget trained from random
+   init → ``report.md``, ``metrics.json``, ``vrmse_vs_horizon.png``.
 
 In a multi-process launch (torchrun, srun) every rank runs this; steps 1-2 and 4 are rank 0's alone.
 No process group exists before step 3 (Lightning makes it), so the other ranks wait for rank 0's
@@ -48,6 +51,13 @@ from physfm.train.data import token_layout
 from physfm.train.distributed import global_rank, is_rank_zero, launch_id, single_process_env
 from physfm.train.finetune_data import data_spatial_dims, prepare_shards
 from physfm.train.finetune_eval import evaluate_models, write_report
+from physfm.train.finetune_select import (
+    best_checkpoint,
+    best_step,
+    compare_on_validation,
+    selection_callbacks,
+)
+from physfm.train.param_groups import ParamPlan
 from physfm.train.pretrain import run_pretrain
 from tokenizer.checkpoint import find_checkpoint as find_tokenizer_checkpoint
 from tokenizer.checkpoint import fingerprint, read_tokenizer_spec
@@ -79,8 +89,25 @@ class FinetuneSection:
     eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     eval_max_windows: int = 16  # test windows per dataset
     compare_scratch: bool = False  # also train the same budget from random init
+    # The recipe (configs/finetune/recipe.yaml; physfm/train/param_groups.py). The new parts (the
+    # new dataset's conditioning row, LoRA adapters) learn at optim.lr, the pretrained trunk at
+    # optim.lr * trunk_lr_scale, after frozen_warmup_steps steps in which only the new parts learn.
+    trunk_lr_scale: float = 1.0
+    frozen_warmup_steps: int = 0
+    # Stop after this many validation runs (every trainer.val_every steps) without a lower
+    # validation loss; 0: never stop early. Whenever the run validates, the checkpoint with the
+    # lowest validation loss is the fine-tuned model (physfm/train/finetune_select.py).
+    patience: int = 0
+    # RUN/model = the zero-shot weights when fine-tuning did not lower the validation split's h=1
+    # VRMSE (false: always the fine-tuned weights).
+    keep_better: bool = True
 
     def validate(self) -> None:
+        if self.trunk_lr_scale < 0:
+            raise ConfigError(f"finetune.trunk_lr_scale: must be >= 0, got {self.trunk_lr_scale}")
+        for name in ("frozen_warmup_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"finetune.{name}: must be >= 0, got {getattr(self, name)}")
         if self.tokenizer_steps < 1:
             raise ConfigError(f"finetune.tokenizer_steps: must be >= 1, got {self.tokenizer_steps}")
         if self.lora_rank < 1:
@@ -110,8 +137,19 @@ class FinetuneConfig(PretrainConfig):
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        """Nothing across sections: unlike pretraining, ``data.tokens`` and ``tokenizer`` are made
-        here. (Each section validates itself: data_pipelines.config.validate_tree.)"""
+        """Across sections (each section validates itself: data_pipelines.config.validate_tree);
+        unlike pretraining, ``data.tokens`` and ``tokenizer`` are made here."""
+        f = self.finetune
+        if f.frozen_warmup_steps >= self.trainer.max_steps:
+            raise ConfigError(
+                f"finetune.frozen_warmup_steps: {f.frozen_warmup_steps} leaves no step of "
+                f"trainer.max_steps={self.trainer.max_steps} for the trunk; lower it"
+            )
+        if f.patience and not self.data.val_batches:
+            raise ConfigError(
+                f"finetune.patience: early stopping ({f.patience}) needs validation runs; "
+                "set data.val_batches > 0"
+            )
 
 
 def load_finetune_config(path: str | None, overrides: list[str] | None = None) -> FinetuneConfig:
@@ -216,9 +254,17 @@ def prepare_fn(f: FinetuneSection):
     return None
 
 
+def param_plan_fn(f: FinetuneSection, pretrained: dict[str, Any]):
+    """What run_pretrain builds the optimiser's per-part plan with, from the prepared model."""
+    return lambda model: ParamPlan.for_model(
+        model, pretrained, f.trunk_lr_scale, f.frozen_warmup_steps
+    )
+
+
 def export_plain(run: Path, out_dir: Path, f: FinetuneSection | None) -> Path:
-    """The run's newest weights (LoRA merged) as an export any loader reads."""
-    state, info = load_model_state(run)
+    """The run's selected weights (its lowest-validation-loss checkpoint when it validated, else
+    its newest; LoRA merged) as an export any loader reads."""
+    state, info = load_model_state(best_checkpoint(run) or run)
     if f is not None and f.mode == "lora":
         state = merge_lora_state(state, f.lora_alpha / f.lora_rank)
     info = {k: v for k, v in info.items() if k != "checkpoint"}
@@ -338,16 +384,28 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     state = init_dataset_rows(base.state, len(old_names), len(names))
     pretrained = RunInfo.from_dict(base.info, f.init).model
     train_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out)
+    validates = cfg.data.val_batches > 0
     start = time.perf_counter()
     run_pretrain(
         train_cfg,
-        init_weights={"state_dict": state, "dataset_names": names, "prepare": prepare_fn(f)},
+        init_weights={
+            "state_dict": state,
+            "dataset_names": names,
+            "prepare": prepare_fn(f),
+            "param_plan": param_plan_fn(f, state),
+        },
+        callbacks=selection_callbacks(out, f.patience, validates),
     )
     timings["finetune_s"] = time.perf_counter() - start
     if f.compare_scratch:  # every rank trains; rank 0 scores below
+        # the same budget, best-checkpoint keeping and early stopping: only the start differs
         scratch_cfg = _training_config(cfg, pretrained, tokenizer, tokens, out / "scratch")
         start = time.perf_counter()
-        run_pretrain(scratch_cfg, init_weights={"dataset_names": names})
+        run_pretrain(
+            scratch_cfg,
+            init_weights={"dataset_names": names},
+            callbacks=selection_callbacks(out / "scratch", f.patience, validates),
+        )
         timings["scratch_s"] = time.perf_counter() - start
     if not is_rank_zero():
         return out
@@ -366,20 +424,31 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 def evaluate_and_report(
     cfg: FinetuneConfig, out: Path, state: dict[str, Any], info: dict[str, Any], run: dict[str, Any]
 ) -> None:
-    """Step 4 (rank 0): score fine-tuned, pretrained (and scratch) models on the new data; write the
+    """Step 4 (rank 0): keep the better of fine-tuned and zero-shot on the validation split as
+    ``RUN/model``; score it, the zero-shot (and scratch) models on the test split; write the
     report."""
     f, names = cfg.finetune, run["names"]
     summary = json.loads((out / "metrics.json").read_text())
     before_info = RunInfo.read(out).to_dict()
+    new_names = [n for n in names if n in run["new_data"]]
+    trained = export_plain(out, out / "model_trained", f)
+    before = _export_state(state, before_info, out / "model_before")
+    selection = {"split": None, "kept": "finetuned"}
+    if f.keep_better:
+        selection = compare_on_validation(
+            trained, before, Path(run["shards"]), new_names, f.eval_max_windows
+        )
+    kept_state, _ = load_model_state(trained if selection["kept"] == "finetuned" else before)
     models = {
-        "finetuned": export_plain(out, out / "model", f),
-        "pretrained": _export_state(state, before_info, out / "model_before"),
+        "finetuned": _export_state(kept_state, before_info, out / "model"),
+        "pretrained": before,
     }
+    if selection["kept"] == "zeroshot":  # what fine-tuning gave, for the record
+        models["finetuned_discarded"] = trained
     scratch_summary = None
     if f.compare_scratch:
         scratch_summary = json.loads((out / "scratch" / "metrics.json").read_text())
         models["scratch"] = export_plain(out / "scratch", out / "scratch" / "model", None)
-    new_names = [n for n in names if n in run["new_data"]]
     results = evaluate_models(models, run["shards"], new_names, f.eval_horizons, f.eval_max_windows)
     metrics = {
         "from": str(f.init),
@@ -394,6 +463,18 @@ def evaluate_and_report(
         "seconds": {k: round(v, 2) for k, v in run["timings"].items()},
         "train": summary,
         "scratch_train": scratch_summary,
+        "recipe": {
+            "trunk_lr_scale": f.trunk_lr_scale,
+            "frozen_warmup_steps": f.frozen_warmup_steps,
+            "patience": f.patience,
+            "lr": cfg.optim.lr,
+            "max_steps": cfg.trainer.max_steps,
+            "val_every": cfg.trainer.val_every,
+        },
+        "best_step": best_step(out),
+        "stopped_early": summary["steps"] < cfg.trainer.max_steps,
+        "kept": selection["kept"],
+        "selection": selection,
         **results,
     }
     write_report(out, metrics)

@@ -84,7 +84,8 @@ def evaluate_models(
 
 
 METHOD_LABELS = {
-    "finetuned": "pretrained + fine-tuned",
+    "finetuned": "pretrained + fine-tuned (RUN/model)",
+    "finetuned_discarded": "fine-tuned weights (discarded: worse on valid)",
     "pretrained": "pretrained, before fine-tuning",
     "scratch": "same budget from scratch",
     "persistence": "persistence",
@@ -98,6 +99,7 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
     METHOD_STYLE.setdefault("finetuned", ("pretrained + fine-tuned", "C0", "-"))
     METHOD_STYLE.setdefault("pretrained", ("pretrained (before)", "C7", ":"))
     METHOD_STYLE.setdefault("scratch", ("scratch (same steps)", "C3", "-"))
+    METHOD_STYLE.setdefault("finetuned_discarded", ("fine-tuned (discarded)", "C1", "--"))
     metrics["figures"] = [
         vrmse_vs_horizon(
             metrics["curves"],
@@ -128,6 +130,7 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
             + " | ".join(f"{per[str(h)]:.4f}" for h in horizons)
             + " |"
         )
+    lines += ["", *_selection_lines(metrics)]
     lines += [
         "",
         "![VRMSE vs horizon](vrmse_vs_horizon.png)",
@@ -136,3 +139,25 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
         "init, with the same adapted tokenizer, so it measures what the pretrained transformer weights are worth.",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _selection_lines(metrics: dict[str, Any]) -> list[str]:
+    """How the run chose its weights: best checkpoint, early stop, fine-tuned vs zero-shot."""
+    best, sel = metrics.get("best_step"), metrics.get("selection") or {}
+    lines = []
+    if best is not None:
+        stop = " (stopped early)" if metrics.get("stopped_early") else ""
+        lines.append(
+            f"Fine-tuned weights: the lowest validation loss, at step {best} of "
+            f"{metrics['steps']}{stop}."
+        )
+    if sel.get("split"):
+        h = sel["metric"].removeprefix("vrmse_h")
+        lines.append(
+            f"Kept: **{metrics['kept']}** (h={h} VRMSE on the {sel['split']} split: fine-tuned "
+            f"{sel[f'finetuned_vrmse_{h}']:.4f}, zero-shot {sel[f'zeroshot_vrmse_{h}']:.4f}, "
+            f"persistence {sel[f'persistence_vrmse_{h}']:.4f}); `model/` holds the kept weights."
+        )
+    else:
+        lines.append(f"Kept: **{metrics.get('kept', 'finetuned')}** (not compared on validation).")
+    return lines

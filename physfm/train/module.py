@@ -34,7 +34,8 @@ from physfm.core.errors import RunStopped
 from physfm.core.token_ids import check_token_ids
 from physfm.models.ar import IGNORE_INDEX, PhysicsTransformer
 from physfm.models.trunk import ModelConfig
-from physfm.train.config import OptimConfig, StabilityConfig, lr_lambda
+from physfm.train.config import OptimConfig, StabilityConfig
+from physfm.train.param_groups import ParamPlan, drop_frozen_grads, group_lr_lambdas, param_groups
 from physfm.train.stability import code_noise, pushforward_inputs, shift_tokens
 from physfm.train.strategies import StrategyConfig, build_optimizer
 
@@ -122,6 +123,9 @@ class ARModule(L.LightningModule):
         self.skipped_batches = 0
         # corrupt samples the loaders skipped (data.on_error=skip), all ranks
         self.skipped_samples = 0
+        # Fine-tuning's per-part learning rates and frozen trunk warm-up (physfm/train/finetune.py
+        # sets it before training); None: one learning rate for every parameter.
+        self.param_plan: ParamPlan | None = None
 
     def build_model(self) -> torch.nn.Module:
         """The network trained here; subclasses train others with the same loop
@@ -265,22 +269,27 @@ class ARModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_config
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        # the model's own names (a wrapper's prefix would not match the plan's)
+        groups = param_groups(self.model.named_parameters(), self.param_plan, cfg.weight_decay)
+        for group in groups:
+            group["lr"] = cfg.lr * group["lr_scale"]
         strategy = StrategyConfig(**(self.hparams.strategy or {}))
         optimizer = build_optimizer(strategy, groups, lr=cfg.lr, betas=tuple(cfg.betas))
-        max_steps = self.hparams.max_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_lambda(s, cfg.warmup_steps, max_steps, cfg.min_lr_ratio)
+        lambdas = group_lr_lambdas(
+            groups, self.param_plan, cfg.warmup_steps, self.hparams.max_steps, cfg.min_lr_ratio
         )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this after backward (and DDP's all-reduce), before clipping. DeepSpeed
+        # keeps gradients in its own buffers: there the frozen trunk's learning rate of 0 alone
+        # holds it still.
+        if StrategyConfig(**(self.hparams.strategy or {})).name != "deepspeed":
+            drop_frozen_grads(optimizer, self.param_plan, self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for name, p in self.named_parameters():

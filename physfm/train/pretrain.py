@@ -44,8 +44,16 @@ def resolve_resume(cfg: PretrainConfig, out: Path) -> Path | None:
     return path
 
 
-def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], resume_step: int):
-    """(Trainer, throughput monitor, signal handler) for a run: strategy and precision by config."""
+def build_trainer(
+    cfg: PretrainConfig,
+    out: Path,
+    module,
+    info: dict[str, Any],
+    resume_step: int,
+    extra_callbacks: list[Any] | None = None,
+):
+    """(Trainer, throughput monitor, signal handler) for a run: strategy and precision by config;
+    ``extra_callbacks`` (fine-tuning's early stopping and best checkpoint) run after ours."""
     import lightning as L
 
     kwargs = build_trainer_kwargs(cfg.strategy)
@@ -78,7 +86,7 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
         limit_val_batches=cfg.data.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.trainer.log_every,
-        callbacks=[stop_on_signal, checkpointing, throughput],
+        callbacks=[stop_on_signal, checkpointing, throughput, *(extra_callbacks or [])],
         logger=_logger(cfg, out, first_step=resume_step),
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
@@ -89,8 +97,17 @@ def build_trainer(cfg: PretrainConfig, out: Path, module, info: dict[str, Any], 
     return trainer, throughput, stop_on_signal
 
 
-def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None) -> Path:
-    """Train; returns the run directory (checkpoints/, metrics.json, report.md, config.yaml)."""
+def run_pretrain(
+    cfg: PretrainConfig,
+    init_weights: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """Train; returns the run directory (checkpoints/, metrics.json, report.md, config.yaml).
+
+    ``init_weights`` (fine-tuning): ``state_dict`` to start from, ``dataset_names`` (the vocabulary,
+    pretrained names first), ``prepare(model)`` (freeze blocks, add LoRA) and ``param_plan(model) ->
+    ParamPlan`` (per-part learning rates, frozen trunk warm-up; physfm/train/param_groups.py).
+    ``callbacks``: more Lightning callbacks."""
     import lightning as L
     import yaml
 
@@ -116,10 +133,14 @@ def run_pretrain(cfg: PretrainConfig, init_weights: dict[str, Any] | None = None
         # e.g. freeze blocks or add LoRA adapters before training
         if init_weights.get("prepare") is not None:
             init_weights["prepare"](module.model)
+        if init_weights.get("param_plan") is not None:
+            module.param_plan = init_weights["param_plan"](module.model)
 
     resume = resolve_resume(cfg, out)
     resume_step = checkpoint_step(resume) if resume else 0
-    trainer, throughput, stop_on_signal = build_trainer(cfg, out, module, info, resume_step)
+    trainer, throughput, stop_on_signal = build_trainer(
+        cfg, out, module, info, resume_step, callbacks
+    )
     total_batches = cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches
     data = recipe.data_module(cfg, total_batches)
     consumed = resume_step * cfg.trainer.accumulate_grad_batches  # batches this rank's stream skips
@@ -215,6 +236,7 @@ def write_run_summary(
         "tokens_trained": throughput.tokens_trained,
         **{k.replace("/", "_"): round(v, 6) for k, v in {**metrics, **throughput.last}.items()},
         "loss_history": read_loss_history(out),
+        "val_loss_history": read_loss_history(out, "val/loss"),  # one pair per validation run
     }
     write_metrics(out / "metrics.json", summary)
     hist = summary["loss_history"]
@@ -251,13 +273,13 @@ def write_run_summary(
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
-def read_loss_history(out: Path) -> list[tuple[int, float]]:
-    """(step, train loss) pairs from the CSV logs of every run segment (empty when CSV logging is
-    off); where a resumed segment repeats steps, its values win."""
+def read_loss_history(out: Path, key: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, ``key``'s value) pairs from the CSV logs of every run segment (empty when CSV logging
+    is off); where a resumed segment repeats steps, its values win."""
     history: dict[int, float] = {}
     for path in sorted((out / "logs").glob("from-step-*/metrics.csv")):
         with path.open() as fh:
             for row in csv.DictReader(fh):
-                if row.get("train/loss"):
-                    history[int(row["step"])] = float(row["train/loss"])
+                if row.get(key):
+                    history[int(row["step"])] = float(row[key])
     return sorted(history.items())
