@@ -189,3 +189,19 @@ def test_unet_keeps_the_grid_in_1d_2d_3d(shape):
     assert levels == {(16,): 3, (8, 12): 2, (8, 8, 8): 2}[shape]
     model = UNet(len(shape), 8, 2, features=4, levels=levels)
     assert model(torch.randn(2, 8, *shape)).shape == (2, 2, *shape)
+
+
+def test_report_prints_the_table_then_one_json_line(transfer, capsys):
+    args = transfer.parse_args(["--skip-scaling"])
+    per_system = {
+        "burgers1d": entry((0.1, 0.5, 0.9), (0.2, 0.6, 1.0), (0.05, 0.4, 0.8), (0.2, 0.7, 1.1)),
+        "gray_scott3d": {"error": "DataError: 3D", "fno_1": 0.2, "fno_8": 0.5, "fno_16": None},
+    }
+    scaling = {"burgers1d": {"all": 0.1}, "gray_scott3d": {"all": None}}
+    pre = {"all": {"run": "r", "ar_steps": 5, "inputs": {"systems": ["a"]}}}
+    out = transfer.report(args, per_system, scaling, pre, {"all": ["a", "b"]}, 12.34)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(out))
+    assert out["wins_scratch"] == ["burgers1d"] and out["scaling_falls"] == []
+    assert out["pretrain"]["all"] == {"run": "r", "ar_steps": 5}
+    assert any(line.startswith("FNO (The Well) scratch") for line in lines)
