@@ -69,7 +69,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import numpy as np
 import torch
 
 from bench.fno_baseline import fno_forecaster, train_fno
@@ -229,7 +228,8 @@ def headline(per_system: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
         "wins_persistence_8": [
             s
             for s in systems
-            if (per_system[s].get("persistence_8") or np.inf) < 1.5
+            if per_system[s].get("persistence_8") is not None
+            and per_system[s]["persistence_8"] < 1.5
             and below(s, "finetuned", "persistence", 8)
         ],
     }
