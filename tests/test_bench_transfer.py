@@ -38,6 +38,7 @@ def transfer():
         (["--held-out", "nope2d"], "unknown system(s) nope2d"),
         (["--systems", "burgers1d,wave2d"], "1 2D system(s) left"),
         (["--finetune-config", "/no/such.yaml"], "--finetune-config: /no/such.yaml not found"),
+        (["--fine-tune-on", "wave2d"], "--fine-tune-on: wave2d not in --held-out"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(transfer, capsys, argv, message):
@@ -57,6 +58,7 @@ def test_default_split_holds_out_one_per_role_and_pretrains_on_the_other_2d(tran
     two_d = {s for s, spec in transfer.SIMULATORS.items() if spec.n_spatial_dims == 2}
     assert two_d == set(args.pretrain_systems) | {roles["fluid"], roles["pattern"]}
     assert args.finetune_config.name in {"recipe.yaml", "tiny.yaml"}
+    assert args.fine_tune_on == args.held_out
 
 
 def test_scaling_subsets_are_nested_and_seeded(transfer):
