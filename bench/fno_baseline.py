@@ -29,8 +29,7 @@ def train_fno(shards, name: str, n_channels: int, seconds: float, seed: int, n_i
     from neuralop.models import FNO  # optional dependency: only this bench needs it
 
     torch.manual_seed(seed)
-    manifest = Manifest.load(shards)
-    n_dims = len(manifest.dataset(name).spatial_shape or ())
+    n_dims = len(Manifest.load(shards).dataset(name).spatial_shape or ())
     s = FNO_SETTINGS
     model = FNO(
         n_modes=(s["modes"],) * n_dims,
@@ -38,6 +37,14 @@ def train_fno(shards, name: str, n_channels: int, seconds: float, seed: int, n_i
         out_channels=n_channels,
         hidden_channels=s["hidden_channels"],
     )
+    return train_field_model(model, shards, name, seconds, seed, s)
+
+
+def train_field_model(model: torch.nn.Module, shards, name: str, seconds: float, seed: int, s):
+    """Fit ``model`` (context frames stacked on channels in, the next frame out, z-scored fields)
+    to one dataset's training windows for ``seconds`` of wall-clock with MSE and AdamW (settings
+    ``s``: lr, weight_decay, batch_size) → (model, normalizer, steps, n_params)."""
+    manifest = Manifest.load(shards)
     opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     loader = make_loader(
         str(shards),

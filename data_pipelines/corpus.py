@@ -46,7 +46,14 @@ from data_pipelines.manifest import MANIFEST, Manifest, SplitEntry
 from data_pipelines.sharding import die_with_parent
 from data_pipelines.simulators import SIMULATORS, SystemSpec, get_system, simulate_dataset
 
-__all__ = ["SIZES", "CorpusSize", "build_corpus", "select_systems", "system_plan"]
+__all__ = [
+    "SIZES",
+    "CorpusSize",
+    "build_corpus",
+    "select_systems",
+    "subset_view",
+    "system_plan",
+]
 
 PLAN_FILE, LOCK_FILE = "corpus.json", ".corpus.lock"
 TOKEN_MULTIPLE = 4  # grids stay divisible by the tokenizers' 4x spatial compression
@@ -207,9 +214,18 @@ def dimension_view(manifest: Manifest, n_dims: int, shards_name: str) -> Manifes
     """The manifest of the ``n_dims``-D datasets only, its shard paths pointing into
     ``../shards_name`` (each shard holds clips of one source file, hence of one dataset); None if
     there are none."""
-    names = sorted(n for n, e in manifest.datasets.items() if len(e.spatial_shape or ()) == n_dims)
-    if not names:
-        return None
+    names = [n for n, e in manifest.datasets.items() if len(e.spatial_shape or ()) == n_dims]
+    return subset_view(manifest, names, shards_name) if names else None
+
+
+def subset_view(manifest: Manifest, names: list[str], shards_name: str) -> Manifest:
+    """The manifest of the datasets ``names`` only (equal shares of batches), its shard paths
+    pointing into ``../shards_name``: a pretraining run on some of the corpus's systems
+    (bench/transfer.py) reads the shards in place."""
+    names = sorted(names)
+    unknown = [n for n in names if n not in manifest.datasets]
+    if unknown:
+        raise DataError(f"{shards_name}: no dataset {', '.join(unknown)} in its manifest")
     splits = {}
     for split, info in manifest.splits.items():
         shards = [
