@@ -418,7 +418,8 @@ def finetune_steps(
     grid = [max(1, n // compression) for n in entry.spatial_shape or ()]
     cfg = PretrainConfig(model=dataclasses.replace(model, grid_shape=grid + [1] * (2 - len(grid))))
     cfg.data.batch_size = batch_size
-    return max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
+    # at least twice the recipe's frozen warm-up (10 steps), so the trunk trains at all
+    return max(20, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
 
 
 def run_finetune_budget(
