@@ -3,26 +3,19 @@ training."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_module import load_bench
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "forecast.py"
 
 
 @pytest.fixture(scope="module")
 def forecast():
-    spec = importlib.util.spec_from_file_location("bench_forecast", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_bench("forecast")
 
 
 def scores(model, persistence, fno):
