@@ -195,3 +195,27 @@ def test_plan_for_pretrained_model_marks_only_embedding_new():
     model = PhysicsTransformer(tiny_model_config(max_frames=5, n_datasets=4))
     plan = ParamPlan.for_model(model, model.state_dict().keys(), 0.3, 2)
     assert plan.new_names == {"dataset_embedding.weight"}
+
+
+def test_quickstart_table_shows_the_discarded_fine_tune():
+    from physfm.quickstart.finetune import comparison_table
+
+    scores = {
+        "finetuned": 0.06,
+        "finetuned_discarded": 0.07,
+        "pretrained": 0.06,
+        "persistence": 0.05,
+    }
+    m = {
+        "horizons": [1],
+        "kept": "zeroshot",
+        "overall": {k: {"1": v} for k, v in scores.items()},
+        "vrmse": {"burgers1d": {k: {"1": v} for k, v in scores.items()}},
+    }
+    rows = comparison_table(m).splitlines()[2:]
+    assert rows == [
+        "| burgers1d | fine-tuned (kept: zero-shot) | 0.0600 |",
+        "| burgers1d | fine-tuned, trained weights (discarded) | 0.0700 |",
+        "| burgers1d | zero-shot | 0.0600 |",
+        "| burgers1d | persistence | 0.0500 |",
+    ]

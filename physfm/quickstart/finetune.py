@@ -64,12 +64,17 @@ def stage_finetune(ctx) -> dict[str, Any]:
 
 
 def comparison_table(m: dict[str, Any]) -> str:
-    """Per held-out dataset, test VRMSE of fine-tuned, zero-shot, scratch and persistence."""
+    """Per held-out dataset, test VRMSE of fine-tuned (what ``RUN/model`` holds), the trained weights
+    keep-better discarded (when it kept zero-shot), zero-shot, scratch and persistence."""
     horizons = [str(h) for h in m["horizons"]]
-    methods = [
-        k for k in ("finetuned", "pretrained", "scratch", "persistence") if k in m["overall"]
-    ]
-    label = {"pretrained": "zero-shot", "finetuned": "fine-tuned"}
+    order = ("finetuned", "finetuned_discarded", "pretrained", "scratch", "persistence")
+    methods = [k for k in order if k in m["overall"]]
+    kept_zeroshot = m.get("kept") == "zeroshot"
+    label = {
+        "pretrained": "zero-shot",
+        "finetuned": "fine-tuned (kept: zero-shot)" if kept_zeroshot else "fine-tuned",
+        "finetuned_discarded": "fine-tuned, trained weights (discarded)",
+    }
     lines = [
         "| held out | model | " + " | ".join(f"h={h}" for h in horizons) + " |",
         "|---|---|" + "---:|" * len(horizons),
