@@ -190,6 +190,47 @@ def test_training_loss_falls_on_cpu():
     assert sum(losses[-10:]) < 0.85 * sum(losses[:10]), losses[::5]
 
 
+# ----------------------------------------------------------------------------- conditional tokenizer
+def test_conditional_tokenizer_trains_rolls_out_and_decodes_as_its_codec(tmp_path, monkeypatch):
+    """On a conditional tokenizer (key frame + frames coded given the previous one): a few training
+    steps, a finite rollout of the right shape, and the rollout decodes latents as the codec does:
+    fed the true future's latents it returns the tokenizer's closed-loop decode of the true future's
+    tokens from the last true context frame (its first frame the tokenizer's own reconstruction)."""
+    from physfm.eval.windows import evaluation_windows
+    from physfm.inference import PhysicsModel
+    from physfm.train.pretrain import load_pretrain_config, run_pretrain
+
+    paths = build_tiny_model(tmp_path / "fixture", conditional=True)
+    extra = ("trainer.max_steps=3", "trainer.checkpoint_every=3", "data.val_batches=0")
+    run = run_pretrain(load_pretrain_config(CONFIG, overrides(paths, tmp_path / "run", *extra)))
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 3
+    pm = PhysicsModel.from_pretrained(run, sampling_steps=2, snap_to_codes=True)
+    assert pm.conditional
+    batch = next(iter(evaluation_windows(paths["shards"], "test", 3, batch_size=2)))
+    ctx, truth = batch.context, batch.truth
+    frames, ids = pm.rollout(ctx, 3, "waves", seed=1, return_tokens=True)
+    assert frames.shape == truth.shape and ids.shape == (2, 3, 4, 4)
+    assert torch.isfinite(frames).all()
+
+    window = torch.cat([ctx, truth], 1)
+    future = pm.encode_latents(window, "waves")[:, ctx.shape[1] :]
+    codec = pm.decode(pm.encode(window, "waves")[:, ctx.shape[1] :], "waves", prev=ctx[:, -1])
+    torch.testing.assert_close(pm.decode_latents(future, "waves", prev=ctx[:, -1]), codec)
+    ceiling = pm.tokenizer_ceiling(ctx, truth, "waves")
+    torch.testing.assert_close(codec[:, 0], ceiling[:, 0])
+
+    served = []  # the rollout's sampler replaced by the true future's latents, in order
+
+    def true_latents(context, n_frames, dataset, generator=None):
+        start = sum(served)
+        served.append(n_frames)
+        return future[:, start : start + n_frames]
+
+    monkeypatch.setattr(pm, "generate_latents", true_latents)
+    torch.testing.assert_close(pm.rollout(ctx, 3, "waves"), codec)
+    assert served == [1, 1, 1]  # 4 + 1 frame windows: re-keyed at every frame
+
+
 # ----------------------------------------------------------------------------- platform (slow:
 # trains)
 @pytest.mark.slow

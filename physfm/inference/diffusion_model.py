@@ -12,6 +12,12 @@ tokenizer's baselines), with a different inside:
 3. decode context + new latents with the tokenizer's decoder (causal in time) and keep the new
    frames.
 
+With a conditional tokenizer (key frame + frames coded given the previous one) the loop runs in field
+space as the AR model's does: the newest context window is encoded afresh (its first frame a key
+frame, as in training), the window's worth of new latent frames sampled, and those decoded one by
+one given the frame before them (the true last context frame at the first step), each decoded frame
+the next one's ``prev``.
+
 ``return_tokens`` gives the token ids the sampled latents round to, so evaluate's token accuracy
 means the same as for the AR model. Temperature, top-k, the KV-cache switch and the refiner are AR
 notions: this class takes none of them (``PhysicsModel.from_pretrained`` and ``rollout_options``
@@ -94,15 +100,48 @@ class DiffusionPhysicsModel(PhysicsModel):
 
     @torch.no_grad()
     def decode_latents(
-        self, latents: torch.Tensor, dataset: str, n_frames: int | None = None
+        self,
+        latents: torch.Tensor,
+        dataset: str,
+        n_frames: int | None = None,
+        prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Latents [B, T', *grid, D] → physical-unit frames [B, T, C, *space] (rounded first if
-        snap_to_codes)."""
+        snap_to_codes). Conditional tokenizers, as :meth:`PhysicsModel.decode`: ``prev`` [B, C,
+        *space] (physical units) is the frame before the first one and every frame decodes given
+        the one before it; without ``prev`` the first frame is a key frame."""
         tok = self.tokenizer
+        if not self.conditional:
+            codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
+            return tok.denormalize(
+                tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset
+            )
+        z_prev = None if prev is None else tok.normalize(prev.to(self.device).float(), dataset)
+        decoded = self._decode_given(latents[:, :n_frames], z_prev, dataset)
+        return tok.denormalize(decoded, dataset)
+
+    def _decode_given(
+        self, latents: torch.Tensor, prev: torch.Tensor | None, dataset: str
+    ) -> torch.Tensor:
+        """Conditional tokenizers, z-scores: latents [B, n, *grid, D] → frames [B, n, C, *space],
+        frame t decoded given frame t-1 (``prev`` [B, C, *space] before the first; None = the first
+        is a key frame), closed loop as ``Tokenizer.decode``. Continuous latents decode as they are
+        (the decoder reads code units), rounded first if snap_to_codes."""
+        tok = self.tokenizer
+        dtype = tok.to_code.weight.dtype
         codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
-        return tok.denormalize(
-            tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset
-        )
+        codes = codes.to(self.device, dtype)
+        frames = []
+        for t in range(codes.shape[1]):
+            is_key = prev is None
+            if prev is None:  # key frame: decoded from zeros with the key flag, as decode_step
+                n_space = tuple(s * tok.cfg.spatial_compression for s in codes.shape[2:-1])
+                n_channels = tok.datasets[dataset].n_channels
+                prev = torch.zeros(codes.shape[0], n_channels, *n_space, device=self.device)
+            key = torch.full((codes.shape[0],), is_key, dtype=torch.bool, device=self.device)
+            prev = tok.decode_frames(codes[:, t], prev.to(dtype), key, dataset)
+            frames.append(prev)
+        return torch.stack(frames, dim=1)
 
     @torch.no_grad()
     def generate_latents(
@@ -173,6 +212,8 @@ class DiffusionPhysicsModel(PhysicsModel):
         ) -> tuple[torch.Tensor, torch.Tensor]:
             """ctx [B, T_in, C, *space] physical → (frames [B, horizon, C, *space], ids [B, n,
             *grid])."""
+            if self.conditional:
+                return self._rollout_conditional(ctx, horizon, dataset, generator)
             c, n_in = self.temporal_compression, ctx.shape[1]
             z_ctx = self.encode_latents(ctx, dataset)
             new = self.generate_latents(z_ctx, future_token_frames(horizon, c), dataset, generator)
@@ -182,6 +223,27 @@ class DiffusionPhysicsModel(PhysicsModel):
             return decoded[:, n_in : n_in + horizon], latent_ids(self.tokenizer, new)
 
         return step
+
+    def _rollout_conditional(
+        self, ctx: torch.Tensor, horizon: int, dataset: str, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional tokenizers, in field space as the AR model's field loop: the newest
+        ``T_in`` frames of the history are encoded afresh (re-keyed: the model was trained on
+        windows that open with a key frame), up to a window's worth of latent frames sampled and
+        decoded given the last history frame, then appended. → (frames [B, horizon, C, *space]
+        physical, ids [B, horizon, *grid])."""
+        tok, n_in = self.tokenizer, ctx.shape[1]
+        history = tok.normalize(ctx.to(self.device).float(), dataset)
+        per_call = max(1, self.n_window_tokens - self.n_context_tokens)
+        new_latents = []
+        while history.shape[1] < n_in + horizon:
+            n_now = min(per_call, n_in + horizon - history.shape[1])
+            z_ctx = continuous_latents(tok, history[:, -n_in:], dataset)
+            new = self.generate_latents(z_ctx, n_now, dataset, generator)
+            history = torch.cat([history, self._decode_given(new, history[:, -1], dataset)], 1)
+            new_latents.append(new)
+        out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
+        return out, latent_ids(tok, torch.cat(new_latents, 1))
 
     def describe(self) -> dict[str, Any]:
         return {

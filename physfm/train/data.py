@@ -155,11 +155,8 @@ def describe_fields(cfg: PretrainConfig) -> dict[str, Any]:
     """Read the field-shard manifests and the tokenizer: datasets, latent window layout, latent
     size."""
     meta = read_checkpoint_meta(cfg.tokenizer)
-    if meta["model"].get("conditional"):
-        raise ConfigError(
-            f"tokenizer: {cfg.tokenizer} codes frames given the previous one (model.conditional); the diffusion "
-            "model samples whole-frame latents and needs a plain tokenizer"
-        )
+    # A conditional tokenizer works too: a window's latents are its key frame's code, then each
+    # later frame's given the true frame before it, as the AR model's token windows.
     latent_dim, c = len(meta["model"]["levels"]), int(meta["model"]["temporal_compression"])
     if cfg.diffusion.latent_dim not in (0, latent_dim):
         raise ConfigError(
