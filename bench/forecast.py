@@ -115,6 +115,7 @@ from physfm.models.refiner import Refiner, save_refiner, state_sha256
 from physfm.train.config import PretrainConfig, load_pretrain_config
 from physfm.train.module import window_to_sequence
 from physfm.train.pretrain import run_pretrain
+from physfm.train.recipes import RECIPES
 from physfm.train.refine import (
     RefineRunConfig,
     collect_pairs,
@@ -124,6 +125,7 @@ from physfm.train.refine import (
     rollout_gate_vrmse,
 )
 from tokenizer.encode import encode_shards
+from tokenizer.model import field_frames
 from tokenizer.training import TokenizerTrainConfig, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,10 +171,14 @@ ABLATIONS = (
     "refiner_tf",
     *(k for k in AR_ABLATIONS if k != "raster"),
     *DECODE_ABLATIONS,
+    "flow_matching",
 )
-# The rows a plain run trains (the levers this pipeline's defaults rest on; raster and code noise
-# lost before and are opt-in through --ablation-rows, to keep the run near its 20 minutes).
-DEFAULT_ABLATION_ROWS = "digits_head,pushforward,shift,greedy_mean,plain_tokens,refiner_tf"
+# The rows a plain run trains (the levers this pipeline's defaults rest on, and the continuous
+# alternative; raster and code noise lost before and are opt-in through --ablation-rows, to keep
+# the run near its 20 minutes).
+DEFAULT_ABLATION_ROWS = (
+    "digits_head,pushforward,shift,greedy_mean,plain_tokens,refiner_tf,flow_matching"
+)
 # --curve: the budget multipliers and the horizons reported.
 CURVE_MULTIPLIERS = (0.5, 1.0, 3.0)
 CURVE_HORIZONS = (1, 8)
@@ -234,9 +240,9 @@ def planned_training_seconds(
     ablation_groups: list[str],
     rows: tuple[str, ...] = ABLATIONS,
 ) -> float:
-    """Training wall-clock the plan spends: ours + the FNOs (equal) + the ablations (a new AR model:
-    AR + refiner, plain tokens: all three stages, teacher-forced refiner: refiner, a decoding rule:
-    nothing)."""
+    """Training wall-clock the plan spends: ours + the FNOs (equal) + the ablations (a new AR model
+    or the flow-matching model: AR + refiner, plain tokens: all three stages, teacher-forced
+    refiner: refiner, a decoding rule: nothing)."""
     ours = sum(sum(b.values()) for b in budgets.values())
 
     def cost(b: dict[str, float], row: str) -> float:
@@ -244,7 +250,7 @@ def planned_training_seconds(
             return sum(b.values())
         if row == "refiner_tf":
             return b["refiner"]
-        return b["ar"] + b["refiner"] if row in AR_ABLATIONS else 0.0
+        return b["ar"] + b["refiner"] if row in (*AR_ABLATIONS, "flow_matching") else 0.0
 
     return 2 * ours + sum(cost(budgets[g], row) for g in ablation_groups for row in rows)
 
@@ -337,6 +343,7 @@ ROWS = (  # (label, key in a row's scores)
     ("abl: + code noise", "code_noise"),
     ("abl: shift (jitter) flipped", "shift"),
     ("abl: greedy expected code", "greedy_mean"),
+    ("abl: flow matching, latents", "flow_matching"),
 )
 
 
@@ -419,6 +426,17 @@ def train_tok(shards: Path, out: Path, config: str, seconds: float, seed: int) -
         torch.set_num_threads(threads)
 
 
+def step_seconds(step: Callable[[], None], repeats: int = 3) -> float:
+    """Measured seconds of one call of ``step`` (an optimiser step): the fastest of ``repeats``
+    after the first, which pays for allocation."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
 def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
     """Measured seconds per optimiser step of the AR model on a random token batch of the run's
     shape."""
@@ -429,9 +447,8 @@ def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
     tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.batch_size, n_frames, *grid))
     idx, targets, grid = window_to_sequence(tokens, 1)
     ids = torch.zeros(cfg.data.batch_size, dtype=torch.long)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
+
+    def step() -> None:
         if cfg.stability.pushforward > 0:  # the no-gradient step on the model's own predictions
             n = max(1, round(cfg.stability.pushforward * len(idx)))
             with torch.no_grad():
@@ -440,47 +457,50 @@ def ar_step_seconds(cfg: PretrainConfig, n_frames: int) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return min(times[1:])  # the first step pays for allocation
+
+    return step_seconds(step)
 
 
-def train_ar(
-    tokens: Path,
-    tok: Path,
-    out: Path,
-    prediction: str,
+def fm_step_seconds(cfg: PretrainConfig) -> float:
+    """Measured seconds per optimiser step of the flow-matching model on a random field batch of
+    the run's shape, the frozen tokenizer's encoding into latents included (as in training)."""
+    recipe = RECIPES["diffusion"]
+    info = recipe.describe(cfg)
+    torch.manual_seed(0)
+    module = recipe.build_module(cfg, info)
+    tok, name = module.tokenizer, info["dataset_names"][0]
+    c = tok.cfg.temporal_compression
+    n_in, n_all = field_frames(info["n_context"], c), field_frames(info["n_frames"], c)
+    space = [g * tok.cfg.spatial_compression for g in cfg.model.grid_shape]
+    fields = torch.randn(cfg.data.batch_size, n_all, tok.datasets[name].n_channels, *space)
+    batch = {"input": fields[:, :n_in], "output": fields[:, n_in:], "dataset": name}
+    opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        module.loss(batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step_seconds(step)
+
+
+def train_on_budget(
+    config: str,
+    overrides: list[str],
     seconds: float,
-    seed: int,
-    extra: tuple[str, ...] = (),
+    seconds_per_step: Callable[[PretrainConfig], float],
     steps: int | None = None,
 ) -> tuple[Path, int]:
-    """The tiny AR model for ``seconds``: max_steps from a measured step time (so the cosine decay
-    ends on the budget; 10 % left for Lightning and data), ``trainer.max_time_s`` as the hard cap;
-    ``extra`` config overrides (an ablation's lever). ``steps``: a fixed step count instead (no
-    clock: the same numbers on a busy machine). → (run, steps)."""
-    manifest = Manifest.load(tokens)
-    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
-    overrides = [
-        f"model.fsq_levels={list(manifest.tokenizer.levels)}",
-        f"data.tokens=[{tokens}]",
-        f"out={out}",
-        f"tokenizer={tok}",
-        f"seed={seed}",
-        f"model.grid_shape={grid}",
-        f"model.prediction={prediction}",
-        "trainer.logger=csv",
-        "trainer.progress_bar=false",
-        "trainer.peak_tflops=1",  # skip the matmul peak measurement (MFU is not reported here)
-        "data.num_workers=0",
-        "data.val_batches=0",
-        "resume=none",
-        *extra,
-    ]
-    cfg = load_pretrain_config(str(ROOT / "configs/pretrain/tiny.yaml"), overrides)
+    """``physfm pretrain`` of ``config`` for ``seconds``: max_steps from ``seconds_per_step`` of the
+    loaded config (so the cosine decay ends on the budget; 10 % left for Lightning and data),
+    ``trainer.max_time_s`` as the hard cap. ``steps``: a fixed step count instead (no clock: the
+    same numbers on a busy machine). → (run, steps)."""
+    path = str(ROOT / "configs/pretrain" / config)
     if steps is None:
-        steps = max(10, int(0.9 * seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
+        per_step = seconds_per_step(load_pretrain_config(path, overrides))
+        steps = max(10, int(0.9 * seconds / per_step))
     cfg = load_pretrain_config(
-        str(ROOT / "configs/pretrain/tiny.yaml"),
+        path,
         [
             *overrides,
             f"trainer.max_steps={steps}",
@@ -493,6 +513,72 @@ def train_ar(
     )
     run = run_pretrain(cfg)
     return run, json.loads((run / "metrics.json").read_text()).get("steps", steps)
+
+
+# The bench's pretraining runs: no validation, CSV logs, no matmul-peak probe (MFU is not reported).
+QUIET_PRETRAIN = (
+    "trainer.logger=csv",
+    "trainer.progress_bar=false",
+    "trainer.peak_tflops=1",
+    "data.num_workers=0",
+    "data.val_batches=0",
+    "resume=none",
+)
+
+
+def train_ar(
+    tokens: Path,
+    tok: Path,
+    out: Path,
+    prediction: str,
+    seconds: float,
+    seed: int,
+    extra: tuple[str, ...] = (),
+    steps: int | None = None,
+) -> tuple[Path, int]:
+    """The tiny AR model for ``seconds`` (:func:`train_on_budget` at its measured step time);
+    ``extra`` config overrides (an ablation's lever); ``steps``: a fixed step count instead. →
+    (run, steps)."""
+    manifest = Manifest.load(tokens)
+    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
+    overrides = [
+        f"model.fsq_levels={list(manifest.tokenizer.levels)}",
+        f"data.tokens=[{tokens}]",
+        f"out={out}",
+        f"tokenizer={tok}",
+        f"seed={seed}",
+        f"model.grid_shape={grid}",
+        f"model.prediction={prediction}",
+        *QUIET_PRETRAIN,
+        *extra,
+    ]
+    return train_on_budget(
+        "tiny.yaml",
+        overrides,
+        seconds,
+        lambda cfg: ar_step_seconds(cfg, cfg.model.max_frames),
+        steps,
+    )
+
+
+def train_flow_matching(
+    shards: Path, tok: Path, tokens: Path, out: Path, seconds: float, seed: int
+) -> tuple[Path, int]:
+    """The tiny flow-matching model (configs/pretrain/diffusion_tiny.yaml: the AR tiny model's
+    trunk) on the field ``shards``, the frozen tokenizer ``tok`` encoding each window's continuous
+    latents on the fly, for ``seconds`` (:func:`train_on_budget` at its measured step time). The
+    latent grid is read from the same tokenizer's token shards ``tokens``. → (run, steps)."""
+    manifest = Manifest.load(tokens)
+    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
+    overrides = [
+        f"data.shards=[{shards}]",
+        f"out={out}",
+        f"tokenizer={tok}",
+        f"seed={seed}",
+        f"model.grid_shape={grid}",
+        *QUIET_PRETRAIN,
+    ]
+    return train_on_budget("diffusion_tiny.yaml", overrides, seconds, fm_step_seconds)
 
 
 def train_refiner(
@@ -867,6 +953,18 @@ def train_ablations(
                 ar_extra=extra,
             )
             models[key] = PhysicsModel.from_pretrained(run)
+        elif key == "flow_matching":
+            # the continuous alternative on the default tokenizer's latents; it has no refiner, so
+            # it trains for the AR model's and the refiner's budgets together
+            run, res.steps[key] = train_flow_matching(
+                t.shards,
+                tokenized[0],
+                tokenized[1],
+                out / key,
+                budget["ar"] + budget["refiner"],
+                args.seed,
+            )
+            models[key] = PhysicsModel.from_pretrained(run)
         else:  # a decoding lever: the default model, decoded another way
             models[key] = PhysicsModel.from_pretrained(t.ar)
             models[key].model.config.greedy = DECODE_ABLATIONS[key]
@@ -886,13 +984,14 @@ def run_ablations(
     start = time.perf_counter()
     for key, model in models.items():
         method = "ar_refined" if model.refines_by_default else model.method
-        s = score(model, t.shards, ("ar", "ar_refined"), args)
+        # an AR row: raw and refined; the flow-matching row: "diffusion", at its config's
+        # sampling_steps
+        methods = ("ar", "ar_refined") if model.kind == "ar" else (model.method,)
+        s = score(model, t.shards, methods, args)
         for name, d in s["vrmse"].items():
             res.table[t.labels[name]][key] = d["mean"][method]
             res.ablations.setdefault(t.labels[name], {})[key] = {
-                f"{k}_{h}": round(d["mean"][k][str(h)], 4)
-                for k in ("ar", "ar_refined")
-                for h in HORIZONS
+                f"{k}_{h}": round(d["mean"][k][str(h)], 4) for k in methods for h in HORIZONS
             }
             res.ablations[t.labels[name]][key]["default_method"] = method
         res.fps[key] = rollout_rate(partial(model.rollout, dataset=first), ctx, args.fps_frames)
