@@ -45,7 +45,12 @@ with expected-level decoding), ``pushforward`` / ``shift`` (rollout training on 
 on the same tokenizer; ``greedy_mean`` (the default model decoding the expected code instead of the
 mode, no training); ``plain_tokens`` (configs/tokenizer/tiny.yaml; new tokenizer + AR + refiner),
 ``refiner_tf`` (refiner trained on teacher-forced one-step pairs, ``rollout_steps=1``, on 4x the
-windows so the pair count matches; same AR). ``--ablations ns32`` (default: the cheapest group),
+windows so the pair count matches; same AR); ``flow_matching`` (the continuous alternative: the
+flow-matching transformer of configs/pretrain/diffusion_tiny.yaml on the same conditional
+tokenizer's latents, trained on the group's field shards with the frozen tokenizer encoding them on
+the fly; it has no refiner, so it trains for the AR model's and the refiner's budgets together, its
+step count set from a measured step time as the AR model's; scored by evaluate's ``diffusion``
+method at the config's ``sampling_steps``). ``--ablations ns32`` (default: the cheapest group),
 ``all`` or ``none``; ``--ablation-rows`` picks rows (raster and code_noise only on request).
 
 Scoring: the test split, windows of 4 context + 16 true frames (`evaluation_windows` re-cuts them
@@ -58,8 +63,8 @@ bfloat16 (``--dtype bfloat16``), whose scores are the "ours default, bf16" row (
 
 Budget (``--minutes``, default 20, on 2 idle cores): ours gets 30 % of it over all groups (shares
 65/20/15 % for 2d64/ns32/burgers1d; within a group 35 % tokenizer, 45 % AR, 20 % refiner), the FNOs
-the same measured time, the ns32 ablations about 1.7x ns32's budget, and data (~25 s), encoding,
-evaluation and frames/s the rest: about 17 minutes in all on 2 idle cores (Lightning start-up and
+the same measured time, the ns32 ablations about 3.8x ns32's budget, and data (~25 s), encoding,
+evaluation and frames/s the rest: about 18 minutes in all on 2 idle cores (Lightning start-up and
 checkpoints add ~10 s per AR run). Every stage total is a flag (``--tok-seconds``, ``--ar-seconds``,
 ``--refine-seconds``: summed over the groups; ``--fno-seconds`` overrides the equal-time rule); the
 measured wall time of each stage is printed.
@@ -71,8 +76,9 @@ Prints a table and the optimizer steps per group, then as its last line one JSON
 ``per_system`` {system: {model_h, raw_h, persistence_h, fno_h, ceiling_h, copy_tokens_h for h = 1,
 4, 8, 16, ...}}, ``wins_persistence_1``, ``wins_persistence_8`` (systems where model < persistence;
 at h=8 only where persistence < 1), ``wins_persistence_16`` (only where persistence < 1.5),
-``wins_fno_1``, ``raw_vs_copy_tokens_1``, ``n_systems``, ``frames_per_s``, and the ablations,
-seconds and steps.
+``wins_fno_1``, ``raw_vs_copy_tokens_1``, ``n_systems``, ``frames_per_s``, and the ablations
+(``ablations`` {system: {row: {ar_h, ar_refined_h for h = 1, 4, 8, 16, default_method}}}; the
+``flow_matching`` row has ``diffusion_h`` instead), seconds and steps.
 
 ``--curve`` (about 30 minutes on 2 idle cores) instead trains the NS 32² group and a Gray–Scott-only
 64² group at 0.5x, 1x and 3x the default budget (every stage and the FNO alike) and prints h=1 and

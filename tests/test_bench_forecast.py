@@ -127,6 +127,51 @@ def test_flow_matching_row(forecast):
     assert fm.split()[-5:] == ["0.250", "0.500", "0.750", "1.125", "3.2"]
 
 
+def test_flow_matching_row_scored_by_the_diffusion_method(forecast, monkeypatch):
+    """run_ablations asks a flow-matching model for its "diffusion" scores (an AR row for raw and
+    refined) and files them in the table, the ablations JSON and the frames/s."""
+    from types import SimpleNamespace
+
+    row = {str(h): h / 100 for h in forecast.HORIZONS}
+    flow = SimpleNamespace(
+        kind="diffusion", method="diffusion", refines_by_default=False, rollout=print
+    )
+    ar = SimpleNamespace(kind="ar", method="ar", refines_by_default=True, rollout=print)
+    asked = {}
+
+    def score(model, shards, methods, args, extra=None):
+        asked[model.kind] = methods
+        return {"vrmse": {"navier_stokes2d": {"mean": dict.fromkeys(methods, row)}}}
+
+    monkeypatch.setattr(forecast, "score", score)
+    monkeypatch.setattr(
+        forecast, "train_ablations", lambda *a: {"flow_matching": flow, "shift": ar}
+    )
+    monkeypatch.setattr(forecast, "first_test_window", lambda shards, name: None)
+    monkeypatch.setattr(forecast, "rollout_rate", lambda forecast_fn, ctx, n: 2.5)
+    res = forecast.GroupResult({"navier_stokes2d@32": {}}, {}, {}, {}, {}, {})
+    pm = SimpleNamespace(dataset_names=["navier_stokes2d"])
+    trained = forecast.Trained(
+        Path("shards"), {"navier_stokes2d": "navier_stokes2d@32"}, None, pm, None
+    )
+    args = forecast.parse_args(["--ablation-rows", "flow_matching,shift"])
+    group = forecast.GROUPS[1]
+    forecast.run_ablations(trained, {}, Path("work"), group, args, res)
+    assert asked == {"diffusion": ("diffusion",), "ar": ("ar", "ar_refined")}
+    entry = res.ablations["navier_stokes2d@32"]["flow_matching"]
+    assert entry == {
+        "diffusion_1": 0.01,
+        "diffusion_4": 0.04,
+        "diffusion_8": 0.08,
+        "diffusion_16": 0.16,
+        "default_method": "diffusion",
+    }
+    assert res.ablations["navier_stokes2d@32"]["shift"]["default_method"] == "ar_refined"
+    assert res.table["navier_stokes2d@32"]["flow_matching"] == row
+    assert res.fps["flow_matching"] == 2.5
+    assert forecast.parse_args([]).ablation_rows == forecast.DEFAULT_ABLATION_ROWS
+
+
 def test_table_marks_missing_rows(forecast):
     row = {"1": 0.1, "4": 0.2, "8": 0.3, "16": 0.4}
     table = {
