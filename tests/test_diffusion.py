@@ -211,6 +211,12 @@ def test_conditional_tokenizer_trains_rolls_out_and_decodes_as_its_codec(tmp_pat
     frames, ids = pm.rollout(ctx, 3, "waves", seed=1, return_tokens=True)
     assert frames.shape == truth.shape and ids.shape == (2, 3, 4, 4)
     assert torch.isfinite(frames).all()
+    # steering's generation runs a conditional model's rollout in field space (no refiner here)
+    from physfm.interp.steer_rollout import _generate
+
+    new, last_window, fields = _generate(pm, pm.encode(ctx, "waves"), 4, 5, 2, "waves")
+    assert new.shape == (2, 2, 4, 4) and last_window.shape == (2, 5, 4, 4)
+    assert fields.shape == (2, 2, *truth.shape[2:])
 
     window = torch.cat([ctx, truth], 1)
     future = pm.encode_latents(window, "waves")[:, ctx.shape[1] :]

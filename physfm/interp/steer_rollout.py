@@ -100,7 +100,8 @@ def _generate(
         # frame like every window it was fit on (sliding in token space would hand it windows of
         # changes with no key frame).
         context = pm.decode(ctx, dataset, n_frames=n_in)
-        fields, new = pm.rollout(context, horizon, dataset, refine=False, return_tokens=True)
+        raw = {"refine": False} if pm.kind == "ar" else {}  # a diffusion model has no refiner
+        fields, new = pm.rollout(context, horizon, dataset, return_tokens=True, **raw)
         frames = torch.cat([context.to(fields.device), fields], 1)
         return new, pm.encode(frames[:, -n_win:], dataset).cpu(), fields.cpu().numpy()
     new = pm.generate_tokens(ctx, horizon, dataset)
