@@ -135,9 +135,9 @@ class DiffusionPhysicsModel(PhysicsModel):
         for t in range(codes.shape[1]):
             is_key = prev is None
             if prev is None:  # key frame: decoded from zeros with the key flag, as decode_step
-                n_space = tuple(s * tok.cfg.spatial_compression for s in codes.shape[2:-1])
+                space = tuple(s * tok.cfg.spatial_compression for s in codes.shape[2:-1])
                 n_channels = tok.datasets[dataset].n_channels
-                prev = torch.zeros(codes.shape[0], n_channels, *n_space, device=self.device)
+                prev = torch.zeros(codes.shape[0], n_channels, *space, device=self.device)
             key = torch.full((codes.shape[0],), is_key, dtype=torch.bool, device=self.device)
             prev = tok.decode_frames(codes[:, t], prev.to(dtype), key, dataset)
             frames.append(prev)
