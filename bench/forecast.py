@@ -533,6 +533,11 @@ QUIET_PRETRAIN = (
 )
 
 
+def token_grid(manifest: Manifest) -> list[int]:
+    """The spatial token grid of a token-shard set (every dataset in it shares one)."""
+    return list(next(iter(manifest.datasets.values())).token_grid[1:])
+
+
 def train_ar(
     tokens: Path,
     tok: Path,
@@ -547,14 +552,13 @@ def train_ar(
     ``extra`` config overrides (an ablation's lever); ``steps``: a fixed step count instead. →
     (run, steps)."""
     manifest = Manifest.load(tokens)
-    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
     overrides = [
         f"model.fsq_levels={list(manifest.tokenizer.levels)}",
         f"data.tokens=[{tokens}]",
         f"out={out}",
         f"tokenizer={tok}",
         f"seed={seed}",
-        f"model.grid_shape={grid}",
+        f"model.grid_shape={token_grid(manifest)}",
         f"model.prediction={prediction}",
         *QUIET_PRETRAIN,
         *extra,
@@ -575,14 +579,12 @@ def train_flow_matching(
     trunk) on the field ``shards``, the frozen tokenizer ``tok`` encoding each window's continuous
     latents on the fly, for ``seconds`` (:func:`train_on_budget` at its measured step time). The
     latent grid is read from the same tokenizer's token shards ``tokens``. → (run, steps)."""
-    manifest = Manifest.load(tokens)
-    grid = list(next(iter(manifest.datasets.values())).token_grid[1:])
     overrides = [
         f"data.shards=[{shards}]",
         f"out={out}",
         f"tokenizer={tok}",
         f"seed={seed}",
-        f"model.grid_shape={grid}",
+        f"model.grid_shape={token_grid(Manifest.load(tokens))}",
         *QUIET_PRETRAIN,
     ]
     return train_on_budget("diffusion_tiny.yaml", overrides, seconds, fm_step_seconds)
