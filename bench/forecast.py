@@ -64,10 +64,10 @@ bfloat16 (``--dtype bfloat16``), whose scores are the "ours default, bf16" row (
 Budget (``--minutes``, default 20, on 2 idle cores): ours gets 30 % of it over all groups (shares
 65/20/15 % for 2d64/ns32/burgers1d; within a group 35 % tokenizer, 45 % AR, 20 % refiner), the FNOs
 the same measured time, the ns32 ablations about 3.8x ns32's budget (274 s at 20 minutes), and data
-(~25 s), encoding, evaluation and frames/s the rest: about 17 minutes in all on 2 idle cores before
-the flow-matching row joined the default rows (its 47 s of training, start-up and scoring come on
-top; Lightning start-up and checkpoints add ~10 s per AR run). Every stage total is a flag (``--tok-seconds``, ``--ar-seconds``,
-``--refine-seconds``: summed over the groups; ``--fno-seconds`` overrides the equal-time rule); the
+(~25 s), encoding, evaluation and frames/s the rest: 1,739 s in all, measured on 2 idle cores with
+the default rows (scoring the 64² systems over 16 frames, twice with bf16, is ~500 s of it; Lightning
+start-up and checkpoints add ~10 s per AR run). Every stage total is a flag (``--tok-seconds``,
+``--ar-seconds``, ``--refine-seconds``: summed over the groups; ``--fno-seconds`` overrides the equal-time rule); the
 measured wall time of each stage is printed.
 
     python bench/forecast.py [--minutes 20] [--ablations ns32|all|none] [--ablation-rows ROWS] [--groups G]

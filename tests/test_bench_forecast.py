@@ -10,8 +10,6 @@ import pytest
 
 from tests.bench_module import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "forecast.py"
-
 
 @pytest.fixture(scope="module")
 def forecast():

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.bench_module import load_bench
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "generalization.py"
 
 
 @pytest.fixture(scope="module")

@@ -528,18 +528,29 @@ class Tokenizer(nn.Module):
         return codes.unflatten(0, (B, n_frames)), ids.unflatten(0, (B, n_frames))
 
     def decode_codes(
-        self, codes: torch.Tensor, dataset: str, n_frames: int | None = None
+        self,
+        codes: torch.Tensor,
+        dataset: str,
+        n_frames: int | None = None,
+        prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """codes [B, T', *space', d] → fields [B, T, C, *space] (z-scored); T = n_frames or 1 + ct
-        (T'-1).
+        (T'-1). Codes need not lie on the FSQ grid (continuous latents in code units decode too).
 
-        Plain tokenizers only: a conditional one needs the previous frames (:meth:`decode_frames`).
+        Conditional (closed loop, as :meth:`decode`): ``prev`` None → frame 0 is a key frame; else
+        ``prev [B, C, *space]`` is the last known frame; each output frame is the next one's prev.
         """
-        key = self._key(dataset)
         if self.cfg.conditional:
+            frames = []
+            for t in range(codes.shape[1] if n_frames is None else min(n_frames, codes.shape[1])):
+                prev = self.decode_code_step(codes[:, t], prev, dataset)
+                frames.append(prev)
+            return torch.stack(frames, dim=1)
+        if prev is not None:
             raise ValueError(
-                "a conditional tokenizer decodes given the previous frame: use decode_frames()/decode()"
+                "prev= is for conditional tokenizers (model.conditional); this one is plain"
             )
+        key = self._key(dataset)
         B, n_groups = codes.shape[:2]
         h = self.from_code(codes.flatten(0, 1).movedim(-1, 1))  # [(B T'), w, *space']
         t = n_groups
@@ -598,18 +609,8 @@ class Tokenizer(nn.Module):
         C, *space]`` is the last known frame and every frame is conditional. Each output frame is
         the next one's prev.
         """
-        if not self.cfg.conditional:
-            if prev is not None:
-                raise ValueError(
-                    "prev= is for conditional tokenizers (model.conditional); this one is plain"
-                )
-            codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
-            return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames)
-        frames = []
-        for t in range(ids.shape[1] if n_frames is None else min(n_frames, ids.shape[1])):
-            prev = self.decode_step(ids[:, t], prev, dataset)
-            frames.append(prev)
-        return torch.stack(frames, dim=1)
+        codes = self.fsq.indices_to_codes(ids.to(self.to_code.weight.device))
+        return self.decode_codes(codes.to(self.to_code.weight.dtype), dataset, n_frames, prev)
 
     @torch.no_grad()
     def decode_step(
@@ -617,12 +618,22 @@ class Tokenizer(nn.Module):
     ) -> torch.Tensor:
         """Conditional tokenizers: one frame. ids_t [B, *grid], prev [B, C, *space] (None = key
         frame) → [B, C, *space]."""
+        return self.decode_code_step(
+            self.fsq.indices_to_codes(ids_t.to(self.to_code.weight.device)), prev, dataset
+        )
+
+    @torch.no_grad()
+    def decode_code_step(
+        self, codes: torch.Tensor, prev: torch.Tensor | None, dataset: str
+    ) -> torch.Tensor:
+        """Conditional tokenizers: one frame from its codes [B, *grid, d] (on the FSQ grid or
+        continuous, in code units), prev [B, C, *space] (None = key frame) → [B, C, *space]."""
         if not self.cfg.conditional:
             raise ValueError(
                 "decode_step is for conditional tokenizers (model.conditional); use decode()"
             )
         device, dtype = self.to_code.weight.device, self.to_code.weight.dtype
-        codes = self.fsq.indices_to_codes(ids_t.to(device)).to(dtype)
+        codes = codes.to(device, dtype)
         B, space = (
             codes.shape[0],
             tuple(s * self.cfg.spatial_compression for s in codes.shape[1:-1]),

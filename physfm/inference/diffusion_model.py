@@ -111,37 +111,15 @@ class DiffusionPhysicsModel(PhysicsModel):
         *space] (physical units) is the frame before the first one and every frame decodes given
         the one before it; without ``prev`` the first frame is a key frame."""
         tok = self.tokenizer
-        if not self.conditional:
-            codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
-            return tok.denormalize(
-                tok.decode_codes(codes.to(self.device), dataset, n_frames=n_frames), dataset
-            )
         z_prev = None if prev is None else tok.normalize(prev.to(self.device).float(), dataset)
-        decoded = self._decode_given(latents[:, :n_frames], z_prev, dataset)
+        decoded = tok.decode_codes(self._codes(latents), dataset, n_frames=n_frames, prev=z_prev)
         return tok.denormalize(decoded, dataset)
 
-    def _decode_given(
-        self, latents: torch.Tensor, prev: torch.Tensor | None, dataset: str
-    ) -> torch.Tensor:
-        """Conditional tokenizers, z-scores: latents [B, n, *grid, D] → frames [B, n, C, *space],
-        frame t decoded given frame t-1 (``prev`` [B, C, *space] before the first; None = the first
-        is a key frame), closed loop as ``Tokenizer.decode``. Continuous latents decode as they are
-        (the decoder reads code units), rounded first if snap_to_codes."""
-        tok = self.tokenizer
-        dtype = tok.to_code.weight.dtype
-        codes = round_to_codes(tok, latents) if self.snap_to_codes else latents
-        codes = codes.to(self.device, dtype)
-        frames = []
-        for t in range(codes.shape[1]):
-            is_key = prev is None
-            if prev is None:  # key frame: decoded from zeros with the key flag, as decode_step
-                space = tuple(s * tok.cfg.spatial_compression for s in codes.shape[2:-1])
-                n_channels = tok.datasets[dataset].n_channels
-                prev = torch.zeros(codes.shape[0], n_channels, *space, device=self.device)
-            key = torch.full((codes.shape[0],), is_key, dtype=torch.bool, device=self.device)
-            prev = tok.decode_frames(codes[:, t], prev.to(dtype), key, dataset)
-            frames.append(prev)
-        return torch.stack(frames, dim=1)
+    def _codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads: the latents as they are (it takes code units), or rounded to the
+        nearest FSQ code with snap_to_codes."""
+        codes = round_to_codes(self.tokenizer, latents) if self.snap_to_codes else latents
+        return codes.to(self.device)
 
     @torch.no_grad()
     def generate_latents(
@@ -240,7 +218,8 @@ class DiffusionPhysicsModel(PhysicsModel):
             n_now = min(per_call, n_in + horizon - history.shape[1])
             z_ctx = continuous_latents(tok, history[:, -n_in:], dataset)
             new = self.generate_latents(z_ctx, n_now, dataset, generator)
-            history = torch.cat([history, self._decode_given(new, history[:, -1], dataset)], 1)
+            decoded = tok.decode_codes(self._codes(new), dataset, prev=history[:, -1])
+            history = torch.cat([history, decoded], 1)
             new_latents.append(new)
         out = tok.denormalize(history[:, n_in : n_in + horizon], dataset)
         return out, latent_ids(tok, torch.cat(new_latents, 1))
