@@ -42,7 +42,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch
 
-from bench.forecast import CURVE_GROUPS, GROUPS, make_shards, train_ar
+from bench.forecast import CURVE_GROUPS, GROUPS, make_shards
+from bench.pipeline import train_ar
 from data_pipelines.config import load_config
 from data_pipelines.manifest import Manifest
 from physfm.eval.evaluate import score_windows, summarize

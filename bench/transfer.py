@@ -73,7 +73,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch
 
 from bench.fno_baseline import fno_forecaster, train_fno
-from bench.forecast import ar_step_seconds, log, train_tok
+from bench.pipeline import QUIET_PRETRAIN, ar_step_seconds, log, train_on_budget, train_tok
 from bench.unet_baseline import train_unet, unet_forecaster
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.corpus import SIZES, build_corpus, subset_view
@@ -347,8 +347,6 @@ def pretrain(corpus: Path, systems: list[str], seconds: float, seed: int, out: P
     """The corpus tokenizer for TOKENIZER_SHARE of ``seconds``, the token shards, then the corpus AR
     model for the rest (its step count from a measured step time) on ``systems`` → {run,
     seconds, steps}."""
-    from physfm.train.config import load_pretrain_config
-    from physfm.train.pretrain import run_pretrain
     from tokenizer.encode import encode_shards
 
     # a manifest-only view of the chosen systems beside the corpus's shards (its paths point there)
@@ -366,32 +364,16 @@ def pretrain(corpus: Path, systems: list[str], seconds: float, seed: int, out: P
         f"tokenizer={tok}",
         f"out={out / 'ar'}",
         f"seed={seed}",
-        "trainer.logger=csv",
-        "trainer.progress_bar=false",
-        "trainer.peak_tflops=1",
         "trainer.val_every=0",
-        "data.num_workers=0",
-        "data.val_batches=0",
-        "resume=none",
+        *QUIET_PRETRAIN,
     ]
-    config = str(ROOT / "configs/pretrain/corpus_cpu.yaml")
-    cfg = load_pretrain_config(config, overrides)
-    steps = max(10, int(0.9 * ar_seconds / ar_step_seconds(cfg, cfg.model.max_frames)))
-    cfg = load_pretrain_config(
-        config,
-        [
-            *overrides,
-            f"trainer.max_steps={steps}",
-            f"trainer.max_time_s={ar_seconds}",
-            f"trainer.checkpoint_every={steps}",
-            "trainer.keep_last=1",
-            f"trainer.log_every={max(1, steps // 10)}",
-            f"optim.warmup_steps={min(20, steps // 5)}",
-        ],
-    )
     start = time.perf_counter()
-    run = run_pretrain(cfg)
-    done = json.loads((run / "metrics.json").read_text()).get("steps", steps)
+    run, done = train_on_budget(
+        "corpus_cpu.yaml",
+        overrides,
+        ar_seconds,
+        lambda cfg: ar_step_seconds(cfg, cfg.model.max_frames),
+    )
     return {
         "run": str(run),
         "tokenizer_s": round(tok_s, 1),
