@@ -1,6 +1,7 @@
 """Train → checkpoint → eval → token shards → decode, through the library and the CLI, on tiny wave
 shards."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -168,10 +169,14 @@ def test_extending_to_a_new_dataset_keeps_old_tokens(trained, tmp_path):
             "init.freeze_trunk=true",
             "init.freeze_known_datasets=true",
             "data.dataset_weights={heat: 1.0}",
+            "model.mid_blocks=5",  # ignored: the checkpoint's architecture is the one trained
         ],
     )
-    extended = load_tokenizer(train_tokenizer(cfg))
+    extended_dir = train_tokenizer(cfg)
+    extended = load_tokenizer(extended_dir)
     original = load_tokenizer(ckpt)
+    recorded = json.loads((extended_dir / "tokenizer.json").read_text())["train"]["config"]
+    assert recorded["model"] == dataclasses.asdict(original.cfg)
     assert set(extended.datasets) == {"waves", "big", "heat"}
     window = torch.randn(2, 5, 2, 16, 16)
     assert torch.equal(extended.encode(window, "waves"), original.encode(window, "waves"))

@@ -296,6 +296,7 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest) -> Tokenizer:
 
         model = load_tokenizer(cfg.init.from_ckpt).train()
         model_cfg, known = model.cfg, list(model.datasets)
+        cfg.model = model_cfg  # the run records the architecture it trained, not the config's
     else:
         if model_cfg.n_spatial_dims == 0:
             if len(set(dims.values())) > 1:
