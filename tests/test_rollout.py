@@ -155,6 +155,23 @@ def test_evaluation_windows_of_horizon_h_match_the_source_files(tiny):
         for m in b.meta
     ]
     assert len(capped) == 4 and {m["trajectory"] for m in capped} == {0, 1}
+    # ... also when the shards serve the windows themselves (horizon 1): the evenly spaced ones of
+    # all the split's windows in loader order, not the first N.
+    every = [
+        m
+        for b in evaluation_windows(paths["shards"], "test", 1, batch_size=5, datasets=["waves"])
+        for m in b.meta
+    ]
+    capped = [
+        m
+        for b in evaluation_windows(
+            paths["shards"], "test", 1, batch_size=5, max_windows=4, datasets=["waves"]
+        )
+        for m in b.meta
+    ]
+    assert len(every) == 2 * (14 - 5 + 1)
+    assert capped == [every[i] for i in (0, 6, 13, 19)]
+    assert {m["trajectory"] for m in capped} == {0, 1}
     with pytest.raises(DataError, match="lower the horizon"):
         list(evaluation_windows(paths["shards"], "test", 11))
 

@@ -89,25 +89,41 @@ def evaluation_windows(
 def _shard_windows(
     shards, manifest, split, horizon, batch_size, max_windows, names
 ) -> Iterator[EvalBatch]:
-    seen = {name: 0 for name in names}
+    """The windows the shards hold, in the loader's order; with ``max_windows``, the ones evenly
+    spaced over each dataset's windows in that order (counted from the manifest), so a capped
+    evaluation does not see only the first trajectory."""
+    chosen: dict[str, set[int]] | None = None
+    if max_windows is not None:
+        totals = dict.fromkeys(names, 0)
+        for rec in shard_records(manifest, split, shards, manifest.window):
+            for name, count in rec["datasets"].items():
+                if name in totals:
+                    totals[name] += count
+        chosen = {name: set(evenly_spaced(totals[name], max_windows)) for name in names}
+    left = None if chosen is None else sum(len(c) for c in chosen.values())
+    seen = dict.fromkeys(names, 0)
     for batch in make_loader(str(shards), split, batch_size, shuffle=False, normalize=False):
         name = batch["dataset"]
         if name not in seen:
             continue
+        first, n = seen[name], len(batch["meta"])
+        seen[name] += n
         keep = (
-            len(batch["meta"])
-            if max_windows is None
-            else min(len(batch["meta"]), max_windows - seen[name])
+            list(range(n)) if chosen is None else [i for i in range(n) if first + i in chosen[name]]
         )
-        if keep <= 0:
+        if not keep:
             continue
-        seen[name] += keep
+        rows = torch.tensor(keep)
         yield EvalBatch(
             name,
-            batch["input"][:keep].float(),
-            batch["output"][:keep, :horizon].float(),
-            list(batch["meta"][:keep]),
+            batch["input"][rows].float(),
+            batch["output"][rows, :horizon].float(),
+            [batch["meta"][i] for i in keep],
         )
+        if left is not None:
+            left -= len(keep)
+            if left <= 0:  # every chosen window was served: the rest of the split is not read
+                return
 
 
 def _too_short(shards, name: str, split: str, spec: WindowSpec) -> DataError:
