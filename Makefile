@@ -39,8 +39,11 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 # Every CPU bench with its defaults (each prints its JSON line last); bench/gpu_check.sh needs a GPU.
+# bench/ also holds modules the benches share (no __main__): the pipeline, the FNO and U-Net baselines,
+# the multi-process helpers; they are not benches.
+BENCH_SHARED := bench/gpu_check.py bench/pipeline.py bench/fno_baseline.py bench/unet_baseline.py bench/processes.py
 bench: setup
-	for b in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+	for b in $(filter-out $(BENCH_SHARED),$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
