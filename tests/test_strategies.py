@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from physfm.core.checkpoint import (
     load_safetensors,
 )
 from physfm.train.launch import build_trainer_kwargs
+from physfm.train.op_builds import build_dir
 from physfm.train.strategies import (
     DEEPSPEED_CONFIG_DIR,
     StrategyConfig,
@@ -434,6 +436,37 @@ def test_offload_with_activation_checkpointing_equals_ddp(run: Callable[[str], P
         for step in range(1, STEPS + 1):
             # DeepSpeedCPUAdam is the same AdamW maths as torch's, in a different summation order
             assert offload[rank][step] == pytest.approx(ddp[rank][step], rel=1e-4), (rank, step)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_build_killed_midway_does_not_hang_the_next_run(
+    run: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A build killed part-way leaves torch's ``lock`` file in the op's build directory, and
+    DeepSpeed alone then waits on it forever, printing nothing (CI once timed out so, after a
+    killed run had left one in the shared cache).  The strategy removes a lock no process holds."""
+    plain = run("zero3_offload")  # has built both ops in the default cache
+    # a copy of that cache (mtimes kept: nothing rebuilds) with a dead build's lock in each op
+    extensions = tmp_path / "torch_extensions"
+    for name in ("deepspeed_shm_comm", "cpu_adam"):
+        shutil.copytree(build_dir(name), extensions / name)
+        (extensions / name / "lock").touch()
+    strategy, _ = RUNS["zero3_offload"]
+    out = tmp_path / "out"
+    result = run_distributed(
+        [str(WORKER), "--strategy", json.dumps(strategy), "--out", str(out), "--steps", str(STEPS)],
+        nproc=2,
+        timeout=400,
+        env={"TORCH_EXTENSIONS_DIR": str(extensions)},
+    )
+    assert result.ok, result.describe()
+    for name in ("deepspeed_shm_comm", "cpu_adam"):
+        assert not (extensions / name / "lock").exists()
+        assert (
+            f"removed {extensions / name / 'lock'}: the lock of a build that died" in result.stderr
+        )
+    assert losses(out) == losses(plain)
 
 
 @pytest.mark.slow

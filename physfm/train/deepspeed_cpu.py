@@ -22,6 +22,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from data_pipelines.atomic import publish_dir, remove_path
 from physfm.core import checkpoint as ckpt_io
+from physfm.train.op_builds import build_deepspeed_ops, ops_for_config
 from physfm.train.strategies import return_freed_memory_to_os
 
 
@@ -36,6 +37,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
       CPU, which DeepSpeed cannot compare with 0); DeepSpeed needs ``local_rank`` to take the
       distributed world size.
     On CUDA all three defer to the parent, so GPU runs are stock Lightning.  Also, on any device:
+    - ``setup_environment`` first builds the compiled ops the run will load, one process at a time
+      and past a lock left by a killed build (:mod:`physfm.train.op_builds`), where DeepSpeed would
+      wait on that lock forever;
     - ``save_checkpoint``: shards go to ``PATH.tmp``, then a ``COMPLETE`` marker, then a rename, so
       a crash mid-save never leaves a directory that looks whole;
     - ``load_checkpoint``: every shard is vetted with ``weights_only=True`` first (DeepSpeed
@@ -54,7 +58,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 
     def setup_environment(self) -> None:
         if self._on_cuda():
-            return super().setup_environment()
+            super().setup_environment()
+            build_deepspeed_ops(ops_for_config(self.config, on_cpu=False))
+            return
         from deepspeed.accelerator import get_accelerator
 
         if get_accelerator().device_name() != "cpu":
@@ -62,6 +68,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
                 f"accelerator=cpu but DeepSpeed chose {get_accelerator().device_name()!r}; "
                 "set DS_ACCELERATOR=cpu before DeepSpeed is first imported"
             )
+        build_deepspeed_ops(ops_for_config(self.config, on_cpu=True))
         DDPStrategy.setup_environment(self)  # skips only the parent's CUDA check
 
     def setup_distributed(self) -> None:
