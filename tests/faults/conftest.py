@@ -107,12 +107,14 @@ def run_distributed_until(
     args: Sequence[str],
     done: Callable[[], bool],
     *,
+    env: dict[str, str] | None = None,
+    inject: bool = False,
     timeout: float = CLI_TIMEOUT,
     poll: float = 0.02,
 ) -> tuple[bool, str]:
-    """Start ``physfm ARGS`` on 2 ranks, wait until ``done()`` holds, then SIGKILL the launcher and
-    every worker at once (``kill -9`` of the whole job).  Returns (killed while running, output so
-    far)."""
+    """Start ``physfm ARGS`` (or the fault-injecting entry) on 2 ranks, wait until ``done()``
+    holds, then SIGKILL the launcher and every worker at once (``kill -9`` of the whole job).
+    Returns (killed while running, output so far)."""
     from physfm.train.distributed import free_port
 
     cmd = [
@@ -127,8 +129,7 @@ def run_distributed_until(
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        "-m",
-        "physfm.cli",
+        *([str(INJECT)] if inject else ["-m", "physfm.cli"]),
         *map(str, args),
     ]
     log = (
@@ -139,7 +140,7 @@ def run_distributed_until(
         proc = subprocess.Popen(
             cmd,
             cwd=REPO_ROOT,
-            env=worker_env(),
+            env=worker_env(env),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

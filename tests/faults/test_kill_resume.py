@@ -64,7 +64,11 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_bit_for_bit(
     assert reference.ok, reference.describe()
     out = tmp_path / "run"
     args = pretrain_args(tokens, out, *DDP)
-    killed, log = run_distributed_until(args, lambda: ckpt(out, 8).exists())
+    # Slowed steps (a sleep, nothing numeric) keep steps 9-16 from finishing before the poll sees
+    # step 8's checkpoint and kills: on a loaded machine an unslowed run once got to step 16 first.
+    killed, log = run_distributed_until(
+        args, lambda: ckpt(out, 8).exists(), inject=True, env={"FAULT_STEP_SLEEP": "1"}
+    )
     assert killed, f"the run ended before it could be killed:\n{log[-3000:]}"
     assert not ckpt(out, MAX_STEPS).exists() and not (out / "metrics.json").exists()
     newest = find_latest_checkpoint(out / "checkpoints")
