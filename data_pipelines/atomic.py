@@ -9,7 +9,9 @@ directory.
 * a matplotlib figure is saved through the same (:func:`save_figure`; matplotlib imported lazily);
 * the staging names carry the writer's host and process id (``.NAME.HOST-PID.XXXXXXXX.tmp``), so the
   next write to the same place removes what a killed writer left (:func:`remove_stale_staging`), and
-  never the staging of a writer still running.
+  never the staging of a writer still running;
+* one writer at a time holds an exclusive ``flock`` that the kernel drops when it dies
+  (:func:`exclusive_flock`).
 
 One permission policy: files get ``0o666 & ~umask`` and directories ``0o777 & ~umask``, as any file
 the user writes would (``mkstemp``/``mkdtemp`` alone give 0600/0700), so run directories, metrics
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import os
 import re
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +224,27 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 # ----------------------------------------------------------------------------------------------
 # figures
+@contextlib.contextmanager
+def exclusive_flock(path: str | Path, wait_s: float, poll_s: float = 0.2) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` body; the
+    kernel releases it when the holder dies, so a killed holder never leaves it taken.  Raises
+    ``TimeoutError`` naming ``path`` when another process holds it for over ``wait_s``, and the
+    ``OSError`` of a file system without ``flock`` (``ENOLCK``, ``EOPNOTSUPP``)."""
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path}: held by another process for over {wait_s:.0f} s"
+                    ) from None
+                time.sleep(poll_s)
+        yield
+
+
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first
     use so that nothing else here pays for it."""

@@ -29,7 +29,6 @@ corpus.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import shutil
@@ -40,7 +39,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from data_pipelines.atomic import atomic_write_text, make_staging_dir, publish_dir, remove_path
+from data_pipelines.atomic import (
+    atomic_write_text,
+    exclusive_flock,
+    make_staging_dir,
+    publish_dir,
+    remove_path,
+)
 from data_pipelines.errors import DataError
 from data_pipelines.manifest import MANIFEST, Manifest, SplitEntry
 from data_pipelines.sharding import die_with_parent
@@ -129,16 +134,11 @@ def corpus_lock(out: Path, wait_s: float = 30.0) -> Iterator[None]:
     little: the workers of a run just killed hold the lock (inherited) until the kernel has ended
     them too."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "w") as fh:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DataError(f"{out}: another `physfm corpus` run is writing here") from None
-                time.sleep(0.2)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_flock(out / LOCK_FILE, wait_s))
+        except TimeoutError:
+            raise DataError(f"{out}: another `physfm corpus` run is writing here") from None
         yield
 
 

@@ -304,3 +304,34 @@ def test_corpus_cpu_configs_pretrain_and_evaluate_every_2d_system(tmp_path, caps
     assert main(argv) == 0
     text = (report / "report.md").read_text()
     assert "navier_stokes2d" in text and "wave2d" in text and "burgers1d" not in text
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(
+    tmp_path: Path,
+) -> None:
+    from data_pipelines.corpus import LOCK_FILE, corpus_lock
+
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, time; from data_pipelines.corpus import corpus_lock\n"
+            f"with corpus_lock(pathlib.Path({str(tmp_path)!r})):\n"
+            f"    pathlib.Path({str(ready)!r}).touch(); time.sleep(60)",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        busy = "another `physfm corpus` run is writing here"
+        with pytest.raises(DataError, match=busy), corpus_lock(tmp_path, wait_s=0.5):
+            pass
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock
+        holder.wait()
+    with corpus_lock(tmp_path, wait_s=5.0):
+        assert (tmp_path / LOCK_FILE).exists()

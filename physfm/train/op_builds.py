@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from data_pipelines.atomic import exclusive_flock
 
 log = logging.getLogger(__name__)
 
@@ -100,29 +101,19 @@ def op_build_lock(root: Path, timeout_s: float) -> Iterator[None]:
     without ``flock`` support (some network mounts) gets a warning and no lock."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / FLOCK_NAME
-    with open(path, "a+b") as handle:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"another process has held {path} for over {timeout_s:.0f} s while "
-                        f"building DeepSpeed ops; if none is building, delete {path}"
-                    ) from None
-                time.sleep(0.5)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                log.warning("%s: no flock on this file system (%s); building unlocked", path, exc)
-                yield
-                return
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            held.enter_context(exclusive_flock(path, timeout_s, poll_s=0.5))
+        except TimeoutError:
+            raise TimeoutError(
+                f"another process has held {path} for over {timeout_s:.0f} s while building "
+                f"DeepSpeed ops; if none is building, delete {path}"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            log.warning("%s: no flock on this file system (%s); building unlocked", path, exc)
+        yield
 
 
 def build_deepspeed_ops(builder_names: Sequence[str], timeout_s: float = 1800.0) -> list[str]:
