@@ -88,6 +88,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_INPUT, HORIZONS = 4, (1, 8, 16)
 N_TRAIN_TRAJ = 2
 TOKENIZER_SHARE = 1 / 3  # of --pretrain-minutes; the AR model gets the rest
+BUDGET_USED_WARN = 0.8  # a pretraining run that used less of its budget is flagged
 SCALING_SIZES = (2, 5)  # pretraining systems of the scaling row, besides all of them
 # 2D systems by role: a held-out system needs one, so every role is tested once.
 FLUID_2D = ("navier_stokes2d", "shear_flow2d", "rayleigh_benard2d", "shallow_water2d", "euler2d")
@@ -748,9 +749,25 @@ def report(args, per_system, scaling, pre, subsets, seconds: float) -> dict[str,
                 f"  {system:<20}"
                 + "".join(f"{v if v is not None else '–':>10}" for v in points.values())
             )
+    budget = args.pretrain_minutes * 60
+    used = {t: round((p["tokenizer_s"] + p["ar_s"]) / budget, 2) for t, p in pre.items()}
+    for tag, p in pre.items():
+        log(
+            f"pretraining {tag}: {p['tokenizer_s']:.0f} s tokenizer + {p['ar_s']:.0f} s AR = "
+            f"{p['ar_steps']} AR steps, {used[tag]:.0%} of the {budget:.0f} s budget"
+        )
+        if used[tag] < BUDGET_USED_WARN:
+            # the AR step count comes from a step time measured before training; a busy machine
+            # inflates it and the run stops early, so this point is not at the others' budget
+            log(
+                f"  warning: pretraining {tag} used {used[tag]:.0%} of its budget (its step time "
+                f"was measured on a busy machine?); delete pretrain-{tag} and held-out/*/from-{tag} in "
+                "the workdir and rerun to measure it again"
+            )
     result: dict[str, Any] = {
         "per_system": per_system,
         **headline(per_system),
+        "pretrain_budget_used": used,
         "scaling": scaling,
         "scaling_falls": scaling_falls(scaling) if len(order) > 1 else [],
         "held_out": {role(s): s for s in args.held_out},

@@ -193,10 +193,38 @@ def test_report_prints_the_table_then_one_json_line(transfer, capsys):
         "gray_scott3d": {"error": "DataError: 3D", "fno_1": 0.2, "fno_8": 0.5, "fno_16": None},
     }
     scaling = {"burgers1d": {"all": 0.1}, "gray_scott3d": {"all": None}}
-    pre = {"all": {"run": "r", "ar_steps": 5, "inputs": {"systems": ["a"]}}}
+    timing = {"tokenizer_s": 600.0, "ar_s": 1100.0}  # of the default 1,800 s
+    pre = {"all": {"run": "r", "ar_steps": 5, **timing, "inputs": {"systems": ["a"]}}}
     out = transfer.report(args, per_system, scaling, pre, {"all": ["a", "b"]}, 12.34)
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == json.loads(json.dumps(out))
     assert out["wins_scratch"] == ["burgers1d"] and out["scaling_falls"] == []
-    assert out["pretrain"]["all"] == {"run": "r", "ar_steps": 5}
+    assert out["pretrain"]["all"] == {"run": "r", "ar_steps": 5, **timing}
+    assert out["pretrain_budget_used"] == {"all": 0.94}
+    assert (
+        "pretraining all: 600 s tokenizer + 1100 s AR = 5 AR steps, 94% of the 1800 s budget"
+        in lines
+    )
+    assert not any("warning" in line for line in lines)
     assert any(line.startswith("FNO (The Well) scratch") for line in lines)
+
+
+def test_report_flags_a_pretraining_run_that_stopped_well_short_of_its_budget(transfer, capsys):
+    """A step time measured on a busy machine sets too few steps: that point of the scaling row is
+    not at the others' budget, and the report says so."""
+    args = transfer.parse_args([])
+    scaling = {"burgers1d": {"2": 0.3, "all": 0.2}}
+    pre = {
+        "all": {"run": "a", "ar_steps": 301, "tokenizer_s": 622.0, "ar_s": 924.0, "inputs": {}},
+        "2": {"run": "b", "ar_steps": 119, "tokenizer_s": 635.0, "ar_s": 504.0, "inputs": {}},
+    }
+    per_system = {
+        "burgers1d": entry((0.1, 0.5, 0.9), (0.2, 0.6, 1.0), (0.05, 0.4, 0.8), (0.2, 0.7, 1.1))
+    }
+    out = transfer.report(
+        args, per_system, scaling, pre, {"2": ["a", "b"], "all": ["a", "b", "c"]}, 1.0
+    )
+    text = capsys.readouterr().out
+    assert out["pretrain_budget_used"] == {"all": 0.86, "2": 0.63}
+    assert "warning: pretraining 2 used 63% of its budget" in text
+    assert "warning: pretraining all" not in text
