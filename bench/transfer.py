@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pre[tag] = pretrained(tag)
         _, points = run_held_out(args, work, held, pre[tag], tag, scaling_point)
         for system, point in points.items():
-            scaling.setdefault(system, {})[tag] = point
+            scaling.setdefault(system, {}).update(point)  # point: {tag: finetuned_1}
     return report(args, per_system, scaling, pre, subsets, time.perf_counter() - start)
 
 
