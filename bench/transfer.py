@@ -237,6 +237,14 @@ def headline(per_system: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     }
 
 
+def add_scaling_points(
+    scaling: dict[str, dict[str, float | None]], points: dict[str, dict[str, float | None]]
+) -> None:
+    """Merge one pretraining run's points ({system: {tag: finetuned_1}}) into the scaling row."""
+    for system, point in points.items():
+        scaling.setdefault(system, {}).update(point)
+
+
 def scaling_falls(scaling: dict[str, dict[str, float | None]]) -> list[str]:
     """Systems whose fine-tuned h=1 error falls strictly as pretraining systems grow (2 → 5 → all)."""
     falls = []
@@ -705,8 +713,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for tag in (t for t in subsets if t != "all"):
         pre[tag] = pretrained(tag)
         _, points = run_held_out(args, work, held, pre[tag], tag, scaling_point)
-        for system, point in points.items():
-            scaling.setdefault(system, {}).update(point)  # point: {tag: finetuned_1}
+        add_scaling_points(scaling, points)
     return report(args, per_system, scaling, pre, subsets, time.perf_counter() - start)
 
 

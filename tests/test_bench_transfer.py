@@ -228,3 +228,16 @@ def test_report_flags_a_pretraining_run_that_stopped_well_short_of_its_budget(tr
     assert out["pretrain_budget_used"] == {"all": 0.86, "2": 0.63}
     assert "warning: pretraining 2 used 63% of its budget" in text
     assert "warning: pretraining all" not in text
+
+
+def test_scaling_points_merge_flat_per_system(transfer):
+    """Each pretraining run adds {system: {tag: value}}; the row must stay one flat dict per system
+    (a nested point once crashed the report after a 3.5 h run)."""
+    scaling = {"burgers1d": {"all": 0.34}}
+    transfer.add_scaling_points(scaling, {"burgers1d": {"2": 0.26}, "gray_scott3d": {"2": 0.29}})
+    transfer.add_scaling_points(scaling, {"burgers1d": {"5": 0.27}})
+    assert scaling == {
+        "burgers1d": {"all": 0.34, "2": 0.26, "5": 0.27},
+        "gray_scott3d": {"2": 0.29},
+    }
+    assert transfer.scaling_falls({"burgers1d": {"2": 0.3, "5": 0.2, "all": 0.1}}) == ["burgers1d"]
