@@ -223,7 +223,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# figures
+# locks
 @contextlib.contextmanager
 def exclusive_flock(path: str | Path, wait_s: float, poll_s: float = 0.2) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` body; the
@@ -245,6 +245,8 @@ def exclusive_flock(path: str | Path, wait_s: float, poll_s: float = 0.2) -> Ite
         yield
 
 
+# ----------------------------------------------------------------------------------------------
+# figures
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display needed); matplotlib is imported on first
     use so that nothing else here pays for it."""

@@ -53,6 +53,11 @@ def toy_dataset(tmp_path: Path) -> Path:
     return make_toy_dataset(tmp_path / "toy", n_files=2, n_traj=2, n_steps=8, resolution=8)
 
 
+def cli_entry(inject: bool) -> list[str]:
+    """What follows ``python``: the fault-injecting entry or ``-m physfm.cli``."""
+    return [str(INJECT)] if inject else ["-m", "physfm.cli"]
+
+
 def run_cli(
     args: Sequence[str],
     *,
@@ -62,7 +67,7 @@ def run_cli(
 ) -> CompletedResult:
     """``python -m physfm.cli ARGS`` (or the fault-injecting entry) as one process, with a
     timeout."""
-    entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
+    entry = cli_entry(inject)
     cmd = [sys.executable, *entry, *map(str, args)]
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -99,7 +104,7 @@ def run_cli_distributed(
     timeout: float = CLI_TIMEOUT,
 ) -> CompletedResult:
     """``physfm ARGS`` on 2 gloo ranks under ``torch.distributed.run`` (tests/harness.py)."""
-    entry = [str(INJECT)] if inject else ["-m", "physfm.cli"]
+    entry = cli_entry(inject)
     return run_distributed([*entry, *map(str, args)], nproc=2, timeout=timeout, env=env)
 
 
@@ -129,7 +134,7 @@ def run_distributed_until(
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        *([str(INJECT)] if inject else ["-m", "physfm.cli"]),
+        *cli_entry(inject),
         *map(str, args),
     ]
     log = (
