@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError
 from physfm.core.checkpoint import safe_torch_load
 from physfm.train.finetune import load_finetune_config, run_finetune
@@ -71,6 +72,32 @@ def test_unseen_2d_fields_end_to_end_with_scratch(pretrained, tmp_path):
     assert set(adapted.datasets) == {"waves", "toy"}
     for key, value in base.state_dict().items():
         assert torch.equal(value, adapted.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_a_conditional_tokenizer_is_adapted_with_skips_and_its_ceiling_is_bounded_by_persistence(
+    tmp_path,
+):
+    from tokenizer.checkpoint import load_tokenizer
+
+    pre = build_tiny_model(tmp_path / "pre", conditional=True, prediction="next_frame")["export"]
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_steps=10)
+    runs = {}
+    for mode in ("auto", "never"):  # the recipe's default, and the encoder's codes as they are
+        out = run_finetune(config(pre, data, tmp_path / mode, f"finetune.skip_coding={mode}"))
+        runs[mode] = json.loads((out / "metrics.json").read_text())["vrmse"]["toy"]
+        assert load_tokenizer(out / "tokenizer").cfg.skip_coding is (mode == "auto")
+    ceiling, persistence = (runs["auto"][k]["1"] for k in ("tokenizer_ceiling", "persistence"))
+    assert ceiling <= persistence + 1e-6
+    assert ceiling <= runs["never"]["tokenizer_ceiling"]["1"] + 1e-6
+    assert runs["auto"]["persistence"] == runs["never"]["persistence"]
+
+
+def test_skip_coding_always_refuses_a_plain_tokenizer(pretrained, tmp_path):
+    data = make_toy_dataset(tmp_path / "toy", "toy", n_files=1)
+    run = config(pretrained, data, tmp_path / "run", "finetune.skip_coding=always")
+    with pytest.raises(ConfigError, match="finetune.skip_coding=always.*plain"):
+        run_finetune(run)
 
 
 @pytest.mark.slow

@@ -54,6 +54,9 @@ def _identity(model: Tokenizer) -> dict[str, Any]:
     if not model_cfg["conditional"]:
         # Plain tokenizers keep the identity (hence fingerprint) they had before the key existed.
         del model_cfg["conditional"]
+    if not model_cfg["skip_coding"]:
+        # Likewise for tokenizers without skip decisions (the default).
+        del model_cfg["skip_coding"]
     return {
         "model": model_cfg,
         "datasets": {name: dataclasses.asdict(spec) for name, spec in model.datasets.items()},

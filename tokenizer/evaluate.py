@@ -81,9 +81,10 @@ def pool_baseline(x: torch.Tensor, pooled_shape: list[int]) -> torch.Tensor:
 def reconstruct(
     tok: Tokenizer, window: torch.Tensor, dataset: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Physical-unit window [B, T, C, *space] → (physical-unit reconstruction, token ids)."""
+    """Physical-unit window [B, T, C, *space] → (physical-unit reconstruction, token ids); with
+    skip decisions (model.skip_coding) the ids and reconstruction are the ones they choose."""
     z = tok.normalize(window, dataset)
-    recon, ids = tok(z, dataset)
+    recon, ids = tok.reconstruct(z, dataset) if tok.cfg.skip_coding else tok(z, dataset)
     return tok.denormalize(recon, dataset), ids
 
 

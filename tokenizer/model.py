@@ -103,6 +103,10 @@ class TokenizerConfig:
     norm: Literal["group", "none"] = "group"
     # code frame t given frame t-1 (key frame first); see the module docstring
     conditional: bool = False
+    # conditional only: at encode time a token keeps "no change" where that reconstructs its patch
+    # better than the encoder's code, and a frame is never coded worse than repeating the last one
+    # (a video codec's skip mode; see the module docstring). Training is unchanged.
+    skip_coding: bool = False
 
     def validate(self) -> None:
         if self.n_spatial_dims not in (0, 1, 2, 3):
@@ -119,6 +123,11 @@ class TokenizerConfig:
             raise ConfigError(
                 f"model.conditional: needs model.temporal_compression = 1 (one token frame per field frame, "
                 f"each coded given the previous one), got {self.temporal_compression}"
+            )
+        if self.skip_coding and not self.conditional:
+            raise ConfigError(
+                "model.skip_coding: needs model.conditional = true (only a conditional tokenizer has a "
+                "no-change code)"
             )
         if self.conditional and self.temporal_kernel != 1:
             raise ConfigError(
@@ -579,7 +588,12 @@ class Tokenizer(nn.Module):
         drift.
         """
         if not closed_loop:
-            return self.encode_latent(x, dataset)[1]
+            if not self.cfg.skip_coding:
+                return self.encode_latent(x, dataset)[1]
+            self._check_input(x, dataset)
+            prev, key = self._previous(x)
+            ids = self._code_frames(x.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+            return ids.unflatten(0, x.shape[:2])
         if not self.cfg.conditional:
             raise ValueError(
                 "closed_loop= is for conditional tokenizers (model.conditional); this one is plain"
@@ -588,9 +602,9 @@ class Tokenizer(nn.Module):
         ids, prev = [], None
         for t in range(x.shape[1]):
             key = torch.full((x.shape[0],), prev is None, dtype=torch.bool, device=x.device)
-            ids_t = self._encode_frames(
+            ids_t = self._code_frames(
                 x[:, t], torch.zeros_like(x[:, t]) if prev is None else prev, key, dataset
-            )[1]
+            )
             prev = self.decode_step(ids_t, prev, dataset)
             ids.append(ids_t)
         return torch.stack(ids, dim=1)
@@ -663,9 +677,18 @@ class Tokenizer(nn.Module):
             )
         self._check_input(x_t[:, None], dataset)
         key = torch.full((x_t.shape[0],), prev is None, dtype=torch.bool, device=x_t.device)
-        return self._encode_frames(
-            x_t, torch.zeros_like(x_t) if prev is None else prev, key, dataset
-        )[1]
+        return self._code_frames(x_t, torch.zeros_like(x_t) if prev is None else prev, key, dataset)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional tokenizers: x [B, T, C, *space] (z-scored) → (each frame decoded from its own
+        tokens given the true frame before it, those ids): the best a one-step forecast of the
+        tokens :meth:`encode` gives (skips included) can do. Without skips, ``forward``'s output."""
+        ids = self.encode(x, dataset)
+        prev, key = self._previous(x)
+        codes = self.fsq.indices_to_codes(ids).to(x.dtype)
+        out = self.decode_frames(codes.flatten(0, 1), prev.flatten(0, 1), key.flatten(), dataset)
+        return out.unflatten(0, x.shape[:2]), ids
 
     @property
     def no_change_id(self) -> int:
@@ -730,6 +753,61 @@ class Tokenizer(nn.Module):
             h = block(h, 1)
         z = self.to_code(F.silu(self.enc_norm(h)))
         return self.fsq(z.movedim(1, -1))
+
+    @torch.no_grad()
+    def _code_frames(
+        self, cur: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str
+    ) -> torch.Tensor:
+        """The ids :meth:`encode` gives frames cur, prev [N, C, *space] (key [N]): the encoder's,
+        then, with ``skip_coding``, the skip decisions of :meth:`_skip_worse_codes`."""
+        codes, ids = self._encode_frames(cur, prev, key, dataset)
+        if not self.cfg.skip_coding:
+            return ids
+        return self._skip_worse_codes(cur, prev, key, codes, ids, dataset)
+
+    def _skip_worse_codes(
+        self,
+        cur: torch.Tensor,
+        prev: torch.Tensor,
+        key: torch.Tensor,
+        codes: torch.Tensor,
+        ids: torch.Tensor,
+        dataset: str,
+    ) -> torch.Tensor:
+        """Skip mode: ids [N, *grid] with "no change" wherever that codes the truth better.
+
+        A token's patch is scored by its squared error per field variance (VRMSE's terms, the frame's
+        own spatial variance per field), decoded with the encoder's codes and with none (= prev).
+        Tokens whose patch prev matches at least as well become no-change; the decoder's receptive
+        field spans neighbouring tokens, so the mixed frame is decoded again, and each frame keeps
+        whichever of encoder codes / mixed / all no-change has the lowest VRMSE. Hence a frame's
+        one-step ceiling is never above persistence's nor above the plain encoder's. Key frames keep
+        the encoder's codes.
+        """
+        n, eps = self.cfg.n_spatial_dims, 1e-7
+        space = tuple(range(2, 2 + n))
+        var = cur.var(dim=space, keepdim=True) + eps  # [N, C, 1...]
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[n - 1]
+        sc = self.cfg.spatial_compression
+
+        def token_error(rec: torch.Tensor) -> torch.Tensor:  # [N, *grid]
+            return pool(((rec - cur) ** 2 / var).mean(1, keepdim=True), sc)[:, 0]
+
+        def frame_vrmse(rec: torch.Tensor) -> torch.Tensor:  # [N]
+            return (
+                (((rec - cur) ** 2).mean(dim=space, keepdim=True) / var).sqrt().flatten(1).mean(1)
+            )
+
+        full = self.decode_frames(codes, prev, key, dataset)
+        grid_mask = (~key).view(-1, *([1] * n))
+        skip = (token_error(prev) <= token_error(full)) & grid_mask
+        mixed_codes = codes.masked_fill(skip[..., None], 0.0)
+        mixed = self.decode_frames(mixed_codes, prev, key, dataset)
+        choice = torch.stack([frame_vrmse(full), frame_vrmse(mixed), frame_vrmse(prev)]).argmin(0)
+        choice = choice.masked_fill(key, 0).view(-1, *([1] * n))
+        no_change = torch.full_like(ids, self.no_change_id)
+        mixed_ids = torch.where(skip, no_change, ids)
+        return torch.where(choice == 0, ids, torch.where(choice == 1, mixed_ids, no_change))
 
     def _decode_net(
         self, codes: torch.Tensor, prev: torch.Tensor, key: torch.Tensor, dataset: str

@@ -94,6 +94,9 @@ class InitConfig:
     from_ckpt: str = ""  # start from this tokenizer checkpoint (or run directory)
     freeze_trunk: bool = False  # train only per-dataset stems/heads
     freeze_known_datasets: bool = False  # also keep the checkpoint's own stems/heads fixed
+    # turn on the checkpoint's skip decisions (model.skip_coding; conditional tokenizers only): they
+    # act at encode time, so training is the same, but the saved tokenizer codes with them
+    skip_coding: bool = False
 
 
 @dataclass
@@ -296,6 +299,13 @@ def build_tokenizer(cfg: TokenizerTrainConfig, manifest: Manifest) -> Tokenizer:
 
         model = load_tokenizer(cfg.init.from_ckpt).train()
         model_cfg, known = model.cfg, list(model.datasets)
+        if cfg.init.skip_coding:
+            if not model_cfg.conditional:
+                raise ConfigError(
+                    f"init.skip_coding: {cfg.init.from_ckpt} is a plain tokenizer; skip decisions need "
+                    "a conditional one (model.conditional)"
+                )
+            model_cfg.skip_coding = True
         cfg.model = model_cfg  # the run records the architecture it trained, not the config's
     else:
         if model_cfg.n_spatial_dims == 0:

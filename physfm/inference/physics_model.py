@@ -306,7 +306,9 @@ class PhysicsModel:
         window = torch.cat([context, truth], 1)
         if self.conditional:
             tok = self.tokenizer
-            reconstruction, _ = tok(tok.normalize(window.to(self.device).float(), dataset), dataset)
+            reconstruction, _ = tok.reconstruct(
+                tok.normalize(window.to(self.device).float(), dataset), dataset
+            )
             decoded = tok.denormalize(reconstruction, dataset)
         else:
             ids = self.encode(window, dataset) if window_ids is None else window_ids

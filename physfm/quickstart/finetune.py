@@ -56,7 +56,7 @@ def stage_finetune(ctx) -> dict[str, Any]:
             result[f"{method}_{h}"] = round(v, 4)
     ctx.notes.append(
         f"Fine-tune: {system} was never seen in pretraining; the tokenizer got a new stem/head "
-        f"(trunk frozen) and the AR model up to {m['steps']} steps of the recipe "
+        f"(trunk frozen{', skip decisions on' if m.get('tokenizer_skip_coding') else ''}) and the AR model up to {m['steps']} steps of the recipe "
         f"(configs/finetune/recipe.yaml); kept: {m['kept']}; see {rel}/report.md.\n\n"
         + comparison_table(m)
     )

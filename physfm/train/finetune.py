@@ -88,6 +88,11 @@ class FinetuneSection:
     # spatial axes (it codes none of the pretrained datasets then, and on gray_scott3d 32^3 a trained
     # inflated trunk reached VRMSE 0.178 after 600 steps against 0.251 frozen: README)
     tokenizer_trunk: Literal["auto", "frozen", "trained"] = "auto"
+    # skip decisions in the adapted tokenizer (tokenizer model.skip_coding): a token keeps "no
+    # change" where that codes the new data better than the encoder's code, so the one-step ceiling
+    # is never above persistence. "auto": whenever the tokenizer is conditional; "always": and
+    # refuse a plain one; "never": the encoder's codes as they are.
+    skip_coding: Literal["auto", "always", "never"] = "never"
     eval_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     eval_max_windows: int = 16  # test windows per dataset
     compare_scratch: bool = False  # also train the same budget from random init
@@ -204,6 +209,13 @@ def adapt_tokenizer(
         not train_tokenizer_trunk(f, inflated=base_tokenizer != pretrained_tokenizer),
         True,
     )
+    conditional = read_tokenizer_spec(base_tokenizer)[0].conditional
+    if f.skip_coding == "always" and not conditional:
+        raise ConfigError(
+            f"finetune.skip_coding=always: the pretrained tokenizer {pretrained_tokenizer} is plain; "
+            "skip decisions need a conditional one (use auto or never)"
+        )
+    tcfg.init.skip_coding = f.skip_coding != "never" and conditional
     tcfg.trainer.max_steps, tcfg.trainer.lr = f.tokenizer_steps, f.tokenizer_lr
     tcfg.trainer.warmup_steps = min(10, f.tokenizer_steps)
     tcfg.trainer.wandb, tcfg.trainer.verbose, tcfg.seed = False, False, cfg.seed
@@ -464,6 +476,7 @@ def evaluate_and_report(
         "data": str(f.data),
         "shards": str(run["shards"]),
         "tokenizer": str(run["tokenizer"]),
+        "tokenizer_skip_coding": read_tokenizer_spec(run["tokenizer"])[0].skip_coding,
         "mode": f.mode,
         "datasets": new_names,
         "dataset_names": names,

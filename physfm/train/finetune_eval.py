@@ -119,6 +119,15 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
         "",
         "Seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in metrics["seconds"].items()) + ".",
         "",
+        *(
+            [
+                'Tokens: skip decisions on (a token is "no change" wherever that codes its patch '
+                "better than the encoder; the ceiling is never above persistence).",
+                "",
+            ]
+            if metrics.get("tokenizer_skip_coding")
+            else []
+        ),
         f"VRMSE on the {metrics['split']} split (mean over fields and datasets; 1.0 = the spatial mean):",
         "",
         "| model | " + " | ".join(f"h={h}" for h in horizons) + " |",
