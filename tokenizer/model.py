@@ -80,6 +80,7 @@ from data_pipelines.config import ConfigError
 from data_pipelines.errors import DataError, UnknownNameError
 from data_pipelines.manifest import TokenLayout
 from tokenizer.fsq import FSQ
+from tokenizer.metrics import vrmse
 
 
 @dataclass
@@ -793,10 +794,8 @@ class Tokenizer(nn.Module):
         def token_error(rec: torch.Tensor) -> torch.Tensor:  # [N, *grid]
             return pool(((rec - cur) ** 2 / var).mean(1, keepdim=True), sc)[:, 0]
 
-        def frame_vrmse(rec: torch.Tensor) -> torch.Tensor:  # [N]
-            return (
-                (((rec - cur) ** 2).mean(dim=space, keepdim=True) / var).sqrt().flatten(1).mean(1)
-            )
+        def frame_vrmse(rec: torch.Tensor) -> torch.Tensor:  # [N], mean over fields
+            return vrmse(rec, cur, n, eps=eps).mean(-1)
 
         full = self.decode_frames(codes, prev, key, dataset)
         grid_mask = (~key).view(-1, *([1] * n))
