@@ -259,6 +259,23 @@ def scaling_falls(scaling: dict[str, dict[str, float | None]]) -> list[str]:
     return falls
 
 
+def learning_lines(per_system: dict[str, dict[str, Any]]) -> str:
+    """Per system: which weights the fine-tune kept and, for it and its scratch twin, the step of
+    the lowest validation loss out of the steps run, flagged where training went on fitting the
+    two training trajectories past it."""
+    lines = [
+        "\nlearning (validation loss lowest at step / last validation; * = fits its training data after it):"
+    ]
+    for system, entry in per_system.items():
+        parts = [f"kept {entry.get('kept') or '?'}"]
+        for method, s in (entry.get("learning") or {}).items():
+            if s:
+                flag = "*" if s["overfit"] else ""
+                parts.append(f"{method} {s['best_step']}/{s['last_step']}{flag}")
+        lines.append(f"  {system:<20}" + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def format_table(per_system: dict[str, dict[str, Any]]) -> str:
     """Rows: methods; columns: systems x h=1/8/16; '–' where absent; an errored system's fine-tune
     rows say 'error' (the message follows the table)."""
@@ -441,7 +458,13 @@ def run_finetune_budget(
     scores = {
         FINETUNE_METHODS[m]: v for m, v in metrics["overall"].items() if m in FINETUNE_METHODS
     }
-    return {"scores": scores, "seconds": metrics["seconds"], "steps": metrics["steps"]}
+    return {
+        "scores": scores,
+        "seconds": metrics["seconds"],
+        "steps": metrics["steps"],
+        "kept": metrics.get("kept"),
+        "learning": metrics.get("learning"),
+    }
 
 
 def score_forecasters(
@@ -559,6 +582,8 @@ def held_out_result(
         if f"{prefix}_1" not in entry:  # the fine-tune's persistence when it ran (same windows)
             entry.update(round_scores(prefix, base["scores"][prefix]))
     entry["steps"] = {"finetune": ft.get("steps"), **base["steps"]}
+    entry["kept"] = ft.get("kept")
+    entry["learning"] = ft.get("learning")  # where validation bottomed out, fine-tune and scratch
     entry["seconds"] = {**ft.get("seconds", {}), "baselines_each": round(wall, 1)}
     return entry
 
@@ -749,6 +774,7 @@ def report(args, per_system, scaling, pre, subsets, seconds: float) -> dict[str,
         f"{args.finetune_minutes:g} min, FNO and U-Net the fine-tune's wall-clock"
     )
     log(format_table(per_system))
+    log(learning_lines(per_system))
     if len(order) > 1:
         log("\nscaling: fine-tuned VRMSE h=1 by pretraining systems (" + ", ".join(order) + ")")
         for system, points in scaling.items():

@@ -209,6 +209,24 @@ def test_report_prints_the_table_then_one_json_line(transfer, capsys):
     assert any(line.startswith("FNO (The Well) scratch") for line in lines)
 
 
+def test_report_says_which_weights_were_kept_and_where_validation_bottomed_out(transfer, capsys):
+    args = transfer.parse_args(["--skip-scaling"])
+    curve = {"best_step": 9, "last_step": 29, "overfit": True}
+    per_system = {
+        "burgers1d": {
+            **entry((0.1, 0.5, 0.9), (0.2, 0.6, 1.0), (0.05, 0.4, 0.8), (0.2, 0.7, 1.1)),
+            "kept": "zeroshot",
+            "learning": {"finetuned": curve, "scratch": {**curve, "overfit": False}},
+        },
+        "gray_scott3d": {"error": "DataError: 3D", "fno_1": 0.2, "fno_8": 0.5, "fno_16": None},
+    }
+    pre = {"all": {"run": "r", "ar_steps": 5, "tokenizer_s": 600.0, "ar_s": 1100.0, "inputs": {}}}
+    transfer.report(args, per_system, {}, pre, {"all": ["a"]}, 1.0)
+    out = capsys.readouterr().out
+    assert "  burgers1d           kept zeroshot, finetuned 9/29*, scratch 9/29\n" in out
+    assert "  gray_scott3d        kept ?\n" in out
+
+
 def test_report_flags_a_pretraining_run_that_stopped_well_short_of_its_budget(transfer, capsys):
     """A step time measured on a busy machine sets too few steps: that point of the scaling row is
     not at the others' budget, and the report says so."""

@@ -203,6 +203,12 @@ def test_early_stop_keeps_best_and_keep_better_falls_back_to_zeroshot(setup, tmp
     assert kept.keys() == zeroshot.keys() and all(torch.equal(kept[k], zeroshot[k]) for k in kept)
     assert "finetuned_discarded" in m["overall"]
     assert "Kept: **zeroshot**" in (out / "report.md").read_text()
+    # the learning curves are drawn and their best validation is the selected checkpoint's
+    assert (out / "loss_vs_step.png").stat().st_size > 0
+    learning = m["learning"]["finetuned"]
+    if learning is not None:  # needs a logged training loss (log_every) before the stop
+        assert learning["best_step"] == best_at
+        assert "Fine-tuned learning curve" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -261,3 +267,46 @@ def test_quickstart_table_shows_the_discarded_fine_tune():
         "| burgers1d | zero-shot | 0.0600 |",
         "| burgers1d | persistence | 0.0500 |",
     ]
+
+
+def test_learning_summary_flags_a_run_that_fits_its_training_data_past_its_best_validation():
+    from physfm.train.finetune_eval import _learning_lines, learning_summary
+
+    train = [(9, 3.0), (19, 1.9), (29, 1.2)]
+    overfit = learning_summary(train, [(4, 1.05), (9, 1.03), (19, 1.09), (29, 1.30)])
+    assert overfit == {
+        "best_step": 9,
+        "best_valid": 1.03,
+        "last_step": 29,
+        "last_valid": 1.3,
+        "train_at_best": 3.0,
+        "train_last": 1.2,
+        "overfit": True,
+    }
+    # still improving at its last validation: no verdict against a longer budget
+    improving = learning_summary(train, [(9, 1.2), (19, 1.1), (29, 1.0)])
+    assert improving["best_step"] == 29 and not improving["overfit"]
+    # validation flat within the margin while training falls: not called overfitting
+    flat = learning_summary(train, [(9, 1.00), (19, 1.02), (29, 1.05)])
+    assert not flat["overfit"]
+    assert (
+        learning_summary(train, [(9, 1.0)]) is None
+        and learning_summary([], [(1, 1), (2, 1)]) is None
+    )
+    lines = _learning_lines({"learning": {"finetuned": overfit, "scratch": improving}})
+    text = "\n".join(lines)
+    assert "Fine-tuned learning curve: validation loss lowest at step 9 (1.030)" in text
+    assert "3.000 → 1.200" in text and "a longer budget will not help" in text
+    assert "Scratch learning curve: validation loss lowest at step 29 (1.000)" in text
+    assert "![loss vs step](loss_vs_step.png)" in text
+
+
+def test_loss_vs_step_draws_each_runs_curves(tmp_path):
+    from physfm.eval.plots import loss_vs_step
+
+    runs = {
+        "finetuned": {"train": [(9, 3.0), (19, 1.9)], "valid": [(4, 1.05), (9, 1.03)]},
+        "scratch": {"train": [(9, 4.0)], "valid": []},
+    }
+    path = loss_vs_step(runs, tmp_path / "loss.png", title="t")
+    assert path.stat().st_size > 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,9 @@ atomically).
   rollout steps; one colour scale per field and one zero-centred diverging scale for the errors,
   each with its colour bar; 1D fields as curves, 3D fields as their middle slice;
 * VRMSE vs horizon: one panel per dataset, one line per method, the spatial-mean predictor (1.0)
-  dashed.
+  dashed;
+* loss vs step: a training run's learning curves (train and validation loss), e.g. a fine-tune and
+  its scratch twin.
 """
 
 from __future__ import annotations
@@ -162,5 +164,33 @@ def vrmse_vs_horizon(
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def loss_vs_step(runs: dict[str, dict[str, list]], path: Path, title: str = "") -> Path:
+    """runs {method: {"train": [(step, loss)], "valid": [(step, loss)]}} → one panel: each
+    method's training loss (thin) and validation loss (markers) against optimiser steps, the
+    lowest validation loss circled: where the two part, the run fits its training data, not the
+    task."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    for method, curves in runs.items():
+        label, colour, _ = METHOD_STYLE.get(method, (method, None, "-"))
+        if curves.get("train"):
+            steps, losses = zip(*curves["train"])
+            ax.plot(steps, losses, "-", color=colour, lw=1, alpha=0.7, label=f"{label}: train")
+        if curves.get("valid"):
+            steps, losses = zip(*curves["valid"])
+            ax.plot(steps, losses, "--", color=colour, marker="o", ms=3, label=f"{label}: valid")
+            best = int(np.argmin(losses))
+            ax.plot(steps[best], losses[best], "o", mfc="none", mec=colour, ms=9)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("next-token cross-entropy")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=90)

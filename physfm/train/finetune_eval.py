@@ -16,7 +16,7 @@ import torch
 
 from data_pipelines.atomic import atomic_write_text
 from data_pipelines.run_record import write_metrics
-from physfm.eval.plots import METHOD_STYLE, vrmse_vs_horizon
+from physfm.eval.plots import METHOD_STYLE, loss_vs_step, vrmse_vs_horizon
 from physfm.eval.windows import evaluation_windows
 from physfm.inference import PhysicsModel
 from tokenizer.metrics import vrmse
@@ -107,6 +107,19 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
             title=f"{metrics['split']} split after fine-tuning",
         ).name
     ]
+    runs = {
+        method: {"train": s.get("loss_history") or [], "valid": s.get("val_loss_history") or []}
+        for method, s in (
+            ("finetuned", metrics.get("train")),
+            ("scratch", metrics.get("scratch_train")),
+        )
+        if s
+    }
+    metrics["learning"] = {m: learning_summary(c["train"], c["valid"]) for m, c in runs.items()}
+    if any(c["train"] or c["valid"] for c in runs.values()):
+        metrics["figures"].append(
+            loss_vs_step(runs, out / "loss_vs_step.png", title="learning curves").name
+        )
     write_metrics(out / "metrics.json", metrics)
     horizons = metrics["horizons"]
     lines = [
@@ -140,6 +153,7 @@ def write_report(out: Path, metrics: dict[str, Any]) -> None:
             + " |"
         )
     lines += ["", *_selection_lines(metrics)]
+    lines += _learning_lines(metrics)
     lines += [
         "",
         "![VRMSE vs horizon](vrmse_vs_horizon.png)",
@@ -169,4 +183,67 @@ def _selection_lines(metrics: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(f"Kept: **{metrics.get('kept', 'finetuned')}** (not compared on validation).")
+    return lines
+
+
+# After its best validation, a run "fits its training data" when its training loss fell by this
+# share while its validation loss ended this share above the best (token cross-entropy).
+OVERFIT_MARGIN = 0.1
+
+
+def learning_summary(
+    train: list[tuple[int, float]], valid: list[tuple[int, float]]
+) -> dict[str, Any] | None:
+    """Where a run's validation loss was lowest and what training did after it → {best_step,
+    best_valid, last_step, last_valid, train_at_best, train_last, overfit}, or None with fewer
+    than two validations. ``train_at_best``: the last training loss logged at or before the best
+    step (the first logged when none was)."""
+    if len(valid) < 2 or not train:
+        return None
+    best_step, best = min(valid, key=lambda p: p[1])
+    last_step, last = valid[-1]
+    upto = [loss for step, loss in train if step <= best_step]
+    train_at_best = upto[-1] if upto else train[0][1]
+    train_last = train[-1][1]
+    overfit = (
+        last_step > best_step
+        and last > best * (1 + OVERFIT_MARGIN)
+        and train_last < train_at_best * (1 - OVERFIT_MARGIN)
+    )
+    return {
+        "best_step": best_step,
+        "best_valid": round(best, 4),
+        "last_step": last_step,
+        "last_valid": round(last, 4),
+        "train_at_best": round(train_at_best, 4),
+        "train_last": round(train_last, 4),
+        "overfit": overfit,
+    }
+
+
+def _learning_lines(metrics: dict[str, Any]) -> list[str]:
+    """One line per trained model: where its validation loss bottomed out and, when training went
+    on fitting the training data past it, that more steps will not help."""
+    lines = []
+    for method, s in (metrics.get("learning") or {}).items():
+        if not s:
+            continue
+        name = "Fine-tuned" if method == "finetuned" else "Scratch"
+        text = (
+            f"{name} learning curve: validation loss lowest at step {s['best_step']} "
+            f"({s['best_valid']:.3f})"
+        )
+        if s["overfit"]:
+            text += (
+                f"; by step {s['last_step']} training loss fell {s['train_at_best']:.3f} → "
+                f"{s['train_last']:.3f} while validation loss rose to {s['last_valid']:.3f}: the run "
+                "fits its training trajectories, not the dynamics, so a longer budget will not help; "
+                "more training trajectories or fewer trainable parameters (`finetune.mode=lora` or "
+                "`freeze`) might"
+            )
+        else:
+            text += f", {s['last_valid']:.3f} at the last validation (step {s['last_step']})"
+        lines.append(text + ".")
+    if lines:
+        lines = ["", *lines, "", "![loss vs step](loss_vs_step.png)"]
     return lines
