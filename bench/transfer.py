@@ -21,7 +21,9 @@ cosine schedule ends on the budget (``trainer.max_time_s`` as the hard cap).
 
 Per held-out system (data simulated at ``--held-out-size``, default each system's default size;
 training split cut to 2 trajectories, one per parameter set in turn; its statistics recomputed from
-those two; valid and test splits whole):
+those two; the training trajectories left over join the valid and test splits, half each, so
+selection and scores see every parameter set's several trajectories, not the one each split holds:
+on burgers1d the two 2-trajectory splits disagreed on whether fine-tuning helped):
 
 * ``finetuned``: ``physfm finetune`` (``--finetune-config``: configs/finetune/recipe.yaml where it
   exists, else tiny.yaml; only budget, data and output keys are overridden) from the pretrained run:
@@ -70,6 +72,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+import numpy as np
 import torch
 
 from bench.fno_baseline import fno_forecaster, train_fno
@@ -344,20 +347,71 @@ def build_data(
     return out
 
 
+# How the held-out data is split (part of its cache key): see training_subset.
+HELD_OUT_SPLITS = (
+    "train: n trajectories; valid, test: their own + the spare training ones, half each"
+)
+
+
 def training_subset(dataset: Path, out: Path, n: int) -> Path:
     """A copy of a The Well dataset whose training split keeps ``n`` trajectories (see
-    `training_choice`), valid and test whole; no stats.yaml, so sharding computes the statistics
-    from those ``n`` trajectories alone."""
+    `training_choice`); each training file's other trajectories are appended to the same parameter
+    set's valid (first half) and test (second half) files, since no method trains on them; no
+    stats.yaml, so sharding computes the statistics from those ``n`` trajectories alone."""
     files = list_split_files(dataset, "train")
     data = [read_well(f) for f in files]
     keep = training_choice([d.n_trajectories for d in data], n)
     (out / "data" / "train").mkdir(parents=True)
+    spare: dict[str, dict[str, WellData]] = {"valid": {}, "test": {}}
     for f, d, k in zip(files, data, keep):
         if k:
             write_well(out / "data" / "train" / f.name, subset_trajectories(d, k))
+        rest = [i for i in range(d.n_trajectories) if i not in k]
+        half = len(rest) // 2
+        for split, part in (("valid", rest[:half]), ("test", rest[half:])):
+            if part:
+                spare[split][f.name] = subset_trajectories(d, part)
     for split in ("valid", "test"):
-        shutil.copytree(dataset / "data" / split, out / "data" / split)
+        (out / "data" / split).mkdir(parents=True)
+        own = {f.name: f for f in list_split_files(dataset, split)}
+        for name in sorted({*own, *spare[split]}):
+            joined = [read_well(own[name])] if name in own else []
+            joined += [spare[split][name]] if name in spare[split] else []
+            write_well(out / "data" / split / name, join_trajectories(joined, dataset / name))
     return out
+
+
+def join_trajectories(parts: list[WellData], where: Path) -> WellData:
+    """One file's worth of trajectories from ``parts`` of the same parameter set: sample-varying
+    fields and scalars concatenated; everything else must agree (``where`` names it if not)."""
+    first = parts[0]
+    for other in parts[1:]:
+        same = (
+            other.n_steps == first.n_steps
+            and other.spatial_shape == first.spatial_shape
+            and [f.name for f in other.fields] == [f.name for f in first.fields]
+            and [s.name for s in other.scalars] == [s.name for s in first.scalars]
+        )
+        if not same:
+            raise BenchError(
+                f"{where}: its splits' files differ in steps, grid, fields or scalars; cannot "
+                "move spare training trajectories into valid/test"
+            )
+
+    def joined(per_part: list[list]) -> list:
+        """Per field (or scalar), its parts' data along the trajectory axis."""
+        out = []
+        for items in zip(*per_part):
+            data = np.concatenate([i.data for i in items]) if items[0].sample_varying else None
+            out.append(items[0] if data is None else dataclasses.replace(items[0], data=data))
+        return out
+
+    return dataclasses.replace(
+        first,
+        fields=joined([p.fields for p in parts]),
+        scalars=joined([p.scalars for p in parts]),
+        n_trajectories=sum(p.n_trajectories for p in parts),
+    )
 
 
 def native_shards(dataset: Path, out: Path) -> Path:
@@ -528,6 +582,7 @@ def held_out_data(system: str, source: Path, work: Path, seed: int) -> tuple[Pat
     """(the 2-trajectory dataset, its native shards), cached per system and source plan."""
     inputs = {"plan": file_text(source.parent.parent / "done" / f"{system}.json"), "seed": seed}
     inputs["n_train"] = N_TRAIN_TRAJ
+    inputs["splits"] = HELD_OUT_SPLITS
     base = work / "held-out" / system
     data = cached(
         base / "data",
@@ -756,6 +811,7 @@ def run_held_out(args, work: Path, held: Path, pre: dict, tag: str, measure: Cal
             "eval_windows": args.eval_windows,
             "seed": args.seed,
             "data_plan": file_text(held / "done" / f"{system}.json"),
+            "splits": HELD_OUT_SPLITS,
         }
         out = work / "held-out" / system / f"from-{tag}"
         run = partial(measure, system, pre, data, shards, args.finetune_config, args)
