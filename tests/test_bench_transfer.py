@@ -106,22 +106,13 @@ def test_join_trajectories_names_the_file_when_its_parts_differ(transfer, tmp_pa
     from data_pipelines.simulators import simulate_dataset
     from data_pipelines.well_io import list_split_files, read_well
 
-    a = read_well(
-        list_split_files(
-            simulate_dataset(
-                "burgers1d", tmp_path / "a", n_traj=5, n_steps=8, resolution=32, seed=0
-            ),
-            "valid",
-        )[0]
-    )
-    b = read_well(
-        list_split_files(
-            simulate_dataset(
-                "burgers1d", tmp_path / "b", n_traj=5, n_steps=6, resolution=32, seed=0
-            ),
-            "valid",
-        )[0]
-    )
+    def valid_file(n_steps: int):
+        src = simulate_dataset(
+            "burgers1d", tmp_path / str(n_steps), n_traj=5, n_steps=n_steps, resolution=32, seed=0
+        )
+        return read_well(list_split_files(src, "valid")[0])
+
+    a, b = valid_file(8), valid_file(6)  # same parameter set, different lengths
     with pytest.raises(transfer.BenchError, match="somewhere.hdf5: its splits' files differ"):
         transfer.join_trajectories([a, b], Path("somewhere.hdf5"))
 
