@@ -377,7 +377,8 @@ def training_subset(dataset: Path, out: Path, n: int) -> Path:
         for name in sorted({*own, *spare[split]}):
             joined = [read_well(own[name])] if name in own else []
             joined += [spare[split][name]] if name in spare[split] else []
-            write_well(out / "data" / split / name, join_trajectories(joined, dataset / name))
+            where = dataset / "data" / split / name
+            write_well(out / "data" / split / name, join_trajectories(joined, where))
     return out
 
 
