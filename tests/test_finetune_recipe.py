@@ -186,6 +186,7 @@ def test_early_stop_keeps_best_and_keep_better_falls_back_to_zeroshot(setup, tmp
             "finetune.frozen_warmup_steps=0",
             "finetune.trunk_lr_scale=1.0",
             "finetune.patience=2",
+            "trainer.log_every=1",  # a training loss at every step for the learning summary
         )
     )
     m = json.loads((out / "metrics.json").read_text())
@@ -205,10 +206,8 @@ def test_early_stop_keeps_best_and_keep_better_falls_back_to_zeroshot(setup, tmp
     assert "Kept: **zeroshot**" in (out / "report.md").read_text()
     # the learning curves are drawn and their best validation is the selected checkpoint's
     assert (out / "loss_vs_step.png").stat().st_size > 0
-    learning = m["learning"]["finetuned"]
-    if learning is not None:  # needs a logged training loss (log_every) before the stop
-        assert learning["best_step"] == best_at
-        assert "Fine-tuned learning curve" in (out / "report.md").read_text()
+    assert m["learning"]["finetuned"]["best_step"] == best_at
+    assert "Fine-tuned learning curve" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -293,7 +292,9 @@ def test_learning_summary_flags_a_run_that_fits_its_training_data_past_its_best_
         learning_summary(train, [(9, 1.0)]) is None
         and learning_summary([], [(1, 1), (2, 1)]) is None
     )
-    lines = _learning_lines({"learning": {"finetuned": overfit, "scratch": improving}})
+    lines = _learning_lines(
+        {"learning": {"finetuned": overfit, "scratch": improving}, "figures": ["loss_vs_step.png"]}
+    )
     text = "\n".join(lines)
     assert "Fine-tuned learning curve: validation loss lowest at step 9 (1.030)" in text
     assert "3.000 → 1.200" in text and "a longer budget will not help" in text

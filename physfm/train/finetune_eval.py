@@ -245,5 +245,7 @@ def _learning_lines(metrics: dict[str, Any]) -> list[str]:
             text += f", {s['last_valid']:.3f} at the last validation (step {s['last_step']})"
         lines.append(text + ".")
     if lines:
-        lines = ["", *lines, "", "![loss vs step](loss_vs_step.png)"]
+        lines.insert(0, "")
+    if "loss_vs_step.png" in metrics.get("figures", []):
+        lines += ["", "![loss vs step](loss_vs_step.png)"]
     return lines
