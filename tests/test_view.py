@@ -44,13 +44,23 @@ def test_discover_runs_names_each_kind_and_keeps_a_broken_run_as_an_error(runs):
     assert found["evaluate"].report.startswith("# Evaluation")
 
 
-def test_recorded_paths_resolve_from_the_runs_ancestors(tmp_path):
+def test_recorded_paths_resolve_from_the_runs_ancestors(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "quickstart" / "evaluate"
     run.mkdir(parents=True)
     (tmp_path / "runs" / "quickstart" / "shards").mkdir()
+    # the viewer runs from another tree that has its own runs/quickstart (e.g. a checkout where
+    # `make quickstart` ran): the run's own tree wins; the working directory is the fallback
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "runs" / "quickstart" / "shards").mkdir(parents=True)
+    (elsewhere / "runs" / "quickstart" / "tokens").mkdir()
+    monkeypatch.chdir(elsewhere)
     assert (
         resolve_recorded("runs/quickstart/shards", run, tmp_path / "runs")
         == tmp_path / "runs/quickstart/shards"
+    )
+    assert (
+        resolve_recorded("runs/quickstart/tokens", run, tmp_path / "runs")
+        == elsewhere / "runs/quickstart/tokens"
     )
     assert resolve_recorded("runs/quickstart/nope", run, tmp_path / "runs") is None
 

@@ -188,17 +188,17 @@ def headline(run: Run) -> list[tuple[str, str]]:
 def resolve_recorded(recorded: str | Path, run_dir: Path, root: Path) -> Path | None:
     """A path a run recorded (absolute, or relative to wherever the command ran, e.g.
     "runs/quickstart/shards") → the existing path it names: as is, then from the run directory and
-    each of its ancestors (the viewer may run from anywhere; what it finds is only ever loaded
-    through the safe loaders, never served)."""
+    each of its ancestors (the command ran in one of them), and only then from the viewer's own
+    working directory, which may hold another tree's runs of the same name. What it finds is only
+    ever loaded through the safe loaders, never served."""
     if not recorded:
         return None
     recorded = Path(recorded)
     if recorded.is_absolute():
         return recorded if recorded.exists() else None
     run_dir = run_dir.resolve()
-    candidates = [Path.cwd() / recorded, run_dir / recorded] + [
-        a / recorded for a in run_dir.parents
-    ]
+    candidates = [run_dir / recorded] + [a / recorded for a in run_dir.parents]
+    candidates.append(Path.cwd() / recorded)
     return next((c for c in candidates if c.exists()), None)
 
 
